@@ -1,0 +1,506 @@
+"""Per-image scores -> leaderboards and pre/post comparisons (CSV and Markdown).
+
+Input: the runner's ``scores.csv`` as a DataFrame, one row per (model, stage, explainer, metric,
+image) with columns ``model, stage, explainer, metric, image, label, pred, cell, value, status,
+message, higher_is_better, seconds_per_image, peak_mem_mb`` (see :data:`SCORE_COLUMNS`).
+
+Group status, used by every table (:func:`group_status`):
+
+* ``"error: <message>"`` when any image of the (model, stage, explainer, metric) group has
+  status "error" -- the most frequent message, with "(k of N images)" appended when only some
+  images failed. Means over a different subset of images would not be comparable, so such a
+  group gets NaN statistics and no rank.
+* ``"n/a"`` when no image has a finite value with status "ok" (the metric does not apply, e.g.
+  additivity of a non-additive method). Printed "n/a", never 0.
+* ``"ok"`` otherwise; statistics use the finite values of the "ok" rows (``n`` counts them).
+
+Statistics come from :mod:`bench.stats` (BCa bootstrap CI of the mean, Wilcoxon signed-rank,
+Holm, interval-overlap ranks), with its defaults: 95 %, 2000 resamples, seed 0.
+
+Output files are byte-identical for identical inputs: rows are sorted, floats are printed with
+fixed formats (CSV ``%.6g``), nothing carries a timestamp.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from bench import stats
+from bench.errors import BenchError
+from bench.io import atomic_write_text
+
+__all__ = [
+    "SCORE_COLUMNS", "LEADERBOARD_COLUMNS", "PREPOST_COLUMNS", "PREPOST_BY_CELL_COLUMNS", "STAGES", "CELLS",
+    "check_scores", "group_status", "leaderboard", "prepost", "prepost_by_cell",
+    "render_leaderboard_md", "render_prepost_md", "write_tables", "read_prepost_models",
+]
+
+SCORE_COLUMNS = ("model", "stage", "explainer", "metric", "image", "label", "pred", "cell", "value", "status",
+                 "message", "higher_is_better", "seconds_per_image", "peak_mem_mb")
+KEY = ["model", "stage", "explainer", "metric", "image"]
+GROUP = ["model", "stage", "explainer", "metric"]
+STAGES = ("pre", "post")
+STATUSES = ("ok", "error", "n/a")
+CELLS = ("TP", "FP", "FN", "TN")
+
+LEADERBOARD_COLUMNS = ["model", "stage", "explainer", "metric", "higher_is_better", "mean", "ci_low", "ci_high", "n",
+                       "rank", "seconds_per_image", "peak_mem_mb", "status"]
+PREPOST_COLUMNS = ["model", "explainer", "metric", "higher_is_better", "n_pairs", "pre_mean", "post_mean",
+                   "diff_mean", "diff_ci_low", "diff_ci_high", "p_wilcoxon", "p_holm", "status"]
+PREPOST_BY_CELL_COLUMNS = PREPOST_COLUMNS[:3] + ["cell"] + PREPOST_COLUMNS[3:]
+
+CSV_FLOAT_FORMAT = "%.6g"
+MD_MAX_MESSAGE = 200
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def check_scores(scores: pd.DataFrame, columns: Iterable[str] = SCORE_COLUMNS) -> pd.DataFrame:
+    """Validate ``scores`` and return a normalised copy (types, empty messages, rows sorted by key).
+
+    Raises :class:`BenchError` on missing columns, unknown stage/status/cell values, duplicate
+    (model, stage, explainer, metric, image) rows, or a metric whose ``higher_is_better``
+    differs between rows.
+    """
+    if not isinstance(scores, pd.DataFrame):
+        raise BenchError(f"scores must be a pandas DataFrame, got {type(scores).__name__}")
+    columns = list(columns)
+    missing = [c for c in columns if c not in scores.columns]
+    if missing:
+        raise BenchError(f"scores table lacks column(s) {missing}; expected the scores.csv columns "
+                         f"{list(SCORE_COLUMNS)}")
+    df = scores.loc[:, columns].copy()
+    for col in ("model", "stage", "explainer", "metric", "status"):
+        df[col] = df[col].astype(str)
+    if "message" in df:
+        df["message"] = df["message"].fillna("").astype(str)
+    if "cell" in df:
+        df["cell"] = df["cell"].fillna("").astype(str)
+    for col in ("value", "seconds_per_image", "peak_mem_mb"):
+        if col in df:
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype(np.float64)
+    df["image"] = pd.to_numeric(df["image"], errors="raise").astype(np.int64)
+    df["higher_is_better"] = df["higher_is_better"].map(_as_bool)
+    _check_values(df, "stage", STAGES)
+    _check_values(df, "status", STATUSES)
+    if "cell" in df:
+        _check_values(df[df["stage"] == "pre"], "cell", CELLS, what="pre-stage cell")
+    dup = df.duplicated(KEY, keep=False)
+    if dup.any():
+        row = df.loc[dup, KEY].iloc[0].to_dict()
+        raise BenchError(f"scores has {int(dup.sum())} duplicate rows for the same (model, stage, explainer, metric, "
+                         f"image), e.g. {row}; each image must be scored once per stage, explainer and metric")
+    # statistics must not depend on the row order of the file (the bootstrap resamples positions)
+    df = df.sort_values(KEY, kind="stable").reset_index(drop=True)
+    hib = df.groupby("metric", sort=True)["higher_is_better"].nunique()
+    if (hib > 1).any():
+        raise BenchError(f"metric(s) {list(hib[hib > 1].index)} have both higher_is_better=True and False rows; "
+                         f"the direction of a metric must be fixed")
+    return df
+
+
+def _as_bool(v: Any) -> bool:
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    s = str(v).strip().lower()
+    if s in ("true", "1", "1.0"):
+        return True
+    if s in ("false", "0", "0.0"):
+        return False
+    raise BenchError(f"higher_is_better must be True/False, got {v!r}")
+
+
+def _check_values(df: pd.DataFrame, col: str, allowed: Iterable[str], what: str | None = None) -> None:
+    bad = sorted(set(df[col].unique()) - set(allowed))
+    if bad:
+        raise BenchError(f"unknown {what or col} value(s) {bad} in scores; expected one of {list(allowed)}")
+
+
+# ----------------------------------------------------------------------------- group status
+
+
+def group_status(status: pd.Series, message: pd.Series, value: pd.Series) -> str:
+    """"ok", "n/a" or "error: <message>" of one group (see the module docstring for the rules)."""
+    err = status == "error"
+    if err.any():
+        counts = Counter(message[err].map(_one_line))
+        # most frequent message; alphabetical among equally frequent ones, for determinism
+        msg = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] or "unknown error"
+        k, n = int(err.sum()), len(status)
+        return f"error: {msg}" + (f" ({k} of {n} images)" if k < n else "")
+    if not np.isfinite(value[status == "ok"].to_numpy(dtype=np.float64)).any():
+        return "n/a"
+    return "ok"
+
+
+def _one_line(s: str) -> str:
+    return " ".join(str(s).split())
+
+
+def _ok_values(g: pd.DataFrame) -> np.ndarray:
+    return stats.finite(g.loc[g["status"] == "ok", "value"].to_numpy(dtype=np.float64))
+
+
+def _nan_reduce(x: pd.Series, how: str) -> float:
+    a = x.to_numpy(dtype=np.float64)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return float("nan")
+    return float(a.mean() if how == "mean" else a.max())
+
+
+def _stage_order(stage: pd.Series) -> pd.Series:
+    return stage.map({s: i for i, s in enumerate(STAGES)})
+
+
+# ----------------------------------------------------------------------------- leaderboard
+
+
+def leaderboard(scores: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, stage, explainer, metric): mean, 95 % BCa CI, n, tied rank, cost, status.
+
+    Columns :data:`LEADERBOARD_COLUMNS`. ``rank`` (nullable Int64) is
+    :func:`bench.stats.rank_with_ties` within (model, stage, metric) over the "ok" groups;
+    error and "n/a" groups have NaN ``mean``/``ci_low``/``ci_high`` and no rank.
+    ``seconds_per_image`` is the mean and ``peak_mem_mb`` the max over the group's rows (both
+    reported for failed groups too). Sorted by model, stage (pre, post), metric, rank, explainer.
+    """
+    df = check_scores(scores, [c for c in SCORE_COLUMNS if c not in ("label", "pred", "cell")])
+    rows = []
+    for (model, stage, explainer, metric), g in df.groupby(GROUP, sort=True):
+        status = group_status(g["status"], g["message"], g["value"])
+        vals = _ok_values(g)
+        mean = low = high = float("nan")
+        if status == "ok":
+            mean = float(vals.mean())
+            low, high = stats.bootstrap_ci(vals)
+        rows.append({"model": model, "stage": stage, "explainer": explainer, "metric": metric,
+                     "higher_is_better": bool(g["higher_is_better"].iloc[0]), "mean": mean, "ci_low": low,
+                     "ci_high": high, "n": int(vals.size), "rank": float("nan"),
+                     "seconds_per_image": _nan_reduce(g["seconds_per_image"], "mean"),
+                     "peak_mem_mb": _nan_reduce(g["peak_mem_mb"], "max"), "status": status})
+    board = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
+    for _, idx in board.groupby(["model", "stage", "metric"], sort=True).groups.items():
+        sub = board.loc[idx]
+        board.loc[idx, "rank"] = stats.rank_with_ties(sub["mean"], sub["ci_low"], sub["ci_high"],
+                                                      bool(sub["higher_is_better"].iloc[0]))
+    board["rank"] = board["rank"].astype("Int64")
+    board["n"] = board["n"].astype(np.int64)
+    board = board.assign(_stage=_stage_order(board["stage"]))
+    board = board.sort_values(["model", "_stage", "metric", "rank", "explainer"], na_position="last", kind="stable")
+    return board.drop(columns="_stage").reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- pre vs post
+
+
+def prepost(scores: pd.DataFrame) -> pd.DataFrame:
+    """Paired pre/post comparison per (model, explainer, metric); columns :data:`PREPOST_COLUMNS`.
+
+    Only models scored in both stages appear. Pairs are the images with status "ok" and a
+    finite value in *both* stages (``n_pairs``); ``pre_mean``/``post_mean`` are means over those
+    pairs, so ``diff_mean = post_mean - pre_mean`` (post minus pre). ``diff_ci_*`` is the
+    bootstrap CI of the paired differences, ``p_wilcoxon`` the Wilcoxon signed-rank p
+    (:func:`bench.stats.paired_difference`). ``p_holm`` is Holm-adjusted over the family of all
+    explainer x metric rows of the same model that have a p-value. A row whose explainer
+    failed in either stage has status "error: pre: ..." / "error: post: ..." and NaN statistics;
+    no pairs -> "n/a". Sorted by model, metric, explainer.
+    """
+    return _paired_table(scores, by_cell=False)
+
+
+def prepost_by_cell(scores: pd.DataFrame) -> pd.DataFrame:
+    """:func:`prepost` broken down by the image's confusion cell under the *pre* model.
+
+    Columns :data:`PREPOST_BY_CELL_COLUMNS`. ``cell`` is the image's cell in the pre-stage rows
+    (TP/FP/FN/TN of the pre model), so each image stays in one cell across explainers, metrics
+    and stages. Holm family: all explainer x metric x cell rows of the model. Sorted by model,
+    metric, explainer, cell (TP, FP, FN, TN).
+    """
+    return _paired_table(scores, by_cell=True)
+
+
+def _paired_table(scores: pd.DataFrame, *, by_cell: bool) -> pd.DataFrame:
+    cols = [c for c in SCORE_COLUMNS if c not in ("label", "pred", "seconds_per_image", "peak_mem_mb")]
+    if not by_cell:
+        cols.remove("cell")
+    df = check_scores(scores, cols)
+    columns = PREPOST_BY_CELL_COLUMNS if by_cell else PREPOST_COLUMNS
+    both = [m for m, st in df.groupby("model", sort=True)["stage"] if set(st) >= set(STAGES)]
+    df = df[df["model"].isin(both)]
+    if df.empty:
+        return pd.DataFrame(columns=columns)
+    status = {k: group_status(g["status"], g["message"], g["value"]) for k, g in df.groupby(GROUP, sort=True)}
+    ok = df[df["status"] == "ok"]
+    wide = ok.set_index(KEY)["value"].unstack("stage")
+    wide = wide.reindex(columns=list(STAGES))
+    if by_cell:
+        cell_of = _pre_cells(df)
+        wide = wide.join(cell_of, on=["model", "image"])
+    keys = sorted({k[:1] + k[2:] for k in status})  # (model, explainer, metric) seen in any stage
+    direction = df.groupby("metric")["higher_is_better"].first().to_dict()
+    rows = []
+    for model, explainer, metric in keys:
+        st = {s: status.get((model, s, explainer, metric)) for s in STAGES}
+        errors = [f"{s}: {v[len('error: '):]}" for s, v in st.items() if v and v.startswith("error")]
+        hib = bool(direction[metric])
+        try:
+            sub = wide.loc[(model, explainer, metric)]
+        except KeyError:
+            sub = wide.iloc[0:0]
+        parts = [(c, sub[sub["cell"] == c]) for c in CELLS] if by_cell else [(None, sub)]
+        for cell, part in parts:
+            row: dict[str, Any] = {"model": model, "explainer": explainer, "metric": metric, "higher_is_better": hib}
+            if by_cell:
+                row["cell"] = cell
+            if errors:
+                res = stats.paired_difference([], [])
+                row_status = "error: " + "; ".join(errors)
+            else:
+                res = stats.paired_difference(part["pre"].to_numpy(), part["post"].to_numpy())
+                row_status = "ok" if res.n > 0 else "n/a"
+            row.update(n_pairs=res.n, pre_mean=res.pre_mean, post_mean=res.post_mean, diff_mean=res.diff_mean,
+                       diff_ci_low=res.ci_low, diff_ci_high=res.ci_high, p_wilcoxon=res.p_value,
+                       p_holm=float("nan"), status=row_status)
+            rows.append(row)
+    table = pd.DataFrame(rows, columns=columns)
+    for _, idx in table.groupby("model", sort=True).groups.items():
+        table.loc[idx, "p_holm"] = stats.holm(table.loc[idx, "p_wilcoxon"].to_numpy(dtype=np.float64))
+    table["n_pairs"] = table["n_pairs"].astype(np.int64)
+    order = ["model", "metric", "explainer"] + (["_cell"] if by_cell else [])
+    if by_cell:
+        table = table.assign(_cell=table["cell"].map({c: i for i, c in enumerate(CELLS)}))
+    table = table.sort_values(order, kind="stable").reset_index(drop=True)
+    return table.drop(columns=["_cell"], errors="ignore")
+
+
+def _pre_cells(df: pd.DataFrame) -> pd.Series:
+    """The pre-model cell of each (model, image); raises when pre rows disagree."""
+    pre = df[df["stage"] == "pre"]
+    n = pre.groupby(["model", "image"])["cell"].nunique()
+    if (n > 1).any():
+        model, image = n[n > 1].index[0]
+        raise BenchError(f"image {image} of model {model} has different pre-stage cells in different rows; "
+                         f"the cell is a property of (model, stage, image) and must agree across explainers")
+    return pre.groupby(["model", "image"])["cell"].first().rename("cell")
+
+
+# ----------------------------------------------------------------------------- markdown
+
+
+def _f(x: Any, spec: str = ".4g") -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "n/a"
+    if not np.isfinite(v):
+        return "n/a"
+    s = format(v, spec)
+    return "0" if s in ("-0", "+0") and "+" not in spec else s
+
+
+def _md_text(s: str, limit: int = MD_MAX_MESSAGE) -> str:
+    s = _one_line(s)
+    if len(s) > limit:
+        s = s[: limit - 1] + "…"
+    return s.replace("|", "\\|")
+
+
+def _arrow(higher_is_better: bool) -> str:
+    return "↑" if higher_is_better else "↓"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out
+
+
+def _score_cell(r: pd.Series) -> str:
+    if r["status"] == "n/a":
+        return "n/a"
+    if str(r["status"]).startswith("error"):
+        return "error"
+    rank = "" if pd.isna(r["rank"]) else f" ({int(r['rank'])})"
+    return f"{_f(r['mean'])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}]{rank}"
+
+
+def render_leaderboard_md(board: pd.DataFrame) -> str:
+    """leaderboard.md: one table per (model, stage); rows explainers, columns metrics.
+
+    Cells read "mean [ci_low, ci_high] (rank)"; "n/a" where the metric does not apply;
+    "error" where the explainer failed, its message in the row's status column.
+    """
+    lines = ["# Leaderboard", "",
+             "Cells: mean over test images [95% BCa bootstrap CI] (rank). Rank 1 = best; a method whose CI "
+             "overlaps the CI of its group's leader (the best mean of the group) shares the leader's rank "
+             "(competition ranking: 1, 1, 3). ↑ higher is better, ↓ lower is better. "
+             "n/a: the metric does not apply (no finite value); error: the explainer failed (see status).", ""]
+    if board.empty:
+        return "\n".join(lines + ["No scores.", ""])
+    board = board.assign(_stage=_stage_order(board["stage"]))
+    for (model, _, stage), sub in board.groupby(["model", "_stage", "stage"], sort=True):
+        metrics = sorted(sub["metric"].unique())
+        hib = sub.groupby("metric")["higher_is_better"].first()
+        header = ["explainer"] + [f"{m} {_arrow(bool(hib[m]))}" for m in metrics] + ["s/image", "peak MB", "status"]
+        rows = []
+        for explainer, e in sub.groupby("explainer", sort=True):
+            by_metric = e.set_index("metric")
+            cells = [_score_cell(by_metric.loc[m]) if m in by_metric.index else "—" for m in metrics]
+            secs = _nan_reduce(e["seconds_per_image"], "mean")
+            mem = _nan_reduce(e["peak_mem_mb"], "max")
+            rows.append([_md_text(explainer)] + cells + [_f(secs, ".3g"), _f(mem, ".1f"), _row_status(e)])
+        lines += [f"## {model} · {stage}", ""] + _table(header, rows) + [""]
+        ns = sub[sub["status"] == "ok"].groupby("metric")["n"].agg(lambda s: sorted(set(int(v) for v in s)))
+        if len(ns):
+            desc = ", ".join(f"{m} {'/'.join(map(str, v))}" for m, v in ns.items())
+            lines += [f"n (finite values per metric): {desc}", ""]
+    return "\n".join(lines)
+
+
+def _row_status(e: pd.DataFrame) -> str:
+    errs = e[e["status"].str.startswith("error")]
+    if errs.empty:
+        return "ok"
+    parts = []
+    for status, g in errs.groupby("status", sort=True):
+        metrics = sorted(g["metric"])
+        scope = "" if len(metrics) == len(e) else f" [{', '.join(metrics)}]"
+        parts.append(_md_text(status) + scope)
+    return "; ".join(parts)
+
+
+def _paired_rows(table: pd.DataFrame, with_cell: bool) -> list[list[str]]:
+    rows = []
+    for _, r in table.iterrows():
+        lead = ([r["cell"]] if with_cell else []) + [_md_text(r["explainer"]),
+                                                     f"{r['metric']} {_arrow(bool(r['higher_is_better']))}"]
+        if str(r["status"]).startswith("error"):
+            rows.append(lead + [str(r["n_pairs"]), "error", "error", "error", "", "", _md_text(r["status"])])
+            continue
+        diff = f"{_f(r['diff_mean'], '+.4g')} [{_f(r['diff_ci_low'], '+.4g')}, {_f(r['diff_ci_high'], '+.4g')}]"
+        if r["status"] == "n/a":
+            diff = "n/a"
+        rows.append(lead + [str(r["n_pairs"]), _f(r["pre_mean"]), _f(r["post_mean"]), diff,
+                            _f(r["p_wilcoxon"], ".3g"), _f(r["p_holm"], ".3g"), ""])
+    return rows
+
+
+_PAIRED_HEADER = ["explainer", "metric", "n", "pre", "post", "diff [95% CI]", "p", "Holm p", "note"]
+_SCALARS = ("acc", "auc", "sensitivity", "specificity", "loss")
+
+
+def render_prepost_md(table: pd.DataFrame, by_cell: pd.DataFrame | None = None,
+                      models: Mapping[str, Any] | None = None) -> str:
+    """prepost.md: per model the paired differences, the model-level comparison, the per-cell breakdown.
+
+    ``table`` is :func:`prepost`, ``by_cell`` :func:`prepost_by_cell`, ``models`` the parsed
+    ``prepost_models.json`` ({model: {"delta", "mcnemar", "cell_moves", "test_pre", "test_post"}}).
+    """
+    lines = ["# Pre vs post", "",
+             "Paired over the test images scored (status ok, finite) in both stages; n = pairs. "
+             "pre/post: means over those pairs; diff = post − pre with a 95% BCa bootstrap CI of the paired "
+             "differences; p: two-sided Wilcoxon signed-rank test (zero differences dropped); Holm p: Holm "
+             "step-down adjustment over the family of all rows of the model's table (explainer × metric, and "
+             "× cell in the per-cell table). ↑/↓: whether higher or lower is better for the metric.", ""]
+    models = dict(models or {})
+    by_cell = by_cell if by_cell is not None else pd.DataFrame(columns=PREPOST_BY_CELL_COLUMNS)
+    names = sorted(set(table["model"]) | set(models))
+    if not names:
+        return "\n".join(lines + ["No model was scored in both stages.", ""])
+    for model in names:
+        lines += [f"## {_md_text(model)}", ""]
+        sub = table[table["model"] == model]
+        if len(sub):
+            lines += ["### Attribution metrics", ""] + _table(_PAIRED_HEADER, _paired_rows(sub, False)) + [""]
+        if model in models:
+            lines += _model_comparison_md(model, models[model])
+        cells = by_cell[(by_cell["model"] == model) & (by_cell["status"] == "ok")]
+        if len(cells):
+            lines += ["### By cell of the pre model", "",
+                      "Images grouped by their confusion cell under the pre model; rows without pairs "
+                      "(failed or not applicable, see above) are left out.", ""]
+            lines += _table(["cell"] + _PAIRED_HEADER, _paired_rows(cells, True)) + [""]
+    return "\n".join(lines)
+
+
+def _model_comparison_md(model: str, comp: Any) -> list[str]:
+    if not isinstance(comp, Mapping):
+        raise BenchError(f"prepost_models[{model!r}] must be an object with delta/mcnemar/cell_moves, "
+                         f"got {type(comp).__name__}")
+    lines = ["### Classifier: pre vs post (test split)", ""]
+    pre, post, delta = (dict(comp.get(k) or {}) for k in ("test_pre", "test_post", "delta"))
+    keys = [k for k in _SCALARS if k in pre or k in post or k in delta]
+    keys += sorted((set(pre) | set(post) | set(delta)) - set(keys))
+    if keys:
+        rows = [[k, _f(pre.get(k)), _f(post.get(k)), _f(delta.get(k), "+.4g")] for k in keys]
+        lines += _table(["metric", "pre", "post", "delta (post − pre)"], rows) + [""]
+    mc = comp.get("mcnemar")
+    if isinstance(mc, Mapping):
+        lines += [f"McNemar exact test: b (pre right, post wrong) = {mc.get('a_right_b_wrong', 'n/a')}, "
+                  f"c (pre wrong, post right) = {mc.get('a_wrong_b_right', 'n/a')}, "
+                  f"p = {_f(mc.get('p_value'), '.3g')}.", ""]
+    moves = comp.get("cell_moves")
+    if isinstance(moves, Mapping):
+        rows = [[a] + [str((moves.get(a) or {}).get(b, 0)) for b in CELLS] for a in CELLS]
+        lines += ["Cell moves (rows: cell under the pre model, columns: under the post model):", ""]
+        lines += _table(["pre \\ post"] + list(CELLS), rows) + [""]
+    return lines
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def read_prepost_models(source: Mapping[str, Any] | str | os.PathLike | None) -> dict[str, Any]:
+    """``prepost_models.json`` as a dict: pass the parsed object, a path, or None (-> {})."""
+    if source is None:
+        return {}
+    if isinstance(source, Mapping):
+        return dict(source)
+    path = Path(source)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BenchError(f"prepost models file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise BenchError(f"{path} is not valid JSON ({e}); rerun the tuning step that writes it") from None
+    if not isinstance(obj, dict):
+        raise BenchError(f"{path} must hold an object keyed by model name")
+    return obj
+
+
+def _csv(df: pd.DataFrame) -> str:
+    return df.to_csv(index=False, float_format=CSV_FLOAT_FORMAT, lineterminator="\n")
+
+
+def write_tables(run_dir: str | os.PathLike, scores: pd.DataFrame, curves: pd.DataFrame | None = None,
+                 prepost_models: Mapping[str, Any] | str | os.PathLike | None = None) -> list[Path]:
+    """Write leaderboard.csv/.md and, when some model has both stages, prepost.csv, prepost_by_cell.csv, prepost.md.
+
+    ``curves`` is not used by the tables; it is accepted so that the runner can pass the same
+    arguments to :func:`write_tables` and :func:`bench.plots.write_figures`. ``prepost_models``
+    is the parsed ``prepost_models.json`` or its path. All files are written atomically and are
+    byte-identical for identical inputs. Returns the written paths.
+    """
+    del curves
+    run_dir = Path(run_dir)
+    df = check_scores(scores)
+    if df.empty:
+        raise BenchError("scores has no rows; nothing to tabulate (did the run score any image?)")
+    models = read_prepost_models(prepost_models)
+    board = leaderboard(df)
+    written = [atomic_write_text(run_dir / "leaderboard.csv", _csv(board)),
+               atomic_write_text(run_dir / "leaderboard.md", render_leaderboard_md(board))]
+    if any(set(st) >= set(STAGES) for _, st in df.groupby("model")["stage"]):
+        pp, pc = prepost(df), prepost_by_cell(df)
+        written += [atomic_write_text(run_dir / "prepost.csv", _csv(pp)),
+                    atomic_write_text(run_dir / "prepost_by_cell.csv", _csv(pc)),
+                    atomic_write_text(run_dir / "prepost.md", render_prepost_md(pp, pc, models))]
+    return written

@@ -1,0 +1,475 @@
+"""Figures from per-image scores, perturbation curves and stored attribution maps.
+
+Every figure is a :class:`matplotlib.figure.Figure` built without pyplot (no global backend or
+state is touched; rendering is Agg) under a fixed rc context, and written as PNG through
+:func:`bench.io.atomic_write_bytes` with the "Software" metadata removed, so identical inputs
+give byte-identical files with the same matplotlib/freetype versions.
+
+Figures (``figures/`` in the run directory, written by :func:`write_figures`):
+
+* ``leaderboard_<model>_<stage>.png`` -- heatmap explainers x metrics, colour = tied rank
+  (1 = best), annotated with mean and rank; "n/a"/"error" cells are blank with a label.
+* ``curves_<model>_<stage>.png`` -- deletion and insertion curves: per explainer the mean
+  probability over images at each fraction with a 95 % normal band (mean +- 1.96 SE).
+* ``prepost_<model>.png`` -- per metric, each explainer's pre and post mean with its 95 % CI,
+  joined by a line.
+* ``attributions_<model>_<explainer>.png`` -- TP/FP/FN/TN examples (cell under the pre model),
+  the image in grey beside the pre and post maps, all maps on ONE symmetric colour scale
+  (:func:`symmetric_limits`) with a numeric colour bar, diverging colour-blind-safe "RdBu_r".
+
+``attributions.npz`` layout (version ``pneumobench-attributions-v1``), written by
+:func:`save_attribution_examples` and read by :func:`load_attribution_examples`; N example
+images shared by all models, names must not contain "|":
+
+==================================  ==============  ============================================
+key                                 shape / dtype   meaning
+==================================  ==============  ============================================
+``layout``                          () str          "pneumobench-attributions-v1"
+``images``                          (N, H, W) f32   the input images (channel mean if C > 1)
+``labels``                          (N,) int64      true labels
+``index``                           (N,) int64      image indices in the test split
+``cells|{model}|{stage}``           (N,) str        "TP"/"FP"/"FN"/"TN" under that model/stage
+``map|{model}|{stage}|{explainer}`` (N, H, W) f32   attribution maps (channel sum if C > 1)
+==================================  ==============  ============================================
+
+Channel reduction: maps with C > 1 are summed over channels (the sum keeps completeness:
+``map.sum() == values.sum()``); images are averaged (the channels of a grey X-ray are copies).
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from bench.errors import BenchError
+from bench.io import atomic_write_bytes
+from bench.leaderboard import CELLS, STAGES, leaderboard
+
+__all__ = [
+    "LAYOUT", "DIVERGING_CMAP", "CURVE_COLUMNS", "AttributionExamples", "save_attribution_examples",
+    "load_attribution_examples", "pick_examples", "symmetric_limits", "leaderboard_heatmap", "curves_figure",
+    "prepost_figure", "attribution_grid", "figure_png", "write_figures",
+]
+
+LAYOUT = "pneumobench-attributions-v1"
+DIVERGING_CMAP = "RdBu_r"
+RANK_CMAP = "viridis_r"
+CURVE_COLUMNS = ("model", "stage", "explainer", "curve", "image", "fraction", "prob")
+PERCENTILE = 99.0
+DPI = 110
+_RC = {
+    **sns.axes_style("whitegrid"),
+    **sns.plotting_context("paper"),
+    "svg.hashsalt": "pneumobench",
+    "font.family": "DejaVu Sans",  # bundled with matplotlib: same glyphs on every machine
+    "image.interpolation": "nearest",
+    "figure.dpi": DPI,
+}
+
+
+# ----------------------------------------------------------------------------- attribution store
+
+
+@dataclass(frozen=True)
+class AttributionExamples:
+    """The contents of ``attributions.npz`` (see the module docstring for the layout)."""
+
+    images: np.ndarray                                   # (N, H, W) float32
+    labels: np.ndarray                                   # (N,) int64
+    index: np.ndarray                                    # (N,) int64
+    cells: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)        # (model, stage) -> (N,)
+    maps: dict[tuple[str, str, str], np.ndarray] = field(default_factory=dict)    # (model, stage, explainer)
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Sorted (model, explainer) pairs that have at least one stored map."""
+        return sorted({(m, e) for m, _, e in self.maps})
+
+
+def _np(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor, on any device
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _check_name(name: str, what: str) -> str:
+    name = str(name)
+    if "|" in name or not name:
+        raise BenchError(f"{what} name {name!r} cannot be stored in attributions.npz: it must be non-empty "
+                         f"and must not contain '|'")
+    return name
+
+
+def save_attribution_examples(path: str | os.PathLike, *, images: Any, labels: Any, index: Any,
+                              cells: Mapping[tuple[str, str], Any],
+                              maps: Mapping[tuple[str, str, str], Any]) -> Path:
+    """Store example images, their cells and attribution maps as ``attributions.npz`` (atomically).
+
+    ``images`` (N, H, W) or (N, C, H, W) -> channel mean; ``labels (N,)``; ``index (N,)`` test-split
+    indices; ``cells[(model, stage)] (N,)`` "TP"/"FP"/"FN"/"TN"; ``maps[(model, stage, explainer)]``
+    (N, H, W) or (N, C, H, W) -> channel sum. Every map covers the same N images, in this order.
+    Tensors are accepted (moved to CPU).
+    """
+    imgs = _np(images).astype(np.float32)
+    if imgs.ndim == 4:
+        imgs = imgs.mean(axis=1)
+    if imgs.ndim != 3:
+        raise BenchError(f"images must be (N, H, W) or (N, C, H, W), got shape {imgs.shape}")
+    n, h, w = imgs.shape
+    arrays: dict[str, np.ndarray] = {"layout": np.array(LAYOUT), "images": imgs}
+    for name, v in (("labels", labels), ("index", index)):
+        a = _np(v).astype(np.int64).ravel()
+        if a.shape != (n,):
+            raise BenchError(f"{name} must have one entry per image ({n}), got shape {a.shape}")
+        arrays[name] = a
+    for key, v in sorted(cells.items()):
+        model, stage = (_check_name(k, what) for k, what in zip(key, ("model", "stage")))
+        c = np.asarray(_np(v), dtype=str).ravel()
+        bad = sorted(set(c) - set(CELLS))
+        if c.shape != (n,) or bad:
+            raise BenchError(f"cells[{key}] must be {n} values out of {list(CELLS)}; got shape {c.shape}, "
+                             f"unknown {bad}")
+        arrays[f"cells|{model}|{stage}"] = c.astype("<U2")
+    for key, v in sorted(maps.items()):
+        model, stage, explainer = (_check_name(k, what) for k, what in zip(key, ("model", "stage", "explainer")))
+        a = _np(v).astype(np.float32)
+        if a.ndim == 4:
+            a = a.sum(axis=1)
+        if a.shape != (n, h, w):
+            raise BenchError(f"map {key} has shape {a.shape}; expected ({n}, {h}, {w}) like the images "
+                             f"(or (N, C, H, W))")
+        arrays[f"map|{model}|{stage}|{explainer}"] = a
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_attribution_examples(path: str | os.PathLike) -> AttributionExamples:
+    """Read an ``attributions.npz`` written by :func:`save_attribution_examples`."""
+    path = Path(path)
+    if not path.exists():
+        raise BenchError(f"attribution examples not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (ValueError, OSError) as e:
+        raise BenchError(f"{path} is not a readable attributions.npz ({e}); rerun the benchmark") from None
+    if str(data.get("layout", "")) != LAYOUT:
+        raise BenchError(f"{path} has layout {str(data.get('layout', 'none'))!r}, expected {LAYOUT!r}; "
+                         f"rerun the benchmark to rewrite it")
+    for k in ("images", "labels", "index"):
+        if k not in data:
+            raise BenchError(f"{path} lacks the array {k!r}")
+    cells, maps = {}, {}
+    for k, v in data.items():
+        parts = k.split("|")
+        if parts[0] == "cells" and len(parts) == 3:
+            cells[(parts[1], parts[2])] = v.astype(str)
+        elif parts[0] == "map" and len(parts) == 4:
+            maps[(parts[1], parts[2], parts[3])] = v
+    return AttributionExamples(images=data["images"], labels=data["labels"], index=data["index"], cells=cells,
+                               maps=maps)
+
+
+def pick_examples(scores: pd.DataFrame, per_cell: int = 2) -> list[int]:
+    """Image indices to store: for every model, the ``per_cell`` lowest-index images of each pre-stage cell.
+
+    A convenience for the runner (union over models, sorted); uses the ``cell`` column of the
+    pre-stage rows, or of the post rows for a model without pre rows.
+    """
+    need = {"model", "stage", "image", "cell"} - set(scores.columns)
+    if need:
+        raise BenchError(f"scores lacks column(s) {sorted(need)} needed to pick examples")
+    chosen: set[int] = set()
+    for _, g in scores.groupby("model", sort=True):
+        stage = "pre" if (g["stage"] == "pre").any() else "post"
+        cells = g.loc[g["stage"] == stage, ["image", "cell"]].drop_duplicates().sort_values("image")
+        for _, c in cells.groupby("cell", sort=True):
+            chosen.update(int(i) for i in c["image"].iloc[:per_cell])
+    return sorted(chosen)
+
+
+def symmetric_limits(arrays: Iterable[Any], percentile: float = PERCENTILE) -> tuple[float, float]:
+    """``(-vmax, vmax)`` with vmax the ``percentile`` of |values| pooled over all ``arrays``.
+
+    One scale for a whole grid, so colours compare across methods' examples and stages; a
+    percentile rather than the max keeps one extreme pixel from washing out every map (values
+    beyond it saturate). Non-finite values are ignored. Falls back to the max |value| when the
+    percentile is 0, and to 1.0 when every value is 0 or none is finite (the colour bar still
+    needs a non-empty range).
+    """
+    if not 0.0 < percentile <= 100.0:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    flat = [np.abs(_np(a).astype(np.float64).ravel()) for a in arrays]
+    v = np.concatenate(flat) if flat else np.zeros(0)
+    v = v[np.isfinite(v)]
+    vmax = float(np.percentile(v, percentile)) if v.size else 0.0
+    if vmax <= 0.0 and v.size:
+        vmax = float(v.max())
+    if vmax <= 0.0:
+        vmax = 1.0
+    return (-vmax, vmax)
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def figure_png(fig: Figure) -> bytes:
+    """PNG bytes of ``fig`` without the version-dependent "Software" metadata."""
+    buf = io.BytesIO()
+    with matplotlib.rc_context(_RC):
+        fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _arrow(higher_is_better: bool) -> str:
+    return "↑" if higher_is_better else "↓"
+
+
+def leaderboard_heatmap(board: pd.DataFrame, model: str, stage: str) -> Figure:
+    """Explainers x metrics for one (model, stage); colour = rank (1 = best), text = mean and rank."""
+    sub = board[(board["model"] == model) & (board["stage"] == stage)]
+    if sub.empty:
+        raise BenchError(f"no leaderboard rows for model {model!r}, stage {stage!r}")
+    explainers = sorted(sub["explainer"].unique())
+    metrics = sorted(sub["metric"].unique())
+    hib = sub.groupby("metric")["higher_is_better"].first()
+    rank = np.full((len(explainers), len(metrics)), np.nan)
+    annot = np.full(rank.shape, "", dtype=object)
+    labels = {}
+    for r in sub.itertuples(index=False):
+        i, j = explainers.index(r.explainer), metrics.index(r.metric)
+        if r.status == "ok":
+            rank[i, j] = float(r.rank) if not pd.isna(r.rank) else np.nan
+            annot[i, j] = f"{r.mean:.3g}\n({'' if pd.isna(r.rank) else int(r.rank)})"
+        else:
+            labels[(i, j)] = "n/a" if r.status == "n/a" else "error"
+    with matplotlib.rc_context({**_RC, "axes.grid": False}):
+        fig = Figure(figsize=(1.5 + 1.25 * len(metrics), 1.2 + 0.5 * len(explainers)), layout="constrained")
+        ax = fig.add_subplot()
+        vmax = max(2.0, float(np.nanmax(rank)) if np.isfinite(rank).any() else 2.0)
+        sns.heatmap(rank, mask=~np.isfinite(rank), annot=annot, fmt="", cmap=RANK_CMAP, vmin=1.0, vmax=vmax,
+                    linewidths=0.5, linecolor="white", cbar_kws={"label": "rank (1 = best)"}, ax=ax,
+                    annot_kws={"fontsize": 7},
+                    xticklabels=[f"{m} {_arrow(bool(hib[m]))}" for m in metrics], yticklabels=explainers)
+        ax.collections[0].colorbar.set_ticks(np.arange(1, int(vmax) + 1))
+        for (i, j), text in sorted(labels.items()):
+            ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=7, color="0.35")
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+        ax.tick_params(axis="x", labelrotation=30)
+        ax.set_title(f"{model} · {stage}: mean (rank)")
+    return fig
+
+
+def _check_curves(curves: pd.DataFrame) -> pd.DataFrame:
+    missing = [c for c in CURVE_COLUMNS if c not in curves.columns]
+    if missing:
+        raise BenchError(f"curves table lacks column(s) {missing}; expected {list(CURVE_COLUMNS)}")
+    df = curves.loc[:, list(CURVE_COLUMNS)].copy()
+    for c in ("model", "stage", "explainer", "curve"):
+        df[c] = df[c].astype(str)
+    for c in ("fraction", "prob"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype(np.float64)
+    return df
+
+
+def curves_figure(curves: pd.DataFrame, model: str, stage: str) -> Figure:
+    """Deletion/insertion curves for one (model, stage): mean prob per explainer with a 95 % band.
+
+    Band: mean +- 1.96 standard errors over images at each fraction (normal approximation).
+    """
+    df = _check_curves(curves)
+    df = df[(df["model"] == model) & (df["stage"] == stage)]
+    if df.empty:
+        raise BenchError(f"no curves for model {model!r}, stage {stage!r}")
+    kinds = sorted(df["curve"].unique())
+    explainers = sorted(df["explainer"].unique())
+    palette = dict(zip(explainers, sns.color_palette("colorblind", len(explainers))))
+    with matplotlib.rc_context(_RC):
+        fig = Figure(figsize=(4.2 * len(kinds) + 1.5, 3.4), layout="constrained")
+        axes = fig.subplots(1, len(kinds), squeeze=False)[0]
+        for ax, kind in zip(axes, kinds):
+            for explainer in explainers:
+                d = df[(df["curve"] == kind) & (df["explainer"] == explainer)]
+                if d.empty:
+                    continue
+                g = d.groupby("fraction", sort=True)["prob"]
+                mean, se = g.mean(), g.sem(ddof=1).fillna(0.0)
+                x = mean.index.to_numpy()
+                ax.plot(x, mean.to_numpy(), color=palette[explainer], label=explainer, lw=1.4)
+                ax.fill_between(x, (mean - 1.96 * se).to_numpy(), (mean + 1.96 * se).to_numpy(),
+                                color=palette[explainer], alpha=0.18, lw=0)
+            ax.set_xlim(0, 1)
+            ax.set_xlabel("fraction of pixels perturbed")
+            ax.set_ylabel("probability of the target class")
+            ax.set_title(f"{kind}")
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="outside right upper", fontsize=7, frameon=False)
+        fig.suptitle(f"{model} · {stage}: mean over images ± 1.96 SE")
+    return fig
+
+
+def prepost_figure(board: pd.DataFrame, model: str) -> Figure:
+    """Per metric, each explainer's pre and post mean with its 95 % CI, joined by a line."""
+    sub = board[(board["model"] == model) & (board["status"] == "ok")]
+    if sub.empty or not set(sub["stage"]) >= set(STAGES):
+        raise BenchError(f"model {model!r} has no successful scores in both stages to plot")
+    metrics = sorted(sub["metric"].unique())
+    explainers = sorted(sub["explainer"].unique())
+    palette = dict(zip(explainers, sns.color_palette("colorblind", len(explainers))))
+    ncols = min(4, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    offsets = np.linspace(-0.15, 0.15, len(explainers)) if len(explainers) > 1 else np.zeros(1)
+    with matplotlib.rc_context(_RC):
+        fig = Figure(figsize=(3.0 * ncols + 1.8, 2.8 * nrows), layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        for ax, metric in zip(axes, metrics):
+            m = sub[sub["metric"] == metric]
+            for off, explainer in zip(offsets, explainers):
+                e = m[m["explainer"] == explainer].set_index("stage").reindex(list(STAGES))
+                x = np.arange(len(STAGES)) + off
+                y = e["mean"].to_numpy(dtype=float)
+                lo = np.nan_to_num(y - e["ci_low"].to_numpy(dtype=float), nan=0.0)
+                hi = np.nan_to_num(e["ci_high"].to_numpy(dtype=float) - y, nan=0.0)
+                ax.errorbar(x, y, yerr=np.vstack([lo, hi]), color=palette[explainer], marker="o", ms=3.5,
+                            lw=1.2, capsize=2.5, label=explainer)
+            ax.set_xticks(range(len(STAGES)), list(STAGES))
+            ax.set_xlim(-0.5, len(STAGES) - 0.5)
+            ax.set_title(f"{metric} {_arrow(bool(m['higher_is_better'].iloc[0]))}")
+        for ax in axes[len(metrics):]:
+            ax.set_visible(False)
+        handles, names = axes[0].get_legend_handles_labels()
+        seen = dict(zip(names, handles))
+        for ax in axes[1:len(metrics)]:
+            for h, n in zip(*ax.get_legend_handles_labels()):
+                seen.setdefault(n, h)
+        fig.legend([seen[n] for n in sorted(seen)], sorted(seen), loc="outside right upper", fontsize=7,
+                   frameon=False)
+        fig.suptitle(f"{model}: pre vs post, mean with 95% bootstrap CI")
+    return fig
+
+
+def _grid_selection(ex: AttributionExamples, model: str, per_cell: int) -> tuple[str, dict[str, list[int]]]:
+    stage = "pre" if (model, "pre") in ex.cells else "post"
+    if (model, stage) not in ex.cells:
+        raise BenchError(f"attribution examples have no cells for model {model!r}")
+    cells = ex.cells[(model, stage)]
+    return stage, {c: [int(i) for i in np.flatnonzero(cells == c)[:per_cell]] for c in CELLS}
+
+
+def attribution_grid(ex: AttributionExamples, model: str, explainer: str, *, per_cell: int = 2,
+                     percentile: float = PERCENTILE) -> Figure:
+    """Rows TP/FP/FN/TN (cell under the pre model); per example: image | pre map | post map.
+
+    All maps of the figure share one symmetric scale from :func:`symmetric_limits` over the
+    maps shown; the colour bar is in attribution units. Panel titles give the image's cell
+    under each stage's model, so cell moves are visible.
+    """
+    stages = [s for s in STAGES if (model, s, explainer) in ex.maps]
+    if not stages:
+        raise BenchError(f"no stored maps for model {model!r}, explainer {explainer!r}")
+    group_stage, chosen = _grid_selection(ex, model, per_cell)
+    shown = sorted(i for ids in chosen.values() for i in ids)
+    vmin, vmax = symmetric_limits([ex.maps[(model, s, explainer)][shown] for s in stages], percentile)
+    per_example = 1 + len(stages)
+    ncols = per_cell * per_example
+    with matplotlib.rc_context({**_RC, "axes.grid": False}):
+        fig = Figure(figsize=(1.35 * ncols + 1.2, 1.45 * len(CELLS) + 0.6), layout="constrained")
+        axes = fig.subplots(len(CELLS), ncols, squeeze=False)
+        norm = Normalize(vmin=vmin, vmax=vmax)
+        for r, cell in enumerate(CELLS):
+            for k in range(per_cell):
+                block = axes[r, k * per_example:(k + 1) * per_example]
+                for ax in block:
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                if k >= len(chosen[cell]):
+                    for ax in block:
+                        ax.set_axis_off()
+                    if k == 0:
+                        block[0].text(0.5, 0.5, f"{cell}: no example", ha="center", va="center",
+                                      transform=block[0].transAxes, fontsize=7)
+                    continue
+                i = chosen[cell][k]
+                block[0].imshow(ex.images[i], cmap="gray")
+                block[0].set_title(f"#{int(ex.index[i])} y={int(ex.labels[i])}", fontsize=7)
+                for ax, stage in zip(block[1:], stages):
+                    ax.imshow(ex.maps[(model, stage, explainer)][i], cmap=DIVERGING_CMAP, norm=norm)
+                    c = ex.cells.get((model, stage))
+                    ax.set_title(f"{stage}" + (f": {c[i]}" if c is not None else ""), fontsize=7)
+            axes[r, 0].set_ylabel(cell, fontsize=9)
+        cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=DIVERGING_CMAP), ax=axes, shrink=0.8)
+        cbar.set_label(f"attribution (shared scale: ±{percentile:g}th percentile of |values|)", fontsize=7)
+        fig.suptitle(f"{model} · {explainer} (rows: cell under the {group_stage} model)", fontsize=9)
+    return fig
+
+
+# ----------------------------------------------------------------------------- files
+
+
+_SLUG = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _slug(*parts: str) -> str:
+    return "_".join(_SLUG.sub("-", str(p)) for p in parts)
+
+
+def _read_curves(curves: pd.DataFrame | str | os.PathLike | None) -> pd.DataFrame | None:
+    if curves is None or isinstance(curves, pd.DataFrame):
+        return curves
+    path = Path(curves)
+    if not path.exists():
+        raise BenchError(f"curves file not found: {path}")
+    return pd.read_csv(path)
+
+
+def write_figures(run_dir: str | os.PathLike, scores: pd.DataFrame,
+                  curves: pd.DataFrame | str | os.PathLike | None = None,
+                  attributions_path: str | os.PathLike | None = None, *,
+                  board: pd.DataFrame | None = None) -> list[Path]:
+    """Write every figure of a run to ``run_dir/figures/*.png``; returns the paths, sorted by name.
+
+    ``curves`` is the curves.csv DataFrame or its path; ``attributions_path`` an
+    ``attributions.npz``. Figures whose inputs are absent are skipped. ``board`` may pass a
+    :func:`bench.leaderboard.leaderboard` already computed from ``scores`` to skip recomputing
+    the bootstrap.
+    """
+    out = Path(run_dir) / "figures"
+    board = leaderboard(scores) if board is None else board
+    jobs: dict[str, Callable[[], Figure]] = {}  # built one at a time: figures hold a lot of memory
+    for model, stage in board[["model", "stage"]].drop_duplicates().itertuples(index=False):
+        _add_job(jobs, f"leaderboard_{_slug(model, stage)}.png", partial(leaderboard_heatmap, board, model, stage))
+    ok = board[board["status"] == "ok"]
+    for model, st in ok.groupby("model", sort=True)["stage"]:
+        if set(st) >= set(STAGES):
+            _add_job(jobs, f"prepost_{_slug(model)}.png", partial(prepost_figure, board, model))
+    cdf = _read_curves(curves)
+    if cdf is not None and len(cdf):
+        cdf = _check_curves(cdf)
+        for model, stage in cdf[["model", "stage"]].drop_duplicates().itertuples(index=False):
+            _add_job(jobs, f"curves_{_slug(model, stage)}.png", partial(curves_figure, cdf, model, stage))
+    if attributions_path is not None:
+        ex = load_attribution_examples(attributions_path)
+        for model, explainer in ex.pairs():
+            _add_job(jobs, f"attributions_{_slug(model, explainer)}.png",
+                     partial(attribution_grid, ex, model, explainer))
+    return [atomic_write_bytes(out / name, figure_png(jobs[name]())) for name in sorted(jobs)]
+
+
+def _add_job(jobs: dict[str, Callable[[], Figure]], name: str, job: Callable[[], Figure]) -> None:
+    if name in jobs:  # two names with the same slug would silently overwrite one figure
+        raise BenchError(f"two figures map to the file name {name!r}; rename a model or explainer so that "
+                         f"names differ in more than punctuation")
+    jobs[name] = job

@@ -1,0 +1,65 @@
+"""Peak-memory measurement of a block of code, on CPU or CUDA (shared by the runner and benchmarks)."""
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+@dataclass
+class PeakMemory:
+    """``peak_mb``: peak growth above the level at entry, in MiB (CUDA: allocated tensors; CPU:
+    resident set size sampled every ``interval`` seconds, so very short spikes may be missed)."""
+
+    peak_mb: float = float("nan")
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except OSError:  # not Linux: fall back to the lifetime peak (an upper bound on the growth)
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@contextmanager
+def measure_peak_memory(device: torch.device | str = "cpu", interval: float = 0.005) -> Iterator[PeakMemory]:
+    """Measure the peak memory growth of the enclosed block on ``device``."""
+    out = PeakMemory()
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        try:
+            yield out
+        finally:
+            torch.cuda.synchronize(device)
+            out.peak_mb = (torch.cuda.max_memory_allocated(device) - start) / 2**20
+        return
+    start = _rss_bytes()
+    peak = [start]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            stop.wait(interval)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield out
+    finally:
+        stop.set()
+        thread.join()
+        peak[0] = max(peak[0], _rss_bytes())
+        out.peak_mb = (peak[0] - start) / 2**20

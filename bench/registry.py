@@ -1,0 +1,135 @@
+"""A generic name -> object registry, shared by models, datasets, explainers and metrics.
+
+Everything with a name is registered; the CLI, the config validation and the tests enumerate
+registries, never hand-written lists. Unknown names raise with the list of known names, and a
+duplicate registration raises (a silent override would corrupt a leaderboard).
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+from bench.errors import BenchError
+
+T = TypeVar("T")
+
+
+class UnknownNameError(BenchError, KeyError):
+    """A name that is not in a registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class DuplicateNameError(BenchError, ValueError):
+    """A second registration under a name already taken."""
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    """One registered object with its metadata (e.g. ``additive=True``, ``higher_is_better``)."""
+
+    name: str
+    obj: T
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def params(self) -> dict[str, Any]:
+        """Keyword-only parameters of a registered function with their defaults."""
+        if not callable(self.obj):
+            return {}
+        out = {}
+        for p in inspect.signature(self.obj).parameters.values():
+            if p.kind is inspect.Parameter.KEYWORD_ONLY:
+                out[p.name] = None if p.default is inspect.Parameter.empty else p.default
+        return out
+
+
+class Registry(Generic[T]):
+    """Named objects of one kind.
+
+    Args:
+        kind: what is registered, used in error messages ("explainer", "metric", ...).
+        entry_point_group: optional ``importlib.metadata`` entry-point group; its entry points
+            are imported lazily on the first lookup so third-party packages can register.
+    """
+
+    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+        self.kind = kind
+        self.entry_point_group = entry_point_group
+        self._entries: dict[str, Entry[T]] = {}
+        self._entry_points_loaded = entry_point_group is None
+
+    def register(self, name: str, obj: T | None = None, **meta: Any) -> Callable[[T], T] | T:
+        """Register ``obj`` under ``name``; usable as ``@registry.register(name, **meta)``."""
+        if obj is not None:
+            self._add(name, obj, meta)
+            return obj
+
+        def decorator(o: T) -> T:
+            self._add(name, o, meta)
+            return o
+
+        return decorator
+
+    def _add(self, name: str, obj: T, meta: dict[str, Any]) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{self.kind} name must be a non-empty string, got {name!r}")
+        if name in self._entries:
+            raise DuplicateNameError(
+                f"{self.kind} {name!r} is already registered (by {_where(self._entries[name].obj)}); "
+                f"choose another name"
+            )
+        self._entries[name] = Entry(name, obj, dict(meta))
+
+    def unregister(self, name: str) -> None:
+        """Remove a registration (for tests and plug-in reloads)."""
+        self._entries.pop(name, None)
+
+    def load_entry_points(self) -> None:
+        """Import every entry point of the group once; a broken plug-in is a clear error."""
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for ep in metadata.entry_points(group=self.entry_point_group):
+            try:
+                ep.load()
+            except Exception as exc:  # a broken plug-in must not look like a missing name
+                raise BenchError(
+                    f"could not load {self.kind} plug-in {ep.name!r} ({ep.value}) from entry-point "
+                    f"group {self.entry_point_group!r}: {type(exc).__name__}: {exc}; fix or "
+                    f"uninstall that package"
+                ) from exc
+
+    def get(self, name: str) -> Entry[T]:
+        """The entry for ``name``; raises :class:`UnknownNameError` listing the known names."""
+        if name not in self._entries:
+            self.load_entry_points()
+        if name not in self._entries:
+            known = ", ".join(self.names()) or "(none)"
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known {self.kind}s: {known}")
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        self.load_entry_points()
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry[T]]:
+        return [self._entries[n] for n in self.names()]
+
+    def __contains__(self, name: object) -> bool:
+        self.load_entry_points()
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+
+def _where(obj: Any) -> str:
+    mod = getattr(obj, "__module__", None) or type(obj).__module__
+    qual = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return f"{mod}.{qual}"

@@ -1,0 +1,64 @@
+"""The dataset record and registry shared by every loader."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from bench.registry import Registry
+
+DATASETS: Registry[Callable[..., "ImageSplit"]] = Registry("dataset")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ImageSplit:
+    """One split of an image classification dataset, as tensors on the CPU.
+
+    Attributes:
+        images: ``(N, C, H, W)`` float32 in [0, 1].
+        labels: ``(N,)`` int64 class indices.
+        masks: ``(N, 1, H, W)`` bool ground-truth region of the finding, or None when unknown.
+        name: registered dataset name; split: "train" | "val" | "test".
+        info: provenance recorded in manifests: source path, md5, whether the md5 is the
+            official one, image size, seed of a synthetic generator, ...
+    """
+
+    images: Tensor
+    labels: Tensor
+    name: str
+    split: str
+    masks: Tensor | None = None
+    class_names: tuple[str, ...] = ("normal", "pneumonia")
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: Tensor | list[int]) -> "ImageSplit":
+        idx = torch.as_tensor(index, dtype=torch.long)
+        return ImageSplit(
+            images=self.images[idx],
+            labels=self.labels[idx],
+            name=self.name,
+            split=self.split,
+            masks=None if self.masks is None else self.masks[idx],
+            class_names=self.class_names,
+            info=dict(self.info),
+        )
+
+
+def register_dataset(name: str, **meta: Any):
+    """Register a loader ``fn(split, **options) -> ImageSplit``."""
+    return DATASETS.register(name, **meta)
+
+
+def load_split(name: str, split: str, **options: Any) -> ImageSplit:
+    """Load one split of a registered dataset (e.g. ``load_split("pneumoniamnist", "test")``)."""
+    from bench.errors import BenchError
+
+    if split not in SPLITS:
+        raise BenchError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    return DATASETS.get(name).obj(split, **options)

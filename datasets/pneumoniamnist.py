@@ -1,0 +1,260 @@
+"""PneumoniaMNIST (MedMNIST v2/v3): pediatric chest X-rays, normal (0) vs pneumonia (1).
+
+Yang et al., "MedMNIST v2", Scientific Data 2023. The ``.npz`` file is located, validated and
+fingerprinted here; medmnist is only used for its default root, its official MD5s and its
+download. The file is found, in this order (explicit arguments beat environment variables):
+``data_file``; ``<data_root>/<name>``; env ``BENCH_DATA_FILE``; ``<BENCH_DATA_ROOT>/<name>``;
+``<medmnist's default root>/<name>`` (``~/.medmnist``), where ``<name>`` is
+``pneumoniamnist.npz`` (size 28) or ``pneumoniamnist_{size}.npz``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.errors import BenchError
+from bench.io import file_md5
+from datasets.base import SPLITS, ImageSplit, register_dataset
+
+FLAG = "pneumoniamnist"
+SIZES = (28, 64, 128, 224)
+CLASS_NAMES = ("normal", "pneumonia")
+ENV_FILE = "BENCH_DATA_FILE"
+ENV_ROOT = "BENCH_DATA_ROOT"
+_ROOT_ORIGINS = ("data_root", ENV_ROOT, "medmnist default root")  # only these may download
+_FIX_SOURCE = f"pass --data-file / set {ENV_FILE} to a valid file"
+
+
+def file_name(size: int) -> str:
+    """medmnist's file name: ``pneumoniamnist.npz`` for 28, ``pneumoniamnist_{size}.npz`` otherwise."""
+    return f"{FLAG}{_size_flag(size)}.npz"
+
+
+def default_data_root() -> Path:
+    """medmnist's default root, ``medmnist.info.DEFAULT_ROOT`` (``~/.medmnist``)."""
+    from medmnist.info import DEFAULT_ROOT
+
+    # medmnist sets DEFAULT_ROOT to None when it cannot create ~/.medmnist
+    return Path(DEFAULT_ROOT) if DEFAULT_ROOT else Path.home() / ".medmnist"
+
+
+def official_md5(size: int) -> str:
+    """The MD5 of the official file of this size, from ``medmnist.INFO`` (``MD5``, ``MD5_64``, ...)."""
+    return _info()[f"MD5{_size_flag(size)}"]
+
+
+def resolve_data_file(size: int = 28, data_file: str | Path | None = None,
+                      data_root: str | Path | None = None) -> Path:
+    """The path the loader would read (which may not exist yet); no loading, no download."""
+    return _resolve(_check_size(size), data_file, data_root)[0]
+
+
+@register_dataset(FLAG, sizes=SIZES, in_channels=1, num_classes=2, has_masks=False)
+def pneumoniamnist(split: str, *, size: int = 28, data_file: str | Path | None = None,
+                   data_root: str | Path | None = None, download: bool = True) -> ImageSplit:
+    """One split of PneumoniaMNIST at ``size`` x ``size``.
+
+    Returns images ``(N, 1, size, size)`` float32 = uint8 / 255, labels ``(N,)`` int64 in {0, 1},
+    no masks; ``info`` holds the source path, its MD5 and whether that MD5 is the official one.
+    A file missing under a medmnist root is downloaded by medmnist when ``download`` is true.
+    """
+    if split not in SPLITS:
+        raise BenchError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    size = _check_size(size)
+    path, origin = _resolve(size, data_file, data_root)
+    if not path.exists() and origin in _ROOT_ORIGINS and download:
+        _download(path, size, split)
+    key = _file_key(path, origin, size)
+    try:
+        arrays = _read_npz(*key, size)
+    except _BadFile as err:
+        raise _bad_file_error(err, path, origin, size) from err
+    md5 = _md5(*key)
+    images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+    official = official_md5(size)
+    return ImageSplit(
+        images=torch.from_numpy(images).unsqueeze(1).float().div_(255.0),
+        labels=torch.from_numpy(labels.astype(np.int64)),
+        name=FLAG,
+        split=split,
+        masks=None,
+        class_names=CLASS_NAMES,
+        info={
+            "source": os.path.abspath(path),
+            "source_from": origin,
+            "md5": md5,
+            "md5_official": md5 == official,
+            "official_md5": official,
+            "size": size,
+            "n": int(labels.shape[0]),
+        },
+    )
+
+
+def _size_flag(size: int) -> str:
+    return "" if size == 28 else f"_{size}"
+
+
+def _info() -> dict[str, Any]:
+    from medmnist.info import INFO
+
+    return INFO[FLAG]
+
+
+def _check_size(size: Any) -> int:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or int(size) not in SIZES:
+        raise BenchError(f"{FLAG} size must be one of {', '.join(map(str, SIZES))}, got {size!r}")
+    return int(size)
+
+
+def _resolve(size: int, data_file: str | Path | None, data_root: str | Path | None) -> tuple[Path, str]:
+    """(path, where it came from) following the documented order."""
+    # explicit arguments (command-line flags) beat environment variables, which beat the default
+    if data_file is not None and str(data_file) != "":
+        return Path(data_file).expanduser(), "data_file"
+    if data_root is not None and str(data_root) != "":
+        return Path(data_root).expanduser() / file_name(size), "data_root"
+    if os.environ.get(ENV_FILE):
+        return Path(os.environ[ENV_FILE]).expanduser(), ENV_FILE
+    if os.environ.get(ENV_ROOT):
+        root, origin = Path(os.environ[ENV_ROOT]).expanduser(), ENV_ROOT
+    else:
+        root, origin = default_data_root(), "medmnist default root"
+    return root / file_name(size), origin
+
+
+def _missing_fix(path: Path, size: int) -> str:
+    info = _info()
+    flag = _size_flag(size)
+    return (f"put {path.name} (from {info['url' + flag]}, MD5 {info['MD5' + flag]}) in {path.parent} "
+            f"or {_FIX_SOURCE}")
+
+
+def _download(path: Path, size: int, split: str) -> None:
+    """Download with medmnist into a temporary directory beside ``path``, then rename it into place,
+    so an interrupted download never leaves a truncated file under the expected name."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".download", dir=path.parent))
+    except OSError as exc:
+        raise BenchError(f"{path} not found and cannot create {path.parent} for the download "
+                         f"({exc.strerror or exc}); {_missing_fix(path, size)}") from exc
+    try:
+        import medmnist
+
+        medmnist.PneumoniaMNIST(split=split, size=size, root=str(tmp), download=True, mmap_mode="r")
+        os.replace(tmp / path.name, path)
+    except Exception as exc:
+        # medmnist wraps every failure in a multi-line RuntimeError; report the root cause
+        cause = exc.__context__ or exc.__cause__ or exc
+        reason = " ".join(f"{type(cause).__name__}: {cause}".split())[:200]
+        raise BenchError(f"{path} not found and the automatic download failed ({reason}); "
+                         f"{_missing_fix(path, size)}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _file_key(path: Path, origin: str, size: int) -> tuple[str, int, int, int]:
+    """(resolved path, mtime_ns, bytes, inode): a cache key that changes when the file is replaced."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        where = f" ({origin})" if origin in (ENV_FILE, ENV_ROOT) else ""
+        if origin in _ROOT_ORIGINS:
+            raise BenchError(f"{path}{where} not found and download is disabled; allow the download or "
+                             f"{_missing_fix(path, size)}") from None
+        raise BenchError(f"data file {path}{where} not found; fix the path or {_FIX_SOURCE}") from None
+    except OSError as exc:
+        raise BenchError(f"cannot read {path}: {exc.strerror or exc}; fix its permissions or "
+                         f"{_FIX_SOURCE}") from exc
+    if not path.is_file():
+        raise BenchError(f"{path} is not a file; {_FIX_SOURCE}")
+    return str(path.resolve()), st.st_mtime_ns, st.st_size, st.st_ino
+
+
+@functools.lru_cache(maxsize=8)
+def _md5(path: str, mtime_ns: int, nbytes: int, ino: int) -> str:
+    return file_md5(path)
+
+
+class _BadFile(Exception):
+    """A problem with the file's contents; the caller adds the path and the fix."""
+
+    def __init__(self, problem: str, fix: str | None = None) -> None:
+        super().__init__(problem)
+        self.problem, self.fix = problem, fix
+
+
+def _bad_file_error(err: _BadFile, path: Path, origin: str, size: int) -> BenchError:
+    if err.fix:
+        fix = err.fix
+    elif origin in _ROOT_ORIGINS:
+        fix = f"delete it and load again with download enabled, or {_missing_fix(path, size)}"
+    else:
+        fix = f"replace it with a valid copy of the official {file_name(size)} or {_FIX_SOURCE}"
+    where = f" ({origin})" if origin in (ENV_FILE, ENV_ROOT) else ""
+    return BenchError(f"{path}{where}: {err.problem}; {fix}")
+
+
+@functools.lru_cache(maxsize=2)
+def _read_npz(path: str, mtime_ns: int, nbytes: int, ino: int, size: int) -> dict[str, np.ndarray]:
+    """All six arrays of a MedMNIST file, validated; the file is read once per (file, size)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except OSError as exc:
+        raise _BadFile(f"cannot read the file ({exc.strerror or exc})",
+                       fix=f"fix its permissions or {_FIX_SOURCE}") from exc
+    if head.startswith(b"\x93NUMPY"):
+        raise _BadFile("holds a single .npy array, not an .npz archive of six arrays")
+    if not head.startswith(b"PK"):
+        raise _BadFile("empty file, not an .npz archive" if not head else
+                       f"not an .npz (zip) archive, it starts with {head!r}")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise _BadFile(f"truncated or corrupt .npz archive ({type(exc).__name__}: {exc})") from exc
+    with npz:
+        wanted = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")]
+        missing = [k for k in wanted if k not in npz.files]
+        if missing:
+            raise _BadFile(f"missing keys {', '.join(missing)} (has {', '.join(npz.files) or 'none'}), "
+                           f"not a MedMNIST file")
+        arrays = {}
+        for k in wanted:
+            try:
+                arrays[k] = npz[k]
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+                raise _BadFile(f"cannot read array {k!r}, the archive is truncated or corrupt "
+                               f"({type(exc).__name__}: {exc})") from exc
+    for s in SPLITS:
+        images, labels = arrays[f"{s}_images"], arrays[f"{s}_labels"]
+        if images.dtype != np.uint8:
+            raise _BadFile(f"{s}_images has dtype {images.dtype}, expected uint8")
+        if images.ndim != 3:
+            raise _BadFile(f"{s}_images has shape {images.shape}, expected grayscale (N, {size}, {size})")
+        if images.shape[1:] != (size, size):
+            raise _BadFile(f"{s}_images are {images.shape[1]}x{images.shape[2]} but size={size} was requested",
+                           fix=f"request the file's size or point to a {file_name(size)} file")
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.ndim != 1:
+            raise _BadFile(f"{s}_labels has shape {labels.shape}, expected (N, 1) or (N,)")
+        if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_):
+            raise _BadFile(f"{s}_labels has dtype {labels.dtype}, expected integers")
+        if labels.shape[0] != images.shape[0]:
+            raise _BadFile(f"{s}_images has {images.shape[0]} samples but {s}_labels has {labels.shape[0]}")
+        bad = np.setdiff1d(np.unique(labels), [0, 1])
+        if bad.size:
+            raise _BadFile(f"{s}_labels has values {bad[:5].tolist()} outside {{0, 1}}")
+        arrays[f"{s}_labels"] = labels
+    return arrays

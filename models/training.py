@@ -1,0 +1,473 @@
+"""Training, fine-tuning with frozen blocks, evaluation and checkpoints.
+
+A checkpoint is a plain dict loadable with ``torch.load(path, weights_only=True)``::
+
+    {"format": "pneumobench.checkpoint/1", "model": "resnet18",
+     "model_kwargs": {"in_channels": 1, "num_classes": 2, "image_size": 28},
+     "state_dict": {...}, "stage": "pre" | "post"}
+
+Beside it, ``<checkpoint>.json`` (the sidecar) records the config, the data MD5, the epoch chosen
+on the validation split, val and test metrics (ACC, AUC, sensitivity, specificity, confusion
+matrix), the training time and, for a tuned checkpoint, the comparison with its parent.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import stats
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from bench.config import resolve_device
+from bench.errors import BenchError
+from bench.io import atomic_torch_save, atomic_write_json, file_sha256
+from datasets.base import ImageSplit
+from models.registry import MODELS, build_model
+
+CHECKPOINT_FORMAT = "pneumobench.checkpoint/1"
+OPTIMIZERS = ("adam", "sgd")
+SELECTION = ("val_loss", "val_auc", "val_acc")
+CELLS = ("TP", "FP", "FN", "TN")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Recipe for training from scratch (defaults: the recipe measured in the README).
+
+    ``momentum`` is SGD's momentum, or Adam's beta1. The loss is cross-entropy with class weights
+    ``N / (K * N_k)`` when ``class_weighting == "balanced"`` (the train split is 74 % pneumonia, the
+    test split 62.5 %). Augmentation: random integer shifts of up to ``shift`` pixels (zero fill).
+    The epoch with the best ``select_on`` score on the validation split is kept; the test split is
+    only evaluated once, on that epoch.
+    """
+
+    model: str = "resnet18"
+    dataset: str = "pneumoniamnist"
+    size: int = 28
+    epochs: int = 10
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    shift: int = 2
+    class_weighting: str = "balanced"
+    select_on: str = "val_loss"
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.model not in MODELS:
+            MODELS.get(self.model)  # raises with the known names
+        _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(self.shift >= 0, f"shift must be >= 0, got {self.shift}")
+        _check(self.class_weighting in ("balanced", "none"),
+               f"class_weighting must be 'balanced' or 'none', got {self.class_weighting!r}")
+        _check(self.select_on in SELECTION, f"select_on must be one of {SELECTION}, got {self.select_on!r}")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Fine-tuning with frozen blocks: only the top-level modules named in ``unfreeze`` train.
+
+    Frozen modules are kept in eval mode during tuning, so their BatchNorm statistics do not move
+    either: every frozen parameter and buffer stays bitwise unchanged.
+    """
+
+    unfreeze: tuple[str, ...] = ("fc", "layer4")
+    epochs: int = 3
+    lr: float = 1e-3
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    shift: int = 3
+    class_weighting: str = "balanced"
+    select_on: str = "val_loss"
+    seed: int = 1
+
+    def validate(self) -> None:
+        TrainConfig(epochs=self.epochs, lr=self.lr, optimizer=self.optimizer, momentum=self.momentum,
+                    weight_decay=self.weight_decay, batch_size=self.batch_size, shift=self.shift,
+                    class_weighting=self.class_weighting, select_on=self.select_on).validate()
+        _check(len(self.unfreeze) > 0, "unfreeze must name at least one module, e.g. fc,layer4")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise BenchError(message)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def predict_proba(model: nn.Module, images: Tensor, *, device: torch.device | str = "cpu",
+                  batch_size: int = 512) -> Tensor:
+    """Class probabilities ``(N, K)`` on the CPU, batched, in eval mode (mode restored after)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            out.append(F.softmax(model(images[i:i + batch_size].to(device)), dim=1).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, 2)
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve via the Mann-Whitney U statistic: AUC = U / (n_pos * n_neg)."""
+    labels = np.asarray(labels).astype(bool)
+    pos, neg = np.asarray(scores)[labels], np.asarray(scores)[~labels]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    u = stats.mannwhitneyu(pos, neg, alternative="two-sided").statistic
+    return float(u / (len(pos) * len(neg)))
+
+
+def confusion_cells(labels: Tensor | np.ndarray, preds: Tensor | np.ndarray) -> list[str]:
+    """Per-image confusion cell with class 1 (pneumonia) as positive: TP / FP / FN / TN."""
+    labels, preds = np.asarray(labels).astype(int), np.asarray(preds).astype(int)
+    return [("T" if y == p else "F") + ("P" if p == 1 else "N") for y, p in zip(labels, preds)]
+
+
+def classification_metrics(labels: Tensor | np.ndarray, probs: Tensor | np.ndarray) -> dict[str, Any]:
+    """ACC, AUC, sensitivity, specificity and the confusion matrix for a binary task.
+
+    ``probs (N, 2)``; the prediction is the argmax (MedMNIST's 0.5 threshold). Positive = class 1.
+    Confusion matrix rows are true labels, columns predictions: ``[[TN, FP], [FN, TP]]``.
+    """
+    labels = np.asarray(labels).astype(int)
+    probs = np.asarray(probs, dtype=np.float64)
+    preds = probs.argmax(1)
+    tp = int(((preds == 1) & (labels == 1)).sum())
+    tn = int(((preds == 0) & (labels == 0)).sum())
+    fp = int(((preds == 1) & (labels == 0)).sum())
+    fn = int(((preds == 0) & (labels == 1)).sum())
+    return {
+        "acc": (tp + tn) / max(1, len(labels)),
+        "auc": roc_auc(labels, probs[:, 1]),
+        "sensitivity": tp / max(1, tp + fn),
+        "specificity": tn / max(1, tn + fp),
+        "confusion": [[tn, fp], [fn, tp]],
+        "n": int(len(labels)),
+    }
+
+
+def evaluate(model: nn.Module, split: ImageSplit, *, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Metrics of ``model`` on a split, plus per-image predictions (for McNemar and cell moves)."""
+    probs = predict_proba(model, split.images, device=device)
+    out = classification_metrics(split.labels.numpy(), probs.numpy())
+    out["preds"] = probs.argmax(1).tolist()
+    out["loss"] = float(F.nll_loss(torch.log(probs.clamp_min(1e-12)), split.labels).item())
+    return out
+
+
+def mcnemar_exact(labels: np.ndarray, preds_a: np.ndarray, preds_b: np.ndarray) -> dict[str, Any]:
+    """McNemar's exact test of two classifiers on the same images.
+
+    b = images A gets right and B wrong, c = the reverse; under H0 b ~ Binomial(b + c, 1/2);
+    two-sided exact p-value from ``scipy.stats.binomtest`` (McNemar 1947; exact form per
+    Fagerland et al. 2013). p = 1 when b + c = 0.
+    """
+    labels, a, b_ = (np.asarray(v).astype(int) for v in (labels, preds_a, preds_b))
+    ok_a, ok_b = a == labels, b_ == labels
+    b = int((ok_a & ~ok_b).sum())
+    c = int((~ok_a & ok_b).sum())
+    p = 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5).pvalue)
+    return {"a_right_b_wrong": b, "a_wrong_b_right": c, "p_value": p}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_key(cfg: TrainConfig | TuneConfig, data_md5: str, parent_sha256: str | None = None) -> str:
+    """A short content key of a recipe and its data: the cache name of the checkpoint it produces."""
+    payload = json.dumps({"config": asdict(cfg), "data_md5": data_md5, "parent": parent_sha256}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+
+def default_checkpoint_path(cfg: TrainConfig, data_md5: str, root: str | Path = "results/checkpoints") -> Path:
+    """Where ``bench train`` and ``bench run`` keep the checkpoint of a recipe (shared cache)."""
+    return Path(root) / f"{cfg.model}-{cfg.size}px-seed{cfg.seed}-{checkpoint_key(cfg, data_md5)}.pt"
+
+
+def default_tuned_path(parent: str | Path, cfg: TuneConfig) -> Path:
+    """``<parent>-post-<key>.pt`` beside the parent checkpoint."""
+    parent = Path(parent)
+    key = checkpoint_key(cfg, "", file_sha256(parent))
+    return parent.with_name(f"{parent.stem}-post-{key}.pt")
+
+
+def model_kwargs_for(split: ImageSplit, num_classes: int = 2) -> dict[str, int]:
+    return {"in_channels": int(split.images.shape[1]), "num_classes": num_classes,
+            "image_size": int(split.images.shape[-1])}
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, *, model_name: str, model_kwargs: dict[str, int],
+                    stage: str, sidecar: dict[str, Any]) -> dict[str, Any]:
+    """Write the checkpoint and its JSON sidecar atomically; returns the sidecar with the hash."""
+    path = Path(path)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    atomic_torch_save(path, {"format": CHECKPOINT_FORMAT, "model": model_name,
+                             "model_kwargs": dict(model_kwargs), "state_dict": state, "stage": stage})
+    sidecar = dict(sidecar, checkpoint=path.name, sha256=file_sha256(path), stage=stage, model=model_name,
+                   model_kwargs=dict(model_kwargs))
+    atomic_write_json(sidecar_path(path), sidecar)
+    return sidecar
+
+
+def sidecar_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    p = sidecar_path(path)
+    if not p.exists():
+        raise BenchError(f"checkpoint sidecar {p} is missing; re-create the checkpoint with `python -m bench train`")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise BenchError(f"checkpoint sidecar {p} is not valid JSON ({exc.msg}); re-create the checkpoint") from exc
+
+
+def load_checkpoint(path: str | Path, *, expected_model: str | None = None,
+                    device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Load a checkpoint (``weights_only=True``) into a fresh registered model in eval mode.
+
+    Raises BenchError for a missing or corrupt file, a file that is not a pneumobench checkpoint,
+    a checkpoint of another architecture than ``expected_model``, or weights that do not fit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"checkpoint {path} not found; train one with `python -m bench train` or fix the path")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip errors of many kinds
+        raise BenchError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+                         f"it is corrupt or not a torch file: re-create it with `python -m bench train`") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise BenchError(f"{path} is not a pneumobench checkpoint (no format {CHECKPOINT_FORMAT!r}); "
+                         f"create one with `python -m bench train`")
+    name = ckpt["model"]
+    if expected_model is not None and name != expected_model:
+        raise BenchError(f"checkpoint {path} is for architecture {name!r}, not {expected_model!r}; "
+                         f"use --model {name} or a {expected_model} checkpoint")
+    model = build_model(name, **ckpt["model_kwargs"])
+    missing, unexpected = _state_dict_mismatch(model, ckpt["state_dict"])
+    if missing or unexpected:
+        raise BenchError(f"checkpoint {path} does not fit architecture {name!r} ({len(missing)} missing, "
+                         f"{len(unexpected)} unexpected tensors, e.g. {(missing + unexpected)[0]}); "
+                         f"it was written by another model definition: re-train it")
+    model.load_state_dict(ckpt["state_dict"])
+    info = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    info["sha256"] = file_sha256(path)
+    info["path"] = str(path)
+    return model.to(device).eval(), info
+
+
+def _state_dict_mismatch(model: nn.Module, state: dict[str, Tensor]) -> tuple[list[str], list[str]]:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    missing += [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    return missing, unexpected
+
+
+# ----------------------------------------------------------------------------- the loops
+
+
+def _shift_batch(x: Tensor, max_shift: int, gen: torch.Generator) -> Tensor:
+    """Random integer translation of each image by up to ``max_shift`` px, zero fill."""
+    if max_shift == 0:
+        return x
+    b, _, h, w = x.shape
+    padded = F.pad(x, (max_shift,) * 4)
+    offs = torch.randint(0, 2 * max_shift + 1, (b, 2), generator=gen)
+    return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offs.tolist())])
+
+
+def _class_weights(labels: Tensor, num_classes: int, mode: str) -> Tensor | None:
+    if mode == "none":
+        return None
+    counts = torch.bincount(labels, minlength=num_classes).float().clamp_min(1)
+    return counts.sum() / (num_classes * counts)
+
+
+def _make_optimizer(params, cfg) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _selection_score(metrics: dict[str, Any], select_on: str) -> float:
+    """Higher is better."""
+    if select_on == "val_loss":
+        return -metrics["loss"]
+    return metrics[select_on.removeprefix("val_")]
+
+
+def _fit(model: nn.Module, cfg, train: ImageSplit, val: ImageSplit, device: torch.device, *,
+         trainable: list[nn.Parameter], frozen_modules: list[nn.Module], desc: str,
+         progress: bool) -> tuple[dict[str, Tensor], list[dict[str, Any]], int]:
+    """Shared epoch loop; returns the best state (chosen on val), the history and the best epoch."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    weights = _class_weights(train.labels, 2, cfg.class_weighting)
+    weights = None if weights is None else weights.to(device)
+    opt = _make_optimizer(trainable, cfg)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
+    best_state, best_score, best_epoch, history = None, -math.inf, -1, []
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        for m in frozen_modules:
+            m.eval()
+        perm = torch.randperm(len(train), generator=gen)
+        total, seen = 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"{desc} epoch {epoch}/{cfg.epochs}", disable=not progress,
+                   leave=False, unit="batch")
+        for s in bar:
+            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            x = _shift_batch(train.images[idx], cfg.shift, gen).to(device)
+            y = train.labels[idx].to(device)
+            loss = F.cross_entropy(model(x), y, weight=weights)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+        val_m = evaluate(model, val, device=device)
+        score = _selection_score(val_m, cfg.select_on)
+        history.append({"epoch": epoch, "train_loss": total / seen, "val_loss": val_m["loss"],
+                        "val_acc": val_m["acc"], "val_auc": val_m["auc"]})
+        if score > best_score:
+            best_score, best_epoch = score, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        (tqdm.write if progress else print)(f"{desc} epoch {epoch}/{cfg.epochs}: train loss {total / seen:.4f}, val loss "
+                       f"{val_m['loss']:.4f}, val acc {val_m['acc']:.4f}, val auc {val_m['auc']:.4f}"
+                   + ("  *" if best_epoch == epoch else ""), flush=True)
+    return best_state, history, best_epoch
+
+
+def _strip(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k != "preds"}
+
+
+def _data_record(*splits: ImageSplit) -> dict[str, Any]:
+    info = splits[0].info
+    return {"dataset": splits[0].name, **{k: info[k] for k in ("md5", "md5_official", "source", "seed", "size")
+                                          if k in info}, "n": {s.split: len(s) for s in splits}}
+
+
+def train_model(cfg: TrainConfig, train: ImageSplit, val: ImageSplit, test: ImageSplit, *,
+                out: str | Path, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg.model`` from scratch, keep the epoch chosen on val, write checkpoint + sidecar."""
+    cfg = replace(cfg, dataset=train.name, size=int(train.images.shape[-1]))
+    cfg.validate()
+    dev = resolve_device(device)
+    torch.manual_seed(cfg.seed)
+    kwargs = model_kwargs_for(train)
+    model = build_model(cfg.model, **kwargs).to(dev)
+    t0 = time.perf_counter()
+    best_state, history, best_epoch = _fit(model, cfg, train, val, dev, trainable=list(model.parameters()),
+                                           frozen_modules=[], desc=cfg.model, progress=progress)
+    seconds = time.perf_counter() - t0
+    model.load_state_dict(best_state)
+    val_m, test_m = evaluate(model, val, device=dev), evaluate(model, test, device=dev)
+    sidecar = {"config": asdict(cfg), "data": _data_record(train, val, test), "best_epoch": best_epoch,
+               "history": history, "val": _strip(val_m), "test": _strip(test_m),
+               "test_preds": test_m["preds"], "train_seconds": round(seconds, 1), "device": str(dev),
+               "torch": torch.__version__}
+    return save_checkpoint(out, model, model_name=cfg.model, model_kwargs=kwargs, stage="pre", sidecar=sidecar)
+
+
+def tune_model(parent: str | Path, cfg: TuneConfig, train: ImageSplit, val: ImageSplit, test: ImageSplit, *,
+               out: str | Path, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+    """Fine-tune the top-level modules ``cfg.unfreeze`` of a checkpoint; everything else frozen.
+
+    The sidecar adds ``comparison``: the parent's and the tuned model's test metrics and their
+    deltas, McNemar's exact test on the test predictions, and the confusion-cell transition counts.
+    """
+    cfg.validate()
+    dev = resolve_device(device)
+    model, info = load_checkpoint(parent, device=dev)
+    names = dict(model.named_children())
+    unknown = [n for n in cfg.unfreeze if n not in names]
+    if unknown:
+        raise BenchError(f"cannot unfreeze {', '.join(unknown)}: {info['model']} has top-level modules "
+                         f"{', '.join(names)}; pass e.g. --unfreeze fc,layer4")
+    if tuple(test.images.shape[1:]) != (info["model_kwargs"]["in_channels"],) + (info["model_kwargs"]["image_size"],) * 2:
+        raise BenchError(f"checkpoint {parent} expects {info['model_kwargs']['image_size']} px images, "
+                         f"data has {test.images.shape[-1]} px; use --size {info['model_kwargs']['image_size']}")
+    trainable, frozen = [], []
+    for name, module in names.items():
+        is_trainable = name in cfg.unfreeze
+        for p in module.parameters():
+            p.requires_grad_(is_trainable)
+            if is_trainable:
+                trainable.append(p)
+        if not is_trainable:
+            frozen.append(module)
+    parent_side = read_sidecar(parent)
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    best_state, history, best_epoch = _fit(model, cfg, train, val, dev, trainable=trainable,
+                                           frozen_modules=frozen, desc=f"{info['model']} tune", progress=progress)
+    seconds = time.perf_counter() - t0
+    model.load_state_dict(best_state)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    val_m, test_m = evaluate(model, val, device=dev), evaluate(model, test, device=dev)
+    parent_test = parent_side["test"]
+    labels = test.labels.numpy()
+    pre_preds, post_preds = np.asarray(parent_side["test_preds"]), np.asarray(test_m["preds"])
+    if len(pre_preds) != len(labels):
+        raise BenchError(f"parent checkpoint {parent} was evaluated on {len(pre_preds)} test images, this data "
+                         f"has {len(labels)}; tune on the data the parent was trained on")
+    moves: dict[str, dict[str, int]] = {a: {b: 0 for b in CELLS} for a in CELLS}
+    for a, b in zip(confusion_cells(labels, pre_preds), confusion_cells(labels, post_preds)):
+        moves[a][b] += 1
+    scalar = ("acc", "auc", "sensitivity", "specificity", "loss")
+    comparison = {
+        "parent": {"checkpoint": str(parent), "sha256": info["sha256"]},
+        "test_pre": {k: parent_test[k] for k in scalar if k in parent_test},
+        "test_post": {k: test_m[k] for k in scalar},
+        "delta": {k: test_m[k] - parent_test[k] for k in scalar if k in parent_test},
+        "mcnemar": mcnemar_exact(labels, pre_preds, post_preds),
+        "cell_moves": moves,
+        "images_changed_cell": int(sum(moves[a][b] for a in CELLS for b in CELLS if a != b)),
+    }
+    sidecar = {"config": {**asdict(cfg), "unfreeze": list(cfg.unfreeze)}, "data": _data_record(train, val, test),
+               "best_epoch": best_epoch, "history": history, "val": _strip(val_m), "test": _strip(test_m),
+               "test_preds": test_m["preds"], "train_seconds": round(seconds, 1), "device": str(dev),
+               "torch": torch.__version__, "comparison": comparison}
+    return save_checkpoint(out, model, model_name=info["model"], model_kwargs=info["model_kwargs"],
+                           stage="post", sidecar=sidecar)
+
+
+def frozen_state(model: nn.Module, unfreeze: tuple[str, ...]) -> dict[str, Tensor]:
+    """Parameters and buffers outside the unfrozen top-level modules (to check they are unchanged)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k.split(".")[0] not in unfreeze}
+
+
+__all__ = [
+    "TrainConfig", "TuneConfig", "train_model", "tune_model", "evaluate", "classification_metrics",
+    "mcnemar_exact", "confusion_cells", "load_checkpoint", "save_checkpoint", "read_sidecar", "roc_auc",
+    "predict_proba", "frozen_state",
+]

@@ -1,0 +1,82 @@
+"""The command line: list, train, tune and the one-line errors (synthetic data, tiny model)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bench.cli import main
+from tests.conftest import REPO
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_help_lists_the_commands():
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for cmd in ("run", "list", "train", "tune", "report"):
+        assert cmd in r.stdout
+
+
+@pytest.mark.parametrize("kind,expected", [("models", ["resnet18", "resnet50", "resnet101", "tiny"]),
+                                           ("datasets", ["pneumoniamnist", "synthetic"])])
+def test_list_enumerates_the_registry(capsys, kind, expected):
+    assert main(["list", kind]) == 0
+    out = capsys.readouterr().out
+    for name in expected:
+        assert f"  {name} " in out
+
+
+def test_list_everything(capsys):
+    import datasets
+    import explainers
+    import models
+    from bench import metrics
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for reg in (models.MODELS, datasets.DATASETS, explainers.EXPLAINERS, metrics.METRICS):
+        for name in reg.names():
+            assert name in out
+
+
+def test_train_then_tune_on_synthetic(tmp_path, capsys):
+    pre, post = tmp_path / "pre.pt", tmp_path / "post.pt"
+    assert main(["train", "--model", "tiny", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "64",
+                 "--out", str(pre), "--no-progress", "--device", "cpu"]) == 0
+    assert "test ACC" in capsys.readouterr().out
+    side = json.loads((tmp_path / "pre.pt.json").read_text())
+    assert side["config"]["dataset"] == "synthetic" and side["stage"] == "pre"
+    assert main(["tune", "--from", str(pre), "--unfreeze", "fc", "--epochs", "1", "--dataset", "synthetic",
+                 "--out", str(post), "--no-progress", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "McNemar p =" in out
+    assert json.loads((tmp_path / "post.pt.json").read_text())["comparison"]["mcnemar"]["p_value"] <= 1
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "--model", "vgg16"], "unknown model 'vgg16'"),
+    (["train", "--model", "tiny", "--epochs", "0", "--dataset", "synthetic"], "epochs must be >= 1"),
+    (["train", "--model", "tiny", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["train", "--model", "tiny", "--device", "tpu", "--dataset", "synthetic"], "unknown device 'tpu'"),
+    (["tune", "--from", "missing.pt", "--dataset", "synthetic"], "missing.pt not found"),
+    (["list", "models", "--bogus"], None),
+])
+def test_bad_input_is_one_line_and_nonzero(args, needle):
+    r = run_cli(*args)
+    assert r.returncode != 0
+    if needle is not None:
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+
+
+def test_missing_data_file_names_the_file_and_the_fix(tmp_path):
+    missing = tmp_path / "nope.npz"
+    r = run_cli("train", "--model", "tiny", "--data-file", str(missing))
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "nope.npz" in lines[0], r.stderr

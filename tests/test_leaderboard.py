@@ -1,0 +1,361 @@
+"""Leaderboard, pre/post tables, Markdown and figures on synthetic scores with known differences."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from bench import leaderboard as lb
+from bench import plots, stats
+from bench.errors import BenchError
+
+N = 20
+# explainer -> (pre mean of every metric, post - pre shift); lower is better for both metrics
+TRUTH = {"alpha": (0.2, 0.1), "beta": (0.5, 0.0), "gamma": (0.8, -0.1)}
+METRICS = {"deletion_auc": False, "additivity_error": False}
+OOM = "CUDA out of memory | tried to allocate 2 GiB"
+
+
+def _cell(label: int, pred: int) -> str:
+    return {(1, 1): "TP", (0, 1): "FP", (1, 0): "FN", (0, 0): "TN"}[(label, pred)]
+
+
+def make_scores(seed: int = 0, models=("resnet18",), stages=("pre", "post")) -> pd.DataFrame:
+    """3 explainers x 2 metrics x stages x N images, plus a failing explainer.
+
+    gamma is non-additive (additivity_error is NaN with status n/a); "broken" fails everywhere.
+    Values are pre + shift + small noise on a per-image base, so pairs are correlated.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    labels = np.array([i % 2 for i in range(N)])
+    for model in models:
+        preds = {"pre": labels.copy(), "post": labels.copy()}
+        preds["pre"][[0, 1, 2, 3, 5, 7]] ^= 1            # some FN/FP under the pre model
+        preds["post"][[0, 1, 4]] ^= 1                     # post fixes 2, 3, 5, 7 and breaks 4
+        for explainer, (mu, shift) in TRUTH.items():
+            for metric, hib in METRICS.items():
+                base = mu + rng.normal(0, 0.05, N)
+                for stage in stages:
+                    vals = base + (shift if stage == "post" else 0.0) + rng.normal(0, 0.01, N)
+                    for i in range(N):
+                        na = explainer == "gamma" and metric == "additivity_error"
+                        rows.append(dict(model=model, stage=stage, explainer=explainer, metric=metric, image=i,
+                                         label=int(labels[i]), pred=int(preds[stage][i]),
+                                         cell=_cell(int(labels[i]), int(preds[stage][i])),
+                                         value=np.nan if na else float(vals[i]), status="n/a" if na else "ok",
+                                         message="", higher_is_better=hib, seconds_per_image=0.02 + 0.01 * i / N,
+                                         peak_mem_mb=10.0 + i))
+        for stage in stages:
+            for metric, hib in METRICS.items():
+                for i in range(N):
+                    rows.append(dict(model=model, stage=stage, explainer="broken", metric=metric, image=i,
+                                     label=int(labels[i]), pred=int(preds[stage][i]),
+                                     cell=_cell(int(labels[i]), int(preds[stage][i])), value=np.nan,
+                                     status="error", message=OOM, higher_is_better=hib,
+                                     seconds_per_image=np.nan, peak_mem_mb=np.nan))
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def scores() -> pd.DataFrame:
+    return make_scores()
+
+
+@pytest.fixture(scope="module")
+def board(scores) -> pd.DataFrame:
+    return lb.leaderboard(scores)
+
+
+def _row(df: pd.DataFrame, **kw) -> pd.Series:
+    mask = np.ones(len(df), dtype=bool)
+    for k, v in kw.items():
+        mask &= (df[k] == v).to_numpy()
+    assert mask.sum() == 1, kw
+    return df[mask].iloc[0]
+
+
+def _md_row(md: str, section: str, first_cell: str) -> list[str]:
+    """Cells of the table row starting with ``first_cell`` in the Markdown section ``section``."""
+    part = md.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    for line in part.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if line.startswith("|") and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no row {first_cell!r} in section {section!r}")
+
+
+# ----------------------------------------------------------------------------- leaderboard
+
+
+def test_leaderboard_columns_stats_and_ranks(scores, board):
+    assert list(board.columns) == lb.LEADERBOARD_COLUMNS
+    assert len(board) == 2 * 4 * 2                                  # stages x explainers x metrics
+    for stage in ("pre", "post"):
+        for explainer in TRUTH:
+            values = scores[(scores.stage == stage) & (scores.explainer == explainer)
+                            & (scores.metric == "deletion_auc")]["value"].to_numpy()
+            r = _row(board, stage=stage, explainer=explainer, metric="deletion_auc")
+            assert r["n"] == N and r["status"] == "ok"
+            assert r["mean"] == pytest.approx(values.mean())
+            assert (r["ci_low"], r["ci_high"]) == stats.bootstrap_ci(values)
+            assert r["seconds_per_image"] == pytest.approx(0.02 + 0.01 * np.arange(N).mean() / N)
+            assert r["peak_mem_mb"] == 10.0 + N - 1
+        ranks = {e: _row(board, stage=stage, explainer=e, metric="deletion_auc")["rank"] for e in TRUTH}
+        assert ranks == {"alpha": 1, "beta": 2, "gamma": 3}          # lower is better, well separated
+
+
+def test_leaderboard_order_is_model_stage_metric_rank_explainer(board):
+    assert list(board["stage"].iloc[:8]) == ["pre"] * 8
+    pre_del = board[(board.stage == "pre") & (board.metric == "deletion_auc")]
+    assert list(pre_del["explainer"]) == ["alpha", "beta", "gamma", "broken"]     # unranked last
+
+
+def test_overlapping_explainers_share_a_rank(scores):
+    twin = scores[scores.explainer == "alpha"].assign(explainer="alpha2")
+    twin["value"] = twin["value"] + 0.002                            # same distribution, CIs overlap
+    board = lb.leaderboard(pd.concat([scores, twin]))
+    ranks = board[(board.stage == "pre") & (board.metric == "deletion_auc")].set_index("explainer")["rank"]
+    assert (ranks["alpha"], ranks["alpha2"], ranks["beta"], ranks["gamma"]) == (1, 1, 3, 4)
+
+
+def test_failed_explainer_has_its_message_and_no_rank(scores, board):
+    r = _row(board, stage="pre", explainer="broken", metric="deletion_auc")
+    assert r["status"] == f"error: {OOM}"
+    assert pd.isna(r["rank"]) and math.isnan(r["mean"]) and math.isnan(r["ci_low"]) and r["n"] == 0
+    md = lb.render_leaderboard_md(board)
+    row = _md_row(md, "resnet18 · pre", "broken")
+    assert row[1:3] == ["error", "error"]
+    assert row[-1] == "error: " + OOM.replace("|", "\\|")
+
+
+def test_partly_failed_explainer_is_an_error_with_a_count(scores):
+    s = scores.copy()
+    hit = (s.explainer == "beta") & (s.stage == "pre") & (s.metric == "deletion_auc") & (s.image < 5)
+    s.loc[hit, ["status", "message", "value"]] = ["error", "timeout", np.nan]
+    r = _row(lb.leaderboard(s), stage="pre", explainer="beta", metric="deletion_auc")
+    assert r["status"] == f"error: timeout (5 of {N} images)" and pd.isna(r["rank"])
+
+
+def test_non_additive_method_is_na_never_zero(tmp_path, scores, board):
+    r = _row(board, stage="pre", explainer="gamma", metric="additivity_error")
+    assert r["status"] == "n/a" and math.isnan(r["mean"]) and pd.isna(r["rank"]) and r["n"] == 0
+    md = lb.render_leaderboard_md(board)
+    header = _md_row(md, "resnet18 · pre", "explainer")
+    col = header.index("additivity_error ↓")
+    assert _md_row(md, "resnet18 · pre", "gamma")[col] == "n/a"
+    assert _md_row(md, "resnet18 · pre", "gamma")[header.index("deletion_auc ↓")].endswith("(3)")
+    lb.write_tables(tmp_path, scores)
+    csv = pd.read_csv(tmp_path / "leaderboard.csv", keep_default_na=False)
+    g = csv[(csv.explainer == "gamma") & (csv.metric == "additivity_error")]
+    assert set(g["mean"]) == {""} and set(g["status"]) == {"n/a"}
+
+
+def test_scores_are_validated(scores):
+    with pytest.raises(BenchError, match="lacks column"):
+        lb.leaderboard(scores.drop(columns=["status"]))
+    with pytest.raises(BenchError, match="duplicate"):
+        lb.leaderboard(pd.concat([scores, scores.iloc[:1]]))
+    with pytest.raises(BenchError, match="stage"):
+        lb.leaderboard(scores.assign(stage="middle"))
+    bad = scores.copy()
+    bad.loc[bad.index[0], "higher_is_better"] = True
+    with pytest.raises(BenchError, match="higher_is_better"):
+        lb.leaderboard(bad)
+
+
+# ----------------------------------------------------------------------------- pre vs post
+
+
+def test_prepost_known_differences_and_scipy_wilcoxon(scores):
+    pp = lb.prepost(scores)
+    assert list(pp.columns) == lb.PREPOST_COLUMNS
+    for explainer, (_, shift) in TRUTH.items():
+        r = _row(pp, explainer=explainer, metric="deletion_auc")
+        sel = scores[(scores.explainer == explainer) & (scores.metric == "deletion_auc")]
+        pre = sel[sel.stage == "pre"].sort_values("image")["value"].to_numpy()
+        post = sel[sel.stage == "post"].sort_values("image")["value"].to_numpy()
+        assert r["n_pairs"] == N and r["status"] == "ok"
+        assert r["diff_mean"] == pytest.approx(shift, abs=0.01)
+        assert r["diff_ci_low"] <= shift <= r["diff_ci_high"]
+        assert r["p_wilcoxon"] == pytest.approx(sps.wilcoxon(post, pre).pvalue, rel=1e-12)
+    assert _row(pp, explainer="alpha", metric="deletion_auc")["p_wilcoxon"] < 1e-4
+    assert _row(pp, explainer="gamma", metric="additivity_error")["status"] == "n/a"
+    assert _row(pp, explainer="broken", metric="deletion_auc")["status"] == f"error: pre: {OOM}; post: {OOM}"
+
+
+def test_prepost_uses_only_paired_images(scores):
+    s = scores[~((scores.explainer == "alpha") & (scores.stage == "post") & (scores.image < 5))].copy()
+    s.loc[(s.explainer == "alpha") & (s.stage == "pre") & (s.image == 7), "value"] = np.nan
+    r = _row(lb.prepost(s), explainer="alpha", metric="deletion_auc")
+    paired = [i for i in range(N) if i >= 5 and i != 7]
+    sel = s[(s.explainer == "alpha") & (s.metric == "deletion_auc") & s.image.isin(paired)]
+    pre = sel[sel.stage == "pre"].sort_values("image")["value"].to_numpy()
+    post = sel[sel.stage == "post"].sort_values("image")["value"].to_numpy()
+    assert r["n_pairs"] == len(paired) == 14
+    assert r["pre_mean"] == pytest.approx(pre.mean()) and r["post_mean"] == pytest.approx(post.mean())
+    assert r["p_wilcoxon"] == pytest.approx(sps.wilcoxon(post, pre).pvalue, rel=1e-12)
+
+
+def test_holm_family_is_all_rows_of_a_model():
+    s = make_scores(models=("resnet18", "resnet50"))
+    pp = lb.prepost(s)
+    for _, g in pp.groupby("model"):
+        assert g["p_holm"].to_numpy() == pytest.approx(stats.holm(g["p_wilcoxon"].to_numpy()), nan_ok=True)
+        assert g["p_wilcoxon"].notna().sum() == 5                   # 3 x 2 minus gamma's n/a
+    one = pp[pp.model == "resnet18"]
+    assert one["p_holm"].to_numpy() == pytest.approx(lb.prepost(make_scores())["p_holm"].to_numpy(), nan_ok=True)
+
+
+def test_prepost_by_cell_groups_by_the_pre_cell(scores):
+    bc = lb.prepost_by_cell(scores)
+    pp = lb.prepost(scores)
+    assert list(bc.columns) == lb.PREPOST_BY_CELL_COLUMNS
+    sub = bc[(bc.explainer == "beta") & (bc.metric == "deletion_auc")]
+    assert list(sub["cell"]) == list(lb.CELLS)
+    assert sub["n_pairs"].sum() == _row(pp, explainer="beta", metric="deletion_auc")["n_pairs"]
+    # images 2, 3, 5, 7 are FN/FP under pre but TP/TN under post: they count in the pre cell
+    pre_cells = scores[(scores.stage == "pre")].drop_duplicates("image").set_index("image")["cell"]
+    assert dict(zip(sub["cell"], sub["n_pairs"])) == pre_cells.value_counts().reindex(list(lb.CELLS)).to_dict()
+    fn = [i for i in range(N) if pre_cells[i] == "FN"]
+    sel = scores[(scores.explainer == "beta") & (scores.metric == "deletion_auc") & scores.image.isin(fn)]
+    pre = sel[sel.stage == "pre"].sort_values("image")["value"].to_numpy()
+    post = sel[sel.stage == "post"].sort_values("image")["value"].to_numpy()
+    assert _row(sub, cell="FN")["p_wilcoxon"] == pytest.approx(sps.wilcoxon(post, pre).pvalue)
+    ok = bc.groupby("model")
+    for _, g in ok:
+        assert g["p_holm"].to_numpy() == pytest.approx(stats.holm(g["p_wilcoxon"].to_numpy()), nan_ok=True)
+
+
+def test_prepost_by_cell_rejects_inconsistent_pre_cells(scores):
+    s = scores.copy()
+    s.loc[(s.stage == "pre") & (s.explainer == "alpha") & (s.image == 0), "cell"] = "TN"
+    with pytest.raises(BenchError, match="different pre-stage cells"):
+        lb.prepost_by_cell(s)
+
+
+PREPOST_MODELS = {"resnet18": {
+    "delta": {"acc": 0.05, "auc": 0.01, "sensitivity": 0.1, "specificity": -0.02},
+    "mcnemar": {"a_right_b_wrong": 1, "a_wrong_b_right": 4, "p_value": 0.375},
+    "cell_moves": {"TP": {"TP": 8, "FN": 1}, "FN": {"TP": 3}, "TN": {"TN": 7}, "FP": {"TN": 1}},
+    "test_pre": {"acc": 0.70, "auc": 0.8}, "test_post": {"acc": 0.75, "auc": 0.81}}}
+
+
+def test_prepost_markdown_has_differences_model_comparison_and_cells(scores):
+    pp, bc = lb.prepost(scores), lb.prepost_by_cell(scores)
+    md = lb.render_prepost_md(pp, bc, PREPOST_MODELS)
+    assert "b (pre right, post wrong) = 1, c (pre wrong, post right) = 4, p = 0.375" in md
+    assert "| FN | 0 | 0 | 0 | 0 |" not in md and "| FN | 3 | 0 | 0 | 0 |" in md
+    assert "| acc | 0.7 | 0.75 | +0.05 |" in md
+    assert "### By cell of the pre model" in md
+    alpha = [line for line in md.splitlines() if line.startswith("| alpha | deletion_auc ↓ | 20 |")]
+    assert len(alpha) == 1 and "[+0.0" in alpha[0]
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def test_write_tables_is_byte_identical_and_order_free(tmp_path, scores):
+    a = lb.write_tables(tmp_path / "a", scores, prepost_models=PREPOST_MODELS)
+    b = lb.write_tables(tmp_path / "b", scores.sample(frac=1.0, random_state=3), prepost_models=PREPOST_MODELS)
+    names = [p.name for p in a]
+    assert names == ["leaderboard.csv", "leaderboard.md", "prepost.csv", "prepost_by_cell.csv", "prepost.md"]
+    assert names == [p.name for p in b]
+    for pa, pb in zip(a, b):
+        assert pa.read_bytes() == pb.read_bytes(), pa.name
+        assert pa.stat().st_size > 0
+    assert not list((tmp_path / "a").glob(".*.tmp"))
+
+
+def test_write_tables_without_both_stages_skips_prepost(tmp_path):
+    written = lb.write_tables(tmp_path, make_scores(stages=("pre",)))
+    assert [p.name for p in written] == ["leaderboard.csv", "leaderboard.md"]
+    assert not (tmp_path / "prepost.md").exists()
+    with pytest.raises(BenchError, match="no rows"):
+        lb.write_tables(tmp_path, make_scores().iloc[0:0])
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def make_curves(seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for stage in ("pre", "post"):
+        for explainer in TRUTH:
+            for curve in ("deletion", "insertion"):
+                for i in range(N):
+                    for f in np.linspace(0, 1, 6):
+                        p = (1 - f if curve == "deletion" else f) + rng.normal(0, 0.05)
+                        rows.append(dict(model="resnet18", stage=stage, explainer=explainer, curve=curve, image=i,
+                                         fraction=f, prob=float(np.clip(p, 0, 1))))
+    return pd.DataFrame(rows)
+
+
+def save_examples(path, n: int = 6, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    maps = {("resnet18", s, e): rng.normal(size=(n, 1, 8, 8)) * (3.0 if s == "post" else 1.0)
+            for s in ("pre", "post") for e in ("alpha", "beta")}
+    cells = {("resnet18", "pre"): ["TP", "FP", "FN", "TN", "TP", "TN"],
+             ("resnet18", "post"): ["TP", "TN", "TP", "TN", "TP", "TN"]}
+    plots.save_attribution_examples(path, images=rng.random((n, 8, 8)), labels=[1, 0, 1, 0, 1, 0],
+                                    index=[3, 5, 8, 9, 11, 12], cells=cells, maps=maps)
+    return maps
+
+
+def test_attribution_store_round_trip(tmp_path):
+    maps = save_examples(tmp_path / "attributions.npz")
+    ex = plots.load_attribution_examples(tmp_path / "attributions.npz")
+    assert ex.images.shape == (6, 8, 8) and ex.index.tolist() == [3, 5, 8, 9, 11, 12]
+    assert ex.cells[("resnet18", "post")].tolist()[1] == "TN"
+    got = ex.maps[("resnet18", "pre", "alpha")]
+    assert got.shape == (6, 8, 8) and got.dtype == np.float32
+    np.testing.assert_allclose(got, maps[("resnet18", "pre", "alpha")].sum(1), rtol=1e-6)   # channel sum
+    assert ex.pairs() == [("resnet18", "alpha"), ("resnet18", "beta")]
+    with pytest.raises(BenchError, match="must not contain"):
+        plots.save_attribution_examples(tmp_path / "x.npz", images=np.zeros((1, 2, 2)), labels=[0], index=[0],
+                                        cells={}, maps={("a|b", "pre", "e"): np.zeros((1, 2, 2))})
+    with pytest.raises(BenchError, match="shape"):
+        plots.save_attribution_examples(tmp_path / "x.npz", images=np.zeros((1, 2, 2)), labels=[0], index=[0],
+                                        cells={}, maps={("a", "pre", "e"): np.zeros((2, 2, 2))})
+
+
+def test_symmetric_limits():
+    a, b = np.array([[-4.0, 1.0], [np.nan, 0.5]]), np.array([2.0, -3.0, np.inf])
+    vmin, vmax = plots.symmetric_limits([a, b], percentile=100)
+    assert (vmin, vmax) == (-4.0, 4.0)
+    vmin, vmax = plots.symmetric_limits([a, b], percentile=50)
+    assert vmin == -vmax and vmax == pytest.approx(np.percentile([4, 1, 0.5, 2, 3], 50))
+    assert plots.symmetric_limits([np.zeros(5)]) == (-1.0, 1.0)
+    big = np.concatenate([np.full(999, 0.1), [1000.0]])
+    assert plots.symmetric_limits([big], percentile=99)[1] < 1.0       # one outlier does not set the scale
+
+
+def test_attribution_grid_uses_one_symmetric_scale(tmp_path):
+    save_examples(tmp_path / "attributions.npz")
+    ex = plots.load_attribution_examples(tmp_path / "attributions.npz")
+    fig = plots.attribution_grid(ex, "resnet18", "alpha", per_cell=1)
+    shown = [0, 1, 2, 3]                                             # first TP, FP, FN, TN under pre
+    expect = plots.symmetric_limits([ex.maps[("resnet18", s, "alpha")][shown] for s in ("pre", "post")])
+    maps = [im for ax in fig.axes for im in ax.get_images() if im.get_cmap().name == plots.DIVERGING_CMAP]
+    assert len(maps) == 8
+    assert all(im.get_clim() == pytest.approx(expect) for im in maps)
+    assert expect[0] == -expect[1] > -np.inf and expect[1] > 0
+
+
+def test_write_figures_non_empty_and_byte_identical(tmp_path, scores, board):
+    save_examples(tmp_path / "attributions.npz")
+    curves = make_curves()
+    first = plots.write_figures(tmp_path / "run", scores, curves, tmp_path / "attributions.npz", board=board)
+    blobs = [p.read_bytes() for p in first]
+    assert [p.name for p in first] == sorted([
+        "attributions_resnet18_alpha.png", "attributions_resnet18_beta.png", "curves_resnet18_post.png",
+        "curves_resnet18_pre.png", "leaderboard_resnet18_post.png", "leaderboard_resnet18_pre.png",
+        "prepost_resnet18.png"])
+    assert all(b.startswith(b"\x89PNG\r\n\x1a\n") and len(b) > 2000 for b in blobs)
+    assert all(b"Software" not in b for b in blobs)
+    again = plots.write_figures(tmp_path / "run", scores, curves, tmp_path / "attributions.npz")
+    assert [p.read_bytes() for p in again] == blobs

@@ -1,0 +1,134 @@
+"""End to end: `python -m bench run` on synthetic data with a tiny model, every output, resume and failure."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from bench import runner
+from bench.cli import main
+from bench.config import load_config
+from bench.errors import BenchError
+from explainers import EXPLAINERS, register_explainer
+
+EXPLAINERS_E2E = ["captum.integrated_gradients", "random", "edge", "test.failing"]
+METRICS_E2E = ["drop_rate", "increase_rate", "deletion_auc", "insertion_auc", "additivity_error",
+               "localisation_precision"]
+
+
+@pytest.fixture
+def failing_explainer():
+    @register_explainer("test.failing", library="test")
+    def failing(model, inputs, targets, *, background):
+        """Always raises (a broken adapter)."""
+        raise RuntimeError("boom from a broken adapter")
+
+    yield "test.failing"
+    EXPLAINERS.unregister("test.failing")
+
+
+def _overrides(tmp_path, name="e2e"):
+    return [f'name="{name}"', f'results_dir="{tmp_path / "results"}"', f'checkpoint_dir="{tmp_path / "ck"}"',
+            'device="cpu"', 'data.dataset="synthetic"', "data.synthetic_n=96", "data.per_cell=2",
+            "data.background_size=8", 'models.names=["tiny"]', "train.epochs=4", "train.batch_size=32",
+            "train.lr=0.01", "tune.epochs=1", 'tune.unfreeze=["fc"]', f"explain.names={json.dumps(EXPLAINERS_E2E)}",
+            "explain.shard_size=4", 'explain.params={"captum.integrated_gradients" = {n_steps = 16}}',
+            f"metrics.names={json.dumps(METRICS_E2E)}", 'metrics.params={"deletion_auc" = {steps = 14}, '
+            '"insertion_auc" = {steps = 14}}']
+
+
+def test_end_to_end_outputs_resume_and_failure(tmp_path, failing_explainer, monkeypatch):
+    cfg = load_config(None, _overrides(tmp_path))
+    run_dir = runner.run(cfg, progress=False)
+
+    # every file
+    for f in ("scores.csv", "curves.csv", "leaderboard.csv", "leaderboard.md", "prepost.csv", "prepost.md",
+              "manifest.json", "prepost_models.json", "attributions.npz"):
+        assert (run_dir / f).is_file() and (run_dir / f).stat().st_size > 0, f
+    assert len(list((run_dir / "figures").glob("*.png"))) >= 3
+
+    scores = pd.read_csv(run_dir / "scores.csv")
+    assert list(scores.columns) == runner.SCORE_COLUMNS
+    assert set(scores.explainer) == set(EXPLAINERS_E2E) and set(scores.stage) == {"pre", "post"}
+    assert set(scores.metric) == set(METRICS_E2E)
+    n_images = scores.image.nunique()
+    assert 2 <= n_images <= 8
+    assert len(scores) == n_images * 2 * len(EXPLAINERS_E2E) * len(METRICS_E2E)
+    assert set(scores.cell) <= {"TP", "FP", "FN", "TN"}
+    # the failing explainer is recorded, not fatal
+    bad = scores[scores.explainer == "test.failing"]
+    assert (bad.status == "error").all() and bad.message.str.contains("boom from a broken adapter").all()
+    # additivity: finite for IG (additive), missing (n/a) for the controls, never 0-filled
+    add = scores[scores.metric == "additivity_error"]
+    assert add[add.explainer == "captum.integrated_gradients"].value.notna().all()
+    assert add[add.explainer == "random"].value.isna().all()
+    assert (add[add.explainer == "random"].status == "n/a").all()
+
+    lb = pd.read_csv(run_dir / "leaderboard.csv")
+    assert {"model", "stage", "explainer", "metric", "mean", "ci_low", "ci_high", "n", "rank",
+            "seconds_per_image", "peak_mem_mb", "status"} <= set(lb.columns)
+    assert lb[lb.explainer == "test.failing"].status.str.contains("boom").all()
+    pp = pd.read_csv(run_dir / "prepost.csv")
+    assert {"model", "explainer", "metric"} <= set(pp.columns) and len(pp) > 0
+    md = (run_dir / "leaderboard.md").read_text()
+    assert "captum.integrated_gradients" in md and "n/a" in md
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["config"]["data"]["dataset"] == "synthetic"
+    assert {c["stage"] for c in manifest["checkpoints"]} == {"pre", "post"}
+    assert all(len(c["sha256"]) == 64 for c in manifest["checkpoints"])
+    assert manifest["versions"]["torch"] == torch.__version__
+    assert "git" in manifest and "wall_seconds" in manifest
+
+    # re-running a finished run recomputes nothing and rewrites byte-identical tables
+    tables = {f: (run_dir / f).read_bytes() for f in ("scores.csv", "leaderboard.csv", "leaderboard.md",
+                                                     "prepost.csv", "prepost.md")}
+    calls = []
+    real = runner._Unit._explain
+    monkeypatch.setattr(runner._Unit, "_explain", lambda self: calls.append(1) or real(self))
+    runner.run(cfg, progress=False)
+    assert calls == []
+    for f, b in tables.items():
+        assert (run_dir / f).read_bytes() == b, f
+    assert json.loads((run_dir / "manifest.json").read_text())["units"]["from_cache"] == manifest["units"]["total"]
+
+    # a run killed half-way resumes: drop half the cached units, count what is recomputed
+    cached = sorted((run_dir / "cache" / "attributions").glob("*.pt"))
+    for p in cached[::2]:
+        p.unlink()
+    runner.run(cfg, progress=False)
+    assert len(calls) == len(cached[::2])
+    assert (run_dir / "scores.csv").read_bytes() == tables["scores.csv"]
+
+
+def test_report_rebuilds_tables_from_scores(tmp_path, failing_explainer):
+    run_dir = runner.run(load_config(None, _overrides(tmp_path, "rep")), progress=False)
+    before = (run_dir / "leaderboard.md").read_bytes()
+    (run_dir / "leaderboard.md").unlink()
+    (run_dir / "prepost.csv").unlink()
+    assert main(["report", str(run_dir)]) == 0
+    assert (run_dir / "leaderboard.md").read_bytes() == before and (run_dir / "prepost.csv").exists()
+
+
+def test_other_config_in_same_run_dir_is_refused(tmp_path, failing_explainer):
+    runner.run(load_config(None, _overrides(tmp_path, "same")), progress=False)
+    with pytest.raises(BenchError, match="another config"):
+        runner.run(load_config(None, _overrides(tmp_path, "same") + ["data.per_cell=1"]), progress=False)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("explain.names=[\"nope\"]", "unknown explainer 'nope'"),
+    ("metrics.names=[\"nope\"]", "unknown metric 'nope'"),
+    ("models.names=[\"vgg\"]", "unknown model 'vgg'"),
+    ("data.per_cell=0", "data.per_cell"),
+    ("explain.output=\"softmax\"", "explain.output"),
+    ("bogus=1", "unknown config key 'bogus'"),
+    ("data.bogus=1", "unknown config key 'data.bogus'"),
+    ("explain.params={\"random\" = {bogus = 1}}", "random has no parameter 'bogus'"),
+    ("train.bogus=1", "train.bogus"),
+])
+def test_bad_config_values(override, needle):
+    with pytest.raises(BenchError, match=needle.replace("[", r"\[").replace("(", r"\(")):
+        load_config(None, [override])

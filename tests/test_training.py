@@ -1,0 +1,167 @@
+"""Training, tuning with frozen blocks, evaluation statistics and checkpoints (tiny model, synthetic data)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from bench.errors import BenchError
+from models import training as T
+
+
+@pytest.fixture(scope="module")
+def data(synthetic_data):
+    return synthetic_data
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_checkpoint):
+    return tiny_checkpoint
+
+
+def test_sidecar_records_config_data_selection_and_metrics(trained, data):
+    out, side = trained
+    on_disk = json.loads(T.sidecar_path(out).read_text())
+    assert on_disk == json.loads(json.dumps(side))
+    assert side["config"]["model"] == "tiny" and side["config"]["epochs"] == 10
+    assert side["config"]["dataset"] == "synthetic"
+    assert 1 <= side["best_epoch"] <= 10 and len(side["history"]) == 10
+    # the chosen epoch is the best on val loss (the default select_on)
+    losses = [h["val_loss"] for h in side["history"]]
+    assert side["best_epoch"] == int(np.argmin(losses)) + 1
+    for split in ("val", "test"):
+        m = side[split]
+        assert set(m) >= {"acc", "auc", "sensitivity", "specificity", "confusion"}
+        (tn, fp), (fn, tp) = m["confusion"]
+        assert tn + fp + fn + tp == len(data[2] if split == "test" else data[1])
+        assert m["acc"] == pytest.approx((tp + tn) / (tn + fp + fn + tp))
+    assert side["data"]["dataset"] == "synthetic"
+    assert len(side["sha256"]) == 64 and side["train_seconds"] >= 0
+
+
+def test_tiny_model_learns_the_synthetic_opacity(trained):
+    assert trained[1]["test"]["auc"] > 0.9
+
+
+def test_checkpoint_round_trip_with_weights_only(trained, data):
+    out, side = trained
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["model"] == "tiny" and ckpt["stage"] == "pre"
+    model, info = T.load_checkpoint(out)
+    assert info["sha256"] == side["sha256"] and not model.training
+    again = T.evaluate(model, data[2])
+    assert again["acc"] == pytest.approx(side["test"]["acc"]) and again["preds"] == side["test_preds"]
+
+
+def test_same_seed_same_checkpoint(tmp_path, data):
+    cfg = T.TrainConfig(model="tiny", epochs=1, batch_size=64)
+    data = [d.subset(range(64)) for d in data]
+    a = T.train_model(cfg, *data, out=tmp_path / "a.pt", device="cpu", progress=False)
+    b = T.train_model(cfg, *data, out=tmp_path / "b.pt", device="cpu", progress=False)
+    assert a["sha256"] == b["sha256"]
+
+
+def test_checkpoint_of_another_architecture_is_a_clear_error(trained):
+    with pytest.raises(BenchError, match="is for architecture 'tiny', not 'resnet18'"):
+        T.load_checkpoint(trained[0], expected_model="resnet18")
+
+
+def test_checkpoint_whose_weights_do_not_fit(tmp_path, trained):
+    ckpt = torch.load(trained[0], weights_only=True)
+    ckpt["model"] = "resnet18"
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(BenchError, match="does not fit architecture 'resnet18'"):
+        T.load_checkpoint(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("content,match", [(b"not a checkpoint at all", "cannot be read"), (None, "not found")])
+def test_corrupt_or_missing_checkpoint(tmp_path, content, match):
+    p = tmp_path / "x.pt"
+    if content is not None:
+        p.write_bytes(content)
+    with pytest.raises(BenchError, match=match) as e:
+        T.load_checkpoint(p)
+    assert "\n" not in str(e.value)
+
+
+def test_truncated_checkpoint(tmp_path, trained):
+    raw = trained[0].read_bytes()
+    p = tmp_path / "trunc.pt"
+    p.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(BenchError, match="cannot be read"):
+        T.load_checkpoint(p)
+
+
+def test_foreign_torch_file(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(BenchError, match="not a pneumobench checkpoint"):
+        T.load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_tune_keeps_frozen_parameters_and_buffers_bitwise(tmp_path, trained, data):
+    parent, _ = trained
+    before, _ = T.load_checkpoint(parent)
+    unfreeze = ("fc", "layer2")
+    frozen_before = T.frozen_state(before, unfreeze)
+    side = T.tune_model(parent, T.TuneConfig(unfreeze=unfreeze, epochs=2, batch_size=32, lr=5e-2), *data,
+                        out=tmp_path / "post.pt", device="cpu", progress=False)
+    after, info = T.load_checkpoint(tmp_path / "post.pt")
+    assert info["stage"] == "post"
+    frozen_after = T.frozen_state(after, unfreeze)
+    assert frozen_before.keys() == frozen_after.keys() and len(frozen_before) > 0
+    for k in frozen_before:
+        assert torch.equal(frozen_before[k], frozen_after[k]), k
+    # and the unfrozen part did train
+    assert not torch.equal(before.fc.weight, after.fc.weight)
+    c = side["comparison"]
+    assert c["parent"]["sha256"] == trained[1]["sha256"]
+    assert set(c["delta"]) >= {"acc", "auc", "sensitivity", "specificity"}
+    assert c["delta"]["acc"] == pytest.approx(side["test"]["acc"] - trained[1]["test"]["acc"])
+    moves = c["cell_moves"]
+    assert sum(sum(r.values()) for r in moves.values()) == len(data[2])
+    assert c["images_changed_cell"] == sum(v for a, r in moves.items() for b, v in r.items() if a != b)
+
+
+def test_tune_rejects_unknown_block(tmp_path, trained, data):
+    with pytest.raises(BenchError, match="cannot unfreeze layer9.*top-level modules"):
+        T.tune_model(trained[0], T.TuneConfig(unfreeze=("layer9",), epochs=1), *data, out=tmp_path / "p.pt",
+                     device="cpu", progress=False)
+
+
+def test_mcnemar_exact_matches_binomial_by_hand():
+    labels = np.array([1] * 30)
+    a = np.array([1] * 20 + [0] * 10)         # a right on the first 20
+    b = np.array([1] * 12 + [0] * 8 + [1] * 10)  # b wrong on 12..19, right on 20..29
+    r = T.mcnemar_exact(labels, a, b)
+    assert (r["a_right_b_wrong"], r["a_wrong_b_right"]) == (8, 10)
+    # two-sided exact binomial: 2 * P(X <= 8), X ~ Bin(18, 1/2)
+    assert r["p_value"] == pytest.approx(min(1.0, 2 * stats.binom.cdf(8, 18, 0.5)))
+    assert T.mcnemar_exact(labels, a, a)["p_value"] == 1.0
+
+
+def test_auc_equals_pairwise_definition():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    s = rng.normal(size=200) + y
+    s[:20] = 0.5  # ties count one half
+    pos, neg = s[y == 1], s[y == 0]
+    pairwise = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
+    assert T.roc_auc(y, s) == pytest.approx(pairwise)
+
+
+def test_metrics_by_hand():
+    probs = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    m = T.classification_metrics(np.array([1, 1, 0, 0]), probs)
+    assert m["confusion"] == [[1, 1], [1, 1]] and m["acc"] == 0.5
+    assert m["sensitivity"] == 0.5 and m["specificity"] == 0.5
+    assert T.confusion_cells([1, 1, 0, 0], probs.argmax(1)) == ["TP", "FN", "FP", "TN"]
+
+
+@pytest.mark.parametrize("field,value", [("epochs", 0), ("lr", -1.0), ("optimizer", "rmsprop"), ("momentum", 1.5),
+                                         ("batch_size", 0), ("select_on", "test_acc"), ("class_weighting", "x")])
+def test_bad_recipe_values(field, value):
+    with pytest.raises(BenchError, match=field.split("_")[0]):
+        T.TrainConfig(model="tiny", **{field: value}).validate()
