@@ -129,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       select_on=args.select_on, seed=args.seed)
     cfg.validate()
     train, val, test = load_data(args.dataset, args.size, args.data_file, args.data_root)
-    out = Path(args.out) if args.out else default_checkpoint_path(cfg, train.info.get("md5", ""))
+    out = Path(args.out) if args.out else default_checkpoint_path(cfg, train.fingerprint)
     side = train_model(cfg, train, val, test, out=out, device=args.device, progress=not args.no_progress)
     _print_result(out, side)
     return 0

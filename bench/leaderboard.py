@@ -2,7 +2,8 @@
 
 Input: the runner's ``scores.csv`` as a DataFrame, one row per (model, stage, explainer, metric,
 image) with columns ``model, stage, explainer, metric, image, label, pred, cell, value, status,
-message, higher_is_better, seconds_per_image, peak_mem_mb`` (see :data:`SCORE_COLUMNS`).
+message, higher_is_better, seconds_per_image, peak_mem_mb`` (see :data:`SCORE_COLUMNS`). Read the
+file with :func:`read_scores`: plain ``pandas.read_csv`` turns the status "n/a" into NaN.
 
 Group status, used by every table (:func:`group_status`):
 
@@ -38,7 +39,7 @@ from bench.io import atomic_write_text
 __all__ = [
     "SCORE_COLUMNS", "LEADERBOARD_COLUMNS", "PREPOST_COLUMNS", "PREPOST_BY_CELL_COLUMNS", "STAGES", "CELLS",
     "check_scores", "group_status", "leaderboard", "prepost", "prepost_by_cell",
-    "render_leaderboard_md", "render_prepost_md", "write_tables", "read_prepost_models",
+    "render_leaderboard_md", "render_prepost_md", "write_tables", "read_prepost_models", "read_scores",
 ]
 
 SCORE_COLUMNS = ("model", "stage", "explainer", "metric", "image", "label", "pred", "cell", "value", "status",
@@ -78,6 +79,9 @@ def check_scores(scores: pd.DataFrame, columns: Iterable[str] = SCORE_COLUMNS) -
                          f"{list(SCORE_COLUMNS)}")
     df = scores.loc[:, columns].copy()
     for col in ("model", "stage", "explainer", "metric", "status"):
+        if df[col].isna().any():
+            raise BenchError(f"scores column {col!r} has empty/NaN entries; if it was read with pandas.read_csv, "
+                             f"read it with bench.leaderboard.read_scores (pandas turns the text 'n/a' into NaN)")
         df[col] = df[col].astype(str)
     if "message" in df:
         df["message"] = df["message"].fillna("").astype(str)
@@ -85,13 +89,17 @@ def check_scores(scores: pd.DataFrame, columns: Iterable[str] = SCORE_COLUMNS) -
         df["cell"] = df["cell"].fillna("").astype(str)
     for col in ("value", "seconds_per_image", "peak_mem_mb"):
         if col in df:
-            df[col] = pd.to_numeric(df[col], errors="coerce").astype(np.float64)
+            num = pd.to_numeric(df[col], errors="coerce").astype(np.float64)
+            bad = num.isna() & df[col].notna() & (df[col].astype(str).str.strip().str.lower() != "nan")
+            if bad.any():
+                raise BenchError(f"scores column {col!r} has non-numeric entries, e.g. {df.loc[bad, col].iloc[0]!r}")
+            df[col] = num
     df["image"] = pd.to_numeric(df["image"], errors="raise").astype(np.int64)
     df["higher_is_better"] = df["higher_is_better"].map(_as_bool)
     _check_values(df, "stage", STAGES)
     _check_values(df, "status", STATUSES)
     if "cell" in df:
-        _check_values(df[df["stage"] == "pre"], "cell", CELLS, what="pre-stage cell")
+        _check_values(df, "cell", CELLS)
     dup = df.duplicated(KEY, keep=False)
     if dup.any():
         row = df.loc[dup, KEY].iloc[0].to_dict()
@@ -127,7 +135,7 @@ def _check_values(df: pd.DataFrame, col: str, allowed: Iterable[str], what: str 
 
 
 def group_status(status: pd.Series, message: pd.Series, value: pd.Series) -> str:
-    """"ok", "n/a" or "error: <message>" of one group (see the module docstring for the rules)."""
+    """Status of one group: "ok", "n/a" or "error: <message>" (rules in the module docstring)."""
     err = status == "error"
     if err.any():
         counts = Counter(message[err].map(_one_line))
@@ -474,6 +482,28 @@ def read_prepost_models(source: Mapping[str, Any] | str | os.PathLike | None) ->
     if not isinstance(obj, dict):
         raise BenchError(f"{path} must hold an object keyed by model name")
     return obj
+
+
+TEXT_COLUMNS = ("model", "stage", "explainer", "metric", "cell", "status", "message")
+NUMERIC_COLUMNS = ("value", "seconds_per_image", "peak_mem_mb")
+
+
+def read_scores(path: str | os.PathLike) -> pd.DataFrame:
+    """Read ``scores.csv`` without pandas' NA guessing in text columns.
+
+    Plain ``pandas.read_csv`` turns the status "n/a" (and a model called "null"/"None") into
+    NaN; here text columns stay text ("" stays ""), and only the numeric columns read "", "nan"
+    and "NaN" as missing. The result is validated by :func:`check_scores`.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BenchError(f"scores file not found: {path}; run the benchmark first")
+    try:
+        df = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False,
+                         na_values={c: ["", "nan", "NaN"] for c in NUMERIC_COLUMNS})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise BenchError(f"{path} is not a readable CSV ({' '.join(str(e).split())})") from None
+    return check_scores(df)
 
 
 def _csv(df: pd.DataFrame) -> str:

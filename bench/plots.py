@@ -18,17 +18,18 @@ Figures (``figures/`` in the run directory, written by :func:`write_figures`):
   (:func:`symmetric_limits`) with a numeric colour bar, diverging colour-blind-safe "RdBu_r".
 
 ``attributions.npz`` layout (version ``pneumobench-attributions-v1``), written by
-:func:`save_attribution_examples` and read by :func:`load_attribution_examples`; N example
-images shared by all models, names must not contain "|":
+:func:`save_attribution_examples` and read by :func:`load_attribution_examples`. Each model has
+its own N example images (chosen by the runner from that model's cells); names must not contain
+"|":
 
 ==================================  ==============  ============================================
 key                                 shape / dtype   meaning
 ==================================  ==============  ============================================
 ``layout``                          () str          "pneumobench-attributions-v1"
-``images``                          (N, H, W) f32   the input images (channel mean if C > 1)
-``labels``                          (N,) int64      true labels
-``index``                           (N,) int64      image indices in the test split
-``cells|{model}|{stage}``           (N,) str        "TP"/"FP"/"FN"/"TN" under that model/stage
+``images|{model}``                  (N, H, W) f32   the input images (channel mean if C > 1)
+``labels|{model}``                  (N,) int64      true labels
+``index|{model}``                   (N,) int64      image indices in the test split
+``cells|{model}|{stage}``           (N,) <U2        "TP"/"FP"/"FN"/"TN" under that model/stage
 ``map|{model}|{stage}|{explainer}`` (N, H, W) f32   attribution maps (channel sum if C > 1)
 ==================================  ==============  ============================================
 
@@ -58,12 +59,13 @@ from bench.io import atomic_write_bytes
 from bench.leaderboard import CELLS, STAGES, leaderboard
 
 __all__ = [
-    "LAYOUT", "DIVERGING_CMAP", "CURVE_COLUMNS", "AttributionExamples", "save_attribution_examples",
-    "load_attribution_examples", "pick_examples", "symmetric_limits", "leaderboard_heatmap", "curves_figure",
+    "LAYOUT", "DIVERGING_CMAP", "CURVE_COLUMNS", "AttributionExamples", "ModelExamples", "save_attribution_examples",
+    "load_attribution_examples", "symmetric_limits", "leaderboard_heatmap", "curves_figure",
     "prepost_figure", "attribution_grid", "figure_png", "write_figures",
 ]
 
 LAYOUT = "pneumobench-attributions-v1"
+META_KEY = "__meta__"
 DIVERGING_CMAP = "RdBu_r"
 RANK_CMAP = "viridis_r"
 CURVE_COLUMNS = ("model", "stage", "explainer", "curve", "image", "fraction", "prob")
@@ -83,18 +85,25 @@ _RC = {
 
 
 @dataclass(frozen=True)
-class AttributionExamples:
-    """The contents of ``attributions.npz`` (see the module docstring for the layout)."""
+class ModelExamples:
+    """One model's example images with their cells and maps (N images of this model)."""
 
-    images: np.ndarray                                   # (N, H, W) float32
-    labels: np.ndarray                                   # (N,) int64
-    index: np.ndarray                                    # (N,) int64
-    cells: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)        # (model, stage) -> (N,)
-    maps: dict[tuple[str, str, str], np.ndarray] = field(default_factory=dict)    # (model, stage, explainer)
+    images: np.ndarray                                       # (N, H, W) float32
+    labels: np.ndarray                                       # (N,) int64
+    index: np.ndarray                                        # (N,) int64 test-split indices
+    cells: dict[str, np.ndarray] = field(default_factory=dict)   # stage -> (N,) "TP"/"FP"/"FN"/"TN"
+    maps: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (stage, explainer) -> (N, H, W)
+
+
+@dataclass(frozen=True)
+class AttributionExamples:
+    """The contents of ``attributions.npz``: model name -> :class:`ModelExamples`."""
+
+    models: dict[str, ModelExamples]
 
     def pairs(self) -> list[tuple[str, str]]:
         """Sorted (model, explainer) pairs that have at least one stored map."""
-        return sorted({(m, e) for m, _, e in self.maps})
+        return sorted({(m, e) for m, ex in self.models.items() for _, e in ex.maps})
 
 
 def _np(x: Any) -> np.ndarray:
@@ -103,51 +112,75 @@ def _np(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _check_name(name: str, what: str) -> str:
+def _check_name(name: Any, what: str) -> str:
     name = str(name)
-    if "|" in name or not name:
-        raise BenchError(f"{what} name {name!r} cannot be stored in attributions.npz: it must be non-empty "
-                         f"and must not contain '|'")
+    if "|" in name or not name or name == META_KEY:
+        raise BenchError(f"{what} name {name!r} cannot be stored in attributions.npz: it must be non-empty, "
+                         f"must not contain '|' and must not be {META_KEY!r}")
     return name
 
 
-def save_attribution_examples(path: str | os.PathLike, *, images: Any, labels: Any, index: Any,
-                              cells: Mapping[tuple[str, str], Any],
-                              maps: Mapping[tuple[str, str, str], Any]) -> Path:
-    """Store example images, their cells and attribution maps as ``attributions.npz`` (atomically).
+def _grey(a: Any, what: str) -> np.ndarray:
+    a = _np(a).astype(np.float32)
+    if a.ndim == 4:
+        a = a.mean(axis=1)
+    if a.ndim != 3:
+        raise BenchError(f"{what} must be (N, H, W) or (N, C, H, W), got shape {a.shape}")
+    return a
 
-    ``images`` (N, H, W) or (N, C, H, W) -> channel mean; ``labels (N,)``; ``index (N,)`` test-split
-    indices; ``cells[(model, stage)] (N,)`` "TP"/"FP"/"FN"/"TN"; ``maps[(model, stage, explainer)]``
-    (N, H, W) or (N, C, H, W) -> channel sum. Every map covers the same N images, in this order.
-    Tensors are accepted (moved to CPU).
+
+def save_attribution_examples(path: str | os.PathLike, examples: Mapping[str, Any]) -> Path:
+    """Store the runner's example images, cells and maps as ``attributions.npz`` (atomically).
+
+    ``examples`` (tensors are accepted and moved to CPU)::
+
+        {"__meta__": {model: {"images": (N, H, W) or (N, C, H, W) -> channel mean,
+                              "labels": (N,), "index": (N,) test-split indices,
+                              "cells": {stage: (N,) "TP"/"FP"/"FN"/"TN"}}},
+         "{model}|{stage}|{explainer}": (N, H, W) or (N, C, H, W) -> channel sum,   # one per map
+         ...}
+
+    N is per model: every map of a model covers that model's N images, in the same order. A map
+    for a model without "__meta__" entry raises. The file layout is in the module docstring.
     """
-    imgs = _np(images).astype(np.float32)
-    if imgs.ndim == 4:
-        imgs = imgs.mean(axis=1)
-    if imgs.ndim != 3:
-        raise BenchError(f"images must be (N, H, W) or (N, C, H, W), got shape {imgs.shape}")
-    n, h, w = imgs.shape
-    arrays: dict[str, np.ndarray] = {"layout": np.array(LAYOUT), "images": imgs}
-    for name, v in (("labels", labels), ("index", index)):
-        a = _np(v).astype(np.int64).ravel()
-        if a.shape != (n,):
-            raise BenchError(f"{name} must have one entry per image ({n}), got shape {a.shape}")
-        arrays[name] = a
-    for key, v in sorted(cells.items()):
-        model, stage = (_check_name(k, what) for k, what in zip(key, ("model", "stage")))
-        c = np.asarray(_np(v), dtype=str).ravel()
-        bad = sorted(set(c) - set(CELLS))
-        if c.shape != (n,) or bad:
-            raise BenchError(f"cells[{key}] must be {n} values out of {list(CELLS)}; got shape {c.shape}, "
-                             f"unknown {bad}")
-        arrays[f"cells|{model}|{stage}"] = c.astype("<U2")
-    for key, v in sorted(maps.items()):
-        model, stage, explainer = (_check_name(k, what) for k, what in zip(key, ("model", "stage", "explainer")))
-        a = _np(v).astype(np.float32)
+    meta = examples.get(META_KEY) or {}
+    if not isinstance(meta, Mapping):
+        raise BenchError(f"examples[{META_KEY!r}] must map model names to their images/labels/index/cells")
+    arrays: dict[str, np.ndarray] = {"layout": np.array(LAYOUT)}
+    sizes: dict[str, tuple[int, ...]] = {}
+    for model in sorted(meta):
+        m, info = _check_name(model, "model"), meta[model]
+        missing = [k for k in ("images", "labels", "index") if k not in info]
+        if missing:
+            raise BenchError(f"examples[{META_KEY!r}][{model!r}] lacks {missing}")
+        imgs = _grey(info["images"], f"images of {model}")
+        n = imgs.shape[0]
+        sizes[m] = imgs.shape
+        arrays[f"images|{m}"] = imgs
+        for key in ("labels", "index"):
+            a = _np(info[key]).astype(np.int64).ravel()
+            if a.shape != (n,):
+                raise BenchError(f"{key} of {model} must have one entry per example image ({n}), got {a.shape}")
+            arrays[f"{key}|{m}"] = a
+        for stage, v in sorted((info.get("cells") or {}).items()):
+            c = np.asarray(_np(v), dtype=str).ravel()
+            bad = sorted(set(c.tolist()) - set(CELLS))
+            if c.shape != (n,) or bad:
+                raise BenchError(f"cells of {model}/{stage} must be {n} values out of {list(CELLS)}; "
+                                 f"got shape {c.shape}, unknown {bad}")
+            arrays[f"cells|{m}|{_check_name(stage, 'stage')}"] = c.astype("<U2")
+    for key in sorted(k for k in examples if k != META_KEY):
+        parts = str(key).split("|")
+        if len(parts) != 3:
+            raise BenchError(f"example key {key!r} must be 'model|stage|explainer' (or {META_KEY!r})")
+        model, stage, explainer = (_check_name(p, w) for p, w in zip(parts, ("model", "stage", "explainer")))
+        if model not in sizes:
+            raise BenchError(f"map {key!r} has no images: add examples[{META_KEY!r}][{model!r}]")
+        a = _np(examples[key]).astype(np.float32)
         if a.ndim == 4:
             a = a.sum(axis=1)
-        if a.shape != (n, h, w):
-            raise BenchError(f"map {key} has shape {a.shape}; expected ({n}, {h}, {w}) like the images "
+        if a.shape != sizes[model]:
+            raise BenchError(f"map {key!r} has shape {a.shape}; expected {sizes[model]} like the model's images "
                              f"(or (N, C, H, W))")
         arrays[f"map|{model}|{stage}|{explainer}"] = a
     buf = io.BytesIO()
@@ -168,36 +201,24 @@ def load_attribution_examples(path: str | os.PathLike) -> AttributionExamples:
     if str(data.get("layout", "")) != LAYOUT:
         raise BenchError(f"{path} has layout {str(data.get('layout', 'none'))!r}, expected {LAYOUT!r}; "
                          f"rerun the benchmark to rewrite it")
-    for k in ("images", "labels", "index"):
-        if k not in data:
-            raise BenchError(f"{path} lacks the array {k!r}")
-    cells, maps = {}, {}
-    for k, v in data.items():
+    models: dict[str, ModelExamples] = {}
+    for k in sorted(data):
         parts = k.split("|")
+        if parts[0] == "images" and len(parts) == 2:
+            m = parts[1]
+            try:
+                models[m] = ModelExamples(images=data[k], labels=data[f"labels|{m}"], index=data[f"index|{m}"])
+            except KeyError as e:
+                raise BenchError(f"{path} lacks the array {e.args[0]!r}; rerun the benchmark") from None
+    for k in sorted(data):
+        parts = k.split("|")
+        if parts[0] in ("cells", "map") and parts[1] not in models:
+            raise BenchError(f"{path}: array {k!r} has no images|{parts[1]}; rerun the benchmark")
         if parts[0] == "cells" and len(parts) == 3:
-            cells[(parts[1], parts[2])] = v.astype(str)
+            models[parts[1]].cells[parts[2]] = data[k].astype(str)
         elif parts[0] == "map" and len(parts) == 4:
-            maps[(parts[1], parts[2], parts[3])] = v
-    return AttributionExamples(images=data["images"], labels=data["labels"], index=data["index"], cells=cells,
-                               maps=maps)
-
-
-def pick_examples(scores: pd.DataFrame, per_cell: int = 2) -> list[int]:
-    """Image indices to store: for every model, the ``per_cell`` lowest-index images of each pre-stage cell.
-
-    A convenience for the runner (union over models, sorted); uses the ``cell`` column of the
-    pre-stage rows, or of the post rows for a model without pre rows.
-    """
-    need = {"model", "stage", "image", "cell"} - set(scores.columns)
-    if need:
-        raise BenchError(f"scores lacks column(s) {sorted(need)} needed to pick examples")
-    chosen: set[int] = set()
-    for _, g in scores.groupby("model", sort=True):
-        stage = "pre" if (g["stage"] == "pre").any() else "post"
-        cells = g.loc[g["stage"] == stage, ["image", "cell"]].drop_duplicates().sort_values("image")
-        for _, c in cells.groupby("cell", sort=True):
-            chosen.update(int(i) for i in c["image"].iloc[:per_cell])
-    return sorted(chosen)
+            models[parts[1]].maps[(parts[2], parts[3])] = data[k]
+    return AttributionExamples(models=models)
 
 
 def symmetric_limits(arrays: Iterable[Any], percentile: float = PERCENTILE) -> tuple[float, float]:
@@ -361,36 +382,41 @@ def prepost_figure(board: pd.DataFrame, model: str) -> Figure:
     return fig
 
 
-def _grid_selection(ex: AttributionExamples, model: str, per_cell: int) -> tuple[str, dict[str, list[int]]]:
-    stage = "pre" if (model, "pre") in ex.cells else "post"
-    if (model, stage) not in ex.cells:
+def _grid_selection(ex: ModelExamples, model: str, per_cell: int | None) -> tuple[str, dict[str, list[int]]]:
+    stage = "pre" if "pre" in ex.cells else "post"
+    if stage not in ex.cells:
         raise BenchError(f"attribution examples have no cells for model {model!r}")
-    cells = ex.cells[(model, stage)]
+    cells = ex.cells[stage]
     return stage, {c: [int(i) for i in np.flatnonzero(cells == c)[:per_cell]] for c in CELLS}
 
 
-def attribution_grid(ex: AttributionExamples, model: str, explainer: str, *, per_cell: int = 2,
+def attribution_grid(examples: AttributionExamples, model: str, explainer: str, *, per_cell: int | None = None,
                      percentile: float = PERCENTILE) -> Figure:
     """Rows TP/FP/FN/TN (cell under the pre model); per example: image | pre map | post map.
 
-    All maps of the figure share one symmetric scale from :func:`symmetric_limits` over the
-    maps shown; the colour bar is in attribution units. Panel titles give the image's cell
-    under each stage's model, so cell moves are visible.
+    ``per_cell`` examples per row (None: all stored ones; the runner chose how many). All maps
+    of the figure share one symmetric scale from :func:`symmetric_limits` over the maps shown;
+    the colour bar is in attribution units. Panel titles give the image's cell under each
+    stage's model, so cell moves are visible.
     """
-    stages = [s for s in STAGES if (model, s, explainer) in ex.maps]
+    if model not in examples.models:
+        raise BenchError(f"no stored examples for model {model!r}; stored: {sorted(examples.models)}")
+    ex = examples.models[model]
+    stages = [s for s in STAGES if (s, explainer) in ex.maps]
     if not stages:
         raise BenchError(f"no stored maps for model {model!r}, explainer {explainer!r}")
     group_stage, chosen = _grid_selection(ex, model, per_cell)
     shown = sorted(i for ids in chosen.values() for i in ids)
-    vmin, vmax = symmetric_limits([ex.maps[(model, s, explainer)][shown] for s in stages], percentile)
+    vmin, vmax = symmetric_limits([ex.maps[(s, explainer)][shown] for s in stages], percentile)
+    per_row = max(1, max(len(ids) for ids in chosen.values()))
     per_example = 1 + len(stages)
-    ncols = per_cell * per_example
+    ncols = per_row * per_example
     with matplotlib.rc_context({**_RC, "axes.grid": False}):
         fig = Figure(figsize=(1.35 * ncols + 1.2, 1.45 * len(CELLS) + 0.6), layout="constrained")
         axes = fig.subplots(len(CELLS), ncols, squeeze=False)
         norm = Normalize(vmin=vmin, vmax=vmax)
         for r, cell in enumerate(CELLS):
-            for k in range(per_cell):
+            for k in range(per_row):
                 block = axes[r, k * per_example:(k + 1) * per_example]
                 for ax in block:
                     ax.set_xticks([])
@@ -406,8 +432,8 @@ def attribution_grid(ex: AttributionExamples, model: str, explainer: str, *, per
                 block[0].imshow(ex.images[i], cmap="gray")
                 block[0].set_title(f"#{int(ex.index[i])} y={int(ex.labels[i])}", fontsize=7)
                 for ax, stage in zip(block[1:], stages):
-                    ax.imshow(ex.maps[(model, stage, explainer)][i], cmap=DIVERGING_CMAP, norm=norm)
-                    c = ex.cells.get((model, stage))
+                    ax.imshow(ex.maps[(stage, explainer)][i], cmap=DIVERGING_CMAP, norm=norm)
+                    c = ex.cells.get(stage)
                     ax.set_title(f"{stage}" + (f": {c[i]}" if c is not None else ""), fontsize=7)
             axes[r, 0].set_ylabel(cell, fontsize=9)
         cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=DIVERGING_CMAP), ax=axes, shrink=0.8)
@@ -432,7 +458,8 @@ def _read_curves(curves: pd.DataFrame | str | os.PathLike | None) -> pd.DataFram
     path = Path(curves)
     if not path.exists():
         raise BenchError(f"curves file not found: {path}")
-    return pd.read_csv(path)
+    return pd.read_csv(path, dtype={c: str for c in ("model", "stage", "explainer", "curve")},
+                       keep_default_na=False, na_values={"prob": ["", "nan", "NaN"], "fraction": ["", "nan", "NaN"]})
 
 
 def write_figures(run_dir: str | os.PathLike, scores: pd.DataFrame,

@@ -21,16 +21,7 @@ def rebuild(run_dir: str | Path) -> list[Path]:
     scores_path = run_dir / "scores.csv"
     if not scores_path.is_file():
         raise BenchError(f"{scores_path} not found; give the folder of a finished run (results/<run-name>)")
-    try:
-        scores = pd.read_csv(scores_path, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise BenchError(f"{scores_path} is not a readable CSV ({exc}); re-run `python -m bench run`") from exc
-    from bench.runner import SCORE_COLUMNS
-
-    missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
-    if missing:
-        raise BenchError(f"{scores_path} lacks columns {', '.join(missing)}; it was not written by `bench run`")
-    scores["message"] = scores["message"].fillna("")
+    scores = leaderboard.read_scores(scores_path)
     curves = pd.read_csv(run_dir / "curves.csv") if (run_dir / "curves.csv").is_file() else None
     pm_path = run_dir / "prepost_models.json"
     prepost_models = json.loads(pm_path.read_text()) if pm_path.is_file() else None

@@ -189,12 +189,7 @@ def _load_data(cfg: RunConfig) -> list[ImageSplit]:
 
 
 def _data_fingerprint(split: ImageSplit) -> str:
-    md5 = split.info.get("md5")
-    if md5:
-        return f"{split.name}:{md5}:{split.split}"
-    h = hashlib.sha256(split.images.numpy().tobytes())
-    h.update(split.labels.numpy().tobytes())
-    return f"{split.name}:{h.hexdigest()[:16]}:{split.split}"
+    return f"{split.name}:{split.fingerprint}:{split.split}"
 
 
 def _ensure_checkpoints(cfg: RunConfig, train, val, test, device, progress, say) -> list[Stage]:
@@ -204,7 +199,7 @@ def _ensure_checkpoints(cfg: RunConfig, train, val, test, device, progress, say)
     for name in cfg["models"]["names"]:
         tcfg = TrainConfig(**{**cfg["train"], "model": name, "dataset": train.name, "size": cfg["data"]["size"]})
         tcfg.validate()
-        pre_path = default_checkpoint_path(tcfg, _data_fingerprint(train), ck_dir)
+        pre_path = default_checkpoint_path(tcfg, train.fingerprint, ck_dir)
         if not pre_path.exists():
             say(f"[{name} pre] no checkpoint {pre_path}: training ({tcfg.epochs} epochs) ...")
             train_model(tcfg, train, val, test, out=pre_path, device=str(device), progress=progress)
@@ -424,9 +419,14 @@ def write_outputs(run_dir: Path, scores: pd.DataFrame, curves: pd.DataFrame | No
     from bench import leaderboard, plots
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    written = [atomic_write_text(run_dir / "scores.csv", scores.to_csv(index=False, float_format="%.8g"))]
+    written = [atomic_write_text(run_dir / "scores.csv", scores.to_csv(index=False, float_format="%.8g",
+                                                                       lineterminator="\n"))]
+    # tables are built from the file as written, so `bench report` reproduces them byte for byte
+    scores = leaderboard.read_scores(run_dir / "scores.csv")
     if curves is not None and len(curves):
-        written.append(atomic_write_text(run_dir / "curves.csv", curves.to_csv(index=False, float_format="%.8g")))
+        written.append(atomic_write_text(run_dir / "curves.csv", curves.to_csv(index=False, float_format="%.8g",
+                                                                               lineterminator="\n")))
+        curves = pd.read_csv(run_dir / "curves.csv")
     if prepost_models:
         written.append(atomic_write_json(run_dir / "prepost_models.json", prepost_models))
     attr_path = None
@@ -460,6 +460,8 @@ def package_versions() -> dict[str, str | None]:
             out[p] = metadata.version(p)
         except metadata.PackageNotFoundError:
             out[p] = None
+    out["torch"] = torch.__version__  # with the build tag (+cpu, +cu130, ...)
+    out["cuda"] = torch.version.cuda
     return out
 
 

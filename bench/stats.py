@@ -15,11 +15,19 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["bootstrap_ci", "PairedDifference", "paired_difference", "holm", "rank_with_ties", "finite"]
+__all__ = ["settings", "bootstrap_ci", "PairedDifference", "paired_difference", "holm", "rank_with_ties", "finite"]
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000
 SEED = 0
+
+
+def settings() -> dict[str, object]:
+    """Every choice of this module that changes a number, for the run manifest."""
+    return {"ci": "bootstrap of the mean, BCa (percentile when degenerate), scipy.stats.bootstrap",
+            "confidence": CONFIDENCE, "n_resamples": N_RESAMPLES, "seed": SEED,
+            "paired_test": "scipy.stats.wilcoxon two-sided, zero_method=wilcox, method=auto",
+            "multiple_testing": "holm", "rank": "competition rank; ties when the CI overlaps the group leader's"}
 
 
 def finite(values: Sequence[float] | np.ndarray) -> np.ndarray:

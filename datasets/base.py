@@ -1,6 +1,7 @@
 """The dataset record and registry shared by every loader."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -36,6 +37,15 @@ class ImageSplit:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def fingerprint(self) -> str:
+        """The data file's MD5 when the split came from a file, else a hash of the tensors."""
+        if self.info.get("md5"):
+            return str(self.info["md5"])
+        h = hashlib.sha256(self.images.numpy().tobytes())
+        h.update(self.labels.numpy().tobytes())
+        return h.hexdigest()[:32]
 
     def subset(self, index: Tensor | list[int]) -> "ImageSplit":
         idx = torch.as_tensor(index, dtype=torch.long)

@@ -285,7 +285,9 @@ def model_guard(model: nn.Module) -> Iterator[nn.Module]:
 def preserved_rng(device: torch.device | None = None) -> Iterator[None]:
     """Keep numpy's and torch's global random states as they were (shap and Captum reseed them)."""
     state = np.random.get_state()
-    devices = [device] if device is not None and device.type == "cuda" else []
+    devices = []
+    if device is not None and device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
     try:
         with torch.random.fork_rng(devices=devices):
             yield

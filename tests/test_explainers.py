@@ -229,9 +229,12 @@ def test_partition_base_value_is_the_fully_blurred_image(model, data):
     pytest.param(n, marks=[pytest.mark.slow] if n != "resnet18" else [])
     for n in MODELS.names() if MODELS.get(n).meta.get("family") == "resnet"])
 def test_shap_deep_additive_on_resnets(model_name):
+    """Random weights, BN calibrated; the background is dimmer than the images so that
+    f(x) - E f(bg) is O(1): with alike images a random ResNet gives ~0.01 and the relative figure
+    would divide float32 noise (~1e-6 abs on resnet101) by it."""
     net = calibrated(model_name, batches=2, batch=8)
     g = torch.Generator().manual_seed(2)
-    inputs, background = torch.rand(1, 1, 28, 28, generator=g), torch.rand(4, 1, 28, 28, generator=g)
+    inputs, background = torch.rand(2, 1, 28, 28, generator=g), 0.25 * torch.rand(4, 1, 28, 28, generator=g)
     targets = net(inputs).argmax(1)
     attr = run_explainer("shap.deep", net, inputs, targets, background=background)
     rel = relative_completeness_gap(attr)
@@ -449,7 +452,7 @@ def test_adapter_that_changes_the_model_is_rejected(temporary, model, data):
     for fn, match in ((leaves_hook, "hooks added"), (flips_mode, "training mode changed on fc"),
                       (edits_weights, "modified: fc.bias")):
         name = temporary(f"test.{fn.__name__}", fn)
-        with pytest.raises(BenchError, match=f"'{name}' changed the model: {match}"):
+        with pytest.raises(BenchError, match=f"'{name}' changed the model: .*{match}"):
             run_explainer(name, copy.deepcopy(model), inputs, targets, background=background)
 
 

@@ -167,6 +167,16 @@ def test_scores_are_validated(scores):
         lb.leaderboard(bad)
 
 
+def test_read_scores_keeps_na_status_text(tmp_path, scores, board):
+    scores.to_csv(tmp_path / "scores.csv", index=False)
+    again = lb.leaderboard(lb.read_scores(tmp_path / "scores.csv"))
+    pd.testing.assert_frame_equal(again, board)
+    with pytest.raises(BenchError, match="read_scores"):                  # plain read_csv: "n/a" -> NaN
+        lb.leaderboard(pd.read_csv(tmp_path / "scores.csv"))
+    with pytest.raises(BenchError, match="not found"):
+        lb.read_scores(tmp_path / "missing.csv")
+
+
 # ----------------------------------------------------------------------------- pre vs post
 
 
@@ -296,31 +306,37 @@ def make_curves(seed: int = 0) -> pd.DataFrame:
 
 
 def save_examples(path, n: int = 6, seed: int = 0):
+    """The runner's ``examples`` dict for one model: pre cells TP, FP, FN, TN, TP, TN; maps (N, 1, H, W)."""
     rng = np.random.default_rng(seed)
-    maps = {("resnet18", s, e): rng.normal(size=(n, 1, 8, 8)) * (3.0 if s == "post" else 1.0)
-            for s in ("pre", "post") for e in ("alpha", "beta")}
-    cells = {("resnet18", "pre"): ["TP", "FP", "FN", "TN", "TP", "TN"],
-             ("resnet18", "post"): ["TP", "TN", "TP", "TN", "TP", "TN"]}
-    plots.save_attribution_examples(path, images=rng.random((n, 8, 8)), labels=[1, 0, 1, 0, 1, 0],
-                                    index=[3, 5, 8, 9, 11, 12], cells=cells, maps=maps)
-    return maps
+    examples = {f"resnet18|{s}|{e}": rng.normal(size=(n, 1, 8, 8)) * (3.0 if s == "post" else 1.0)
+                for s in ("pre", "post") for e in ("alpha", "beta")}
+    examples["__meta__"] = {"resnet18": {
+        "images": rng.random((n, 8, 8)), "labels": [1, 0, 1, 0, 1, 0][:n], "index": [3, 5, 8, 9, 11, 12][:n],
+        "cells": {"pre": ["TP", "FP", "FN", "TN", "TP", "TN"][:n], "post": ["TP", "TN", "TP", "TN", "TP", "TN"][:n]}}}
+    plots.save_attribution_examples(path, examples)
+    return examples
 
 
 def test_attribution_store_round_trip(tmp_path):
-    maps = save_examples(tmp_path / "attributions.npz")
-    ex = plots.load_attribution_examples(tmp_path / "attributions.npz")
+    examples = save_examples(tmp_path / "attributions.npz")
+    store = plots.load_attribution_examples(tmp_path / "attributions.npz")
+    ex = store.models["resnet18"]
     assert ex.images.shape == (6, 8, 8) and ex.index.tolist() == [3, 5, 8, 9, 11, 12]
-    assert ex.cells[("resnet18", "post")].tolist()[1] == "TN"
-    got = ex.maps[("resnet18", "pre", "alpha")]
+    assert ex.cells["post"].tolist()[1] == "TN"
+    got = ex.maps[("pre", "alpha")]
     assert got.shape == (6, 8, 8) and got.dtype == np.float32
-    np.testing.assert_allclose(got, maps[("resnet18", "pre", "alpha")].sum(1), rtol=1e-6)   # channel sum
-    assert ex.pairs() == [("resnet18", "alpha"), ("resnet18", "beta")]
+    np.testing.assert_allclose(got, examples["resnet18|pre|alpha"].sum(1), rtol=1e-6)   # channel sum
+    assert store.pairs() == [("resnet18", "alpha"), ("resnet18", "beta")]
+    meta = {"__meta__": {"m": {"images": np.zeros((1, 2, 2)), "labels": [0], "index": [0], "cells": {}}}}
     with pytest.raises(BenchError, match="must not contain"):
-        plots.save_attribution_examples(tmp_path / "x.npz", images=np.zeros((1, 2, 2)), labels=[0], index=[0],
-                                        cells={}, maps={("a|b", "pre", "e"): np.zeros((1, 2, 2))})
+        plots.save_attribution_examples(tmp_path / "x.npz", {"__meta__": {"a|b": meta["__meta__"]["m"]}})
+    with pytest.raises(BenchError, match="model|stage|explainer"):
+        plots.save_attribution_examples(tmp_path / "x.npz", {**meta, "m|pre|a|b": np.zeros((1, 2, 2))})
     with pytest.raises(BenchError, match="shape"):
-        plots.save_attribution_examples(tmp_path / "x.npz", images=np.zeros((1, 2, 2)), labels=[0], index=[0],
-                                        cells={}, maps={("a", "pre", "e"): np.zeros((2, 2, 2))})
+        plots.save_attribution_examples(tmp_path / "x.npz", {**meta, "m|pre|e": np.zeros((2, 2, 2))})
+    with pytest.raises(BenchError, match="no images"):
+        plots.save_attribution_examples(tmp_path / "x.npz", {**meta, "other|pre|e": np.zeros((1, 2, 2))})
+    assert not (tmp_path / "x.npz").exists()
 
 
 def test_symmetric_limits():
@@ -336,18 +352,21 @@ def test_symmetric_limits():
 
 def test_attribution_grid_uses_one_symmetric_scale(tmp_path):
     save_examples(tmp_path / "attributions.npz")
-    ex = plots.load_attribution_examples(tmp_path / "attributions.npz")
-    fig = plots.attribution_grid(ex, "resnet18", "alpha", per_cell=1)
+    store = plots.load_attribution_examples(tmp_path / "attributions.npz")
+    ex = store.models["resnet18"]
+    fig = plots.attribution_grid(store, "resnet18", "alpha", per_cell=1)
     shown = [0, 1, 2, 3]                                             # first TP, FP, FN, TN under pre
-    expect = plots.symmetric_limits([ex.maps[("resnet18", s, "alpha")][shown] for s in ("pre", "post")])
+    expect = plots.symmetric_limits([ex.maps[(s, "alpha")][shown] for s in ("pre", "post")])
     maps = [im for ax in fig.axes for im in ax.get_images() if im.get_cmap().name == plots.DIVERGING_CMAP]
     assert len(maps) == 8
+    everything = plots.attribution_grid(store, "resnet18", "alpha")              # all 6 stored examples
+    assert len([im for ax in everything.axes for im in ax.get_images()]) == 6 * 3
     assert all(im.get_clim() == pytest.approx(expect) for im in maps)
     assert expect[0] == -expect[1] > -np.inf and expect[1] > 0
 
 
 def test_write_figures_non_empty_and_byte_identical(tmp_path, scores, board):
-    save_examples(tmp_path / "attributions.npz")
+    save_examples(tmp_path / "attributions.npz", n=4)
     curves = make_curves()
     first = plots.write_figures(tmp_path / "run", scores, curves, tmp_path / "attributions.npz", board=board)
     blobs = [p.read_bytes() for p in first]
