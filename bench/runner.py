@@ -252,6 +252,16 @@ def _key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+def _source_digest(obj: Any) -> str:
+    """Hash of the source of the module defining ``obj``: changed code invalidates cached results."""
+    import inspect
+
+    try:
+        return hashlib.sha256(inspect.getsource(inspect.getmodule(obj)).encode()).hexdigest()[:16]
+    except (OSError, TypeError):  # no source (compiled plug-in): fall back to its name
+        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}"
+
+
 def _tensor_digest(t: Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
@@ -266,11 +276,12 @@ class _Unit:
         self.index, self.labels, self.targets, self.masks = index, labels, targets, masks
         self.images, self.background, self.device = images, background, device
         self.attr_key = _key({"v": CACHE_VERSION, "ckpt": stage.sha256, "explainer": explainer, "params": params,
+                              "code": _source_digest(EXPLAINERS.get(explainer).obj),
                               "output": cfg["explain"]["output"], "data": fingerprint,
                               "index": index.tolist(), "targets": targets.tolist(),
                               "background": _tensor_digest(background), "seed": cfg["seed"],
                               "device": device.type})
-        self.score_key = _key({"attr": self.attr_key, "metrics": cfg["metrics"]["names"],
+        self.score_key = _key({"attr": self.attr_key, "metrics": cfg["metrics"]["names"], "code": _source_digest(M),
                                "params": cfg["metrics"]["params"], "attribution": cfg["metrics"]["attribution"],
                                "curves": cfg["metrics"]["curves"]})
         self.attr_path = run_dir / "cache" / "attributions" / f"{self.attr_key}.pt"

@@ -165,7 +165,7 @@ def partition(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: 
     with model_guard(model), preserved_rng(inputs.device):
         for i in range(b):
             current["target"] = int(targets[i])
-            pass  # shap caches the blurred image by id(); ids are reused across images
+            masker.last_xid = None  # shap caches the blurred image by id(); ids are reused across images
             np.random.seed(seeds[i])
             ev = explainer(images[i:i + 1], max_evals=max_evals, batch_size=batch_size, silent=True)
             values.append(torch.from_numpy(np.asarray(ev.values).reshape(1, h, w, c)))

@@ -5,7 +5,7 @@
 * shap.gradient vs captum.gradient_shap: the same expected-gradients estimator with independent
   samples, so they agree only in expectation. The check compares the cross-library agreement
   with shap's agreement with itself under another seed (the estimator's own reliability at this
-  sample size), and the maps at 4x4-pooled resolution, where sampling noise averages out.
+  sample size).
 
 The printed figures are recorded in docs/explainers.md (run with ``-s`` to see them).
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from explainers import run_explainer
@@ -68,18 +67,21 @@ def test_shap_deep_equals_captum_deeplift_shap(resnet18, images):
 
 
 def test_expected_gradients_agree_in_expectation(resnet18, images):
+    """Two unbiased estimates of one expectation correlate about as well as two seeds of either
+    one do (reliability ~ n / (n + noise/signal)); a wrong target, sign or (x - x') factor makes
+    the cross-library figure collapse while the within-library one stays. Measured at 1000
+    samples: cross 0.917 / 0.919, shap-vs-shap 0.922 / 0.902 (200 samples: 0.71 / 0.75 and
+    0.67 / 0.69; pooling the maps 4x4 does not help, the noise is not pixel-local)."""
     inputs, background = images
     targets = resnet18(inputs).argmax(1)
-    n = 200
+    n = 1000
     shap0 = run_explainer("shap.gradient", resnet18, inputs, targets, background=background, nsamples=n, seed=0).values
     shap1 = run_explainer("shap.gradient", resnet18, inputs, targets, background=background, nsamples=n, seed=1).values
     capt = run_explainer("captum.gradient_shap", resnet18, inputs, targets, background=background, n_samples=n,
                          seed=0).values
     cross, within = _corr(shap0, capt), _corr(shap0, shap1)
-    pooled = _corr(F.avg_pool2d(shap0, 4), F.avg_pool2d(capt, 4))
     print(f"\nexpected gradients, resnet18, {n} samples, background 32, 2 images: pixel correlation "
-          f"shap vs captum {[round(c, 3) for c in cross]}, shap seed 0 vs seed 1 {[round(c, 3) for c in within]}, "
-          f"4x4-pooled shap vs captum {[round(c, 3) for c in pooled]}")
-    for c, w, p in zip(cross, within, pooled):
-        assert c >= w - 0.1, "the libraries agree less than two runs of shap do"
-        assert p > 0.9
+          f"shap vs captum {[round(c, 3) for c in cross]}, shap seed 0 vs seed 1 {[round(c, 3) for c in within]}")
+    for c, w in zip(cross, within):
+        assert c > 0.85
+        assert c >= w - 0.05, "the libraries agree less than two runs of shap do"
