@@ -98,6 +98,8 @@ def run(cfg: RunConfig, *, progress: bool = True) -> Path:
 
     background = _background(train, cfg["data"]["background_size"], seed)
     records, curves, examples, unit_log = [], [], {}, []
+    n_units = len(stages) * len(cfg["explain"]["names"]) * math.ceil(_n_selected(cfg, test) / cfg["explain"]["shard_size"])
+    bar = tqdm(total=n_units, desc="units (model, stage, explainer, shard)", unit="unit", disable=not progress)
     t = time.perf_counter()
     for model_name in cfg["models"]["names"]:
         model_stages = [s for s in stages if s.model_name == model_name]
@@ -119,6 +121,7 @@ def run(cfg: RunConfig, *, progress: bool = True) -> Path:
                     unit = _Unit(cfg, st, name, params, fingerprint, index[sl], images[sl], labels[sl], targets[sl],
                                  None if masks is None else masks[sl], background, device, run_dir)
                     res = unit.result(say)
+                    bar.update(1)
                     unit_log.append({"model": model_name, "stage": st.stage, "explainer": name,
                                      "images": [int(i) for i in index[sl]], "cached": res["cached"],
                                      "status": res["status"]})
@@ -139,6 +142,7 @@ def run(cfg: RunConfig, *, progress: bool = True) -> Path:
                 "cells": {st.stage: np.array(confusion_cells(labels[ex_pos].numpy(),
                                                              predict_proba(st.model, images[ex_pos], device=device)
                                                              .argmax(1).numpy())) for st in model_stages}}
+    bar.close()
     timings["explain_and_metrics"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -235,6 +239,11 @@ def _select_images(test: ImageSplit, preds: Tensor, cfg: RunConfig, seed: int) -
         idx = np.flatnonzero(cells == cell)
         chosen += sorted(rng.choice(idx, size=min(cfg["data"]["per_cell"], len(idx)), replace=False).tolist())
     return torch.as_tensor(sorted(chosen), dtype=torch.long)
+
+
+def _n_selected(cfg: RunConfig, test: ImageSplit) -> int:
+    """Upper bound of the images per model (for the progress bar's total)."""
+    return len(test) if cfg["data"]["sample"] == "all" else min(len(test), 4 * cfg["data"]["per_cell"])
 
 
 def _example_positions(labels: Tensor, preds: Tensor, per_cell: int) -> list[int]:

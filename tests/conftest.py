@@ -25,7 +25,7 @@ def _no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", guard)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data_file() -> Path:
     """The offline PneumoniaMNIST file beside the repo; the test is skipped without it."""
     if not SHARED_DATA.exists():

@@ -66,6 +66,7 @@ def test_shap_deep_equals_captum_deeplift_shap(resnet18, images):
     assert diff <= 1e-6 and diff <= 1e-4 * scale
 
 
+@pytest.mark.slow  # ~3 min on 2 shared cores: 3 x 1000 samples x 2 images on resnet18
 def test_expected_gradients_agree_in_expectation(resnet18, images):
     """Two unbiased estimates of one expectation correlate about as well as two seeds of either
     one do (reliability ~ n / (n + noise/signal)); a wrong target, sign or (x - x') factor makes

@@ -17,7 +17,6 @@ import pytest
 import torch
 from torch import nn
 
-import explainers
 from bench.errors import BenchError
 from explainers import (
     EXPLAINERS,
@@ -234,7 +233,7 @@ def test_shap_deep_additive_on_resnets(model_name):
     would divide float32 noise (~1e-6 abs on resnet101) by it."""
     net = calibrated(model_name, batches=2, batch=8)
     g = torch.Generator().manual_seed(2)
-    inputs, background = torch.rand(2, 1, 28, 28, generator=g), 0.25 * torch.rand(4, 1, 28, 28, generator=g)
+    inputs, background = torch.rand(1, 1, 28, 28, generator=g), 0.25 * torch.rand(4, 1, 28, 28, generator=g)
     targets = net(inputs).argmax(1)
     attr = run_explainer("shap.deep", net, inputs, targets, background=background)
     rel = relative_completeness_gap(attr)

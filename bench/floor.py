@@ -1,0 +1,377 @@
+"""The cost floor of an explainer or a metric: model passes per image x the time of one pass.
+
+An attribution method cannot be cheaper than the model passes it needs: integrated gradients
+with 50 steps needs 50 forward+backward passes per image, Partition SHAP with 300 evaluations
+needs 300 forward passes. The *floor* of a method is::
+
+    floor = n_fb * t_fb + n_f * t_f          (seconds per image)
+
+where ``(n_fb, n_f)`` = :func:`passes_per_image` (forward+backward passes, forward-only passes)
+and ``t_fb`` / ``t_f`` are the measured times per image of ONE batched forward+backward
+(:func:`time_forward_backward`) / forward (:func:`time_forward`) pass of the same model on the
+same device at the benchmark's batch size. The *floor ratio* = measured time / floor says how
+much a method (or its library) spends beyond its model passes: ~1 is as cheap as the method can
+be at that batch size, 5 means four fifths of the time goes to bookkeeping, per-image Python
+loops, numpy round trips or smaller batches. It can fall below 1 when a library batches more
+rows per pass than the benchmark's batch (larger batches cost less per image).
+
+Forward-only passes are timed separately rather than counted as a fraction of a
+forward+backward pass: the ratio of the two is not a constant (measured between ~1/2 and ~1/4
+depending on the model and the load).
+
+Counting rules (per image, from the adapter's parameters, defaults via
+``EXPLAINERS.get(name).params()``): only the passes the *method* needs; an adapter's extra
+bookkeeping passes (f(x), f(baseline) for ``outputs``/``base_values``) count as overhead. A
+registered adapter with no rule has no floor (``None``, reported as missing). Rules are
+registered by explainer or metric name in :data:`EXPLAINER_PASSES` / :data:`METRIC_PASSES`, so a
+plug-in can add its own with :func:`register_explainer_passes`.
+
+:func:`benchmark_table` turns a pytest-benchmark JSON saved by ``tests/benchmarks`` into
+Markdown tables (``python -m bench.floor results/benchmarks/<machine>/0001_run.json``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from bench.errors import BenchError
+from bench.registry import Registry
+
+__all__ = [
+    "EXPLAINER_PASSES",
+    "METRIC_PASSES",
+    "register_explainer_passes",
+    "register_metric_passes",
+    "passes_per_image",
+    "metric_passes_per_image",
+    "time_forward_backward",
+    "time_forward",
+    "floor_seconds",
+    "floor_ratio",
+    "format_passes",
+    "benchmark_table",
+]
+
+Passes = tuple[float, float]  # (forward+backward passes, forward-only passes) per image
+
+# fn(params with defaults filled in, background size) -> (n_fb, n_f)
+EXPLAINER_PASSES: Registry[Callable[[dict[str, Any], int], Passes]] = Registry("explainer pass rule")
+# fn(params with defaults filled in, explainer passes or None, cascade length or None) -> (n_fb, n_f) or None
+METRIC_PASSES: Registry[Callable[[dict[str, Any], "Passes | None", "int | None"], "Passes | None"]] = Registry(
+    "metric pass rule")
+
+
+def register_explainer_passes(name: str):
+    """Register ``fn(params, background_size) -> (n_fb, n_f)`` for the explainer ``name``."""
+    return EXPLAINER_PASSES.register(name)
+
+
+def register_metric_passes(name: str):
+    """Register ``fn(params, explainer_passes, n_layers) -> (n_fb, n_f) | None`` for the metric ``name``."""
+    return METRIC_PASSES.register(name)
+
+
+# --------------------------------------------------------------------------------------------
+# Explainers
+# --------------------------------------------------------------------------------------------
+
+@register_explainer_passes("captum.integrated_gradients")
+def _ig(p: dict[str, Any], n_bg: int) -> Passes:
+    return float(p["n_steps"]), 0.0  # one gradient per quadrature point
+
+
+@register_explainer_passes("captum.gradient_shap")
+def _captum_gradient_shap(p: dict[str, Any], n_bg: int) -> Passes:
+    return float(p["n_samples"]), 0.0  # one gradient per (baseline, alpha) sample
+
+
+@register_explainer_passes("shap.gradient")
+def _shap_gradient(p: dict[str, Any], n_bg: int) -> Passes:
+    return float(p["nsamples"]), 0.0  # expected gradients: one gradient per sample (also in layer mode)
+
+
+@register_explainer_passes("captum.deeplift_shap")
+@register_explainer_passes("shap.deep")
+def _deep(p: dict[str, Any], n_bg: int) -> Passes:
+    # One rescale backward per (image, background) pair. Both libraries evaluate the input and
+    # the reference in the same pass (2 rows per pair), so ~2 is this method's practical minimum.
+    return float(n_bg), 0.0
+
+
+@register_explainer_passes("shap.partition")
+def _partition(p: dict[str, Any], n_bg: int) -> Passes:
+    return 0.0, float(p["max_evals"])  # model-agnostic: forwards of masked images only (at most max_evals)
+
+
+@register_explainer_passes("captum.saliency")
+def _saliency(p: dict[str, Any], n_bg: int) -> Passes:
+    return 1.0, 0.0
+
+
+def passes_per_image(explainer_name: str, params: Mapping[str, Any] | None = None,
+                     background_size: int = 0) -> Passes | None:
+    """Model passes ``(n_forward_backward, n_forward)`` one image costs with an adapter.
+
+    ``params`` override the adapter's defaults (read from ``EXPLAINERS.get(name).params()``);
+    ``background_size`` is the number of background images given to the adapter. Adapters
+    registered with ``control=True`` (they ignore the model) need none: ``(0, 0)``. A registered
+    adapter without a rule in :data:`EXPLAINER_PASSES` returns ``None`` (its floor is missing).
+    A name that is not a registered explainer, or a parameter the adapter does not have, raises.
+    """
+    from explainers import EXPLAINERS  # the explainers layer sits beside bench; imported on use
+
+    entry = EXPLAINERS.get(explainer_name)  # unknown names raise with the known ones
+    defaults = {k: v for k, v in entry.params().items() if k != "background"}
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise BenchError(f"explainer {explainer_name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                         f"its parameters are: {', '.join(defaults) or '(none)'}")
+    if entry.meta.get("control"):
+        return 0.0, 0.0
+    if explainer_name not in EXPLAINER_PASSES:
+        return None
+    return EXPLAINER_PASSES.get(explainer_name).obj({**defaults, **params}, int(background_size))
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+@register_metric_passes("deletion_auc")
+@register_metric_passes("insertion_auc")
+def _rise(p, explainer_passes, n_layers):
+    return 0.0, float(p["steps"] + 1)  # steps + 1 curve points, point 0 included
+
+
+@register_metric_passes("drop_rate")
+@register_metric_passes("increase_rate")
+def _drop(p, explainer_passes, n_layers):
+    return 0.0, 2.0  # the input and its top-frac pixels on the substrate
+
+
+@register_metric_passes("road_morf")
+@register_metric_passes("road_lerf")
+def _road(p, explainer_passes, n_layers):
+    return 0.0, float(len(p["percentages"]))  # plus the CPU imputation, which is not a model pass
+
+
+@register_metric_passes("additivity_error")
+@register_metric_passes("additivity_error_relative")
+@register_metric_passes("localisation_precision")
+@register_metric_passes("pointing_game")
+def _no_pass(p, explainer_passes, n_layers):
+    return 0.0, 0.0
+
+
+@register_metric_passes("randomisation_similarity")
+def _randomisation(p, explainer_passes, n_layers):
+    if explainer_passes is None or n_layers is None:
+        return None
+    return n_layers * float(explainer_passes[0]), n_layers * float(explainer_passes[1])
+
+
+def metric_passes_per_image(metric_name: str, params: Mapping[str, Any] | None = None, *,
+                            explainer_passes: Passes | None = None, n_layers: int | None = None) -> Passes | None:
+    """Model passes ``(n_forward_backward, n_forward)`` a metric costs per image.
+
+    Randomisation re-runs the explainer once per cascade step: it needs the explainer's passes
+    and ``n_layers`` (``len(bench.metrics.randomisation_layers(model))``), else ``None``. A
+    registered metric without a rule returns ``None``; an unregistered name or an unknown
+    parameter raises.
+    """
+    from bench.metrics import METRICS, metric_params
+
+    METRICS.get(metric_name)  # unknown names raise with the known ones
+    defaults = metric_params(metric_name)
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise BenchError(f"metric {metric_name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                         f"its parameters are: {', '.join(defaults) or '(none)'}")
+    if metric_name not in METRIC_PASSES:
+        return None
+    return METRIC_PASSES.get(metric_name).obj({**defaults, **params}, explainer_passes, n_layers)
+
+
+# --------------------------------------------------------------------------------------------
+# Timing one pass
+# --------------------------------------------------------------------------------------------
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _best_per_image(step: Callable[[], None], inputs: Tensor, repeats: int, warmup: int) -> float:
+    from time import perf_counter
+
+    if int(repeats) < 1:
+        raise BenchError(f"repeats must be a positive integer, got {repeats!r}")
+    for _ in range(int(warmup)):
+        step()
+    best = math.inf
+    for _ in range(int(repeats)):
+        _sync(inputs.device)
+        t0 = perf_counter()
+        step()
+        _sync(inputs.device)
+        best = min(best, perf_counter() - t0)
+    return best / inputs.shape[0]
+
+
+def _targets(inputs: Tensor, targets: Tensor | None) -> Tensor:
+    if targets is not None:
+        return targets.to(inputs.device).long().view(-1, 1)
+    return torch.zeros(inputs.shape[0], 1, dtype=torch.long, device=inputs.device)
+
+
+def time_forward_backward(model: nn.Module, inputs: Tensor, *, targets: Tensor | None = None,
+                          repeats: int = 3, warmup: int = 1) -> float:
+    """Seconds per image of ONE batched forward+backward pass, best of ``repeats``.
+
+    The pass is what a gradient method repeats: ``model(x)[i, target_i]`` summed over the batch,
+    then ``torch.autograd.grad`` with respect to the inputs only (as Captum does; no weight
+    gradients are computed or stored). ``inputs (B, C, H, W)``, ``targets (B,)`` (default class
+    0). ``warmup`` untimed passes first. The model's mode and parameters are left untouched.
+    """
+    t = _targets(inputs, targets)
+    x = inputs.detach().clone().requires_grad_(True)
+
+    def step() -> None:
+        with torch.enable_grad():
+            score = model(x).gather(1, t).sum()
+            torch.autograd.grad(score, x)
+
+    return _best_per_image(step, inputs, repeats, warmup)
+
+
+def time_forward(model: nn.Module, inputs: Tensor, *, targets: Tensor | None = None,
+                 repeats: int = 3, warmup: int = 1) -> float:
+    """Seconds per image of ONE batched forward pass without gradients, best of ``repeats``.
+
+    What perturbation metrics and model-agnostic methods (Partition SHAP) repeat.
+    ``inputs (B, C, H, W)``; ``warmup`` untimed passes first.
+    """
+    t = _targets(inputs, targets)
+    x = inputs.detach()
+
+    def step() -> None:
+        with torch.no_grad():
+            model(x).gather(1, t)
+
+    return _best_per_image(step, inputs, repeats, warmup)
+
+
+def floor_seconds(passes: Passes | None, fb_seconds: float, f_seconds: float) -> float | None:
+    """``n_fb * t_fb + n_f * t_f`` seconds per image; ``None`` when the passes are unknown."""
+    if passes is None:
+        return None
+    n_fb, n_f = passes
+    return float(n_fb) * float(fb_seconds) + float(n_f) * float(f_seconds)
+
+
+def floor_ratio(measured_seconds: float, floor: float | None) -> float | None:
+    """Measured time / floor; ``None`` without a floor or with a zero floor (no model pass)."""
+    if floor is None or not floor > 0 or not math.isfinite(floor):
+        return None
+    return float(measured_seconds) / floor
+
+
+def format_passes(passes: Passes | list | None) -> str:
+    """``"50 fb"``, ``"300 f"``, ``"49 fb + 2 f"``, ``"0"``, or ``"n/a"`` for unknown."""
+    if passes is None:
+        return "n/a"
+    n_fb, n_f = (float(v) for v in passes)
+    parts = [f"{_num(n)} {kind}" for n, kind in ((n_fb, "fb"), (n_f, "f")) if n]
+    return " + ".join(parts) or "0"
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:.3g}"
+
+
+# --------------------------------------------------------------------------------------------
+# Saved runs -> Markdown
+# --------------------------------------------------------------------------------------------
+
+def _cell(v: Any, fmt: str) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return format(float(v), fmt)
+
+
+def _s_per_image(b: dict[str, Any]) -> float | None:
+    info = b.get("extra_info", {})
+    if info.get("s_per_image") is not None:
+        return info["s_per_image"]
+    stats, batch = b.get("stats") or {}, info.get("batch")
+    return stats["min"] / batch if "min" in stats and batch else None
+
+
+def benchmark_table(json_path: str | Path) -> str:
+    """Markdown tables of a pytest-benchmark JSON written by ``tests/benchmarks``.
+
+    One table for explainers (explainer, model, s/image, peak MB, passes, floor ratio) and one
+    for metrics (metric, model, s/image, passes, floor ratio, Quantus s/image), preceded by a
+    line describing the machine. Missing values print as "n/a".
+    """
+    data = json.loads(Path(json_path).read_text())
+    machine = data.get("machine_info", {})
+    rows = data.get("benchmarks", [])
+    explainers = sorted((b for b in rows if b.get("extra_info", {}).get("kind") == "explainer"),
+                        key=lambda b: (b["extra_info"].get("model", ""), b["extra_info"].get("explainer", "")))
+    metrics = sorted((b for b in rows if b.get("extra_info", {}).get("kind") == "metric"),
+                     key=lambda b: (b["extra_info"].get("model", ""), b["extra_info"].get("metric", "")))
+    first = (explainers or metrics or [{"extra_info": {}}])[0]["extra_info"]
+    desc = [f"{machine.get('device_name') or machine.get('cpu', {}).get('brand_raw') or machine.get('processor', '?')}"
+            f" ({machine.get('device', '?')})",
+            f"torch {machine.get('torch_version', '?')}, "
+            f"{first.get('torch_threads', machine.get('torch_threads', '?'))} threads",
+            f"batch {first.get('batch', '?')}, background {first.get('background', '?')}, "
+            f"rounds {first.get('rounds', '?')}",
+            f"saved {data.get('datetime', '?')}"]
+    out = ["Machine: " + "; ".join(desc) + ".", ""]
+    if explainers:
+        out += ["| explainer | model | s/image | peak MB | passes/image | floor s/image | floor ratio |",
+                "|---|---|---:|---:|---|---:|---:|"]
+        for b in explainers:
+            i = b["extra_info"]
+            out.append(f"| {i.get('explainer')} | {i.get('model')} | {_cell(_s_per_image(b), '.4f')} | "
+                       f"{_cell(i.get('peak_mb'), '.0f')} | {format_passes(i.get('passes'))} | "
+                       f"{_cell(i.get('floor_s_per_image'), '.4f')} | {_cell(i.get('floor_ratio'), '.2f')} |")
+        out.append("")
+    if metrics:
+        out += ["| metric | model | s/image | passes/image | floor ratio | Quantus | Quantus s/image |",
+                "|---|---|---:|---|---:|---|---:|"]
+        for b in metrics:
+            i = b["extra_info"]
+            out.append(f"| {i.get('metric')} | {i.get('model')} | {_cell(_s_per_image(b), '.4f')} | "
+                       f"{format_passes(i.get('passes'))} | {_cell(i.get('floor_ratio'), '.2f')} | "
+                       f"{i.get('quantus_metric') or '-'} | {_cell(i.get('quantus_s_per_image'), '.4f')} |")
+        out.append("")
+    if not explainers and not metrics:
+        out.append("(no pneumobench benchmarks in this file)")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.floor RUN.json [...]``: print the Markdown tables of saved runs."""
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        print("usage: python -m bench.floor results/benchmarks/<machine>/NNNN_run.json [...]", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(f"## {p}\n")
+        print(benchmark_table(p))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

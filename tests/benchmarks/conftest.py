@@ -1,0 +1,266 @@
+"""Cost benchmarks (pytest-benchmark): skipped unless asked for, configured by environment knobs.
+
+Run: ``python -m pytest tests/benchmarks --benchmark-only`` (or ``make benchmark``, which also
+saves the run under ``results/benchmarks/``). A plain ``python -m pytest`` collects these tests
+and skips them: each costs seconds to minutes.
+
+Knobs (environment variables):
+
+* ``BENCH_MODELS``      comma-separated model names (default ``resnet18,resnet50``)
+* ``BENCH_BATCH``       images per explained batch (default 16)
+* ``BENCH_BACKGROUND``  background images (default 50)
+* ``BENCH_ROUNDS``      timed rounds per benchmark, best one reported (default 1)
+* ``BENCH_DEVICE``      ``cpu`` / ``cuda`` / ``cuda:1`` (default ``cuda`` if available, else ``cpu``)
+* ``BENCH_THREADS``     torch intra-op threads (default: as tests/conftest.py sets, min(2, cores))
+
+Quick smoke run: ``BENCH_MODELS=resnet18 BENCH_BATCH=2 BENCH_BACKGROUND=8 python -m pytest
+tests/benchmarks --benchmark-only -q -x``.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import platform
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_MODELS = "resnet18,resnet50"
+
+
+@dataclass(frozen=True)
+class Settings:
+    models: tuple[str, ...]
+    batch: int
+    background: int
+    rounds: int
+    device: torch.device
+    threads: int | None
+
+    def describe(self) -> dict:
+        return {"batch": self.batch, "background": self.background, "rounds": self.rounds,
+                "device": str(self.device), "torch_threads": torch.get_num_threads()}
+
+
+def _positive(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise pytest.UsageError(f"{name}={raw!r} must be a positive integer")
+    return value
+
+
+@lru_cache(maxsize=None)
+def settings() -> Settings:
+    """The knobs, read once per session; bad values stop the session with a usage error."""
+    from models import MODELS
+
+    models = tuple(m.strip() for m in os.environ.get("BENCH_MODELS", DEFAULT_MODELS).split(",") if m.strip())
+    unknown = [m for m in models if m not in MODELS]
+    if not models or unknown:
+        raise pytest.UsageError(f"BENCH_MODELS: unknown model(s) {unknown or '(none given)'}; "
+                                f"known: {', '.join(MODELS.names())}")
+    device = torch.device(os.environ.get("BENCH_DEVICE", "").strip()
+                          or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError("BENCH_DEVICE asks for CUDA, which is not available")
+    threads = _positive("BENCH_THREADS", 0) if os.environ.get("BENCH_THREADS", "").strip() else None
+    return Settings(models, _positive("BENCH_BATCH", 16), _positive("BENCH_BACKGROUND", 50),
+                    _positive("BENCH_ROUNDS", 1), device, threads)
+
+
+# --------------------------------------------------------------------------------------------
+# Skipped unless asked for
+# --------------------------------------------------------------------------------------------
+
+def _asked_for(config: pytest.Config) -> bool:
+    if config.getoption("benchmark_only", default=False):
+        return True
+    markexpr = config.getoption("markexpr", default="") or ""
+    return "benchmark" in markexpr and "not benchmark" not in markexpr
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _asked_for(config):
+        return
+    skip = pytest.mark.skip(reason="cost benchmark: run with `python -m pytest tests/benchmarks --benchmark-only`")
+    for item in items:  # this hook sees the whole session: touch only this directory's items
+        if HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(skip)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "model_name" in metafunc.fixturenames:
+        # Knobs are only read when benchmarks run, so a bad BENCH_* cannot break the normal suite.
+        names = settings().models if _asked_for(metafunc.config) else DEFAULT_MODELS.split(",")
+        # session scope: pytest groups the tests by model, so each model is built once
+        metafunc.parametrize("model_name", names, scope="session")
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    """Describe what the numbers were measured on: torch, its threads, the device, library versions."""
+    s = settings() if _asked_for(config) else None
+    device = s.device if s else torch.device("cpu")
+    machine_info["torch_version"] = torch.__version__
+    # the session fixture restores the thread count before this runs: report what was used
+    machine_info["torch_threads"] = s.threads if s and s.threads else torch.get_num_threads()
+    machine_info["torch_interop_threads"] = torch.get_num_interop_threads()
+    machine_info["device"] = str(device)
+    machine_info["device_name"] = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                                   else _cpu_name())
+    machine_info["cpu_count"] = os.cpu_count()
+    machine_info["cuda"] = torch.version.cuda
+    machine_info["libraries"] = {p: _version(p) for p in ("shap", "captum", "quantus", "numpy", "scipy",
+                                                         "torchvision", "pytest-benchmark")}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def bench_settings() -> Settings:
+    return settings()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _bench_threads(request):
+    """Apply BENCH_THREADS (benchmarks only) and import the libraries before anything is measured,
+    so that no import lands in a timing or a memory peak."""
+    if not _asked_for(request.config):
+        yield
+        return
+    s = settings()
+    before = torch.get_num_threads()
+    if s.threads is not None:
+        torch.set_num_threads(s.threads)
+    import captum.attr  # noqa: F401
+    import quantus  # noqa: F401
+    import shap  # noqa: F401
+    yield
+    torch.set_num_threads(before)
+
+
+@dataclass(frozen=True)
+class Case:
+    """A model and the data every benchmark on it uses (all on the benchmark device)."""
+
+    name: str
+    model: nn.Module
+    inputs: Tensor  # (B, 1, 28, 28) in [0, 1]
+    targets: Tensor  # (B,) predicted classes
+    background: Tensor  # (N, 1, 28, 28) in [0, 1]
+
+
+def calibrated(name: str, device: torch.device, seed: int = 0, batches: int = 3, batch: int = 16) -> nn.Module:
+    """Random weights, BatchNorm statistics averaged over a few random batches, then eval()."""
+    from models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(name, image_size=28)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.momentum = None  # cumulative average: the stats do not stay near their initial values
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.rand(batch, 1, 28, 28))
+    for bn in bns:
+        bn.momentum = 0.1
+    return model.eval().to(device)
+
+
+@pytest.fixture(scope="session")
+def _cases() -> dict[str, Case]:
+    return {}
+
+
+@pytest.fixture
+def case(model_name: str, bench_settings: Settings, _cases: dict[str, Case]) -> Case:
+    """The calibrated model ``model_name`` with seeded inputs, targets and background (built once)."""
+    if model_name not in _cases:
+        s = bench_settings
+        model = calibrated(model_name, s.device)
+        g = torch.Generator().manual_seed(1)
+        x = torch.rand(s.batch, 1, 28, 28, generator=g).to(s.device)
+        bg = torch.rand(s.background, 1, 28, 28, generator=torch.Generator().manual_seed(2)).to(s.device)
+        with torch.no_grad():
+            t = model(x).argmax(1)
+        _cases[model_name] = Case(model_name, model, x, t, bg)
+    return _cases[model_name]
+
+
+@contextmanager
+def one_pass_times(case: Case, repeats: int = 3) -> Iterator[dict]:
+    """Time one batched forward+backward and one forward pass before AND after the block.
+
+    Yields a dict filled on exit with ``fb_s_per_image`` / ``f_s_per_image`` (best of all
+    ``2 * repeats`` passes, seconds per image) and ``floor_stability`` (the slower of the
+    before/after forward+backward bests over the faster: 1.0 on a quiet machine; far above 1
+    means the load changed during the benchmark and its ratios are unreliable).
+    """
+    from bench.floor import time_forward, time_forward_backward
+
+    def measure() -> tuple[float, float]:
+        return (time_forward_backward(case.model, case.inputs, targets=case.targets, repeats=repeats),
+                time_forward(case.model, case.inputs, targets=case.targets, repeats=repeats))
+
+    out: dict = {}
+    fb0, f0 = measure()
+    yield out
+    fb1, f1 = measure()
+    out.update(fb_s_per_image=min(fb0, fb1), f_s_per_image=min(f0, f1),
+               floor_stability=max(fb0, fb1) / min(fb0, fb1))
+
+
+def release_memory() -> None:
+    """Free what earlier benchmarks left and hand it back to the OS (glibc ``malloc_trim``).
+
+    CPU peak memory is measured as resident-set growth; memory freed to the allocator but not
+    to the OS would be reused silently and hide part of the next benchmark's peak.
+    """
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
