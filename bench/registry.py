@@ -36,14 +36,15 @@ class Entry(Generic[T]):
     meta: dict[str, Any] = field(default_factory=dict)
 
     def params(self) -> dict[str, Any]:
-        """Keyword-only parameters of a registered function with their defaults."""
+        """Tunable parameters: the keyword-only parameters that have defaults.
+
+        Required keyword-only parameters (e.g. an explainer's ``background``) are inputs of the
+        protocol, not settings, so they are not listed.
+        """
         if not callable(self.obj):
             return {}
-        out = {}
-        for p in inspect.signature(self.obj).parameters.values():
-            if p.kind is inspect.Parameter.KEYWORD_ONLY:
-                out[p.name] = None if p.default is inspect.Parameter.empty else p.default
-        return out
+        return {p.name: p.default for p in inspect.signature(self.obj).parameters.values()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
 
 
 class Registry(Generic[T]):

@@ -6,6 +6,8 @@ under three minutes on two cores: the tiny residual CNN, 3 images, a background 
 """
 from __future__ import annotations
 
+import inspect
+
 import copy
 import re
 import sys
@@ -129,7 +131,9 @@ def test_required_adapters_are_registered():
         entry = get_explainer(name)
         lib = entry.meta["library"]
         assert lib == name.split(".")[0] if "." in name else lib == "control"
-        assert "background" in entry.params(), f"{name}: background must be keyword-only"
+        bg = inspect.signature(entry.obj).parameters.get("background")
+        assert bg is not None and bg.kind is inspect.Parameter.KEYWORD_ONLY, f"{name}: background must be keyword-only"
+        assert "background" not in entry.params(), "the protocol input is not a tunable parameter"
         assert (entry.obj.__doc__ or "").strip(), f"{name}: needs a docstring (python -m bench list shows it)"
 
 
