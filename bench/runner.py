@@ -10,6 +10,7 @@ An explainer that raises is recorded (status and message) and the run goes on.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -363,7 +364,9 @@ class _Unit:
             # additivity is a property of the raw attribution, not of a preprocessed ranking
             use = raw if M.METRICS.get(name).meta.get("kind") == "axiomatic" else a
             try:
-                with torch.no_grad() if name != "randomisation_similarity" else _nullcontext():
+                # metrics that re-run the explainer need gradients; the others never do
+                needs_grad = "explain" in M.METRICS.get(name).meta.get("needs", ())
+                with contextlib.nullcontext() if needs_grad else torch.no_grad():
                     v = M.compute_metric(name, model, x, y, use, context=context, **params)
                 vals = [float(f) for f in v.detach().float().cpu()]
                 base["metrics"][name] = vals
@@ -389,14 +392,6 @@ class _Unit:
         torch.manual_seed(self.cfg["seed"])
         return run_explainer(self.explainer, model, self.images.to(self.device), self.targets.to(self.device),
                              background=self.background.to(self.device), **self.params).values
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

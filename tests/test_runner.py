@@ -16,7 +16,7 @@ from explainers import EXPLAINERS, register_explainer
 
 EXPLAINERS_E2E = ["captum.integrated_gradients", "random", "edge", "test.failing"]
 METRICS_E2E = ["drop_rate", "increase_rate", "deletion_auc", "insertion_auc", "additivity_error",
-               "localisation_precision"]
+               "localisation_precision", "road_morf", "randomisation_similarity"]
 
 
 @pytest.fixture
@@ -66,6 +66,11 @@ def test_end_to_end_outputs_resume_and_failure(tmp_path, failing_explainer, monk
     assert add[add.explainer == "captum.integrated_gradients"].value.notna().all()
     assert add[add.explainer == "random"].value.isna().all()
     assert (add[add.explainer == "random"].status == "n/a").all()
+    # the sanity check: the model-independent edge map is unchanged under randomisation (~1),
+    # integrated gradients is not
+    rnd = scores[(scores.metric == "randomisation_similarity") & (scores.status == "ok")]
+    assert rnd[rnd.explainer == "edge"].value.min() > 0.99
+    assert rnd[rnd.explainer == "captum.integrated_gradients"].value.mean() < 0.9
 
     lb = pd.read_csv(run_dir / "leaderboard.csv", keep_default_na=False, na_values=[""])
     assert {"model", "stage", "explainer", "metric", "mean", "ci_low", "ci_high", "n", "rank",
