@@ -336,6 +336,7 @@ def _fit(model: nn.Module, cfg, train: ImageSplit, val: ImageSplit, device: torc
         model.train()
         for m in frozen_modules:
             m.eval()
+        t_epoch = time.perf_counter()
         perm = torch.randperm(len(train), generator=gen)
         total, seen = 0.0, 0
         bar = tqdm(range(steps_per_epoch), desc=f"{desc} epoch {epoch}/{cfg.epochs}", disable=not progress,
@@ -355,7 +356,8 @@ def _fit(model: nn.Module, cfg, train: ImageSplit, val: ImageSplit, device: torc
         val_m = evaluate(model, val, device=device)
         score = _selection_score(val_m, cfg.select_on)
         history.append({"epoch": epoch, "train_loss": total / seen, "val_loss": val_m["loss"],
-                        "val_acc": val_m["acc"], "val_auc": val_m["auc"]})
+                        "val_acc": val_m["acc"], "val_auc": val_m["auc"],
+                        "seconds": round(time.perf_counter() - t_epoch, 1)})
         if score > best_score:
             best_score, best_epoch = score, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
