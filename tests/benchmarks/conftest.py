@@ -264,3 +264,28 @@ def load_average() -> list[float] | None:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return None
+
+
+def run_measured(benchmark, case: "Case", settings: "Settings", fn, group: str):
+    """Time ``fn()`` with pytest-benchmark (best of ``settings.rounds``), its peak memory, and the
+    one-pass times around it. Returns ``(result, seconds per image, peak MB, one-pass dict)``."""
+    from time import perf_counter
+
+    from bench.profiling import measure_peak_memory
+
+    times: list[float] = []
+
+    def timed():
+        t0 = perf_counter()
+        out = fn()
+        if case.inputs.device.type == "cuda":
+            torch.cuda.synchronize(case.inputs.device)
+        times.append(perf_counter() - t0)
+        return out
+
+    benchmark.group = f"{group}-{case.name}"
+    with one_pass_times(case) as one_pass:
+        release_memory()
+        with measure_peak_memory(settings.device) as mem:
+            result = benchmark.pedantic(timed, rounds=settings.rounds, iterations=1, warmup_rounds=0)
+    return result, min(times) / case.inputs.shape[0], mem.peak_mb, one_pass

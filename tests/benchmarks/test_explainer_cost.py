@@ -9,15 +9,12 @@ the same model on the same device at the same batch size, measured right before 
 """
 from __future__ import annotations
 
-from time import perf_counter
-
 import pytest
 
 from bench.floor import floor_ratio, floor_seconds, passes_per_image
-from bench.profiling import measure_peak_memory
 from explainers import EXPLAINERS, explainer_params, run_explainer
 
-from .conftest import load_average, one_pass_times, release_memory
+from .conftest import load_average, run_measured
 
 pytestmark = pytest.mark.benchmark
 
@@ -25,31 +22,16 @@ pytestmark = pytest.mark.benchmark
 @pytest.mark.parametrize("explainer", EXPLAINERS.names())
 def test_explainer_cost(benchmark, case, bench_settings, explainer):
     s = bench_settings
-    b = case.inputs.shape[0]
     params = explainer_params(explainer)
     passes = passes_per_image(explainer, params, background_size=case.background.shape[0])
     load = load_average()
 
-    times: list[float] = []
-
-    def explain():
-        t0 = perf_counter()
-        attr = run_explainer(explainer, case.model, case.inputs, case.targets, background=case.background)
-        if case.inputs.device.type == "cuda":
-            import torch
-
-            torch.cuda.synchronize(case.inputs.device)
-        times.append(perf_counter() - t0)
-        return attr
-
-    benchmark.group = f"explainers-{case.name}"
-    with one_pass_times(case) as one_pass:
-        release_memory()
-        with measure_peak_memory(s.device) as mem:
-            attr = benchmark.pedantic(explain, rounds=s.rounds, iterations=1, warmup_rounds=0)
+    attr, per_image, peak_mb, one_pass = run_measured(
+        benchmark, case, s,
+        lambda: run_explainer(explainer, case.model, case.inputs, case.targets, background=case.background),
+        "explainers")
     assert attr.values.shape == case.inputs.shape
 
-    per_image = min(times) / b
     floor = floor_seconds(passes, one_pass["fb_s_per_image"], one_pass["f_s_per_image"])
     benchmark.extra_info.update({
         "kind": "explainer",
@@ -59,7 +41,7 @@ def test_explainer_cost(benchmark, case, bench_settings, explainer):
         **s.describe(),
         "params": params,
         "s_per_image": per_image,
-        "peak_mb": mem.peak_mb,
+        "peak_mb": peak_mb,
         "passes": None if passes is None else list(passes),
         **one_pass,
         "floor_s_per_image": floor,

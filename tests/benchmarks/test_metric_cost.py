@@ -39,11 +39,10 @@ from bench.metrics import (
     rank_pixels,
     road_perturbed_inputs,
 )
-from bench.profiling import measure_peak_memory
 from explainers import Attribution, run_explainer
 from explainers.base import target_scores
 
-from .conftest import Case, Settings, load_average, one_pass_times, release_memory
+from .conftest import Case, Settings, load_average, release_memory, run_measured
 
 pytestmark = pytest.mark.benchmark
 
@@ -127,24 +126,11 @@ def test_metric_cost(benchmark, case: Case, bench_settings: Settings, metric: st
                                      explainer_passes=passes_per_image(RANDOMISATION_EXPLAINER) if needs_explain else None)
     load = load_average()
 
-    times: list[float] = []
-
-    def score():
-        t0 = perf_counter()
-        out = compute_metric(metric, case.model, case.inputs, case.targets, attr, context=context)
-        if case.inputs.device.type == "cuda":
-            torch.cuda.synchronize(case.inputs.device)
-        times.append(perf_counter() - t0)
-        return out
-
-    benchmark.group = f"metrics-{case.name}"
-    with one_pass_times(case) as one_pass:
-        release_memory()
-        with measure_peak_memory(s.device) as mem:
-            scores = benchmark.pedantic(score, rounds=s.rounds, iterations=1, warmup_rounds=0)
+    scores, per_image, peak_mb, one_pass = run_measured(
+        benchmark, case, s,
+        lambda: compute_metric(metric, case.model, case.inputs, case.targets, attr, context=context), "metrics")
     assert scores.shape == (b,)
 
-    per_image = min(times) / b
     floor = floor_seconds(passes, one_pass["fb_s_per_image"], one_pass["f_s_per_image"])
     info: dict[str, Any] = {
         "kind": "metric",
@@ -153,7 +139,7 @@ def test_metric_cost(benchmark, case: Case, bench_settings: Settings, metric: st
         **s.describe(),
         "params": params,
         "s_per_image": per_image,
-        "peak_mb": mem.peak_mb,
+        "peak_mb": peak_mb,
         "passes": None if passes is None else list(passes),
         **one_pass,
         "floor_s_per_image": floor,
