@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(run)
     run.add_argument("--data-file", default=None, help="a MedMNIST-style .npz (overrides the config)")
     run.add_argument("--data-root", default=None, help="medmnist root folder (overrides the config)")
+    run.add_argument("--executor", default="local", choices=("local", "ray"),
+                     help="local: in this process (default); ray: one Ray task per unit of work")
+    run.add_argument("--ray-address", default=None,
+                     help="Ray cluster address for --executor ray (default: start a local instance)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     lst = sub.add_parser("list", help="list registered models, explainers, metrics or datasets")

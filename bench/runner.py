@@ -61,7 +61,8 @@ def main(args: argparse.Namespace) -> int:
     if getattr(args, "device", "auto") != "auto":
         overrides.append(f"device={json.dumps(args.device)}")
     cfg = load_config(args.config, overrides)
-    run_dir = run(cfg, progress=not args.no_progress)
+    run_dir = run(cfg, progress=not args.no_progress, executor=getattr(args, "executor", "local"),
+                  ray_address=getattr(args, "ray_address", None))
     print(f"results in {run_dir}: leaderboard.md, prepost.md, scores.csv, figures/, manifest.json")
     return 0
 
@@ -78,8 +79,12 @@ class Stage:
     model: nn.Module = field(repr=False, default=None)
 
 
-def run(cfg: RunConfig, *, progress: bool = True) -> Path:
-    """Execute a validated config; returns the run directory."""
+def run(cfg: RunConfig, *, progress: bool = True, executor: str = "local", ray_address: str | None = None) -> Path:
+    """Execute a validated config; returns the run directory.
+
+    ``executor="local"`` computes the units in this process; ``"ray"`` fans them out as Ray tasks
+    (see :func:`execute_units`). Both fill the same cache and give the same tables.
+    """
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     seed = cfg["seed"]
@@ -98,53 +103,51 @@ def run(cfg: RunConfig, *, progress: bool = True) -> Path:
     timings["checkpoints"] = time.perf_counter() - t
 
     background = _background(train, cfg["data"]["background_size"], seed)
-    records, curves, examples, unit_log = [], [], {}, []
-    n_units = len(stages) * len(cfg["explain"]["names"]) * math.ceil(_n_selected(cfg, test) / cfg["explain"]["shard_size"])
-    bar = tqdm(total=n_units, desc="units (model, stage, explainer, shard)", unit="unit", disable=not progress)
-    t = time.perf_counter()
+    plan: list[_Planned] = []
+    example_meta: dict[str, Any] = {}
     for model_name in cfg["models"]["names"]:
         model_stages = [s for s in stages if s.model_name == model_name]
-        pre = model_stages[0]
-        pre_probs = predict_proba(pre.model, test.images, device=device)
-        index = _select_images(test, pre_probs.argmax(1), cfg, seed)
+        pre_preds = predict_proba(model_stages[0].model, test.images, device=device).argmax(1)
+        index = _select_images(test, pre_preds, cfg, seed)
         images, labels = test.images[index], test.labels[index]
         masks = None if test.masks is None else test.masks[index]
-        targets = pre_probs.argmax(1)[index] if cfg["explain"]["target"] == "predicted" else labels
-        ex_pos = _example_positions(labels, pre_probs.argmax(1)[index], cfg["figures"]["examples_per_cell"])
+        targets = pre_preds[index] if cfg["explain"]["target"] == "predicted" else labels
+        ex_pos = _example_positions(labels, pre_preds[index], cfg["figures"]["examples_per_cell"])
+        stage_cells = {}
         for st in model_stages:
             preds = predict_proba(st.model, images, device=device).argmax(1)
             cells = confusion_cells(labels.numpy(), preds.numpy())
+            stage_cells[st.stage] = np.array(cells)
             for name in cfg["explain"]["names"]:
                 params = dict(cfg["explain"]["params"].get(name, {}))
-                values_for_examples = []
                 for lo in range(0, len(index), cfg["explain"]["shard_size"]):
                     sl = slice(lo, lo + cfg["explain"]["shard_size"])
                     unit = _Unit(cfg, st, name, params, fingerprint, index[sl], images[sl], labels[sl], targets[sl],
                                  None if masks is None else masks[sl], background, device, run_dir)
-                    res = unit.result(say)
-                    bar.update(1)
-                    unit_log.append({"model": model_name, "stage": st.stage, "explainer": name,
-                                     "images": [int(i) for i in index[sl]], "cached": res["cached"],
-                                     "status": res["status"]})
-                    records += _rows(st, name, index[sl], labels[sl], preds[sl], cells[lo:lo + len(index[sl])], res)
-                    curves += _curve_rows(st, name, index[sl], res)
-                    if res.get("values") is not None:
-                        values_for_examples.append(res["values"])
-                if values_for_examples and ex_pos:
-                    vals = torch.cat(values_for_examples)
-                    if len(vals) == len(index):
-                        examples[f"{model_name}|{st.stage}|{name}"] = vals[ex_pos].sum(1).numpy()
-            say(f"[{model_name} {st.stage}] explained {len(index)} images with {len(cfg['explain']['names'])} "
-                f"explainers")
+                    plan.append(_Planned(st, name, index[sl], labels[sl], preds[sl], cells[sl], unit))
         if ex_pos:
-            examples.setdefault("__meta__", {})[model_name] = {
-                "images": images[ex_pos].sum(1).numpy(), "labels": labels[ex_pos].numpy(),
-                "index": index[ex_pos].numpy(),
-                "cells": {st.stage: np.array(confusion_cells(labels[ex_pos].numpy(),
-                                                             predict_proba(st.model, images[ex_pos], device=device)
-                                                             .argmax(1).numpy())) for st in model_stages}}
-    bar.close()
+            example_meta[model_name] = {"images": images[ex_pos].sum(1).numpy(), "labels": labels[ex_pos].numpy(),
+                                        "index": index[ex_pos].numpy(), "positions": ex_pos,
+                                        "cells": {k: v[ex_pos] for k, v in stage_cells.items()}}
+
+    t = time.perf_counter()
+    results = execute_units([p.unit for p in plan], executor=executor, ray_address=ray_address, say=say,
+                            progress=progress)
     timings["explain_and_metrics"] = time.perf_counter() - t
+
+    records, curves, unit_log, shard_values = [], [], [], {}
+    for p, res in zip(plan, results):
+        st = p.stage
+        unit_log.append({"model": st.model_name, "stage": st.stage, "explainer": p.explainer,
+                         "images": [int(i) for i in p.index], "cached": res["cached"], "status": res["status"]})
+        records += _rows(st, p.explainer, p.index, p.labels, p.preds, p.cells, res)
+        curves += _curve_rows(st, p.explainer, p.index, res)
+        shard_values.setdefault((st.model_name, st.stage, p.explainer), []).append(res.get("values"))
+    examples: dict[str, Any] = {"__meta__": {m: {k: v for k, v in e.items() if k != "positions"}
+                                             for m, e in example_meta.items()}} if example_meta else {}
+    for (model_name, stage, name), shards in shard_values.items():
+        if model_name in example_meta and all(v is not None for v in shards):
+            examples[f"{model_name}|{stage}|{name}"] = torch.cat(shards)[example_meta[model_name]["positions"]].sum(1).numpy()
 
     t = time.perf_counter()
     scores = pd.DataFrame.from_records(records, columns=SCORE_COLUMNS)
@@ -154,7 +157,7 @@ def run(cfg: RunConfig, *, progress: bool = True) -> Path:
     written = write_outputs(run_dir, scores, curves_df, prepost_models, examples, figures=cfg["figures"]["enabled"])
     timings["tables_and_figures"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
-    _write_manifest(run_dir, cfg, device, test, stages, timings, unit_log, written)
+    _write_manifest(run_dir, cfg, device, test, stages, timings, unit_log, written, executor)
     n_cached = sum(u["cached"] for u in unit_log)
     failed = sorted({(u["model"], u["stage"], u["explainer"]) for u in unit_log if u["status"] != "ok"})
     say(f"{len(unit_log)} units ({n_cached} from cache) in {timings['total']:.0f} s"
@@ -242,11 +245,6 @@ def _select_images(test: ImageSplit, preds: Tensor, cfg: RunConfig, seed: int) -
     return torch.as_tensor(sorted(chosen), dtype=torch.long)
 
 
-def _n_selected(cfg: RunConfig, test: ImageSplit) -> int:
-    """Upper bound of the images per model (for the progress bar's total)."""
-    return len(test) if cfg["data"]["sample"] == "all" else min(len(test), 4 * cfg["data"]["per_cell"])
-
-
 def _example_positions(labels: Tensor, preds: Tensor, per_cell: int) -> list[int]:
     cells = confusion_cells(labels.numpy(), preds.numpy())
     out = []
@@ -276,6 +274,52 @@ def _tensor_digest(t: Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
+@dataclass
+class _Planned:
+    """A unit of work with the per-image facts its score rows carry."""
+
+    stage: Stage
+    explainer: str
+    index: Tensor
+    labels: Tensor
+    preds: Tensor
+    cells: list[str]
+    unit: "_Unit"
+
+
+EXECUTORS = ("local", "ray")
+
+
+def execute_units(units: list["_Unit"], *, executor: str = "local", ray_address: str | None = None,
+                  say=print, progress: bool = True) -> list[dict[str, Any]]:
+    """Results of every unit, in order: cached ones are read, the others computed and cached as
+    each finishes (so a killed run resumes). ``executor="ray"``: one Ray task per pending unit
+    (:mod:`bench.ray_executor`); results are written here, by the driver, to the same cache."""
+    if executor not in EXECUTORS:
+        raise BenchError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
+    results: list[dict[str, Any] | None] = []
+    cached_attr: dict[int, dict[str, Any]] = {}
+    for i, u in enumerate(units):
+        res, attr = u.load_cached()
+        results.append(res)
+        if res is None and attr is not None:
+            cached_attr[i] = attr
+    pending = [i for i, r in enumerate(results) if r is None]
+    bar = tqdm(total=len(units), initial=len(units) - len(pending), desc="units (model, stage, explainer, shard)",
+               unit="unit", disable=not progress)
+    if executor == "local":
+        computed = ((i, units[i].compute(cached_attr.get(i))) for i in pending)
+    else:
+        from bench.ray_executor import compute_on_ray
+
+        computed = compute_on_ray(units, pending, cached_attr, address=ray_address)
+    for i, (attr, scores) in computed:
+        results[i] = units[i].finish(attr, scores, say, attr_was_cached=i in cached_attr)
+        bar.update(1)
+    bar.close()
+    return results  # type: ignore[return-value]
+
+
 class _Unit:
     """(checkpoint, explainer + params, shard): cached attributions, then cached metric scores."""
 
@@ -297,20 +341,30 @@ class _Unit:
         self.attr_path = run_dir / "cache" / "attributions" / f"{self.attr_key}.pt"
         self.score_path = run_dir / "cache" / "scores" / f"{self.score_key}.json"
 
-    def result(self, say) -> dict[str, Any]:
-        scores = _read_json(self.score_path)
+    def load_cached(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """(finished result, cached attribution): both from the cache when present and readable."""
         attr = self._load_attr()
-        if scores is not None and attr is not None:
-            return {**scores, "values": attr["values"] if attr["status"] == "ok" else None, "cached": True}
+        scores = _read_json(self.score_path) if attr is not None else None
+        if scores is not None:
+            return {**scores, "values": attr["values"] if attr["status"] == "ok" else None, "cached": True}, attr
+        return None, attr
+
+    def compute(self, attr: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(attribution record, scores): explains unless ``attr`` is given, then scores. No file I/O,
+        so it can run in another process (the Ray executor)."""
         if attr is None:
             attr = self._explain()
+        return attr, self._score(attr)
+
+    def finish(self, attr: dict[str, Any], scores: dict[str, Any], say, *, attr_was_cached: bool) -> dict[str, Any]:
+        """Write the unit's cache entries atomically and report it in one line."""
+        if not attr_was_cached:
             atomic_torch_save(self.attr_path, attr)
-        res = self._score(attr)
-        atomic_write_json(self.score_path, res)
-        tag = "ok" if res["status"] == "ok" else f"FAILED: {res['message']}"
+        atomic_write_json(self.score_path, scores)
+        tag = "ok" if scores["status"] == "ok" else f"FAILED: {scores['message']}"
         say(f"  {self.stage.model_name} {self.stage.stage} {self.explainer:<28} images {int(self.index[0])}.."
-            f"{int(self.index[-1])}: {res['seconds_per_image']:.3f} s/image, {res['peak_mem_mb']:.0f} MB, {tag}")
-        return {**res, "values": attr["values"] if attr["status"] == "ok" else None, "cached": False}
+            f"{int(self.index[-1])}: {scores['seconds_per_image']:.3f} s/image, {scores['peak_mem_mb']:.0f} MB, {tag}")
+        return {**scores, "values": attr["values"] if attr["status"] == "ok" else None, "cached": False}
 
     def _load_attr(self) -> dict[str, Any] | None:
         if not self.attr_path.exists():
@@ -481,7 +535,7 @@ def package_versions() -> dict[str, str | None]:
 
 
 def _write_manifest(run_dir: Path, cfg: RunConfig, device, test: ImageSplit, stages: list[Stage],
-                    timings: dict[str, float], unit_log: list[dict], written: list[Path]) -> None:
+                    timings: dict[str, float], unit_log: list[dict], written: list[Path], executor: str) -> None:
     manifest = {
         "config": cfg.values,
         "config_source": cfg.source,
@@ -490,6 +544,7 @@ def _write_manifest(run_dir: Path, cfg: RunConfig, device, test: ImageSplit, sta
         "platform": {"machine": platform.machine(), "system": platform.system(), "processor": platform.processor(),
                      "cpu_count": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads()},
         "device": str(device),
+        "executor": executor,
         "cuda_device": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
         "git": _git_commit(),
         "data": {"dataset": test.name, "split": test.split, **{k: v for k, v in test.info.items()}},
