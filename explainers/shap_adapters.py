@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from bench.errors import BenchError
 from explainers.base import (
     Attribution,
+    check_choice,
     check_positive,
     image_seeds,
     library_version,
@@ -105,14 +106,36 @@ def gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: T
 
 @register_explainer("shap.deep", library="shap", additive=True,
                     paper="Lundberg & Lee 2017 (DeepSHAP); Shrikumar et al. 2017 (DeepLIFT rescale)")
-def deep(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor) -> Attribution:
+def deep(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, engine: str = "auto",
+         pair_chunk: int = 64) -> Attribution:
     """DeepSHAP (shap.DeepExplainer): DeepLIFT rescale multipliers averaged over the background.
 
     phi_i = mean_{x' in bg} m_i(x, x') (x_i - x'_i); sums to f(x) - E_bg f exactly on models whose
     every nonlinearity is its own ``nn.Module`` called once per forward (models/resnet.py).
     shap's own additivity check (tolerance 0.01) is off; the shared completeness gap is the test.
-    Memory: one image x the whole background per pass.
+    ``engine``: ``"shap"`` runs shap.DeepExplainer (one image x the whole background per pass);
+    ``"batched"`` computes the same values with :mod:`explainers.rescale` (ReLU networks only:
+    one linearised forward + backward per (image, reference) pair, ``pair_chunk`` pairs at a
+    time, the pass-count floor); ``"auto"`` takes "batched" where it applies, else "shap".
+    ``meta["engine"]`` records which ran.
     """
+    from explainers.rescale import rescale_attributions, unsupported_reason
+
+    check_choice("shap.deep", "engine", engine, ("auto", "shap", "batched"))
+    check_positive("shap.deep", pair_chunk=pair_chunk)
+    reason = None if engine == "shap" else unsupported_reason(model, inputs[:1])
+    if engine == "batched" and reason is not None:
+        from bench.errors import BenchError
+
+        raise BenchError(f"shap.deep engine='batched' cannot explain this model ({reason}); use engine='shap'")
+    use = "batched" if engine != "shap" and reason is None else "shap"
+    meta = {"library_version": library_version("shap"), "background_size": background.shape[0], "rule": "rescale",
+            "engine": use, **({"batched_unavailable": reason} if engine == "auto" and reason else {})}
+    if use == "batched":
+        with model_guard(model):
+            values = rescale_attributions(model, inputs, targets, background, pair_chunk=pair_chunk)
+        return Attribution(values, target_scores(model, inputs, targets), mean_target_score(model, background, targets),
+                           meta)
     import shap
 
     phis: list[Tensor | None] = [None] * inputs.shape[0]
@@ -123,7 +146,6 @@ def deep(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tenso
             for j, i in enumerate(idx.tolist()):
                 phis[i] = torch.from_numpy(np.asarray(sv)[j:j + 1, ..., 0])
     values = torch.cat(phis).to(device=inputs.device, dtype=inputs.dtype)
-    meta = {"library_version": library_version("shap"), "background_size": background.shape[0], "rule": "rescale"}
     return Attribution(values, target_scores(model, inputs, targets), mean_target_score(model, background, targets), meta)
 
 

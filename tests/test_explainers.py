@@ -612,3 +612,33 @@ def test_example_plugin_package(tmp_path, monkeypatch, model, data):
             EXPLAINERS.unregister(n)
         for mod in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
             sys.modules.pop(mod, None)
+
+
+@pytest.mark.parametrize("model_name", ["tiny", "resnet18"])
+def test_shap_deep_batched_engine_equals_shap(model_name):
+    """The batched rescale engine reproduces shap.DeepExplainer's values (the faster path)."""
+    net = calibrated(model_name, batches=2, batch=8)
+    g = torch.Generator().manual_seed(5)
+    inputs, background = torch.rand(3, 1, 28, 28, generator=g), 0.25 * torch.rand(6, 1, 28, 28, generator=g)
+    targets = torch.tensor([0, 1, 1])
+    before = state(net)
+    fast = run_explainer("shap.deep", net, inputs, targets, background=background, engine="batched", pair_chunk=4)
+    ref = run_explainer("shap.deep", net, inputs, targets, background=background, engine="shap")
+    assert fast.meta["engine"] == "batched" and ref.meta["engine"] == "shap"
+    scale = ref.values.abs().max()
+    assert (fast.values - ref.values).abs().max() <= 1e-5 * scale
+    assert (relative_completeness_gap(fast) <= ADDITIVE_RTOL).all()
+    for k, v in state(net).items():
+        assert torch.equal(v, before[k]), k
+    assert all(not m._forward_hooks for m in net.modules())
+    auto = run_explainer("shap.deep", net, inputs, targets, background=background, pair_chunk=4)
+    assert auto.meta["engine"] == "batched" and torch.equal(auto.values, fast.values)
+
+
+def test_shap_deep_engine_falls_back_where_the_batched_rule_does_not_apply(model, data):
+    inputs, targets, background = data
+    prob = with_output_space(model, "probability")  # softmax: not a ReLU network
+    auto = run_explainer("shap.deep", prob, inputs, targets, background=background)
+    assert auto.meta["engine"] == "shap" and "Softmax" in auto.meta["batched_unavailable"]
+    with pytest.raises(BenchError, match="engine='batched' cannot explain"):
+        run_explainer("shap.deep", prob, inputs, targets, background=background, engine="batched")
