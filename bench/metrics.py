@@ -72,7 +72,7 @@ METRICS: Registry[Callable[..., Tensor]] = Registry("metric")
 CONTEXT_FIELDS = ("masks", "explain")
 PREPROCESS_MODES = ("signed", "abs", "positive")
 SUBSTRATES = ("zero", "mean", "blur")
-DEFAULT_CHUNK = 256  # images per forward pass in the perturbation helpers
+DEFAULT_CHUNK = 32  # perturbed images per forward pass: measured fastest on CPU (raise it on a GPU)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def unsupported_reason(model: nn.Module, example: Tensor) -> str | None:
 
 
 def rescale_attributions(model: nn.Module, inputs: Tensor, targets: Tensor, background: Tensor, *,
-                         pair_chunk: int = 64) -> Tensor:
+                         pair_chunk: int = 16) -> Tensor:
     """DeepSHAP values ``(B, C, H, W)`` of ``model(x)[target]`` against ``background (N, C, H, W)``.
 
     ``pair_chunk`` (image, reference) pairs go through one linearised forward + backward.

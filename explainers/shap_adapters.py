@@ -107,7 +107,7 @@ def gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: T
 @register_explainer("shap.deep", library="shap", additive=True,
                     paper="Lundberg & Lee 2017 (DeepSHAP); Shrikumar et al. 2017 (DeepLIFT rescale)")
 def deep(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, engine: str = "auto",
-         pair_chunk: int = 64) -> Attribution:
+         pair_chunk: int = 16) -> Attribution:
     """DeepSHAP (shap.DeepExplainer): DeepLIFT rescale multipliers averaged over the background.
 
     phi_i = mean_{x' in bg} m_i(x, x') (x_i - x'_i); sums to f(x) - E_bg f exactly on models whose

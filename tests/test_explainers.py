@@ -515,7 +515,7 @@ def test_run_explainer_records_params(model, data):
     inputs, targets, background = data
     attr = run_explainer("captum.integrated_gradients", model, inputs, targets, background=background, n_steps=4)
     assert attr.meta["explainer"] == "captum.integrated_gradients"
-    assert attr.meta["params"] == {"n_steps": 4, "baseline": "zero", "internal_batch_size": 64}
+    assert attr.meta["params"] == {"n_steps": 4, "baseline": "zero", "internal_batch_size": 32}
     assert attr.meta["library"] == "captum" and attr.meta["library_version"]
 
 
@@ -642,3 +642,13 @@ def test_shap_deep_engine_falls_back_where_the_batched_rule_does_not_apply(model
     assert auto.meta["engine"] == "shap" and "Softmax" in auto.meta["batched_unavailable"]
     with pytest.raises(BenchError, match="engine='batched' cannot explain"):
         run_explainer("shap.deep", prob, inputs, targets, background=background, engine="batched")
+
+
+def test_deeplift_shap_baseline_chunks_give_the_same_values(model, data):
+    """Baselines in chunks (bounded memory) average to the one-pass DeepLiftShap values."""
+    inputs, targets, background = data
+    whole = run_explainer("captum.deeplift_shap", model, inputs, targets, background=background,
+                          baseline_chunk=background.shape[0])
+    parts = run_explainer("captum.deeplift_shap", model, inputs, targets, background=background, baseline_chunk=3)
+    torch.testing.assert_close(parts.values, whole.values, rtol=1e-5, atol=1e-7)
+    assert (relative_completeness_gap(parts) <= ADDITIVE_RTOL).all()

@@ -464,7 +464,7 @@ def test_registry_docstrings_directions_and_needs():
     assert METRICS.get("randomisation_similarity").meta["needs"] == ("explain",)
     assert METRICS.get("localisation_precision").meta["needs"] == ("masks",)
     assert METRICS.get("pointing_game").meta["needs"] == ("masks",)
-    assert metric_params("deletion_auc") == {"steps": 49, "substrate": "zero", "blur_sigma": 2.0, "chunk_size": 256}
+    assert metric_params("deletion_auc") == {"steps": 49, "substrate": "zero", "blur_sigma": 2.0, "chunk_size": 32}
     with pytest.raises(BenchError, match="already registered"):
         register_metric("deletion_auc", higher_is_better=False)(lambda *a, **k: None)
     with pytest.raises(BenchError, match="unknown context"):
