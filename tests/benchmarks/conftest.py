@@ -289,3 +289,14 @@ def run_measured(benchmark, case: "Case", settings: "Settings", fn, group: str):
         with measure_peak_memory(settings.device) as mem:
             result = benchmark.pedantic(timed, rounds=settings.rounds, iterations=1, warmup_rounds=0)
     return result, min(times) / case.inputs.shape[0], mem.peak_mb, one_pass
+
+
+def cost_info(case: "Case", settings: "Settings", params: dict, per_image: float, peak_mb: float, passes,
+              one_pass: dict, load) -> dict:
+    """The ``extra_info`` fields every cost benchmark records (explainers and metrics alike)."""
+    from bench.floor import floor_ratio, floor_seconds
+
+    floor = floor_seconds(passes, one_pass["fb_s_per_image"], one_pass["f_s_per_image"])
+    return {"model": case.name, **settings.describe(), "params": params, "s_per_image": per_image,
+            "peak_mb": peak_mb, "passes": None if passes is None else list(passes), **one_pass,
+            "floor_s_per_image": floor, "floor_ratio": floor_ratio(per_image, floor), "load_average": load}

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pytest
 
-from bench.floor import floor_ratio, floor_seconds, passes_per_image
+from bench.floor import passes_per_image
 from explainers import EXPLAINERS, explainer_params, run_explainer
 
-from .conftest import load_average, run_measured
+from .conftest import cost_info, load_average, run_measured
 
 pytestmark = pytest.mark.benchmark
 
@@ -32,19 +32,9 @@ def test_explainer_cost(benchmark, case, bench_settings, explainer):
         "explainers")
     assert attr.values.shape == case.inputs.shape
 
-    floor = floor_seconds(passes, one_pass["fb_s_per_image"], one_pass["f_s_per_image"])
     benchmark.extra_info.update({
         "kind": "explainer",
         "explainer": explainer,
         "library": EXPLAINERS.get(explainer).meta.get("library"),
-        "model": case.name,
-        **s.describe(),
-        "params": params,
-        "s_per_image": per_image,
-        "peak_mb": peak_mb,
-        "passes": None if passes is None else list(passes),
-        **one_pass,
-        "floor_s_per_image": floor,
-        "floor_ratio": floor_ratio(per_image, floor),
-        "load_average": load,
+        **cost_info(case, s, params, per_image, peak_mb, passes, one_pass, load),
     })

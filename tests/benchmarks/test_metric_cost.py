@@ -26,7 +26,6 @@ import torch
 
 from bench.floor import (
     floor_ratio,
-    floor_seconds,
     metric_passes_per_image,
     passes_per_image,
 )
@@ -42,7 +41,7 @@ from bench.metrics import (
 from explainers import Attribution, run_explainer
 from explainers.base import target_scores
 
-from .conftest import Case, Settings, load_average, release_memory, run_measured
+from .conftest import Case, Settings, cost_info, load_average, release_memory, run_measured
 
 pytestmark = pytest.mark.benchmark
 
@@ -131,24 +130,15 @@ def test_metric_cost(benchmark, case: Case, bench_settings: Settings, metric: st
         lambda: compute_metric(metric, case.model, case.inputs, case.targets, attr, context=context), "metrics")
     assert scores.shape == (b,)
 
-    floor = floor_seconds(passes, one_pass["fb_s_per_image"], one_pass["f_s_per_image"])
     info: dict[str, Any] = {
         "kind": "metric",
         "metric": metric,
-        "model": case.name,
-        **s.describe(),
-        "params": params,
-        "s_per_image": per_image,
-        "peak_mb": peak_mb,
-        "passes": None if passes is None else list(passes),
-        **one_pass,
-        "floor_s_per_image": floor,
-        "floor_ratio": floor_ratio(per_image, floor),
-        "load_average": load,
+        **cost_info(case, s, params, per_image, peak_mb, passes, one_pass, load),
         "quantus_metric": None,
         "quantus_s_per_image": None,
         "quantus_vs_ours": None,
     }
+    floor = info["floor_s_per_image"]
     if needs_explain:
         info.update(randomisation_explainer=RANDOMISATION_EXPLAINER, n_layers=n_layers)
     if "percentages" in params:  # ROAD: the CPU imputation is part of the cost but no model pass
