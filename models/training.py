@@ -361,9 +361,12 @@ def _fit(model: nn.Module, cfg, train: ImageSplit, val: ImageSplit, device: torc
         if score > best_score:
             best_score, best_epoch = score, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        (tqdm.write if progress else print)(f"{desc} epoch {epoch}/{cfg.epochs}: train loss {total / seen:.4f}, val loss "
-                       f"{val_m['loss']:.4f}, val acc {val_m['acc']:.4f}, val auc {val_m['auc']:.4f}"
-                   + ("  *" if best_epoch == epoch else ""), flush=True)
+        line = (f"{desc} epoch {epoch}/{cfg.epochs}: train loss {total / seen:.4f}, val loss {val_m['loss']:.4f}, "
+                f"val acc {val_m['acc']:.4f}, val auc {val_m['auc']:.4f}" + ("  *" if best_epoch == epoch else ""))
+        if progress:
+            tqdm.write(line)  # above the progress bars
+        else:
+            print(line, flush=True)
     return best_state, history, best_epoch
 
 

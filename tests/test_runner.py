@@ -141,3 +141,12 @@ def test_other_config_in_same_run_dir_is_refused(tmp_path, failing_explainer):
 def test_bad_config_values(override, needle):
     with pytest.raises(BenchError, match=needle.replace("[", r"\[").replace("(", r"\(")):
         load_config(None, [override])
+
+
+def test_run_with_progress_bars(tmp_path, capsys):
+    """`python -m bench run` without --no-progress: bars and one summary line per unit."""
+    over = _overrides(tmp_path, "bars") + ['explain.names=["random", "edge"]', 'metrics.names=["deletion_auc"]']
+    run_dir = runner.run(load_config(None, over), progress=True)
+    out = capsys.readouterr()
+    assert (run_dir / "leaderboard.md").exists()
+    assert "units (model, stage, explainer, shard)" in out.err and "s/image" in out.out + out.err

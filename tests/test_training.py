@@ -165,3 +165,12 @@ def test_metrics_by_hand():
 def test_bad_recipe_values(field, value):
     with pytest.raises(BenchError, match=field.split("_")[0]):
         T.TrainConfig(model="tiny", **{field: value}).validate()
+
+
+def test_progress_bars_and_epoch_lines(tmp_path, data, capsys):
+    """The default (interactive) path: progress bars on, one summary line per epoch."""
+    small = [d.subset(range(32)) for d in data]
+    T.train_model(T.TrainConfig(model="tiny", epochs=2, batch_size=16), *small, out=tmp_path / "p.pt",
+                  device="cpu", progress=True)
+    captured = capsys.readouterr()
+    assert "tiny epoch 1/2: train loss" in captured.out and "tiny epoch 2/2: train loss" in captured.out
