@@ -13,6 +13,27 @@ SHARED_DATA = REPO.parent / "shared" / "data" / "medmnist" / "pneumoniamnist_rec
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def calibrated(name: str, seed: int = 0, batches: int = 3, batch: int = 16):
+    """A random-weight registered model (28 px) whose BatchNorm statistics are the average over a
+    few random batches, in eval() mode."""
+    from torch import nn
+
+    from models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(name, image_size=28)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.momentum = None  # cumulative average: the stats do not stay near their initial values
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.rand(batch, 1, 28, 28))
+    for bn in bns:
+        bn.momentum = 0.1
+    return model.eval()
+
+
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch):
     """Any attempt at a download fails loudly instead of hanging."""

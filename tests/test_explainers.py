@@ -34,6 +34,7 @@ from explainers import (
 )
 from explainers.base import target_scores
 from models import MODELS, build_model
+from tests.conftest import calibrated
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,22 +49,6 @@ ADDITIVE_RTOL = 1e-4  # |gap| / |f(x) - base|, exact methods
 # IG is additive only up to its quadrature error (Captum's convergence delta); on the tiny
 # model 128 Gauss-Legendre steps bring it under 1e-2 relative, 16 steps are under ~0.1.
 IG_RTOL = {16: 0.15, 128: 1e-2}
-
-
-def calibrated(name: str, seed: int = 0, batches: int = 3, batch: int = 16) -> nn.Module:
-    """A random-weight model whose BatchNorm statistics are the average over a few random batches."""
-    torch.manual_seed(seed)
-    model = build_model(name)
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.momentum = None  # cumulative average: the stats do not stay near their init
-    model.train()
-    with torch.no_grad():
-        for _ in range(batches):
-            model(torch.rand(batch, 1, 28, 28))
-    for bn in bns:
-        bn.momentum = 0.1
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from tests.conftest import calibrated
 import torch
 from torch import Tensor, nn
 
@@ -183,24 +185,6 @@ class Case:
     background: Tensor  # (N, 1, 28, 28) in [0, 1]
 
 
-def calibrated(name: str, device: torch.device, seed: int = 0, batches: int = 3, batch: int = 16) -> nn.Module:
-    """Random weights, BatchNorm statistics averaged over a few random batches, then eval()."""
-    from models import build_model
-
-    torch.manual_seed(seed)
-    model = build_model(name, image_size=28)
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.momentum = None  # cumulative average: the stats do not stay near their initial values
-    model.train()
-    with torch.no_grad():
-        for _ in range(batches):
-            model(torch.rand(batch, 1, 28, 28))
-    for bn in bns:
-        bn.momentum = 0.1
-    return model.eval().to(device)
-
-
 @pytest.fixture(scope="session")
 def _cases() -> dict[str, Case]:
     return {}
@@ -211,7 +195,7 @@ def case(model_name: str, bench_settings: Settings, _cases: dict[str, Case]) -> 
     """The calibrated model ``model_name`` with seeded inputs, targets and background (built once)."""
     if model_name not in _cases:
         s = bench_settings
-        model = calibrated(model_name, s.device)
+        model = calibrated(model_name).to(s.device)
         g = torch.Generator().manual_seed(1)
         x = torch.rand(s.batch, 1, 28, 28, generator=g).to(s.device)
         bg = torch.rand(s.background, 1, 28, 28, generator=torch.Generator().manual_seed(2)).to(s.device)
