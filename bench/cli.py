@@ -187,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         args = parser.parse_args(["run", *(argv or [])])
     try:
+        from bench.allocator import tune_allocator
+
+        tune_allocator()  # CPU: no page faults on every large activation (bench/allocator.py)
         return COMMANDS[args.command](args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -29,6 +29,9 @@ def _compute(unit, model, attr, threads: int):
     if marker and not os.path.exists(marker):  # crash-recovery test: die once, abruptly
         open(marker, "w").close()
         os._exit(1)
+    from bench.allocator import tune_allocator
+
+    tune_allocator()  # as the driver's CLI does (bench/allocator.py)
     torch.set_num_threads(threads)  # same intra-op threads as the driver: bitwise-equal results
     unit.stage.model = model.to(unit.device).eval()
     return unit.compute(attr)

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from bench import metrics as M
 from bench.config import RunConfig, load_config, resolve_device
+from bench.allocator import allocator_state
 from bench.errors import BenchError
 from bench.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from bench.profiling import measure_peak_memory
@@ -545,6 +546,7 @@ def _write_manifest(run_dir: Path, cfg: RunConfig, device, test: ImageSplit, sta
                      "cpu_count": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads()},
         "device": str(device),
         "executor": executor,
+        "allocator": allocator_state(),
         "cuda_device": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
         "git": _git_commit(),
         "data": {"dataset": test.name, "split": test.split, **{k: v for k, v in test.info.items()}},

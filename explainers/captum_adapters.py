@@ -29,6 +29,7 @@ from explainers.base import (
 )
 
 BASELINES = ("zero", "mean")
+CAPTUM_EPS = 1e-10  # captum.attr._core.deep_lift.nonlinear: |delta_in| below it -> the plain gradient
 
 
 @contextlib.contextmanager
@@ -100,7 +101,8 @@ def gradient_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, backgrou
 @register_explainer("captum.deeplift_shap", library="captum", additive=True,
                     paper="Lundberg & Lee 2017 (DeepSHAP); Shrikumar et al. 2017 (DeepLIFT rescale)")
 def deeplift_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
-                  chunk_size: int = 1, baseline_chunk: int = 10) -> Attribution:
+                  chunk_size: int = 1, baseline_chunk: int = 10, engine: str = "auto",
+                  pair_chunk: int = 16) -> Attribution:
     """DeepLiftShap: DeepLIFT rescale attributions averaged over the background (same rule as shap.deep).
 
     Captum expands every image x every baseline it is given into one pass (measured 8.7 GB for 2
@@ -113,11 +115,39 @@ def deeplift_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, backgrou
     explained through an exactly equivalent copy of the model in which each becomes
     :class:`models.safety.ReLUTreeMaxPool2d` (max(a, b) = a + relu(b - a), exact for any input
     when there is no padding); Captum's rescale rule on those ReLUs is additive.
+
+    ``engine``: ``"captum"`` runs Captum's DeepLiftShap as above. Its hooks evaluate every
+    (image, baseline) pair as two rows (input and baseline) and keep both, about 3x the
+    pass-count floor (tests/benchmarks); ``"batched"`` computes the same rescale values with
+    :mod:`explainers.rescale` on the same (pool-rewritten) network, ``pair_chunk`` pairs per
+    linearised forward + backward (ReLU networks only; Captum's threshold: where a ReLU's
+    ``|a(x) - a(r)| < 1e-10`` its gradient stands in for the multiplier); ``"auto"`` takes "batched" where it
+    applies, else "captum". ``meta["engine"]`` records which ran; tests/test_explainers.py checks
+    that both engines give the same values.
     """
+    from explainers.rescale import rescale_attributions, unsupported_reason
+
+    name = "captum.deeplift_shap"
+    check_positive(name, chunk_size=chunk_size, baseline_chunk=baseline_chunk, pair_chunk=pair_chunk)
+    check_choice(name, "engine", engine, ("auto", "captum", "batched"))
+    explained, rewritten = _without_maxpools(model)
+    reason = None if engine == "captum" else unsupported_reason(explained, inputs[:1])
+    if engine == "batched" and reason is not None:
+        from bench.errors import BenchError
+
+        raise BenchError(f"{name} engine='batched' cannot explain this model ({reason}); use engine='captum'")
+    use = "batched" if engine != "captum" and reason is None else "captum"
+    meta = {"library_version": library_version("captum"), "background_size": background.shape[0], "rule": "rescale",
+            "maxpools_rewritten": rewritten, "engine": use,
+            **({"batched_unavailable": reason} if engine == "auto" and reason else {})}
+    if use == "batched":
+        with model_guard(model), model_guard(explained):
+            values = rescale_attributions(explained, inputs, targets, background, pair_chunk=pair_chunk,
+                                          eps=CAPTUM_EPS)
+        return Attribution(values, target_scores(model, inputs, targets), mean_target_score(model, background, targets),
+                           meta)
     from captum.attr import DeepLiftShap
 
-    check_positive("captum.deeplift_shap", chunk_size=chunk_size, baseline_chunk=baseline_chunk)
-    explained, rewritten = _without_maxpools(model)
     explainer = DeepLiftShap(explained)
     out = []
     with model_guard(model), model_guard(explained), _quiet():
@@ -130,8 +160,6 @@ def deeplift_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, backgrou
                     part = part.expand(2, *part.shape[1:])
                 total += explainer.attribute(inputs[s], baselines=part, target=targets[s]).detach() * (b.stop - b.start)
             out.append(total / n)
-    meta = {"library_version": library_version("captum"), "background_size": background.shape[0], "rule": "rescale",
-            "maxpools_rewritten": rewritten}
     return Attribution(torch.cat(out), target_scores(model, inputs, targets),
                        mean_target_score(model, background, targets), meta)
 

@@ -42,43 +42,68 @@ def unsupported_reason(model: nn.Module, example: Tensor) -> str | None:
 
 
 def rescale_attributions(model: nn.Module, inputs: Tensor, targets: Tensor, background: Tensor, *,
-                         pair_chunk: int = 16) -> Tensor:
+                         pair_chunk: int = 16, eps: float = EPS) -> Tensor:
     """DeepSHAP values ``(B, C, H, W)`` of ``model(x)[target]`` against ``background (N, C, H, W)``.
 
-    ``pair_chunk`` (image, reference) pairs go through one linearised forward + backward.
+    At most ``pair_chunk`` (image, reference) pairs go through one linearised forward + backward;
+    each image's ``N`` references are split into ``ceil(N / pair_chunk)`` chunks of equal size
+    (50 references at 16 -> 13, 13, 12, 12 rather than 16, 16, 16, 2: no nearly empty pass).
+    During the passes every ReLU module's ``forward`` is replaced by the multiplication with its
+    multiplier (computed from the stored activations when the ReLU is reached, so only one
+    chunk's multipliers exist at a time); the modules are restored afterwards. Where
+    ``|a(x) - a(r)| < eps`` the multiplier is the gradient ``relu'(a(x))``: shap's threshold by
+    default, Captum's is 1e-10.
     """
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     ref_acts = _relu_inputs(model, relus, background)
     img_acts = _relu_inputs(model, relus, inputs)
+    img_relu = [a.clamp(min=0) for a in img_acts]
+    img_pos = [(a > 0).to(a.dtype) for a in img_acts]
     n = background.shape[0]
+    n_chunks = -(-n // max(1, int(pair_chunk)))
+    bounds = [(n * c // n_chunks, n * (c + 1) // n_chunks) for c in range(n_chunks)]
+    width = max(j1 - j0 for j0, j1 in bounds)
+    # Multipliers are written into buffers allocated once (one per ReLU: each is saved for the
+    # backward of its chunk) plus one shared scratch pair: fresh multi-megabyte tensors per chunk
+    # cost more in page faults than the arithmetic itself.
+    mult = [a.new_empty((width, *a.shape[1:])) for a in ref_acts]
+    scratch = inputs.new_empty(width * max((a[0].numel() for a in ref_acts), default=0))
+    small = torch.empty(scratch.shape, dtype=torch.bool, device=scratch.device)
     out = torch.empty_like(inputs)
-    current: dict[int, Tensor] = {}
+    where = {"b": 0, "j0": 0, "j1": 0}
 
-    def linearise(module: nn.Module, args: tuple[Tensor, ...], output: Tensor, k: int) -> Tensor:
-        return args[0] * current[k]
+    def linearised(k: int, a: Tensor) -> Tensor:
+        b, j0, j1 = where["b"], where["j0"], where["j1"]
+        ax, ar, m = img_acts[k][b:b + 1], ref_acts[k][j0:j1], mult[k][:j1 - j0]
+        d = scratch[:m.numel()].view(m.shape)
+        s = small[:m.numel()].view(m.shape)
+        torch.sub(ax, ar, out=d)
+        torch.clamp(ar, min=0, out=m)
+        torch.sub(img_relu[k][b:b + 1], m, out=m).div_(d)  # (relu(x) - relu(r)) / (x - r)
+        torch.lt(d.abs_(), eps, out=s)
+        torch.where(s, img_pos[k][b:b + 1], m, out=m)  # shap's nonlinear_1d: the gradient where x ~ r
+        return a * m
 
-    hooks = [r.register_forward_hook(lambda mod, args, output, k=k: linearise(mod, args, output, k))
-             for k, r in enumerate(relus)]
+    saved = [r.__dict__.get("forward") for r in relus]
+    for k, r in enumerate(relus):
+        r.forward = lambda a, k=k: linearised(k, a)
     try:
         for b in range(inputs.shape[0]):
+            where["b"] = b
             total = torch.zeros_like(inputs[b])
-            for j0 in range(0, n, pair_chunk):
-                j1 = min(n, j0 + pair_chunk)
-                for k in range(len(relus)):
-                    ax, ar = img_acts[k][b:b + 1], ref_acts[k][j0:j1]
-                    dx = ax - ar
-                    small = dx.abs() < EPS
-                    slope = (torch.relu(ax) - torch.relu(ar)) / torch.where(small, torch.ones_like(dx), dx)
-                    current[k] = torch.where(small, (ax > 0).to(dx.dtype).expand_as(dx), slope)
+            for j0, j1 in bounds:
+                where["j0"], where["j1"] = j0, j1
                 z = inputs[b:b + 1].expand(j1 - j0, *inputs.shape[1:]).clone().requires_grad_(True)
                 score = model(z)[:, int(targets[b])].sum()
                 (grad,) = torch.autograd.grad(score, z)
                 total += ((inputs[b:b + 1] - background[j0:j1]) * grad).sum(0)
             out[b] = total / n
     finally:
-        for h in hooks:
-            h.remove()
-        current.clear()
+        for r, f in zip(relus, saved):
+            if f is None:
+                r.__dict__.pop("forward", None)
+            else:
+                r.forward = f
     return out.detach()
 
 
@@ -94,4 +119,4 @@ def _relu_inputs(model: nn.Module, relus: list[nn.Module], x: Tensor, chunk: int
     finally:
         for h in hooks:
             h.remove()
-    return [torch.cat(parts) for parts in per_relu]
+    return [parts[0] if len(parts) == 1 else torch.cat(parts) for parts in per_relu]

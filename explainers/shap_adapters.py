@@ -66,7 +66,7 @@ def _groups(targets: Tensor) -> list[tuple[int, Tensor]]:
                     paper="Erion et al. 2021, expected gradients")
 def gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, nsamples: int = 50,
              background_size: int | None = None, seed: int = 0, batch_size: int = 50,
-             layer: str | None = None) -> Attribution:
+             layer: str | None = None, engine: str = "auto") -> Attribution:
     """Expected gradients (shap.GradientExplainer): E_{x'~bg, a~U(0,1)} [(x - x') * df/dx(x' + a(x - x'))].
 
     Additive only in expectation (sum -> f(x) - E_bg f), so registered ``additive=False``;
@@ -77,26 +77,43 @@ def gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: T
     ``"layer4"``) explains the *input of that module* instead, shap's layer mode:
     E[h(z) * df/dh(z)] at the sampled points z; that map is kept in ``meta["layer_values"]`` and
     reduced (sum over channels, bilinear upsampling, copied to every input channel) to ``values``.
-    """
-    import shap
 
+    ``engine``: ``"shap"`` calls shap.GradientExplainer once per image (shap loops over images,
+    so a pass holds one image's samples); ``"batched"`` computes the same values with
+    :mod:`explainers.expected_gradients` (shap's draws for each image's seed, rows of all images
+    in each pass of ``batch_size``; input mode only); ``"auto"`` takes "batched" unless ``layer``
+    is set. ``meta["engine"]`` records which ran.
+    """
     name = "shap.gradient"
     check_positive(name, nsamples=nsamples, background_size=background_size, batch_size=batch_size)
+    check_choice(name, "engine", engine, ("auto", "shap", "batched"))
+    if engine == "batched" and layer is not None:
+        raise BenchError(f"explainer {name!r}: engine='batched' explains the input only; use engine='shap' "
+                         f"with layer={layer!r}")
     layer_name, layer_module = resolve_layer(model, layer, name) if layer is not None else (None, None)
     bg = _subset(background, background_size, seed)
     seeds = image_seeds(seed, inputs)
-    phis: list[Tensor | None] = [None] * inputs.shape[0]
-    with model_guard(model), preserved_rng(inputs.device):
-        for k, idx in _groups(targets):
-            single = _TargetColumn(model, k)
-            spec = single if layer_module is None else (single, layer_module)
-            explainer = shap.GradientExplainer(spec, bg, batch_size=batch_size)
-            for i in idx.tolist():
-                sv = explainer.shap_values(inputs[i:i + 1], nsamples=nsamples, rseed=seeds[i])
-                phis[i] = torch.from_numpy(np.asarray(sv)[..., 0])
-    phi = torch.cat(phis).to(device=inputs.device, dtype=inputs.dtype)
+    use = "shap" if engine == "shap" or layer is not None else "batched"
+    if use == "batched":
+        from explainers.expected_gradients import expected_gradients
+
+        with model_guard(model):
+            phi = expected_gradients(model, inputs, targets, bg, nsamples=nsamples, seeds=seeds, batch_size=batch_size)
+    else:
+        import shap
+
+        phis: list[Tensor | None] = [None] * inputs.shape[0]
+        with model_guard(model), preserved_rng(inputs.device):
+            for k, idx in _groups(targets):
+                single = _TargetColumn(model, k)
+                spec = single if layer_module is None else (single, layer_module)
+                explainer = shap.GradientExplainer(spec, bg, batch_size=batch_size)
+                for i in idx.tolist():
+                    sv = explainer.shap_values(inputs[i:i + 1], nsamples=nsamples, rseed=seeds[i])
+                    phis[i] = torch.from_numpy(np.asarray(sv)[..., 0])
+        phi = torch.cat(phis).to(device=inputs.device, dtype=inputs.dtype)
     meta = {"library_version": library_version("shap"), "nsamples": nsamples, "background_size": bg.shape[0],
-            "seeds": seeds, "additive_in_expectation": layer is None}
+            "seeds": seeds, "additive_in_expectation": layer is None, "engine": use}
     if layer_module is None:
         return Attribution(phi, target_scores(model, inputs, targets), mean_target_score(model, bg, targets), meta)
     reduced = F.interpolate(phi.sum(1, keepdim=True), size=inputs.shape[-2:], mode="bilinear", align_corners=False)

@@ -615,7 +615,7 @@ def test_shap_deep_batched_engine_equals_shap(model_name):
     assert (relative_completeness_gap(fast) <= ADDITIVE_RTOL).all()
     for k, v in state(net).items():
         assert torch.equal(v, before[k]), k
-    assert all(not m._forward_hooks for m in net.modules())
+    assert all(not m._forward_hooks and "forward" not in m.__dict__ for m in net.modules())  # ReLUs restored
     auto = run_explainer("shap.deep", net, inputs, targets, background=background, pair_chunk=4)
     assert auto.meta["engine"] == "batched" and torch.equal(auto.values, fast.values)
 
@@ -637,3 +637,92 @@ def test_deeplift_shap_baseline_chunks_give_the_same_values(model, data):
     parts = run_explainer("captum.deeplift_shap", model, inputs, targets, background=background, baseline_chunk=3)
     torch.testing.assert_close(parts.values, whole.values, rtol=1e-5, atol=1e-7)
     assert (relative_completeness_gap(parts) <= ADDITIVE_RTOL).all()
+
+
+@pytest.mark.parametrize("n_background,pair_chunk", [(6, 4), (7, 3), (5, 16)])
+def test_rescale_engine_chunks_do_not_change_the_values(n_background, pair_chunk):
+    """Equal-size reference chunks (7 at 3 -> 2, 2, 3) give the one-chunk values; every pair counted once."""
+    from explainers.rescale import rescale_attributions
+
+    net = calibrated("tiny", batches=2, batch=8)
+    g = torch.Generator().manual_seed(8)
+    inputs, background = torch.rand(2, 1, 28, 28, generator=g), torch.rand(n_background, 1, 28, 28, generator=g)
+    targets = torch.tensor([1, 0])
+    whole = rescale_attributions(net, inputs, targets, background, pair_chunk=n_background)
+    parts = rescale_attributions(net, inputs, targets, background, pair_chunk=pair_chunk)
+    torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-8)
+    # and the per-pair mean is what it should be: the mean of the single-reference values
+    singles = torch.stack([rescale_attributions(net, inputs, targets, background[j:j + 1]) for j in range(n_background)])
+    torch.testing.assert_close(parts, singles.mean(0), rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("image_size", [28, 64])
+def test_deeplift_shap_batched_engine_equals_captum(image_size):
+    """captum.deeplift_shap's batched engine gives Captum's DeepLiftShap values, also through the
+    64 px stem's max-pool (both engines explain the same ReLU-tree copy)."""
+    torch.manual_seed(0)
+    net = build_model("resnet18", image_size=image_size)
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.rand(8, 1, image_size, image_size))
+    net.eval()
+    before = state(net)
+    g = torch.Generator().manual_seed(3)
+    inputs = torch.rand(2, 1, image_size, image_size, generator=g)
+    background = 0.25 * torch.rand(5, 1, image_size, image_size, generator=g)
+    targets = net(inputs).argmax(1)
+    ref = run_explainer("captum.deeplift_shap", net, inputs, targets, background=background, engine="captum")
+    fast = run_explainer("captum.deeplift_shap", net, inputs, targets, background=background, pair_chunk=2)
+    assert ref.meta["engine"] == "captum" and fast.meta["engine"] == "batched"
+    assert fast.meta["maxpools_rewritten"] == ref.meta["maxpools_rewritten"] == (1 if image_size >= 64 else 0)
+    assert (fast.values - ref.values).abs().max() <= 1e-5 * ref.values.abs().max()
+    assert (relative_completeness_gap(fast) <= ADDITIVE_RTOL).all()
+    for k, v in state(net).items():
+        assert torch.equal(v, before[k]), k
+    assert all(not m._forward_hooks and "forward" not in m.__dict__ for m in net.modules())
+
+
+def test_deeplift_shap_engine_falls_back_where_the_batched_rule_does_not_apply(model, data):
+    inputs, targets, background = data
+    prob = with_output_space(model, "probability")  # softmax: not a ReLU network
+    auto = run_explainer("captum.deeplift_shap", prob, inputs, targets, background=background)
+    assert auto.meta["engine"] == "captum" and "Softmax" in auto.meta["batched_unavailable"]
+    with pytest.raises(BenchError, match="engine='batched' cannot explain"):
+        run_explainer("captum.deeplift_shap", prob, inputs, targets, background=background, engine="batched")
+
+
+@pytest.mark.parametrize("model_name", ["tiny", "resnet18"])
+def test_shap_gradient_batched_engine_equals_shap(model_name):
+    """The batched expected-gradients engine makes shap.GradientExplainer's draws: same values,
+    whatever the rows per pass, and images keep their values in any batch."""
+    net = calibrated(model_name, batches=2, batch=8)
+    g = torch.Generator().manual_seed(5)
+    inputs, background = torch.rand(4, 1, 28, 28, generator=g), torch.rand(9, 1, 28, 28, generator=g)
+    targets = torch.tensor([0, 1, 1, 0])
+    before = state(net)
+    ref = run_explainer("shap.gradient", net, inputs, targets, background=background, engine="shap", nsamples=20,
+                        batch_size=7)
+    scale = ref.values.abs().max()
+    for batch_size in (7, 64):
+        fast = run_explainer("shap.gradient", net, inputs, targets, background=background, engine="batched",
+                             nsamples=20, batch_size=batch_size)
+        assert fast.meta["engine"] == "batched"
+        assert (fast.values - ref.values).abs().max() <= 1e-5 * scale
+    one = run_explainer("shap.gradient", net, inputs[2:3], targets[2:3], background=background, nsamples=20)
+    assert (one.values - ref.values[2:3]).abs().max() <= 1e-5 * scale
+    for k, v in state(net).items():
+        assert torch.equal(v, before[k]), k
+    # a different seed draws differently
+    other = run_explainer("shap.gradient", net, inputs, targets, background=background, nsamples=20, seed=1)
+    assert (other.values - ref.values).abs().max() > 1e-3 * scale
+
+
+def test_shap_gradient_layer_mode_runs_on_shap(model, data):
+    inputs, targets, background = data
+    layer = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    auto = run_explainer("shap.gradient", model, inputs, targets, background=background, nsamples=4, layer=layer)
+    assert auto.meta["engine"] == "shap"
+    with pytest.raises(BenchError, match="engine='batched' explains the input only"):
+        run_explainer("shap.gradient", model, inputs, targets, background=background, nsamples=4, layer=layer,
+                      engine="batched")

@@ -31,8 +31,10 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import calibrated
 import torch
+
+from bench.allocator import allocator_state
+from tests.conftest import calibrated
 from torch import Tensor, nn
 
 HERE = Path(__file__).resolve().parent
@@ -122,6 +124,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["torch_threads"] = s.threads if s and s.threads else torch.get_num_threads()
     machine_info["torch_interop_threads"] = torch.get_num_interop_threads()
     machine_info["device"] = str(device)
+    machine_info["allocator"] = allocator_state()
     machine_info["device_name"] = (torch.cuda.get_device_name(device) if device.type == "cuda"
                                    else _cpu_name())
     machine_info["cpu_count"] = os.cpu_count()
@@ -164,6 +167,9 @@ def _bench_threads(request):
         yield
         return
     s = settings()
+    from bench.allocator import tune_allocator
+
+    tune_allocator()  # as `python -m bench` does; the floor passes and the methods alike (bench/allocator.py)
     before = torch.get_num_threads()
     if s.threads is not None:
         torch.set_num_threads(s.threads)
