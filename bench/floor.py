@@ -315,6 +315,15 @@ def _s_per_image(b: dict[str, Any]) -> float | None:
     return stats["min"] / batch if "min" in stats and batch else None
 
 
+def _rounds(rows: list[dict[str, Any]], first: dict[str, Any]) -> str:
+    """"rounds 1" (older runs) or "best of 1-5 timed rounds after a warm-up call"."""
+    timed = sorted({b["extra_info"]["timed_rounds"] for b in rows if "timed_rounds" in b.get("extra_info", {})})
+    if not timed:
+        return f"rounds {first.get('rounds', '?')}"
+    span = str(timed[0]) if len(timed) == 1 else f"{timed[0]}-{timed[-1]}"
+    return f"best of {span} timed rounds after a warm-up call"
+
+
 def benchmark_table(json_path: str | Path) -> str:
     """Markdown tables of a pytest-benchmark JSON written by ``tests/benchmarks``.
 
@@ -335,7 +344,7 @@ def benchmark_table(json_path: str | Path) -> str:
             f"torch {machine.get('torch_version', '?')}, "
             f"{first.get('torch_threads', machine.get('torch_threads', '?'))} threads",
             f"batch {first.get('batch', '?')}, background {first.get('background', '?')}, "
-            f"rounds {first.get('rounds', '?')}",
+            f"{_rounds(explainers + metrics, first)}",
             f"saved {data.get('datetime', '?')}"]
     out = ["Machine: " + "; ".join(desc) + ".", ""]
     if explainers:

@@ -212,6 +212,15 @@ def test_benchmark_table_on_a_fabricated_run(tmp_path):
     assert order == ["explainer", "captum.integrated_gradients", "shap.deep", "plugin",
                      "metric", "additivity_error", "deletion_auc"]
     assert "someone_elses" not in table
+    assert "rounds 1" in lines[0]  # an older run without timed_rounds
+
+
+def test_benchmark_table_reports_the_timed_rounds(tmp_path):
+    rows = [_bench({"kind": "metric", "metric": m, "model": "tiny", "batch": 2, "rounds": 1, "s_per_image": 0.1,
+                    "passes": [0, 2], "floor_ratio": 1.0, "timed_rounds": r}) for m, r in (("a", 5), ("b", 1))]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"machine_info": {}, "benchmarks": rows}))
+    assert "best of 1-5 timed rounds after a warm-up call" in F.benchmark_table(path).splitlines()[0]
 
 
 def test_benchmark_table_without_our_benchmarks(tmp_path):

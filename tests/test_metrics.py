@@ -38,6 +38,7 @@ from bench.metrics import (
     rank_pixels,
     register_metric,
     road_impute,
+    road_impute_many,
     road_lerf,
     road_morf,
     road_perturbed_inputs,
@@ -384,6 +385,34 @@ def test_road_impute_is_neighbour_average_and_noise_only_on_removed():
     noisy = road_impute(img, removed, noise=0.01, rng=np.random.default_rng(0))
     diff = (noisy - out).reshape(-1)
     assert np.all(diff[keep] == 0) and np.all(diff[removed] != 0) and np.abs(diff).max() < 0.05
+
+
+def test_road_impute_many_equals_one_system_at_a_time():
+    """The block-diagonal assembly solves each system exactly as road_impute does (3 channels,
+    nested and disjoint removals, an empty one, removed borders and corners)."""
+    g = torch.Generator().manual_seed(2)
+    images = torch.rand(4, 3, 9, 7, generator=g).double().numpy()
+    perm = torch.randperm(63, generator=g).numpy()
+    removed = [perm[:10], perm[:40], np.array([], dtype=np.int64), np.array([0, 6, 56, 62, 1, 7])]
+    many = road_impute_many(images, removed)
+    for img, rem, sol in zip(images, removed, many):
+        assert sol.shape == (len(rem), 3)
+        ref = road_impute(img, rem, noise=0.0).reshape(3, -1)[:, rem].T
+        np.testing.assert_allclose(sol, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_road_perturbed_inputs_do_not_depend_on_threads(batch):
+    x, a = batch
+    order = rank_pixels(a)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = road_perturbed_inputs(x, order, (0.2, 0.5, 0.8), noise=0.01, seed=1)
+        torch.set_num_threads(2)
+        two = road_perturbed_inputs(x, order, (0.2, 0.5, 0.8), noise=0.01, seed=1)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one, two)
 
 
 def test_road_direction_on_patch_model():
