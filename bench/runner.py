@@ -271,6 +271,22 @@ def _source_digest(obj: Any) -> str:
         return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}"
 
 
+def _explainer_code_digest(obj: Any) -> str:
+    """:func:`_source_digest` of an adapter plus every module of the in-repo ``explainers`` and
+    ``models`` packages: an adapter's values also depend on the helpers it calls (the batched
+    engines in explainers/rescale.py and explainers/expected_gradients.py, explainers/base.py,
+    models/safety.py), so a change there invalidates cached attributions too."""
+    import explainers
+    import models
+
+    h = hashlib.sha256(_source_digest(obj).encode())
+    for package in (explainers, models):
+        for path in sorted(Path(package.__file__).parent.glob("*.py")):
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _tensor_digest(t: Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
@@ -331,7 +347,7 @@ class _Unit:
         self.index, self.labels, self.targets, self.masks = index, labels, targets, masks
         self.images, self.background, self.device = images, background, device
         self.attr_key = _key({"v": CACHE_VERSION, "ckpt": stage.sha256, "explainer": explainer, "params": params,
-                              "code": _source_digest(EXPLAINERS.get(explainer).obj),
+                              "code": _explainer_code_digest(EXPLAINERS.get(explainer).obj),
                               "output": cfg["explain"]["output"], "data": fingerprint,
                               "index": index.tolist(), "targets": targets.tolist(),
                               "background": _tensor_digest(background), "seed": cfg["seed"],

@@ -150,3 +150,23 @@ def test_run_with_progress_bars(tmp_path, capsys):
     out = capsys.readouterr()
     assert (run_dir / "leaderboard.md").exists()
     assert "units (model, stage, explainer, shard)" in out.err and "s/image" in out.out + out.err
+
+
+def test_cached_attributions_depend_on_the_engines_code(monkeypatch):
+    """An edit to a helper an adapter calls (the batched rescale engine) changes the cache key."""
+    from pathlib import Path
+
+    from bench.runner import _explainer_code_digest
+    from explainers import EXPLAINERS
+
+    adapter = EXPLAINERS.get("shap.deep").obj
+    before = _explainer_code_digest(adapter)
+    assert before == _explainer_code_digest(adapter)
+    real = Path.read_bytes
+
+    def edited(self):
+        data = real(self)
+        return data + b"\n# edited\n" if self.name == "rescale.py" else data
+
+    monkeypatch.setattr(Path, "read_bytes", edited)
+    assert _explainer_code_digest(adapter) != before
