@@ -30,9 +30,27 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def release_freed_memory() -> None:
+    """``gc.collect()`` and, on glibc, ``malloc_trim(0)``: hand memory that earlier work freed
+    back to the OS, so that a resident-set measurement starting now sees the block's own peak
+    instead of silently reusing what the allocator kept (bench.allocator keeps freed blocks)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 @contextmanager
 def measure_peak_memory(device: torch.device | str = "cpu", interval: float = 0.005) -> Iterator[PeakMemory]:
-    """Measure the peak memory growth of the enclosed block on ``device``."""
+    """Measure the peak memory growth of the enclosed block on ``device``.
+
+    CPU: freed memory is released first (:func:`release_freed_memory`), then the resident set is
+    sampled every ``interval`` seconds.
+    """
     out = PeakMemory()
     device = torch.device(device)
     if device.type == "cuda":
@@ -45,6 +63,7 @@ def measure_peak_memory(device: torch.device | str = "cpu", interval: float = 0.
             torch.cuda.synchronize(device)
             out.peak_mb = (torch.cuda.max_memory_allocated(device) - start) / 2**20
         return
+    release_freed_memory()
     start = _rss_bytes()
     peak = [start]
     stop = threading.Event()

@@ -65,3 +65,25 @@ def test_cli_refuses_a_bad_allocator_value(tmp_path):
     out = subprocess.run([sys.executable, "-m", "bench", "list"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == ["error: BENCH_MALLOC='fast' is not a choice; use 'tuned' (the default) or 'default'"]
+
+
+PEAK = r"""
+import torch
+from bench.allocator import tune_allocator
+from bench.profiling import measure_peak_memory
+assert tune_allocator()
+x = torch.ones(64 << 20)  # 256 MiB, freed: the tuned allocator keeps it
+del x
+with measure_peak_memory("cpu") as mem:
+    y = torch.ones(32 << 20)  # 128 MiB
+    del y
+print(mem.peak_mb)
+"""
+
+
+@glibc
+def test_peak_memory_is_not_hidden_by_kept_blocks():
+    """With freed blocks kept in the heap, a block reusing them would show no resident growth;
+    measure_peak_memory releases them first, so the 128 MiB block is seen."""
+    out = subprocess.run([sys.executable, "-c", PEAK], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert 110 < float(out.stdout.strip()) < 200, out.stdout

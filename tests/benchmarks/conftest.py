@@ -19,8 +19,6 @@ tests/benchmarks --benchmark-only -q -x``.
 """
 from __future__ import annotations
 
-import ctypes
-import gc
 import os
 import platform
 from contextlib import contextmanager
@@ -236,18 +234,16 @@ def one_pass_times(case: Case, repeats: int = 3) -> Iterator[dict]:
 
 
 def release_memory() -> None:
-    """Free what earlier benchmarks left and hand it back to the OS (glibc ``malloc_trim``).
+    """Free what earlier benchmarks left and hand it back to the OS (gc, ``malloc_trim``, CUDA cache).
 
     CPU peak memory is measured as resident-set growth; memory freed to the allocator but not
     to the OS would be reused silently and hide part of the next benchmark's peak.
     """
-    gc.collect()
+    from bench.profiling import release_freed_memory
+
+    release_freed_memory()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def load_average() -> list[float] | None:
