@@ -620,13 +620,14 @@ def test_shap_deep_batched_engine_equals_shap(model_name):
     assert auto.meta["engine"] == "batched" and torch.equal(auto.values, fast.values)
 
 
-def test_shap_deep_engine_falls_back_where_the_batched_rule_does_not_apply(model, data):
+@pytest.mark.parametrize("name,library_engine", [("shap.deep", "shap"), ("captum.deeplift_shap", "captum")])
+def test_deep_engines_fall_back_where_the_batched_rule_does_not_apply(model, data, name, library_engine):
     inputs, targets, background = data
     prob = with_output_space(model, "probability")  # softmax: not a ReLU network
-    auto = run_explainer("shap.deep", prob, inputs, targets, background=background)
-    assert auto.meta["engine"] == "shap" and "Softmax" in auto.meta["batched_unavailable"]
+    auto = run_explainer(name, prob, inputs, targets, background=background)
+    assert auto.meta["engine"] == library_engine and "Softmax" in auto.meta["batched_unavailable"]
     with pytest.raises(BenchError, match="engine='batched' cannot explain"):
-        run_explainer("shap.deep", prob, inputs, targets, background=background, engine="batched")
+        run_explainer(name, prob, inputs, targets, background=background, engine="batched")
 
 
 def test_deeplift_shap_baseline_chunks_give_the_same_values(model, data):
@@ -681,15 +682,6 @@ def test_deeplift_shap_batched_engine_equals_captum(image_size):
     for k, v in state(net).items():
         assert torch.equal(v, before[k]), k
     assert all(not m._forward_hooks and "forward" not in m.__dict__ for m in net.modules())
-
-
-def test_deeplift_shap_engine_falls_back_where_the_batched_rule_does_not_apply(model, data):
-    inputs, targets, background = data
-    prob = with_output_space(model, "probability")  # softmax: not a ReLU network
-    auto = run_explainer("captum.deeplift_shap", prob, inputs, targets, background=background)
-    assert auto.meta["engine"] == "captum" and "Softmax" in auto.meta["batched_unavailable"]
-    with pytest.raises(BenchError, match="engine='batched' cannot explain"):
-        run_explainer("captum.deeplift_shap", prob, inputs, targets, background=background, engine="batched")
 
 
 @pytest.mark.parametrize("model_name", ["tiny", "resnet18"])

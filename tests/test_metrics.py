@@ -388,8 +388,8 @@ def test_road_impute_is_neighbour_average_and_noise_only_on_removed():
 
 
 def test_road_impute_many_equals_one_system_at_a_time():
-    """The block-diagonal assembly solves each system exactly as road_impute does (3 channels,
-    nested and disjoint removals, an empty one, removed borders and corners)."""
+    """Systems solved together (one block-diagonal matrix) give each system's own solution (3
+    channels, nested and disjoint removals, an empty one, removed borders and corners)."""
     g = torch.Generator().manual_seed(2)
     images = torch.rand(4, 3, 9, 7, generator=g).double().numpy()
     perm = torch.randperm(63, generator=g).numpy()
@@ -397,8 +397,12 @@ def test_road_impute_many_equals_one_system_at_a_time():
     many = road_impute_many(images, removed)
     for img, rem, sol in zip(images, removed, many):
         assert sol.shape == (len(rem), 3)
-        ref = road_impute(img, rem, noise=0.0).reshape(3, -1)[:, rem].T
-        np.testing.assert_allclose(sol, ref, rtol=1e-12, atol=1e-12)
+        alone = road_impute_many(img[None], [rem])[0]
+        np.testing.assert_allclose(sol, alone, rtol=1e-12, atol=1e-12)
+        ref = road_impute(img, rem, noise=0.0).reshape(3, -1)
+        np.testing.assert_allclose(ref[:, rem].T, alone, rtol=1e-12, atol=1e-12)
+        keep = np.setdiff1d(np.arange(63), rem)
+        np.testing.assert_array_equal(ref[:, keep], img.reshape(3, -1)[:, keep])
 
 
 def test_road_perturbed_inputs_do_not_depend_on_threads(batch):
