@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
-__all__ = ["tune_allocator", "allocator_state", "ENV"]
+__all__ = ["tune_allocator", "allocator_state", "malloc_trim", "ENV"]
 
 ENV = "BENCH_MALLOC"
 M_TRIM_THRESHOLD = -1
@@ -36,7 +37,9 @@ TRIM_THRESHOLD = (1 << 31) - 1
 _state = {"tuned": False}
 
 
+@functools.lru_cache(maxsize=None)
 def _glibc():
+    """The C library if it is glibc, else None (looked up once: find_library runs ldconfig)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.gnu_get_libc_version  # only glibc has it
@@ -66,6 +69,12 @@ def tune_allocator() -> bool:
     ok = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     _state["tuned"] = ok
     return ok
+
+
+def malloc_trim() -> bool:
+    """Return the heap's free memory to the OS (glibc ``malloc_trim(0)``); ``False`` without glibc."""
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
 
 
 def allocator_state() -> str:

@@ -99,8 +99,9 @@ def _shap_gradient(p: dict[str, Any], n_bg: int) -> Passes:
 @register_explainer_passes("captum.deeplift_shap")
 @register_explainer_passes("shap.deep")
 def _deep(p: dict[str, Any], n_bg: int) -> Passes:
-    # One rescale backward per (image, background) pair. Both libraries evaluate the input and
-    # the reference in the same pass (2 rows per pair), so ~2 is this method's practical minimum.
+    # One rescale forward + backward per (image, background) pair: one row per pair in the
+    # default batched engines (explainers/rescale.py); the libraries' own engines evaluate the
+    # input and the reference in the same pass (2 rows per pair), ~2 being their practical minimum.
     return float(n_bg), 0.0
 
 
@@ -315,6 +316,16 @@ def _s_per_image(b: dict[str, Any]) -> float | None:
     return stats["min"] / batch if "min" in stats and batch else None
 
 
+def _markdown_table(header: list[str], align: str, rows: list[list[Any]]) -> list[str]:
+    """Lines of a Markdown table and a blank line; ``align`` has one letter per column, ``l``
+    (left) or ``r`` (right)."""
+    rules = ["---:" if a == "r" else "---" for a in align]
+    if len(rules) != len(header):
+        raise ValueError(f"align {align!r} describes {len(rules)} columns, the header has {len(header)}")
+    line = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"  # noqa: E731
+    return [line(header), "|" + "|".join(rules) + "|", *(line(r) for r in rows), ""]
+
+
 def _rounds(rows: list[dict[str, Any]], first: dict[str, Any]) -> str:
     """"rounds 1" (older runs) or "best of 1-5 timed rounds after a warm-up call"."""
     timed = sorted({b["extra_info"]["timed_rounds"] for b in rows if "timed_rounds" in b.get("extra_info", {})})
@@ -348,23 +359,19 @@ def benchmark_table(json_path: str | Path) -> str:
             f"saved {data.get('datetime', '?')}"]
     out = ["Machine: " + "; ".join(desc) + ".", ""]
     if explainers:
-        out += ["| explainer | model | s/image | peak MB | passes/image | floor s/image | floor ratio |",
-                "|---|---|---:|---:|---|---:|---:|"]
-        for b in explainers:
-            i = b["extra_info"]
-            out.append(f"| {i.get('explainer')} | {i.get('model')} | {_cell(_s_per_image(b), '.4f')} | "
-                       f"{_cell(i.get('peak_mb'), '.0f')} | {format_passes(i.get('passes'))} | "
-                       f"{_cell(i.get('floor_s_per_image'), '.4f')} | {_cell(i.get('floor_ratio'), '.2f')} |")
-        out.append("")
+        out += _markdown_table(
+            ["explainer", "model", "s/image", "peak MB", "passes/image", "floor s/image", "floor ratio"],
+            "llrrlrr",
+            [[i.get("explainer"), i.get("model"), _cell(_s_per_image(b), ".4f"), _cell(i.get("peak_mb"), ".0f"),
+              format_passes(i.get("passes")), _cell(i.get("floor_s_per_image"), ".4f"),
+              _cell(i.get("floor_ratio"), ".2f")] for b in explainers for i in [b["extra_info"]]])
     if metrics:
-        out += ["| metric | model | s/image | passes/image | floor ratio | Quantus | Quantus s/image |",
-                "|---|---|---:|---|---:|---|---:|"]
-        for b in metrics:
-            i = b["extra_info"]
-            out.append(f"| {i.get('metric')} | {i.get('model')} | {_cell(_s_per_image(b), '.4f')} | "
-                       f"{format_passes(i.get('passes'))} | {_cell(i.get('floor_ratio'), '.2f')} | "
-                       f"{i.get('quantus_metric') or '-'} | {_cell(i.get('quantus_s_per_image'), '.4f')} |")
-        out.append("")
+        out += _markdown_table(
+            ["metric", "model", "s/image", "passes/image", "floor ratio", "Quantus", "Quantus s/image"],
+            "llrlrlr",
+            [[i.get("metric"), i.get("model"), _cell(_s_per_image(b), ".4f"), format_passes(i.get("passes")),
+              _cell(i.get("floor_ratio"), ".2f"), i.get("quantus_metric") or "-",
+              _cell(i.get("quantus_s_per_image"), ".4f")] for b in metrics for i in [b["extra_info"]]])
     if not explainers and not metrics:
         out.append("(no pneumobench benchmarks in this file)")
     return "\n".join(out)

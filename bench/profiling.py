@@ -34,14 +34,12 @@ def release_freed_memory() -> None:
     """``gc.collect()`` and, on glibc, ``malloc_trim(0)``: hand memory that earlier work freed
     back to the OS, so that a resident-set measurement starting now sees the block's own peak
     instead of silently reusing what the allocator kept (bench.allocator keeps freed blocks)."""
-    import ctypes
     import gc
 
+    from bench.allocator import malloc_trim
+
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    malloc_trim()
 
 
 @contextmanager

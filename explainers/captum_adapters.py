@@ -125,21 +125,14 @@ def deeplift_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, backgrou
     applies, else "captum". ``meta["engine"]`` records which ran; tests/test_explainers.py checks
     that both engines give the same values.
     """
-    from explainers.rescale import rescale_attributions, unsupported_reason
+    from explainers.rescale import choose_engine, rescale_attributions
 
     name = "captum.deeplift_shap"
     check_positive(name, chunk_size=chunk_size, baseline_chunk=baseline_chunk, pair_chunk=pair_chunk)
-    check_choice(name, "engine", engine, ("auto", "captum", "batched"))
     explained, rewritten = _without_maxpools(model)
-    reason = None if engine == "captum" else unsupported_reason(explained, inputs[:1])
-    if engine == "batched" and reason is not None:
-        from bench.errors import BenchError
-
-        raise BenchError(f"{name} engine='batched' cannot explain this model ({reason}); use engine='captum'")
-    use = "batched" if engine != "captum" and reason is None else "captum"
+    use, why = choose_engine(name, engine, "captum", explained, inputs[:1])
     meta = {"library_version": library_version("captum"), "background_size": background.shape[0], "rule": "rescale",
-            "maxpools_rewritten": rewritten, "engine": use,
-            **({"batched_unavailable": reason} if engine == "auto" and reason else {})}
+            "maxpools_rewritten": rewritten, "engine": use, **why}
     if use == "batched":
         with model_guard(model), model_guard(explained):
             values = rescale_attributions(explained, inputs, targets, background, pair_chunk=pair_chunk,

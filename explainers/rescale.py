@@ -41,6 +41,30 @@ def unsupported_reason(model: nn.Module, example: Tensor) -> str | None:
     return None
 
 
+def choose_engine(explainer: str, engine: str, library_engine: str, model: nn.Module,
+                  example: Tensor) -> tuple[str, dict[str, str]]:
+    """Which engine a DeepSHAP adapter runs: ``(engine name, extra meta)``.
+
+    ``engine`` is ``"auto"``, ``"batched"`` or ``library_engine`` (``"shap"``, ``"captum"``):
+    ``"auto"`` takes "batched" unless :func:`unsupported_reason` objects, recording the reason
+    as ``meta["batched_unavailable"]``; ``"batched"`` on a model it cannot explain is a
+    one-line error naming the adapter and the way out.
+    """
+    from bench.errors import BenchError
+    from explainers.base import check_choice
+
+    check_choice(explainer, "engine", engine, ("auto", library_engine, "batched"))
+    if engine == library_engine:
+        return library_engine, {}
+    reason = unsupported_reason(model, example)
+    if reason is None:
+        return "batched", {}
+    if engine == "batched":
+        raise BenchError(f"{explainer} engine='batched' cannot explain this model ({reason}); "
+                         f"use engine={library_engine!r}")
+    return library_engine, {"batched_unavailable": reason}
+
+
 def rescale_attributions(model: nn.Module, inputs: Tensor, targets: Tensor, background: Tensor, *,
                          pair_chunk: int = 16, eps: float = EPS) -> Tensor:
     """DeepSHAP values ``(B, C, H, W)`` of ``model(x)[target]`` against ``background (N, C, H, W)``.

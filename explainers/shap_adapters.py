@@ -136,18 +136,12 @@ def deep(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tenso
     time, the pass-count floor); ``"auto"`` takes "batched" where it applies, else "shap".
     ``meta["engine"]`` records which ran.
     """
-    from explainers.rescale import rescale_attributions, unsupported_reason
+    from explainers.rescale import choose_engine, rescale_attributions
 
-    check_choice("shap.deep", "engine", engine, ("auto", "shap", "batched"))
     check_positive("shap.deep", pair_chunk=pair_chunk)
-    reason = None if engine == "shap" else unsupported_reason(model, inputs[:1])
-    if engine == "batched" and reason is not None:
-        from bench.errors import BenchError
-
-        raise BenchError(f"shap.deep engine='batched' cannot explain this model ({reason}); use engine='shap'")
-    use = "batched" if engine != "shap" and reason is None else "shap"
+    use, why = choose_engine("shap.deep", engine, "shap", model, inputs[:1])
     meta = {"library_version": library_version("shap"), "background_size": background.shape[0], "rule": "rescale",
-            "engine": use, **({"batched_unavailable": reason} if engine == "auto" and reason else {})}
+            "engine": use, **why}
     if use == "batched":
         with model_guard(model):
             values = rescale_attributions(model, inputs, targets, background, pair_chunk=pair_chunk)
