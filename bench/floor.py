@@ -99,9 +99,11 @@ def _shap_gradient(p: dict[str, Any], n_bg: int) -> Passes:
 @register_explainer_passes("captum.deeplift_shap")
 @register_explainer_passes("shap.deep")
 def _deep(p: dict[str, Any], n_bg: int) -> Passes:
-    # One rescale forward + backward per (image, background) pair: one row per pair in the
-    # default batched engines (explainers/rescale.py); the libraries' own engines evaluate the
-    # input and the reference in the same pass (2 rows per pair), ~2 being their practical minimum.
+    # The method needs one gradient of the rescale-linearised network per (image, background)
+    # pair: one forward + backward per pair, as the libraries' hooks run it (they evaluate the
+    # input and the reference in the same pass, 2 rows per pair, ~2 being their practical
+    # minimum). The default batched engine (explainers/rescale.py) records the forward once and
+    # runs only the backward half per pair, so its ratio can fall below 1.
     return float(n_bg), 0.0
 
 

@@ -10,18 +10,135 @@ the *linearised* network in which every ReLU ``k`` is replaced by multiplication
 
 ``a_k`` being the ReLU's input, exactly as shap's ``nonlinear_1d`` handler computes them. Then
 ``phi(x) = mean_r (x - r) * d f_lin,target / dx``. ``a_k(r)`` is computed once for the whole
-background and ``a_k(x)`` once per image; the rest is one forward + backward of the linearised
-network per (image, reference) pair, i.e. the pass-count floor, where shap's hooks run a doubled
-batch and keep every intermediate twice.
+background and ``a_k(x)`` once per image.
+
+The gradient of the linearised network needs no forward pass per pair. The backward of every
+operation other than the ReLUs (a vector-Jacobian product of a linear map) does not depend on
+the values that went through it in the forward; only the multipliers do. So the engine records
+the network's autograd graph ONCE per call, on ``pair_chunk`` rows of zeros with each ReLU
+replaced by an identity whose backward multiplies by the multiplier of the pairs being explained
+(computed when the backward reaches that ReLU), and then runs only backward passes through that
+graph, one per chunk of (image, reference) pairs. A pair costs about the backward half of the
+forward + backward pass that shap's and Captum's hooks (and the pass-count floor of
+``bench.floor``) run per pair, and shap's hooks run a doubled batch besides.
+
+That value-independence is what :func:`unsupported_reason` checks before the engine is used:
+the leaf modules must be linear or ``nn.ReLU``, the model explainer-safe, and every torch
+function called in the recorded forward on an input-dependent tensor must be a known linear
+one (a product of two input-dependent tensors, a comparison, a ``detach`` or any function not
+known to be linear sends the adapters back to their library's engine, with the reason).
 """
 from __future__ import annotations
 
+import contextlib
+from collections import Counter
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 LINEAR_LEAVES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.AdaptiveAvgPool1d,
                  nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.Flatten, nn.Identity, nn.Dropout)
 EPS = 1e-6  # shap's threshold for |delta_in| below which the plain gradient is used
+
+# Torch functions (``__name__``) that are linear in their input-dependent tensor arguments, so
+# that their backward does not depend on the forward values. Anything else called on an
+# input-dependent tensor in the recorded forward makes :func:`unsupported_reason` object.
+LINEAR_FUNCTIONS = frozenset({
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear",
+    "batch_norm", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d", "dropout", "pad", "add", "__add__", "__radd__", "sub", "__sub__", "__rsub__", "rsub",
+    "neg", "__neg__", "__pos__", "sum", "mean", "cat", "concat", "concatenate", "stack", "flatten", "unflatten",
+    "view", "view_as", "reshape", "reshape_as", "squeeze", "unsqueeze", "permute", "transpose", "t", "movedim",
+    "contiguous", "clone", "expand", "expand_as", "repeat", "narrow", "select", "__getitem__", "split", "chunk",
+    "unbind", "to", "type_as", "float", "double",
+})
+SCALING_FUNCTIONS = frozenset({"mul", "__mul__", "__rmul__", "multiply"})  # linear with one input-dependent factor
+DIVIDING_FUNCTIONS = frozenset({"div", "__truediv__", "true_divide", "divide"})  # ... as the numerator only
+# Linear only in eval: (position of the ``training`` argument, its default)
+TRAINING_ARGUMENT = {"batch_norm": (5, False), "dropout": (2, True)}
+
+
+class _Rescaled(torch.autograd.Function):
+    """A ReLU's stand-in in the recorded graph: identity forward (the values are never used);
+    the backward multiplies by ``multiply(k, grad)``, the current pairs' multipliers of ReLU ``k``."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, k: int, multiply: Callable[[int, Tensor], Tensor]) -> Tensor:
+        ctx.k, ctx.multiply = k, multiply
+        return a.view_as(a)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return ctx.multiply(ctx.k, grad), None, None
+
+
+@contextmanager
+def _relus_rescaled(relus: list[nn.Module], multiply: Callable[[int, Tensor], Tensor]) -> Iterator[None]:
+    """Every ReLU module's ``forward`` replaced by :class:`_Rescaled` (restored on exit)."""
+    saved = [r.__dict__.get("forward") for r in relus]
+    for k, r in enumerate(relus):
+        r.forward = lambda a, k=k: _Rescaled.apply(a, k, multiply)
+    try:
+        yield
+    finally:
+        for r, f in zip(relus, saved):
+            if f is None:
+                r.__dict__.pop("forward", None)
+            else:
+                r.forward = f
+
+
+def _record(model: nn.Module, z: Tensor, watch: TorchFunctionMode | None = None) -> Tensor:
+    """``model(z)`` with autograd recording the path from ``z`` only: parameters go in detached
+    (no weight gradients, and autograd keeps fewer tensors for the backward). ``watch``, a
+    function mode, sees the forward's torch calls."""
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    with torch.enable_grad(), (watch if watch is not None else contextlib.nullcontext()):
+        return torch.func.functional_call(model, params, (z,))
+
+
+class _LinearityRecorder(TorchFunctionMode):
+    """Counts the torch calls on input-dependent tensors that are not known to be linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: Counter[str] = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        dependent = [t for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor) and t.requires_grad]
+        if dependent and any(isinstance(o, Tensor) for o in tree_leaves(out)):
+            name = getattr(func, "__name__", repr(func))
+            linear = (name in LINEAR_FUNCTIONS
+                      or (name in SCALING_FUNCTIONS and len(dependent) == 1)
+                      or (name in DIVIDING_FUNCTIONS and len(dependent) == 1 and args and args[0] is dependent[0]))
+            if name in TRAINING_ARGUMENT:
+                at, default = TRAINING_ARGUMENT[name]
+                if kwargs.get("training", args[at] if len(args) > at else default):
+                    linear, name = False, f"{name}(training=True)"
+            if not linear:
+                self.found[name] += 1
+        return out
+
+
+def nonlinear_calls(model: nn.Module, example: Tensor) -> dict[str, int]:
+    """Torch functions (name -> calls) that the ReLU-free forward of ``model`` applies to
+    input-dependent tensors and that are not known to be linear; empty where the engine is exact."""
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+
+    def never(k: int, grad: Tensor) -> Tensor:  # pragma: no cover - nothing is differentiated here
+        raise AssertionError("no backward in the linearity check")
+
+    recorder = _LinearityRecorder()
+    z = example.detach().clone().requires_grad_(True)
+    with _relus_rescaled(relus, never):
+        _record(model, z, watch=recorder)
+    return dict(recorder.found)
 
 
 def unsupported_reason(model: nn.Module, example: Tensor) -> str | None:
@@ -38,6 +155,10 @@ def unsupported_reason(model: nn.Module, example: Tensor) -> str | None:
     report = check_explainer_safe(model, example)
     if not report.ok:
         return "not explainer-safe: " + " ".join(str(report).split())[:200]
+    found = nonlinear_calls(model, example)
+    if found:
+        calls = ", ".join(f"{name} x{n}" for name, n in sorted(found.items()))
+        return f"torch calls not known to be linear on input-dependent tensors: {calls}"
     return None
 
 
@@ -69,69 +190,60 @@ def rescale_attributions(model: nn.Module, inputs: Tensor, targets: Tensor, back
                          pair_chunk: int = 16, eps: float = EPS) -> Tensor:
     """DeepSHAP values ``(B, C, H, W)`` of ``model(x)[target]`` against ``background (N, C, H, W)``.
 
-    At most ``pair_chunk`` (image, reference) pairs go through one linearised forward + backward;
-    each image's ``N`` references are split into ``ceil(N / pair_chunk)`` chunks of equal size
-    (50 references at 16 -> 13, 13, 12, 12 rather than 16, 16, 16, 2: no nearly empty pass).
-    During the passes every ReLU module's ``forward`` is replaced by the multiplication with its
-    multiplier (computed from the stored activations when the ReLU is reached, so only one
-    chunk's multipliers exist at a time); the modules are restored afterwards. Where
-    ``|a(x) - a(r)| < eps`` the multiplier is the gradient ``relu'(a(x))``: shap's threshold by
-    default, Captum's is 1e-10.
+    One recorded forward of ``width`` rows (see the module docstring), then one backward per
+    chunk of pairs: each image's ``N`` references are split into ``ceil(N / pair_chunk)`` chunks
+    of equal size (50 references at 16 -> 13, 13, 12, 12 rather than 16, 16, 16, 2), ``width``
+    being the largest; a smaller chunk's spare rows get multiplier 0. A chunk's multipliers exist
+    one ReLU at a time, in buffers allocated once. Where ``|a(x) - a(r)| < eps`` the multiplier
+    is the gradient ``relu'(a(x))``: shap's threshold by default, Captum's is 1e-10. The model
+    must pass :func:`unsupported_reason`; its modules are restored afterwards.
     """
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     ref_acts = _relu_inputs(model, relus, background)
     img_acts = _relu_inputs(model, relus, inputs)
-    img_relu = [a.clamp(min=0) for a in img_acts]
-    img_pos = [(a > 0).to(a.dtype) for a in img_acts]
     n = background.shape[0]
     n_chunks = -(-n // max(1, int(pair_chunk)))
     bounds = [(n * c // n_chunks, n * (c + 1) // n_chunks) for c in range(n_chunks)]
     width = max(j1 - j0 for j0, j1 in bounds)
-    # Multipliers are written into buffers allocated once (one per ReLU: each is saved for the
-    # backward of its chunk) plus one shared scratch pair: fresh multi-megabyte tensors per chunk
-    # cost more in page faults than the arithmetic itself.
-    mult = [a.new_empty((width, *a.shape[1:])) for a in ref_acts]
-    scratch = inputs.new_empty(width * max((a[0].numel() for a in ref_acts), default=0))
-    small = torch.empty(scratch.shape, dtype=torch.bool, device=scratch.device)
-    out = torch.empty_like(inputs)
+    # Multiplier arithmetic goes into buffers allocated once: fresh multi-megabyte tensors per
+    # chunk cost more in page faults than the arithmetic itself.
+    size = width * max((a[0].numel() for a in ref_acts if a is not None), default=0)
+    mult, delta = inputs.new_empty(size), inputs.new_empty(size)
+    small = torch.empty(size, dtype=torch.bool, device=inputs.device)
     where = {"b": 0, "j0": 0, "j1": 0}
 
-    def linearised(k: int, a: Tensor) -> Tensor:
+    def multiply(k: int, grad: Tensor) -> Tensor:  # grad (width, *a_k.shape[1:])
         b, j0, j1 = where["b"], where["j0"], where["j1"]
-        ax, ar, m = img_acts[k][b:b + 1], ref_acts[k][j0:j1], mult[k][:j1 - j0]
-        d = scratch[:m.numel()].view(m.shape)
-        s = small[:m.numel()].view(m.shape)
+        ax, ar = img_acts[k][b:b + 1], ref_acts[k][j0:j1]
+        m = mult[:grad.numel()].view(grad.shape)
+        d, s, mr = delta[:ar.numel()].view(ar.shape), small[:ar.numel()].view(ar.shape), m[:j1 - j0]
+        m[j1 - j0:].zero_()  # spare rows of a smaller chunk
         torch.sub(ax, ar, out=d)
-        torch.clamp(ar, min=0, out=m)
-        torch.sub(img_relu[k][b:b + 1], m, out=m).div_(d)  # (relu(x) - relu(r)) / (x - r)
+        torch.clamp(ar, min=0, out=mr)
+        torch.sub(ax.clamp(min=0), mr, out=mr).div_(d)  # (relu(x) - relu(r)) / (x - r)
         torch.lt(d.abs_(), eps, out=s)
-        torch.where(s, img_pos[k][b:b + 1], m, out=m)  # shap's nonlinear_1d: the gradient where x ~ r
-        return a * m
+        torch.where(s, (ax > 0).to(ax.dtype), mr, out=mr)  # shap's nonlinear_1d: the gradient where x ~ r
+        return grad * m
 
-    saved = [r.__dict__.get("forward") for r in relus]
-    for k, r in enumerate(relus):
-        r.forward = lambda a, k=k: linearised(k, a)
-    try:
-        for b in range(inputs.shape[0]):
-            where["b"] = b
-            total = torch.zeros_like(inputs[b])
-            for j0, j1 in bounds:
-                where["j0"], where["j1"] = j0, j1
-                z = inputs[b:b + 1].expand(j1 - j0, *inputs.shape[1:]).clone().requires_grad_(True)
-                score = model(z)[:, int(targets[b])].sum()
-                (grad,) = torch.autograd.grad(score, z)
-                total += ((inputs[b:b + 1] - background[j0:j1]) * grad).sum(0)
-            out[b] = total / n
-    finally:
-        for r, f in zip(relus, saved):
-            if f is None:
-                r.__dict__.pop("forward", None)
-            else:
-                r.forward = f
+    out = torch.empty_like(inputs)
+    with _relus_rescaled(relus, multiply):
+        z = inputs.new_zeros((width, *inputs.shape[1:])).requires_grad_(True)
+        logits = _record(model, z)
+    seed = torch.zeros_like(logits)
+    for b in range(inputs.shape[0]):
+        where["b"] = b
+        seed.zero_()
+        seed[:, int(targets[b])] = 1
+        total = torch.zeros_like(inputs[b])
+        for j0, j1 in bounds:
+            where["j0"], where["j1"] = j0, j1
+            (grad,) = torch.autograd.grad(logits, z, seed, retain_graph=True)
+            total += ((inputs[b:b + 1] - background[j0:j1]) * grad[:j1 - j0]).sum(0)
+        out[b] = total / n
     return out.detach()
 
 
-def _relu_inputs(model: nn.Module, relus: list[nn.Module], x: Tensor, chunk: int = 64) -> list[Tensor]:
+def _relu_inputs(model: nn.Module, relus: list[nn.Module], x: Tensor, chunk: int = 64) -> list[Tensor | None]:
     """The input of every ReLU for each row of ``x`` (no grad), in ``relus`` order."""
     per_relu: list[list[Tensor]] = [[] for _ in relus]
     hooks = [r.register_forward_hook(lambda mod, args, output, k=k: per_relu[k].append(args[0].detach()))
@@ -143,4 +255,5 @@ def _relu_inputs(model: nn.Module, relus: list[nn.Module], x: Tensor, chunk: int
     finally:
         for h in hooks:
             h.remove()
-    return [parts[0] if len(parts) == 1 else torch.cat(parts) for parts in per_relu]
+    # None for a ReLU this forward never reaches (it gets no multiplier: the backward never reaches it either)
+    return [None if not parts else parts[0] if len(parts) == 1 else torch.cat(parts) for parts in per_relu]
