@@ -9,8 +9,9 @@
 * ROAD vs ``quantus.ROAD`` with ``noise=0`` (both deterministic): the imputed images, the
   accuracy curve Quantus returns (batch mean of ``argmax == target``) and a probability curve
   rebuilt from Quantus' own imputation.
-* Additivity vs Captum's IntegratedGradients convergence delta (Quantus' ``Completeness``
-  compares floats for exact equality and is always False, so it is no reference).
+* Additivity vs Captum's IntegratedGradients convergence delta, and vs Quantus' ``Completeness``
+  where that one is meaningful: it compares floats for exact equality (False for every image of a
+  real explainer), so attributions are built whose sum is exact.
 
 Quantus 0.6.0 calls ``np.trapz``, removed in numpy 2.4: aliased to ``np.trapezoid`` per test.
 """
@@ -221,3 +222,26 @@ def test_additivity_matches_captum_ig_convergence_delta(model, data):
     assert delta.abs().max() > 1e-4  # a real gap at 50 steps: the comparison is not vacuous
     rel = additivity_error_relative(model, x, t, a)
     np.testing.assert_allclose(rel.double().numpy(), (delta.detach().abs() / (out - base).abs()).double().numpy(), rtol=1e-4)
+
+
+def test_additivity_agrees_with_quantus_completeness_where_equality_is_exact(model, data):
+    """Quantus' ``Completeness`` asks ``sum(a) == f(x) - f(baseline)`` with exact float equality.
+    Attributions that put the whole output change on one pixel make that sum exact: Quantus says
+    True exactly where our gap is 0, and False where a known offset was added (the gap we report)."""
+    x, t, _ = data
+    zero = torch.zeros_like(x)
+    with torch.no_grad():
+        out = model(x).gather(1, t.view(-1, 1)).squeeze(1)
+        base = model(zero).gather(1, t.view(-1, 1)).squeeze(1)
+    a = torch.zeros_like(x)
+    a[:, 0, 0, 0] = out - base
+    offset = torch.zeros(B)
+    offset[1::2] = 0.25  # every other image misses completeness by a quarter logit
+    a[:, 0, 5, 5] = offset
+    ours = additivity_error(model, x, t, Attribution(a, out, base), context=MetricContext(additive=True))
+    np.testing.assert_allclose(ours.double().numpy(), offset.double().numpy(), atol=1e-6)
+    metric = quantus.Completeness(abs=False, normalise=False, perturb_baseline=0.0, return_aggregate=False,
+                                  disable_warnings=True, display_progressbar=False)
+    verdict = metric(model=model, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=a.numpy(), channel_first=True,
+                     softmax=False, device="cpu", batch_size=B)
+    assert list(map(bool, verdict)) == [bool(o == 0) for o in offset]

@@ -11,7 +11,10 @@ no model pass: its time is reported separately (``imputation_s_per_image``).
 Quantus (0.6.0) counterparts, every implicit default set explicitly as in
 tests/test_metrics_reference.py: ``deletion_auc`` vs ``quantus.PixelFlipping`` (per-sample AUC,
 ``features_in_step = H*W / steps``, zero baseline, no normalisation, no abs, softmax) and
-``road_morf`` vs ``quantus.ROAD`` (same percentages and noise). Quantus calls ``np.trapz``,
+``road_morf`` vs ``quantus.ROAD`` (same percentages and noise), ``additivity_error`` vs
+``quantus.Completeness`` (zero baseline, logits; Quantus runs the two forward passes that our
+metric reads from the attribution's ``outputs`` / ``base_values``, and returns exact float
+equality per image rather than a gap, so it is timed for cost only). Quantus calls ``np.trapz``,
 removed in numpy 2.4; it is aliased to ``np.trapezoid`` for these tests only.
 """
 from __future__ import annotations
@@ -99,11 +102,17 @@ def _quantus_call(metric_name: str, params: dict[str, Any], case: Case, attr: At
         metric = quantus.ROAD(percentages=[int(round(100 * p)) for p in params["percentages"]],
                               noise=params["noise"], **common)
         name = "ROAD"
+    elif metric_name == "additivity_error":
+        # sum(a) vs f(x) - f(zero image) in logit space, as _attribution's outputs / base_values.
+        # Quantus answers with exact float equality (a bool per image), not a gap: timed for cost only.
+        metric = quantus.Completeness(perturb_baseline=0.0, **common)
+        name = "Completeness"
     else:
         return None
+    softmax = metric_name != "additivity_error"  # additivity lives in the explained (logit) space
     model = copy.deepcopy(case.model)  # Quantus wraps and may touch the model
     x, y, a = (t.detach().cpu().numpy() for t in (case.inputs, case.targets, attr.values))
-    return name, lambda: metric(model=model, x_batch=x, y_batch=y, a_batch=a, channel_first=True, softmax=True,
+    return name, lambda: metric(model=model, x_batch=x, y_batch=y, a_batch=a, channel_first=True, softmax=softmax,
                                 device=str(case.inputs.device), batch_size=b)
 
 
