@@ -44,18 +44,22 @@ LINEAR_LEAVES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnor
                  nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.Flatten, nn.Identity, nn.Dropout)
 EPS = 1e-6  # shap's threshold for |delta_in| below which the plain gradient is used
 
-# Torch functions (``__name__``) that are linear in their input-dependent tensor arguments, so
-# that their backward does not depend on the forward values. Anything else called on an
-# input-dependent tensor in the recorded forward makes :func:`unsupported_reason` object.
+# Torch functions (``__name__``) known to be linear, so that their backward does not depend on
+# the forward values. Anything else called on an input-dependent tensor in the recorded forward
+# makes :func:`unsupported_reason` object. These are linear in their first argument alone, which
+# must be the only input-dependent tensor (``F.linear(x, w)`` with an input-dependent ``w`` is a
+# product) ...
 LINEAR_FUNCTIONS = frozenset({
     "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear",
     "batch_norm", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
-    "adaptive_avg_pool3d", "dropout", "pad", "add", "__add__", "__radd__", "sub", "__sub__", "__rsub__", "rsub",
-    "neg", "__neg__", "__pos__", "sum", "mean", "cat", "concat", "concatenate", "stack", "flatten", "unflatten",
-    "view", "view_as", "reshape", "reshape_as", "squeeze", "unsqueeze", "permute", "transpose", "t", "movedim",
-    "contiguous", "clone", "expand", "expand_as", "repeat", "narrow", "select", "__getitem__", "split", "chunk",
-    "unbind", "to", "type_as", "float", "double",
+    "adaptive_avg_pool3d", "dropout", "pad", "neg", "__neg__", "__pos__", "sum", "mean", "flatten", "unflatten",
+    "view", "reshape", "squeeze", "unsqueeze", "permute", "transpose", "t", "movedim", "contiguous", "clone",
+    "expand", "repeat", "narrow", "select", "__getitem__", "split", "chunk", "unbind", "to", "float", "double",
 })
+# ... these may take several (sums and concatenations; the ``*_as`` functions read only a shape or
+# a dtype from their second argument) ...
+MULTI_INPUT_LINEAR = frozenset({"add", "__add__", "__radd__", "sub", "__sub__", "__rsub__", "rsub", "cat", "concat",
+                                "concatenate", "stack", "view_as", "reshape_as", "expand_as", "type_as"})
 SCALING_FUNCTIONS = frozenset({"mul", "__mul__", "__rmul__", "multiply"})  # linear with one input-dependent factor
 DIVIDING_FUNCTIONS = frozenset({"div", "__truediv__", "true_divide", "divide"})  # ... as the numerator only
 # Linear only in eval: (position of the ``training`` argument, its default)
@@ -114,9 +118,11 @@ class _LinearityRecorder(TorchFunctionMode):
         dependent = [t for t in tree_leaves((args, kwargs)) if isinstance(t, Tensor) and t.requires_grad]
         if dependent and any(isinstance(o, Tensor) for o in tree_leaves(out)):
             name = getattr(func, "__name__", repr(func))
-            linear = (name in LINEAR_FUNCTIONS
+            first_only = len(dependent) == 1 and bool(args) and args[0] is dependent[0]
+            linear = (name in MULTI_INPUT_LINEAR
+                      or (name in LINEAR_FUNCTIONS and first_only)
                       or (name in SCALING_FUNCTIONS and len(dependent) == 1)
-                      or (name in DIVIDING_FUNCTIONS and len(dependent) == 1 and args and args[0] is dependent[0]))
+                      or (name in DIVIDING_FUNCTIONS and first_only))
             if name in TRAINING_ARGUMENT:
                 at, default = TRAINING_ARGUMENT[name]
                 if kwargs.get("training", args[at] if len(args) > at else default):
