@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from bench import metrics as M
 from bench.config import RunConfig, load_config, resolve_device
 from bench.allocator import allocator_state
+from bench.machine import machine_info
 from bench.errors import BenchError
 from bench.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from bench.profiling import measure_peak_memory
@@ -559,8 +560,7 @@ def _write_manifest(run_dir: Path, cfg: RunConfig, device, test: ImageSplit, sta
         "config_source": cfg.source,
         "command": " ".join(["python -m bench", *sys.argv[1:]]) if sys.argv and "bench" in sys.argv[0] else None,
         "versions": package_versions(),
-        "platform": {"machine": platform.machine(), "system": platform.system(), "processor": platform.processor(),
-                     "cpu_count": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads()},
+        "platform": machine_info(),
         "device": str(device),
         "executor": executor,
         "allocator": allocator_state(),

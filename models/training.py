@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from bench.config import resolve_device
 from bench.errors import BenchError
 from bench.io import atomic_torch_save, atomic_write_json, file_sha256
+from bench.machine import machine_info
 from datasets.base import ImageSplit
 from models.registry import MODELS, build_model
 
@@ -398,7 +399,7 @@ def train_model(cfg: TrainConfig, train: ImageSplit, val: ImageSplit, test: Imag
     sidecar = {"config": asdict(cfg), "data": _data_record(train, val, test), "best_epoch": best_epoch,
                "history": history, "val": _strip(val_m), "test": _strip(test_m),
                "test_preds": test_m["preds"], "train_seconds": round(seconds, 1), "device": str(dev),
-               "torch": torch.__version__}
+               "torch": torch.__version__, "platform": machine_info()}
     return save_checkpoint(out, model, model_name=cfg.model, model_kwargs=kwargs, stage="pre", sidecar=sidecar)
 
 
@@ -461,7 +462,7 @@ def tune_model(parent: str | Path, cfg: TuneConfig, train: ImageSplit, val: Imag
     sidecar = {"config": {**asdict(cfg), "unfreeze": list(cfg.unfreeze)}, "data": _data_record(train, val, test),
                "best_epoch": best_epoch, "history": history, "val": _strip(val_m), "test": _strip(test_m),
                "test_preds": test_m["preds"], "train_seconds": round(seconds, 1), "device": str(dev),
-               "torch": torch.__version__, "comparison": comparison}
+               "torch": torch.__version__, "platform": machine_info(), "comparison": comparison}
     return save_checkpoint(out, model, model_name=info["model"], model_kwargs=info["model_kwargs"],
                            stage="post", sidecar=sidecar)
 

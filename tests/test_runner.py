@@ -87,6 +87,7 @@ def test_end_to_end_outputs_resume_and_failure(tmp_path, failing_explainer, monk
     assert all(len(c["sha256"]) == 64 for c in manifest["checkpoints"])
     assert manifest["versions"]["torch"] == torch.__version__
     assert "git" in manifest and "wall_seconds" in manifest
+    assert manifest["platform"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
     # re-running a finished run recomputes nothing and rewrites byte-identical tables
     tables = {f: (run_dir / f).read_bytes() for f in ("scores.csv", "leaderboard.csv", "leaderboard.md",

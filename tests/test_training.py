@@ -40,6 +40,9 @@ def test_sidecar_records_config_data_selection_and_metrics(trained, data):
         assert m["acc"] == pytest.approx((tp + tn) / (tn + fp + fn + tp))
     assert side["data"]["dataset"] == "synthetic"
     assert len(side["sha256"]) == 64 and side["train_seconds"] >= 0
+    # what the weights' float rounding depends on: torch's CPU kernel level and the CPU
+    assert side["platform"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert side["platform"]["cpu"] and side["platform"]["torch_threads"] >= 1
 
 
 def test_tiny_model_learns_the_synthetic_opacity(trained):

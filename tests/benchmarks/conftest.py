@@ -20,7 +20,6 @@ tests/benchmarks --benchmark-only -q -x``.
 from __future__ import annotations
 
 import os
-import platform
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,6 +32,7 @@ import pytest
 import torch
 
 from bench.allocator import allocator_state
+from bench.machine import cpu_name, machine_info as torch_machine_info
 from tests.conftest import calibrated
 from torch import Tensor, nn
 
@@ -125,21 +125,12 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["device"] = str(device)
     machine_info["allocator"] = allocator_state()
     machine_info["device_name"] = (torch.cuda.get_device_name(device) if device.type == "cuda"
-                                   else _cpu_name())
+                                   else cpu_name())
+    machine_info["torch_cpu_capability"] = torch_machine_info()["torch_cpu_capability"]
     machine_info["cpu_count"] = os.cpu_count()
     machine_info["cuda"] = torch.version.cuda
     machine_info["libraries"] = {p: _version(p) for p in ("shap", "captum", "quantus", "numpy", "scipy",
                                                          "torchvision", "pytest-benchmark")}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _version(dist: str) -> str | None:
