@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import torch
@@ -80,7 +79,7 @@ class _Rescaled(torch.autograd.Function):
         return ctx.multiply(ctx.k, grad), None, None
 
 
-@contextmanager
+@contextlib.contextmanager
 def _relus_rescaled(relus: list[nn.Module], multiply: Callable[[int, Tensor], Tensor]) -> Iterator[None]:
     """Every ReLU module's ``forward`` replaced by :class:`_Rescaled` (restored on exit)."""
     saved = [r.__dict__.get("forward") for r in relus]

@@ -32,7 +32,7 @@ import pytest
 import torch
 
 from bench.allocator import allocator_state
-from bench.machine import cpu_name, machine_info as torch_machine_info
+from bench.machine import machine_info as torch_machine_info
 from tests.conftest import calibrated
 from torch import Tensor, nn
 
@@ -124,10 +124,10 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["torch_interop_threads"] = torch.get_num_interop_threads()
     machine_info["device"] = str(device)
     machine_info["allocator"] = allocator_state()
-    machine_info["device_name"] = (torch.cuda.get_device_name(device) if device.type == "cuda"
-                                   else cpu_name())
-    machine_info["torch_cpu_capability"] = torch_machine_info()["torch_cpu_capability"]
-    machine_info["cpu_count"] = os.cpu_count()
+    host = torch_machine_info()
+    machine_info["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else host["cpu"]
+    machine_info["torch_cpu_capability"] = host["torch_cpu_capability"]
+    machine_info["cpu_count"] = host["cpu_count"]
     machine_info["cuda"] = torch.version.cuda
     machine_info["libraries"] = {p: _version(p) for p in ("shap", "captum", "quantus", "numpy", "scipy",
                                                          "torchvision", "pytest-benchmark")}
