@@ -1,99 +1,111 @@
 """The command line: ``python -m bench run | list | train | tune | report``.
 
-Bad input (unknown names, bad values, missing or corrupt files) ends with one line
-``error: <problem and fix>`` on stderr and exit status 2, never a traceback.
+Thin: it parses, then calls down (:mod:`bench.run.runner`, :mod:`models.training`,
+:mod:`bench.report.rebuild`). The flags of ``train`` and ``tune`` are generated from the recipe
+dataclasses (:class:`models.training.TrainConfig`, :class:`models.training.TuneConfig`), and
+``list`` enumerates the registries. Bad input (unknown names, bad values, missing or corrupt
+files) ends with one line ``error: <problem and fix>`` on stderr and exit status 2, never a
+traceback.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from bench.errors import BenchError
+import datasets
+import explainers
+import models
+from bench import metrics
+from bench.core.errors import BenchError
+from bench.core.registry import Registry
+from bench.perf.allocator import tune_allocator
+from bench.perf.floor import format_passes, metric_passes_per_image, passes_per_image
+from bench.report.rebuild import rebuild
+from bench.run.config import load_config, parse_value
+from bench.run.runner import run
+from models.training import (Recipe, TrainConfig, TuneConfig, default_checkpoint_path, default_tuned_path, train_model,
+                             tune_model)
 
-LIST_KINDS = ("models", "explainers", "metrics", "datasets")
+REGISTRIES: dict[str, Registry] = {"models": models.MODELS, "explainers": explainers.EXPLAINERS,
+                                   "metrics": metrics.METRICS, "datasets": datasets.DATASETS}
+LIST_BACKGROUND = 32  # the default config's data.background_size, for the pass counts `list` shows
 
 
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="pneumoniamnist", help="registered dataset (default: %(default)s)")
-    g.add_argument("--size", type=int, default=28, help="image size: 28, 64, 128 or 224 (default: %(default)s)")
-    g.add_argument("--data-file", default=None,
-                   help="a MedMNIST-style .npz (else env BENCH_DATA_FILE, else --data-root)")
-    g.add_argument("--data-root", default=None,
-                   help="medmnist root folder (else env BENCH_DATA_ROOT, else medmnist's default); "
-                        "the file is downloaded there by medmnist when missing")
+# ----------------------------------------------------------------------------- the parser
 
 
-def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
+def _add_data_args(p: argparse.ArgumentParser, *, dataset: bool) -> None:
+    g = p.add_argument_group("data (options of the dataset's loader: python -m bench list datasets)")
+    if dataset:
+        g.add_argument("--dataset", default="pneumoniamnist", help="registered dataset (default: %(default)s)")
+        g.add_argument("--size", type=int, default=None, help="shortcut for --data-option size=N")
+    g.add_argument("--data-file", default=None, help="shortcut for --data-option data_file=PATH: a MedMNIST-style "
+                                                     ".npz (else env BENCH_DATA_FILE, else --data-root)")
+    g.add_argument("--data-root", default=None, help="shortcut for --data-option data_root=DIR: a medmnist root "
+                                                     "folder (else env BENCH_DATA_ROOT, else medmnist's default)")
+    g.add_argument("--data-option", dest="data_options", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the dataset's loader, as a TOML value (repeatable)")
+
+
+def _add_recipe_args(p: argparse.ArgumentParser, cls: type[Recipe]) -> None:
+    """One flag per recipe field, from the dataclass: type, default, help and choices."""
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("from_data"):
+            continue
+        default = f.default
+        kwargs: dict[str, Any] = {"default": default, "help": f"{f.metadata['help']} (default: %(default)s)"}
+        if isinstance(default, tuple):
+            kwargs["type"] = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())
+            kwargs["default"] = ",".join(default)
+        elif not isinstance(default, str):
+            kwargs["type"] = type(default)
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from models.training import TrainConfig, TuneConfig
-
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="pneumobench: a quantitative benchmark of attribution methods on chest X-ray classifiers.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a benchmark config: explainers x metrics -> leaderboards and figures")
-    run.add_argument("--config", default=None, help="TOML config (default: configs/quick.toml)")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config value, e.g. --set explainers.names=[\"random\"] (repeatable)")
-    run.add_argument("--name", default=None, help="run name: results/<name>/ (default: the config's name)")
-    run.add_argument("--results", default=None, help="results folder (default: results)")
-    _add_device(run)
-    run.add_argument("--data-file", default=None, help="a MedMNIST-style .npz (overrides the config)")
-    run.add_argument("--data-root", default=None, help="medmnist root folder (overrides the config)")
-    run.add_argument("--executor", default="local", choices=("local", "ray"),
-                     help="local: in this process (default); ray: one Ray task per unit of work")
-    run.add_argument("--ray-address", default=None,
-                     help="Ray cluster address for --executor ray (default: start a local instance)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r = sub.add_parser("run", help="run a benchmark config: explainers x metrics -> leaderboards and figures")
+    r.add_argument("--config", default=None, help="TOML config (default: configs/quick.toml)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help='override a config value, e.g. --set explain.names=["random"] (repeatable)')
+    r.add_argument("--name", default=None, help="run name: results/<name>/ (default: the config's name)")
+    r.add_argument("--results", default=None, help="results folder (default: results)")
+    _add_device(r)
+    _add_data_args(r, dataset=False)
+    r.add_argument("--executor", default="local", choices=("local", "ray"),
+                   help="local: in this process (default); ray: one Ray task per unit of work")
+    r.add_argument("--ray-address", default=None,
+                   help="Ray cluster address for --executor ray (default: start a local instance)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     lst = sub.add_parser("list", help="list registered models, explainers, metrics or datasets")
-    lst.add_argument("kind", nargs="?", choices=LIST_KINDS, help="what to list (default: everything)")
+    lst.add_argument("kind", nargs="?", choices=tuple(REGISTRIES), help="what to list (default: everything)")
 
-    d = TrainConfig()
     tr = sub.add_parser("train", help="train a model from scratch; writes a checkpoint + JSON sidecar")
-    tr.add_argument("--model", default=d.model, help="registered model (default: %(default)s)")
-    tr.add_argument("--epochs", type=int, default=d.epochs, help="(default: %(default)s)")
-    tr.add_argument("--lr", type=float, default=d.lr, help="(default: %(default)s)")
-    tr.add_argument("--optimizer", default=d.optimizer, help="adam | sgd (default: %(default)s)")
-    tr.add_argument("--momentum", type=float, default=d.momentum,
-                    help="SGD momentum, or Adam's beta1 (default: %(default)s)")
-    tr.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
-    tr.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
-    tr.add_argument("--shift", type=int, default=d.shift, help="max random shift in px (default: %(default)s)")
-    tr.add_argument("--class-weighting", default=d.class_weighting, help="balanced | none (default: %(default)s)")
-    tr.add_argument("--select-on", default=d.select_on, help="val_loss | val_auc | val_acc (default: %(default)s)")
-    tr.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
-    tr.add_argument("--out", default=None, help="checkpoint path (default: results/checkpoints/<model>-<size>px-seed<seed>-<key>.pt)")
+    _add_recipe_args(tr, TrainConfig)
+    tr.add_argument("--out", default=None,
+                    help="checkpoint path (default: results/checkpoints/<model>-<size>px-seed<seed>-<key>.pt)")
     _add_device(tr)
-    _add_data_args(tr)
+    _add_data_args(tr, dataset=True)
     tr.add_argument("--no-progress", action="store_true")
 
-    t = TuneConfig()
     tu = sub.add_parser("tune", help="fine-tune a checkpoint with frozen blocks; writes the 'post' checkpoint")
     tu.add_argument("--from", dest="parent", required=True, help="the parent ('pre') checkpoint")
-    tu.add_argument("--unfreeze", default=",".join(t.unfreeze),
-                    help="comma-separated top-level modules to train (default: %(default)s)")
-    tu.add_argument("--epochs", type=int, default=t.epochs, help="(default: %(default)s)")
-    tu.add_argument("--lr", type=float, default=t.lr, help="(default: %(default)s)")
-    tu.add_argument("--optimizer", default=t.optimizer, help="adam | sgd (default: %(default)s)")
-    tu.add_argument("--momentum", type=float, default=t.momentum, help="(default: %(default)s)")
-    tu.add_argument("--weight-decay", type=float, default=t.weight_decay, help="(default: %(default)s)")
-    tu.add_argument("--batch-size", type=int, default=t.batch_size, help="(default: %(default)s)")
-    tu.add_argument("--shift", type=int, default=t.shift, help="(default: %(default)s)")
-    tu.add_argument("--class-weighting", default=t.class_weighting, help="(default: %(default)s)")
-    tu.add_argument("--select-on", default=t.select_on, help="(default: %(default)s)")
-    tu.add_argument("--seed", type=int, default=t.seed, help="(default: %(default)s)")
+    _add_recipe_args(tu, TuneConfig)
     tu.add_argument("--out", default=None, help="checkpoint path (default: <parent>-post-<key>.pt)")
     _add_device(tu)
-    _add_data_args(tu)
+    _add_data_args(tu, dataset=True)
     tu.add_argument("--no-progress", action="store_true")
 
     rep = sub.add_parser("report", help="rebuild every table and figure of a run from its scores.csv")
@@ -101,38 +113,76 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_data(dataset: str, size: int, data_file: str | None, data_root: str | None, splits=("train", "val", "test")):
-    """Load the named splits; the pneumoniamnist loader takes the file/root options."""
-    from datasets import load_split
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
 
-    options = {"size": size}
-    if dataset == "pneumoniamnist":
-        options.update(data_file=data_file, data_root=data_root)
-    elif data_file or data_root:
-        raise BenchError(f"--data-file/--data-root apply to pneumoniamnist, not {dataset!r}; drop them")
-    return [load_split(dataset, s, **options) for s in splits]
+
+# ----------------------------------------------------------------------------- list
+
+
+def _fmt(v: Any) -> str:
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def describe(kind: str) -> str:
+    """One block per registered name: purpose, metadata flags, parameters with their defaults and,
+    for explainers and metrics, the model passes per image at the defaults."""
+    reg = REGISTRIES[kind]
+    lines = [f"{kind} ({len(reg)}):"]
+    for e in reg.entries():
+        meta = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(e.meta.items()) if k != "passes" and not callable(v))
+        params = {"explainers": explainers.explainer_params, "metrics": metrics.metric_params}.get(
+            kind, lambda n: reg.get(n).params())(e.name)
+        doc = (getattr(e.obj, "__doc__", None) or "").strip().splitlines()
+        lines.append(f"  {e.name:<30} {doc[0] if doc else ''}")
+        if meta:
+            lines.append(f"  {'':<30} [{meta}]")
+        if params:
+            lines.append(f"  {'':<30} {'options' if kind == 'datasets' else 'params'}: "
+                         + ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
+        if kind == "explainers":
+            passes = format_passes(passes_per_image(e.name, background_size=LIST_BACKGROUND))
+            lines.append(f"  {'':<30} passes/image at the defaults, background {LIST_BACKGROUND}: {passes}")
+        elif kind == "metrics":  # n/a: the count depends on the explainer (randomisation re-runs it)
+            lines.append(f"  {'':<30} passes/image at the defaults: {format_passes(metric_passes_per_image(e.name))}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _data_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in args.data_options:
+        if "=" not in item:
+            raise BenchError(f"--data-option {item!r} is not KEY=VALUE; e.g. --data-option size=64")
+        key, text = item.split("=", 1)
+        options[key.strip()] = parse_value(text.strip())
+    for flag, key in (("size", "size"), ("data_file", "data_file"), ("data_root", "data_root")):
+        if getattr(args, flag, None) is not None:
+            options[key] = getattr(args, flag)
+    return options
+
+
+def _recipe(cls: type[Recipe], args: argparse.Namespace) -> Any:
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if not f.metadata.get("from_data")})
+
+
+def _splits(args: argparse.Namespace):
+    options = _data_options(args)
+    return [datasets.load_split(args.dataset, s, **options) for s in ("train", "val", "test")]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from bench import catalog
-
-    kinds = [args.kind] if args.kind else list(LIST_KINDS)
-    for i, kind in enumerate(kinds):
-        if i:
-            print()
-        print(catalog.describe(kind))
+    print("\n\n".join(describe(kind) for kind in ([args.kind] if args.kind else REGISTRIES)))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from models.training import TrainConfig, default_checkpoint_path, train_model
-
-    cfg = TrainConfig(model=args.model, dataset=args.dataset, size=args.size, epochs=args.epochs, lr=args.lr,
-                      optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
-                      batch_size=args.batch_size, shift=args.shift, class_weighting=args.class_weighting,
-                      select_on=args.select_on, seed=args.seed)
+    cfg = _recipe(TrainConfig, args)
     cfg.validate()
-    train, val, test = load_data(args.dataset, args.size, args.data_file, args.data_root)
+    train, val, test = _splits(args)
+    cfg = dataclasses.replace(cfg, dataset=train.name, size=int(train.images.shape[-1]))
     out = Path(args.out) if args.out else default_checkpoint_path(cfg, train.fingerprint)
     side = train_model(cfg, train, val, test, out=out, device=args.device, progress=not args.no_progress)
     _print_result(out, side)
@@ -140,16 +190,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from models.training import TuneConfig, default_tuned_path, tune_model
-
-    cfg = TuneConfig(unfreeze=tuple(s.strip() for s in args.unfreeze.split(",") if s.strip()), epochs=args.epochs,
-                     lr=args.lr, optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
-                     batch_size=args.batch_size, shift=args.shift, class_weighting=args.class_weighting,
-                     select_on=args.select_on, seed=args.seed)
+    cfg = _recipe(TuneConfig, args)
     cfg.validate()
     if not Path(args.parent).is_file():
         raise BenchError(f"checkpoint {args.parent} not found; train one with `python -m bench train`")
-    train, val, test = load_data(args.dataset, args.size, args.data_file, args.data_root)
+    train, val, test = _splits(args)
     out = Path(args.out) if args.out else default_tuned_path(args.parent, cfg)
     side = tune_model(args.parent, cfg, train, val, test, out=out, device=args.device, progress=not args.no_progress)
     _print_result(out, side)
@@ -167,15 +212,26 @@ def _print_result(out: Path, side: dict) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench import runner
-
-    return runner.main(args)
+    overrides = list(args.overrides)
+    for flag, key in (("name", "name"), ("results", "results_dir"), ("data_file", "data.options.data_file"),
+                      ("data_root", "data.options.data_root")):
+        value = getattr(args, flag, None)
+        if value:
+            overrides.append(f"{key}={json.dumps(str(value))}")
+    for item in args.data_options:
+        overrides.append(f"data.options.{item}")
+    if args.device != "auto":
+        overrides.append(f"device={json.dumps(args.device)}")
+    run_dir = run(load_config(args.config, overrides), progress=not args.no_progress, executor=args.executor,
+                  ray_address=args.ray_address)
+    print(f"results in {run_dir}: leaderboard.md, prepost.md, scores.csv, figures/, manifest.json")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench import report
-
-    return report.main(args)
+    written = rebuild(args.run_dir)
+    print(f"rebuilt {len(written)} files in {args.run_dir}")
+    return 0
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "train": cmd_train, "tune": cmd_tune, "report": cmd_report}
@@ -187,9 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         args = parser.parse_args(["run", *(argv or [])])
     try:
-        from bench.allocator import tune_allocator
-
-        tune_allocator()  # CPU: no page faults on every large activation (bench/allocator.py)
+        tune_allocator()  # CPU: no page faults on every large activation (bench/perf/allocator.py)
         return COMMANDS[args.command](args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

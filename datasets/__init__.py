@@ -1,7 +1,10 @@
 """Dataset loaders: PneumoniaMNIST (via medmnist) and a synthetic ground-truth generator.
 
+A new data set is one module here (imported below) or a plug-in package registering through the
+``bench.datasets`` entry-point group; its loader's keyword options are its config options.
+
 Note: this top-level package is called ``datasets`` by the product layout and shadows Hugging
 Face ``datasets`` if both are installed in one environment; use a dedicated virtual environment.
 """
-from datasets.base import DATASETS, SPLITS, ImageSplit, load_split, register_dataset  # noqa: F401
+from datasets.base import DATASETS, SPLITS, ImageSplit, dataset_options, load_split, register_dataset  # noqa: F401
 from datasets import pneumoniamnist as _pneumoniamnist, synthetic as _synthetic  # noqa: F401  (registration)

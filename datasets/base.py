@@ -8,9 +8,11 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from bench.registry import Registry
+from bench.core.errors import BenchError
+from bench.core.registry import Registry
 
-DATASETS: Registry[Callable[..., "ImageSplit"]] = Registry("dataset")
+ENTRY_POINT_GROUP = "bench.datasets"
+DATASETS: Registry[Callable[..., "ImageSplit"]] = Registry("dataset", entry_point_group=ENTRY_POINT_GROUP)
 SPLITS = ("train", "val", "test")
 
 
@@ -61,14 +63,30 @@ class ImageSplit:
 
 
 def register_dataset(name: str, **meta: Any):
-    """Register a loader ``fn(split, **options) -> ImageSplit``."""
+    """Register a loader ``fn(split, *, <options with defaults>) -> ImageSplit``.
+
+    The loader's keyword-only parameters with defaults are the dataset's options: a run config
+    passes them through ``[data.options]`` and ``python -m bench list datasets`` shows them.
+    """
     return DATASETS.register(name, **meta)
 
 
-def load_split(name: str, split: str, **options: Any) -> ImageSplit:
-    """Load one split of a registered dataset (e.g. ``load_split("pneumoniamnist", "test")``)."""
-    from bench.errors import BenchError
+def dataset_options(name: str) -> dict[str, Any]:
+    """The options of a registered dataset with their defaults; unknown names raise with the known ones."""
+    return DATASETS.get(name).params()
 
+
+def load_split(name: str, split: str, **options: Any) -> ImageSplit:
+    """Load one split of a registered dataset (e.g. ``load_split("pneumoniamnist", "test", size=28)``).
+
+    ``options`` are the loader's keyword options (:func:`dataset_options`); one it does not have
+    is a one-line error listing those it has.
+    """
     if split not in SPLITS:
         raise BenchError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    known = dataset_options(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise BenchError(f"dataset {name!r} has no option {', '.join(map(repr, unknown))}; its options: "
+                         f"{', '.join(known) or '(none)'}")
     return DATASETS.get(name).obj(split, **options)

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.errors import BenchError
-from bench.io import file_md5
+from bench.core.errors import BenchError
+from bench.core.io import file_md5
 from datasets.base import SPLITS, ImageSplit, register_dataset
 
 FLAG = "pneumoniamnist"

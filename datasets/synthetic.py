@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from datasets.base import SPLITS, ImageSplit, register_dataset
 
 VERSION = 1

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bench.errors import BenchError
-from bench.registry import Registry
+from bench.core.errors import BenchError
+from bench.core.registry import Registry
 
 ENTRY_POINT_GROUP = "bench.explainers"
 EXPLAINERS: Registry[Callable[..., "Attribution"]] = Registry("explainer", entry_point_group=ENTRY_POINT_GROUP)
@@ -60,9 +60,16 @@ class Attribution:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def register_explainer(name: str, *, library: str = "custom", additive: bool = False, **meta: Any):
-    """Register an adapter ``fn(model, inputs, targets, *, background, **params) -> Attribution``."""
-    return EXPLAINERS.register(name, library=library, additive=additive, **meta)
+def register_explainer(name: str, *, library: str = "custom", additive: bool = False, passes: Any = None,
+                       **meta: Any):
+    """Register an adapter ``fn(model, inputs, targets, *, background, **params) -> Attribution``.
+
+    ``passes``: the model passes per image the method needs, ``(forward+backward, forward)``, as
+    a constant pair or ``fn(params, background_size)`` (params with defaults filled in); the cost
+    floor (``bench.perf.floor``) reads it. Without it the method has no floor.
+    """
+    EXPLAINERS.check_pass_rule(name, passes)
+    return EXPLAINERS.register(name, library=library, additive=additive, passes=passes, **meta)
 
 
 def get_explainer(name: str):

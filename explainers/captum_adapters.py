@@ -27,6 +27,8 @@ from explainers.base import (
     register_explainer,
     target_scores,
 )
+from explainers.rescale import choose_engine, deepshap_passes, rescale_attributions
+from models.safety import ReLUTreeMaxPool2d
 
 BASELINES = ("zero", "mean")
 CAPTUM_EPS = 1e-10  # captum.attr._core.deep_lift.nonlinear: |delta_in| below it -> the plain gradient
@@ -41,6 +43,7 @@ def _quiet() -> Iterator[None]:
 
 
 @register_explainer("captum.integrated_gradients", library="captum", additive=True,
+                    passes=lambda p, n_bg: (p["n_steps"], 0),  # one gradient per quadrature point
                     paper="Sundararajan et al. 2017, Axiomatic Attribution for Deep Networks")
 def integrated_gradients(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
                          n_steps: int = 50, baseline: str = "zero", internal_batch_size: int | None = 32) -> Attribution:
@@ -68,6 +71,7 @@ def integrated_gradients(model: nn.Module, inputs: Tensor, targets: Tensor, *, b
 
 
 @register_explainer("captum.gradient_shap", library="captum", additive=False, stochastic=True,
+                    passes=lambda p, n_bg: (p["n_samples"], 0),  # one gradient per (baseline, alpha) sample
                     paper="Lundberg & Lee 2017 (GradientSHAP = expected gradients with optional noise)")
 def gradient_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, n_samples: int = 50,
                   stdevs: float = 0.0, seed: int = 0) -> Attribution:
@@ -98,7 +102,7 @@ def gradient_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, backgrou
                        mean_target_score(model, background, targets), meta)
 
 
-@register_explainer("captum.deeplift_shap", library="captum", additive=True,
+@register_explainer("captum.deeplift_shap", library="captum", additive=True, passes=deepshap_passes,
                     paper="Lundberg & Lee 2017 (DeepSHAP); Shrikumar et al. 2017 (DeepLIFT rescale)")
 def deeplift_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
                   chunk_size: int = 1, baseline_chunk: int = 10, engine: str = "auto",
@@ -125,7 +129,6 @@ def deeplift_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, backgrou
     applies, else "captum". ``meta["engine"]`` records which ran; tests/test_explainers.py checks
     that both engines give the same values.
     """
-    from explainers.rescale import choose_engine, rescale_attributions
 
     name = "captum.deeplift_shap"
     check_positive(name, chunk_size=chunk_size, baseline_chunk=baseline_chunk, pair_chunk=pair_chunk)
@@ -159,7 +162,6 @@ def deeplift_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, backgrou
 
 def _without_maxpools(model: nn.Module) -> tuple[nn.Module, int]:
     """``model`` itself, or an eval-mode copy whose unpadded ``nn.MaxPool2d`` are ReLU trees."""
-    from models.safety import ReLUTreeMaxPool2d
 
     def convertible(m: nn.Module) -> bool:
         return (isinstance(m, nn.MaxPool2d) and m.padding in (0, (0, 0)) and m.dilation in (1, (1, 1))
@@ -177,7 +179,7 @@ def _without_maxpools(model: nn.Module) -> tuple[nn.Module, int]:
     return copy.eval(), count
 
 
-@register_explainer("captum.saliency", library="captum", additive=False,
+@register_explainer("captum.saliency", library="captum", additive=False, passes=(1, 0),
                     paper="Simonyan et al. 2014, Deep Inside Convolutional Networks")
 def saliency(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
              batch_size: int = 64) -> Attribution:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from explainers.base import Attribution, image_seeds, register_explainer
 
 
-@register_explainer("random", library="control", additive=False, stochastic=True, control=True)
+@register_explainer("random", library="control", additive=False, stochastic=True, control=True, passes=(0, 0))
 def random(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, seed: int = 0) -> Attribution:
     """Gaussian noise N(0, 1) per pixel, seeded per image from ``seed`` and the image.
 
@@ -28,7 +28,7 @@ def random(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Ten
 _SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 
 
-@register_explainer("edge", library="control", additive=False, control=True)
+@register_explainer("edge", library="control", additive=False, control=True, passes=(0, 0))
 def edge(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor) -> Attribution:
     """Sobel gradient magnitude sqrt(gx^2 + gy^2) of each input channel (replicate padding)."""
     c = inputs.shape[1]

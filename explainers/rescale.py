@@ -20,7 +20,7 @@ replaced by an identity whose backward multiplies by the multiplier of the pairs
 (computed when the backward reaches that ReLU), and then runs only backward passes through that
 graph, one per chunk of (image, reference) pairs. A pair costs about the backward half of the
 forward + backward pass that shap's and Captum's hooks (and the pass-count floor of
-``bench.floor``) run per pair, and shap's hooks run a doubled batch besides.
+``bench.perf.floor``) run per pair, and shap's hooks run a doubled batch besides.
 
 That value-independence is what :func:`unsupported_reason` checks before the engine is used:
 the leaf modules must be linear or ``nn.ReLU``, the model explainer-safe, and every torch
@@ -38,6 +38,10 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
+
+from bench.core.errors import BenchError
+from explainers.base import check_choice
+from models.safety import check_explainer_safe
 
 LINEAR_LEAVES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.AdaptiveAvgPool1d,
                  nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.Flatten, nn.Identity, nn.Dropout)
@@ -148,8 +152,6 @@ def nonlinear_calls(model: nn.Module, example: Tensor) -> dict[str, int]:
 
 def unsupported_reason(model: nn.Module, example: Tensor) -> str | None:
     """Why the batched engine cannot reproduce DeepExplainer on ``model``, or None if it can."""
-    from models.safety import check_explainer_safe
-
     for name, m in model.named_modules():
         if next(m.children(), None) is not None:
             continue
@@ -176,9 +178,6 @@ def choose_engine(explainer: str, engine: str, library_engine: str, model: nn.Mo
     as ``meta["batched_unavailable"]``; ``"batched"`` on a model it cannot explain is a
     one-line error naming the adapter and the way out.
     """
-    from bench.errors import BenchError
-    from explainers.base import check_choice
-
     check_choice(explainer, "engine", engine, ("auto", library_engine, "batched"))
     if engine == library_engine:
         return library_engine, {}
@@ -262,3 +261,15 @@ def _relu_inputs(model: nn.Module, relus: list[nn.Module], x: Tensor, chunk: int
             h.remove()
     # None for a ReLU this forward never reaches (it gets no multiplier: the backward never reaches it either)
     return [None if not parts else parts[0] if len(parts) == 1 else torch.cat(parts) for parts in per_relu]
+
+
+def deepshap_passes(params: dict, background_size: int) -> tuple[float, float]:
+    """Model passes per image of DeepSHAP (``shap.deep``, ``captum.deeplift_shap``).
+
+    The method needs one gradient of the rescale-linearised network per (image, background)
+    pair: one forward + backward per pair, as the libraries' hooks run it (they evaluate the
+    input and the reference in the same pass, 2 rows per pair, ~2 being their practical
+    minimum). The batched engine records the forward once and runs only the backward half per
+    pair, so its floor ratio can fall below 1.
+    """
+    return float(background_size), 0.0

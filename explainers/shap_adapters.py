@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from explainers.base import (
     Attribution,
     check_choice,
@@ -34,6 +34,8 @@ from explainers.base import (
     resolve_layer,
     target_scores,
 )
+from explainers.expected_gradients import expected_gradients
+from explainers.rescale import choose_engine, deepshap_passes, rescale_attributions
 
 
 class _TargetColumn(nn.Module):
@@ -63,6 +65,7 @@ def _groups(targets: Tensor) -> list[tuple[int, Tensor]]:
 
 
 @register_explainer("shap.gradient", library="shap", additive=False, stochastic=True,
+                    passes=lambda p, n_bg: (p["nsamples"], 0),  # one gradient per sample (also in layer mode)
                     paper="Erion et al. 2021, expected gradients")
 def gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, nsamples: int = 50,
              background_size: int | None = None, seed: int = 0, batch_size: int = 50,
@@ -95,7 +98,6 @@ def gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: T
     seeds = image_seeds(seed, inputs)
     use = "shap" if engine == "shap" or layer is not None else "batched"
     if use == "batched":
-        from explainers.expected_gradients import expected_gradients
 
         with model_guard(model):
             phi = expected_gradients(model, inputs, targets, bg, nsamples=nsamples, seeds=seeds, batch_size=batch_size)
@@ -121,7 +123,7 @@ def gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: T
     return Attribution(reduced.expand_as(inputs).contiguous(), None, None, meta)
 
 
-@register_explainer("shap.deep", library="shap", additive=True,
+@register_explainer("shap.deep", library="shap", additive=True, passes=deepshap_passes,
                     paper="Lundberg & Lee 2017 (DeepSHAP); Shrikumar et al. 2017 (DeepLIFT rescale)")
 def deep(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, engine: str = "auto",
          pair_chunk: int = 16) -> Attribution:
@@ -136,7 +138,6 @@ def deep(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tenso
     time, the pass-count floor); ``"auto"`` takes "batched" where it applies, else "shap".
     ``meta["engine"]`` records which ran.
     """
-    from explainers.rescale import choose_engine, rescale_attributions
 
     check_positive("shap.deep", pair_chunk=pair_chunk)
     use, why = choose_engine("shap.deep", engine, "shap", model, inputs[:1])
@@ -164,6 +165,7 @@ _MASKS = re.compile(r"^(blur\(\s*\d+\s*,\s*\d+\s*\)|inpaint_telea|inpaint_ns)$")
 
 
 @register_explainer("shap.partition", library="shap", additive=True, model_agnostic=True,
+                    passes=lambda p, n_bg: (0, p["max_evals"]),  # forwards of masked images only (at most max_evals)
                     paper="Lundberg et al., Owen values over a hierarchical pixel partition")
 def partition(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, max_evals: int = 300,
               blur: str = "blur(4,4)", batch_size: int = 64, seed: int = 0) -> Attribution:

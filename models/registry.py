@@ -5,9 +5,10 @@ from typing import Any, Callable
 
 from torch import nn
 
-from bench.registry import Registry
+from bench.core.registry import Registry
 
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+ENTRY_POINT_GROUP = "bench.models"
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", entry_point_group=ENTRY_POINT_GROUP)
 
 
 def register_model(name: str, **meta: Any):

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from models import resnet
 
 __all__ = ["Finding", "SafetyReport", "check_explainer_safe", "make_explainer_safe", "ReLUTreeMaxPool2d",
            "SafeBasicBlock", "SafeBottleneck"]
@@ -306,47 +307,39 @@ class ReLUTreeMaxPool2d(nn.Module):
         return views[0]
 
 
-class SafeBasicBlock(nn.Module):
+class _SafeBlock(nn.Module):
+    """A torchvision residual block's own modules with a fresh ReLU per call site.
+
+    ``conv1, bn1, relu1, conv2, bn2, ...`` in the block's order, then ``downsample`` and the ReLU
+    after the (out-of-place) residual addition; the forward is pneumobench's own block's.
+    """
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        convs = 3 if hasattr(block, "conv3") else 2
+        for i in range(1, convs + 1):
+            setattr(self, f"conv{i}", getattr(block, f"conv{i}"))
+            setattr(self, f"bn{i}", getattr(block, f"bn{i}"))
+            if i < convs:
+                setattr(self, f"relu{i}", _fresh_relu(block.relu))
+        self.downsample = block.downsample
+        setattr(self, f"relu{convs}", _fresh_relu(block.relu))
+        self.stride = block.stride
+        self.training = block.training
+
+
+class SafeBasicBlock(_SafeBlock):
     """torchvision's ``BasicBlock`` with its modules, one ReLU per call site, out-of-place add."""
 
     expansion = 1
-
-    def __init__(self, block: nn.Module) -> None:
-        super().__init__()
-        self.conv1, self.bn1, self.relu1 = block.conv1, block.bn1, _fresh_relu(block.relu)
-        self.conv2, self.bn2 = block.conv2, block.bn2
-        self.downsample = block.downsample
-        self.relu2 = _fresh_relu(block.relu)
-        self.stride = block.stride
-        self.training = block.training
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
-        return self.relu2(out + identity)
+    forward = resnet.BasicBlock.forward
 
 
-class SafeBottleneck(nn.Module):
+class SafeBottleneck(_SafeBlock):
     """torchvision's ``Bottleneck`` with its modules, one ReLU per call site, out-of-place add."""
 
     expansion = 4
-
-    def __init__(self, block: nn.Module) -> None:
-        super().__init__()
-        self.conv1, self.bn1, self.relu1 = block.conv1, block.bn1, _fresh_relu(block.relu)
-        self.conv2, self.bn2, self.relu2 = block.conv2, block.bn2, _fresh_relu(block.relu)
-        self.conv3, self.bn3 = block.conv3, block.bn3
-        self.downsample = block.downsample
-        self.relu3 = _fresh_relu(block.relu)
-        self.stride = block.stride
-        self.training = block.training
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.relu2(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu3(out + identity)
+    forward = resnet.Bottleneck.forward
 
 
 def _fresh_relu(like: nn.Module) -> nn.ReLU:

@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,47 +27,50 @@ from scipy import stats
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from bench.config import resolve_device
-from bench.errors import BenchError
-from bench.io import atomic_torch_save, atomic_write_json, file_sha256
-from bench.machine import machine_info
+from bench.core.device import resolve_device
+from bench.core.errors import BenchError
+from bench.core.io import atomic_torch_save, atomic_write_json, file_sha256
+from bench.core.machine import machine_info
+from bench.core.schema import CELLS, confusion_cells
 from datasets.base import ImageSplit
 from models.registry import MODELS, build_model
 
 CHECKPOINT_FORMAT = "pneumobench.checkpoint/1"
 OPTIMIZERS = ("adam", "sgd")
 SELECTION = ("val_loss", "val_auc", "val_acc")
-CELLS = ("TP", "FP", "FN", "TN")
+CLASS_WEIGHTING = ("balanced", "none")
+
+
+def _field(default: Any, help: str, **meta: Any) -> Any:
+    """A recipe field whose ``help`` (and ``choices``) the CLI turns into a flag."""
+    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Recipe for training from scratch (defaults: the recipe measured in the README).
+class Recipe:
+    """What training and fine-tuning share: optimiser, schedule, batches, augmentation, selection.
 
     ``momentum`` is SGD's momentum, or Adam's beta1. The loss is cross-entropy with class weights
     ``N / (K * N_k)`` when ``class_weighting == "balanced"`` (the train split is 74 % pneumonia, the
     test split 62.5 %). Augmentation: random integer shifts of up to ``shift`` pixels (zero fill).
-    The epoch with the best ``select_on`` score on the validation split is kept; the test split is
-    only evaluated once, on that epoch.
+    The learning rate follows a cosine schedule over all steps. The epoch with the best
+    ``select_on`` score on the validation split is kept; the test split is only evaluated once,
+    on that epoch. The command-line flags of ``bench train`` and ``bench tune`` are generated from
+    these fields (their ``help`` metadata).
     """
 
-    model: str = "resnet18"
-    dataset: str = "pneumoniamnist"
-    size: int = 28
-    epochs: int = 10
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    shift: int = 2
-    class_weighting: str = "balanced"
-    select_on: str = "val_loss"
-    seed: int = 0
+    epochs: int = _field(10, "training epochs")
+    lr: float = _field(1e-3, "peak learning rate (cosine schedule)")
+    optimizer: str = _field("adam", "optimizer", choices=OPTIMIZERS)
+    momentum: float = _field(0.9, "SGD momentum, or Adam's beta1")
+    weight_decay: float = _field(0.0, "weight decay")
+    batch_size: int = _field(128, "images per step")
+    shift: int = _field(2, "max random shift in px (augmentation)")
+    class_weighting: str = _field("balanced", "class weights of the loss", choices=CLASS_WEIGHTING)
+    select_on: str = _field("val_loss", "the epoch kept is the best on", choices=SELECTION)
+    seed: int = _field(0, "random seed")
 
     def validate(self) -> None:
-        if self.model not in MODELS:
-            MODELS.get(self.model)  # raises with the known names
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
@@ -75,35 +78,44 @@ class TrainConfig:
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.shift >= 0, f"shift must be >= 0, got {self.shift}")
-        _check(self.class_weighting in ("balanced", "none"),
-               f"class_weighting must be 'balanced' or 'none', got {self.class_weighting!r}")
+        _check(self.class_weighting in CLASS_WEIGHTING,
+               f"class_weighting must be one of {CLASS_WEIGHTING}, got {self.class_weighting!r}")
         _check(self.select_on in SELECTION, f"select_on must be one of {SELECTION}, got {self.select_on!r}")
 
 
 @dataclass(frozen=True)
-class TuneConfig:
+class TrainConfig(Recipe):
+    """Recipe for training ``model`` from scratch (defaults: the recipe measured in the README).
+
+    ``dataset`` and ``size`` are the data's (set from it when training; recorded in the sidecar
+    and the checkpoint key), not settings.
+    """
+
+    model: str = _field("resnet18", "registered model")
+    dataset: str = field(default="pneumoniamnist", metadata={"from_data": True})
+    size: int = field(default=28, metadata={"from_data": True})
+
+    def validate(self) -> None:
+        MODELS.get(self.model)  # unknown names raise with the known ones
+        super().validate()
+
+
+@dataclass(frozen=True)
+class TuneConfig(Recipe):
     """Fine-tuning with frozen blocks: only the top-level modules named in ``unfreeze`` train.
 
     Frozen modules are kept in eval mode during tuning, so their BatchNorm statistics do not move
     either: every frozen parameter and buffer stays bitwise unchanged.
     """
 
-    unfreeze: tuple[str, ...] = ("fc", "layer4")
-    epochs: int = 3
-    lr: float = 1e-3
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    shift: int = 3
-    class_weighting: str = "balanced"
-    select_on: str = "val_loss"
-    seed: int = 1
+    epochs: int = _field(3, "tuning epochs")
+    optimizer: str = _field("sgd", "optimizer", choices=OPTIMIZERS)
+    shift: int = _field(3, "max random shift in px (augmentation)")
+    seed: int = _field(1, "random seed")
+    unfreeze: tuple[str, ...] = _field(("fc", "layer4"), "comma-separated top-level modules to train")
 
     def validate(self) -> None:
-        TrainConfig(epochs=self.epochs, lr=self.lr, optimizer=self.optimizer, momentum=self.momentum,
-                    weight_decay=self.weight_decay, batch_size=self.batch_size, shift=self.shift,
-                    class_weighting=self.class_weighting, select_on=self.select_on).validate()
+        super().validate()
         _check(len(self.unfreeze) > 0, "unfreeze must name at least one module, e.g. fc,layer4")
 
 
@@ -136,12 +148,6 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
         return float("nan")
     u = stats.mannwhitneyu(pos, neg, alternative="two-sided").statistic
     return float(u / (len(pos) * len(neg)))
-
-
-def confusion_cells(labels: Tensor | np.ndarray, preds: Tensor | np.ndarray) -> list[str]:
-    """Per-image confusion cell with class 1 (pneumonia) as positive: TP / FP / FN / TN."""
-    labels, preds = np.asarray(labels).astype(int), np.asarray(preds).astype(int)
-    return [("T" if y == p else "F") + ("P" if p == 1 else "N") for y, p in zip(labels, preds)]
 
 
 def classification_metrics(labels: Tensor | np.ndarray, probs: Tensor | np.ndarray) -> dict[str, Any]:
@@ -473,7 +479,7 @@ def frozen_state(model: nn.Module, unfreeze: tuple[str, ...]) -> dict[str, Tenso
 
 
 __all__ = [
-    "TrainConfig", "TuneConfig", "train_model", "tune_model", "evaluate", "classification_metrics",
-    "mcnemar_exact", "confusion_cells", "load_checkpoint", "save_checkpoint", "read_sidecar", "roc_auc",
+    "Recipe", "TrainConfig", "TuneConfig", "train_model", "tune_model", "evaluate", "classification_metrics",
+    "mcnemar_exact", "load_checkpoint", "save_checkpoint", "read_sidecar", "roc_auc",
     "predict_proba", "frozen_state",
 ]

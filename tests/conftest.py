@@ -13,25 +13,58 @@ SHARED_DATA = REPO.parent / "shared" / "data" / "medmnist" / "pneumoniamnist_rec
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-def calibrated(name: str, seed: int = 0, batches: int = 3, batch: int = 16):
-    """A random-weight registered model (28 px) whose BatchNorm statistics are the average over a
-    few random batches, in eval() mode."""
+def calibrated(model: str | torch.nn.Module, seed: int = 0, batches: int = 3, batch: int = 16, *,
+               channels: int = 1, size: int = 28, normal: bool = False, momentum: float | None = None,
+               head_scale: float | None = None) -> torch.nn.Module:
+    """A random-weight model whose BatchNorm statistics come from a few random batches, in eval() mode.
+
+    ``model``: a registered name, built after ``torch.manual_seed(seed)`` with ``channels`` input
+    channels at ``size`` px; the calibration batches then come from the global RNG. Or a model
+    instance (its weights already set), calibrated in place; its batches come from a
+    ``torch.Generator`` seeded with ``seed`` and the global RNG is left alone.
+
+    ``batches`` batches of ``batch`` images ``(batch, channels, size, size)``, uniform in [0, 1)
+    (``normal=True``: standard normal). ``momentum=None`` makes the running statistics the
+    cumulative average over the batches (they do not stay near their initial values); a float
+    is the usual exponential average with that momentum. Each BatchNorm gets its own momentum
+    back afterwards. ``head_scale`` multiplies the weight of the ``fc`` head: a sharper head,
+    confident predictions.
+    """
     from torch import nn
 
-    from models import build_model
+    if isinstance(model, str):
+        from models import build_model
 
-    torch.manual_seed(seed)
-    model = build_model(name, image_size=28)
+        torch.manual_seed(seed)
+        model = build_model(model, in_channels=channels, image_size=size)
+        generator = None
+    else:
+        generator = torch.Generator().manual_seed(seed)
+    draw = torch.randn if normal else torch.rand
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [bn.momentum for bn in bns]
     for bn in bns:
-        bn.momentum = None  # cumulative average: the stats do not stay near their initial values
+        bn.momentum = momentum
     model.train()
     with torch.no_grad():
         for _ in range(batches):
-            model(torch.rand(batch, 1, 28, 28))
-    for bn in bns:
-        bn.momentum = 0.1
+            model(draw(batch, channels, size, size, generator=generator))
+        if head_scale is not None:
+            model.fc.weight.mul_(head_scale)
+    for bn, m in zip(bns, saved):
+        bn.momentum = m
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny tensor workloads (use it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``): two threads spin-wait on a shared,
+    busy 2-core machine and ran such tests ~50x slower (measured). Restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

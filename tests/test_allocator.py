@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.allocator import ENV, tune_allocator
-from bench.errors import BenchError
+from bench.perf.allocator import ENV, tune_allocator
+from bench.core.errors import BenchError
 
 ROOT = Path(__file__).resolve().parents[1]
 glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or os.environ.get("BENCH_SKIP_GLIBC"),
@@ -17,7 +17,7 @@ glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or os.environ.ge
 
 PROBE = r"""
 import resource, torch
-from bench.allocator import tune_allocator, allocator_state
+from bench.perf.allocator import tune_allocator, allocator_state
 tuned = tune_allocator()
 torch.manual_seed(0)
 torch.set_num_threads(1)
@@ -69,8 +69,8 @@ def test_cli_refuses_a_bad_allocator_value(tmp_path):
 
 PEAK = r"""
 import torch
-from bench.allocator import tune_allocator
-from bench.profiling import measure_peak_memory
+from bench.perf.allocator import tune_allocator
+from bench.perf.profiling import measure_peak_memory
 assert tune_allocator()
 x = torch.ones(64 << 20)  # 256 MiB, freed: the tuned allocator keeps it
 del x

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.errors import BenchError
-from bench.io import file_md5
+from bench.core.errors import BenchError
+from bench.core.io import file_md5
 from datasets import DATASETS, SPLITS, ImageSplit, load_split
 from datasets import pneumoniamnist as pm
 from datasets.synthetic import synthetic
@@ -20,14 +20,7 @@ SHARED_MD5 = "57c53b2150674bf50e93e69b793c5728"
 SHARED_COUNTS = {"train": (1214, 3494), "val": (135, 389), "test": (234, 390)}
 TMP_N = {"train": 10, "val": 6, "test": 8}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These small tensor ops run slower with two threads on a shared, busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensor ops: see tests/conftest.py
 
 
 @pytest.fixture(autouse=True)

@@ -13,32 +13,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from explainers import run_explainer
-from models import build_model
+from tests.conftest import calibrated
 
 pytestmark = pytest.mark.reference
 
 
-def calibrated(name: str, seed: int = 0) -> nn.Module:
-    """Random weights; BatchNorm statistics averaged over 3 random batches (as in test_explainers)."""
-    torch.manual_seed(seed)
-    model = build_model(name)
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.momentum = None
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.rand(16, 1, 28, 28))
-    for bn in bns:
-        bn.momentum = 0.1
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def resnet18():
+    """Random weights; BatchNorm statistics averaged over 3 random batches (as in test_explainers)."""
     return calibrated("resnet18")
 
 

@@ -1,4 +1,4 @@
-"""bench/floor.py: pass counting over the registries, one-pass timing, floor ratio, JSON -> Markdown."""
+"""bench.perf.floor: pass counting from the registrations, one-pass timing, floor ratio, JSON -> Markdown."""
 from __future__ import annotations
 
 import copy
@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-import bench.floor as F
-from bench.errors import BenchError
-from bench.metrics import METRICS, randomisation_layers
+import bench.perf.floor as F
+from bench.core.errors import BenchError
+from bench.metrics import METRICS, randomisation_layers, register_metric
 from explainers import EXPLAINERS, register_explainer
 from explainers.base import Attribution
 from models import build_model
@@ -24,16 +24,19 @@ IN_REPO_LIBRARIES = ("captum", "shap", "control")
 
 @pytest.mark.parametrize("name", [e.name for e in EXPLAINERS.entries() if e.meta.get("library") in IN_REPO_LIBRARIES])
 def test_every_in_repo_explainer_has_a_pass_count(name):
-    """A new in-repo adapter without a rule in bench/floor.py fails here (no drifting hand list)."""
+    """A new in-repo adapter registered without ``passes=`` fails here (no drifting hand list)."""
     passes = F.passes_per_image(name, background_size=50)
-    assert passes is not None, f"add a pass rule for {name!r} in bench/floor.py (register_explainer_passes)"
+    assert passes is not None, f"register {name!r} with passes=... (register_explainer)"
     n_fb, n_f = passes
     assert n_fb >= 0 and n_f >= 0
 
 
 @pytest.mark.parametrize("name", METRICS.names())
 def test_every_metric_has_a_pass_rule(name):
-    assert name in F.METRIC_PASSES, f"add a pass rule for metric {name!r} in bench/floor.py"
+    """Every metric declares its passes where it is registered; randomisation needs the explainer's."""
+    assert METRICS.get(name).meta.get("passes") is not None, f"register metric {name!r} with passes=..."
+    passes = F.metric_passes_per_image(name, explainer_passes=(2.0, 3.0), n_layers=4)
+    assert passes is not None and min(passes) >= 0
 
 
 @pytest.mark.parametrize("name, params, expected", [
@@ -76,6 +79,29 @@ def test_unknown_adapter_has_no_floor_and_unknown_names_raise():
             F.passes_per_image("test_floor.plugin", {"nope": 1}, 50)
     finally:
         EXPLAINERS.unregister("test_floor.plugin")
+    with pytest.raises(BenchError, match="unknown explainer"):
+        F.passes_per_image("test_floor.plugin")
+
+
+def test_a_plugin_declares_its_passes_at_registration():
+    """The rule travels with the registration: no edit of bench/perf/floor.py for a new method."""
+    @register_explainer("test_floor.counted", library="custom", passes=lambda p, n_bg: (p["k"] * 2, n_bg))
+    def counted(model, inputs, targets, *, background, k: int = 3) -> Attribution:  # pragma: no cover
+        raise AssertionError
+
+    @register_metric("test_floor.metric", higher_is_better=True, passes=(0, 7))
+    def metric(model, inputs, targets, attribution, *, context=None):  # pragma: no cover
+        raise AssertionError
+
+    try:
+        assert F.passes_per_image("test_floor.counted", background_size=5) == (6, 5)
+        assert F.passes_per_image("test_floor.counted", {"k": 10}, 1) == (20, 1)
+        assert F.metric_passes_per_image("test_floor.metric") == (0, 7)
+    finally:
+        EXPLAINERS.unregister("test_floor.counted")
+        METRICS.unregister("test_floor.metric")
+    with pytest.raises(BenchError, match="passes must be"):
+        register_metric("test_floor.bad", higher_is_better=True, passes=7)
     with pytest.raises(BenchError, match="unknown explainer"):
         F.passes_per_image("no.such.explainer")
     with pytest.raises(BenchError, match="no parameter 'n_step'"):
@@ -136,7 +162,7 @@ def test_time_forward_backward_leaves_the_model_alone(tiny):
 def test_timing_is_per_image_and_best_of_repeats(monkeypatch):
     """One call per repeat plus warm-up, the minimum divided by the batch size."""
     clock = iter([0.0, 4.0, 10.0, 12.0])  # repeats of 4 s and 2 s
-    monkeypatch.setattr("time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr(F, "perf_counter", lambda: next(clock))
     calls = []
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     orig = model.forward

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from bench import leaderboard as lb
-from bench import plots, stats
-from bench.errors import BenchError
+from bench.report import leaderboard as lb
+from bench.report import plots, stats
+from bench.core.errors import BenchError
 
 N = 20
 # explainer -> (pre mean of every metric, post - pre shift); lower is better for both metrics
@@ -305,16 +305,25 @@ def make_curves(seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def save_examples(path, n: int = 6, seed: int = 0):
-    """The runner's ``examples`` dict for one model: pre cells TP, FP, FN, TN, TP, TN; maps (N, 1, H, W)."""
+def save_examples(path, n: int = 6, seed: int = 0) -> plots.AttributionExamples:
+    """Examples as the runner stores them for one model: pre cells TP, FP, FN, TN, TP, TN; maps (N, 1, H, W)."""
     rng = np.random.default_rng(seed)
-    examples = {f"resnet18|{s}|{e}": rng.normal(size=(n, 1, 8, 8)) * (3.0 if s == "post" else 1.0)
-                for s in ("pre", "post") for e in ("alpha", "beta")}
-    examples["__meta__"] = {"resnet18": {
-        "images": rng.random((n, 8, 8)), "labels": [1, 0, 1, 0, 1, 0][:n], "index": [3, 5, 8, 9, 11, 12][:n],
-        "cells": {"pre": ["TP", "FP", "FN", "TN", "TP", "TN"][:n], "post": ["TP", "TN", "TP", "TN", "TP", "TN"][:n]}}}
+    maps = {(s, e): rng.normal(size=(n, 1, 8, 8)) * (3.0 if s == "post" else 1.0)
+            for s in ("pre", "post") for e in ("alpha", "beta")}
+    examples = plots.AttributionExamples(models={"resnet18": plots.ModelExamples(
+        images=rng.random((n, 1, 8, 8)), labels=np.array([1, 0, 1, 0, 1, 0][:n]),
+        index=np.array([3, 5, 8, 9, 11, 12][:n]),
+        cells={"pre": ["TP", "FP", "FN", "TN", "TP", "TN"][:n], "post": ["TP", "TN", "TP", "TN", "TP", "TN"][:n]},
+        maps=maps)})
     plots.save_attribution_examples(path, examples)
     return examples
+
+
+def _one(images=None, **maps) -> plots.AttributionExamples:
+    """One model "m" with one 2x2 example image and the given maps."""
+    return plots.AttributionExamples(models={"m": plots.ModelExamples(
+        images=np.zeros((1, 2, 2)) if images is None else images, labels=np.array([0]), index=np.array([0]),
+        maps={tuple(k.split("__")): v for k, v in maps.items()})})
 
 
 def test_attribution_store_round_trip(tmp_path):
@@ -322,20 +331,25 @@ def test_attribution_store_round_trip(tmp_path):
     store = plots.load_attribution_examples(tmp_path / "attributions.npz")
     ex = store.models["resnet18"]
     assert ex.images.shape == (6, 8, 8) and ex.index.tolist() == [3, 5, 8, 9, 11, 12]
+    np.testing.assert_allclose(ex.images, examples.models["resnet18"].images[:, 0], rtol=1e-6)  # channel mean
     assert ex.cells["post"].tolist()[1] == "TN"
     got = ex.maps[("pre", "alpha")]
     assert got.shape == (6, 8, 8) and got.dtype == np.float32
-    np.testing.assert_allclose(got, examples["resnet18|pre|alpha"].sum(1), rtol=1e-6)   # channel sum
+    np.testing.assert_allclose(got, examples.models["resnet18"].maps[("pre", "alpha")].sum(1), rtol=1e-6)  # channel sum
     assert store.pairs() == [("resnet18", "alpha"), ("resnet18", "beta")]
-    meta = {"__meta__": {"m": {"images": np.zeros((1, 2, 2)), "labels": [0], "index": [0], "cells": {}}}}
+    rgb = np.stack([np.zeros((1, 2, 2)), np.ones((1, 2, 2)) * 2, np.ones((1, 2, 2)) * 4], axis=1)  # (1, 3, 2, 2)
+    plots.save_attribution_examples(tmp_path / "rgb.npz", _one(images=rgb, pre__e=rgb))
+    rgb_store = plots.load_attribution_examples(tmp_path / "rgb.npz").models["m"]
+    assert rgb_store.images.tolist() == [[[2.0, 2.0], [2.0, 2.0]]] and rgb_store.maps[("pre", "e")].max() == 6.0
     with pytest.raises(BenchError, match="must not contain"):
-        plots.save_attribution_examples(tmp_path / "x.npz", {"__meta__": {"a|b": meta["__meta__"]["m"]}})
-    with pytest.raises(BenchError, match="model|stage|explainer"):
-        plots.save_attribution_examples(tmp_path / "x.npz", {**meta, "m|pre|a|b": np.zeros((1, 2, 2))})
+        plots.save_attribution_examples(tmp_path / "x.npz", plots.AttributionExamples(
+            models={"a|b": _one().models["m"]}))
+    with pytest.raises(BenchError, match="must not contain"):
+        plots.save_attribution_examples(tmp_path / "x.npz", _one(**{"pre__a|b": np.zeros((1, 2, 2))}))
     with pytest.raises(BenchError, match="shape"):
-        plots.save_attribution_examples(tmp_path / "x.npz", {**meta, "m|pre|e": np.zeros((2, 2, 2))})
-    with pytest.raises(BenchError, match="no images"):
-        plots.save_attribution_examples(tmp_path / "x.npz", {**meta, "other|pre|e": np.zeros((1, 2, 2))})
+        plots.save_attribution_examples(tmp_path / "x.npz", _one(pre__e=np.zeros((2, 2, 2))))
+    with pytest.raises(BenchError, match="AttributionExamples"):
+        plots.save_attribution_examples(tmp_path / "x.npz", {"m|pre|e": np.zeros((1, 2, 2))})
     assert not (tmp_path / "x.npz").exists()
 
 
@@ -362,7 +376,10 @@ def test_attribution_grid_uses_one_symmetric_scale(tmp_path):
     everything = plots.attribution_grid(store, "resnet18", "alpha")              # all 6 stored examples
     assert len([im for ax in everything.axes for im in ax.get_images()]) == 6 * 3
     assert all(im.get_clim() == pytest.approx(expect) for im in maps)
-    assert expect[0] == -expect[1] > -np.inf and expect[1] > 0
+    # not vacuous: a scale per stage, or over all six stored examples instead of the shown ones, differs
+    others = [plots.symmetric_limits([ex.maps[(s, "alpha")][shown]]) for s in ("pre", "post")]
+    others.append(plots.symmetric_limits([ex.maps[(s, "alpha")] for s in ("pre", "post")]))
+    assert all(abs(vmax - expect[1]) > 0.01 * expect[1] for _, vmax in others), (expect, others)
 
 
 def test_write_figures_non_empty_and_byte_identical(tmp_path, scores, board):

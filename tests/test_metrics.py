@@ -1,4 +1,4 @@
-"""Fast correctness tests of bench/metrics.py: analytic oracles, hand-computed cases, contracts.
+"""Fast correctness tests of the bench.metrics package: analytic oracles, hand-computed cases, contracts.
 
 Every oracle here can fail: the analytic model makes the true pixel order known, so a sign or
 sort-direction bug in the ranking, the curve or the AUC changes the asserted inequalities.
@@ -15,7 +15,7 @@ import scipy.stats
 import torch
 from torch import nn
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from bench.metrics import (
     METRICS,
     PREPROCESS_MODES,
@@ -46,7 +46,11 @@ from bench.metrics import (
     additivity_error,
     additivity_error_relative,
 )
+from bench.metrics.drop_increase import kept_probabilities
 from explainers.base import Attribution
+from tests.conftest import calibrated
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny workloads: see tests/conftest.py
 
 
 # ----------------------------------------------------------------------------- fixtures / models
@@ -69,23 +73,6 @@ def sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 
 
-def calibrated_tiny(seed: int = 0) -> nn.Module:
-    """models' tiny CNN with BatchNorm statistics calibrated on random data and a sharper head."""
-    from models import build_model
-
-    torch.manual_seed(seed)
-    m = build_model("tiny")
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.momentum = None  # cumulative average
-    m.train()
-    with torch.no_grad():
-        for _ in range(4):
-            m(torch.rand(64, 1, 28, 28))
-        m.fc.weight.mul_(5)
-    return m.eval()
-
-
 def grad_x_input(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     x = inputs.clone().requires_grad_(True)
     out = model(x).gather(1, targets.view(-1, 1)).sum()
@@ -101,19 +88,10 @@ def edge_map(inputs: torch.Tensor) -> torch.Tensor:
     return (gx.square() + gy.square()).sqrt()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny workloads: one intra-op thread. Two threads on a shared 2-core machine spin-wait and
-    ran these tests ~50x slower (measured); restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    return calibrated_tiny()
+    """models' tiny CNN, BatchNorm statistics calibrated on random data, a sharper head, eval."""
+    return calibrated("tiny", batches=4, batch=64, head_scale=5)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +129,7 @@ def test_deletion_true_order_is_best_and_bounds_random(substrate):
     curves = {k: perturbation_curve(model, x, t, o, sub, 49, mode="delete") for k, o in orders.items()}
     assert torch.all(curves["perfect"] <= curves["random"] + 1e-6)
     assert torch.all(curves["random"] <= curves["reversed"] + 1e-6)
-    aucs = {k: deletion_auc(model, x, t, Attribution(v), substrate=substrate)
+    aucs = {k: deletion_auc(model, x, t, Attribution(v), substrate=substrate).scores
             for k, v in {"perfect": contrib, "reversed": -contrib, "random": torch.randn_like(contrib)}.items()}
     assert torch.all(aucs["perfect"] < aucs["random"] - 1e-3)
     assert torch.all(aucs["random"] < aucs["reversed"] - 1e-3)
@@ -174,7 +152,7 @@ def test_insertion_true_order_is_best_and_bounds_random(substrate):
     }
     assert torch.all(curves["perfect"] >= curves["random"] - 1e-6)
     assert torch.all(curves["random"] >= curves["reversed"] - 1e-6)
-    aucs = {k: insertion_auc(model, x, t, Attribution(v), substrate=substrate)
+    aucs = {k: insertion_auc(model, x, t, Attribution(v), substrate=substrate).scores
             for k, v in {"perfect": contrib, "reversed": -contrib, "random": torch.randn_like(contrib)}.items()}
     assert torch.all(aucs["perfect"] > aucs["random"] + 1e-3)
     assert torch.all(aucs["random"] > aucs["reversed"] + 1e-3)
@@ -192,7 +170,11 @@ def test_curve_hand_computed_small_image():
     curve = perturbation_curve(model, x, t, rank_pixels(a.values), torch.zeros_like(x), 2)
     expected = [sigmoid(2.5), sigmoid(2.5 - 2.0 + 1.0), sigmoid(0.0)]
     torch.testing.assert_close(curve[0], torch.tensor(expected))
-    auc = deletion_auc(model, x, t, a, steps=2)
+    res = deletion_auc(model, x, t, a, steps=2)
+    auc = res.scores
+    # the metric returns the curve its score integrates, with the fractions of pixels deleted
+    assert set(res.curves) == {"deletion"} and res.curves["deletion"].x == (0.0, 0.5, 1.0)
+    torch.testing.assert_close(res.curves["deletion"].y, curve)
     assert auc.item() == pytest.approx(0.5 * ((expected[0] + expected[1]) / 2 + (expected[1] + expected[2]) / 2), abs=1e-6)
     ins = perturbation_curve(model, x, t, rank_pixels(a.values), torch.zeros_like(x), 2, mode="insert")
     torch.testing.assert_close(ins[0], torch.tensor([sigmoid(0.0), sigmoid(2.0 - 1.0), sigmoid(2.5)]))
@@ -215,7 +197,8 @@ def test_deletion_auc_equals_numpy_trapezoid(tiny, batch):
         fr = np.array(curve_boundaries(784, steps)) / 784
         expected = np.trapezoid(curve.double().numpy(), x=fr, axis=1)
         got = deletion_auc(tiny, x, t, Attribution(a), steps=steps)
-        np.testing.assert_allclose(got.numpy(), expected, atol=1e-6)
+        np.testing.assert_allclose(got.scores.numpy(), expected, atol=1e-6)
+        assert torch.equal(got.curves["deletion"].y, curve)  # the stored curve is the scored one, bit for bit
         # chunking over (image, step) pairs does not change the numbers
         small = perturbation_curve(tiny, x, t, rank_pixels(a), torch.zeros_like(x), steps, chunk_size=7)
         torch.testing.assert_close(small, curve, atol=1e-6, rtol=0)
@@ -252,9 +235,7 @@ def test_drop_keeps_exactly_round_frac_pixels_ties_deterministic():
     model = LinearLogit(torch.ones(1, 1, 28, 28), scale=0.01).eval()
     x = torch.ones(1, 1, 28, 28)
     for vals in (torch.zeros_like(x), torch.randn_like(x)):
-        from bench.metrics import _kept_probabilities
-
-        _, o = _kept_probabilities(model, x, torch.tensor([1]), Attribution(vals), 0.15, "zero", 2.0, 256, "drop_rate")
+        _, o = kept_probabilities(model, x, torch.tensor([1]), Attribution(vals), 0.15, "zero", 2.0, 256, "drop_rate")
         k = math.log(o.item() / (1 - o.item())) / 0.01
         assert k == pytest.approx(118, abs=1e-3)
     assert torch.equal(rank_pixels(torch.zeros(2, 1, 3, 3)), torch.arange(9).expand(2, 9))
@@ -430,8 +411,8 @@ def test_road_direction_on_patch_model():
     x = x + 0.01 * torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     t = torch.ones(2, dtype=torch.long)
     good, bad = Attribution(w * x), Attribution(-(w * x))
-    m_good, m_bad = road_morf(model, x, t, good), road_morf(model, x, t, bad)
-    l_good, l_bad = road_lerf(model, x, t, good), road_lerf(model, x, t, bad)
+    m_good, m_bad = road_morf(model, x, t, good).scores, road_morf(model, x, t, bad).scores
+    l_good, l_bad = road_lerf(model, x, t, good).scores, road_lerf(model, x, t, bad).scores
     assert torch.all(m_good > 0.8) and torch.all(m_bad < 0.1), (m_good, m_bad)
     assert torch.all(l_good < 0.1) and torch.all(l_bad > 0.8), (l_good, l_bad)
     assert METRICS.get("road_morf").meta["higher_is_better"] is True
@@ -467,14 +448,17 @@ def test_every_metric_batch_equals_per_image_and_leaves_model_untouched(tiny, ba
     attr = Attribution(a, outputs=torch.randn(5), base_values=torch.randn(5))
     state = copy.deepcopy(tiny.state_dict())
     for name in METRICS.names():
-        full = compute_metric(name, tiny, x, t, attr, context=_context_for(tiny, x, t))
+        res = compute_metric(name, tiny, x, t, attr, context=_context_for(tiny, x, t))
+        full = res.scores
+        for curve in res.curves.values():  # a curve per image, one point per abscissa
+            assert curve.y.shape == (5, len(curve.x)) and all(0.0 <= f <= 1.0 for f in curve.x), name
         assert full.shape == (5,) and full.dtype == x.dtype and full.device == x.device, name
         parts = []
         for i in range(5):
             ai = Attribution(a[i : i + 1], attr.outputs[i : i + 1], attr.base_values[i : i + 1])
             ctx = _context_for(tiny, x[i : i + 1], t[i : i + 1])
             ctx = MetricContext(masks=_context_for(tiny, x, t).masks[i : i + 1], explain=ctx.explain)
-            parts.append(compute_metric(name, tiny, x[i : i + 1], t[i : i + 1], ai, context=ctx))
+            parts.append(compute_metric(name, tiny, x[i : i + 1], t[i : i + 1], ai, context=ctx).scores)
         torch.testing.assert_close(torch.cat(parts), full, atol=1e-5, rtol=1e-5, equal_nan=True, msg=name)
         assert not tiny.training and not tiny._forward_hooks and not tiny._forward_pre_hooks
         for k, v in tiny.state_dict().items():
@@ -491,7 +475,6 @@ def test_registry_docstrings_directions_and_needs():
     for entry in METRICS.entries():
         doc = entry.obj.__doc__ or ""
         assert re.search(r"et al\.|&", doc) and re.search(r"\b(19|20)\d\d\b", doc), entry.name
-        assert isinstance(entry.meta["higher_is_better"], bool)
         if entry.name in expected:
             assert entry.meta["higher_is_better"] is expected[entry.name], entry.name
     assert METRICS.get("randomisation_similarity").meta["needs"] == ("explain",)
@@ -527,9 +510,9 @@ def test_unknown_param_missing_context_unknown_name_raise(tiny, batch):
 def test_preprocess_attributions_modes():
     v = torch.tensor([-2.0, 0.0, 3.0])
     assert preprocess_attributions(v, "signed") is v
-    assert preprocess_attributions(v, "abs").tolist() == [2.0, 0.0, 3.0]
-    assert preprocess_attributions(v, "positive").tolist() == [0.0, 0.0, 3.0]
-    assert PREPROCESS_MODES == ("signed", "abs", "positive")
+    # every mode the config accepts (PREPROCESS_MODES) is implemented, and does what it says
+    assert {m: preprocess_attributions(v, m).tolist() for m in PREPROCESS_MODES} == {
+        "signed": [-2.0, 0.0, 3.0], "abs": [2.0, 0.0, 3.0], "positive": [0.0, 0.0, 3.0]}
     with pytest.raises(BenchError, match="signed, abs, positive"):
         preprocess_attributions(v, "absolute")
 

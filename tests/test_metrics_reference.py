@@ -1,4 +1,4 @@
-"""bench/metrics.py against reference implementations on identical inputs.
+"""The bench.metrics package against reference implementations on identical inputs.
 
 * Deletion curve vs ``quantus.PixelFlipping`` (0.6.0), every implicit default set explicitly:
   ``normalise=False`` (its default divides by the max), ``abs=False``, ``softmax=True``
@@ -35,21 +35,13 @@ from bench.metrics import (
     road_perturbed_inputs,
 )
 from explainers.base import Attribution
+from tests.conftest import calibrated
 
-pytestmark = pytest.mark.reference
+pytestmark = [pytest.mark.reference, pytest.mark.usefixtures("one_thread")]  # one_thread: tests/conftest.py
 
 quantus = pytest.importorskip("quantus")
 B = 8
 PERCENT = list(range(10, 100, 10))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: two spin-wait on a shared 2-core machine (~50x slower, measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(autouse=True)
@@ -61,19 +53,7 @@ def _np_trapz(monkeypatch):
 @pytest.fixture(scope="module")
 def model() -> nn.Module:
     """models' tiny CNN, BatchNorm statistics calibrated on random data, sharper head, eval."""
-    from models import build_model
-
-    torch.manual_seed(0)
-    m = build_model("tiny")
-    for mod in m.modules():
-        if isinstance(mod, nn.BatchNorm2d):
-            mod.momentum = None
-    m.train()
-    with torch.no_grad():
-        for _ in range(4):
-            m(torch.rand(64, 1, 28, 28))
-        m.fc.weight.mul_(5)
-    return m.eval()
+    return calibrated("tiny", batches=4, batch=64, head_scale=5)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +126,7 @@ def test_deletion_auc_relates_to_quantus_step_auc(model, data):
     x, t, a = data
     theirs = _pixel_flipping(model, x, t, a, 0.0, return_auc_per_sample=True)
     curve = perturbation_curve(model, x, t, rank_pixels(a), torch.zeros_like(x), 49).double().numpy()
-    ours = deletion_auc(model, x, t, Attribution(a)).double().numpy()
+    ours = deletion_auc(model, x, t, Attribution(a)).scores.double().numpy()
     np.testing.assert_allclose((theirs + (curve[:, 0] + curve[:, 1]) / 2) / 49, ours, atol=1e-6)
     fr = np.array(curve_boundaries(784, 49)) / 784
     np.testing.assert_allclose(np.trapezoid(curve, x=fr, axis=1), ours, atol=1e-6)
@@ -199,7 +179,7 @@ def test_road_curve_matches_quantus_road(model, data):
     diff = (ours - q_prob).abs().max().item()
     print(f"ROAD probability curve: max abs diff {diff:.3g}")
     assert diff < 1e-5
-    score = road_morf(model, x, t, Attribution(a), noise=0.0)
+    score = road_morf(model, x, t, Attribution(a), noise=0.0).scores
     expected = 1 - np.trapezoid(q_prob.double().numpy(), x=np.array(PERCENT) / 100, axis=1) / 0.8
     np.testing.assert_allclose(score.double().numpy(), expected, atol=1e-5)
 

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 import models
-from bench.errors import BenchError
-from bench.registry import DuplicateNameError
+from bench.core.errors import BenchError
+from bench.core.registry import DuplicateNameError
 
 
 @pytest.mark.parametrize("name", models.MODELS.names())

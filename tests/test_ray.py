@@ -7,9 +7,9 @@ import os
 import pandas as pd
 import pytest
 
-from bench import runner
-from bench.config import load_config
-from bench.leaderboard import read_scores
+from bench.run import runner
+from bench.run.config import load_config
+from bench.report.leaderboard import read_scores
 from tests.test_runner import _overrides
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
@@ -48,7 +48,7 @@ def test_ray_and_local_give_the_same_tables(tmp_path, local_ray):
 
 
 def test_a_killed_worker_is_retried_and_the_run_completes(tmp_path, local_ray, monkeypatch):
-    from bench import ray_executor
+    from bench.run import ray_executor
 
     marker = tmp_path / "killed-once"
     # workers inherit the environment of the cluster they were started in: set it before they start

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from bench import runner
+from bench.run import runner
 from bench.cli import main
-from bench.config import load_config
-from bench.leaderboard import read_scores
+from bench.run.config import load_config
+from bench.report.leaderboard import read_scores
 from explainers import relative_completeness_gap, run_explainer
 from models import training as T
 
@@ -61,7 +61,7 @@ def test_benchmark_pipeline_on_real_subset(tmp_path, real):
     shared, _ = real
     cfg = load_config(None, [
         'name="real"', f'results_dir="{tmp_path}"', f'checkpoint_dir="{tmp_path / "ck"}"', 'device="cpu"',
-        f'data.data_file="{shared}"', "data.per_cell=1", "data.background_size=8", 'models.names=["tiny"]',
+        f'data.options.data_file="{shared}"', "data.per_cell=1", "data.background_size=8", 'models.names=["tiny"]',
         "train.epochs=1", "tune.epochs=1", 'tune.unfreeze=["fc"]',
         'explain.names=["shap.deep", "captum.integrated_gradients", "edge"]',
         'metrics.names=["deletion_auc", "insertion_auc", "additivity_error_relative"]'])

@@ -93,7 +93,7 @@ def test_linear_functional_code_is_accepted_and_exact(body):
 def test_value_dependent_code_sends_the_adapters_to_the_library(body):
     """A call whose backward depends on the forward values is named, the adapters fall back to
     their library's engine, and forcing the engine is refused."""
-    from bench.errors import BenchError
+    from bench.core.errors import BenchError
     from models import check_explainer_safe
 
     net = _Small(NONLINEAR_BODIES[body]).eval()

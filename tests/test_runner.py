@@ -7,11 +7,14 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import runner
-from bench.leaderboard import read_scores
+from bench.core.schema import SCORE_COLUMNS
+from bench.metrics import perturbation
+from bench.run import runner
+from bench.run.unit import Unit, explainer_code_digest
+from bench.report.leaderboard import read_scores
 from bench.cli import main
-from bench.config import load_config
-from bench.errors import BenchError
+from bench.run.config import load_config
+from bench.core.errors import BenchError
 from explainers import EXPLAINERS, register_explainer
 
 EXPLAINERS_E2E = ["captum.integrated_gradients", "random", "edge", "test.failing"]
@@ -32,7 +35,7 @@ def failing_explainer():
 
 def _overrides(tmp_path, name="e2e"):
     return [f'name="{name}"', f'results_dir="{tmp_path / "results"}"', f'checkpoint_dir="{tmp_path / "ck"}"',
-            'device="cpu"', 'data.dataset="synthetic"', "data.synthetic_n=96", "data.per_cell=2",
+            'device="cpu"', 'data.dataset="synthetic"', "data.options.n=96", "data.per_cell=2",
             "data.background_size=8", 'models.names=["tiny"]', "train.epochs=4", "train.batch_size=32",
             "train.lr=0.01", "tune.epochs=1", 'tune.unfreeze=["fc"]', f"explain.names={json.dumps(EXPLAINERS_E2E)}",
             "explain.shard_size=4", 'explain.params={"captum.integrated_gradients" = {n_steps = 16}}',
@@ -51,7 +54,7 @@ def test_end_to_end_outputs_resume_and_failure(tmp_path, failing_explainer, monk
     assert len(list((run_dir / "figures").glob("*.png"))) >= 3
 
     scores = read_scores(run_dir / "scores.csv")
-    assert list(scores.columns) == runner.SCORE_COLUMNS
+    assert list(scores.columns) == list(SCORE_COLUMNS)
     assert set(scores.explainer) == set(EXPLAINERS_E2E) and set(scores.stage) == {"pre", "post"}
     assert set(scores.metric) == set(METRICS_E2E)
     n_images = scores.image.nunique()
@@ -88,13 +91,26 @@ def test_end_to_end_outputs_resume_and_failure(tmp_path, failing_explainer, monk
     assert manifest["versions"]["torch"] == torch.__version__
     assert "git" in manifest and "wall_seconds" in manifest
     assert manifest["platform"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    # the explain+score phase next to its floor: passes x the time of one pass of the tiny model
+    cost = manifest["cost"]
+    assert cost["units_computed"] == manifest["units"]["total"]
+    assert cost["explain_and_metrics"]["floor_seconds"] > 0 and cost["explain_and_metrics"]["ratio"] > 0
+    assert cost["pass_seconds_per_image"]["tiny"]["batch"] == 4
+    assert cost["by_explainer"]["random"]["floor_seconds"] == 0.0   # a control needs no model pass
+    assert cost["by_explainer"]["captum.integrated_gradients"]["floor_seconds"] > 0
+    assert "test.failing" not in cost["by_explainer"]                   # nothing of a failed unit counts
+    # curves: those the curve metrics computed, stored once each
+    curves = pd.read_csv(run_dir / "curves.csv")
+    assert set(curves.curve) == {"deletion", "insertion", "road_morf"}
+    assert curves.groupby(["stage", "explainer", "curve", "image"]).size().loc[
+        ("pre", "random", "deletion")].eq(15).all()                     # steps = 14: 15 points per image
 
     # re-running a finished run recomputes nothing and rewrites byte-identical tables
     tables = {f: (run_dir / f).read_bytes() for f in ("scores.csv", "leaderboard.csv", "leaderboard.md",
                                                      "prepost.csv", "prepost.md")}
     calls = []
-    real = runner._Unit._explain
-    monkeypatch.setattr(runner._Unit, "_explain", lambda self: calls.append(1) or real(self))
+    real = Unit.explain
+    monkeypatch.setattr(Unit, "explain", lambda self: calls.append(1) or real(self))
     runner.run(cfg, progress=False)
     assert calls == []
     for f, b in tables.items():
@@ -157,12 +173,9 @@ def test_cached_attributions_depend_on_the_engines_code(monkeypatch):
     """An edit to a helper an adapter calls (the batched rescale engine) changes the cache key."""
     from pathlib import Path
 
-    from bench.runner import _explainer_code_digest
-    from explainers import EXPLAINERS
-
     adapter = EXPLAINERS.get("shap.deep").obj
-    before = _explainer_code_digest(adapter)
-    assert before == _explainer_code_digest(adapter)
+    before = explainer_code_digest(adapter)
+    assert before == explainer_code_digest(adapter)
     real = Path.read_bytes
 
     def edited(self):
@@ -170,4 +183,24 @@ def test_cached_attributions_depend_on_the_engines_code(monkeypatch):
         return data + b"\n# edited\n" if self.name == "rescale.py" else data
 
     monkeypatch.setattr(Path, "read_bytes", edited)
-    assert _explainer_code_digest(adapter) != before
+    assert explainer_code_digest(adapter) != before
+
+
+def test_each_curve_is_computed_once(tmp_path, monkeypatch):
+    """The runner stores the curves the curve metrics return: one perturbation sweep per metric,
+    not a second one for the figures."""
+    sweeps = []
+    real = perturbation.perturbed_probabilities
+
+    def counted(*args, **kwargs):
+        sweeps.append(kwargs.get("mode"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(perturbation, "perturbed_probabilities", counted)
+    over = _overrides(tmp_path, "once") + ['explain.names=["random", "edge"]',
+                                            'metrics.names=["deletion_auc", "insertion_auc"]']
+    run_dir = runner.run(load_config(None, over), progress=False)
+    units = json.loads((run_dir / "manifest.json").read_text())["units"]["total"]
+    assert sorted(sweeps) == sorted(["delete", "insert"] * units)
+    curves = pd.read_csv(run_dir / "curves.csv")
+    assert set(curves.curve) == {"deletion", "insertion"}

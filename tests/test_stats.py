@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from bench import stats
+from bench.report import stats
 
 
 # ----------------------------------------------------------------------------- bootstrap_ci
@@ -49,7 +49,12 @@ def test_bootstrap_ci_drops_nan_and_is_deterministic():
     x = np.random.default_rng(4).normal(size=30)
     with_nan = np.concatenate([x[:10], [np.nan, np.inf], x[10:], [np.nan]])
     assert stats.bootstrap_ci(with_nan) == stats.bootstrap_ci(x)
-    assert stats.bootstrap_ci(x) == stats.bootstrap_ci(x)
+    # seeded: the interval scipy gives with default_rng(seed), whatever the seed (default 0)
+    for seed in (0, 1):
+        ref = sps.bootstrap((x,), np.mean, method="BCa", confidence_level=0.95, n_resamples=2000,
+                            rng=np.random.default_rng(seed)).confidence_interval
+        assert stats.bootstrap_ci(x, seed=seed) == pytest.approx((ref.low, ref.high), rel=1e-12)
+    assert stats.bootstrap_ci(x) == stats.bootstrap_ci(x, seed=stats.settings()["seed"])  # the seed manifests record
     assert stats.bootstrap_ci(x, seed=1) != stats.bootstrap_ci(x, seed=0)
 
 

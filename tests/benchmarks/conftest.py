@@ -31,8 +31,8 @@ import pytest
 
 import torch
 
-from bench.allocator import allocator_state
-from bench.machine import machine_info as torch_machine_info
+from bench.perf.allocator import allocator_state
+from bench.core.machine import machine_info as torch_machine_info
 from tests.conftest import calibrated
 from torch import Tensor, nn
 
@@ -157,7 +157,7 @@ def _bench_threads(request):
         yield
         return
     s = settings()
-    from bench.allocator import tune_allocator
+    from bench.perf.allocator import tune_allocator
 
     tune_allocator()  # as `python -m bench` does; the floor passes and the methods alike (bench/allocator.py)
     before = torch.get_num_threads()
@@ -210,7 +210,7 @@ def one_pass_times(case: Case, repeats: int = 3) -> Iterator[dict]:
     before/after forward+backward bests over the faster: 1.0 on a quiet machine; far above 1
     means the load changed during the benchmark and its ratios are unreliable).
     """
-    from bench.floor import time_forward, time_forward_backward
+    from bench.perf.floor import time_forward, time_forward_backward
 
     def measure() -> tuple[float, float]:
         return (time_forward_backward(case.model, case.inputs, targets=case.targets, repeats=repeats),
@@ -230,7 +230,7 @@ def release_memory() -> None:
     CPU peak memory is measured as resident-set growth; memory freed to the allocator but not
     to the OS would be reused silently and hide part of the next benchmark's peak.
     """
-    from bench.profiling import release_freed_memory
+    from bench.perf.profiling import release_freed_memory
 
     release_freed_memory()
     if torch.cuda.is_available():
@@ -260,7 +260,7 @@ def run_measured(benchmark, case: "Case", settings: "Settings", fn, group: str):
     """
     from time import perf_counter
 
-    from bench.profiling import measure_peak_memory
+    from bench.perf.profiling import measure_peak_memory
 
     times: list[float] = []
 
@@ -287,7 +287,7 @@ def run_measured(benchmark, case: "Case", settings: "Settings", fn, group: str):
 def cost_info(case: "Case", settings: "Settings", params: dict, per_image: float, peak_mb: float, passes,
               one_pass: dict, load) -> dict:
     """The ``extra_info`` fields every cost benchmark records (explainers and metrics alike)."""
-    from bench.floor import floor_ratio, floor_seconds
+    from bench.perf.floor import floor_ratio, floor_seconds
 
     floor = floor_seconds(passes, one_pass["fb_s_per_image"], one_pass["f_s_per_image"])
     return {"model": case.name, **settings.describe(), "params": params, "s_per_image": per_image,

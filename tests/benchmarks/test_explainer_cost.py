@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.floor import passes_per_image
+from bench.perf.floor import passes_per_image
 from explainers import EXPLAINERS, explainer_params, run_explainer
 
 from .conftest import cost_info, load_average, run_measured

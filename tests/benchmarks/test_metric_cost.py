@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.floor import (
+from bench.perf.floor import (
     floor_ratio,
     metric_passes_per_image,
     passes_per_image,
@@ -136,7 +136,7 @@ def test_metric_cost(benchmark, case: Case, bench_settings: Settings, metric: st
 
     scores, per_image, peak_mb, one_pass = run_measured(
         benchmark, case, s,
-        lambda: compute_metric(metric, case.model, case.inputs, case.targets, attr, context=context), "metrics")
+        lambda: compute_metric(metric, case.model, case.inputs, case.targets, attr, context=context).scores, "metrics")
     assert scores.shape == (b,)
 
     info: dict[str, Any] = {

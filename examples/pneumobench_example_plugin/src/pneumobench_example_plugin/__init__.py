@@ -3,6 +3,10 @@
 Install it next to pneumobench (``pip install examples/pneumobench_example_plugin``) and
 ``python -m bench list explainers`` shows ``example.smoothgrad``; the contract tests in
 tests/test_explainers.py then cover it too, because they enumerate the registry.
+
+The package also ships a metric, ``example.topk_deletion_drop``, in its own module
+:mod:`pneumobench_example_plugin.metrics` with its own entry point (group ``bench.metrics``):
+this module does not import it, so each registry imports only what its group declares.
 """
 from __future__ import annotations
 
@@ -13,13 +17,20 @@ from explainers import Attribution, register_explainer
 from explainers.base import chunks, image_seeds
 
 
-@register_explainer("example.smoothgrad", library="pneumobench-example-plugin", additive=False, stochastic=True)
+def _passes(params: dict, background_size: int) -> tuple[int, int]:
+    """One forward+backward pass per noisy sample, no forward-only pass (background unused)."""
+    return params["n_samples"], 0
+
+
+@register_explainer("example.smoothgrad", library="pneumobench-example-plugin", additive=False, stochastic=True,
+                    passes=_passes)
 def smoothgrad(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, n_samples: int = 16,
                noise: float = 0.15, seed: int = 0, batch_size: int = 4) -> Attribution:
     """SmoothGrad (Smilkov et al. 2017): mean over e ~ N(0, (noise * (max x - min x))^2) of df/dx(x + e).
 
     Noise is drawn per image from ``seed`` and the image (batch-independent); ``batch_size``
-    images (x ``n_samples`` rows) per pass. The background is unused.
+    images (x ``n_samples`` rows) per pass. The background is unused. Cost: ``n_samples``
+    forward+backward passes per image (``passes=``, read by the cost floor).
     """
     b = inputs.shape[0]
     sigma = noise * (inputs.flatten(1).amax(1) - inputs.flatten(1).amin(1))

@@ -1,6 +1,6 @@
 """Statistics for the tables: bootstrap intervals, paired pre/post tests, Holm correction, tied ranks.
 
-Plain functions on 1-D arrays of per-image scores; :mod:`bench.leaderboard` applies them per group.
+Plain functions on 1-D arrays of per-image scores; :mod:`bench.report.leaderboard` applies them per group.
 Everything scipy implements comes from scipy (``scipy.stats.bootstrap``, ``scipy.stats.wilcoxon``);
 only Holm's step-down correction and the interval-overlap ranking are written here.
 

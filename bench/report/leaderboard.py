@@ -15,7 +15,7 @@ Group status, used by every table (:func:`group_status`):
   additivity of a non-additive method). Printed "n/a", never 0.
 * ``"ok"`` otherwise; statistics use the finite values of the "ok" rows (``n`` counts them).
 
-Statistics come from :mod:`bench.stats` (BCa bootstrap CI of the mean, Wilcoxon signed-rank,
+Statistics come from :mod:`bench.report.stats` (BCa bootstrap CI of the mean, Wilcoxon signed-rank,
 Holm, interval-overlap ranks), with its defaults: 95 %, 2000 resamples, seed 0.
 
 Output files are byte-identical for identical inputs: rows are sorted, floats are printed with
@@ -32,23 +32,20 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from bench import stats
-from bench.errors import BenchError
-from bench.io import atomic_write_text
+from bench.core.errors import BenchError
+from bench.core.io import atomic_write_text
+from bench.core.schema import CELLS, SCORE_COLUMNS, STAGES
+from bench.core.text import markdown_table
+from bench.report import stats
 
 __all__ = [
-    "SCORE_COLUMNS", "LEADERBOARD_COLUMNS", "PREPOST_COLUMNS", "PREPOST_BY_CELL_COLUMNS", "STAGES", "CELLS",
-    "check_scores", "group_status", "leaderboard", "prepost", "prepost_by_cell",
+    "LEADERBOARD_COLUMNS", "PREPOST_COLUMNS", "PREPOST_BY_CELL_COLUMNS", "check_scores", "group_status", "leaderboard", "prepost", "prepost_by_cell",
     "render_leaderboard_md", "render_prepost_md", "write_tables", "read_prepost_models", "read_scores",
 ]
 
-SCORE_COLUMNS = ("model", "stage", "explainer", "metric", "image", "label", "pred", "cell", "value", "status",
-                 "message", "higher_is_better", "seconds_per_image", "peak_mem_mb")
 KEY = ["model", "stage", "explainer", "metric", "image"]
 GROUP = ["model", "stage", "explainer", "metric"]
-STAGES = ("pre", "post")
 STATUSES = ("ok", "error", "n/a")
-CELLS = ("TP", "FP", "FN", "TN")
 
 LEADERBOARD_COLUMNS = ["model", "stage", "explainer", "metric", "higher_is_better", "mean", "ci_low", "ci_high", "n",
                        "rank", "seconds_per_image", "peak_mem_mb", "status"]
@@ -81,7 +78,7 @@ def check_scores(scores: pd.DataFrame, columns: Iterable[str] = SCORE_COLUMNS) -
     for col in ("model", "stage", "explainer", "metric", "status"):
         if df[col].isna().any():
             raise BenchError(f"scores column {col!r} has empty/NaN entries; if it was read with pandas.read_csv, "
-                             f"read it with bench.leaderboard.read_scores (pandas turns the text 'n/a' into NaN)")
+                             f"read it with bench.report.leaderboard.read_scores (pandas turns the text 'n/a' into NaN)")
         df[col] = df[col].astype(str)
     if "message" in df:
         df["message"] = df["message"].fillna("").astype(str)
@@ -175,7 +172,7 @@ def leaderboard(scores: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, stage, explainer, metric): mean, 95 % BCa CI, n, tied rank, cost, status.
 
     Columns :data:`LEADERBOARD_COLUMNS`. ``rank`` (nullable Int64) is
-    :func:`bench.stats.rank_with_ties` within (model, stage, metric) over the "ok" groups;
+    :func:`bench.report.stats.rank_with_ties` within (model, stage, metric) over the "ok" groups;
     error and "n/a" groups have NaN ``mean``/``ci_low``/``ci_high`` and no rank.
     ``seconds_per_image`` is the mean and ``peak_mem_mb`` the max over the group's rows (both
     reported for failed groups too). Sorted by model, stage (pre, post), metric, rank, explainer.
@@ -216,7 +213,7 @@ def prepost(scores: pd.DataFrame) -> pd.DataFrame:
     finite value in *both* stages (``n_pairs``); ``pre_mean``/``post_mean`` are means over those
     pairs, so ``diff_mean = post_mean - pre_mean`` (post minus pre). ``diff_ci_*`` is the
     bootstrap CI of the paired differences, ``p_wilcoxon`` the Wilcoxon signed-rank p
-    (:func:`bench.stats.paired_difference`). ``p_holm`` is Holm-adjusted over the family of all
+    (:func:`bench.report.stats.paired_difference`). ``p_holm`` is Holm-adjusted over the family of all
     explainer x metric rows of the same model that have a p-value. A row whose explainer
     failed in either stage has status "error: pre: ..." / "error: post: ..." and NaN statistics;
     no pairs -> "n/a". Sorted by model, metric, explainer.
@@ -325,12 +322,6 @@ def _arrow(higher_is_better: bool) -> str:
     return "↑" if higher_is_better else "↓"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return out
-
-
 def _score_cell(r: pd.Series) -> str:
     if r["status"] == "n/a":
         return "n/a"
@@ -365,7 +356,7 @@ def render_leaderboard_md(board: pd.DataFrame) -> str:
             secs = _nan_reduce(e["seconds_per_image"], "mean")
             mem = _nan_reduce(e["peak_mem_mb"], "max")
             rows.append([_md_text(explainer)] + cells + [_f(secs, ".3g"), _f(mem, ".1f"), _row_status(e)])
-        lines += [f"## {model} · {stage}", ""] + _table(header, rows) + [""]
+        lines += [f"## {model} · {stage}", ""] + markdown_table(header, rows) + [""]
         ns = sub[sub["status"] == "ok"].groupby("metric")["n"].agg(lambda s: sorted(set(int(v) for v in s)))
         if len(ns):
             desc = ", ".join(f"{m} {'/'.join(map(str, v))}" for m, v in ns.items())
@@ -427,7 +418,7 @@ def render_prepost_md(table: pd.DataFrame, by_cell: pd.DataFrame | None = None,
         lines += [f"## {_md_text(model)}", ""]
         sub = table[table["model"] == model]
         if len(sub):
-            lines += ["### Attribution metrics", ""] + _table(_PAIRED_HEADER, _paired_rows(sub, False)) + [""]
+            lines += ["### Attribution metrics", ""] + markdown_table(_PAIRED_HEADER, _paired_rows(sub, False)) + [""]
         if model in models:
             lines += _model_comparison_md(model, models[model])
         cells = by_cell[(by_cell["model"] == model) & (by_cell["status"] == "ok")]
@@ -435,7 +426,7 @@ def render_prepost_md(table: pd.DataFrame, by_cell: pd.DataFrame | None = None,
             lines += ["### By cell of the pre model", "",
                       "Images grouped by their confusion cell under the pre model; rows without pairs "
                       "(failed or not applicable, see above) are left out.", ""]
-            lines += _table(["cell"] + _PAIRED_HEADER, _paired_rows(cells, True)) + [""]
+            lines += markdown_table(["cell"] + _PAIRED_HEADER, _paired_rows(cells, True)) + [""]
     return "\n".join(lines)
 
 
@@ -449,7 +440,7 @@ def _model_comparison_md(model: str, comp: Any) -> list[str]:
     keys += sorted((set(pre) | set(post) | set(delta)) - set(keys))
     if keys:
         rows = [[k, _f(pre.get(k)), _f(post.get(k)), _f(delta.get(k), "+.4g")] for k in keys]
-        lines += _table(["metric", "pre", "post", "delta (post − pre)"], rows) + [""]
+        lines += markdown_table(["metric", "pre", "post", "delta (post − pre)"], rows) + [""]
     mc = comp.get("mcnemar")
     if isinstance(mc, Mapping):
         lines += [f"McNemar exact test: b (pre right, post wrong) = {mc.get('a_right_b_wrong', 'n/a')}, "
@@ -459,7 +450,7 @@ def _model_comparison_md(model: str, comp: Any) -> list[str]:
     if isinstance(moves, Mapping):
         rows = [[a] + [str((moves.get(a) or {}).get(b, 0)) for b in CELLS] for a in CELLS]
         lines += ["Cell moves (rows: cell under the pre model, columns: under the post model):", ""]
-        lines += _table(["pre \\ post"] + list(CELLS), rows) + [""]
+        lines += markdown_table(["pre \\ post"] + list(CELLS), rows) + [""]
     return lines
 
 
@@ -510,22 +501,22 @@ def _csv(df: pd.DataFrame) -> str:
     return df.to_csv(index=False, float_format=CSV_FLOAT_FORMAT, lineterminator="\n")
 
 
-def write_tables(run_dir: str | os.PathLike, scores: pd.DataFrame, curves: pd.DataFrame | None = None,
-                 prepost_models: Mapping[str, Any] | str | os.PathLike | None = None) -> list[Path]:
+def write_tables(run_dir: str | os.PathLike, scores: pd.DataFrame,
+                 prepost_models: Mapping[str, Any] | str | os.PathLike | None = None, *,
+                 board: pd.DataFrame | None = None) -> list[Path]:
     """Write leaderboard.csv/.md and, when some model has both stages, prepost.csv, prepost_by_cell.csv, prepost.md.
 
-    ``curves`` is not used by the tables; it is accepted so that the runner can pass the same
-    arguments to :func:`write_tables` and :func:`bench.plots.write_figures`. ``prepost_models``
-    is the parsed ``prepost_models.json`` or its path. All files are written atomically and are
-    byte-identical for identical inputs. Returns the written paths.
+    ``prepost_models`` is the parsed ``prepost_models.json`` or its path; ``board`` may pass
+    :func:`leaderboard` of ``scores`` already computed (the bootstrap runs once per run). All
+    files are written atomically and are byte-identical for identical inputs. Returns the
+    written paths.
     """
-    del curves
     run_dir = Path(run_dir)
     df = check_scores(scores)
     if df.empty:
         raise BenchError("scores has no rows; nothing to tabulate (did the run score any image?)")
     models = read_prepost_models(prepost_models)
-    board = leaderboard(df)
+    board = leaderboard(df) if board is None else board
     written = [atomic_write_text(run_dir / "leaderboard.csv", _csv(board)),
                atomic_write_text(run_dir / "leaderboard.md", render_leaderboard_md(board))]
     if any(set(st) >= set(STAGES) for _, st in df.groupby("model")["stage"]):

@@ -2,7 +2,7 @@
 
 Every figure is a :class:`matplotlib.figure.Figure` built without pyplot (no global backend or
 state is touched; rendering is Agg) under a fixed rc context, and written as PNG through
-:func:`bench.io.atomic_write_bytes` with the "Software" metadata removed, so identical inputs
+:func:`bench.core.io.atomic_write_bytes` with the "Software" metadata removed, so identical inputs
 give byte-identical files with the same matplotlib/freetype versions.
 
 Figures (``figures/`` in the run directory, written by :func:`write_figures`):
@@ -44,7 +44,7 @@ import re
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable
 
 import matplotlib
 import numpy as np
@@ -54,21 +54,20 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from bench.errors import BenchError
-from bench.io import atomic_write_bytes
-from bench.leaderboard import CELLS, STAGES, leaderboard
+from bench.core.errors import BenchError
+from bench.core.io import atomic_write_bytes
+from bench.core.schema import CELLS, CURVE_COLUMNS, STAGES
+from bench.report.leaderboard import leaderboard
 
 __all__ = [
-    "LAYOUT", "DIVERGING_CMAP", "CURVE_COLUMNS", "AttributionExamples", "ModelExamples", "save_attribution_examples",
+    "LAYOUT", "DIVERGING_CMAP", "AttributionExamples", "ModelExamples", "save_attribution_examples",
     "load_attribution_examples", "symmetric_limits", "leaderboard_heatmap", "curves_figure",
     "prepost_figure", "attribution_grid", "figure_png", "write_figures",
 ]
 
 LAYOUT = "pneumobench-attributions-v1"
-META_KEY = "__meta__"
 DIVERGING_CMAP = "RdBu_r"
 RANK_CMAP = "viridis_r"
-CURVE_COLUMNS = ("model", "stage", "explainer", "curve", "image", "fraction", "prob")
 PERCENTILE = 99.0
 DPI = 110
 _RC = {
@@ -86,7 +85,11 @@ _RC = {
 
 @dataclass(frozen=True)
 class ModelExamples:
-    """One model's example images with their cells and maps (N images of this model)."""
+    """One model's example images with their cells and maps (N images of this model).
+
+    Read back from ``attributions.npz`` the arrays have the shapes below; when the runner builds
+    one, ``images`` and ``maps`` may be ``(N, C, H, W)`` tensors (reduced over channels on save).
+    """
 
     images: np.ndarray                                       # (N, H, W) float32
     labels: np.ndarray                                       # (N,) int64
@@ -114,9 +117,9 @@ def _np(x: Any) -> np.ndarray:
 
 def _check_name(name: Any, what: str) -> str:
     name = str(name)
-    if "|" in name or not name or name == META_KEY:
-        raise BenchError(f"{what} name {name!r} cannot be stored in attributions.npz: it must be non-empty, "
-                         f"must not contain '|' and must not be {META_KEY!r}")
+    if "|" in name or not name:
+        raise BenchError(f"{what} name {name!r} cannot be stored in attributions.npz: it must be non-empty "
+                         f"and must not contain '|'")
     return name
 
 
@@ -129,60 +132,42 @@ def _grey(a: Any, what: str) -> np.ndarray:
     return a
 
 
-def save_attribution_examples(path: str | os.PathLike, examples: Mapping[str, Any]) -> Path:
-    """Store the runner's example images, cells and maps as ``attributions.npz`` (atomically).
+def save_attribution_examples(path: str | os.PathLike, examples: AttributionExamples) -> Path:
+    """Store example images, cells and maps as ``attributions.npz`` (atomically).
 
-    ``examples`` (tensors are accepted and moved to CPU)::
-
-        {"__meta__": {model: {"images": (N, H, W) or (N, C, H, W) -> channel mean,
-                              "labels": (N,), "index": (N,) test-split indices,
-                              "cells": {stage: (N,) "TP"/"FP"/"FN"/"TN"}}},
-         "{model}|{stage}|{explainer}": (N, H, W) or (N, C, H, W) -> channel sum,   # one per map
-         ...}
-
-    N is per model: every map of a model covers that model's N images, in the same order. A map
-    for a model without "__meta__" entry raises. The file layout is in the module docstring.
+    Each :class:`ModelExamples` may hold tensors or arrays; ``images`` of shape ``(N, C, H, W)``
+    are averaged over channels, ``maps`` of that shape summed over channels (the sum keeps
+    completeness), and every map must cover the model's N images in the same order. The file
+    layout is in the module docstring.
     """
-    meta = examples.get(META_KEY) or {}
-    if not isinstance(meta, Mapping):
-        raise BenchError(f"examples[{META_KEY!r}] must map model names to their images/labels/index/cells")
+    if not isinstance(examples, AttributionExamples):
+        raise BenchError(f"examples must be an AttributionExamples record, got {type(examples).__name__}")
     arrays: dict[str, np.ndarray] = {"layout": np.array(LAYOUT)}
-    sizes: dict[str, tuple[int, ...]] = {}
-    for model in sorted(meta):
-        m, info = _check_name(model, "model"), meta[model]
-        missing = [k for k in ("images", "labels", "index") if k not in info]
-        if missing:
-            raise BenchError(f"examples[{META_KEY!r}][{model!r}] lacks {missing}")
-        imgs = _grey(info["images"], f"images of {model}")
+    for model in sorted(examples.models):
+        m, ex = _check_name(model, "model"), examples.models[model]
+        imgs = _grey(ex.images, f"images of {model}")
         n = imgs.shape[0]
-        sizes[m] = imgs.shape
         arrays[f"images|{m}"] = imgs
         for key in ("labels", "index"):
-            a = _np(info[key]).astype(np.int64).ravel()
+            a = _np(getattr(ex, key)).astype(np.int64).ravel()
             if a.shape != (n,):
                 raise BenchError(f"{key} of {model} must have one entry per example image ({n}), got {a.shape}")
             arrays[f"{key}|{m}"] = a
-        for stage, v in sorted((info.get("cells") or {}).items()):
+        for stage, v in sorted(ex.cells.items()):
             c = np.asarray(_np(v), dtype=str).ravel()
             bad = sorted(set(c.tolist()) - set(CELLS))
             if c.shape != (n,) or bad:
                 raise BenchError(f"cells of {model}/{stage} must be {n} values out of {list(CELLS)}; "
                                  f"got shape {c.shape}, unknown {bad}")
             arrays[f"cells|{m}|{_check_name(stage, 'stage')}"] = c.astype("<U2")
-    for key in sorted(k for k in examples if k != META_KEY):
-        parts = str(key).split("|")
-        if len(parts) != 3:
-            raise BenchError(f"example key {key!r} must be 'model|stage|explainer' (or {META_KEY!r})")
-        model, stage, explainer = (_check_name(p, w) for p, w in zip(parts, ("model", "stage", "explainer")))
-        if model not in sizes:
-            raise BenchError(f"map {key!r} has no images: add examples[{META_KEY!r}][{model!r}]")
-        a = _np(examples[key]).astype(np.float32)
-        if a.ndim == 4:
-            a = a.sum(axis=1)
-        if a.shape != sizes[model]:
-            raise BenchError(f"map {key!r} has shape {a.shape}; expected {sizes[model]} like the model's images "
-                             f"(or (N, C, H, W))")
-        arrays[f"map|{model}|{stage}|{explainer}"] = a
+        for (stage, explainer), v in sorted(ex.maps.items()):
+            a = _np(v).astype(np.float32)
+            if a.ndim == 4:
+                a = a.sum(axis=1)
+            if a.shape != imgs.shape:
+                raise BenchError(f"map of {model}/{stage}/{explainer} has shape {a.shape}; expected {imgs.shape} like "
+                                 f"the model's images (or (N, C, H, W))")
+            arrays[f"map|{m}|{_check_name(stage, 'stage')}|{_check_name(explainer, 'explainer')}"] = a
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     return atomic_write_bytes(path, buf.getvalue())
@@ -470,7 +455,7 @@ def write_figures(run_dir: str | os.PathLike, scores: pd.DataFrame,
 
     ``curves`` is the curves.csv DataFrame or its path; ``attributions_path`` an
     ``attributions.npz``. Figures whose inputs are absent are skipped. ``board`` may pass a
-    :func:`bench.leaderboard.leaderboard` already computed from ``scores`` to skip recomputing
+    :func:`bench.report.leaderboard.leaderboard` already computed from ``scores`` to skip recomputing
     the bootstrap.
     """
     out = Path(run_dir) / "figures"

@@ -1,6 +1,7 @@
 """Peak-memory measurement of a block of code, on CPU or CUDA (shared by the runner and benchmarks)."""
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from contextlib import contextmanager
@@ -8,6 +9,8 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+
+from bench.perf.allocator import malloc_trim
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -25,7 +28,7 @@ def _rss_bytes() -> int:
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * _PAGE
     except OSError:  # not Linux: fall back to the lifetime peak (an upper bound on the growth)
-        import resource
+        import resource  # POSIX only: imported where it is needed
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -33,11 +36,7 @@ def _rss_bytes() -> int:
 def release_freed_memory() -> None:
     """``gc.collect()`` and, on glibc, ``malloc_trim(0)``: hand memory that earlier work freed
     back to the OS, so that a resident-set measurement starting now sees the block's own peak
-    instead of silently reusing what the allocator kept (bench.allocator keeps freed blocks)."""
-    import gc
-
-    from bench.allocator import malloc_trim
-
+    instead of silently reusing what the allocator kept (bench.perf.allocator keeps freed blocks)."""
     gc.collect()
     malloc_trim()
 

@@ -26,6 +26,8 @@ import ctypes.util
 import functools
 import os
 
+from bench.core.errors import BenchError
+
 __all__ = ["tune_allocator", "allocator_state", "malloc_trim", "ENV"]
 
 ENV = "BENCH_MALLOC"
@@ -54,8 +56,6 @@ def tune_allocator() -> bool:
     ``BENCH_MALLOC=default`` leaves the allocator alone; any other value than ``default`` or
     ``tuned`` (the default) is refused with a one-line error.
     """
-    from bench.errors import BenchError
-
     choice = os.environ.get(ENV, "tuned").strip().lower() or "tuned"
     if choice not in ("tuned", "default"):
         raise BenchError(f"{ENV}={os.environ[ENV]!r} is not a choice; use 'tuned' (the default) or 'default'")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 T = TypeVar("T")
 
@@ -61,6 +61,7 @@ class Registry(Generic[T]):
         self.entry_point_group = entry_point_group
         self._entries: dict[str, Entry[T]] = {}
         self._entry_points_loaded = entry_point_group is None
+        self._broken: list[str] = []  # one line per plug-in that failed to load
 
     def register(self, name: str, obj: T | None = None, **meta: Any) -> Callable[[T], T] | T:
         """Register ``obj`` under ``name``; usable as ``@registry.register(name, **meta)``."""
@@ -84,24 +85,37 @@ class Registry(Generic[T]):
             )
         self._entries[name] = Entry(name, obj, dict(meta))
 
+    def check_pass_rule(self, name: str, passes: Any) -> None:
+        """``passes=`` of a registration: None, a ``(forward+backward, forward)`` pair of numbers, or
+        a function of the parameters (read by ``bench.perf.floor``)."""
+        pair = (isinstance(passes, tuple) and len(passes) == 2
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in passes))
+        if passes is not None and not callable(passes) and not pair:
+            raise BenchError(f"{self.kind} {name!r}: passes must be a (forward+backward, forward) pair of numbers "
+                             f"or a function of the parameters, got {passes!r}")
+
     def unregister(self, name: str) -> None:
         """Remove a registration (for tests and plug-in reloads)."""
         self._entries.pop(name, None)
 
     def load_entry_points(self) -> None:
-        """Import every entry point of the group once; a broken plug-in is a clear error."""
-        if self._entry_points_loaded:
-            return
-        self._entry_points_loaded = True
-        for ep in metadata.entry_points(group=self.entry_point_group):
-            try:
-                ep.load()
-            except Exception as exc:  # a broken plug-in must not look like a missing name
-                raise BenchError(
-                    f"could not load {self.kind} plug-in {ep.name!r} ({ep.value}) from entry-point "
-                    f"group {self.entry_point_group!r}: {type(exc).__name__}: {exc}; fix or "
-                    f"uninstall that package"
-                ) from exc
+        """Import every entry point of the group once.
+
+        A plug-in that fails to import does not stop the others from loading; it is remembered,
+        and every later lookup of a name that is not registered, and every listing, raises a
+        :class:`BenchError` naming it (a broken plug-in must not look like a missing name).
+        """
+        if not self._entry_points_loaded:
+            self._entry_points_loaded = True
+            for ep in metadata.entry_points(group=self.entry_point_group):
+                try:
+                    ep.load()
+                except Exception as exc:
+                    self._broken.append(f"could not load {self.kind} plug-in {ep.name!r} ({ep.value}) from "
+                                        f"entry-point group {self.entry_point_group!r}: {type(exc).__name__}: "
+                                        f"{' '.join(str(exc).split())}; fix or uninstall that package")
+        if self._broken:
+            raise BenchError(self._broken[0])
 
     def get(self, name: str) -> Entry[T]:
         """The entry for ``name``; raises :class:`UnknownNameError` listing the known names."""

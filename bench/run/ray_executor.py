@@ -17,7 +17,9 @@ from typing import Any, Iterator
 
 import torch
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.perf.allocator import tune_allocator
+from bench.run.unit import failed_attribution
 
 MAX_RETRIES = 3
 FAULT_ENV = "BENCH_RAY_FAULT_ONCE"  # test hook: path of a marker file; the first task to run exits
@@ -29,8 +31,6 @@ def _compute(unit, model, attr, threads: int):
     if marker and not os.path.exists(marker):  # crash-recovery test: die once, abruptly
         open(marker, "w").close()
         os._exit(1)
-    from bench.allocator import tune_allocator
-
     tune_allocator()  # as the driver's CLI does (bench/allocator.py)
     torch.set_num_threads(threads)  # same intra-op threads as the driver: bitwise-equal results
     unit.stage.model = model.to(unit.device).eval()
@@ -73,10 +73,5 @@ def compute_on_ray(units: list, pending: list[int], cached_attr: dict[int, Any],
         try:
             yield i, ray.get(done[0])
         except ray.exceptions.RayError as exc:  # retries exhausted: recorded as this unit's failure
-            yield i, units[i].compute(_failed_attr(exc))
-
-
-def _failed_attr(exc: Exception) -> dict[str, Any]:
-    msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
-    return {"status": "error", "message": f"Ray task failed after {MAX_RETRIES} retries: {msg}", "seconds": 0.0,
-            "peak_mem_mb": float("nan"), "values": None, "outputs": None, "base_values": None, "meta": "{}"}
+            msg = " ".join(f"{type(exc).__name__}: {exc}".split())
+            yield i, units[i].compute(failed_attribution(f"Ray task failed after {MAX_RETRIES} retries: {msg}"))

@@ -1,33 +1,27 @@
-"""Typed run configuration and small shared settings (a leaf module: imports nothing of ours but errors)."""
+"""The run configuration: TOML over defaults, ``--set`` overrides, validation against the registries.
+
+Every key a config may have is in :data:`DEFAULTS`; tables whose keys come from a registry
+(``[data.options]`` from the dataset's loader, ``[explain.params.NAME]`` from an adapter,
+``[metrics.params.NAME]`` from a metric, ``[train]`` / ``[tune]`` from the recipes) are checked
+against what is registered, so a new dataset, explainer or metric needs no edit here.
+"""
 from __future__ import annotations
 
-import torch
+import copy
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
 
-from bench.errors import BenchError
+import datasets
+import explainers
+import models
+from bench import metrics
+from bench.core.device import DEVICES
+from bench.core.errors import BenchError
+from models.training import TrainConfig, TuneConfig
 
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without CUDA is a clear error."""
-    if device not in DEVICES and not str(device).startswith("cuda:"):
-        raise BenchError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise BenchError(f"device {device!r} requested but CUDA is not available; use --device cpu or auto")
-    return torch.device(device)
-
-
-# ----------------------------------------------------------------------------- the run config
-
-import copy  # noqa: E402
-import tomllib  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "quick.toml"
 
 # every key a run config may have, with its default; nested tables are dicts
@@ -39,14 +33,11 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint_dir": "results/checkpoints",
     "data": {
         "dataset": "pneumoniamnist",
-        "size": 28,
-        "data_file": "",
-        "data_root": "",
+        "options": {},            # the dataset loader's keyword options, e.g. size, data_file (bench list datasets)
         "split": "test",
         "sample": "per_cell",     # per_cell | all
         "per_cell": 4,            # images per confusion cell (TP/FP/FN/TN) when sample = per_cell
         "background_size": 32,    # reference images drawn (seeded) from the train split
-        "synthetic_n": 0,         # synthetic dataset only: images per split (0 = the loader's default)
     },
     "models": {"names": ["resnet18"], "stages": ["pre", "post"]},
     "train": {},                  # TrainConfig fields (models.training)
@@ -62,7 +53,7 @@ DEFAULTS: dict[str, Any] = {
         "names": ["drop_rate", "increase_rate", "deletion_auc", "insertion_auc", "additivity_error"],
         "attribution": "signed",  # signed | abs | positive: one explicit preprocessing step before metrics
         "params": {},             # {metric name: {param: value}}
-        "curves": True,           # record deletion/insertion curves for the figures
+        "curves": True,           # store the curves of the curve metrics (deletion, insertion, ROAD)
     },
     "figures": {"enabled": True, "examples_per_cell": 1},
 }
@@ -73,7 +64,7 @@ CHOICES = {
     ("explain", "target"): ("predicted", "label"),
     ("metrics", "attribution"): ("signed", "abs", "positive"),
 }
-FREE_TABLES = {("train",), ("tune",), ("explain", "params"), ("metrics", "params")}
+FREE_TABLES = {("data", "options"), ("train",), ("tune",), ("explain", "params"), ("metrics", "params")}
 
 
 @dataclass(frozen=True)
@@ -170,9 +161,8 @@ def validate(v: dict[str, Any]) -> None:
     _expect(v["device"] in DEVICES or str(v["device"]).startswith("cuda:"), "device",
             f"{v['device']!r} is not one of {', '.join(DEVICES)}")
     d = v["data"]
-    for key in ("size", "per_cell", "background_size"):
+    for key in ("per_cell", "background_size"):
         _expect(isinstance(d[key], int) and d[key] >= 1, f"data.{key}", f"must be an integer >= 1, got {d[key]!r}")
-    _expect(isinstance(d["synthetic_n"], int) and d["synthetic_n"] >= 0, "data.synthetic_n", "must be an integer >= 0")
     _expect(d["split"] in ("train", "val", "test"), "data.split", "must be train, val or test")
     e = v["explain"]
     _expect(isinstance(e["shard_size"], int) and e["shard_size"] >= 1, "explain.shard_size", "must be an integer >= 1")
@@ -193,29 +183,27 @@ def _get(v: dict[str, Any], dotted: str) -> Any:
 
 
 def _check_names(v: dict[str, Any]) -> None:
-    """Names must be registered, and per-method parameters must exist (registries are the source)."""
-    import datasets
-    import explainers
-    import models
-    from bench import metrics as metric_mod
-
-    datasets.DATASETS.get(v["data"]["dataset"])
+    """Names must be registered; options and parameters must exist (the registries are the source)."""
+    d = v["data"]
+    known = datasets.dataset_options(d["dataset"])  # unknown dataset names raise with the known ones
+    for key in d["options"]:
+        _expect(key in known, f"data.options.{key}",
+                f"dataset {d['dataset']!r} has no option {key!r}; its options: {', '.join(known) or '(none)'}")
     for n in v["models"]["names"]:
         models.MODELS.get(n)
-    for kind, reg, names, params in (("explainer", explainers.EXPLAINERS, v["explain"]["names"], v["explain"]["params"]),
-                                     ("metric", metric_mod.METRICS, v["metrics"]["names"], v["metrics"]["params"])):
+    for table, names, params, params_of in (("explain", v["explain"]["names"], v["explain"]["params"],
+                                             explainers.explainer_params),
+                                            ("metrics", v["metrics"]["names"], v["metrics"]["params"],
+                                             metrics.metric_params)):
         for n in names:
-            reg.get(n)
+            params_of(n)
         for n, p in params.items():
-            entry = reg.get(n)
-            _expect(isinstance(p, dict), f"{kind} params {n}", "must be a table of parameter = value")
-            known = entry.params()
+            valid = params_of(n)
+            _expect(isinstance(p, dict), f"{table}.params.{n}", "must be a table of parameter = value")
             for key in p:
-                _expect(key in known, f"{'explain' if kind == 'explainer' else 'metrics'}.params.{n}.{key}",
-                        f"{n} has no parameter {key!r}; its parameters: {', '.join(known) or '(none)'}")
-    from models.training import TrainConfig, TuneConfig
-
+                _expect(key in valid, f"{table}.params.{n}.{key}",
+                        f"{n} has no parameter {key!r}; its parameters: {', '.join(valid) or '(none)'}")
     for table, cls in (("train", TrainConfig), ("tune", TuneConfig)):
-        fields = set(cls.__dataclass_fields__)
+        names = {f.name for f in fields(cls)}
         for key in v[table]:
-            _expect(key in fields, f"{table}.{key}", f"unknown recipe field; known: {', '.join(sorted(fields))}")
+            _expect(key in names, f"{table}.{key}", f"unknown recipe field; known: {', '.join(sorted(names))}")

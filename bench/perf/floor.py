@@ -19,15 +19,16 @@ Forward-only passes are timed separately rather than counted as a fraction of a
 forward+backward pass: the ratio of the two is not a constant (measured between ~1/2 and ~1/4
 depending on the model and the load).
 
-Counting rules (per image, from the adapter's parameters, defaults via
-``EXPLAINERS.get(name).params()``): only the passes the *method* needs; an adapter's extra
-bookkeeping passes (f(x), f(baseline) for ``outputs``/``base_values``) count as overhead. A
-registered adapter with no rule has no floor (``None``, reported as missing). Rules are
-registered by explainer or metric name in :data:`EXPLAINER_PASSES` / :data:`METRIC_PASSES`, so a
-plug-in can add its own with :func:`register_explainer_passes`.
+Counting rules (per image): only the passes the *method* needs; an adapter's extra bookkeeping
+passes (f(x), f(baseline) for ``outputs``/``base_values``) count as overhead. Each explainer and
+metric declares its rule where it is registered (``passes=`` of ``register_explainer`` and
+``register_metric``: a constant pair or a function of its parameters), so a new method or a
+plug-in needs no edit here; a registered method without a rule has no floor (``None``,
+reported as missing). Controls (``control=True``) need no pass.
 
 :func:`benchmark_table` turns a pytest-benchmark JSON saved by ``tests/benchmarks`` into
-Markdown tables (``python -m bench.floor results/benchmarks/<machine>/0001_run.json``).
+Markdown tables (``python -m bench.perf.floor results/benchmarks/<machine>/0001_run.json``).
+:func:`time_passes` and :func:`unit_floor_seconds` give the runner the floor of a run's units.
 """
 from __future__ import annotations
 
@@ -35,19 +36,18 @@ import json
 import math
 import sys
 from pathlib import Path
+from time import perf_counter
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from bench.errors import BenchError
-from bench.registry import Registry
+from bench.core.errors import BenchError
+from bench.core.text import markdown_table
+from bench.metrics import METRICS, metric_params
+from explainers import EXPLAINERS, explainer_params
 
 __all__ = [
-    "EXPLAINER_PASSES",
-    "METRIC_PASSES",
-    "register_explainer_passes",
-    "register_metric_passes",
     "passes_per_image",
     "metric_passes_per_image",
     "time_forward_backward",
@@ -60,124 +60,39 @@ __all__ = [
 
 Passes = tuple[float, float]  # (forward+backward passes, forward-only passes) per image
 
-# fn(params with defaults filled in, background size) -> (n_fb, n_f)
-EXPLAINER_PASSES: Registry[Callable[[dict[str, Any], int], Passes]] = Registry("explainer pass rule")
-# fn(params with defaults filled in, explainer passes or None, cascade length or None) -> (n_fb, n_f) or None
-METRIC_PASSES: Registry[Callable[[dict[str, Any], "Passes | None", "int | None"], "Passes | None"]] = Registry(
-    "metric pass rule")
+
+def _with_defaults(kind: str, name: str, defaults: dict[str, Any], params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``params`` over the method's defaults; a parameter it does not have raises."""
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise BenchError(f"{kind} {name!r} has no parameter {', '.join(map(repr, unknown))}; "
+                         f"its parameters are: {', '.join(defaults) or '(none)'}")
+    return {**defaults, **params}
 
 
-def register_explainer_passes(name: str):
-    """Register ``fn(params, background_size) -> (n_fb, n_f)`` for the explainer ``name``."""
-    return EXPLAINER_PASSES.register(name)
-
-
-def register_metric_passes(name: str):
-    """Register ``fn(params, explainer_passes, n_layers) -> (n_fb, n_f) | None`` for the metric ``name``."""
-    return METRIC_PASSES.register(name)
-
-
-# --------------------------------------------------------------------------------------------
-# Explainers
-# --------------------------------------------------------------------------------------------
-
-@register_explainer_passes("captum.integrated_gradients")
-def _ig(p: dict[str, Any], n_bg: int) -> Passes:
-    return float(p["n_steps"]), 0.0  # one gradient per quadrature point
-
-
-@register_explainer_passes("captum.gradient_shap")
-def _captum_gradient_shap(p: dict[str, Any], n_bg: int) -> Passes:
-    return float(p["n_samples"]), 0.0  # one gradient per (baseline, alpha) sample
-
-
-@register_explainer_passes("shap.gradient")
-def _shap_gradient(p: dict[str, Any], n_bg: int) -> Passes:
-    return float(p["nsamples"]), 0.0  # expected gradients: one gradient per sample (also in layer mode)
-
-
-@register_explainer_passes("captum.deeplift_shap")
-@register_explainer_passes("shap.deep")
-def _deep(p: dict[str, Any], n_bg: int) -> Passes:
-    # The method needs one gradient of the rescale-linearised network per (image, background)
-    # pair: one forward + backward per pair, as the libraries' hooks run it (they evaluate the
-    # input and the reference in the same pass, 2 rows per pair, ~2 being their practical
-    # minimum). The default batched engine (explainers/rescale.py) records the forward once and
-    # runs only the backward half per pair, so its ratio can fall below 1.
-    return float(n_bg), 0.0
-
-
-@register_explainer_passes("shap.partition")
-def _partition(p: dict[str, Any], n_bg: int) -> Passes:
-    return 0.0, float(p["max_evals"])  # model-agnostic: forwards of masked images only (at most max_evals)
-
-
-@register_explainer_passes("captum.saliency")
-def _saliency(p: dict[str, Any], n_bg: int) -> Passes:
-    return 1.0, 0.0
+def _apply_rule(rule: Any, *args: Any) -> Passes | None:
+    if rule is None:
+        return None
+    out = rule(*args) if callable(rule) else rule
+    return None if out is None else (float(out[0]), float(out[1]))
 
 
 def passes_per_image(explainer_name: str, params: Mapping[str, Any] | None = None,
                      background_size: int = 0) -> Passes | None:
     """Model passes ``(n_forward_backward, n_forward)`` one image costs with an adapter.
 
-    ``params`` override the adapter's defaults (read from ``EXPLAINERS.get(name).params()``);
-    ``background_size`` is the number of background images given to the adapter. Adapters
-    registered with ``control=True`` (they ignore the model) need none: ``(0, 0)``. A registered
-    adapter without a rule in :data:`EXPLAINER_PASSES` returns ``None`` (its floor is missing).
-    A name that is not a registered explainer, or a parameter the adapter does not have, raises.
+    ``params`` override the adapter's defaults; ``background_size`` is the number of background
+    images given to the adapter. Adapters registered with ``control=True`` (they ignore the
+    model) need none: ``(0, 0)``. A registered adapter without a ``passes`` rule returns
+    ``None`` (its floor is missing). An unregistered name, or a parameter the adapter does not
+    have, raises.
     """
-    from explainers import EXPLAINERS  # the explainers layer sits beside bench; imported on use
-
     entry = EXPLAINERS.get(explainer_name)  # unknown names raise with the known ones
-    defaults = {k: v for k, v in entry.params().items() if k != "background"}
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise BenchError(f"explainer {explainer_name!r} has no parameter {', '.join(map(repr, unknown))}; "
-                         f"its parameters are: {', '.join(defaults) or '(none)'}")
+    full = _with_defaults("explainer", explainer_name, explainer_params(explainer_name), params)
     if entry.meta.get("control"):
         return 0.0, 0.0
-    if explainer_name not in EXPLAINER_PASSES:
-        return None
-    return EXPLAINER_PASSES.get(explainer_name).obj({**defaults, **params}, int(background_size))
-
-
-# --------------------------------------------------------------------------------------------
-# Metrics
-# --------------------------------------------------------------------------------------------
-
-@register_metric_passes("deletion_auc")
-@register_metric_passes("insertion_auc")
-def _rise(p, explainer_passes, n_layers):
-    return 0.0, float(p["steps"] + 1)  # steps + 1 curve points, point 0 included
-
-
-@register_metric_passes("drop_rate")
-@register_metric_passes("increase_rate")
-def _drop(p, explainer_passes, n_layers):
-    return 0.0, 2.0  # the input and its top-frac pixels on the substrate
-
-
-@register_metric_passes("road_morf")
-@register_metric_passes("road_lerf")
-def _road(p, explainer_passes, n_layers):
-    return 0.0, float(len(p["percentages"]))  # plus the CPU imputation, which is not a model pass
-
-
-@register_metric_passes("additivity_error")
-@register_metric_passes("additivity_error_relative")
-@register_metric_passes("localisation_precision")
-@register_metric_passes("pointing_game")
-def _no_pass(p, explainer_passes, n_layers):
-    return 0.0, 0.0
-
-
-@register_metric_passes("randomisation_similarity")
-def _randomisation(p, explainer_passes, n_layers):
-    if explainer_passes is None or n_layers is None:
-        return None
-    return n_layers * float(explainer_passes[0]), n_layers * float(explainer_passes[1])
+    return _apply_rule(entry.meta.get("passes"), full, int(background_size))
 
 
 def metric_passes_per_image(metric_name: str, params: Mapping[str, Any] | None = None, *,
@@ -186,21 +101,12 @@ def metric_passes_per_image(metric_name: str, params: Mapping[str, Any] | None =
 
     Randomisation re-runs the explainer once per cascade step: it needs the explainer's passes
     and ``n_layers`` (``len(bench.metrics.randomisation_layers(model))``), else ``None``. A
-    registered metric without a rule returns ``None``; an unregistered name or an unknown
-    parameter raises.
+    registered metric without a ``passes`` rule returns ``None``; an unregistered name or an
+    unknown parameter raises.
     """
-    from bench.metrics import METRICS, metric_params
-
-    METRICS.get(metric_name)  # unknown names raise with the known ones
-    defaults = metric_params(metric_name)
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise BenchError(f"metric {metric_name!r} has no parameter {', '.join(map(repr, unknown))}; "
-                         f"its parameters are: {', '.join(defaults) or '(none)'}")
-    if metric_name not in METRIC_PASSES:
-        return None
-    return METRIC_PASSES.get(metric_name).obj({**defaults, **params}, explainer_passes, n_layers)
+    entry = METRICS.get(metric_name)  # unknown names raise with the known ones
+    full = _with_defaults("metric", metric_name, metric_params(metric_name), params)
+    return _apply_rule(entry.meta.get("passes"), full, explainer_passes, n_layers)
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,8 +119,6 @@ def _sync(device: torch.device) -> None:
 
 
 def _best_per_image(step: Callable[[], None], inputs: Tensor, repeats: int, warmup: int) -> float:
-    from time import perf_counter
-
     if int(repeats) < 1:
         raise BenchError(f"repeats must be a positive integer, got {repeats!r}")
     for _ in range(int(warmup)):
@@ -318,16 +222,6 @@ def _s_per_image(b: dict[str, Any]) -> float | None:
     return stats["min"] / batch if "min" in stats and batch else None
 
 
-def _markdown_table(header: list[str], align: str, rows: list[list[Any]]) -> list[str]:
-    """Lines of a Markdown table and a blank line; ``align`` has one letter per column, ``l``
-    (left) or ``r`` (right)."""
-    rules = ["---:" if a == "r" else "---" for a in align]
-    if len(rules) != len(header):
-        raise ValueError(f"align {align!r} describes {len(rules)} columns, the header has {len(header)}")
-    line = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"  # noqa: E731
-    return [line(header), "|" + "|".join(rules) + "|", *(line(r) for r in rows), ""]
-
-
 def _rounds(rows: list[dict[str, Any]], first: dict[str, Any]) -> str:
     """"rounds 1" (older runs) or "best of 1-5 timed rounds after a warm-up call"."""
     timed = sorted({b["extra_info"]["timed_rounds"] for b in rows if "timed_rounds" in b.get("extra_info", {})})
@@ -361,29 +255,29 @@ def benchmark_table(json_path: str | Path) -> str:
             f"saved {data.get('datetime', '?')}"]
     out = ["Machine: " + "; ".join(desc) + ".", ""]
     if explainers:
-        out += _markdown_table(
+        out += markdown_table(
             ["explainer", "model", "s/image", "peak MB", "passes/image", "floor s/image", "floor ratio"],
-            "llrrlrr",
             [[i.get("explainer"), i.get("model"), _cell(_s_per_image(b), ".4f"), _cell(i.get("peak_mb"), ".0f"),
               format_passes(i.get("passes")), _cell(i.get("floor_s_per_image"), ".4f"),
-              _cell(i.get("floor_ratio"), ".2f")] for b in explainers for i in [b["extra_info"]]])
+              _cell(i.get("floor_ratio"), ".2f")] for b in explainers for i in [b["extra_info"]]],
+            "llrrlrr") + [""]
     if metrics:
-        out += _markdown_table(
+        out += markdown_table(
             ["metric", "model", "s/image", "passes/image", "floor ratio", "Quantus", "Quantus s/image"],
-            "llrlrlr",
             [[i.get("metric"), i.get("model"), _cell(_s_per_image(b), ".4f"), format_passes(i.get("passes")),
               _cell(i.get("floor_ratio"), ".2f"), i.get("quantus_metric") or "-",
-              _cell(i.get("quantus_s_per_image"), ".4f")] for b in metrics for i in [b["extra_info"]]])
+              _cell(i.get("quantus_s_per_image"), ".4f")] for b in metrics for i in [b["extra_info"]]],
+            "llrlrlr") + [""]
     if not explainers and not metrics:
         out.append("(no pneumobench benchmarks in this file)")
     return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m bench.floor RUN.json [...]``: print the Markdown tables of saved runs."""
+    """``python -m bench.perf.floor RUN.json [...]``: print the Markdown tables of saved runs."""
     paths = sys.argv[1:] if argv is None else argv
     if not paths:
-        print("usage: python -m bench.floor results/benchmarks/<machine>/NNNN_run.json [...]", file=sys.stderr)
+        print("usage: python -m bench.perf.floor results/benchmarks/<machine>/NNNN_run.json [...]", file=sys.stderr)
         return 2
     for p in paths:
         print(f"## {p}\n")

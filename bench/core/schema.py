@@ -1,0 +1,25 @@
+"""Names shared by every layer that writes or reads a run's tables, defined once.
+
+``scores.csv`` has one row per (model, stage, explainer, metric, image) with the columns
+:data:`SCORE_COLUMNS`; ``curves.csv`` one row per curve point with :data:`CURVE_COLUMNS`.
+A stage is ``"pre"`` (the trained model) or ``"post"`` (the tuned one); an image's confusion cell
+under a model is one of :data:`CELLS`, with class 1 (pneumonia) as the positive class.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+STAGES = ("pre", "post")
+CELLS = ("TP", "FP", "FN", "TN")
+SCORE_COLUMNS = ("model", "stage", "explainer", "metric", "image", "label", "pred", "cell", "value", "status",
+                 "message", "higher_is_better", "seconds_per_image", "peak_mem_mb")
+CURVE_COLUMNS = ("model", "stage", "explainer", "curve", "image", "fraction", "prob")
+
+
+def confusion_cells(labels: Sequence[int], preds: Sequence[int]) -> list[str]:
+    """Per-image confusion cell with class 1 as positive: ``"TP"``, ``"FP"``, ``"FN"`` or ``"TN"``.
+
+    ``labels`` and ``preds`` are integer sequences of equal length (numpy arrays, lists, or
+    tensors converted with ``.numpy()``).
+    """
+    return [("T" if int(y) == int(p) else "F") + ("P" if int(p) == 1 else "N") for y, p in zip(labels, preds)]

@@ -1,0 +1,205 @@
+"""The METRICS registry, the metric protocol and the helpers every metric family shares.
+
+A metric is a plain function registered by name, with everything the rest of pneumobench needs
+to know about it declared next to its code::
+
+    @register_metric("deletion_auc", higher_is_better=False, reads="preprocessed",
+                     passes=lambda p, explainer, layers: (0, p["steps"] + 1))
+    def deletion_auc(model, inputs, targets, attribution, *, context=None, steps=49, ...) -> MetricResult
+
+* ``model`` is in ``eval()`` on the inputs' device and returns logits ``(B, K)``; metrics that use
+  probabilities apply a softmax over the classes themselves (each docstring says so).
+* ``inputs (B, C, H, W)``, ``targets (B,)`` class indices, ``attribution.values (B, C, H, W)``.
+* The result is a float tensor ``(B,)`` on the inputs' device (one score per image), or a
+  :class:`MetricResult` holding those scores and the per-image curves the scores were computed
+  from (deletion, insertion, ROAD), so that nobody computes a curve twice. NaN marks a missing
+  value (additivity of a non-additive method, localisation on an empty mask); tables print it as
+  "n/a", never as 0.
+* Extra inputs come in a :class:`MetricContext`; a metric declares what it reads with
+  ``needs=("masks",)`` or ``needs=("explain",)`` and raises :class:`BenchError` without it.
+* ``reads``: ``"preprocessed"`` (default) gets the attribution after the run's one explicit
+  preprocessing step (:func:`preprocess_attributions`); ``"raw"`` gets it as the explainer
+  returned it (additivity is a property of the raw values, not of a ranking).
+* ``passes``: the model passes per image the metric costs, ``(forward+backward, forward-only)``,
+  either a constant pair or ``fn(params, explainer_passes, n_layers) -> pair | None`` (params
+  with defaults filled in; ``explainer_passes`` and ``n_layers`` for metrics that re-run the
+  explainer on randomised models). :mod:`bench.perf.floor` reads it; without it the metric has
+  no floor.
+
+Ranking metrics (drop/increase rate, deletion/insertion, ROAD, localisation) rank pixels by the
+attribution values *as given*, descending: a large negative value ranks last. Taking absolute
+values or keeping the positive part is one explicit, recorded step applied by the runner before
+the metrics, :func:`preprocess_attributions`; no metric takes ``abs`` silently. The one exception
+is the documented ``absolute=True`` parameter of ``randomisation_similarity``, which follows
+the paper it reproduces and is recorded like every other parameter.
+
+Third-party metrics register through the entry-point group ``bench.metrics``
+(docs/adding-a-metric.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from bench.core.errors import BenchError
+from bench.core.registry import Registry
+from explainers.base import Attribution
+
+ENTRY_POINT_GROUP = "bench.metrics"
+CONTEXT_FIELDS = ("masks", "explain")
+READS = ("preprocessed", "raw")
+PREPROCESS_MODES = ("signed", "abs", "positive")
+
+Passes = tuple[float, float]  # (forward+backward passes, forward-only passes) per image
+PassRule = Union[Passes, Callable[[dict[str, Any], "Passes | None", "int | None"], "Passes | None"]]
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A per-image curve a metric was computed from: ``y (B, T)`` at the abscissae ``x (T,)``
+    (fractions of pixels perturbed, in [0, 1])."""
+
+    x: tuple[float, ...]
+    y: Tensor
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    """What :func:`compute_metric` returns: ``scores (B,)`` and the curves behind them by name
+    (e.g. ``{"deletion": Curve}``; empty for metrics without a curve)."""
+
+    scores: Tensor
+    curves: dict[str, Curve] = field(default_factory=dict)
+
+
+METRICS: Registry[Callable[..., "Tensor | MetricResult"]] = Registry("metric", entry_point_group=ENTRY_POINT_GROUP)
+
+
+@dataclass(frozen=True)
+class MetricContext:
+    """Extra inputs some metrics need.
+
+    Attributes:
+        masks: ``(B, 1, H, W)`` bool ground-truth masks (localisation metrics).
+        explain: ``explain(model) -> values (B, C, H, W)`` re-runs the same explainer with the same
+            inputs and targets on another model (randomisation metrics).
+        additive: the explainer is registered as additive, so it must fill ``outputs`` and
+            ``base_values``.
+    """
+
+    masks: Tensor | None = None
+    explain: Callable[[nn.Module], Tensor] | None = None
+    additive: bool = False
+
+
+def register_metric(name: str, *, higher_is_better: bool, needs: Sequence[str] = (), reads: str = "preprocessed",
+                    passes: PassRule | None = None, **meta: Any):
+    """Register ``fn(model, inputs, targets, attribution, *, context=None, **params)``.
+
+    ``fn`` returns ``(B,)`` scores or a :class:`MetricResult`. ``needs``, ``reads`` and
+    ``passes`` are described in the module docstring; other keywords (``kind``, ``paper``) are
+    listed by ``python -m bench list metrics``.
+    """
+    needs = tuple(needs)
+    unknown = [n for n in needs if n not in CONTEXT_FIELDS]
+    if unknown:
+        raise BenchError(f"metric {name!r} needs unknown context field(s) {unknown}; known: {', '.join(CONTEXT_FIELDS)}")
+    if reads not in READS:
+        raise BenchError(f"metric {name!r}: reads={reads!r} is not one of {', '.join(READS)}")
+    METRICS.check_pass_rule(name, passes)
+    return METRICS.register(name, higher_is_better=bool(higher_is_better), needs=needs, reads=reads, passes=passes,
+                            **meta)
+
+
+def metric_params(name: str) -> dict[str, Any]:
+    """The tunable parameters of a metric with their defaults (``context`` excluded)."""
+    params = METRICS.get(name).params()
+    params.pop("context", None)
+    return params
+
+
+def compute_metric(name: str, model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
+                   context: MetricContext | None = None, **params: Any) -> MetricResult:
+    """Look up a metric, validate its parameter names and context, and run it.
+
+    Returns a :class:`MetricResult` whatever the metric function returns.
+    """
+    entry = METRICS.get(name)
+    valid = metric_params(name)
+    bad = sorted(set(params) - set(valid))
+    if bad:
+        raise BenchError(
+            f"unknown parameter(s) {', '.join(bad)} for metric {name!r}; valid parameters: "
+            f"{', '.join(f'{k}={v!r}' for k, v in valid.items()) or '(none)'}"
+        )
+    for field_name in entry.meta.get("needs", ()):
+        require_context(context, field_name, name)
+    out = entry.obj(model, inputs, targets, attribution, context=context, **params)
+    result = out if isinstance(out, MetricResult) else MetricResult(out)
+    if not isinstance(result.scores, Tensor) or result.scores.shape != (inputs.shape[0],):
+        raise BenchError(f"metric {name!r} returned {getattr(result.scores, 'shape', type(result.scores).__name__)}; "
+                         f"a metric returns one score per image, ({inputs.shape[0]},)")
+    return result
+
+
+def preprocess_attributions(values: Tensor, mode: str) -> Tensor:
+    """The one explicit attribution preprocessing step, applied by the runner before ranking.
+
+    ``"signed"`` returns the values unchanged, ``"abs"`` their absolute values (ranks by magnitude,
+    as most perturbation papers do for signed methods), ``"positive"`` keeps the positive part
+    ``max(v, 0)`` (evidence for the target class only). The mode is written into the run config.
+    """
+    if mode == "signed":
+        return values
+    if mode == "abs":
+        return values.abs()
+    if mode == "positive":
+        return values.clamp(min=0)
+    raise BenchError(f"unknown attribution preprocessing mode {mode!r}; use one of {', '.join(PREPROCESS_MODES)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by the metric families
+# ---------------------------------------------------------------------------------------------
+
+
+def require_context(context: MetricContext | None, field_name: str, metric: str) -> Any:
+    value = None if context is None else getattr(context, field_name, None)
+    if value is None:
+        raise BenchError(
+            f"metric {metric!r} needs context.{field_name}, which is missing; pass "
+            f"context=MetricContext({field_name}=...)"
+        )
+    return value
+
+
+def validate_call(metric: str, model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution) -> None:
+    if inputs.dim() != 4:
+        raise BenchError(f"metric {metric!r}: inputs must be (B, C, H, W), got shape {tuple(inputs.shape)}")
+    if attribution.values.shape != inputs.shape:
+        raise BenchError(
+            f"metric {metric!r}: attribution values {tuple(attribution.values.shape)} do not match "
+            f"inputs {tuple(inputs.shape)}; adapters must return values of the inputs' shape"
+        )
+    if targets.shape != (inputs.shape[0],):
+        raise BenchError(f"metric {metric!r}: targets must be (B,) = ({inputs.shape[0]},), got {tuple(targets.shape)}")
+    if model.training:
+        raise BenchError(f"metric {metric!r}: the model must be in eval() mode (BatchNorm/Dropout change outputs)")
+
+
+def out_dtype(inputs: Tensor) -> torch.dtype:
+    return inputs.dtype if inputs.is_floating_point() else torch.get_default_dtype()
+
+
+def check_fraction(metric: str, name: str, value: float) -> None:
+    if not 0.0 < value <= 1.0:
+        raise BenchError(f"metric {metric!r}: {name} must be in (0, 1], got {value!r}")
+
+
+def check_chunk(chunk_size: int) -> int:
+    if int(chunk_size) < 1:
+        raise BenchError(f"chunk_size must be a positive number of images per forward pass, got {chunk_size!r}")
+    return int(chunk_size)

@@ -1,0 +1,65 @@
+"""Localisation against a ground-truth mask (data sets with masks, e.g. ``synthetic``)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from bench.core.errors import BenchError
+from bench.metrics.base import MetricContext, check_fraction, out_dtype, register_metric, require_context, validate_call
+from bench.metrics.perturbation import rank_pixels
+from explainers.base import Attribution
+
+
+def _masks(metric: str, context: MetricContext | None, inputs: Tensor) -> Tensor:
+    masks = require_context(context, "masks", metric)
+    b, _, h, w = inputs.shape
+    if masks.shape != (b, 1, h, w):
+        raise BenchError(f"metric {metric!r}: masks must be (B, 1, H, W) = ({b}, 1, {h}, {w}), got {tuple(masks.shape)}")
+    return masks.to(inputs.device).bool().flatten(1)
+
+
+@register_metric("localisation_precision", higher_is_better=True, needs=("masks",), kind="localisation", passes=(0, 0),
+                 paper="Arras et al. 2022, CLEVR-XAI (relevance rank accuracy)")
+def localisation_precision(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
+                           context: MetricContext | None = None, frac: float | None = None) -> Tensor:
+    """Share of the top-k attribution pixels that fall inside the ground-truth mask.
+
+    Arras, Osman & Samek 2022, "CLEVR-XAI: A benchmark dataset for the ground truth evaluation of
+    neural network explanations" (Information Fusion), relevance rank accuracy:
+    ``|top_k(phi) ∩ M| / k`` with ``k = |M|`` (or ``round(frac * H * W)`` if ``frac`` is given),
+    pixels ranked by :func:`rank_pixels`. NaN for an empty mask (no ground truth, e.g. a
+    negative image). Higher is better.
+    """
+    validate_call("localisation_precision", model, inputs, targets, attribution)
+    m = _masks("localisation_precision", context, inputs)
+    n_pix = m.shape[1]
+    hits = m.gather(1, rank_pixels(attribution.values)).long().cumsum(1)
+    if frac is None:
+        k = m.sum(1)
+    else:
+        check_fraction("localisation_precision", "frac", frac)
+        k = torch.full((m.shape[0],), max(1, int(math.floor(frac * n_pix + 0.5))), device=m.device)
+    inside = hits.gather(1, (k - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+    score = inside.to(torch.float64) / k.clamp(min=1)
+    score = torch.where(m.any(1), score, torch.full_like(score, float("nan")))
+    return score.to(out_dtype(inputs))
+
+
+@register_metric("pointing_game", higher_is_better=True, needs=("masks",), kind="localisation", passes=(0, 0),
+                 paper="Zhang et al. 2016, Top-down Neural Attention by Excitation Backprop (ECCV)")
+def pointing_game(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
+                  context: MetricContext | None = None) -> Tensor:
+    """Whether the maximum-attribution pixel lies inside the ground-truth mask.
+
+    Zhang et al. 2016, "Top-down Neural Attention by Excitation Backprop" (ECCV):
+    ``hit = 1[argmax_i phi_i ∈ M]`` (channel sum; ties to the first pixel in row-major order; no
+    tolerance margin, the paper's 15 px would cover half a 28 px image). NaN for an empty mask.
+    Higher is better.
+    """
+    validate_call("pointing_game", model, inputs, targets, attribution)
+    m = _masks("pointing_game", context, inputs)
+    top = rank_pixels(attribution.values)[:, :1]
+    hit = m.gather(1, top).squeeze(1).to(out_dtype(inputs))
+    return torch.where(m.any(1), hit, torch.full_like(hit, float("nan")))

@@ -1,0 +1,105 @@
+"""Model randomisation (Adebayo et al. 2018): an explanation that survives randomising the model
+explains nothing about it. Re-runs the explainer once per cascade step (``needs=("explain",)``).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from bench.core.errors import BenchError
+from bench.metrics.base import MetricContext, out_dtype, register_metric, require_context, validate_call
+from explainers.base import Attribution
+
+
+def _randomisation_passes(params, explainer_passes, n_layers):
+    """The explainer's passes once per cascade step; unknown without them."""
+    if explainer_passes is None or n_layers is None:
+        return None
+    return n_layers * float(explainer_passes[0]), n_layers * float(explainer_passes[1])
+
+
+def _average_ranks(x: Tensor) -> Tensor:
+    """Ranks 1..N along dim 1 with ties averaged (scipy.stats.rankdata 'average'), float64."""
+    b, n = x.shape
+    sorted_vals, idx = torch.sort(x, dim=1, stable=True)
+    new_group = torch.ones_like(sorted_vals, dtype=torch.bool)
+    new_group[:, 1:] = sorted_vals[:, 1:] != sorted_vals[:, :-1]
+    gid = (torch.cumsum(new_group.long(), dim=1) - 1) + torch.arange(b, device=x.device).unsqueeze(1) * n
+    gid = gid.flatten()
+    pos = torch.arange(1, n + 1, device=x.device, dtype=torch.float64).repeat(b)
+    sums = torch.zeros(b * n, device=x.device, dtype=torch.float64).scatter_add_(0, gid, pos)
+    cnt = torch.zeros(b * n, device=x.device, dtype=torch.float64).scatter_add_(0, gid, torch.ones_like(pos))
+    avg = (sums[gid] / cnt[gid]).view(b, n)
+    return torch.empty_like(avg).scatter_(1, idx, avg)
+
+
+def spearman(a: Tensor, b: Tensor) -> Tensor:
+    """Spearman rank correlation per row of ``(B, ...)`` tensors, ties averaged; NaN if a row is constant."""
+    ra = _average_ranks(a.flatten(1).to(torch.float64))
+    rb = _average_ranks(b.flatten(1).to(torch.float64))
+    ra = ra - ra.mean(1, keepdim=True)
+    rb = rb - rb.mean(1, keepdim=True)
+    den = (ra.square().sum(1) * rb.square().sum(1)).sqrt()
+    num = (ra * rb).sum(1)
+    return torch.where(den > 0, num / den.clamp(min=1e-300), torch.full_like(num, float("nan")))
+
+
+def randomisation_layers(model: nn.Module) -> list[str]:
+    """Top-level children that hold parameters, top (output) first: the cascade order."""
+    return [name for name, m in model.named_children() if any(True for _ in m.parameters())][::-1]
+
+
+def randomisation_per_layer(model: nn.Module, inputs: Tensor, attribution: Attribution,
+                            explain: Callable[[nn.Module], Tensor], *, seed: int = 0,
+                            absolute: bool = True) -> tuple[Tensor, list[str]]:
+    """Spearman similarity ``(B, L)`` after each cumulative randomisation step, and the layer names.
+
+    Works on a deep copy; step ``l`` re-initialises (``reset_parameters()`` of every submodule,
+    seeded with ``seed + l``, the global RNG state restored afterwards) the l-th layer of
+    :func:`randomisation_layers` on top of the previous ones, then calls ``explain``.
+    """
+    names = randomisation_layers(model)
+    if not names:
+        raise BenchError("randomisation: the model has no top-level child module with parameters")
+    original = attribution.values.detach()
+    if absolute:
+        original = original.abs()
+    rand = copy.deepcopy(model).eval()
+    children = dict(rand.named_children())
+    devices = [inputs.device.index or 0] if inputs.device.type == "cuda" else []
+    sims = []
+    for step, name in enumerate(names):
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(seed) + step)
+            for m in children[name].modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+        values = explain(rand).detach()
+        if values.shape != original.shape:
+            raise BenchError(f"randomisation: explain(model) returned {tuple(values.shape)}, expected {tuple(original.shape)}")
+        sims.append(spearman(original, values.abs() if absolute else values))
+    return torch.stack(sims, dim=1).to(device=inputs.device, dtype=out_dtype(inputs)), names
+
+
+@register_metric("randomisation_similarity", higher_is_better=False, needs=("explain",), kind="randomisation",
+                 passes=_randomisation_passes,
+                 paper="Adebayo et al. 2018, Sanity Checks for Saliency Maps (NeurIPS)")
+def randomisation_similarity(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
+                             context: MetricContext | None = None, seed: int = 0, absolute: bool = True) -> Tensor:
+    """Mean rank similarity between the attribution and those of cascadingly randomised models.
+
+    Adebayo et al. 2018, "Sanity Checks for Saliency Maps" (NeurIPS), cascading randomisation
+    from the top: the top-level child modules with parameters are re-initialised in reverse
+    order (fc, layer4, ..., stem), cumulatively, on a deep copy; after step ``l``
+    ``s_l = spearman(|phi|, |phi_l|)`` over all C*H*W values (``absolute=True``, the paper's main
+    figure). Score = ``nanmean_l s_l`` (a step whose map is constant has no rank correlation and
+    is skipped). Per-layer values: :func:`randomisation_per_layer`. A method that ignores the
+    model scores 1; lower is better.
+    """
+    validate_call("randomisation_similarity", model, inputs, targets, attribution)
+    explain = require_context(context, "explain", "randomisation_similarity")
+    sims, _ = randomisation_per_layer(model, inputs, attribution, explain, seed=seed, absolute=absolute)
+    return torch.nanmean(sims, dim=1)

@@ -1,0 +1,175 @@
+"""``manifest.json``: what a run computed, on what, with which code, and what it cost against its floor.
+
+The cost section compares the explain-and-score phase with its floor (:mod:`bench.perf.floor`):
+the model passes every computed unit needed (its explainer's passes and each metric's, per
+image, from their registrations) times the time of one pass of that model, measured at the
+start of the run on ``explain.shard_size`` images (the batch a unit hands its explainer).
+"""
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.core.io import atomic_write_json
+from bench.core.machine import machine_info
+from bench.metrics import randomisation_layers
+from bench.perf.allocator import allocator_state
+from bench.perf.floor import (floor_ratio, floor_seconds, metric_passes_per_image, passes_per_image, time_forward,
+                              time_forward_backward)
+from bench.run.config import RunConfig
+from bench.run.unit import Stage, Unit
+from datasets import ImageSplit
+
+PACKAGES = ("torch", "torchvision", "shap", "captum", "quantus", "medmnist", "numpy", "scipy", "pandas",
+            "matplotlib", "seaborn", "tqdm")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = None
+    out["torch"] = torch.__version__  # with the build tag (+cpu, +cu130, ...)
+    out["cuda"] = torch.version.cuda
+    return out
+
+
+def git_commit() -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+        return {"commit": commit or None, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+# ----------------------------------------------------------------------------- cost against the floor
+
+
+def time_passes(stages: list[Stage], units: list[Unit]) -> dict[str, dict[str, float]]:
+    """Seconds per image of one forward+backward and one forward pass of each model, on its
+    units' device, at the batch of its first unit (best of 3 after a warm-up pass)."""
+    out: dict[str, dict[str, float]] = {}
+    for st in stages:
+        if st.model_name in out:
+            continue  # the stages of a model share its architecture
+        first = next((u for u in units if u.stage.model_name == st.model_name), None)
+        if first is None:
+            continue
+        x = first.images.to(first.device)
+        out[st.model_name] = {"forward_backward": time_forward_backward(st.model, x),
+                              "forward": time_forward(st.model, x), "batch": int(x.shape[0])}
+    return out
+
+
+def unit_floor(unit: Unit, result: dict[str, Any], pass_seconds: dict[str, float]) -> dict[str, Any]:
+    """Measured seconds and floor seconds of the part of a unit computed in this run.
+
+    The explainer's part counts unless its attributions came from the cache. A method without
+    a pass rule makes its floor unknown (``None``).
+    """
+    cfg, n = unit.cfg, len(unit)
+    t_fb, t_f = pass_seconds["forward_backward"], pass_seconds["forward"]
+    e_passes = passes_per_image(unit.explainer, unit.params, background_size=unit.background.shape[0])
+    measured = {"explain": 0.0, "metrics": {}}
+    floor: dict[str, Any] = {"explain": 0.0, "metrics": {}}
+    if not result["attr_cached"]:
+        measured["explain"] = result["seconds_per_image"] * n
+        f = floor_seconds(e_passes, t_fb, t_f)
+        floor["explain"] = None if f is None else f * n
+    layers = len(randomisation_layers(unit.stage.model))
+    for name, seconds in result.get("metric_seconds", {}).items():
+        m_passes = metric_passes_per_image(name, cfg["metrics"]["params"].get(name, {}), explainer_passes=e_passes,
+                                           n_layers=layers)
+        f = floor_seconds(m_passes, t_fb, t_f)
+        measured["metrics"][name] = seconds
+        floor["metrics"][name] = None if f is None else f * n
+    return {"measured": measured, "floor": floor}
+
+
+def cost_summary(units: list[Unit], results: list[dict[str, Any]], pass_seconds: dict[str, dict[str, float]],
+                 phase_seconds: float) -> dict[str, Any]:
+    """The explain-and-score phase against its floor: overall, by explainer and by metric.
+
+    Only the units computed in this run count; a failed unit (its explainer raised) counts in
+    the phase's wall time but has no floor, since what it would have cost is unknown.
+    """
+    by_explainer: dict[str, list[float | None]] = {}
+    by_metric: dict[str, list[float | None]] = {}
+    total_floor: float | None = 0.0
+    computed = failed = 0
+    for u, r in zip(units, results):
+        if r["cached"]:
+            continue
+        computed += 1
+        if r["status"] != "ok":
+            failed += 1
+            continue
+        c = unit_floor(u, r, pass_seconds[u.stage.model_name])
+        parts = [(by_explainer, u.explainer, c["measured"]["explain"], c["floor"]["explain"])]
+        parts += [(by_metric, m, c["measured"]["metrics"][m], c["floor"]["metrics"][m]) for m in c["measured"]["metrics"]]
+        for table, key, measured, floor in parts:
+            acc = table.setdefault(key, [0.0, 0.0])
+            acc[0] += measured
+            acc[1] = None if acc[1] is None or floor is None else acc[1] + floor
+            total_floor = None if total_floor is None or floor is None else total_floor + floor
+
+    def summary(acc: list[float | None]) -> dict[str, Any]:
+        return {"measured_seconds": round(acc[0], 3), "floor_seconds": None if acc[1] is None else round(acc[1], 3),
+                "ratio": _round(floor_ratio(acc[0], acc[1]))}
+
+    return {
+        "pass_seconds_per_image": pass_seconds,
+        "units_computed": computed,
+        "units_failed": failed,
+        "explain_and_metrics": {"wall_seconds": round(phase_seconds, 2),
+                                "floor_seconds": None if total_floor is None else round(total_floor, 2),
+                                "ratio": _round(floor_ratio(phase_seconds, total_floor)) if computed else None},
+        "by_explainer": {k: summary(v) for k, v in sorted(by_explainer.items())},
+        "by_metric": {k: summary(v) for k, v in sorted(by_metric.items())},
+    }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+# ----------------------------------------------------------------------------- the manifest
+
+
+def write_manifest(run_dir: Path, cfg: RunConfig, device: torch.device, test: ImageSplit, stages: list[Stage],
+                   timings: dict[str, float], unit_log: list[dict], written: list[Path], executor: str,
+                   cost: dict[str, Any]) -> None:
+    manifest = {
+        "config": cfg.values,
+        "config_source": cfg.source,
+        "command": " ".join(["python -m bench", *sys.argv[1:]]) if sys.argv and "bench" in sys.argv[0] else None,
+        "versions": package_versions(),
+        "platform": machine_info(),
+        "device": str(device),
+        "executor": executor,
+        "allocator": allocator_state(),
+        "cuda_device": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+        "git": git_commit(),
+        "data": {"dataset": test.name, "split": test.split, "options": cfg["data"]["options"], **test.info},
+        "checkpoints": [{"model": s.model_name, "stage": s.stage, "path": str(s.path), "sha256": s.sha256,
+                         "test": {k: s.sidecar["test"].get(k) for k in ("acc", "auc", "sensitivity", "specificity")},
+                         "train_config": s.sidecar.get("config")} for s in stages],
+        "wall_seconds": {k: round(v, 2) for k, v in timings.items()},
+        "cost": cost,
+        "units": {"total": len(unit_log), "from_cache": sum(u["cached"] for u in unit_log),
+                  "failed": [u for u in unit_log if u["status"] != "ok"]},
+        "files": sorted(str(p.relative_to(run_dir)) for p in written),
+    }
+    atomic_write_json(run_dir / "manifest.json", manifest)

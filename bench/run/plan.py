@@ -1,0 +1,150 @@
+"""What a run computes: its data, its checkpoints, the images it explains and its units of work.
+
+The unit of work is one (checkpoint, explainer with its parameters, shard of ``explain.shard_size``
+images): :func:`plan_units` lists them, with the per-image facts (label, prediction, confusion
+cell) their score rows carry.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bench.core.schema import CELLS, confusion_cells
+from bench.run.config import RunConfig
+from bench.run.unit import Stage, Unit
+from datasets import ImageSplit, load_split
+from models.training import (TrainConfig, TuneConfig, default_checkpoint_path, default_tuned_path, load_checkpoint,
+                             predict_proba, read_sidecar, train_model, tune_model)
+
+
+@dataclass
+class Planned:
+    """A unit of work with the per-image facts its score rows carry."""
+
+    stage: Stage
+    explainer: str
+    index: Tensor
+    labels: Tensor
+    preds: Tensor
+    cells: list[str]
+    unit: Unit
+
+
+@dataclass
+class Examples:
+    """The images of one model shown in the attribution figures: their positions among the
+    model's explained images, and their cells under each stage's model."""
+
+    positions: list[int]
+    images: Tensor
+    labels: Tensor
+    index: Tensor
+    cells: dict[str, np.ndarray]
+
+
+def load_data(cfg: RunConfig) -> list[ImageSplit]:
+    """(train, val, explained split) of the configured dataset, with ``[data.options]`` passed through."""
+    d = cfg["data"]
+    out = [load_split(d["dataset"], s, **d["options"]) for s in ("train", "val", "test")]
+    if d["split"] != "test":
+        out[2] = load_split(d["dataset"], d["split"], **d["options"])
+    return out
+
+
+def data_fingerprint(split: ImageSplit) -> str:
+    return f"{split.name}:{split.fingerprint}:{split.split}"
+
+
+def ensure_checkpoints(cfg: RunConfig, train: ImageSplit, val: ImageSplit, test: ImageSplit, device: torch.device,
+                       progress: bool, say: Callable[[str], None]) -> list[Stage]:
+    """Train (pre) and tune (post) checkpoints on first use; later runs reuse them by content key."""
+    stages = []
+    ck_dir = Path(cfg["checkpoint_dir"])
+    for name in cfg["models"]["names"]:
+        tcfg = TrainConfig(**{**cfg["train"], "model": name, "dataset": train.name, "size": int(train.images.shape[-1])})
+        tcfg.validate()
+        pre_path = default_checkpoint_path(tcfg, train.fingerprint, ck_dir)
+        if not pre_path.exists():
+            say(f"[{name} pre] no checkpoint {pre_path}: training ({tcfg.epochs} epochs) ...")
+            train_model(tcfg, train, val, test, out=pre_path, device=str(device), progress=progress)
+        model, info = load_checkpoint(pre_path, expected_model=name, device=device)
+        stages.append(Stage(name, "pre", pre_path, info["sha256"], read_sidecar(pre_path), model))
+        if "post" in cfg["models"]["stages"]:
+            ucfg = TuneConfig(**{**cfg["tune"], **({"unfreeze": tuple(cfg["tune"]["unfreeze"])}
+                                                    if "unfreeze" in cfg["tune"] else {})})
+            ucfg.validate()
+            post_path = default_tuned_path(pre_path, ucfg)
+            if not post_path.exists():
+                say(f"[{name} post] no checkpoint {post_path}: tuning {','.join(ucfg.unfreeze)} ...")
+                tune_model(pre_path, ucfg, train, val, test, out=post_path, device=str(device), progress=progress)
+            model, info = load_checkpoint(post_path, expected_model=name, device=device)
+            stages.append(Stage(name, "post", post_path, info["sha256"], read_sidecar(post_path), model))
+    return stages
+
+
+def background(train: ImageSplit, n: int, seed: int) -> Tensor:
+    """``n`` reference images drawn (seeded) from the train split, in index order."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    idx = torch.randperm(len(train), generator=gen)[: min(n, len(train))]
+    return train.images[idx.sort().values]
+
+
+def select_images(test: ImageSplit, preds: Tensor, cfg: RunConfig, seed: int) -> Tensor:
+    """All images, or ``per_cell`` images of each confusion cell of the pre model (seeded)."""
+    if cfg["data"]["sample"] == "all":
+        return torch.arange(len(test))
+    cells = np.array(confusion_cells(test.labels.numpy(), preds.numpy()))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for cell in CELLS:
+        idx = np.flatnonzero(cells == cell)
+        chosen += sorted(rng.choice(idx, size=min(cfg["data"]["per_cell"], len(idx)), replace=False).tolist())
+    return torch.as_tensor(sorted(chosen), dtype=torch.long)
+
+
+def example_positions(labels: Tensor, preds: Tensor, per_cell: int) -> list[int]:
+    """The first ``per_cell`` positions of each confusion cell (figure examples)."""
+    cells = confusion_cells(labels.numpy(), preds.numpy())
+    out = []
+    for cell in CELLS:
+        out += [i for i, c in enumerate(cells) if c == cell][:per_cell]
+    return out
+
+
+def plan_units(cfg: RunConfig, stages: list[Stage], test: ImageSplit, reference: Tensor, device: torch.device,
+               run_dir: Path) -> tuple[list[Planned], dict[str, Examples]]:
+    """Every unit of the run, in order (model, stage, explainer, shard), and each model's examples."""
+    seed = cfg["seed"]
+    fingerprint = data_fingerprint(test)
+    shard = cfg["explain"]["shard_size"]
+    plan: list[Planned] = []
+    examples: dict[str, Examples] = {}
+    for model_name in cfg["models"]["names"]:
+        model_stages = [s for s in stages if s.model_name == model_name]
+        pre_preds = predict_proba(model_stages[0].model, test.images, device=device).argmax(1)
+        index = select_images(test, pre_preds, cfg, seed)
+        images, labels = test.images[index], test.labels[index]
+        masks = None if test.masks is None else test.masks[index]
+        targets = pre_preds[index] if cfg["explain"]["target"] == "predicted" else labels
+        positions = example_positions(labels, pre_preds[index], cfg["figures"]["examples_per_cell"])
+        stage_cells = {}
+        for st in model_stages:
+            preds = predict_proba(st.model, images, device=device).argmax(1)
+            cells = confusion_cells(labels.numpy(), preds.numpy())
+            stage_cells[st.stage] = np.array(cells)
+            for name in cfg["explain"]["names"]:
+                params = dict(cfg["explain"]["params"].get(name, {}))
+                for lo in range(0, len(index), shard):
+                    sl = slice(lo, lo + shard)
+                    unit = Unit(cfg, st, name, params, fingerprint, index[sl], images[sl], labels[sl], targets[sl],
+                                None if masks is None else masks[sl], reference, device, run_dir)
+                    plan.append(Planned(st, name, index[sl], labels[sl], preds[sl], cells[sl], unit))
+        if positions:
+            examples[model_name] = Examples(positions, images[positions], labels[positions], index[positions],
+                                            {k: v[positions] for k, v in stage_cells.items()})
+    return plan, examples

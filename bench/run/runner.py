@@ -1,0 +1,132 @@
+"""``python -m bench run``: a validated config -> units of work -> cache -> scores -> tables, figures, manifest.
+
+The unit of work is one (checkpoint, explainer with its parameters, shard of images). Each unit's
+attributions and its metric scores are cached in ``results/<run>/cache/`` under a content key
+(checkpoint hash, explainer and parameters, code, data fingerprint, image indices, targets,
+background, seed, device type), written atomically as soon as the unit finishes. A killed run
+resumes where it stopped; re-running a finished run recomputes nothing and rewrites
+byte-identical tables. An explainer that raises is recorded (status and message) and the run
+goes on.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from bench.core.device import resolve_device
+from bench.core.errors import BenchError
+from bench.core.schema import CURVE_COLUMNS, SCORE_COLUMNS
+from bench.metrics import METRICS
+from bench.report.plots import AttributionExamples, ModelExamples
+from bench.report.rebuild import write_outputs
+from bench.run import plan as P
+from bench.run.config import RunConfig
+from bench.run.executors import execute_units
+from bench.run.manifest import cost_summary, time_passes, write_manifest
+
+
+def run(cfg: RunConfig, *, progress: bool = True, executor: str = "local", ray_address: str | None = None) -> Path:
+    """Execute a validated config; returns the run directory.
+
+    ``executor="local"`` computes the units in this process; ``"ray"`` fans them out as Ray tasks
+    (:func:`bench.run.executors.execute_units`). Both fill the same cache and give the same tables.
+    """
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    device = resolve_device(cfg["device"])
+    run_dir = Path(cfg["results_dir"]) / cfg["name"]
+    _guard_run_dir(run_dir, cfg)
+    say = tqdm.write if progress else (lambda s: print(s, flush=True))
+
+    t = time.perf_counter()
+    train, val, test = P.load_data(cfg)
+    timings["data"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    stages = P.ensure_checkpoints(cfg, train, val, test, device, progress, say)
+    timings["checkpoints"] = time.perf_counter() - t
+
+    reference = P.background(train, cfg["data"]["background_size"], cfg["seed"])
+    plan, examples = P.plan_units(cfg, stages, test, reference, device, run_dir)
+    units = [p.unit for p in plan]
+    pass_seconds = time_passes(stages, units)
+
+    t = time.perf_counter()
+    results = execute_units(units, executor=executor, ray_address=ray_address, say=say, progress=progress)
+    timings["explain_and_metrics"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    scores, curves = _tables(plan, results)
+    prepost_models = {s.model_name: s.sidecar["comparison"] for s in stages if s.stage == "post"}
+    written = write_outputs(run_dir, scores, curves, prepost_models, _attribution_examples(plan, results, examples),
+                            figures=cfg["figures"]["enabled"])
+    timings["tables_and_figures"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_all
+
+    unit_log = [{"model": p.stage.model_name, "stage": p.stage.stage, "explainer": p.explainer,
+                 "images": [int(i) for i in p.index], "cached": r["cached"], "status": r["status"]}
+                for p, r in zip(plan, results)]
+    cost = cost_summary(units, results, pass_seconds, timings["explain_and_metrics"])
+    write_manifest(run_dir, cfg, device, test, stages, timings, unit_log, written, executor, cost)
+    n_cached = sum(u["cached"] for u in unit_log)
+    failed = sorted({(u["model"], u["stage"], u["explainer"]) for u in unit_log if u["status"] != "ok"})
+    ratio = cost["explain_and_metrics"]["ratio"]
+    say(f"{len(unit_log)} units ({n_cached} from cache) in {timings['total']:.0f} s"
+        + (f"; explain+score at {ratio:.2f}x its floor" if ratio is not None else "")
+        + (f"; failed: {', '.join('/'.join(f) for f in failed)}" if failed else ""))
+    return run_dir
+
+
+def _guard_run_dir(run_dir: Path, cfg: RunConfig) -> None:
+    """Never mix two configs' results in one directory."""
+    manifest = run_dir / "manifest.json"
+    if manifest.exists():
+        try:
+            old = json.loads(manifest.read_text()).get("config")
+        except json.JSONDecodeError:
+            old = None
+        if old is not None and old != json.loads(json.dumps(cfg.values)):
+            raise BenchError(f"{run_dir} holds a run with another config; choose another --name (or delete "
+                             f"{run_dir} to replace it)")
+
+
+def _tables(plan: list[P.Planned], results: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """scores (one row per model, stage, explainer, metric, image) and curves (one row per curve point)."""
+    records, curves = [], []
+    for p, res in zip(plan, results):
+        st = p.stage
+        for name in res["metrics"]:
+            hib = bool(METRICS.get(name).meta["higher_is_better"])
+            for k, (i, label, pred, cell) in enumerate(zip(p.index, p.labels, p.preds, p.cells)):
+                status = res["metric_status"][name][k]
+                state, msg = ("error", status[7:]) if status.startswith("error: ") else (status, "")
+                records.append([st.model_name, st.stage, p.explainer, name, int(i), int(label), int(pred), cell,
+                                res["metrics"][name][k], state, msg, hib, res["seconds_per_image"],
+                                res["peak_mem_mb"]])
+        for curve, c in res.get("curves", {}).items():
+            for k, i in enumerate(p.index):
+                curves += [[st.model_name, st.stage, p.explainer, curve, int(i), f, prob]
+                           for f, prob in zip(c["fractions"], c["probs"][k])]
+    scores = pd.DataFrame.from_records(records, columns=list(SCORE_COLUMNS))
+    scores = scores.sort_values(["model", "stage", "explainer", "metric", "image"], kind="stable").reset_index(drop=True)
+    return scores, pd.DataFrame.from_records(curves, columns=list(CURVE_COLUMNS))
+
+
+def _attribution_examples(plan: list[P.Planned], results: list[dict[str, Any]],
+                          examples: dict[str, P.Examples]) -> AttributionExamples:
+    """Each model's example images with the maps of every (stage, explainer) whose shards all succeeded."""
+    shards: dict[tuple[str, str, str], list[Any]] = {}
+    for p, res in zip(plan, results):
+        shards.setdefault((p.stage.model_name, p.stage.stage, p.explainer), []).append(res.get("values"))
+    models = {m: ModelExamples(images=e.images, labels=e.labels, index=e.index, cells=e.cells)
+              for m, e in examples.items()}
+    for (model, stage, name), values in shards.items():
+        if model in examples and all(v is not None for v in values):
+            models[model].maps[(stage, name)] = torch.cat(values)[examples[model].positions]
+    return AttributionExamples(models=models)

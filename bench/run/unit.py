@@ -1,0 +1,198 @@
+"""One unit of work: a checkpoint, an explainer with its parameters, a shard of images.
+
+A unit explains its images (the attribution record) and then scores them with every configured
+metric (the score record). :meth:`Unit.compute` does both without touching a file, so it can run
+in another process (the Ray executor); :mod:`bench.run.cache` stores the two records under the
+unit's content keys, :attr:`Unit.attr_key` and :attr:`Unit.score_key`.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import explainers
+import models
+from bench import metrics as M
+from bench.core.errors import BenchError
+from bench.perf.profiling import measure_peak_memory
+from bench.run.config import RunConfig
+from explainers import EXPLAINERS, Attribution, run_explainer, with_output_space
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class Stage:
+    """One checkpoint to explain: a model at a stage (pre = trained, post = tuned)."""
+
+    model_name: str
+    stage: str
+    path: Path
+    sha256: str
+    sidecar: dict[str, Any]
+    model: nn.Module = field(repr=False, default=None)
+
+
+def content_key(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def source_digest(obj: Any) -> str:
+    """Hash of the source of the module defining ``obj``: changed code invalidates cached results."""
+    try:
+        return hashlib.sha256(inspect.getsource(inspect.getmodule(obj)).encode()).hexdigest()[:16]
+    except (OSError, TypeError):  # no source (compiled plug-in): fall back to its name
+        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}"
+
+
+def package_digest(*packages: ModuleType, extra: str = "") -> str:
+    """Hash of every module file of the given in-repo packages (and their subpackages) and ``extra``."""
+    h = hashlib.sha256(extra.encode())
+    for package in packages:
+        root = Path(package.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            h.update(str(path.relative_to(root)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def explainer_code_digest(obj: Any) -> str:
+    """:func:`source_digest` of an adapter plus every module of the in-repo ``explainers`` and
+    ``models`` packages: an adapter's values also depend on the helpers it calls (the batched
+    engines in explainers/rescale.py and explainers/expected_gradients.py, explainers/base.py,
+    models/safety.py), so a change there invalidates cached attributions too."""
+    return package_digest(explainers, models, extra=source_digest(obj))
+
+
+def tensor_digest(t: Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def failed_attribution(message: str, seconds: float = 0.0) -> dict[str, Any]:
+    """The attribution record of an explainer that raised: its one-line message, no values."""
+    return {"status": "error", "message": " ".join(message.split())[:500], "seconds": seconds,
+            "peak_mem_mb": math.nan, "values": None, "outputs": None, "base_values": None, "meta": "{}"}
+
+
+class Unit:
+    """(checkpoint, explainer + params, shard): attributions, then metric scores."""
+
+    def __init__(self, cfg: RunConfig, stage: Stage, explainer: str, params: dict, fingerprint: str, index: Tensor,
+                 images: Tensor, labels: Tensor, targets: Tensor, masks: Tensor | None, background: Tensor,
+                 device: torch.device, run_dir: Path) -> None:
+        self.cfg, self.stage, self.explainer, self.params = cfg, stage, explainer, params
+        self.index, self.labels, self.targets, self.masks = index, labels, targets, masks
+        self.images, self.background, self.device = images, background, device
+        self.attr_key = content_key({"v": CACHE_VERSION, "ckpt": stage.sha256, "explainer": explainer,
+                                     "params": params, "code": explainer_code_digest(EXPLAINERS.get(explainer).obj),
+                                     "output": cfg["explain"]["output"], "data": fingerprint,
+                                     "index": index.tolist(), "targets": targets.tolist(),
+                                     "background": tensor_digest(background), "seed": cfg["seed"],
+                                     "device": device.type})
+        metric_code = {n: source_digest(M.METRICS.get(n).obj) for n in cfg["metrics"]["names"]}  # plug-ins too
+        self.score_key = content_key({"attr": self.attr_key, "metrics": cfg["metrics"]["names"],
+                                      "code": package_digest(M, extra=json.dumps(metric_code, sort_keys=True)),
+                                      "params": cfg["metrics"]["params"],
+                                      "attribution": cfg["metrics"]["attribution"],
+                                      "curves": cfg["metrics"]["curves"]})
+        self.attr_path = run_dir / "cache" / "attributions" / f"{self.attr_key}.pt"
+        self.score_path = run_dir / "cache" / "scores" / f"{self.score_key}.json"
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def compute(self, attr: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(attribution record, score record): explains unless ``attr`` is given, then scores.
+        No file I/O, so it can run in another process (the Ray executor)."""
+        if attr is None:
+            attr = self.explain()
+        return attr, self.score(attr)
+
+    def explain(self) -> dict[str, Any]:
+        """The attribution record: values, outputs and base values on the CPU, seconds, peak memory."""
+        model = with_output_space(self.stage.model, self.cfg["explain"]["output"]).eval()
+        x, y = self.images.to(self.device), self.targets.to(self.device)
+        bg = self.background.to(self.device)
+        torch.manual_seed(self.cfg["seed"])
+        t0 = time.perf_counter()
+        try:
+            with measure_peak_memory(self.device) as mem:
+                t0 = time.perf_counter()  # after the memory baseline is taken (gc, malloc_trim)
+                attr = run_explainer(self.explainer, model, x, y, background=bg, **self.params)
+                seconds = time.perf_counter() - t0
+        except Exception as exc:  # recorded, the run goes on
+            return failed_attribution(f"{type(exc).__name__}: {exc}", time.perf_counter() - t0)
+        return {"status": "ok", "message": "", "seconds": seconds, "peak_mem_mb": mem.peak_mb,
+                "values": attr.values.detach().float().cpu(),
+                "outputs": None if attr.outputs is None else attr.outputs.detach().float().cpu(),
+                "base_values": None if attr.base_values is None else attr.base_values.detach().float().cpu(),
+                "meta": json.dumps(attr.meta, default=str)}
+
+    def score(self, attr: dict[str, Any]) -> dict[str, Any]:
+        """The score record: per metric one value and status per image, and the metrics' curves."""
+        t0 = time.perf_counter()
+        n = len(self.index)
+        out = {"status": attr["status"], "message": attr["message"], "seconds_per_image": attr["seconds"] / n,
+               "peak_mem_mb": attr["peak_mem_mb"], "metrics": {}, "metric_status": {}, "curves": {},
+               "metric_seconds": {}}
+        if attr["status"] != "ok":  # every metric of a failed explainer carries its error
+            for name in self.cfg["metrics"]["names"]:
+                out["metrics"][name] = [math.nan] * n
+                out["metric_status"][name] = ["error: " + attr["message"]] * n
+            out["score_seconds"] = time.perf_counter() - t0
+            return out
+        model = self.stage.model
+        x, y = self.images.to(self.device), self.targets.to(self.device)
+        outputs = None if attr["outputs"] is None else attr["outputs"].to(self.device)
+        base_values = None if attr["base_values"] is None else attr["base_values"].to(self.device)
+        raw_values = attr["values"].to(self.device)
+        given = {"raw": Attribution(raw_values, outputs, base_values),
+                 "preprocessed": Attribution(M.preprocess_attributions(raw_values, self.cfg["metrics"]["attribution"]),
+                                             outputs, base_values)}
+        additive = bool(EXPLAINERS.get(self.explainer).meta.get("additive", False))
+        context = M.MetricContext(masks=None if self.masks is None else self.masks.to(self.device),
+                                  explain=self.explain_on, additive=additive)
+        for name in self.cfg["metrics"]["names"]:
+            entry = M.METRICS.get(name)
+            params = dict(self.cfg["metrics"]["params"].get(name, {}))
+            t_metric = time.perf_counter()
+            try:
+                # metrics that re-run the explainer need gradients; the others never do
+                needs_grad = "explain" in entry.meta.get("needs", ())
+                with contextlib.nullcontext() if needs_grad else torch.no_grad():
+                    res = M.compute_metric(name, model, x, y, given[entry.meta.get("reads", "preprocessed")],
+                                           context=context, **params)
+                vals = [float(f) for f in res.scores.detach().float().cpu()]
+                out["metrics"][name] = vals
+                out["metric_status"][name] = ["ok" if math.isfinite(f) else "n/a" for f in vals]
+                if self.cfg["metrics"]["curves"]:
+                    for curve, c in sorted(res.curves.items()):
+                        if curve in out["curves"]:
+                            raise BenchError(f"two metrics return a curve named {curve!r}; a curve name must be "
+                                             f"unique among the run's metrics")
+                        out["curves"][curve] = {"fractions": [float(f) for f in c.x],
+                                                "probs": c.y.detach().float().cpu().tolist()}
+            except Exception as exc:
+                out["metrics"][name] = [math.nan] * n
+                out["metric_status"][name] = ["error: " + " ".join(f"{type(exc).__name__}: {exc}".split())[:300]] * n
+            out["metric_seconds"][name] = time.perf_counter() - t_metric
+        out["score_seconds"] = time.perf_counter() - t0
+        return out
+
+    def explain_on(self, other: nn.Module) -> Tensor:
+        """Re-run this unit's explainer on another model (for randomisation metrics)."""
+        model = with_output_space(other, self.cfg["explain"]["output"]).eval()
+        torch.manual_seed(self.cfg["seed"])
+        return run_explainer(self.explainer, model, self.images.to(self.device), self.targets.to(self.device),
+                             background=self.background.to(self.device), **self.params).values
