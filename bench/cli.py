@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a model from scratch; writes a checkpoint + JSON sidecar")
     _add_recipe_args(tr, TrainConfig)
     tr.add_argument("--out", default=None,
-                    help="checkpoint path (default: results/checkpoints/<model>-<size>px-seed<seed>-<key>.pt)")
+                    help="checkpoint path (default: <results>/checkpoints/<model>-<size>px-seed<seed>-<key>.pt)")
+    tr.add_argument("--results", default="results", help="results folder (default: %(default)s)")
     _add_device(tr)
     _add_data_args(tr, dataset=True)
     tr.add_argument("--no-progress", action="store_true")
@@ -170,7 +171,9 @@ def _recipe(cls: type[Recipe], args: argparse.Namespace) -> Any:
 
 def _splits(args: argparse.Namespace):
     options = _data_options(args)
-    return [datasets.load_split(args.dataset, s, **options) for s in ("train", "val", "test")]
+    splits = [datasets.load_split(args.dataset, s, **options) for s in ("train", "val", "test")]
+    datasets.check_splits(*splits)  # before any training
+    return splits
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -183,7 +186,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg.validate()
     train, val, test = _splits(args)
     cfg = dataclasses.replace(cfg, dataset=train.name, size=int(train.images.shape[-1]))
-    out = Path(args.out) if args.out else default_checkpoint_path(cfg, train.fingerprint)
+    out = Path(args.out) if args.out else default_checkpoint_path(cfg, train.fingerprint, Path(args.results) / "checkpoints")
     side = train_model(cfg, train, val, test, out=out, device=args.device, progress=not args.no_progress)
     _print_result(out, side)
     return 0
@@ -216,7 +219,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for flag, key in (("name", "name"), ("results", "results_dir"), ("data_file", "data.options.data_file"),
                       ("data_root", "data.options.data_root")):
         value = getattr(args, flag, None)
-        if value:
+        if value is not None:  # an empty --name is refused by the config, not replaced
             overrides.append(f"{key}={json.dumps(str(value))}")
     for item in args.data_options:
         overrides.append(f"data.options.{item}")

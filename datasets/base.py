@@ -84,9 +84,20 @@ def load_split(name: str, split: str, **options: Any) -> ImageSplit:
     """
     if split not in SPLITS:
         raise BenchError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    known = dataset_options(name)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise BenchError(f"dataset {name!r} has no option {', '.join(map(repr, unknown))}; its options: "
-                         f"{', '.join(known) or '(none)'}")
-    return DATASETS.get(name).obj(split, **options)
+    entry = DATASETS.get(name)
+    entry.check_params("dataset", options)
+    return entry.obj(split, **options)
+
+
+def check_splits(*splits: ImageSplit) -> None:
+    """Refuse, in one line naming the split, data that cannot be trained or evaluated: an empty
+    split, or a split whose labels hold a single class (AUC, the confusion cells and a
+    class-balanced loss need both)."""
+    for s in splits:
+        where = f"the {s.split} split of {s.name}" + (f" ({s.info['source']})" if s.info.get("source") else "")
+        if len(s) == 0:
+            raise BenchError(f"{where} has no images; use a data file whose {s.split} split is not empty")
+        classes = sorted(int(c) for c in s.labels.unique())
+        if len(classes) < 2:
+            raise BenchError(f"{where} holds only class {classes[0]} ({len(s)} images); every split needs images of "
+                             f"at least two classes: use another data file or more images")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.core.errors import BenchError
+from bench.core.errors import BenchError, one_line
 from bench.core.io import file_md5
 from datasets.base import SPLITS, ImageSplit, register_dataset
 
@@ -58,7 +58,7 @@ def resolve_data_file(size: int = 28, data_file: str | Path | None = None,
     return _resolve(_check_size(size), data_file, data_root)[0]
 
 
-@register_dataset(FLAG, sizes=SIZES, in_channels=1, num_classes=2, has_masks=False)
+@register_dataset(FLAG, sizes=SIZES, in_channels=1, num_classes=2, has_masks=False, constraints={"size": SIZES})
 def pneumoniamnist(split: str, *, size: int = 28, data_file: str | Path | None = None,
                    data_root: str | Path | None = None, download: bool = True) -> ImageSplit:
     """One split of PneumoniaMNIST at ``size`` x ``size``.
@@ -156,7 +156,7 @@ def _download(path: Path, size: int, split: str) -> None:
     except Exception as exc:
         # medmnist wraps every failure in a multi-line RuntimeError; report the root cause
         cause = exc.__context__ or exc.__cause__ or exc
-        reason = " ".join(f"{type(cause).__name__}: {cause}".split())[:200]
+        reason = one_line(f"{type(cause).__name__}: {cause}", 200)
         raise BenchError(f"{path} not found and the automatic download failed ({reason}); "
                          f"{_missing_fix(path, size)}") from exc
     finally:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.core.errors import BenchError
+from bench.core.params import Range
 from datasets.base import SPLITS, ImageSplit, register_dataset
 
 VERSION = 1
@@ -32,7 +33,8 @@ _N_PARAMS = 14
 MASK_LEVEL = 0.25  # the mask is where the blob reaches this fraction of its peak
 
 
-@register_dataset("synthetic", min_size=MIN_SIZE, in_channels=1, num_classes=2, has_masks=True)
+@register_dataset("synthetic", min_size=MIN_SIZE, in_channels=1, num_classes=2, has_masks=True,
+                  constraints={"n": Range(1), "size": Range(MIN_SIZE), "positive_fraction": Range(0, 1)})
 def synthetic(split: str, *, n: int | None = None, size: int = 28, seed: int = 0,
               positive_fraction: float = 0.5) -> ImageSplit:
     """``n`` seeded synthetic images (default 512 / 128 / 128 for train / val / test).

@@ -66,7 +66,10 @@ def register_explainer(name: str, *, library: str = "custom", additive: bool = F
 
     ``passes``: the model passes per image the method needs, ``(forward+backward, forward)``, as
     a constant pair or ``fn(params, background_size)`` (params with defaults filled in); the cost
-    floor (``bench.perf.floor``) reads it. Without it the method has no floor.
+    floor (``bench.perf.floor``) reads it. Without it the method has no floor. ``constraints``
+    (a keyword of ``meta``) bounds parameters by name, e.g. ``{"n_steps": Range(1)}``
+    (:mod:`bench.core.params`); their types come from the annotations. A run config is checked
+    against both before any work starts.
     """
     EXPLAINERS.check_pass_rule(name, passes)
     return EXPLAINERS.register(name, library=library, additive=additive, passes=passes, **meta)
@@ -126,11 +129,8 @@ def run_explainer(name: str, model: nn.Module, inputs: Tensor, targets: Tensor, 
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD
                       for p in inspect.signature(entry.obj).parameters.values())
     known = explainer_params(name)
-    unknown = sorted(set(params) - set(known))
-    if unknown and not accepts_any:
-        listed = ", ".join(f"{k}={v!r}" for k, v in known.items()) or "(none)"
-        raise BenchError(f"explainer {name!r} has no parameter {', '.join(map(repr, unknown))}; "
-                         f"its parameters are: {listed}")
+    # types and declared constraints (bench.core.params); an adapter taking **kwargs accepts any name
+    entry.check_params("explainer", {k: v for k, v in params.items() if k in known or not accepts_any})
     _check_call(name, inputs, targets, background)
     snapshot = _ModelSnapshot(model)
     attr = entry.obj(model, inputs, targets, background=background, **params)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from bench.core.params import Range
 from explainers.base import (
     Attribution,
     check_choice,
@@ -44,6 +45,7 @@ def _quiet() -> Iterator[None]:
 
 @register_explainer("captum.integrated_gradients", library="captum", additive=True,
                     passes=lambda p, n_bg: (p["n_steps"], 0),  # one gradient per quadrature point
+                    constraints={"n_steps": Range(1), "baseline": ("zero", "mean"), "internal_batch_size": Range(1)},
                     paper="Sundararajan et al. 2017, Axiomatic Attribution for Deep Networks")
 def integrated_gradients(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
                          n_steps: int = 50, baseline: str = "zero", internal_batch_size: int | None = 32) -> Attribution:
@@ -72,6 +74,7 @@ def integrated_gradients(model: nn.Module, inputs: Tensor, targets: Tensor, *, b
 
 @register_explainer("captum.gradient_shap", library="captum", additive=False, stochastic=True,
                     passes=lambda p, n_bg: (p["n_samples"], 0),  # one gradient per (baseline, alpha) sample
+                    constraints={"n_samples": Range(1), "stdevs": Range(0)},
                     paper="Lundberg & Lee 2017 (GradientSHAP = expected gradients with optional noise)")
 def gradient_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, n_samples: int = 50,
                   stdevs: float = 0.0, seed: int = 0) -> Attribution:
@@ -103,6 +106,8 @@ def gradient_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, backgrou
 
 
 @register_explainer("captum.deeplift_shap", library="captum", additive=True, passes=deepshap_passes,
+                    constraints={"chunk_size": Range(1), "baseline_chunk": Range(1), "pair_chunk": Range(1),
+                                 "engine": ("auto", "captum", "batched")},
                     paper="Lundberg & Lee 2017 (DeepSHAP); Shrikumar et al. 2017 (DeepLIFT rescale)")
 def deeplift_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
                   chunk_size: int = 1, baseline_chunk: int = 10, engine: str = "auto",
@@ -180,6 +185,7 @@ def _without_maxpools(model: nn.Module) -> tuple[nn.Module, int]:
 
 
 @register_explainer("captum.saliency", library="captum", additive=False, passes=(1, 0),
+                    constraints={"batch_size": Range(1)},
                     paper="Simonyan et al. 2014, Deep Inside Convolutional Networks")
 def saliency(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
              batch_size: int = 64) -> Attribution:

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-from bench.core.errors import BenchError
+from bench.core.errors import BenchError, one_line
 from explainers.base import check_choice
 from models.safety import check_explainer_safe
 
@@ -161,7 +161,7 @@ def unsupported_reason(model: nn.Module, example: Tensor) -> str | None:
             return f"module {name} is in training mode"
     report = check_explainer_safe(model, example)
     if not report.ok:
-        return "not explainer-safe: " + " ".join(str(report).split())[:200]
+        return "not explainer-safe: " + one_line(report, 200)
     found = nonlinear_calls(model, example)
     if found:
         calls = ", ".join(f"{name} x{n}" for name, n in sorted(found.items()))

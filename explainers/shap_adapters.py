@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.core.errors import BenchError
+from bench.core.params import Range
 from explainers.base import (
     Attribution,
     check_choice,
@@ -66,6 +67,8 @@ def _groups(targets: Tensor) -> list[tuple[int, Tensor]]:
 
 @register_explainer("shap.gradient", library="shap", additive=False, stochastic=True,
                     passes=lambda p, n_bg: (p["nsamples"], 0),  # one gradient per sample (also in layer mode)
+                    constraints={"nsamples": Range(1), "background_size": Range(1), "batch_size": Range(1),
+                                 "engine": ("auto", "shap", "batched")},
                     paper="Erion et al. 2021, expected gradients")
 def gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, nsamples: int = 50,
              background_size: int | None = None, seed: int = 0, batch_size: int = 50,
@@ -124,6 +127,7 @@ def gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: T
 
 
 @register_explainer("shap.deep", library="shap", additive=True, passes=deepshap_passes,
+                    constraints={"engine": ("auto", "shap", "batched"), "pair_chunk": Range(1)},
                     paper="Lundberg & Lee 2017 (DeepSHAP); Shrikumar et al. 2017 (DeepLIFT rescale)")
 def deep(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, engine: str = "auto",
          pair_chunk: int = 16) -> Attribution:
@@ -166,6 +170,7 @@ _MASKS = re.compile(r"^(blur\(\s*\d+\s*,\s*\d+\s*\)|inpaint_telea|inpaint_ns)$")
 
 @register_explainer("shap.partition", library="shap", additive=True, model_agnostic=True,
                     passes=lambda p, n_bg: (0, p["max_evals"]),  # forwards of masked images only (at most max_evals)
+                    constraints={"max_evals": Range(1), "batch_size": Range(1)},
                     paper="Lundberg et al., Owen values over a hierarchical pixel partition")
 def partition(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, max_evals: int = 300,
               blur: str = "blur(4,4)", batch_size: int = 64, seed: int = 0) -> Attribution:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from bench.core.device import resolve_device
-from bench.core.errors import BenchError
+from bench.core.errors import BenchError, one_line
 from bench.core.io import atomic_torch_save, atomic_write_json, file_sha256
 from bench.core.machine import machine_info
 from bench.core.schema import CELLS, confusion_cells
@@ -264,15 +264,15 @@ def load_checkpoint(path: str | Path, *, expected_model: str | None = None,
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle/zip errors of many kinds
-        raise BenchError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+        raise BenchError(f"checkpoint {path} cannot be read ({one_line(f'{type(exc).__name__}: {exc}', 160)}); "
                          f"it is corrupt or not a torch file: re-create it with `python -m bench train`") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise BenchError(f"{path} is not a pneumobench checkpoint (no format {CHECKPOINT_FORMAT!r}); "
                          f"create one with `python -m bench train`")
     name = ckpt["model"]
     if expected_model is not None and name != expected_model:
-        raise BenchError(f"checkpoint {path} is for architecture {name!r}, not {expected_model!r}; "
-                         f"use --model {name} or a {expected_model} checkpoint")
+        raise BenchError(f"checkpoint {path} is for architecture {name!r}, not {expected_model!r}; use a "
+                         f"{expected_model} checkpoint, or explain it as the model {name!r}")
     model = build_model(name, **ckpt["model_kwargs"])
     missing, unexpected = _state_dict_mismatch(model, ckpt["state_dict"])
     if missing or unexpected:
@@ -422,11 +422,14 @@ def tune_model(parent: str | Path, cfg: TuneConfig, train: ImageSplit, val: Imag
     names = dict(model.named_children())
     unknown = [n for n in cfg.unfreeze if n not in names]
     if unknown:
-        raise BenchError(f"cannot unfreeze {', '.join(unknown)}: {info['model']} has top-level modules "
-                         f"{', '.join(names)}; pass e.g. --unfreeze fc,layer4")
+        trainable = [n for n, m in names.items() if any(True for _ in m.parameters())]
+        raise BenchError(f"cannot unfreeze {', '.join(unknown)}: {info['model']} has no such top-level module; its "
+                         f"modules with parameters are {', '.join(trainable)}: name some of them (e.g. "
+                         f"{trainable[-1]!r}) in bench tune --unfreeze or the run config's tune.unfreeze")
     if tuple(test.images.shape[1:]) != (info["model_kwargs"]["in_channels"],) + (info["model_kwargs"]["image_size"],) * 2:
         raise BenchError(f"checkpoint {parent} expects {info['model_kwargs']['image_size']} px images, "
-                         f"data has {test.images.shape[-1]} px; use --size {info['model_kwargs']['image_size']}")
+                         f"data has {test.images.shape[-1]} px; use {info['model_kwargs']['image_size']} px images (--size, or "
+                         f"data.options.size in a run config)")
     trainable, frozen = [], []
     for name, module in names.items():
         is_trainable = name in cfg.unfreeze

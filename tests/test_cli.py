@@ -5,7 +5,11 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import scipy.stats
+
+import datasets
 
 from bench.cli import main
 from tests.conftest import REPO
@@ -55,8 +59,17 @@ def test_train_then_tune_on_synthetic(tmp_path, capsys):
     assert main(["tune", "--from", str(pre), "--unfreeze", "fc", "--epochs", "1", "--dataset", "synthetic",
                  "--out", str(post), "--no-progress", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "McNemar p =" in out
-    assert json.loads((tmp_path / "post.pt.json").read_text())["comparison"]["mcnemar"]["p_value"] <= 1
+    post_side = json.loads((tmp_path / "post.pt.json").read_text())
+    # McNemar from the two sidecars' own test predictions, recomputed with scipy
+    labels = np.array([int(x) for x in datasets.load_split("synthetic", "test").labels])
+    right_pre = np.array(side["test_preds"]) == labels
+    right_post = np.array(post_side["test_preds"]) == labels
+    b, c = int((right_pre & ~right_post).sum()), int((~right_pre & right_post).sum())
+    expected = 1.0 if b + c == 0 else scipy.stats.binomtest(b, b + c, 0.5).pvalue
+    mc = post_side["comparison"]["mcnemar"]
+    assert (mc["a_right_b_wrong"], mc["a_wrong_b_right"]) == (b, c)
+    assert mc["p_value"] == pytest.approx(expected, abs=1e-12)
+    assert f"McNemar p = {expected:.4g}" in out
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -398,9 +398,16 @@ def test_unknown_parameter(model, data):
 
 def test_bad_parameter_values(model, data):
     inputs, targets, background = data
-    for params, match in (({"n_steps": 0}, "'captum.integrated_gradients': n_steps must be a positive integer"),
-                          ({"n_steps": "many"}, "n_steps must be a positive integer"),
-                          ({"baseline": "black"}, "baseline='black' is not one of 'zero', 'mean'")):
+    # checked against the annotation and the constraints declared at registration, before the adapter runs
+    for params, match in (({"n_steps": 0}, "'captum.integrated_gradients': n_steps = 0 must be >= 1"),
+                          ({"n_steps": "many"}, "n_steps = 'many' must be an integer"),
+                          ({"n_steps": 2.0}, "n_steps = 2.0 must be an integer"),
+                          ({"n_steps": True}, "n_steps = True must be an integer"),
+                          ({"internal_batch_size": None}, None),
+                          ({"baseline": "black"}, "baseline = 'black' is not one of 'zero', 'mean'")):
+        if match is None:  # an optional parameter may be left unset
+            run_explainer("captum.integrated_gradients", model, inputs, targets, background=background, **params)
+            continue
         with pytest.raises(BenchError, match=match):
             run_explainer("captum.integrated_gradients", model, inputs, targets, background=background, **params)
     with pytest.raises(BenchError, match="'shap.partition': blur='gauss'"):

@@ -105,24 +105,30 @@ def test_end_to_end_outputs_resume_and_failure(tmp_path, failing_explainer, monk
     assert curves.groupby(["stage", "explainer", "curve", "image"]).size().loc[
         ("pre", "random", "deletion")].eq(15).all()                     # steps = 14: 15 points per image
 
-    # re-running a finished run recomputes nothing and rewrites byte-identical tables
+    # re-running a finished run recomputes only its failed units (failures are not cached) and
+    # rewrites byte-identical tables (a deterministic failure fails the same way, with no timing)
+    failed = len(manifest["units"]["failed"])
+    assert failed == 2 and all(u["explainer"] == "test.failing" for u in manifest["units"]["failed"])
+    assert bad.seconds_per_image.isna().all()
     tables = {f: (run_dir / f).read_bytes() for f in ("scores.csv", "leaderboard.csv", "leaderboard.md",
                                                      "prepost.csv", "prepost.md")}
     calls = []
     real = Unit.explain
-    monkeypatch.setattr(Unit, "explain", lambda self: calls.append(1) or real(self))
+    monkeypatch.setattr(Unit, "explain", lambda self: calls.append(self.explainer) or real(self))
     runner.run(cfg, progress=False)
-    assert calls == []
+    assert calls == ["test.failing"] * failed
     for f, b in tables.items():
         assert (run_dir / f).read_bytes() == b, f
-    assert json.loads((run_dir / "manifest.json").read_text())["units"]["from_cache"] == manifest["units"]["total"]
+    assert json.loads((run_dir / "manifest.json").read_text())["units"]["from_cache"] == \
+        manifest["units"]["total"] - failed
+    calls.clear()
 
     # a run killed half-way resumes: drop half the cached units, count what is recomputed
     cached = sorted((run_dir / "cache" / "attributions").glob("*.pt"))
     for p in cached[::2]:
         p.unlink()
     runner.run(cfg, progress=False)
-    assert len(calls) == len(cached[::2])
+    assert len(calls) == len(cached[::2]) + failed
     # recomputed units give the same scores (only their timings are new)
     timing = ["seconds_per_image", "peak_mem_mb"]
     resumed = read_scores(run_dir / "scores.csv").drop(columns=timing)
@@ -152,7 +158,7 @@ def test_other_config_in_same_run_dir_is_refused(tmp_path, failing_explainer):
     ("explain.output=\"softmax\"", "explain.output"),
     ("bogus=1", "unknown config key 'bogus'"),
     ("data.bogus=1", "unknown config key 'data.bogus'"),
-    ("explain.params={\"random\" = {bogus = 1}}", "random has no parameter 'bogus'"),
+    ("explain.params={\"random\" = {bogus = 1}}", "explain.params.random: explainer 'random' has no parameter 'bogus'"),
     ("train.bogus=1", "train.bogus"),
 ])
 def test_bad_config_values(override, needle):

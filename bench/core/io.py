@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -50,7 +51,31 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    """``obj`` as strict JSON (RFC 8259): NaN and infinities are written as ``null``, never as
+    the bare ``NaN`` Python's json module would emit and other JSON readers reject."""
+    return atomic_write_text(path, dumps_json(obj) + "\n")
+
+
+def dumps_json(obj: Any, **kwargs: Any) -> str:
+    """Strict, sorted, indented JSON of ``obj`` (non-finite floats -> ``null``; numpy scalars and
+    arrays, paths and tensors converted)."""
+    kwargs.setdefault("indent", 2)
+    return json.dumps(_finite(obj), sort_keys=True, allow_nan=False, **kwargs)
+
+
+def _finite(o: Any) -> Any:
+    """``o`` with every non-finite float replaced by None and containers rebuilt (JSON types)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if isinstance(o, (np.generic, np.ndarray, torch.Tensor)):
+        return _finite(o.tolist())
+    if isinstance(o, Path):
+        return str(o)
+    return o
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
@@ -72,13 +97,3 @@ def file_md5(path: str | os.PathLike) -> str:
 
 def file_sha256(path: str | os.PathLike) -> str:
     return file_digest(path, "sha256")
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

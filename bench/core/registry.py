@@ -6,12 +6,12 @@ duplicate registration raises (a silent override would corrupt a leaderboard).
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from bench.core.errors import BenchError
+from bench.core.params import check_constraints, check_params, tunable_params
 
 T = TypeVar("T")
 
@@ -35,16 +35,21 @@ class Entry(Generic[T]):
     obj: T
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def params(self) -> dict[str, Any]:
-        """Tunable parameters: the keyword-only parameters that have defaults.
+    def params(self, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Tunable parameters: the keyword-only parameters that have defaults (``exclude``: protocol
+        arguments such as a metric's ``context``).
 
         Required keyword-only parameters (e.g. an explainer's ``background``) are inputs of the
         protocol, not settings, so they are not listed.
         """
-        if not callable(self.obj):
-            return {}
-        return {p.name: p.default for p in inspect.signature(self.obj).parameters.values()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
+        return tunable_params(self.obj, exclude) if callable(self.obj) else {}
+
+    def check_params(self, kind: str, given: dict[str, Any], *, exclude: tuple[str, ...] = (),
+                     where: str | None = None) -> None:
+        """One-line BenchError unless ``given`` are parameters of this entry with the annotated types
+        and the constraints declared at registration (:mod:`bench.core.params`)."""
+        check_params(kind, self.name, self.obj, given, constraints=self.meta.get("constraints"), exclude=exclude,
+                     where=where)
 
 
 class Registry(Generic[T]):
@@ -78,6 +83,8 @@ class Registry(Generic[T]):
     def _add(self, name: str, obj: T, meta: dict[str, Any]) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"{self.kind} name must be a non-empty string, got {name!r}")
+        if "constraints" in meta:
+            check_constraints(self.kind, name, obj, meta["constraints"])
         if name in self._entries:
             raise DuplicateNameError(
                 f"{self.kind} {name!r} is already registered (by {_where(self._entries[name].obj)}); "

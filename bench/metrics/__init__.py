@@ -20,6 +20,7 @@ from bench.metrics.base import (  # noqa: F401
     CONTEXT_FIELDS,
     METRICS,
     PREPROCESS_MODES,
+    PROTOCOL,
     READS,
     Curve,
     MetricContext,

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.core.errors import BenchError
+from bench.core.params import Range
 from bench.metrics.base import MetricContext, out_dtype, register_metric
 from explainers.base import Attribution
 
@@ -49,6 +50,7 @@ def additivity_error(model: nn.Module, inputs: Tensor, targets: Tensor, attribut
 
 
 @register_metric("additivity_error_relative", higher_is_better=False, kind="axiomatic", reads="raw", passes=(0, 0),
+                 constraints={"eps": Range(0, low_open=True)},
                  paper="Sundararajan et al. 2017 (completeness); Lundberg & Lee 2017 (local accuracy)")
 def additivity_error_relative(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
                               context: MetricContext | None = None, eps: float = 1e-8) -> Tensor:

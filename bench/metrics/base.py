@@ -51,6 +51,7 @@ from explainers.base import Attribution
 ENTRY_POINT_GROUP = "bench.metrics"
 CONTEXT_FIELDS = ("masks", "explain")
 READS = ("preprocessed", "raw")
+PROTOCOL = ("context",)  # keyword arguments every metric takes that are not parameters
 PREPROCESS_MODES = ("signed", "abs", "positive")
 
 Passes = tuple[float, float]  # (forward+backward passes, forward-only passes) per image
@@ -100,8 +101,9 @@ def register_metric(name: str, *, higher_is_better: bool, needs: Sequence[str] =
     """Register ``fn(model, inputs, targets, attribution, *, context=None, **params)``.
 
     ``fn`` returns ``(B,)`` scores or a :class:`MetricResult`. ``needs``, ``reads`` and
-    ``passes`` are described in the module docstring; other keywords (``kind``, ``paper``) are
-    listed by ``python -m bench list metrics``.
+    ``passes`` are described in the module docstring; ``constraints`` (a keyword of ``meta``)
+    bounds parameters by name (:mod:`bench.core.params`); other keywords (``kind``, ``paper``)
+    are listed by ``python -m bench list metrics``.
     """
     needs = tuple(needs)
     unknown = [n for n in needs if n not in CONTEXT_FIELDS]
@@ -116,9 +118,7 @@ def register_metric(name: str, *, higher_is_better: bool, needs: Sequence[str] =
 
 def metric_params(name: str) -> dict[str, Any]:
     """The tunable parameters of a metric with their defaults (``context`` excluded)."""
-    params = METRICS.get(name).params()
-    params.pop("context", None)
-    return params
+    return METRICS.get(name).params(exclude=PROTOCOL)
 
 
 def compute_metric(name: str, model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
@@ -128,13 +128,7 @@ def compute_metric(name: str, model: nn.Module, inputs: Tensor, targets: Tensor,
     Returns a :class:`MetricResult` whatever the metric function returns.
     """
     entry = METRICS.get(name)
-    valid = metric_params(name)
-    bad = sorted(set(params) - set(valid))
-    if bad:
-        raise BenchError(
-            f"unknown parameter(s) {', '.join(bad)} for metric {name!r}; valid parameters: "
-            f"{', '.join(f'{k}={v!r}' for k, v in valid.items()) or '(none)'}"
-        )
+    entry.check_params("metric", params, exclude=PROTOCOL)
     for field_name in entry.meta.get("needs", ()):
         require_context(context, field_name, name)
     out = entry.obj(model, inputs, targets, attribution, context=context, **params)

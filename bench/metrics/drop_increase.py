@@ -8,9 +8,13 @@ import math
 
 from torch import Tensor, nn
 
+from bench.core.params import Range
 from bench.metrics.base import MetricContext, check_fraction, out_dtype, register_metric, validate_call
-from bench.metrics.perturbation import DEFAULT_CHUNK, make_substrate, perturbed_probabilities, rank_pixels
+from bench.metrics.perturbation import DEFAULT_CHUNK, SUBSTRATES, make_substrate, perturbed_probabilities, rank_pixels
 from explainers.base import Attribution
+
+KEEP_TOP = {"frac": Range(0, 1, low_open=True), "substrate": SUBSTRATES, "blur_sigma": Range(0),
+            "chunk_size": Range(1)}
 
 
 def kept_probabilities(model, inputs, targets, attribution, frac, substrate, blur_sigma, chunk_size, metric):
@@ -25,7 +29,7 @@ def kept_probabilities(model, inputs, targets, attribution, frac, substrate, blu
     return p[:, 0], p[:, 1]
 
 
-@register_metric("drop_rate", higher_is_better=False, kind="faithfulness", passes=(0, 2),
+@register_metric("drop_rate", higher_is_better=False, kind="faithfulness", passes=(0, 2), constraints=KEEP_TOP,
                  paper="Chattopadhay et al. 2018, Grad-CAM++ (WACV)")
 def drop_rate(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
               context: MetricContext | None = None, frac: float = 0.15, substrate: str = "zero",
@@ -44,7 +48,7 @@ def drop_rate(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: At
     return ((y - o).clamp(min=0) / y).to(out_dtype(inputs))
 
 
-@register_metric("increase_rate", higher_is_better=True, kind="faithfulness", passes=(0, 2),
+@register_metric("increase_rate", higher_is_better=True, kind="faithfulness", passes=(0, 2), constraints=KEEP_TOP,
                  paper="Chattopadhay et al. 2018, Grad-CAM++ (WACV)")
 def increase_rate(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
                   context: MetricContext | None = None, frac: float = 0.15, substrate: str = "zero",

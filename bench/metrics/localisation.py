@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.core.errors import BenchError
+from bench.core.params import Range
 from bench.metrics.base import MetricContext, check_fraction, out_dtype, register_metric, require_context, validate_call
 from bench.metrics.perturbation import rank_pixels
 from explainers.base import Attribution
@@ -21,6 +22,7 @@ def _masks(metric: str, context: MetricContext | None, inputs: Tensor) -> Tensor
 
 
 @register_metric("localisation_precision", higher_is_better=True, needs=("masks",), kind="localisation", passes=(0, 0),
+                 constraints={"frac": Range(0, 1, low_open=True)},
                  paper="Arras et al. 2022, CLEVR-XAI (relevance rank accuracy)")
 def localisation_precision(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
                            context: MetricContext | None = None, frac: float | None = None) -> Tensor:

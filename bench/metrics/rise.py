@@ -6,10 +6,14 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from bench.core.params import Range
 from bench.metrics.base import Curve, MetricContext, MetricResult, register_metric, validate_call
-from bench.metrics.perturbation import (DEFAULT_CHUNK, curve_boundaries, make_substrate, normalised_trapezoid,
+from bench.metrics.perturbation import (DEFAULT_CHUNK, SUBSTRATES, curve_boundaries, make_substrate, normalised_trapezoid,
                                         perturbation_curve, rank_pixels)
 from explainers.base import Attribution
+
+
+CURVE = {"steps": Range(1), "substrate": SUBSTRATES, "blur_sigma": Range(0), "chunk_size": Range(1)}
 
 
 def _rise_passes(params, explainer_passes, n_layers):
@@ -28,7 +32,7 @@ def _rise_auc(model, inputs, targets, attribution, steps, substrate, blur_sigma,
 
 
 @register_metric("deletion_auc", higher_is_better=False, kind="faithfulness", passes=_rise_passes,
-                 paper="Petsiuk et al. 2018, RISE (BMVC)")
+                 constraints=CURVE, paper="Petsiuk et al. 2018, RISE (BMVC)")
 def deletion_auc(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
                  context: MetricContext | None = None, steps: int = 49, substrate: str = "zero",
                  blur_sigma: float = 2.0, chunk_size: int = DEFAULT_CHUNK) -> MetricResult:
@@ -44,7 +48,7 @@ def deletion_auc(model: nn.Module, inputs: Tensor, targets: Tensor, attribution:
 
 
 @register_metric("insertion_auc", higher_is_better=True, kind="faithfulness", passes=_rise_passes,
-                 paper="Petsiuk et al. 2018, RISE (BMVC)")
+                 constraints=CURVE, paper="Petsiuk et al. 2018, RISE (BMVC)")
 def insertion_auc(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
                   context: MetricContext | None = None, steps: int = 49, substrate: str = "blur",
                   blur_sigma: float = 2.0, chunk_size: int = DEFAULT_CHUNK) -> MetricResult:

@@ -16,9 +16,18 @@ from scipy.sparse.linalg import spsolve
 from torch import Tensor, nn
 
 from bench.core.errors import BenchError
+from bench.core.params import Range
 from bench.metrics.base import Curve, MetricContext, MetricResult, check_chunk, out_dtype, register_metric, validate_call
 from bench.metrics.perturbation import DEFAULT_CHUNK, normalised_trapezoid, rank_pixels, target_probabilities
 from explainers.base import Attribution
+
+
+def _fractions(values) -> str | None:
+    """ROAD's percentages: a non-empty increasing list of fractions in (0, 1)."""
+    v = [float(x) for x in values]
+    if not v or v != sorted(set(v)) or not 0.0 < v[0] or not v[-1] < 1.0:
+        return "must be a non-empty list of increasing fractions in (0, 1)"
+    return None
 
 
 def _road_passes(params, explainer_passes, n_layers):
@@ -31,6 +40,7 @@ _ROAD_OFFSETS = (
     ((0, -1), 1 / 6), ((-1, -1), 1 / 12), ((1, 0), 1 / 6), ((-1, 0), 1 / 6),
 )
 ROAD_PERCENTAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+ROAD_CONSTRAINTS = {"percentages": _fractions, "noise": Range(0), "chunk_size": Range(1)}
 
 
 def road_impute(image: np.ndarray, removed: np.ndarray, *, noise: float = 0.01,
@@ -180,7 +190,7 @@ def _road(metric, model, inputs, targets, attribution, percentages, noise, seed,
 
 
 @register_metric("road_morf", higher_is_better=True, kind="faithfulness", passes=_road_passes,
-                 paper="Rong et al. 2022, ROAD (ICML)")
+                 constraints=ROAD_CONSTRAINTS, paper="Rong et al. 2022, ROAD (ICML)")
 def road_morf(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
               context: MetricContext | None = None, percentages: tuple[float, ...] = ROAD_PERCENTAGES,
               noise: float = 0.01, seed: int = 0, chunk_size: int = DEFAULT_CHUNK) -> MetricResult:
@@ -198,7 +208,7 @@ def road_morf(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: At
 
 
 @register_metric("road_lerf", higher_is_better=False, kind="faithfulness", passes=_road_passes,
-                 paper="Rong et al. 2022, ROAD (ICML)")
+                 constraints=ROAD_CONSTRAINTS, paper="Rong et al. 2022, ROAD (ICML)")
 def road_lerf(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
               context: MetricContext | None = None, percentages: tuple[float, ...] = ROAD_PERCENTAGES,
               noise: float = 0.01, seed: int = 0, chunk_size: int = DEFAULT_CHUNK) -> MetricResult:

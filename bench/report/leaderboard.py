@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from bench.core.errors import BenchError
+from bench.core.errors import BenchError, one_line
 from bench.core.io import atomic_write_text
 from bench.core.schema import CELLS, SCORE_COLUMNS, STAGES
 from bench.core.text import markdown_table
@@ -60,13 +60,19 @@ MD_MAX_MESSAGE = 200
 # ----------------------------------------------------------------------------- input checks
 
 
-def check_scores(scores: pd.DataFrame, columns: Iterable[str] = SCORE_COLUMNS) -> pd.DataFrame:
+def check_scores(scores: pd.DataFrame, columns: Iterable[str] = SCORE_COLUMNS, *, source: str | None = None
+                 ) -> pd.DataFrame:
     """Validate ``scores`` and return a normalised copy (types, empty messages, rows sorted by key).
 
-    Raises :class:`BenchError` on missing columns, unknown stage/status/cell values, duplicate
-    (model, stage, explainer, metric, image) rows, or a metric whose ``higher_is_better``
-    differs between rows.
+    Raises :class:`BenchError` on missing columns, non-numeric numbers, unknown stage/status/cell
+    values, duplicate (model, stage, explainer, metric, image) rows, or a metric whose
+    ``higher_is_better`` differs between rows. ``source`` is the file the rows came from (its
+    header is line 1): messages then name the file and the line of the first bad row.
     """
+
+    def where(row: Any) -> str:
+        return f"{source} line {int(row) + 2}" if source else f"scores row {row}"
+
     if not isinstance(scores, pd.DataFrame):
         raise BenchError(f"scores must be a pandas DataFrame, got {type(scores).__name__}")
     columns = list(columns)
@@ -89,14 +95,26 @@ def check_scores(scores: pd.DataFrame, columns: Iterable[str] = SCORE_COLUMNS) -
             num = pd.to_numeric(df[col], errors="coerce").astype(np.float64)
             bad = num.isna() & df[col].notna() & (df[col].astype(str).str.strip().str.lower() != "nan")
             if bad.any():
-                raise BenchError(f"scores column {col!r} has non-numeric entries, e.g. {df.loc[bad, col].iloc[0]!r}")
+                row = df.index[bad][0]
+                raise BenchError(f"{where(row)}: column {col!r} holds {df.loc[row, col]!r}, not a number; fix or "
+                                 f"delete that row (or re-run the benchmark to rewrite the file)")
             df[col] = num
-    df["image"] = pd.to_numeric(df["image"], errors="raise").astype(np.int64)
+    image = pd.to_numeric(df["image"], errors="coerce")
+    if image.isna().any() or (image != image.round()).any():
+        row = df.index[image.isna() | (image != image.round())][0]
+        raise BenchError(f"{where(row)}: column 'image' holds {df.loc[row, 'image']!r}, not an image index; fix or "
+                         f"delete that row")
+    df["image"] = image.astype(np.int64)
+    for row, v in df["higher_is_better"].items():
+        if _as_bool(v) is None:
+            raise BenchError(f"{where(row)}: higher_is_better must be True or False, got {v!r}")
     df["higher_is_better"] = df["higher_is_better"].map(_as_bool)
-    _check_values(df, "stage", STAGES)
-    _check_values(df, "status", STATUSES)
-    if "cell" in df:
-        _check_values(df, "cell", CELLS)
+    for col, allowed in (("stage", STAGES), ("status", STATUSES), ("cell", CELLS)):
+        if col in df:
+            bad = ~df[col].isin(allowed)
+            if bad.any():
+                row = df.index[bad][0]
+                raise BenchError(f"{where(row)}: unknown {col} {df.loc[row, col]!r}; expected one of {list(allowed)}")
     dup = df.duplicated(KEY, keep=False)
     if dup.any():
         row = df.loc[dup, KEY].iloc[0].to_dict()
@@ -111,7 +129,7 @@ def check_scores(scores: pd.DataFrame, columns: Iterable[str] = SCORE_COLUMNS) -
     return df
 
 
-def _as_bool(v: Any) -> bool:
+def _as_bool(v: Any) -> bool | None:
     if isinstance(v, (bool, np.bool_)):
         return bool(v)
     s = str(v).strip().lower()
@@ -119,13 +137,7 @@ def _as_bool(v: Any) -> bool:
         return True
     if s in ("false", "0", "0.0"):
         return False
-    raise BenchError(f"higher_is_better must be True/False, got {v!r}")
-
-
-def _check_values(df: pd.DataFrame, col: str, allowed: Iterable[str], what: str | None = None) -> None:
-    bad = sorted(set(df[col].unique()) - set(allowed))
-    if bad:
-        raise BenchError(f"unknown {what or col} value(s) {bad} in scores; expected one of {list(allowed)}")
+    return None
 
 
 # ----------------------------------------------------------------------------- group status
@@ -135,7 +147,7 @@ def group_status(status: pd.Series, message: pd.Series, value: pd.Series) -> str
     """Status of one group: "ok", "n/a" or "error: <message>" (rules in the module docstring)."""
     err = status == "error"
     if err.any():
-        counts = Counter(message[err].map(_one_line))
+        counts = Counter(message[err].map(one_line))
         # most frequent message; alphabetical among equally frequent ones, for determinism
         msg = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] or "unknown error"
         k, n = int(err.sum()), len(status)
@@ -143,10 +155,6 @@ def group_status(status: pd.Series, message: pd.Series, value: pd.Series) -> str
     if not np.isfinite(value[status == "ok"].to_numpy(dtype=np.float64)).any():
         return "n/a"
     return "ok"
-
-
-def _one_line(s: str) -> str:
-    return " ".join(str(s).split())
 
 
 def _ok_values(g: pd.DataFrame) -> np.ndarray:
@@ -312,10 +320,7 @@ def _f(x: Any, spec: str = ".4g") -> str:
 
 
 def _md_text(s: str, limit: int = MD_MAX_MESSAGE) -> str:
-    s = _one_line(s)
-    if len(s) > limit:
-        s = s[: limit - 1] + "…"
-    return s.replace("|", "\\|")
+    return one_line(s, limit).replace("|", "\\|")
 
 
 def _arrow(higher_is_better: bool) -> str:
@@ -493,8 +498,8 @@ def read_scores(path: str | os.PathLike) -> pd.DataFrame:
         df = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False,
                          na_values={c: ["", "nan", "NaN"] for c in NUMERIC_COLUMNS})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise BenchError(f"{path} is not a readable CSV ({' '.join(str(e).split())})") from None
-    return check_scores(df)
+        raise BenchError(f"{path} is not a readable CSV ({one_line(e, 200)})") from None
+    return check_scores(df, source=str(path))
 
 
 def _csv(df: pd.DataFrame) -> str:

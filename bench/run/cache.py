@@ -1,36 +1,62 @@
 """The unit cache: ``<run>/cache/attributions/<key>.pt`` and ``<run>/cache/scores/<key>.json``.
 
 Each entry is written atomically when its unit finishes, so a killed run resumes where it
-stopped and a finished run re-runs from the cache without computing anything. An entry that
-cannot be read is recomputed, never trusted.
+stopped and a finished run re-runs from the cache without computing anything. Every entry
+carries a SHA-256 checksum of its contents and is checked against the unit's schema (shapes,
+types, the configured metrics) when read: an entry that fails either check (binary garbage,
+valid JSON of the wrong shape, tensors of the wrong structure, a flipped bit) is reported in a
+warning naming the file and recomputed, never trusted and never fatal.
+
+Failures are not cached: a unit whose explainer raised, or a score record with a metric that
+raised, is recorded in the run's tables but computed again by the next run (a transient failure,
+such as running out of memory or a killed worker, heals by itself; a deterministic one is
+reported again).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from torch import Tensor
 
-from bench.core.io import atomic_torch_save, atomic_write_json
+from bench.core.errors import one_line
+from bench.core.io import atomic_torch_save, atomic_write_json, dumps_json
 from bench.run.unit import Unit
 
+Warn = Callable[[str], None]
 
-def load(unit: Unit) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """(finished result, cached attribution record) of a unit: both from the cache when present and readable."""
-    attr = _read_attr(unit.attr_path)
-    scores = _read_json(unit.score_path) if attr is not None else None
-    if scores is not None:
-        return result(attr, scores, cached=True), attr
-    return None, attr
+
+class Damaged(Exception):
+    """A cache entry that cannot be trusted; the message says why."""
+
+
+def load(unit: Unit, warn: Warn) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(finished result, cached attribution record) of a unit, from the cache when present and sound."""
+    attr = _read(unit.attr_path, lambda p: _check_attr(torch.load(p, weights_only=True), unit), warn)
+    if attr is None:
+        return None, None
+    scores = _read(unit.score_path, lambda p: _check_scores(json.loads(p.read_text()), unit), warn)
+    if scores is None:
+        return None, attr
+    return result(attr, scores, cached=True), attr
 
 
 def store(unit: Unit, attr: dict[str, Any], scores: dict[str, Any], *, attr_was_cached: bool) -> dict[str, Any]:
-    """Write a unit's cache entries atomically; returns its result."""
-    if not attr_was_cached:
-        atomic_torch_save(unit.attr_path, attr)
-    atomic_write_json(unit.score_path, scores)
+    """Cache what succeeded (atomically, with checksums); returns the unit's result."""
+    if attr["status"] == "ok" and not attr_was_cached:
+        atomic_torch_save(unit.attr_path, {**attr, "checksum": _attr_checksum(attr)})
+    if attr["status"] == "ok" and not failed_metrics(scores):
+        atomic_write_json(unit.score_path, {**scores, "checksum": _json_checksum(scores)})
     return result(attr, scores, cached=False, attr_cached=attr_was_cached)
+
+
+def failed_metrics(scores: dict[str, Any]) -> list[str]:
+    """The metrics of a score record that raised on some image."""
+    return sorted(m for m, st in scores["metric_status"].items() if any(s.startswith("error") for s in st))
 
 
 def result(attr: dict[str, Any], scores: dict[str, Any], *, cached: bool, attr_cached: bool | None = None) -> dict[str, Any]:
@@ -40,19 +66,84 @@ def result(attr: dict[str, Any], scores: dict[str, Any], *, cached: bool, attr_c
             "attr_cached": cached if attr_cached is None else attr_cached}
 
 
-def _read_attr(path: Path) -> dict[str, Any] | None:
+def _read(path: Path, parse: Callable[[Path], dict[str, Any]], warn: Warn) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        return torch.load(path, weights_only=True)
-    except Exception:  # a corrupt cache entry is recomputed, never trusted
+        return parse(path)
+    except Exception as exc:  # a damaged entry of any kind is recomputed, never trusted
+        reason = str(exc) if isinstance(exc, Damaged) else f"unreadable: {type(exc).__name__}: {exc}"
+        warn(f"warning: damaged cache entry {path} ({one_line(reason, 160)}); recomputing it")
         return None
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
+# ----------------------------------------------------------------------------- attribution records
+
+
+ATTR_KEYS = {"status", "message", "seconds", "peak_mem_mb", "values", "outputs", "base_values", "meta", "checksum"}
+
+
+def _attr_checksum(attr: dict[str, Any]) -> str:
+    h = hashlib.sha256(dumps_json({k: attr[k] for k in ("status", "message", "seconds", "peak_mem_mb", "meta")},
+                                  indent=None).encode())
+    for key in ("values", "outputs", "base_values"):
+        t = attr[key]
+        h.update(key.encode())
+        if t is not None:
+            h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_attr(obj: Any, unit: Unit) -> dict[str, Any]:
+    if not isinstance(obj, dict) or set(obj) != ATTR_KEYS:
+        raise Damaged(f"not an attribution record: keys {sorted(obj) if isinstance(obj, dict) else type(obj).__name__}")
+    n = len(unit)
+    if obj["status"] != "ok" or not _tensor(obj["values"], (n, *unit.images.shape[1:])):
+        raise Damaged(f"values are not a float tensor of shape {(n, *unit.images.shape[1:])}")
+    for key in ("outputs", "base_values"):
+        if obj[key] is not None and not _tensor(obj[key], (n,)):
+            raise Damaged(f"{key} is not None or a float tensor of shape ({n},)")
+    if not isinstance(obj["meta"], str) or not isinstance(obj["seconds"], float):
+        raise Damaged("meta or seconds of the wrong type")
+    if obj["checksum"] != _attr_checksum(obj):
+        raise Damaged("checksum mismatch")
+    return obj
+
+
+def _tensor(t: Any, shape: tuple[int, ...]) -> bool:
+    return isinstance(t, Tensor) and tuple(t.shape) == tuple(shape) and t.is_floating_point()
+
+
+# ----------------------------------------------------------------------------- score records
+
+
+def _json_checksum(record: dict[str, Any]) -> str:
+    return hashlib.sha256(dumps_json(record, indent=None).encode()).hexdigest()
+
+
+def _check_scores(obj: Any, unit: Unit) -> dict[str, Any]:
+    if not isinstance(obj, dict) or "checksum" not in obj:
+        raise Damaged("not a score record")
+    record = {k: v for k, v in obj.items() if k != "checksum"}
+    if obj["checksum"] != _json_checksum(record):
+        raise Damaged("checksum mismatch")
+    n, names = len(unit), list(unit.cfg["metrics"]["names"])
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
+        if sorted(record["metrics"]) != sorted(names) or sorted(record["metric_status"]) != sorted(names):
+            raise Damaged(f"metrics {sorted(record['metrics'])} are not the configured {sorted(names)}")
+        for name in names:
+            values, status = record["metrics"][name], record["metric_status"][name]
+            if len(values) != n or len(status) != n or not all(isinstance(s, str) for s in status):
+                raise Damaged(f"metric {name} does not have {n} values and statuses")
+            record["metrics"][name] = [math.nan if v is None else float(v) for v in values]  # null = n/a
+        for curve in record["curves"].values():
+            if len(curve["probs"]) != n or any(len(p) != len(curve["fractions"]) for p in curve["probs"]):
+                raise Damaged("a curve does not have one row per image and one point per fraction")
+        record["seconds_per_image"] = float(record["seconds_per_image"])
+        record["peak_mem_mb"] = math.nan if record["peak_mem_mb"] is None else float(record["peak_mem_mb"])
+        if not isinstance(record["status"], str) or not isinstance(record["message"], str):
+            raise Damaged("status or message is not text")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise Damaged(f"wrong structure ({type(exc).__name__}: {exc})") from None
+    return record

@@ -8,7 +8,9 @@ against what is registered, so a new dataset, explainer or metric needs no edit 
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import models
 from bench import metrics
 from bench.core.device import DEVICES
 from bench.core.errors import BenchError
+from bench.core.params import type_problem
 from models.training import TrainConfig, TuneConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -30,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
     "results_dir": "results",
-    "checkpoint_dir": "results/checkpoints",
+    "checkpoint_dir": "",         # "" = <results_dir>/checkpoints
     "data": {
         "dataset": "pneumoniamnist",
         "options": {},            # the dataset loader's keyword options, e.g. size, data_file (bench list datasets)
@@ -84,28 +87,45 @@ class RunConfig:
         return node
 
 
-def parse_value(text: str) -> Any:
-    """A ``--set`` value: TOML syntax (numbers, booleans, ["lists"], "strings"), else a bare string."""
+def parse_value(text: str, what: str = "value") -> Any:
+    """A TOML value (numbers, booleans, "strings", [lists], {inline = "tables"}); anything else
+    is a one-line error saying so (a bare word is not silently taken for a string)."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+    except tomllib.TOMLDecodeError as exc:
+        raise BenchError(f"{what} {text!r} is not a TOML value ({exc}); strings need quotes, e.g. "
+                         f"\"name\" or '\"shap.deep\"' in the shell") from None
 
 
 def apply_override(values: dict[str, Any], assignment: str) -> None:
-    """Apply ``key.sub=value`` in place; unknown keys are caught by :func:`validate`."""
-    if "=" not in assignment:
+    """Apply ``--set KEY=VALUE`` in place: KEY is a TOML key (dotted; quote a name that has dots,
+    ``explain.params."shap.partition".max_evals``), VALUE a TOML value. Unknown keys are caught by
+    :func:`validate`."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
         raise BenchError(f"--set {assignment!r} is not KEY=VALUE; e.g. --set data.per_cell=2")
-    key, text = assignment.split("=", 1)
-    parts = [p for p in key.strip().split(".") if p]
-    if not parts:
-        raise BenchError(f"--set {assignment!r} has an empty key; e.g. --set data.per_cell=2")
+    try:
+        path = _key_path(tomllib.loads(f"{key.strip()} = 0"))
+    except tomllib.TOMLDecodeError:
+        raise BenchError(f"--set {assignment!r}: {key.strip()!r} is not a TOML key; quote a name that has dots, "
+                         f"e.g. --set 'explain.params.\"shap.partition\".max_evals=100'") from None
+    value = parse_value(text.strip(), f"--set {key.strip()}:")
     node = values
-    for p in parts[:-1]:
+    for p in path[:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            raise BenchError(f"--set {key}: {p!r} is a value, not a table")
-    node[parts[-1]] = parse_value(text.strip())
+            raise BenchError(f"--set {key.strip()}: {p!r} is a value, not a table")
+    node[path[-1]] = value
+
+
+def _key_path(parsed: dict[str, Any]) -> list[str]:
+    """The keys of ``{a: {b: {c: 0}}}``: ``["a", "b", "c"]``."""
+    path: list[str] = []
+    node: Any = parsed
+    while isinstance(node, dict):
+        (k, node), = node.items()
+        path.append(k)
+    return path
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -152,22 +172,49 @@ def _expect(ok: bool, key: str, message: str) -> None:
         raise BenchError(f"config value {key}: {message}")
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # a TOML true is not the number 1
+
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+def check_name(name: Any, key: str = "name") -> None:
+    """A run name is one plain folder name: letters, digits, ``._+-``, not starting with a dot
+    (so never ``.``, ``..``, a path or empty)."""
+    _expect(isinstance(name, str) and bool(NAME.match(name)), key,
+            f"{name!r} is not a plain folder name (letters, digits and ._+- , not starting with a dot; "
+            f"no path separators); choose e.g. --name my-run")
+
+
 def validate(v: dict[str, Any]) -> None:
     """Types, ranges, choices and registered names; every problem is a one-line BenchError."""
     for (table, key), choices in CHOICES.items():
         _expect(v[table][key] in choices, f"{table}.{key}", f"{v[table][key]!r} is not one of {', '.join(choices)}")
-    _expect(isinstance(v["name"], str) and v["name"] and "/" not in v["name"], "name", "must be a plain non-empty name")
-    _expect(isinstance(v["seed"], int), "seed", "must be an integer")
+    check_name(v["name"])
+    _expect(_is_int(v["seed"]), "seed", f"must be an integer, got {v['seed']!r}")
     _expect(v["device"] in DEVICES or str(v["device"]).startswith("cuda:"), "device",
             f"{v['device']!r} is not one of {', '.join(DEVICES)}")
+    for key in ("results_dir", "checkpoint_dir"):
+        _expect(isinstance(v[key], str) and (key == "checkpoint_dir" or v[key]), key,
+                "must be a folder path (a string)" + ("" if key == "results_dir" else
+                                                      '; "" = <results_dir>/checkpoints'))
     d = v["data"]
     for key in ("per_cell", "background_size"):
-        _expect(isinstance(d[key], int) and d[key] >= 1, f"data.{key}", f"must be an integer >= 1, got {d[key]!r}")
+        _expect(_is_int(d[key]) and d[key] >= 1, f"data.{key}", f"must be an integer >= 1, got {d[key]!r}")
     _expect(d["split"] in ("train", "val", "test"), "data.split", "must be train, val or test")
     e = v["explain"]
-    _expect(isinstance(e["shard_size"], int) and e["shard_size"] >= 1, "explain.shard_size", "must be an integer >= 1")
-    _expect(set(v["models"]["stages"]) <= {"pre", "post"} and len(v["models"]["stages"]) > 0 and
-            v["models"]["stages"][0] == "pre", "models.stages", 'must be ["pre"] or ["pre", "post"]')
+    _expect(_is_int(e["shard_size"]) and e["shard_size"] >= 1, "explain.shard_size",
+            f"must be an integer >= 1, got {e['shard_size']!r}")
+    f = v["figures"]
+    _expect(isinstance(f["enabled"], bool), "figures.enabled", f"must be true or false, got {f['enabled']!r}")
+    _expect(_is_int(f["examples_per_cell"]) and f["examples_per_cell"] >= 0, "figures.examples_per_cell",
+            f"must be an integer >= 0, got {f['examples_per_cell']!r}")
+    _expect(isinstance(v["metrics"]["curves"], bool), "metrics.curves",
+            f"must be true or false, got {v['metrics']['curves']!r}")
+    stages = v["models"]["stages"]
+    _expect(isinstance(stages, list) and stages in (["pre"], ["pre", "post"]), "models.stages",
+            f'must be ["pre"] or ["pre", "post"], got {stages!r}')
     for key in ("models.names", "explain.names", "metrics.names"):
         names = _get(v, key)
         _expect(isinstance(names, list) and len(names) > 0 and all(isinstance(n, str) for n in names), key,
@@ -183,27 +230,41 @@ def _get(v: dict[str, Any], dotted: str) -> Any:
 
 
 def _check_names(v: dict[str, Any]) -> None:
-    """Names must be registered; options and parameters must exist (the registries are the source)."""
+    """Names must be registered; options and parameters must exist, with their types and declared
+    constraints (the registries are the source)."""
     d = v["data"]
-    known = datasets.dataset_options(d["dataset"])  # unknown dataset names raise with the known ones
-    for key in d["options"]:
-        _expect(key in known, f"data.options.{key}",
-                f"dataset {d['dataset']!r} has no option {key!r}; its options: {', '.join(known) or '(none)'}")
+    datasets.DATASETS.get(d["dataset"]).check_params("dataset", d["options"], where="data.options")
     for n in v["models"]["names"]:
         models.MODELS.get(n)
-    for table, names, params, params_of in (("explain", v["explain"]["names"], v["explain"]["params"],
-                                             explainers.explainer_params),
-                                            ("metrics", v["metrics"]["names"], v["metrics"]["params"],
-                                             metrics.metric_params)):
+    for table, kind, names, params, registry, exclude in (
+            ("explain", "explainer", v["explain"]["names"], v["explain"]["params"], explainers.EXPLAINERS, ()),
+            ("metrics", "metric", v["metrics"]["names"], v["metrics"]["params"], metrics.METRICS, metrics.PROTOCOL)):
         for n in names:
-            params_of(n)
+            registry.get(n)
         for n, p in params.items():
-            valid = params_of(n)
-            _expect(isinstance(p, dict), f"{table}.params.{n}", "must be a table of parameter = value")
-            for key in p:
-                _expect(key in valid, f"{table}.params.{n}.{key}",
-                        f"{n} has no parameter {key!r}; its parameters: {', '.join(valid) or '(none)'}")
+            where = f"{table}.params.{_toml_key(n)}"
+            _expect(isinstance(p, dict), where, "must be a table of parameter = value")
+            registry.get(n).check_params(kind, p, exclude=exclude, where=where)
     for table, cls in (("train", TrainConfig), ("tune", TuneConfig)):
-        names = {f.name for f in fields(cls)}
-        for key in v[table]:
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in fields(cls) if not f.metadata.get("from_data")} - {"model"}
+        for key, value in v[table].items():
+            _expect(key != "model", f"{table}.model", "the models are models.names; remove train.model")
             _expect(key in names, f"{table}.{key}", f"unknown recipe field; known: {', '.join(sorted(names))}")
+            problem = type_problem(value, hints[key])
+            _expect(problem is None, f"{table}.{key}", f"{value!r} {problem}")
+    recipe = {k: tuple(x) if isinstance(x, list) else x for k, x in v["tune"].items()}
+    for cls, given in ((TrainConfig, {**v["train"], "model": v["models"]["names"][0]}), (TuneConfig, recipe)):
+        try:
+            cls(**given).validate()
+        except BenchError as exc:
+            raise BenchError(f"config value {'train' if cls is TrainConfig else 'tune'}: {exc}") from None
+
+
+def _toml_key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else f'"{name}"'
+
+
+def checkpoint_dir(cfg: RunConfig) -> Path:
+    """Where the run's checkpoints live: ``checkpoint_dir``, or ``<results_dir>/checkpoints``."""
+    return Path(cfg["checkpoint_dir"] or Path(cfg["results_dir"]) / "checkpoints")

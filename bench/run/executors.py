@@ -25,7 +25,7 @@ def execute_units(units: list[Unit], *, executor: str = "local", ray_address: st
     results: list[dict[str, Any] | None] = []
     cached_attr: dict[int, dict[str, Any]] = {}
     for i, u in enumerate(units):
-        res, attr = cache.load(u)
+        res, attr = cache.load(u, say)
         results.append(res)
         if res is None and attr is not None:
             cached_attr[i] = attr
@@ -39,7 +39,9 @@ def execute_units(units: list[Unit], *, executor: str = "local", ray_address: st
     for i, (attr, scores) in computed:
         u = units[i]
         results[i] = cache.store(u, attr, scores, attr_was_cached=i in cached_attr)
-        tag = "ok" if scores["status"] == "ok" else f"FAILED: {scores['message']}"
+        broken = cache.failed_metrics(scores)
+        tag = ("ok" if scores["status"] == "ok" else f"FAILED: {scores['message']}") + \
+            (f"; metric(s) failed: {', '.join(broken)}" if broken and scores["status"] == "ok" else "")
         say(f"  {u.stage.model_name} {u.stage.stage} {u.explainer:<28} images {int(u.index[0])}.."
             f"{int(u.index[-1])}: {scores['seconds_per_image']:.3f} s/image, {scores['peak_mem_mb']:.0f} MB, {tag}")
         bar.update(1)

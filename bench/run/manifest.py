@@ -152,6 +152,7 @@ def write_manifest(run_dir: Path, cfg: RunConfig, device: torch.device, test: Im
                    timings: dict[str, float], unit_log: list[dict], written: list[Path], executor: str,
                    cost: dict[str, Any]) -> None:
     manifest = {
+        "status": "complete",
         "config": cfg.values,
         "config_source": cfg.source,
         "command": " ".join(["python -m bench", *sys.argv[1:]]) if sys.argv and "bench" in sys.argv[0] else None,

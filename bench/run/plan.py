@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 from bench.core.schema import CELLS, confusion_cells
-from bench.run.config import RunConfig
+from bench.run.config import RunConfig, checkpoint_dir
 from bench.run.unit import Stage, Unit
-from datasets import ImageSplit, load_split
+from datasets import ImageSplit, check_splits, load_split
 from models.training import (TrainConfig, TuneConfig, default_checkpoint_path, default_tuned_path, load_checkpoint,
                              predict_proba, read_sidecar, train_model, tune_model)
 
@@ -53,6 +53,7 @@ def load_data(cfg: RunConfig) -> list[ImageSplit]:
     out = [load_split(d["dataset"], s, **d["options"]) for s in ("train", "val", "test")]
     if d["split"] != "test":
         out[2] = load_split(d["dataset"], d["split"], **d["options"])
+    check_splits(*out)  # before any training
     return out
 
 
@@ -64,7 +65,7 @@ def ensure_checkpoints(cfg: RunConfig, train: ImageSplit, val: ImageSplit, test:
                        progress: bool, say: Callable[[str], None]) -> list[Stage]:
     """Train (pre) and tune (post) checkpoints on first use; later runs reuse them by content key."""
     stages = []
-    ck_dir = Path(cfg["checkpoint_dir"])
+    ck_dir = checkpoint_dir(cfg)
     for name in cfg["models"]["names"]:
         tcfg = TrainConfig(**{**cfg["train"], "model": name, "dataset": train.name, "size": int(train.images.shape[-1])})
         tcfg.validate()

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import torch
 
-from bench.core.errors import BenchError
+from bench.core.errors import BenchError, one_line
 from bench.perf.allocator import tune_allocator
 from bench.run.unit import failed_attribution
 
@@ -52,7 +52,7 @@ def compute_on_ray(units: list, pending: list[int], cached_attr: dict[int, Any],
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise BenchError(f"cannot connect to the Ray cluster at {address or 'a new local instance'} "
-                             f"({' '.join(str(exc).split())[:200]}); check --ray-address") from exc
+                             f"({one_line(exc, 200)}); check --ray-address") from exc
     gpu = units[pending[0]].device.type == "cuda"
     task = ray.remote(num_gpus=1 if gpu else 0, max_retries=MAX_RETRIES)(_compute)
     model_refs: dict[str, Any] = {}
@@ -73,5 +73,5 @@ def compute_on_ray(units: list, pending: list[int], cached_attr: dict[int, Any],
         try:
             yield i, ray.get(done[0])
         except ray.exceptions.RayError as exc:  # retries exhausted: recorded as this unit's failure
-            msg = " ".join(f"{type(exc).__name__}: {exc}".split())
+            msg = one_line(f"{type(exc).__name__}: {exc}")
             yield i, units[i].compute(failed_attribution(f"Ray task failed after {MAX_RETRIES} retries: {msg}"))

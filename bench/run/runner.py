@@ -10,17 +10,15 @@ goes on.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from bench.core.device import resolve_device
-from bench.core.errors import BenchError
 from bench.core.schema import CURVE_COLUMNS, SCORE_COLUMNS
 from bench.metrics import METRICS
 from bench.report.plots import AttributionExamples, ModelExamples
@@ -29,6 +27,7 @@ from bench.run import plan as P
 from bench.run.config import RunConfig
 from bench.run.executors import execute_units
 from bench.run.manifest import cost_summary, time_passes, write_manifest
+from bench.run.rundir import claim
 
 
 def run(cfg: RunConfig, *, progress: bool = True, executor: str = "local", ray_address: str | None = None) -> Path:
@@ -37,14 +36,17 @@ def run(cfg: RunConfig, *, progress: bool = True, executor: str = "local", ray_a
     ``executor="local"`` computes the units in this process; ``"ray"`` fans them out as Ray tasks
     (:func:`bench.run.executors.execute_units`). Both fill the same cache and give the same tables.
     """
-    timings: dict[str, float] = {}
-    t_all = time.perf_counter()
     device = resolve_device(cfg["device"])
     run_dir = Path(cfg["results_dir"]) / cfg["name"]
-    _guard_run_dir(run_dir, cfg)
     say = tqdm.write if progress else (lambda s: print(s, flush=True))
+    with claim(run_dir, cfg):  # one run per directory, one config per directory
+        return _run(cfg, run_dir, device, say, progress, executor, ray_address)
 
-    t = time.perf_counter()
+
+def _run(cfg: RunConfig, run_dir: Path, device: torch.device, say: Callable[[str], None], progress: bool,
+         executor: str, ray_address: str | None) -> Path:
+    timings: dict[str, float] = {}
+    t_all = t = time.perf_counter()
     train, val, test = P.load_data(cfg)
     timings["data"] = time.perf_counter() - t
 
@@ -79,21 +81,9 @@ def run(cfg: RunConfig, *, progress: bool = True, executor: str = "local", ray_a
     ratio = cost["explain_and_metrics"]["ratio"]
     say(f"{len(unit_log)} units ({n_cached} from cache) in {timings['total']:.0f} s"
         + (f"; explain+score at {ratio:.2f}x its floor" if ratio is not None else "")
-        + (f"; failed: {', '.join('/'.join(f) for f in failed)}" if failed else ""))
+        + (f"; failed: {', '.join('/'.join(f) for f in failed)} (failures are not cached: the next run retries "
+           f"them)" if failed else ""))
     return run_dir
-
-
-def _guard_run_dir(run_dir: Path, cfg: RunConfig) -> None:
-    """Never mix two configs' results in one directory."""
-    manifest = run_dir / "manifest.json"
-    if manifest.exists():
-        try:
-            old = json.loads(manifest.read_text()).get("config")
-        except json.JSONDecodeError:
-            old = None
-        if old is not None and old != json.loads(json.dumps(cfg.values)):
-            raise BenchError(f"{run_dir} holds a run with another config; choose another --name (or delete "
-                             f"{run_dir} to replace it)")
 
 
 def _tables(plan: list[P.Planned], results: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 import explainers
 import models
 from bench import metrics as M
-from bench.core.errors import BenchError
+from bench.core.errors import BenchError, one_line
 from bench.perf.profiling import measure_peak_memory
 from bench.run.config import RunConfig
 from explainers import EXPLAINERS, Attribution, run_explainer, with_output_space
@@ -79,9 +79,11 @@ def tensor_digest(t: Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
-def failed_attribution(message: str, seconds: float = 0.0) -> dict[str, Any]:
-    """The attribution record of an explainer that raised: its one-line message, no values."""
-    return {"status": "error", "message": " ".join(message.split())[:500], "seconds": seconds,
+def failed_attribution(message: str) -> dict[str, Any]:
+    """The attribution record of an explainer that raised: its one-line message, no values and no
+    timing (the time to a failure says nothing about a method's cost, and a re-run of a
+    deterministic failure then rewrites identical tables)."""
+    return {"status": "error", "message": one_line(message, 500), "seconds": math.nan,
             "peak_mem_mb": math.nan, "values": None, "outputs": None, "base_values": None, "meta": "{}"}
 
 
@@ -132,7 +134,7 @@ class Unit:
                 attr = run_explainer(self.explainer, model, x, y, background=bg, **self.params)
                 seconds = time.perf_counter() - t0
         except Exception as exc:  # recorded, the run goes on
-            return failed_attribution(f"{type(exc).__name__}: {exc}", time.perf_counter() - t0)
+            return failed_attribution(f"{type(exc).__name__}: {exc}")
         return {"status": "ok", "message": "", "seconds": seconds, "peak_mem_mb": mem.peak_mb,
                 "values": attr.values.detach().float().cpu(),
                 "outputs": None if attr.outputs is None else attr.outputs.detach().float().cpu(),
@@ -185,7 +187,7 @@ class Unit:
                                                 "probs": c.y.detach().float().cpu().tolist()}
             except Exception as exc:
                 out["metrics"][name] = [math.nan] * n
-                out["metric_status"][name] = ["error: " + " ".join(f"{type(exc).__name__}: {exc}".split())[:300]] * n
+                out["metric_status"][name] = ["error: " + one_line(f"{type(exc).__name__}: {exc}", 300)] * n
             out["metric_seconds"][name] = time.perf_counter() - t_metric
         out["score_seconds"] = time.perf_counter() - t0
         return out
