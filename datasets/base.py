@@ -85,7 +85,7 @@ def load_split(name: str, split: str, **options: Any) -> ImageSplit:
     if split not in SPLITS:
         raise BenchError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     entry = DATASETS.get(name)
-    entry.check_params("dataset", options)
+    entry.check_params("dataset", options, noun="option")
     return entry.obj(split, **options)
 
 

@@ -111,7 +111,7 @@ def test_the_same_run_through_a_relative_and_an_absolute_path(finished, monkeypa
     ('explain.params={"captum.integrated_gradients" = {n_steps = 5.5}}', "n_steps = 5.5 must be an integer"),
     ("data.per_cell=true", "data.per_cell: must be an integer >= 1, got True"),
     ("data.options.size=30", "data.options.size = 30 is not one of 28, 64, 128, 224"),
-    ("data.options.sise=28", "dataset 'pneumoniamnist' has no parameter 'sise'"),
+    ("data.options.sise=28", "dataset 'pneumoniamnist' has no option 'sise'"),
     ("seed=1.5", "seed: must be an integer"),
     ("figures.enabled=1", "figures.enabled: must be true or false"),
     ("train.epochs=0", "config value train: epochs must be >= 1"),

@@ -194,7 +194,7 @@ def test_metric_model_and_dataset_plugins_load_lazily_through_their_entry_point_
     with pytest.raises(BenchError) as exc:
         load_split("fakeplugin.constant", "val", colour=1)
     msg = str(exc.value)
-    assert "\n" not in msg and "'fakeplugin.constant' has no option 'colour'" in msg and "n, size, value" in msg
+    assert "\n" not in msg and "'fakeplugin.constant' has no option 'colour'" in msg and "n=4, size=8, value=0.5" in msg
 
     # metric: computed through compute_metric, with its declared pass count
     assert "fake_bench_metric" not in sys.modules

@@ -63,7 +63,7 @@ def tunable_params(fn: Callable, exclude: tuple[str, ...] = ()) -> dict[str, Any
 
 def check_params(kind: str, name: str, fn: Callable, given: Mapping[str, Any], *,
                  constraints: Mapping[str, Constraint] | None = None, exclude: tuple[str, ...] = (),
-                 where: str | None = None) -> None:
+                 where: str | None = None, noun: str = "parameter") -> None:
     """Raise a one-line BenchError unless every ``given`` parameter exists, has its annotated type
     and meets its declared constraint. ``where`` names the config table in messages (e.g.
     ``explain.params."shap.partition"``)."""
@@ -71,8 +71,8 @@ def check_params(kind: str, name: str, fn: Callable, given: Mapping[str, Any], *
     unknown = sorted(set(given) - set(known))
     if unknown:
         listed = ", ".join(f"{k}={v!r}" for k, v in known.items()) or "(none)"
-        raise BenchError(f"{where + ': ' if where else ''}{kind} {name!r} has no parameter "
-                         f"{', '.join(map(repr, unknown))}; its parameters: {listed}")
+        raise BenchError(f"{where + ': ' if where else ''}{kind} {name!r} has no {noun} "
+                         f"{', '.join(map(repr, unknown))}; its {noun}s: {listed}")
     try:
         hints = typing.get_type_hints(fn)
     except Exception:  # unresolvable annotations (a plug-in's forward references): types unchecked
@@ -84,7 +84,7 @@ def check_params(kind: str, name: str, fn: Callable, given: Mapping[str, Any], *
             problem = constraint_problem(value, constraints[key])
         if problem is not None:
             at = f"{where}.{key}" if where else f"{kind} {name!r}: {key}"
-            raise BenchError(f"{at} = {value!r} {problem} (python -m bench list {kind}s shows the parameters)")
+            raise BenchError(f"{at} = {value!r} {problem} (python -m bench list {kind}s shows the {noun}s)")
 
 
 def type_problem(value: Any, annotation: Any) -> str | None:

@@ -45,11 +45,11 @@ class Entry(Generic[T]):
         return tunable_params(self.obj, exclude) if callable(self.obj) else {}
 
     def check_params(self, kind: str, given: dict[str, Any], *, exclude: tuple[str, ...] = (),
-                     where: str | None = None) -> None:
+                     where: str | None = None, noun: str = "parameter") -> None:
         """One-line BenchError unless ``given`` are parameters of this entry with the annotated types
         and the constraints declared at registration (:mod:`bench.core.params`)."""
         check_params(kind, self.name, self.obj, given, constraints=self.meta.get("constraints"), exclude=exclude,
-                     where=where)
+                     where=where, noun=noun)
 
 
 class Registry(Generic[T]):

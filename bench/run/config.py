@@ -233,7 +233,7 @@ def _check_names(v: dict[str, Any]) -> None:
     """Names must be registered; options and parameters must exist, with their types and declared
     constraints (the registries are the source)."""
     d = v["data"]
-    datasets.DATASETS.get(d["dataset"]).check_params("dataset", d["options"], where="data.options")
+    datasets.DATASETS.get(d["dataset"]).check_params("dataset", d["options"], where="data.options", noun="option")
     for n in v["models"]["names"]:
         models.MODELS.get(n)
     for table, kind, names, params, registry, exclude in (
