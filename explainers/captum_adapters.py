@@ -15,19 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from bench.core.params import Range
-from explainers.base import (
-    Attribution,
-    check_choice,
-    check_positive,
-    chunks,
-    image_seeds,
-    library_version,
-    mean_target_score,
-    model_guard,
-    preserved_rng,
-    register_explainer,
-    target_scores,
-)
+from explainers.base import (Attribution, check_choice, check_positive, chunks, image_seeds, library_version,
+                             mean_target_score, model_guard, preserved_rng, register_explainer, target_scores)
 from explainers.rescale import choose_engine, deepshap_passes, rescale_attributions
 from models.safety import ReLUTreeMaxPool2d
 

@@ -22,19 +22,9 @@ from torch import Tensor, nn
 
 from bench.core.errors import BenchError
 from bench.core.params import Range
-from explainers.base import (
-    Attribution,
-    check_choice,
-    check_positive,
-    image_seeds,
-    library_version,
-    mean_target_score,
-    model_guard,
-    preserved_rng,
-    register_explainer,
-    resolve_layer,
-    target_scores,
-)
+from explainers.base import (Attribution, check_choice, check_positive, image_seeds, library_version,
+                             mean_target_score, model_guard, preserved_rng, register_explainer, resolve_layer,
+                             target_scores)
 from explainers.expected_gradients import expected_gradients
 from explainers.rescale import choose_engine, deepshap_passes, rescale_attributions
 
