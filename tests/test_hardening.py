@@ -29,7 +29,8 @@ from models import training as T
 CHEAP = ['data.dataset="synthetic"', "data.options.n=40", "data.per_cell=2", "data.background_size=4",
          'models.names=["tiny"]', 'models.stages=["pre"]', "train.epochs=1", "train.batch_size=32",
          'explain.names=["random", "edge"]', "explain.shard_size=4", 'metrics.names=["deletion_auc"]',
-         'metrics.params={"deletion_auc" = {steps = 4}}', 'device="cpu"', "figures.enabled=false"]
+         'metrics.params={"deletion_auc" = {steps = 4}}', 'device="cpu"', "figures.enabled=false",
+         "reliability.bootstrap=100"]
 
 
 def _cfg(results: Path, name: str = "h", *extra: str):

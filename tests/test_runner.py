@@ -40,7 +40,9 @@ def _overrides(tmp_path, name="e2e"):
             "train.lr=0.01", "tune.epochs=1", 'tune.unfreeze=["fc"]', f"explain.names={json.dumps(EXPLAINERS_E2E)}",
             "explain.shard_size=4", 'explain.params={"captum.integrated_gradients" = {n_steps = 16}}',
             f"metrics.names={json.dumps(METRICS_E2E)}", 'metrics.params={"deletion_auc" = {steps = 14}, '
-            '"insertion_auc" = {steps = 14}}']
+            '"insertion_auc" = {steps = 14}}',
+            # the card's statistics stay on (cheaply); its substrate re-scoring is tests/test_reliability.py's
+            "reliability.substrates=[]", "reliability.imputation=false", "reliability.bootstrap=100"]
 
 
 def test_end_to_end_outputs_resume_and_failure(tmp_path, failing_explainer, monkeypatch):
@@ -49,6 +51,7 @@ def test_end_to_end_outputs_resume_and_failure(tmp_path, failing_explainer, monk
 
     # every file
     for f in ("scores.csv", "curves.csv", "leaderboard.csv", "leaderboard.md", "prepost.csv", "prepost.md",
+              "reliability.csv", "reliability.md", "reliability_controls.csv", "reliability_power.csv",
               "manifest.json", "prepost_models.json", "attributions.npz"):
         assert (run_dir / f).is_file() and (run_dir / f).stat().st_size > 0, f
     assert len(list((run_dir / "figures").glob("*.png"))) >= 3

@@ -1,7 +1,9 @@
 """Names shared by every layer that writes or reads a run's tables, defined once.
 
 ``scores.csv`` has one row per (model, stage, explainer, metric, image) with the columns
-:data:`SCORE_COLUMNS`; ``curves.csv`` one row per curve point with :data:`CURVE_COLUMNS`.
+:data:`SCORE_COLUMNS`; ``curves.csv`` one row per curve point with :data:`CURVE_COLUMNS`;
+``substrates.csv`` and ``substrate_curves.csv`` (the reliability card's substrate sensitivity)
+have :data:`SUBSTRATE_COLUMNS` and :data:`SUBSTRATE_CURVE_COLUMNS`.
 A stage is ``"pre"`` (the trained model) or ``"post"`` (the tuned one); an image's confusion cell
 under a model is one of :data:`CELLS`, with class 1 (pneumonia) as the positive class.
 """
@@ -14,6 +16,10 @@ CELLS = ("TP", "FP", "FN", "TN")
 SCORE_COLUMNS = ("model", "stage", "explainer", "metric", "image", "label", "pred", "cell", "value", "status",
                  "message", "higher_is_better", "seconds_per_image", "peak_mem_mb")
 CURVE_COLUMNS = ("model", "stage", "explainer", "curve", "image", "fraction", "prob")
+# the reliability card's substrate sensitivity: scores per substrate, and curves averaged over images
+SUBSTRATE_COLUMNS = ("model", "stage", "explainer", "metric", "substrate", "image", "value", "status",
+                     "higher_is_better")
+SUBSTRATE_CURVE_COLUMNS = ("model", "stage", "explainer", "curve", "substrate", "fraction", "prob_mean", "n")
 
 
 def confusion_cells(labels: Sequence[int], preds: Sequence[int]) -> list[str]:

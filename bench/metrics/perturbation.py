@@ -8,6 +8,7 @@ flat index (row-major), deterministic on every device.
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Sequence
 
 import torch
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 from bench.core.errors import BenchError
 from bench.metrics.base import check_chunk, out_dtype
 
-SUBSTRATES = ("zero", "mean", "blur")
+SUBSTRATES = ("zero", "mean", "blur", "noise")
 DEFAULT_CHUNK = 32  # perturbed images per forward pass: measured fastest on CPU (raise it on a GPU)
 
 
@@ -56,7 +57,9 @@ def make_substrate(inputs: Tensor, substrate: str, *, blur_sigma: float = 2.0) -
 
     ``"zero"``: the value 0 of the model's input space (black only if inputs are not
     standardised); ``"mean"``: each image's per-channel mean over pixels, computed once on the
-    unperturbed image; ``"blur"``: a Gaussian blur of the image (RISE's insertion start).
+    unperturbed image; ``"blur"``: a Gaussian blur of the image (RISE's insertion start);
+    ``"noise"``: uniform noise between the image's minimum and maximum, drawn on the CPU from a
+    generator seeded with the image's bytes (deterministic, the same alone or in a batch).
     """
     if substrate == "zero":
         return torch.zeros_like(inputs)
@@ -64,6 +67,13 @@ def make_substrate(inputs: Tensor, substrate: str, *, blur_sigma: float = 2.0) -
         return inputs.mean(dim=(2, 3), keepdim=True).expand_as(inputs).clone()
     if substrate == "blur":
         return gaussian_blur(inputs, blur_sigma)
+    if substrate == "noise":
+        x = inputs.detach().to("cpu", torch.float32)
+        draws = []
+        for img in x:
+            gen = torch.Generator().manual_seed(zlib.crc32(img.contiguous().numpy().tobytes()))
+            draws.append(img.min() + (img.max() - img.min()) * torch.rand(img.shape, generator=gen))
+        return torch.stack(draws).to(device=inputs.device, dtype=inputs.dtype)
     raise BenchError(f"unknown substrate {substrate!r}; use one of {', '.join(SUBSTRATES)}")
 
 

@@ -190,6 +190,7 @@ def _road(metric, model, inputs, targets, attribution, percentages, noise, seed,
 
 
 @register_metric("road_morf", higher_is_better=True, kind="faithfulness", passes=_road_passes,
+                 imputes_for=("deletion_auc",),  # most relevant first, imputed instead of a substrate
                  constraints=ROAD_CONSTRAINTS, paper="Rong et al. 2022, ROAD (ICML)")
 def road_morf(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
               context: MetricContext | None = None, percentages: tuple[float, ...] = ROAD_PERCENTAGES,

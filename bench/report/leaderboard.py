@@ -336,28 +336,37 @@ def _score_cell(r: pd.Series) -> str:
     return f"{_f(r['mean'])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}]{rank}"
 
 
-def render_leaderboard_md(board: pd.DataFrame) -> str:
+def render_leaderboard_md(board: pd.DataFrame, card: Mapping[str, pd.DataFrame] | None = None) -> str:
     """leaderboard.md: one table per (model, stage); rows explainers, columns metrics.
 
     Cells read "mean [ci_low, ci_high] (rank)"; "n/a" where the metric does not apply;
-    "error" where the explainer failed, its message in the row's status column.
+    "error" where the explainer failed, its message in the row's status column. With the
+    reliability card (:func:`bench.report.reliability.card`): a metric column that fails the card
+    is marked ⚠ (the reasons follow the table), and a rank followed by ≈ is tied at this n with
+    the explainer ranked just above it (their difference is below the smallest one this n detects).
     """
     lines = ["# Leaderboard", "",
              "Cells: mean over test images [95% BCa bootstrap CI] (rank). Rank 1 = best; a method whose CI "
              "overlaps the CI of its group's leader (the best mean of the group) shares the leader's rank "
              "(competition ranking: 1, 1, 3). ↑ higher is better, ↓ lower is better. "
-             "n/a: the metric does not apply (no finite value); error: the explainer failed (see status).", ""]
+             "n/a: the metric does not apply (no finite value); error: the explainer failed (see status)."
+             + (" ⚠: the metric fails its reliability card (reliability.md); ≈: not separable at this n from the "
+                "explainer ranked just above (below the smallest detectable difference, 80% power)."
+                if card is not None else ""), ""]
     if board.empty:
         return "\n".join(lines + ["No scores.", ""])
     board = board.assign(_stage=_stage_order(board["stage"]))
     for (model, _, stage), sub in board.groupby(["model", "_stage", "stage"], sort=True):
         metrics = sorted(sub["metric"].unique())
         hib = sub.groupby("metric")["higher_is_better"].first()
-        header = ["explainer"] + [f"{m} {_arrow(bool(hib[m]))}" for m in metrics] + ["s/image", "peak MB", "status"]
+        fails, tied = _card_marks(card, model, stage)
+        header = ["explainer"] + [f"{m} {_arrow(bool(hib[m]))}" + (" ⚠" if m in fails else "") for m in metrics] \
+            + ["s/image", "peak MB", "status"]
         rows = []
         for explainer, e in sub.groupby("explainer", sort=True):
             by_metric = e.set_index("metric")
-            cells = [_score_cell(by_metric.loc[m]) if m in by_metric.index else "—" for m in metrics]
+            cells = [_score_cell(by_metric.loc[m]) + (" ≈" if (m, explainer) in tied else "")
+                     if m in by_metric.index else "—" for m in metrics]
             secs = _nan_reduce(e["seconds_per_image"], "mean")
             mem = _nan_reduce(e["peak_mem_mb"], "max")
             rows.append([_md_text(explainer)] + cells + [_f(secs, ".3g"), _f(mem, ".1f"), _row_status(e)])
@@ -366,7 +375,23 @@ def render_leaderboard_md(board: pd.DataFrame) -> str:
         if len(ns):
             desc = ", ".join(f"{m} {'/'.join(map(str, v))}" for m, v in ns.items())
             lines += [f"n (finite values per metric): {desc}", ""]
+        for m in metrics:
+            if m in fails:
+                lines += [f"⚠ {m}: {fails[m]}", ""]
     return "\n".join(lines)
+
+
+def _card_marks(card: Mapping[str, pd.DataFrame] | None, model: str, stage: str
+                ) -> tuple[dict[str, str], set[tuple[str, str]]]:
+    """({metric: why it fails the card}, {(metric, explainer) tied at this n with the one above})."""
+    if card is None:
+        return {}, set()
+    c = card["reliability"]
+    c = c[(c["model"] == model) & (c["stage"] == stage) & c["verdict"].str.startswith("fails")]
+    p = card["reliability_power"]
+    p = p[(p["model"] == model) & (p["stage"] == stage) & p["underpowered"].astype(bool)]
+    return ({r.metric: r.verdict.removeprefix("fails: ") for r in c.itertuples(index=False)},
+            {(r.metric, r.worse) for r in p.itertuples(index=False)})
 
 
 def _row_status(e: pd.DataFrame) -> str:
@@ -508,11 +533,12 @@ def _csv(df: pd.DataFrame) -> str:
 
 def write_tables(run_dir: str | os.PathLike, scores: pd.DataFrame,
                  prepost_models: Mapping[str, Any] | str | os.PathLike | None = None, *,
-                 board: pd.DataFrame | None = None) -> list[Path]:
+                 board: pd.DataFrame | None = None, card: Mapping[str, pd.DataFrame] | None = None) -> list[Path]:
     """Write leaderboard.csv/.md and, when some model has both stages, prepost.csv, prepost_by_cell.csv, prepost.md.
 
     ``prepost_models`` is the parsed ``prepost_models.json`` or its path; ``board`` may pass
-    :func:`leaderboard` of ``scores`` already computed (the bootstrap runs once per run). All
+    :func:`leaderboard` of ``scores`` already computed (the bootstrap runs once per run); ``card``
+    the reliability card, whose verdicts mark leaderboard.md (:func:`render_leaderboard_md`). All
     files are written atomically and are byte-identical for identical inputs. Returns the
     written paths.
     """
@@ -523,7 +549,7 @@ def write_tables(run_dir: str | os.PathLike, scores: pd.DataFrame,
     models = read_prepost_models(prepost_models)
     board = leaderboard(df) if board is None else board
     written = [atomic_write_text(run_dir / "leaderboard.csv", _csv(board)),
-               atomic_write_text(run_dir / "leaderboard.md", render_leaderboard_md(board))]
+               atomic_write_text(run_dir / "leaderboard.md", render_leaderboard_md(board, card))]
     if any(set(st) >= set(STAGES) for _, st in df.groupby("model")["stage"]):
         pp, pc = prepost(df), prepost_by_cell(df)
         written += [atomic_write_text(run_dir / "prepost.csv", _csv(pp)),

@@ -44,7 +44,7 @@ import re
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import matplotlib
 import numpy as np
@@ -367,6 +367,65 @@ def prepost_figure(board: pd.DataFrame, model: str) -> Figure:
     return fig
 
 
+CARD_CRITERIA = (("beat random", "share of real explainers beating random"), ("alpha", "Krippendorff alpha"),
+                 ("split-half", "split-half reliability"), ("substrate tau", "min tau between substrates"),
+                 ("MetaQuantus input", "MC, input tests"), ("MetaQuantus model", "MC, model tests"))
+
+
+def reliability_heatmap(card: pd.DataFrame, model: str, stage: str) -> Figure:
+    """Metrics x criteria of the reliability card for one (model, stage), on one -1..1 diverging
+    scale (1 = reliable); blank where a criterion was not computed or does not apply."""
+    sub = card[(card["model"] == model) & (card["stage"] == stage)].sort_values("metric", kind="stable")
+    if sub.empty:
+        raise BenchError(f"no reliability card for model {model!r}, stage {stage!r}")
+    share = np.where(sub["beat_random"] >= 0, sub["beat_random"] / sub["real_explainers"].clip(lower=1), np.nan)
+    values = np.column_stack([share, sub["alpha"], sub["split_half"], sub["substrate_tau_min"], sub["meta_input"],
+                              sub["meta_model"]]).astype(np.float64)
+    labels = [f"{m}{' ⚠' if str(v).startswith('fails') else ''}" for m, v in zip(sub["metric"], sub["verdict"])]
+    annot = np.vectorize(lambda v: "" if not np.isfinite(v) else f"{v:.2f}")(values)
+    with matplotlib.rc_context({**_RC, "axes.grid": False}):
+        fig = Figure(figsize=(2.0 + 1.15 * values.shape[1], 1.3 + 0.45 * len(sub)), layout="constrained")
+        ax = fig.add_subplot()
+        sns.heatmap(values, mask=~np.isfinite(values), annot=annot, fmt="", cmap="RdBu", vmin=-1.0, vmax=1.0,
+                    linewidths=0.5, linecolor="white", ax=ax, annot_kws={"fontsize": 7},
+                    cbar_kws={"label": "1 = reliable, 0 = chance"},
+                    xticklabels=[c for c, _ in CARD_CRITERIA], yticklabels=labels)
+        ax.tick_params(axis="x", labelrotation=30)
+        ax.set_title(f"{model} · {stage}: reliability card (⚠ fails it)")
+    return fig
+
+
+def substrate_figure(curves: pd.DataFrame, model: str, stage: str) -> Figure:
+    """Mean perturbation curves per substrate (columns) and curve (rows), a line per explainer."""
+    df = curves[(curves["model"] == model) & (curves["stage"] == stage)]
+    kinds, subs = sorted(df["curve"].unique()), sorted(df["substrate"].unique())
+    explainers = sorted(df["explainer"].unique())
+    palette = dict(zip(explainers, sns.color_palette("colorblind", len(explainers))))
+    with matplotlib.rc_context(_RC):
+        fig = Figure(figsize=(2.7 * len(subs) + 1.6, 2.4 * len(kinds) + 0.4), layout="constrained")
+        axes = fig.subplots(len(kinds), len(subs), squeeze=False, sharey=True)
+        for r, kind in enumerate(kinds):
+            for c, sub in enumerate(subs):
+                ax = axes[r, c]
+                for explainer in explainers:
+                    d = df[(df["curve"] == kind) & (df["substrate"] == sub) & (df["explainer"] == explainer)]
+                    if len(d):
+                        d = d.sort_values("fraction", kind="stable")
+                        ax.plot(d["fraction"], d["prob_mean"], color=palette[explainer], lw=1.3, label=explainer)
+                ax.set_xlim(0, 1)
+                ax.set_title(f"{kind} · {sub}", fontsize=8)
+                if r == len(kinds) - 1:
+                    ax.set_xlabel("fraction of pixels perturbed")
+            axes[r, 0].set_ylabel("mean probability")
+        seen: dict[str, Any] = {}
+        for ax in axes.ravel():
+            for h, n in zip(*ax.get_legend_handles_labels()):
+                seen.setdefault(n, h)
+        fig.legend([seen[n] for n in sorted(seen)], sorted(seen), loc="outside right upper", fontsize=7, frameon=False)
+        fig.suptitle(f"{model} · {stage}: perturbation curves by substrate (mean over images)")
+    return fig
+
+
 def _grid_selection(ex: ModelExamples, model: str, per_cell: int | None) -> tuple[str, dict[str, list[int]]]:
     stage = "pre" if "pre" in ex.cells else "post"
     if stage not in ex.cells:
@@ -450,11 +509,13 @@ def _read_curves(curves: pd.DataFrame | str | os.PathLike | None) -> pd.DataFram
 def write_figures(run_dir: str | os.PathLike, scores: pd.DataFrame,
                   curves: pd.DataFrame | str | os.PathLike | None = None,
                   attributions_path: str | os.PathLike | None = None, *,
-                  board: pd.DataFrame | None = None) -> list[Path]:
+                  board: pd.DataFrame | None = None, card: Mapping[str, pd.DataFrame] | None = None,
+                  substrate_curves: pd.DataFrame | None = None) -> list[Path]:
     """Write every figure of a run to ``run_dir/figures/*.png``; returns the paths, sorted by name.
 
     ``curves`` is the curves.csv DataFrame or its path; ``attributions_path`` an
-    ``attributions.npz``. Figures whose inputs are absent are skipped. ``board`` may pass a
+    ``attributions.npz``; ``card`` the reliability card's tables and ``substrate_curves`` its
+    mean curves per substrate. Figures whose inputs are absent are skipped. ``board`` may pass a
     :func:`bench.report.leaderboard.leaderboard` already computed from ``scores`` to skip recomputing
     the bootstrap.
     """
@@ -472,6 +533,14 @@ def write_figures(run_dir: str | os.PathLike, scores: pd.DataFrame,
         cdf = _check_curves(cdf)
         for model, stage in cdf[["model", "stage"]].drop_duplicates().itertuples(index=False):
             _add_job(jobs, f"curves_{_slug(model, stage)}.png", partial(curves_figure, cdf, model, stage))
+    if card is not None and len(card["reliability"]):
+        for model, stage in card["reliability"][["model", "stage"]].drop_duplicates().itertuples(index=False):
+            _add_job(jobs, f"reliability_{_slug(model, stage)}.png",
+                     partial(reliability_heatmap, card["reliability"], model, stage))
+    if substrate_curves is not None and len(substrate_curves):
+        for model, stage in substrate_curves[["model", "stage"]].drop_duplicates().itertuples(index=False):
+            _add_job(jobs, f"substrates_{_slug(model, stage)}.png",
+                     partial(substrate_figure, substrate_curves, model, stage))
     if attributions_path is not None:
         ex = load_attribution_examples(attributions_path)
         for model, explainer in ex.pairs():

@@ -39,7 +39,7 @@ def load(unit: Unit, warn: Warn) -> tuple[dict[str, Any] | None, dict[str, Any] 
     attr = _read(unit.attr_path, lambda p: _check_attr(torch.load(p, weights_only=True), unit), warn)
     if attr is None:
         return None, None
-    scores = _read(unit.score_path, lambda p: _check_scores(json.loads(p.read_text()), unit), warn)
+    scores = load_record(unit.score_path, lambda r: _check_scores(r, unit), warn)
     if scores is None:
         return None, attr
     return result(attr, scores, cached=True), attr
@@ -50,13 +50,14 @@ def store(unit: Unit, attr: dict[str, Any], scores: dict[str, Any], *, attr_was_
     if attr["status"] == "ok" and not attr_was_cached:
         atomic_torch_save(unit.attr_path, {**attr, "checksum": _attr_checksum(attr)})
     if attr["status"] == "ok" and not failed_metrics(scores):
-        atomic_write_json(unit.score_path, {**scores, "checksum": _json_checksum(scores)})
+        store_record(unit.score_path, scores)
     return result(attr, scores, cached=False, attr_cached=attr_was_cached)
 
 
 def failed_metrics(scores: dict[str, Any]) -> list[str]:
-    """The metrics of a score record that raised on some image."""
-    return sorted(m for m, st in scores["metric_status"].items() if any(s.startswith("error") for s in st))
+    """The metrics of a score record that raised on some image (and the substrate sensitivity)."""
+    failed = [m for m, st in scores["metric_status"].items() if any(s.startswith("error") for s in st)]
+    return sorted(failed + (["(substrates)"] if scores.get("substrates_error") else []))
 
 
 def result(attr: dict[str, Any], scores: dict[str, Any], *, cached: bool, attr_cached: bool | None = None) -> dict[str, Any]:
@@ -64,6 +65,26 @@ def result(attr: dict[str, Any], scores: dict[str, Any], *, cached: bool, attr_c
     whether the whole unit (``cached``) or only its attributions (``attr_cached``) came from the cache."""
     return {**scores, "values": attr["values"] if attr["status"] == "ok" else None, "cached": cached,
             "attr_cached": cached if attr_cached is None else attr_cached}
+
+
+def load_record(path: Path, check: Callable[[dict[str, Any]], Any], warn: Warn) -> dict[str, Any] | None:
+    """A checksummed JSON record written by :func:`store_record`, if present, sound and accepted
+    by ``check`` (which raises :class:`Damaged` or returns nothing); else None (with a warning)."""
+    def parse(p: Path) -> dict[str, Any]:
+        obj = json.loads(p.read_text())
+        if not isinstance(obj, dict) or "checksum" not in obj:
+            raise Damaged("not a cache record")
+        record = {k: v for k, v in obj.items() if k != "checksum"}
+        if obj["checksum"] != _json_checksum(record):
+            raise Damaged("checksum mismatch")
+        check(record)
+        return record
+    return _read(path, parse, warn)
+
+
+def store_record(path: Path, record: dict[str, Any]) -> None:
+    """Write a JSON record with its checksum, atomically (strict JSON: NaN as null)."""
+    atomic_write_json(path, {**record, "checksum": _json_checksum(record)})
 
 
 def _read(path: Path, parse: Callable[[Path], dict[str, Any]], warn: Warn) -> dict[str, Any] | None:
@@ -122,12 +143,7 @@ def _json_checksum(record: dict[str, Any]) -> str:
     return hashlib.sha256(dumps_json(record, indent=None).encode()).hexdigest()
 
 
-def _check_scores(obj: Any, unit: Unit) -> dict[str, Any]:
-    if not isinstance(obj, dict) or "checksum" not in obj:
-        raise Damaged("not a score record")
-    record = {k: v for k, v in obj.items() if k != "checksum"}
-    if obj["checksum"] != _json_checksum(record):
-        raise Damaged("checksum mismatch")
+def _check_scores(record: dict[str, Any], unit: Unit) -> dict[str, Any]:
     n, names = len(unit), list(unit.cfg["metrics"]["names"])
     try:
         if sorted(record["metrics"]) != sorted(names) or sorted(record["metric_status"]) != sorted(names):
@@ -140,6 +156,13 @@ def _check_scores(obj: Any, unit: Unit) -> dict[str, Any]:
         for curve in record["curves"].values():
             if len(curve["probs"]) != n or any(len(p) != len(curve["fractions"]) for p in curve["probs"]):
                 raise Damaged("a curve does not have one row per image and one point per fraction")
+        for metric, by_substrate in record.get("substrates", {}).items():
+            if metric == "(computed)":
+                continue
+            for sub, entry in by_substrate.items():
+                if len(entry["values"]) != n or len(entry["status"]) != n:
+                    raise Damaged(f"substrate {sub} of {metric} does not have {n} values")
+                entry["values"] = [math.nan if v is None else float(v) for v in entry["values"]]
         record["seconds_per_image"] = float(record["seconds_per_image"])
         record["peak_mem_mb"] = math.nan if record["peak_mem_mb"] is None else float(record["peak_mem_mb"])
         if not isinstance(record["status"], str) or not isinstance(record["message"], str):

@@ -59,6 +59,25 @@ DEFAULTS: dict[str, Any] = {
         "curves": True,           # store the curves of the curve metrics (deletion, insertion, ROAD)
     },
     "figures": {"enabled": True, "examples_per_cell": 1},
+    "reliability": {              # the reliability card (bench/report/reliability.py), next to every leaderboard
+        "enabled": True,
+        "controls": ["random", "edge"],
+        "alpha": 0.05,            # family-wise error rate of the card's tests (Holm)
+        "power": 0.8,             # for the smallest detectable difference and the n needed
+        "splits": 100,            # random halves per split-half estimate
+        "bootstrap": 1000,        # resamples of the alpha and split-half CIs
+        "seed": 0,
+        "substrates": ["zero", "mean", "blur", "noise"],  # substrate sensitivity (re-scores; [] = off)
+        "imputation": True,       # and the metrics that impute for one (ROAD beside deletion)
+        "meta": {                 # MetaQuantus noise resilience / adversary reactivity: re-explains
+            "enabled": False,
+            "n_images": 8,        # explained images it uses (spread over the confusion cells)
+            "perturbations": 3,   # K draws of each perturbation
+            "input_noise": 0.001, # std of Gaussian noise on inputs, x the image's value range (MetaQuantus)
+            "weight_noise": 0.001,  # std of multiplicative Gaussian noise on weights (MetaQuantus)
+            "stages": ["pre"],
+        },
+    },
 }
 
 CHOICES = {
@@ -210,6 +229,7 @@ def validate(v: dict[str, Any]) -> None:
     _expect(isinstance(f["enabled"], bool), "figures.enabled", f"must be true or false, got {f['enabled']!r}")
     _expect(_is_int(f["examples_per_cell"]) and f["examples_per_cell"] >= 0, "figures.examples_per_cell",
             f"must be an integer >= 0, got {f['examples_per_cell']!r}")
+    _check_reliability(v["reliability"])
     _expect(isinstance(v["metrics"]["curves"], bool), "metrics.curves",
             f"must be true or false, got {v['metrics']['curves']!r}")
     stages = v["models"]["stages"]
@@ -221,6 +241,30 @@ def validate(v: dict[str, Any]) -> None:
                 "must be a non-empty list of names")
         _expect(len(set(names)) == len(names), key, "lists a name twice")
     _check_names(v)
+
+
+def _check_reliability(r: dict[str, Any]) -> None:
+    for key in ("enabled", "imputation"):
+        _expect(isinstance(r[key], bool), f"reliability.{key}", f"must be true or false, got {r[key]!r}")
+    _expect(isinstance(r["controls"], list) and all(isinstance(c, str) for c in r["controls"]), "reliability.controls",
+            "must be a list of explainer names")
+    for key in ("alpha", "power"):
+        _expect(isinstance(r[key], float) and 0 < r[key] < 1, f"reliability.{key}", f"must be in (0, 1), got {r[key]!r}")
+    for key in ("splits", "bootstrap"):
+        _expect(_is_int(r[key]) and r[key] >= 10, f"reliability.{key}", f"must be an integer >= 10, got {r[key]!r}")
+    _expect(_is_int(r["seed"]), "reliability.seed", f"must be an integer, got {r['seed']!r}")
+    _expect(isinstance(r["substrates"], list) and set(r["substrates"]) <= set(metrics.SUBSTRATES)
+            and len(set(r["substrates"])) == len(r["substrates"]), "reliability.substrates",
+            f"must be a list of distinct substrates out of {', '.join(metrics.SUBSTRATES)}, got {r['substrates']!r}")
+    m = r["meta"]
+    _expect(isinstance(m["enabled"], bool), "reliability.meta.enabled", f"must be true or false, got {m['enabled']!r}")
+    for key in ("n_images", "perturbations"):
+        _expect(_is_int(m[key]) and m[key] >= 2, f"reliability.meta.{key}", f"must be an integer >= 2, got {m[key]!r}")
+    for key in ("input_noise", "weight_noise"):
+        _expect(isinstance(m[key], (int, float)) and not isinstance(m[key], bool) and m[key] > 0,
+                f"reliability.meta.{key}", f"must be a number > 0, got {m[key]!r}")
+    _expect(isinstance(m["stages"], list) and set(m["stages"]) <= {"pre", "post"} and m["stages"],
+            "reliability.meta.stages", f'must be a non-empty list out of "pre", "post", got {m["stages"]!r}')
 
 
 def _get(v: dict[str, Any], dotted: str) -> Any:

@@ -14,15 +14,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from bench.core.device import resolve_device
-from bench.core.schema import CURVE_COLUMNS, SCORE_COLUMNS
+from bench.core.schema import CURVE_COLUMNS, SCORE_COLUMNS, SUBSTRATE_COLUMNS, SUBSTRATE_CURVE_COLUMNS
 from bench.metrics import METRICS
 from bench.report.plots import AttributionExamples, ModelExamples
 from bench.report.rebuild import write_outputs
+from bench.run import meta
 from bench.run import plan as P
 from bench.run.config import RunConfig
 from bench.run.executors import execute_units
@@ -63,10 +65,18 @@ def _run(cfg: RunConfig, run_dir: Path, device: torch.device, say: Callable[[str
     results = execute_units(units, executor=executor, ray_address=ray_address, say=say, progress=progress)
     timings["explain_and_metrics"] = time.perf_counter() - t
 
+    tables = _tables(plan, results)
+    if cfg["reliability"]["enabled"] and cfg["reliability"]["meta"]["enabled"]:
+        runs, floor = meta.estimate(cfg, plan, pass_seconds)
+        say(f"MetaQuantus: {runs} explainer and metric runs on {cfg['reliability']['meta']['n_images']} images per "
+            f"stage; about {'?' if floor is None else f'{floor:.0f}'} s at the floor (cached as it goes)")
+        t = time.perf_counter()
+        tables["meta"] = meta.run_meta(cfg, plan, results, say)
+        timings["meta"] = time.perf_counter() - t
+
     t = time.perf_counter()
-    scores, curves = _tables(plan, results)
     prepost_models = {s.model_name: s.sidecar["comparison"] for s in stages if s.stage == "post"}
-    written = write_outputs(run_dir, scores, curves, prepost_models, _attribution_examples(plan, results, examples),
+    written = write_outputs(run_dir, tables, prepost_models, _attribution_examples(plan, results, examples),
                             figures=cfg["figures"]["enabled"])
     timings["tables_and_figures"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
@@ -86,9 +96,10 @@ def _run(cfg: RunConfig, run_dir: Path, device: torch.device, say: Callable[[str
     return run_dir
 
 
-def _tables(plan: list[P.Planned], results: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """scores (one row per model, stage, explainer, metric, image) and curves (one row per curve point)."""
-    records, curves = [], []
+def _tables(plan: list[P.Planned], results: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """scores (one row per model, stage, explainer, metric, image), curves (one row per curve
+    point), and for the reliability card the substrate scores and their mean curves."""
+    records, curves, substrates, sub_curves = [], [], [], {}
     for p, res in zip(plan, results):
         st = p.stage
         for name in res["metrics"]:
@@ -103,9 +114,26 @@ def _tables(plan: list[P.Planned], results: list[dict[str, Any]]) -> tuple[pd.Da
             for k, i in enumerate(p.index):
                 curves += [[st.model_name, st.stage, p.explainer, curve, int(i), f, prob]
                            for f, prob in zip(c["fractions"], c["probs"][k])]
+        for metric, by_substrate in res.get("substrates", {}).items():
+            if metric == "(computed)":
+                continue
+            hib = bool(METRICS.get(metric).meta["higher_is_better"])
+            for sub, e in by_substrate.items():
+                substrates += [[st.model_name, st.stage, p.explainer, metric, sub, int(i), v, s, hib]
+                               for i, v, s in zip(p.index, e["values"], e["status"])]
+        for curve, c in res.get("substrate_curves", {}).items():
+            for sub, probs in c["probs"].items():
+                acc = sub_curves.setdefault((st.model_name, st.stage, p.explainer, curve, sub), [c["fractions"][sub], []])
+                acc[1] += probs
     scores = pd.DataFrame.from_records(records, columns=list(SCORE_COLUMNS))
     scores = scores.sort_values(["model", "stage", "explainer", "metric", "image"], kind="stable").reset_index(drop=True)
-    return scores, pd.DataFrame.from_records(curves, columns=list(CURVE_COLUMNS))
+    mean_curves = [[*key, f, float(np.mean(col)), len(col)] for key, (fractions, rows) in sorted(sub_curves.items())
+                   for f, col in zip(fractions, np.asarray(rows, dtype=np.float64).T)]
+    subs = pd.DataFrame.from_records(substrates, columns=list(SUBSTRATE_COLUMNS))
+    subs = subs.sort_values(["model", "stage", "explainer", "metric", "substrate", "image"], kind="stable")
+    return {"scores": scores, "curves": pd.DataFrame.from_records(curves, columns=list(CURVE_COLUMNS)),
+            "substrates": subs.reset_index(drop=True),
+            "substrate_curves": pd.DataFrame.from_records(mean_curves, columns=list(SUBSTRATE_CURVE_COLUMNS))}
 
 
 def _attribution_examples(plan: list[P.Planned], results: list[dict[str, Any]],

@@ -75,6 +75,12 @@ def explainer_code_digest(obj: Any) -> str:
     return package_digest(explainers, models, extra=source_digest(obj))
 
 
+def _scored(cfg: RunConfig) -> dict[str, Any] | None:
+    """What of ``[reliability]`` changes a unit's score record (the substrate sensitivity)."""
+    r = cfg["reliability"]
+    return {"substrates": r["substrates"], "imputation": r["imputation"]} if r["enabled"] else None
+
+
 def tensor_digest(t: Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
@@ -107,7 +113,7 @@ class Unit:
                                       "code": package_digest(M, extra=json.dumps(metric_code, sort_keys=True)),
                                       "params": cfg["metrics"]["params"],
                                       "attribution": cfg["metrics"]["attribution"],
-                                      "curves": cfg["metrics"]["curves"]})
+                                      "curves": cfg["metrics"]["curves"], "reliability": _scored(cfg)})
         self.attr_path = run_dir / "cache" / "attributions" / f"{self.attr_key}.pt"
         self.score_path = run_dir / "cache" / "scores" / f"{self.score_key}.json"
 
@@ -154,8 +160,6 @@ class Unit:
                 out["metric_status"][name] = ["error: " + attr["message"]] * n
             out["score_seconds"] = time.perf_counter() - t0
             return out
-        model = self.stage.model
-        x, y = self.images.to(self.device), self.targets.to(self.device)
         outputs = None if attr["outputs"] is None else attr["outputs"].to(self.device)
         base_values = None if attr["base_values"] is None else attr["base_values"].to(self.device)
         raw_values = attr["values"].to(self.device)
@@ -165,16 +169,11 @@ class Unit:
         additive = bool(EXPLAINERS.get(self.explainer).meta.get("additive", False))
         context = M.MetricContext(masks=None if self.masks is None else self.masks.to(self.device),
                                   explain=self.explain_on, additive=additive)
+        results: dict[str, M.MetricResult] = {}
         for name in self.cfg["metrics"]["names"]:
-            entry = M.METRICS.get(name)
-            params = dict(self.cfg["metrics"]["params"].get(name, {}))
             t_metric = time.perf_counter()
             try:
-                # metrics that re-run the explainer need gradients; the others never do
-                needs_grad = "explain" in entry.meta.get("needs", ())
-                with contextlib.nullcontext() if needs_grad else torch.no_grad():
-                    res = M.compute_metric(name, model, x, y, given[entry.meta.get("reads", "preprocessed")],
-                                           context=context, **params)
+                res = results[name] = self._metric(name, {}, given, context)
                 vals = [float(f) for f in res.scores.detach().float().cpu()]
                 out["metrics"][name] = vals
                 out["metric_status"][name] = ["ok" if math.isfinite(f) else "n/a" for f in vals]
@@ -189,8 +188,69 @@ class Unit:
                 out["metrics"][name] = [math.nan] * n
                 out["metric_status"][name] = ["error: " + one_line(f"{type(exc).__name__}: {exc}", 300)] * n
             out["metric_seconds"][name] = time.perf_counter() - t_metric
+        if self.cfg["reliability"]["enabled"]:
+            t_sub = time.perf_counter()
+            try:
+                out["substrates"], out["substrate_curves"] = self._substrates(results, given, context)
+            except Exception as exc:  # recorded (and not cached: retried), the run goes on
+                out["substrates"], out["substrate_curves"] = {}, {}
+                out["substrates_error"] = one_line(f"{type(exc).__name__}: {exc}", 300)
+            out["metric_seconds"]["(substrates)"] = time.perf_counter() - t_sub
         out["score_seconds"] = time.perf_counter() - t0
         return out
+
+    def _metric(self, name: str, extra: dict[str, Any], given: dict[str, Attribution],
+                context: M.MetricContext) -> M.MetricResult:
+        """One metric with the run's parameters (and ``extra`` over them) on this unit's images."""
+        entry = M.METRICS.get(name)
+        params = {**self.cfg["metrics"]["params"].get(name, {}), **extra}
+        # metrics that re-run the explainer need gradients; the others never do
+        with contextlib.nullcontext() if "explain" in entry.meta.get("needs", ()) else torch.no_grad():
+            return M.compute_metric(name, self.stage.model, self.images.to(self.device),
+                                    self.targets.to(self.device), given[entry.meta.get("reads", "preprocessed")],
+                                    context=context, **params)
+
+    def _substrates(self, results: dict[str, M.MetricResult], given: dict[str, Attribution],
+                    context: M.MetricContext) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Substrate sensitivity (the reliability card): every metric of the run that has a
+        ``substrate`` parameter, scored with each substrate of ``reliability.substrates`` (the
+        run's own substrate reuses its scores) and, with ``reliability.imputation``, by the metrics
+        registered with ``imputes_for`` it (ROAD's noisy linear imputation beside deletion), their
+        values oriented like the metric's. Returns ({metric: {substrate: {values, status}}},
+        {curve: {"fractions": {substrate: [...]}, "probs": {substrate: (n, T)}}})."""
+        rel = self.cfg["reliability"]
+        scores: dict[str, Any] = {"(computed)": []}  # the extra metric runs, for the cost floor
+        curves: dict[str, Any] = {}
+
+        def run(metric: str, extra: dict[str, Any]) -> M.MetricResult:
+            scores["(computed)"].append(metric)
+            return self._metric(metric, extra, given, context)
+
+        def keep(metric: str, substrate: str, res: M.MetricResult, sign: float = 1.0) -> None:
+            vals = [sign * float(f) for f in res.scores.detach().float().cpu()]
+            scores.setdefault(metric, {})[substrate] = {
+                "values": vals, "status": ["ok" if math.isfinite(f) else "n/a" for f in vals]}
+            main = sorted(results[metric].curves)
+            for c in res.curves.values():  # one curve per metric: filed under the metric's own curve name
+                if len(main) == 1:
+                    entry = curves.setdefault(main[0], {"fractions": {}, "probs": {}})
+                    entry["fractions"][substrate] = [float(f) for f in c.x]
+                    entry["probs"][substrate] = c.y.detach().float().cpu().tolist()
+
+        for metric, res in results.items():
+            params = M.metric_params(metric)
+            if "substrate" not in params:
+                continue
+            own = self.cfg["metrics"]["params"].get(metric, {}).get("substrate", params["substrate"])
+            for sub in rel["substrates"]:
+                keep(metric, sub, res if sub == own else run(metric, {"substrate": sub}))
+            if rel["imputation"]:
+                hib = M.METRICS.get(metric).meta["higher_is_better"]
+                for other in M.METRICS.entries():
+                    if metric in other.meta.get("imputes_for", ()):
+                        r = results.get(other.name) or run(other.name, {})
+                        keep(metric, "imputation", r, 1.0 if other.meta["higher_is_better"] == hib else -1.0)
+        return scores, curves
 
     def explain_on(self, other: nn.Module) -> Tensor:
         """Re-run this unit's explainer on another model (for randomisation metrics)."""
