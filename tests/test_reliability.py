@@ -74,6 +74,7 @@ def test_alpha_matches_a_hand_computation(agree):
     assert R.krippendorff_alpha(g) == pytest.approx(_nominal_alpha(R.image_ranks(g)), abs=1e-12)
     if agree == 20:
         assert R.krippendorff_alpha(g) == 1.0
+    assert math.isnan(R.krippendorff_alpha(np.ones((20, 3))))  # every score tied: no ranking to agree on
 
 
 def test_the_right_metric_is_reliable_and_the_random_one_is_not():

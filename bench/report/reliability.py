@@ -96,10 +96,12 @@ def image_ranks(g: np.ndarray) -> np.ndarray:
 def krippendorff_alpha(g: np.ndarray) -> float:
     """Ordinal Krippendorff's alpha of the per-image explainer rankings, images as raters
     (``krippendorff.alpha`` on the ``(images, explainers)`` rank matrix). NaN with fewer than two
-    images or explainers."""
+    images or explainers, or when no image orders the explainers at all (every score tied)."""
     if g.shape[0] < 2 or g.shape[1] < 2:
         return float("nan")
     ranks = image_ranks(g)
+    if np.all(ranks == ranks[:, :1]):  # no image separates any two explainers: nothing to agree on
+        return float("nan")
     if np.all(ranks == ranks[0]):  # every image ranks alike: perfect agreement (alpha's 0/0 case)
         return 1.0
     return float(krippendorff.alpha(reliability_data=ranks, level_of_measurement="ordinal"))
