@@ -1,6 +1,7 @@
 """The one Markdown table writer every report uses."""
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 
@@ -16,3 +17,16 @@ def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]], align: 
     line = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"  # noqa: E731
     return [line(header), "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|",
             *(line(r) for r in rows)]
+
+
+def fmt_number(x: Any, spec: str = ".4g", *, inf: str | None = None) -> str:
+    """``x`` formatted with ``spec``; "n/a" when it is missing or not a finite number (``inf``, if
+    given, stands for +infinity), and never "-0"."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "n/a"
+    if not math.isfinite(v):
+        return inf if inf is not None and v == math.inf else "n/a"
+    s = format(v, spec)
+    return "0" if s in ("-0", "+0") and "+" not in spec else s

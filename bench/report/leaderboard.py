@@ -35,7 +35,7 @@ import pandas as pd
 from bench.core.errors import BenchError, one_line
 from bench.core.io import atomic_write_text
 from bench.core.schema import CELLS, SCORE_COLUMNS, STAGES
-from bench.core.text import markdown_table
+from bench.core.text import fmt_number as _f, markdown_table
 from bench.report import stats
 
 __all__ = [
@@ -306,17 +306,6 @@ def _pre_cells(df: pd.DataFrame) -> pd.Series:
 
 
 # ----------------------------------------------------------------------------- markdown
-
-
-def _f(x: Any, spec: str = ".4g") -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return "n/a"
-    if not np.isfinite(v):
-        return "n/a"
-    s = format(v, spec)
-    return "0" if s in ("-0", "+0") and "+" not in spec else s
 
 
 def _md_text(s: str, limit: int = MD_MAX_MESSAGE) -> str:

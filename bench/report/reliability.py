@@ -52,7 +52,7 @@ import pandas as pd
 from scipy import optimize, stats as sps
 
 from bench.core.io import atomic_write_text
-from bench.core.text import markdown_table
+from bench.core.text import fmt_number, markdown_table
 from bench.report import stats
 
 WILCOXON_ARE = 3 / math.pi  # asymptotic relative efficiency of the Wilcoxon signed-rank vs the t-test
@@ -408,13 +408,7 @@ def write_card(run_dir: Path, tables: Mapping[str, pd.DataFrame], settings: Card
 
 
 def _f(x: Any, spec: str = ".3g") -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return "n/a"
-    if not np.isfinite(v):
-        return "∞" if v == float("inf") else "n/a"
-    return format(v, spec)
+    return fmt_number(x, spec, inf="∞")
 
 
 def _ci(v: Any, low: Any, high: Any) -> str:
@@ -462,61 +456,51 @@ def render_card_md(tables: Mapping[str, pd.DataFrame], settings: CardSettings) -
     return "\n".join(lines)
 
 
+def _section(title: str, what: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    return [f"## {title}", "", what, ""] + markdown_table(header, rows) + [""] if rows else []
+
+
 def _details(tables: Mapping[str, pd.DataFrame]) -> list[str]:
-    lines = []
-    c = tables["reliability_controls"]
-    if len(c):
-        lines += ["## Control separation", "",
-                  "Paired goodness difference explainer − control over the images both scored, 95% BCa CI, "
-                  "Wilcoxon signed-rank p, Holm over the (model, stage) card.", ""]
-        lines += markdown_table(["model", "stage", "metric", "explainer", "control", "n", "diff [95% CI]", "p",
-                                 "Holm p", "verdict"],
-                                [[r.model, r.stage, r.metric, r.explainer, r.control, str(r.n),
-                                  _ci(r.diff_mean, r.diff_ci_low, r.diff_ci_high), _f(r.p_wilcoxon),
-                                  _f(r.p_holm), r.verdict] for r in c.itertuples(index=False)]) + [""]
-    p = tables["reliability_power"]
-    if len(p):
-        lines += ["## Power", "",
-                  "Adjacent explainers in each metric's order (by mean goodness): the observed paired difference, "
-                  "the smallest one detectable at this n, and the n the observed one needs. Underpowered pairs are "
-                  "tied at this n: their order is not a result.", ""]
-        lines += markdown_table(["model", "stage", "metric", "better", "worse", "n", "diff", "MDE", "n needed",
-                                 "tied at this n"],
-                                [[r.model, r.stage, r.metric, r.better, r.worse, str(r.n), _f(r.diff_mean),
-                                  _f(r.mde), _n(r.n_needed), "yes" if r.underpowered else "no"]
-                                 for r in p.itertuples(index=False)]) + [""]
-    a = tables["reliability_agreement"]
-    if len(a):
-        lines += ["## Agreement between metrics", "",
-                  "Kendall's tau between the explainer rankings (mean goodness) of two metrics; + = expected to "
-                  "agree (same kind of metric).", ""]
-        lines += markdown_table(["model", "stage", "metric a", "metric b", "explainers", "tau", "p", "expected",
-                                 "verdict"],
-                                [[r.model, r.stage, r.metric_a, r.metric_b, str(r.n_explainers), _f(r.kendall_tau, ".2f"),
-                                  _f(r.p_value), r.expected, r.verdict] for r in a.itertuples(index=False)]) + [""]
-    s = tables.get("reliability_substrates")
-    if s is not None and len(s):
-        lines += ["## Substrate sensitivity", "",
-                  "Kendall's tau between a metric's explainer rankings under two substrates (imputation: the "
-                  "metric registered to impute for it, e.g. ROAD's noisy linear imputation beside deletion), and "
-                  "how many real explainers beat random under each (Wilcoxon, Holm).", ""]
-        lines += markdown_table(["model", "stage", "metric", "substrate a", "substrate b", "explainers", "tau",
-                                 "beat random a", "beat random b"],
-                                [[r.model, r.stage, r.metric, r.substrate_a, r.substrate_b, str(r.n_explainers),
-                                  _f(r.kendall_tau, ".2f"), _beats(r.beat_random_a), _beats(r.beat_random_b)]
-                                 for r in s.itertuples(index=False)]) + [""]
-    m = tables.get("reliability_meta")
-    if m is not None and len(m):
-        lines += ["## Noise resilience and adversary reactivity (MetaQuantus)", "",
-                  "Hedström et al. 2023. IAC: Wilcoxon p between unperturbed and perturbed scores (NR: high = "
-                  "unchanged under a minor perturbation; AR: 1 − p, high = changed under a disruptive one); IEC: "
-                  "share of explainer rankings kept (NR) / of scores made worse (AR); MC: their mean, in [0, 1].",
-                  ""]
-        lines += markdown_table(["model", "stage", "metric", "test", "images", "IAC NR", "IAC AR", "IEC NR", "IEC AR",
-                                 "MC"],
-                                [[r.model, r.stage, r.metric, r.test, str(r.n_images), _f(r.iac_nr, ".2f"),
-                                  _f(r.iac_ar, ".2f"), _f(r.iec_nr, ".2f"), _f(r.iec_ar, ".2f"), _f(r.mc, ".2f")]
-                                 for r in m.itertuples(index=False)]) + [""]
+    c, p, a = tables["reliability_controls"], tables["reliability_power"], tables["reliability_agreement"]
+    s, m = tables.get("reliability_substrates"), tables.get("reliability_meta")
+    lines = _section(
+        "Control separation", "Paired goodness difference explainer − control over the images both scored, 95% BCa "
+        "CI, Wilcoxon signed-rank p, Holm over the (model, stage) card.",
+        ["model", "stage", "metric", "explainer", "control", "n", "diff [95% CI]", "p", "Holm p", "verdict"],
+        [[r.model, r.stage, r.metric, r.explainer, r.control, str(r.n), _ci(r.diff_mean, r.diff_ci_low, r.diff_ci_high),
+          _f(r.p_wilcoxon), _f(r.p_holm), r.verdict] for r in c.itertuples(index=False)])
+    lines += _section(
+        "Power", "Adjacent explainers in each metric's order (by mean goodness): the observed paired difference, the "
+        "smallest one detectable at this n, and the n the observed one needs. Underpowered pairs are tied at this n: "
+        "their order is not a result.",
+        ["model", "stage", "metric", "better", "worse", "n", "diff", "MDE", "n needed", "tied at this n"],
+        [[r.model, r.stage, r.metric, r.better, r.worse, str(r.n), _f(r.diff_mean), _f(r.mde), _n(r.n_needed),
+          "yes" if r.underpowered else "no"] for r in p.itertuples(index=False)])
+    lines += _section(
+        "Agreement between metrics", "Kendall's tau between the explainer rankings (mean goodness) of two metrics; "
+        "+ = expected to agree (same kind of metric).",
+        ["model", "stage", "metric a", "metric b", "explainers", "tau", "p", "expected", "verdict"],
+        [[r.model, r.stage, r.metric_a, r.metric_b, str(r.n_explainers), _f(r.kendall_tau, ".2f"), _f(r.p_value),
+          r.expected, r.verdict] for r in a.itertuples(index=False)])
+    if s is not None:
+        lines += _section(
+            "Substrate sensitivity", "Kendall's tau between a metric's explainer rankings under two substrates "
+            "(imputation: the metric registered to impute for it, e.g. ROAD's noisy linear imputation beside "
+            "deletion), and how many real explainers beat random under each (Wilcoxon, Holm within the metric and "
+            "substrate).",
+            ["model", "stage", "metric", "substrate a", "substrate b", "explainers", "tau", "beat random a",
+             "beat random b"],
+            [[r.model, r.stage, r.metric, r.substrate_a, r.substrate_b, str(r.n_explainers), _f(r.kendall_tau, ".2f"),
+              _beats(r.beat_random_a), _beats(r.beat_random_b)] for r in s.itertuples(index=False)])
+    if m is not None:
+        lines += _section(
+            "Noise resilience and adversary reactivity (MetaQuantus)", "Hedström et al. 2023. IAC: Wilcoxon p "
+            "between unperturbed and perturbed scores (NR: high = unchanged under a minor perturbation; AR: 1 − p, "
+            "high = changed under a disruptive one); IEC: share of explainer rankings kept (NR) / of scores made "
+            "worse (AR); MC: their mean, in [0, 1].",
+            ["model", "stage", "metric", "test", "images", "IAC NR", "IAC AR", "IEC NR", "IEC AR", "MC"],
+            [[r.model, r.stage, r.metric, r.test, str(r.n_images), _f(r.iac_nr, ".2f"), _f(r.iac_ar, ".2f"),
+              _f(r.iec_nr, ".2f"), _f(r.iec_ar, ".2f"), _f(r.mc, ".2f")] for r in m.itertuples(index=False)])
     return lines
 
 
