@@ -112,7 +112,7 @@ class TuneConfig(Recipe):
     optimizer: str = _field("sgd", "optimizer", choices=OPTIMIZERS)
     shift: int = _field(3, "max random shift in px (augmentation)")
     seed: int = _field(1, "random seed")
-    unfreeze: tuple[str, ...] = _field(("fc", "layer4"), "comma-separated top-level modules to train")
+    unfreeze: tuple[str, ...] = _field(("fc", "layer4"), "comma-separated top-level modules to train (* = all)")
 
     def validate(self) -> None:
         super().validate()
@@ -420,7 +420,8 @@ def tune_model(parent: str | Path, cfg: TuneConfig, train: ImageSplit, val: Imag
     dev = resolve_device(device)
     model, info = load_checkpoint(parent, device=dev)
     names = dict(model.named_children())
-    unknown = [n for n in cfg.unfreeze if n not in names]
+    unfreeze = tuple(names) if cfg.unfreeze == ("*",) else cfg.unfreeze  # "*": every top-level module
+    unknown = [n for n in unfreeze if n not in names]
     if unknown:
         trainable = [n for n, m in names.items() if any(True for _ in m.parameters())]
         raise BenchError(f"cannot unfreeze {', '.join(unknown)}: {info['model']} has no such top-level module; its "
@@ -432,7 +433,7 @@ def tune_model(parent: str | Path, cfg: TuneConfig, train: ImageSplit, val: Imag
                          f"data.options.size in a run config)")
     trainable, frozen = [], []
     for name, module in names.items():
-        is_trainable = name in cfg.unfreeze
+        is_trainable = name in unfreeze
         for p in module.parameters():
             p.requires_grad_(is_trainable)
             if is_trainable:
@@ -455,25 +456,32 @@ def tune_model(parent: str | Path, cfg: TuneConfig, train: ImageSplit, val: Imag
     if len(pre_preds) != len(labels):
         raise BenchError(f"parent checkpoint {parent} was evaluated on {len(pre_preds)} test images, this data "
                          f"has {len(labels)}; tune on the data the parent was trained on")
-    moves: dict[str, dict[str, int]] = {a: {b: 0 for b in CELLS} for a in CELLS}
-    for a, b in zip(confusion_cells(labels, pre_preds), confusion_cells(labels, post_preds)):
-        moves[a][b] += 1
-    scalar = ("acc", "auc", "sensitivity", "specificity", "loss")
-    comparison = {
-        "parent": {"checkpoint": str(parent), "sha256": info["sha256"]},
-        "test_pre": {k: parent_test[k] for k in scalar if k in parent_test},
-        "test_post": {k: test_m[k] for k in scalar},
-        "delta": {k: test_m[k] - parent_test[k] for k in scalar if k in parent_test},
-        "mcnemar": mcnemar_exact(labels, pre_preds, post_preds),
-        "cell_moves": moves,
-        "images_changed_cell": int(sum(moves[a][b] for a in CELLS for b in CELLS if a != b)),
-    }
+    comparison = {"parent": {"checkpoint": str(parent), "sha256": info["sha256"]},
+                  **compare_classifiers(labels, parent_test, test_m, pre_preds, post_preds)}
     sidecar = {"config": {**asdict(cfg), "unfreeze": list(cfg.unfreeze)}, "data": _data_record(train, val, test),
                "best_epoch": best_epoch, "history": history, "val": _strip(val_m), "test": _strip(test_m),
                "test_preds": test_m["preds"], "train_seconds": round(seconds, 1), "device": str(dev),
                "torch": torch.__version__, "platform": machine_info(), "comparison": comparison}
     return save_checkpoint(out, model, model_name=info["model"], model_kwargs=info["model_kwargs"],
                            stage="post", sidecar=sidecar)
+
+
+def compare_classifiers(labels: np.ndarray, test_a: dict[str, Any], test_b: dict[str, Any], preds_a: np.ndarray,
+                        preds_b: np.ndarray) -> dict[str, Any]:
+    """Two classifiers on the same test images: their metrics and deltas (b - a), McNemar's exact
+    test and how many images moved between confusion cells (``test_pre`` is a, ``test_post`` b)."""
+    moves: dict[str, dict[str, int]] = {a: {b: 0 for b in CELLS} for a in CELLS}
+    for a, b in zip(confusion_cells(labels, preds_a), confusion_cells(labels, preds_b)):
+        moves[a][b] += 1
+    scalar = ("acc", "auc", "sensitivity", "specificity", "loss")
+    return {
+        "test_pre": {k: test_a[k] for k in scalar if k in test_a},
+        "test_post": {k: test_b[k] for k in scalar if k in test_b},
+        "delta": {k: test_b[k] - test_a[k] for k in scalar if k in test_a and k in test_b},
+        "mcnemar": mcnemar_exact(labels, preds_a, preds_b),
+        "cell_moves": moves,
+        "images_changed_cell": int(sum(moves[a][b] for a in CELLS for b in CELLS if a != b)),
+    }
 
 
 def frozen_state(model: nn.Module, unfreeze: tuple[str, ...]) -> dict[str, Tensor]:

@@ -209,7 +209,9 @@ def test_each_curve_is_computed_once(tmp_path, monkeypatch):
     over = _overrides(tmp_path, "once") + ['explain.names=["random", "edge"]',
                                             'metrics.names=["deletion_auc", "insertion_auc"]']
     run_dir = runner.run(load_config(None, over), progress=False)
-    units = json.loads((run_dir / "manifest.json").read_text())["units"]["total"]
+    counts = json.loads((run_dir / "manifest.json").read_text())["units"]
+    units = counts["total"] - counts["reference"]  # random's second-seed reference unit explains, never scores
+    assert counts["reference"] > 0
     assert sorted(sweeps) == sorted(["delete", "insert"] * units)
     curves = pd.read_csv(run_dir / "curves.csv")
     assert set(curves.curve) == {"deletion", "insertion"}

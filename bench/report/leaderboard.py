@@ -34,7 +34,7 @@ import pandas as pd
 
 from bench.core.errors import BenchError, one_line
 from bench.core.io import atomic_write_text
-from bench.core.schema import CELLS, SCORE_COLUMNS, STAGES
+from bench.core.schema import CELLS, SCORE_COLUMNS, STAGES, is_stage, stage_key
 from bench.core.text import fmt_number as _f, markdown_table
 from bench.report import stats
 
@@ -109,12 +109,13 @@ def check_scores(scores: pd.DataFrame, columns: Iterable[str] = SCORE_COLUMNS, *
         if _as_bool(v) is None:
             raise BenchError(f"{where(row)}: higher_is_better must be True or False, got {v!r}")
     df["higher_is_better"] = df["higher_is_better"].map(_as_bool)
-    for col, allowed in (("stage", STAGES), ("status", STATUSES), ("cell", CELLS)):
+    for col, allowed in (("stage", None), ("status", STATUSES), ("cell", CELLS)):
         if col in df:
-            bad = ~df[col].isin(allowed)
+            bad = ~df[col].map(is_stage) if allowed is None else ~df[col].isin(allowed)
             if bad.any():
                 row = df.index[bad][0]
-                raise BenchError(f"{where(row)}: unknown {col} {df.loc[row, col]!r}; expected one of {list(allowed)}")
+                expected = list(allowed) if allowed is not None else ["pre", "post", "post:<variant>"]
+                raise BenchError(f"{where(row)}: unknown {col} {df.loc[row, col]!r}; expected one of {expected}")
     dup = df.duplicated(KEY, keep=False)
     if dup.any():
         row = df.loc[dup, KEY].iloc[0].to_dict()
@@ -170,7 +171,7 @@ def _nan_reduce(x: pd.Series, how: str) -> float:
 
 
 def _stage_order(stage: pd.Series) -> pd.Series:
-    return stage.map({s: i for i, s in enumerate(STAGES)})
+    return stage.map(stage_key)
 
 
 # ----------------------------------------------------------------------------- leaderboard
@@ -214,6 +215,26 @@ def leaderboard(scores: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- pre vs post
 
 
+def _over_posts(scores: pd.DataFrame, *, by_cell: bool) -> pd.DataFrame:
+    """:func:`_paired_table` of pre against each post stage. With tuning variants the table gains a
+    ``post_stage`` column (after ``model``) and Holm runs over all rows of a model; a run without
+    variants gives exactly the table of pre against "post"."""
+    posts = sorted({str(s) for s in scores["stage"]} - {"pre"}, key=stage_key)
+    if posts in ([], ["post"]):
+        return _paired_table(scores, by_cell=by_cell)
+    parts = []
+    for post in posts:
+        sub = scores[scores["stage"].astype(str).isin(["pre", post])].copy()
+        sub["stage"] = sub["stage"].replace({post: "post"})
+        t = _paired_table(sub, by_cell=by_cell)
+        t.insert(1, "post_stage", post)
+        parts.append(t)
+    table = pd.concat(parts, ignore_index=True)
+    for _, idx in table.groupby("model", sort=True).groups.items():
+        table.loc[idx, "p_holm"] = stats.holm(table.loc[idx, "p_wilcoxon"].to_numpy(dtype=np.float64))
+    return table.reset_index(drop=True)
+
+
 def prepost(scores: pd.DataFrame) -> pd.DataFrame:
     """Paired pre/post comparison per (model, explainer, metric); columns :data:`PREPOST_COLUMNS`.
 
@@ -224,9 +245,10 @@ def prepost(scores: pd.DataFrame) -> pd.DataFrame:
     (:func:`bench.report.stats.paired_difference`). ``p_holm`` is Holm-adjusted over the family of all
     explainer x metric rows of the same model that have a p-value. A row whose explainer
     failed in either stage has status "error: pre: ..." / "error: post: ..." and NaN statistics;
-    no pairs -> "n/a". Sorted by model, metric, explainer.
+    no pairs -> "n/a". Sorted by model, metric, explainer. With tuning variants, one block per
+    post stage (column ``post_stage``; :func:`_over_posts`).
     """
-    return _paired_table(scores, by_cell=False)
+    return _over_posts(scores, by_cell=False)
 
 
 def prepost_by_cell(scores: pd.DataFrame) -> pd.DataFrame:
@@ -237,7 +259,7 @@ def prepost_by_cell(scores: pd.DataFrame) -> pd.DataFrame:
     and stages. Holm family: all explainer x metric x cell rows of the model. Sorted by model,
     metric, explainer, cell (TP, FP, FN, TN).
     """
-    return _paired_table(scores, by_cell=True)
+    return _over_posts(scores, by_cell=True)
 
 
 def _paired_table(scores: pd.DataFrame, *, by_cell: bool) -> pd.DataFrame:
@@ -430,6 +452,9 @@ def render_prepost_md(table: pd.DataFrame, by_cell: pd.DataFrame | None = None,
              "× cell in the per-cell table). ↑/↓: whether higher or lower is better for the metric.", ""]
     models = dict(models or {})
     by_cell = by_cell if by_cell is not None else pd.DataFrame(columns=PREPOST_BY_CELL_COLUMNS)
+    if "post_stage" in table.columns:  # tuning variants: a section per (model, post stage)
+        table = table.assign(model=table["model"] + " · " + table["post_stage"])
+        by_cell = by_cell.assign(model=by_cell["model"] + " · " + by_cell["post_stage"])
     names = sorted(set(table["model"]) | set(models))
     if not names:
         return "\n".join(lines + ["No model was scored in both stages.", ""])
@@ -453,23 +478,25 @@ def _model_comparison_md(model: str, comp: Any) -> list[str]:
     if not isinstance(comp, Mapping):
         raise BenchError(f"prepost_models[{model!r}] must be an object with delta/mcnemar/cell_moves, "
                          f"got {type(comp).__name__}")
-    lines = ["### Classifier: pre vs post (test split)", ""]
+    # "label · post:a vs post:b" compares two tuning variants; every other entry a tuned model with its parent
+    a, b = model.split(" · ", 1)[1].split(" vs ") if " vs " in model else ("pre", "post")
+    lines = [f"### Classifier: {a} vs {b} (test split)", ""]
     pre, post, delta = (dict(comp.get(k) or {}) for k in ("test_pre", "test_post", "delta"))
     keys = [k for k in _SCALARS if k in pre or k in post or k in delta]
     keys += sorted((set(pre) | set(post) | set(delta)) - set(keys))
     if keys:
         rows = [[k, _f(pre.get(k)), _f(post.get(k)), _f(delta.get(k), "+.4g")] for k in keys]
-        lines += markdown_table(["metric", "pre", "post", "delta (post − pre)"], rows) + [""]
+        lines += markdown_table(["metric", a, b, f"delta ({b} − {a})"], rows) + [""]
     mc = comp.get("mcnemar")
     if isinstance(mc, Mapping):
-        lines += [f"McNemar exact test: b (pre right, post wrong) = {mc.get('a_right_b_wrong', 'n/a')}, "
-                  f"c (pre wrong, post right) = {mc.get('a_wrong_b_right', 'n/a')}, "
+        lines += [f"McNemar exact test: b ({a} right, {b} wrong) = {mc.get('a_right_b_wrong', 'n/a')}, "
+                  f"c ({a} wrong, {b} right) = {mc.get('a_wrong_b_right', 'n/a')}, "
                   f"p = {_f(mc.get('p_value'), '.3g')}.", ""]
     moves = comp.get("cell_moves")
     if isinstance(moves, Mapping):
-        rows = [[a] + [str((moves.get(a) or {}).get(b, 0)) for b in CELLS] for a in CELLS]
-        lines += ["Cell moves (rows: cell under the pre model, columns: under the post model):", ""]
-        lines += markdown_table(["pre \\ post"] + list(CELLS), rows) + [""]
+        rows = [[x] + [str((moves.get(x) or {}).get(y, 0)) for y in CELLS] for x in CELLS]
+        lines += [f"Cell moves (rows: cell under the {a} model, columns: under the {b} model):", ""]
+        lines += markdown_table([f"{a} \\ {b}"] + list(CELLS), rows) + [""]
     return lines
 
 
@@ -539,7 +566,7 @@ def write_tables(run_dir: str | os.PathLike, scores: pd.DataFrame,
     board = leaderboard(df) if board is None else board
     written = [atomic_write_text(run_dir / "leaderboard.csv", _csv(board)),
                atomic_write_text(run_dir / "leaderboard.md", render_leaderboard_md(board, card))]
-    if any(set(st) >= set(STAGES) for _, st in df.groupby("model")["stage"]):
+    if any("pre" in set(st) and len(set(st)) > 1 for _, st in df.groupby("model")["stage"]):
         pp, pc = prepost(df), prepost_by_cell(df)
         written += [atomic_write_text(run_dir / "prepost.csv", _csv(pp)),
                     atomic_write_text(run_dir / "prepost_by_cell.csv", _csv(pc)),

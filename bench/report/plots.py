@@ -56,7 +56,7 @@ from matplotlib.figure import Figure
 
 from bench.core.errors import BenchError
 from bench.core.io import atomic_write_bytes
-from bench.core.schema import CELLS, CURVE_COLUMNS, STAGES
+from bench.core.schema import CELLS, CURVE_COLUMNS, stage_key
 from bench.report.leaderboard import leaderboard
 
 __all__ = [
@@ -330,7 +330,8 @@ def curves_figure(curves: pd.DataFrame, model: str, stage: str) -> Figure:
 def prepost_figure(board: pd.DataFrame, model: str) -> Figure:
     """Per metric, each explainer's pre and post mean with its 95 % CI, joined by a line."""
     sub = board[(board["model"] == model) & (board["status"] == "ok")]
-    if sub.empty or not set(sub["stage"]) >= set(STAGES):
+    stages = sorted(set(sub["stage"]), key=stage_key)
+    if sub.empty or "pre" not in stages or len(stages) < 2:
         raise BenchError(f"model {model!r} has no successful scores in both stages to plot")
     metrics = sorted(sub["metric"].unique())
     explainers = sorted(sub["explainer"].unique())
@@ -344,15 +345,15 @@ def prepost_figure(board: pd.DataFrame, model: str) -> Figure:
         for ax, metric in zip(axes, metrics):
             m = sub[sub["metric"] == metric]
             for off, explainer in zip(offsets, explainers):
-                e = m[m["explainer"] == explainer].set_index("stage").reindex(list(STAGES))
-                x = np.arange(len(STAGES)) + off
+                e = m[m["explainer"] == explainer].set_index("stage").reindex(stages)
+                x = np.arange(len(stages)) + off
                 y = e["mean"].to_numpy(dtype=float)
                 lo = np.nan_to_num(y - e["ci_low"].to_numpy(dtype=float), nan=0.0)
                 hi = np.nan_to_num(e["ci_high"].to_numpy(dtype=float) - y, nan=0.0)
                 ax.errorbar(x, y, yerr=np.vstack([lo, hi]), color=palette[explainer], marker="o", ms=3.5,
                             lw=1.2, capsize=2.5, label=explainer)
-            ax.set_xticks(range(len(STAGES)), list(STAGES))
-            ax.set_xlim(-0.5, len(STAGES) - 0.5)
+            ax.set_xticks(range(len(stages)), stages)
+            ax.set_xlim(-0.5, len(stages) - 0.5)
             ax.set_title(f"{metric} {_arrow(bool(m['higher_is_better'].iloc[0]))}")
         for ax in axes[len(metrics):]:
             ax.set_visible(False)
@@ -426,6 +427,45 @@ def substrate_figure(curves: pd.DataFrame, model: str, stage: str) -> Figure:
     return fig
 
 
+def similarity_figure(sim: pd.DataFrame, arch: str) -> Figure:
+    """Map similarity of an architecture: left, mean Spearman per explainer for every comparison
+    (tuning, retraining, explainer noise) with a 95 % normal band; right, pre vs post by the
+    image's pre cell."""
+    df = sim[sim["model"].map(lambda m: m.split("@seed")[0]) == arch].copy()
+    df["kind"] = df["comparison"].map(lambda c: "retraining (seed vs seed)" if c.startswith("seed")
+                                      else c.replace("pre vs ", "tuning: pre vs "))
+    explainers = sorted(df["explainer"].unique())
+    kinds = sorted(df["kind"].unique())
+    palette = dict(zip(kinds, sns.color_palette("colorblind", len(kinds))))
+    tuned = df[df["comparison"].str.startswith("pre vs ")]
+    with matplotlib.rc_context(_RC):
+        fig = Figure(figsize=(4.0 + 0.9 * len(explainers) * 2, 3.6), layout="constrained")
+        left, right = fig.subplots(1, 2, squeeze=True)
+        width = 0.8 / max(1, len(kinds))
+        for k, kind in enumerate(kinds):
+            g = df[df["kind"] == kind].groupby("explainer")["spearman"]
+            mean, se = g.mean().reindex(explainers), g.sem().reindex(explainers).fillna(0.0)
+            x = np.arange(len(explainers)) - 0.4 + width * (k + 0.5)
+            left.bar(x, mean.to_numpy(), width, yerr=1.96 * se.to_numpy(), color=palette[kind], label=kind, capsize=2)
+        left.set_xticks(range(len(explainers)), explainers, rotation=30, ha="right")
+        left.set_ylabel("Spearman similarity of two maps")
+        left.set_title("tuning next to retraining and the explainer's noise", fontsize=8)
+        left.legend(fontsize=6, frameon=False)
+        cells = [c for c in CELLS if c in set(tuned["cell_a"])]
+        cpal = dict(zip(cells, sns.color_palette("colorblind", len(cells))))
+        cw = 0.8 / max(1, len(cells))
+        for k, cell in enumerate(cells):
+            g = tuned[tuned["cell_a"] == cell].groupby("explainer")["spearman"]
+            mean = g.mean().reindex(explainers)
+            x = np.arange(len(explainers)) - 0.4 + cw * (k + 0.5)
+            right.bar(x, mean.to_numpy(), cw, color=cpal[cell], label=f"pre cell {cell}")
+        right.set_xticks(range(len(explainers)), explainers, rotation=30, ha="right")
+        right.set_title("pre vs post by the image's cell under the pre model", fontsize=8)
+        right.legend(fontsize=6, frameon=False)
+        fig.suptitle(f"{arch}: how much the maps moved")
+    return fig
+
+
 def _grid_selection(ex: ModelExamples, model: str, per_cell: int | None) -> tuple[str, dict[str, list[int]]]:
     stage = "pre" if "pre" in ex.cells else "post"
     if stage not in ex.cells:
@@ -446,7 +486,7 @@ def attribution_grid(examples: AttributionExamples, model: str, explainer: str, 
     if model not in examples.models:
         raise BenchError(f"no stored examples for model {model!r}; stored: {sorted(examples.models)}")
     ex = examples.models[model]
-    stages = [s for s in STAGES if (s, explainer) in ex.maps]
+    stages = sorted({s for s, e in ex.maps if e == explainer}, key=stage_key)
     if not stages:
         raise BenchError(f"no stored maps for model {model!r}, explainer {explainer!r}")
     group_stage, chosen = _grid_selection(ex, model, per_cell)
@@ -510,7 +550,7 @@ def write_figures(run_dir: str | os.PathLike, scores: pd.DataFrame,
                   curves: pd.DataFrame | str | os.PathLike | None = None,
                   attributions_path: str | os.PathLike | None = None, *,
                   board: pd.DataFrame | None = None, card: Mapping[str, pd.DataFrame] | None = None,
-                  substrate_curves: pd.DataFrame | None = None) -> list[Path]:
+                  substrate_curves: pd.DataFrame | None = None, similarity: pd.DataFrame | None = None) -> list[Path]:
     """Write every figure of a run to ``run_dir/figures/*.png``; returns the paths, sorted by name.
 
     ``curves`` is the curves.csv DataFrame or its path; ``attributions_path`` an
@@ -526,7 +566,7 @@ def write_figures(run_dir: str | os.PathLike, scores: pd.DataFrame,
         _add_job(jobs, f"leaderboard_{_slug(model, stage)}.png", partial(leaderboard_heatmap, board, model, stage))
     ok = board[board["status"] == "ok"]
     for model, st in ok.groupby("model", sort=True)["stage"]:
-        if set(st) >= set(STAGES):
+        if "pre" in set(st) and len(set(st)) > 1:
             _add_job(jobs, f"prepost_{_slug(model)}.png", partial(prepost_figure, board, model))
     cdf = _read_curves(curves)
     if cdf is not None and len(cdf):
@@ -541,6 +581,9 @@ def write_figures(run_dir: str | os.PathLike, scores: pd.DataFrame,
         for model, stage in substrate_curves[["model", "stage"]].drop_duplicates().itertuples(index=False):
             _add_job(jobs, f"substrates_{_slug(model, stage)}.png",
                      partial(substrate_figure, substrate_curves, model, stage))
+    if similarity is not None and len(similarity):
+        for arch in sorted({m.split("@seed")[0] for m in similarity["model"]}):
+            _add_job(jobs, f"similarity_{_slug(arch)}.png", partial(similarity_figure, similarity, arch))
     if attributions_path is not None:
         ex = load_attribution_examples(attributions_path)
         for model, explainer in ex.pairs():

@@ -19,7 +19,7 @@ import pandas as pd
 from bench.core.errors import BenchError
 from bench.core.io import atomic_write_json, atomic_write_text
 from bench.metrics import METRICS
-from bench.report import leaderboard, plots, reliability
+from bench.report import leaderboard, plots, reliability, stability
 from bench.report.plots import AttributionExamples
 
 CSV_FLOAT_FORMAT = "%.8g"
@@ -72,14 +72,16 @@ def rebuild(run_dir: str | Path, *, figures: bool = True) -> list[Path]:
                                 meta=measured["meta.csv"])
         written += reliability.write_card(run_dir, card, settings)
     written = leaderboard.write_tables(run_dir, scores, prepost_models, board=board, card=card) + written
+    written += stability.write_stability(run_dir, scores, measured["similarity.csv"])
     if figures:
         written += plots.write_figures(run_dir, scores, curves=measured["curves.csv"], board=board,
                                        attributions_path=attr if attr.is_file() else None, card=card,
-                                       substrate_curves=measured["substrate_curves.csv"])
+                                       substrate_curves=measured["substrate_curves.csv"],
+                                       similarity=measured["similarity.csv"])
     return written
 
 
-MEASURED = ("curves.csv", "substrates.csv", "substrate_curves.csv", "meta.csv")  # besides scores.csv
+MEASURED = ("curves.csv", "substrates.csv", "substrate_curves.csv", "meta.csv", "similarity.csv")  # besides scores.csv
 
 
 def _read_csv(path: Path) -> pd.DataFrame | None:
@@ -87,12 +89,12 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     return pd.read_csv(path, dtype={c: str for c in ("model", "stage", "explainer", "metric", "curve", "substrate",
-                                                      "status", "test")},
+                                                      "status", "test", "comparison", "cell_a", "cell_b")},
                        keep_default_na=False, na_values={c: ["", "nan", "NaN"] for c in NUMERIC})
 
 
 NUMERIC = ("value", "fraction", "prob", "prob_mean", "n", "image", "iac_nr", "iac_ar", "iec_nr", "iec_ar", "mc",
-           "n_images")
+           "n_images", "spearman", "top_overlap")
 
 
 def _card_settings(run_dir: Path) -> tuple[bool, reliability.CardSettings]:

@@ -144,7 +144,7 @@ def _json_checksum(record: dict[str, Any]) -> str:
 
 
 def _check_scores(record: dict[str, Any], unit: Unit) -> dict[str, Any]:
-    n, names = len(unit), list(unit.cfg["metrics"]["names"])
+    n, names = len(unit), unit.metric_names
     try:
         if sorted(record["metrics"]) != sorted(names) or sorted(record["metric_status"]) != sorted(names):
             raise Damaged(f"metrics {sorted(record['metrics'])} are not the configured {sorted(names)}")

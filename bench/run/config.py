@@ -42,7 +42,8 @@ DEFAULTS: dict[str, Any] = {
         "per_cell": 4,            # images per confusion cell (TP/FP/FN/TN) when sample = per_cell
         "background_size": 32,    # reference images drawn (seeded) from the train split
     },
-    "models": {"names": ["resnet18"], "stages": ["pre", "post"]},
+    "models": {"names": ["resnet18"], "stages": ["pre", "post"],
+               "seeds": []},          # training seeds, each its own checkpoints ([] = train.seed alone)
     "train": {},                  # TrainConfig fields (models.training)
     "tune": {},                   # TuneConfig fields
     "explain": {
@@ -235,6 +236,9 @@ def validate(v: dict[str, Any]) -> None:
     stages = v["models"]["stages"]
     _expect(isinstance(stages, list) and stages in (["pre"], ["pre", "post"]), "models.stages",
             f'must be ["pre"] or ["pre", "post"], got {stages!r}')
+    seeds = v["models"]["seeds"]
+    _expect(isinstance(seeds, list) and all(_is_int(s) for s in seeds) and len(set(seeds)) == len(seeds),
+            "models.seeds", f"must be a list of distinct integers, got {seeds!r}")
     for key in ("models.names", "explain.names", "metrics.names"):
         names = _get(v, key)
         _expect(isinstance(names, list) and len(names) > 0 and all(isinstance(n, str) for n in names), key,
@@ -289,20 +293,27 @@ def _check_names(v: dict[str, Any]) -> None:
             where = f"{table}.params.{_toml_key(n)}"
             _expect(isinstance(p, dict), where, "must be a table of parameter = value")
             registry.get(n).check_params(kind, p, exclude=exclude, where=where)
-    for table, cls in (("train", TrainConfig), ("tune", TuneConfig)):
+    variants = v["tune"].get("variants", {})
+    _expect(isinstance(variants, dict) and all(isinstance(x, dict) for x in variants.values()), "tune.variants",
+            "must be a table of variant = {recipe fields}")
+    for name in variants:
+        _expect(bool(re.fullmatch(r"[A-Za-z0-9_-]+", name)), f"tune.variants.{name}",
+                "a variant name is letters, digits, _ and -")
+    recipes = [("train", TrainConfig, {k: x for k, x in v["train"].items()})]
+    recipes.append(("tune", TuneConfig, {k: x for k, x in v["tune"].items() if k != "variants"}))
+    recipes += [(f"tune.variants.{name}", TuneConfig, {**recipes[1][2], **fields_}) for name, fields_ in variants.items()]
+    for table, cls, given in recipes:
         hints = typing.get_type_hints(cls)
         names = {f.name for f in fields(cls) if not f.metadata.get("from_data")} - {"model"}
-        for key, value in v[table].items():
+        for key, value in given.items():
             _expect(key != "model", f"{table}.model", "the models are models.names; remove train.model")
             _expect(key in names, f"{table}.{key}", f"unknown recipe field; known: {', '.join(sorted(names))}")
             problem = type_problem(value, hints[key])
             _expect(problem is None, f"{table}.{key}", f"{value!r} {problem}")
-    recipe = {k: tuple(x) if isinstance(x, list) else x for k, x in v["tune"].items()}
-    for cls, given in ((TrainConfig, {**v["train"], "model": v["models"]["names"][0]}), (TuneConfig, recipe)):
         try:
-            cls(**given).validate()
+            cls(**recipe_fields(given, model=v["models"]["names"][0] if cls is TrainConfig else None)).validate()
         except BenchError as exc:
-            raise BenchError(f"config value {'train' if cls is TrainConfig else 'tune'}: {exc}") from None
+            raise BenchError(f"config value {table}: {exc}") from None
 
 
 def _toml_key(name: str) -> str:
@@ -312,3 +323,29 @@ def _toml_key(name: str) -> str:
 def checkpoint_dir(cfg: RunConfig) -> Path:
     """Where the run's checkpoints live: ``checkpoint_dir``, or ``<results_dir>/checkpoints``."""
     return Path(cfg["checkpoint_dir"] or Path(cfg["results_dir"]) / "checkpoints")
+
+
+def recipe_fields(table: dict[str, Any], model: str | None = None) -> dict[str, Any]:
+    """A [train] / [tune] table as recipe keyword arguments (lists as tuples; ``model`` added)."""
+    out = {k: tuple(x) if isinstance(x, list) else x for k, x in table.items() if k != "variants"}
+    return {**out, "model": model} if model is not None else out
+
+
+def tune_variants(cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """The post stages and their tuning recipes: ``{"post": [tune]}`` without ``[tune.variants]``,
+    else ``{"post:<variant>": [tune] overlaid with the variant}``."""
+    base = {k: x for k, x in cfg["tune"].items() if k != "variants"}
+    variants = cfg["tune"].get("variants", {})
+    if not variants:
+        return {"post": recipe_fields(base)}
+    return {f"post:{name}": recipe_fields({**base, **fields_}) for name, fields_ in sorted(variants.items())}
+
+
+def training_seeds(cfg: RunConfig) -> list[int]:
+    """``models.seeds``, or ``[train.seed]`` (the recipe's default 0) when it is empty."""
+    return list(cfg["models"]["seeds"]) or [int(cfg["train"].get("seed", TrainConfig().seed))]
+
+
+def model_label(cfg: RunConfig, name: str, seed: int) -> str:
+    """The model column of the tables: the registered name, ``name@seed<k>`` with several seeds."""
+    return name if len(training_seeds(cfg)) == 1 else f"{name}@seed{seed}"

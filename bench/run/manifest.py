@@ -179,6 +179,7 @@ def write_manifest(run_dir: Path, cfg: RunConfig, device: torch.device, test: Im
         "wall_seconds": {k: round(v, 2) for k, v in timings.items()},
         "cost": cost,
         "units": {"total": len(unit_log), "from_cache": sum(u["cached"] for u in unit_log),
+                  "reference": sum(u.get("reference", False) for u in unit_log),  # explain only, not scored
                   "failed": [u for u in unit_log if u["status"] != "ok"]},
         "files": sorted(str(p.relative_to(run_dir)) for p in written),
     }

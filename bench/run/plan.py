@@ -15,16 +15,20 @@ import torch
 from torch import Tensor
 
 from bench.core.schema import CELLS, confusion_cells
-from bench.run.config import RunConfig, checkpoint_dir
+from bench.run.config import (RunConfig, checkpoint_dir, model_label, recipe_fields, training_seeds,
+                              tune_variants)
 from bench.run.unit import Stage, Unit
 from datasets import ImageSplit, check_splits, load_split
+from explainers import EXPLAINERS, explainer_params
 from models.training import (TrainConfig, TuneConfig, default_checkpoint_path, default_tuned_path, load_checkpoint,
                              predict_proba, read_sidecar, train_model, tune_model)
 
 
 @dataclass
 class Planned:
-    """A unit of work with the per-image facts its score rows carry."""
+    """A unit of work with the per-image facts its score rows carry. A ``reference`` unit only
+    explains (no metrics, not in the tables): the second explainer seed of a stochastic explainer,
+    the noise level the map similarities are read against."""
 
     stage: Stage
     explainer: str
@@ -33,6 +37,7 @@ class Planned:
     preds: Tensor
     cells: list[str]
     unit: Unit
+    reference: bool = False
 
 
 @dataclass
@@ -67,24 +72,29 @@ def ensure_checkpoints(cfg: RunConfig, train: ImageSplit, val: ImageSplit, test:
     stages = []
     ck_dir = checkpoint_dir(cfg)
     for name in cfg["models"]["names"]:
-        tcfg = TrainConfig(**{**cfg["train"], "model": name, "dataset": train.name, "size": int(train.images.shape[-1])})
-        tcfg.validate()
-        pre_path = default_checkpoint_path(tcfg, train.fingerprint, ck_dir)
-        if not pre_path.exists():
-            say(f"[{name} pre] no checkpoint {pre_path}: training ({tcfg.epochs} epochs) ...")
-            train_model(tcfg, train, val, test, out=pre_path, device=str(device), progress=progress)
-        model, info = load_checkpoint(pre_path, expected_model=name, device=device)
-        stages.append(Stage(name, "pre", pre_path, info["sha256"], read_sidecar(pre_path), model))
-        if "post" in cfg["models"]["stages"]:
-            ucfg = TuneConfig(**{**cfg["tune"], **({"unfreeze": tuple(cfg["tune"]["unfreeze"])}
-                                                    if "unfreeze" in cfg["tune"] else {})})
-            ucfg.validate()
-            post_path = default_tuned_path(pre_path, ucfg)
-            if not post_path.exists():
-                say(f"[{name} post] no checkpoint {post_path}: tuning {','.join(ucfg.unfreeze)} ...")
-                tune_model(pre_path, ucfg, train, val, test, out=post_path, device=str(device), progress=progress)
-            model, info = load_checkpoint(post_path, expected_model=name, device=device)
-            stages.append(Stage(name, "post", post_path, info["sha256"], read_sidecar(post_path), model))
+        for seed in training_seeds(cfg):
+            label = model_label(cfg, name, seed)
+            tcfg = TrainConfig(**{**recipe_fields(cfg["train"], model=name), "seed": seed, "dataset": train.name,
+                                  "size": int(train.images.shape[-1])})
+            tcfg.validate()
+            pre_path = default_checkpoint_path(tcfg, train.fingerprint, ck_dir)
+            if not pre_path.exists():
+                say(f"[{label} pre] no checkpoint {pre_path}: training ({tcfg.epochs} epochs) ...")
+                train_model(tcfg, train, val, test, out=pre_path, device=str(device), progress=progress)
+            model, info = load_checkpoint(pre_path, expected_model=name, device=device)
+            stages.append(Stage(label, "pre", pre_path, info["sha256"], read_sidecar(pre_path), model, name, seed))
+            if "post" not in cfg["models"]["stages"]:
+                continue
+            for stage, recipe in tune_variants(cfg).items():
+                ucfg = TuneConfig(**recipe)
+                ucfg.validate()
+                post_path = default_tuned_path(pre_path, ucfg)
+                if not post_path.exists():
+                    say(f"[{label} {stage}] no checkpoint {post_path}: tuning {','.join(ucfg.unfreeze)} ...")
+                    tune_model(pre_path, ucfg, train, val, test, out=post_path, device=str(device), progress=progress)
+                model, info = load_checkpoint(post_path, expected_model=name, device=device)
+                stages.append(Stage(label, stage, post_path, info["sha256"], read_sidecar(post_path), model, name,
+                                    seed))
     return stages
 
 
@@ -119,33 +129,54 @@ def example_positions(labels: Tensor, preds: Tensor, per_cell: int) -> list[int]
 
 def plan_units(cfg: RunConfig, stages: list[Stage], test: ImageSplit, reference: Tensor, device: torch.device,
                run_dir: Path) -> tuple[list[Planned], dict[str, Examples]]:
-    """Every unit of the run, in order (model, stage, explainer, shard), and each model's examples."""
+    """Every unit of the run, in order (model, stage, explainer, shard), and each model's examples.
+
+    The first training seed's pre model of an architecture picks its images (per confusion cell)
+    and, with ``explain.target = "predicted"``, the class every seed and stage of that architecture
+    explains, so maps of different seeds and stages are of one scalar on the same images. With a
+    post stage or several seeds, stochastic explainers that take a ``seed`` get a reference unit on
+    the first pre model with ``seed + 1`` (their own noise, for the map similarities).
+    """
     seed = cfg["seed"]
     fingerprint = data_fingerprint(test)
     shard = cfg["explain"]["shard_size"]
     plan: list[Planned] = []
     examples: dict[str, Examples] = {}
-    for model_name in cfg["models"]["names"]:
-        model_stages = [s for s in stages if s.model_name == model_name]
-        pre_preds = predict_proba(model_stages[0].model, test.images, device=device).argmax(1)
+    for arch in cfg["models"]["names"]:
+        arch_stages = [s for s in stages if s.arch == arch]
+        first = arch_stages[0]
+        pre_preds = predict_proba(first.model, test.images, device=device).argmax(1)
         index = select_images(test, pre_preds, cfg, seed)
         images, labels = test.images[index], test.labels[index]
         masks = None if test.masks is None else test.masks[index]
         targets = pre_preds[index] if cfg["explain"]["target"] == "predicted" else labels
         positions = example_positions(labels, pre_preds[index], cfg["figures"]["examples_per_cell"])
-        stage_cells = {}
-        for st in model_stages:
-            preds = predict_proba(st.model, images, device=device).argmax(1)
-            cells = confusion_cells(labels.numpy(), preds.numpy())
-            stage_cells[st.stage] = np.array(cells)
-            for name in cfg["explain"]["names"]:
-                params = dict(cfg["explain"]["params"].get(name, {}))
-                for lo in range(0, len(index), shard):
-                    sl = slice(lo, lo + shard)
-                    unit = Unit(cfg, st, name, params, fingerprint, index[sl], images[sl], labels[sl], targets[sl],
-                                None if masks is None else masks[sl], reference, device, run_dir)
-                    plan.append(Planned(st, name, index[sl], labels[sl], preds[sl], cells[sl], unit))
-        if positions:
-            examples[model_name] = Examples(positions, images[positions], labels[positions], index[positions],
-                                            {k: v[positions] for k, v in stage_cells.items()})
+        compared = len(arch_stages) > 1
+        for label in dict.fromkeys(s.model_name for s in arch_stages):
+            stage_cells = {}
+            for st in (s for s in arch_stages if s.model_name == label):
+                preds = predict_proba(st.model, images, device=device).argmax(1)
+                cells = confusion_cells(labels.numpy(), preds.numpy())
+                stage_cells[st.stage] = np.array(cells)
+                for name in cfg["explain"]["names"]:
+                    params = dict(cfg["explain"]["params"].get(name, {}))
+                    runs = [(params, False)]
+                    if st is first and compared and _reseedable(name):
+                        own = params.get("seed", explainer_params(name)["seed"])
+                        runs.append(({**params, "seed": own + 1}, True))
+                    for p, ref in runs:
+                        for lo in range(0, len(index), shard):
+                            sl = slice(lo, lo + shard)
+                            unit = Unit(cfg, st, name, p, fingerprint, index[sl], images[sl], labels[sl], targets[sl],
+                                        None if masks is None else masks[sl], reference, device, run_dir, scored=not ref)
+                            plan.append(Planned(st, name, index[sl], labels[sl], preds[sl], cells[sl], unit, ref))
+            if positions:
+                examples[label] = Examples(positions, images[positions], labels[positions], index[positions],
+                                           {k: v[positions] for k, v in stage_cells.items()})
     return plan, examples
+
+
+def _reseedable(explainer: str) -> bool:
+    """A stochastic explainer whose draws a ``seed`` parameter sets."""
+    entry = EXPLAINERS.get(explainer)
+    return bool(entry.meta.get("stochastic")) and "seed" in explainer_params(explainer)

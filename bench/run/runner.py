@@ -11,6 +11,7 @@ goes on.
 from __future__ import annotations
 
 import time
+from itertools import combinations
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.core.device import resolve_device
-from bench.core.schema import CURVE_COLUMNS, SCORE_COLUMNS, SUBSTRATE_COLUMNS, SUBSTRATE_CURVE_COLUMNS
+from bench.core.schema import CURVE_COLUMNS, SCORE_COLUMNS, SUBSTRATE_COLUMNS, SUBSTRATE_CURVE_COLUMNS, stage_key
 from bench.metrics import METRICS
 from bench.report.plots import AttributionExamples, ModelExamples
 from bench.report.rebuild import write_outputs
@@ -30,6 +31,8 @@ from bench.run.config import RunConfig
 from bench.run.executors import execute_units
 from bench.run.manifest import cost_summary, time_passes, write_manifest
 from bench.run.rundir import claim
+from bench.run.similarity import similarity_table
+from models.training import compare_classifiers
 
 
 def run(cfg: RunConfig, *, progress: bool = True, executor: str = "local", ray_address: str | None = None) -> Path:
@@ -65,24 +68,27 @@ def _run(cfg: RunConfig, run_dir: Path, device: torch.device, say: Callable[[str
     results = execute_units(units, executor=executor, ray_address=ray_address, say=say, progress=progress)
     timings["explain_and_metrics"] = time.perf_counter() - t
 
-    tables = _tables(plan, results)
+    main = [(p, r) for p, r in zip(plan, results) if not p.reference]  # reference units only explain
+    tables = _tables([p for p, _ in main], [r for _, r in main])
+    tables["similarity"] = similarity_table(cfg, plan, results)
     if cfg["reliability"]["enabled"] and cfg["reliability"]["meta"]["enabled"]:
-        runs, floor = meta.estimate(cfg, plan, pass_seconds)
+        runs, floor = meta.estimate(cfg, [p for p, _ in main], pass_seconds)
         say(f"MetaQuantus: {runs} explainer and metric runs on {cfg['reliability']['meta']['n_images']} images per "
             f"stage; about {'?' if floor is None else f'{floor:.0f}'} s at the floor (cached as it goes)")
         t = time.perf_counter()
-        tables["meta"] = meta.run_meta(cfg, plan, results, say)
+        tables["meta"] = meta.run_meta(cfg, [p for p, _ in main], [r for _, r in main], say)
         timings["meta"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    prepost_models = {s.model_name: s.sidecar["comparison"] for s in stages if s.stage == "post"}
-    written = write_outputs(run_dir, tables, prepost_models, _attribution_examples(plan, results, examples),
+    written = write_outputs(run_dir, tables, _model_comparisons(stages, test),
+                            _attribution_examples([p for p, _ in main], [r for _, r in main], examples),
                             figures=cfg["figures"]["enabled"])
     timings["tables_and_figures"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
 
     unit_log = [{"model": p.stage.model_name, "stage": p.stage.stage, "explainer": p.explainer,
-                 "images": [int(i) for i in p.index], "cached": r["cached"], "status": r["status"]}
+                 "images": [int(i) for i in p.index], "cached": r["cached"], "status": r["status"],
+                 "reference": p.reference}
                 for p, r in zip(plan, results)]
     cost = cost_summary(units, results, pass_seconds, timings["explain_and_metrics"])
     write_manifest(run_dir, cfg, device, test, stages, timings, unit_log, written, executor, cost)
@@ -134,6 +140,24 @@ def _tables(plan: list[P.Planned], results: list[dict[str, Any]]) -> dict[str, p
     return {"scores": scores, "curves": pd.DataFrame.from_records(curves, columns=list(CURVE_COLUMNS)),
             "substrates": subs.reset_index(drop=True),
             "substrate_curves": pd.DataFrame.from_records(mean_curves, columns=list(SUBSTRATE_CURVE_COLUMNS))}
+
+
+def _model_comparisons(stages: list[P.Stage], test) -> dict[str, Any]:
+    """``prepost_models.json``: each tuned model against its parent (keyed by the model label for
+    "post", by "label · post:<variant>" for variants), and the tuning variants of a model against
+    each other ("label · post:a vs post:b")."""
+    out: dict[str, Any] = {}
+    labels = test.labels.numpy()
+    for s in stages:
+        if s.stage != "pre":
+            out[s.model_name if s.stage == "post" else f"{s.model_name} · {s.stage}"] = s.sidecar["comparison"]
+    for label in dict.fromkeys(s.model_name for s in stages):
+        posts = sorted((s for s in stages if s.model_name == label and s.stage != "pre"), key=lambda s: stage_key(s.stage))
+        for a, b in combinations(posts, 2):
+            out[f"{label} · {a.stage} vs {b.stage}"] = compare_classifiers(
+                labels, a.sidecar["test"], b.sidecar["test"], np.asarray(a.sidecar["test_preds"]),
+                np.asarray(b.sidecar["test_preds"]))
+    return out
 
 
 def _attribution_examples(plan: list[P.Planned], results: list[dict[str, Any]],

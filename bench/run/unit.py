@@ -34,7 +34,11 @@ CACHE_VERSION = 1
 
 @dataclass
 class Stage:
-    """One checkpoint to explain: a model at a stage (pre = trained, post = tuned)."""
+    """One checkpoint to explain: a model at a stage (pre = trained, post or post:<variant> = tuned).
+
+    ``model_name`` is the label of the tables (``arch``, or ``arch@seed<k>`` with several training
+    seeds); ``arch`` the registered model, ``seed`` its training seed.
+    """
 
     model_name: str
     stage: str
@@ -42,6 +46,8 @@ class Stage:
     sha256: str
     sidecar: dict[str, Any]
     model: nn.Module = field(repr=False, default=None)
+    arch: str = ""
+    seed: int = 0
 
 
 def content_key(obj: Any) -> str:
@@ -98,8 +104,9 @@ class Unit:
 
     def __init__(self, cfg: RunConfig, stage: Stage, explainer: str, params: dict, fingerprint: str, index: Tensor,
                  images: Tensor, labels: Tensor, targets: Tensor, masks: Tensor | None, background: Tensor,
-                 device: torch.device, run_dir: Path) -> None:
-        self.cfg, self.stage, self.explainer, self.params = cfg, stage, explainer, params
+                 device: torch.device, run_dir: Path, *, scored: bool = True) -> None:
+        self.cfg, self.stage, self.explainer, self.params, self.scored = cfg, stage, explainer, params, scored
+        self.metric_names = list(cfg["metrics"]["names"]) if scored else []  # a reference unit only explains
         self.index, self.labels, self.targets, self.masks = index, labels, targets, masks
         self.images, self.background, self.device = images, background, device
         self.attr_key = content_key({"v": CACHE_VERSION, "ckpt": stage.sha256, "explainer": explainer,
@@ -108,12 +115,12 @@ class Unit:
                                      "index": index.tolist(), "targets": targets.tolist(),
                                      "background": tensor_digest(background), "seed": cfg["seed"],
                                      "device": device.type})
-        metric_code = {n: source_digest(M.METRICS.get(n).obj) for n in cfg["metrics"]["names"]}  # plug-ins too
-        self.score_key = content_key({"attr": self.attr_key, "metrics": cfg["metrics"]["names"],
+        metric_code = {n: source_digest(M.METRICS.get(n).obj) for n in self.metric_names}  # plug-ins too
+        self.score_key = content_key({"attr": self.attr_key, "metrics": self.metric_names,
                                       "code": package_digest(M, extra=json.dumps(metric_code, sort_keys=True)),
                                       "params": cfg["metrics"]["params"],
                                       "attribution": cfg["metrics"]["attribution"],
-                                      "curves": cfg["metrics"]["curves"], "reliability": _scored(cfg)})
+                                      "curves": cfg["metrics"]["curves"], "reliability": _scored(cfg) if scored else None})
         self.attr_path = run_dir / "cache" / "attributions" / f"{self.attr_key}.pt"
         self.score_path = run_dir / "cache" / "scores" / f"{self.score_key}.json"
 
@@ -155,7 +162,7 @@ class Unit:
                "peak_mem_mb": attr["peak_mem_mb"], "metrics": {}, "metric_status": {}, "curves": {},
                "metric_seconds": {}}
         if attr["status"] != "ok":  # every metric of a failed explainer carries its error
-            for name in self.cfg["metrics"]["names"]:
+            for name in self.metric_names:
                 out["metrics"][name] = [math.nan] * n
                 out["metric_status"][name] = ["error: " + attr["message"]] * n
             out["score_seconds"] = time.perf_counter() - t0
@@ -170,7 +177,7 @@ class Unit:
         context = M.MetricContext(masks=None if self.masks is None else self.masks.to(self.device),
                                   explain=self.explain_on, additive=additive)
         results: dict[str, M.MetricResult] = {}
-        for name in self.cfg["metrics"]["names"]:
+        for name in self.metric_names:
             t_metric = time.perf_counter()
             try:
                 res = results[name] = self._metric(name, {}, given, context)
@@ -188,7 +195,7 @@ class Unit:
                 out["metrics"][name] = [math.nan] * n
                 out["metric_status"][name] = ["error: " + one_line(f"{type(exc).__name__}: {exc}", 300)] * n
             out["metric_seconds"][name] = time.perf_counter() - t_metric
-        if self.cfg["reliability"]["enabled"]:
+        if self.cfg["reliability"]["enabled"] and self.scored:
             t_sub = time.perf_counter()
             try:
                 out["substrates"], out["substrate_curves"] = self._substrates(results, given, context)
