@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("bench", "datasets", "models", "explainers")
 LAYERS = {
     "bench.core": 0, "datasets": 1, "models": 2, "explainers": 3, "bench.metrics": 4,
-    "bench.perf": 5, "bench.report": 5, "bench.run": 6, "bench.cli": 7, "bench.__main__": 8,
+    "bench.perf": 5, "bench.report": 5, "bench.run": 6, "bench.cli": 7, "bench.api": 7, "bench.__main__": 8,
     "bench": 8,
 }
 

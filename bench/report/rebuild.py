@@ -19,7 +19,7 @@ import pandas as pd
 from bench.core.errors import BenchError
 from bench.core.io import atomic_write_json, atomic_write_text
 from bench.metrics import METRICS
-from bench.report import leaderboard, plots, reliability, stability
+from bench.report import html, leaderboard, plots, reliability, stability
 from bench.report.plots import AttributionExamples
 
 CSV_FLOAT_FORMAT = "%.8g"
@@ -48,7 +48,8 @@ def write_outputs(run_dir: str | Path, tables: Mapping[str, pd.DataFrame], prepo
 
 
 def rebuild(run_dir: str | Path, *, figures: bool = True) -> list[Path]:
-    """Every table (and, with ``figures``, every figure) of a run from its files; returns the paths.
+    """Every table (and, with ``figures``, every figure) of a run from its files, then ``report.html``
+    (:func:`bench.report.html.write_html_report`, always, with the figures present); returns the paths.
 
     The reliability card's settings come from the run's ``manifest.json`` (its config's
     ``[reliability]``; the defaults for a run without one).
@@ -78,6 +79,7 @@ def rebuild(run_dir: str | Path, *, figures: bool = True) -> list[Path]:
                                        attributions_path=attr if attr.is_file() else None, card=card,
                                        substrate_curves=measured["substrate_curves.csv"],
                                        similarity=measured["similarity.csv"])
+    written.append(html.write_html_report(run_dir))  # last: it embeds the tables and figures written above
     return written
 
 

@@ -23,6 +23,7 @@ from bench.core.device import DEVICES
 from bench.core.errors import BenchError
 from bench.core.params import type_problem
 from models.training import TrainConfig, TuneConfig
+from models.user import UserModelSpec
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "quick.toml"
@@ -43,7 +44,8 @@ DEFAULTS: dict[str, Any] = {
         "background_size": 32,    # reference images drawn (seeded) from the train split
     },
     "models": {"names": ["resnet18"], "stages": ["pre", "post"],
-               "seeds": []},          # training seeds, each its own checkpoints ([] = train.seed alone)
+               "seeds": [],           # training seeds, each its own checkpoints ([] = train.seed alone)
+               "user": {}},           # {name: {factory, kwargs, checkpoint, convert}}: your own models (models/user.py)
     "train": {},                  # TrainConfig fields (models.training)
     "tune": {},                   # TuneConfig fields
     "explain": {
@@ -87,7 +89,8 @@ CHOICES = {
     ("explain", "target"): ("predicted", "label"),
     ("metrics", "attribution"): ("signed", "abs", "positive"),
 }
-FREE_TABLES = {("data", "options"), ("train",), ("tune",), ("explain", "params"), ("metrics", "params")}
+FREE_TABLES = {("data", "options"), ("train",), ("tune",), ("explain", "params"), ("metrics", "params"),
+               ("models", "user")}
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,11 @@ def validate(v: dict[str, Any]) -> None:
         _expect(isinstance(names, list) and len(names) > 0 and all(isinstance(n, str) for n in names), key,
                 "must be a non-empty list of names")
         _expect(len(set(names)) == len(names), key, "lists a name twice")
+    users = [n for n in v["models"]["names"] if n in v["models"]["user"]]
+    user = users[0] if users else ""
+    _expect(not users or "post" not in stages, "models.stages",
+            f'{user!r} is a user model ([models.user.{user}]); tuning (the "post" stage) applies only to models '
+            f'pneumobench trains: set models.stages = ["pre"]')
     _check_names(v)
 
 
@@ -282,8 +290,15 @@ def _check_names(v: dict[str, Any]) -> None:
     constraints (the registries are the source)."""
     d = v["data"]
     datasets.DATASETS.get(d["dataset"]).check_params("dataset", d["options"], where="data.options", noun="option")
+    for name, table in v["models"]["user"].items():
+        _expect(name not in models.MODELS, f"models.user.{name}", "has the name of a registered model; rename it")
+        try:
+            UserModelSpec.from_table(name, table)
+        except BenchError as exc:
+            raise BenchError(f"config value {exc}") from None
     for n in v["models"]["names"]:
-        models.MODELS.get(n)
+        if n not in v["models"]["user"]:
+            models.MODELS.get(n)
     for table, kind, names, params, registry, exclude in (
             ("explain", "explainer", v["explain"]["names"], v["explain"]["params"], explainers.EXPLAINERS, ()),
             ("metrics", "metric", v["metrics"]["names"], v["metrics"]["params"], metrics.METRICS, metrics.PROTOCOL)):
@@ -311,7 +326,8 @@ def _check_names(v: dict[str, Any]) -> None:
             problem = type_problem(value, hints[key])
             _expect(problem is None, f"{table}.{key}", f"{value!r} {problem}")
         try:
-            cls(**recipe_fields(given, model=v["models"]["names"][0] if cls is TrainConfig else None)).validate()
+            trained = [n for n in v["models"]["names"] if n not in v["models"]["user"]] or ["resnet18"]
+            cls(**recipe_fields(given, model=trained[0] if cls is TrainConfig else None)).validate()
         except BenchError as exc:
             raise BenchError(f"config value {table}: {exc}") from None
 

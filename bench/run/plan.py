@@ -22,6 +22,7 @@ from datasets import ImageSplit, check_splits, load_split
 from explainers import EXPLAINERS, explainer_params
 from models.training import (TrainConfig, TuneConfig, default_checkpoint_path, default_tuned_path, load_checkpoint,
                              predict_proba, read_sidecar, train_model, tune_model)
+from models.user import UserModelSpec, load_user_model
 
 
 @dataclass
@@ -68,10 +69,15 @@ def data_fingerprint(split: ImageSplit) -> str:
 
 def ensure_checkpoints(cfg: RunConfig, train: ImageSplit, val: ImageSplit, test: ImageSplit, device: torch.device,
                        progress: bool, say: Callable[[str], None]) -> list[Stage]:
-    """Train (pre) and tune (post) checkpoints on first use; later runs reuse them by content key."""
+    """Train (pre) and tune (post) checkpoints on first use; later runs reuse them by content key.
+    User models (``[models.user.<name>]``) are loaded and checked first, before any training."""
     stages = []
     ck_dir = checkpoint_dir(cfg)
+    user = {n: user_stage(cfg, n, test, device, say) for n in cfg["models"]["names"] if n in cfg["models"]["user"]}
     for name in cfg["models"]["names"]:
+        if name in user:
+            stages.append(user[name])
+            continue
         for seed in training_seeds(cfg):
             label = model_label(cfg, name, seed)
             tcfg = TrainConfig(**{**recipe_fields(cfg["train"], model=name), "seed": seed, "dataset": train.name,
@@ -96,6 +102,18 @@ def ensure_checkpoints(cfg: RunConfig, train: ImageSplit, val: ImageSplit, test:
                 stages.append(Stage(label, stage, post_path, info["sha256"], read_sidecar(post_path), model, name,
                                     seed))
     return stages
+
+
+def user_stage(cfg: RunConfig, name: str, split: ImageSplit, device: torch.device,
+               say: Callable[[str], None]) -> Stage:
+    """The "pre" stage of a user model: built by its factory, its checkpoint loaded, checked against
+    ``split`` (channels, classes), converted if asked (:func:`models.user.load_user_model`). Its
+    ``sha256`` is the model key (checkpoint sha256, factory, kwargs, conversion); the sidecar's
+    ``config`` holds the record the manifest keeps."""
+    spec = UserModelSpec.from_table(name, cfg["models"]["user"][name])
+    model, record = load_user_model(spec, split.images, len(split.class_names), warn=say)
+    return Stage(name, "pre", Path(spec.checkpoint), record["model_key"], {"test": {}, "config": {"user_model": record}},
+                 model.to(device), name, 0)
 
 
 def background(train: ImageSplit, n: int, seed: int) -> Tensor:
@@ -137,42 +155,67 @@ def plan_units(cfg: RunConfig, stages: list[Stage], test: ImageSplit, reference:
     post stage or several seeds, stochastic explainers that take a ``seed`` get a reference unit on
     the first pre model with ``seed + 1`` (their own noise, for the map similarities).
     """
-    seed = cfg["seed"]
-    fingerprint = data_fingerprint(test)
-    shard = cfg["explain"]["shard_size"]
     plan: list[Planned] = []
     examples: dict[str, Examples] = {}
     for arch in cfg["models"]["names"]:
         arch_stages = [s for s in stages if s.arch == arch]
-        first = arch_stages[0]
-        pre_preds = predict_proba(first.model, test.images, device=device).argmax(1)
-        index = select_images(test, pre_preds, cfg, seed)
-        images, labels = test.images[index], test.labels[index]
-        masks = None if test.masks is None else test.masks[index]
+        pre_preds = predict_proba(arch_stages[0].model, test.images, device=device).argmax(1)
+        index = select_images(test, pre_preds, cfg, cfg["seed"])
+        labels = test.labels[index]
         targets = pre_preds[index] if cfg["explain"]["target"] == "predicted" else labels
-        positions = example_positions(labels, pre_preds[index], cfg["figures"]["examples_per_cell"])
-        compared = len(arch_stages) > 1
-        for label in dict.fromkeys(s.model_name for s in arch_stages):
-            stage_cells = {}
-            for st in (s for s in arch_stages if s.model_name == label):
-                preds = predict_proba(st.model, images, device=device).argmax(1)
-                cells = confusion_cells(labels.numpy(), preds.numpy())
-                stage_cells[st.stage] = np.array(cells)
-                for name in cfg["explain"]["names"]:
-                    params = dict(cfg["explain"]["params"].get(name, {}))
-                    runs = [(params, False)]
-                    if st is first and compared and _reseedable(name):
-                        own = params.get("seed", explainer_params(name)["seed"])
-                        runs.append(({**params, "seed": own + 1}, True))
-                    for p, ref in runs:
-                        for lo in range(0, len(index), shard):
-                            sl = slice(lo, lo + shard)
-                            unit = Unit(cfg, st, name, p, fingerprint, index[sl], images[sl], labels[sl], targets[sl],
-                                        None if masks is None else masks[sl], reference, device, run_dir, scored=not ref)
-                            plan.append(Planned(st, name, index[sl], labels[sl], preds[sl], cells[sl], unit, ref))
-            if positions:
-                examples[label] = Examples(positions, images[positions], labels[positions], index[positions],
-                                           {k: v[positions] for k, v in stage_cells.items()})
+        more, shown = plan_images(cfg, arch_stages, data_fingerprint(test), index, test.images[index], labels, targets,
+                                  None if test.masks is None else test.masks[index], pre_preds[index], reference,
+                                  device, run_dir)
+        plan += more
+        examples.update(shown)
+    return plan, examples
+
+
+def plan_images(cfg: RunConfig, arch_stages: list[Stage], fingerprint: str, index: Tensor, images: Tensor,
+                labels: Tensor | None, targets: Tensor, masks: Tensor | None, pre_preds: Tensor, reference: Tensor,
+                device: torch.device, run_dir: Path) -> tuple[list[Planned], dict[str, Examples]]:
+    """The units of one architecture's stages (the first is its first seed's pre model) on given
+    images, and its examples: :func:`plan_units` for the images it selected, ``bench.evaluate``
+    for the images it was given.
+
+    ``index (N,)`` names the images in the tables, ``images (N, C, H, W)``, ``targets (N,)`` the
+    explained classes, ``pre_preds (N,)`` the first stage's predictions. ``labels`` None
+    (unlabelled images): the label column holds -1 and a cell says only the predicted class (TP:
+    predicted 1, TN: predicted 0).
+    """
+    shard = cfg["explain"]["shard_size"]
+    first = arch_stages[0]
+    plan: list[Planned] = []
+    examples: dict[str, Examples] = {}
+    known = labels is not None
+    labels = labels if labels is not None else torch.full_like(pre_preds, -1)
+
+    def cells_of(preds: Tensor) -> list[str]:
+        return confusion_cells((labels if known else preds).numpy(), preds.numpy())
+
+    positions = example_positions(labels if known else pre_preds, pre_preds, cfg["figures"]["examples_per_cell"])
+    compared = len(arch_stages) > 1
+    for label in dict.fromkeys(s.model_name for s in arch_stages):
+        stage_cells = {}
+        for st in (s for s in arch_stages if s.model_name == label):
+            preds = predict_proba(st.model, images, device=device).argmax(1)
+            cells = cells_of(preds)
+            stage_cells[st.stage] = np.array(cells)
+            for name in cfg["explain"]["names"]:
+                params = dict(cfg["explain"]["params"].get(name, {}))
+                runs = [(params, False)]
+                if st is first and compared and _reseedable(name):
+                    own = params.get("seed", explainer_params(name)["seed"])
+                    runs.append(({**params, "seed": own + 1}, True))
+                for p, ref in runs:
+                    for lo in range(0, len(index), shard):
+                        sl = slice(lo, lo + shard)
+                        unit = Unit(cfg, st, name, p, fingerprint, index[sl], images[sl], labels[sl], targets[sl],
+                                    None if masks is None else masks[sl], reference, device, run_dir, scored=not ref)
+                        plan.append(Planned(st, name, index[sl], labels[sl], preds[sl], cells[sl], unit, ref))
+        if positions:
+            examples[label] = Examples(positions, images[positions], labels[positions], index[positions],
+                                       {k: v[positions] for k, v in stage_cells.items()})
     return plan, examples
 
 

@@ -24,6 +24,7 @@ from bench.core.device import resolve_device
 from bench.core.schema import CURVE_COLUMNS, SCORE_COLUMNS, SUBSTRATE_COLUMNS, SUBSTRATE_CURVE_COLUMNS, stage_key
 from bench.metrics import METRICS
 from bench.report.plots import AttributionExamples, ModelExamples
+from bench.report.html import write_html_report
 from bench.report.rebuild import write_outputs
 from bench.run import meta
 from bench.run import plan as P
@@ -61,6 +62,18 @@ def _run(cfg: RunConfig, run_dir: Path, device: torch.device, say: Callable[[str
 
     reference = P.background(train, cfg["data"]["background_size"], cfg["seed"])
     plan, examples = P.plan_units(cfg, stages, test, reference, device, run_dir)
+    return run_plan(cfg, run_dir, device, test, stages, plan, examples, timings, t_all, say=say, progress=progress,
+                    executor=executor, ray_address=ray_address)
+
+
+def run_plan(cfg: RunConfig, run_dir: Path, device: torch.device, test: P.ImageSplit, stages: list[P.Stage],
+             plan: list[P.Planned], examples: dict[str, P.Examples], timings: dict[str, float], t_all: float, *,
+             say: Callable[[str], None], progress: bool, executor: str = "local", ray_address: str | None = None,
+             figures: bool | None = None) -> Path:
+    """Everything after planning, shared by ``bench run`` and ``bench.evaluate``: the units executed
+    through the cache in ``run_dir``, the tables, the figures (``figures``: default the config's)
+    and the manifest (``test``: the explained images' split; ``timings``: the phases so far since
+    ``t_all``). Returns ``run_dir``."""
     units = [p.unit for p in plan]
     pass_seconds = time_passes(stages, units)
 
@@ -82,7 +95,7 @@ def _run(cfg: RunConfig, run_dir: Path, device: torch.device, say: Callable[[str
     t = time.perf_counter()
     written = write_outputs(run_dir, tables, _model_comparisons(stages, test),
                             _attribution_examples([p for p, _ in main], [r for _, r in main], examples),
-                            figures=cfg["figures"]["enabled"])
+                            figures=cfg["figures"]["enabled"] if figures is None else figures)
     timings["tables_and_figures"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
 
@@ -92,6 +105,7 @@ def _run(cfg: RunConfig, run_dir: Path, device: torch.device, say: Callable[[str
                 for p, r in zip(plan, results)]
     cost = cost_summary(units, results, pass_seconds, timings["explain_and_metrics"])
     write_manifest(run_dir, cfg, device, test, stages, timings, unit_log, written, executor, cost)
+    write_html_report(run_dir)  # again, now beside the final manifest: the page `bench report` rebuilds
     n_cached = sum(u["cached"] for u in unit_log)
     failed = sorted({(u["model"], u["stage"], u["explainer"]) for u in unit_log if u["status"] != "ok"})
     ratio = cost["explain_and_metrics"]["ratio"]

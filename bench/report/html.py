@@ -1,0 +1,685 @@
+"""A run folder -> one self-contained ``report.html`` (provenance, tables, figures).
+
+:func:`write_html_report` reads only files already in the run folder -- ``manifest.json``, the CSV
+sources of the Markdown tables (``leaderboard.csv``, ``prepost.csv``, ``prepost_by_cell.csv``,
+``prepost_models.json``, ``reliability*.csv``, the stability tables) and ``figures/*.png`` -- and
+writes one page that needs nothing else: the figures are embedded as base64 ``data:`` PNGs, the CSS
+and a small vanilla-JS table sorter are inline, and a Content-Security-Policy forbids every other
+load (no network, no other file). Every string taken from a file is HTML-escaped. The page is
+deterministic: no timestamp, no path of the run folder, manifest keys and figures in sorted order,
+so ``python -m bench report`` rebuilds it byte for byte (:func:`bench.report.rebuild.rebuild`
+writes it last).
+
+Sections: provenance (``manifest.json``), the leaderboards per model and stage (cells "mean
+(rank)" over the CI, with the reliability card's ⚠ / ≈ marks as in ``leaderboard.md``), pre vs
+post, the reliability card (when ``reliability.csv`` exists), stability (when its tables exist),
+the figures. Colours are Okabe-Ito (colour-blind safe): rank 1 on a sky-blue tint, errors in
+vermillion, metrics that fail the card on an orange tint. Wide tables scroll inside their own box.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from html import escape
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bench.core.errors import BenchError, one_line
+from bench.core.io import atomic_write_text
+from bench.core.schema import CELLS, stage_key
+from bench.core.text import fmt_number
+from bench.report import leaderboard as lb
+from bench.report.plots import _slug
+
+__all__ = ["REPORT", "read_table", "render_html_report", "write_html_report"]
+
+REPORT = "report.html"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# columns shown as text, never parsed as numbers
+TEXT_COLUMNS = frozenset({
+    "model", "stage", "explainer", "metric", "status", "message", "verdict", "cell", "control", "better", "worse",
+    "metric_a", "metric_b", "substrate_a", "substrate_b", "expected", "top", "stage_a", "stage_b", "comparison",
+    "group", "reference", "test", "post_stage", "substrate", "curve", "beat_random"})
+WRAP_COLUMNS = frozenset({"status", "message", "verdict"})  # long text: wraps inside its cell
+NEGATIVE_IS_NA = frozenset({"beat_random_a", "beat_random_b"})  # -1 stands for "does not apply"
+HEADERS = {"seconds_per_image": "s/image", "peak_mem_mb": "peak MB", "p_wilcoxon": "p", "p_holm": "Holm p",
+           "n_pairs": "n", "pre_mean": "pre", "post_mean": "post", "diff_mean": "diff", "mean_a": "a mean",
+           "mean_b": "b mean", "kendall_w": "Kendall's W", "kendall_tau": "Kendall's tau", "mde": "MDE",
+           "mde_median": "MDE", "n_needed_max": "n needed", "alpha": "alpha", "p_top_stays": "P(top stays)",
+           "meta_input": "MetaQuantus input", "meta_model": "MetaQuantus model", "iac_nr": "IAC NR",
+           "iac_ar": "IAC AR", "iec_nr": "IEC NR", "iec_ar": "IEC AR", "mc": "MC", "top_overlap": "top-15% overlap",
+           "control_beats_real": "control beats a method", "disagreements": "disagree",
+           "substrate_tau_min": "substrate tau", "n_images": "images", "n_explainers": "explainers",
+           "n_seeds": "seeds", "reference_mean": "reference mean", "stage_a": "a", "stage_b": "b"}
+
+FIGURE_KINDS = {  # file-name prefix -> (heading, what the figure shows), as plots.py draws them
+    "attributions": ("Attribution maps", "TP/FP/FN/TN examples (cell under the pre model): the image beside its pre "
+                     "and post maps, all on one symmetric colour scale with a numeric colour bar (RdBu_r)."),
+    "curves": ("Deletion and insertion curves", "Per explainer the mean probability over images at each fraction, "
+               "with a 95% normal band."),
+    "leaderboard": ("Leaderboard heatmaps", "Explainers × metrics, colour = tied rank (1 = best), annotated with mean "
+                    "and rank."),
+    "prepost": ("Pre vs post", "Per metric, each explainer's pre and post mean with its 95% CI."),
+    "reliability": ("Reliability card", "Metrics × criteria on one −1..1 diverging scale (1 = reliable); blank where "
+                    "a criterion was not computed or does not apply."),
+    "similarity": ("Map similarity", "Pre vs post map similarity next to retraining and explainer noise."),
+    "substrates": ("Substrate sensitivity", "Mean perturbation curves per substrate, a line per explainer."),
+}
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_table(path: Path) -> pd.DataFrame | None:
+    """A derived CSV table as text (None when absent): every cell a string, "" where empty.
+
+    Text stays as written ("n/a" stays "n/a", a model called "null" stays "null"); the page
+    formats the numeric columns itself (:func:`_cell`).
+    """
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise BenchError(f"{path} is not a readable CSV ({one_line(e, 200)}); run `python -m bench report "
+                         f"{path.parent}` to rewrite it from scores.csv") from None
+
+
+def _read_manifest(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BenchError(f"{path} is not valid JSON ({one_line(e, 120)}); re-run the benchmark to rewrite it, or "
+                         f"move it away to build the report without provenance") from None
+    if not isinstance(obj, dict):
+        raise BenchError(f"{path} must hold a JSON object; re-run the benchmark to rewrite it")
+    return obj
+
+
+def _bool(x: Any) -> bool:
+    return str(x).strip().lower() in ("true", "1", "1.0")
+
+
+def _read_board(run_dir: Path) -> pd.DataFrame | None:
+    path = run_dir / "leaderboard.csv"
+    board = read_table(path)
+    if board is None:
+        return None
+    missing = [c for c in lb.LEADERBOARD_COLUMNS if c not in board.columns]
+    if missing:
+        raise BenchError(f"{path} lacks column(s) {missing}; run `python -m bench report {run_dir}` to rewrite it "
+                         f"from scores.csv")
+    for c in ("mean", "ci_low", "ci_high", "n", "rank", "seconds_per_image", "peak_mem_mb"):
+        board[c] = pd.to_numeric(board[c].replace("", np.nan), errors="coerce")
+    board["rank"] = board["rank"].astype("Int64")
+    board["higher_is_better"] = board["higher_is_better"].map(_bool)
+    return board
+
+
+def _read_card(run_dir: Path) -> dict[str, pd.DataFrame] | None:
+    """The reliability card's tables by name (``reliability`` and its details), None without ``reliability.csv``."""
+    if not (run_dir / "reliability.csv").is_file():
+        return None
+    names = ["reliability"] + sorted(p.stem for p in run_dir.glob("reliability_*.csv"))
+    return {n: t for n in names if (t := read_table(run_dir / f"{n}.csv")) is not None}
+
+
+# ----------------------------------------------------------------------------- html pieces
+
+
+def _e(x: Any) -> str:
+    return escape(str(x), quote=True)
+
+
+class _Cell:
+    """One table cell: its HTML, a numeric sort key (None: sorts as text; NaN: sorts last), a class."""
+
+    __slots__ = ("html", "key", "cls", "attrs")
+
+    def __init__(self, text: str, key: float | None = None, cls: str = "", attrs: str = "", *, raw: bool = False):
+        self.html = text if raw else _e(text)
+        self.key, self.cls, self.attrs = key, cls, attrs
+
+    def td(self) -> str:
+        cls = f' class="{self.cls}"' if self.cls else ""
+        key = "" if self.key is None else f' data-v="{_sort_key(self.key)}"'
+        attrs = f" {self.attrs}" if self.attrs else ""
+        return f"<td{cls}{key}{attrs}>{self.html}</td>"
+
+
+def _sort_key(v: float) -> str:
+    v = float(v)
+    return "" if np.isnan(v) else repr(v)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[_Cell]], *, attrs: str = "",
+           row_attrs: Sequence[str] | None = None, header_html: bool = False) -> str:
+    """A sortable table in its own horizontally scrolling box."""
+    head = "".join(f'<th scope="col">{h if header_html else _e(h)}</th>' for h in header)
+    body = [f"<tr{' ' + row_attrs[i] if row_attrs else ''}>" + "".join(c.td() for c in r) + "</tr>"
+            for i, r in enumerate(rows)]
+    a = f" {attrs}" if attrs else ""
+    return (f'<div class="scroll"><table class="sortable"{a}><thead><tr>{head}</tr></thead>\n<tbody>\n'
+            + "\n".join(body) + "\n</tbody></table></div>")
+
+
+def _arrow(higher_is_better: bool) -> str:
+    return "↑" if higher_is_better else "↓"
+
+
+def _num(x: Any, spec: str = ".4g") -> _Cell:
+    """A number (right-aligned, sorts numerically); "n/a" when missing or not finite."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        v = float("nan")
+    text = fmt_number(v, spec, inf="∞")
+    return _Cell(text, v, "na num" if text == "n/a" else "num")
+
+
+def _cell(column: str, value: str) -> _Cell:
+    """A CSV value formatted for its column: text as text, numbers with 4 significant digits (p-values 3)."""
+    if column in TEXT_COLUMNS:
+        return _Cell(value, cls="msg" if column in WRAP_COLUMNS else "")
+    if value in ("True", "False"):
+        return _Cell("yes" if value == "True" else "no")
+    try:
+        v = float(value) if value != "" else float("nan")
+    except ValueError:
+        return _Cell(value)
+    if column in NEGATIVE_IS_NA and v < 0:
+        return _Cell("n/a", float("nan"), "na num")
+    return _num(v, ".3g" if column.startswith("p_") else ".0f" if column == "n" or column.startswith("n_") else ".4g")
+
+
+def _with_ci(value_html: str, low_html: str, high_html: str) -> str:
+    """A value with its CI on a second, smaller line (keeps wide tables narrow)."""
+    return f'{value_html}<br><span class="ci">[{low_html}, {high_html}]</span>'
+
+
+def _frame_table(df: pd.DataFrame, *, drop: Iterable[str] = ()) -> str:
+    """A CSV table as a sortable HTML table: a column ``x`` followed by ``..ci_low``/``..ci_high``
+    becomes one "x [95% CI]" column (sorted on x); ``higher_is_better`` becomes an arrow after the metric."""
+    cols = [c for c in df.columns if c not in set(drop)]
+    hib = "higher_is_better" in cols and "metric" in cols
+    if hib:
+        cols.remove("higher_is_better")
+    spans: list[tuple[str, list[str]]] = []
+    i = 0
+    while i < len(cols):
+        c = cols[i]
+        if i + 2 < len(cols) and cols[i + 1].endswith("ci_low") and cols[i + 2].endswith("ci_high"):
+            spans.append((f"{HEADERS.get(c, c.replace('_', ' '))} [95% CI]", cols[i:i + 3]))
+            i += 3
+        else:
+            spans.append((HEADERS.get(c, c.replace("_", " ")), [c]))
+            i += 1
+    rows = []
+    for r in df.to_dict("records"):
+        cells = []
+        for _, src in spans:
+            if len(src) == 3:
+                v, lo, hi = (_cell(s, r[s]) for s in src)
+                text = _with_ci(v.html, lo.html, hi.html) if v.html != "n/a" else "n/a"
+                cells.append(_Cell(text, v.key, v.cls, raw=True))
+            elif src[0] == "metric" and hib:
+                cells.append(_Cell(f"{r['metric']} {_arrow(_bool(r['higher_is_better']))}"))
+            else:
+                cells.append(_cell(src[0], r[src[0]]))
+        rows.append(cells)
+    return _table([h for h, _ in spans], rows)
+
+
+def _section(anchor: str, title: str, body: str) -> str:
+    return f'<section id="{anchor}">\n<h2>{_e(title)}</h2>\n{body}\n</section>'
+
+
+def _p(text: str) -> str:
+    return f'<p class="note">{_e(text)}</p>'
+
+
+def _details(summary: str, body: str) -> str:
+    return f"<details><summary>{_e(summary)}</summary>\n{body}\n</details>"
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def _text(x: Any) -> str:
+    return "n/a" if x is None or x == "" else str(x)
+
+
+def _get(obj: Any, key: str) -> Any:
+    return obj.get(key) if isinstance(obj, Mapping) else None
+
+
+def _provenance(run_dir: Path, manifest: Mapping[str, Any] | None) -> str:
+    if manifest is None:
+        return _section("provenance", "Provenance", _p(
+            "manifest.json not found: the run's provenance (commit, data, checkpoints, versions) is unknown."))
+    parts = []
+    status = _get(manifest, "status")
+    if status != "complete":
+        parts.append(f'<p class="banner">manifest.json has status {_e(_text(status))}: the run has not finished '
+                     f"writing it, so the provenance below is incomplete. <code>python -m bench report</code> on this "
+                     f"folder after the run has finished rewrites this page.</p>")
+    git, data, units = _get(manifest, "git"), _get(manifest, "data"), _get(manifest, "units")
+    official = _get(data, "md5_official")
+    badge = ('<span class="okbadge">official</span>' if official is True else
+             f'<span class="warnbadge">not official</span> (official MD5 <code>'
+             f'{_e(_text(_get(data, "official_md5")))}</code>)' if official is False else "")
+    wall = _get(manifest, "wall_seconds")
+    wall = wall if isinstance(wall, Mapping) else {}
+    stages = ", ".join(f"{k} {fmt_number(v, '.4g')} s" for k, v in sorted(wall.items()) if k != "total")
+    platform = _get(manifest, "platform")
+    cuda = _get(manifest, "cuda_device")
+    rows = [
+        ("run", _e(_text(_get(_get(manifest, "config"), "name") or run_dir.name))),
+        ("status", _e(_text(status))),
+        ("command", f"<code>{_e(_text(_get(manifest, 'command')))}</code>"),
+        ("git commit", f"<code>{_e(_text(_get(git, 'commit')))}</code>"
+                       + (" (with uncommitted changes)" if _get(git, "dirty") else "")),
+        ("data", _e(f"{_text(_get(data, 'dataset'))} · {_text(_get(data, 'split'))} split · "
+                    f"n = {_text(_get(data, 'n'))}")),
+        ("data file", f"<code>{_e(_text(_get(data, 'source')))}</code>"),
+        ("data MD5", f"<code>{_e(_text(_get(data, 'md5')))}</code> {badge}"),
+        ("device", _e(f"{_text(_get(manifest, 'device'))}{f' ({cuda})' if cuda else ''} · executor "
+                      f"{_text(_get(manifest, 'executor'))}")),
+        ("machine", _e(" · ".join(f"{k} {_text(v)}" for k, v in sorted(platform.items()))
+                       if isinstance(platform, Mapping) else _text(platform))),
+        ("wall time", _e(f"{fmt_number(_get(wall, 'total'), '.4g')} s total" + (f" ({stages})" if stages else ""))),
+        ("units", _e(f"{_text(_get(units, 'total'))} total, {_text(_get(units, 'from_cache'))} from cache, "
+                     f"{len(_get(units, 'failed') or [])} failed") if isinstance(units, Mapping) else "n/a"),
+    ]
+    parts.append('<dl class="kv">' + "".join(f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in rows) + "</dl>")
+    checkpoints = _get(manifest, "checkpoints")
+    if isinstance(checkpoints, list) and checkpoints:
+        rows_ = [[_Cell(_text(_get(c, "model"))), _Cell(_text(_get(c, "stage"))),
+                  _Cell(f"<code>{_e(_text(_get(c, 'sha256')))}</code>", raw=True)]
+                 + [_num(_get(_get(c, "test"), k)) for k in ("acc", "auc", "sensitivity", "specificity")]
+                 for c in checkpoints]
+        parts.append("<h3>Checkpoints</h3>" + _table(["model", "stage", "sha256", "test ACC", "test AUC",
+                                                        "sensitivity", "specificity"], rows_))
+    versions = _get(manifest, "versions")
+    if isinstance(versions, Mapping) and versions:
+        parts.append(_details(f"Package versions ({len(versions)})", _table(
+            ["package", "version"], [[_Cell(k), _Cell(_text(v))] for k, v in sorted(versions.items())])))
+    return _section("provenance", "Provenance", "\n".join(parts))
+
+
+# ----------------------------------------------------------------------------- leaderboards
+
+
+def _score_cell(r: pd.Series, metric: str, tied: bool) -> _Cell:
+    """leaderboard.md's "mean [ci_low, ci_high] (rank)" (and its ≈), the CI on a second line; sorts on the mean."""
+    status = str(r["status"])
+    attrs = f'data-metric="{_e(metric)}"'
+    if status == "n/a":
+        return _Cell("n/a", float("nan"), "na num", attrs)
+    if status.startswith("error"):
+        return _Cell("error", float("nan"), "err num", attrs)
+    rank = "" if pd.isna(r["rank"]) else f" ({int(r['rank'])})"
+    head = f"{fmt_number(r['mean'])}{rank}" + (" ≈" if tied else "")
+    text = _with_ci(_e(head), _e(fmt_number(r["ci_low"])), _e(fmt_number(r["ci_high"])))
+    return _Cell(text, float(r["mean"]), "r1 num" if rank == " (1)" else "num", attrs, raw=True)
+
+
+def _finite(x: pd.Series, how: str) -> float:
+    a = x.to_numpy(dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return float("nan") if a.size == 0 else float(a.mean() if how == "mean" else a.max())
+
+
+def _leaderboards(board: pd.DataFrame | None, card: Mapping[str, pd.DataFrame] | None) -> str:
+    if board is None:
+        return _section("leaderboards", "Leaderboards", _p("leaderboard.csv not found."))
+    parts = [_p("Cells: mean over test images (rank) over its 95% BCa bootstrap CI. Rank 1 = best (tinted); a method "
+                "whose CI overlaps the leader's shares its rank. ↑ higher is better, ↓ lower is better. n/a: the "
+                "metric does not apply; error: the explainer failed (see status). Click a column header to sort "
+                "(numeric on the mean)."
+                + (" ⚠: the metric fails its reliability card (reasons below the table); ≈: not separable at this n "
+                   "from the explainer ranked just above." if card is not None else ""))]
+    marks = None
+    if card is not None and "reliability_power" in card:
+        power = card["reliability_power"]
+        marks = {"reliability": card["reliability"], "reliability_power": power.assign(
+            underpowered=power["underpowered"].map(_bool))}
+    b = board.assign(_stage=board["stage"].map(stage_key))
+    for (model, _, stage), sub in b.groupby(["model", "_stage", "stage"], sort=True):
+        metrics = sorted(sub["metric"].unique())
+        hib = sub.groupby("metric")["higher_is_better"].first()
+        fails, tied = lb._card_marks(marks, model, stage)  # the same marks as leaderboard.md
+        header = ["explainer"] + [
+            f'<span class="{"warn" if m in fails else "h"}">{_e(m)} {_arrow(bool(hib[m]))}'
+            + (' <span title="fails its reliability card">⚠</span>' if m in fails else "") + "</span>"
+            for m in metrics] + ["s/image", "peak MB", "status"]
+        rows, row_attrs = [], []
+        for explainer, e in sub.groupby("explainer", sort=True):
+            by_metric = e.set_index("metric")
+            cells = [_Cell(explainer, cls="name")]
+            for m in metrics:
+                cells.append(_score_cell(by_metric.loc[m], m, (m, explainer) in tied) if m in by_metric.index
+                             else _Cell("—", float("nan"), "na num", f'data-metric="{_e(m)}"'))
+            errors = sorted({s for s in e["status"] if s.startswith("error")})
+            cells += [_num(_finite(e["seconds_per_image"], "mean"), ".3g"), _num(_finite(e["peak_mem_mb"], "max"), ".1f"),
+                      _Cell("; ".join(errors) or "ok", cls="msg err" if errors else "msg")]
+            rows.append(cells)
+            row_attrs.append(f'data-explainer="{_e(explainer)}"')
+        parts.append(f"<h3>{_e(model)} · {_e(stage)}</h3>")
+        parts.append(_table(header, rows, attrs=f'data-board="1" data-model="{_e(model)}" data-stage="{_e(stage)}"',
+                            row_attrs=row_attrs, header_html=True))
+        ok = sub[sub["status"] == "ok"]
+        if len(ok):
+            ns = ok.groupby("metric")["n"].agg(lambda s: sorted({int(v) for v in s}))
+            parts.append(_p("n (finite values per metric): " + ", ".join(f"{m} {'/'.join(map(str, v))}"
+                                                                          for m, v in ns.items())))
+        parts += [f'<p class="warn">⚠ {_e(m)}: {_e(fails[m])}</p>' for m in metrics if m in fails]
+    return _section("leaderboards", "Leaderboards", "\n".join(parts))
+
+
+# ----------------------------------------------------------------------------- pre / post
+
+
+def _prepost(run_dir: Path) -> str:
+    table = read_table(run_dir / "prepost.csv")
+    by_cell = read_table(run_dir / "prepost_by_cell.csv")
+    pm = run_dir / "prepost_models.json"
+    models = lb.read_prepost_models(pm) if pm.is_file() else {}
+    if table is None and not models:
+        return ""
+    parts = [_p("Paired over the test images scored (status ok, finite) in both stages; n = pairs. diff = post − pre "
+                "with a 95% BCa bootstrap CI of the paired differences; p: two-sided Wilcoxon signed-rank test; Holm "
+                "p: Holm step-down adjustment over the model's table.")]
+    table = table if table is not None else pd.DataFrame(columns=lb.PREPOST_COLUMNS)
+    by_cell = by_cell if by_cell is not None else pd.DataFrame(columns=lb.PREPOST_BY_CELL_COLUMNS)
+    if "post_stage" in table.columns:  # tuning variants: one block per (model, post stage), as in prepost.md
+        table = table.assign(model=table["model"] + " · " + table["post_stage"]).drop(columns="post_stage")
+    if "post_stage" in by_cell.columns:
+        by_cell = by_cell.assign(model=by_cell["model"] + " · " + by_cell["post_stage"]).drop(columns="post_stage")
+    for model in sorted(set(table["model"]) | set(models)):
+        parts.append(f"<h3>{_e(model)}</h3>")
+        sub = table[table["model"] == model]
+        if len(sub):
+            parts.append(_frame_table(sub, drop=["model"]))
+        if model in models:
+            parts.append(_model_comparison(model, models[model]))
+        cells = by_cell[(by_cell["model"] == model) & (by_cell["status"] == "ok")]
+        if len(cells):
+            parts.append(_details(f"By cell of the pre model ({len(cells)} rows)", _frame_table(cells, drop=["model"])))
+    return _section("prepost", "Pre vs post", "\n".join(parts))
+
+
+def _model_comparison(model: str, comp: Any) -> str:
+    """The classifier's own pre/post comparison (prepost_models.json), as in prepost.md."""
+    if not isinstance(comp, Mapping):
+        raise BenchError(f"prepost_models.json: the entry {model!r} must be an object with delta/mcnemar/cell_moves; "
+                         f"re-run the benchmark to rewrite it")
+    a, b = model.split(" · ", 1)[1].split(" vs ") if " vs " in model else ("pre", "post")
+    pre, post, delta = (dict(comp.get(k) or {}) for k in ("test_pre", "test_post", "delta"))
+    keys = [k for k in lb._SCALARS if k in pre or k in post or k in delta]
+    keys += sorted((set(pre) | set(post) | set(delta)) - set(keys))
+    parts = [f"<h4>Classifier: {_e(a)} vs {_e(b)} (test split)</h4>"]
+    if keys:
+        parts.append(_table(["metric", a, b, f"delta ({b} − {a})"],
+                            [[_Cell(k), _num(pre.get(k)), _num(post.get(k)), _num(delta.get(k), "+.4g")]
+                             for k in keys]))
+    mc = comp.get("mcnemar")
+    if isinstance(mc, Mapping):
+        parts.append(_p(f"McNemar exact test: b ({a} right, {b} wrong) = {mc.get('a_right_b_wrong', 'n/a')}, "
+                        f"c ({a} wrong, {b} right) = {mc.get('a_wrong_b_right', 'n/a')}, "
+                        f"p = {fmt_number(mc.get('p_value'), '.3g')}."))
+    moves = comp.get("cell_moves")
+    if isinstance(moves, Mapping):
+        parts.append(_p(f"Cell moves (rows: cell under the {a} model, columns: under the {b} model):"))
+        parts.append(_table([f"{a} \\ {b}", *CELLS], [[_Cell(x)] + [_num((moves.get(x) or {}).get(y, 0), ".0f")
+                                                                     for y in CELLS] for x in CELLS]))
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------- card, stability
+
+
+CARD_DETAILS = {
+    "reliability_agreement": "Agreement between metrics: Kendall's tau between the explainer rankings of two metrics",
+    "reliability_controls": "Control separation: paired goodness difference explainer − control, 95% BCa CI, "
+                            "Wilcoxon p, Holm over the (model, stage) card",
+    "reliability_meta": "Noise resilience and adversary reactivity (MetaQuantus, Hedström et al. 2023)",
+    "reliability_power": "Power: adjacent explainers in each metric's order; pairs tied at this n are not a result",
+    "reliability_substrates": "Substrate sensitivity: Kendall's tau between a metric's rankings under two substrates",
+}
+
+
+def _reliability(card: Mapping[str, pd.DataFrame] | None) -> str:
+    if card is None:
+        return ""
+    parts = [_p("Can each metric be trusted on this run? beat random: real explainers whose paired goodness beats "
+                "`random` significantly (of all real ones); alpha: Krippendorff's alpha of the per-image rankings "
+                "(0 = chance, 1 = every image ranks alike); split half: Spearman-Brown corrected reliability of the "
+                "ranking; MDE: the smallest paired difference detectable at this n. Details in reliability.md.")]
+    main = card["reliability"]
+    # as in reliability.md: "k of N" real explainers beat random; the verdict right after the metric
+    beat = pd.to_numeric(main["beat_random"], errors="coerce")
+    main = main.assign(beat_random=["n/a" if not b >= 0 else f"{int(b)} of {n}"
+                                    for b, n in zip(beat, main["real_explainers"])],
+                       _s=main["stage"].map(stage_key))
+    first = ["model", "stage", "metric", "higher_is_better", "verdict"]
+    main = main[[c for c in first if c in main] + [c for c in main.columns if c not in first]]
+    for (model, _, stage), sub in main.groupby(["model", "_s", "stage"], sort=True):
+        parts += [f"<h3>{_e(model)} · {_e(stage)}</h3>",
+                  _frame_table(sub, drop=["model", "stage", "_s", "real_explainers"])]
+    for name in sorted(card):
+        if name != "reliability" and len(card[name]):
+            parts.append(_details(f"{CARD_DETAILS.get(name, name)} ({len(card[name])} rows)", _frame_table(card[name])))
+    return _section("reliability", "Reliability card", "\n".join(parts))
+
+
+STABILITY = (  # (table, what it says, folded)
+    ("stability", "Do the rankings survive retraining? Kendall's W of the explainer rankings across training seeds, "
+                  "95% bootstrap CI over images; P(top stays) under the hierarchical bootstrap.", False),
+    ("leaderboard_pooled", "Pooled leaderboard: mean of the seeds' means with a 95% hierarchical bootstrap CI", True),
+    ("variants", "Tuning policies against each other: paired differences b − a, 95% BCa CI, Wilcoxon p, Holm.", False),
+    ("similarity_tests", "Did tuning change what the model looks at, beyond noise? Pre-vs-post map similarity against "
+                         "retraining and explainer noise: diff = tuning − reference.", False),
+    ("similarity_summary", "Map similarity (Spearman; top-15% overlap) per comparison, overall, by cell and by cell "
+                           "move, 95% BCa CIs", True),
+)
+
+
+def _stability(run_dir: Path) -> str:
+    parts = []
+    for name, what, folded in STABILITY:
+        t = read_table(run_dir / f"{name}.csv")
+        if t is None:
+            continue
+        body = _frame_table(t)
+        parts.append(_details(f"{what} ({len(t)} rows)", body) if folded else _p(what) + "\n" + body)
+    return _section("stability", "Stability", "\n".join(parts)) if parts else ""
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk; None when ``data`` is not a PNG."""
+    if len(data) < 24 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+def _figure_names(board: pd.DataFrame | None) -> dict[str, str]:
+    """File-name slug -> readable "model · stage" / "model · explainer" (plots.py names the files with _slug)."""
+    names: dict[str, str] = {}
+    if board is not None:
+        for model, group in board.groupby("model", sort=True):
+            names[_slug(model)] = model
+            for other in sorted(set(group["stage"]) | set(group["explainer"])):
+                names[_slug(model, other)] = f"{model} · {other}"
+    return names
+
+
+def _figures(run_dir: Path, board: pd.DataFrame | None) -> str:
+    """Every ``figures/*.png`` in file-name order, embedded as a data: URI, under a heading per kind."""
+    files = sorted((run_dir / "figures").glob("*.png"))
+    if not files:
+        return ""
+    names = _figure_names(board)
+    parts: list[str] = []
+    group: list[str] = []
+    current = None
+    for f in files:
+        kind, _, rest = f.stem.partition("_")
+        kind = kind if kind in FIGURE_KINDS else "other"
+        if kind != current:
+            parts += _figure_group(group)
+            heading, what = FIGURE_KINDS.get(kind, ("Other figures", ""))
+            parts.append(f"<h3>{_e(heading)}</h3>" + (_p(what) if what else ""))
+            group, current = [], kind
+        data = f.read_bytes()
+        size = _png_size(data)
+        if size is None:
+            parts.append(_p(f"figures/{f.name} is not a PNG file; left out (`python -m bench report` redraws it)."))
+            continue
+        name = names.get(rest, rest) if kind in FIGURE_KINDS else f.stem
+        alt = f"{FIGURE_KINDS[kind][0]}: {name}" if kind in FIGURE_KINDS else name
+        uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        group.append(f'<figure id="fig-{_e(f.stem)}" style="width:{size[0] + 14}px">'
+                     f'<img src="{uri}" width="{size[0]}" height="{size[1]}" alt="{_e(alt)}" data-file="{_e(f.name)}">'
+                     f'<figcaption>{_e(name)} <span class="file">(figures/{_e(f.name)})</span></figcaption></figure>')
+    parts += _figure_group(group)
+    return _section("figures", "Figures", "\n".join(parts))
+
+
+def _figure_group(figures: list[str]) -> list[str]:
+    return ['<div class="figs">\n' + "\n".join(figures) + "\n</div>"] if figures else []
+
+
+# ----------------------------------------------------------------------------- page
+
+
+CSS = """
+:root{--ink:#1b1f24;--muted:#5c6670;--line:#d5dae0;--head:#f1f4f7;--blue:#0072B2;--sky:#e3f1fb;
+--orange:#E69F00;--orangetint:#fbe8c0;--verm:#D55E00;--green:#009E73}
+*{box-sizing:border-box}
+body{margin:0;color:var(--ink);background:#fff;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,
+"DejaVu Sans",sans-serif}
+header{background:#0b3c5d;color:#fff;padding:14px 20px}
+header h1{margin:0;font-size:20px;font-weight:600}
+header nav{margin-top:6px;font-size:13px}
+header nav a{color:#cfe8f7;margin-right:14px;text-decoration:none}
+header nav a:hover{text-decoration:underline}
+main{max-width:1280px;margin:0 auto;padding:8px 20px 48px}
+h2{font-size:18px;border-bottom:2px solid var(--blue);padding-bottom:4px;margin-top:32px}
+h3{font-size:15px;margin:22px 0 6px}
+h4{font-size:14px;margin:14px 0 6px}
+p.note{color:var(--muted);margin:6px 0;max-width:110ch}
+p.banner{background:var(--orangetint);border-left:4px solid var(--orange);padding:8px 12px}
+p.warn{background:var(--orangetint);padding:4px 8px;margin:4px 0;max-width:110ch}
+code{font-family:ui-monospace,"DejaVu Sans Mono",Menlo,monospace;font-size:12px;overflow-wrap:anywhere}
+dl.kv{display:grid;grid-template-columns:max-content 1fr;gap:3px 16px;margin:8px 0}
+dl.kv dt{font-weight:600;color:var(--muted)}
+dl.kv dd{margin:0;min-width:0;overflow-wrap:anywhere}
+.okbadge{color:#fff;background:var(--green);padding:0 6px;border-radius:3px}
+.warnbadge{background:var(--orange);color:#000;padding:0 6px;border-radius:3px}
+.scroll{overflow-x:auto;width:fit-content;max-width:100%;border:1px solid var(--line);border-radius:4px;margin:6px 0 12px}
+table{border-collapse:collapse;font-variant-numeric:tabular-nums}
+th,td{padding:4px 8px;border-bottom:1px solid var(--line);text-align:left;white-space:nowrap;vertical-align:top}
+tbody tr:last-child td{border-bottom:0}
+tbody tr:hover td{background:#f7f9fb}
+th{background:var(--head);cursor:pointer;user-select:none;font-weight:600}
+th:focus{outline:2px solid var(--blue);outline-offset:-2px}
+th[aria-sort=ascending]::after{content:" \\25B2";color:var(--blue)}
+th[aria-sort=descending]::after{content:" \\25BC";color:var(--blue)}
+th .warn{background:var(--orangetint);padding:0 4px;border-radius:3px}
+td.msg{white-space:normal;min-width:12em;max-width:40em;overflow-wrap:anywhere}
+td.num{text-align:right}
+td .ci{font-size:11px;color:var(--muted);font-weight:400}
+td.r1,tbody tr:hover td.r1{background:var(--sky);font-weight:600}
+td.err{color:var(--verm)}
+td.na{color:var(--muted)}
+td.name{font-weight:600}
+details{margin:6px 0 12px}
+summary{cursor:pointer;color:var(--blue)}
+.figs{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
+figure{margin:0;padding:6px;border:1px solid var(--line);border-radius:4px;max-width:100%;flex:0 1 auto}
+figure img{display:block;width:100%;height:auto}
+figcaption{color:var(--muted);margin-top:6px}
+figcaption .file{font-size:12px}
+"""
+
+JS = """
+(function () {
+  "use strict";
+  function key(td) {
+    if (!td) { return [2, ""]; }
+    var v = td.getAttribute("data-v");
+    if (v !== null) { var x = parseFloat(v); return isNaN(x) ? [1, 0] : [0, x]; }
+    return [0, td.textContent.trim()];
+  }
+  function sortBy(table, th, col) {
+    var asc = th.getAttribute("aria-sort") !== "ascending";
+    Array.prototype.forEach.call(th.parentNode.cells, function (h) { h.removeAttribute("aria-sort"); });
+    th.setAttribute("aria-sort", asc ? "ascending" : "descending");
+    var body = table.tBodies[0];
+    var rows = Array.prototype.map.call(body.rows, function (r, i) { return [key(r.cells[col]), i, r]; });
+    rows.sort(function (a, b) {
+      if (a[0][0] !== b[0][0]) { return a[0][0] - b[0][0]; }  /* missing values last, either way */
+      var x = a[0][1], y = b[0][1], c;
+      if (typeof x === "number" && typeof y === "number") { c = x - y; }
+      else { c = String(x).localeCompare(String(y), undefined, {numeric: true}); }
+      return (asc ? c : -c) || a[1] - b[1];
+    });
+    rows.forEach(function (r) { body.appendChild(r[2]); });
+  }
+  Array.prototype.forEach.call(document.querySelectorAll("table.sortable"), function (table) {
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, col) {
+      th.tabIndex = 0;
+      th.title = "click to sort";
+      var go = function () { sortBy(table, th, col); };
+      th.addEventListener("click", go);
+      th.addEventListener("keydown", function (e) {
+        if (e.key === "Enter" || e.key === " ") { e.preventDefault(); go(); }
+      });
+    });
+  });
+}());
+"""
+
+# nothing else loads: no fetch, no external image, style, script or font (inline ones and data: images only)
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+TITLES = {"provenance": "Provenance", "leaderboards": "Leaderboards", "prepost": "Pre vs post",
+          "reliability": "Reliability card", "stability": "Stability", "figures": "Figures"}
+
+
+def render_html_report(run_dir: str | Path) -> str:
+    """The text of ``report.html`` for the run folder ``run_dir`` (see the module docstring)."""
+    run_dir = Path(run_dir)
+    manifest = _read_manifest(run_dir)
+    board = _read_board(run_dir)
+    card = _read_card(run_dir)
+    name = _get(_get(manifest, "config"), "name") or run_dir.name
+    sections = {"provenance": _provenance(run_dir, manifest), "leaderboards": _leaderboards(board, card),
+                "prepost": _prepost(run_dir), "reliability": _reliability(card), "stability": _stability(run_dir),
+                "figures": _figures(run_dir, board)}
+    nav = "".join(f'<a href="#{a}">{TITLES[a]}</a>' for a, s in sections.items() if s)
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>pneumobench · {_e(name)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+            f"<header><h1>pneumobench report · {_e(name)}</h1><nav>{nav}</nav></header>\n<main>\n"
+            + "\n".join(s for s in sections.values() if s) + f"\n</main>\n<script>{JS}</script>\n</body>\n</html>\n")
+
+
+def write_html_report(run_dir: str | Path) -> Path:
+    """Write ``run_dir/report.html`` (atomically) from the files already in the run folder; returns its path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise BenchError(f"{run_dir} is not a folder; give the folder of a finished run (results/<run-name>)")
+    return atomic_write_text(run_dir / REPORT, render_html_report(run_dir))

@@ -1,0 +1,216 @@
+"""report.html: a tiny end-to-end run, its page checked by structure, rebuilt byte for byte, escaped,
+and opened in a real headless browser (Debian's chromium driven by playwright)."""
+from __future__ import annotations
+
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.report.html import write_html_report
+from bench.run import runner
+from bench.run.config import load_config
+from explainers import EXPLAINERS, register_explainer
+
+HOSTILE = '<script>alert("pwned")</script> & <img src=x onerror=alert(1)>'
+EXPLAINERS_HTML = ["random", "edge", "captum.saliency", "test.hostile"]
+METRICS_HTML = ["deletion_auc", "insertion_auc"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny finished run (the failing explainer's message is hostile HTML)."""
+    @register_explainer("test.hostile", library="test")
+    def hostile(model, inputs, targets, *, background):
+        """Always raises with a message full of markup."""
+        raise RuntimeError(HOSTILE)
+
+    tmp = tmp_path_factory.mktemp("html")
+    overrides = [f'results_dir="{tmp / "results"}"', f'checkpoint_dir="{tmp / "ck"}"', 'name="html"', 'device="cpu"',
+                 'data.dataset="synthetic"', "data.options.n=64", "data.per_cell=2", "data.background_size=4",
+                 'models.names=["tiny"]', "train.epochs=2", "train.batch_size=32", "tune.epochs=1",
+                 'tune.unfreeze=["fc"]', f"explain.names={json.dumps(EXPLAINERS_HTML)}",
+                 f"metrics.names={json.dumps(METRICS_HTML)}",
+                 'metrics.params={"deletion_auc" = {steps = 6}, "insertion_auc" = {steps = 6}}',
+                 "reliability.substrates=[]", "reliability.imputation=false", "reliability.bootstrap=50"]
+    try:
+        yield runner.run(load_config(None, overrides), progress=False)
+    finally:
+        EXPLAINERS.unregister("test.hostile")
+
+
+class _Page(HTMLParser):
+    """Leaderboard cells, images, every src/href, and the page's text."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.board: tuple[str, str] | None = None
+        self.explainer: str | None = None
+        self.metric: str | None = None
+        self.cells: dict[tuple[str, str, str, str], str] = {}
+        self.imgs: list[dict[str, str]] = []
+        self.refs: list[str] = []
+        self.scripts = 0
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.refs += [v for k, v in attrs if k in ("src", "href") and v is not None]
+        if tag == "table":
+            self.board = (a["data-model"], a["data-stage"]) if "data-board" in a else None
+        elif tag == "tr" and self.board:
+            self.explainer = a.get("data-explainer")
+        elif tag == "td" and self.board and "data-metric" in a:
+            self.metric = a["data-metric"]
+            self.cells[(*self.board, self.explainer, self.metric)] = ""
+        elif tag == "img":
+            self.imgs.append(a)
+        elif tag == "script":
+            self.scripts += 1
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self.metric = None
+        elif tag == "table":
+            self.board = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self.board and self.metric:
+            key = (*self.board, self.explainer, self.metric)
+            self.cells[key] += data
+
+
+def _parse(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def test_every_row_figure_and_provenance_is_in_the_page(run_dir):
+    page = _parse(run_dir / "report.html")
+    board = pd.read_csv(run_dir / "leaderboard.csv", keep_default_na=False)
+    assert len(board) == 2 * len(EXPLAINERS_HTML) * len(METRICS_HTML)
+    for r in board.itertuples(index=False):
+        cell = page.cells[(r.model, r.stage, r.explainer, r.metric)]
+        if r.status == "ok":
+            assert cell.startswith(f"{float(r.mean):.4g}") and f"({r.rank})" in cell, (r, cell)
+        else:
+            assert cell == ("n/a" if r.status == "n/a" else "error"), (r, cell)
+    assert len(page.cells) == len(board)
+    # every figure, embedded, in file-name order
+    pngs = sorted((run_dir / "figures").glob("*.png"))
+    assert len(pngs) >= 4
+    assert [i["data-file"] for i in page.imgs] == [p.name for p in pngs]
+    import base64
+    for img, png in zip(page.imgs, pngs):
+        assert img["src"] == "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+    # nothing outside the page: only data: images and in-page anchors
+    assert page.refs and all(r.startswith(("data:image/png;base64,", "#")) for r in page.refs), page.refs
+    assert "http://" not in "".join(page.refs) and "https://" not in "".join(page.refs)
+    # provenance from the manifest
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    text = " ".join(page.text)
+    for c in manifest["checkpoints"]:
+        assert c["sha256"] in text
+    data = manifest["data"]
+    assert f"{data['dataset']} · test split · n = {data['n']}" in text and data.get("md5", "n/a") in text
+    assert "has status" not in text  # no "run in progress" banner
+    # the other tables
+    for section in ("Pre vs post", "Reliability card", "Classifier: pre vs post"):
+        assert section in text
+
+
+def test_bench_report_rebuilds_the_page_byte_for_byte(run_dir):
+    """The page `bench run` wrote (after its final manifest) is the page `bench report` rebuilds."""
+    path = run_dir / "report.html"
+    before = path.read_bytes()
+    assert b"has not finished" not in before and b"wall time" in before
+    path.unlink()
+    assert main(["report", str(run_dir)]) == 0
+    assert path.read_bytes() == before
+    assert write_html_report(run_dir).read_bytes() == before
+
+
+def test_strings_from_files_are_escaped(run_dir):
+    raw = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert "test.hostile" in raw and HOSTILE not in raw
+    assert "&lt;script&gt;alert(&quot;pwned&quot;)&lt;/script&gt; &amp; &lt;img src=x onerror=alert(1)&gt;" in raw
+    page = _parse(run_dir / "report.html")
+    assert page.scripts == 1                       # the sorter, nothing injected
+    assert all(i.get("data-file") for i in page.imgs)  # no <img> but the figures
+    assert HOSTILE in " ".join(page.text)          # shown as text
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if path := shutil.which(name):
+            return path
+    pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium)")
+
+
+PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published" / "quick"
+
+
+@pytest.mark.slow  # a real browser: ~5 s
+def test_page_in_a_headless_browser(run_dir, tmp_path):
+    _check_in_browser(run_dir, tmp_path)
+
+
+@pytest.mark.slow
+def test_published_quick_run_page_in_a_headless_browser(tmp_path):
+    """The committed report.html of the published quick run (README, "A published run")."""
+    if not (PUBLISHED / "report.html").is_file():
+        pytest.skip(f"{PUBLISHED / 'report.html'} not present")
+    _check_in_browser(PUBLISHED, tmp_path)
+
+
+def _check_in_browser(run_dir: Path, tmp_path: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+    chromium = _chromium()
+    board = pd.read_csv(run_dir / "leaderboard.csv", keep_default_na=False)
+    n_figures = len(list((run_dir / "figures").glob("*.png")))
+    errors, outside = [], []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
+            page.goto((run_dir / "report.html").resolve().as_uri())
+            page.wait_for_load_state("load")
+            # the leaderboards render one row per explainer
+            rows = page.evaluate("""() => Array.from(document.querySelectorAll('table[data-board]')).map(
+                t => [t.dataset.model, t.dataset.stage, t.tBodies[0].rows.length])""")
+            expected = board.groupby(["model", "stage"])["explainer"].nunique()
+            assert sorted(map(tuple, rows)) == sorted((m, s, n) for (m, s), n in expected.items())
+            assert page.evaluate("document.querySelectorAll('table').length") > len(rows)
+            # every image loaded
+            assert page.evaluate("document.images.length") == n_figures
+            assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+            # wide tables scroll inside their box, not the page
+            assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+            # a click on a metric's header sorts the table on the mean (missing values last), a second click reverses
+            table = page.locator("table[data-board]").first
+            column = "Array.from(t.tBodies[0].rows).map(r => r.cells[1].getAttribute('data-v'))"
+            table.locator("th").nth(1).click()
+            up = table.evaluate(f"t => {column}")
+            table.locator("th").nth(1).click()
+            down = table.evaluate(f"t => {column}")
+            values = [float(v) for v in up if v]
+            assert len(values) >= 2 and values == sorted(values) and all(v for v in up[:len(values)])
+            assert [float(v) for v in down if v] == sorted(values, reverse=True)
+            assert table.locator("th").nth(1).get_attribute("aria-sort") == "descending"
+            shot = tmp_path / "report.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert not errors, errors
+    assert not outside, outside
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(shot.read_bytes()[16:20], "big") == 1280
