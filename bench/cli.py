@@ -209,9 +209,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def _print_result(out: Path, side: dict) -> None:
     t = side["test"]
+    # binary data: sensitivity and specificity; K > 2 classes: the recall of each class
+    rates = (f"sensitivity {t['sensitivity']:.4f}, specificity {t['specificity']:.4f}" if "sensitivity" in t else
+             "recall by class " + " ".join("n/a" if r is None else f"{r:.3f}" for r in t.get("recall", [])))
     print(f"wrote {out} (+ {out.name}.json): best epoch {side['best_epoch']} on val; test ACC {t['acc']:.4f}, "
-          f"AUC {t['auc']:.4f}, sensitivity {t['sensitivity']:.4f}, specificity {t['specificity']:.4f}; "
-          f"{side['train_seconds']:.0f} s")
+          f"AUC {t['auc']:.4f}, {rates}; {side['train_seconds']:.0f} s")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -227,7 +229,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"device={json.dumps(args.device)}")
     run_dir = run(load_config(args.config, overrides), progress=not args.no_progress, executor=args.executor,
                   ray_address=args.ray_address)
-    print(f"results in {run_dir}: leaderboard.md, prepost.md, scores.csv, figures/, manifest.json")
+    print(f"results in {run_dir}: report.html (all on one page), leaderboard.md, prepost.md, reliability.md, "
+          f"scores.csv, figures/, manifest.json")
     return 0
 
 

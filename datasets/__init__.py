@@ -1,4 +1,5 @@
-"""Dataset loaders: PneumoniaMNIST (via medmnist) and a synthetic ground-truth generator.
+"""Dataset loaders: PneumoniaMNIST and the other single-label 2D MedMNIST data sets (via medmnist),
+and a synthetic ground-truth generator.
 
 A new data set is one module here (imported below) or a plug-in package registering through the
 ``bench.datasets`` entry-point group; its loader's keyword options are its config options.
@@ -9,3 +10,4 @@ Face ``datasets`` if both are installed in one environment; use a dedicated virt
 from datasets.base import (DATASETS, SPLITS, ImageSplit, check_splits, dataset_options, load_split,  # noqa: F401
                            register_dataset)
 from datasets import pneumoniamnist as _pneumoniamnist, synthetic as _synthetic  # noqa: F401  (registration)
+from datasets import medmnist2d as _medmnist2d  # noqa: F401  (registration)

@@ -6,6 +6,11 @@ download. The file is found, in this order (explicit arguments beat environment 
 ``data_file``; ``<data_root>/<name>``; env ``BENCH_DATA_FILE``; ``<BENCH_DATA_ROOT>/<name>``;
 ``<medmnist's default root>/<name>`` (``~/.medmnist``), where ``<name>`` is
 ``pneumoniamnist.npz`` (size 28) or ``pneumoniamnist_{size}.npz``.
+
+The machinery here is generic in the medmnist flag (:func:`load_medmnist`): ``datasets.medmnist2d``
+registers the other single-label 2D MedMNIST datasets through it, with the same resolution order
+except that env ``BENCH_DATA_FILE`` names the PneumoniaMNIST file only (a file of one data set
+must never be read silently as another).
 """
 from __future__ import annotations
 
@@ -34,9 +39,9 @@ _ROOT_ORIGINS = ("data_root", ENV_ROOT, "medmnist default root")  # only these m
 _FIX_SOURCE = f"pass --data-file / set {ENV_FILE} to a valid file"
 
 
-def file_name(size: int) -> str:
+def file_name(size: int, flag: str = FLAG) -> str:
     """medmnist's file name: ``pneumoniamnist.npz`` for 28, ``pneumoniamnist_{size}.npz`` otherwise."""
-    return f"{FLAG}{_size_flag(size)}.npz"
+    return f"{flag}{_size_flag(size)}.npz"
 
 
 def default_data_root() -> Path:
@@ -47,15 +52,26 @@ def default_data_root() -> Path:
     return Path(DEFAULT_ROOT) if DEFAULT_ROOT else Path.home() / ".medmnist"
 
 
-def official_md5(size: int) -> str:
+def official_md5(size: int, flag: str = FLAG) -> str:
     """The MD5 of the official file of this size, from ``medmnist.INFO`` (``MD5``, ``MD5_64``, ...)."""
-    return _info()[f"MD5{_size_flag(size)}"]
+    return _info(flag)[f"MD5{_size_flag(size)}"]
 
 
 def resolve_data_file(size: int = 28, data_file: str | Path | None = None,
-                      data_root: str | Path | None = None) -> Path:
+                      data_root: str | Path | None = None, flag: str = FLAG) -> Path:
     """The path the loader would read (which may not exist yet); no loading, no download."""
-    return _resolve(_check_size(size), data_file, data_root)[0]
+    return _resolve(_check_size(size, flag), data_file, data_root, flag)[0]
+
+
+def num_channels(flag: str) -> int:
+    """Image channels of a MedMNIST flag (``INFO[flag]["n_channels"]``: 1 grayscale, 3 RGB)."""
+    return int(_info(flag)["n_channels"])
+
+
+def class_names(flag: str) -> tuple[str, ...]:
+    """Class names of a MedMNIST flag in label order (``INFO[flag]["label"]``)."""
+    labels = _info(flag)["label"]
+    return CLASS_NAMES if flag == FLAG else tuple(str(labels[str(k)]) for k in range(len(labels)))
 
 
 @register_dataset(FLAG, sizes=SIZES, in_channels=1, num_classes=2, has_masks=False, constraints={"size": SIZES})
@@ -67,27 +83,40 @@ def pneumoniamnist(split: str, *, size: int = 28, data_file: str | Path | None =
     no masks; ``info`` holds the source path, its MD5 and whether that MD5 is the official one.
     A file missing under a medmnist root is downloaded by medmnist when ``download`` is true.
     """
+    return load_medmnist(FLAG, split, size=size, data_file=data_file, data_root=data_root, download=download)
+
+
+def load_medmnist(flag: str, split: str, *, size: int = 28, data_file: str | Path | None = None,
+                  data_root: str | Path | None = None, download: bool = True) -> ImageSplit:
+    """One split of the single-label 2D MedMNIST data set ``flag`` (a key of ``medmnist.INFO``).
+
+    Returns images ``(N, C, size, size)`` float32 = uint8 / 255 with C = ``INFO[flag]["n_channels"]``
+    (a file's RGB ``(N, H, W, 3)`` becomes channels first), labels ``(N,)`` int64 in
+    ``{0, ..., K-1}`` with K = ``len(INFO[flag]["label"])``, no masks, and the provenance ``info``.
+    """
     if split not in SPLITS:
         raise BenchError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    size = _check_size(size)
-    path, origin = _resolve(size, data_file, data_root)
+    size = _check_size(size, flag)
+    path, origin = _resolve(size, data_file, data_root, flag)
     if not path.exists() and origin in _ROOT_ORIGINS and download:
-        _download(path, size, split)
-    key = _file_key(path, origin, size)
+        _download(path, size, split, flag)
+    key = _file_key(path, origin, size, flag)
     try:
-        arrays = _read_npz(*key, size)
+        arrays = _read_npz(*key, size, flag)
     except _BadFile as err:
-        raise _bad_file_error(err, path, origin, size) from err
+        raise _bad_file_error(err, path, origin, size, flag) from err
     md5 = _md5(*key)
     images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-    official = official_md5(size)
+    official = official_md5(size, flag)
+    tensor = torch.from_numpy(images)
+    tensor = tensor.unsqueeze(1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2).contiguous()
     return ImageSplit(
-        images=torch.from_numpy(images).unsqueeze(1).float().div_(255.0),
+        images=tensor.float().div_(255.0),
         labels=torch.from_numpy(labels.astype(np.int64)),
-        name=FLAG,
+        name=flag,
         split=split,
         masks=None,
-        class_names=CLASS_NAMES,
+        class_names=class_names(flag),
         info={
             "source": os.path.abspath(path),
             "source_from": origin,
@@ -104,42 +133,47 @@ def _size_flag(size: int) -> str:
     return "" if size == 28 else f"_{size}"
 
 
-def _info() -> dict[str, Any]:
+def _info(flag: str = FLAG) -> dict[str, Any]:
     from medmnist.info import INFO
 
-    return INFO[FLAG]
+    return INFO[flag]
 
 
-def _check_size(size: Any) -> int:
+def _check_size(size: Any, flag: str = FLAG) -> int:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or int(size) not in SIZES:
-        raise BenchError(f"{FLAG} size must be one of {', '.join(map(str, SIZES))}, got {size!r}")
+        raise BenchError(f"{flag} size must be one of {', '.join(map(str, SIZES))}, got {size!r}")
     return int(size)
 
 
-def _resolve(size: int, data_file: str | Path | None, data_root: str | Path | None) -> tuple[Path, str]:
+def _resolve(size: int, data_file: str | Path | None, data_root: str | Path | None,
+             flag: str = FLAG) -> tuple[Path, str]:
     """(path, where it came from) following the documented order."""
     # explicit arguments (command-line flags) beat environment variables, which beat the default
     if data_file is not None and str(data_file) != "":
         return Path(data_file).expanduser(), "data_file"
     if data_root is not None and str(data_root) != "":
-        return Path(data_root).expanduser() / file_name(size), "data_root"
-    if os.environ.get(ENV_FILE):
+        return Path(data_root).expanduser() / file_name(size, flag), "data_root"
+    if flag == FLAG and os.environ.get(ENV_FILE):  # the variable names PneumoniaMNIST's file only
         return Path(os.environ[ENV_FILE]).expanduser(), ENV_FILE
     if os.environ.get(ENV_ROOT):
         root, origin = Path(os.environ[ENV_ROOT]).expanduser(), ENV_ROOT
     else:
         root, origin = default_data_root(), "medmnist default root"
-    return root / file_name(size), origin
+    return root / file_name(size, flag), origin
 
 
-def _missing_fix(path: Path, size: int) -> str:
-    info = _info()
-    flag = _size_flag(size)
-    return (f"put {path.name} (from {info['url' + flag]}, MD5 {info['MD5' + flag]}) in {path.parent} "
-            f"or {_FIX_SOURCE}")
+def _fix_source(flag: str) -> str:
+    return _FIX_SOURCE if flag == FLAG else "pass --data-file to a valid file"
 
 
-def _download(path: Path, size: int, split: str) -> None:
+def _missing_fix(path: Path, size: int, flag: str = FLAG) -> str:
+    info = _info(flag)
+    suffix = _size_flag(size)
+    return (f"put {path.name} (from {info['url' + suffix]}, MD5 {info['MD5' + suffix]}) in {path.parent} "
+            f"or {_fix_source(flag)}")
+
+
+def _download(path: Path, size: int, split: str, flag: str = FLAG) -> None:
     """Download with medmnist into a temporary directory beside ``path``, then rename it into place,
     so an interrupted download never leaves a truncated file under the expected name."""
     try:
@@ -147,23 +181,24 @@ def _download(path: Path, size: int, split: str) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".download", dir=path.parent))
     except OSError as exc:
         raise BenchError(f"{path} not found and cannot create {path.parent} for the download "
-                         f"({exc.strerror or exc}); {_missing_fix(path, size)}") from exc
+                         f"({exc.strerror or exc}); {_missing_fix(path, size, flag)}") from exc
     try:
         import medmnist
 
-        medmnist.PneumoniaMNIST(split=split, size=size, root=str(tmp), download=True, mmap_mode="r")
+        dataset_class = getattr(medmnist, _info(flag)["python_class"])  # medmnist.PneumoniaMNIST, ...
+        dataset_class(split=split, size=size, root=str(tmp), download=True, mmap_mode="r")
         os.replace(tmp / path.name, path)
     except Exception as exc:
         # medmnist wraps every failure in a multi-line RuntimeError; report the root cause
         cause = exc.__context__ or exc.__cause__ or exc
         reason = one_line(f"{type(cause).__name__}: {cause}", 200)
         raise BenchError(f"{path} not found and the automatic download failed ({reason}); "
-                         f"{_missing_fix(path, size)}") from exc
+                         f"{_missing_fix(path, size, flag)}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _file_key(path: Path, origin: str, size: int) -> tuple[str, int, int, int]:
+def _file_key(path: Path, origin: str, size: int, flag: str = FLAG) -> tuple[str, int, int, int]:
     """(resolved path, mtime_ns, bytes, inode): a cache key that changes when the file is replaced."""
     try:
         st = path.stat()
@@ -171,13 +206,13 @@ def _file_key(path: Path, origin: str, size: int) -> tuple[str, int, int, int]:
         where = f" ({origin})" if origin in (ENV_FILE, ENV_ROOT) else ""
         if origin in _ROOT_ORIGINS:
             raise BenchError(f"{path}{where} not found and download is disabled; allow the download or "
-                             f"{_missing_fix(path, size)}") from None
-        raise BenchError(f"data file {path}{where} not found; fix the path or {_FIX_SOURCE}") from None
+                             f"{_missing_fix(path, size, flag)}") from None
+        raise BenchError(f"data file {path}{where} not found; fix the path or {_fix_source(flag)}") from None
     except OSError as exc:
         raise BenchError(f"cannot read {path}: {exc.strerror or exc}; fix its permissions or "
-                         f"{_FIX_SOURCE}") from exc
+                         f"{_fix_source(flag)}") from exc
     if not path.is_file():
-        raise BenchError(f"{path} is not a file; {_FIX_SOURCE}")
+        raise BenchError(f"{path} is not a file; {_fix_source(flag)}")
     return str(path.resolve()), st.st_mtime_ns, st.st_size, st.st_ino
 
 
@@ -194,26 +229,27 @@ class _BadFile(Exception):
         self.problem, self.fix = problem, fix
 
 
-def _bad_file_error(err: _BadFile, path: Path, origin: str, size: int) -> BenchError:
+def _bad_file_error(err: _BadFile, path: Path, origin: str, size: int, flag: str = FLAG) -> BenchError:
     if err.fix:
         fix = err.fix
     elif origin in _ROOT_ORIGINS:
-        fix = f"delete it and load again with download enabled, or {_missing_fix(path, size)}"
+        fix = f"delete it and load again with download enabled, or {_missing_fix(path, size, flag)}"
     else:
-        fix = f"replace it with a valid copy of the official {file_name(size)} or {_FIX_SOURCE}"
+        fix = f"replace it with a valid copy of the official {file_name(size, flag)} or {_fix_source(flag)}"
     where = f" ({origin})" if origin in (ENV_FILE, ENV_ROOT) else ""
     return BenchError(f"{path}{where}: {err.problem}; {fix}")
 
 
 @functools.lru_cache(maxsize=2)
-def _read_npz(path: str, mtime_ns: int, nbytes: int, ino: int, size: int) -> dict[str, np.ndarray]:
-    """All six arrays of a MedMNIST file, validated; the file is read once per (file, size)."""
+def _read_npz(path: str, mtime_ns: int, nbytes: int, ino: int, size: int, flag: str = FLAG) -> dict[str, np.ndarray]:
+    """All six arrays of a MedMNIST file of ``flag``, validated against its channels and classes;
+    the file is read once per (file, size, flag)."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(6)
     except OSError as exc:
         raise _BadFile(f"cannot read the file ({exc.strerror or exc})",
-                       fix=f"fix its permissions or {_FIX_SOURCE}") from exc
+                       fix=f"fix its permissions or {_fix_source(flag)}") from exc
     if head.startswith(b"\x93NUMPY"):
         raise _BadFile("holds a single .npy array, not an .npz archive of six arrays")
     if not head.startswith(b"PK"):
@@ -236,15 +272,19 @@ def _read_npz(path: str, mtime_ns: int, nbytes: int, ino: int, size: int) -> dic
             except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
                 raise _BadFile(f"cannot read array {k!r}, the archive is truncated or corrupt "
                                f"({type(exc).__name__}: {exc})") from exc
+    rgb, k = num_channels(flag) == 3, len(_info(flag)["label"])
+    allowed = "{0, 1}" if k == 2 else f"{{0, ..., {k - 1}}}"
     for s in SPLITS:
         images, labels = arrays[f"{s}_images"], arrays[f"{s}_labels"]
         if images.dtype != np.uint8:
             raise _BadFile(f"{s}_images has dtype {images.dtype}, expected uint8")
-        if images.ndim != 3:
+        if rgb and (images.ndim != 4 or images.shape[3] != 3):
+            raise _BadFile(f"{s}_images has shape {images.shape}, expected RGB (N, {size}, {size}, 3) for {flag}")
+        if not rgb and images.ndim != 3:
             raise _BadFile(f"{s}_images has shape {images.shape}, expected grayscale (N, {size}, {size})")
-        if images.shape[1:] != (size, size):
+        if images.shape[1:3] != (size, size):
             raise _BadFile(f"{s}_images are {images.shape[1]}x{images.shape[2]} but size={size} was requested",
-                           fix=f"request the file's size or point to a {file_name(size)} file")
+                           fix=f"request the file's size or point to a {file_name(size, flag)} file")
         if labels.ndim == 2 and labels.shape[1] == 1:
             labels = labels[:, 0]
         if labels.ndim != 1:
@@ -253,8 +293,11 @@ def _read_npz(path: str, mtime_ns: int, nbytes: int, ino: int, size: int) -> dic
             raise _BadFile(f"{s}_labels has dtype {labels.dtype}, expected integers")
         if labels.shape[0] != images.shape[0]:
             raise _BadFile(f"{s}_images has {images.shape[0]} samples but {s}_labels has {labels.shape[0]}")
-        bad = np.setdiff1d(np.unique(labels), [0, 1])
+        bad = np.setdiff1d(np.unique(labels), np.arange(k))
         if bad.size:
-            raise _BadFile(f"{s}_labels has values {bad[:5].tolist()} outside {{0, 1}}")
+            raise _BadFile(f"{s}_labels has values {bad[:5].tolist()} outside {allowed}"
+                           + ("" if flag == FLAG else f" ({flag} has {k} classes)"),
+                           fix=None if flag == FLAG else f"use a {flag} file (labels 0..{k - 1}) or the dataset "
+                           f"this file belongs to")
         arrays[f"{s}_labels"] = labels
     return arrays

@@ -8,7 +8,8 @@ A checkpoint is a plain dict loadable with ``torch.load(path, weights_only=True)
 
 Beside it, ``<checkpoint>.json`` (the sidecar) records the config, the data MD5, the epoch chosen
 on the validation split, val and test metrics (ACC, AUC, sensitivity, specificity, confusion
-matrix), the training time and, for a tuned checkpoint, the comparison with its parent.
+matrix; for K > 2 classes ACC, macro one-vs-rest AUC, per-class recall, confusion matrix), the
+training time and, for a tuned checkpoint, the comparison with its parent.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from bench.core.device import resolve_device
 from bench.core.errors import BenchError, one_line
 from bench.core.io import atomic_torch_save, atomic_write_json, file_sha256
 from bench.core.machine import machine_info
-from bench.core.schema import CELLS, confusion_cells
+from bench.core.schema import cell_names, confusion_cells
 from datasets.base import ImageSplit
 from models.registry import MODELS, build_model
 
@@ -150,15 +151,39 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(u / (len(pos) * len(neg)))
 
 
+def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Macro one-vs-rest AUC of a K-class task: the mean over classes k of
+    :func:`roc_auc` (class k vs the rest, scored by ``probs[:, k]``), over the classes that occur
+    and do not make up every label (MedMNIST's multi-class AUC; sklearn's ``multi_class="ovr"``,
+    ``average="macro"``). NaN when no class qualifies."""
+    labels = np.asarray(labels).astype(int)
+    aucs = [roc_auc(labels == k, probs[:, k]) for k in range(probs.shape[1]) if 0 < (labels == k).sum() < len(labels)]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
 def classification_metrics(labels: Tensor | np.ndarray, probs: Tensor | np.ndarray) -> dict[str, Any]:
     """ACC, AUC, sensitivity, specificity and the confusion matrix for a binary task.
 
     ``probs (N, 2)``; the prediction is the argmax (MedMNIST's 0.5 threshold). Positive = class 1.
     Confusion matrix rows are true labels, columns predictions: ``[[TN, FP], [FN, TP]]``.
+    ``probs (N, K)`` with K > 2: ACC, macro one-vs-rest AUC (:func:`macro_auc`), ``recall`` per
+    class (NaN, written as null, for a class without images) and the K x K confusion matrix.
     """
     labels = np.asarray(labels).astype(int)
     probs = np.asarray(probs, dtype=np.float64)
     preds = probs.argmax(1)
+    if probs.ndim == 2 and probs.shape[1] > 2:
+        k = probs.shape[1]
+        confusion = np.zeros((k, k), dtype=int)
+        np.add.at(confusion, (labels, preds), 1)
+        support = confusion.sum(1)
+        return {
+            "acc": float((preds == labels).mean()) if len(labels) else 0.0,
+            "auc": macro_auc(labels, probs),
+            "recall": [float(confusion[c, c] / support[c]) if support[c] else None for c in range(k)],
+            "confusion": confusion.tolist(),
+            "n": int(len(labels)),
+        }
     tp = int(((preds == 1) & (labels == 1)).sum())
     tn = int(((preds == 0) & (labels == 0)).sum())
     fp = int(((preds == 1) & (labels == 0)).sum())
@@ -218,7 +243,10 @@ def default_tuned_path(parent: str | Path, cfg: TuneConfig) -> Path:
     return parent.with_name(f"{parent.stem}-post-{key}.pt")
 
 
-def model_kwargs_for(split: ImageSplit, num_classes: int = 2) -> dict[str, int]:
+def model_kwargs_for(split: ImageSplit, num_classes: int | None = None) -> dict[str, int]:
+    """A registered model's keyword arguments for ``split``'s data: its channels, its number of
+    classes (``len(split.class_names)`` unless given) and its image size."""
+    num_classes = len(split.class_names) if num_classes is None else num_classes
     return {"in_channels": int(split.images.shape[1]), "num_classes": num_classes,
             "image_size": int(split.images.shape[-1])}
 
@@ -333,7 +361,7 @@ def _fit(model: nn.Module, cfg, train: ImageSplit, val: ImageSplit, device: torc
     """Shared epoch loop; returns the best state (chosen on val), the history and the best epoch."""
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    weights = _class_weights(train.labels, 2, cfg.class_weighting)
+    weights = _class_weights(train.labels, len(train.class_names), cfg.class_weighting)
     weights = None if weights is None else weights.to(device)
     opt = _make_optimizer(trainable, cfg)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -457,7 +485,8 @@ def tune_model(parent: str | Path, cfg: TuneConfig, train: ImageSplit, val: Imag
         raise BenchError(f"parent checkpoint {parent} was evaluated on {len(pre_preds)} test images, this data "
                          f"has {len(labels)}; tune on the data the parent was trained on")
     comparison = {"parent": {"checkpoint": str(parent), "sha256": info["sha256"]},
-                  **compare_classifiers(labels, parent_test, test_m, pre_preds, post_preds)}
+                  **compare_classifiers(labels, parent_test, test_m, pre_preds, post_preds,
+                                        num_classes=info["model_kwargs"]["num_classes"])}
     sidecar = {"config": {**asdict(cfg), "unfreeze": list(cfg.unfreeze)}, "data": _data_record(train, val, test),
                "best_epoch": best_epoch, "history": history, "val": _strip(val_m), "test": _strip(test_m),
                "test_preds": test_m["preds"], "train_seconds": round(seconds, 1), "device": str(dev),
@@ -467,11 +496,13 @@ def tune_model(parent: str | Path, cfg: TuneConfig, train: ImageSplit, val: Imag
 
 
 def compare_classifiers(labels: np.ndarray, test_a: dict[str, Any], test_b: dict[str, Any], preds_a: np.ndarray,
-                        preds_b: np.ndarray) -> dict[str, Any]:
+                        preds_b: np.ndarray, num_classes: int = 2) -> dict[str, Any]:
     """Two classifiers on the same test images: their metrics and deltas (b - a), McNemar's exact
-    test and how many images moved between confusion cells (``test_pre`` is a, ``test_post`` b)."""
-    moves: dict[str, dict[str, int]] = {a: {b: 0 for b in CELLS} for a in CELLS}
-    for a, b in zip(confusion_cells(labels, preds_a), confusion_cells(labels, preds_b)):
+    test and how many images moved between confusion cells (``test_pre`` is a, ``test_post`` b;
+    the cells of :func:`bench.core.schema.cell_names` for ``num_classes``)."""
+    cells = cell_names(num_classes)
+    moves: dict[str, dict[str, int]] = {a: {b: 0 for b in cells} for a in cells}
+    for a, b in zip(confusion_cells(labels, preds_a, num_classes), confusion_cells(labels, preds_b, num_classes)):
         moves[a][b] += 1
     scalar = ("acc", "auc", "sensitivity", "specificity", "loss")
     return {
@@ -480,7 +511,7 @@ def compare_classifiers(labels: np.ndarray, test_a: dict[str, Any], test_b: dict
         "delta": {k: test_b[k] - test_a[k] for k in scalar if k in test_a and k in test_b},
         "mcnemar": mcnemar_exact(labels, preds_a, preds_b),
         "cell_moves": moves,
-        "images_changed_cell": int(sum(moves[a][b] for a in CELLS for b in CELLS if a != b)),
+        "images_changed_cell": int(sum(moves[a][b] for a in cells for b in cells if a != b)),
     }
 
 
@@ -491,6 +522,6 @@ def frozen_state(model: nn.Module, unfreeze: tuple[str, ...]) -> dict[str, Tenso
 
 __all__ = [
     "Recipe", "TrainConfig", "TuneConfig", "train_model", "tune_model", "evaluate", "classification_metrics",
-    "mcnemar_exact", "load_checkpoint", "save_checkpoint", "read_sidecar", "roc_auc",
+    "mcnemar_exact", "macro_auc", "load_checkpoint", "save_checkpoint", "read_sidecar", "roc_auc",
     "predict_proba", "frozen_state",
 ]

@@ -13,7 +13,7 @@ from torch import nn
 from bench.core.errors import BenchError
 from bench.core.io import file_md5
 from datasets import DATASETS, SPLITS, ImageSplit, load_split
-from datasets import pneumoniamnist as pm
+from datasets import medmnist2d, pneumoniamnist as pm
 from datasets.synthetic import synthetic
 
 SHARED_MD5 = "57c53b2150674bf50e93e69b793c5728"
@@ -71,6 +71,12 @@ def _small_options(name: str, tmp_path: Path) -> dict:
         return {"data_file": write_npz(tmp_path / "small.npz"), "download": False}
     if name == "synthetic":
         return {"n": 24, "size": 20}
+    if name in medmnist2d.FLAGS:  # a file in that flag's format: its channels, its classes
+        meta, rng = DATASETS.get(name).meta, np.random.default_rng(0)
+        shape = (28, 28, 3) if meta["in_channels"] == 3 else (28, 28)
+        arrays = {f"{s}_images": rng.integers(0, 256, (k, *shape), dtype=np.uint8) for s, k in TMP_N.items()}
+        arrays |= {f"{s}_labels": (np.arange(k) % meta["num_classes"]).reshape(k, 1) for s, k in TMP_N.items()}
+        return {"data_file": write_npz(tmp_path / f"{name}.npz", **arrays), "download": False}
     raise AssertionError(f"add offline test options for the new dataset {name!r}")
 
 

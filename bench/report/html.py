@@ -30,7 +30,7 @@ import pandas as pd
 
 from bench.core.errors import BenchError, one_line
 from bench.core.io import atomic_write_text
-from bench.core.schema import CELLS, stage_key
+from bench.core.schema import move_cells, stage_key
 from bench.core.text import fmt_number
 from bench.report import leaderboard as lb
 from bench.report.plots import _slug
@@ -439,8 +439,9 @@ def _model_comparison(model: str, comp: Any) -> str:
     moves = comp.get("cell_moves")
     if isinstance(moves, Mapping):
         parts.append(_p(f"Cell moves (rows: cell under the {a} model, columns: under the {b} model):"))
-        parts.append(_table([f"{a} \\ {b}", *CELLS], [[_Cell(x)] + [_num((moves.get(x) or {}).get(y, 0), ".0f")
-                                                                     for y in CELLS] for x in CELLS]))
+        cells = move_cells(moves)
+        parts.append(_table([f"{a} \\ {b}", *cells], [[_Cell(x)] + [_num((moves.get(x) or {}).get(y, 0), ".0f")
+                                                                     for y in cells] for x in cells]))
     return "\n".join(parts)
 
 

@@ -34,7 +34,7 @@ import pandas as pd
 
 from bench.core.errors import BenchError, one_line
 from bench.core.io import atomic_write_text
-from bench.core.schema import CELLS, SCORE_COLUMNS, STAGES, is_stage, stage_key
+from bench.core.schema import CELLS, SCORE_COLUMNS, STAGES, is_cell, is_stage, move_cells, ordered_cells, stage_key
 from bench.core.text import fmt_number as _f, markdown_table
 from bench.report import stats
 
@@ -111,10 +111,12 @@ def check_scores(scores: pd.DataFrame, columns: Iterable[str] = SCORE_COLUMNS, *
     df["higher_is_better"] = df["higher_is_better"].map(_as_bool)
     for col, allowed in (("stage", None), ("status", STATUSES), ("cell", CELLS)):
         if col in df:
-            bad = ~df[col].map(is_stage) if allowed is None else ~df[col].isin(allowed)
+            bad = (~df[col].map(is_stage) if allowed is None else ~df[col].map(is_cell) if col == "cell"
+                   else ~df[col].isin(allowed))
             if bad.any():
                 row = df.index[bad][0]
-                expected = list(allowed) if allowed is not None else ["pre", "post", "post:<variant>"]
+                expected = (list(allowed) + ["c<k>_ok", "c<k>_wrong"] if col == "cell" else list(allowed)
+                            if allowed is not None else ["pre", "post", "post:<variant>"])
                 raise BenchError(f"{where(row)}: unknown {col} {df.loc[row, col]!r}; expected one of {expected}")
     dup = df.duplicated(KEY, keep=False)
     if dup.any():
@@ -257,7 +259,7 @@ def prepost_by_cell(scores: pd.DataFrame) -> pd.DataFrame:
     Columns :data:`PREPOST_BY_CELL_COLUMNS`. ``cell`` is the image's cell in the pre-stage rows
     (TP/FP/FN/TN of the pre model), so each image stays in one cell across explainers, metrics
     and stages. Holm family: all explainer x metric x cell rows of the model. Sorted by model,
-    metric, explainer, cell (TP, FP, FN, TN).
+    metric, explainer, cell (TP, FP, FN, TN; with K > 2 classes the cells present, c0_ok, c0_wrong, c1_ok, ...).
     """
     return _over_posts(scores, by_cell=True)
 
@@ -279,6 +281,7 @@ def _paired_table(scores: pd.DataFrame, *, by_cell: bool) -> pd.DataFrame:
     if by_cell:
         cell_of = _pre_cells(df)
         wide = wide.join(cell_of, on=["model", "image"])
+    cells = ordered_cells(cell_of) if by_cell else ()
     keys = sorted({k[:1] + k[2:] for k in status})  # (model, explainer, metric) seen in any stage
     direction = df.groupby("metric")["higher_is_better"].first().to_dict()
     rows = []
@@ -290,7 +293,7 @@ def _paired_table(scores: pd.DataFrame, *, by_cell: bool) -> pd.DataFrame:
             sub = wide.loc[(model, explainer, metric)]
         except KeyError:
             sub = wide.iloc[0:0]
-        parts = [(c, sub[sub["cell"] == c]) for c in CELLS] if by_cell else [(None, sub)]
+        parts = [(c, sub[sub["cell"] == c]) for c in cells] if by_cell else [(None, sub)]
         for cell, part in parts:
             row: dict[str, Any] = {"model": model, "explainer": explainer, "metric": metric, "higher_is_better": hib}
             if by_cell:
@@ -311,7 +314,7 @@ def _paired_table(scores: pd.DataFrame, *, by_cell: bool) -> pd.DataFrame:
     table["n_pairs"] = table["n_pairs"].astype(np.int64)
     order = ["model", "metric", "explainer"] + (["_cell"] if by_cell else [])
     if by_cell:
-        table = table.assign(_cell=table["cell"].map({c: i for i, c in enumerate(CELLS)}))
+        table = table.assign(_cell=table["cell"].map({c: i for i, c in enumerate(ordered_cells(table["cell"]))}))
     table = table.sort_values(order, kind="stable").reset_index(drop=True)
     return table.drop(columns=["_cell"], errors="ignore")
 
@@ -494,9 +497,10 @@ def _model_comparison_md(model: str, comp: Any) -> list[str]:
                   f"p = {_f(mc.get('p_value'), '.3g')}.", ""]
     moves = comp.get("cell_moves")
     if isinstance(moves, Mapping):
-        rows = [[x] + [str((moves.get(x) or {}).get(y, 0)) for y in CELLS] for x in CELLS]
+        cells = move_cells(moves)
+        rows = [[x] + [str((moves.get(x) or {}).get(y, 0)) for y in cells] for x in cells]
         lines += [f"Cell moves (rows: cell under the {a} model, columns: under the {b} model):", ""]
-        lines += markdown_table([f"{a} \\ {b}"] + list(CELLS), rows) + [""]
+        lines += markdown_table([f"{a} \\ {b}"] + list(cells), rows) + [""]
     return lines
 
 

@@ -56,7 +56,7 @@ from matplotlib.figure import Figure
 
 from bench.core.errors import BenchError
 from bench.core.io import atomic_write_bytes
-from bench.core.schema import CELLS, CURVE_COLUMNS, stage_key
+from bench.core.schema import CELLS, CURVE_COLUMNS, is_cell, ordered_cells, stage_key
 from bench.report.leaderboard import leaderboard
 
 __all__ = [
@@ -155,11 +155,12 @@ def save_attribution_examples(path: str | os.PathLike, examples: AttributionExam
             arrays[f"{key}|{m}"] = a
         for stage, v in sorted(ex.cells.items()):
             c = np.asarray(_np(v), dtype=str).ravel()
-            bad = sorted(set(c.tolist()) - set(CELLS))
+            bad = sorted(x for x in set(c.tolist()) if not is_cell(x))
             if c.shape != (n,) or bad:
-                raise BenchError(f"cells of {model}/{stage} must be {n} values out of {list(CELLS)}; "
-                                 f"got shape {c.shape}, unknown {bad}")
-            arrays[f"cells|{m}|{_check_name(stage, 'stage')}"] = c.astype("<U2")
+                raise BenchError(f"cells of {model}/{stage} must be {n} values out of {list(CELLS)} or "
+                                 f"c<k>_ok / c<k>_wrong; got shape {c.shape}, unknown {bad}")
+            binary = set(c.tolist()) <= set(CELLS)  # binary files stay byte for byte as they were
+            arrays[f"cells|{m}|{_check_name(stage, 'stage')}"] = c.astype("<U2" if binary else str)
         for (stage, explainer), v in sorted(ex.maps.items()):
             a = _np(v).astype(np.float32)
             if a.ndim == 4:
@@ -451,7 +452,7 @@ def similarity_figure(sim: pd.DataFrame, arch: str) -> Figure:
         left.set_ylabel("Spearman similarity of two maps")
         left.set_title("tuning next to retraining and the explainer's noise", fontsize=8)
         left.legend(fontsize=6, frameon=False)
-        cells = [c for c in CELLS if c in set(tuned["cell_a"])]
+        cells = [c for c in ordered_cells(tuned["cell_a"]) if c in set(tuned["cell_a"])]
         cpal = dict(zip(cells, sns.color_palette("colorblind", len(cells))))
         cw = 0.8 / max(1, len(cells))
         for k, cell in enumerate(cells):
@@ -471,12 +472,14 @@ def _grid_selection(ex: ModelExamples, model: str, per_cell: int | None) -> tupl
     if stage not in ex.cells:
         raise BenchError(f"attribution examples have no cells for model {model!r}")
     cells = ex.cells[stage]
-    return stage, {c: [int(i) for i in np.flatnonzero(cells == c)[:per_cell]] for c in CELLS}
+    # rows: every binary cell (an empty one says so), or the multi-class cells that have examples
+    return stage, {c: [int(i) for i in np.flatnonzero(cells == c)[:per_cell]] for c in ordered_cells(cells.tolist())}
 
 
 def attribution_grid(examples: AttributionExamples, model: str, explainer: str, *, per_cell: int | None = None,
                      percentile: float = PERCENTILE) -> Figure:
-    """Rows TP/FP/FN/TN (cell under the pre model); per example: image | pre map | post map.
+    """Rows TP/FP/FN/TN, or per class c<k>_ok / c<k>_wrong (cell under the pre model); per example:
+    image | pre map | post map.
 
     ``per_cell`` examples per row (None: all stored ones; the runner chose how many). All maps
     of the figure share one symmetric scale from :func:`symmetric_limits` over the maps shown;
@@ -496,10 +499,10 @@ def attribution_grid(examples: AttributionExamples, model: str, explainer: str, 
     per_example = 1 + len(stages)
     ncols = per_row * per_example
     with matplotlib.rc_context({**_RC, "axes.grid": False}):
-        fig = Figure(figsize=(1.35 * ncols + 1.2, 1.45 * len(CELLS) + 0.6), layout="constrained")
-        axes = fig.subplots(len(CELLS), ncols, squeeze=False)
+        fig = Figure(figsize=(1.35 * ncols + 1.2, 1.45 * len(chosen) + 0.6), layout="constrained")
+        axes = fig.subplots(len(chosen), ncols, squeeze=False)
         norm = Normalize(vmin=vmin, vmax=vmax)
-        for r, cell in enumerate(CELLS):
+        for r, cell in enumerate(chosen):
             for k in range(per_row):
                 block = axes[r, k * per_example:(k + 1) * per_example]
                 for ax in block:

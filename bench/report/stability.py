@@ -33,7 +33,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from bench.core.io import atomic_write_text
-from bench.core.schema import CELLS, stage_key
+from bench.core.schema import ordered_cells, stage_key
 from bench.core.text import fmt_number, markdown_table
 from bench.report import stats
 
@@ -180,7 +180,7 @@ def similarity_summary(sim: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (model, explainer, comparison), g in sim.groupby(["model", "explainer", "comparison"], sort=True):
         groups = [("all", g)]
-        groups += [(f"cell {c}", g[g["cell_a"] == c]) for c in CELLS]
+        groups += [(f"cell {c}", g[g["cell_a"] == c]) for c in ordered_cells(sim["cell_a"])]
         moves = g[g["cell_a"] != g["cell_b"]]
         groups += [(f"move {a}→{b}", h) for (a, b), h in moves.groupby(["cell_a", "cell_b"], sort=True)]
         for name, h in groups:

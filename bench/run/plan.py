@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bench.core.schema import CELLS, confusion_cells
+from bench.core.schema import cell_names, confusion_cells
 from bench.run.config import (RunConfig, checkpoint_dir, model_label, recipe_fields, training_seeds,
                               tune_variants)
 from bench.run.unit import Stage, Unit
@@ -124,23 +124,25 @@ def background(train: ImageSplit, n: int, seed: int) -> Tensor:
 
 
 def select_images(test: ImageSplit, preds: Tensor, cfg: RunConfig, seed: int) -> Tensor:
-    """All images, or ``per_cell`` images of each confusion cell of the pre model (seeded)."""
+    """All images, or ``per_cell`` images of each confusion cell of the pre model (seeded; the cells
+    of ``len(test.class_names)`` classes: TP/FP/FN/TN, or per class right / wrong)."""
     if cfg["data"]["sample"] == "all":
         return torch.arange(len(test))
-    cells = np.array(confusion_cells(test.labels.numpy(), preds.numpy()))
+    k = len(test.class_names)
+    cells = np.array(confusion_cells(test.labels.numpy(), preds.numpy(), k))
     rng = np.random.default_rng(seed)
     chosen = []
-    for cell in CELLS:
+    for cell in cell_names(k):
         idx = np.flatnonzero(cells == cell)
         chosen += sorted(rng.choice(idx, size=min(cfg["data"]["per_cell"], len(idx)), replace=False).tolist())
     return torch.as_tensor(sorted(chosen), dtype=torch.long)
 
 
-def example_positions(labels: Tensor, preds: Tensor, per_cell: int) -> list[int]:
+def example_positions(labels: Tensor, preds: Tensor, per_cell: int, num_classes: int = 2) -> list[int]:
     """The first ``per_cell`` positions of each confusion cell (figure examples)."""
-    cells = confusion_cells(labels.numpy(), preds.numpy())
+    cells = confusion_cells(labels.numpy(), preds.numpy(), num_classes)
     out = []
-    for cell in CELLS:
+    for cell in cell_names(num_classes):
         out += [i for i, c in enumerate(cells) if c == cell][:per_cell]
     return out
 
@@ -189,11 +191,13 @@ def plan_images(cfg: RunConfig, arch_stages: list[Stage], fingerprint: str, inde
     examples: dict[str, Examples] = {}
     known = labels is not None
     labels = labels if labels is not None else torch.full_like(pre_preds, -1)
+    # the cells follow the model's number of outputs: TP/FP/FN/TN for 2, per class right / wrong above
+    k = int(predict_proba(first.model, images[:1], device=device).shape[1])
 
     def cells_of(preds: Tensor) -> list[str]:
-        return confusion_cells((labels if known else preds).numpy(), preds.numpy())
+        return confusion_cells((labels if known else preds).numpy(), preds.numpy(), k)
 
-    positions = example_positions(labels if known else pre_preds, pre_preds, cfg["figures"]["examples_per_cell"])
+    positions = example_positions(labels if known else pre_preds, pre_preds, cfg["figures"]["examples_per_cell"], k)
     compared = len(arch_stages) > 1
     for label in dict.fromkeys(s.model_name for s in arch_stages):
         stage_cells = {}

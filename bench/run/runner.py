@@ -170,7 +170,7 @@ def _model_comparisons(stages: list[P.Stage], test) -> dict[str, Any]:
         for a, b in combinations(posts, 2):
             out[f"{label} · {a.stage} vs {b.stage}"] = compare_classifiers(
                 labels, a.sidecar["test"], b.sidecar["test"], np.asarray(a.sidecar["test_preds"]),
-                np.asarray(b.sidecar["test_preds"]))
+                np.asarray(b.sidecar["test_preds"]), num_classes=len(test.class_names))
     return out
 
 
