@@ -19,3 +19,4 @@ from explainers.base import (  # noqa: F401
     with_output_space,
 )
 from explainers import captum_adapters, controls, shap_adapters  # noqa: F401  (registration side effects)
+from explainers import stratified_eg  # noqa: F401  (registration side effects)
