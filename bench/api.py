@@ -35,7 +35,7 @@ from bench.core.device import resolve_device
 from bench.core.errors import BenchError
 from bench.core.io import atomic_write_bytes, atomic_write_json
 from bench.report import leaderboard as L, plots
-from bench.report.html import write_html_report
+from bench.report.html import REPORT, write_html_report
 from bench.report.rebuild import MEASURED, rebuild
 from bench.run import plan as P
 from bench.run.config import NAME, RunConfig, load_config
@@ -118,10 +118,10 @@ class Result:
                     (path / name).unlink(missing_ok=True)  # a file of an earlier run must not feed the tables
             kept = [atomic_write_bytes(path / name, data) for name, data in sorted(self.files.items())
                     if name != "manifest.json"]
-            written = kept + rebuild(path, figures=True)
+            written = kept + rebuild(path, figures=True, page=False) + [path / REPORT]
             files = sorted({str(p.relative_to(path)) for p in written})
             atomic_write_json(path / "manifest.json", {**self.manifest, "files": files})
-            write_html_report(path)  # again, now beside the final manifest, as `bench report` sees it
+            write_html_report(path)  # after the final manifest it shows, as `bench report` sees it
         return path
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import inspect
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.core.errors import BenchError, one_line
-from bench.core.io import file_sha256
+from bench.core.io import file_sha256, json_digest, source_digest
 from models.safety import SafetyReport, check_explainer_safe, make_explainer_safe
 
 __all__ = ["UserModelSpec", "resolve_factory", "load_state_dict", "load_user_model", "check_fits", "prepare_model",
@@ -194,15 +192,7 @@ def state_dict_sha256(model: nn.Module) -> str:
 def model_key(**facts: Any) -> str:
     """A content key of what defines the explained model (weights' hash, factory or class and the
     source of its module, conversion): the ``sha256`` its units' cache keys carry."""
-    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _source_digest(obj: Any) -> str:
-    """Hash of the source of the module defining ``obj`` (its name when there is no source)."""
-    try:
-        return hashlib.sha256(inspect.getsource(inspect.getmodule(obj)).encode()).hexdigest()[:16]
-    except (OSError, TypeError):
-        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}"
+    return json_digest(facts)
 
 
 def safety_record(report: SafetyReport) -> dict[str, Any]:
@@ -269,14 +259,14 @@ def load_user_model(spec: UserModelSpec, images: Tensor, num_classes: int, *,
     record = {"factory": spec.factory, "kwargs": spec.kwargs, "checkpoint": spec.checkpoint,
               "checkpoint_sha256": sha, **record}
     record["model_key"] = model_key(checkpoint_sha256=sha, factory=spec.factory, kwargs=spec.kwargs,
-                                    factory_code=_source_digest(factory), convert=spec.convert)
+                                    factory_code=source_digest(factory), convert=spec.convert)
     return model, record
 
 
 def object_model_key(model: nn.Module, record: dict[str, Any]) -> str:
     """:func:`model_key` of a model passed as an object (``bench.evaluate``), from :func:`prepare_model`'s record."""
     return model_key(state_dict_sha256=record["state_dict_sha256"], cls=record["class"],
-                     class_code=_source_digest(type(model)), convert=record["convert"])
+                     class_code=source_digest(type(model)), convert=record["convert"])
 
 
 def torchvision_resnet(arch: str = "resnet18", *, in_channels: int = 1, num_classes: int = 2) -> nn.Module:

@@ -4,8 +4,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+
+from bench.core.errors import BenchError
+from datasets import pneumoniamnist as pm
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "medmnist" / "pneumoniamnist_reconstructed_unverified.npz"
@@ -65,6 +69,35 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def bench_error(fn, *args, **kwargs) -> str:
+    """Run ``fn``, expect a BenchError, return its message after checking it is one line."""
+    with pytest.raises(BenchError) as exc:
+        fn(*args, **kwargs)
+    msg = str(exc.value)
+    assert msg and "\n" not in msg
+    return msg
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray], *, drop: tuple[str, ...] = (),
+             compressed: bool = False) -> Path:
+    """Write a MedMNIST-format ``.npz`` of ``arrays`` less the keys in ``drop`` (a test's bad file)."""
+    arrays = {k: v for k, v in arrays.items() if k not in drop}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:  # a file handle keeps the exact name (np.savez appends .npz)
+        (np.savez_compressed if compressed else np.savez)(fh, **arrays)
+    return path
+
+
+@pytest.fixture
+def clean_data_env(monkeypatch):
+    """The developer's own BENCH_DATA_* settings must not leak into the tests; the loaders' caches
+    start empty (use it with ``pytestmark = pytest.mark.usefixtures("clean_data_env")``)."""
+    monkeypatch.delenv(pm.ENV_FILE, raising=False)
+    monkeypatch.delenv(pm.ENV_ROOT, raising=False)
+    pm._read_npz.cache_clear()
+    pm._md5.cache_clear()
 
 
 @pytest.fixture(autouse=True)

@@ -10,26 +10,17 @@ import pytest
 import torch
 from torch import nn
 
-from bench.core.errors import BenchError
 from bench.core.io import file_md5
 from datasets import DATASETS, SPLITS, ImageSplit, load_split
 from datasets import medmnist2d, pneumoniamnist as pm
 from datasets.synthetic import synthetic
+from tests.conftest import bench_error, save_npz
 
 SHARED_MD5 = "57c53b2150674bf50e93e69b793c5728"
 SHARED_COUNTS = {"train": (1214, 3494), "val": (135, 389), "test": (234, 390)}
 TMP_N = {"train": 10, "val": 6, "test": 8}
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # small tensor ops: see tests/conftest.py
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    """The developer's own BENCH_DATA_* settings must not leak into the tests; caches start empty."""
-    monkeypatch.delenv(pm.ENV_FILE, raising=False)
-    monkeypatch.delenv(pm.ENV_ROOT, raising=False)
-    pm._read_npz.cache_clear()
-    pm._md5.cache_clear()
+pytestmark = pytest.mark.usefixtures("one_thread", "clean_data_env")  # small tensor ops: see tests/conftest.py
 
 
 def write_npz(path: Path, *, size: int = 28, n: dict[str, int] | None = None, seed: int = 0,
@@ -41,21 +32,7 @@ def write_npz(path: Path, *, size: int = 28, n: dict[str, int] | None = None, se
         arrays[f"{s}_images"] = rng.integers(0, 256, (k, size, size), dtype=np.uint8)
         arrays[f"{s}_labels"] = (np.arange(k) % 2).astype(np.uint8).reshape(k, 1)
     arrays.update(override)
-    for key in drop:
-        del arrays[key]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:  # a file handle keeps the exact name (np.savez appends .npz)
-        (np.savez_compressed if compressed else np.savez)(fh, **arrays)
-    return path
-
-
-def bench_error(fn, *args, **kwargs) -> str:
-    """Run ``fn``, expect a BenchError, return its message after checking it is one line."""
-    with pytest.raises(BenchError) as exc:
-        fn(*args, **kwargs)
-    msg = str(exc.value)
-    assert msg and "\n" not in msg
-    return msg
+    return save_npz(path, arrays, drop=drop, compressed=compressed)
 
 
 def _fail_download(*args, **kwargs):

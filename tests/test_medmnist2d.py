@@ -12,7 +12,6 @@ import pytest
 import torch
 from medmnist.info import INFO
 
-from bench.core.errors import BenchError
 from bench.core.schema import cell_names, confusion_cells, move_cells, ordered_cells
 from bench.report.leaderboard import read_scores
 from bench.run import runner
@@ -22,19 +21,11 @@ from datasets import medmnist2d, pneumoniamnist as pm
 from explainers import list_explainers
 from explainers.base import get_explainer, relative_completeness_gap, run_explainer
 from models import build_model, training as T
-from tests.conftest import calibrated
+from tests.conftest import bench_error, calibrated, save_npz
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "clean_data_env")
 
 QUICK = Path(__file__).resolve().parents[1] / "configs" / "quick.toml"
-
-
-@pytest.fixture(autouse=True)
-def _clean(monkeypatch):
-    monkeypatch.delenv(pm.ENV_FILE, raising=False)
-    monkeypatch.delenv(pm.ENV_ROOT, raising=False)
-    pm._read_npz.cache_clear()
-    pm._md5.cache_clear()
 
 
 def write_medmnist(path: Path, *, k: int, rgb: bool, n: dict[str, int], size: int = 28, seed: int = 0,
@@ -57,20 +48,7 @@ def write_medmnist(path: Path, *, k: int, rgb: bool, n: dict[str, int], size: in
         arrays[f"{s}_images"] = images
         arrays[f"{s}_labels"] = labels.astype(np.uint8).reshape(count, 1)
     arrays.update(override)
-    for key in drop:
-        del arrays[key]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
-    return path
-
-
-def one_line_error(fn, *args, **kwargs) -> str:
-    with pytest.raises(BenchError) as exc:
-        fn(*args, **kwargs)
-    msg = str(exc.value)
-    assert msg and "\n" not in msg
-    return msg
+    return save_npz(path, arrays, drop=drop)
 
 
 SMALL = {"train": 12, "val": 8, "test": 8}
@@ -132,7 +110,7 @@ def test_root_file_names_and_sizes(tmp_path, monkeypatch):
 ], ids=["missing-key", "grayscale-for-rgb", "four-channels", "label-out-of-range", "multi-label"])
 def test_validation_errors_name_the_file_and_the_fix(tmp_path, override, drop, words):
     path = write_medmnist(tmp_path / "d.npz", k=7, rgb=True, n=SMALL, drop=drop, **override)
-    msg = one_line_error(load_split, "dermamnist", "train", data_file=str(path), download=False)
+    msg = bench_error(load_split, "dermamnist", "train", data_file=str(path), download=False)
     assert str(path) in msg and ("; " in msg)  # problem; fix
     for word in words:
         assert word in msg
@@ -140,14 +118,14 @@ def test_validation_errors_name_the_file_and_the_fix(tmp_path, override, drop, w
 
 def test_wrong_size_and_missing_file(tmp_path):
     path = write_medmnist(tmp_path / "d.npz", k=7, rgb=True, n=SMALL)
-    msg = one_line_error(load_split, "dermamnist", "train", size=64, data_file=str(path))
+    msg = bench_error(load_split, "dermamnist", "train", size=64, data_file=str(path))
     assert "28x28" in msg and "size=64" in msg and "dermamnist_64.npz" in msg
-    assert "28, 64, 128, 224" in one_line_error(load_split, "dermamnist", "train", size=32, data_file=str(path))
-    msg = one_line_error(load_split, "octmnist", "test", data_root=str(tmp_path), download=False)
+    assert "28, 64, 128, 224" in bench_error(load_split, "dermamnist", "train", size=32, data_file=str(path))
+    msg = bench_error(load_split, "octmnist", "test", data_root=str(tmp_path), download=False)
     assert str(tmp_path / "octmnist.npz") in msg and INFO["octmnist"]["MD5"] in msg and "--data-file" in msg
     # a grayscale binary file is not silently read as a 4-class one or an RGB one
     grey = write_medmnist(tmp_path / "b.npz", k=2, rgb=False, n=SMALL)
-    assert "RGB" in one_line_error(load_split, "bloodmnist", "test", data_file=str(grey))
+    assert "RGB" in bench_error(load_split, "bloodmnist", "test", data_file=str(grey))
 
 
 # ---------------------------------------------------------------- cells and metrics with K classes

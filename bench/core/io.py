@@ -7,6 +7,7 @@ a killed run never leaves a half-written file and never damages an earlier resul
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import math
@@ -97,3 +98,16 @@ def file_md5(path: str | os.PathLike) -> str:
 
 def file_sha256(path: str | os.PathLike) -> str:
     return file_digest(path, "sha256")
+
+
+def json_digest(obj: Any) -> str:
+    """SHA-256 (hex) of ``obj`` as sorted-key JSON (``str`` for what JSON cannot hold): a content key."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def source_digest(obj: Any) -> str:
+    """Hash of the source of the module defining ``obj``: changed code invalidates what was keyed on it."""
+    try:
+        return hashlib.sha256(inspect.getsource(inspect.getmodule(obj)).encode()).hexdigest()[:16]
+    except (OSError, TypeError):  # no source (compiled plug-in): fall back to its name
+        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}"

@@ -35,7 +35,7 @@ from bench.core.text import fmt_number
 from bench.report import leaderboard as lb
 from bench.report.plots import _slug
 
-__all__ = ["REPORT", "read_table", "render_html_report", "write_html_report"]
+__all__ = ["REPORT", "read_manifest", "read_table", "render_html_report", "write_html_report"]
 
 REPORT = "report.html"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -90,7 +90,8 @@ def read_table(path: Path) -> pd.DataFrame | None:
                          f"{path.parent}` to rewrite it from scores.csv") from None
 
 
-def _read_manifest(run_dir: Path) -> dict[str, Any] | None:
+def read_manifest(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``manifest.json`` (None when absent); a damaged one is a one-line error naming it."""
     path = run_dir / "manifest.json"
     if not path.is_file():
         return None
@@ -662,7 +663,7 @@ TITLES = {"provenance": "Provenance", "leaderboards": "Leaderboards", "prepost":
 def render_html_report(run_dir: str | Path) -> str:
     """The text of ``report.html`` for the run folder ``run_dir`` (see the module docstring)."""
     run_dir = Path(run_dir)
-    manifest = _read_manifest(run_dir)
+    manifest = read_manifest(run_dir)
     board = _read_board(run_dir)
     card = _read_card(run_dir)
     name = _get(_get(manifest, "config"), "name") or run_dir.name

@@ -28,6 +28,8 @@ CSV_FLOAT_FORMAT = "%.8g"
 def write_outputs(run_dir: str | Path, tables: Mapping[str, pd.DataFrame], prepost_models: dict[str, Any] | None,
                   examples: AttributionExamples | None, *, figures: bool = True) -> list[Path]:
     """Write a run's measurements, then its tables and figures (:func:`rebuild`); each file atomically.
+    ``report.html`` is the caller's to write, after the final manifest it shows
+    (:func:`bench.report.html.write_html_report`).
 
     ``tables``: ``scores`` and, when present, ``curves``, ``substrates``, ``substrate_curves``,
     ``meta`` DataFrames (each written as ``<name>.csv``).
@@ -44,12 +46,12 @@ def write_outputs(run_dir: str | Path, tables: Mapping[str, pd.DataFrame], prepo
         written.append(atomic_write_json(run_dir / "prepost_models.json", prepost_models))
     if examples is not None and examples.models:
         written.append(plots.save_attribution_examples(run_dir / "attributions.npz", examples))
-    return written + rebuild(run_dir, figures=figures)
+    return written + rebuild(run_dir, figures=figures, page=False)
 
 
-def rebuild(run_dir: str | Path, *, figures: bool = True) -> list[Path]:
-    """Every table (and, with ``figures``, every figure) of a run from its files, then ``report.html``
-    (:func:`bench.report.html.write_html_report`, always, with the figures present); returns the paths.
+def rebuild(run_dir: str | Path, *, figures: bool = True, page: bool = True) -> list[Path]:
+    """Every table (and, with ``figures``, every figure) of a run from its files, then, with ``page``,
+    ``report.html`` (:func:`bench.report.html.write_html_report`, with the figures present); returns the paths.
 
     The reliability card's settings come from the run's ``manifest.json`` (its config's
     ``[reliability]``; the defaults for a run without one).
@@ -79,7 +81,8 @@ def rebuild(run_dir: str | Path, *, figures: bool = True) -> list[Path]:
                                        attributions_path=attr if attr.is_file() else None, card=card,
                                        substrate_curves=measured["substrate_curves.csv"],
                                        similarity=measured["similarity.csv"])
-    written.append(html.write_html_report(run_dir))  # last: it embeds the tables and figures written above
+    if page:
+        written.append(html.write_html_report(run_dir))  # last: it embeds the tables and figures written above
     return written
 
 
@@ -100,13 +103,8 @@ NUMERIC = ("value", "fraction", "prob", "prob_mean", "n", "image", "iac_nr", "ia
 
 
 def _card_settings(run_dir: Path) -> tuple[bool, reliability.CardSettings]:
-    manifest = run_dir / "manifest.json"
-    values: dict[str, Any] = {}
-    if manifest.is_file():
-        try:
-            values = json.loads(manifest.read_text()).get("config", {}).get("reliability", {}) or {}
-        except (ValueError, AttributeError):
-            values = {}
+    config = (html.read_manifest(run_dir) or {}).get("config")
+    values = (config.get("reliability") if isinstance(config, dict) else None) or {}
     return bool(values.get("enabled", True)), reliability.CardSettings.from_config(values)
 
 

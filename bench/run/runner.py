@@ -24,7 +24,7 @@ from bench.core.device import resolve_device
 from bench.core.schema import CURVE_COLUMNS, SCORE_COLUMNS, SUBSTRATE_COLUMNS, SUBSTRATE_CURVE_COLUMNS, stage_key
 from bench.metrics import METRICS
 from bench.report.plots import AttributionExamples, ModelExamples
-from bench.report.html import write_html_report
+from bench.report.html import REPORT, write_html_report
 from bench.report.rebuild import write_outputs
 from bench.run import meta
 from bench.run import plan as P
@@ -104,8 +104,9 @@ def run_plan(cfg: RunConfig, run_dir: Path, device: torch.device, test: P.ImageS
                  "reference": p.reference}
                 for p, r in zip(plan, results)]
     cost = cost_summary(units, results, pass_seconds, timings["explain_and_metrics"])
-    write_manifest(run_dir, cfg, device, test, stages, timings, unit_log, written, executor, cost)
-    write_html_report(run_dir)  # again, now beside the final manifest: the page `bench report` rebuilds
+    write_manifest(run_dir, cfg, device, test, stages, timings, unit_log, [*written, run_dir / REPORT], executor,
+                   cost)
+    write_html_report(run_dir)  # after the final manifest it shows: the page `bench report` rebuilds
     n_cached = sum(u["cached"] for u in unit_log)
     failed = sorted({(u["model"], u["stage"], u["explainer"]) for u in unit_log if u["status"] != "ok"})
     ratio = cost["explain_and_metrics"]["ratio"]

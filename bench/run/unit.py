@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import json
 import math
 import time
@@ -25,6 +24,7 @@ import explainers
 import models
 from bench import metrics as M
 from bench.core.errors import BenchError, one_line
+from bench.core.io import json_digest, source_digest
 from bench.perf.profiling import measure_peak_memory
 from bench.run.config import RunConfig
 from explainers import EXPLAINERS, Attribution, run_explainer, with_output_space
@@ -51,15 +51,7 @@ class Stage:
 
 
 def content_key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-def source_digest(obj: Any) -> str:
-    """Hash of the source of the module defining ``obj``: changed code invalidates cached results."""
-    try:
-        return hashlib.sha256(inspect.getsource(inspect.getmodule(obj)).encode()).hexdigest()[:16]
-    except (OSError, TypeError):  # no source (compiled plug-in): fall back to its name
-        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}"
+    return json_digest(obj)[:24]
 
 
 def package_digest(*packages: ModuleType, extra: str = "") -> str:
