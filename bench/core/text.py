@@ -1,4 +1,4 @@
-"""The one Markdown table writer every report uses."""
+"""The one Markdown table writer and the one CSV writer every report uses."""
 from __future__ import annotations
 
 import math
@@ -30,3 +30,9 @@ def fmt_number(x: Any, spec: str = ".4g", *, inf: str | None = None) -> str:
         return inf if inf is not None and v == math.inf else "n/a"
     s = format(v, spec)
     return "0" if s in ("-0", "+0") and "+" not in spec else s
+
+
+def csv_text(df: Any, float_format: str = "%.6g") -> str:
+    """A pandas DataFrame as CSV text: no index, ``float_format`` (6 significant digits for derived
+    tables; measurements keep more), ``\n`` line ends on every platform (byte-identical rebuilds)."""
+    return df.to_csv(index=False, float_format=float_format, lineterminator="\n")

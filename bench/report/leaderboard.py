@@ -35,7 +35,7 @@ import pandas as pd
 from bench.core.errors import BenchError, one_line
 from bench.core.io import atomic_write_text
 from bench.core.schema import CELLS, SCORE_COLUMNS, STAGES, is_cell, is_stage, move_cells, ordered_cells, stage_key
-from bench.core.text import fmt_number as _f, markdown_table
+from bench.core.text import csv_text, fmt_number as _f, markdown_table
 from bench.report import stats
 
 __all__ = [
@@ -547,10 +547,6 @@ def read_scores(path: str | os.PathLike) -> pd.DataFrame:
     return check_scores(df, source=str(path))
 
 
-def _csv(df: pd.DataFrame) -> str:
-    return df.to_csv(index=False, float_format=CSV_FLOAT_FORMAT, lineterminator="\n")
-
-
 def write_tables(run_dir: str | os.PathLike, scores: pd.DataFrame,
                  prepost_models: Mapping[str, Any] | str | os.PathLike | None = None, *,
                  board: pd.DataFrame | None = None, card: Mapping[str, pd.DataFrame] | None = None) -> list[Path]:
@@ -568,11 +564,11 @@ def write_tables(run_dir: str | os.PathLike, scores: pd.DataFrame,
         raise BenchError("scores has no rows; nothing to tabulate (did the run score any image?)")
     models = read_prepost_models(prepost_models)
     board = leaderboard(df) if board is None else board
-    written = [atomic_write_text(run_dir / "leaderboard.csv", _csv(board)),
+    written = [atomic_write_text(run_dir / "leaderboard.csv", csv_text(board, CSV_FLOAT_FORMAT)),
                atomic_write_text(run_dir / "leaderboard.md", render_leaderboard_md(board, card))]
     if any("pre" in set(st) and len(set(st)) > 1 for _, st in df.groupby("model")["stage"]):
         pp, pc = prepost(df), prepost_by_cell(df)
-        written += [atomic_write_text(run_dir / "prepost.csv", _csv(pp)),
-                    atomic_write_text(run_dir / "prepost_by_cell.csv", _csv(pc)),
+        written += [atomic_write_text(run_dir / "prepost.csv", csv_text(pp, CSV_FLOAT_FORMAT)),
+                    atomic_write_text(run_dir / "prepost_by_cell.csv", csv_text(pc, CSV_FLOAT_FORMAT)),
                     atomic_write_text(run_dir / "prepost.md", render_prepost_md(pp, pc, models))]
     return written

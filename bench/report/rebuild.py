@@ -18,6 +18,7 @@ import pandas as pd
 
 from bench.core.errors import BenchError
 from bench.core.io import atomic_write_json, atomic_write_text
+from bench.core.text import csv_text
 from bench.metrics import METRICS
 from bench.report import html, leaderboard, plots, reliability, stability
 from bench.report.plots import AttributionExamples
@@ -35,13 +36,13 @@ def write_outputs(run_dir: str | Path, tables: Mapping[str, pd.DataFrame], prepo
     ``meta`` DataFrames (each written as ``<name>.csv``).
     """
     run_dir = Path(run_dir)
-    written = [atomic_write_text(run_dir / "scores.csv", _csv(tables["scores"]))]
+    written = [atomic_write_text(run_dir / "scores.csv", csv_text(tables["scores"], CSV_FLOAT_FORMAT))]
     for name in (*MEASURED, "prepost_models.json", "attributions.npz"):
         (run_dir / name).unlink(missing_ok=True)  # a file of an earlier config must not feed the figures
     for name in MEASURED:
         table = tables.get(name.removesuffix(".csv"))
         if table is not None and len(table):
-            written.append(atomic_write_text(run_dir / name, _csv(table)))
+            written.append(atomic_write_text(run_dir / name, csv_text(table, CSV_FLOAT_FORMAT)))
     if prepost_models:
         written.append(atomic_write_json(run_dir / "prepost_models.json", prepost_models))
     if examples is not None and examples.models:
@@ -108,5 +109,3 @@ def _card_settings(run_dir: Path) -> tuple[bool, reliability.CardSettings]:
     return bool(values.get("enabled", True)), reliability.CardSettings.from_config(values)
 
 
-def _csv(df: pd.DataFrame) -> str:
-    return df.to_csv(index=False, float_format=CSV_FLOAT_FORMAT, lineterminator="\n")

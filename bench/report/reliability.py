@@ -52,7 +52,7 @@ import pandas as pd
 from scipy import optimize, stats as sps
 
 from bench.core.io import atomic_write_text
-from bench.core.text import fmt_number, markdown_table
+from bench.core.text import csv_text, fmt_number, markdown_table
 from bench.report import stats
 
 WILCOXON_ARE = 3 / math.pi  # asymptotic relative efficiency of the Wilcoxon signed-rank vs the t-test
@@ -400,9 +400,7 @@ def _beat_random(g: pd.DataFrame, settings: CardSettings) -> int:
 
 def write_card(run_dir: Path, tables: Mapping[str, pd.DataFrame], settings: CardSettings) -> list[Path]:
     """``reliability.csv`` (the card), its detail tables and ``reliability.md``; atomically."""
-    written = [atomic_write_text(run_dir / f"{name}.csv", table.to_csv(index=False, float_format="%.6g",
-                                                                        lineterminator="\n"))
-               for name, table in sorted(tables.items())]
+    written = [atomic_write_text(run_dir / f"{name}.csv", csv_text(table)) for name, table in sorted(tables.items())]
     written.append(atomic_write_text(run_dir / "reliability.md", render_card_md(tables, settings)))
     return written
 

@@ -34,8 +34,8 @@ from scipy import stats as sps
 
 from bench.core.io import atomic_write_text
 from bench.core.schema import ordered_cells, stage_key
-from bench.core.text import fmt_number, markdown_table
-from bench.report import stats
+from bench.core.text import csv_text, fmt_number, markdown_table
+from bench.report import reliability, stats
 
 LABEL = re.compile(r"^(?P<arch>.+)@seed(?P<seed>-?\d+)$")
 N_BOOT = 2000
@@ -69,17 +69,6 @@ def kendall_w(matrix: np.ndarray) -> float:
     return float(12.0 * s / denom) if denom > 0 else float("nan")
 
 
-def _goodness(scores: pd.DataFrame) -> dict[tuple[str, str, str, str], tuple[pd.DataFrame, bool]]:
-    """(model label, stage, metric) -> goodness matrix (images x explainers, complete rows)."""
-    ok = scores[(scores["status"] == "ok") & np.isfinite(scores["value"].to_numpy(dtype=float))]
-    out = {}
-    for (label, stage, metric), g in ok.groupby(["model", "stage", "metric"], sort=True):
-        hib = bool(g["higher_is_better"].iloc[0])
-        wide = g.pivot(index="image", columns="explainer", values="value").sort_index(axis=1).dropna(how="any")
-        out[(label, stage, metric)] = (wide if hib else -wide, hib)
-    return out
-
-
 STABILITY_COLUMNS = ["model", "stage", "metric", "n_seeds", "n_images", "kendall_w", "w_ci_low", "w_ci_high",
                      "top", "p_top_stays"]
 POOLED_COLUMNS = ["model", "stage", "metric", "explainer", "higher_is_better", "n_seeds", "n_images", "mean",
@@ -88,7 +77,7 @@ POOLED_COLUMNS = ["model", "stage", "metric", "explainer", "higher_is_better", "
 
 def stability_tables(scores: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(stability, pooled leaderboard) over the seeds of each architecture; empty without seeds."""
-    good = _goodness(scores)
+    good = reliability.wide_goodness(scores)
     groups: dict[tuple[str, str, str], list[tuple[int, pd.DataFrame, bool]]] = {}
     for (label, stage, metric), (g, hib) in good.items():
         arch, seed = arch_and_seed(label)
@@ -247,9 +236,7 @@ def write_stability(run_dir: Path, scores: pd.DataFrame, similarity: pd.DataFram
     if similarity is not None and len(similarity):
         tables["similarity_summary"] = similarity_summary(similarity)
         tables["similarity_tests"] = similarity_tests(similarity)
-    written = [atomic_write_text(run_dir / f"{name}.csv", t.to_csv(index=False, float_format="%.6g",
-                                                                    lineterminator="\n"))
-               for name, t in sorted(tables.items())]
+    written = [atomic_write_text(run_dir / f"{name}.csv", csv_text(t)) for name, t in sorted(tables.items())]
     if tables:
         written.append(atomic_write_text(run_dir / "stability.md", render_stability_md(tables)))
     return written
