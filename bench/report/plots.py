@@ -58,6 +58,7 @@ from bench.core.errors import BenchError
 from bench.core.io import atomic_write_bytes
 from bench.core.schema import CELLS, CURVE_COLUMNS, is_cell, ordered_cells, stage_key
 from bench.report.leaderboard import leaderboard
+from bench.report.stability import arch_and_seed
 
 __all__ = [
     "LAYOUT", "DIVERGING_CMAP", "AttributionExamples", "ModelExamples", "save_attribution_examples",
@@ -432,7 +433,7 @@ def similarity_figure(sim: pd.DataFrame, arch: str) -> Figure:
     """Map similarity of an architecture: left, mean Spearman per explainer for every comparison
     (tuning, retraining, explainer noise) with a 95 % normal band; right, pre vs post by the
     image's pre cell."""
-    df = sim[sim["model"].map(lambda m: m.split("@seed")[0]) == arch].copy()
+    df = sim[sim["model"].map(lambda m: arch_and_seed(m)[0]) == arch].copy()
     df["kind"] = df["comparison"].map(lambda c: "retraining (seed vs seed)" if c.startswith("seed")
                                       else c.replace("pre vs ", "tuning: pre vs "))
     explainers = sorted(df["explainer"].unique())
@@ -585,7 +586,7 @@ def write_figures(run_dir: str | os.PathLike, scores: pd.DataFrame,
             _add_job(jobs, f"substrates_{_slug(model, stage)}.png",
                      partial(substrate_figure, substrate_curves, model, stage))
     if similarity is not None and len(similarity):
-        for arch in sorted({m.split("@seed")[0] for m in similarity["model"]}):
+        for arch in sorted({arch_and_seed(m)[0] for m in similarity["model"]}):
             _add_job(jobs, f"similarity_{_slug(arch)}.png", partial(similarity_figure, similarity, arch))
     if attributions_path is not None:
         ex = load_attribution_examples(attributions_path)

@@ -314,9 +314,11 @@ def _check_names(v: dict[str, Any]) -> None:
     for name in variants:
         _expect(bool(re.fullmatch(r"[A-Za-z0-9_-]+", name)), f"tune.variants.{name}",
                 "a variant name is letters, digits, _ and -")
-    recipes = [("train", TrainConfig, {k: x for k, x in v["train"].items()})]
-    recipes.append(("tune", TuneConfig, {k: x for k, x in v["tune"].items() if k != "variants"}))
-    recipes += [(f"tune.variants.{name}", TuneConfig, {**recipes[1][2], **fields_}) for name, fields_ in variants.items()]
+    tune = {k: x for k, x in v["tune"].items() if k != "variants"}
+    recipes = [("train", TrainConfig, v["train"]), ("tune", TuneConfig, tune)]
+    recipes += [(f"tune.variants.{name}", TuneConfig, {**tune, **fields_}) for name, fields_ in variants.items()]
+    # the train recipe is checked against a model it would train (any registered one when all are user models)
+    trained = [n for n in v["models"]["names"] if n not in v["models"]["user"]] or ["resnet18"]
     for table, cls, given in recipes:
         hints = typing.get_type_hints(cls)
         names = {f.name for f in fields(cls) if not f.metadata.get("from_data")} - {"model"}
@@ -326,7 +328,6 @@ def _check_names(v: dict[str, Any]) -> None:
             problem = type_problem(value, hints[key])
             _expect(problem is None, f"{table}.{key}", f"{value!r} {problem}")
         try:
-            trained = [n for n in v["models"]["names"] if n not in v["models"]["user"]] or ["resnet18"]
             cls(**recipe_fields(given, model=trained[0] if cls is TrainConfig else None)).validate()
         except BenchError as exc:
             raise BenchError(f"config value {table}: {exc}") from None
@@ -350,11 +351,10 @@ def recipe_fields(table: dict[str, Any], model: str | None = None) -> dict[str, 
 def tune_variants(cfg: RunConfig) -> dict[str, dict[str, Any]]:
     """The post stages and their tuning recipes: ``{"post": [tune]}`` without ``[tune.variants]``,
     else ``{"post:<variant>": [tune] overlaid with the variant}``."""
-    base = {k: x for k, x in cfg["tune"].items() if k != "variants"}
     variants = cfg["tune"].get("variants", {})
     if not variants:
-        return {"post": recipe_fields(base)}
-    return {f"post:{name}": recipe_fields({**base, **fields_}) for name, fields_ in sorted(variants.items())}
+        return {"post": recipe_fields(cfg["tune"])}
+    return {f"post:{name}": recipe_fields({**cfg["tune"], **fields_}) for name, fields_ in sorted(variants.items())}
 
 
 def training_seeds(cfg: RunConfig) -> list[int]:
