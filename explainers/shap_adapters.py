@@ -55,7 +55,8 @@ def _groups(targets: Tensor) -> list[tuple[int, Tensor]]:
     return [(int(k), (targets == k).nonzero().squeeze(1)) for k in torch.unique(targets).tolist()]
 
 
-@register_explainer("shap.gradient", library="shap", additive=False, stochastic=True,
+@register_explainer("shap.gradient", library="shap", additive=False, stochastic=True, budget="nsamples",
+                    family="expected_gradients",
                     passes=lambda p, n_bg: (p["nsamples"], 0),  # one gradient per sample (also in layer mode)
                     constraints={"nsamples": Range(1), "background_size": Range(1), "batch_size": Range(1),
                                  "engine": ("auto", "shap", "batched")},
@@ -158,7 +159,7 @@ def deep(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tenso
 _MASKS = re.compile(r"^(blur\(\s*\d+\s*,\s*\d+\s*\)|inpaint_telea|inpaint_ns)$")
 
 
-@register_explainer("shap.partition", library="shap", additive=True, model_agnostic=True,
+@register_explainer("shap.partition", library="shap", additive=True, model_agnostic=True, budget="max_evals",
                     passes=lambda p, n_bg: (0, p["max_evals"]),  # forwards of masked images only (at most max_evals)
                     constraints={"max_evals": Range(1), "batch_size": Range(1)},
                     paper="Lundberg et al., Owen values over a hierarchical pixel partition")

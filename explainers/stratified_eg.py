@@ -73,6 +73,7 @@ def eg_values(model: nn.Module, inputs: Tensor, targets: Tensor, background: Ten
 
 
 @register_explainer("pneumobench.expected_gradients", library="pneumobench", additive=False, stochastic=True,
+                    budget="n_samples", family="expected_gradients",
                     passes=lambda p, n_bg: (p["n_samples"], 0),  # one gradient per (reference, point) draw
                     constraints={"n_samples": Range(1), "batch_size": Range(1), "sampler": SAMPLERS},
                     paper="Erion et al. 2021 (expected gradients); Lundberg & Lee 2017 (GradientSHAP)")

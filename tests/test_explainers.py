@@ -204,6 +204,23 @@ def test_integrated_gradients_gap_is_captums_delta_and_shrinks(model, data):
                                target_scores(model, background.mean(0, keepdim=True).expand_as(inputs), targets))
 
 
+def test_integrated_gradients_quadrature_rule_is_captums(model, data):
+    """``method`` reaches Captum unchanged: the adapter equals Captum's own call with that rule, the
+    rules differ from each other, and an unknown rule is a one-line error naming the choices."""
+    from captum.attr import IntegratedGradients
+
+    inputs, targets, background = data
+    mid = call("captum.integrated_gradients", model, inputs, targets, background, n_steps=8, method="riemann_middle")
+    direct = IntegratedGradients(model).attribute(inputs, baselines=torch.zeros_like(inputs), target=targets,
+                                                  n_steps=8, method="riemann_middle")
+    torch.testing.assert_close(mid.values, direct.detach(), rtol=1e-5, atol=1e-6)
+    assert mid.meta["method"] == "riemann_middle"
+    gl = call("captum.integrated_gradients", model, inputs, targets, background, n_steps=8)
+    assert gl.meta["method"] == "gausslegendre" and not torch.allclose(gl.values, mid.values)
+    with pytest.raises(BenchError, match="method"):
+        call("captum.integrated_gradients", model, inputs, targets, background, method="simpson")
+
+
 def test_partition_base_value_is_the_fully_blurred_image(model, data):
     """Catches shap's Image-masker cache (keyed on id()) leaking one image's blur into the next."""
     import cv2
@@ -502,7 +519,7 @@ def test_run_explainer_records_params(model, data):
     inputs, targets, background = data
     attr = run_explainer("captum.integrated_gradients", model, inputs, targets, background=background, n_steps=4)
     assert attr.meta["explainer"] == "captum.integrated_gradients"
-    assert attr.meta["params"] == {"n_steps": 4, "baseline": "zero", "internal_batch_size": 32}
+    assert attr.meta["params"] == {"n_steps": 4, "baseline": "zero", "internal_batch_size": 32, "method": "gausslegendre"}
     assert attr.meta["library"] == "captum" and attr.meta["library_version"]
 
 
