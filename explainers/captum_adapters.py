@@ -49,7 +49,7 @@ def integrated_gradients(model: nn.Module, inputs: Tensor, targets: Tensor, *, b
     delta (sum - (f(x) - f(x'))) per image is ``meta["convergence_delta"]``.
     ``internal_batch_size`` bounds the rows (images x steps) per forward/backward pass.
     ``method``: Captum's quadrature rule (default Captum's ``"gausslegendre"``). On ResNets trained
-    on PneumoniaMNIST and at random weights, ``"riemann_middle"`` has ~20-25 % lower error per
+    on PneumoniaMNIST and at random weights, ``"riemann_middle"`` has 11-25 % lower error per
     step (docs/benchmarks.md, "Accuracy per pass"): the integrand is piecewise constant along
     the path (ReLU kinks), where Gauss-Legendre's polynomial exactness buys nothing.
     """

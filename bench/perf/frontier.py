@@ -37,7 +37,7 @@ error per step.
 :func:`frontier_rows` computes the rows for one model; ``tests/benchmarks/test_frontier.py``
 runs it under pytest-benchmark (saved in ``extra_info``); :func:`frontier_tables` and
 :func:`frontier_figure` render a saved run (``python -m bench.perf.frontier RUN.json
-[--figure PATH]``). The numbers in docs/benchmarks.md come from there.
+[RUN2.json ...] [--figure PATH]``). The numbers in docs/benchmarks.md come from there.
 """
 from __future__ import annotations
 
@@ -311,11 +311,11 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m bench.perf.frontier",
                                  description="Markdown tables (and a figure) of a saved frontier benchmark run")
-    ap.add_argument("run_json")
+    ap.add_argument("run_json", nargs="+", help="saved runs; their rows are shown together")
     ap.add_argument("--figure", help="write the log-log figure here (PNG)")
     args = ap.parse_args(argv)
     try:
-        rows = saved_rows(args.run_json)
+        rows = [r for path in args.run_json for r in saved_rows(path)]
     except (BenchError, OSError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
