@@ -153,7 +153,8 @@ def _chromium() -> str:
     pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium)")
 
 
-PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published" / "quick"
+PUBLISHED_ROOT = Path(__file__).resolve().parents[1] / "results" / "published"
+PUBLISHED_RUNS = sorted(p.parent.name for p in PUBLISHED_ROOT.glob("*/manifest.json"))  # quick, card, ...
 
 
 @pytest.mark.slow  # a real browser: ~5 s
@@ -162,11 +163,36 @@ def test_page_in_a_headless_browser(run_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_published_quick_run_page_in_a_headless_browser(tmp_path):
-    """The committed report.html of the published quick run (README, "A published run")."""
-    if not (PUBLISHED / "report.html").is_file():
-        pytest.skip(f"{PUBLISHED / 'report.html'} not present")
-    _check_in_browser(PUBLISHED, tmp_path)
+@pytest.mark.parametrize("name", PUBLISHED_RUNS)
+def test_published_run_page_in_a_headless_browser(name, tmp_path):
+    """The committed report.html of every published run (README, "A published run", "Which metrics
+    can you trust here?")."""
+    run = PUBLISHED_ROOT / name
+    if not (run / "report.html").is_file():
+        pytest.skip(f"{run / 'report.html'} not present")
+    _check_in_browser(run, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PUBLISHED_RUNS)
+def test_published_run_is_rebuilt_byte_for_byte(name, tmp_path):
+    """`bench report` on a copy of a committed run (without its cache) rewrites its tables, figures
+    and page exactly as they are committed: the published files are what this code makes of the
+    run's scores and manifest."""
+    import shutil
+
+    from bench.cli import main
+
+    src, dst = PUBLISHED_ROOT / name, tmp_path / name
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("cache", ".lock"))
+    committed = {p.relative_to(dst): p.read_bytes() for p in dst.rglob("*") if p.is_file()}
+    stamp = {p: (dst / p).stat().st_mtime_ns for p in committed}
+    assert main(["report", str(dst)]) == 0
+    rebuilt = {p.relative_to(dst): p.read_bytes() for p in dst.rglob("*") if p.is_file()}
+    assert sorted(rebuilt) == sorted(committed)
+    assert [str(p) for p in committed if rebuilt[p] != committed[p]] == []
+    rewritten = {p for p in committed if (dst / p).stat().st_mtime_ns != stamp[p]}
+    assert {p for p in committed if p.suffix in (".md", ".html")} <= rewritten  # it did rebuild them
 
 
 def _check_in_browser(run_dir: Path, tmp_path: Path) -> None:
