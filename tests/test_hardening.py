@@ -105,6 +105,7 @@ def test_the_same_run_through_a_relative_and_an_absolute_path(finished, monkeypa
     ('explain.params={"random" = {seed = "3"}}', "explain.params.random.seed = '3' must be an integer"),
     ('metrics.params={"drop_rate" = {frac = 2.0}}', "metrics.params.drop_rate.frac = 2.0 must be in (0, 1]"),
     ('metrics.params={"deletion_auc" = {steps = 0}}', "metrics.params.deletion_auc.steps = 0 must be >= 1"),
+    ('metrics.params={"randomisation_similarity" = {steps = -1}}', "metrics.params.randomisation_similarity.steps = -1 must be >= 0"),
     ('metrics.params={"deletion_auc" = {substrate = "black"}}', "is not one of 'zero', 'mean', 'blur'"),
     ('metrics.params={"road_morf" = {percentages = [0.5, 0.2]}}', "must be a non-empty list of increasing fractions"),
     ('metrics.params={"deletion_auc" = {context = 1}}', "has no parameter 'context'"),

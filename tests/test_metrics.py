@@ -341,6 +341,17 @@ def test_randomisation_model_independent_explainer_scores_one_and_gradient_lower
     assert torch.equal(torch.get_rng_state(), rng_state)
     assert not tiny.training
     torch.testing.assert_close(randomisation_similarity(tiny, x, t, Attribution(grad_x_input(tiny, x, t)), context=gxi), s_gxi)
+    # a truncated cascade is the first `steps` columns of the full one, and calls explain that often
+    calls = []
+    counting = MetricContext(explain=lambda m: calls.append(1) or grad_x_input(m, x, t))
+    top2 = randomisation_similarity(tiny, x, t, Attribution(grad_x_input(tiny, x, t)), context=counting, steps=2)
+    assert len(calls) == 2
+    torch.testing.assert_close(top2, per_layer[:, :2].nanmean(1))
+    assert not torch.allclose(top2, s_gxi)
+    sub, sub_names = randomisation_per_layer(tiny, x, Attribution(grad_x_input(tiny, x, t)), gxi.explain, steps=99)
+    assert sub_names == names  # more steps than layers: every layer once
+    with pytest.raises(BenchError, match="steps must be >= 0"):
+        randomisation_similarity(tiny, x, t, Attribution(grad_x_input(tiny, x, t)), context=gxi, steps=-1)
 
 
 # ----------------------------------------------------------------------------- ROAD

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.core.errors import BenchError
+from bench.core.params import Range
 from bench.metrics.base import MetricContext, out_dtype, register_metric, require_context, validate_call
 from explainers.base import Attribution
 
@@ -18,7 +19,9 @@ def _randomisation_passes(params, explainer_passes, n_layers):
     """The explainer's passes once per cascade step; unknown without them."""
     if explainer_passes is None or n_layers is None:
         return None
-    return n_layers * float(explainer_passes[0]), n_layers * float(explainer_passes[1])
+    steps = int((params or {}).get("steps", 0) or 0)
+    n = min(steps, n_layers) if steps > 0 else n_layers
+    return n * float(explainer_passes[0]), n * float(explainer_passes[1])
 
 
 def _average_ranks(x: Tensor) -> Tensor:
@@ -54,16 +57,22 @@ def randomisation_layers(model: nn.Module) -> list[str]:
 
 def randomisation_per_layer(model: nn.Module, inputs: Tensor, attribution: Attribution,
                             explain: Callable[[nn.Module], Tensor], *, seed: int = 0,
-                            absolute: bool = True) -> tuple[Tensor, list[str]]:
+                            absolute: bool = True, steps: int = 0) -> tuple[Tensor, list[str]]:
     """Spearman similarity ``(B, L)`` after each cumulative randomisation step, and the layer names.
 
     Works on a deep copy; step ``l`` re-initialises (``reset_parameters()`` of every submodule,
     seeded with ``seed + l``, the global RNG state restored afterwards) the l-th layer of
     :func:`randomisation_layers` on top of the previous ones, then calls ``explain``.
+    ``steps > 0`` stops the cascade after the top ``steps`` layers (``L = min(steps, layers)``);
+    ``0`` runs all of them.
     """
+    if int(steps) < 0:
+        raise BenchError(f"randomisation: steps must be >= 0 (0 = every layer), got {steps}")
     names = randomisation_layers(model)
     if not names:
         raise BenchError("randomisation: the model has no top-level child module with parameters")
+    if int(steps) > 0:
+        names = names[: int(steps)]
     original = attribution.values.detach()
     if absolute:
         original = original.abs()
@@ -85,10 +94,11 @@ def randomisation_per_layer(model: nn.Module, inputs: Tensor, attribution: Attri
 
 
 @register_metric("randomisation_similarity", higher_is_better=False, needs=("explain",), kind="randomisation",
-                 passes=_randomisation_passes,
+                 passes=_randomisation_passes, constraints={"steps": Range(0)},
                  paper="Adebayo et al. 2018, Sanity Checks for Saliency Maps (NeurIPS)")
 def randomisation_similarity(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
-                             context: MetricContext | None = None, seed: int = 0, absolute: bool = True) -> Tensor:
+                             context: MetricContext | None = None, seed: int = 0, absolute: bool = True,
+                             steps: int = 0) -> Tensor:
     """Mean rank similarity between the attribution and those of cascadingly randomised models.
 
     Adebayo et al. 2018, "Sanity Checks for Saliency Maps" (NeurIPS), cascading randomisation
@@ -97,9 +107,12 @@ def randomisation_similarity(model: nn.Module, inputs: Tensor, targets: Tensor, 
     ``s_l = spearman(|phi|, |phi_l|)`` over all C*H*W values (``absolute=True``, the paper's main
     figure). Score = ``nanmean_l s_l`` (a step whose map is constant has no rank correlation and
     is skipped). Per-layer values: :func:`randomisation_per_layer`. A method that ignores the
-    model scores 1; lower is better.
+    model scores 1; lower is better. ``steps > 0`` truncates the cascade to the top ``steps``
+    layers (each step re-runs the explainer, so the metric costs ``steps`` explanations instead of
+    one per layer; the paper's first steps, fc and the last block, already separate the methods
+    that ignore the model).
     """
     validate_call("randomisation_similarity", model, inputs, targets, attribution)
     explain = require_context(context, "explain", "randomisation_similarity")
-    sims, _ = randomisation_per_layer(model, inputs, attribution, explain, seed=seed, absolute=absolute)
+    sims, _ = randomisation_per_layer(model, inputs, attribution, explain, seed=seed, absolute=absolute, steps=steps)
     return torch.nanmean(sims, dim=1)
