@@ -350,6 +350,7 @@ def test_randomisation_model_independent_explainer_scores_one_and_gradient_lower
     assert not torch.allclose(top2, s_gxi)
     sub, sub_names = randomisation_per_layer(tiny, x, Attribution(grad_x_input(tiny, x, t)), gxi.explain, steps=99)
     assert sub_names == names  # more steps than layers: every layer once
+    torch.testing.assert_close(sub, per_layer)
     with pytest.raises(BenchError, match="steps must be >= 0"):
         randomisation_similarity(tiny, x, t, Attribution(grad_x_input(tiny, x, t)), context=gxi, steps=-1)
 

@@ -19,9 +19,16 @@ def _randomisation_passes(params, explainer_passes, n_layers):
     """The explainer's passes once per cascade step; unknown without them."""
     if explainer_passes is None or n_layers is None:
         return None
-    steps = int((params or {}).get("steps", 0) or 0)
-    n = min(steps, n_layers) if steps > 0 else n_layers
+    n = cascade_length(n_layers, params.get("steps", 0))
     return n * float(explainer_passes[0]), n * float(explainer_passes[1])
+
+
+def cascade_length(n_layers: int, steps: int) -> int:
+    """Cascade steps run: the top ``steps`` of ``n_layers`` layers, all of them for ``steps == 0``."""
+    steps = int(steps)
+    if steps < 0:
+        raise BenchError(f"randomisation: steps must be >= 0 (0 = every layer), got {steps}")
+    return min(steps, n_layers) if steps > 0 else n_layers
 
 
 def _average_ranks(x: Tensor) -> Tensor:
@@ -66,13 +73,10 @@ def randomisation_per_layer(model: nn.Module, inputs: Tensor, attribution: Attri
     ``steps > 0`` stops the cascade after the top ``steps`` layers (``L = min(steps, layers)``);
     ``0`` runs all of them.
     """
-    if int(steps) < 0:
-        raise BenchError(f"randomisation: steps must be >= 0 (0 = every layer), got {steps}")
     names = randomisation_layers(model)
+    names = names[: cascade_length(len(names), steps)]
     if not names:
         raise BenchError("randomisation: the model has no top-level child module with parameters")
-    if int(steps) > 0:
-        names = names[: int(steps)]
     original = attribution.values.detach()
     if absolute:
         original = original.abs()
