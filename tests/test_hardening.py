@@ -116,6 +116,7 @@ def test_the_same_run_through_a_relative_and_an_absolute_path(finished, monkeypa
     ("data.options.sise=28", "dataset 'pneumoniamnist' has no option 'sise'"),
     ("seed=1.5", "seed: must be an integer"),
     ("figures.enabled=1", "figures.enabled: must be true or false"),
+    ('report.self_contained="no"', "report.self_contained: must be true or false"),
     ("train.epochs=0", "config value train: epochs must be >= 1"),
     ('train.lr="fast"', "train.lr: 'fast' must be a number"),
     ('train.model="resnet18"', "remove train.model"),

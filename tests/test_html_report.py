@@ -30,17 +30,30 @@ def run_dir(tmp_path_factory):
         raise RuntimeError(HOSTILE)
 
     tmp = tmp_path_factory.mktemp("html")
-    overrides = [f'results_dir="{tmp / "results"}"', f'checkpoint_dir="{tmp / "ck"}"', 'name="html"', 'device="cpu"',
-                 'data.dataset="synthetic"', "data.options.n=64", "data.per_cell=2", "data.background_size=4",
-                 'models.names=["tiny"]', "train.epochs=2", "train.batch_size=32", "tune.epochs=1",
-                 'tune.unfreeze=["fc"]', f"explain.names={json.dumps(EXPLAINERS_HTML)}",
-                 f"metrics.names={json.dumps(METRICS_HTML)}",
-                 'metrics.params={"deletion_auc" = {steps = 6}, "insertion_auc" = {steps = 6}}',
-                 "reliability.substrates=[]", "reliability.imputation=false", "reliability.bootstrap=50"]
     try:
-        yield runner.run(load_config(None, overrides), progress=False)
+        yield runner.run(load_config(None, _overrides(tmp / "results", tmp / "ck")), progress=False)
     finally:
         EXPLAINERS.unregister("test.hostile")
+
+
+def _overrides(results: Path, checkpoints: Path) -> list[str]:
+    return [f'results_dir="{results}"', f'checkpoint_dir="{checkpoints}"', 'name="html"', 'device="cpu"',
+            'data.dataset="synthetic"', "data.options.n=64", "data.per_cell=2", "data.background_size=4",
+            'models.names=["tiny"]', "train.epochs=2", "train.batch_size=32", "tune.epochs=1",
+            'tune.unfreeze=["fc"]', f"explain.names={json.dumps(EXPLAINERS_HTML)}",
+            f"metrics.names={json.dumps(METRICS_HTML)}",
+            'metrics.params={"deletion_auc" = {steps = 6}, "insertion_auc" = {steps = 6}}',
+            "reliability.substrates=[]", "reliability.imputation=false", "reliability.bootstrap=50"]
+
+
+@pytest.fixture(scope="module")
+def linked_run(run_dir, tmp_path_factory):
+    """The same run, re-run on a copy with ``report.self_contained = false``: a page setting is not
+    another run, so every unit comes from the cache and only the page's layout changes."""
+    tmp = tmp_path_factory.mktemp("linked")
+    shutil.copytree(run_dir.parent, tmp / "results")
+    cfg = load_config(None, _overrides(tmp / "results", run_dir.parent.parent / "ck") + ["report.self_contained=false"])
+    return runner.run(cfg, progress=False)
 
 
 class _Page(HTMLParser):
@@ -136,6 +149,35 @@ def test_bench_report_rebuilds_the_page_byte_for_byte(run_dir):
     assert write_html_report(run_dir).read_bytes() == before
 
 
+def test_a_page_that_is_not_self_contained_links_its_figures_and_long_tables(run_dir, linked_run):
+    """report.self_contained = false: the same tables, figures linked by relative path, each folded detail
+    table a link to its CSV beside the page, and nothing else referenced."""
+    manifest = json.loads((linked_run / "manifest.json").read_text())
+    units = manifest["units"]  # the same run, not recomputed (failed units are never cached: they are retried)
+    assert units["from_cache"] + len(units["failed"]) == units["total"] and units["from_cache"] > 0
+    assert manifest["config"]["report"] == {"self_contained": False}
+    embedded, linked = _parse(run_dir / "report.html"), _parse(linked_run / "report.html")
+    assert linked.cells == embedded.cells and len(linked.cells) > 0
+    pngs = sorted(p.name for p in (linked_run / "figures").glob("*.png"))
+    assert len(pngs) >= 4
+    assert [(i["src"], i["data-file"]) for i in linked.imgs] == [(f"figures/{n}", n) for n in pngs]
+    files = [r for r in linked.refs if not r.startswith("#")]
+    assert all((linked_run / r).is_file() for r in files), files
+    csvs = {r for r in files if r.endswith(".csv")}
+    assert {"prepost_by_cell.csv", "reliability_controls.csv", "reliability_power.csv"} <= csvs
+    folded = ("<details><summary>By cell of", "<details><summary>Control separation", "<details><summary>Power:")
+    embedded_raw = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert all(f in embedded_raw for f in folded)  # the long tables are links now, not folded rows
+    assert not any(f in (linked_run / "report.html").read_text(encoding="utf-8") for f in folded)
+    raw = (linked_run / "report.html").read_text(encoding="utf-8")
+    assert "img-src 'self';" in raw and "data:image/png" not in raw
+    assert (linked_run / "report.html").stat().st_size < (run_dir / "report.html").stat().st_size / 2
+    path = linked_run / "report.html"  # `bench report` reads the setting from the manifest: the same bytes
+    before = path.read_bytes()
+    path.unlink()
+    assert main(["report", str(linked_run)]) == 0 and path.read_bytes() == before
+
+
 def test_strings_from_files_are_escaped(run_dir):
     raw = (run_dir / "report.html").read_text(encoding="utf-8")
     assert "test.hostile" in raw and HOSTILE not in raw
@@ -160,6 +202,12 @@ PUBLISHED_RUNS = sorted(p.parent.name for p in PUBLISHED_ROOT.glob("*/manifest.j
 @pytest.mark.slow  # a real browser: ~5 s
 def test_page_in_a_headless_browser(run_dir, tmp_path):
     _check_in_browser(run_dir, tmp_path)
+
+
+@pytest.mark.slow
+def test_linked_page_in_a_headless_browser(linked_run, tmp_path):
+    """Its figures load from beside it under the page's Content-Security-Policy (img-src 'self')."""
+    _check_in_browser(linked_run, tmp_path)
 
 
 @pytest.mark.slow

@@ -5,7 +5,10 @@ sources of the Markdown tables (``leaderboard.csv``, ``prepost.csv``, ``prepost_
 ``prepost_models.json``, ``reliability*.csv``, the stability tables) and ``figures/*.png`` -- and
 writes one page that needs nothing else: the figures are embedded as base64 ``data:`` PNGs, the CSS
 and a small vanilla-JS table sorter are inline, and a Content-Security-Policy forbids every other
-load (no network, no other file). Every string taken from a file is HTML-escaped. The page is
+load (no network, no other file). With the run config's ``report.self_contained = false`` the page
+instead links ``figures/*.png`` and the long detail tables' CSV files beside it (CSP ``img-src
+'self'``), for studies whose embedded page would be tens of MB. Every string taken from a file is
+HTML-escaped. The page is
 deterministic: no timestamp, no path of the run folder, manifest keys and figures in sorted order,
 so ``python -m bench report`` rebuilds it byte for byte (:func:`bench.report.rebuild.rebuild`
 writes it last).
@@ -22,6 +25,7 @@ import base64
 import json
 import struct
 from html import escape
+from urllib.parse import quote
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -251,6 +255,24 @@ def _details(summary: str, body: str) -> str:
     return f"<details><summary>{_e(summary)}</summary>\n{body}\n</details>"
 
 
+def _folded(summary: str, table: pd.DataFrame, csv_name: str, embed: bool) -> str:
+    """A long detail table: folded into the page (``embed``), or a link to its CSV file beside the page."""
+    if embed:
+        return _details(summary, _frame_table(table))
+    return f'<p class="note">{_e(summary)}: <a href="{_href(csv_name)}">{_e(csv_name)}</a></p>'
+
+
+def _href(name: str) -> str:
+    """A file beside the page (or under it) as a relative URL."""
+    return _e(quote(name))
+
+
+def _self_contained(manifest: Mapping[str, Any] | None) -> bool:
+    """The run config's ``report.self_contained`` (true when the manifest does not say)."""
+    value = _get(_get(_get(manifest, "config"), "report"), "self_contained")
+    return value is not False
+
+
 # ----------------------------------------------------------------------------- provenance
 
 
@@ -389,7 +411,7 @@ def _leaderboards(board: pd.DataFrame | None, card: Mapping[str, pd.DataFrame] |
 # ----------------------------------------------------------------------------- pre / post
 
 
-def _prepost(run_dir: Path) -> str:
+def _prepost(run_dir: Path, embed: bool = True) -> str:
     table = read_table(run_dir / "prepost.csv")
     by_cell = read_table(run_dir / "prepost_by_cell.csv")
     pm = run_dir / "prepost_models.json"
@@ -414,7 +436,8 @@ def _prepost(run_dir: Path) -> str:
             parts.append(_model_comparison(model, models[model]))
         cells = by_cell[(by_cell["model"] == model) & (by_cell["status"] == "ok")]
         if len(cells):
-            parts.append(_details(f"By cell of the pre model ({len(cells)} rows)", _frame_table(cells, drop=["model"])))
+            parts.append(_folded(f"By cell of the pre model ({len(cells)} rows)", cells.drop(columns="model"),
+                                 "prepost_by_cell.csv", embed))
     return _section("prepost", "Pre vs post", "\n".join(parts))
 
 
@@ -459,7 +482,7 @@ CARD_DETAILS = {
 }
 
 
-def _reliability(card: Mapping[str, pd.DataFrame] | None) -> str:
+def _reliability(card: Mapping[str, pd.DataFrame] | None, embed: bool = True) -> str:
     if card is None:
         return ""
     parts = [_p("Can each metric be trusted on this run? beat random: real explainers whose paired goodness beats "
@@ -479,7 +502,8 @@ def _reliability(card: Mapping[str, pd.DataFrame] | None) -> str:
                   _frame_table(sub, drop=["model", "stage", "_s", "real_explainers"])]
     for name in sorted(card):
         if name != "reliability" and len(card[name]):
-            parts.append(_details(f"{CARD_DETAILS.get(name, name)} ({len(card[name])} rows)", _frame_table(card[name])))
+            parts.append(_folded(f"{CARD_DETAILS.get(name, name)} ({len(card[name])} rows)", card[name], f"{name}.csv",
+                                 embed))
     return _section("reliability", "Reliability card", "\n".join(parts))
 
 
@@ -495,14 +519,14 @@ STABILITY = (  # (table, what it says, folded)
 )
 
 
-def _stability(run_dir: Path) -> str:
+def _stability(run_dir: Path, embed: bool = True) -> str:
     parts = []
     for name, what, folded in STABILITY:
         t = read_table(run_dir / f"{name}.csv")
         if t is None:
             continue
-        body = _frame_table(t)
-        parts.append(_details(f"{what} ({len(t)} rows)", body) if folded else _p(what) + "\n" + body)
+        parts.append(_folded(f"{what} ({len(t)} rows)", t, f"{name}.csv", embed) if folded
+                     else _p(what) + "\n" + _frame_table(t))
     return _section("stability", "Stability", "\n".join(parts)) if parts else ""
 
 
@@ -527,8 +551,9 @@ def _figure_names(board: pd.DataFrame | None) -> dict[str, str]:
     return names
 
 
-def _figures(run_dir: Path, board: pd.DataFrame | None) -> str:
-    """Every ``figures/*.png`` in file-name order, embedded as a data: URI, under a heading per kind."""
+def _figures(run_dir: Path, board: pd.DataFrame | None, embed: bool = True) -> str:
+    """Every ``figures/*.png`` in file-name order under a heading per kind: embedded as a data: URI, or
+    (not ``embed``) linked by its relative path ``figures/<name>.png``."""
     files = sorted((run_dir / "figures").glob("*.png"))
     if not files:
         return ""
@@ -551,7 +576,8 @@ def _figures(run_dir: Path, board: pd.DataFrame | None) -> str:
             continue
         name = names.get(rest, rest) if kind in FIGURE_KINDS else f.stem
         alt = f"{FIGURE_KINDS[kind][0]}: {name}" if kind in FIGURE_KINDS else name
-        uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+        uri = ("data:image/png;base64," + base64.b64encode(data).decode("ascii") if embed
+               else _href(f"figures/{f.name}"))
         group.append(f'<figure id="fig-{_e(f.stem)}" style="width:{size[0] + 14}px">'
                      f'<img src="{uri}" width="{size[0]}" height="{size[1]}" alt="{_e(alt)}" data-file="{_e(f.name)}">'
                      f'<figcaption>{_e(name)} <span class="file">(figures/{_e(f.name)})</span></figcaption></figure>')
@@ -654,8 +680,10 @@ JS = """
 }());
 """
 
-# nothing else loads: no fetch, no external image, style, script or font (inline ones and data: images only)
+# nothing else loads: no fetch, no external image, style, script or font (inline ones and data: images only;
+# a page that is not self-contained also loads its own figures/*.png from beside it)
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+CSP_LINKED = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 TITLES = {"provenance": "Provenance", "leaderboards": "Leaderboards", "prepost": "Pre vs post",
           "reliability": "Reliability card", "stability": "Stability", "figures": "Figures"}
 
@@ -667,12 +695,13 @@ def render_html_report(run_dir: str | Path) -> str:
     board = _read_board(run_dir)
     card = _read_card(run_dir)
     name = _get(_get(manifest, "config"), "name") or run_dir.name
+    embed = _self_contained(manifest)
     sections = {"provenance": _provenance(run_dir, manifest), "leaderboards": _leaderboards(board, card),
-                "prepost": _prepost(run_dir), "reliability": _reliability(card), "stability": _stability(run_dir),
-                "figures": _figures(run_dir, board)}
+                "prepost": _prepost(run_dir, embed), "reliability": _reliability(card, embed),
+                "stability": _stability(run_dir, embed), "figures": _figures(run_dir, board, embed)}
     nav = "".join(f'<a href="#{a}">{TITLES[a]}</a>' for a, s in sections.items() if s)
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP if embed else CSP_LINKED}">\n'
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>pneumobench · {_e(name)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
             f"<header><h1>pneumobench report · {_e(name)}</h1><nav>{nav}</nav></header>\n<main>\n"

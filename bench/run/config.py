@@ -62,6 +62,9 @@ DEFAULTS: dict[str, Any] = {
         "curves": True,           # store the curves of the curve metrics (deletion, insertion, ROAD)
     },
     "figures": {"enabled": True, "examples_per_cell": 1},
+    "report": {                   # how report.html shows the run (not what it computes: left out of the run's identity)
+        "self_contained": True,   # true: one file, figures embedded; false: links figures/*.png and long tables' CSVs
+    },
     "reliability": {              # the reliability card (bench/report/reliability.py), next to every leaderboard
         "enabled": True,
         "controls": ["random", "edge"],
@@ -233,6 +236,8 @@ def validate(v: dict[str, Any]) -> None:
     _expect(isinstance(f["enabled"], bool), "figures.enabled", f"must be true or false, got {f['enabled']!r}")
     _expect(_is_int(f["examples_per_cell"]) and f["examples_per_cell"] >= 0, "figures.examples_per_cell",
             f"must be an integer >= 0, got {f['examples_per_cell']!r}")
+    _expect(isinstance(v["report"]["self_contained"], bool), "report.self_contained",
+            f"must be true or false, got {v['report']['self_contained']!r}")
     _check_reliability(v["reliability"])
     _expect(isinstance(v["metrics"]["curves"], bool), "metrics.curves",
             f"must be true or false, got {v['metrics']['curves']!r}")

@@ -2,9 +2,9 @@
 
 :func:`claim` is held for the whole run: it locks ``<run>/.lock`` (a second run on the same
 directory fails at once with one line), refuses a directory holding another config (what a run
-is does not depend on how its path is spelled: the name, results folder and checkpoint folder
-are left out of the comparison), refuses a damaged ``manifest.json`` with one line naming it,
-and records the config in ``manifest.json`` before any work, so a killed run's partial results
+is does not depend on how its path is spelled or its page is laid out: the name, results folder,
+checkpoint folder and ``[report]`` are left out of the comparison), refuses a damaged
+``manifest.json`` with one line naming it, and records the config in ``manifest.json`` before any work, so a killed run's partial results
 are protected too. The final manifest replaces that record when the run ends.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
     import msvcrt
 
-NOT_IDENTITY = ("name", "results_dir", "checkpoint_dir")  # where a run lives, not what it computes
+# where a run lives and how its page shows it, not what it computes
+NOT_IDENTITY = ("name", "results_dir", "checkpoint_dir", "report")
 
 
 def identity(values: dict[str, Any]) -> dict[str, Any]:
