@@ -4,8 +4,9 @@
 directory fails at once with one line), refuses a directory holding another config (what a run
 is does not depend on how its path is spelled or its page is laid out: the name, results folder,
 checkpoint folder and ``[report]`` are left out of the comparison), refuses a damaged
-``manifest.json`` with one line naming it, and records the config in ``manifest.json`` before any work, so a killed run's partial results
-are protected too. The final manifest replaces that record when the run ends.
+``manifest.json`` with one line naming it, and records the config in ``manifest.json`` before any
+work, so a killed run's partial results are protected too. The final manifest replaces that
+record when the run ends.
 """
 from __future__ import annotations
 
