@@ -8,10 +8,9 @@ and a small vanilla-JS table sorter are inline, and a Content-Security-Policy fo
 load (no network, no other file). With the run config's ``report.self_contained = false`` the page
 instead links ``figures/*.png`` and the long detail tables' CSV files beside it (CSP ``img-src
 'self'``), for studies whose embedded page would be tens of MB. Every string taken from a file is
-HTML-escaped. The page is
-deterministic: no timestamp, no path of the run folder, manifest keys and figures in sorted order,
-so ``python -m bench report`` rebuilds it byte for byte (:func:`bench.report.rebuild.rebuild`
-writes it last).
+HTML-escaped. The page is deterministic: no timestamp, no path of the run folder, manifest keys and
+figures in sorted order, so ``python -m bench report`` rebuilds it byte for byte
+(:func:`bench.report.rebuild.rebuild` writes it last).
 
 Sections: provenance (``manifest.json``), the leaderboards per model and stage (cells "mean
 (rank)" over the CI, with the reliability card's ⚠ / ≈ marks as in ``leaderboard.md``), pre vs
@@ -25,9 +24,9 @@ import base64
 import json
 import struct
 from html import escape
-from urllib.parse import quote
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
