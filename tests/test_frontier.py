@@ -119,3 +119,16 @@ def test_tables_figure_and_the_saved_run(tmp_path, capsys):
     with pytest.raises(BenchError, match="no frontier rows"):
         saved_rows(empty)
     assert main([str(empty)]) == 2
+
+
+def test_figure_puts_four_models_on_a_two_by_two_grid(tmp_path):
+    from PIL import Image
+
+    one = _planted({10: 0.2, 20: 0.1})
+    rows = [dict(r, model=f"net{k}") for k in range(4) for r in one]
+    with Image.open(frontier_figure(rows, tmp_path / "four.png")) as im:
+        four = im.size
+    with Image.open(frontier_figure(rows[:3 * len(one)], tmp_path / "three.png")) as im:
+        three = im.size
+    assert four == (round(2 * 5.2 * 110), round(2 * 4.2 * 110))  # 2 x 2 panels at dpi 110
+    assert three == (round(3 * 5.2 * 110), round(4.2 * 110))  # one row of three

@@ -276,21 +276,27 @@ def frontier_figure(rows: Iterable[Mapping[str, Any]], path: str | Path, target:
 
     frame = frontier_frame(rows)
     models = list(dict.fromkeys(frame["model"]))
-    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.2), squeeze=False, sharey=True)
+    ncols = len(models) if len(models) <= 3 else 2  # four panels: 2 x 2
+    nrows = math.ceil(len(models) / ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.2 * nrows), squeeze=False, sharey=True)
+    axes = grid.ravel()
+    for ax in axes[len(models):]:
+        ax.set_visible(False)
     methods = list(dict.fromkeys(frame["method"]))  # one colour per method in every panel
     colours = dict(zip(methods, plt.get_cmap("tab10" if len(methods) <= 10 else "tab20").colors))
-    for ax, model in zip(axes[0], models):
+    for ax, model in zip(axes, models):
         for method, grp in frame[frame["model"] == model].groupby("method", sort=False):
             ax.errorbar(grp["passes"], grp["rel_l2"], yerr=grp["rel_l2_sd"].fillna(0), marker="o", ms=3,
                         capsize=2, label=method, color=colours[method])
         ax.axhline(target, color="grey", lw=0.8, ls="--")
         ax.set(xscale="log", yscale="log", title=model, xlabel="model passes per image")
         ax.grid(True, which="both", lw=0.3)
-    axes[0][0].set_ylabel("relative L2 to the converged value")
-    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_legend_handles_labels()[0]}
+    for row in grid:
+        row[0].set_ylabel("relative L2 to the converged value")
+    handles = {h.get_label(): h for ax in axes for h in ax.get_legend_handles_labels()[0]}
     fig.legend([handles[m] for m in methods], methods, fontsize=7, loc="lower center", ncol=min(4, len(methods)),
                frameon=False)
-    fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(methods) - 1) // 4), 1, 1))
+    fig.tight_layout(rect=(0, (0.06 + 0.035 * ((len(methods) - 1) // 4)) / nrows, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, metadata={"Software": None})

@@ -1,7 +1,8 @@
 """Accuracy per pass (issue 18): the cost-accuracy frontier of every approximate explainer.
 
 For each model of ``BENCH_MODELS`` (random weights, BatchNorm calibrated, as the cost benchmarks)
-and, when ``BENCH_FRONTIER_CHECKPOINT`` names a checkpoint, that trained model too: every
+and, when ``BENCH_FRONTIER_CHECKPOINT`` names a checkpoint, that trained model too
+(``BENCH_FRONTIER_RANDOM=0``: the trained model only): every
 explainer registered with ``budget=`` is run over its pass grid (bench.perf.frontier) against its
 converged reference, on ``BENCH_FRONTIER_IMAGES`` images (default 4) with ``BENCH_FRONTIER_SEEDS``
 explainer seeds (default 3). Images: test images of the real data when it is there
@@ -57,7 +58,10 @@ def _cases(model_name: str, settings):
         data = (torch.rand(n_images, 1, 28, 28, generator=g).to(settings.device),
                 torch.rand(n_bg, 1, 28, 28, generator=torch.Generator().manual_seed(2)).to(settings.device), None)
     x, bg, md5 = data
-    cases = [(f"{model_name} (random weights)", calibrated(model_name).to(settings.device))]
+    random_weights = os.environ.get("BENCH_FRONTIER_RANDOM", "1").strip()
+    if random_weights not in ("0", "1"):
+        raise pytest.UsageError(f"BENCH_FRONTIER_RANDOM={random_weights!r} must be 0 or 1")
+    cases = [(f"{model_name} (random weights)", calibrated(model_name).to(settings.device))] if random_weights == "1" else []
     ckpt = os.environ.get("BENCH_FRONTIER_CHECKPOINT", "").strip()
     if ckpt:
         from models.training import load_checkpoint
@@ -65,6 +69,8 @@ def _cases(model_name: str, settings):
         model, info = load_checkpoint(ckpt, device=settings.device)
         if info["model"] == model_name:
             cases.insert(0, (f"{model_name} (trained, {os.path.basename(ckpt)[:24]})", model))
+    if not cases:
+        pytest.skip(f"BENCH_FRONTIER_RANDOM=0 and no BENCH_FRONTIER_CHECKPOINT of {model_name}: nothing to measure")
     return cases, x, bg, md5
 
 
