@@ -46,6 +46,7 @@ from explainers.stratified_eg import draws as stratified_draws  # noqa: E402
 from tests.benchmarks.test_frontier import _data  # noqa: E402
 
 N_IMAGES, N_BACKGROUND, SEEDS = 3, 32, 6
+KINDS_WITH_CV = ("iid", "stratified", "balanced")  # the designs measured with the control variate too
 
 
 def balanced(rng: np.random.Generator, n: int, big_n: int):
@@ -82,10 +83,13 @@ def sliced(seed: int, n: int, big_n: int, key: np.ndarray, group: int):
     return perm[k % big_n], (k + rng.random(n)) / n
 
 
-def design(kind: str, seed: int, n: int, big_n: int):
-    """``(rows, a, weights)`` of one image's draws."""
+def design(kind: str, seed: int, n: int, big_n: int, key: np.ndarray | None = None):
+    """``(rows, a, weights)`` of one image's draws (``key``: the similarity of the ``sliced`` designs)."""
     if kind in ("iid", "stratified"):
         rows, a = stratified_draws(seed, n, big_n, kind)
+        return rows, a, np.full(n, 1.0 / n)
+    if kind.startswith("sliced"):  # sliced<G>_<key>
+        rows, a = sliced(seed, n, big_n, key, int(kind[6:].split("_")[0]))
         return rows, a, np.full(n, 1.0 / n)
     rng = np.random.default_rng(seed)
     if kind == "balanced":
@@ -138,45 +142,34 @@ def main(which: str, sliced_only: bool = False) -> None:
                 for s in range(4)]
         refs.append(torch.stack(runs).mean(0))
     if sliced_only:
-        print("| n | stratified | sliced4_f | sliced8_f | sliced4_mean | sliced4_dist |")
-        for n in (50, 100):
-            err = {}
-            for kind in ("stratified", "sliced4_f", "sliced8_f", "sliced4_mean", "sliced4_dist"):
-                for s in range(SEEDS):
-                    for i in range(N_IMAGES):
-                        if kind == "stratified":
-                            rows, a = stratified_draws(1000 * s + i, n, N_BACKGROUND)
-                        else:
-                            key = {"f": fbg[:, t[i]].numpy(), "mean": bg.flatten(1).mean(1).numpy(),
-                                   "dist": (bg - x[i:i + 1]).flatten(1).norm(dim=1).numpy()}[kind.split("_")[1]]
-                            rows, a = sliced(1000 * s + i, n, N_BACKGROUND, key, int(kind[6]))
-                        phi = contributions(model, x[i:i + 1], t[i], bg, rows, a).mean(0)
-                        err.setdefault(kind, []).append(float((phi - refs[i]).norm() / refs[i].norm()))
-            print(f"| {n} | " + " | ".join(f"{np.mean(v):.3f}" for v in err.values()) + " |", flush=True)
-        return
-    print("| n | " + " | ".join(["iid", "iid+cv", "stratified", "stratified+cv", "balanced", "balanced+cv", "lattice",
-                                 "systematic", "strata_shuffled"]) + " |")
-    for n in (32, 50, 64, 100):
+        kinds, with_cv, sizes = ("stratified", "sliced4_f", "sliced8_f", "sliced4_mean", "sliced4_dist"), (), (50, 100)
+    else:
+        kinds, with_cv = ("iid", "stratified", "balanced", "lattice", "systematic", "strata_shuffled"), KINDS_WITH_CV
+        sizes = (32, 50, 64, 100)
+    cols = [c for k in kinds for c in ((k, k + "+cv") if k in with_cv else (k,))]
+    print("| n | " + " | ".join(cols) + " |")
+    for n in sizes:
         err: dict[str, list[float]] = {}
-        for kind in ("iid", "stratified", "balanced", "lattice", "systematic", "strata_shuffled"):
+        for kind in kinds:
             for s in range(SEEDS):
                 for i in range(N_IMAGES):
-                    rows, a, w = design(kind, 1000 * s + i, n, N_BACKGROUND)
+                    key = None
+                    if kind.startswith("sliced"):
+                        key = {"f": fbg[:, t[i]].numpy(), "mean": bg.flatten(1).mean(1).numpy(),
+                               "dist": (bg - x[i:i + 1]).flatten(1).norm(dim=1).numpy()}[kind.split("_")[1]]
+                    rows, a, w = design(kind, 1000 * s + i, n, N_BACKGROUND, key)
                     g = contributions(model, x[i:i + 1], t[i], bg, rows, a)
                     wt = torch.tensor(w)
                     phi = (g * wt.view(-1, 1)).sum(0)
                     est = {kind: phi}
-                    if kind in ("iid", "stratified", "balanced"):
+                    if kind in with_cv:
                         resid = g.sum(1) - (fx[i] - fbg[rows, t[i]])
                         rc, gc = resid - resid.mean(), g - g.mean(0)
                         beta = (gc * rc.view(-1, 1)).sum(0) / (rc * rc).sum().clamp_min(1e-30)
                         est[kind + "+cv"] = phi - beta * (resid * wt).sum()
                     for k, v in est.items():
                         err.setdefault(k, []).append(float((v - refs[i]).norm() / refs[i].norm()))
-        cols = ["iid", "iid+cv", "stratified", "stratified+cv", "balanced", "balanced+cv", "lattice", "systematic",
-                "strata_shuffled"]
         print(f"| {n} | " + " | ".join(f"{np.mean(err[c]):.3f}" for c in cols) + " |", flush=True)
-
 
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if a != "--sliced"]

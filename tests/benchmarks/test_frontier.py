@@ -61,7 +61,9 @@ def _cases(model_name: str, settings):
     random_weights = os.environ.get("BENCH_FRONTIER_RANDOM", "1").strip()
     if random_weights not in ("0", "1"):
         raise pytest.UsageError(f"BENCH_FRONTIER_RANDOM={random_weights!r} must be 0 or 1")
-    cases = [(f"{model_name} (random weights)", calibrated(model_name).to(settings.device))] if random_weights == "1" else []
+    cases = []
+    if random_weights == "1":
+        cases.append((f"{model_name} (random weights)", calibrated(model_name).to(settings.device)))
     ckpt = os.environ.get("BENCH_FRONTIER_CHECKPOINT", "").strip()
     if ckpt:
         from models.training import load_checkpoint
