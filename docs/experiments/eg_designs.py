@@ -16,6 +16,8 @@ estimated from ``n`` gradient passes per image, each at a draw ``(r_k, a_k)`` wi
   its group with an independent permutation per j;
 * ``lattice``: rows as ``stratified``, ``a_k = frac(k/n + U)``, one U per image (a randomly shifted grid);
 * ``systematic``: rows as ``stratified``, ``a_k = (k + u_{k mod N})/n`` (one jitter per row);
+* ``antithetic`` (``N <= n <= 2N``; eg_budget.py): rows and points as ``stratified``, except that a
+  row's second point mirrors its first, ``a_{k+N} = 1 - a_k`` (the strata still partition [0, 1]);
 * ``strata_shuffled``: rows as ``stratified``, the n strata dealt to draws by another random
   permutation (rows and strata decoupled);
 * ``sliced<G>_<key>``: rows as ``stratified``, but the permutation ``P`` puts references that are
@@ -100,6 +102,11 @@ def design(kind: str, seed: int, n: int, big_n: int, key: np.ndarray | None = No
         a = (k / n + rng.random()) % 1.0
     elif kind == "systematic":
         a = (k + rng.random(big_n)[k % big_n]) / n
+    elif kind == "antithetic":
+        if not big_n <= n <= 2 * big_n:
+            raise ValueError(f"antithetic draws need N <= n <= 2N, got n={n}, N={big_n}")
+        a = (k + rng.random(n)) / n
+        a[big_n:] = 1.0 - a[:n - big_n]
     elif kind == "strata_shuffled":
         a = (rng.permutation(n) + rng.random(n)) / n
     else:
@@ -120,8 +127,17 @@ def contributions(model, x, target, bg, rows, a, batch: int = 64) -> torch.Tenso
     return torch.cat(out)
 
 
-def main(which: str, sliced_only: bool = False) -> None:
-    torch.set_num_threads(1)
+def reference(model, x, target, bg) -> torch.Tensor:
+    """The converged value ``(pixels,)``: mean of 4 stratified runs of 1024 passes (seeds 10000-10003)."""
+    runs = [contributions(model, x, target, bg, *stratified_draws(10_000 + s, 1024, bg.shape[0])).mean(0)
+            for s in range(4)]
+    return torch.stack(runs).mean(0)
+
+
+def setup(which: str, threads: int = 1):
+    """``(model, x, bg, target)``: a checkpoint (or ``random``: a calibrated random resnet18), the
+    frontier's test images and background, and each image's predicted class."""
+    torch.set_num_threads(threads)
     if which == "random":
         from tests.conftest import calibrated
         model = calibrated("resnet18")
@@ -134,13 +150,14 @@ def main(which: str, sliced_only: bool = False) -> None:
         raise SystemExit("error: no PneumoniaMNIST file; set BENCH_DATA_FILE")
     x, bg, _ = data
     with torch.no_grad():
-        t = model(x).argmax(1)
+        return model, x, bg, model(x).argmax(1)
+
+
+def main(which: str, sliced_only: bool = False) -> None:
+    model, x, bg, t = setup(which)
+    with torch.no_grad():
         fx, fbg = model(x).gather(1, t.view(-1, 1)).squeeze(1).double(), model(bg).double()
-    refs = []
-    for i in range(N_IMAGES):
-        runs = [contributions(model, x[i:i + 1], t[i], bg, *stratified_draws(10_000 + s, 1024, N_BACKGROUND)).mean(0)
-                for s in range(4)]
-        refs.append(torch.stack(runs).mean(0))
+    refs = [reference(model, x[i:i + 1], t[i], bg) for i in range(N_IMAGES)]
     if sliced_only:
         kinds, with_cv, sizes = ("stratified", "sliced4_f", "sliced8_f", "sliced4_mean", "sliced4_dist"), (), (50, 100)
     else:
