@@ -19,8 +19,8 @@ uniform draw's variance ``E ||h_r(a) - T||^2`` (in units of ``||T||^2``) into
   correlation at lags of 1, 2, 4, 8, 16 cells) can cancel it;
 * ``IS gain``: the factor by which the best importance-sampling density over (row, point) would cut
   a single draw's variance if it were known exactly (``p ~ ||h_r(a)||``, so the factor is
-  ``(E||h||^2 - ||T||^2) / ((E||h||)^2 - ||T||^2)``): an upper bound on what moving points to
-  where the integrand is large can buy; ``Neyman``: the same over rows only (``n_r ~ sigma_r``,
+  ``(E||h||^2 - ||T||^2) / ((E||h||)^2 - ||T||^2)``): the most that moving draws to where the
+  integrand is large can buy per draw (combined with stratification the gain is not additive); ``Neyman``: the same over rows only (``n_r ~ sigma_r``,
   ``mean(sigma_r^2) / mean(sigma_r)^2``);
 * ``iid`` / ``stratified`` / ``antithetic``: relative L2 of the samplers (eg_designs.design) when
   their points take the value of their cell (the grid's own expectation is ``T``), mean over 100
