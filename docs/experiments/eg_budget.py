@@ -20,8 +20,8 @@ uniform draw's variance ``E ||h_r(a) - T||^2`` (in units of ``||T||^2``) into
 * ``IS gain``: the factor by which the best importance-sampling density over (row, point) would cut
   a single draw's variance if it were known exactly (``p ~ ||h_r(a)||``, so the factor is
   ``(E||h||^2 - ||T||^2) / ((E||h||)^2 - ||T||^2)``): the most that moving draws to where the
-  integrand is large can buy per draw (combined with stratification the gain is not additive); ``Neyman``: the same over rows only (``n_r ~ sigma_r``,
-  ``mean(sigma_r^2) / mean(sigma_r)^2``);
+  integrand is large can buy per draw (combined with stratification the gain is not additive);
+  ``Neyman``: the same over rows only (``n_r ~ sigma_r``, ``mean(sigma_r^2) / mean(sigma_r)^2``);
 * ``iid`` / ``stratified`` / ``antithetic``: relative L2 of the samplers (eg_designs.design) when
   their points take the value of their cell (the grid's own expectation is ``T``), mean over 100
   seeds; iid and stratified check that the grid reproduces the frontier's measured errors
@@ -47,6 +47,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench.perf.frontier import rel_l2  # noqa: E402
 from eg_designs import N_IMAGES, contributions, design, reference, setup  # noqa: E402
 
 LAGS = (1, 2, 4, 8, 16)
@@ -86,21 +87,21 @@ def budget(h: np.ndarray, lags=LAGS) -> dict:
             "neyman_gain": float((sigma ** 2).mean() / sigma.mean() ** 2)}
 
 
+def snapped_estimate(h: np.ndarray, rows: np.ndarray, a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """A design's estimate ``(P,)`` of the grid mean, each draw taking the value of its row's cell of ``a``."""
+    cells = h.shape[1]
+    return (h[rows, np.minimum((a * cells).astype(np.int64), cells - 1)] * w[:, None]).sum(0)
+
+
+def _rel_l2(est: np.ndarray, ref: np.ndarray) -> float:
+    """The frontier's relative L2 (bench.perf.frontier.rel_l2) of one image's values."""
+    return float(rel_l2(torch.from_numpy(est)[None], torch.from_numpy(ref)[None])[0])
+
+
 def simulated_errors(h: np.ndarray, kind: str, n: int, seeds, image: int = 0) -> np.ndarray:
     """Relative L2 to the grid mean, one per seed, of design ``kind`` (eg_designs.design), points snapped to cells."""
-    n_rows, cells, _ = h.shape
     t = h.mean((0, 1))
-    errs = []
-    for s in seeds:
-        rows, a, w = design(kind, 1000 * s + image, n, n_rows)
-        est = (h[rows, np.minimum((a * cells).astype(np.int64), cells - 1)] * w[:, None]).sum(0)
-        errs.append(np.linalg.norm(est - t) / np.linalg.norm(t))
-    return np.array(errs)
-
-
-def _grid_error(h: np.ndarray, ref: np.ndarray) -> float:
-    """Relative L2 of the grid's mean against the converged reference."""
-    return float(np.linalg.norm(h.mean((0, 1)) - ref) / np.linalg.norm(ref))
+    return np.array([_rel_l2(snapped_estimate(h, *design(kind, 1000 * s + image, n, h.shape[0])), t) for s in seeds])
 
 
 def main(which: str, cells: int = 64, with_reference: bool = False) -> None:
@@ -123,7 +124,7 @@ def main(which: str, cells: int = 64, with_reference: bool = False) -> None:
                ", ".join(f"{c:.2f}" for c in b["autocorr"]), f"{b['is_gain']:.3f}", f"{b['neyman_gain']:.3f}",
                *(f"{e:.3f}" for e in sims), " / ".join(f"{v:.1f}" for v in per_pass)]
         if with_reference:
-            row.append(f"{_grid_error(h, reference(model, x[i:i + 1], target[i], bg).numpy()):.3f}")
+            row.append(f"{_rel_l2(h.mean((0, 1)), reference(model, x[i:i + 1], target[i], bg).numpy()):.3f}")
         print("| " + " | ".join(row) + " |", flush=True)
 
 

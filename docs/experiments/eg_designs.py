@@ -44,6 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench.perf.frontier import rel_l2  # noqa: E402
 from explainers.stratified_eg import draws as stratified_draws  # noqa: E402
 from tests.benchmarks.test_frontier import _data  # noqa: E402
 
@@ -185,7 +186,7 @@ def main(which: str, sliced_only: bool = False) -> None:
                         beta = (gc * rc.view(-1, 1)).sum(0) / (rc * rc).sum().clamp_min(1e-30)
                         est[kind + "+cv"] = phi - beta * (resid * wt).sum()
                     for k, v in est.items():
-                        err.setdefault(k, []).append(float((v - refs[i]).norm() / refs[i].norm()))
+                        err.setdefault(k, []).append(float(rel_l2(v[None], refs[i][None])[0]))
         print(f"| {n} | " + " | ".join(f"{np.mean(err[c]):.3f}" for c in cols) + " |", flush=True)
 
 if __name__ == "__main__":
