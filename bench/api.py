@@ -38,13 +38,12 @@ from bench.report import leaderboard as L, plots
 from bench.report.html import REPORT, write_html_report
 from bench.report.rebuild import MEASURED, rebuild
 from bench.run import plan as P
-from bench.run.config import NAME, RunConfig, load_config
+from bench.run.config import MAX_NAME, RunConfig, is_plain_name, load_config, shown
 from bench.run.rundir import claim
 from bench.run.runner import run_plan
 from bench.run.unit import Stage, tensor_digest
 from datasets import ImageSplit
-from models.training import predict_proba
-from models.user import check_fits, object_model_key, prepare_model
+from models.user import checked_predictions, check_fits, copy_model, object_model_key, prepare_model
 
 __all__ = ["evaluate", "Result", "BACKGROUND_SIZE"]
 
@@ -170,7 +169,7 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray, targets: Tensor | np
         raise BenchError(f"model must be a torch nn.Module returning logits, got {type(model).__name__}")
     x = _images(images, "images")
     n = len(x)
-    work = copy.deepcopy(model).cpu().eval()
+    work = copy_model(model).cpu().eval()
     k = check_fits(work, x, where="model")
     y = None if labels is None else _classes(labels, "labels", n, k)
     t = None if targets is None else _classes(targets, "targets", n, k)
@@ -185,9 +184,9 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray, targets: Tensor | np
             raise BenchError(f"background has images of shape {tuple(bg.shape[1:])}, the images {tuple(x.shape[1:])}; "
                              f"give reference images like the explained ones")
     label = model_name if model_name is not None else type(model).__name__
-    if not isinstance(label, str) or not NAME.match(label):
-        raise BenchError(f"model_name {label!r} is not a plain name (letters, digits and ._+-, not starting with a dot); "
-                         f"pass e.g. model_name=\"my-resnet\"")
+    if not is_plain_name(label):
+        raise BenchError(f"model_name {shown(label)} is not a plain name (letters, digits and ._+-, not starting with a "
+                         f"dot, at most {MAX_NAME} characters); pass e.g. model_name=\"my-resnet\"")
 
     t0 = time.perf_counter()
     fix = "pass convert=True to bench.evaluate (it converts torchvision ResNets)"
@@ -202,7 +201,7 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray, targets: Tensor | np
     cfg = _describe(cfg, label, record, key, info)
     stage = Stage(label, "pre", Path("notebook"), key, {"test": {}, "config": {"user_model": record}},
                   work.to(dev), label, 0)
-    preds = predict_proba(stage.model, x, device=dev).argmax(1)
+    preds = checked_predictions(stage.model, x, device=dev).argmax(1)
     say = print if verbose else (lambda s: None)
     with tempfile.TemporaryDirectory(prefix="pneumobench-") as tmp:
         run_dir = Path(tmp) / cfg["name"]

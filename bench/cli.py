@@ -1,41 +1,80 @@
-"""The command line: ``python -m bench run | list | train | tune | report``.
+"""The command line: ``python -m bench run | list | train | tune | report | plan``.
 
 Thin: it parses, then calls down (:mod:`bench.run.runner`, :mod:`models.training`,
 :mod:`bench.report.rebuild`). The flags of ``train`` and ``tune`` are generated from the recipe
 dataclasses (:class:`models.training.TrainConfig`, :class:`models.training.TuneConfig`), and
 ``list`` enumerates the registries. Bad input (unknown names, bad values, missing or corrupt
-files) ends with one line ``error: <problem and fix>`` on stderr and exit status 2, never a
-traceback.
+files, a mistyped flag, a place that cannot be written) ends with one line
+``error: <problem and fix>`` on stderr and exit status 2, never a traceback. SIGINT and SIGTERM
+stop a command the same way, with one line saying that finished work is kept (exit 130 / 143);
+a second signal while it stops ends the process at once.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
+import shutil
+import signal
 import sys
+import textwrap
+import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import datasets
 import explainers
 import models
 from bench import metrics
-from bench.core.errors import BenchError
+from bench.core.errors import BenchError, did_you_mean
+from bench.core.io import check_entry, ensure_folder, os_error
+from bench.core.params import SEED_RANGE, Range
 from bench.core.registry import Registry
 from bench.perf.allocator import tune_allocator
 from bench.perf.floor import format_passes, metric_passes_per_image, passes_per_image
 from bench.report.rebuild import rebuild
 from bench.run.config import load_config, parse_value
+from bench.run.rundir import check_adoptable, check_run_tree
 from bench.run.runner import run
+from bench.run.sizing import plan_sample, render_plan
 from models.training import (Recipe, TrainConfig, TuneConfig, default_checkpoint_path, default_tuned_path, train_model,
                              tune_model)
 
 REGISTRIES: dict[str, Registry] = {"models": models.MODELS, "explainers": explainers.EXPLAINERS,
                                    "metrics": metrics.METRICS, "datasets": datasets.DATASETS}
 LIST_BACKGROUND = 32  # the default config's data.background_size, for the pass counts `list` shows
+LIST_SHAPE = (1, 28, 28)  # the default config's images, for pass counts that depend on the image size
 
 
 # ----------------------------------------------------------------------------- the parser
+
+
+class UsageError(BenchError):
+    """A command line argparse refuses: one line, like every other error."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (argparse prints the usage and exits; this raises
+    :class:`UsageError`, which :func:`main` prints as ``error: ...``) and a "did you mean" for a
+    mistyped choice or command."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}; see {self.prog} --help")
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(repr, action.choices))
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r}{did_you_mean(value, action.choices)}; "
+                                                 f"choose from {choices}")
+
+
+RUN_EXAMPLES = """examples (as typed in bash):
+  python -m bench run --config configs/study.toml --name study
+  python -m bench run --set 'explain.names=["random", "edge"]' --set data.per_cell=2
+  python -m bench run --set 'explain.params."shap.partition".max_evals=100'
+"""
 
 
 def _add_data_args(p: argparse.ArgumentParser, *, dataset: bool) -> None:
@@ -69,16 +108,18 @@ def _add_recipe_args(p: argparse.ArgumentParser, cls: type[Recipe]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m bench",
         description="pneumobench: a quantitative benchmark of attribution methods on chest X-ray classifiers.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    r = sub.add_parser("run", help="run a benchmark config: explainers x metrics -> leaderboards and figures")
+    r = sub.add_parser("run", help="run a benchmark config: explainers x metrics -> leaderboards and figures",
+                       epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--config", default=None, help="TOML config (default: configs/quick.toml)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help='override a config value, e.g. --set explain.names=["random"] (repeatable)')
+                   help="override a config value, a TOML value in single quotes for the shell, e.g. "
+                        "--set 'explain.names=[\"random\"]' (repeatable)")
     r.add_argument("--name", default=None, help="run name: results/<name>/ (default: the config's name)")
     r.add_argument("--results", default=None, help="results folder (default: results)")
     _add_device(r)
@@ -111,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="rebuild every table and figure of a run from its scores.csv")
     rep.add_argument("run_dir", help="results/<run-name>")
+
+    pl = sub.add_parser("plan", help="n before the run: images per model-stage for the declared effects, and the cost")
+    pl.add_argument("--config", default=None, help="TOML config (default: configs/quick.toml)")
+    pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value (TOML), e.g. --set 'stats.effects={faithfulness = 0.03}'")
+    pl.add_argument("--pilot", required=True, help="a finished run folder whose scores give the paired variances "
+                                                   "(e.g. results/published/card)")
+    pl.add_argument("--power", type=float, default=0.8, help="power to detect the smallest effect (default: 0.8)")
     return parser
 
 
@@ -122,30 +171,58 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 
 
 def _fmt(v: Any) -> str:
+    if callable(v) and not isinstance(v, type):
+        return getattr(v, "__name__", type(v).__name__)
     return repr(v) if isinstance(v, str) else str(v)
 
 
-def describe(kind: str) -> str:
-    """One block per registered name: purpose, metadata flags, parameters with their defaults and,
-    for explainers and metrics, the model passes per image at the defaults."""
+def constraint_text(c: Any) -> str:
+    """A declared constraint in words: ``>= 1``, ``in (0, 1]``, ``one of 'zero', 'mean'``, or a
+    checking function's docstring (its name without one)."""
+    if isinstance(c, Range):
+        return str(c)
+    if isinstance(c, tuple):
+        return "one of " + ", ".join(map(_fmt, c))
+    doc = (getattr(c, "__doc__", None) or "").strip().splitlines()
+    return doc[0].rstrip(".").split(": ", 1)[-1] if doc else _fmt(c)
+
+
+def _params_text(params: dict[str, Any], constraints: dict[str, Any]) -> str:
+    constraints = {"seed": SEED_RANGE, **constraints}
+    return ", ".join(f"{k}={_fmt(v)}" + (f" ({constraint_text(constraints[k])})" if k in constraints else "")
+                     for k, v in params.items())
+
+
+def describe(kind: str, width: int | None = None) -> str:
+    """One block per registered name: purpose, metadata flags, parameters with their defaults and
+    constraints and, for explainers and metrics, the model passes per image at the defaults;
+    wrapped to ``width`` (default: the terminal's)."""
+    width = max(60, width or shutil.get_terminal_size((100, 24)).columns)
     reg = REGISTRIES[kind]
+    indent = " " * 33
     lines = [f"{kind} ({len(reg)}):"]
+
+    def add(text: str, first: str = indent) -> None:
+        lines.extend(textwrap.wrap(text, width, initial_indent=first, subsequent_indent=indent,
+                                   break_on_hyphens=False) or [first.rstrip()])
+
     for e in reg.entries():
-        meta = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(e.meta.items()) if k != "passes" and not callable(v))
+        meta = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(e.meta.items()) if k not in ("passes", "constraints"))
         params = {"explainers": explainers.explainer_params, "metrics": metrics.metric_params}.get(
             kind, lambda n: reg.get(n).params())(e.name)
         doc = (getattr(e.obj, "__doc__", None) or "").strip().splitlines()
-        lines.append(f"  {e.name:<30} {doc[0] if doc else ''}")
+        add(doc[0] if doc else "", f"  {e.name:<30} ")
         if meta:
-            lines.append(f"  {'':<30} [{meta}]")
+            add(f"[{meta}]")
         if params:
-            lines.append(f"  {'':<30} {'options' if kind == 'datasets' else 'params'}: "
-                         + ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
+            add(f"{'options' if kind == 'datasets' else 'params'}: "
+                + _params_text(params, e.meta.get("constraints") or {}))
         if kind == "explainers":
-            passes = format_passes(passes_per_image(e.name, background_size=LIST_BACKGROUND))
-            lines.append(f"  {'':<30} passes/image at the defaults, background {LIST_BACKGROUND}: {passes}")
+            passes = format_passes(passes_per_image(e.name, background_size=LIST_BACKGROUND, shape=LIST_SHAPE))
+            add(f"passes/image at the defaults, background {LIST_BACKGROUND}, {'x'.join(map(str, LIST_SHAPE))} "
+                f"images: {passes}")
         elif kind == "metrics":  # n/a: the count depends on the explainer (randomisation re-runs it)
-            lines.append(f"  {'':<30} passes/image at the defaults: {format_passes(metric_passes_per_image(e.name))}")
+            add(f"passes/image at the defaults: {format_passes(metric_passes_per_image(e.name))}")
     return "\n".join(lines)
 
 
@@ -187,6 +264,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     train, val, test = _splits(args)
     cfg = dataclasses.replace(cfg, dataset=train.name, size=int(train.images.shape[-1]))
     out = Path(args.out) if args.out else default_checkpoint_path(cfg, train.fingerprint, Path(args.results) / "checkpoints")
+    _check_out(out, given=bool(args.out))
     side = train_model(cfg, train, val, test, out=out, device=args.device, progress=not args.no_progress)
     _print_result(out, side)
     return 0
@@ -199,12 +277,21 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise BenchError(f"checkpoint {args.parent} not found; train one with `python -m bench train`")
     train, val, test = _splits(args)
     out = Path(args.out) if args.out else default_tuned_path(args.parent, cfg)
+    _check_out(out, given=bool(args.out))
     side = tune_model(args.parent, cfg, train, val, test, out=out, device=args.device, progress=not args.no_progress)
     _print_result(out, side)
     c = side["comparison"]
     print("vs parent: " + ", ".join(f"{k} {v:+.4f}" for k, v in c["delta"].items())
           + f"; McNemar p = {c['mcnemar']['p_value']:.4g}; {c['images_changed_cell']} test images changed cell")
     return 0
+
+
+def _check_out(out: Path, *, given: bool) -> None:
+    """Before any training: the checkpoint's path names a file in a folder that can be written."""
+    what = f"--out {out}" if given else f"checkpoint {out}"
+    if out.is_dir():
+        raise BenchError(f"{what} is a folder; name a file, e.g. --out {out / 'model.pt'}")
+    ensure_folder(out.parent, what=what, follow=given, probe=True)
 
 
 def _print_result(out: Path, side: dict) -> None:
@@ -235,28 +322,91 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    written = rebuild(args.run_dir)
+    run_dir = Path(args.run_dir)
+    check_entry(run_dir, folder=True)
+    check_adoptable(run_dir)  # a run's folder, with nothing in it that leads outside it
+    check_run_tree(run_dir)
+    written = rebuild(run_dir)
     print(f"rebuilt {len(written)} files in {args.run_dir}")
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "train": cmd_train, "tune": cmd_tune, "report": cmd_report}
+def cmd_plan(args: argparse.Namespace) -> int:
+    if not 0 < args.power < 1:
+        raise BenchError(f"--power must be in (0, 1), got {args.power}")
+    cfg = load_config(args.config, args.overrides)
+    table, cost = plan_sample(cfg, args.pilot, args.power)
+    print(render_plan(cfg, table, cost, args.power))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "train": cmd_train, "tune": cmd_tune, "report": cmd_report,
+            "plan": cmd_plan}
+
+
+INTERRUPTED = "interrupted; finished work is kept and a re-run resumes"
+TERMINATED = "terminated; finished work is kept and a re-run resumes"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as SIGINT raises KeyboardInterrupt: a command stops the
+    same way (locks released, nothing half-written) and says what was kept."""
+
+
+def stop_now(signum: int, message: str) -> None:
+    """End the process at once with ``message`` and status 128 + ``signum`` (no cleanup: what is on
+    disk was written atomically)."""
+    if message:
+        os.write(2, (message + "\n").encode())
+    os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def signals() -> Iterator[None]:
+    """While a command runs: the first SIGINT or SIGTERM stops it (KeyboardInterrupt /
+    :class:`Terminated`), a second one while it stops ends the process at once with its line. The
+    previous handlers come back afterwards (only the main thread can set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    stopping = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if stopping:
+            stop_now(signum, TERMINATED if signum == signal.SIGTERM else INTERRUPTED)
+        stopping.append(signum)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["run", *(argv or [])])
-    try:
-        tune_allocator()  # CPU: no page faults on every large activation (bench/perf/allocator.py)
-        return COMMANDS[args.command](args)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; finished work is kept and a re-run resumes", file=sys.stderr)
-        return 130
+    with signals():
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if args.command is None:
+                args = parser.parse_args(["run", *(argv or [])])
+            tune_allocator()  # CPU: no page faults on every large activation (bench/perf/allocator.py)
+            return COMMANDS[args.command](args)
+        except BenchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except BrokenPipeError:  # `python -m bench list | head`: the reader has gone; end quietly, as SIGPIPE would
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 128 + signal.SIGPIPE
+        except OSError as exc:  # a place that cannot be read or written, met outside pneumobench's own writes
+            print(f"error: {os_error(exc, doing='read or write')}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            print(TERMINATED if terminated else INTERRUPTED, file=sys.stderr)
+            return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,7 @@ must never be read silently as another).
 from __future__ import annotations
 
 import functools
+import math
 import os
 import shutil
 import tempfile
@@ -240,6 +241,34 @@ def _bad_file_error(err: _BadFile, path: Path, origin: str, size: int, flag: str
     return BenchError(f"{path}{where}: {err.problem}; {fix}")
 
 
+MAX_RATIO = 1100  # deflate expands at most ~1032:1; a member claiming more is forged (a zip bomb)
+
+
+def _check_sizes(npz: Any, file_size: int) -> None:
+    """Each array's header against the archive: the bytes its shape needs must be in its member,
+    and the member no larger than its compressed bytes can expand to (so memory stays within
+    ~1000x the file's size, whatever the headers claim)."""
+    for info in npz.zip.infolist():
+        name = info.filename.removesuffix(".npy")
+        if info.compress_size > file_size or info.file_size > MAX_RATIO * max(info.compress_size, 1):
+            raise _BadFile(f"{name} claims {info.file_size} bytes from {info.compress_size} compressed bytes in a "
+                           f"{file_size}-byte file; the archive is damaged or forged")
+        try:
+            with npz.zip.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(fh)
+                header = fh.tell()
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise _BadFile(f"cannot read the header of {name!r}, the archive is truncated or corrupt "
+                           f"({type(exc).__name__}: {exc})") from exc
+        need = math.prod(shape) * dtype.itemsize
+        if need > info.file_size - header:
+            raise _BadFile(f"{name} claims shape {tuple(shape)} ({need} bytes of {dtype}) but holds only "
+                           f"{info.file_size - header} bytes; the archive is damaged or forged")
+
+
 @functools.lru_cache(maxsize=2)
 def _read_npz(path: str, mtime_ns: int, nbytes: int, ino: int, size: int, flag: str = FLAG) -> dict[str, np.ndarray]:
     """All six arrays of a MedMNIST file of ``flag``, validated against its channels and classes;
@@ -265,6 +294,7 @@ def _read_npz(path: str, mtime_ns: int, nbytes: int, ino: int, size: int, flag: 
         if missing:
             raise _BadFile(f"missing keys {', '.join(missing)} (has {', '.join(npz.files) or 'none'}), "
                            f"not a MedMNIST file")
+        _check_sizes(npz, os.path.getsize(path))  # before numpy allocates what a header claims
         arrays = {}
         for k in wanted:
             try:

@@ -6,6 +6,7 @@ one file here plus one import line below (docs/adding-an-explainer.md).
 """
 from explainers.base import (  # noqa: F401
     EXPLAINERS,
+    CAM_LAYER,
     OUTPUT_SPACES,
     Attribution,
     completeness_gap,
@@ -18,5 +19,5 @@ from explainers.base import (  # noqa: F401
     run_explainer,
     with_output_space,
 )
-from explainers import captum_adapters, controls, shap_adapters  # noqa: F401  (registration side effects)
-from explainers import stratified_eg  # noqa: F401  (registration side effects)
+from explainers import cam_adapters, captum_adapters, controls, shap_adapters  # noqa: F401  (registration side effects)
+from explainers import stratified_eg, zennit_adapters  # noqa: F401  (registration side effects)

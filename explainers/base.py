@@ -41,6 +41,8 @@ from bench.core.registry import Registry
 ENTRY_POINT_GROUP = "bench.explainers"
 EXPLAINERS: Registry[Callable[..., "Attribution"]] = Registry("explainer", entry_point_group=ENTRY_POINT_GROUP)
 OUTPUT_SPACES = ("logit", "probability")
+# the CAM family's default target layer: the most faithful stage measured on a trained resnet18 (docs/explainers.md)
+CAM_LAYER = "layer2"
 
 
 @dataclass(frozen=True)

@@ -7,20 +7,23 @@ over images and takes per-image targets natively; memory is bounded by the chunk
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from bench.core.errors import BenchError
 from bench.core.params import Range
-from explainers.base import (Attribution, check_choice, check_positive, chunks, image_seeds, library_version,
-                             mean_target_score, model_guard, preserved_rng, register_explainer, target_scores)
+from explainers.base import (CAM_LAYER, Attribution, check_choice, check_positive, chunks, image_seeds,
+                             library_version, mean_target_score, model_guard, preserved_rng, register_explainer,
+                             resolve_layer, target_scores)
+from explainers.references import BASELINES, baseline_images
 from explainers.rescale import choose_engine, deepshap_passes, rescale_attributions
 from models.safety import ReLUTreeMaxPool2d
 
-BASELINES = ("zero", "mean")
 CAPTUM_EPS = 1e-10  # captum.attr._core.deep_lift.nonlinear: |delta_in| below it -> the plain gradient
 
 
@@ -28,7 +31,8 @@ CAPTUM_EPS = 1e-10  # captum.attr._core.deep_lift.nonlinear: |delta_in| below it
 def _quiet() -> Iterator[None]:
     """Silence Captum's per-call notices (hooks on activations, inputs set to require grad)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*(hooks and attributes|did not already require gradients).*")
+        warnings.filterwarnings("ignore", message=r".*(hooks and attributes|did not already require gradients|"
+                                                  r"backward hooks on ReLU).*")
         yield
 
 
@@ -36,15 +40,19 @@ IG_RULES = ("gausslegendre", "riemann_middle", "riemann_trapezoid", "riemann_lef
 
 @register_explainer("captum.integrated_gradients", library="captum", additive=True, budget="n_steps",
                     passes=lambda p, n_bg: (p["n_steps"], 0),  # one gradient per quadrature point
-                    constraints={"n_steps": Range(1), "baseline": ("zero", "mean"), "internal_batch_size": Range(1),
-                                 "method": IG_RULES},
+                    constraints={"n_steps": Range(1), "baseline": BASELINES, "blur_sigma": Range(0),
+                                 "internal_batch_size": Range(1), "method": IG_RULES},
                     paper="Sundararajan et al. 2017, Axiomatic Attribution for Deep Networks")
 def integrated_gradients(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
-                         n_steps: int = 50, baseline: str = "zero", internal_batch_size: int | None = 32,
-                         method: str = "gausslegendre") -> Attribution:
+                         n_steps: int = 50, baseline: str = "zero", blur_sigma: float = 2.0,
+                         internal_batch_size: int | None = 32, method: str = "gausslegendre") -> Attribution:
     """Integrated gradients: (x - x') * int_0^1 df/dx(x' + a(x - x')) da (Gauss-Legendre, ``n_steps``).
 
-    ``baseline``: ``"zero"`` (black image) or ``"mean"`` (the background's mean image).
+    ``baseline`` x': ``"zero"`` (black image), ``"mean"`` (each image's mean), ``"blur"`` (a
+    Gaussian blur of the image, ``blur_sigma`` px), ``"noise"`` (uniform noise in the image's
+    range, seeded by the image) -- the perturbation metrics' substrates of the same names, made
+    by the same function (:func:`explainers.references.baseline_images`) -- or
+    ``"background_mean"`` (the background's mean image).
     Additive up to the quadrature error: ``base_values`` = f(baseline) and Captum's convergence
     delta (sum - (f(x) - f(x'))) per image is ``meta["convergence_delta"]``.
     ``internal_batch_size`` bounds the rows (images x steps) per forward/backward pass.
@@ -57,10 +65,8 @@ def integrated_gradients(model: nn.Module, inputs: Tensor, targets: Tensor, *, b
 
     name = "captum.integrated_gradients"
     check_positive(name, n_steps=n_steps, internal_batch_size=internal_batch_size)
-    check_choice(name, "baseline", baseline, BASELINES)
     check_choice(name, "method", method, IG_RULES)
-    ref = (torch.zeros_like(inputs) if baseline == "zero"
-           else background.mean(0, keepdim=True).expand_as(inputs).contiguous())
+    ref = baseline_images(name, inputs, background, baseline, blur_sigma=blur_sigma)
     with model_guard(model), _quiet():
         values, delta = IntegratedGradients(model).attribute(
             inputs, baselines=ref, target=targets, n_steps=n_steps, method=method,
@@ -89,19 +95,31 @@ def gradient_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, backgrou
 
     name = "captum.gradient_shap"
     check_positive(name, n_samples=n_samples)
-    seeds = image_seeds(seed, inputs)
     explainer = GradientShap(model)
-    out = []
-    with model_guard(model), preserved_rng(inputs.device), _quiet():
-        for i in range(inputs.shape[0]):
-            np.random.seed(seeds[i])
-            torch.manual_seed(seeds[i])
-            out.append(explainer.attribute(inputs[i:i + 1], baselines=background, n_samples=n_samples,
-                                           stdevs=float(stdevs), target=targets[i:i + 1]).detach())
+    with model_guard(model), _quiet():
+        values, seeds = _seeded_per_image(inputs, seed, lambda i: explainer.attribute(
+            inputs[i], baselines=background, n_samples=n_samples, stdevs=float(stdevs), target=targets[i]))
     meta = {"library_version": library_version("captum"), "n_samples": n_samples, "stdevs": float(stdevs),
             "background_size": background.shape[0], "seeds": seeds, "additive_in_expectation": True}
-    return Attribution(torch.cat(out), target_scores(model, inputs, targets),
-                       mean_target_score(model, background, targets), meta)
+    return Attribution(values, target_scores(model, inputs, targets), mean_target_score(model, background, targets),
+                       meta)
+
+
+def _seeded_per_image(inputs: Tensor, seed: int, explain: Callable[[slice], Tensor]) -> tuple[Tensor, list[int]]:
+    """``explain(slice of one image)`` for every image, each under its own seed, concatenated.
+
+    Captum draws a whole batch's random numbers from numpy's and torch's global generators at
+    once, so an image's values would depend on its batch-mates: each image is explained alone,
+    with both generators seeded from :func:`~explainers.base.image_seeds`, and restored afterwards.
+    """
+    seeds = image_seeds(seed, inputs)
+    out = []
+    with preserved_rng(inputs.device):
+        for i, s in enumerate(seeds):
+            np.random.seed(s)
+            torch.manual_seed(s)
+            out.append(explain(slice(i, i + 1)).detach())
+    return torch.cat(out), seeds
 
 
 @register_explainer("captum.deeplift_shap", library="captum", additive=True, passes=deepshap_passes,
@@ -197,3 +215,286 @@ def saliency(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: T
         values = torch.cat([explainer.attribute(inputs[s], target=targets[s], abs=True).detach()
                             for s in chunks(inputs.shape[0], batch_size)])
     return Attribution(values, meta={"library_version": library_version("captum"), "abs": True})
+
+
+@register_explainer("captum.deeplift", library="captum", additive=True, passes=(1, 0),
+                    constraints={"baseline": BASELINES, "blur_sigma": Range(0), "batch_size": Range(1)},
+                    paper="Shrikumar et al. 2017, Learning Important Features Through Propagating Activation "
+                          "Differences (rescale rule)")
+def deeplift(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, baseline: str = "zero",
+             blur_sigma: float = 2.0, batch_size: int = 32) -> Attribution:
+    """DeepLIFT (rescale rule) against one baseline per image: phi_i = m_i(x, x') (x_i - x'_i).
+
+    The multipliers m replace each ReLU's gradient by (relu(a(x)) - relu(a(x'))) / (a(x) - a(x')),
+    so the values sum exactly to f(x) - f(x') (``base_values`` = f(x'), Captum's convergence
+    delta is ``meta["convergence_delta"]``). ``baseline`` as for ``captum.integrated_gradients``
+    (the metrics' substrates, or ``"background_mean"``); unpadded max-pools are explained as exact
+    ReLU trees, as in ``captum.deeplift_shap``. ``batch_size`` images per pass (Captum runs the
+    images and their baselines through the model together).
+    """
+    from captum.attr import DeepLift
+
+    name = "captum.deeplift"
+    check_positive(name, batch_size=batch_size)
+    ref = baseline_images(name, inputs, background, baseline, blur_sigma=blur_sigma)
+    explained, rewritten = _without_maxpools(model)
+    explainer = DeepLift(explained)
+    values, deltas = [], []
+    with model_guard(model), model_guard(explained), _quiet():
+        for s in chunks(inputs.shape[0], batch_size):
+            v, d = explainer.attribute(inputs[s], baselines=ref[s], target=targets[s], return_convergence_delta=True)
+            values.append(v.detach())
+            deltas.append(d.detach())
+    meta = {"library_version": library_version("captum"), "baseline": baseline, "rule": "rescale",
+            "maxpools_rewritten": rewritten, "convergence_delta": torch.cat(deltas).to(inputs.dtype)}
+    return Attribution(torch.cat(values), target_scores(model, inputs, targets), target_scores(model, ref, targets),
+                       meta)
+
+
+def _gradient_method(name: str, method: str, model: nn.Module, inputs: Tensor, targets: Tensor,
+                     batch_size: int) -> Tensor:
+    """Captum's ``method`` (a gradient attribution class name) over ``batch_size`` images per pass."""
+    import captum.attr
+
+    check_positive(name, batch_size=batch_size)
+    explainer = getattr(captum.attr, method)(model)
+    with model_guard(model), _quiet():
+        return torch.cat([explainer.attribute(inputs[s], target=targets[s]).detach()
+                          for s in chunks(inputs.shape[0], batch_size)])
+
+
+@register_explainer("captum.input_x_gradient", library="captum", additive=False, passes=(1, 0),
+                    constraints={"batch_size": Range(1)},
+                    paper="Shrikumar et al. 2016, Not Just a Black Box: Learning Important Features Through "
+                          "Propagating Activation Differences")
+def input_x_gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
+                     batch_size: int = 64) -> Attribution:
+    """Input x gradient: phi_i = x_i * df/dx_i (Captum ``InputXGradient``); ``batch_size`` images per pass."""
+    values = _gradient_method("captum.input_x_gradient", "InputXGradient", model, inputs, targets, batch_size)
+    return Attribution(values, meta={"library_version": library_version("captum")})
+
+
+@register_explainer("captum.guided_backprop", library="captum", additive=False, passes=(1, 0),
+                    constraints={"batch_size": Range(1)},
+                    paper="Springenberg et al. 2015, Striving for Simplicity: The All Convolutional Net")
+def guided_backprop(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
+                    batch_size: int = 64) -> Attribution:
+    """Guided backpropagation: the gradient with every ReLU's backward replaced by relu(grad) * 1[a > 0].
+
+    Captum ``GuidedBackprop`` overrides the backward of each ``nn.ReLU`` module (every activation of
+    models/resnet.py is its own module); ``batch_size`` images per pass.
+    """
+    values = _gradient_method("captum.guided_backprop", "GuidedBackprop", model, inputs, targets, batch_size)
+    return Attribution(values, meta={"library_version": library_version("captum")})
+
+
+@register_explainer("captum.guided_gradcam", library="captum", additive=False, passes=(2, 0),  # Grad-CAM + guided
+                    constraints={"batch_size": Range(1), "interpolate_mode": ("nearest", "bilinear", "area")},
+                    paper="Selvaraju et al. 2017, Grad-CAM: Visual Explanations from Deep Networks via "
+                          "Gradient-based Localization")
+def guided_gradcam(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, layer: str = CAM_LAYER,
+                   interpolate_mode: str = "nearest", batch_size: int = 64) -> Attribution:
+    """Guided Grad-CAM: guided backpropagation x Grad-CAM of ``layer`` upsampled to the input.
+
+    Grad-CAM = relu(sum_k alpha_k A^k), alpha_k = mean over positions of df/dA^k (Captum
+    ``LayerGradCam``), upsampled with ``interpolate_mode`` (Captum's default ``"nearest"``) and
+    multiplied elementwise with ``captum.guided_backprop``'s map (Captum ``GuidedGradCam``).
+    ``layer``: a module name (default: the measured default of the CAM family, docs/explainers.md).
+    """
+    from captum.attr import GuidedGradCam
+
+    name = "captum.guided_gradcam"
+    check_positive(name, batch_size=batch_size)
+    check_choice(name, "interpolate_mode", interpolate_mode, ("nearest", "bilinear", "area"))
+    layer_name, module = resolve_layer(model, layer, name)
+    explainer = GuidedGradCam(model, module)
+    with model_guard(model), _quiet():
+        values = torch.cat([explainer.attribute(inputs[s], target=targets[s],
+                                                interpolate_mode=interpolate_mode).detach()
+                            for s in chunks(inputs.shape[0], batch_size)])
+    return Attribution(values, meta={"library_version": library_version("captum"), "layer": layer_name})
+
+
+NT_PARAMS = {"n_samples": Range(1), "stdevs": Range(0), "batch_size": Range(1)}
+
+
+def _noise_tunnel(name: str, nt_type: str, model: nn.Module, inputs: Tensor, targets: Tensor, *, n_samples: int,
+                  stdevs: float, batch_size: int, seed: int) -> Attribution:
+    """Captum ``NoiseTunnel(Saliency)`` of type ``nt_type``, one image at a time under its own seed."""
+    from captum.attr import NoiseTunnel, Saliency
+
+    check_positive(name, n_samples=n_samples, batch_size=batch_size)
+    tunnel = NoiseTunnel(Saliency(model))
+    with model_guard(model), _quiet():
+        values, seeds = _seeded_per_image(inputs, seed, lambda i: tunnel.attribute(
+            inputs[i], nt_type=nt_type, nt_samples=n_samples, nt_samples_batch_size=batch_size,
+            stdevs=float(stdevs), target=targets[i], abs=True))
+    return Attribution(values, meta={"library_version": library_version("captum"), "n_samples": n_samples,
+                                     "stdevs": float(stdevs), "seeds": seeds, "abs": True})
+
+
+@register_explainer("captum.smoothgrad", library="captum", additive=False, stochastic=True, budget="n_samples",
+                    passes=lambda p, n_bg: (p["n_samples"], 0), constraints=NT_PARAMS,
+                    paper="Smilkov et al. 2017, SmoothGrad: removing noise by adding noise")
+def smoothgrad(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, n_samples: int = 50,
+               stdevs: float = 0.15, batch_size: int = 50, seed: int = 0) -> Attribution:
+    """SmoothGrad over saliency: (1/n) sum_k |df/dx (x + e_k)|, e_k ~ N(0, stdevs^2) per pixel.
+
+    Captum ``NoiseTunnel(Saliency)``, ``nt_type="smoothgrad"``, Saliency's ``abs=True`` as in
+    ``captum.saliency``. ``stdevs`` is absolute: 0.15 is 15 % of the [0, 1] pixel range, within the
+    paper's recommended 10-20 %. ``batch_size`` noisy copies per pass; seeded per image.
+    """
+    return _noise_tunnel("captum.smoothgrad", "smoothgrad", model, inputs, targets, n_samples=n_samples,
+                         stdevs=stdevs, batch_size=batch_size, seed=seed)
+
+
+@register_explainer("captum.vargrad", library="captum", additive=False, stochastic=True, budget="n_samples",
+                    passes=lambda p, n_bg: (p["n_samples"], 0), constraints=NT_PARAMS,
+                    paper="Adebayo et al. 2018, Local Explanation Methods for Deep Neural Networks Lack "
+                          "Sensitivity to Parameter Values (VarGrad)")
+def vargrad(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, n_samples: int = 50,
+            stdevs: float = 0.15, batch_size: int = 50, seed: int = 0) -> Attribution:
+    """VarGrad: the variance over k of |df/dx (x + e_k)|, e_k ~ N(0, stdevs^2) per pixel.
+
+    Captum ``NoiseTunnel(Saliency)``, ``nt_type="vargrad"`` (E[g^2] - E[g]^2 over the samples);
+    the same draws as ``captum.smoothgrad`` for the same seed.
+    """
+    return _noise_tunnel("captum.vargrad", "vargrad", model, inputs, targets, n_samples=n_samples,
+                         stdevs=stdevs, batch_size=batch_size, seed=seed)
+
+
+def occlusion_windows(shape: tuple[int, ...], window: int, stride: int) -> int:
+    """Window positions Captum's ``Occlusion`` visits on a ``(C, H, W)`` image (all channels at once):
+    prod over H, W of ceil((size - window) / stride) + 1."""
+    return math.prod(math.ceil((n - window) / stride) + 1 for n in shape[-2:])
+
+
+@register_explainer("captum.occlusion", library="captum", per_pixel=True, additive=False,
+                    passes=lambda p, n_bg, *, shape: (0, occlusion_windows(shape, p["window"], p["stride"]) + 1),
+                    constraints={"window": Range(1), "stride": Range(1), "baseline": BASELINES,
+                                 "blur_sigma": Range(0), "perturbations_per_eval": Range(1)},
+                    paper="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks")
+def occlusion(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, window: int = 4,
+              stride: int = 2, baseline: str = "zero", blur_sigma: float = 2.0,
+              perturbations_per_eval: int = 16) -> Attribution:
+    """Occlusion: phi_i = mean over the windows W covering pixel i of f(x) - f(x with W replaced by x').
+
+    A ``window`` x ``window`` square (all channels) slides by ``stride`` px (Captum ``Occlusion``;
+    the last position is clamped to the border, so every pixel is covered); the occluded pixels
+    take the baseline's values (``baseline`` as for ``captum.integrated_gradients``). At 28 px the
+    defaults visit 13 x 13 = 169 windows: 170 forward passes per image.
+    ``perturbations_per_eval`` occluded copies of each image per forward pass.
+    """
+    from captum.attr import Occlusion
+
+    name = "captum.occlusion"
+    check_positive(name, window=window, stride=stride, perturbations_per_eval=perturbations_per_eval)
+    if window > min(inputs.shape[-2:]):
+        raise BenchError(f"explainer {name!r}: window={window} is larger than the {inputs.shape[-2]}x"
+                         f"{inputs.shape[-1]} image; use a window of at most {min(inputs.shape[-2:])} px")
+    ref = baseline_images(name, inputs, background, baseline, blur_sigma=blur_sigma)
+    c = inputs.shape[1]
+    with model_guard(model), _quiet():
+        values = Occlusion(model).attribute(inputs, sliding_window_shapes=(c, window, window),
+                                            strides=(c, stride, stride), baselines=ref, target=targets,
+                                            perturbations_per_eval=perturbations_per_eval).detach()
+    meta = {"library_version": library_version("captum"), "baseline": baseline,
+            "windows": occlusion_windows(tuple(inputs.shape[1:]), window, stride)}
+    return Attribution(values, meta=meta)
+
+
+def grid_feature_mask(inputs: Tensor, cell: int) -> Tensor:
+    """Square superpixels ``(1, C, H, W)`` long: the feature of each element of a ``(B, C, H, W)`` input.
+
+    Cells of ``cell`` x ``cell`` px numbered row by row (the last row and column of cells are
+    narrower when ``cell`` does not divide the image); all channels of a pixel share its feature.
+    """
+    _, c, h, w = inputs.shape
+    rows = torch.arange(h, device=inputs.device) // cell
+    cols = torch.arange(w, device=inputs.device) // cell
+    ids = rows.view(-1, 1) * math.ceil(w / cell) + cols.view(1, -1)
+    return ids.expand(1, c, h, w)
+
+
+def _surrogate(name: str, explainer, model: nn.Module, inputs: Tensor, targets: Tensor, background: Tensor, *,
+               n_samples: int, cell: int, baseline: str, blur_sigma: float, batch_size: int,
+               seed: int) -> tuple[Tensor, Tensor, dict]:
+    """Captum's ``Lime``/``KernelShap`` ``explainer`` on the grid superpixels of :func:`grid_feature_mask`.
+
+    Returns pixel values (each feature's coefficient spread evenly over its elements, so that a
+    feature's pixels sum to its coefficient), the baseline images and the meta record (the
+    coefficients themselves, ``(B, n_features)``, are ``meta["feature_values"]``).
+    """
+    check_positive(name, n_samples=n_samples, cell=cell, batch_size=batch_size)
+    ref = baseline_images(name, inputs, background, baseline, blur_sigma=blur_sigma)
+    mask = grid_feature_mask(inputs, cell)
+    counts = torch.bincount(mask.flatten()).to(inputs.dtype)
+    with model_guard(model), _quiet():
+        coefs, seeds = _seeded_per_image(inputs, seed, lambda i: explainer.attribute(
+            inputs[i], target=targets[i], baselines=ref[i], feature_mask=mask, n_samples=n_samples,
+            perturbations_per_eval=batch_size, return_input_shape=False).to(inputs.dtype).view(1, -1))
+    values = (coefs[:, mask[0]] / counts[mask[0]]).contiguous()  # (B, C, H, W)
+    meta = {"library_version": library_version("captum"), "n_samples": n_samples, "cell": cell,
+            "n_features": int(counts.numel()), "baseline": baseline, "seeds": seeds, "feature_values": coefs}
+    return values, ref, meta
+
+
+SURROGATE_PARAMS = {"n_samples": Range(1), "cell": Range(1), "baseline": BASELINES, "blur_sigma": Range(0),
+                    "batch_size": Range(1)}
+
+
+SURROGATES = ("ridge", "lasso")
+
+
+@register_explainer("captum.lime", library="captum", per_pixel=True, additive=False, stochastic=True,
+                    budget="n_samples",
+                    passes=lambda p, n_bg: (0, p["n_samples"]),
+                    constraints={**SURROGATE_PARAMS, "surrogate": SURROGATES},
+                    paper="Ribeiro et al. 2016, \"Why Should I Trust You?\": Explaining the Predictions of Any "
+                          "Classifier")
+def lime(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, n_samples: int = 200,
+         cell: int = 4, baseline: str = "zero", blur_sigma: float = 2.0, surrogate: str = "ridge",
+         batch_size: int = 64, seed: int = 0) -> Attribution:
+    """LIME on grid superpixels: the coefficients w of a weighted linear surrogate g(z) = w . z + b.
+
+    z in {0, 1}^M over the ``cell`` x ``cell`` px superpixels (:func:`grid_feature_mask`; 7 x 7 = 49
+    at 28 px), a superpixel switched off takes the baseline's values; ``n_samples`` uniform random
+    z, weighted by exp(-d^2) with d the cosine distance between x and the perturbed image (Captum
+    ``Lime``'s kernel, width 1). ``surrogate``: ``"ridge"`` (alpha 1, the LIME authors' package) or
+    ``"lasso"`` (alpha 0.01, Captum's default, which sets every coefficient to zero when the
+    target moves little: measured on the tiny test model). Each coefficient is spread evenly over
+    its superpixel's pixels (``meta["feature_values"]`` keeps the coefficients). Seeded per image.
+    """
+    from captum._utils.models.linear_model import SkLearnLasso, SkLearnRidge
+    from captum.attr import Lime
+
+    check_choice("captum.lime", "surrogate", surrogate, SURROGATES)
+    fit = SkLearnRidge(alpha=1.0) if surrogate == "ridge" else SkLearnLasso(alpha=0.01)
+    values, _, meta = _surrogate("captum.lime", Lime(model, interpretable_model=fit), model, inputs, targets,
+                                 background, n_samples=n_samples, cell=cell, baseline=baseline, blur_sigma=blur_sigma,
+                                 batch_size=batch_size, seed=seed)
+    return Attribution(values, meta={**meta, "surrogate": surrogate, "kernel": "exp(-cosine_distance^2)"})
+
+
+@register_explainer("captum.kernel_shap", library="captum", per_pixel=True, additive=True, stochastic=True,
+                    budget="n_samples",
+                    passes=lambda p, n_bg: (0, p["n_samples"]), constraints=SURROGATE_PARAMS,
+                    paper="Lundberg & Lee 2017, A Unified Approach to Interpreting Model Predictions (Kernel SHAP)")
+def kernel_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, n_samples: int = 200,
+                cell: int = 4, baseline: str = "zero", blur_sigma: float = 2.0, batch_size: int = 64,
+                seed: int = 0) -> Attribution:
+    """Kernel SHAP on grid superpixels: Shapley values of the superpixels by weighted linear regression.
+
+    The same superpixels and baseline as ``captum.lime``; coalitions drawn from the Shapley
+    kernel (size k with p(k) ~ (M - 1) / (k (M - k))) and fit by least squares, the full and the
+    empty coalition weighted 1e6 (Captum ``KernelShap``), which makes the coefficients sum to
+    f(x) - f(x') (``outputs``, ``base_values`` = f(baseline)) at any sample size, up to float32
+    noise. Each coefficient is spread evenly over its superpixel's pixels, so the pixel values
+    sum to the same. Seeded per image.
+    """
+    from captum.attr import KernelShap
+
+    values, ref, meta = _surrogate("captum.kernel_shap", KernelShap(model), model, inputs, targets, background,
+                                   n_samples=n_samples, cell=cell, baseline=baseline, blur_sigma=blur_sigma,
+                                   batch_size=batch_size, seed=seed)
+    return Attribution(values, target_scores(model, inputs, targets), target_scores(model, ref, targets), meta)

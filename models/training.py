@@ -14,9 +14,11 @@ training time and, for a tuned checkpoint, the comparison with its parent.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,8 @@ from tqdm.auto import tqdm
 
 from bench.core.device import resolve_device
 from bench.core.errors import BenchError, one_line
-from bench.core.io import atomic_torch_save, atomic_write_json, file_sha256
+from bench.core.io import atomic_torch_save, atomic_write_json, file_sha256, read_regular
+from bench.core.params import SEED_RANGE, is_seed, tunable_params
 from bench.core.machine import machine_info
 from bench.core.schema import cell_names, confusion_cells
 from datasets.base import ImageSplit
@@ -72,6 +75,7 @@ class Recipe:
     seed: int = _field(0, "random seed")
 
     def validate(self) -> None:
+        _check(is_seed(self.seed), f"seed must be an integer {SEED_RANGE}, got {self.seed}")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
@@ -120,6 +124,40 @@ class TuneConfig(Recipe):
         _check(len(self.unfreeze) > 0, "unfreeze must name at least one module, e.g. fc,layer4")
 
 
+def top_level_modules(model: nn.Module | str) -> dict[str, nn.Module]:
+    """The top-level modules of a model, or of a registered architecture (built on the meta device:
+    no memory, no weights)."""
+    if isinstance(model, str):
+        name = model
+        try:
+            with torch.device("meta"):
+                model = build_model(name)
+        except BenchError:
+            raise
+        except Exception:  # a plug-in factory that cannot build on the meta device: build it for real
+            try:
+                model = build_model(name)
+            except Exception as exc:
+                raise BenchError(f"model {name!r} cannot be built ({one_line(f'{type(exc).__name__}: {exc}', 160)}); "
+                                 f"fix its factory or its plug-in") from None
+    return dict(model.named_children())
+
+
+def check_unfreeze(model: nn.Module | str, unfreeze: tuple[str, ...], name: str | None = None) -> tuple[str, ...]:
+    """The top-level modules ``unfreeze`` names (``("*",)``: all of them); a one-line error naming
+    the modules with parameters when one does not exist. ``model``: a model or a registered name."""
+    names = top_level_modules(model)
+    unfreeze = tuple(names) if tuple(unfreeze) == ("*",) else tuple(unfreeze)
+    unknown = [n for n in unfreeze if n not in names]
+    if unknown:
+        trainable = [n for n, m in names.items() if any(True for _ in m.parameters())]
+        label = name or (model if isinstance(model, str) else type(model).__name__)
+        raise BenchError(f"cannot unfreeze {', '.join(unknown)}: {label} has no such top-level module; its modules "
+                         f"with parameters are {', '.join(trainable)}: name some of them (e.g. {trainable[-1]!r}) in "
+                         f"bench tune --unfreeze or the run config's tune.unfreeze")
+    return unfreeze
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise BenchError(message)
@@ -128,8 +166,11 @@ def _check(ok: bool, message: str) -> None:
 # ----------------------------------------------------------------------------- evaluation
 
 
+PREDICT_BATCH = 512  # images per forward pass of predict_proba
+
+
 def predict_proba(model: nn.Module, images: Tensor, *, device: torch.device | str = "cpu",
-                  batch_size: int = 512) -> Tensor:
+                  batch_size: int = PREDICT_BATCH) -> Tensor:
     """Class probabilities ``(N, K)`` on the CPU, batched, in eval mode (mode restored after)."""
     was_training = model.training
     model.eval()
@@ -270,13 +311,28 @@ def sidecar_path(path: str | Path) -> Path:
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """The sidecar of a checkpoint, checked: a JSON object with the ``config``, ``test`` metrics and
+    ``test_preds`` the runs and ``tune`` read (and ``comparison`` for a tuned checkpoint)."""
     p = sidecar_path(path)
-    if not p.exists():
-        raise BenchError(f"checkpoint sidecar {p} is missing; re-create the checkpoint with `python -m bench train`")
+    fix = "re-create the checkpoint with `python -m bench train` (or delete it and re-run)"
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise BenchError(f"checkpoint sidecar {p} is not valid JSON ({exc.msg}); re-create the checkpoint") from exc
+        side = json.loads(read_regular(p, follow=True))
+    except FileNotFoundError:
+        raise BenchError(f"checkpoint sidecar {p} is missing; {fix}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BenchError(f"checkpoint sidecar {p} is not valid JSON ({one_line(exc, 100)}); {fix}") from None
+    if not isinstance(side, dict):
+        raise BenchError(f"checkpoint sidecar {p} is not a JSON object (it holds {type(side).__name__}); {fix}")
+    needed = ("test", "test_preds", "config") + (("comparison",) if side.get("stage") == "post" else ())
+    for key in needed:
+        if key not in side:
+            raise BenchError(f"checkpoint sidecar {p} has no {key!r}; {fix}")
+        want = list if key == "test_preds" else dict
+        if not isinstance(side[key], want) or key == "test_preds" and not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in side[key]):
+            raise BenchError(f"checkpoint sidecar {p}: {key} is not {'a list of classes' if want is list else 'a table'}"
+                             f"; {fix}")
+    return side
 
 
 def load_checkpoint(path: str | Path, *, expected_model: str | None = None,
@@ -287,31 +343,67 @@ def load_checkpoint(path: str | Path, *, expected_model: str | None = None,
     a checkpoint of another architecture than ``expected_model``, or weights that do not fit.
     """
     path = Path(path)
-    if not path.is_file():
-        raise BenchError(f"checkpoint {path} not found; train one with `python -m bench train` or fix the path")
+    fix = "re-create it with `python -m bench train`"
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_torch_file(read_regular(path, follow=True))
+    except FileNotFoundError:
+        raise BenchError(f"checkpoint {path} not found; train one with `python -m bench train` or fix the path") from None
+    except BenchError:
+        raise
     except Exception as exc:  # pickle/zip errors of many kinds
         raise BenchError(f"checkpoint {path} cannot be read ({one_line(f'{type(exc).__name__}: {exc}', 160)}); "
-                         f"it is corrupt or not a torch file: re-create it with `python -m bench train`") from exc
+                         f"it is corrupt or not a torch file: {fix}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise BenchError(f"{path} is not a pneumobench checkpoint (no format {CHECKPOINT_FORMAT!r}); "
                          f"create one with `python -m bench train`")
-    name = ckpt["model"]
+    name = ckpt.get("model")
+    if not isinstance(name, str):
+        raise BenchError(f"checkpoint {path} has no 'model' entry naming its architecture; {fix}")
+    MODELS.get(name)  # an unknown architecture: one line listing the known ones
     if expected_model is not None and name != expected_model:
         raise BenchError(f"checkpoint {path} is for architecture {name!r}, not {expected_model!r}; use a "
                          f"{expected_model} checkpoint, or explain it as the model {name!r}")
-    model = build_model(name, **ckpt["model_kwargs"])
-    missing, unexpected = _state_dict_mismatch(model, ckpt["state_dict"])
+    kwargs, state = ckpt.get("model_kwargs"), ckpt.get("state_dict")
+    _check_model_kwargs(path, kwargs, fix)
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise BenchError(f"checkpoint {path}: its state_dict is not a table of named tensors; {fix}")
+    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in state.items() if v.is_floating_point()}
+    if sum(bad.values()):
+        first = next(k for k, v in bad.items() if v)
+        raise BenchError(f"checkpoint {path} holds {sum(bad.values())} NaN or infinite weight(s) (first in {first}); "
+                         f"its training diverged: re-train it (e.g. with a lower --lr)")
+    model = build_model(name, **kwargs)
+    missing, unexpected = _state_dict_mismatch(model, state)
     if missing or unexpected:
         raise BenchError(f"checkpoint {path} does not fit architecture {name!r} ({len(missing)} missing, "
                          f"{len(unexpected)} unexpected tensors, e.g. {(missing + unexpected)[0]}); "
                          f"it was written by another model definition: re-train it")
-    model.load_state_dict(ckpt["state_dict"])
+    model.load_state_dict(state)
     info = {k: v for k, v in ckpt.items() if k != "state_dict"}
     info["sha256"] = file_sha256(path)
     info["path"] = str(path)
     return model.to(device).eval(), info
+
+
+def load_torch_file(data: bytes) -> Any:
+    """``torch.load(..., weights_only=True)`` of a file's bytes, on the CPU, without torch's warnings
+    (a raw pickle makes torch warn before it fails: the caller's one-line error says it all)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def _check_model_kwargs(path: Path, kwargs: Any, fix: str) -> None:
+    """``model_kwargs`` must be a table of the registered factories' integer arguments."""
+    known = tunable_params(build_model)
+    if not isinstance(kwargs, dict):
+        raise BenchError(f"checkpoint {path}: its model_kwargs is not a table (it holds {type(kwargs).__name__}); {fix}")
+    for key, value in kwargs.items():
+        if key not in known:
+            raise BenchError(f"checkpoint {path}: its model_kwargs has {key!r}, which the models do not take (they take "
+                             f"{', '.join(known)}); {fix}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BenchError(f"checkpoint {path}: its model_kwargs {key} = {value!r} is not a positive integer; {fix}")
 
 
 def _state_dict_mismatch(model: nn.Module, state: dict[str, Tensor]) -> tuple[list[str], list[str]]:
@@ -447,18 +539,10 @@ def tune_model(parent: str | Path, cfg: TuneConfig, train: ImageSplit, val: Imag
     cfg.validate()
     dev = resolve_device(device)
     model, info = load_checkpoint(parent, device=dev)
-    names = dict(model.named_children())
-    unfreeze = tuple(names) if cfg.unfreeze == ("*",) else cfg.unfreeze  # "*": every top-level module
-    unknown = [n for n in unfreeze if n not in names]
-    if unknown:
-        trainable = [n for n, m in names.items() if any(True for _ in m.parameters())]
-        raise BenchError(f"cannot unfreeze {', '.join(unknown)}: {info['model']} has no such top-level module; its "
-                         f"modules with parameters are {', '.join(trainable)}: name some of them (e.g. "
-                         f"{trainable[-1]!r}) in bench tune --unfreeze or the run config's tune.unfreeze")
-    if tuple(test.images.shape[1:]) != (info["model_kwargs"]["in_channels"],) + (info["model_kwargs"]["image_size"],) * 2:
-        raise BenchError(f"checkpoint {parent} expects {info['model_kwargs']['image_size']} px images, "
-                         f"data has {test.images.shape[-1]} px; use {info['model_kwargs']['image_size']} px images (--size, or "
-                         f"data.options.size in a run config)")
+    names = top_level_modules(model)
+    unfreeze = check_unfreeze(model, cfg.unfreeze, info["model"])
+    parent_side = read_sidecar(parent)
+    _check_tuning_data(parent, info, parent_side, train, val, test)
     trainable, frozen = [], []
     for name, module in names.items():
         is_trainable = name in unfreeze
@@ -468,7 +552,6 @@ def tune_model(parent: str | Path, cfg: TuneConfig, train: ImageSplit, val: Imag
                 trainable.append(p)
         if not is_trainable:
             frozen.append(module)
-    parent_side = read_sidecar(parent)
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     best_state, history, best_epoch = _fit(model, cfg, train, val, dev, trainable=trainable,
@@ -481,9 +564,6 @@ def tune_model(parent: str | Path, cfg: TuneConfig, train: ImageSplit, val: Imag
     parent_test = parent_side["test"]
     labels = test.labels.numpy()
     pre_preds, post_preds = np.asarray(parent_side["test_preds"]), np.asarray(test_m["preds"])
-    if len(pre_preds) != len(labels):
-        raise BenchError(f"parent checkpoint {parent} was evaluated on {len(pre_preds)} test images, this data "
-                         f"has {len(labels)}; tune on the data the parent was trained on")
     comparison = {"parent": {"checkpoint": str(parent), "sha256": info["sha256"]},
                   **compare_classifiers(labels, parent_test, test_m, pre_preds, post_preds,
                                         num_classes=info["model_kwargs"]["num_classes"])}
@@ -493,6 +573,30 @@ def tune_model(parent: str | Path, cfg: TuneConfig, train: ImageSplit, val: Imag
                "torch": torch.__version__, "platform": machine_info(), "comparison": comparison}
     return save_checkpoint(out, model, model_name=info["model"], model_kwargs=info["model_kwargs"],
                            stage="post", sidecar=sidecar)
+
+
+def _check_tuning_data(parent: str | Path, info: dict[str, Any], side: dict[str, Any], train: ImageSplit,
+                       val: ImageSplit, test: ImageSplit) -> None:
+    """Before any training: the data must be what the parent was trained and evaluated on (its
+    image size and channels, its test images, its data set, file and sizes)."""
+    mk = info["model_kwargs"]
+    want = (mk.get("in_channels", 1), mk.get("image_size", 28), mk.get("image_size", 28))
+    if tuple(test.images.shape[1:]) != want:
+        raise BenchError(f"checkpoint {parent} expects {want[1]} px images with {want[0]} channel(s), data has "
+                         f"{tuple(test.images.shape[1:])}; use {want[1]} px images (--size, or data.options.size in a "
+                         f"run config)")
+    fix = "tune on the data the parent was trained on"
+    if len(side["test_preds"]) != len(test):
+        raise BenchError(f"parent checkpoint {parent} was evaluated on {len(side['test_preds'])} test images, this data "
+                         f"has {len(test)}; {fix}")
+    recorded, given = side.get("data"), _data_record(train, val, test)
+    if isinstance(recorded, dict):
+        keys = ("dataset", "md5", "seed", "size", "n")
+        if any(k in recorded and recorded[k] != given.get(k) for k in keys):
+            def describe(r: dict[str, Any]) -> str:
+                return ", ".join(f"{k} {r[k]}" for k in keys[1:] if k in r)
+            raise BenchError(f"parent checkpoint {parent} was trained on {recorded.get('dataset')} "
+                             f"({describe(recorded)}), this data is {given['dataset']} ({describe(given)}); {fix}")
 
 
 def compare_classifiers(labels: np.ndarray, test_a: dict[str, Any], test_b: dict[str, Any], preds_a: np.ndarray,

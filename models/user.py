@@ -15,6 +15,7 @@ with a model key (:func:`model_key`) that changes with the weights, the factory 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import re
@@ -26,13 +27,15 @@ import torch
 from torch import Tensor, nn
 
 from bench.core.errors import BenchError, one_line
-from bench.core.io import file_sha256, json_digest, source_digest
+from bench.core.io import file_sha256, json_digest, read_regular, source_digest
 from models.safety import SafetyReport, check_explainer_safe, make_explainer_safe
+from models.training import PREDICT_BATCH, load_torch_file, predict_proba
 
 __all__ = ["UserModelSpec", "resolve_factory", "load_state_dict", "load_user_model", "check_fits", "prepare_model",
-           "input_channels", "state_dict_sha256", "model_key", "object_model_key", "safety_record", "torchvision_resnet"]
+           "input_channels", "state_dict_sha256", "model_key", "object_model_key", "safety_record", "torchvision_resnet",
+           "copy_model", "checked_predictions"]
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # one line, at most 100 characters
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 KEYS = ("factory", "kwargs", "checkpoint", "convert")
 COMPARE_BATCH = 256  # images per forward pass when comparing the converted model's outputs
@@ -55,9 +58,9 @@ class UserModelSpec:
         """Check a config table (keys, types, the factory path, which must import) and return the spec.
         Problems are one-line :class:`BenchError` s naming ``models.user.<name>.<key>``."""
         where = f"models.user.{name}"
-        if not NAME.match(name):
-            raise BenchError(f"{where}: a model name is letters, digits and ._- (not starting with . _ or -); "
-                             f"rename the table")
+        if not NAME.fullmatch(name):
+            raise BenchError(f"{where!r}: a model name is letters, digits and ._- (not starting with . _ or -, at most "
+                             f"100 characters); rename the table")
         if not isinstance(table, dict):
             raise BenchError(f"{where} must be a table with factory, checkpoint (and kwargs, convert), got {table!r}")
         unknown = sorted(set(table) - set(KEYS))
@@ -105,7 +108,9 @@ def load_state_dict(path: str | Path, where: str = "checkpoint") -> tuple[dict[s
         raise BenchError(f"{where}: checkpoint {p} not found; fix the path (a relative path is read from the current "
                          f"folder) or save the weights with torch.save(model.state_dict(), path)")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        obj = load_torch_file(read_regular(p, follow=True))
+    except BenchError:
+        raise
     except Exception as exc:  # pickle, zip and unsafe-global errors of many kinds
         raise BenchError(f"{where}: checkpoint {p} cannot be read ({one_line(f'{type(exc).__name__}: {exc}', 160)}); "
                          f"it is corrupt or not a torch file: save it again with torch.save(model.state_dict(), "
@@ -177,6 +182,29 @@ def check_fits(model: nn.Module, images: Tensor, num_classes: int | None = None,
         raise BenchError(f"{where}: the model has {k} outputs, the data has {num_classes} classes; build it with "
                          f"{fix}")
     return k
+
+
+def copy_model(model: nn.Module, where: str = "model") -> nn.Module:
+    """A deep copy of ``model`` (what is explained, so the caller's model is left as it is), or a
+    one-line error saying what cannot be copied."""
+    try:
+        return copy.deepcopy(model)
+    except Exception as exc:  # a lock, an open file, a generator among its attributes
+        raise BenchError(f"{where}: the model cannot be copied ({one_line(f'{type(exc).__name__}: {exc}', 160)}); "
+                         f"pneumobench explains a copy so that your model is left as it is: remove what cannot be "
+                         f"copied from it (a lock, an open file) or give it a __deepcopy__") from None
+
+
+def checked_predictions(model: nn.Module, images: Tensor, *, device: torch.device | str = "cpu",
+                        where: str = "model") -> Tensor:
+    """:func:`models.training.predict_proba` ``(N, K)``, a model that fails on a batch (though it
+    passed :func:`check_fits` on one image) a one-line error instead of its exception."""
+    try:
+        return predict_proba(model, images, device=device)
+    except Exception as exc:
+        raise BenchError(f"{where}: the model fails on a batch of {min(len(images), PREDICT_BATCH)} images "
+                         f"({one_line(f'{type(exc).__name__}: {exc}', 200)}) though it runs on one; make its forward "
+                         f"take any batch size") from None
 
 
 def state_dict_sha256(model: nn.Module) -> str:

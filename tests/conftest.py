@@ -60,6 +60,21 @@ def calibrated(model: str | torch.nn.Module, seed: int = 0, batches: int = 3, ba
     return model.eval()
 
 
+@pytest.fixture
+def linear():
+    """A linear model f(x) = w . x + b on 28x28 images, where attribution methods have closed forms:
+    (model, inputs (2, 1, 28, 28), targets (2,), background (4, 1, 28, 28), w of each target (2, 1, 28, 28))."""
+    from torch import nn
+
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 2)).eval()
+    g = torch.Generator().manual_seed(4)
+    inputs, background = torch.rand(2, 1, 28, 28, generator=g), torch.rand(4, 1, 28, 28, generator=g)
+    targets = torch.tensor([0, 1])
+    w = net[1].weight.detach()[targets].view(2, 1, 28, 28)
+    return net, inputs, targets, background, w
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module of tiny tensor workloads (use it with

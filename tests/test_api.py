@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny workloads: one thread
 
 EXPLAINERS = ["captum.saliency", "captum.integrated_gradients", "random"]
 METRICS = ["deletion_auc", "drop_rate", "additivity_error"]
-EXPLAINER_PARAMS = {"captum.integrated_gradients": {"n_steps": 4, "baseline": "mean"}}  # the background's mean
+EXPLAINER_PARAMS = {"captum.integrated_gradients": {"n_steps": 4, "baseline": "background_mean"}}
 METRIC_PARAMS = {"deletion_auc": {"steps": 4}}
 CHEAP_CARD = ["reliability.substrates=[]", "reliability.imputation=false", "reliability.bootstrap=100",
               "reliability.splits=10"]
@@ -117,7 +117,7 @@ def _config_file(tmp_path, checkpoint, *, factory="mynets:build", kwargs="{ num_
         [explain]
         names = {json.dumps(EXPLAINERS)}
         shard_size = 4
-        params = {{ "captum.integrated_gradients" = {{ n_steps = 4, baseline = "mean" }} }}
+        params = {{ "captum.integrated_gradients" = {{ n_steps = 4, baseline = "background_mean" }} }}
 
         [metrics]
         names = {json.dumps(METRICS)}

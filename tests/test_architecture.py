@@ -3,12 +3,12 @@
 Layers, lowest first (a module may import its own layer and the layers below it; two different
 layers of the same rank may not import each other):
 
-    0 bench.core                  errors, registry, io, device, machine, schema
+    0 bench.core, bench.stats     errors, registry, io, device, machine, schema; statistical inference
     1 datasets                    loaders
     2 models                      ResNets, safety, training
     3 explainers                  adapters
     4 bench.metrics               metric families
-    5 bench.perf, bench.report    floor/profiling/allocator; statistics, tables, figures
+    5 bench.perf, bench.report    floor/profiling/allocator; tables, figures, the report
     6 bench.run                   config, plan, units, cache, executors, manifest, runner
     7 bench.cli                   the command line
     8 bench.__main__, bench       entry points
@@ -26,7 +26,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("bench", "datasets", "models", "explainers")
 LAYERS = {
-    "bench.core": 0, "datasets": 1, "models": 2, "explainers": 3, "bench.metrics": 4,
+    "bench.core": 0, "bench.stats": 0, "datasets": 1, "models": 2, "explainers": 3, "bench.metrics": 4,
     "bench.perf": 5, "bench.report": 5, "bench.run": 6, "bench.cli": 7, "bench.api": 7, "bench.__main__": 8,
     "bench": 8,
 }

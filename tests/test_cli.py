@@ -93,3 +93,127 @@ def test_missing_data_file_names_the_file_and_the_fix(tmp_path):
     r = run_cli("train", "--model", "tiny", "--data-file", str(missing))
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "nope.npz" in lines[0], r.stderr
+
+
+# ----------------------------------------------------------------------------- one line, whatever happens
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["run", "--bogus"], "unrecognized arguments: --bogus"),
+    (["run", "--executor", "rya"], "did you mean 'ray'?"),
+    (["list", "model"], "did you mean 'models'?"),
+    (["train", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
+    (["tune"], "the following arguments are required: --from"),
+    (["runn"], "did you mean 'run'?"),
+])
+def test_argparse_errors_are_one_line(capsys, args, needle):
+    assert main(args) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    assert "--help" in err[0]
+
+
+def test_list_is_readable_and_fits_the_terminal(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "100")
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "Range(" not in out and "<function" not in out and " at 0x" not in out
+    assert max(len(line) for line in out.splitlines()) <= 100
+    flat = " ".join(out.split())
+    assert "n_steps=50 (>= 1)" in flat and "frac=0.15 (in (0, 1])" in flat  # integrated gradients, drop_rate
+    assert "substrate='zero' (one of 'zero', 'mean', 'blur', 'noise')" in flat
+    assert "percentages=" in flat and "a non-empty increasing list of fractions in (0, 1)" in flat  # a callable
+
+
+def _help_texts() -> list[str]:
+    from bench.cli import build_parser
+
+    parser = build_parser()
+    subs = next(a for a in parser._actions if a.dest == "command").choices
+    return [parser.format_help(), *(p.format_help() for p in subs.values())]
+
+
+def test_help_examples_work_pasted_into_bash():
+    import re
+    import shlex
+
+    from bench.run.config import load_config
+
+    examples = [m for text in _help_texts() for m in re.findall(r"--set ('[^']*'|\S+)", " ".join(text.split()))
+                if not m.startswith("KEY")]
+    assert examples, "no --set example in --help"
+    for ex in examples:
+        # what bash hands the program (quote removal, globbing of [...] against the current folder)
+        argv = subprocess.run(["bash", "-c", f"printf '%s\\0' {ex}"], cwd=REPO, capture_output=True,
+                              text=True).stdout.split("\0")[:-1]
+        assert len(argv) == 1, (ex, argv)
+        load_config(None, argv)  # a valid override
+        assert shlex.split(ex) == argv
+
+
+def test_the_summary_line_is_plain_words(tmp_path, capsys):
+    from tests.test_hardening import CHEAP
+
+    assert main(["run", "--results", str(tmp_path), "--name", "s", "--no-progress",
+                 *[x for o in CHEAP for x in ("--set", o)]]) == 0
+    out = capsys.readouterr().out
+    last = [ln for ln in out.splitlines() if ln.strip()][-2]  # before "results in ..."
+    assert "its floor" not in out and "explain+score" not in out
+    assert "explaining and scoring took" in last and "times as long as the model passes they need" in last, last
+
+
+# ----------------------------------------------------------------------------- signals
+
+RUN_ARGS = ["run", "--no-progress", "--set", 'data.dataset="synthetic"', "--set", "data.options.n=200",
+            "--set", 'models.names=["tiny"]', "--set", 'models.stages=["pre"]', "--set", "train.epochs=500",
+            "--set", 'device="cpu"']
+
+
+def _start_training(tmp_path) -> subprocess.Popen:
+    """A run that is training (its first epoch line printed), in its own process."""
+    p = subprocess.Popen([sys.executable, "-m", "bench", *RUN_ARGS, "--results", str(tmp_path / "res")], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:
+        if "epoch 1/500" in line:
+            return p
+    pytest.fail(f"the run ended before training: {p.communicate()[1]}")
+
+
+def _stderr_lines(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.strip()]
+
+
+def test_sigint_while_starting_up_is_one_line():
+    import signal
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "bench", "list"], cwd=REPO, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # importing torch and the libraries takes seconds
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and _stderr_lines(err) == ["interrupted; nothing was started"], err
+
+
+def test_sigterm_says_what_was_kept(tmp_path):
+    import signal
+
+    p = _start_training(tmp_path)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 143, err
+    assert _stderr_lines(err) == ["terminated; finished work is kept and a re-run resumes"], err
+
+
+def test_a_second_sigint_still_ends_with_one_line(tmp_path):
+    import signal
+    import time
+
+    p = _start_training(tmp_path)
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.1)  # while the first one is being handled
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and _stderr_lines(err)[0] == "interrupted; finished work is kept and a re-run " \
+                                                               "resumes", err

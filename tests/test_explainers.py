@@ -77,6 +77,8 @@ def data():
 def fast_params(name: str, **over) -> dict:
     params = get_explainer(name).params()
     out = {k: v for k, v in FAST.items() if k in params}
+    if params.get("layer") is not None:  # the CAM family's default layer is a ResNet stage; tiny's last is layer2
+        out["layer"] = "layer2"
     out.update({k: v for k, v in over.items() if k in params})
     return out
 
@@ -110,7 +112,11 @@ STOCHASTIC = [n for n in ALL if get_explainer(n).meta.get("stochastic")]
 
 def test_required_adapters_are_registered():
     required = {"shap.gradient", "shap.partition", "shap.deep", "captum.integrated_gradients",
-                "captum.gradient_shap", "captum.deeplift_shap", "captum.saliency", "random", "edge"}
+                "captum.gradient_shap", "captum.deeplift_shap", "captum.saliency", "random", "edge",
+                "gradcam.grad_cam", "gradcam.grad_cam_plusplus", "gradcam.score_cam", "gradcam.hires_cam",
+                "gradcam.layer_cam", "zennit.epsilon_plus_flat", "zennit.epsilon_gamma_box", "captum.occlusion",
+                "captum.lime", "captum.kernel_shap", "captum.smoothgrad", "captum.vargrad", "captum.guided_backprop",
+                "captum.guided_gradcam", "captum.input_x_gradient", "captum.deeplift"}
     assert required <= set(ALL)
     for name in required:
         entry = get_explainer(name)
@@ -199,7 +205,8 @@ def test_integrated_gradients_gap_is_captums_delta_and_shrinks(model, data):
         torch.testing.assert_close(a.base_values, target_scores(model, torch.zeros_like(inputs), targets))
     assert (relative_completeness_gap(coarse) <= IG_RTOL[16]).all()
     assert completeness_gap(fine).abs().sum() < completeness_gap(coarse).abs().sum()
-    mean_bl = call("captum.integrated_gradients", model, inputs, targets, background, n_steps=16, baseline="mean")
+    mean_bl = call("captum.integrated_gradients", model, inputs, targets, background, n_steps=16,
+                   baseline="background_mean")
     torch.testing.assert_close(mean_bl.base_values,
                                target_scores(model, background.mean(0, keepdim=True).expand_as(inputs), targets))
 
@@ -289,17 +296,6 @@ def test_deeplift_shap_is_additive_in_probability_space(model, data):
 
 
 # --- analytic oracles on a linear model -----------------------------------------------------------
-
-@pytest.fixture
-def linear():
-    torch.manual_seed(3)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 2)).eval()
-    g = torch.Generator().manual_seed(4)
-    inputs, background = torch.rand(2, 1, 28, 28, generator=g), torch.rand(4, 1, 28, 28, generator=g)
-    targets = torch.tensor([0, 1])
-    w = net[1].weight.detach()[targets].view(2, 1, 28, 28)
-    return net, inputs, targets, background, w
-
 
 def test_linear_integrated_gradients_is_w_times_x(linear):
     net, inputs, targets, background, w = linear
@@ -421,7 +417,8 @@ def test_bad_parameter_values(model, data):
                           ({"n_steps": 2.0}, "n_steps = 2.0 must be an integer"),
                           ({"n_steps": True}, "n_steps = True must be an integer"),
                           ({"internal_batch_size": None}, None),
-                          ({"baseline": "black"}, "baseline = 'black' is not one of 'zero', 'mean'")):
+                          ({"baseline": "black"},
+                           "baseline = 'black' is not one of 'zero', 'mean', 'blur', 'noise', 'background_mean'")):
         if match is None:  # an optional parameter may be left unset
             run_explainer("captum.integrated_gradients", model, inputs, targets, background=background, **params)
             continue
@@ -519,7 +516,8 @@ def test_run_explainer_records_params(model, data):
     inputs, targets, background = data
     attr = run_explainer("captum.integrated_gradients", model, inputs, targets, background=background, n_steps=4)
     assert attr.meta["explainer"] == "captum.integrated_gradients"
-    assert attr.meta["params"] == {"n_steps": 4, "baseline": "zero", "internal_batch_size": 32, "method": "gausslegendre"}
+    assert attr.meta["params"] == {"n_steps": 4, "baseline": "zero", "blur_sigma": 2.0, "internal_batch_size": 32,
+                                   "method": "gausslegendre"}
     assert attr.meta["library"] == "captum" and attr.meta["library_version"]
 
 
@@ -732,3 +730,12 @@ def test_shap_gradient_layer_mode_runs_on_shap(model, data):
     with pytest.raises(BenchError, match="engine='batched' explains the input only"):
         run_explainer("shap.gradient", model, inputs, targets, background=background, nsamples=4, layer=layer,
                       engine="batched")
+
+
+def test_full_profile_runs_every_explainer():
+    """configs/full.toml is the profile that runs every registered method: a new adapter goes there too."""
+    from bench.run.config import load_config
+
+    names = load_config(REPO / "configs" / "full.toml")["explain"]["names"]
+    assert sorted(names) == sorted(n for n in ALL if not n.startswith("example.")), \
+        f"missing from configs/full.toml: {sorted(set(ALL) - set(names))}"

@@ -15,7 +15,12 @@ from explainers import EXPLAINERS, register_explainer
 from explainers.base import Attribution
 from models import build_model
 
-IN_REPO_LIBRARIES = ("captum", "shap", "control")
+IN_REPO_LIBRARIES = ("captum", "shap", "control", "gradcam", "zennit", "pneumobench")
+
+
+@pytest.fixture(scope="module")
+def resnet18() -> nn.Module:
+    return build_model("resnet18").eval()
 
 
 # --------------------------------------------------------------------------------------------
@@ -23,9 +28,10 @@ IN_REPO_LIBRARIES = ("captum", "shap", "control")
 # --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", [e.name for e in EXPLAINERS.entries() if e.meta.get("library") in IN_REPO_LIBRARIES])
-def test_every_in_repo_explainer_has_a_pass_count(name):
-    """A new in-repo adapter registered without ``passes=`` fails here (no drifting hand list)."""
-    passes = F.passes_per_image(name, background_size=50)
+def test_every_in_repo_explainer_has_a_pass_count(name, resnet18):
+    """A new in-repo adapter registered without ``passes=`` fails here (no drifting hand list); a rule
+    may need the image shape or the model (occlusion's windows, Score-CAM's channels)."""
+    passes = F.passes_per_image(name, background_size=50, shape=(1, 28, 28), model=resnet18)
     assert passes is not None, f"register {name!r} with passes=... (register_explainer)"
     n_fb, n_f = passes
     assert n_fb >= 0 and n_f >= 0
@@ -50,11 +56,39 @@ def test_every_metric_has_a_pass_rule(name):
     ("shap.partition", {}, (0, 300)),
     ("shap.partition", {"max_evals": 64}, (0, 64)),
     ("captum.saliency", {}, (1, 0)),
+    ("captum.smoothgrad", {"n_samples": 20}, (20, 0)),
+    ("captum.lime", {}, (0, 200)),
+    ("captum.kernel_shap", {"n_samples": 64}, (0, 64)),
+    ("captum.guided_gradcam", {}, (2, 0)),
+    ("captum.deeplift", {}, (1, 0)),
+    ("gradcam.grad_cam", {}, (1, 0)),
+    ("zennit.epsilon_gamma_box", {}, (1, 0)),
     ("random", {}, (0, 0)),
     ("edge", {}, (0, 0)),
 ])
 def test_explainer_passes(name, params, expected):
     assert F.passes_per_image(name, params, background_size=50) == expected
+
+
+def test_passes_that_need_the_image_or_the_model(resnet18):
+    """Occlusion's windows depend on the image size, Score-CAM's forwards on the layer's channels; a
+    rule says so with keyword-only parameters, and without that context the count is unknown."""
+    assert F.passes_per_image("captum.occlusion", {}, 50, shape=(1, 28, 28)) == (0, 13 * 13 + 1)
+    assert F.passes_per_image("captum.occlusion", {"window": 8, "stride": 8}, 50, shape=(1, 64, 64)) == (0, 65)
+    assert F.passes_per_image("captum.occlusion", {}, 50) is None
+    assert F.passes_per_image("gradcam.score_cam", {"layer": "layer3"}, 50, shape=(1, 28, 28),
+                              model=resnet18) == (0, 257)
+    assert F.passes_per_image("gradcam.score_cam", {}, 50, shape=(1, 28, 28)) is None
+
+    @register_explainer("test_floor.shaped", library="custom", passes=lambda p, n_bg, *, shape: (shape[-1], 0))
+    def shaped(model, inputs, targets, *, background) -> Attribution:  # pragma: no cover
+        raise AssertionError
+
+    try:
+        assert F.passes_per_image("test_floor.shaped", shape=[3, 5, 7]) == (7, 0)
+        assert F.passes_per_image("test_floor.shaped", model=resnet18) is None
+    finally:
+        EXPLAINERS.unregister("test_floor.shaped")
 
 
 def test_deep_passes_follow_the_background_size():
@@ -119,9 +153,28 @@ def test_a_plugin_declares_its_passes_at_registration():
     ("additivity_error_relative", {}, (0, 0)),
     ("localisation_precision", {}, (0, 0)),
     ("pointing_game", {}, (0, 0)),
+    ("sparseness", {}, (0, 0)),
+    ("complexity", {}, (0, 0)),
+    ("infidelity", {}, (0, 51)),                   # f(x) and one forward per perturbation
+    ("infidelity", {"samples": 8}, (0, 9)),
+    ("faithfulness_correlation", {}, (0, 101)),
+    ("faithfulness_correlation", {"runs": 20}, (0, 21)),
+    ("monotonicity_correlation", {}, (0, 50)),
+    ("monotonicity_correlation", {"steps": 7}, (0, 8)),
 ])
 def test_metric_passes(name, params, expected):
     assert F.metric_passes_per_image(name, params) == expected
+
+
+@pytest.mark.parametrize("name", ["max_sensitivity", "avg_sensitivity", "local_lipschitz_estimate"])
+def test_robustness_passes_are_samples_times_the_explainer(name):
+    """A robustness metric re-explains every image `samples` times: the floor (and the run's cost
+    report, bench.run.manifest.unit_floor) counts those explanations; unknown without the explainer."""
+    assert F.metric_passes_per_image(name) is None
+    ig = F.passes_per_image("captum.integrated_gradients", {"n_steps": 10})
+    assert F.metric_passes_per_image(name, explainer_passes=ig) == (100, 0)
+    assert F.metric_passes_per_image(name, {"samples": 3}, explainer_passes=(0, 300)) == (0, 900)
+    assert F.metric_passes_per_image(name, explainer_passes=F.passes_per_image("random")) == (0, 0)
 
 
 def test_randomisation_passes_are_cascade_steps_times_the_explainer():

@@ -28,7 +28,10 @@ def test_default_specs_follow_the_registry():
     specs = default_specs()
     names = {s.name for s in specs}
     assert names == {"shap.gradient", "captum.gradient_shap", "pneumobench.expected_gradients",
-                     "captum.integrated_gradients", "shap.partition"}
+                     "captum.integrated_gradients", "shap.partition", "captum.lime", "captum.kernel_shap",
+                     "captum.smoothgrad", "captum.vargrad"}
+    (lime,) = [s for s in specs if s.name == "captum.lime"]
+    assert lime.budget == "n_samples" and lime.budgets == (50, 100, 200, 400, 800) and lime.reference_budget == 3200
     assert {s.variant for s in specs if s.name == "captum.integrated_gradients"} == {
         "gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left"}
     eg = [s for s in specs if s.family == "expected_gradients"]

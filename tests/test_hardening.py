@@ -7,9 +7,11 @@ Runs use the synthetic data set and the tiny model with the cheapest explainers 
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -248,11 +250,15 @@ def test_a_damaged_manifest_is_a_one_line_error_naming_it(finished, tmp_path, ca
 
 
 def test_another_config_is_refused_even_for_an_unfinished_run(tmp_path, monkeypatch):
-    """The config is recorded before any work: a run killed half-way is protected too."""
-    def killed(*args, **kwargs):
+    """The config is recorded before any work: a run killed half-way is protected too (one killed
+    before it produced anything takes its record back: there is nothing to protect)."""
+    store = cache.store
+
+    def killed_after_one(*args, **kwargs):
+        store(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "execute_units", killed)
+    monkeypatch.setattr(cache, "store", killed_after_one)
     with pytest.raises(KeyboardInterrupt):
         runner.run(_cfg(tmp_path), progress=False)
     assert json.loads((tmp_path / "h" / "manifest.json").read_text())["status"] == "running"
@@ -335,7 +341,7 @@ def _npz(path: Path, n: dict[str, int], labels: dict[str, int] | None = None) ->
 def test_empty_or_single_class_splits_are_refused_before_training(tmp_path, capsys, n, labels, needle):
     f = _npz(tmp_path / "data.npz", n, labels)
     line = _one_line_error(capsys, ["run", "--results", str(tmp_path / "res"), "--data-file", str(f), "--set",
-                                    'models.names=["tiny"]', "--set", 'device="cpu"'])
+                                    'models.names=["tiny"]', "--set", 'models.stages=["pre"]', "--set", 'device="cpu"'])
     assert needle.format(f=os.path.abspath(f)) in line
     assert not (tmp_path / "res" / "checkpoints").exists()  # nothing was trained
     line = _one_line_error(capsys, ["train", "--model", "tiny", "--data-file", str(f), "--results",
@@ -401,3 +407,271 @@ def test_report_names_the_file_and_line_of_a_bad_value(finished, tmp_path, capsy
     path.write_text("\n".join(lines) + "\n")
     line = _one_line_error(capsys, ["report", str(run_dir)])
     assert f"{path} line 4: column 'value' holds 'abc', not a number" in line
+
+
+# ============================================================================= second pass
+# values the config accepted but the run could not, absurd data, broken checkpoints and sidecars,
+# noise and model failures in bench.evaluate (the results tree and unwritable places:
+# tests/test_results_tree.py; signals and argparse: tests/test_cli.py)
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["seed=-1"], "config value seed: must be an integer in [0, 4294967295], got -1"),
+    ([f"seed={2**70}"], f"config value seed: must be an integer in [0, 4294967295], got {2**70}"),
+    (["train.seed=-3"], "seed must be an integer in [0, 4294967295], got -3"),
+    (["tune.seed=-3"], "seed must be an integer in [0, 4294967295], got -3"),
+    ([f"models.seeds=[0, {2**64}]"], "models.seeds: must be a list of distinct integers in [0, 4294967295]"),
+    ([f"reliability.seed={2**64}"], "reliability.seed: must be an integer in [0, 4294967295]"),
+    (['explain.params={"random" = {seed = -1}}'], "explain.params.random.seed = -1 must be in [0, 4294967295]"),
+    (['data.dataset="synthetic"', "data.options.seed=-1"], "data.options.seed = -1 must be in [0, 4294967295]"),
+])
+def test_seeds_out_of_range_are_refused_at_config_time(overrides, needle):
+    with pytest.raises(BenchError) as exc:
+        load_config(None, overrides)
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_a_seed_out_of_range_in_evaluate_or_train_is_one_line(capsys, monkeypatch):
+    import bench
+    from models import build_model
+
+    with pytest.raises(BenchError, match=r"seed: must be an integer in \[0, 4294967295\]"):
+        bench.evaluate(build_model("tiny").eval(), torch.rand(2, 1, 28, 28), seed=2**70, verbose=False)
+    monkeypatch.setattr(T, "_fit", lambda *a, **k: pytest.fail("trained with a bad seed"))
+    line = _one_line_error(capsys, ["train", "--model", "tiny", "--dataset", "synthetic", "--seed", "-1"])
+    assert "seed must be an integer in [0, 4294967295], got -1" in line
+
+
+def test_a_multiline_set_is_refused_not_cut():
+    with pytest.raises(BenchError, match="holds more than one value"):
+        load_config(None, ['data.per_cell=2\nname="other"'])
+    with pytest.raises(BenchError, match="holds more than one value"):
+        load_config(None, ['name="a"\nseed=3'])
+    assert load_config(None, ["models.seeds=[1,\n 2]"])["models"]["seeds"] == [1, 2]  # one value over two lines
+
+
+@pytest.mark.parametrize("data", [b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", 'name = "x"\n'.encode("utf-16"),
+                                  'name = "caf\u00e9"\n'.encode("latin-1")], ids=["binary", "utf-16", "latin-1"])
+def test_config_files_that_are_not_utf8_are_one_line(tmp_path, data):
+    path = tmp_path / "c.toml"
+    path.write_bytes(data)
+    with pytest.raises(BenchError) as exc:
+        load_config(path)
+    assert f"config file {path} is not UTF-8 text" in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("name, needle", [("a" * 300, "at most 100 characters"), ("run\n", "plain folder name"),
+                                          ("run\nx", "plain folder name")])
+def test_long_or_multiline_names_are_refused_at_config_time(name, needle):
+    with pytest.raises(BenchError, match="plain folder name") as exc:
+        load_config(None, [f"name={json.dumps(name)}"])
+    assert needle in str(exc.value)
+
+
+def test_multiline_model_names_are_refused():
+    import bench
+    from models import build_model
+    from models.user import UserModelSpec
+
+    with pytest.raises(BenchError, match="model_name"):
+        bench.evaluate(build_model("tiny").eval(), torch.rand(2, 1, 28, 28), model_name="m\n", verbose=False)
+    with pytest.raises(BenchError, match="a model name is"):
+        UserModelSpec.from_table("m\n", {"factory": "models.user:torchvision_resnet", "checkpoint": "x.pt"})
+    with pytest.raises(BenchError, match="a variant name is"):
+        load_config(None, ['tune.variants={"a\\n" = {epochs = 1}}'])
+
+
+def test_the_unfreeze_check_runs_at_config_time():
+    with pytest.raises(BenchError) as exc:  # the tiny model has no layer4: refused before any training
+        load_config(None, ['models.names=["tiny"]'])
+    assert "tune: cannot unfreeze layer4" in str(exc.value) and "'fc'" in str(exc.value)
+    with pytest.raises(BenchError, match="tune.variants.a: cannot unfreeze layer9"):
+        load_config(None, ['models.names=["tiny"]', 'tune.unfreeze=["fc"]', 'tune.variants={a = {unfreeze = ["layer9"]}}'])
+    load_config(None, ['models.names=["tiny"]', 'models.stages=["pre"]'])  # no tuning: no check
+    load_config(None, ['models.names=["tiny"]', 'tune.variants={a = {unfreeze = ["fc"]}}'])  # tunes with a only
+    load_config(None, ['models.names=["tiny"]', 'tune.unfreeze=["fc", "layer2"]'])
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (['explain.names=["captum.integrated_gradient"]'], "did you mean 'captum.integrated_gradients'?"),
+    (["data.per_cel=2"], "did you mean 'per_cell'?"),
+    (['explain.params={"captum.integrated_gradients" = {n_step = 4}}'], "did you mean 'n_steps'?"),
+    (["train.epoch=2"], "did you mean 'epochs'?"),
+    (['models.names=["resnet19"]'], "did you mean 'resnet18'?"),
+])
+def test_unknown_names_suggest_the_nearest(overrides, needle):
+    with pytest.raises(BenchError) as exc:
+        load_config(None, overrides)
+    assert needle in str(exc.value)
+
+
+def test_a_refused_rerun_names_what_differs_and_the_way_out(finished, capsys):
+    results, run_dir = finished
+    with pytest.raises(BenchError) as exc:
+        runner.run(_cfg(results, "h", "data.per_cell=1"), progress=False)
+    msg = str(exc.value)
+    assert "data.per_cell (2 there, 1 here)" in msg and "--name" in msg and f"delete {run_dir}" in msg
+
+
+# ----------------------------------------------------------------------------- absurd data
+
+
+def test_array_headers_are_checked_against_the_file_size(tmp_path, clean_data_env):
+    """A header claiming 10^11 images must not make numpy allocate 71 TiB."""
+    import zipfile
+
+    from datasets import load_split
+
+    path = _npz(tmp_path / "d.npz", {"train": 40, "val": 10, "test": 10})
+    forged = tmp_path / "forged.npz"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(forged, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "train_images.npy":
+                head = io.BytesIO()
+                np.lib.format.write_array_header_1_0(head, {"descr": "|u1", "fortran_order": False,
+                                                            "shape": (10**11, 28, 28)})
+                data = head.getvalue() + data[len(head.getvalue()):]
+            dst.writestr(info, data)
+    with pytest.raises(BenchError) as exc:
+        load_split("pneumoniamnist", "train", data_file=str(forged))
+    msg = str(exc.value)
+    assert "train_images claims shape (100000000000, 28, 28)" in msg and "holds only" in msg and "\n" not in msg
+
+
+# ----------------------------------------------------------------------------- checkpoints and sidecars
+
+
+def _broken_checkpoint(tmp_path: Path, tiny_checkpoint, change=None, sidecar=None) -> Path:
+    src, side = tiny_checkpoint
+    ck = torch.load(src, weights_only=True)
+    if change is not None:
+        change(ck)
+    out = tmp_path / "broken.pt"
+    torch.save(ck, out)
+    T.sidecar_path(out).write_text(json.dumps(side if sidecar is None else sidecar))
+    return out
+
+
+def _nan_weight(ck):
+    next(iter(ck["state_dict"].values())).view(-1)[0] = float("nan")
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda ck: ck.pop("model"), "has no 'model' entry"),
+    (lambda ck: ck.update(model=7), "has no 'model' entry"),
+    (lambda ck: ck.update(model_kwargs={"in_channels": 1, "depth": 3}), "model_kwargs has 'depth'"),
+    (lambda ck: ck.update(model_kwargs=[1, 2]), "model_kwargs is not a table"),
+    (lambda ck: ck.update(state_dict=[1]), "state_dict is not"),
+    (_nan_weight, "holds 1 NaN or infinite weight"),
+])
+def test_broken_checkpoints_are_one_line(tmp_path, tiny_checkpoint, change, needle):
+    path = _broken_checkpoint(tmp_path, tiny_checkpoint, change)
+    with pytest.raises(BenchError) as exc:
+        T.load_checkpoint(path)
+    assert needle in str(exc.value) and str(path) in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("sidecar, needle", [({}, "has no 'test'"), ([], "is not a JSON object"),
+                                             ({"test": {}, "test_preds": "x", "config": {}}, "test_preds"),
+                                             ("nan", "is not a JSON object")])
+def test_broken_sidecars_are_one_line(tmp_path, tiny_checkpoint, sidecar, needle):
+    path = _broken_checkpoint(tmp_path, tiny_checkpoint, sidecar=sidecar)
+    with pytest.raises(BenchError) as exc:
+        T.read_sidecar(path)
+    assert needle in str(exc.value) and str(T.sidecar_path(path)) in str(exc.value)
+
+
+def test_a_broken_checkpoint_is_refused_before_any_training(tmp_path, tiny_checkpoint, monkeypatch):
+    from datasets import load_split
+
+    results = tmp_path / "res"
+    train = load_split("synthetic", "train", n=40)
+    cfg = T.TrainConfig(model="tiny", epochs=1, batch_size=32, seed=1, dataset="synthetic", size=28)
+    planted = T.default_checkpoint_path(cfg, train.fingerprint, results / "checkpoints")
+    planted.parent.mkdir(parents=True)
+    shutil.copy(_broken_checkpoint(tmp_path, tiny_checkpoint, sidecar={}), planted)
+    T.sidecar_path(planted).write_text("{}")
+    monkeypatch.setattr(T, "_fit", lambda *a, **k: pytest.fail("trained before the broken checkpoint was seen"))
+    with pytest.raises(BenchError, match="has no 'test'"):
+        runner.run(_cfg(results, "h", "models.seeds=[0, 1]"), progress=False)
+    assert not (results / "h" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("options, needle", [({"n": 20, "seed": 3}, "evaluated on 64 test images, this data has 20"),
+                                             ({"n": 64, "seed": 4}, "trained on synthetic")])
+def test_tune_refuses_other_data_before_training(tmp_path, tiny_checkpoint, monkeypatch, options, needle):
+    from datasets import load_split
+
+    ckpt, _ = tiny_checkpoint
+    splits = [load_split("synthetic", s, **options) for s in ("train", "val", "test")]
+    monkeypatch.setattr(T, "_fit", lambda *a, **k: pytest.fail("trained before the data was checked"))
+    with pytest.raises(BenchError) as exc:
+        T.tune_model(ckpt, T.TuneConfig(unfreeze=("fc",), epochs=1), *splits, out=tmp_path / "p.pt", device="cpu",
+                     progress=False)
+    assert needle in str(exc.value)
+
+
+def test_a_raw_pickle_checkpoint_prints_no_warning(tmp_path, capsys):
+    import pickle
+    import warnings
+
+    path = tmp_path / "raw.pt"
+    path.write_bytes(pickle.dumps({"format": "x"}, protocol=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(BenchError, match="cannot be read"):
+            T.load_checkpoint(path)
+    assert [str(w.message) for w in caught] == []
+
+
+# ----------------------------------------------------------------------------- models in bench.evaluate
+
+
+class BatchLimited(torch.nn.Module):
+    """Works on a few images at a time, fails on larger batches (a fixed-size buffer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3)
+        self.fc = torch.nn.Linear(2, 2)
+
+    def forward(self, x):
+        if x.shape[0] > 4:
+            raise RuntimeError("buffer holds 4 images")
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+class Uncopyable(BatchLimited):
+    def __init__(self):
+        import threading
+
+        super().__init__()
+        self.lock = threading.Lock()
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("model, needle", [(BatchLimited, "the model fails on a batch of 16 images"),
+                                           (Uncopyable, "cannot be copied")])
+def test_model_failures_in_evaluate_are_one_line(model, needle):
+    import bench
+
+    with pytest.raises(BenchError) as exc:
+        bench.evaluate(model(), torch.rand(16, 1, 28, 28), explainers=["random"], metrics=["drop_rate"], verbose=False)
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_evaluate_emits_no_warnings():
+    import warnings
+
+    import bench
+    from models import build_model
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bench.evaluate(build_model("tiny").eval(), torch.rand(8, 1, 28, 28), labels=[0, 1] * 4,
+                       explainers=["random", "edge"], metrics=["deletion_auc"], verbose=False,
+                       metric_params={"deletion_auc": {"steps": 4}}, overrides=["reliability.bootstrap=100"])
+    assert [f"{w.filename}:{w.lineno}: {w.message}" for w in caught] == []

@@ -111,7 +111,7 @@ def test_every_row_figure_and_provenance_is_in_the_page(run_dir):
     for r in board.itertuples(index=False):
         cell = page.cells[(r.model, r.stage, r.explainer, r.metric)]
         if r.status == "ok":
-            assert cell.startswith(f"{float(r.mean):.4g}") and f"({r.rank})" in cell, (r, cell)
+            assert cell.startswith(f"{float(r.mean):.4g}") and f"({r.rank} {r.letters})" in cell, (r, cell)
         else:
             assert cell == ("n/a" if r.status == "n/a" else "error"), (r, cell)
     assert len(page.cells) == len(board)

@@ -9,7 +9,8 @@ import pytest
 from scipy import stats as sps
 
 from bench.report import leaderboard as lb
-from bench.report import plots, stats
+from bench.report import plots
+from bench.stats import estimate
 from bench.core.errors import BenchError
 
 N = 20
@@ -101,7 +102,8 @@ def test_leaderboard_columns_stats_and_ranks(scores, board):
             r = _row(board, stage=stage, explainer=explainer, metric="deletion_auc")
             assert r["n"] == N and r["status"] == "ok"
             assert r["mean"] == pytest.approx(values.mean())
-            assert (r["ci_low"], r["ci_high"]) == stats.bootstrap_ci(values)
+            ci = sps.ttest_1samp(values, 0).confidence_interval(0.95)
+            assert (r["ci_low"], r["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-12)
             assert r["seconds_per_image"] == pytest.approx(0.02 + 0.01 * np.arange(N).mean() / N)
             assert r["peak_mem_mb"] == 10.0 + N - 1
         ranks = {e: _row(board, stage=stage, explainer=e, metric="deletion_auc")["rank"] for e in TRUTH}
@@ -114,12 +116,19 @@ def test_leaderboard_order_is_model_stage_metric_rank_explainer(board):
     assert list(pre_del["explainer"]) == ["alpha", "beta", "gamma", "broken"]     # unranked last
 
 
-def test_overlapping_explainers_share_a_rank(scores):
+def test_ranks_come_from_paired_tests_not_overlapping_intervals(scores):
+    rng = np.random.default_rng(5)
     twin = scores[scores.explainer == "alpha"].assign(explainer="alpha2")
-    twin["value"] = twin["value"] + 0.002                            # same distribution, CIs overlap
-    board = lb.leaderboard(pd.concat([scores, twin]))
-    ranks = board[(board.stage == "pre") & (board.metric == "deletion_auc")].set_index("explainer")["rank"]
-    assert (ranks["alpha"], ranks["alpha2"], ranks["beta"], ranks["gamma"]) == (1, 1, 3, 4)
+    twin["value"] = twin["value"] + 0.002                            # overlapping CIs, but a constant paired gap
+    noisy = scores[scores.explainer == "alpha"].assign(explainer="alpha3")
+    noisy["value"] = noisy["value"] + 0.002 + rng.normal(0, 0.05, len(noisy))  # the same gap in independent noise
+    board = lb.leaderboard(pd.concat([scores, twin, noisy]))
+    pre = board[(board.stage == "pre") & (board.metric == "deletion_auc")].set_index("explainer")
+    assert pre.loc["alpha", "ci_high"] > pre.loc["alpha2", "ci_low"]            # the marginal intervals overlap
+    assert pre.loc["alpha", "rank"] == 1 and pre.loc["alpha2", "rank"] == 2     # ... yet paired, alpha2 is worse
+    assert not set(pre.loc["alpha", "letters"]) & set(pre.loc["alpha2", "letters"])
+    assert set(pre.loc["alpha", "letters"]) & set(pre.loc["alpha3", "letters"])  # not separable: share a letter
+    assert pre.loc["beta", "rank"] > pre.loc["alpha3", "rank"]
 
 
 def test_failed_explainer_has_its_message_and_no_rank(scores, board):
@@ -147,7 +156,7 @@ def test_non_additive_method_is_na_never_zero(tmp_path, scores, board):
     header = _md_row(md, "resnet18 · pre", "explainer")
     col = header.index("additivity_error ↓")
     assert _md_row(md, "resnet18 · pre", "gamma")[col] == "n/a"
-    assert _md_row(md, "resnet18 · pre", "gamma")[header.index("deletion_auc ↓")].endswith("(3)")
+    assert _md_row(md, "resnet18 · pre", "gamma")[header.index("deletion_auc ↓")].endswith("(3 c)")
     lb.write_tables(tmp_path, scores)
     csv = pd.read_csv(tmp_path / "leaderboard.csv", keep_default_na=False)
     g = csv[(csv.explainer == "gamma") & (csv.metric == "additivity_error")]
@@ -180,7 +189,7 @@ def test_read_scores_keeps_na_status_text(tmp_path, scores, board):
 # ----------------------------------------------------------------------------- pre vs post
 
 
-def test_prepost_known_differences_and_scipy_wilcoxon(scores):
+def test_prepost_known_differences_and_scipy_paired_t(scores):
     pp = lb.prepost(scores)
     assert list(pp.columns) == lb.PREPOST_COLUMNS
     for explainer, (_, shift) in TRUTH.items():
@@ -191,15 +200,18 @@ def test_prepost_known_differences_and_scipy_wilcoxon(scores):
         assert r["n_pairs"] == N and r["status"] == "ok"
         assert r["diff_mean"] == pytest.approx(shift, abs=0.01)
         assert r["diff_ci_low"] <= shift <= r["diff_ci_high"]
-        assert r["p_wilcoxon"] == pytest.approx(sps.wilcoxon(post, pre).pvalue, rel=1e-12)
-    assert _row(pp, explainer="alpha", metric="deletion_auc")["p_wilcoxon"] < 1e-4
+        assert r["p"] == pytest.approx(sps.ttest_rel(post, pre).pvalue, rel=1e-9)
+        ci = sps.ttest_rel(post, pre).confidence_interval(r["level"])  # the interval at the family's level
+        assert (r["diff_ci_low"], r["diff_ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
+        assert r["verdict"] == ("equivalent" if shift == 0 else "lower after" if shift < 0 else "higher after")
+    assert _row(pp, explainer="alpha", metric="deletion_auc")["p_adj"] < 1e-4
     assert _row(pp, explainer="gamma", metric="additivity_error")["status"] == "n/a"
     assert _row(pp, explainer="broken", metric="deletion_auc")["status"] == f"error: pre: {OOM}; post: {OOM}"
 
 
 def test_prepost_uses_only_paired_images(scores):
     s = scores[~((scores.explainer == "alpha") & (scores.stage == "post") & (scores.image < 5))].copy()
-    s.loc[(s.explainer == "alpha") & (s.stage == "pre") & (s.image == 7), "value"] = np.nan
+    s.loc[(s.explainer == "alpha") & (s.stage == "pre") & (s.image == 7), ["value", "status"]] = [np.nan, "n/a"]
     r = _row(lb.prepost(s), explainer="alpha", metric="deletion_auc")
     paired = [i for i in range(N) if i >= 5 and i != 7]
     sel = s[(s.explainer == "alpha") & (s.metric == "deletion_auc") & s.image.isin(paired)]
@@ -207,17 +219,20 @@ def test_prepost_uses_only_paired_images(scores):
     post = sel[sel.stage == "post"].sort_values("image")["value"].to_numpy()
     assert r["n_pairs"] == len(paired) == 14
     assert r["pre_mean"] == pytest.approx(pre.mean()) and r["post_mean"] == pytest.approx(post.mean())
-    assert r["p_wilcoxon"] == pytest.approx(sps.wilcoxon(post, pre).pvalue, rel=1e-12)
+    assert r["p"] == pytest.approx(sps.ttest_rel(post, pre).pvalue, rel=1e-9)
 
 
-def test_holm_family_is_all_rows_of_a_model():
+def test_the_family_is_all_rows_of_a_model_and_named():
     s = make_scores(models=("resnet18", "resnet50"))
     pp = lb.prepost(s)
-    for _, g in pp.groupby("model"):
-        assert g["p_holm"].to_numpy() == pytest.approx(stats.holm(g["p_wilcoxon"].to_numpy()), nan_ok=True)
-        assert g["p_wilcoxon"].notna().sum() == 5                   # 3 x 2 minus gamma's n/a
+    for model, g in pp.groupby("model"):
+        assert g["p_adj"].to_numpy() == pytest.approx(estimate.bonferroni(g["p"].to_numpy()), nan_ok=True)
+        assert g["p"].notna().sum() == 5                            # 3 x 2 minus gamma's n/a
+        assert set(g["family"]) == {f"prepost: {model} (m = 5)"}
+        sep = (g["diff_ci_low"] > 0) | (g["diff_ci_high"] < 0)
+        assert (sep == (g["p_adj"] <= 0.05)).all()                 # every interval agrees with its verdict
     one = pp[pp.model == "resnet18"]
-    assert one["p_holm"].to_numpy() == pytest.approx(lb.prepost(make_scores())["p_holm"].to_numpy(), nan_ok=True)
+    assert one["p_adj"].to_numpy() == pytest.approx(lb.prepost(make_scores())["p_adj"].to_numpy(), nan_ok=True)
 
 
 def test_prepost_by_cell_groups_by_the_pre_cell(scores):
@@ -234,10 +249,9 @@ def test_prepost_by_cell_groups_by_the_pre_cell(scores):
     sel = scores[(scores.explainer == "beta") & (scores.metric == "deletion_auc") & scores.image.isin(fn)]
     pre = sel[sel.stage == "pre"].sort_values("image")["value"].to_numpy()
     post = sel[sel.stage == "post"].sort_values("image")["value"].to_numpy()
-    assert _row(sub, cell="FN")["p_wilcoxon"] == pytest.approx(sps.wilcoxon(post, pre).pvalue)
-    ok = bc.groupby("model")
-    for _, g in ok:
-        assert g["p_holm"].to_numpy() == pytest.approx(stats.holm(g["p_wilcoxon"].to_numpy()), nan_ok=True)
+    assert _row(sub, cell="FN")["p"] == pytest.approx(sps.ttest_rel(post, pre).pvalue)
+    for _, g in bc.groupby("model"):
+        assert g["p_adj"].to_numpy() == pytest.approx(estimate.bonferroni(g["p"].to_numpy()), nan_ok=True)
 
 
 def test_prepost_by_cell_rejects_inconsistent_pre_cells(scores):
@@ -272,7 +286,8 @@ def test_write_tables_is_byte_identical_and_order_free(tmp_path, scores):
     a = lb.write_tables(tmp_path / "a", scores, prepost_models=PREPOST_MODELS)
     b = lb.write_tables(tmp_path / "b", scores.sample(frac=1.0, random_state=3), prepost_models=PREPOST_MODELS)
     names = [p.name for p in a]
-    assert names == ["leaderboard.csv", "leaderboard.md", "prepost.csv", "prepost_by_cell.csv", "prepost.md"]
+    assert names == ["leaderboard.csv", "leaderboard.md", "comparisons.csv", "friedman.csv", "prepost.csv",
+                     "prepost_by_cell.csv", "prepost.md"]
     assert names == [p.name for p in b]
     for pa, pb in zip(a, b):
         assert pa.read_bytes() == pb.read_bytes(), pa.name
@@ -282,7 +297,7 @@ def test_write_tables_is_byte_identical_and_order_free(tmp_path, scores):
 
 def test_write_tables_without_both_stages_skips_prepost(tmp_path):
     written = lb.write_tables(tmp_path, make_scores(stages=("pre",)))
-    assert [p.name for p in written] == ["leaderboard.csv", "leaderboard.md"]
+    assert [p.name for p in written] == ["leaderboard.csv", "leaderboard.md", "comparisons.csv", "friedman.csv"]
     assert not (tmp_path / "prepost.md").exists()
     with pytest.raises(BenchError, match="no rows"):
         lb.write_tables(tmp_path, make_scores().iloc[0:0])

@@ -179,7 +179,9 @@ def test_explainers_on_three_channels_and_four_classes(name):
     params = {k: v for k, v in FAST.items() if k in get_explainer(name).params()}
     attr = run_explainer(name, model, inputs, targets, background=background, **params)
     assert attr.values.shape == inputs.shape and torch.isfinite(attr.values).all()
-    if name != "shap.partition":  # its Image masker hides a pixel's channels together: one value per pixel
+    if get_explainer(name).meta.get("per_pixel"):  # registered as one value per pixel (CAMs, superpixels, flat rule)
+        assert torch.equal(attr.values[:, 0], attr.values[:, 1])
+    elif name != "shap.partition":  # its Image masker hides a pixel's channels together: one value per pixel
         assert not torch.equal(attr.values[:, 0], attr.values[:, 1])
     if get_explainer(name).meta.get("additive") and name != "captum.integrated_gradients":
         assert (relative_completeness_gap(attr) <= 1e-4).all()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from torch import nn
 
 from bench.core.errors import BenchError
 from bench.metrics import (
+    CONTROL_ROLES,
     METRICS,
     PREPROCESS_MODES,
     MetricContext,
@@ -45,8 +47,23 @@ from bench.metrics import (
     spearman,
     additivity_error,
     additivity_error_relative,
+    attribution_groups,
+    avg_sensitivity,
+    complexity,
+    faithfulness_correlation,
+    gaussian_perturbations,
+    infidelity,
+    local_lipschitz_estimate,
+    max_sensitivity,
+    monotonicity_correlation,
+    pearson,
+    per_image_draws,
+    random_subsets,
+    sparseness,
+    uniform_perturbations,
 )
 from bench.metrics.drop_increase import kept_probabilities
+from explainers import run_explainer
 from explainers.base import Attribution
 from tests.conftest import calibrated
 
@@ -444,6 +461,203 @@ def test_road_seeded_noise_deterministic_and_batch_invariant(batch):
     assert noise.std().item() == pytest.approx(0.01, rel=0.15)
 
 
+# ----------------------------------------------------------------------------- complexity
+
+
+def test_sparseness_and_complexity_hand_computed():
+    """|v| = 1, 2, 3, 4: Gini sum (2i - 5) a_(i) / (4 * 10) = 10 / 40, entropy of (.1, .2, .3, .4);
+    a constant map: 0 and ln 4; one value: 3/4 and 0; a zero map has no distribution: NaN."""
+    v = torch.zeros(4, 1, 2, 2)
+    v[0, 0] = torch.tensor([[1.0, -2.0], [3.0, -4.0]])
+    v[1] = 0.7
+    v[2, 0, 1, 0] = -5.0
+    model, x, t = LinearLogit(torch.ones(1, 1, 2, 2)).eval(), torch.zeros_like(v), torch.ones(4, dtype=torch.long)
+    gini = sparseness(model, x, t, Attribution(v))
+    entropy = complexity(model, x, t, Attribution(v))
+    assert gini[:3].tolist() == pytest.approx([0.25, 0.0, 0.75], abs=1e-7) and torch.isnan(gini[3])
+    expected = [scipy.stats.entropy([0.1, 0.2, 0.3, 0.4]), math.log(4), 0.0]
+    assert entropy[:3].tolist() == pytest.approx(expected, abs=1e-6) and torch.isnan(entropy[3])
+    # magnitudes are part of both formulas: the sign of a value does not matter
+    for fn in (sparseness, complexity):
+        torch.testing.assert_close(fn(model, x, t, Attribution(-v)), fn(model, x, t, Attribution(v.abs())), equal_nan=True)
+    # a map concentrated on a few pixels is sparser than Gaussian noise (the random control)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(3, 1, 28, 28, generator=g)
+    blob = torch.zeros(3, 1, 28, 28)
+    blob[..., 10:14, 10:14] = 1.0 + torch.rand(3, 1, 4, 4, generator=g)
+    big = LinearLogit(torch.ones(1, 1, 28, 28)).eval()
+    args = (big, torch.zeros_like(noise), torch.ones(3, dtype=torch.long))
+    assert torch.all(sparseness(*args, Attribution(blob)) > sparseness(*args, Attribution(noise)) + 0.4)
+    assert torch.all(complexity(*args, Attribution(blob)) < complexity(*args, Attribution(noise)) - 3)
+
+
+# ----------------------------------------------------------------------------- infidelity / correlations
+
+
+def test_per_image_draws_are_seeded_per_image_and_salted(tiny):
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(4, 1, 28, 28, generator=g)
+
+    def draw(gen):
+        return torch.randn((2, 1, 28, 28), generator=gen, dtype=torch.float64)
+
+    d = per_image_draws(x, 0, "a", draw)
+    assert d.shape == (4, 2, 1, 28, 28) and d.dtype == x.dtype
+    assert torch.equal(per_image_draws(x[2:3], 0, "a", draw)[0], d[2])  # the same alone as in a batch
+    assert torch.equal(per_image_draws(x, 0, "a", draw), d)
+    assert not torch.allclose(per_image_draws(x, 0, "b", draw), d)
+    assert not torch.allclose(per_image_draws(x, 1, "a", draw), d)
+    # a metric's noise is not the random control's map for the same seed (both are seeded per image)
+    t = torch.zeros(4, dtype=torch.long)
+    control = run_explainer("random", tiny, x, t, background=x, seed=0).values
+    for noise in (gaussian_perturbations(x, 1, 1.0, 0)[:, 0], uniform_perturbations(x, 1, 1.0, 0, "sensitivity")[:, 0]):
+        assert pearson(noise, control).abs().max() < 0.2
+
+
+def test_infidelity_zero_for_the_exact_linear_explanation():
+    """For a linear logit, I . grad = f(x) - f(x - I) for every perturbation: infidelity 0. Twice
+    the gradient misses by I . grad (unnormalised: mean (I . grad)^2), but the least-squares beta
+    rescales it back (normalised: 0); a random map stays far off."""
+    model, x, t, w, g = _analytic()
+    grad = (0.05 * w).expand_as(x)
+    zero = torch.zeros(3)
+    for normalise in (True, False):
+        torch.testing.assert_close(infidelity(model, x, t, Attribution(grad), normalise=normalise), zero,
+                                   atol=1e-10, rtol=0)
+    torch.testing.assert_close(infidelity(model, x, t, Attribution(2 * grad)), zero, atol=1e-10, rtol=0)
+    perturbations = gaussian_perturbations(x, 50, 0.1, 0)
+    d = (perturbations.double() * grad.double().unsqueeze(1)).sum((2, 3, 4))
+    np.testing.assert_allclose(infidelity(model, x, t, Attribution(2 * grad), normalise=False).numpy(),
+                               d.square().mean(1).numpy(), rtol=1e-5)
+    noise = Attribution(torch.randn(x.shape, generator=g))
+    raw, scaled = infidelity(model, x, t, noise, normalise=False), infidelity(model, x, t, noise)
+    assert torch.all(scaled > 1e-4) and torch.all(scaled <= raw)  # beta minimises the error
+    # seeded: the same seed, the same perturbations
+    assert torch.equal(infidelity(model, x, t, noise, seed=3), infidelity(model, x, t, noise, seed=3))
+    assert not torch.equal(infidelity(model, x, t, noise, seed=3), scaled)
+
+
+@pytest.mark.parametrize("substrate", ["zero", "mean", "blur"])
+def test_faithfulness_correlation_one_for_exact_contributions(substrate):
+    """Logit = 0.05 w.x: removing a subset S to the substrate changes it by sum_S 0.05 w (x - s), so
+    the contributions w (x - s) correlate exactly (1), their negation anti-correlates (-1)."""
+    model, x, t, w, g = _analytic()
+    phi = 0.05 * w * (x - make_substrate(x, substrate))
+    ones = torch.ones(3)
+    fc = faithfulness_correlation(model, x, t, Attribution(phi), substrate=substrate)
+    torch.testing.assert_close(fc, ones, atol=1e-6, rtol=0)
+    torch.testing.assert_close(faithfulness_correlation(model, x, t, Attribution(-phi), substrate=substrate), -ones,
+                               atol=1e-6, rtol=0)
+    rnd = faithfulness_correlation(model, x, t, Attribution(torch.randn(x.shape, generator=g)), substrate=substrate)
+    assert torch.all(rnd.abs() < 0.5), rnd
+    # in probability space the relation is monotone, not linear: high, below 1
+    prob = faithfulness_correlation(model, x, t, Attribution(phi), substrate=substrate, output="probability")
+    assert torch.all(prob > 0.95) and torch.all(prob < 1 - 1e-7), prob
+    # a constant map has constant subset sums: no correlation (NaN), never 0
+    assert torch.isnan(faithfulness_correlation(model, x, t, Attribution(torch.ones_like(x)))).all()
+
+
+def test_random_subsets_distinct_seeded_and_sized():
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    s = random_subsets(x, 100, 39, 0)
+    assert s.shape == (3, 100, 39) and s.dtype == torch.long
+    assert all(len(set(row.tolist())) == 39 for row in s.flatten(0, 1))
+    assert int(s.min()) >= 0 and int(s.max()) < 784
+    assert len({tuple(sorted(row.tolist())) for row in s[0]}) == 100  # the subsets differ
+    assert torch.equal(random_subsets(x, 100, 39, 0), s) and not torch.equal(random_subsets(x, 100, 39, 1), s)
+    with pytest.raises(BenchError, match="frac"):
+        faithfulness_correlation(LinearLogit(torch.ones(1, 1, 28, 28)).eval(), x, torch.ones(3, dtype=torch.long),
+                                 Attribution(x), frac=0.0)
+
+
+def test_monotonicity_correlation_linear_model():
+    """Positive contributions c_i = 0.01 w_i x_i: removing a group lowers sigmoid(z) by an amount
+    increasing in its contribution, so groups cut from |phi| = c correlate exactly (1); the sign
+    does not matter (|phi|); ranking by 1/c puts the mass in reverse (-1)."""
+    g = torch.Generator().manual_seed(5)
+    w = 0.1 + torch.rand(1, 1, 28, 28, generator=g)
+    x = 0.5 + 0.5 * torch.rand(3, 1, 28, 28, generator=g)
+    model, t = LinearLogit(w, scale=0.01, bias=-2.0).eval(), torch.ones(3, dtype=torch.long)
+    c = 0.01 * w * x
+    ones = torch.ones(3)
+    torch.testing.assert_close(monotonicity_correlation(model, x, t, Attribution(c)), ones)
+    torch.testing.assert_close(monotonicity_correlation(model, x, t, Attribution(-c)), ones)
+    torch.testing.assert_close(monotonicity_correlation(model, x, t, Attribution(1 / c)), -ones)
+    rnd = monotonicity_correlation(model, x, t, Attribution(torch.randn(x.shape, generator=g)))
+    assert torch.all(rnd.abs() < 0.5), rnd
+    # the groups: consecutive ranks of the attribution, cut where the deletion curve cuts
+    groups = attribution_groups(c, 49)
+    assert groups.shape == (3, 784) and torch.equal(torch.bincount(groups[0]), torch.full((49,), 16))
+    order = rank_pixels(c)
+    assert torch.equal(groups.gather(1, order), torch.arange(784).div(16, rounding_mode="floor").expand(3, -1))
+    sizes = torch.bincount(attribution_groups(c, 10)[0]).tolist()
+    assert sizes == np.diff(curve_boundaries(784, 10)).tolist()
+
+
+# ----------------------------------------------------------------------------- robustness
+
+
+def test_sensitivity_and_lipschitz_analytic():
+    """phi(x) = x (an 'explainer' returning its input): phi(x + delta) - phi(x) = delta, so the
+    sensitivity is ||delta|| / ||x|| and the unnormalised Lipschitz ratio exactly 1 (3 for 3x); a
+    map that ignores the input is perfectly robust; a zero map has no relative change (NaN)."""
+    g = torch.Generator().manual_seed(0)
+    x = 0.5 + 0.5 * torch.rand(3, 1, 28, 28, generator=g)
+    model, t = LinearLogit(torch.ones(1, 1, 28, 28)).eval(), torch.ones(3, dtype=torch.long)
+    calls = []
+
+    def scaled(k):
+        return lambda m, inputs=None: calls.append(k) or k * (x if inputs is None else inputs)
+
+    ident = MetricContext(explain=scaled(1.0))
+    deltas = uniform_perturbations(x, 10, 0.02, 0, "sensitivity")
+    assert deltas.abs().max() <= 0.02 and deltas.abs().max() > 0.019
+    rel = deltas.flatten(2).norm(dim=2) / x.flatten(1).norm(dim=1, keepdim=True)
+    torch.testing.assert_close(max_sensitivity(model, x, t, Attribution(x), context=ident), rel.amax(1))
+    torch.testing.assert_close(avg_sensitivity(model, x, t, Attribution(x), context=ident), rel.mean(1))
+    assert len(calls) == 20  # `samples` re-explanations per metric call, a batch each
+    calls.clear()
+    torch.testing.assert_close(local_lipschitz_estimate(model, x, t, Attribution(x), context=ident, normalise=False),
+                               torch.ones(3))
+    torch.testing.assert_close(local_lipschitz_estimate(model, x, t, Attribution(3 * x), context=MetricContext(
+        explain=scaled(3.0)), normalise=False), torch.full((3,), 3.0))
+    # normalised, the scale of the map does not matter
+    torch.testing.assert_close(
+        local_lipschitz_estimate(model, x, t, Attribution(3 * x), context=MetricContext(explain=scaled(3.0))),
+        local_lipschitz_estimate(model, x, t, Attribution(x), context=ident))
+    assert len(calls) == 40
+    # a map that ignores the input: 0 everywhere; a zero map: NaN
+    const = MetricContext(explain=lambda m, inputs=None: torch.ones_like(x))
+    for fn in (max_sensitivity, avg_sensitivity, local_lipschitz_estimate):
+        assert torch.equal(fn(model, x, t, Attribution(torch.ones_like(x)), context=const), torch.zeros(3))
+    zero = MetricContext(explain=lambda m, inputs=None: torch.zeros_like(x))
+    assert torch.isnan(max_sensitivity(model, x, t, Attribution(torch.zeros_like(x)), context=zero)).all()
+    # seeded; max >= mean over the same perturbations
+    a = max_sensitivity(model, x, t, Attribution(x), context=ident, seed=4)
+    assert torch.equal(a, max_sensitivity(model, x, t, Attribution(x), context=ident, seed=4))
+    assert not torch.equal(a, max_sensitivity(model, x, t, Attribution(x), context=ident))
+    assert torch.all(a >= avg_sensitivity(model, x, t, Attribution(x), context=ident, seed=4))
+    # a re-explanation of the wrong shape is refused
+    bad = MetricContext(explain=lambda m, inputs=None: torch.ones(3, 1, 27, 27))
+    with pytest.raises(BenchError, match="max_sensitivity.*returned"):
+        max_sensitivity(model, x, t, Attribution(x), context=bad)
+
+
+def test_gradient_is_less_sensitive_than_the_random_control(tiny, batch):
+    """On the tiny CNN, gradient x input changes a little under 0.02 noise; the random control,
+    drawn afresh for every perturbed image, changes completely (~sqrt(2))."""
+    x, _ = batch
+    t = tiny(x).argmax(1)
+    gxi = MetricContext(explain=lambda m, inputs=None: grad_x_input(m, x if inputs is None else inputs, t))
+    ours = max_sensitivity(tiny, x, t, Attribution(grad_x_input(tiny, x, t)), context=gxi)
+
+    def control(m, inputs=None):
+        return run_explainer("random", m, x if inputs is None else inputs, t, background=x).values
+
+    rnd = max_sensitivity(tiny, x, t, Attribution(control(tiny)), context=MetricContext(explain=control))
+    assert torch.all(ours < 0.8) and torch.all(rnd > 1.3), (ours, rnd)
+
+
 # ----------------------------------------------------------------------------- contracts
 
 
@@ -451,7 +665,7 @@ def _context_for(model, x, t):
     masks = torch.zeros(x.shape[0], 1, 28, 28, dtype=torch.bool)
     masks[:, :, 5:15, 8:20] = True
     masks[-1] = False
-    return MetricContext(masks=masks, explain=lambda m: grad_x_input(m, x, t))
+    return MetricContext(masks=masks, explain=lambda m, inputs=None: grad_x_input(m, x if inputs is None else inputs, t))
 
 
 def test_every_metric_batch_equals_per_image_and_leaves_model_untouched(tiny, batch):
@@ -482,6 +696,9 @@ def test_registry_docstrings_directions_and_needs():
         "drop_rate": False, "increase_rate": True, "deletion_auc": False, "insertion_auc": True,
         "additivity_error": False, "additivity_error_relative": False, "road_morf": True, "road_lerf": False,
         "randomisation_similarity": False, "localisation_precision": True, "pointing_game": True,
+        "max_sensitivity": False, "avg_sensitivity": False, "local_lipschitz_estimate": False,
+        "sparseness": True, "complexity": False,
+        "infidelity": False, "faithfulness_correlation": True, "monotonicity_correlation": True,
     }
     assert set(expected) <= set(METRICS.names())
     for entry in METRICS.entries():
@@ -490,6 +707,8 @@ def test_registry_docstrings_directions_and_needs():
         if entry.name in expected:
             assert entry.meta["higher_is_better"] is expected[entry.name], entry.name
     assert METRICS.get("randomisation_similarity").meta["needs"] == ("explain",)
+    for name in ("max_sensitivity", "avg_sensitivity", "local_lipschitz_estimate"):
+        assert METRICS.get(name).meta["needs"] == ("explain",) and METRICS.get(name).meta["reads"] == "raw", name
     assert METRICS.get("localisation_precision").meta["needs"] == ("masks",)
     assert METRICS.get("pointing_game").meta["needs"] == ("masks",)
     assert metric_params("deletion_auc") == {"steps": 49, "substrate": "zero", "blur_sigma": 2.0, "chunk_size": 32}
@@ -497,12 +716,41 @@ def test_registry_docstrings_directions_and_needs():
         register_metric("deletion_auc", higher_is_better=False)(lambda *a, **k: None)
     with pytest.raises(BenchError, match="unknown context"):
         register_metric("x_new_metric", higher_is_better=False, needs=("labels",))
+    with pytest.raises(BenchError, match="control_role='chance' is not one of baseline, none"):
+        register_metric("x_new_metric", higher_is_better=False, control_role="chance")
+    assert "x_new_metric" not in METRICS.names()
+
+
+def test_every_in_repo_metric_declares_its_kind_and_control_role():
+    """The reliability card reads what a control means from the registration: faithfulness,
+    localisation and randomisation metrics have the controls as their chance level; robustness
+    and complexity metrics do not (a random map is maximally spread out and unstable, a map that
+    ignores the input perfectly robust), nor additivity (the controls have no value)."""
+    expected = {"faithfulness": "baseline", "localisation": "baseline", "randomisation": "baseline",
+                "robustness": "none", "complexity": "none", "axiomatic": "none"}
+    in_repo = [e for e in METRICS.entries() if e.obj.__module__.startswith("bench.metrics.")]
+    assert {e.meta["kind"] for e in in_repo} == set(expected)
+    for entry in in_repo:
+        assert entry.meta["control_role"] in CONTROL_ROLES, entry.name
+        assert entry.meta["control_role"] == expected[entry.meta["kind"]], entry.name
+
+
+def test_full_profile_names_every_metric_family():
+    """configs/full.toml scores faithfulness, robustness and complexity (the families the field grades)."""
+    from bench.run.config import load_config
+
+    names = load_config(Path(__file__).resolve().parents[1] / "configs" / "full.toml", [])["metrics"]["names"]
+    kinds = {METRICS.get(n).meta["kind"] for n in names}
+    assert {"faithfulness", "robustness", "complexity"} <= kinds
+    new = {"max_sensitivity", "avg_sensitivity", "local_lipschitz_estimate", "sparseness", "complexity",
+           "infidelity", "faithfulness_correlation", "monotonicity_correlation"}
+    assert new <= set(names)
 
 
 def test_unknown_param_missing_context_unknown_name_raise(tiny, batch):
     x, a = batch
     t = torch.zeros(5, dtype=torch.long)
-    with pytest.raises(BenchError, match=r"no parameter .stepz.; its parameters: steps=49"):
+    with pytest.raises(BenchError, match=r"no parameter .stepz. \(did you mean .steps.\?\); its parameters: steps=49"):
         compute_metric("deletion_auc", tiny, x, t, Attribution(a), stepz=3)
     for name, field in [("randomisation_similarity", "explain"), ("localisation_precision", "masks"), ("pointing_game", "masks")]:
         with pytest.raises(BenchError, match=rf"{name}.*context\.{field}"):

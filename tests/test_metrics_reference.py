@@ -13,6 +13,15 @@
   where that one is meaningful: it compares floats for exact equality (False for every image of a
   real explainer), so attributions are built whose sum is exact.
 
+* Sparseness and complexity vs ``quantus.Sparseness`` / ``quantus.Complexity`` (``abs=True``,
+  ``normalise=False``; Quantus adds 1e-7 to every value / 1e-12 inside the log).
+* Faithfulness correlation vs ``quantus.FaithfulnessCorrelation`` on the subsets Quantus drew
+  (``np.random.choice`` recorded), monotonicity correlation vs ``quantus.MonotonicityCorrelation``
+  (deterministic zero baseline, one sample, 16 pixels per step), logits / softmax as ours.
+* Infidelity vs ``captum.metrics.infidelity`` and max-sensitivity vs
+  ``captum.metrics.sensitivity_max``, fed our seeded perturbations; max- and avg-sensitivity and
+  the local Lipschitz estimate vs Quantus with a ``perturb_func`` replaying the same draws.
+
 Quantus 0.6.0 calls ``np.trapz``, removed in numpy 2.4: aliased to ``np.trapezoid`` per test.
 """
 from __future__ import annotations
@@ -26,8 +35,21 @@ from bench.metrics import (
     MetricContext,
     additivity_error,
     additivity_error_relative,
+    avg_sensitivity,
+    complexity,
     curve_boundaries,
     deletion_auc,
+    faithfulness_correlation,
+    gaussian_perturbations,
+    infidelity,
+    local_lipschitz_estimate,
+    max_sensitivity,
+    monotonicity_correlation,
+    per_image_draws,
+    random_subsets,
+    sparseness,
+    subset_correlation,
+    uniform_perturbations,
     perturbation_curve,
     rank_pixels,
     road_curve,
@@ -225,3 +247,197 @@ def test_additivity_agrees_with_quantus_completeness_where_equality_is_exact(mod
     verdict = metric(model=model, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=a.numpy(), channel_first=True,
                      softmax=False, device="cpu", batch_size=B)
     assert list(map(bool, verdict)) == [bool(o == 0) for o in offset]
+
+
+# ----------------------------------------------------------------------------- complexity
+
+
+def test_sparseness_and_complexity_match_quantus(model, data):
+    x, t, a = data
+    a = a.clone()
+    a[0] = 0.0
+    a[0, 0, 3, 4] = 2.0  # one value: Gini 1 - 1/N, entropy 0 (the extremes, not just random maps)
+    common = dict(abs=True, normalise=False, return_aggregate=False, disable_warnings=True, display_progressbar=False)
+    call = dict(model=model, x_batch=x.numpy(), y_batch=t.numpy(), channel_first=True, device="cpu", batch_size=B)
+    q_gini = np.asarray(quantus.Sparseness(**common)(a_batch=a.numpy().copy(), **call))  # it adds 1e-7 in place
+    q_entropy = np.asarray(quantus.Complexity(**common)(a_batch=a.numpy().copy(), **call))
+    gini = sparseness(model, x, t, Attribution(a)).double().numpy()
+    entropy = complexity(model, x, t, Attribution(a)).double().numpy()
+    print(f"Sparseness: max abs diff {np.abs(gini - q_gini)[1:].max():.3g}; "
+          f"Complexity: {np.abs(entropy - q_entropy).max():.3g}")
+    np.testing.assert_allclose(gini[1:], q_gini[1:], atol=1e-5)
+    np.testing.assert_allclose(entropy, q_entropy, atol=1e-5)
+    assert gini[0] == pytest.approx(1 - 1 / 784) and entropy[0] == pytest.approx(0.0, abs=1e-9)
+    # Quantus' 1e-7 on every value is visible on the one-hot map (784e-7 of mass against 2):
+    # it is our Gini of |a| + 1e-7
+    assert abs(gini[0] - q_gini[0]) > 1e-5
+    shifted = sparseness(model, x, t, Attribution(a.abs() + 1e-7)).double().numpy()
+    np.testing.assert_allclose(shifted, q_gini, atol=1e-5)
+    assert np.ptp(gini[1:]) > 0 and np.ptp(entropy[1:]) > 0  # the random maps differ: not vacuous
+
+
+# ----------------------------------------------------------------------------- faithfulness
+
+
+def test_faithfulness_correlation_matches_quantus_on_its_subsets(model, data, monkeypatch):
+    """Quantus draws each image's subset with ``np.random.choice`` (run by run, image by image):
+    recorded, our correlation on the same subsets equals its scores."""
+    x, t, a = data
+    runs, k = 20, 39
+    drawn = []
+    real_choice = np.random.choice
+
+    def recording_choice(*args, **kwargs):
+        out = real_choice(*args, **kwargs)
+        drawn.append(np.asarray(out))
+        return out
+
+    monkeypatch.setattr(np.random, "choice", recording_choice)
+    np.random.seed(0)
+    metric = quantus.FaithfulnessCorrelation(
+        nr_runs=runs, subset_size=k, perturb_baseline=0.0, similarity_func=quantus.similarity_func.correlation_pearson,
+        abs=False, normalise=False, return_aggregate=False, disable_warnings=True, display_progressbar=False)
+    theirs = np.asarray(metric(model=model, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=a.numpy(),
+                               channel_first=True, softmax=False, device="cpu", batch_size=B))
+    monkeypatch.undo()
+    subsets = torch.from_numpy(np.stack(drawn).reshape(runs, B, k)).transpose(0, 1).long()
+    ours = subset_correlation(model, x, t, a, subsets, torch.zeros_like(x), output="logit").double().numpy()
+    print(f"FaithfulnessCorrelation: max abs diff {np.abs(ours - theirs).max():.3g}")
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    assert np.ptp(theirs) > 0.1
+    # the registered metric: the same computation on its own seeded subsets of round(frac * 784) pixels
+    registered = faithfulness_correlation(model, x, t, Attribution(a), runs=runs, frac=k / 784, seed=2)
+    own = subset_correlation(model, x, t, a, random_subsets(x, runs, k, 2), torch.zeros_like(x), output="logit")
+    assert torch.equal(registered, own)
+
+
+def test_monotonicity_correlation_matches_quantus(model, data):
+    """Deterministic settings: a zero baseline, one sample per step (the expectation over
+    replacement values is then one exact term), 16 pixels per step = our 49 steps; softmax."""
+    x, t, a = data
+    metric = quantus.MonotonicityCorrelation(
+        nr_samples=1, features_in_step=16, perturb_baseline=0.0, eps=1e-5,
+        similarity_func=quantus.similarity_func.correlation_spearman, abs=True, normalise=False,
+        return_aggregate=False, disable_warnings=True, display_progressbar=False)
+    theirs = np.asarray(metric(model=model, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=a.numpy(),
+                               channel_first=True, softmax=True, device="cpu", batch_size=B))
+    ours = monotonicity_correlation(model, x, t, Attribution(a), steps=49).double().numpy()
+    print(f"MonotonicityCorrelation: max abs diff {np.abs(ours - theirs).max():.3g}")
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    assert np.ptp(theirs) > 0.1
+
+
+@pytest.mark.parametrize("normalise", [True, False])
+def test_infidelity_matches_captum(model, data, normalise):
+    """Captum expands every input ``n_perturb_samples`` times (``repeat_interleave``) and asks
+    ``perturb_func`` for (perturbations, perturbed inputs): it gets ours, ``x - I``."""
+    from captum.metrics import infidelity as captum_infidelity
+
+    x, t, a = data
+    samples, std = 16, 0.1
+    perturbations = gaussian_perturbations(x, samples, std, 0)
+
+    def perturb(inputs):
+        flat = perturbations.flatten(0, 1)
+        return flat, inputs - flat
+
+    for output, forward in (("logit", model), ("probability", nn.Sequential(model, nn.Softmax(dim=1)).eval())):
+        theirs = captum_infidelity(forward, perturb, x, a, target=t, n_perturb_samples=samples, normalize=normalise)
+        ours = infidelity(model, x, t, Attribution(a), samples=samples, std=std, normalise=normalise, output=output)
+        diff = ((ours.double() - theirs.double()).abs() / theirs.double().abs()).max().item()
+        print(f"infidelity ({output}, normalise={normalise}): max relative diff {diff:.3g}")
+        np.testing.assert_allclose(ours.double().numpy(), theirs.double().numpy(), rtol=1e-5)
+        assert theirs.min() > 0
+
+
+# ----------------------------------------------------------------------------- robustness
+
+
+def _input_x_gradient(t):
+    """``explain(model, inputs)``: Captum's InputXGradient at the targets ``t``."""
+    from captum.attr import InputXGradient
+
+    return lambda m, inputs: InputXGradient(m).attribute(inputs.detach().requires_grad_(), target=t).detach()
+
+
+def test_max_sensitivity_matches_captum(model, data):
+    from captum.metrics import sensitivity_max
+
+    x, t, _ = data
+    samples, radius = 8, 0.02
+    deltas = uniform_perturbations(x, samples, radius, 0, "sensitivity")
+    explain = _input_x_gradient(t)
+
+    def captum_explain(inputs, target):  # Captum passes a tuple of inputs and the expanded targets
+        (inp,) = inputs if isinstance(inputs, tuple) else (inputs,)
+        return (_input_x_gradient(target)(model, inp),)  # and expects a tuple back
+
+    # its perturbed batch repeats each image `samples` times in a row (repeat_interleave): our draws in that order
+    theirs = sensitivity_max(captum_explain, x, perturb_func=lambda inputs: inputs + deltas.flatten(0, 1),
+                             n_perturb_samples=samples, norm_ord="fro", target=t)
+    ours = max_sensitivity(model, x, t, Attribution(explain(model, x)), context=MetricContext(explain=explain),
+                           samples=samples, radius=radius)
+    diff = (ours.double() - theirs.double()).abs().max().item()
+    print(f"sensitivity_max: max abs diff {diff:.3g}, values {ours.min().item():.3g}..{ours.max().item():.3g}")
+    np.testing.assert_allclose(ours.double().numpy(), theirs.double().numpy(), rtol=1e-5)
+    assert theirs.min() > 0.01
+
+
+def _replaying(deltas: torch.Tensor, batch_size: int):
+    """A Quantus ``perturb_func`` that adds our draws: Quantus calls it batch by batch and, within
+    a batch, once per sample, on the batch flattened to (rows, features)."""
+    samples = deltas.shape[1]
+    calls = []
+
+    def perturb(arr, indices=None, indexed_axes=None, **kwargs):
+        k = len(calls)
+        calls.append(k)
+        rows = slice((k // samples) * batch_size, (k // samples + 1) * batch_size)
+        return arr + deltas[rows, k % samples].flatten(1).double().numpy().astype(arr.dtype)
+
+    return perturb
+
+
+@pytest.mark.parametrize("name, normalise", [("max_sensitivity", False), ("avg_sensitivity", False),
+                                             ("local_lipschitz_estimate", False), ("local_lipschitz_estimate", True)])
+def test_robustness_matches_quantus_on_the_same_draws(model, data, name, normalise):
+    """Quantus' ``normalise_by_max`` without axes divides everything it is given by one maximum
+    (the whole ``a_batch`` of a call, then each perturbed batch): equal to our per-image
+    normalisation when Quantus gets one image per call. The sensitivities are relative and run
+    without normalisation, as Quantus' defaults do."""
+    x, t, _ = data
+    samples = 6
+    explain = _input_x_gradient(t)
+    a = explain(model, x)
+    context = MetricContext(explain=explain)
+    if name == "local_lipschitz_estimate":
+        ours = local_lipschitz_estimate(model, x, t, Attribution(a), context=context, samples=samples,
+                                        normalise=normalise)
+        shape = (samples, *x.shape[1:])  # the metric's own draws, replayed
+        deltas = per_image_draws(x, 0, name, lambda g: torch.randn(shape, generator=g, dtype=torch.float64) * 0.1)
+        cls = quantus.LocalLipschitzEstimate
+    else:
+        ours = {"max_sensitivity": max_sensitivity, "avg_sensitivity": avg_sensitivity}[name](
+            model, x, t, Attribution(a), context=context, samples=samples, radius=0.02)
+        deltas = uniform_perturbations(x, samples, 0.02, 0, "sensitivity")
+        cls = {"max_sensitivity": quantus.MaxSensitivity, "avg_sensitivity": quantus.AvgSensitivity}[name]
+
+    def q_explain(model, inputs, targets, **kwargs):
+        xt = torch.as_tensor(inputs, dtype=torch.float32)
+        return _input_x_gradient(torch.as_tensor(targets).long())(model, xt).numpy()
+
+    def quantus_scores(rows: slice) -> np.ndarray:
+        n = len(range(*rows.indices(B)))
+        metric = cls(nr_samples=samples, perturb_func=_replaying(deltas[rows], n), abs=False, normalise=normalise,
+                     return_nan_when_prediction_changes=False, return_aggregate=False, disable_warnings=True,
+                     display_progressbar=False)
+        return np.asarray(metric(model=model, x_batch=x[rows].numpy(), y_batch=t[rows].numpy(),
+                                 a_batch=a[rows].numpy(), explain_func=q_explain, explain_func_kwargs={},
+                                 channel_first=True, softmax=False, device="cpu", batch_size=n))
+
+    theirs = np.concatenate([quantus_scores(slice(i, i + 1)) for i in range(B)]) if normalise else \
+        quantus_scores(slice(0, B))
+    diff = np.abs(ours.double().numpy() - theirs).max()
+    print(f"{cls.__name__} (normalise={normalise}): max abs diff {diff:.3g}")
+    np.testing.assert_allclose(ours.double().numpy(), theirs, rtol=1e-5)
+    assert theirs.min() > 0.01

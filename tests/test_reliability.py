@@ -15,6 +15,8 @@ from bench.core.schema import SCORE_COLUMNS
 from bench.metrics import METRICS, register_metric
 from bench.report import reliability as R
 from bench.report.leaderboard import check_scores, read_scores
+from bench.stats.metaquantus import consistency, mc_interval
+from bench.stats.power import min_detectable_difference, n_needed
 from bench.report.rebuild import rebuild
 from bench.run import meta as MQ
 from bench.run import runner
@@ -92,6 +94,14 @@ def test_the_right_metric_is_reliable_and_the_random_one_is_not():
     assert c[(c.explainer == "reversed") & (c.control == "edge")].iloc[0].verdict == "LOSES to the control"
 
 
+def test_a_metric_whose_controls_are_not_baselines_is_not_failed_for_them():
+    """Sparseness of a random map is the worst possible, robustness of a constant one the best: "beats
+    random" means nothing there (control_role = "none"); the card shows n/a and does not fail on it."""
+    card = R.card(_scores(_noise()), SETTINGS, {}, roles={"m": "none"})["reliability"].iloc[0]
+    assert card.beat_random == -1 and "beats random" not in card.verdict
+    assert R.card(_scores(_noise()), SETTINGS, {})["reliability"].iloc[0].beat_random == 0
+
+
 def test_directions_are_oriented():
     """A lower-is-better metric with the same values in negation gives the same card."""
     up = R.card(_scores(_known()), SETTINGS, {})["reliability"].iloc[0]
@@ -116,29 +126,36 @@ def test_agreement_uses_kendall_tau_on_oriented_rankings():
 
 
 def test_power_by_simulation():
-    """Plant the smallest detectable difference: the Wilcoxon test at alpha / m finds it ~80 % of the time."""
+    """Plant the smallest detectable difference: the table's paired t test at alpha / m finds it ~80 % of the time."""
     n, m, sd = 24, 6, 1.0
-    mde = R.min_detectable_difference(sd, n, 0.05 / m)
+    mde = min_detectable_difference(sd, n, 0.05 / m)
     rng = np.random.default_rng(0)
-    hits = [sps.wilcoxon(rng.normal(mde, sd, n)).pvalue <= 0.05 / m for _ in range(3000)]
-    assert 0.76 <= np.mean(hits) <= 0.86, (mde, np.mean(hits))
-    assert R.n_needed(mde, sd, 0.05 / m) == pytest.approx(n, abs=1)
-    assert R.n_needed(0.0, sd, 0.05) == math.inf
-    assert R.min_detectable_difference(sd, 4 * n, 0.05 / m) < mde  # more images, smaller effects
+    hits = [sps.ttest_1samp(rng.normal(mde, sd, n), 0).pvalue <= 0.05 / m for _ in range(3000)]
+    assert 0.77 <= np.mean(hits) <= 0.83, (mde, np.mean(hits))
+    assert n_needed(mde, sd, 0.05 / m) == pytest.approx(n, abs=1)
+    assert n_needed(0.0, sd, 0.05) == math.inf
+    assert min_detectable_difference(sd, 4 * n, 0.05 / m) < mde  # more images, smaller effects
 
 
-def test_underpowered_pairs_are_tied_in_the_leaderboard(tmp_path):
+def test_the_card_and_the_leaderboard_read_the_same_comparisons():
     rng = np.random.default_rng(3)
-    vals = {"a": rng.normal(1.0, 1, 12), "b": rng.normal(0.98, 1, 12), "random": rng.normal(-3, 1, 12)}
-    card = R.card(_scores(vals), SETTINGS, {})
-    p = card["reliability_power"].set_index(["better", "worse"])
-    assert bool(p["underpowered"].iloc[0]) and not bool(p.loc[(p.index[-1]), "underpowered"])
+    base = rng.normal(0, 1, 12)
+    vals = {"a": base + 1.0 + rng.normal(0, 0.3, 12), "b": base + 0.98 + rng.normal(0, 0.3, 12),
+            "random": base - 3 + rng.normal(0, 0.3, 12)}
+    scores = _scores(vals)
+    card = R.card(scores, SETTINGS, {})
+    p = card["reliability_power"]
+    assert p.iloc[0]["verdict"].startswith("not separable") and p.iloc[-1]["verdict"] == "a better"
     from bench.report.leaderboard import leaderboard, render_leaderboard_md
 
-    md = render_leaderboard_md(leaderboard(_scores(vals)), card)
-    worse = p.index[0][1]
-    row = next(line for line in md.splitlines() if line.startswith(f"| {worse} |"))
-    assert row.split(" | ")[1].endswith(" ≈")
+    board = leaderboard(scores).set_index("explainer")
+    assert set(board.loc["a", "letters"]) & set(board.loc["b", "letters"])          # not separated: a shared letter
+    assert board.loc["random", "rank"] > max(board.loc["a", "rank"], board.loc["b", "rank"])
+    c = card["reliability_controls"]
+    assert (c[c.control == "random"]["verdict"] == "beats the control").all()
+    assert card["reliability"].iloc[0]["beat_random"] == 2
+    md = render_leaderboard_md(leaderboard(scores), card)
+    assert "(1 a)" in md and "(2 b)" in md
 
 
 def test_a_failing_metric_is_marked_in_the_leaderboard():
@@ -165,14 +182,18 @@ def test_meta_consistency_by_hand():
                 "good": base[e]["good"] + rng.normal(0, 1e-3, n), "noise": rng.normal(0, 1, n)}}
             perturbed[("input", "ar", k, e)] = {"status": "ok", "kept": [True] * n, "scores": {
                 "good": base[e]["good"] - 5, "noise": rng.normal(0, 1, n)}}
-    good = MQ._consistency(base, perturbed, explainers, "good", "input", draws, True)
-    noise = MQ._consistency(base, perturbed, explainers, "noise", "input", draws, True)
+    raw = {m: MQ.raw_scores(base, perturbed, explainers, m, "input", draws) for m in ("good", "noise")}
+    good, noise = consistency(raw["good"], True), consistency(raw["noise"], True)
     assert good["iec_nr"] == 1.0 and good["iec_ar"] == 1.0 and good["iac_ar"] > 0.99
     # under a null effect the Wilcoxon p is uniform: IAC_NR averages about 0.5 even for a perfect metric
     assert 0.2 < good["iac_nr"] < 0.8 and good["mc"] > 0.8
     assert noise["iec_nr"] < 0.4 and 0.35 < noise["iec_ar"] < 0.65 and abs(noise["mc"] - 0.5) < 0.15
     assert good["mc"] > noise["mc"] + 0.25
     assert good["mc"] == pytest.approx(np.mean([good[k] for k in ("iac_nr", "iac_ar", "iec_nr", "iec_ar")]))
+    # the interval over images and draws holds the estimate and keeps the two metrics apart
+    lo_g, hi_g = mc_interval(raw["good"], True, n_resamples=100, seed=0)
+    lo_n, hi_n = mc_interval(raw["noise"], True, n_resamples=100, seed=0)
+    assert lo_g <= good["mc"] <= hi_g and lo_n <= noise["mc"] <= hi_n and hi_n < lo_g
 
 
 # ----------------------------------------------------------------------------- in a run
@@ -224,6 +245,9 @@ def test_the_card_in_a_run(card_run):
     mq = pd.read_csv(d / "meta.csv").set_index(["metric", "test"])
     assert mq.loc[("deletion_auc", "input"), "iec_nr"] > mq.loc[("test.noise", "input"), "iec_nr"] + 0.3
     assert 0 <= mq["mc"].min() and mq["mc"].max() <= 1
+    rm = pd.read_csv(d / "reliability_meta.csv").set_index(["metric", "test"])  # from meta_scores.csv, with its CI
+    assert rm["mc"].to_numpy() == pytest.approx(mq.loc[rm.index, "mc"].to_numpy(), rel=1e-6)  # meta.csv: 8 digits
+    assert ((rm["mc_ci_low"] <= rm["mc"]) & (rm["mc"] <= rm["mc_ci_high"])).all()
     manifest = json.loads((d / "manifest.json").read_text())
     assert "meta" in manifest["wall_seconds"] and "(substrates)" in manifest["cost"]["by_metric"]
     assert manifest["cost"]["by_metric"]["(substrates)"]["floor_seconds"] > 0

@@ -19,7 +19,7 @@ from explainers import EXPLAINERS, register_explainer
 
 EXPLAINERS_E2E = ["captum.integrated_gradients", "random", "edge", "test.failing"]
 METRICS_E2E = ["drop_rate", "increase_rate", "deletion_auc", "insertion_auc", "additivity_error",
-               "localisation_precision", "road_morf", "randomisation_similarity"]
+               "localisation_precision", "road_morf", "randomisation_similarity", "max_sensitivity"]
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def _overrides(tmp_path, name="e2e"):
             "train.lr=0.01", "tune.epochs=1", 'tune.unfreeze=["fc"]', f"explain.names={json.dumps(EXPLAINERS_E2E)}",
             "explain.shard_size=4", 'explain.params={"captum.integrated_gradients" = {n_steps = 16}}',
             f"metrics.names={json.dumps(METRICS_E2E)}", 'metrics.params={"deletion_auc" = {steps = 14}, '
-            '"insertion_auc" = {steps = 14}}',
+            '"insertion_auc" = {steps = 14}, "max_sensitivity" = {samples = 3}}',
             # the card's statistics stay on (cheaply); its substrate re-scoring is tests/test_reliability.py's
             "reliability.substrates=[]", "reliability.imputation=false", "reliability.bootstrap=100"]
 
@@ -77,6 +77,11 @@ def test_end_to_end_outputs_resume_and_failure(tmp_path, failing_explainer, monk
     rnd = scores[(scores.metric == "randomisation_similarity") & (scores.status == "ok")]
     assert rnd[rnd.explainer == "edge"].value.min() > 0.99
     assert rnd[rnd.explainer == "captum.integrated_gradients"].value.mean() < 0.9
+    # robustness re-explains perturbed images through the unit: the random control, drawn afresh
+    # for every perturbed image, changes completely (~sqrt 2), integrated gradients far less
+    sens = scores[(scores.metric == "max_sensitivity") & (scores.status == "ok")]
+    assert sens[sens.explainer == "random"].value.min() > 1.3
+    assert sens[sens.explainer == "captum.integrated_gradients"].value.max() < 1.0
 
     lb = pd.read_csv(run_dir / "leaderboard.csv", keep_default_na=False, na_values=[""])
     assert {"model", "stage", "explainer", "metric", "mean", "ci_low", "ci_high", "n", "rank",
@@ -102,6 +107,7 @@ def test_end_to_end_outputs_resume_and_failure(tmp_path, failing_explainer, monk
     assert cost["by_explainer"]["random"]["floor_seconds"] == 0.0   # a control needs no model pass
     assert cost["by_explainer"]["captum.integrated_gradients"]["floor_seconds"] > 0
     assert "test.failing" not in cost["by_explainer"]                   # nothing of a failed unit counts
+    assert cost["by_metric"]["max_sensitivity"]["floor_seconds"] > 0  # the re-explanations count in the floor
     # curves: those the curve metrics computed, stored once each
     curves = pd.read_csv(run_dir / "curves.csv")
     assert set(curves.curve) == {"deletion", "insertion", "road_morf"}

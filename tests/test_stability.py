@@ -11,8 +11,20 @@ import torch
 from scipy import stats as sps
 
 from bench.cli import main
-from bench.report.stability import (kendall_w, similarity_summary, similarity_tests, stability_tables,
-                                    variant_table)
+from bench.report.comparisons import goodness_tables
+from bench.report.leaderboard import check_scores
+from bench.report.stability import pooled, similarity_summary, similarity_tests, stability_tables, variant_table
+from bench.stats.agreement import kendall_w
+from bench.stats.settings import StatsSettings
+
+SETTINGS = StatsSettings(draws=4000)
+
+
+def seed_stability(scores: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(stability, pooled leaderboard) of a scores table, as bench report computes them."""
+    tables = goodness_tables(scores)
+    ptables, comps = pooled(tables, SETTINGS, {})
+    return stability_tables(ptables, comps, SETTINGS)
 from bench.run import runner
 from bench.run.config import load_config
 from bench.run.similarity import map_similarity
@@ -71,44 +83,48 @@ def _scores(seed_offsets: dict[int, float], n_images: int = 30, noise: float = 0
             for e, base in (("a", 0.2), ("b", 0.5 + off), ("c", 0.8)):
                 rows.append({"model": f"m@seed{s}", "stage": "pre", "metric": "deletion_auc", "explainer": e,
                              "image": img, "value": base + noise * rng.normal(), "status": "ok",
-                             "higher_is_better": False})
-    return pd.DataFrame(rows)
+                             "higher_is_better": False, "message": "", "seconds_per_image": 0.0, "peak_mem_mb": 0.0,
+                             "label": 1, "pred": 1, "cell": "TP"})
+    return check_scores(pd.DataFrame(rows))
 
 
-def test_hierarchical_ci_widens_when_seeds_disagree():
-    stab_agree, pooled_agree = stability_tables(_scores({0: 0.0, 1: 0.0, 2: 0.0}))
-    stab_dis, pooled_dis = stability_tables(_scores({0: -0.25, 1: 0.0, 2: 0.25}))
+def test_crossed_ci_widens_when_seeds_disagree():
+    stab_agree, pooled_agree = seed_stability(_scores({0: 0.0, 1: 0.0, 2: 0.0}))
+    stab_dis, pooled_dis = seed_stability(_scores({0: -0.25, 1: 0.0, 2: 0.25}))
     width_agree = pooled_agree.set_index("explainer").eval("ci_high - ci_low")
     width_dis = pooled_dis.set_index("explainer").eval("ci_high - ci_low")
     assert width_dis["b"] > 3 * width_agree["b"]                       # only b moves between seeds
     assert width_dis["a"] == pytest.approx(width_agree["a"], rel=0.5)
     agree, dis = stab_agree.iloc[0], stab_dis.iloc[0]
     assert agree.kendall_w == pytest.approx(1.0) and agree.n_seeds == 3 and agree.n_images == 30
-    # lower is better: a is on top in every resample when the seeds agree
-    assert agree.top == "a" and agree.p_top_stays == pytest.approx(1.0)
+    # lower is better: a is on top in every draw when the seeds agree, and separated from the rest
+    assert agree.top == "a" and agree.p_top_stays == pytest.approx(1.0) and agree.not_separated_from_top == ""
     # b spread over 0.25..0.75 swaps places with a (0.2)? no, with c (0.8)? no: the order holds but
     # b's seed 0 (0.25) sits next to a, so W stays high while b's CI widens
     assert dis.kendall_w == pytest.approx(1.0)
     # seeds that reorder the explainers lower W
-    stab_swap, _ = stability_tables(_scores({0: -0.45, 1: 0.0, 2: 0.45}))
+    stab_swap, _ = seed_stability(_scores({0: -0.45, 1: 0.0, 2: 0.45}))
     assert stab_swap.iloc[0].kendall_w < 0.5
-    # pooled means on the metric's own scale, ranks 1..3 when CIs are apart
-    pooled = pooled_agree.set_index("explainer")
-    assert pooled.loc["b", "mean"] == pytest.approx(0.5, abs=0.02) and list(pooled["rank"]) == [1, 2, 3]
+    # pooled means on the metric's own scale, ranks 1..3 when the paired tests separate them
+    pl = pooled_agree.set_index("explainer")
+    assert pl.loc["b", "mean"] == pytest.approx(0.5, abs=0.02) and list(pl["rank"]) == [1, 2, 3]
+    # seeds that disagree about b leave its pairs with few degrees of freedom: not separable from c's
+    assert pooled_dis.set_index("explainer").loc["b", "df"] < 5
 
 
 def test_single_seed_runs_have_no_stability_table():
     one = _scores({0: 0.0}).assign(model="m")  # no @seed label: a run with one seed
-    stab, pooled = stability_tables(one)
-    assert stab.empty and pooled.empty
+    stab, pl = seed_stability(one)
+    assert stab.empty and pl.empty
 
 
 def test_tuning_policies_are_compared_pairwise_and_paired():
     base = _scores({0: 0.0}, n_images=20).assign(model="m")
     rows = [base.assign(stage="post:head"), base.assign(stage="post:all", value=base["value"] + 0.1)]
-    table = variant_table(pd.concat(rows))
+    table = variant_table(pd.concat(rows), SETTINGS, {})
     assert set(zip(table.stage_a, table.stage_b)) == {("post:all", "post:head")}
-    assert np.allclose(table["diff_mean"], -0.1) and (table["p_holm"] < 0.01).all()
+    assert np.allclose(table["diff_mean"], -0.1) and (table["p_adj"] < 0.01).all()
+    assert (table["verdict"] == "b lower").all() and (table["diff_ci_high"] < 0).all()
 
 
 # --- map similarity ------------------------------------------------------------------------------
@@ -137,17 +153,17 @@ def test_tuning_against_the_references():
     rows = (_sim_rows("m@seed0", "pre vs post", 0.3 + 0.05 * rng.normal(size=n))
             + _sim_rows("m", "seed0 vs seed1", 0.9 + 0.05 * rng.normal(size=n))
             + _sim_rows("m@seed0", "explainer seed", 0.95 + 0.02 * rng.normal(size=n)))
-    tests = similarity_tests(pd.DataFrame(rows)).set_index("reference")
+    tests = similarity_tests(pd.DataFrame(rows), SETTINGS).set_index("reference")
     assert tests.loc["retraining", "verdict"] == "changed more than retraining"
     assert tests.loc["explainer noise", "verdict"] == "changed beyond the explainer's noise"
     assert tests.loc["retraining", "diff_mean"] == pytest.approx(-0.6, abs=0.05)
     # tuning that moves the maps no more than the explainer's own noise: not separable
     same = (_sim_rows("m@seed0", "pre vs post", 0.95 + 0.02 * rng.normal(size=n))
             + _sim_rows("m@seed0", "explainer seed", 0.95 + 0.02 * rng.normal(size=n)))
-    t = similarity_tests(pd.DataFrame(same)).set_index("reference")
-    assert t.loc["explainer noise", "verdict"] == "not separable at this n"
+    t = similarity_tests(pd.DataFrame(same), SETTINGS).set_index("reference")
+    assert t.loc["explainer noise", "verdict"] in ("equivalent to the explainer's noise", "not separable at n = 30")
     # a deterministic explainer has no explainer-seed rows: its reference is 1
-    det = similarity_tests(pd.DataFrame(_sim_rows("m", "pre vs post", np.full(n, 0.5))))
+    det = similarity_tests(pd.DataFrame(_sim_rows("m", "pre vs post", np.full(n, 0.5))), SETTINGS)
     assert det.iloc[0].reference == "explainer noise" and det.iloc[0].reference_mean == 1.0
 
 
@@ -216,8 +232,9 @@ def test_seeds_and_variants_end_to_end(tmp_path):
     assert "Kendall's W" in md and "tiny@seed1" in md
 
     # bench report rebuilds every stability table byte for byte
-    derived = ["stability.csv", "leaderboard_pooled.csv", "variants.csv", "similarity_summary.csv",
-               "similarity_tests.csv", "stability.md", "leaderboard.md", "prepost.md"]
+    derived = ["stability.csv", "leaderboard_pooled.csv", "comparisons_pooled.csv", "variants.csv",
+               "similarity_summary.csv", "similarity_tests.csv", "stability.md", "leaderboard.md", "prepost.md",
+               "comparisons.csv", "friedman.csv", "aliases.csv", "leaderboard.csv"]
     before = {f: (run_dir / f).read_bytes() for f in derived}
     for f in derived:
         (run_dir / f).unlink()

@@ -1,7 +1,9 @@
 """User-facing errors: one line that names the problem and the fix."""
 from __future__ import annotations
 
+import difflib
 import textwrap
+from typing import Iterable
 
 
 class BenchError(Exception):
@@ -22,3 +24,10 @@ def one_line(text: object, limit: int | None = None) -> str:
     if limit is None or len(flat) <= limit:
         return flat
     return textwrap.shorten(flat, width=limit, placeholder=" …")
+
+
+def did_you_mean(name: object, known: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the known name nearest to ``name`` (difflib's ratio >= 0.6),
+    else ``""``: to follow the unknown name in a message."""
+    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

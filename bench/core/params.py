@@ -9,7 +9,8 @@ from its annotations, and a registration may add constraints by name (``constrai
 A :class:`Range` bounds a number (or each number of a list), a tuple lists the allowed values, a
 function ``value -> problem or None`` checks anything else. :func:`check_params` raises a one-line
 :class:`~bench.core.errors.BenchError` naming the parameter, what is wrong and what is allowed,
-so a run config is refused before any work starts.
+so a run config is refused before any work starts. A parameter named ``seed`` is a seed
+wherever it appears: an integer in :data:`SEED_RANGE` unless its registration says otherwise.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from bench.core.errors import BenchError
+from bench.core.errors import BenchError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,15 @@ class Range:
 
 Constraint = Range | tuple | Callable[[Any], "str | None"]
 
+# every seed (the run's, a recipe's, an explainer's, a data set's): what numpy's and torch's
+# generators take, with room for the offsets derived seeds add (seed + 1, seed * 1000 + k)
+SEED_RANGE = Range(0, 2**32 - 1)
+
+
+def is_seed(v: Any) -> bool:
+    """An integer (not a boolean) in :data:`SEED_RANGE`."""
+    return isinstance(v, int) and not isinstance(v, bool) and SEED_RANGE.problem(v) is None
+
 
 def _num(v: float | None) -> str:
     return str(int(v)) if v is not None and float(v).is_integer() else str(v)
@@ -72,12 +82,12 @@ def check_params(kind: str, name: str, fn: Callable, given: Mapping[str, Any], *
     if unknown:
         listed = ", ".join(f"{k}={v!r}" for k, v in known.items()) or "(none)"
         raise BenchError(f"{where + ': ' if where else ''}{kind} {name!r} has no {noun} "
-                         f"{', '.join(map(repr, unknown))}; its {noun}s: {listed}")
+                         f"{', '.join(map(repr, unknown))}{did_you_mean(unknown[0], known)}; its {noun}s: {listed}")
     try:
         hints = typing.get_type_hints(fn)
     except Exception:  # unresolvable annotations (a plug-in's forward references): types unchecked
         hints = {}
-    constraints = constraints or {}
+    constraints = {"seed": SEED_RANGE, **(constraints or {})}
     for key, value in given.items():
         problem = type_problem(value, hints.get(key, Any))
         if problem is None and key in constraints:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from bench.core.errors import BenchError
+from bench.core.errors import BenchError, did_you_mean
 from bench.core.params import check_constraints, check_params, tunable_params
 
 T = TypeVar("T")
@@ -130,7 +130,8 @@ class Registry(Generic[T]):
             self.load_entry_points()
         if name not in self._entries:
             known = ", ".join(self.names()) or "(none)"
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; known {self.kind}s: {known}")
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{did_you_mean(name, self.names())}; known "
+                                   f"{self.kind}s: {known}")
         return self._entries[name]
 
     def names(self) -> list[str]:

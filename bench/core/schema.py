@@ -26,6 +26,9 @@ SUBSTRATE_COLUMNS = ("model", "stage", "explainer", "metric", "substrate", "imag
                      "higher_is_better")
 SUBSTRATE_CURVE_COLUMNS = ("model", "stage", "explainer", "curve", "substrate", "fraction", "prob_mean", "n")
 # map similarity between two maps of one image (pre vs post, seed vs seed, explainer seed vs seed)
+# the sampling design of a per-cell sample: per architecture, the model that drew the images and every confusion
+# cell's count in the test split under it (the strata of the test-split-weighted means)
+SAMPLE_COLUMNS = ("arch", "model", "cell", "n_test", "n_sampled")
 SIMILARITY_COLUMNS = ("model", "explainer", "comparison", "image", "cell_a", "cell_b", "spearman", "top_overlap")
 
 

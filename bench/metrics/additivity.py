@@ -32,6 +32,7 @@ def _additivity(metric: str, inputs: Tensor, attribution: Attribution,
 
 
 @register_metric("additivity_error", higher_is_better=False, kind="axiomatic", reads="raw", passes=(0, 0),
+                 control_role="none",
                  paper="Sundararajan et al. 2017 (completeness); Lundberg & Lee 2017 (local accuracy)")
 def additivity_error(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
                      context: MetricContext | None = None) -> Tensor:
@@ -50,6 +51,7 @@ def additivity_error(model: nn.Module, inputs: Tensor, targets: Tensor, attribut
 
 
 @register_metric("additivity_error_relative", higher_is_better=False, kind="axiomatic", reads="raw", passes=(0, 0),
+                 control_role="none",
                  constraints={"eps": Range(0, low_open=True)},
                  paper="Sundararajan et al. 2017 (completeness); Lundberg & Lee 2017 (local accuracy)")
 def additivity_error_relative(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,

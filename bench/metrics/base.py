@@ -17,6 +17,8 @@ to know about it declared next to its code::
   "n/a", never as 0.
 * Extra inputs come in a :class:`MetricContext`; a metric declares what it reads with
   ``needs=("masks",)`` or ``needs=("explain",)`` and raises :class:`BenchError` without it.
+  ``explain(model, inputs=None)`` re-runs the unit's explainer on another model (randomisation)
+  or on perturbed inputs (robustness).
 * ``reads``: ``"preprocessed"`` (default) gets the attribution after the run's one explicit
   preprocessing step (:func:`preprocess_attributions`); ``"raw"`` gets it as the explainer
   returned it (additivity is a property of the raw values, not of a ranking).
@@ -25,6 +27,8 @@ to know about it declared next to its code::
   with defaults filled in; ``explainer_passes`` and ``n_layers`` for metrics that re-run the
   explainer on randomised models). :mod:`bench.perf.floor` reads it; without it the metric has
   no floor.
+* ``control_role``: what the control explainers (``random``, ``edge``: they ignore the model)
+  mean for the metric, read by the reliability card (:data:`CONTROL_ROLES`).
 
 Ranking metrics (drop/increase rate, deletion/insertion, ROAD, localisation) rank pixels by the
 attribution values *as given*, descending: a large negative value ranks last. Taking absolute
@@ -53,6 +57,16 @@ CONTEXT_FIELDS = ("masks", "explain")
 READS = ("preprocessed", "raw")
 PROTOCOL = ("context",)  # keyword arguments every metric takes that are not parameters
 PREPROCESS_MODES = ("signed", "abs", "positive")
+# What a control explainer's score means for a metric (``control_role=`` of register_metric):
+CONTROL_ROLES = {
+    # the controls are the metric's chance level: a real explainer is expected to beat ``random``,
+    # and a metric on which none does fails the card (faithfulness, localisation, randomisation)
+    "baseline": "a real explainer is expected to beat the controls; none beating random fails the metric",
+    # the controls can score the best or the worst possible value by construction (a random map is
+    # maximally non-sparse and maximally sensitive, a map that ignores the input is perfectly
+    # robust) or have no score at all (additivity): comparisons with them are reported, not judged
+    "none": "the controls are no chance level: by construction they can score best or worst (or n/a)",
+}
 
 Passes = tuple[float, float]  # (forward+backward passes, forward-only passes) per image
 PassRule = Union[Passes, Callable[[dict[str, Any], "Passes | None", "int | None"], "Passes | None"]]
@@ -85,14 +99,17 @@ class MetricContext:
 
     Attributes:
         masks: ``(B, 1, H, W)`` bool ground-truth masks (localisation metrics).
-        explain: ``explain(model) -> values (B, C, H, W)`` re-runs the same explainer with the same
-            inputs and targets on another model (randomisation metrics).
+        explain: ``explain(model, inputs=None) -> values (B, C, H, W)`` re-runs the same explainer
+            (same parameters, background, seed and targets) on ``model`` and on ``inputs`` (the
+            unit's own images when None): on another model for randomisation metrics, on
+            perturbed images for robustness metrics. Callables that only take ``model`` serve
+            the metrics that never pass ``inputs`` (randomisation).
         additive: the explainer is registered as additive, so it must fill ``outputs`` and
             ``base_values``.
     """
 
     masks: Tensor | None = None
-    explain: Callable[[nn.Module], Tensor] | None = None
+    explain: Callable[..., Tensor] | None = None
     additive: bool = False
 
 
@@ -102,8 +119,9 @@ def register_metric(name: str, *, higher_is_better: bool, needs: Sequence[str] =
 
     ``fn`` returns ``(B,)`` scores or a :class:`MetricResult`. ``needs``, ``reads`` and
     ``passes`` are described in the module docstring; ``constraints`` (a keyword of ``meta``)
-    bounds parameters by name (:mod:`bench.core.params`); other keywords (``kind``, ``paper``)
-    are listed by ``python -m bench list metrics``.
+    bounds parameters by name (:mod:`bench.core.params`); ``control_role`` (a keyword of
+    ``meta``) is one of :data:`CONTROL_ROLES`; other keywords (``kind``, ``paper``) are listed by
+    ``python -m bench list metrics``.
     """
     needs = tuple(needs)
     unknown = [n for n in needs if n not in CONTEXT_FIELDS]
@@ -111,6 +129,9 @@ def register_metric(name: str, *, higher_is_better: bool, needs: Sequence[str] =
         raise BenchError(f"metric {name!r} needs unknown context field(s) {unknown}; known: {', '.join(CONTEXT_FIELDS)}")
     if reads not in READS:
         raise BenchError(f"metric {name!r}: reads={reads!r} is not one of {', '.join(READS)}")
+    if "control_role" in meta and meta["control_role"] not in CONTROL_ROLES:
+        raise BenchError(f"metric {name!r}: control_role={meta['control_role']!r} is not one of "
+                         f"{', '.join(CONTROL_ROLES)}")
     METRICS.check_pass_rule(name, passes)
     return METRICS.register(name, higher_is_better=bool(higher_is_better), needs=needs, reads=reads, passes=passes,
                             **meta)
@@ -197,3 +218,34 @@ def check_chunk(chunk_size: int) -> int:
     if int(chunk_size) < 1:
         raise BenchError(f"chunk_size must be a positive number of images per forward pass, got {chunk_size!r}")
     return int(chunk_size)
+
+
+def _average_ranks(x: Tensor) -> Tensor:
+    """Ranks 1..N along dim 1 with ties averaged (scipy.stats.rankdata 'average'), float64."""
+    b, n = x.shape
+    sorted_vals, idx = torch.sort(x, dim=1, stable=True)
+    new_group = torch.ones_like(sorted_vals, dtype=torch.bool)
+    new_group[:, 1:] = sorted_vals[:, 1:] != sorted_vals[:, :-1]
+    gid = (torch.cumsum(new_group.long(), dim=1) - 1) + torch.arange(b, device=x.device).unsqueeze(1) * n
+    gid = gid.flatten()
+    pos = torch.arange(1, n + 1, device=x.device, dtype=torch.float64).repeat(b)
+    sums = torch.zeros(b * n, device=x.device, dtype=torch.float64).scatter_add_(0, gid, pos)
+    cnt = torch.zeros(b * n, device=x.device, dtype=torch.float64).scatter_add_(0, gid, torch.ones_like(pos))
+    avg = (sums[gid] / cnt[gid]).view(b, n)
+    return torch.empty_like(avg).scatter_(1, idx, avg)
+
+
+def pearson(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation per row of ``(B, ...)`` tensors, in float64; NaN if a row is constant."""
+    a = a.flatten(1).to(torch.float64)
+    b = b.flatten(1).to(torch.float64)
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    den = (a.square().sum(1) * b.square().sum(1)).sqrt()
+    num = (a * b).sum(1)
+    return torch.where(den > 0, num / den.clamp(min=1e-300), torch.full_like(num, float("nan")))
+
+
+def spearman(a: Tensor, b: Tensor) -> Tensor:
+    """Spearman rank correlation per row of ``(B, ...)`` tensors, ties averaged; NaN if a row is constant."""
+    return pearson(_average_ranks(a.flatten(1).to(torch.float64)), _average_ranks(b.flatten(1).to(torch.float64)))

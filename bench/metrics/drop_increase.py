@@ -30,6 +30,7 @@ def kept_probabilities(model, inputs, targets, attribution, frac, substrate, blu
 
 
 @register_metric("drop_rate", higher_is_better=False, kind="faithfulness", passes=(0, 2), constraints=KEEP_TOP,
+                 control_role="baseline",
                  paper="Chattopadhay et al. 2018, Grad-CAM++ (WACV)")
 def drop_rate(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
               context: MetricContext | None = None, frac: float = 0.15, substrate: str = "zero",
@@ -49,6 +50,7 @@ def drop_rate(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: At
 
 
 @register_metric("increase_rate", higher_is_better=True, kind="faithfulness", passes=(0, 2), constraints=KEEP_TOP,
+                 control_role="baseline",
                  paper="Chattopadhay et al. 2018, Grad-CAM++ (WACV)")
 def increase_rate(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
                   context: MetricContext | None = None, frac: float = 0.15, substrate: str = "zero",

@@ -22,6 +22,7 @@ def _masks(metric: str, context: MetricContext | None, inputs: Tensor) -> Tensor
 
 
 @register_metric("localisation_precision", higher_is_better=True, needs=("masks",), kind="localisation", passes=(0, 0),
+                 control_role="baseline",
                  constraints={"frac": Range(0, 1, low_open=True)},
                  paper="Arras et al. 2022, CLEVR-XAI (relevance rank accuracy)")
 def localisation_precision(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
@@ -50,6 +51,7 @@ def localisation_precision(model: nn.Module, inputs: Tensor, targets: Tensor, at
 
 
 @register_metric("pointing_game", higher_is_better=True, needs=("masks",), kind="localisation", passes=(0, 0),
+                 control_role="baseline",
                  paper="Zhang et al. 2016, Top-down Neural Attention by Excitation Backprop (ECCV)")
 def pointing_game(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
                   context: MetricContext | None = None) -> Tensor:

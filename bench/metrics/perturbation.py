@@ -1,5 +1,6 @@
 """The batched perturbation machinery every perturbation metric shares: pixel ranking,
-substrates, and the target-class probability while pixels are deleted or inserted.
+substrates, seeded per-image random draws, and the target-class output (probability or logit)
+of perturbed images, a chunk of images per forward pass.
 
 Pixel ranking (every ranking metric): with ``C > 1`` channels the pixels are ranked by the sum of
 the attribution over channels; the sort is a stable descending sort, so ties go to the lower
@@ -7,18 +8,17 @@ flat index (row-major), deterministic on every device.
 """
 from __future__ import annotations
 
-import math
 import zlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.core.errors import BenchError
 from bench.metrics.base import check_chunk, out_dtype
+from explainers.base import OUTPUT_SPACES, image_seeds
+from explainers.references import SUBSTRATES, gaussian_blur, make_substrate  # noqa: F401  (explainers' baselines too)
 
-SUBSTRATES = ("zero", "mean", "blur", "noise")
 DEFAULT_CHUNK = 32  # perturbed images per forward pass: measured fastest on CPU (raise it on a GPU)
 
 
@@ -38,45 +38,6 @@ def pixel_positions(order: Tensor) -> Tensor:
     return pos.scatter_(1, order, ranks)
 
 
-def gaussian_blur(inputs: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of ``(B, C, H, W)`` images, radius ceil(3 sigma), reflect padding."""
-    if sigma <= 0:
-        return inputs.clone()
-    _, c, h, w = inputs.shape
-    radius = max(1, min(int(math.ceil(3 * sigma)), h - 1, w - 1))
-    x = torch.arange(-radius, radius + 1, device=inputs.device, dtype=inputs.dtype)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()
-    out = F.pad(inputs, (radius, radius, radius, radius), mode="reflect")
-    out = F.conv2d(out, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(out, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-
-
-def make_substrate(inputs: Tensor, substrate: str, *, blur_sigma: float = 2.0) -> Tensor:
-    """The images removed pixels are replaced with, ``(B, C, H, W)``.
-
-    ``"zero"``: the value 0 of the model's input space (black only if inputs are not
-    standardised); ``"mean"``: each image's per-channel mean over pixels, computed once on the
-    unperturbed image; ``"blur"``: a Gaussian blur of the image (RISE's insertion start);
-    ``"noise"``: uniform noise between the image's minimum and maximum, drawn on the CPU from a
-    generator seeded with the image's bytes (deterministic, the same alone or in a batch).
-    """
-    if substrate == "zero":
-        return torch.zeros_like(inputs)
-    if substrate == "mean":
-        return inputs.mean(dim=(2, 3), keepdim=True).expand_as(inputs).clone()
-    if substrate == "blur":
-        return gaussian_blur(inputs, blur_sigma)
-    if substrate == "noise":
-        x = inputs.detach().to("cpu", torch.float32)
-        draws = []
-        for img in x:
-            gen = torch.Generator().manual_seed(zlib.crc32(img.contiguous().numpy().tobytes()))
-            draws.append(img.min() + (img.max() - img.min()) * torch.rand(img.shape, generator=gen))
-        return torch.stack(draws).to(device=inputs.device, dtype=inputs.dtype)
-    raise BenchError(f"unknown substrate {substrate!r}; use one of {', '.join(SUBSTRATES)}")
-
-
 def curve_boundaries(n_pixels: int, steps: int) -> list[int]:
     """Pixel counts at the ``steps + 1`` curve points: ``floor(t * n / steps + 1/2)``, t = 0..steps.
 
@@ -87,10 +48,69 @@ def curve_boundaries(n_pixels: int, steps: int) -> list[int]:
     return [(2 * t * n_pixels + steps) // (2 * steps) for t in range(steps + 1)]
 
 
+def target_outputs(model: nn.Module, x: Tensor, targets: Tensor, output: str = "probability") -> Tensor:
+    """The target class's softmax probability over the logits (``"probability"``) or its logit: ``(n,)``."""
+    if output not in OUTPUT_SPACES:
+        raise BenchError(f"unknown output {output!r}; use one of {', '.join(OUTPUT_SPACES)}")
+    scores = model(x)
+    if output == "probability":
+        scores = torch.softmax(scores, dim=1)
+    return scores.gather(1, targets.view(-1, 1).long()).squeeze(1)
+
+
 def target_probabilities(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor:
     """Softmax over classes of the logits, at the target class: ``(n,)``."""
-    logits = model(x)
-    return torch.softmax(logits, dim=1).gather(1, targets.view(-1, 1).long()).squeeze(1)
+    return target_outputs(model, x, targets, "probability")
+
+
+@torch.no_grad()
+def chunked_outputs(model: nn.Module, inputs: Tensor, targets: Tensor, total: int,
+                    build: Callable[[Tensor], tuple[Tensor, Tensor]], *, output: str = "probability",
+                    chunk_size: int = DEFAULT_CHUNK) -> Tensor:
+    """:func:`target_outputs` of ``total`` perturbed images, built and scored ``chunk_size`` at a time.
+
+    ``build(ids)`` returns the perturbed images with flat indices ``ids`` and the index of the
+    image each comes from (whose target it is scored at). Returns ``(total,)`` on the inputs'
+    device and dtype; the perturbed images are never all in memory at once.
+    """
+    chunk_size = check_chunk(chunk_size)
+    out = torch.empty(total, device=inputs.device, dtype=out_dtype(inputs))
+    for start in range(0, total, chunk_size):
+        ids = torch.arange(start, min(start + chunk_size, total), device=inputs.device)
+        x, image = build(ids)
+        out[start : start + len(ids)] = target_outputs(model, x, targets[image], output)
+    return out
+
+
+def masked_outputs(model: nn.Module, inputs: Tensor, targets: Tensor, masks: Tensor, fills: Tensor, *,
+                   output: str = "probability", chunk_size: int = DEFAULT_CHUNK) -> Tensor:
+    """Target output ``(B, T)`` after replacing the pixels ``masks[b, t]`` of image ``b`` by ``fills``.
+
+    ``masks (B, T, H, W)`` bool (every channel of a masked pixel is replaced), ``fills (B, C, H, W)``
+    (one substrate image per image) or ``(B, T, C, H, W)`` (one per perturbation).
+    """
+    b, t = masks.shape[:2]
+
+    def build(ids: Tensor) -> tuple[Tensor, Tensor]:
+        bi, ti = ids // t, ids % t
+        fill = fills[bi] if fills.dim() == 4 else fills[bi, ti]
+        return torch.where(masks[bi, ti].unsqueeze(1), fill, inputs[bi]), bi
+
+    return chunked_outputs(model, inputs, targets, b * t, build, output=output, chunk_size=chunk_size).view(b, t)
+
+
+def per_image_draws(inputs: Tensor, seed: int, salt: str, draw: Callable[[torch.Generator], Tensor]) -> Tensor:
+    """``draw(generator)`` for every image, stacked ``(B, ...)``: seeded random perturbations.
+
+    Image ``b``'s CPU generator is seeded from ``seed``, ``salt`` (the metric's name: two metrics,
+    or a metric and the ``random`` control, never share draws) and the image's bytes
+    (:func:`explainers.base.image_seeds`), so an image gets the same draws alone or in a batch,
+    on every device. Draw in float64 on the CPU: floating results are moved to the inputs' device
+    and dtype, others (indices) to the device.
+    """
+    salted = zlib.crc32(f"{salt}:{int(seed)}".encode())
+    out = torch.stack([draw(torch.Generator().manual_seed(s)) for s in image_seeds(salted, inputs)])
+    return out.to(device=inputs.device, dtype=out_dtype(inputs)) if out.is_floating_point() else out.to(inputs.device)
 
 
 @torch.no_grad()
@@ -106,7 +126,6 @@ def perturbed_probabilities(model: nn.Module, inputs: Tensor, targets: Tensor, o
     """
     if mode not in ("delete", "insert"):
         raise BenchError(f"unknown perturbation mode {mode!r}; use 'delete' or 'insert'")
-    chunk_size = check_chunk(chunk_size)
     b, c, h, w = inputs.shape
     n_pix = h * w
     if order.shape != (b, n_pix):
@@ -114,16 +133,14 @@ def perturbed_probabilities(model: nn.Module, inputs: Tensor, targets: Tensor, o
     pos = pixel_positions(order.to(inputs.device))  # (B, N)
     counts_t = torch.as_tensor(list(counts), device=inputs.device, dtype=pos.dtype)
     n_t = counts_t.numel()
-    total = b * n_t
-    out = torch.empty(total, device=inputs.device, dtype=out_dtype(inputs))
     first, second = (substrate_images, inputs) if mode == "delete" else (inputs, substrate_images)
-    for start in range(0, total, chunk_size):
-        ids = torch.arange(start, min(start + chunk_size, total), device=inputs.device)
+
+    def build(ids: Tensor) -> tuple[Tensor, Tensor]:
         bi, ti = ids // n_t, ids % n_t
         chosen = (pos[bi] < counts_t[ti].unsqueeze(1)).view(-1, 1, h, w)  # pixels perturbed so far
-        x = torch.where(chosen, first[bi], second[bi])
-        out[start : start + len(ids)] = target_probabilities(model, x, targets[bi])
-    return out.view(b, n_t)
+        return torch.where(chosen, first[bi], second[bi]), bi
+
+    return chunked_outputs(model, inputs, targets, b * n_t, build, chunk_size=chunk_size).view(b, n_t)
 
 
 def perturbation_curve(model: nn.Module, inputs: Tensor, targets: Tensor, order: Tensor, substrate_images: Tensor,

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from bench.core.errors import BenchError
 from bench.core.params import Range
-from bench.metrics.base import MetricContext, out_dtype, register_metric, require_context, validate_call
+from bench.metrics.base import MetricContext, out_dtype, register_metric, require_context, spearman, validate_call
 from explainers.base import Attribution
 
 
@@ -29,32 +29,6 @@ def cascade_length(n_layers: int, steps: int) -> int:
     if steps < 0:
         raise BenchError(f"randomisation: steps must be >= 0 (0 = every layer), got {steps}")
     return min(steps, n_layers) if steps > 0 else n_layers
-
-
-def _average_ranks(x: Tensor) -> Tensor:
-    """Ranks 1..N along dim 1 with ties averaged (scipy.stats.rankdata 'average'), float64."""
-    b, n = x.shape
-    sorted_vals, idx = torch.sort(x, dim=1, stable=True)
-    new_group = torch.ones_like(sorted_vals, dtype=torch.bool)
-    new_group[:, 1:] = sorted_vals[:, 1:] != sorted_vals[:, :-1]
-    gid = (torch.cumsum(new_group.long(), dim=1) - 1) + torch.arange(b, device=x.device).unsqueeze(1) * n
-    gid = gid.flatten()
-    pos = torch.arange(1, n + 1, device=x.device, dtype=torch.float64).repeat(b)
-    sums = torch.zeros(b * n, device=x.device, dtype=torch.float64).scatter_add_(0, gid, pos)
-    cnt = torch.zeros(b * n, device=x.device, dtype=torch.float64).scatter_add_(0, gid, torch.ones_like(pos))
-    avg = (sums[gid] / cnt[gid]).view(b, n)
-    return torch.empty_like(avg).scatter_(1, idx, avg)
-
-
-def spearman(a: Tensor, b: Tensor) -> Tensor:
-    """Spearman rank correlation per row of ``(B, ...)`` tensors, ties averaged; NaN if a row is constant."""
-    ra = _average_ranks(a.flatten(1).to(torch.float64))
-    rb = _average_ranks(b.flatten(1).to(torch.float64))
-    ra = ra - ra.mean(1, keepdim=True)
-    rb = rb - rb.mean(1, keepdim=True)
-    den = (ra.square().sum(1) * rb.square().sum(1)).sqrt()
-    num = (ra * rb).sum(1)
-    return torch.where(den > 0, num / den.clamp(min=1e-300), torch.full_like(num, float("nan")))
 
 
 def randomisation_layers(model: nn.Module) -> list[str]:
@@ -98,6 +72,7 @@ def randomisation_per_layer(model: nn.Module, inputs: Tensor, attribution: Attri
 
 
 @register_metric("randomisation_similarity", higher_is_better=False, needs=("explain",), kind="randomisation",
+                 control_role="baseline",
                  passes=_randomisation_passes, constraints={"steps": Range(0)},
                  paper="Adebayo et al. 2018, Sanity Checks for Saliency Maps (NeurIPS)")
 def randomisation_similarity(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,

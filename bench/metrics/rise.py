@@ -32,6 +32,7 @@ def _rise_auc(model, inputs, targets, attribution, steps, substrate, blur_sigma,
 
 
 @register_metric("deletion_auc", higher_is_better=False, kind="faithfulness", passes=_rise_passes,
+                 control_role="baseline",
                  constraints=CURVE, paper="Petsiuk et al. 2018, RISE (BMVC)")
 def deletion_auc(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
                  context: MetricContext | None = None, steps: int = 49, substrate: str = "zero",
@@ -48,6 +49,7 @@ def deletion_auc(model: nn.Module, inputs: Tensor, targets: Tensor, attribution:
 
 
 @register_metric("insertion_auc", higher_is_better=True, kind="faithfulness", passes=_rise_passes,
+                 control_role="baseline",
                  constraints=CURVE, paper="Petsiuk et al. 2018, RISE (BMVC)")
 def insertion_auc(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
                   context: MetricContext | None = None, steps: int = 49, substrate: str = "blur",

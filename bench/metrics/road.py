@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from bench.core.errors import BenchError
 from bench.core.params import Range
 from bench.metrics.base import Curve, MetricContext, MetricResult, check_chunk, out_dtype, register_metric, validate_call
-from bench.metrics.perturbation import DEFAULT_CHUNK, normalised_trapezoid, rank_pixels, target_probabilities
+from bench.metrics.perturbation import DEFAULT_CHUNK, chunked_outputs, normalised_trapezoid, rank_pixels
 from explainers.base import Attribution
 
 
@@ -166,14 +166,12 @@ def road_curve(model: nn.Module, inputs: Tensor, targets: Tensor, order: Tensor,
                percentages: Sequence[float] = ROAD_PERCENTAGES, *, noise: float = 0.01, seed: int = 0,
                chunk_size: int = DEFAULT_CHUNK) -> Tensor:
     """Target-class probability (softmax over logits) after ROAD removal: ``(B, P)``, batched forwards."""
-    chunk_size = check_chunk(chunk_size)
+    check_chunk(chunk_size)  # before the imputation, which takes a while
     x = road_perturbed_inputs(inputs, order, percentages, noise=noise, seed=seed)
     b, p = x.shape[:2]
     flat = x.flatten(0, 1)
-    tgt = targets.repeat_interleave(p)
-    probs = torch.cat([target_probabilities(model, flat[s : s + chunk_size], tgt[s : s + chunk_size])
-                       for s in range(0, flat.shape[0], chunk_size)])
-    return probs.view(b, p)
+    return chunked_outputs(model, inputs, targets, b * p, lambda ids: (flat[ids], ids // p),
+                           chunk_size=chunk_size).view(b, p)
 
 
 def _road(metric, model, inputs, targets, attribution, percentages, noise, seed, chunk_size, lerf):
@@ -190,6 +188,7 @@ def _road(metric, model, inputs, targets, attribution, percentages, noise, seed,
 
 
 @register_metric("road_morf", higher_is_better=True, kind="faithfulness", passes=_road_passes,
+                 control_role="baseline",
                  imputes_for=("deletion_auc",),  # most relevant first, imputed instead of a substrate
                  constraints=ROAD_CONSTRAINTS, paper="Rong et al. 2022, ROAD (ICML)")
 def road_morf(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
@@ -209,6 +208,7 @@ def road_morf(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: At
 
 
 @register_metric("road_lerf", higher_is_better=False, kind="faithfulness", passes=_road_passes,
+                 control_role="baseline",
                  constraints=ROAD_CONSTRAINTS, paper="Rong et al. 2022, ROAD (ICML)")
 def road_lerf(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
               context: MetricContext | None = None, percentages: tuple[float, ...] = ROAD_PERCENTAGES,

@@ -32,6 +32,7 @@ Markdown tables (``python -m bench.perf.floor results/benchmarks/<machine>/0001_
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import sys
@@ -71,28 +72,41 @@ def _with_defaults(kind: str, name: str, defaults: dict[str, Any], params: Mappi
     return {**defaults, **params}
 
 
-def _apply_rule(rule: Any, *args: Any) -> Passes | None:
+def _apply_rule(rule: Any, *args: Any, **context: Any) -> Passes | None:
+    """A pass rule's pair. A rule's keyword-only parameters name the context it needs (``shape``,
+    ``model``); without that context given (``None``) the count is unknown: ``None``."""
     if rule is None:
         return None
-    out = rule(*args) if callable(rule) else rule
+    if callable(rule):
+        wanted = [p.name for p in inspect.signature(rule).parameters.values()
+                  if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        if any(context.get(k) is None for k in wanted):
+            return None
+        out = rule(*args, **{k: context[k] for k in wanted})
+    else:
+        out = rule
     return None if out is None else (float(out[0]), float(out[1]))
 
 
 def passes_per_image(explainer_name: str, params: Mapping[str, Any] | None = None,
-                     background_size: int = 0) -> Passes | None:
+                     background_size: int = 0, *, shape: tuple[int, ...] | None = None,
+                     model: nn.Module | None = None) -> Passes | None:
     """Model passes ``(n_forward_backward, n_forward)`` one image costs with an adapter.
 
     ``params`` override the adapter's defaults; ``background_size`` is the number of background
-    images given to the adapter. Adapters registered with ``control=True`` (they ignore the
-    model) need none: ``(0, 0)``. A registered adapter without a ``passes`` rule returns
-    ``None`` (its floor is missing). An unregistered name, or a parameter the adapter does not
-    have, raises.
+    images given to the adapter. Some counts also depend on the image ``shape`` ``(C, H, W)``
+    (occlusion's windows) or on the ``model`` (Score-CAM's channels): their rules declare it
+    (``passes=lambda p, n_bg, *, shape: ...``) and are ``None`` unless it is given. Adapters
+    registered with ``control=True`` (they ignore the model) need none: ``(0, 0)``. A registered
+    adapter without a ``passes`` rule returns ``None`` (its floor is missing). An unregistered
+    name, or a parameter the adapter does not have, raises.
     """
     entry = EXPLAINERS.get(explainer_name)  # unknown names raise with the known ones
     full = _with_defaults("explainer", explainer_name, explainer_params(explainer_name), params)
     if entry.meta.get("control"):
         return 0.0, 0.0
-    return _apply_rule(entry.meta.get("passes"), full, int(background_size))
+    return _apply_rule(entry.meta.get("passes"), full, int(background_size),
+                       shape=None if shape is None else tuple(int(n) for n in shape), model=model)
 
 
 def metric_passes_per_image(metric_name: str, params: Mapping[str, Any] | None = None, *,

@@ -47,10 +47,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEXT_COLUMNS = frozenset({
     "model", "stage", "explainer", "metric", "status", "message", "verdict", "cell", "control", "better", "worse",
     "metric_a", "metric_b", "substrate_a", "substrate_b", "expected", "top", "stage_a", "stage_b", "comparison",
-    "group", "reference", "test", "post_stage", "substrate", "curve", "beat_random"})
-WRAP_COLUMNS = frozenset({"status", "message", "verdict"})  # long text: wraps inside its cell
+    "group", "reference", "test", "post_stage", "substrate", "curve", "beat_random", "a", "b", "letters", "aliases",
+    "family", "method", "not_separated_from_top", "alias"})
+WRAP_COLUMNS = frozenset({"status", "message", "verdict", "family", "not_separated_from_top"})  # long text: wraps inside its cell
 NEGATIVE_IS_NA = frozenset({"beat_random_a", "beat_random_b"})  # -1 stands for "does not apply"
-HEADERS = {"seconds_per_image": "s/image", "peak_mem_mb": "peak MB", "p_wilcoxon": "p", "p_holm": "Holm p",
+HEADERS = {"seconds_per_image": "s/image", "peak_mem_mb": "peak MB", "p_adj": "adj. p", "p_equiv": "equiv. p",
            "n_pairs": "n", "pre_mean": "pre", "post_mean": "post", "diff_mean": "diff", "mean_a": "a mean",
            "mean_b": "b mean", "kendall_w": "Kendall's W", "kendall_tau": "Kendall's tau", "mde": "MDE",
            "mde_median": "MDE", "n_needed_max": "n needed", "alpha": "alpha", "p_top_stays": "P(top stays)",
@@ -63,10 +64,13 @@ HEADERS = {"seconds_per_image": "s/image", "peak_mem_mb": "peak MB", "p_wilcoxon
 FIGURE_KINDS = {  # file-name prefix -> (heading, what the figure shows), as plots.py draws them
     "attributions": ("Attribution maps", "TP/FP/FN/TN examples (cell under the pre model): the image beside its pre "
                      "and post maps, all on one symmetric colour scale with a numeric colour bar (RdBu_r)."),
+    "cd": ("Critical-difference diagrams", "Per metric, each explainer at its mean per-image rank (1 = best); a bar "
+           "joins explainers the table's paired tests (max-T over the table's pairs) do not separate. The seed-"
+           "pooled diagrams use the crossed image x seed tests."),
     "curves": ("Deletion and insertion curves", "Per explainer the mean probability over images at each fraction, "
                "with a 95% normal band."),
-    "leaderboard": ("Leaderboard heatmaps", "Explainers × metrics, colour = tied rank (1 = best), annotated with mean "
-                    "and rank."),
+    "leaderboard": ("Leaderboard heatmaps", "Explainers × metrics, colour = rank from the paired tests (1 = nothing "
+                    "separated above it), annotated with mean and rank."),
     "prepost": ("Pre vs post", "Per metric, each explainer's pre and post mean with its 95% CI."),
     "reliability": ("Reliability card", "Metrics × criteria on one −1..1 diverging scale (1 = reliable); blank where "
                     "a criterion was not computed or does not apply."),
@@ -121,9 +125,12 @@ def _read_board(run_dir: Path) -> pd.DataFrame | None:
     if missing:
         raise BenchError(f"{path} lacks column(s) {missing}; run `python -m bench report {run_dir}` to rewrite it "
                          f"from scores.csv")
-    for c in ("mean", "ci_low", "ci_high", "n", "rank", "seconds_per_image", "peak_mem_mb"):
+    for c in ("mean", "ci_low", "ci_high", "n", "rank", "mean_rank", "mean_test", "mean_test_ci_low",
+              "mean_test_ci_high", "seconds_per_image", "peak_mem_mb"):
         board[c] = pd.to_numeric(board[c].replace("", np.nan), errors="coerce")
     board["rank"] = board["rank"].astype("Int64")
+    board["letters"] = board["letters"].fillna("").astype(str)
+    board["aliases"] = board["aliases"].fillna("").astype(str)
     board["higher_is_better"] = board["higher_is_better"].map(_bool)
     return board
 
@@ -340,18 +347,19 @@ def _provenance(run_dir: Path, manifest: Mapping[str, Any] | None) -> str:
 # ----------------------------------------------------------------------------- leaderboards
 
 
-def _score_cell(r: pd.Series, metric: str, tied: bool) -> _Cell:
-    """leaderboard.md's "mean [ci_low, ci_high] (rank)" (and its ≈), the CI on a second line; sorts on the mean."""
+def _score_cell(r: pd.Series, metric: str) -> _Cell:
+    """leaderboard.md's "mean [ci_low, ci_high] (rank letters)", the CI on a second line; sorts on the mean."""
     status = str(r["status"])
     attrs = f'data-metric="{_e(metric)}"'
     if status == "n/a":
         return _Cell("n/a", float("nan"), "na num", attrs)
     if status.startswith("error"):
         return _Cell("error", float("nan"), "err num", attrs)
-    rank = "" if pd.isna(r["rank"]) else f" ({int(r['rank'])})"
-    head = f"{fmt_number(r['mean'])}{rank}" + (" ≈" if tied else "")
+    rank = "" if pd.isna(r["rank"]) else f" ({int(r['rank'])} {r['letters']})"
+    head = f"{fmt_number(r['mean'])}{rank}"
     text = _with_ci(_e(head), _e(fmt_number(r["ci_low"])), _e(fmt_number(r["ci_high"])))
-    return _Cell(text, float(r["mean"]), "r1 num" if rank == " (1)" else "num", attrs, raw=True)
+    return _Cell(text, float(r["mean"]), "r1 num" if not pd.isna(r["rank"]) and int(r["rank"]) == 1 else "num", attrs,
+                 raw=True)
 
 
 def _finite(x: pd.Series, how: str) -> float:
@@ -360,25 +368,39 @@ def _finite(x: pd.Series, how: str) -> float:
     return float("nan") if a.size == 0 else float(a.mean() if how == "mean" else a.max())
 
 
-def _leaderboards(board: pd.DataFrame | None, card: Mapping[str, pd.DataFrame] | None) -> str:
+def _tests_notes(comparisons: pd.DataFrame | None, friedman: pd.DataFrame | None, model: str, stage: str,
+                 metrics: list[str]) -> list[str]:
+    """Per metric: its family, Friedman's test and the pairs shown equivalent (as in leaderboard.md)."""
+    if comparisons is None:
+        return []
+    out = []
+    for m in metrics:
+        p = comparisons[(comparisons["model"] == model) & (comparisons["stage"] == stage) & (comparisons["metric"] == m)]
+        if not len(p):
+            continue
+        text = f"{m}: {p['family'].iloc[0]}"
+        if friedman is not None:
+            f = friedman[(friedman["model"] == model) & (friedman["stage"] == stage) & (friedman["metric"] == m)]
+            if len(f) and np.isfinite(pd.to_numeric(f["chi2"], errors="coerce").iloc[0]):
+                text += f"; Friedman chi2 = {fmt_number(f['chi2'].iloc[0])}, p = {fmt_number(f['p'].iloc[0], '.3g')}"
+        eq = p[p["verdict"] == "equivalent"]
+        text += "; equivalent: " + (", ".join(f"{a} ≡ {b}" for a, b in zip(eq["a"], eq["b"])) if len(eq) else "none")
+        out.append(_p(text + "."))
+    return out
+
+
+def _leaderboards(board: pd.DataFrame | None, card: Mapping[str, pd.DataFrame] | None,
+                  comparisons: pd.DataFrame | None = None, friedman: pd.DataFrame | None = None) -> str:
     if board is None:
         return _section("leaderboards", "Leaderboards", _p("leaderboard.csv not found."))
-    parts = [_p("Cells: mean over test images (rank) over its 95% BCa bootstrap CI. Rank 1 = best (tinted); a method "
-                "whose CI overlaps the leader's shares its rank. ↑ higher is better, ↓ lower is better. n/a: the "
-                "metric does not apply; error: the explainer failed (see status). Click a column header to sort "
-                "(numeric on the mean)."
-                + (" ⚠: the metric fails its reliability card (reasons below the table); ≈: not separable at this n "
-                   "from the explainer ranked just above." if card is not None else ""))]
-    marks = None
-    if card is not None and "reliability_power" in card:
-        power = card["reliability_power"]
-        marks = {"reliability": card["reliability"], "reliability_power": power.assign(
-            underpowered=power["underpowered"].map(_bool))}
+    parts = [_p(lb.LEADERBOARD_HEAD.replace("[95% t interval] (rank letters)", "(rank letters) over its 95% t interval")
+                + " Rank 1 is tinted. Click a column header to sort (numeric on the mean)."
+                + (" ⚠: the metric fails its reliability card (reasons below the table)." if card is not None else ""))]
     b = board.assign(_stage=board["stage"].map(stage_key))
     for (model, _, stage), sub in b.groupby(["model", "_stage", "stage"], sort=True):
         metrics = sorted(sub["metric"].unique())
         hib = sub.groupby("metric")["higher_is_better"].first()
-        fails, tied = lb._card_marks(marks, model, stage)  # the same marks as leaderboard.md
+        fails = lb.card_fails(card, model, stage)  # the same marks as leaderboard.md
         header = ["explainer"] + [
             f'<span class="{"warn" if m in fails else "h"}">{_e(m)} {_arrow(bool(hib[m]))}'
             + (' <span title="fails its reliability card">⚠</span>' if m in fails else "") + "</span>"
@@ -386,9 +408,10 @@ def _leaderboards(board: pd.DataFrame | None, card: Mapping[str, pd.DataFrame] |
         rows, row_attrs = [], []
         for explainer, e in sub.groupby("explainer", sort=True):
             by_metric = e.set_index("metric")
-            cells = [_Cell(explainer, cls="name")]
+            alias = str(e["aliases"].iloc[0])
+            cells = [_Cell(explainer + (f" (= {alias})" if alias else ""), cls="name")]
             for m in metrics:
-                cells.append(_score_cell(by_metric.loc[m], m, (m, explainer) in tied) if m in by_metric.index
+                cells.append(_score_cell(by_metric.loc[m], m) if m in by_metric.index
                              else _Cell("—", float("nan"), "na num", f'data-metric="{_e(m)}"'))
             errors = sorted({s for s in e["status"] if s.startswith("error")})
             cells += [_num(_finite(e["seconds_per_image"], "mean"), ".3g"), _num(_finite(e["peak_mem_mb"], "max"), ".1f"),
@@ -403,6 +426,7 @@ def _leaderboards(board: pd.DataFrame | None, card: Mapping[str, pd.DataFrame] |
             ns = ok.groupby("metric")["n"].agg(lambda s: sorted({int(v) for v in s}))
             parts.append(_p("n (finite values per metric): " + ", ".join(f"{m} {'/'.join(map(str, v))}"
                                                                           for m, v in ns.items())))
+        parts += _tests_notes(comparisons, friedman, model, stage, metrics)
         parts += [f'<p class="warn">⚠ {_e(m)}: {_e(fails[m])}</p>' for m in metrics if m in fails]
     return _section("leaderboards", "Leaderboards", "\n".join(parts))
 
@@ -417,9 +441,11 @@ def _prepost(run_dir: Path, embed: bool = True) -> str:
     models = lb.read_prepost_models(pm) if pm.is_file() else {}
     if table is None and not models:
         return ""
-    parts = [_p("Paired over the test images scored (status ok, finite) in both stages; n = pairs. diff = post − pre "
-                "with a 95% BCa bootstrap CI of the paired differences; p: two-sided Wilcoxon signed-rank test; Holm "
-                "p: Holm step-down adjustment over the model's table.")]
+    parts = [_p("Paired over the test images scored (status ok, finite) in both stages; n = pairs. diff = post − pre, "
+                "the mean paired difference with its t interval at the family's level (diff_ci_*, level): it excludes 0 "
+                "exactly when the Bonferroni-adjusted p (adj. p) is below alpha; family: every row of the model's "
+                "table; verdict: higher / lower after tuning, equivalent within the metric's margin (TOST), or not "
+                "separable at this n.")]
     table = table if table is not None else pd.DataFrame(columns=lb.PREPOST_COLUMNS)
     by_cell = by_cell if by_cell is not None else pd.DataFrame(columns=lb.PREPOST_BY_CELL_COLUMNS)
     if "post_stage" in table.columns:  # tuning variants: one block per (model, post stage), as in prepost.md
@@ -472,11 +498,15 @@ def _model_comparison(model: str, comp: Any) -> str:
 
 
 CARD_DETAILS = {
-    "reliability_agreement": "Agreement between metrics: Kendall's tau between the explainer rankings of two metrics",
-    "reliability_controls": "Control separation: paired goodness difference explainer − control, 95% BCa CI, "
-                            "Wilcoxon p, Holm over the (model, stage) card",
+    "reliability_agreement": "Agreement between metrics: Kendall's tau between the explainer rankings of two metrics, "
+                             "95% BCa CI over images",
+    "reliability_controls": "Control separation: the table's own paired comparison of explainer and control (max-T over "
+                            "the table's pairs), its interval and verdict",
     "reliability_meta": "Noise resilience and adversary reactivity (MetaQuantus, Hedström et al. 2023)",
-    "reliability_power": "Power: adjacent explainers in each metric's order; pairs tied at this n are not a result",
+    "reliability_power": "Power: adjacent explainers in each metric's order: the smallest difference this n detects "
+                         "and the n the observed one needs",
+    "reliability_substrate_controls": "Control separation under each substrate: the substrate's own paired tests "
+                                      "(max-T over its pairs)",
     "reliability_substrates": "Substrate sensitivity: Kendall's tau between a metric's rankings under two substrates",
 }
 
@@ -484,8 +514,8 @@ CARD_DETAILS = {
 def _reliability(card: Mapping[str, pd.DataFrame] | None, embed: bool = True) -> str:
     if card is None:
         return ""
-    parts = [_p("Can each metric be trusted on this run? beat random: real explainers whose paired goodness beats "
-                "`random` significantly (of all real ones); alpha: Krippendorff's alpha of the per-image rankings "
+    parts = [_p("Can each metric be trusted on this run? beat random: distinct real explainers the table's paired "
+                "test separates above `random` (of all distinct real ones); alpha: Krippendorff's alpha of the per-image rankings "
                 "(0 = chance, 1 = every image ranks alike); split half: Spearman-Brown corrected reliability of the "
                 "ranking; MDE: the smallest paired difference detectable at this n. Details in reliability.md.")]
     main = card["reliability"]
@@ -508,13 +538,20 @@ def _reliability(card: Mapping[str, pd.DataFrame] | None, embed: bool = True) ->
 
 STABILITY = (  # (table, what it says, folded)
     ("stability", "Do the rankings survive retraining? Kendall's W of the explainer rankings across training seeds, "
-                  "95% bootstrap CI over images; P(top stays) under the hierarchical bootstrap.", False),
-    ("leaderboard_pooled", "Pooled leaderboard: mean of the seeds' means with a 95% hierarchical bootstrap CI", True),
-    ("variants", "Tuning policies against each other: paired differences b − a, 95% BCa CI, Wilcoxon p, Holm.", False),
+                  "95% BCa CI over images resampled jointly under every seed (given these seeds), the W of the least "
+                  "agreeing pair of seeds; P(top stays) under the crossed image x seed model; the explainers the "
+                  "pooled paired tests do not separate from the top.", False),
+    ("leaderboard_pooled", "Pooled leaderboard: mean over seeds and images with its 95% crossed-model t interval; rank "
+                           "and letters from the pooled paired tests", True),
+    ("comparisons_pooled", "Pooled paired comparisons: every pair of explainers per architecture, stage and metric "
+                           "(crossed image x seed model, max-T over the table's pairs)", True),
+    ("variants", "Tuning policies against each other: paired differences b − a with their t interval at the family's "
+                 "level, Bonferroni-adjusted p, verdict.", False),
     ("similarity_tests", "Did tuning change what the model looks at, beyond noise? Pre-vs-post map similarity against "
-                         "retraining and explainer noise: diff = tuning − reference.", False),
+                         "retraining and explainer noise: diff = tuning − reference; rows with seeds > 1 pool the "
+                         "seeds.", False),
     ("similarity_summary", "Map similarity (Spearman; top-15% overlap) per comparison, overall, by cell and by cell "
-                           "move, 95% BCa CIs", True),
+                           "move, 95% BCa CIs (descriptive)", True),
 )
 
 
@@ -695,7 +732,9 @@ def render_html_report(run_dir: str | Path) -> str:
     card = _read_card(run_dir)
     name = _get(_get(manifest, "config"), "name") or run_dir.name
     embed = _self_contained(manifest)
-    sections = {"provenance": _provenance(run_dir, manifest), "leaderboards": _leaderboards(board, card),
+    sections = {"provenance": _provenance(run_dir, manifest),
+                "leaderboards": _leaderboards(board, card, read_table(run_dir / "comparisons.csv"),
+                                              read_table(run_dir / "friedman.csv")),
                 "prepost": _prepost(run_dir, embed), "reliability": _reliability(card, embed),
                 "stability": _stability(run_dir, embed), "figures": _figures(run_dir, board, embed)}
     nav = "".join(f'<a href="#{a}">{TITLES[a]}</a>' for a, s in sections.items() if s)

@@ -15,8 +15,9 @@ Group status, used by every table (:func:`group_status`):
   additivity of a non-additive method). Printed "n/a", never 0.
 * ``"ok"`` otherwise; statistics use the finite values of the "ok" rows (``n`` counts them).
 
-Statistics come from :mod:`bench.report.stats` (BCa bootstrap CI of the mean, Wilcoxon signed-rank,
-Holm, interval-overlap ranks), with its defaults: 95 %, 2000 resamples, seed 0.
+Statistics (:mod:`bench.stats`): a mean's interval is the 95 % t interval; ranks, letters and every
+verdict come from paired tests within a declared family (:mod:`bench.report.comparisons`,
+:data:`bench.stats.settings.FAMILIES`), each shown with the interval of the same test and family.
 
 Output files are byte-identical for identical inputs: rows are sorted, floats are printed with
 fixed formats (CSV ``%.6g``), nothing carries a timestamp.
@@ -27,7 +28,7 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -36,21 +37,29 @@ from bench.core.errors import BenchError, one_line
 from bench.core.io import atomic_write_text
 from bench.core.schema import CELLS, SCORE_COLUMNS, STAGES, is_cell, is_stage, move_cells, ordered_cells, stage_key
 from bench.core.text import csv_text, fmt_number as _f, markdown_table
-from bench.report import stats
+from bench.metrics import METRICS
+from bench.report.comparisons import Comparisons, compare, goodness_tables, with_family
+from bench.stats.estimate import finite, mean_estimate, t_interval
+from bench.stats.settings import StatsSettings
+from bench.stats.weighting import Sampling, stratified_mean
 
 __all__ = [
-    "LEADERBOARD_COLUMNS", "PREPOST_COLUMNS", "PREPOST_BY_CELL_COLUMNS", "check_scores", "group_status", "leaderboard", "prepost", "prepost_by_cell",
-    "render_leaderboard_md", "render_prepost_md", "write_tables", "read_prepost_models", "read_scores",
+    "LEADERBOARD_COLUMNS", "PREPOST_COLUMNS", "PREPOST_BY_CELL_COLUMNS", "check_scores", "group_status", "leaderboard",
+    "card_fails", "metric_kinds", "prepost", "prepost_by_cell", "render_leaderboard_md", "render_prepost_md", "write_tables",
+    "read_prepost_models", "read_scores",
 ]
 
 KEY = ["model", "stage", "explainer", "metric", "image"]
 GROUP = ["model", "stage", "explainer", "metric"]
 STATUSES = ("ok", "error", "n/a")
+MEAN_CONFIDENCE = 0.95
 
-LEADERBOARD_COLUMNS = ["model", "stage", "explainer", "metric", "higher_is_better", "mean", "ci_low", "ci_high", "n",
-                       "rank", "seconds_per_image", "peak_mem_mb", "status"]
+LEADERBOARD_COLUMNS = ["model", "stage", "explainer", "aliases", "metric", "higher_is_better", "mean", "ci_low",
+                       "ci_high", "n", "rank", "letters", "mean_rank", "mean_test", "mean_test_ci_low",
+                       "mean_test_ci_high", "seconds_per_image", "peak_mem_mb", "status"]
 PREPOST_COLUMNS = ["model", "explainer", "metric", "higher_is_better", "n_pairs", "pre_mean", "post_mean",
-                   "diff_mean", "diff_ci_low", "diff_ci_high", "p_wilcoxon", "p_holm", "status"]
+                   "diff_mean", "level", "diff_ci_low", "diff_ci_high", "p", "p_adj", "margin", "p_equiv", "verdict",
+                   "family", "status"]
 PREPOST_BY_CELL_COLUMNS = PREPOST_COLUMNS[:3] + ["cell"] + PREPOST_COLUMNS[3:]
 
 CSV_FLOAT_FORMAT = "%.6g"
@@ -118,6 +127,12 @@ def check_scores(scores: pd.DataFrame, columns: Iterable[str] = SCORE_COLUMNS, *
                 expected = (list(allowed) + ["c<k>_ok", "c<k>_wrong"] if col == "cell" else list(allowed)
                             if allowed is not None else ["pre", "post", "post:<variant>"])
                 raise BenchError(f"{where(row)}: unknown {col} {df.loc[row, col]!r}; expected one of {expected}")
+    silent = (df["status"] == "ok") & ~np.isfinite(df["value"].to_numpy(dtype=np.float64))
+    if silent.any():
+        row = df.index[silent][0]
+        raise BenchError(f"{where(row)}: status 'ok' but value {df.loc[row, 'value']!r} ({int(silent.sum())} such rows); "
+                         f"a value that is not a finite number must have status 'n/a' (or re-run the benchmark to "
+                         f"rewrite the file)")
     dup = df.duplicated(KEY, keep=False)
     if dup.any():
         row = df.loc[dup, KEY].iloc[0].to_dict()
@@ -161,7 +176,7 @@ def group_status(status: pd.Series, message: pd.Series, value: pd.Series) -> str
 
 
 def _ok_values(g: pd.DataFrame) -> np.ndarray:
-    return stats.finite(g.loc[g["status"] == "ok", "value"].to_numpy(dtype=np.float64))
+    return finite(g.loc[g["status"] == "ok", "value"].to_numpy(dtype=np.float64))
 
 
 def _nan_reduce(x: pd.Series, how: str) -> float:
@@ -179,37 +194,66 @@ def _stage_order(stage: pd.Series) -> pd.Series:
 # ----------------------------------------------------------------------------- leaderboard
 
 
-def leaderboard(scores: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, stage, explainer, metric): mean, 95 % BCa CI, n, tied rank, cost, status.
+def metric_kinds(metrics: Iterable[str]) -> dict[str, str | None]:
+    """{metric: its registered kind} (None for a metric the registry does not know)."""
+    return {m: (METRICS.get(m).meta.get("kind") if m in METRICS else None) for m in metrics}
 
-    Columns :data:`LEADERBOARD_COLUMNS`. ``rank`` (nullable Int64) is
-    :func:`bench.report.stats.rank_with_ties` within (model, stage, metric) over the "ok" groups;
-    error and "n/a" groups have NaN ``mean``/``ci_low``/``ci_high`` and no rank.
-    ``seconds_per_image`` is the mean and ``peak_mem_mb`` the max over the group's rows (both
-    reported for failed groups too). Sorted by model, stage (pre, post), metric, rank, explainer.
+
+def _mean_ci(vals: np.ndarray) -> tuple[float, float, float]:
+    est = mean_estimate(vals)
+    low, high = t_interval(est, MEAN_CONFIDENCE)
+    return est.mean, low, high
+
+
+def leaderboard(scores: pd.DataFrame, *, settings: StatsSettings | None = None, comparisons: Comparisons | None = None,
+                aliases: Mapping[str, Sequence[str]] | None = None,
+                sampling: Mapping[str, Sampling] | None = None) -> pd.DataFrame:
+    """One row per (model, stage, explainer, metric); columns :data:`LEADERBOARD_COLUMNS`.
+
+    ``mean`` with its 95 % t interval over the group's finite "ok" values (``n``); ``rank`` and
+    ``letters`` from the table's paired comparisons (``comparisons``, computed here when not given:
+    :func:`bench.report.comparisons.compare`): rank 1 = nothing beats it, a method the paired test
+    separates below another always ranks below it, methods sharing a letter are not separated;
+    ``mean_rank`` the mean per-image rank (1 = best, the critical-difference figure's axis).
+    ``mean_test`` (with its interval) reweights the cell-balanced sample to the test split's
+    confusion cells (:func:`bench.stats.weighting.stratified_mean`) where ``sampling`` knows the
+    split's cells. ``aliases`` ({representative: [aliases]}) names explainers found identical;
+    their rows must already be gone from ``scores``. Error and "n/a" groups have NaN statistics and
+    no rank. ``seconds_per_image`` is the mean and ``peak_mem_mb`` the max over the group's rows.
+    Sorted by model, stage (pre, post), metric, rank, explainer.
     """
-    df = check_scores(scores, [c for c in SCORE_COLUMNS if c not in ("label", "pred", "cell")])
+    df = check_scores(scores, [c for c in SCORE_COLUMNS if c not in ("label", "pred")])
+    settings = settings or StatsSettings()
+    if comparisons is None:
+        comparisons = compare(goodness_tables(df), settings, metric_kinds(df["metric"].unique()))
+    aliases = aliases or {}
+    sampling = sampling or {}
     rows = []
     for (model, stage, explainer, metric), g in df.groupby(GROUP, sort=True):
         status = group_status(g["status"], g["message"], g["value"])
         vals = _ok_values(g)
-        mean = low = high = float("nan")
+        mean = low = high = t_mean = t_low = t_high = float("nan")
         if status == "ok":
-            mean = float(vals.mean())
-            low, high = stats.bootstrap_ci(vals)
-        rows.append({"model": model, "stage": stage, "explainer": explainer, "metric": metric,
+            mean, low, high = _mean_ci(vals)
+            plan = sampling.get(model)
+            if plan is not None:
+                ok = g[(g["status"] == "ok") & np.isfinite(g["value"].to_numpy(dtype=np.float64))]
+                est = stratified_mean(ok["value"].to_numpy(), ok["image"].map(plan.strata).to_numpy(), plan.sizes)
+                t_mean = est.mean
+                t_low, t_high = t_interval(est, MEAN_CONFIDENCE)
+        rows.append({"model": model, "stage": stage, "explainer": explainer,
+                     "aliases": ", ".join(aliases.get(explainer, ())), "metric": metric,
                      "higher_is_better": bool(g["higher_is_better"].iloc[0]), "mean": mean, "ci_low": low,
-                     "ci_high": high, "n": int(vals.size), "rank": float("nan"),
+                     "ci_high": high, "n": int(vals.size), "mean_test": t_mean, "mean_test_ci_low": t_low,
+                     "mean_test_ci_high": t_high,
                      "seconds_per_image": _nan_reduce(g["seconds_per_image"], "mean"),
                      "peak_mem_mb": _nan_reduce(g["peak_mem_mb"], "max"), "status": status})
-    board = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
-    for _, idx in board.groupby(["model", "stage", "metric"], sort=True).groups.items():
-        sub = board.loc[idx]
-        board.loc[idx, "rank"] = stats.rank_with_ties(sub["mean"], sub["ci_low"], sub["ci_high"],
-                                                      bool(sub["higher_is_better"].iloc[0]))
+    board = pd.DataFrame(rows, columns=[c for c in LEADERBOARD_COLUMNS if c not in ("rank", "letters", "mean_rank")])
+    board = board.merge(comparisons.ranks, on=["model", "stage", "metric", "explainer"], how="left")
     board["rank"] = board["rank"].astype("Int64")
+    board["letters"] = board["letters"].fillna("").astype(str)
     board["n"] = board["n"].astype(np.int64)
-    board = board.assign(_stage=_stage_order(board["stage"]))
+    board = board[LEADERBOARD_COLUMNS].assign(_stage=_stage_order(board["stage"]))
     board = board.sort_values(["model", "_stage", "metric", "rank", "explainer"], na_position="last", kind="stable")
     return board.drop(columns="_stage").reset_index(drop=True)
 
@@ -217,63 +261,74 @@ def leaderboard(scores: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- pre vs post
 
 
-def _over_posts(scores: pd.DataFrame, *, by_cell: bool) -> pd.DataFrame:
-    """:func:`_paired_table` of pre against each post stage. With tuning variants the table gains a
-    ``post_stage`` column (after ``model``) and Holm runs over all rows of a model; a run without
-    variants gives exactly the table of pre against "post"."""
+def _over_posts(scores: pd.DataFrame, *, by_cell: bool, settings: StatsSettings | None = None) -> pd.DataFrame:
+    """The paired table of pre against each post stage, one family per model over all its rows
+    (every post stage). With tuning variants the table gains a ``post_stage`` column (after
+    ``model``); a run without variants gives exactly the table of pre against "post"."""
+    settings = settings or StatsSettings()
     posts = sorted({str(s) for s in scores["stage"]} - {"pre"}, key=stage_key)
-    if posts in ([], ["post"]):
-        return _paired_table(scores, by_cell=by_cell)
-    parts = []
-    for post in posts:
+    columns = PREPOST_BY_CELL_COLUMNS if by_cell else PREPOST_COLUMNS
+    variants = posts not in ([], ["post"])
+    rows: list[dict[str, Any]] = []
+    for post in (posts if variants else ["post"]):
         sub = scores[scores["stage"].astype(str).isin(["pre", post])].copy()
         sub["stage"] = sub["stage"].replace({post: "post"})
-        t = _paired_table(sub, by_cell=by_cell)
-        t.insert(1, "post_stage", post)
-        parts.append(t)
-    table = pd.concat(parts, ignore_index=True)
-    for _, idx in table.groupby("model", sort=True).groups.items():
-        table.loc[idx, "p_holm"] = stats.holm(table.loc[idx, "p_wilcoxon"].to_numpy(dtype=np.float64))
-    return table.reset_index(drop=True)
+        rows += [{**r, "post_stage": post} for r in _prepost_rows(sub, by_cell=by_cell, settings=settings)]
+    kind = "prepost_by_cell" if by_cell else "prepost"
+    table = with_family(pd.DataFrame(rows), ["model"], kind, settings, higher="higher after", lower="lower after")
+    if table.empty:
+        return pd.DataFrame(columns=(columns[:1] + ["post_stage"] + columns[1:]) if variants else columns)
+    table["n_pairs"] = table["n_pairs"].astype(np.int64)
+    order = ["model"] + (["_post"] if variants else []) + ["metric", "explainer"] + (["_cell"] if by_cell else [])
+    table = table.assign(_post=table["post_stage"].map(stage_key))
+    if by_cell:
+        table = table.assign(_cell=table["cell"].map({c: i for i, c in enumerate(ordered_cells(table["cell"]))}))
+    table = table.sort_values(order, kind="stable").reset_index(drop=True)
+    out = columns[:1] + (["post_stage"] if variants else []) + columns[1:]
+    return table[out]
 
 
-def prepost(scores: pd.DataFrame) -> pd.DataFrame:
+def prepost(scores: pd.DataFrame, settings: StatsSettings | None = None) -> pd.DataFrame:
     """Paired pre/post comparison per (model, explainer, metric); columns :data:`PREPOST_COLUMNS`.
 
     Only models scored in both stages appear. Pairs are the images with status "ok" and a
     finite value in *both* stages (``n_pairs``); ``pre_mean``/``post_mean`` are means over those
-    pairs, so ``diff_mean = post_mean - pre_mean`` (post minus pre). ``diff_ci_*`` is the
-    bootstrap CI of the paired differences, ``p_wilcoxon`` the Wilcoxon signed-rank p
-    (:func:`bench.report.stats.paired_difference`). ``p_holm`` is Holm-adjusted over the family of all
-    explainer x metric rows of the same model that have a p-value. A row whose explainer
+    pairs, so ``diff_mean = post_mean - pre_mean`` (post minus pre, in the metric's own units).
+    The family is every row of the model (all post stages; :data:`bench.stats.settings.FAMILIES`,
+    named in ``family``): ``p`` the paired t test, ``p_adj`` Bonferroni over the family,
+    ``diff_ci_*`` the t interval at ``level = 1 - alpha / m`` (it excludes 0 exactly when
+    ``p_adj <= alpha``), ``p_equiv`` the family's TOST against ``+-margin``; ``verdict`` "higher
+    after" / "lower after" / "equivalent" / "not separable at n = ...". A row whose explainer
     failed in either stage has status "error: pre: ..." / "error: post: ..." and NaN statistics;
     no pairs -> "n/a". Sorted by model, metric, explainer. With tuning variants, one block per
-    post stage (column ``post_stage``; :func:`_over_posts`).
+    post stage (column ``post_stage``).
     """
-    return _over_posts(scores, by_cell=False)
+    return _over_posts(scores, by_cell=False, settings=settings)
 
 
-def prepost_by_cell(scores: pd.DataFrame) -> pd.DataFrame:
+def prepost_by_cell(scores: pd.DataFrame, settings: StatsSettings | None = None) -> pd.DataFrame:
     """:func:`prepost` broken down by the image's confusion cell under the *pre* model.
 
     Columns :data:`PREPOST_BY_CELL_COLUMNS`. ``cell`` is the image's cell in the pre-stage rows
     (TP/FP/FN/TN of the pre model), so each image stays in one cell across explainers, metrics
-    and stages. Holm family: all explainer x metric x cell rows of the model. Sorted by model,
+    and stages. Family: all explainer x metric x cell rows of the model. Sorted by model,
     metric, explainer, cell (TP, FP, FN, TN; with K > 2 classes the cells present, c0_ok, c0_wrong, c1_ok, ...).
     """
-    return _over_posts(scores, by_cell=True)
+    return _over_posts(scores, by_cell=True, settings=settings)
 
 
-def _paired_table(scores: pd.DataFrame, *, by_cell: bool) -> pd.DataFrame:
+def _prepost_rows(scores: pd.DataFrame, *, by_cell: bool, settings: StatsSettings) -> list[dict[str, Any]]:
+    """The rows of pre against "post", each with its paired differences ``_d`` (None for a
+    failed explainer) and equivalence margin ``_margin``; the tests are
+    :func:`bench.report.comparisons.with_family`'s."""
     cols = [c for c in SCORE_COLUMNS if c not in ("label", "pred", "seconds_per_image", "peak_mem_mb")]
     if not by_cell:
         cols.remove("cell")
     df = check_scores(scores, cols)
-    columns = PREPOST_BY_CELL_COLUMNS if by_cell else PREPOST_COLUMNS
     both = [m for m, st in df.groupby("model", sort=True)["stage"] if set(st) >= set(STAGES)]
     df = df[df["model"].isin(both)]
     if df.empty:
-        return pd.DataFrame(columns=columns)
+        return []
     status = {k: group_status(g["status"], g["message"], g["value"]) for k, g in df.groupby(GROUP, sort=True)}
     ok = df[df["status"] == "ok"]
     wide = ok.set_index(KEY)["value"].unstack("stage")
@@ -284,39 +339,32 @@ def _paired_table(scores: pd.DataFrame, *, by_cell: bool) -> pd.DataFrame:
     cells = ordered_cells(cell_of) if by_cell else ()
     keys = sorted({k[:1] + k[2:] for k in status})  # (model, explainer, metric) seen in any stage
     direction = df.groupby("metric")["higher_is_better"].first().to_dict()
+    kinds = metric_kinds(direction)
     rows = []
+    nan = float("nan")
     for model, explainer, metric in keys:
         st = {s: status.get((model, s, explainer, metric)) for s in STAGES}
         errors = [f"{s}: {v[len('error: '):]}" for s, v in st.items() if v and v.startswith("error")]
-        hib = bool(direction[metric])
         try:
             sub = wide.loc[(model, explainer, metric)]
         except KeyError:
             sub = wide.iloc[0:0]
         parts = [(c, sub[sub["cell"] == c]) for c in cells] if by_cell else [(None, sub)]
         for cell, part in parts:
-            row: dict[str, Any] = {"model": model, "explainer": explainer, "metric": metric, "higher_is_better": hib}
+            row: dict[str, Any] = {"model": model, "explainer": explainer, "metric": metric,
+                                   "higher_is_better": bool(direction[metric])}
             if by_cell:
                 row["cell"] = cell
-            if errors:
-                res = stats.paired_difference([], [])
-                row_status = "error: " + "; ".join(errors)
-            else:
-                res = stats.paired_difference(part["pre"].to_numpy(), part["post"].to_numpy())
-                row_status = "ok" if res.n > 0 else "n/a"
-            row.update(n_pairs=res.n, pre_mean=res.pre_mean, post_mean=res.post_mean, diff_mean=res.diff_mean,
-                       diff_ci_low=res.ci_low, diff_ci_high=res.ci_high, p_wilcoxon=res.p_value,
-                       p_holm=float("nan"), status=row_status)
+            a, b = part["pre"].to_numpy(dtype=np.float64), part["post"].to_numpy(dtype=np.float64)
+            keep = np.isfinite(a) & np.isfinite(b)
+            a, b = (a[keep], b[keep]) if not errors else (a[:0], b[:0])
+            n = int(a.size)
+            row.update(n_pairs=n, pre_mean=float(a.mean()) if n else nan, post_mean=float(b.mean()) if n else nan,
+                       diff_mean=float((b - a).mean()) if n else nan, margin=settings.margin(metric, kinds[metric]),
+                       _margin=settings.margin(metric, kinds[metric]), _d=(b - a) if n else None,
+                       status="error: " + "; ".join(errors) if errors else ("ok" if n else "n/a"))
             rows.append(row)
-    table = pd.DataFrame(rows, columns=columns)
-    for _, idx in table.groupby("model", sort=True).groups.items():
-        table.loc[idx, "p_holm"] = stats.holm(table.loc[idx, "p_wilcoxon"].to_numpy(dtype=np.float64))
-    table["n_pairs"] = table["n_pairs"].astype(np.int64)
-    order = ["model", "metric", "explainer"] + (["_cell"] if by_cell else [])
-    if by_cell:
-        table = table.assign(_cell=table["cell"].map({c: i for i, c in enumerate(ordered_cells(table["cell"]))}))
-    table = table.sort_values(order, kind="stable").reset_index(drop=True)
-    return table.drop(columns=["_cell"], errors="ignore")
+    return rows
 
 
 def _pre_cells(df: pd.DataFrame) -> pd.Series:
@@ -346,66 +394,95 @@ def _score_cell(r: pd.Series) -> str:
         return "n/a"
     if str(r["status"]).startswith("error"):
         return "error"
-    rank = "" if pd.isna(r["rank"]) else f" ({int(r['rank'])})"
+    rank = "" if pd.isna(r["rank"]) else f" ({int(r['rank'])} {r['letters']})"
     return f"{_f(r['mean'])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}]{rank}"
 
 
-def render_leaderboard_md(board: pd.DataFrame, card: Mapping[str, pd.DataFrame] | None = None) -> str:
+LEADERBOARD_HEAD = (
+    "Cells: mean over the images [95% t interval] (rank letters). Ranks and letters come from paired tests of "
+    "every two explainers on the same images: the mean paired difference, a t test, max-T over the table's "
+    "pairs (its family, named under the table; adj. p 0 means below the Monte Carlo resolution), each verdict with the interval of the same test and family "
+    "(comparisons.csv). Rank 1: no explainer is separated above it; an explainer separated below another always "
+    "ranks below it. Two explainers sharing a letter are not separated at this n: not separable, which is not "
+    "equal; pairs shown equivalent within the metric's margin (TOST, same family) are listed under the table. "
+    "↑ higher is better, ↓ lower is better. n/a: the metric does not apply (no finite value); error: the "
+    "explainer failed (see status). \"a (= b)\": b gave the same scores as a on every image and is counted once.")
+
+
+def render_leaderboard_md(board: pd.DataFrame, card: Mapping[str, pd.DataFrame] | None = None,
+                          comparisons: Comparisons | None = None, note: str = "") -> str:
     """leaderboard.md: one table per (model, stage); rows explainers, columns metrics.
 
-    Cells read "mean [ci_low, ci_high] (rank)"; "n/a" where the metric does not apply;
-    "error" where the explainer failed, its message in the row's status column. With the
-    reliability card (:func:`bench.report.reliability.card`): a metric column that fails the card
-    is marked ⚠ (the reasons follow the table), and a rank followed by ≈ is tied at this n with
-    the explainer ranked just above it (their difference is below the smallest one this n detects).
+    Cells read "mean [ci_low, ci_high] (rank letters)" (:func:`leaderboard`); "n/a" where the
+    metric does not apply; "error" where the explainer failed, its message in the row's status
+    column. Under each table, per metric: the family of its tests, Friedman's test and the pairs
+    shown equivalent (``comparisons``). With the reliability card (:func:`bench.report.reliability.card`)
+    a metric column that fails the card is marked ⚠ (the reasons follow the table). ``note``: a
+    sentence on the sample (e.g. how the means relate to the test split).
     """
-    lines = ["# Leaderboard", "",
-             "Cells: mean over test images [95% BCa bootstrap CI] (rank). Rank 1 = best; a method whose CI "
-             "overlaps the CI of its group's leader (the best mean of the group) shares the leader's rank "
-             "(competition ranking: 1, 1, 3). ↑ higher is better, ↓ lower is better. "
-             "n/a: the metric does not apply (no finite value); error: the explainer failed (see status)."
-             + (" ⚠: the metric fails its reliability card (reliability.md); ≈: not separable at this n from the "
-                "explainer ranked just above (below the smallest detectable difference, 80% power)."
-                if card is not None else ""), ""]
+    lines = ["# Leaderboard", "", LEADERBOARD_HEAD
+             + (" ⚠: the metric fails its reliability card (reliability.md)." if card is not None else "")
+             + (f" {note}" if note else ""), ""]
     if board.empty:
         return "\n".join(lines + ["No scores.", ""])
     board = board.assign(_stage=_stage_order(board["stage"]))
+    pairs = comparisons.pairs if comparisons is not None else None
+    fried = comparisons.friedman if comparisons is not None else None
     for (model, _, stage), sub in board.groupby(["model", "_stage", "stage"], sort=True):
         metrics = sorted(sub["metric"].unique())
         hib = sub.groupby("metric")["higher_is_better"].first()
-        fails, tied = _card_marks(card, model, stage)
+        fails = card_fails(card, model, stage)
         header = ["explainer"] + [f"{m} {_arrow(bool(hib[m]))}" + (" ⚠" if m in fails else "") for m in metrics] \
             + ["s/image", "peak MB", "status"]
         rows = []
         for explainer, e in sub.groupby("explainer", sort=True):
             by_metric = e.set_index("metric")
-            cells = [_score_cell(by_metric.loc[m]) + (" ≈" if (m, explainer) in tied else "")
-                     if m in by_metric.index else "—" for m in metrics]
+            cells = [_score_cell(by_metric.loc[m]) if m in by_metric.index else "—" for m in metrics]
             secs = _nan_reduce(e["seconds_per_image"], "mean")
             mem = _nan_reduce(e["peak_mem_mb"], "max")
-            rows.append([_md_text(explainer)] + cells + [_f(secs, ".3g"), _f(mem, ".1f"), _row_status(e)])
+            name = explainer + (f" (= {e['aliases'].iloc[0]})" if str(e["aliases"].iloc[0]) else "")
+            rows.append([_md_text(name)] + cells + [_f(secs, ".3g"), _f(mem, ".1f"), _row_status(e)])
         lines += [f"## {model} · {stage}", ""] + markdown_table(header, rows) + [""]
         ns = sub[sub["status"] == "ok"].groupby("metric")["n"].agg(lambda s: sorted(set(int(v) for v in s)))
         if len(ns):
             desc = ", ".join(f"{m} {'/'.join(map(str, v))}" for m, v in ns.items())
             lines += [f"n (finite values per metric): {desc}", ""]
         for m in metrics:
+            lines += _tests_line(pairs, fried, model, stage, m)
             if m in fails:
                 lines += [f"⚠ {m}: {fails[m]}", ""]
     return "\n".join(lines)
 
 
-def _card_marks(card: Mapping[str, pd.DataFrame] | None, model: str, stage: str
-                ) -> tuple[dict[str, str], set[tuple[str, str]]]:
-    """({metric: why it fails the card}, {(metric, explainer) tied at this n with the one above})."""
+def _tests_line(pairs: pd.DataFrame | None, fried: pd.DataFrame | None, model: str, stage: str, metric: str
+                ) -> list[str]:
+    """"metric: family ...; Friedman ...; equivalent: a ≡ b (±margin)" under a leaderboard table."""
+    if pairs is None or fried is None:
+        return []
+    p = pairs[(pairs["model"] == model) & (pairs["stage"] == stage) & (pairs["metric"] == metric)]
+    f = fried[(fried["model"] == model) & (fried["stage"] == stage) & (fried["metric"] == metric)]
+    if not len(p) and not len(f):
+        return []
+    parts = [f"{metric}:"]
+    if len(p):
+        parts.append(f"{p['family'].iloc[0]}, intervals at {_f(100 * p['level'].iloc[0], '.4g')}%;")
+    if len(f) and np.isfinite(float(f["chi2"].iloc[0])):
+        parts.append(f"Friedman chi2 = {_f(f['chi2'].iloc[0], '.4g')}, p = {_f(f['p'].iloc[0], '.3g')} "
+                     f"({int(f['blocks'].iloc[0])} blocks);")
+    eq = p[p["verdict"] == "equivalent"]
+    if len(p):
+        parts.append("equivalent within ±" + _f(p["margin"].iloc[0], ".3g") + ": "
+                     + (", ".join(f"{r.a} ≡ {r.b}" for r in eq.itertuples(index=False)) if len(eq) else "none") + ".")
+    return [" ".join(parts), ""]
+
+
+def card_fails(card: Mapping[str, pd.DataFrame] | None, model: str, stage: str) -> dict[str, str]:
+    """{metric: why it fails the card} for one (model, stage)."""
     if card is None:
-        return {}, set()
+        return {}
     c = card["reliability"]
-    c = c[(c["model"] == model) & (c["stage"] == stage) & c["verdict"].str.startswith("fails")]
-    p = card["reliability_power"]
-    p = p[(p["model"] == model) & (p["stage"] == stage) & p["underpowered"].astype(bool)]
-    return ({r.metric: r.verdict.removeprefix("fails: ") for r in c.itertuples(index=False)},
-            {(r.metric, r.worse) for r in p.itertuples(index=False)})
+    c = c[(c["model"] == model) & (c["stage"] == stage) & c["verdict"].astype(str).str.startswith("fails")]
+    return {r.metric: r.verdict.removeprefix("fails: ") for r in c.itertuples(index=False)}
 
 
 def _row_status(e: pd.DataFrame) -> str:
@@ -432,11 +509,11 @@ def _paired_rows(table: pd.DataFrame, with_cell: bool) -> list[list[str]]:
         if r["status"] == "n/a":
             diff = "n/a"
         rows.append(lead + [str(r["n_pairs"]), _f(r["pre_mean"]), _f(r["post_mean"]), diff,
-                            _f(r["p_wilcoxon"], ".3g"), _f(r["p_holm"], ".3g"), ""])
+                            _f(r["p_adj"], ".3g"), _md_text(str(r["verdict"]))])
     return rows
 
 
-_PAIRED_HEADER = ["explainer", "metric", "n", "pre", "post", "diff [95% CI]", "p", "Holm p", "note"]
+_PAIRED_HEADER = ["explainer", "metric", "n", "pre", "post", "diff [CI]", "adj. p", "verdict"]
 _SCALARS = ("acc", "auc", "sensitivity", "specificity", "loss")
 
 
@@ -449,10 +526,12 @@ def render_prepost_md(table: pd.DataFrame, by_cell: pd.DataFrame | None = None,
     """
     lines = ["# Pre vs post", "",
              "Paired over the test images scored (status ok, finite) in both stages; n = pairs. "
-             "pre/post: means over those pairs; diff = post − pre with a 95% BCa bootstrap CI of the paired "
-             "differences; p: two-sided Wilcoxon signed-rank test (zero differences dropped); Holm p: Holm "
-             "step-down adjustment over the family of all rows of the model's table (explainer × metric, and "
-             "× cell in the per-cell table). ↑/↓: whether higher or lower is better for the metric.", ""]
+             "pre/post: means over those pairs; diff = post − pre, the mean paired difference in the metric's own "
+             "units, with its t interval at the family's level (1 − alpha/m: it excludes 0 exactly when the "
+             "adjusted p is below alpha); adj. p: paired t test, Bonferroni over the family (every row of the "
+             "model's table, over all its post stages; the per-cell table is its own family, named in "
+             "prepost.csv); verdict: higher / lower after tuning, equivalent (the interval lies within the "
+             "metric's margin: TOST), or not separable at this n. ↑/↓: whether higher or lower is better.", ""]
     models = dict(models or {})
     by_cell = by_cell if by_cell is not None else pd.DataFrame(columns=PREPOST_BY_CELL_COLUMNS)
     if "post_stage" in table.columns:  # tuning variants: a section per (model, post stage)
@@ -465,7 +544,8 @@ def render_prepost_md(table: pd.DataFrame, by_cell: pd.DataFrame | None = None,
         lines += [f"## {_md_text(model)}", ""]
         sub = table[table["model"] == model]
         if len(sub):
-            lines += ["### Attribution metrics", ""] + markdown_table(_PAIRED_HEADER, _paired_rows(sub, False)) + [""]
+            lines += ["### Attribution metrics", "", f"Family: {sub['family'].iloc[0]}.", ""]
+            lines += markdown_table(_PAIRED_HEADER, _paired_rows(sub, False)) + [""]
         if model in models:
             lines += _model_comparison_md(model, models[model])
         cells = by_cell[(by_cell["model"] == model) & (by_cell["status"] == "ok")]
@@ -549,12 +629,16 @@ def read_scores(path: str | os.PathLike) -> pd.DataFrame:
 
 def write_tables(run_dir: str | os.PathLike, scores: pd.DataFrame,
                  prepost_models: Mapping[str, Any] | str | os.PathLike | None = None, *,
-                 board: pd.DataFrame | None = None, card: Mapping[str, pd.DataFrame] | None = None) -> list[Path]:
-    """Write leaderboard.csv/.md and, when some model has both stages, prepost.csv, prepost_by_cell.csv, prepost.md.
+                 board: pd.DataFrame | None = None, card: Mapping[str, pd.DataFrame] | None = None,
+                 comparisons: Comparisons | None = None, settings: StatsSettings | None = None,
+                 note: str = "") -> list[Path]:
+    """Write leaderboard.csv/.md, comparisons.csv, friedman.csv and, when some model has both stages,
+    prepost.csv, prepost_by_cell.csv, prepost.md.
 
-    ``prepost_models`` is the parsed ``prepost_models.json`` or its path; ``board`` may pass
-    :func:`leaderboard` of ``scores`` already computed (the bootstrap runs once per run); ``card``
-    the reliability card, whose verdicts mark leaderboard.md (:func:`render_leaderboard_md`). All
+    ``prepost_models`` is the parsed ``prepost_models.json`` or its path; ``board`` and
+    ``comparisons`` may pass :func:`leaderboard` and :func:`bench.report.comparisons.compare` of
+    ``scores`` already computed; ``card`` the reliability card, whose verdicts mark leaderboard.md
+    (:func:`render_leaderboard_md`); ``note`` a sentence on the sample for leaderboard.md. All
     files are written atomically and are byte-identical for identical inputs. Returns the
     written paths.
     """
@@ -562,12 +646,17 @@ def write_tables(run_dir: str | os.PathLike, scores: pd.DataFrame,
     df = check_scores(scores)
     if df.empty:
         raise BenchError("scores has no rows; nothing to tabulate (did the run score any image?)")
+    settings = settings or StatsSettings()
     models = read_prepost_models(prepost_models)
-    board = leaderboard(df) if board is None else board
+    if comparisons is None:
+        comparisons = compare(goodness_tables(df), settings, metric_kinds(df["metric"].unique()))
+    board = leaderboard(df, settings=settings, comparisons=comparisons) if board is None else board
     written = [atomic_write_text(run_dir / "leaderboard.csv", csv_text(board, CSV_FLOAT_FORMAT)),
-               atomic_write_text(run_dir / "leaderboard.md", render_leaderboard_md(board, card))]
+               atomic_write_text(run_dir / "leaderboard.md", render_leaderboard_md(board, card, comparisons, note)),
+               atomic_write_text(run_dir / "comparisons.csv", csv_text(comparisons.pairs, CSV_FLOAT_FORMAT)),
+               atomic_write_text(run_dir / "friedman.csv", csv_text(comparisons.friedman, CSV_FLOAT_FORMAT))]
     if any("pre" in set(st) and len(set(st)) > 1 for _, st in df.groupby("model")["stage"]):
-        pp, pc = prepost(df), prepost_by_cell(df)
+        pp, pc = prepost(df, settings), prepost_by_cell(df, settings)
         written += [atomic_write_text(run_dir / "prepost.csv", csv_text(pp, CSV_FLOAT_FORMAT)),
                     atomic_write_text(run_dir / "prepost_by_cell.csv", csv_text(pc, CSV_FLOAT_FORMAT)),
                     atomic_write_text(run_dir / "prepost.md", render_prepost_md(pp, pc, models))]

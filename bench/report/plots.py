@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterable, Mapping
 import matplotlib
 import numpy as np
 import pandas as pd
+import scikit_posthocs as sp
 import seaborn as sns
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
@@ -63,7 +64,7 @@ from bench.report.stability import arch_and_seed
 __all__ = [
     "LAYOUT", "DIVERGING_CMAP", "AttributionExamples", "ModelExamples", "save_attribution_examples",
     "load_attribution_examples", "symmetric_limits", "leaderboard_heatmap", "curves_figure",
-    "prepost_figure", "attribution_grid", "figure_png", "write_figures",
+    "prepost_figure", "attribution_grid", "cd_figure", "figure_png", "write_figures",
 ]
 
 LAYOUT = "pneumobench-attributions-v1"
@@ -278,6 +279,53 @@ def leaderboard_heatmap(board: pd.DataFrame, model: str, stage: str) -> Figure:
         ax.set_ylabel("")
         ax.tick_params(axis="x", labelrotation=30)
         ax.set_title(f"{model} · {stage}: mean (rank)")
+    return fig
+
+
+def cd_figure(pairs: pd.DataFrame, ranks: pd.DataFrame, model: str, stage: str, title: str = "") -> Figure:
+    """Critical-difference diagrams (Demsar 2006) of one (model, stage), one panel per metric.
+
+    The axis is each explainer's mean per-image rank (1 = best; ``ranks``' ``mean_rank``); a bar
+    joins explainers the table's paired tests do not separate (``pairs``: the table's
+    comparisons, max-T over its pairs; Benavoli et al. 2016 on why not Nemenyi's mean-rank
+    test). Drawn by ``scikit_posthocs.critical_difference_diagram`` from the separation matrix.
+    """
+    r = ranks[(ranks["model"] == model) & (ranks["stage"] == stage)]
+    metrics = sorted(m for m, g in r.groupby("metric") if g["mean_rank"].notna().sum() >= 2)
+    if not metrics:
+        raise BenchError(f"no ranked table for model {model!r}, stage {stage!r}")
+    sizes = [int(r[r["metric"] == m]["mean_rank"].notna().sum()) for m in metrics]
+    with matplotlib.rc_context({**_RC, "axes.grid": False}):
+        height = sum(0.9 + 0.28 * k for k in sizes) + 0.8
+        fig = Figure(figsize=(9.0, height))
+        axes = fig.subplots(len(metrics), 1, squeeze=False, height_ratios=[0.9 + 0.28 * k for k in sizes])[:, 0]
+        # the labels sit left and right of the axis, outside it: keep room for the longest names
+        fig.subplots_adjust(left=0.3, right=0.7, top=1 - 0.8 / height, bottom=0.1 / height, hspace=0.35)
+        for ax, metric in zip(axes, metrics):
+            sub = r[(r["metric"] == metric) & r["mean_rank"].notna()]
+            names = sorted(sub["explainer"])
+            pos = {n: i for i, n in enumerate(names)}
+            # integer labels: scikit-posthocs groups labels in sets, whose order for strings changes with
+            # Python's hash seed (the figure would differ from run to run); the names are put back below
+            sig = pd.DataFrame(1.0, index=range(len(names)), columns=range(len(names)))
+            p = pairs[(pairs["model"] == model) & (pairs["stage"] == stage) & (pairs["metric"] == metric)]
+            for row in p.itertuples(index=False):
+                if row.separated and row.a in pos and row.b in pos:
+                    sig.loc[pos[row.a], pos[row.b]] = sig.loc[pos[row.b], pos[row.a]] = 0.0
+            colours = sns.color_palette("colorblind", len(names))
+            ranks = sub.set_index("explainer")["mean_rank"].reindex(names)
+            drawn = sp.critical_difference_diagram(pd.Series(ranks.to_numpy(), index=range(len(names))), sig, ax=ax,
+                                                   color_palette={i: colours[i] for i in range(len(names))},
+                                                   label_fmt_left="{label}\t{rank:.2g}",
+                                                   label_fmt_right="{label}\t{rank:.2g}",
+                                                   label_props={"fontsize": 7}, crossbar_props={"linewidth": 2.5})
+            for text in drawn.get("labels", []):
+                i, rank = text.get_text().split("\t")
+                left = text.get_horizontalalignment() == "right"
+                text.set_text(f"{names[int(i)]} ({rank})" if left else f"({rank}) {names[int(i)]}")
+            ax.set_title(metric, fontsize=8, loc="left")
+        fig.suptitle(title or f"{model} · {stage}: mean rank per image (1 = best); bars join explainers the paired "
+                              f"tests do not separate", fontsize=8, y=1 - 0.15 / height)
     return fig
 
 
@@ -554,14 +602,17 @@ def write_figures(run_dir: str | os.PathLike, scores: pd.DataFrame,
                   curves: pd.DataFrame | str | os.PathLike | None = None,
                   attributions_path: str | os.PathLike | None = None, *,
                   board: pd.DataFrame | None = None, card: Mapping[str, pd.DataFrame] | None = None,
-                  substrate_curves: pd.DataFrame | None = None, similarity: pd.DataFrame | None = None) -> list[Path]:
+                  substrate_curves: pd.DataFrame | None = None, similarity: pd.DataFrame | None = None,
+                  comparisons: Any = None, pooled: Any = None, skip: Iterable[str] = ()) -> list[Path]:
     """Write every figure of a run to ``run_dir/figures/*.png``; returns the paths, sorted by name.
 
     ``curves`` is the curves.csv DataFrame or its path; ``attributions_path`` an
     ``attributions.npz``; ``card`` the reliability card's tables and ``substrate_curves`` its
     mean curves per substrate. Figures whose inputs are absent are skipped. ``board`` may pass a
-    :func:`bench.report.leaderboard.leaderboard` already computed from ``scores`` to skip recomputing
-    the bootstrap.
+    :func:`bench.report.leaderboard.leaderboard` already computed from ``scores``. ``comparisons``
+    and ``pooled`` (:class:`bench.report.comparisons.Comparisons` of the run's tables and of the
+    seed-pooled ones) give the critical-difference figures ``cd_<model>_<stage>.png``; ``skip``
+    names explainers (aliases) whose example maps are not drawn again.
     """
     out = Path(run_dir) / "figures"
     board = leaderboard(scores) if board is None else board
@@ -572,6 +623,15 @@ def write_figures(run_dir: str | os.PathLike, scores: pd.DataFrame,
     for model, st in ok.groupby("model", sort=True)["stage"]:
         if "pre" in set(st) and len(set(st)) > 1:
             _add_job(jobs, f"prepost_{_slug(model)}.png", partial(prepost_figure, board, model))
+    for comps, tag in ((comparisons, ""), (pooled, " (pooled over seeds)")):
+        if comps is None or not len(comps.ranks):
+            continue
+        for model, stage in comps.ranks[["model", "stage"]].drop_duplicates().itertuples(index=False):
+            if comps.ranks[(comps.ranks["model"] == model) & (comps.ranks["stage"] == stage)]["mean_rank"].notna().sum():
+                _add_job(jobs, f"cd_{_slug(model, stage)}.png",
+                         partial(cd_figure, comps.pairs, comps.ranks, model, stage,
+                                 f"{model} · {stage}{tag}: mean rank per image (1 = best); bars join explainers the "
+                                 f"paired tests do not separate"))
     cdf = _read_curves(curves)
     if cdf is not None and len(cdf):
         cdf = _check_curves(cdf)
@@ -591,6 +651,8 @@ def write_figures(run_dir: str | os.PathLike, scores: pd.DataFrame,
     if attributions_path is not None:
         ex = load_attribution_examples(attributions_path)
         for model, explainer in ex.pairs():
+            if explainer in set(skip):
+                continue
             _add_job(jobs, f"attributions_{_slug(model, explainer)}.png",
                      partial(attribution_grid, ex, model, explainer))
     return [atomic_write_bytes(out / name, figure_png(jobs[name]())) for name in sorted(jobs)]

@@ -1,62 +1,64 @@
 """The reliability card: can a metric be trusted on this run's model, images and explainers?
 
-For every (model, stage, metric) the card answers, each with its CI or p-value:
+For every (model, stage, metric) the card answers, each with its interval:
 
-1. **Control separation.** Each real explainer against each control (``random``, ``edge``): the
-   paired difference of the metric's *goodness* (the score, negated for lower-is-better metrics)
-   with a BCa CI and a Wilcoxon signed-rank p, Holm-adjusted over every comparison of the
-   (model, stage) card. Summary: how many real explainers beat ``random`` significantly, and a
-   flag when a control beats a real explainer significantly.
+1. **Control separation.** Each real explainer against each control (``random``, ``edge``): read
+   from the table's paired comparisons (:mod:`bench.report.comparisons`: mean paired goodness
+   difference, t test, max-T over the table's pairs, the interval of the same test and family),
+   so the card and the leaderboard's ranks never disagree. Summary: how many distinct real
+   explainers beat ``random``, and a flag when a control beats a real explainer.
 2. **Consistency across images** (Tomsett et al. 2020, "Sanity Checks for Saliency Metrics",
    AAAI): Krippendorff's alpha (ordinal; Krippendorff 2004) of the per-image rankings of the
-   explainers, images as raters, with a BCa bootstrap CI over images; and split-half reliability
-   of the leaderboard's ranking: the Spearman correlation of the explainers' mean goodness on two
+   explainers, images as raters, with a BCa bootstrap CI over images; and split-half reliability of
+   the leaderboard's ranking: the Spearman correlation of the explainers' mean goodness on two
    random halves of the images, Spearman-Brown corrected (``2 r / (1 + r)``), averaged over
    random splits, with a percentile bootstrap CI over images.
 3. **Noise resilience and adversary reactivity** (Hedström et al. 2023, MetaQuantus, TMLR): read
-   from ``meta.csv`` when the run computed it (:mod:`bench.run.meta`).
-4. **Agreement between metrics.** Kendall's tau (``scipy.stats.kendalltau``) between the
-   explainer rankings of every pair of metrics, both oriented so that higher is better: metrics
-   of the same kind (e.g. faithfulness) are expected to agree (tau > 0); a negative tau is flagged.
-5. **Substrate sensitivity.** From ``substrates.csv`` when the run computed it: the rankings of
-   the perturbation metrics under each substrate, Kendall's tau between substrate rankings, and
-   control separation under each substrate.
-6. **Power.** At the run's n, the smallest paired difference between two explainers a two-sided
-   test detects with 80 % power after Holm (Bonferroni at the first Holm step: alpha / m, m the
-   number of explainer pairs), and the n each adjacent pair of the leaderboard's order needs for
-   its observed difference. Computed for the paired t-test with the noncentral t distribution
-   (``scipy.stats.nct``) at an effective n of ``n * 3 / pi``, the asymptotic relative efficiency
-   of the Wilcoxon signed-rank test under normality (Lehmann 1975); tests/test_reliability.py
-   checks it by simulating the Wilcoxon test.
+   from ``meta.csv`` when the run computed it (:mod:`bench.run.meta`), with its CI where the run
+   stored the per-draw scores (``meta_scores.csv``).
+4. **Agreement between metrics.** Kendall's tau-b between the explainer rankings of every pair of
+   metrics (both oriented so that higher is better), with a BCa CI over images resampled jointly
+   for both metrics: metrics of the same kind (e.g. faithfulness) are expected to agree; a pair
+   whose interval lies below 0 is flagged.
+5. **Substrate sensitivity.** From ``substrates.csv`` when the run computed it: Kendall's tau (with
+   its CI) between the rankings under each pair of substrates, and control separation under each
+   (the same paired tests, the substrate's table as the family).
+6. **Power.** For adjacent explainers of each metric's order (by mean goodness): the smallest
+   paired difference the table's test (paired t at ``alpha / m``, ``m`` the table's pairs) detects
+   with 80 % power at the run's n, and the n the observed difference needs
+   (:mod:`bench.stats.power`).
 
-A metric *fails* the card when no real explainer beats ``random`` significantly, or when the image
-rankings agree no better than chance (the lower bound of alpha's CI at or below 0).
-``leaderboard.md`` marks such metric columns. A control that beats a real explainer is flagged
-(it says as much about that explainer as about the metric) but does not fail the metric.
+A metric *fails* the card when no real explainer beats ``random`` (for metrics whose controls are
+baselines), or when the image rankings agree no better than chance (the lower bound of alpha's CI
+at or below 0). ``leaderboard.md`` marks such metric columns. A control that beats a real explainer
+is flagged (it says as much about that explainer as about the metric) but does not fail the metric.
+Explainers found to be aliases (:mod:`bench.stats.aliases`) are counted once everywhere.
 
 Everything here is computed from files (``scores.csv``, ``substrates.csv``, ``meta.csv``), so
 ``bench report`` rebuilds the card byte for byte.
 """
 from __future__ import annotations
 
-import math
-import warnings
 from dataclasses import asdict, dataclass
 from itertools import combinations
 from pathlib import Path
 from typing import Any, Mapping
 
-import krippendorff
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats as sps
 
 from bench.core.io import atomic_write_text
+from bench.core.schema import stage_key
 from bench.core.text import csv_text, fmt_number, markdown_table
-from bench.report import stats
+from bench.metrics import METRICS
+from bench.report.comparisons import Comparisons, GoodnessTable, compare, goodness_tables
+from bench.stats.agreement import image_interval, image_ranks, kendall_tau, krippendorff_alpha, split_half
+from bench.stats.metaquantus import consistency, mc_interval
+from bench.stats.power import N_CAP, min_detectable_difference, n_needed
+from bench.stats.settings import StatsSettings
 
-WILCOXON_ARE = 3 / math.pi  # asymptotic relative efficiency of the Wilcoxon signed-rank vs the t-test
-N_CAP = 100_000  # n needed beyond this is reported as "> N_CAP"
+__all__ = ["CardSettings", "card", "image_ranks", "krippendorff_alpha", "meta_table", "render_card_md", "split_half",
+           "write_card"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class CardSettings:
     alpha: float = 0.05
     power: float = 0.8
     splits: int = 100        # random split halves per split-half estimate
-    bootstrap: int = 1000    # resamples of the alpha and split-half CIs
+    bootstrap: int = 1000    # resamples of the alpha, split-half and tau CIs
     seed: int = 0
 
     @classmethod
@@ -80,216 +82,126 @@ class CardSettings:
         return {**asdict(self), "controls": list(self.controls)}
 
 
-# ----------------------------------------------------------------------------- the statistics
-
-
 def goodness(values: np.ndarray, higher_is_better: bool) -> np.ndarray:
     """Scores oriented so that higher is better."""
     return values if higher_is_better else -values
 
 
-def image_ranks(g: np.ndarray) -> np.ndarray:
-    """Per image (row), the rank of each explainer (column) by goodness, 1 = best, ties averaged."""
-    return sps.rankdata(-g, axis=1, method="average")
-
-
-def krippendorff_alpha(g: np.ndarray) -> float:
-    """Ordinal Krippendorff's alpha of the per-image explainer rankings, images as raters
-    (``krippendorff.alpha`` on the ``(images, explainers)`` rank matrix). NaN with fewer than two
-    images or explainers, or when no image orders the explainers at all (every score tied)."""
-    if g.shape[0] < 2 or g.shape[1] < 2:
-        return float("nan")
-    ranks = image_ranks(g)
-    if np.all(ranks == ranks[:, :1]):  # no image separates any two explainers: nothing to agree on
-        return float("nan")
-    if np.all(ranks == ranks[0]):  # every image ranks alike: perfect agreement (alpha's 0/0 case)
-        return 1.0
-    return float(krippendorff.alpha(reliability_data=ranks, level_of_measurement="ordinal"))
-
-
-def split_half(g: np.ndarray, splits: int, rng: np.random.Generator) -> float:
-    """Mean over ``splits`` random halves of the Spearman-Brown corrected (``2 r / (1 + r)``, for
-    ``r > 0``) Spearman correlation between the explainers' mean goodness on the two halves. NaN
-    below 4 images or 3 explainers."""
-    n, k = g.shape
-    if n < 4 or k < 3:
-        return float("nan")
-    perms = np.argsort(rng.random((splits, n)), axis=1)  # one random permutation per split
-    a = g[perms[:, : n // 2]].mean(1)                   # (splits, k) means on each half
-    b = g[perms[:, n // 2:]].mean(1)
-    r = _row_spearman(a, b)
-    r = r[np.isfinite(r)]  # a half on which every explainer ties has no order
-    if not r.size:
-        return float("nan")
-    # Spearman-Brown for a full-length test; a negative half-half correlation is left as it is (the
-    # correction is only defined for a positive one: it would run to -infinity near -1)
-    return float(np.mean(np.where(r > 0, 2 * r / (1 + np.abs(r)), r)))
-
-
-def _row_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman correlation of each row of ``a`` with the same row of ``b`` (ties averaged)."""
-    ra = sps.rankdata(a, axis=1) - (a.shape[1] + 1) / 2
-    rb = sps.rankdata(b, axis=1) - (b.shape[1] + 1) / 2
-    den = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (ra * rb).sum(1) / den, np.nan)
-
-
-def _image_bootstrap(g: np.ndarray, statistic, settings: CardSettings, method: str) -> tuple[float, float]:
-    """CI of ``statistic(g)`` over images resampled with replacement (scipy.stats.bootstrap)."""
-    if g.shape[0] < 4:
-        return (float("nan"), float("nan"))
-    for m in dict.fromkeys((method, "percentile")):  # BCa is undefined on a constant statistic
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = sps.bootstrap((np.arange(g.shape[0]),), lambda idx: statistic(g[idx]), vectorized=False,
-                                n_resamples=settings.bootstrap, method=m, confidence_level=0.95,
-                                rng=np.random.default_rng(settings.seed))
-        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-        if np.isfinite(low) and np.isfinite(high):
-            return (low, high)
-    return (float("nan"), float("nan"))
-
-
-def paired_power(delta: float, sd: float, n: float, alpha: float) -> float:
-    """Power of the two-sided paired t-test at level ``alpha``: n pairs whose differences have
-    mean ``delta`` and standard deviation ``sd`` (noncentral t). ``n`` may be fractional (an
-    effective n)."""
-    if n < 2 or sd <= 0:
-        return float("nan")
-    df = n - 1
-    nc = abs(delta) / sd * math.sqrt(n)
-    crit = sps.t.ppf(1 - alpha / 2, df)
-    power = sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc)
-    if not np.isfinite(power):  # scipy's nct gives up far in the tail: the normal limit
-        power = sps.norm.sf(crit - nc) + sps.norm.cdf(-crit - nc)
-    return float(min(1.0, power))
-
-
-def min_detectable_difference(sd: float, n: int, alpha: float, power: float = 0.8) -> float:
-    """The smallest mean paired difference the Wilcoxon signed-rank test detects with ``power``
-    at level ``alpha`` with ``n`` pairs (t-test power at the effective n ``n * 3 / pi``)."""
-    n_eff = n * WILCOXON_ARE
-    if n_eff < 2 or not sd > 0:
-        return float("nan")
-    high = 50 * sd / math.sqrt(n_eff)  # noncentrality 50: power 1 at any level used here
-    return float(optimize.brentq(lambda d: paired_power(d, sd, n_eff, alpha) - power, 1e-12 * sd, high))
-
-
-def n_needed(delta: float, sd: float, alpha: float, power: float = 0.8) -> float:
-    """The number of pairs the Wilcoxon test needs to detect a mean difference ``delta`` (sd ``sd``)
-    with ``power`` at level ``alpha``; ``inf`` beyond :data:`N_CAP` or for no difference."""
-    if not sd > 0:
-        return 2.0 if delta != 0 else float("inf")
-    if delta == 0 or paired_power(delta, sd, N_CAP * WILCOXON_ARE, alpha) < power:
-        return float("inf")
-    lo, hi = 2, N_CAP
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if paired_power(delta, sd, mid * WILCOXON_ARE, alpha) >= power:
-            hi = mid
-        else:
-            lo = mid + 1
-    return float(lo)
+def _interval(stat, n: int, settings: CardSettings, method: str = "BCa", salt: int = 0) -> tuple[float, float]:
+    return image_interval(stat, n, n_resamples=settings.bootstrap, seed=settings.seed + salt, method=method)
 
 
 # ----------------------------------------------------------------------------- the tables
 
 
-def wide_goodness(scores: pd.DataFrame) -> dict[tuple[str, str, str], tuple[pd.DataFrame, bool]]:
-    """Per (model, stage, metric): the goodness matrix (images x explainers, "ok" and finite values
-    only; images lacking a value for some explainer dropped) and the metric's direction."""
-    ok = scores[(scores["status"] == "ok") & np.isfinite(scores["value"].to_numpy(dtype=float))]
-    out = {}
-    for (model, stage, metric), g in ok.groupby(["model", "stage", "metric"], sort=True):
-        hib = bool(g["higher_is_better"].iloc[0])
-        wide = g.pivot(index="image", columns="explainer", values="value").sort_index(axis=1)
-        wide = wide.dropna(axis=0, how="any")
-        out[(model, stage, metric)] = (goodness(wide, hib), hib)
-    return out
+CONTROL_COLUMNS = ["model", "stage", "metric", "explainer", "control", "n", "diff_mean", "level", "diff_ci_low",
+                   "diff_ci_high", "p", "p_adj", "family", "verdict"]
 
 
-CONTROL_COLUMNS = ["model", "stage", "metric", "explainer", "control", "n", "diff_mean", "diff_ci_low",
-                   "diff_ci_high", "p_wilcoxon", "p_holm", "verdict"]
-
-
-def control_table(scores: pd.DataFrame, settings: CardSettings) -> pd.DataFrame:
-    """Every real explainer against every control, per (model, stage, metric): paired goodness
-    differences (explainer minus control), Holm over the (model, stage) card."""
+def control_table(comparisons: Comparisons, settings: CardSettings) -> pd.DataFrame:
+    """Every real explainer against every control, per table: the table's own paired comparison,
+    oriented explainer minus control (goodness)."""
     rows = []
-    ok = scores[(scores["status"] == "ok") & np.isfinite(scores["value"].to_numpy(dtype=float))]
-    for (model, stage, metric), g in ok.groupby(["model", "stage", "metric"], sort=True):
-        hib = bool(g["higher_is_better"].iloc[0])
-        wide = g.pivot(index="image", columns="explainer", values="value")
-        controls = [c for c in settings.controls if c in wide.columns]
-        real = sorted(e for e in wide.columns if e not in settings.controls)
-        for e in real:
-            for c in controls:
-                res = stats.paired_difference(goodness(wide[c].to_numpy(), hib), goodness(wide[e].to_numpy(), hib))
-                rows.append({"model": model, "stage": stage, "metric": metric, "explainer": e, "control": c,
-                             "n": res.n, "diff_mean": res.diff_mean, "diff_ci_low": res.ci_low,
-                             "diff_ci_high": res.ci_high, "p_wilcoxon": res.p_value})
+    pairs = comparisons.pairs
+    for r in pairs.itertuples(index=False):
+        for e, c, sign in ((r.a, r.b, 1.0), (r.b, r.a, -1.0)):
+            if c not in settings.controls or e in settings.controls:
+                continue
+            low, high = (r.ci_low, r.ci_high) if sign > 0 else (-r.ci_high, -r.ci_low)
+            diff = sign * r.diff
+            if not np.isfinite(r.p):
+                verdict = "n/a"
+            elif r.separated:
+                verdict = "beats the control" if diff > 0 else "LOSES to the control"
+            elif r.equivalent:
+                verdict = "equivalent to the control"
+            else:
+                verdict = r.verdict
+            rows.append([r.model, r.stage, r.metric, e, c, int(r.n_images), diff, r.level, low, high, r.p, r.p_adj,
+                         r.family, verdict])
     table = pd.DataFrame(rows, columns=CONTROL_COLUMNS)
-    table["p_holm"] = np.nan
-    for _, idx in table.groupby(["model", "stage"], sort=True).groups.items():
-        table.loc[idx, "p_holm"] = stats.holm(table.loc[idx, "p_wilcoxon"].to_numpy(dtype=np.float64))
-    sig = table["p_holm"] <= settings.alpha
-    table["verdict"] = np.where(sig & (table["diff_mean"] > 0), "beats the control",
-                                np.where(sig & (table["diff_mean"] < 0), "LOSES to the control", "not separated"))
-    table.loc[table["n"] == 0, "verdict"] = "n/a"
-    return table.reset_index(drop=True)
+    return table.sort_values(["model", "stage", "metric", "explainer", "control"], kind="stable").reset_index(drop=True)
 
 
-POWER_COLUMNS = ["model", "stage", "metric", "better", "worse", "n", "diff_mean", "sd", "mde", "n_needed",
-                 "underpowered"]
+POWER_COLUMNS = ["model", "stage", "metric", "better", "worse", "n", "diff_mean", "sd", "level", "mde", "n_needed",
+                 "verdict"]
 
 
-def power_table(wide: Mapping[tuple[str, str, str], tuple[pd.DataFrame, bool]], settings: CardSettings) -> pd.DataFrame:
-    """Adjacent explainers of each metric's order (by mean goodness): observed paired difference,
-    the smallest detectable one at this n (80 % power, Holm over all explainer pairs), and the n
-    the observed difference needs."""
+def power_table(tables: Mapping[tuple[str, str, str], GoodnessTable], comparisons: Comparisons,
+                settings: CardSettings) -> pd.DataFrame:
+    """Adjacent explainers of each table's order (by mean goodness): observed paired difference,
+    the smallest one the table's test detects with ``settings.power`` at this n, the n the observed
+    one needs, and the table's verdict on the pair."""
     rows = []
-    for (model, stage, metric), (g, _) in wide.items():
+    pairs = comparisons.pairs
+    verdicts = {(r.model, r.stage, r.metric, r.a, r.b): r.verdict for r in pairs.itertuples(index=False)}
+    levels = pairs.groupby(["model", "stage", "metric"])["level"].first().to_dict() if len(pairs) else {}
+    for (model, stage, metric), t in tables.items():
+        g = t.values[0]
         k, n = g.shape[1], g.shape[0]
         if k < 2 or n < 2:
             continue
-        m = k * (k - 1) // 2
-        order = list(g.mean(0).sort_values(ascending=False, kind="stable").index)
-        for better, worse in zip(order, order[1:]):
-            d = (g[better] - g[worse]).to_numpy()
+        level = 1 - levels.get((model, stage, metric), 1 - settings.alpha)  # the table's per-test level alpha / m
+        means = g.mean(0)
+        order = sorted(range(k), key=lambda j: (-means[j], j))
+        for b, w in zip(order, order[1:]):
+            d = g[:, b] - g[:, w]
             sd = float(d.std(ddof=1))
-            mde = min_detectable_difference(sd, n, settings.alpha / m, settings.power)
-            rows.append({"model": model, "stage": stage, "metric": metric, "better": better, "worse": worse, "n": n,
-                         "diff_mean": float(d.mean()), "sd": sd, "mde": mde,
-                         "n_needed": n_needed(float(d.mean()), sd, settings.alpha / m, settings.power),
-                         "underpowered": bool(not abs(d.mean()) >= mde)})
+            better, worse = t.explainers[b], t.explainers[w]
+            rows.append([model, stage, metric, better, worse, n, float(d.mean()), sd, level,
+                         min_detectable_difference(sd, n, level, settings.power),
+                         n_needed(float(d.mean()), sd, level, settings.power),
+                         verdicts.get((model, stage, metric, better, worse), "n/a")])
     return pd.DataFrame(rows, columns=POWER_COLUMNS)
 
 
-AGREEMENT_COLUMNS = ["model", "stage", "metric_a", "metric_b", "n_explainers", "kendall_tau", "p_value", "expected",
-                     "verdict"]
+AGREEMENT_COLUMNS = ["model", "stage", "metric_a", "metric_b", "n_explainers", "n_images", "kendall_tau", "tau_ci_low",
+                     "tau_ci_high", "expected", "verdict"]
 
 
-def agreement_table(wide: Mapping[tuple[str, str, str], tuple[pd.DataFrame, bool]],
-                    kinds: Mapping[str, str | None]) -> pd.DataFrame:
+def _tau_with_ci(a: np.ndarray, b: np.ndarray, settings: CardSettings, salt: int) -> tuple[float, float, float]:
+    """Kendall's tau-b of the column means of ``a`` and ``b`` (images x explainers, the same images)
+    and its BCa interval over images resampled jointly."""
+    tau = float(kendall_tau(a.mean(0), b.mean(0)))
+    if a.shape[1] < 3 or not np.isfinite(tau):
+        return tau, float("nan"), float("nan")
+    low, high = _interval(lambda idx: float(kendall_tau(a[idx].mean(0), b[idx].mean(0))), a.shape[0], settings,
+                          salt=salt)
+    return tau, low, high
+
+
+def _agreement_verdict(low: float, high: float, same_kind: bool) -> str:
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "n/a"
+    if high < 0:
+        return "DISAGREE" if same_kind else "run opposite"
+    return "agree" if low > 0 else "not separable from no agreement"
+
+
+def _common(x: GoodnessTable, y: GoodnessTable) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    names = sorted(set(x.explainers) & set(y.explainers))
+    images = sorted(set(x.images) & set(y.images))
+    pick = lambda t: t.values[0][np.ix_([t.images.index(i) for i in images],  # noqa: E731
+                                        [t.explainers.index(e) for e in names])]
+    return pick(x), pick(y), names
+
+
+def agreement_table(tables: Mapping[tuple[str, str, str], GoodnessTable], kinds: Mapping[str, str | None],
+                    settings: CardSettings) -> pd.DataFrame:
     """Kendall's tau between the explainer rankings (mean goodness) of every pair of metrics."""
     rows = []
-    by_stage: dict[tuple[str, str], dict[str, pd.Series]] = {}
-    for (model, stage, metric), (g, _) in wide.items():
-        by_stage.setdefault((model, stage), {})[metric] = g.mean(0)
-    for (model, stage), means in sorted(by_stage.items()):
-        for a, b in combinations(sorted(means), 2):
-            common = sorted(set(means[a].index) & set(means[b].index))
-            tau = p = float("nan")
-            if len(common) >= 3:
-                res = sps.kendalltau(means[a][common].to_numpy(), means[b][common].to_numpy())
-                tau, p = float(res.statistic), float(res.pvalue)
+    by_stage: dict[tuple[str, str], dict[str, GoodnessTable]] = {}
+    for (model, stage, metric), t in tables.items():
+        by_stage.setdefault((model, stage), {})[metric] = t
+    for i, ((model, stage), ts) in enumerate(sorted(by_stage.items())):
+        for j, (a, b) in enumerate(combinations(sorted(ts), 2)):
+            x, y, names = _common(ts[a], ts[b])
+            tau = low = high = float("nan")
+            if len(names) >= 3 and x.shape[0] >= 1:
+                tau, low, high = _tau_with_ci(x, y, settings, salt=1000 * i + j)
             same_kind = kinds.get(a) is not None and kinds.get(a) == kinds.get(b)
-            expected = "+" if same_kind else ""
-            verdict = "n/a" if not np.isfinite(tau) else (
-                "DISAGREE" if same_kind and tau < 0 else ("agree" if tau > 0 else "no agreement"))
-            rows.append({"model": model, "stage": stage, "metric_a": a, "metric_b": b, "n_explainers": len(common),
-                         "kendall_tau": tau, "p_value": p, "expected": expected, "verdict": verdict})
+            rows.append([model, stage, a, b, len(names), x.shape[0], tau, low, high, "+" if same_kind else "",
+                         _agreement_verdict(low, high, same_kind)])
     return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)
 
 
@@ -300,31 +212,42 @@ CARD_COLUMNS = ["model", "stage", "metric", "higher_is_better", "n_images", "n_e
 
 
 def card(scores: pd.DataFrame, settings: CardSettings, kinds: Mapping[str, str | None], *,
-         substrates: pd.DataFrame | None = None, meta: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
-    """Every table of the card from checked scores (``bench.report.leaderboard.check_scores``)."""
-    wide = wide_goodness(scores)
-    controls = control_table(scores, settings)
-    power = power_table(wide, settings)
-    agreement = agreement_table(wide, kinds)
-    subst = substrate_table(substrates, settings) if substrates is not None and len(substrates) else None
+         substrates: pd.DataFrame | None = None, meta: pd.DataFrame | None = None,
+         comparisons: Comparisons | None = None, stats: StatsSettings | None = None,
+         roles: Mapping[str, str] | None = None) -> dict[str, pd.DataFrame]:
+    """Every table of the card from checked scores (``bench.report.leaderboard.check_scores``) with
+    aliases already collapsed. ``comparisons``: the tables' paired comparisons (computed here with
+    ``stats`` when not given); ``roles``: per metric, what its controls are (``"baseline"``, the
+    default: a real explainer should beat ``random``; ``"none"``: random may score best or worst
+    by construction, so "no explainer beats random" does not fail the metric)."""
+    stats = stats or StatsSettings(alpha=settings.alpha)
+    roles = roles or {}
+    tables = goodness_tables(scores)
+    comparisons = comparisons if comparisons is not None else compare(tables, stats, kinds)
+    controls = control_table(comparisons, settings)
+    power = power_table(tables, comparisons, settings)
+    agreement = agreement_table(tables, kinds, settings)
+    subst, subst_controls = (substrate_table(substrates, settings, stats, kinds) if substrates is not None
+                             and len(substrates) else (None, None))
     rows = []
-    for i, ((model, stage, metric), (g, hib)) in enumerate(wide.items()):
+    for i, ((model, stage, metric), t) in enumerate(tables.items()):
+        g = t.values[0]
         rng = np.random.default_rng([settings.seed, i])
         c = controls[(controls["model"] == model) & (controls["stage"] == stage) & (controls["metric"] == metric)]
         vs_random = c[c["control"] == "random"]
         beat = int((vs_random["verdict"] == "beats the control").sum())
         loses = bool((c["verdict"] == "LOSES to the control").any())
-        alpha = krippendorff_alpha(g.to_numpy())
-        a_low, a_high = _image_bootstrap(g.to_numpy(), krippendorff_alpha, settings, "BCa")
-        sh = split_half(g.to_numpy(), settings.splits, rng)
-        sh_low, sh_high = _image_bootstrap(
-            g.to_numpy(), lambda x: split_half(x, max(1, settings.splits // 10), np.random.default_rng(settings.seed)),
-            settings, "percentile")
+        alpha = krippendorff_alpha(g)
+        a_low, a_high = _interval(lambda idx: krippendorff_alpha(g[idx]), g.shape[0], settings)
+        sh = split_half(g, settings.splits, rng)
+        sh_low, sh_high = _interval(
+            lambda idx: split_half(g[idx], max(1, settings.splits // 10), np.random.default_rng(settings.seed)),
+            g.shape[0], settings, method="percentile")
         p = power[(power["model"] == model) & (power["stage"] == stage) & (power["metric"] == metric)]
         a = agreement[(agreement["model"] == model) & (agreement["stage"] == stage)
                       & ((agreement["metric_a"] == metric) | (agreement["metric_b"] == metric))]
         reasons = []
-        if len(vs_random) and beat == 0:
+        if len(vs_random) and beat == 0 and roles.get(metric, "baseline") == "baseline":
             reasons.append("no explainer beats random")
         if np.isfinite(a_low) and a_low <= 0:
             reasons.append("image rankings agree no better than chance")
@@ -333,9 +256,10 @@ def card(scores: pd.DataFrame, settings: CardSettings, kinds: Mapping[str, str |
             s = subst[(subst["model"] == model) & (subst["stage"] == stage) & (subst["metric"] == metric)]
             if len(s) and s["kendall_tau"].notna().any():
                 tau_min = float(s["kendall_tau"].min())
-        rows.append({"model": model, "stage": stage, "metric": metric, "higher_is_better": hib,
-                     "n_images": g.shape[0], "n_explainers": g.shape[1], "beat_random": beat if len(vs_random) else -1,
-                     "real_explainers": int(sum(e not in settings.controls for e in g.columns)),
+        rows.append({"model": model, "stage": stage, "metric": metric, "higher_is_better": t.higher_is_better,
+                     "n_images": g.shape[0], "n_explainers": g.shape[1],
+                     "beat_random": beat if len(vs_random) and roles.get(metric, "baseline") == "baseline" else -1,
+                     "real_explainers": int(sum(e not in settings.controls for e in t.explainers)),
                      "control_beats_real": loses, "alpha": alpha, "alpha_ci_low": a_low, "alpha_ci_high": a_high,
                      "split_half": sh, "split_half_ci_low": sh_low, "split_half_ci_high": sh_high,
                      "mde_median": float(p["mde"].median()) if len(p) else float("nan"),
@@ -348,9 +272,36 @@ def card(scores: pd.DataFrame, settings: CardSettings, kinds: Mapping[str, str |
            "reliability_power": power, "reliability_agreement": agreement}
     if subst is not None:
         out["reliability_substrates"] = subst
+        out["reliability_substrate_controls"] = subst_controls
     if meta is not None and len(meta):
         out["reliability_meta"] = meta
     return out
+
+
+def meta_table(meta: pd.DataFrame | None, raw: pd.DataFrame | None, settings: CardSettings) -> pd.DataFrame | None:
+    """The card's MetaQuantus table: ``meta.csv`` as the run measured it or, where the run stored the
+    per-draw scores (``meta_scores.csv``, aliases already dropped), recomputed from them with a 95 %
+    interval of MC over images and draws (:mod:`bench.stats.metaquantus`)."""
+    if raw is None or not len(raw) or meta is None:
+        return meta
+    rows = []
+    for i, r in enumerate(meta.itertuples(index=False)):
+        part = raw[(raw["model"] == r.model) & (raw["stage"] == r.stage) & (raw["metric"] == r.metric)
+                   & (raw["test"] == r.test)]
+        hib = _direction(r.metric)
+        values = consistency(part, hib) if len(part) else {k: getattr(r, k) for k in META_VALUES}
+        low, high = (mc_interval(part, hib, n_resamples=settings.bootstrap, seed=settings.seed + i) if len(part)
+                     else (float("nan"), float("nan")))
+        rows.append({"model": r.model, "stage": r.stage, "metric": r.metric, "test": r.test, "n_images": r.n_images,
+                     **values, "mc_ci_low": low, "mc_ci_high": high})
+    return pd.DataFrame(rows)
+
+
+META_VALUES = ("iac_nr", "iac_ar", "iec_nr", "iec_ar", "mc")
+
+
+def _direction(metric: str) -> bool:
+    return bool(METRICS.get(metric).meta["higher_is_better"]) if metric in METRICS else True
 
 
 def _meta_score(meta: pd.DataFrame | None, model: str, stage: str, metric: str, test: str) -> float:
@@ -360,39 +311,44 @@ def _meta_score(meta: pd.DataFrame | None, model: str, stage: str, metric: str, 
     return float(m["mc"].iloc[0]) if len(m) else float("nan")
 
 
-SUBSTRATE_COLUMNS = ["model", "stage", "metric", "substrate_a", "substrate_b", "n_explainers", "kendall_tau",
-                     "beat_random_a", "beat_random_b"]
+SUBSTRATE_COLUMNS = ["model", "stage", "metric", "substrate_a", "substrate_b", "n_explainers", "n_images",
+                     "kendall_tau", "tau_ci_low", "tau_ci_high", "beat_random_a", "beat_random_b"]
 
 
-def substrate_table(substrates: pd.DataFrame, settings: CardSettings) -> pd.DataFrame:
-    """Kendall's tau between the explainer rankings of a metric under each pair of substrates, and
-    how many real explainers beat ``random`` (Wilcoxon, Holm within the metric and substrate)
-    under each."""
+def substrate_table(substrates: pd.DataFrame, settings: CardSettings, stats: StatsSettings,
+                    kinds: Mapping[str, str | None]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(Kendall's tau (with its CI) between the explainer rankings of a metric under each pair of
+    substrates and how many real explainers beat ``random`` under each; every real explainer against
+    every control under each substrate): the substrate's own paired tests, one family per metric and
+    substrate."""
     df = substrates[(substrates["status"] == "ok") & np.isfinite(substrates["value"].to_numpy(dtype=float))]
     rows = []
-    for (model, stage, metric), g in df.groupby(["model", "stage", "metric"], sort=True):
+    control_parts = []
+    for i, ((model, stage, metric), g) in enumerate(df.groupby(["model", "stage", "metric"], sort=True)):
         hib = bool(g["higher_is_better"].iloc[0])
-        means, beats = {}, {}
+        subs: dict[str, GoodnessTable] = {}
         for sub, h in g.groupby("substrate", sort=True):
-            wide = h.pivot(index="image", columns="explainer", values="value").dropna(axis=0, how="any")
-            means[sub] = goodness(wide, hib).mean(0)
-            beats[sub] = _beat_random(goodness(wide, hib), settings)
-        for a, b in combinations(sorted(means), 2):
-            common = sorted(set(means[a].index) & set(means[b].index))
-            tau = float(sps.kendalltau(means[a][common], means[b][common]).statistic) if len(common) >= 3 else float("nan")
-            rows.append({"model": model, "stage": stage, "metric": metric, "substrate_a": a, "substrate_b": b,
-                         "n_explainers": len(common), "kendall_tau": tau, "beat_random_a": beats[a],
-                         "beat_random_b": beats[b]})
-    return pd.DataFrame(rows, columns=SUBSTRATE_COLUMNS)
-
-
-def _beat_random(g: pd.DataFrame, settings: CardSettings) -> int:
-    if "random" not in g.columns:
-        return -1
-    real = [e for e in g.columns if e not in settings.controls]
-    res = [stats.paired_difference(g["random"].to_numpy(), g[e].to_numpy()) for e in real]
-    adj = stats.holm(np.array([r.p_value for r in res], dtype=np.float64))
-    return int(sum(r.diff_mean > 0 and p <= settings.alpha for r, p in zip(res, adj)))
+            wide = h.pivot(index="image", columns="explainer", values="value").sort_index(axis=1).dropna(how="any")
+            vals = wide.to_numpy(dtype=np.float64)
+            subs[sub] = GoodnessTable(model, stage, metric, hib, tuple(wide.columns), tuple(int(x) for x in wide.index),
+                                      (model,), goodness(vals, hib)[None])
+        beats = {}
+        for sub, t in subs.items():
+            c = control_table(compare({t.key: t}, stats, kinds, family="substrate"), settings)
+            c.insert(3, "substrate", sub)
+            c["family"] = c["family"].str.replace(f" · {metric} (", f" · {metric} · {sub} (", regex=False)
+            control_parts.append(c)
+            beats[sub] = (int(((c["control"] == "random") & (c["verdict"] == "beats the control")).sum())
+                          if "random" in t.explainers else -1)
+        for j, (a, b) in enumerate(combinations(sorted(subs), 2)):
+            x, y, names = _common(subs[a], subs[b])
+            tau = low = high = float("nan")
+            if len(names) >= 3:
+                tau, low, high = _tau_with_ci(x, y, settings, salt=100_000 + 1000 * i + j)
+            rows.append([model, stage, metric, a, b, len(names), x.shape[0], tau, low, high, beats[a], beats[b]])
+    controls = (pd.concat(control_parts, ignore_index=True) if control_parts
+                else pd.DataFrame(columns=CONTROL_COLUMNS[:3] + ["substrate"] + CONTROL_COLUMNS[3:]))
+    return pd.DataFrame(rows, columns=SUBSTRATE_COLUMNS), controls
 
 
 # ----------------------------------------------------------------------------- files
@@ -423,21 +379,21 @@ def render_card_md(tables: Mapping[str, pd.DataFrame], settings: CardSettings) -
     card_df = tables["reliability"]
     lines = ["# Reliability card", "",
              "Can each metric be trusted on this run? Goodness = the score, negated where lower is better. "
-             f"Tests at alpha = {settings.alpha:g}, Holm-adjusted over the (model, stage) card; power "
-             f"{settings.power:g}. Controls: {', '.join(settings.controls)}. "
-             "beat random: real explainers whose paired goodness beats `random` significantly (of all real ones); "
-             "alpha: Krippendorff's alpha (ordinal) of the per-image rankings of the explainers, images as raters, "
-             "95% BCa CI over images (0 = chance agreement, 1 = every image ranks alike); split-half: Spearman-Brown "
-             "corrected Spearman correlation of the ranking on two random halves of the images, 95% percentile "
-             "bootstrap CI; MDE: median over adjacent explainers of the smallest paired difference detectable at "
-             "this n (Wilcoxon, Holm over all explainer pairs); n needed: the largest n an adjacent pair of the "
-             "order needs for its observed difference; disagree: metrics of the same kind whose explainer ranking "
-             "runs the other way (Kendall tau < 0); substrate tau: the smallest Kendall tau between the rankings "
-             "under two substrates; MetaQuantus: meta-consistency in [0, 1] under input / model perturbations "
-             "(when computed).", ""]
+             f"Controls: {', '.join(settings.controls)}; power {settings.power:g}. "
+             "beat random: distinct real explainers (aliases counted once) that the table's paired test separates "
+             "above `random` (mean paired difference, t test, max-T over the table's pairs: the leaderboard's "
+             "own comparisons); alpha: Krippendorff's alpha (ordinal) of the per-image rankings of the explainers, "
+             "images as raters, 95% BCa CI over images (0 = chance agreement, 1 = every image ranks alike); "
+             "split-half: Spearman-Brown corrected Spearman correlation of the ranking on two random halves of the "
+             "images, 95% percentile bootstrap CI; MDE: median over adjacent explainers of the smallest paired "
+             "difference the table's test detects at this n; n needed: the largest n an adjacent pair of the order "
+             "needs for its observed difference; disagree: metrics of the same kind whose rankings' Kendall tau has "
+             "its whole 95% CI below 0; substrate tau: the smallest Kendall tau between the rankings under two "
+             "substrates; MetaQuantus: meta-consistency in [0, 1] under input / model perturbations (when "
+             "computed).", ""]
     if card_df.empty:
         return "\n".join(lines + ["No scores.", ""])
-    order = card_df.assign(_s=card_df["stage"].map({"pre": 0, "post": 1})).sort_values(["model", "_s"], kind="stable")
+    order = card_df.assign(_s=card_df["stage"].map(stage_key)).sort_values(["model", "_s"], kind="stable")
     for (model, _, stage), sub in order.groupby(["model", "_s", "stage"], sort=True):
         lines += [f"## {model} · {stage}", ""]
         rows = [[r.metric + (" ↑" if r.higher_is_better else " ↓"), str(r.n_images),
@@ -462,43 +418,49 @@ def _details(tables: Mapping[str, pd.DataFrame]) -> list[str]:
     c, p, a = tables["reliability_controls"], tables["reliability_power"], tables["reliability_agreement"]
     s, m = tables.get("reliability_substrates"), tables.get("reliability_meta")
     lines = _section(
-        "Control separation", "Paired goodness difference explainer − control over the images both scored, 95% BCa "
-        "CI, Wilcoxon signed-rank p, Holm over the (model, stage) card.",
-        ["model", "stage", "metric", "explainer", "control", "n", "diff [95% CI]", "p", "Holm p", "verdict"],
+        "Control separation", "The table's paired comparison of explainer and control: mean goodness difference "
+        "explainer − control with its t interval at the family's level (it excludes 0 exactly when the adjusted p is "
+        "below alpha), max-T adjusted p; the family is the table's pairs (comparisons.csv).",
+        ["model", "stage", "metric", "explainer", "control", "n", "diff [CI]", "level", "adj. p", "verdict"],
         [[r.model, r.stage, r.metric, r.explainer, r.control, str(r.n), _ci(r.diff_mean, r.diff_ci_low, r.diff_ci_high),
-          _f(r.p_wilcoxon), _f(r.p_holm), r.verdict] for r in c.itertuples(index=False)])
+          _f(r.level, ".4g"), _f(r.p_adj), r.verdict] for r in c.itertuples(index=False)])
     lines += _section(
         "Power", "Adjacent explainers in each metric's order (by mean goodness): the observed paired difference, the "
-        "smallest one detectable at this n, and the n the observed one needs. Underpowered pairs are tied at this n: "
-        "their order is not a result.",
-        ["model", "stage", "metric", "better", "worse", "n", "diff", "MDE", "n needed", "tied at this n"],
+        "smallest one the table's test detects with the card's power at this n, the n the observed one needs, and "
+        "the table's verdict on the pair.",
+        ["model", "stage", "metric", "better", "worse", "n", "diff", "MDE", "n needed", "verdict"],
         [[r.model, r.stage, r.metric, r.better, r.worse, str(r.n), _f(r.diff_mean), _f(r.mde), _n(r.n_needed),
-          "yes" if r.underpowered else "no"] for r in p.itertuples(index=False)])
+          r.verdict] for r in p.itertuples(index=False)])
     lines += _section(
-        "Agreement between metrics", "Kendall's tau between the explainer rankings (mean goodness) of two metrics; "
-        "+ = expected to agree (same kind of metric).",
-        ["model", "stage", "metric a", "metric b", "explainers", "tau", "p", "expected", "verdict"],
-        [[r.model, r.stage, r.metric_a, r.metric_b, str(r.n_explainers), _f(r.kendall_tau, ".2f"), _f(r.p_value),
+        "Agreement between metrics", "Kendall's tau-b between the explainer rankings (mean goodness) of two metrics "
+        "on their common images and explainers, 95% BCa CI over images resampled jointly for both; + = expected to "
+        "agree (same kind of metric).",
+        ["model", "stage", "metric a", "metric b", "explainers", "tau [CI]", "expected", "verdict"],
+        [[r.model, r.stage, r.metric_a, r.metric_b, str(r.n_explainers), _ci(r.kendall_tau, r.tau_ci_low, r.tau_ci_high),
           r.expected, r.verdict] for r in a.itertuples(index=False)])
     if s is not None:
         lines += _section(
-            "Substrate sensitivity", "Kendall's tau between a metric's explainer rankings under two substrates "
-            "(imputation: the metric registered to impute for it, e.g. ROAD's noisy linear imputation beside "
-            "deletion), and how many real explainers beat random under each (Wilcoxon, Holm within the metric and "
-            "substrate).",
-            ["model", "stage", "metric", "substrate a", "substrate b", "explainers", "tau", "beat random a",
+            "Substrate sensitivity", "Kendall's tau-b between a metric's explainer rankings under two substrates, 95% "
+            "BCa CI over images (imputation: the metric registered to impute for it, e.g. ROAD's noisy linear "
+            "imputation beside deletion), and how many real explainers beat random under each (the substrate's "
+            "own paired tests: max-T over its pairs).",
+            ["model", "stage", "metric", "substrate a", "substrate b", "explainers", "tau [CI]", "beat random a",
              "beat random b"],
-            [[r.model, r.stage, r.metric, r.substrate_a, r.substrate_b, str(r.n_explainers), _f(r.kendall_tau, ".2f"),
-              _beats(r.beat_random_a), _beats(r.beat_random_b)] for r in s.itertuples(index=False)])
+            [[r.model, r.stage, r.metric, r.substrate_a, r.substrate_b, str(r.n_explainers),
+              _ci(r.kendall_tau, r.tau_ci_low, r.tau_ci_high), _beats(r.beat_random_a), _beats(r.beat_random_b)]
+             for r in s.itertuples(index=False)])
     if m is not None:
+        ci = "mc_ci_low" in m.columns
         lines += _section(
             "Noise resilience and adversary reactivity (MetaQuantus)", "Hedström et al. 2023. IAC: Wilcoxon p "
             "between unperturbed and perturbed scores (NR: high = unchanged under a minor perturbation; AR: 1 − p, "
             "high = changed under a disruptive one); IEC: share of explainer rankings kept (NR) / of scores made "
-            "worse (AR); MC: their mean, in [0, 1].",
+            "worse (AR); MC: their mean, in [0, 1]" + (", 95% percentile CI over images and draws" if ci else
+                                                     " (this run stored no per-draw scores: no CI)") + ".",
             ["model", "stage", "metric", "test", "images", "IAC NR", "IAC AR", "IEC NR", "IEC AR", "MC"],
             [[r.model, r.stage, r.metric, r.test, str(r.n_images), _f(r.iac_nr, ".2f"), _f(r.iac_ar, ".2f"),
-              _f(r.iec_nr, ".2f"), _f(r.iec_ar, ".2f"), _f(r.mc, ".2f")] for r in m.itertuples(index=False)])
+              _f(r.iec_nr, ".2f"), _f(r.iec_ar, ".2f"),
+              _ci(r.mc, r.mc_ci_low, r.mc_ci_high) if ci else _f(r.mc, ".2f")] for r in m.itertuples(index=False)])
     return lines
 
 

@@ -15,8 +15,10 @@ reported again).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,7 +26,7 @@ import torch
 from torch import Tensor
 
 from bench.core.errors import one_line
-from bench.core.io import atomic_torch_save, atomic_write_json, dumps_json
+from bench.core.io import atomic_torch_save, atomic_write_json, dumps_json, read_regular
 from bench.run.unit import Unit
 
 Warn = Callable[[str], None]
@@ -36,7 +38,7 @@ class Damaged(Exception):
 
 def load(unit: Unit, warn: Warn) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """(finished result, cached attribution record) of a unit, from the cache when present and sound."""
-    attr = _read(unit.attr_path, lambda p: _check_attr(torch.load(p, weights_only=True), unit), warn)
+    attr = _read(unit.attr_path, lambda data: _check_attr(_torch_load(data), unit), warn)
     if attr is None:
         return None, None
     scores = load_record(unit.score_path, lambda r: _check_scores(r, unit), warn)
@@ -70,8 +72,8 @@ def result(attr: dict[str, Any], scores: dict[str, Any], *, cached: bool, attr_c
 def load_record(path: Path, check: Callable[[dict[str, Any]], Any], warn: Warn) -> dict[str, Any] | None:
     """A checksummed JSON record written by :func:`store_record`, if present, sound and accepted
     by ``check`` (which raises :class:`Damaged` or returns nothing); else None (with a warning)."""
-    def parse(p: Path) -> dict[str, Any]:
-        obj = json.loads(p.read_text())
+    def parse(data: bytes) -> dict[str, Any]:
+        obj = json.loads(data)
         if not isinstance(obj, dict) or "checksum" not in obj:
             raise Damaged("not a cache record")
         record = {k: v for k, v in obj.items() if k != "checksum"}
@@ -87,11 +89,13 @@ def store_record(path: Path, record: dict[str, Any]) -> None:
     atomic_write_json(path, {**record, "checksum": _json_checksum(record)})
 
 
-def _read(path: Path, parse: Callable[[Path], dict[str, Any]], warn: Warn) -> dict[str, Any] | None:
-    if not path.exists():
+def _read(path: Path, parse: Callable[[bytes], dict[str, Any]], warn: Warn) -> dict[str, Any] | None:
+    try:  # a link or a non-regular file (a FIFO would block) is a one-line error, not a damaged entry
+        data = read_regular(path)
+    except FileNotFoundError:
         return None
     try:
-        return parse(path)
+        return parse(data)
     except Exception as exc:  # a damaged entry of any kind is recomputed, never trusted
         reason = str(exc) if isinstance(exc, Damaged) else f"unreadable: {type(exc).__name__}: {exc}"
         warn(f"warning: damaged cache entry {path} ({one_line(reason, 160)}); recomputing it")
@@ -130,6 +134,12 @@ def _check_attr(obj: Any, unit: Unit) -> dict[str, Any]:
     if obj["checksum"] != _attr_checksum(obj):
         raise Damaged("checksum mismatch")
     return obj
+
+
+def _torch_load(data: bytes) -> Any:
+    with warnings.catch_warnings():  # torch warns about pickle protocols before failing: the warning names the file
+        warnings.simplefilter("ignore")
+        return torch.load(io.BytesIO(data), weights_only=True)
 
 
 def _tensor(t: Any, shape: tuple[int, ...]) -> bool:

@@ -20,9 +20,11 @@ import explainers
 import models
 from bench import metrics
 from bench.core.device import DEVICES
-from bench.core.errors import BenchError
-from bench.core.params import type_problem
-from models.training import TrainConfig, TuneConfig
+from bench.core.errors import BenchError, did_you_mean
+from bench.core.io import read_regular
+from bench.core.params import SEED_RANGE, is_seed, type_problem
+from bench.stats.settings import DEFAULT_MARGINS
+from models.training import TrainConfig, TuneConfig, check_unfreeze
 from models.user import UserModelSpec
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -65,10 +67,19 @@ DEFAULTS: dict[str, Any] = {
     "report": {                   # how report.html shows the run (not what it computes: left out of the run's identity)
         "self_contained": True,   # true: one file, figures embedded; false: links figures/*.png and long tables' CSVs
     },
+    "stats": {                    # how the tables decide (bench/stats; what they show, not what the run computes: left
+                                  # out of the run's identity, so changing it re-uses the cache)
+        "margins": {},            # TOST equivalence margin per metric or metric kind, e.g. {faithfulness = 0.02}
+        "effects": {},            # smallest effect of interest per metric or kind, for `bench plan` (n before the run)
+        "alias_rtol": 1e-6,       # two explainers are aliases when every score agrees within atol + rtol * |value|
+        "alias_atol": 1e-12,
+        "draws": 20000,           # Monte Carlo draws of the max-T null and of P(top stays)
+        "seed": 0,
+    },
     "reliability": {              # the reliability card (bench/report/reliability.py), next to every leaderboard
         "enabled": True,
         "controls": ["random", "edge"],
-        "alpha": 0.05,            # family-wise error rate of the card's tests (Holm)
+        "alpha": 0.05,            # family-wise error rate of every test family (bench.stats.settings.FAMILIES)
         "power": 0.8,             # for the smallest detectable difference and the n needed
         "splits": 100,            # random halves per split-half estimate
         "bootstrap": 1000,        # resamples of the alpha and split-half CIs
@@ -93,6 +104,7 @@ CHOICES = {
     ("metrics", "attribution"): ("signed", "abs", "positive"),
 }
 FREE_TABLES = {("data", "options"), ("train",), ("tune",), ("explain", "params"), ("metrics", "params"),
+               ("stats", "margins"), ("stats", "effects"),
                ("models", "user")}
 
 
@@ -117,10 +129,14 @@ def parse_value(text: str, what: str = "value") -> Any:
     """A TOML value (numbers, booleans, "strings", [lists], {inline = "tables"}); anything else
     is a one-line error saying so (a bare word is not silently taken for a string)."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        parsed = tomllib.loads(f"v = {text}")
     except tomllib.TOMLDecodeError as exc:
         raise BenchError(f"{what} {text!r} is not a TOML value ({exc}); strings need quotes, e.g. "
                          f"\"name\" or '\"shap.deep\"' in the shell") from None
+    if set(parsed) != {"v"}:  # "1\nname = 'x'": a second assignment on another line
+        raise BenchError(f"{what} {text!r} holds more than one value (a line break and another KEY=VALUE); give "
+                         f"each value its own --set")
+    return parsed["v"]
 
 
 def apply_override(values: dict[str, Any], assignment: str) -> None:
@@ -161,7 +177,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise BenchError(f"config file {path} not found; pass --config with an existing TOML file "
                          f"(shipped: {', '.join(sorted(p.name for p in CONFIG_DIR.glob('*.toml')))})")
     try:
-        raw = tomllib.loads(path.read_text())
+        text = read_regular(path, follow=True).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BenchError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 "
+                         f"(TOML files are UTF-8)") from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise BenchError(f"config file {path} is not valid TOML ({exc}); fix the syntax") from exc
     values = _merge(copy.deepcopy(DEFAULTS), raw, ())
@@ -183,7 +204,7 @@ def _merge(base: dict[str, Any], new: dict[str, Any], where: tuple[str, ...]) ->
             continue
         if key not in base:
             known = ", ".join(sorted(base))
-            raise BenchError(f"unknown config key {'.'.join(here)!r}; known keys here: {known}")
+            raise BenchError(f"unknown config key {'.'.join(here)!r}{did_you_mean(key, base)}; known keys here: {known}")
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise BenchError(f"config key {'.'.join(here)!r} must be a table, got {value!r}")
@@ -202,15 +223,28 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)  # a TOML true is not the number 1
 
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+MAX_NAME = 100  # characters: a folder name, and part of the names of the files made from it
+
+
+def is_plain_name(name: Any) -> bool:
+    """One plain folder name: letters, digits, ``._+-``, not starting with a dot, at most
+    :data:`MAX_NAME` characters (so never ``.``, ``..``, a path, a line break or empty)."""
+    return isinstance(name, str) and len(name) <= MAX_NAME and NAME.fullmatch(name) is not None
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, a long string cut to its start and its length."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit // 2]!r}… ({len(value)} characters)"
+    return repr(value)
 
 
 def check_name(name: Any, key: str = "name") -> None:
-    """A run name is one plain folder name: letters, digits, ``._+-``, not starting with a dot
-    (so never ``.``, ``..``, a path or empty)."""
-    _expect(isinstance(name, str) and bool(NAME.match(name)), key,
-            f"{name!r} is not a plain folder name (letters, digits and ._+- , not starting with a dot; "
-            f"no path separators); choose e.g. --name my-run")
+    """A run name is one plain folder name (:func:`is_plain_name`)."""
+    _expect(is_plain_name(name), key,
+            f"{shown(name)} is not a plain folder name (letters, digits and ._+- , not starting with a dot, at most "
+            f"{MAX_NAME} characters; no path separators); choose e.g. --name my-run")
 
 
 def validate(v: dict[str, Any]) -> None:
@@ -218,7 +252,7 @@ def validate(v: dict[str, Any]) -> None:
     for (table, key), choices in CHOICES.items():
         _expect(v[table][key] in choices, f"{table}.{key}", f"{v[table][key]!r} is not one of {', '.join(choices)}")
     check_name(v["name"])
-    _expect(_is_int(v["seed"]), "seed", f"must be an integer, got {v['seed']!r}")
+    _expect(is_seed(v["seed"]), "seed", f"must be an integer {SEED_RANGE}, got {v['seed']!r}")
     _expect(v["device"] in DEVICES or str(v["device"]).startswith("cuda:"), "device",
             f"{v['device']!r} is not one of {', '.join(DEVICES)}")
     for key in ("results_dir", "checkpoint_dir"):
@@ -239,14 +273,15 @@ def validate(v: dict[str, Any]) -> None:
     _expect(isinstance(v["report"]["self_contained"], bool), "report.self_contained",
             f"must be true or false, got {v['report']['self_contained']!r}")
     _check_reliability(v["reliability"])
+    _check_stats(v["stats"])
     _expect(isinstance(v["metrics"]["curves"], bool), "metrics.curves",
             f"must be true or false, got {v['metrics']['curves']!r}")
     stages = v["models"]["stages"]
     _expect(isinstance(stages, list) and stages in (["pre"], ["pre", "post"]), "models.stages",
             f'must be ["pre"] or ["pre", "post"], got {stages!r}')
     seeds = v["models"]["seeds"]
-    _expect(isinstance(seeds, list) and all(_is_int(s) for s in seeds) and len(set(seeds)) == len(seeds),
-            "models.seeds", f"must be a list of distinct integers, got {seeds!r}")
+    _expect(isinstance(seeds, list) and all(is_seed(s) for s in seeds) and len(set(seeds)) == len(seeds),
+            "models.seeds", f"must be a list of distinct integers {SEED_RANGE}, got {seeds!r}")
     for key in ("models.names", "explain.names", "metrics.names"):
         names = _get(v, key)
         _expect(isinstance(names, list) and len(names) > 0 and all(isinstance(n, str) for n in names), key,
@@ -269,7 +304,7 @@ def _check_reliability(r: dict[str, Any]) -> None:
         _expect(isinstance(r[key], float) and 0 < r[key] < 1, f"reliability.{key}", f"must be in (0, 1), got {r[key]!r}")
     for key in ("splits", "bootstrap"):
         _expect(_is_int(r[key]) and r[key] >= 10, f"reliability.{key}", f"must be an integer >= 10, got {r[key]!r}")
-    _expect(_is_int(r["seed"]), "reliability.seed", f"must be an integer, got {r['seed']!r}")
+    _expect(is_seed(r["seed"]), "reliability.seed", f"must be an integer {SEED_RANGE}, got {r['seed']!r}")
     _expect(isinstance(r["substrates"], list) and set(r["substrates"]) <= set(metrics.SUBSTRATES)
             and len(set(r["substrates"])) == len(r["substrates"]), "reliability.substrates",
             f"must be a list of distinct substrates out of {', '.join(metrics.SUBSTRATES)}, got {r['substrates']!r}")
@@ -282,6 +317,21 @@ def _check_reliability(r: dict[str, Any]) -> None:
                 f"reliability.meta.{key}", f"must be a number > 0, got {m[key]!r}")
     _expect(isinstance(m["stages"], list) and set(m["stages"]) <= {"pre", "post"} and m["stages"],
             "reliability.meta.stages", f'must be a non-empty list out of "pre", "post", got {m["stages"]!r}')
+
+
+def _check_stats(st: dict[str, Any]) -> None:
+    known = set(DEFAULT_MARGINS) | set(metrics.METRICS.names())
+    for key in ("margins", "effects"):
+        for name, value in st[key].items():
+            _expect(name in known, f"stats.{key}.{name}",
+                    f"is neither a metric nor a metric kind; kinds: {', '.join(sorted(DEFAULT_MARGINS))}")
+            _expect(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
+                    f"stats.{key}.{name}", f"must be a number > 0, got {value!r}")
+    for key in ("alias_rtol", "alias_atol"):
+        _expect(isinstance(st[key], (int, float)) and not isinstance(st[key], bool) and st[key] >= 0,
+                f"stats.{key}", f"must be a number >= 0, got {st[key]!r}")
+    _expect(_is_int(st["draws"]) and st["draws"] >= 1000, "stats.draws", f"must be an integer >= 1000, got {st['draws']!r}")
+    _expect(is_seed(st["seed"]), "stats.seed", f"must be an integer {SEED_RANGE}, got {st['seed']!r}")
 
 
 def _get(v: dict[str, Any], dotted: str) -> Any:
@@ -329,11 +379,17 @@ def _check_names(v: dict[str, Any]) -> None:
         names = {f.name for f in fields(cls) if not f.metadata.get("from_data")} - {"model"}
         for key, value in given.items():
             _expect(key != "model", f"{table}.model", "the models are models.names; remove train.model")
-            _expect(key in names, f"{table}.{key}", f"unknown recipe field; known: {', '.join(sorted(names))}")
+            _expect(key in names, f"{table}.{key}",
+                    f"unknown recipe field{did_you_mean(key, names)}; known: {', '.join(sorted(names))}")
             problem = type_problem(value, hints[key])
             _expect(problem is None, f"{table}.{key}", f"{value!r} {problem}")
         try:
-            cls(**recipe_fields(given, model=trained[0] if cls is TrainConfig else None)).validate()
+            recipe = cls(**recipe_fields(given, model=trained[0] if cls is TrainConfig else None))
+            recipe.validate()
+            # the recipes a run tunes with (with variants, only theirs), before training, not after it
+            if cls is TuneConfig and "post" in v["models"]["stages"] and (table != "tune" or not variants):
+                for name in trained:
+                    check_unfreeze(name, recipe.unfreeze)
         except BenchError as exc:
             raise BenchError(f"config value {table}: {exc}") from None
 

@@ -1,6 +1,7 @@
 """Run a plan's units: cached ones are read, the others computed here or on Ray and cached as each finishes."""
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 from tqdm.auto import tqdm
@@ -36,14 +37,15 @@ def execute_units(units: list[Unit], *, executor: str = "local", ray_address: st
         computed = ((i, units[i].compute(cached_attr.get(i))) for i in pending)
     else:
         computed = ray_executor.compute_on_ray(units, pending, cached_attr, address=ray_address)
-    for i, (attr, scores) in computed:
-        u = units[i]
-        results[i] = cache.store(u, attr, scores, attr_was_cached=i in cached_attr)
-        broken = cache.failed_metrics(scores)
-        tag = ("ok" if scores["status"] == "ok" else f"FAILED: {scores['message']}") + \
-            (f"; metric(s) failed: {', '.join(broken)}" if broken and scores["status"] == "ok" else "")
-        say(f"  {u.stage.model_name} {u.stage.stage} {u.explainer:<28} images {int(u.index[0])}.."
-            f"{int(u.index[-1])}: {scores['seconds_per_image']:.3f} s/image, {scores['peak_mem_mb']:.0f} MB, {tag}")
-        bar.update(1)
+    with contextlib.closing(computed):  # a run that stops stops its executor too (Ray: shut down, cleaned up)
+        for i, (attr, scores) in computed:
+            u = units[i]
+            results[i] = cache.store(u, attr, scores, attr_was_cached=i in cached_attr)
+            broken = cache.failed_metrics(scores)
+            tag = ("ok" if scores["status"] == "ok" else f"FAILED: {scores['message']}") + \
+                (f"; metric(s) failed: {', '.join(broken)}" if broken and scores["status"] == "ok" else "")
+            say(f"  {u.stage.model_name} {u.stage.stage} {u.explainer:<28} images {int(u.index[0])}.."
+                f"{int(u.index[-1])}: {scores['seconds_per_image']:.3f} s/image, {scores['peak_mem_mb']:.0f} MB, {tag}")
+            bar.update(1)
     bar.close()
     return results  # type: ignore[return-value]

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from bench.core.errors import BenchError, one_line
 from bench.core.io import atomic_write_json
 from bench.core.machine import machine_info
 from bench.metrics import randomisation_layers
@@ -72,9 +73,14 @@ def time_passes(stages: list[Stage], units: list[Unit]) -> dict[str, dict[str, f
         if first is None:
             continue
         x = first.images.to(first.device)
-        out[st.model_name] = {
-            "forward_backward": time_forward_backward(st.model, x, repeats=PASS_REPEATS, warmup=PASS_WARMUP),
-            "forward": time_forward(st.model, x, repeats=PASS_REPEATS, warmup=PASS_WARMUP), "batch": int(x.shape[0])}
+        try:
+            out[st.model_name] = {
+                "forward_backward": time_forward_backward(st.model, x, repeats=PASS_REPEATS, warmup=PASS_WARMUP),
+                "forward": time_forward(st.model, x, repeats=PASS_REPEATS, warmup=PASS_WARMUP), "batch": int(x.shape[0])}
+        except Exception as exc:  # the model's own failure, before any unit: one line, not its traceback
+            raise BenchError(f"{st.model_name}: the model fails in a forward and backward pass on {len(x)} images "
+                             f"({one_line(f'{type(exc).__name__}: {exc}', 200)}); it must run on batches and have "
+                             f"gradients") from None
     return out
 
 
@@ -86,7 +92,8 @@ def unit_floor(unit: Unit, result: dict[str, Any], pass_seconds: dict[str, float
     """
     cfg, n = unit.cfg, len(unit)
     t_fb, t_f = pass_seconds["forward_backward"], pass_seconds["forward"]
-    e_passes = passes_per_image(unit.explainer, unit.params, background_size=unit.background.shape[0])
+    e_passes = passes_per_image(unit.explainer, unit.params, background_size=unit.background.shape[0],
+                                shape=tuple(unit.images.shape[1:]), model=unit.stage.model)
     measured = {"explain": 0.0, "metrics": {}}
     floor: dict[str, Any] = {"explain": 0.0, "metrics": {}}
     if not result["attr_cached"]:

@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats as sps
 from torch import Tensor, nn
 
 from bench import metrics as M
@@ -42,6 +40,7 @@ from bench.perf.floor import floor_seconds, metric_passes_per_image, passes_per_
 from bench.run import cache
 from bench.run.plan import Planned
 from bench.run.unit import Unit, content_key, explainer_code_digest, package_digest, tensor_digest
+from bench.stats.metaquantus import RAW_COLUMNS, consistency
 from explainers import EXPLAINERS, Attribution, run_explainer, with_output_space
 
 META_COLUMNS = ["model", "stage", "metric", "test", "n_images", "iac_nr", "iac_ar", "iec_nr", "iec_ar", "mc"]
@@ -72,7 +71,8 @@ def estimate(cfg, plan: list[Planned], pass_seconds: dict[str, dict[str, float]]
             continue
         seen.add(key)
         t = pass_seconds[p.stage.model_name]
-        e = passes_per_image(p.explainer, p.unit.params, p.unit.background.shape[0])
+        e = passes_per_image(p.explainer, p.unit.params, p.unit.background.shape[0],
+                             shape=tuple(p.unit.images.shape[1:]), model=p.stage.model)
         n = m["n_images"] * m["perturbations"]
         runs += 3 * m["perturbations"] + 4 * m["perturbations"] * len(meta_metrics(cfg))
         f = floor_seconds(e, t["forward_backward"], t["forward"])
@@ -85,10 +85,14 @@ def estimate(cfg, plan: list[Planned], pass_seconds: dict[str, dict[str, float]]
     return runs, total
 
 
-def run_meta(cfg, plan: list[Planned], results: list[dict[str, Any]], say: Callable[[str], None]) -> pd.DataFrame:
-    """The MetaQuantus table of the run (see the module docstring): one row per (model, stage, metric, test)."""
+def run_meta(cfg, plan: list[Planned], results: list[dict[str, Any]], say: Callable[[str], None]
+             ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The MetaQuantus table of the run (see the module docstring): one row per (model, stage, metric,
+    test); and the per-draw scores it comes from (``meta_scores.csv``,
+    :data:`bench.stats.metaquantus.RAW_COLUMNS`), from which ``bench report`` gives MC its interval."""
     m = cfg["reliability"]["meta"]
     rows = []
+    raw_parts = []
     stages = sorted({(p.stage.model_name, p.stage.stage) for p in plan if p.stage.stage in m["stages"]})
     for model_name, stage in stages:
         members = [(p, r) for p, r in zip(plan, results) if (p.stage.model_name, p.stage.stage) == (model_name, stage)]
@@ -108,10 +112,14 @@ def run_meta(cfg, plan: list[Planned], results: list[dict[str, Any]], say: Calla
         for metric in meta_metrics(cfg):
             hib = bool(M.METRICS.get(metric).meta["higher_is_better"])
             for test in ("input", "model"):
+                raw = raw_scores(q, perturbed, explainers, metric, test, m["perturbations"])
+                raw.insert(0, "stage", stage)
+                raw.insert(0, "model", model_name)
+                raw_parts.append(raw)
                 rows.append({"model": model_name, "stage": stage, "metric": metric, "test": test,
-                             "n_images": len(pos), **_consistency(q, perturbed, explainers, metric, test,
-                                                                  m["perturbations"], hib)})
-    return pd.DataFrame(rows, columns=META_COLUMNS)
+                             "n_images": len(pos), **consistency(raw, hib)})
+    raw = pd.concat(raw_parts, ignore_index=True) if raw_parts else pd.DataFrame(columns=RAW_COLUMNS)
+    return pd.DataFrame(rows, columns=META_COLUMNS), raw[RAW_COLUMNS]
 
 
 def _unperturbed(members, explainers: list[str], pos: Tensor) -> dict[str, dict[str, np.ndarray]] | None:
@@ -218,43 +226,19 @@ def _shuffled(attr: Attribution, gen: torch.Generator) -> Attribution:
     return Attribution(flat.gather(1, perm).view_as(v), attr.outputs, attr.base_values, attr.meta)
 
 
-def _consistency(q: dict[str, dict[str, np.ndarray]], perturbed: dict, explainers: list[str], metric: str,
-                 test: str, draws: int, hib: bool) -> dict[str, float]:
-    """IAC and IEC of one metric under one test (module docstring)."""
-    sign = 1.0 if hib else -1.0
-    explainers = [e for e in explainers if np.isfinite(q[e][metric]).any()]  # those the metric applies to
-    iac = {"nr": [], "ar": []}
-    iec_nr, iec_ar = [], []
-    for k in range(draws):
-        for kind in ("nr", "ar"):
-            recs = [perturbed[(test, kind, k, e)] for e in explainers]
-            if not recs or any(r["status"] != "ok" for r in recs):
-                continue
-            keep = np.asarray(recs[0]["kept"], dtype=bool) if kind == "nr" else np.ones(len(recs[0]["kept"]), bool)
-            base = np.stack([q[e][metric] for e in explainers])                    # (explainers, images)
-            new = np.stack([r["scores"][metric] for r in recs])
-            ok = keep & np.isfinite(base).all(0) & np.isfinite(new).all(0)
-            if not ok.any():
-                continue
-            for a, b in zip(base[:, ok], new[:, ok]):
-                p = 1.0 if np.all(a == b) else _wilcoxon(a, b)
-                iac[kind].append(p if kind == "nr" else 1.0 - p)
-            if kind == "nr":
-                iec_nr.append(float(np.mean(np.argsort(base[:, ok], axis=0, kind="stable")
-                                            == np.argsort(new[:, ok], axis=0, kind="stable"))))
-            else:
-                iec_ar.append(float(np.mean(sign * base[:, ok] > sign * new[:, ok])))
-    parts = {"iac_nr": _mean(iac["nr"]), "iac_ar": _mean(iac["ar"]), "iec_nr": _mean(iec_nr), "iec_ar": _mean(iec_ar)}
-    parts["mc"] = _mean(list(parts.values()))
-    return parts
-
-
-def _wilcoxon(a: np.ndarray, b: np.ndarray) -> float:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(sps.wilcoxon(a, b).pvalue)
-
-
-def _mean(values: list[float]) -> float:
-    v = [x for x in values if np.isfinite(x)]
-    return float(np.mean(v)) if v else float("nan")
+def raw_scores(q: dict[str, dict[str, np.ndarray]], perturbed: dict, explainers: list[str], metric: str, test: str,
+               draws: int) -> pd.DataFrame:
+    """The long table of one metric and test: per kind, draw, explainer and image, the unperturbed and
+    the perturbed score, whether the prediction was kept, and the draw's status."""
+    rows = []
+    for kind in ("nr", "ar"):
+        for k in range(draws):
+            for e in explainers:
+                r = perturbed[(test, kind, k, e)]
+                base = q[e][metric]
+                new = r["scores"][metric]
+                kept = r["kept"] if len(r["kept"]) == len(base) else [False] * len(base)
+                rows += [{"metric": metric, "test": test, "kind": kind, "draw": k, "explainer": e, "image": i,
+                          "base": float(base[i]), "new": float(new[i]), "kept": bool(kept[i]), "status": r["status"]}
+                         for i in range(len(base))]
+    return pd.DataFrame(rows, columns=RAW_COLUMNS[2:])

@@ -6,14 +6,16 @@ cell) their score rows carry.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from bench.core.io import check_entry, ensure_folder
 from bench.core.schema import cell_names, confusion_cells
 from bench.run.config import (RunConfig, checkpoint_dir, model_label, recipe_fields, training_seeds,
                               tune_variants)
@@ -21,8 +23,8 @@ from bench.run.unit import Stage, Unit
 from datasets import ImageSplit, check_splits, load_split
 from explainers import EXPLAINERS, explainer_params
 from models.training import (TrainConfig, TuneConfig, default_checkpoint_path, default_tuned_path, load_checkpoint,
-                             predict_proba, read_sidecar, train_model, tune_model)
-from models.user import UserModelSpec, load_user_model
+                             read_sidecar, sidecar_path, train_model, tune_model)
+from models.user import UserModelSpec, checked_predictions, load_user_model
 
 
 @dataclass
@@ -70,38 +72,68 @@ def data_fingerprint(split: ImageSplit) -> str:
 def ensure_checkpoints(cfg: RunConfig, train: ImageSplit, val: ImageSplit, test: ImageSplit, device: torch.device,
                        progress: bool, say: Callable[[str], None]) -> list[Stage]:
     """Train (pre) and tune (post) checkpoints on first use; later runs reuse them by content key.
-    User models (``[models.user.<name>]``) are loaded and checked first, before any training."""
-    stages = []
+    Before any training, user models (``[models.user.<name>]``) are loaded and checked, and so is
+    every checkpoint already there, with its sidecar: a broken one stops the run before it trains."""
     ck_dir = checkpoint_dir(cfg)
     user = {n: user_stage(cfg, n, test, device, say) for n in cfg["models"]["names"] if n in cfg["models"]["user"]}
+    tuned = "post" in cfg["models"]["stages"]
+    loaded: dict[Path, tuple[nn.Module, dict, dict]] = {}
+
+    def load(path: Path, arch: str) -> tuple[nn.Module, dict, dict]:
+        if path not in loaded:
+            check_entry(path, folder=False)  # never through a link, never a FIFO
+            check_entry(sidecar_path(path), folder=False)
+            model, info = load_checkpoint(path, expected_model=arch, device=device)
+            loaded[path] = (model, info, read_sidecar(path))
+        return loaded[path]
+
+    trained = [(name, seed, _train_config(cfg, name, seed, train)) for name in cfg["models"]["names"]
+               if name not in user for seed in training_seeds(cfg)]
+    paths = {(name, seed): default_checkpoint_path(tcfg, train.fingerprint, ck_dir) for name, seed, tcfg in trained}
+    for (name, _), pre_path in paths.items():  # what is there must be sound before anything is trained
+        if os.path.lexists(pre_path):
+            load(pre_path, name)
+            for recipe in tune_variants(cfg).values() if tuned else ():
+                post_path = default_tuned_path(pre_path, TuneConfig(**recipe))
+                if os.path.lexists(post_path):
+                    load(post_path, name)
+
+    def untrained(pre: Path) -> bool:
+        return not pre.exists() or tuned and any(not default_tuned_path(pre, TuneConfig(**r)).exists()
+                                                 for r in tune_variants(cfg).values())
+
+    if any(untrained(pre) for pre in paths.values()):  # it will train: a place to keep that, before it starts
+        ensure_folder(ck_dir, what="checkpoint folder", follow=bool(cfg["checkpoint_dir"]), probe=True)
+    stages = []
     for name in cfg["models"]["names"]:
         if name in user:
             stages.append(user[name])
             continue
         for seed in training_seeds(cfg):
-            label = model_label(cfg, name, seed)
-            tcfg = TrainConfig(**{**recipe_fields(cfg["train"], model=name), "seed": seed, "dataset": train.name,
-                                  "size": int(train.images.shape[-1])})
-            tcfg.validate()
-            pre_path = default_checkpoint_path(tcfg, train.fingerprint, ck_dir)
+            label, tcfg, pre_path = model_label(cfg, name, seed), _train_config(cfg, name, seed, train), paths[name, seed]
             if not pre_path.exists():
                 say(f"[{label} pre] no checkpoint {pre_path}: training ({tcfg.epochs} epochs) ...")
                 train_model(tcfg, train, val, test, out=pre_path, device=str(device), progress=progress)
-            model, info = load_checkpoint(pre_path, expected_model=name, device=device)
-            stages.append(Stage(label, "pre", pre_path, info["sha256"], read_sidecar(pre_path), model, name, seed))
-            if "post" not in cfg["models"]["stages"]:
-                continue
-            for stage, recipe in tune_variants(cfg).items():
+            model, info, side = load(pre_path, name)
+            stages.append(Stage(label, "pre", pre_path, info["sha256"], side, model, name, seed))
+            for stage, recipe in tune_variants(cfg).items() if tuned else ():
                 ucfg = TuneConfig(**recipe)
                 ucfg.validate()
                 post_path = default_tuned_path(pre_path, ucfg)
                 if not post_path.exists():
                     say(f"[{label} {stage}] no checkpoint {post_path}: tuning {','.join(ucfg.unfreeze)} ...")
                     tune_model(pre_path, ucfg, train, val, test, out=post_path, device=str(device), progress=progress)
-                model, info = load_checkpoint(post_path, expected_model=name, device=device)
-                stages.append(Stage(label, stage, post_path, info["sha256"], read_sidecar(post_path), model, name,
-                                    seed))
+                model, info, side = load(post_path, name)
+                stages.append(Stage(label, stage, post_path, info["sha256"], side, model, name, seed))
     return stages
+
+
+def _train_config(cfg: RunConfig, name: str, seed: int, train: ImageSplit) -> TrainConfig:
+    """The recipe a run trains ``name`` with at ``seed`` on ``train``'s data (validated)."""
+    tcfg = TrainConfig(**{**recipe_fields(cfg["train"], model=name), "seed": seed, "dataset": train.name,
+                          "size": int(train.images.shape[-1])})
+    tcfg.validate()
+    return tcfg
 
 
 def user_stage(cfg: RunConfig, name: str, split: ImageSplit, device: torch.device,
@@ -148,7 +180,7 @@ def example_positions(labels: Tensor, preds: Tensor, per_cell: int, num_classes:
 
 
 def plan_units(cfg: RunConfig, stages: list[Stage], test: ImageSplit, reference: Tensor, device: torch.device,
-               run_dir: Path) -> tuple[list[Planned], dict[str, Examples]]:
+               run_dir: Path, sample: list[dict] | None = None) -> tuple[list[Planned], dict[str, Examples]]:
     """Every unit of the run, in order (model, stage, explainer, shard), and each model's examples.
 
     The first training seed's pre model of an architecture picks its images (per confusion cell)
@@ -161,8 +193,13 @@ def plan_units(cfg: RunConfig, stages: list[Stage], test: ImageSplit, reference:
     examples: dict[str, Examples] = {}
     for arch in cfg["models"]["names"]:
         arch_stages = [s for s in stages if s.arch == arch]
-        pre_preds = predict_proba(arch_stages[0].model, test.images, device=device).argmax(1)
+        pre_preds = checked_predictions(arch_stages[0].model, test.images, device=device, where=arch).argmax(1)
         index = select_images(test, pre_preds, cfg, cfg["seed"])
+        if sample is not None and cfg["data"]["sample"] == "per_cell":
+            k = len(test.class_names)
+            cells = np.array(confusion_cells(test.labels.numpy(), pre_preds.numpy(), k))
+            sample += [{"arch": arch, "model": arch_stages[0].model_name, "cell": c, "n_test": int((cells == c).sum()),
+                        "n_sampled": int((cells[index.numpy()] == c).sum())} for c in cell_names(k)]
         labels = test.labels[index]
         targets = pre_preds[index] if cfg["explain"]["target"] == "predicted" else labels
         more, shown = plan_images(cfg, arch_stages, data_fingerprint(test), index, test.images[index], labels, targets,
@@ -192,7 +229,7 @@ def plan_images(cfg: RunConfig, arch_stages: list[Stage], fingerprint: str, inde
     known = labels is not None
     labels = labels if labels is not None else torch.full_like(pre_preds, -1)
     # the cells follow the model's number of outputs: TP/FP/FN/TN for 2, per class right / wrong above
-    k = int(predict_proba(first.model, images[:1], device=device).shape[1])
+    k = int(checked_predictions(first.model, images[:1], device=device, where=first.model_name).shape[1])
 
     def cells_of(preds: Tensor) -> list[str]:
         return confusion_cells((labels if known else preds).numpy(), preds.numpy(), k)
@@ -202,7 +239,7 @@ def plan_images(cfg: RunConfig, arch_stages: list[Stage], fingerprint: str, inde
     for label in dict.fromkeys(s.model_name for s in arch_stages):
         stage_cells = {}
         for st in (s for s in arch_stages if s.model_name == label):
-            preds = predict_proba(st.model, images, device=device).argmax(1)
+            preds = checked_predictions(st.model, images, device=device, where=st.model_name).argmax(1)
             cells = cells_of(preds)
             stage_cells[st.stage] = np.array(cells)
             for name in cfg["explain"]["names"]:

@@ -8,11 +8,18 @@ the driver writes every result into the run's cache atomically as it arrives, so
 local run of one config fill the same cache and produce the same tables, and a killed run
 resumes. A worker that dies is retried by Ray (``max_retries``); a unit that fails
 deterministically is recorded like any failing explainer (its error is caught inside the task).
+
+A local Ray instance started here (no ``--ray-address``) keeps its session files (sockets, logs)
+in a private folder of the system temp folder, not in Ray's shared ``<temp>/ray``; it is shut down
+and that folder removed when the units are done, or the run stops. (Not inside the run folder:
+Ray's socket paths must fit in 107 bytes.)
 """
 from __future__ import annotations
 
 import copy
 import os
+import shutil
+import tempfile
 from typing import Any, Iterator
 
 import torch
@@ -20,6 +27,7 @@ import torch
 from bench.core.errors import BenchError, one_line
 from bench.perf.allocator import tune_allocator
 from bench.run.unit import failed_attribution
+from models.user import copy_model
 
 MAX_RETRIES = 3
 FAULT_ENV = "BENCH_RAY_FAULT_ONCE"  # test hook: path of a marker file; the first task to run exits
@@ -46,13 +54,33 @@ def compute_on_ray(units: list, pending: list[int], cached_attr: dict[int, Any],
         raise BenchError("--executor ray needs Ray: pip install -e \".[ray]\" (or use --executor local)") from exc
     if not pending:
         return
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    session = None if address or not started else tempfile.mkdtemp(prefix="pnb-ray-")
+    if started:
         try:
-            local = {} if address else {"_node_ip_address": "127.0.0.1"}  # a new local instance: loopback only
+            # a new local instance: loopback only, its files in a folder of its own
+            local = {} if address else {"_node_ip_address": "127.0.0.1", "_temp_dir": session}
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
         except (ConnectionError, RuntimeError, ValueError) as exc:
+            _stop(ray, session)
             raise BenchError(f"cannot connect to the Ray cluster at {address or 'a new local instance'} "
                              f"({one_line(exc, 200)}); check --ray-address") from exc
+    try:
+        yield from _run_tasks(ray, units, pending, cached_attr)
+    finally:
+        if started:
+            _stop(ray, session)
+
+
+def _stop(ray: Any, session: str | None) -> None:
+    """Shut down the Ray instance this run started and remove its session folder."""
+    ray.shutdown()
+    if session is not None:
+        shutil.rmtree(session, ignore_errors=True)
+
+
+def _run_tasks(ray: Any, units: list, pending: list[int], cached_attr: dict[int, Any]
+               ) -> Iterator[tuple[int, tuple[dict, dict]]]:
     gpu = units[pending[0]].device.type == "cuda"
     task = ray.remote(num_gpus=1 if gpu else 0, max_retries=MAX_RETRIES)(_compute)
     model_refs: dict[str, Any] = {}
@@ -62,7 +90,7 @@ def compute_on_ray(units: list, pending: list[int], cached_attr: dict[int, Any],
         unit = units[i]
         sha = unit.stage.sha256
         if sha not in model_refs:  # one copy per checkpoint in the object store, on the CPU
-            model_refs[sha] = ray.put(copy.deepcopy(unit.stage.model).cpu())
+            model_refs[sha] = ray.put(copy_model(unit.stage.model, unit.stage.model_name).cpu())
         light = copy.copy(unit)
         light.stage = copy.copy(unit.stage)
         light.stage.model = None  # the model travels by reference, not inside every task

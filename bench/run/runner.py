@@ -21,7 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.core.device import resolve_device
-from bench.core.schema import CURVE_COLUMNS, SCORE_COLUMNS, SUBSTRATE_COLUMNS, SUBSTRATE_CURVE_COLUMNS, stage_key
+from bench.core.schema import (CURVE_COLUMNS, SAMPLE_COLUMNS, SCORE_COLUMNS, SUBSTRATE_COLUMNS, SUBSTRATE_CURVE_COLUMNS,
+                               stage_key)
 from bench.metrics import METRICS
 from bench.report.plots import AttributionExamples, ModelExamples
 from bench.report.html import REPORT, write_html_report
@@ -61,19 +62,21 @@ def _run(cfg: RunConfig, run_dir: Path, device: torch.device, say: Callable[[str
     timings["checkpoints"] = time.perf_counter() - t
 
     reference = P.background(train, cfg["data"]["background_size"], cfg["seed"])
-    plan, examples = P.plan_units(cfg, stages, test, reference, device, run_dir)
+    sample: list[dict] = []
+    plan, examples = P.plan_units(cfg, stages, test, reference, device, run_dir, sample)
     return run_plan(cfg, run_dir, device, test, stages, plan, examples, timings, t_all, say=say, progress=progress,
+                    sample=pd.DataFrame(sample, columns=list(SAMPLE_COLUMNS)) if sample else None,
                     executor=executor, ray_address=ray_address)
 
 
 def run_plan(cfg: RunConfig, run_dir: Path, device: torch.device, test: P.ImageSplit, stages: list[P.Stage],
              plan: list[P.Planned], examples: dict[str, P.Examples], timings: dict[str, float], t_all: float, *,
              say: Callable[[str], None], progress: bool, executor: str = "local", ray_address: str | None = None,
-             figures: bool | None = None) -> Path:
+             figures: bool | None = None, sample: pd.DataFrame | None = None) -> Path:
     """Everything after planning, shared by ``bench run`` and ``bench.evaluate``: the units executed
     through the cache in ``run_dir``, the tables, the figures (``figures``: default the config's)
     and the manifest (``test``: the explained images' split; ``timings``: the phases so far since
-    ``t_all``). Returns ``run_dir``."""
+    ``t_all``; ``sample``: the sampling design, written as ``sample.csv``). Returns ``run_dir``."""
     units = [p.unit for p in plan]
     pass_seconds = time_passes(stages, units)
 
@@ -84,12 +87,13 @@ def run_plan(cfg: RunConfig, run_dir: Path, device: torch.device, test: P.ImageS
     main = [(p, r) for p, r in zip(plan, results) if not p.reference]  # reference units only explain
     tables = _tables([p for p, _ in main], [r for _, r in main])
     tables["similarity"] = similarity_table(cfg, plan, results)
+    tables["sample"] = sample
     if cfg["reliability"]["enabled"] and cfg["reliability"]["meta"]["enabled"]:
         runs, floor = meta.estimate(cfg, [p for p, _ in main], pass_seconds)
         say(f"MetaQuantus: {runs} explainer and metric runs on {cfg['reliability']['meta']['n_images']} images per "
             f"stage; about {'?' if floor is None else f'{floor:.0f}'} s at the floor (cached as it goes)")
         t = time.perf_counter()
-        tables["meta"] = meta.run_meta(cfg, [p for p, _ in main], [r for _, r in main], say)
+        tables["meta"], tables["meta_scores"] = meta.run_meta(cfg, [p for p, _ in main], [r for _, r in main], say)
         timings["meta"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -111,7 +115,8 @@ def run_plan(cfg: RunConfig, run_dir: Path, device: torch.device, test: P.ImageS
     failed = sorted({(u["model"], u["stage"], u["explainer"]) for u in unit_log if u["status"] != "ok"})
     ratio = cost["explain_and_metrics"]["ratio"]
     say(f"{len(unit_log)} units ({n_cached} from cache) in {timings['total']:.0f} s"
-        + (f"; explain+score at {ratio:.2f}x its floor" if ratio is not None else "")
+        + (f"; explaining and scoring took {timings['explain_and_metrics']:.0f} s, {ratio:.1f} times as long as the "
+           f"model passes they need (manifest.json: cost)" if ratio is not None else "")
         + (f"; failed: {', '.join('/'.join(f) for f in failed)} (failures are not cached: the next run retries "
            f"them)" if failed else ""))
     return run_dir

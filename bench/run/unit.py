@@ -251,9 +251,12 @@ class Unit:
                         keep(metric, "imputation", r, 1.0 if other.meta["higher_is_better"] == hib else -1.0)
         return scores, curves
 
-    def explain_on(self, other: nn.Module) -> Tensor:
-        """Re-run this unit's explainer on another model (for randomisation metrics)."""
+    def explain_on(self, other: nn.Module, inputs: Tensor | None = None) -> Tensor:
+        """Re-run this unit's explainer on another model (randomisation metrics) and/or on other
+        inputs in place of the unit's images (robustness metrics: perturbed images), with the same
+        targets, background, parameters and seed."""
         model = with_output_space(other, self.cfg["explain"]["output"]).eval()
+        x = self.images.to(self.device) if inputs is None else inputs
         torch.manual_seed(self.cfg["seed"])
-        return run_explainer(self.explainer, model, self.images.to(self.device), self.targets.to(self.device),
+        return run_explainer(self.explainer, model, x, self.targets.to(self.device),
                              background=self.background.to(self.device), **self.params).values

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.benchmark
 def test_explainer_cost(benchmark, case, bench_settings, explainer):
     s = bench_settings
     params = explainer_params(explainer)
-    passes = passes_per_image(explainer, params, background_size=case.background.shape[0])
+    passes = passes_per_image(explainer, params, background_size=case.background.shape[0],
+                              shape=tuple(case.inputs.shape[1:]), model=case.model)
     load = load_average()
 
     attr, per_image, peak_mb, one_pass = run_measured(

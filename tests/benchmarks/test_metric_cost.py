@@ -3,10 +3,12 @@ metric, Quantus' time on identical inputs.
 
 Each metric scores one fixed, seeded random attribution (a metric's cost does not depend on the
 values) with its default parameters. The floor is the model passes the metric needs
-(bench.floor.metric_passes_per_image) x the time of one batched pass of the model. Randomisation
-re-explains with ``captum.saliency`` (one forward+backward per image) after each cascade step;
-with another explainer it costs about ``n_layers`` x that explainer. ROAD's sparse imputation is
-no model pass: its time is reported separately (``imputation_s_per_image``).
+(bench.floor.metric_passes_per_image) x the time of one batched pass of the model. The metrics
+that re-run the explainer (``needs=("explain",)``) re-explain with ``captum.saliency`` (one
+forward+backward per image): randomisation after each cascade step (with another explainer it
+costs about ``n_layers`` x that explainer), the robustness metrics on each of their ``samples``
+perturbed batches (``samples`` x that explainer). ROAD's sparse imputation is no model pass: its
+time is reported separately (``imputation_s_per_image``).
 
 Quantus (0.6.0) counterparts, every implicit default set explicitly as in
 tests/test_metrics_reference.py: ``deletion_auc`` vs ``quantus.PixelFlipping`` (per-sample AUC,
@@ -14,7 +16,11 @@ tests/test_metrics_reference.py: ``deletion_auc`` vs ``quantus.PixelFlipping`` (
 ``road_morf`` vs ``quantus.ROAD`` (same percentages and noise), ``additivity_error`` vs
 ``quantus.Completeness`` (zero baseline, logits; Quantus runs the two forward passes that our
 metric reads from the attribution's ``outputs`` / ``base_values``, and returns exact float
-equality per image rather than a gap, so it is timed for cost only). Quantus calls ``np.trapz``,
+equality per image rather than a gap, so it is timed for cost only), ``sparseness`` /
+``complexity`` vs ``quantus.Sparseness`` / ``quantus.Complexity`` (abs, no normalisation),
+``faithfulness_correlation`` vs ``quantus.FaithfulnessCorrelation`` (same runs and subset size,
+zero baseline, logits) and ``monotonicity_correlation`` vs ``quantus.MonotonicityCorrelation``
+(one sample, ``H*W / steps`` pixels per step, zero baseline, softmax). Quantus calls ``np.trapz``,
 removed in numpy 2.4; it is aliased to ``np.trapezoid`` for these tests only.
 """
 from __future__ import annotations
@@ -48,7 +54,7 @@ from .conftest import Case, Settings, cost_info, load_average, release_memory, r
 
 pytestmark = pytest.mark.benchmark
 
-RANDOMISATION_EXPLAINER = "captum.saliency"
+RERUN_EXPLAINER = "captum.saliency"  # what the metrics that re-run the explainer re-run
 
 
 @pytest.fixture(autouse=True)
@@ -107,9 +113,25 @@ def _quantus_call(metric_name: str, params: dict[str, Any], case: Case, attr: At
         # Quantus answers with exact float equality (a bool per image), not a gap: timed for cost only.
         metric = quantus.Completeness(perturb_baseline=0.0, **common)
         name = "Completeness"
+    elif metric_name in ("sparseness", "complexity"):
+        name = metric_name.capitalize()
+        metric = getattr(quantus, name)(**{**common, "abs": True})
+    elif metric_name == "faithfulness_correlation":
+        if params["substrate"] != "zero":
+            return None
+        k = max(1, int(params["frac"] * h * w + 0.5))
+        metric = quantus.FaithfulnessCorrelation(nr_runs=params["runs"], subset_size=k, perturb_baseline=0.0, **common)
+        name = "FaithfulnessCorrelation"
+    elif metric_name == "monotonicity_correlation":
+        if (h * w) % params["steps"] or params["substrate"] != "zero":
+            return None
+        metric = quantus.MonotonicityCorrelation(nr_samples=1, features_in_step=(h * w) // params["steps"],
+                                                 perturb_baseline=0.0, **{**common, "abs": True})
+        name = "MonotonicityCorrelation"
     else:
         return None
-    softmax = metric_name != "additivity_error"  # additivity lives in the explained (logit) space
+    # additivity and faithfulness correlation live in the explained (logit) space; the others in probabilities
+    softmax = metric_name not in ("additivity_error", "faithfulness_correlation")
     model = copy.deepcopy(case.model)  # Quantus wraps and may touch the model
     x, y, a = (t.detach().cpu().numpy() for t in (case.inputs, case.targets, attr.values))
     return name, lambda: metric(model=model, x_batch=x, y_batch=y, a_batch=a, channel_first=True, softmax=softmax,
@@ -124,14 +146,14 @@ def test_metric_cost(benchmark, case: Case, bench_settings: Settings, metric: st
     attr = _attribution(case)
     context = MetricContext(
         masks=_masks(case),
-        explain=lambda m: run_explainer(RANDOMISATION_EXPLAINER, m, case.inputs, case.targets,
-                                        background=case.background).values,
+        explain=lambda m, inputs=None: run_explainer(RERUN_EXPLAINER, m, case.inputs if inputs is None else inputs,
+                                                     case.targets, background=case.background).values,
         additive=True,
     )
     needs_explain = "explain" in METRICS.get(metric).meta.get("needs", ())
     n_layers = len(randomisation_layers(case.model)) if needs_explain else None
     passes = metric_passes_per_image(metric, params, n_layers=n_layers,
-                                     explainer_passes=passes_per_image(RANDOMISATION_EXPLAINER) if needs_explain else None)
+                                     explainer_passes=passes_per_image(RERUN_EXPLAINER) if needs_explain else None)
     load = load_average()
 
     scores, per_image, peak_mb, one_pass = run_measured(
@@ -149,7 +171,7 @@ def test_metric_cost(benchmark, case: Case, bench_settings: Settings, metric: st
     }
     floor = info["floor_s_per_image"]
     if needs_explain:
-        info.update(randomisation_explainer=RANDOMISATION_EXPLAINER, n_layers=n_layers)
+        info.update(rerun_explainer=RERUN_EXPLAINER, n_layers=n_layers)
     if "percentages" in params:  # ROAD: the CPU imputation is part of the cost but no model pass
         order = rank_pixels(attr.values)
         if metric == "road_lerf":
