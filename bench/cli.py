@@ -39,6 +39,7 @@ from bench.run.config import load_config, parse_value
 from bench.run.rundir import check_adoptable, check_run_tree
 from bench.run.runner import run
 from bench.run.sizing import plan_sample, render_plan
+from bench.run.truth import run_truth
 from models.training import (Recipe, TrainConfig, TuneConfig, default_checkpoint_path, default_tuned_path, train_model,
                              tune_model)
 
@@ -160,6 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--pilot", required=True, help="a finished run folder whose scores give the paired variances "
                                                    "(e.g. results/published/card)")
     pl.add_argument("--power", type=float, default=0.8, help="power to detect the smallest effect (default: 0.8)")
+    tt = sub.add_parser("truth", help="the model-truth test: one run per training condition of a marked data set, "
+                                      "then which explainers follow what the model uses and which metrics agree")
+    tt.add_argument("--config", default=None,
+                    help="TOML config with data.dataset = \"marked\" (e.g. configs/truth.toml)")
+    tt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value (TOML), e.g. --set 'truth.polarities=[\"bright\", \"dark\"]'")
+    tt.add_argument("--name", default=None, help="run name: results/<name>/ (default: the config's name)")
+    tt.add_argument("--results", default=None, help="results folder (default: results)")
+    _add_device(tt)
+    tt.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -340,8 +351,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_truth(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    for flag, key in (("name", "name"), ("results", "results_dir")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(str(value))}")
+    if args.device != "auto":
+        overrides.append(f"device={json.dumps(args.device)}")
+    out = run_truth(load_config(args.config, overrides), progress=not args.no_progress)
+    print(f"results in {out}: truth.md, truth_models.csv, truth.csv, truth_agreement.csv, report.html; "
+          f"one run per condition in {out / 'runs'}")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "list": cmd_list, "train": cmd_train, "tune": cmd_tune, "report": cmd_report,
-            "plan": cmd_plan}
+            "plan": cmd_plan, "truth": cmd_truth}
 
 
 INTERRUPTED = "interrupted; finished work is kept and a re-run resumes"

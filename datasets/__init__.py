@@ -11,3 +11,4 @@ from datasets.base import (DATASETS, SPLITS, ImageSplit, check_splits, dataset_o
                            register_dataset)
 from datasets import pneumoniamnist as _pneumoniamnist, synthetic as _synthetic  # noqa: F401  (registration)
 from datasets import medmnist2d as _medmnist2d  # noqa: F401  (registration)
+from datasets import marked as _marked  # noqa: F401  (registration)

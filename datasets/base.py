@@ -27,6 +27,9 @@ class ImageSplit:
         name: registered dataset name; split: "train" | "val" | "test".
         info: provenance recorded in manifests: source path, md5, whether the md5 is the
             official one, image size, seed of a synthetic generator, ...
+        counterfactual: ``(N, C, H, W)`` the same images with one planted feature toggled
+            (added where it is absent, removed where present; ``marked``), or None. The model-truth
+            test (:mod:`bench.run.truth`) measures a model's reliance on the feature from the pair.
     """
 
     images: Tensor
@@ -36,6 +39,7 @@ class ImageSplit:
     masks: Tensor | None = None
     class_names: tuple[str, ...] = ("normal", "pneumonia")
     info: dict[str, Any] = field(default_factory=dict)
+    counterfactual: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -59,6 +63,7 @@ class ImageSplit:
             masks=None if self.masks is None else self.masks[idx],
             class_names=self.class_names,
             info=dict(self.info),
+            counterfactual=None if self.counterfactual is None else self.counterfactual[idx],
         )
 
 

@@ -8,7 +8,7 @@ module                 metrics
 ``additivity``         additivity_error, additivity_error_relative
 ``road``               road_morf, road_lerf
 ``randomisation``      randomisation_similarity
-``localisation``       localisation_precision, pointing_game
+``localisation``       localisation_precision, pointing_game, mask_share, mask_share_signed
 ``robustness``         max_sensitivity, avg_sensitivity, local_lipschitz_estimate
 ``concentration``      sparseness, complexity
 ``fidelity``           infidelity
@@ -75,7 +75,7 @@ from bench.metrics.correlation import (  # noqa: F401
 )
 from bench.metrics.drop_increase import drop_rate, increase_rate  # noqa: F401
 from bench.metrics.fidelity import gaussian_perturbations, infidelity, infidelity_from_perturbations  # noqa: F401
-from bench.metrics.localisation import localisation_precision, pointing_game  # noqa: F401
+from bench.metrics.localisation import localisation_precision, mask_share, mask_share_signed, pointing_game  # noqa: F401
 from bench.metrics.randomisation import (  # noqa: F401
     randomisation_layers,
     randomisation_per_layer,

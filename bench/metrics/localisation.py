@@ -67,3 +67,47 @@ def pointing_game(model: nn.Module, inputs: Tensor, targets: Tensor, attribution
     top = rank_pixels(attribution.values)[:, :1]
     hit = m.gather(1, top).squeeze(1).to(out_dtype(inputs))
     return torch.where(m.any(1), hit, torch.full_like(hit, float("nan")))
+
+
+def _mask_share(metric: str, model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution,
+                context: MetricContext | None, signed: bool) -> Tensor:
+    validate_call(metric, model, inputs, targets, attribution)
+    m = _masks(metric, context, inputs)
+    phi = attribution.values.detach().to(torch.float64).sum(1).flatten(1)  # channel sum, (B, H*W)
+    total = phi.abs().sum(1)
+    inside = torch.where(m, phi if signed else phi.abs(), torch.zeros_like(phi)).sum(1)
+    area = m.sum(1).to(torch.float64) / m.shape[1]
+    score = (inside / total) / area
+    score = torch.where(m.any(1) & (total > 0), score, torch.full_like(score, float("nan")))
+    return score.to(out_dtype(inputs))
+
+
+@register_metric("mask_share", higher_is_better=True, needs=("masks",), kind="localisation", passes=(0, 0),
+                 control_role="baseline",
+                 paper="Clark et al. 2026, Feature salience - not task-informativeness - drives ML model explanations "
+                       "(relative importance in the marked area); Arras et al. 2022 (relevance mass accuracy)")
+def mask_share(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
+               context: MetricContext | None = None) -> Tensor:
+    """Absolute attribution mass inside the mask relative to the mask's share of the image.
+
+    Clark, Oliveira, Wilming & Haufe 2026 (arXiv 2602.09238), relative importance of the marked
+    area; Arras, Osman & Samek 2022 (CLEVR-XAI) relevance mass accuracy divided by the area share:
+    ``RI = (sum_{i in M} |phi_i| / sum_i |phi_i|) / (|M| / |I|)`` over pixels ``i`` of the image
+    ``I`` (channel sums). 1 = as much attribution as area; a map that ignores the mask scores 0,
+    one inside it alone ``|I| / |M|``. NaN for an empty mask or an all-zero map. Higher is better
+    when the mask holds what the model uses (the planted marker of ``marked`` data).
+    """
+    return _mask_share("mask_share", model, inputs, targets, attribution, context, signed=False)
+
+
+@register_metric("mask_share_signed", higher_is_better=True, needs=("masks",), kind="localisation", passes=(0, 0),
+                 control_role="baseline",
+                 paper="Clark et al. 2026 (relative importance in the marked area), signed")
+def mask_share_signed(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
+                      context: MetricContext | None = None) -> Tensor:
+    """The signed variant of :func:`mask_share`: ``(sum_{i in M} phi_i / sum_i |phi_i|) / (|M| / |I|)``.
+
+    Positive when the map says the masked pixels raise the explained output, negative when it says
+    they lower it (in ``[-|I|/|M|, |I|/|M|]``). NaN for an empty mask or an all-zero map.
+    """
+    return _mask_share("mask_share_signed", model, inputs, targets, attribution, context, signed=True)

@@ -76,6 +76,14 @@ DEFAULTS: dict[str, Any] = {
         "draws": 20000,           # Monte Carlo draws of the max-T null and of P(top stays)
         "seed": 0,
     },
+    "truth": {                    # `bench truth`: the model-truth test on `marked` data (bench/run/truth.py); one
+                                  # sub-run per (polarity, condition), so left out of each run's identity
+        "conditions": ["none", "confound", "noise"],  # training conditions of the marked data (datasets/marked.py)
+        "polarities": ["bright"],  # marker polarities, each with every condition
+        "reliance_margin": 0.05,  # |p(class 1) with - without marker| below which a model does not use it
+        "share_margin": 0.25,     # mask_share difference (area-relative units) inside which explainers "do not react"
+        "bootstrap": 1000,        # image resamples of the AUROC, correlation and tau intervals
+    },
     "reliability": {              # the reliability card (bench/report/reliability.py), next to every leaderboard
         "enabled": True,
         "controls": ["random", "edge"],
@@ -274,6 +282,7 @@ def validate(v: dict[str, Any]) -> None:
             f"must be true or false, got {v['report']['self_contained']!r}")
     _check_reliability(v["reliability"])
     _check_stats(v["stats"])
+    _check_truth(v["truth"])
     _expect(isinstance(v["metrics"]["curves"], bool), "metrics.curves",
             f"must be true or false, got {v['metrics']['curves']!r}")
     stages = v["models"]["stages"]
@@ -332,6 +341,36 @@ def _check_stats(st: dict[str, Any]) -> None:
                 f"stats.{key}", f"must be a number >= 0, got {st[key]!r}")
     _expect(_is_int(st["draws"]) and st["draws"] >= 1000, "stats.draws", f"must be an integer >= 1000, got {st['draws']!r}")
     _expect(is_seed(st["seed"]), "stats.seed", f"must be an integer {SEED_RANGE}, got {st['seed']!r}")
+
+
+TRUTH_CONDITIONS = ("none", "confound", "noise")
+TRUTH_POLARITIES = ("bright", "dark")
+
+
+def _check_truth(t: dict[str, Any]) -> None:
+    for key, choices in (("conditions", TRUTH_CONDITIONS), ("polarities", TRUTH_POLARITIES)):
+        _expect(isinstance(t[key], list) and t[key] and all(x in choices for x in t[key])
+                and len(set(t[key])) == len(t[key]), f"truth.{key}",
+                f"must be a non-empty list of distinct values from {', '.join(choices)}, got {t[key]!r}")
+    for key in ("reliance_margin", "share_margin"):
+        _expect(isinstance(t[key], (int, float)) and not isinstance(t[key], bool) and t[key] > 0, f"truth.{key}",
+                f"must be a number > 0, got {t[key]!r}")
+    _expect(_is_int(t["bootstrap"]) and t["bootstrap"] >= 100, "truth.bootstrap",
+            f"must be an integer >= 100, got {t['bootstrap']!r}")
+
+
+def derive(cfg: RunConfig, changes: dict[str, Any]) -> RunConfig:
+    """``cfg`` with dotted keys set (``{"data.options.condition": "noise", "name": "x"}``), validated again."""
+    values = copy.deepcopy(cfg.values)
+    for dotted, value in changes.items():
+        node = values
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = copy.deepcopy(value)
+    values = _merge(copy.deepcopy(DEFAULTS), values, ())
+    validate(values)
+    return RunConfig(values=values, source=cfg.source)
 
 
 def _get(v: dict[str, Any], dotted: str) -> Any:

@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - Windows
     import msvcrt
 
 # where a run lives and how its page shows it, not what it computes
-NOT_IDENTITY = ("name", "results_dir", "checkpoint_dir", "report", "stats")
+NOT_IDENTITY = ("name", "results_dir", "checkpoint_dir", "report", "stats", "truth")
 MARKER = "manifest.json"  # a run's record: a folder without one is not a run's to adopt
 LOCK = ".lock"
 # the layout of a run folder: these are folders, whatever matches RUN_FILES is a file

@@ -45,12 +45,15 @@ def _cube(raw: pd.DataFrame, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndar
     return base, new, kept, ok, explainers, draws
 
 
-def _wilcoxon(a: np.ndarray, b: np.ndarray) -> float:
+def _wilcoxon(a: np.ndarray, b: np.ndarray, method: str = "auto") -> float:
+    """Wilcoxon signed-rank p-value; ``"auto"`` is scipy's (and MetaQuantus') default, which turns
+    into a 9,999-draw permutation test for small samples with ties (every bootstrap resample that
+    repeats an image): resamples use the normal approximation (``"asymptotic"``) instead."""
     if np.all(a == b):
         return 1.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(sps.wilcoxon(a, b).pvalue)
+        return float(sps.wilcoxon(a, b, method=method).pvalue)
 
 
 def _mean(values: list[float]) -> float:
@@ -59,9 +62,10 @@ def _mean(values: list[float]) -> float:
 
 
 def consistency(raw: pd.DataFrame, higher_is_better: bool, draws: np.ndarray | None = None,
-                images: np.ndarray | None = None) -> dict[str, float]:
+                images: np.ndarray | None = None, wilcoxon: str = "auto") -> dict[str, float]:
     """IAC/IEC and MC of one (model, stage, metric, test) from its raw rows (module docstring).
-    ``draws`` / ``images``: positions to use (with repeats: a resample); all by default."""
+    ``draws`` / ``images``: positions to use (with repeats: a resample); all by default;
+    ``wilcoxon``: the method of the signed-rank p-values (:func:`_wilcoxon`)."""
     sign = 1.0 if higher_is_better else -1.0
     iac: dict[str, list[float]] = {"nr": [], "ar": []}
     iec_nr: list[float] = []
@@ -83,7 +87,7 @@ def consistency(raw: pd.DataFrame, higher_is_better: bool, draws: np.ndarray | N
             if not sel.any():
                 continue
             for x, y in zip(b[:, sel], n[:, sel]):
-                p = _wilcoxon(x, y)
+                p = _wilcoxon(x, y, wilcoxon)
                 iac[kind].append(p if kind == "nr" else 1.0 - p)
             if kind == "nr":
                 iec_nr.append(float(np.mean(np.argsort(b[:, sel], axis=0, kind="stable")
@@ -103,8 +107,8 @@ def mc_interval(raw: pd.DataFrame, higher_is_better: bool, *, n_resamples: int, 
     if n_images < 4:
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
-    values = [consistency(raw, higher_is_better, rng.integers(0, n_draws, n_draws), rng.integers(0, n_images, n_images))
-              ["mc"] for _ in range(n_resamples)]
+    values = [consistency(raw, higher_is_better, rng.integers(0, n_draws, n_draws), rng.integers(0, n_images, n_images),
+                          wilcoxon="asymptotic")["mc"] for _ in range(n_resamples)]
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     if not v.size:

@@ -1,0 +1,130 @@
+"""``python -m bench truth``: do the metrics measure faithfulness? The planted-marker test.
+
+A config whose data set is ``marked`` (datasets/marked.py) runs once per (polarity, training
+condition) of its ``[truth]`` table, each an ordinary run in ``<results_dir>/<name>/runs/<condition>-<polarity>``
+(its own cache, tables, card and manifest; checkpoints in the parent's checkpoint folder). Every
+sub-run explains the same test images (the marked test split is the same under every condition).
+Then, for every trained model, the model truth is measured by intervention on the same images:
+the target score with the marker and without it (``ImageSplit.counterfactual``), everything else
+equal; and on the whole test split the accuracy with and without the marker. The tables
+(bench/report/truth.py) grade each explainer by whether its share of attribution on the marker
+follows the model's use of it, and each faithfulness metric by whether its ranking of the
+explainers agrees with that truth.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from bench.core.device import resolve_device
+from bench.core.errors import BenchError
+from bench.core.io import atomic_write_json, read_regular
+from bench.core.machine import machine_info
+from bench.report.truth import RELIANCE_COLUMNS, write_truth
+from bench.run import plan as P
+from bench.run import runner
+from bench.run.config import RunConfig, checkpoint_dir, derive
+from bench.run.manifest import git_commit, package_versions
+from bench.run.rundir import MARKER, claim
+from datasets import load_split
+
+BATCH = 256
+
+
+def sub_runs(cfg: RunConfig) -> list[tuple[str, str, RunConfig]]:
+    """(condition, polarity, config) of every sub-run of a truth config."""
+    if cfg["data"]["dataset"] != "marked":
+        raise BenchError(f"bench truth needs marked data (data.dataset = \"marked\"), got {cfg['data']['dataset']!r}; "
+                         f"see configs/truth.toml")
+    if cfg["explain"]["target"] != "label":
+        raise BenchError("bench truth explains the same class under every model: set explain.target = \"label\"")
+    if "mask_share" not in cfg["metrics"]["names"]:
+        raise BenchError("bench truth grades explainers by mask_share: add \"mask_share\" to metrics.names")
+    out = []
+    parent = Path(cfg["results_dir"]) / cfg["name"]
+    for polarity in cfg["truth"]["polarities"]:
+        for condition in cfg["truth"]["conditions"]:
+            out.append((condition, polarity, derive(cfg, {
+                "name": f"{condition}-{polarity}", "results_dir": str(parent / "runs"),
+                "checkpoint_dir": str(checkpoint_dir(cfg)), "data.options.condition": condition,
+                "data.options.polarity": polarity})))
+    return out
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, images: Tensor, device: torch.device) -> Tensor:
+    model.eval()
+    return torch.cat([model(images[i:i + BATCH].to(device)).float().cpu() for i in range(0, len(images), BATCH)])
+
+
+def reliance_rows(cfg: RunConfig, condition: str, polarity: str, device: torch.device, progress: bool,
+                  say: Callable[[str], None]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per model and explained image: the target score and p(class 1) with and without the marker;
+    per model on the whole test split: accuracy with the marker on every image, without it on any."""
+    train, val, test = P.load_data(cfg)
+    stages = [s for s in P.ensure_checkpoints(cfg, train, val, test, device, progress, say) if s.stage == "pre"]
+    full = load_split("marked", "test", **{**cfg["data"]["options"], "test_n": 0})
+    logit = cfg["explain"]["output"] == "logit"
+    planted = test.masks.flatten(1).any(1)
+    with_m = torch.where(planted.view(-1, 1, 1, 1), test.images, test.counterfactual)
+    without = torch.where(planted.view(-1, 1, 1, 1), test.counterfactual, test.images)
+    f_planted = full.masks.flatten(1).any(1).view(-1, 1, 1, 1)
+    f_with = torch.where(f_planted, full.images, full.counterfactual)
+    f_without = torch.where(f_planted, full.counterfactual, full.images)
+    rows, models = [], []
+    for st in stages:
+        a, b = _outputs(st.model, with_m, device), _outputs(st.model, without, device)
+        pa, pb = a.softmax(1), b.softmax(1)
+        t = test.labels
+        sa = (a if logit else pa).gather(1, t.view(-1, 1)).squeeze(1)
+        sb = (b if logit else pb).gather(1, t.view(-1, 1)).squeeze(1)
+        for i in range(len(t)):
+            rows.append({"condition": condition, "polarity": polarity, "model": st.model_name, "seed": st.seed,
+                         "image": i, "label": int(t[i]), "planted": bool(planted[i]),
+                         "score_with": float(sa[i]), "score_without": float(sb[i]),
+                         "p1_with": float(pa[i, 1]), "p1_without": float(pb[i, 1])})
+        fa, fb = _outputs(st.model, f_with, device), _outputs(st.model, f_without, device)
+        d = (fa.softmax(1)[:, 1] - fb.softmax(1)[:, 1]).numpy()
+        models.append({"condition": condition, "polarity": polarity, "model": st.model_name, "seed": st.seed,
+                       "checkpoint_sha256": st.sha256, "n_test": len(full),
+                       "acc_without": float((fb.argmax(1) == full.labels).float().mean()),
+                       "acc_with": float((fa.argmax(1) == full.labels).float().mean()),
+                       "_reliance": d, "_labels": full.labels.numpy()})
+    return pd.DataFrame(rows, columns=list(RELIANCE_COLUMNS)), pd.DataFrame(models)
+
+
+def run_truth(cfg: RunConfig, *, progress: bool = True) -> Path:
+    """Every sub-run, the model truth of every model, the truth tables; returns the parent folder.
+
+    The parent folder is claimed like a run folder (one truth run at a time, one config per folder,
+    nothing followed through a link); its ``manifest.json`` records the config, the sub-runs with
+    their data fingerprints and checkpoint hashes, package versions and the git commit."""
+    subs = sub_runs(cfg)
+    device = resolve_device(cfg["device"])
+    parent = Path(cfg["results_dir"]) / cfg["name"]
+    runs, reliance, models = [], [], []
+    with claim(parent, cfg):
+        for condition, polarity, sub in subs:
+            say(f"[truth] {condition} · {polarity}: {Path(sub['results_dir']) / sub['name']}")
+            run_dir = runner.run(sub, progress=progress)
+            record = json.loads(read_regular(run_dir / MARKER))
+            runs.append({"condition": condition, "polarity": polarity, "run": run_dir.relative_to(parent).as_posix(),
+                         "data": record.get("data"), "checkpoints": record.get("checkpoints")})
+            r, m = reliance_rows(sub, condition, polarity, device, progress, say)
+            reliance.append(r)
+            models.append(m)
+        write_truth(parent, cfg, pd.DataFrame([{k: r[k] for k in ("condition", "polarity", "run")} for r in runs]),
+                    pd.concat(reliance, ignore_index=True), pd.concat(models, ignore_index=True))
+        atomic_write_json(parent / MARKER, {"kind": "truth", "status": "done", "config": cfg.values,
+                                            "config_source": cfg.source, "runs": runs, "versions": package_versions(),
+                                            "git": git_commit(), "machine": machine_info()})
+    return parent
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
