@@ -48,6 +48,8 @@ def _small_options(name: str, tmp_path: Path) -> dict:
         return {"data_file": write_npz(tmp_path / "small.npz"), "download": False}
     if name == "synthetic":
         return {"n": 24, "size": 20}
+    if name == "marked":  # a planted marker in the synthetic set
+        return {"base": "synthetic", "base_options": {"n": 24}, "size": 20}
     if name in medmnist2d.FLAGS:  # a file in that flag's format: its channels, its classes
         meta, rng = DATASETS.get(name).meta, np.random.default_rng(0)
         shape = (28, 28, 3) if meta["in_channels"] == 3 else (28, 28)
@@ -82,6 +84,9 @@ def test_contract(name, split, tmp_path):
     json.dumps(data.info)  # recorded in manifests as is
     sub = data.subset([0, n - 1])
     assert len(sub) == 2 and torch.equal(sub.images[1], data.images[-1])
+    if data.counterfactual is not None:  # the same images with a planted feature toggled
+        assert data.counterfactual.shape == data.images.shape and not torch.equal(data.counterfactual, data.images)
+        assert torch.equal(sub.counterfactual[1], data.counterfactual[-1])
 
 
 def test_load_split_bad_split_lists_splits():

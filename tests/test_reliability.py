@@ -246,7 +246,8 @@ def test_the_card_in_a_run(card_run):
     assert mq.loc[("deletion_auc", "input"), "iec_nr"] > mq.loc[("test.noise", "input"), "iec_nr"] + 0.3
     assert 0 <= mq["mc"].min() and mq["mc"].max() <= 1
     rm = pd.read_csv(d / "reliability_meta.csv").set_index(["metric", "test"])  # from meta_scores.csv, with its CI
-    assert rm["mc"].to_numpy() == pytest.approx(mq.loc[rm.index, "mc"].to_numpy(), rel=1e-6)  # meta.csv: 8 digits
+    # meta.csv keeps 8 digits, reliability_meta.csv 6 decimals: equal within half a unit of the 6th
+    assert rm["mc"].to_numpy() == pytest.approx(mq.loc[rm.index, "mc"].to_numpy(), abs=5.01e-7)
     assert ((rm["mc_ci_low"] <= rm["mc"]) & (rm["mc"] <= rm["mc_ci_high"])).all()
     manifest = json.loads((d / "manifest.json").read_text())
     assert "meta" in manifest["wall_seconds"] and "(substrates)" in manifest["cost"]["by_metric"]

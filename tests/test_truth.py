@@ -93,7 +93,7 @@ def test_bad_marked_options_are_one_line(options, fragment):
 
 def _share(values: torch.Tensor, mask: torch.Tensor, name: str = "mask_share") -> torch.Tensor:
     x = torch.rand(values.shape[0], 1, 8, 8)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2)).eval()
     ctx = MetricContext(masks=mask)
     return compute_metric(name, model, x, torch.zeros(len(x), dtype=torch.long), Attribution(values),
                           context=ctx).scores
@@ -195,7 +195,8 @@ TINY = ['device="cpu"', 'data.options={base = "synthetic", base_options = {n = 6
         'models.names=["tiny"]', "train.epochs=8", "train.batch_size=32", "train.lr=0.003",
         'explain.names=["captum.input_x_gradient", "captum.saliency", "random", "edge"]',
         "explain.shard_size=16", "reliability.substrates=[]", "reliability.imputation=false",
-        "reliability.bootstrap=100", "reliability.splits=10", "truth.bootstrap=100",
+        "reliability.bootstrap=100", "reliability.splits=10", "truth.bootstrap=100", 'truth.polarities=["bright"]',
+        "models.seeds=[0]", "figures.enabled=false",
         'metrics.params={deletion_auc = {steps = 8}, insertion_auc = {steps = 8}}']
 
 

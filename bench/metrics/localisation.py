@@ -107,6 +107,9 @@ def mask_share_signed(model: nn.Module, inputs: Tensor, targets: Tensor, attribu
                       context: MetricContext | None = None) -> Tensor:
     """The signed variant of :func:`mask_share`: ``(sum_{i in M} phi_i / sum_i |phi_i|) / (|M| / |I|)``.
 
+    Clark, Oliveira, Wilming & Haufe 2026 (arXiv 2602.09238) report the relative importance of the
+    marked area for signed and absolute maps alike; this keeps the sign.
+
     Positive when the map says the masked pixels raise the explained output, negative when it says
     they lower it (in ``[-|I|/|M|, |I|/|M|]``). NaN for an empty mask or an all-zero map.
     """
