@@ -7,7 +7,11 @@ minor perturbation ``kept`` the model's prediction, and the draw's ``status``. W
 scores of an explainer on the images and ``q'`` under a perturbation (NR on the images whose
 prediction it kept):
 
-* IAC_NR = mean over explainers and draws of the Wilcoxon signed-rank p between ``q`` and ``q'``;
+* IAC_NR = mean over explainers and draws of the Wilcoxon signed-rank p between ``q`` and ``q'``
+  (normal approximation, scipy's ``"asymptotic"``, for the point and every resample alike: scipy's
+  default switches by sample size and ties between the exact p and, since scipy 1.15, a
+  9,999-draw permutation test, so a resample that repeats an image would use another p than the
+  point estimate, and take minutes; MetaQuantus itself calls the default);
 * IAC_AR = mean of ``1 - p``;
 * IEC_NR = share of (image, rank position) where the explainers' ranking is the same;
 * IEC_AR = share of (explainer, image) whose score got worse (in the metric's own direction);
@@ -45,10 +49,8 @@ def _cube(raw: pd.DataFrame, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndar
     return base, new, kept, ok, explainers, draws
 
 
-def _wilcoxon(a: np.ndarray, b: np.ndarray, method: str = "auto") -> float:
-    """Wilcoxon signed-rank p-value; ``"auto"`` is scipy's (and MetaQuantus') default, which turns
-    into a 9,999-draw permutation test for small samples with ties (every bootstrap resample that
-    repeats an image): resamples use the normal approximation (``"asymptotic"``) instead."""
+def _wilcoxon(a: np.ndarray, b: np.ndarray, method: str = "asymptotic") -> float:
+    """Wilcoxon signed-rank p-value by ``method`` (scipy's; module docstring for the default)."""
     if np.all(a == b):
         return 1.0
     with warnings.catch_warnings():
@@ -62,7 +64,7 @@ def _mean(values: list[float]) -> float:
 
 
 def consistency(raw: pd.DataFrame, higher_is_better: bool, draws: np.ndarray | None = None,
-                images: np.ndarray | None = None, wilcoxon: str = "auto") -> dict[str, float]:
+                images: np.ndarray | None = None, wilcoxon: str = "asymptotic") -> dict[str, float]:
     """IAC/IEC and MC of one (model, stage, metric, test) from its raw rows (module docstring).
     ``draws`` / ``images``: positions to use (with repeats: a resample); all by default;
     ``wilcoxon``: the method of the signed-rank p-values (:func:`_wilcoxon`)."""
@@ -107,8 +109,8 @@ def mc_interval(raw: pd.DataFrame, higher_is_better: bool, *, n_resamples: int, 
     if n_images < 4:
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
-    values = [consistency(raw, higher_is_better, rng.integers(0, n_draws, n_draws), rng.integers(0, n_images, n_images),
-                          wilcoxon="asymptotic")["mc"] for _ in range(n_resamples)]
+    values = [consistency(raw, higher_is_better, rng.integers(0, n_draws, n_draws),
+                          rng.integers(0, n_images, n_images))["mc"] for _ in range(n_resamples)]
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     if not v.size:
