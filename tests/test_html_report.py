@@ -196,7 +196,9 @@ def _chromium() -> str:
 
 
 PUBLISHED_ROOT = Path(__file__).resolve().parents[1] / "results" / "published"
-PUBLISHED_RUNS = sorted(p.parent.name for p in PUBLISHED_ROOT.glob("*/manifest.json"))  # quick, card, ...
+# quick, card, ...: single runs (a `bench truth` folder is a set of runs with its own tables, not one run)
+PUBLISHED_RUNS = sorted(p.parent.name for p in PUBLISHED_ROOT.glob("*/manifest.json")
+                        if json.loads(p.read_text()).get("kind") != "truth")
 
 
 @pytest.mark.slow  # a real browser: ~5 s
