@@ -35,7 +35,7 @@ from bench.core.registry import Registry
 from bench.perf.allocator import tune_allocator
 from bench.perf.floor import format_passes, metric_passes_per_image, passes_per_image
 from bench.report.rebuild import rebuild
-from bench.run.config import load_config, parse_value
+from bench.run.config import CONFIG_DIR, load_config, parse_value
 from bench.run.rundir import check_adoptable, check_run_tree
 from bench.run.runner import run
 from bench.run.sizing import plan_sample, render_plan
@@ -71,8 +71,12 @@ class Parser(argparse.ArgumentParser):
                                                  f"choose from {choices}")
 
 
+CONFIG_HELP = (f"a TOML config file, or a shipped profile's name: "
+               f"{', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.toml')))} (default: quick)")
+
 RUN_EXAMPLES = """examples (as typed in bash):
-  python -m bench run --config configs/study.toml --name study
+  python -m bench run --config study --name study    # a shipped profile, by name
+  python -m bench run --config my-profile.toml        # your own TOML file
   python -m bench run --set 'explain.names=["random", "edge"]' --set data.per_cell=2
   python -m bench run --set 'explain.params."shap.partition".max_evals=100'
 """
@@ -117,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a benchmark config: explainers x metrics -> leaderboards and figures",
                        epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("--config", default=None, help="TOML config (default: configs/quick.toml)")
+    r.add_argument("--config", default=None, help=CONFIG_HELP)
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, a TOML value in single quotes for the shell, e.g. "
                         "--set 'explain.names=[\"random\"]' (repeatable)")
@@ -155,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir", help="results/<run-name>")
 
     pl = sub.add_parser("plan", help="n before the run: images per model-stage for the declared effects, and the cost")
-    pl.add_argument("--config", default=None, help="TOML config (default: configs/quick.toml)")
+    pl.add_argument("--config", default=None, help=CONFIG_HELP)
     pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value (TOML), e.g. --set 'stats.effects={faithfulness = 0.03}'")
     pl.add_argument("--pilot", required=True, help="a finished run folder whose scores give the paired variances "
@@ -164,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     tt = sub.add_parser("truth", help="the model-truth test: one run per training condition of a marked data set, "
                                       "then which explainers follow what the model uses and which metrics agree")
     tt.add_argument("--config", default=None,
-                    help="TOML config with data.dataset = \"marked\" (e.g. configs/truth.toml)")
+                    help="TOML config with data.dataset = \"marked\", or a shipped profile's name (e.g. truth)")
     tt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value (TOML), e.g. --set 'truth.polarities=[\"bright\", \"dark\"]'")
     tt.add_argument("--name", default=None, help="run name: results/<name>/ (default: the config's name)")

@@ -12,6 +12,7 @@ import re
 import tomllib
 import typing
 from dataclasses import dataclass, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ from bench.stats.settings import DEFAULT_MARGINS
 from models.training import TrainConfig, TuneConfig, check_unfreeze
 from models.user import UserModelSpec
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# the shipped profiles are package data (bench/configs/*.toml; a repository checkout links configs/ to them)
+CONFIG_DIR = Path(str(resources.files("bench") / "configs"))
 DEFAULT_CONFIG = CONFIG_DIR / "quick.toml"
 
 # every key a run config may have, with its default; nested tables are dicts
@@ -178,12 +180,23 @@ def _key_path(parsed: dict[str, Any]) -> list[str]:
     return path
 
 
+def config_path(path: str | Path | None) -> Path:
+    """The config file of ``--config``: a TOML file, or a shipped profile's name (``quick``, ``study``, ...)."""
+    if not path:
+        return DEFAULT_CONFIG
+    path = Path(path)
+    shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+    if not path.is_file() and str(path) in shipped:  # a bare profile name, from any folder
+        return CONFIG_DIR / f"{path}.toml"
+    if not path.is_file():
+        raise BenchError(f"config file {path} not found; pass --config with an existing TOML file or a shipped "
+                         f"profile's name ({', '.join(shipped)})")
+    return path
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a TOML config over the DEFAULTS, apply ``--set`` overrides, validate."""
-    path = Path(path) if path else DEFAULT_CONFIG
-    if not path.is_file():
-        raise BenchError(f"config file {path} not found; pass --config with an existing TOML file "
-                         f"(shipped: {', '.join(sorted(p.name for p in CONFIG_DIR.glob('*.toml')))})")
+    path = config_path(path)
     try:
         text = read_regular(path, follow=True).decode("utf-8")
     except UnicodeDecodeError as exc:
