@@ -20,14 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from bench.run.config import CONFIG_DIR
+from bench.core.errors import BenchError
+from bench.run.config import CONFIG_DIR, DEFAULT_CONFIG, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 # what a build does not need: the git folder, environments, outputs and earlier builds
 NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "results", "build", "site", "*.egg-info", "__pycache__",
                                      ".pytest_cache", ".benchmarks")
-
-pytestmark = pytest.mark.slow
 
 TINY_RUN = ["--no-progress", "--set", 'data.dataset="synthetic"', "--set", "data.options.n=64",
             "--set", "data.per_cell=1", "--set", "data.background_size=4", "--set", 'models.names=["tiny"]',
@@ -49,7 +48,8 @@ result = bench.evaluate(model, images, labels=[0, 1, 0, 1], explainers=["captum.
                         overrides=["reliability.enabled=false"], device="cpu", verbose=False)
 result.save(sys.argv[1])
 print(json.dumps({"version": bench.__version__, "metadata": metadata.version("pneumobench"),
-                  "bench": bench.__file__, "models": models.__file__, "sys_path": [os.path.realpath(p) for p in sys.path],
+                  "bench": bench.__file__, "models": models.__file__,
+                  "sys_path": [os.path.realpath(p) for p in sys.path],
                   "rows": len(result.scores), "status": sorted(set(result.scores.status))}))
 """
 
@@ -64,6 +64,31 @@ def _run(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.Complet
     p = subprocess.run(args, cwd=cwd, env=_clean_env(), capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, f"{' '.join(args)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     return p
+
+
+PROFILES = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_every_shipped_profile_loads_by_name_from_any_folder(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(name)
+    assert Path(cfg.source) == CONFIG_DIR / f"{name}.toml"
+    # a checkout's configs/ is the same file (a link to the package's profiles)
+    assert (REPO / "configs" / f"{name}.toml").resolve() == (CONFIG_DIR / f"{name}.toml").resolve()
+
+
+def test_profiles_are_package_data_and_unknown_ones_are_one_line(tmp_path, monkeypatch):
+    assert CONFIG_DIR.parent == Path(sys.modules["bench"].__file__).parent and DEFAULT_CONFIG.name == "quick.toml"
+    assert {"quick", "tiny", "full"} <= set(PROFILES)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BenchError) as exc:
+        load_config("quik")
+    message = str(exc.value)
+    assert "config file quik not found" in message and "\n" not in message
+    assert all(name in message for name in PROFILES)
+    (tmp_path / "quick").mkdir()  # a folder of that name is no config file: the profile is meant
+    assert Path(load_config("quick").source) == DEFAULT_CONFIG
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +118,7 @@ def installed(wheel, tmp_path_factory) -> Path:
     return python
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_license_the_profiles_and_the_metadata(wheel):
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
@@ -113,6 +139,7 @@ def test_wheel_ships_the_license_the_profiles_and_the_metadata(wheel):
     assert not any(n.startswith(("tests/", "results/", "docs/", "configs/")) for n in names)
 
 
+@pytest.mark.slow
 def test_installed_wheel_runs_bench_and_evaluate_from_another_folder(installed, tmp_path):
     work = tmp_path / "elsewhere"
     work.mkdir()
