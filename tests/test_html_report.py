@@ -385,13 +385,17 @@ def _check_in_browser(run_dir: Path, tmp_path: Path, shot_name: str | None = Non
 
 
 def _save_small(shot: Path, dst: Path, limit: int = 300_000) -> None:
-    """A screenshot for the docs: a 64-colour palette PNG under ``limit`` bytes (taller pages cut at the bottom)."""
+    """A screenshot for the docs: a palette PNG (64 colours, else 32, else 16) under ``limit`` bytes; a page too
+    tall for 16 colours is cut at the bottom."""
     from PIL import Image
 
     image = Image.open(shot).convert("RGB")
     dst.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        image.quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(dst, optimize=True)
-        if dst.stat().st_size < limit or image.height < 400:
+        for colours in (64, 32, 16):
+            image.quantize(colors=colours, method=Image.Quantize.MEDIANCUT).save(dst, optimize=True)
+            if dst.stat().st_size < limit:
+                return
+        if image.height < 400:
             return
         image = image.crop((0, 0, image.width, int(image.height * 0.8)))
