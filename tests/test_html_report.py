@@ -163,8 +163,8 @@ def test_the_page_leads_with_the_verdict_in_reading_order(run_dir):
         overall = ranks.groupby("explainer")["rank"].mean().fillna(float("inf"))
         assert shown == sorted(mean.index, key=lambda e: (mean[e], overall[e], e)), (model, stage, shown)
         assert shown != sorted(shown) or len(set(mean)) == 1  # not just alphabetical (else the check is vacuous)
-        heads = [(c, m.replace("<wbr>", "")) for c, m in re.findall(r'<th scope="col"><span class="(warn|h)">(.+?) [↑↓]',
-                                                                       table)]
+        found = re.findall(r'<th scope="col"><span class="(warn|h)">(.+?) [↑↓]', table)
+        heads = [(c, m.replace("<wbr>", "")) for c, m in found]
         assert [m for _, m in heads] == sorted(set(sub.metric) - fails) + sorted(set(sub.metric) & fails)
         assert {m for c, m in heads if c == "warn"} == fails
     assert 'data-file="cd_tiny_pre.png"' in verdict and 'data-file="cd_tiny_post.png"' in verdict
@@ -260,7 +260,7 @@ def test_published_run_page_in_a_headless_browser(name, tmp_path):
 @pytest.mark.slow
 def test_the_overflow_check_catches_a_table_wider_than_the_page(tmp_path):
     """TABLES_FIT itself: a 3000 px table loose on the page fails it, the same table in a scrolling box passes."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     wide = '<table style="width:3000px"><thead><tr><th>wide</th></tr></thead><tbody><tr><td>x</td></tr></tbody></table>'
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=_chromium(),

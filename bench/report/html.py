@@ -548,7 +548,8 @@ def _prepost(run_dir: Path, embed: bool = True, figures: _Figures | None = None)
             body.append(_model_comparison(model, models[model]))
         if len(sub):
             moved = sub["verdict"].isin(["higher after", "lower after"]).sum()
-            body += [f"<h4>Attribution metrics: {moved} of {len(sub)} rows moved</h4>", _frame_table(sub, drop=["model"])]
+            body += [f"<h4>Attribution metrics: {moved} of {len(sub)} rows moved</h4>",
+                     _frame_table(sub, drop=["model"])]
         cells = by_cell[(by_cell["model"] == model) & (by_cell["status"] == "ok")]
         if len(cells):
             body.append(_folded(f"By cell of the pre model ({len(cells)} rows)", cells.drop(columns="model"),
@@ -605,7 +606,7 @@ CARD_DETAILS = {
 
 
 def _card_table(main: pd.DataFrame) -> str:
-    """One (model, stage) of the reliability card: "k of N" real explainers beat random, the verdict after the metric."""
+    """One (model, stage) of the reliability card: "k of N" real explainers beat random, the verdict next."""
     beat = pd.to_numeric(main["beat_random"], errors="coerce")
     main = main.assign(beat_random=["n/a" if not b >= 0 else f"{int(b)} of {n}"
                                     for b, n in zip(beat, main["real_explainers"])])

@@ -46,7 +46,8 @@ from bench.stats.settings import StatsSettings
 from bench.stats.weighting import Sampling, stratified_mean
 
 __all__ = [
-    "LEADERBOARD_COLUMNS", "LEADERBOARD_HEAD", "PREPOST_COLUMNS", "PREPOST_BY_CELL_COLUMNS", "check_scores", "group_status", "leaderboard",
+    "LEADERBOARD_COLUMNS", "LEADERBOARD_HEAD", "PREPOST_COLUMNS", "PREPOST_BY_CELL_COLUMNS", "check_scores",
+    "group_status", "leaderboard",
     "metric_kinds", "prepost", "prepost_by_cell", "render_leaderboard_md", "render_prepost_md", "write_tables",
     "read_prepost_models", "read_scores",
 ]

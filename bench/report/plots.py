@@ -260,8 +260,8 @@ def method_styles(names: Iterable[str]) -> dict[str, dict[str, Any]]:
     """
     out = {}
     for i, name in enumerate(sorted(set(names))):
-        out[name] = {"color": OKABE_ITO[i % len(OKABE_ITO)], "linestyle": LINESTYLES[(i // len(OKABE_ITO)) % len(LINESTYLES)],
-                     "marker": MARKERS[i % len(MARKERS)]}
+        out[name] = {"color": OKABE_ITO[i % len(OKABE_ITO)],
+                     "linestyle": LINESTYLES[(i // len(OKABE_ITO)) % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}
     return out
 
 
@@ -290,7 +290,8 @@ def leaderboard_heatmap(board: pd.DataFrame, model: str, stage: str, fails: Coll
         if r.status == "ok":
             good[i, j] = float(r.mean) if hib[r.metric] else -float(r.mean)
             rank = rank_text(r.rank, r.letters)
-            texts[(i, j)] = (f"{r.mean:.3g}" + (f"\n({rank})" if rank else ""), not pd.isna(r.rank) and int(r.rank) == 1)
+            first = not pd.isna(r.rank) and int(r.rank) == 1
+            texts[(i, j)] = (f"{r.mean:.3g}" + (f"\n({rank})" if rank else ""), first)
         else:
             texts[(i, j)] = ("n/a" if r.status == "n/a" else "error", False)
     with np.errstate(invalid="ignore"):
