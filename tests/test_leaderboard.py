@@ -9,6 +9,7 @@ import pytest
 from scipy import stats as sps
 
 from bench.report import leaderboard as lb
+from bench.report import format as F
 from bench.report import plots
 from bench.stats import estimate
 from bench.core.errors import BenchError
@@ -410,3 +411,89 @@ def test_write_figures_non_empty_and_byte_identical(tmp_path, scores, board):
     assert all(b"Software" not in b for b in blobs)
     again = plots.write_figures(tmp_path / "run", scores, curves, tmp_path / "attributions.npz")
     assert [p.read_bytes() for p in again] == blobs
+
+
+# ----------------------------------------------------------------------------- shared formatting (format.py)
+
+
+def _ranks(rows: dict[str, dict[str, float | None]]) -> pd.DataFrame:
+    return pd.DataFrame([{"explainer": e, "metric": m, "rank": r} for e, ms in rows.items() for m, r in ms.items()])
+
+
+def test_reading_order_is_the_mean_rank_over_the_trusted_metrics():
+    """By hand: a/b/c over metrics x (trusted) and y (fails the card); a missing rank is left out, a row with none
+    goes last, ties fall to the mean over every metric, then to the name."""
+    t = _ranks({"a": {"x": 2, "y": 1}, "b": {"x": 1, "y": 3}, "c": {"x": 2, "y": 2}, "d": {"x": None, "y": 1},
+                "e": {"x": 1, "y": 3}})
+    assert F.rank_order(t, fails={"y"}) == ["b", "e", "a", "c", "d"]        # x: b=e=1 (y: 3 = 3: name), a (y 1) < c
+    assert F.rank_order(t) == ["d", "a", "b", "c", "e"]                     # all metrics: d 1, a 1.5, b=c=e 2 ...
+    assert F.rank_order(t, fails={"x", "y"}) == F.rank_order(t)             # nothing trusted: every metric
+    t["rank"] = t["rank"].astype("Int64")                                   # leaderboard.csv's nullable ranks
+    assert F.rank_order(t, fails={"y"}) == ["b", "e", "a", "c", "d"]
+    assert F.metric_order(["y", "x", "z", "x"], {"x"}) == ["y", "z", "x"]
+
+
+def test_shared_text_pieces():
+    assert (F.arrow(True), F.arrow(False)) == ("↑", "↓")
+    assert F.ci_text(0.123456, 0.1, 0.2) == "0.1235 [0.1, 0.2]" and F.ci_text(float("nan"), 0, 1) == "n/a"
+    assert F.ci_text(float("inf"), 1, float("inf"), ".3g", inf="∞") == "∞ [1, ∞]"
+    assert F.rank_text(2, "bc") == "2 bc" and F.rank_text(pd.NA, "a") == "" and F.rank_text(1, float("nan")) == "1 "
+    row = {"mean": 0.5, "ci_low": 0.25, "ci_high": 0.75, "rank": 1, "letters": "a", "status": "ok"}
+    assert F.score_text(row) == "0.5 [0.25, 0.75] (1 a)"
+    assert F.score_text({**row, "status": "n/a"}) == "n/a" and F.score_text({**row, "status": "error: x"}) == "error"
+    assert F.slug("resnet18@seed0", "post:head") == "resnet18-seed0_post-head"
+    assert F.md_text("a |\n b") == "a \\| b"
+    assert F.alias_name("a", "b, c") == "a (= b, c)" and F.alias_name("a", "") == F.alias_name("a", float("nan")) == "a"
+
+
+def test_markdown_leaderboard_rows_follow_the_reading_order(board):
+    md = lb.render_leaderboard_md(board)
+    section = md[md.index("## resnet18 · pre"):md.index("## resnet18 · post")]
+    rows = [line.split(" | ")[0].strip("| ") for line in section.splitlines()[4:] if line.startswith("| ")]
+    assert rows == F.rank_order(board[(board.model == "resnet18") & (board.stage == "pre")])
+    assert rows[:3] == ["alpha", "beta", "gamma"] and rows[-1] == "broken"      # TRUTH's order; the failed one last
+
+
+def _colours(fig) -> np.ndarray:
+    mesh = fig.axes[0].collections[0]                                        # the cells' colours, row by row
+    return np.asarray(mesh.cmap(mesh.norm(np.ma.compressed(mesh.get_array()))))
+
+
+def test_heatmap_colour_separates_means_that_share_a_rank(board):
+    """All three explainers at rank 1 in a column: the colours still follow their means (best brightest)."""
+    b = board[(board.stage == "pre") & (board.metric == "deletion_auc") & (board.explainer != "broken")].copy()
+    b["rank"], b["letters"] = 1, "a"
+    b["rank"] = b["rank"].astype("Int64")
+    fig = plots.leaderboard_heatmap(b, "resnet18", "pre")
+    colours = _colours(fig)
+    assert len(colours) == 3 and len({tuple(c) for c in colours}) == 3      # rank colouring would give one colour
+    order = F.rank_order(b)                                                  # all tied: by name
+    means = b.set_index("explainer")["mean"].reindex(order).to_numpy()
+    lightness = colours[:, :3].sum(axis=1)                                   # cividis: brighter = better
+    assert np.argsort(lightness).tolist() == np.argsort(-means).tolist()     # lower deletion AUC is better
+
+
+def test_figures_leave_out_empty_panels(board):
+    card = pd.DataFrame({"model": "m", "stage": "pre", "metric": ["x", "y"], "beat_random": [1, -1],
+                         "real_explainers": 2, "alpha": [0.5, 0.2], "split_half": [0.9, 0.1],
+                         "substrate_tau_min": [np.nan, np.nan], "meta_input": np.nan, "meta_model": np.nan,
+                         "verdict": ["ok", "fails: noise"]})
+    fig = plots.reliability_heatmap(card, "m", "pre")
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == ["beat random", "alpha", "split-half"]
+    assert "substrate tau, MetaQuantus input, MetaQuantus model" in fig.axes[0].get_title()
+    rows = [dict(model="m", stage="pre", explainer=e, curve=c, substrate=s, fraction=f, prob_mean=0.5, n=3)
+            for e in ("a", "b") for c in ("deletion", "insertion") for s in ("blur", "imputation", "zero")
+            for f in (0.0, 0.5, 1.0) if not (c == "insertion" and s == "imputation")]
+    fig = plots.substrate_figure(pd.DataFrame(rows), "m", "pre")
+    drawn = [ax.get_title() for ax in fig.axes if ax.axison]
+    assert len(drawn) == 5 and "insertion · imputation" not in drawn
+    assert "insertion · imputation" in fig._suptitle.get_text()
+
+
+def test_method_styles_keep_a_dozen_methods_apart():
+    styles = plots.method_styles([f"e{i:02d}" for i in range(14)])
+    looks = {(s["color"], s["linestyle"]) for s in styles.values()}
+    assert len(looks) == 14 and len({s["marker"] for s in styles.values()}) >= 11
+    assert "#F0E442" not in {s["color"] for s in styles.values()}          # no faint yellow line on white
+    assert plots.method_styles(["b", "a"])["a"] == plots.method_styles(["a", "c", "b"])["a"]  # by name, not input order

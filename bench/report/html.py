@@ -12,10 +12,14 @@ HTML-escaped. The page is deterministic: no timestamp, no path of the run folder
 figures in sorted order, so ``python -m bench report`` rebuilds it byte for byte
 (:func:`bench.report.rebuild.rebuild` writes it last).
 
-Sections: provenance (``manifest.json``), the leaderboards per model and stage (cells "mean
-(rank)" over the CI, with the reliability card's ⚠ / ≈ marks as in ``leaderboard.md``), pre vs
-post, the reliability card (when ``reliability.csv`` exists), stability (when its tables exist),
-the figures. Colours are Okabe-Ito (colour-blind safe): rank 1 on a sky-blue tint, errors in
+The page leads with the answer. Sections, in order: the verdict (the seed-pooled leaderboards
+of ``leaderboard_pooled.csv`` when the run trained several seeds, else the run's own; explainers in
+reading order and metrics passing the reliability card first, :mod:`bench.report.format`; cells
+"mean (rank letters)" over the CI; the card's ⚠ marks with their reasons; the critical-difference
+figure), then per model and stage a folded block (its leaderboard when the verdict is pooled, the
+tests behind it, its reliability card, its figures), pre vs post (folded per model), the card's
+detail tables, stability, the remaining figures (folded per kind), provenance. Every figure
+appears once. Colours are Okabe-Ito (colour-blind safe): rank 1 on a sky-blue tint, errors in
 vermillion, metrics that fail the card on an orange tint. Wide tables scroll inside their own box.
 """
 from __future__ import annotations
@@ -35,8 +39,10 @@ from bench.core.errors import BenchError, one_line
 from bench.core.io import atomic_write_text
 from bench.core.schema import move_cells, stage_key
 from bench.core.text import fmt_number
-from bench.report import leaderboard as lb
-from bench.report.plots import _slug
+from bench.report.format import SCALARS, arrow, card_fails, metric_order, rank_order, rank_text, slug
+from bench.report.leaderboard import (LEADERBOARD_COLUMNS, LEADERBOARD_HEAD, PREPOST_BY_CELL_COLUMNS, PREPOST_COLUMNS,
+                                      read_prepost_models)
+from bench.report.stability import arch_and_seed
 
 __all__ = ["REPORT", "read_manifest", "read_table", "render_html_report", "write_html_report"]
 
@@ -68,14 +74,18 @@ FIGURE_KINDS = {  # file-name prefix -> (heading, what the figure shows), as plo
            "joins explainers the table's paired tests (max-T over the table's pairs) do not separate. The seed-"
            "pooled diagrams use the crossed image x seed tests."),
     "curves": ("Deletion and insertion curves", "Per explainer the mean probability over images at each fraction, "
-               "with a 95% normal band."),
-    "leaderboard": ("Leaderboard heatmaps", "Explainers × metrics, colour = rank from the paired tests (1 = nothing "
-                    "separated above it), annotated with mean and rank."),
+               "with a light 95% normal band; each explainer keeps its colour, line style and marker in every "
+               "figure."),
+    "leaderboard": ("Leaderboard heatmaps", "Explainers (in reading order) × metrics; colour = the cell's place "
+                    "between the worst (0) and best (1) mean of its column, text = mean and the paired tests' rank and "
+                    "letters, bold at rank 1; ⚠ marks a metric that fails its reliability card."),
     "prepost": ("Pre vs post", "Per metric, each explainer's pre and post mean with its 95% CI."),
     "reliability": ("Reliability card", "Metrics × criteria on one −1..1 diverging scale (1 = reliable); blank where "
-                    "a criterion was not computed or does not apply."),
+                    "a criterion does not apply to a metric; a criterion the run did not compute is left out and "
+                    "named in the title."),
     "similarity": ("Map similarity", "Pre vs post map similarity next to retraining and explainer noise."),
-    "substrates": ("Substrate sensitivity", "Mean perturbation curves per substrate, a line per explainer."),
+    "substrates": ("Substrate sensitivity", "Mean perturbation curves per curve and substrate, a line per explainer; "
+                   "a panel without data is left out and named in the title."),
 }
 
 
@@ -121,7 +131,7 @@ def _read_board(run_dir: Path) -> pd.DataFrame | None:
     board = read_table(path)
     if board is None:
         return None
-    missing = [c for c in lb.LEADERBOARD_COLUMNS if c not in board.columns]
+    missing = [c for c in LEADERBOARD_COLUMNS if c not in board.columns]
     if missing:
         raise BenchError(f"{path} lacks column(s) {missing}; run `python -m bench report {run_dir}` to rewrite it "
                          f"from scores.csv")
@@ -182,10 +192,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[_Cell]], *, attrs: str
             + "\n".join(body) + "\n</tbody></table></div>")
 
 
-def _arrow(higher_is_better: bool) -> str:
-    return "↑" if higher_is_better else "↓"
-
-
 def _num(x: Any, spec: str = ".4g") -> _Cell:
     """A number (right-aligned, sorts numerically); "n/a" when missing or not finite."""
     try:
@@ -242,7 +248,7 @@ def _frame_table(df: pd.DataFrame, *, drop: Iterable[str] = ()) -> str:
                 text = _with_ci(v.html, lo.html, hi.html) if v.html != "n/a" else "n/a"
                 cells.append(_Cell(text, v.key, v.cls, raw=True))
             elif src[0] == "metric" and hib:
-                cells.append(_Cell(f"{r['metric']} {_arrow(_bool(r['higher_is_better']))}"))
+                cells.append(_Cell(f"{r['metric']} {arrow(_bool(r['higher_is_better']))}"))
             else:
                 cells.append(_cell(src[0], r[src[0]]))
         rows.append(cells)
@@ -344,22 +350,22 @@ def _provenance(run_dir: Path, manifest: Mapping[str, Any] | None) -> str:
     return _section("provenance", "Provenance", "\n".join(parts))
 
 
-# ----------------------------------------------------------------------------- leaderboards
+# ----------------------------------------------------------------------------- verdict and details
 
 
-def _score_cell(r: pd.Series, metric: str) -> _Cell:
-    """leaderboard.md's "mean [ci_low, ci_high] (rank letters)", the CI on a second line; sorts on the mean."""
-    status = str(r["status"])
+def _score_cell(r: Mapping[str, Any], metric: str) -> _Cell:
+    """A leaderboard cell: "mean (rank letters)" over its CI (second line); sorts on the mean; rank 1 tinted."""
+    status = str(r.get("status", "ok"))
     attrs = f'data-metric="{_e(metric)}"'
-    if status == "n/a":
-        return _Cell("n/a", float("nan"), "na num", attrs)
     if status.startswith("error"):
         return _Cell("error", float("nan"), "err num", attrs)
-    rank = "" if pd.isna(r["rank"]) else f" ({int(r['rank'])} {r['letters']})"
-    head = f"{fmt_number(r['mean'])}{rank}"
+    if status == "n/a" or not np.isfinite(float(r["mean"])):
+        return _Cell("n/a", float("nan"), "na num", attrs)
+    rank = rank_text(r["rank"], r["letters"])
+    head = fmt_number(r["mean"]) + (f" ({rank})" if rank else "")
     text = _with_ci(_e(head), _e(fmt_number(r["ci_low"])), _e(fmt_number(r["ci_high"])))
-    return _Cell(text, float(r["mean"]), "r1 num" if not pd.isna(r["rank"]) and int(r["rank"]) == 1 else "num", attrs,
-                 raw=True)
+    first = not pd.isna(r["rank"]) and int(r["rank"]) == 1
+    return _Cell(text, float(r["mean"]), "r1 num" if first else "num", attrs, raw=True)
 
 
 def _finite(x: pd.Series, how: str) -> float:
@@ -389,56 +395,139 @@ def _tests_notes(comparisons: pd.DataFrame | None, friedman: pd.DataFrame | None
     return out
 
 
-def _leaderboards(board: pd.DataFrame | None, card: Mapping[str, pd.DataFrame] | None,
-                  comparisons: pd.DataFrame | None = None, friedman: pd.DataFrame | None = None) -> str:
-    if board is None:
-        return _section("leaderboards", "Leaderboards", _p("leaderboard.csv not found."))
-    parts = [_p(lb.LEADERBOARD_HEAD.replace("[95% t interval] (rank letters)", "(rank letters) over its 95% t interval")
-                + " Rank 1 is tinted. Click a column header to sort (numeric on the mean)."
-                + (" ⚠: the metric fails its reliability card (reasons below the table)." if card is not None else ""))]
-    b = board.assign(_stage=board["stage"].map(stage_key))
-    for (model, _, stage), sub in b.groupby(["model", "_stage", "stage"], sort=True):
-        metrics = sorted(sub["metric"].unique())
-        hib = sub.groupby("metric")["higher_is_better"].first()
-        fails = lb.card_fails(card, model, stage)  # the same marks as leaderboard.md
-        header = ["explainer"] + [
-            f'<span class="{"warn" if m in fails else "h"}">{_e(m)} {_arrow(bool(hib[m]))}'
-            + (' <span title="fails its reliability card">⚠</span>' if m in fails else "") + "</span>"
-            for m in metrics] + ["s/image", "peak MB", "status"]
-        rows, row_attrs = [], []
-        for explainer, e in sub.groupby("explainer", sort=True):
-            by_metric = e.set_index("metric")
-            alias = str(e["aliases"].iloc[0])
-            cells = [_Cell(explainer + (f" (= {alias})" if alias else ""), cls="name")]
-            for m in metrics:
-                cells.append(_score_cell(by_metric.loc[m], m) if m in by_metric.index
-                             else _Cell("—", float("nan"), "na num", f'data-metric="{_e(m)}"'))
+def _by_stage(frame: pd.DataFrame) -> Iterable[tuple[str, str, pd.DataFrame]]:
+    """(model, stage, rows) in model order, stages pre, post, post:<variant>."""
+    f = frame.assign(_stage=frame["stage"].map(stage_key))
+    for (model, _, stage), sub in f.groupby(["model", "_stage", "stage"], sort=True):
+        yield str(model), str(stage), sub.drop(columns="_stage")
+
+
+def _board_table(sub: pd.DataFrame, fails: Mapping[str, str], attrs: str, *, costs: bool) -> str:
+    """One leaderboard: explainers in reading order (rows), metrics passing the card first (columns);
+    with ``costs`` the run's s/image, peak MB and status columns."""
+    metrics = metric_order(sub["metric"], fails)
+    hib = sub.groupby("metric")["higher_is_better"].first()
+    header = ["explainer"] + [
+        f'<span class="{"warn" if m in fails else "h"}">{_e(m).replace("_", "_<wbr>")} {arrow(bool(hib[m]))}'
+        + (' <span title="fails its reliability card">⚠</span>' if m in fails else "") + "</span>"
+        for m in metrics] + (["s/image", "peak MB", "status"] if costs else [])
+    groups = dict(list(sub.groupby("explainer", sort=True)))
+    rows, row_attrs = [], []
+    for explainer in rank_order(sub, fails):
+        e = groups[explainer]
+        by_metric = e.set_index("metric")
+        alias = str(e["aliases"].iloc[0])
+        name = _e(explainer) + (f'<br><span class="ci">= {_e(alias)}</span>' if alias else "")
+        cells = [_Cell(name, cls="name", raw=True)]
+        for m in metrics:
+            cells.append(_score_cell(by_metric.loc[m], m) if m in by_metric.index
+                         else _Cell("—", float("nan"), "na num", f'data-metric="{_e(m)}"'))
+        if costs:
             errors = sorted({s for s in e["status"] if s.startswith("error")})
-            cells += [_num(_finite(e["seconds_per_image"], "mean"), ".3g"), _num(_finite(e["peak_mem_mb"], "max"), ".1f"),
+            cells += [_num(_finite(e["seconds_per_image"], "mean"), ".3g"),
+                      _num(_finite(e["peak_mem_mb"], "max"), ".1f"),
                       _Cell("; ".join(errors) or "ok", cls="msg err" if errors else "msg")]
-            rows.append(cells)
-            row_attrs.append(f'data-explainer="{_e(explainer)}"')
-        parts.append(f"<h3>{_e(model)} · {_e(stage)}</h3>")
-        parts.append(_table(header, rows, attrs=f'data-board="1" data-model="{_e(model)}" data-stage="{_e(stage)}"',
-                            row_attrs=row_attrs, header_html=True))
+        rows.append(cells)
+        row_attrs.append(f'data-explainer="{_e(explainer)}"')
+    return _table(header, rows, attrs=attrs, row_attrs=row_attrs, header_html=True)
+
+
+def _fail_notes(fails: Mapping[str, str], metrics: Iterable[str]) -> list[str]:
+    return [f'<p class="warn">⚠ {_e(m)}: {_e(fails[m])}</p>' for m in metric_order(metrics, fails) if m in fails]
+
+
+def _pooled_fails(card: Mapping[str, pd.DataFrame] | None, models: Iterable[str], arch: str, stage: str
+                  ) -> dict[str, str]:
+    """The card's marks for a pooled table: a metric that fails the card of any seed's model, with each reason."""
+    reasons: dict[str, list[str]] = {}
+    for model in sorted(m for m in set(models) if arch_and_seed(m)[0] == arch):
+        for metric, why in card_fails(card, model, stage).items():
+            reasons.setdefault(metric, []).append(f"{model}: {why}")
+    return {m: "; ".join(r) for m, r in reasons.items()}
+
+
+def _verdict(board: pd.DataFrame | None, pooled: pd.DataFrame | None, card: Mapping[str, pd.DataFrame] | None,
+             figures: "_Figures") -> str:
+    """The answer first: the pooled leaderboards (several seeds) or the run's own, with the card's marks and
+    the critical-difference figure."""
+    if board is None:
+        return _section("verdict", "Verdict", _p("leaderboard.csv not found."))
+    read = ("Rows: the explainers in reading order, by the mean of their ranks over the metrics that pass the "
+            "reliability card (an order to read in, not a test: the verdicts are each column's rank and letters). "
+            "Cells: mean (rank letters), its 95% interval below; rank 1 is tinted; two explainers sharing a letter "
+            "are not separated by the paired tests at this n (not separable, which is not equal). Columns: the "
+            "metrics that pass the card first" + ("; ⚠: fails it (why: under the table)" if card is not None else "")
+            + ". ↑ higher is better, ↓ lower is better. Click a column header to sort.")
+    parts = []
+    if pooled is not None:
+        parts.append(_p("Pooled over the training seeds (each seed's own tables: by model and stage, below): intervals "
+                        "from the crossed image × seed model, ranks and letters from the pooled paired tests. " + read))
+        tables = [(m, s, sub, _pooled_fails(card, board["model"], m, s), False) for m, s, sub in _by_stage(pooled)]
+    else:
+        parts.append(_p(read))
+        tables = [(m, s, sub, card_fails(card, m, s), True) for m, s, sub in _by_stage(board)]
+    for i, (model, stage, sub, fails, single) in enumerate(tables):
+        attrs = (f'data-headline="1" data-board="1" data-model="{_e(model)}" data-stage="{_e(stage)}"' if single
+                 else f'data-headline="1" data-pooled="1" data-model="{_e(model)}" data-stage="{_e(stage)}"')
+        parts += [f"<h3>{_e(model)} · {_e(stage)}{' (pooled over seeds)' if not single else ''}</h3>",
+                  _board_table(sub, fails, attrs, costs=single)]
+        if not single:
+            n = sub.groupby("explainer")[["n_seeds", "n_images"]].first()
+            parts.append(_p(f"n: {'/'.join(sorted({str(v) for v in n['n_seeds']}))} seeds × "
+                            f"{'/'.join(sorted({str(v) for v in n['n_images']}))} images."))
+        parts += _fail_notes(fails, sub["metric"].unique())
+        cd = figures.take("cd", model, stage)
+        if cd:
+            parts.append(f"<details{' open' if i == 0 else ''}><summary>Critical-difference diagram: "
+                         f"{_e(model)} · {_e(stage)}</summary>\n{_p(FIGURE_KINDS['cd'][1])}\n{cd}\n</details>")
+    return _section("verdict", "Verdict", "\n".join(parts))
+
+
+def _details_by_table(board: pd.DataFrame | None, card: Mapping[str, pd.DataFrame] | None,
+                      comparisons: pd.DataFrame | None, friedman: pd.DataFrame | None, figures: "_Figures",
+                      with_tables: bool) -> str:
+    """Per (model, stage), folded: its leaderboard (``with_tables``: when the verdict shows pooled tables),
+    the tests behind it, its reliability card and its figures."""
+    if board is None:
+        return ""
+    parts = [_p(LEADERBOARD_HEAD.replace("[95% t interval] (rank letters)", "(rank letters) over its 95% t interval")
+                + (" ⚠: the metric fails its reliability card (reasons below the table)." if card is not None else ""))]
+    main = card["reliability"] if card is not None else None
+    for model, stage, sub in _by_stage(board):
+        fails = card_fails(card, model, stage)
+        metrics = metric_order(sub["metric"], fails)
+        body = []
+        if with_tables:
+            body.append(_board_table(sub, fails, f'data-board="1" data-model="{_e(model)}" data-stage="{_e(stage)}"',
+                                     costs=True))
+            body += _fail_notes(fails, metrics)
         ok = sub[sub["status"] == "ok"]
         if len(ok):
             ns = ok.groupby("metric")["n"].agg(lambda s: sorted({int(v) for v in s}))
-            parts.append(_p("n (finite values per metric): " + ", ".join(f"{m} {'/'.join(map(str, v))}"
-                                                                          for m, v in ns.items())))
-        parts += _tests_notes(comparisons, friedman, model, stage, metrics)
-        parts += [f'<p class="warn">⚠ {_e(m)}: {_e(fails[m])}</p>' for m in metrics if m in fails]
-    return _section("leaderboards", "Leaderboards", "\n".join(parts))
+            body.append(_p("n (finite values per metric): " + ", ".join(f"{m} {'/'.join(map(str, ns[m]))}"
+                                                                         for m in metrics if m in ns.index)))
+        body += _tests_notes(comparisons, friedman, model, stage, metrics)
+        if main is not None:
+            c = main[(main["model"] == model) & (main["stage"] == stage)]
+            if len(c):
+                body += ["<h4>Reliability card</h4>", _card_table(c)]
+        body += [f for kind in DETAIL_KINDS if (f := figures.take(kind, model, stage))]
+        marks = f" · ⚠ {len(fails)} of {len(metrics)} metrics fail the card" if fails else ""
+        parts.append(f'<details class="table" id="t-{_e(slug(model, stage))}"><summary>{_e(model)} · {_e(stage)}: '
+                     f"{sub['explainer'].nunique()} explainers × {len(metrics)} metrics{_e(marks)}</summary>\n"
+                     + "\n".join(body) + "\n</details>")
+    return _section("details", "By model and stage", "\n".join(parts))
+
 
 
 # ----------------------------------------------------------------------------- pre / post
 
 
-def _prepost(run_dir: Path, embed: bool = True) -> str:
+def _prepost(run_dir: Path, embed: bool = True, figures: _Figures | None = None) -> str:
     table = read_table(run_dir / "prepost.csv")
     by_cell = read_table(run_dir / "prepost_by_cell.csv")
     pm = run_dir / "prepost_models.json"
-    models = lb.read_prepost_models(pm) if pm.is_file() else {}
+    models = read_prepost_models(pm) if pm.is_file() else {}
     if table is None and not models:
         return ""
     parts = [_p("Paired over the test images scored (status ok, finite) in both stages; n = pairs. diff = post − pre, "
@@ -446,23 +535,28 @@ def _prepost(run_dir: Path, embed: bool = True) -> str:
                 "exactly when the Bonferroni-adjusted p (adj. p) is below alpha; family: every row of the model's "
                 "table; verdict: higher / lower after tuning, equivalent within the metric's margin (TOST), or not "
                 "separable at this n.")]
-    table = table if table is not None else pd.DataFrame(columns=lb.PREPOST_COLUMNS)
-    by_cell = by_cell if by_cell is not None else pd.DataFrame(columns=lb.PREPOST_BY_CELL_COLUMNS)
+    table = table if table is not None else pd.DataFrame(columns=PREPOST_COLUMNS)
+    by_cell = by_cell if by_cell is not None else pd.DataFrame(columns=PREPOST_BY_CELL_COLUMNS)
     if "post_stage" in table.columns:  # tuning variants: one block per (model, post stage), as in prepost.md
         table = table.assign(model=table["model"] + " · " + table["post_stage"]).drop(columns="post_stage")
     if "post_stage" in by_cell.columns:
         by_cell = by_cell.assign(model=by_cell["model"] + " · " + by_cell["post_stage"]).drop(columns="post_stage")
     for model in sorted(set(table["model"]) | set(models)):
-        parts.append(f"<h3>{_e(model)}</h3>")
+        body = []
         sub = table[table["model"] == model]
-        if len(sub):
-            parts.append(_frame_table(sub, drop=["model"]))
         if model in models:
-            parts.append(_model_comparison(model, models[model]))
+            body.append(_model_comparison(model, models[model]))
+        if len(sub):
+            moved = sub["verdict"].isin(["higher after", "lower after"]).sum()
+            body += [f"<h4>Attribution metrics: {moved} of {len(sub)} rows moved</h4>",
+                     _frame_table(sub, drop=["model"])]
         cells = by_cell[(by_cell["model"] == model) & (by_cell["status"] == "ok")]
         if len(cells):
-            parts.append(_folded(f"By cell of the pre model ({len(cells)} rows)", cells.drop(columns="model"),
-                                 "prepost_by_cell.csv", embed))
+            body.append(_folded(f"By cell of the pre model ({len(cells)} rows)", cells.drop(columns="model"),
+                                "prepost_by_cell.csv", embed))
+        if figures is not None and (fig := figures.take("prepost", model)):
+            body.append(fig)
+        parts.append(f'<details class="table"><summary>{_e(model)}</summary>\n' + "\n".join(body) + "\n</details>")
     return _section("prepost", "Pre vs post", "\n".join(parts))
 
 
@@ -473,7 +567,7 @@ def _model_comparison(model: str, comp: Any) -> str:
                          f"re-run the benchmark to rewrite it")
     a, b = model.split(" · ", 1)[1].split(" vs ") if " vs " in model else ("pre", "post")
     pre, post, delta = (dict(comp.get(k) or {}) for k in ("test_pre", "test_post", "delta"))
-    keys = [k for k in lb._SCALARS if k in pre or k in post or k in delta]
+    keys = [k for k in SCALARS if k in pre or k in post or k in delta]
     keys += sorted((set(pre) | set(post) | set(delta)) - set(keys))
     parts = [f"<h4>Classifier: {_e(a)} vs {_e(b)} (test split)</h4>"]
     if keys:
@@ -511,24 +605,26 @@ CARD_DETAILS = {
 }
 
 
+def _card_table(main: pd.DataFrame) -> str:
+    """One (model, stage) of the reliability card: "k of N" real explainers beat random, the verdict next."""
+    beat = pd.to_numeric(main["beat_random"], errors="coerce")
+    main = main.assign(beat_random=["n/a" if not b >= 0 else f"{int(b)} of {n}"
+                                    for b, n in zip(beat, main["real_explainers"])])
+    first = ["metric", "higher_is_better", "verdict"]
+    main = main[[c for c in first if c in main] + [c for c in main.columns if c not in first]]
+    empty = [c for c in ("meta_input", "meta_model", "substrate_tau_min") if c in main and not (main[c] != "").any()]
+    return _frame_table(main, drop=["model", "stage", "real_explainers", *empty])
+
+
 def _reliability(card: Mapping[str, pd.DataFrame] | None, embed: bool = True) -> str:
     if card is None:
         return ""
-    parts = [_p("Can each metric be trusted on this run? beat random: distinct real explainers the table's paired "
-                "test separates above `random` (of all distinct real ones); alpha: Krippendorff's alpha of the per-image rankings "
-                "(0 = chance, 1 = every image ranks alike); split half: Spearman-Brown corrected reliability of the "
-                "ranking; MDE: the smallest paired difference detectable at this n. Details in reliability.md.")]
-    main = card["reliability"]
-    # as in reliability.md: "k of N" real explainers beat random; the verdict right after the metric
-    beat = pd.to_numeric(main["beat_random"], errors="coerce")
-    main = main.assign(beat_random=["n/a" if not b >= 0 else f"{int(b)} of {n}"
-                                    for b, n in zip(beat, main["real_explainers"])],
-                       _s=main["stage"].map(stage_key))
-    first = ["model", "stage", "metric", "higher_is_better", "verdict"]
-    main = main[[c for c in first if c in main] + [c for c in main.columns if c not in first]]
-    for (model, _, stage), sub in main.groupby(["model", "_s", "stage"], sort=True):
-        parts += [f"<h3>{_e(model)} · {_e(stage)}</h3>",
-                  _frame_table(sub, drop=["model", "stage", "_s", "real_explainers"])]
+    parts = [_p("Can each metric be trusted on this run? Each model and stage's card is in its fold above. beat "
+                "random: distinct real explainers the table's paired test separates above `random` (of all distinct "
+                "real ones); alpha: Krippendorff's alpha of the per-image rankings (0 = chance, 1 = every image ranks "
+                "alike); split half: Spearman-Brown corrected reliability of the ranking; MDE: the smallest paired "
+                "difference detectable at this n; n needed: the largest n an adjacent pair of the order needs for its "
+                "observed difference. A criterion the run did not compute is left out. Details in reliability.md.")]
     for name in sorted(card):
         if name != "reliability" and len(card[name]):
             parts.append(_folded(f"{CARD_DETAILS.get(name, name)} ({len(card[name])} rows)", card[name], f"{name}.csv",
@@ -536,33 +632,36 @@ def _reliability(card: Mapping[str, pd.DataFrame] | None, embed: bool = True) ->
     return _section("reliability", "Reliability card", "\n".join(parts))
 
 
-STABILITY = (  # (table, what it says, folded)
+
+STABILITY = (  # (table, what it says, how: shown / folded / long: folded, or its CSV linked from a linked page)
     ("stability", "Do the rankings survive retraining? Kendall's W of the explainer rankings across training seeds, "
                   "95% BCa CI over images resampled jointly under every seed (given these seeds), the W of the least "
                   "agreeing pair of seeds; P(top stays) under the crossed image x seed model; the explainers the "
-                  "pooled paired tests do not separate from the top.", False),
+                  "pooled paired tests do not separate from the top.", "shown"),
     ("leaderboard_pooled", "Pooled leaderboard: mean over seeds and images with its 95% crossed-model t interval; rank "
-                           "and letters from the pooled paired tests", True),
+                           "and letters from the pooled paired tests", "long"),
     ("comparisons_pooled", "Pooled paired comparisons: every pair of explainers per architecture, stage and metric "
-                           "(crossed image x seed model, max-T over the table's pairs)", True),
+                           "(crossed image x seed model, max-T over the table's pairs)", "long"),
     ("variants", "Tuning policies against each other: paired differences b − a with their t interval at the family's "
-                 "level, Bonferroni-adjusted p, verdict.", False),
+                 "level, Bonferroni-adjusted p, verdict", "folded"),
     ("similarity_tests", "Did tuning change what the model looks at, beyond noise? Pre-vs-post map similarity against "
                          "retraining and explainer noise: diff = tuning − reference; rows with seeds > 1 pool the "
-                         "seeds.", False),
+                         "seeds", "folded"),
     ("similarity_summary", "Map similarity (Spearman; top-15% overlap) per comparison, overall, by cell and by cell "
-                           "move, 95% BCa CIs (descriptive)", True),
+                           "move, 95% BCa CIs (descriptive)", "long"),
 )
 
 
-def _stability(run_dir: Path, embed: bool = True) -> str:
+def _stability(run_dir: Path, embed: bool = True, figures: _Figures | None = None) -> str:
     parts = []
-    for name, what, folded in STABILITY:
+    for name, what, how in STABILITY:
         t = read_table(run_dir / f"{name}.csv")
         if t is None:
             continue
-        parts.append(_folded(f"{what} ({len(t)} rows)", t, f"{name}.csv", embed) if folded
-                     else _p(what) + "\n" + _frame_table(t))
+        parts.append(_p(what) + "\n" + _frame_table(t) if how == "shown"
+                     else _folded(f"{what} ({len(t)} rows)", t, f"{name}.csv", embed or how == "folded"))
+    if figures is not None and (figs := figures.take_kind("similarity")):
+        parts += [f"<h3>{_e(FIGURE_KINDS['similarity'][0])}</h3>", _p(FIGURE_KINDS["similarity"][1]), figs]
     return _section("stability", "Stability", "\n".join(parts)) if parts else ""
 
 
@@ -576,53 +675,73 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
     return struct.unpack(">II", data[16:24])
 
 
-def _figure_names(board: pd.DataFrame | None) -> dict[str, str]:
-    """File-name slug -> readable "model · stage" / "model · explainer" (plots.py names the files with _slug)."""
+def _figure_names(*frames: pd.DataFrame | None) -> dict[str, str]:
+    """File-name slug -> readable "model · stage" / "model · explainer" (plots.py names the files with ``slug``)."""
     names: dict[str, str] = {}
-    if board is not None:
-        for model, group in board.groupby("model", sort=True):
-            names[_slug(model)] = model
+    for frame in frames:
+        if frame is None:
+            continue
+        for model, group in frame.groupby("model", sort=True):
+            names[slug(model)] = model
             for other in sorted(set(group["stage"]) | set(group["explainer"])):
-                names[_slug(model, other)] = f"{model} · {other}"
+                names[slug(model, other)] = f"{model} · {other}"
     return names
 
 
-def _figures(run_dir: Path, board: pd.DataFrame | None, embed: bool = True) -> str:
-    """Every ``figures/*.png`` in file-name order under a heading per kind: embedded as a data: URI, or
-    (not ``embed``) linked by its relative path ``figures/<name>.png``."""
-    files = sorted((run_dir / "figures").glob("*.png"))
-    if not files:
-        return ""
-    names = _figure_names(board)
-    parts: list[str] = []
-    group: list[str] = []
-    current = None
-    for f in files:
-        kind, _, rest = f.stem.partition("_")
-        kind = kind if kind in FIGURE_KINDS else "other"
-        if kind != current:
-            parts += _figure_group(group)
+class _Figures:
+    """The run's ``figures/*.png``, each placed on the page once: where it belongs (:meth:`take`), the rest last."""
+
+    def __init__(self, run_dir: Path, names: Mapping[str, str], embed: bool) -> None:
+        self.files = {f.stem: f for f in sorted((run_dir / "figures").glob("*.png"))}
+        self.names, self.embed, self.placed = names, embed, set()
+
+    def take(self, kind: str, *parts: str) -> str:
+        """The figure ``<kind>_<slug(parts)>.png`` as HTML ("" when absent or already placed)."""
+        stem = f"{kind}_{slug(*parts)}"
+        if stem not in self.files or stem in self.placed:
+            return ""
+        self.placed.add(stem)
+        return _figure_group([self._html(self.files[stem])])[0]
+
+    def take_kind(self, kind: str) -> str:
+        """Every figure ``<kind>_*.png`` not placed yet, as one group ("" when none)."""
+        stems = [s for s in self.files if s.partition("_")[0] == kind and s not in self.placed]
+        self.placed.update(stems)
+        return _figure_group([self._html(self.files[s]) for s in stems])[0] if stems else ""
+
+    def rest(self) -> str:
+        """Every figure not placed yet, under a folded heading per kind, in file-name order."""
+        groups: dict[str, list[str]] = {}
+        for stem, f in self.files.items():
+            if stem not in self.placed:
+                kind = stem.partition("_")[0]
+                groups.setdefault(kind if kind in FIGURE_KINDS else "other", []).append(self._html(f))
+        parts = []
+        for kind, figs in groups.items():
             heading, what = FIGURE_KINDS.get(kind, ("Other figures", ""))
-            parts.append(f"<h3>{_e(heading)}</h3>" + (_p(what) if what else ""))
-            group, current = [], kind
+            parts.append(f"<details><summary>{_e(heading)} ({len(figs)})</summary>\n" + (_p(what) if what else "")
+                         + "\n" + _figure_group(figs)[0] + "\n</details>")
+        return _section("figures", "Figures", "\n".join(parts)) if parts else ""
+
+    def _html(self, f: Path) -> str:
         data = f.read_bytes()
         size = _png_size(data)
         if size is None:
-            parts.append(_p(f"figures/{f.name} is not a PNG file; left out (`python -m bench report` redraws it)."))
-            continue
-        name = names.get(rest, rest) if kind in FIGURE_KINDS else f.stem
-        alt = f"{FIGURE_KINDS[kind][0]}: {name}" if kind in FIGURE_KINDS else name
-        uri = ("data:image/png;base64," + base64.b64encode(data).decode("ascii") if embed
+            return _p(f"figures/{f.name} is not a PNG file; left out (`python -m bench report` redraws it).")
+        kind, _, rest = f.stem.partition("_")
+        known = kind in FIGURE_KINDS
+        name = self.names.get(rest, rest) if known else f.stem
+        alt = f"{FIGURE_KINDS[kind][0]}: {name}" if known else name
+        uri = ("data:image/png;base64," + base64.b64encode(data).decode("ascii") if self.embed
                else _href(f"figures/{f.name}"))
-        group.append(f'<figure id="fig-{_e(f.stem)}" style="width:{size[0] + 14}px">'
-                     f'<img src="{uri}" width="{size[0]}" height="{size[1]}" alt="{_e(alt)}" data-file="{_e(f.name)}">'
-                     f'<figcaption>{_e(name)} <span class="file">(figures/{_e(f.name)})</span></figcaption></figure>')
-    parts += _figure_group(group)
-    return _section("figures", "Figures", "\n".join(parts))
+        return (f'<figure id="fig-{_e(f.stem)}" style="width:{size[0] + 14}px">'
+                f'<img src="{uri}" width="{size[0]}" height="{size[1]}" alt="{_e(alt)}" data-file="{_e(f.name)}">'
+                f'<figcaption>{_e(alt)} <span class="file">(figures/{_e(f.name)})</span></figcaption></figure>')
 
 
 def _figure_group(figures: list[str]) -> list[str]:
     return ['<div class="figs">\n' + "\n".join(figures) + "\n</div>"] if figures else []
+
 
 
 # ----------------------------------------------------------------------------- page
@@ -636,6 +755,7 @@ body{margin:0;color:var(--ink);background:#fff;font:14px/1.45 system-ui,-apple-s
 "DejaVu Sans",sans-serif}
 header{background:#0b3c5d;color:#fff;padding:14px 20px}
 header h1{margin:0;font-size:20px;font-weight:600}
+header p.sub{margin:3px 0 0;color:#cfe8f7;font-size:13px}
 header nav{margin-top:6px;font-size:13px}
 header nav a{color:#cfe8f7;margin-right:14px;text-decoration:none}
 header nav a:hover{text-decoration:underline}
@@ -671,6 +791,11 @@ td.na{color:var(--muted)}
 td.name{font-weight:600}
 details{margin:6px 0 12px}
 summary{cursor:pointer;color:var(--blue)}
+details.table{border:1px solid var(--line);border-radius:4px;padding:6px 10px;margin:6px 0}
+details.table>summary{font-weight:600}
+table[data-board],table[data-pooled]{font-size:13px}
+table[data-board] td,table[data-board] th,table[data-pooled] td,table[data-pooled] th{padding:3px 6px}
+table[data-board] th,table[data-pooled] th{white-space:normal;vertical-align:bottom}
 .figs{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
 figure{margin:0;padding:6px;border:1px solid var(--line);border-radius:4px;max-width:100%;flex:0 1 auto}
 figure img{display:block;width:100%;height:auto}
@@ -720,8 +845,37 @@ JS = """
 # a page that is not self-contained also loads its own figures/*.png from beside it)
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 CSP_LINKED = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
-TITLES = {"provenance": "Provenance", "leaderboards": "Leaderboards", "prepost": "Pre vs post",
-          "reliability": "Reliability card", "stability": "Stability", "figures": "Figures"}
+TITLES = {"verdict": "Verdict", "details": "By model and stage", "prepost": "Pre vs post",
+          "reliability": "Reliability card", "stability": "Stability", "figures": "Figures", "provenance": "Provenance"}
+DETAIL_KINDS = ("leaderboard", "cd", "reliability", "curves", "substrates")  # figures shown in a (model, stage) fold
+
+
+def _read_pooled(run_dir: Path) -> pd.DataFrame | None:
+    """``leaderboard_pooled.csv`` (a run with several training seeds) typed like the leaderboard; None without rows."""
+    pooled = read_table(run_dir / "leaderboard_pooled.csv")
+    if pooled is None or not len(pooled):
+        return None
+    for c in ("mean", "ci_low", "ci_high", "rank"):
+        pooled[c] = pd.to_numeric(pooled[c].replace("", np.nan), errors="coerce")
+    pooled["rank"] = pooled["rank"].astype("Int64")
+    pooled["higher_is_better"] = pooled["higher_is_better"].map(_bool)
+    return pooled
+
+
+def _subtitle(run_dir: Path, manifest: Mapping[str, Any] | None, board: pd.DataFrame | None) -> str:
+    """One line under the title: the run, its commit, its data and what it compared."""
+    data = _get(manifest, "data")
+    commit = _text(_get(_get(manifest, "git"), "commit"))[:10]
+    bits = [f"commit {commit}" if manifest is not None else "no manifest.json",
+            f"{_text(_get(data, 'dataset'))} {_text(_get(data, 'split'))} split, n = {_text(_get(data, 'n'))}"
+            if manifest is not None else ""]
+    if board is not None:
+        bits.append(f"{board['explainer'].nunique()} explainers × {board['metric'].nunique()} metrics × "
+                    f"{len(board[['model', 'stage']].drop_duplicates())} model stages")
+    status = _get(manifest, "status")
+    if manifest is not None and status != "complete":
+        bits.append(f"status {_text(status)}")
+    return " · ".join(b for b in bits if b)
 
 
 def render_html_report(run_dir: str | Path) -> str:
@@ -730,19 +884,23 @@ def render_html_report(run_dir: str | Path) -> str:
     manifest = read_manifest(run_dir)
     board = _read_board(run_dir)
     card = _read_card(run_dir)
+    pooled = _read_pooled(run_dir)
     name = _get(_get(manifest, "config"), "name") or run_dir.name
     embed = _self_contained(manifest)
-    sections = {"provenance": _provenance(run_dir, manifest),
-                "leaderboards": _leaderboards(board, card, read_table(run_dir / "comparisons.csv"),
-                                              read_table(run_dir / "friedman.csv")),
-                "prepost": _prepost(run_dir, embed), "reliability": _reliability(card, embed),
-                "stability": _stability(run_dir, embed), "figures": _figures(run_dir, board, embed)}
+    figures = _Figures(run_dir, _figure_names(board, pooled), embed)
+    sections = {"verdict": _verdict(board, pooled, card, figures)}  # in this order: each figure goes where first asked
+    sections["details"] = _details_by_table(board, card, read_table(run_dir / "comparisons.csv"),
+                                            read_table(run_dir / "friedman.csv"), figures, pooled is not None)
+    sections.update(prepost=_prepost(run_dir, embed, figures), reliability=_reliability(card, embed),
+                    stability=_stability(run_dir, embed, figures), figures=figures.rest(),
+                    provenance=_provenance(run_dir, manifest))
     nav = "".join(f'<a href="#{a}">{TITLES[a]}</a>' for a, s in sections.items() if s)
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f'<meta http-equiv="Content-Security-Policy" content="{CSP if embed else CSP_LINKED}">\n'
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f"<title>pneumobench · {_e(name)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-            f"<header><h1>pneumobench report · {_e(name)}</h1><nav>{nav}</nav></header>\n<main>\n"
+            f"<header><h1>pneumobench report · {_e(name)}</h1>"
+            f'<p class="sub">{_e(_subtitle(run_dir, manifest, board))}</p><nav>{nav}</nav></header>\n<main>\n'
             + "\n".join(s for s in sections.values() if s) + f"\n</main>\n<script>{JS}</script>\n</body>\n</html>\n")
 
 

@@ -39,13 +39,16 @@ from bench.core.schema import CELLS, SCORE_COLUMNS, STAGES, is_cell, is_stage, m
 from bench.core.text import csv_text, fmt_number as _f, markdown_table
 from bench.metrics import METRICS
 from bench.report.comparisons import Comparisons, compare, goodness_tables, with_family
+from bench.report.format import (SCALARS, alias_name, arrow, card_fails, md_text, metric_order, rank_order,
+                                 score_text)
 from bench.stats.estimate import finite, mean_estimate, t_interval
 from bench.stats.settings import StatsSettings
 from bench.stats.weighting import Sampling, stratified_mean
 
 __all__ = [
-    "LEADERBOARD_COLUMNS", "PREPOST_COLUMNS", "PREPOST_BY_CELL_COLUMNS", "check_scores", "group_status", "leaderboard",
-    "card_fails", "metric_kinds", "prepost", "prepost_by_cell", "render_leaderboard_md", "render_prepost_md", "write_tables",
+    "LEADERBOARD_COLUMNS", "LEADERBOARD_HEAD", "PREPOST_COLUMNS", "PREPOST_BY_CELL_COLUMNS", "check_scores",
+    "group_status", "leaderboard",
+    "metric_kinds", "prepost", "prepost_by_cell", "render_leaderboard_md", "render_prepost_md", "write_tables",
     "read_prepost_models", "read_scores",
 ]
 
@@ -63,7 +66,6 @@ PREPOST_COLUMNS = ["model", "explainer", "metric", "higher_is_better", "n_pairs"
 PREPOST_BY_CELL_COLUMNS = PREPOST_COLUMNS[:3] + ["cell"] + PREPOST_COLUMNS[3:]
 
 CSV_FLOAT_FORMAT = "%.6g"
-MD_MAX_MESSAGE = 200
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -381,23 +383,6 @@ def _pre_cells(df: pd.DataFrame) -> pd.Series:
 # ----------------------------------------------------------------------------- markdown
 
 
-def _md_text(s: str, limit: int = MD_MAX_MESSAGE) -> str:
-    return one_line(s, limit).replace("|", "\\|")
-
-
-def _arrow(higher_is_better: bool) -> str:
-    return "↑" if higher_is_better else "↓"
-
-
-def _score_cell(r: pd.Series) -> str:
-    if r["status"] == "n/a":
-        return "n/a"
-    if str(r["status"]).startswith("error"):
-        return "error"
-    rank = "" if pd.isna(r["rank"]) else f" ({int(r['rank'])} {r['letters']})"
-    return f"{_f(r['mean'])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}]{rank}"
-
-
 LEADERBOARD_HEAD = (
     "Cells: mean over the images [95% t interval] (rank letters). Ranks and letters come from paired tests of "
     "every two explainers on the same images: the mean paired difference, a t test, max-T over the table's "
@@ -406,7 +391,9 @@ LEADERBOARD_HEAD = (
     "ranks below it. Two explainers sharing a letter are not separated at this n: not separable, which is not "
     "equal; pairs shown equivalent within the metric's margin (TOST, same family) are listed under the table. "
     "↑ higher is better, ↓ lower is better. n/a: the metric does not apply (no finite value); error: the "
-    "explainer failed (see status). \"a (= b)\": b gave the same scores as a on every image and is counted once.")
+    "explainer failed (see status). \"a (= b)\": b gave the same scores as a on every image and is counted once. "
+    "Rows are in reading order: by the mean of each explainer's ranks over the metrics that pass the reliability "
+    "card (an order to read in, not a test); the metrics that pass the card come first.")
 
 
 def render_leaderboard_md(board: pd.DataFrame, card: Mapping[str, pd.DataFrame] | None = None,
@@ -429,19 +416,21 @@ def render_leaderboard_md(board: pd.DataFrame, card: Mapping[str, pd.DataFrame] 
     pairs = comparisons.pairs if comparisons is not None else None
     fried = comparisons.friedman if comparisons is not None else None
     for (model, _, stage), sub in board.groupby(["model", "_stage", "stage"], sort=True):
-        metrics = sorted(sub["metric"].unique())
-        hib = sub.groupby("metric")["higher_is_better"].first()
         fails = card_fails(card, model, stage)
-        header = ["explainer"] + [f"{m} {_arrow(bool(hib[m]))}" + (" ⚠" if m in fails else "") for m in metrics] \
+        metrics = metric_order(sub["metric"], fails)
+        hib = sub.groupby("metric")["higher_is_better"].first()
+        header = ["explainer"] + [f"{m} {arrow(bool(hib[m]))}" + (" ⚠" if m in fails else "") for m in metrics] \
             + ["s/image", "peak MB", "status"]
         rows = []
-        for explainer, e in sub.groupby("explainer", sort=True):
+        by_explainer = dict(list(sub.groupby("explainer", sort=True)))
+        for explainer in rank_order(sub, fails):
+            e = by_explainer[explainer]
             by_metric = e.set_index("metric")
-            cells = [_score_cell(by_metric.loc[m]) if m in by_metric.index else "—" for m in metrics]
+            cells = [score_text(by_metric.loc[m]) if m in by_metric.index else "—" for m in metrics]
             secs = _nan_reduce(e["seconds_per_image"], "mean")
             mem = _nan_reduce(e["peak_mem_mb"], "max")
-            name = explainer + (f" (= {e['aliases'].iloc[0]})" if str(e["aliases"].iloc[0]) else "")
-            rows.append([_md_text(name)] + cells + [_f(secs, ".3g"), _f(mem, ".1f"), _row_status(e)])
+            rows.append([md_text(alias_name(explainer, e["aliases"].iloc[0]))] + cells
+                        + [_f(secs, ".3g"), _f(mem, ".1f"), _row_status(e)])
         lines += [f"## {model} · {stage}", ""] + markdown_table(header, rows) + [""]
         ns = sub[sub["status"] == "ok"].groupby("metric")["n"].agg(lambda s: sorted(set(int(v) for v in s)))
         if len(ns):
@@ -476,15 +465,6 @@ def _tests_line(pairs: pd.DataFrame | None, fried: pd.DataFrame | None, model: s
     return [" ".join(parts), ""]
 
 
-def card_fails(card: Mapping[str, pd.DataFrame] | None, model: str, stage: str) -> dict[str, str]:
-    """{metric: why it fails the card} for one (model, stage)."""
-    if card is None:
-        return {}
-    c = card["reliability"]
-    c = c[(c["model"] == model) & (c["stage"] == stage) & c["verdict"].astype(str).str.startswith("fails")]
-    return {r.metric: r.verdict.removeprefix("fails: ") for r in c.itertuples(index=False)}
-
-
 def _row_status(e: pd.DataFrame) -> str:
     errs = e[e["status"].str.startswith("error")]
     if errs.empty:
@@ -493,28 +473,27 @@ def _row_status(e: pd.DataFrame) -> str:
     for status, g in errs.groupby("status", sort=True):
         metrics = sorted(g["metric"])
         scope = "" if len(metrics) == len(e) else f" [{', '.join(metrics)}]"
-        parts.append(_md_text(status) + scope)
+        parts.append(md_text(status) + scope)
     return "; ".join(parts)
 
 
 def _paired_rows(table: pd.DataFrame, with_cell: bool) -> list[list[str]]:
     rows = []
     for _, r in table.iterrows():
-        lead = ([r["cell"]] if with_cell else []) + [_md_text(r["explainer"]),
-                                                     f"{r['metric']} {_arrow(bool(r['higher_is_better']))}"]
+        lead = ([r["cell"]] if with_cell else []) + [md_text(r["explainer"]),
+                                                     f"{r['metric']} {arrow(bool(r['higher_is_better']))}"]
         if str(r["status"]).startswith("error"):
-            rows.append(lead + [str(r["n_pairs"]), "error", "error", "error", "", "", _md_text(r["status"])])
+            rows.append(lead + [str(r["n_pairs"]), "error", "error", "error", "", "", md_text(r["status"])])
             continue
         diff = f"{_f(r['diff_mean'], '+.4g')} [{_f(r['diff_ci_low'], '+.4g')}, {_f(r['diff_ci_high'], '+.4g')}]"
         if r["status"] == "n/a":
             diff = "n/a"
         rows.append(lead + [str(r["n_pairs"]), _f(r["pre_mean"]), _f(r["post_mean"]), diff,
-                            _f(r["p_adj"], ".3g"), _md_text(str(r["verdict"]))])
+                            _f(r["p_adj"], ".3g"), md_text(str(r["verdict"]))])
     return rows
 
 
 _PAIRED_HEADER = ["explainer", "metric", "n", "pre", "post", "diff [CI]", "adj. p", "verdict"]
-_SCALARS = ("acc", "auc", "sensitivity", "specificity", "loss")
 
 
 def render_prepost_md(table: pd.DataFrame, by_cell: pd.DataFrame | None = None,
@@ -541,7 +520,7 @@ def render_prepost_md(table: pd.DataFrame, by_cell: pd.DataFrame | None = None,
     if not names:
         return "\n".join(lines + ["No model was scored in both stages.", ""])
     for model in names:
-        lines += [f"## {_md_text(model)}", ""]
+        lines += [f"## {md_text(model)}", ""]
         sub = table[table["model"] == model]
         if len(sub):
             lines += ["### Attribution metrics", "", f"Family: {sub['family'].iloc[0]}.", ""]
@@ -565,7 +544,7 @@ def _model_comparison_md(model: str, comp: Any) -> list[str]:
     a, b = model.split(" · ", 1)[1].split(" vs ") if " vs " in model else ("pre", "post")
     lines = [f"### Classifier: {a} vs {b} (test split)", ""]
     pre, post, delta = (dict(comp.get(k) or {}) for k in ("test_pre", "test_post", "delta"))
-    keys = [k for k in _SCALARS if k in pre or k in post or k in delta]
+    keys = [k for k in SCALARS if k in pre or k in post or k in delta]
     keys += sorted((set(pre) | set(post) | set(delta)) - set(keys))
     if keys:
         rows = [[k, _f(pre.get(k)), _f(post.get(k)), _f(delta.get(k), "+.4g")] for k in keys]

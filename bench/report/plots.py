@@ -7,10 +7,15 @@ give byte-identical files with the same matplotlib/freetype versions.
 
 Figures (``figures/`` in the run directory, written by :func:`write_figures`):
 
-* ``leaderboard_<model>_<stage>.png`` -- heatmap explainers x metrics, colour = tied rank
-  (1 = best), annotated with mean and rank; "n/a"/"error" cells are blank with a label.
+* ``leaderboard_<model>_<stage>.png`` -- heatmap explainers (in reading order) x metrics, colour =
+  the cell's place between its column's worst and best mean, annotated with mean, rank and
+  letters; "n/a"/"error" cells are blank with a label.
 * ``curves_<model>_<stage>.png`` -- deletion and insertion curves: per explainer the mean
   probability over images at each fraction with a 95 % normal band (mean +- 1.96 SE).
+
+Every explainer keeps one colour, line style and marker across a run's figures
+(:func:`method_styles`: Okabe-Ito colours crossed with line styles); legends sit outside the axes;
+a panel without data is not drawn, and the figure's title names it.
 * ``prepost_<model>.png`` -- per metric, each explainer's pre and post mean with its 95 % CI,
   joined by a line.
 * ``attributions_<model>_<explainer>.png`` -- TP/FP/FN/TN examples (cell under the pre model),
@@ -40,11 +45,10 @@ from __future__ import annotations
 
 import io
 import os
-import re
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Collection, Iterable, Mapping
 
 import matplotlib
 import numpy as np
@@ -58,18 +62,23 @@ from matplotlib.figure import Figure
 from bench.core.errors import BenchError
 from bench.core.io import atomic_write_bytes
 from bench.core.schema import CELLS, CURVE_COLUMNS, is_cell, ordered_cells, stage_key
+from bench.report.format import arrow, card_fails, metric_order, rank_order, rank_text, slug
 from bench.report.leaderboard import leaderboard
 from bench.report.stability import arch_and_seed
 
 __all__ = [
-    "LAYOUT", "DIVERGING_CMAP", "AttributionExamples", "ModelExamples", "save_attribution_examples",
+    "LAYOUT", "DIVERGING_CMAP", "AttributionExamples", "method_styles", "ModelExamples", "save_attribution_examples",
     "load_attribution_examples", "symmetric_limits", "leaderboard_heatmap", "curves_figure",
     "prepost_figure", "attribution_grid", "cd_figure", "figure_png", "write_figures",
 ]
 
 LAYOUT = "pneumobench-attributions-v1"
 DIVERGING_CMAP = "RdBu_r"
-RANK_CMAP = "viridis_r"
+PLACE_CMAP = "cividis"  # sequential and colour-blind safe, its lightness rises monotonically
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")  # Okabe & Ito 2008
+LINESTYLES = ("-", "--", ":", "-.")
+BAND_ALPHA = 0.08
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
 PERCENTILE = 99.0
 DPI = 110
 _RC = {
@@ -242,65 +251,105 @@ def figure_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _arrow(higher_is_better: bool) -> str:
-    return "↑" if higher_is_better else "↓"
+def method_styles(names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """{explainer: line colour, line style and marker}, the same explainer alike in every figure of a run.
+
+    Colours: Okabe & Ito's colour-blind-safe palette without its yellow (too faint on white): seven
+    colours, then the same seven dashed, dotted, dash-dotted (28 distinct pairs), each with its own
+    marker too, so neighbours differ in more than hue.
+    """
+    out = {}
+    for i, name in enumerate(sorted(set(names))):
+        out[name] = {"color": OKABE_ITO[i % len(OKABE_ITO)],
+                     "linestyle": LINESTYLES[(i // len(OKABE_ITO)) % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}
+    return out
 
 
-def leaderboard_heatmap(board: pd.DataFrame, model: str, stage: str) -> Figure:
-    """Explainers x metrics for one (model, stage); colour = rank (1 = best), text = mean and rank."""
+def _styles(styles: Mapping[str, Mapping[str, Any]] | None, names: Iterable[str]) -> Mapping[str, Mapping[str, Any]]:
+    names = list(names)
+    return styles if styles is not None and all(n in styles for n in names) else method_styles(names)
+
+
+def leaderboard_heatmap(board: pd.DataFrame, model: str, stage: str, fails: Collection[str] = ()) -> Figure:
+    """Explainers x metrics for one (model, stage), rows in reading order (:func:`bench.report.format.rank_order`).
+
+    Colour: each cell's place between the worst (0) and the best (1) mean of its column, so a
+    column whose explainers all share rank 1 still shows how far apart their means are; text: the
+    mean and its tested rank and letters, bold at rank 1; ⚠ marks a metric that fails the card.
+    """
     sub = board[(board["model"] == model) & (board["stage"] == stage)]
     if sub.empty:
         raise BenchError(f"no leaderboard rows for model {model!r}, stage {stage!r}")
-    explainers = sorted(sub["explainer"].unique())
-    metrics = sorted(sub["metric"].unique())
+    explainers = rank_order(sub, fails)
+    metrics = metric_order(sub["metric"], fails)
     hib = sub.groupby("metric")["higher_is_better"].first()
-    rank = np.full((len(explainers), len(metrics)), np.nan)
-    annot = np.full(rank.shape, "", dtype=object)
-    labels = {}
+    good = np.full((len(explainers), len(metrics)), np.nan)
+    texts: dict[tuple[int, int], tuple[str, bool]] = {}
     for r in sub.itertuples(index=False):
         i, j = explainers.index(r.explainer), metrics.index(r.metric)
         if r.status == "ok":
-            rank[i, j] = float(r.rank) if not pd.isna(r.rank) else np.nan
-            annot[i, j] = f"{r.mean:.3g}\n({'' if pd.isna(r.rank) else int(r.rank)})"
+            good[i, j] = float(r.mean) if hib[r.metric] else -float(r.mean)
+            rank = rank_text(r.rank, r.letters)
+            first = not pd.isna(r.rank) and int(r.rank) == 1
+            texts[(i, j)] = (f"{r.mean:.3g}" + (f"\n({rank})" if rank else ""), first)
         else:
-            labels[(i, j)] = "n/a" if r.status == "n/a" else "error"
+            texts[(i, j)] = ("n/a" if r.status == "n/a" else "error", False)
+    with np.errstate(invalid="ignore"):
+        low, high = np.nanmin(good, axis=0, initial=np.inf), np.nanmax(good, axis=0, initial=-np.inf)
+        span = np.where(high > low, high - low, np.nan)
+        # one explainer, or every mean equal: the column's cells are all its best
+        place = np.where(np.isfinite(good), np.nan_to_num((good - low) / span, nan=1.0), np.nan)
+    cmap = matplotlib.colormaps[PLACE_CMAP]
     with matplotlib.rc_context({**_RC, "axes.grid": False}):
-        fig = Figure(figsize=(1.5 + 1.25 * len(metrics), 1.2 + 0.5 * len(explainers)), layout="constrained")
+        fig = Figure(figsize=(2.0 + 1.25 * len(metrics), 1.3 + 0.5 * len(explainers)), layout="constrained")
         ax = fig.add_subplot()
-        vmax = max(2.0, float(np.nanmax(rank)) if np.isfinite(rank).any() else 2.0)
-        sns.heatmap(rank, mask=~np.isfinite(rank), annot=annot, fmt="", cmap=RANK_CMAP, vmin=1.0, vmax=vmax,
-                    linewidths=0.5, linecolor="white", cbar_kws={"label": "rank (1 = best)"}, ax=ax,
-                    annot_kws={"fontsize": 7},
-                    xticklabels=[f"{m} {_arrow(bool(hib[m]))}" for m in metrics], yticklabels=explainers)
-        ax.collections[0].colorbar.set_ticks(np.arange(1, int(vmax) + 1))
-        for (i, j), text in sorted(labels.items()):
-            ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=7, color="0.35")
+        sns.heatmap(place, mask=~np.isfinite(place), cmap=cmap, vmin=0.0, vmax=1.0, linewidths=0.5,
+                    linecolor="white", ax=ax, cbar_kws={"label": "place in its column: 0 = worst mean, 1 = best"},
+                    xticklabels=[f"{m} {arrow(bool(hib[m]))}" + (" ⚠" if m in fails else "") for m in metrics],
+                    yticklabels=explainers)
+        for (i, j), (text, first) in sorted(texts.items()):
+            v = place[i, j]
+            light = np.isfinite(v) and sum(cmap(v)[:3]) < 1.5  # dark cell: white text
+            ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=7,
+                    color="white" if light else ("0.1" if np.isfinite(v) else "0.35"),
+                    fontweight="bold" if first else "normal")
         ax.set_xlabel("")
         ax.set_ylabel("")
         ax.tick_params(axis="x", labelrotation=30)
-        ax.set_title(f"{model} · {stage}: mean (rank)")
+        ax.set_title(f"{model} · {stage}: mean (rank letters), rows in reading order; bold: rank 1")
     return fig
 
 
-def cd_figure(pairs: pd.DataFrame, ranks: pd.DataFrame, model: str, stage: str, title: str = "") -> Figure:
+def cd_figure(pairs: pd.DataFrame, ranks: pd.DataFrame, model: str, stage: str, title: str = "",
+              styles: Mapping[str, Mapping[str, Any]] | None = None) -> Figure:
     """Critical-difference diagrams (Demsar 2006) of one (model, stage), one panel per metric.
 
     The axis is each explainer's mean per-image rank (1 = best; ``ranks``' ``mean_rank``); a bar
     joins explainers the table's paired tests do not separate (``pairs``: the table's
     comparisons, max-T over its pairs; Benavoli et al. 2016 on why not Nemenyi's mean-rank
     test). Drawn by ``scikit_posthocs.critical_difference_diagram`` from the separation matrix.
+    Four or more metrics are laid out in two columns (the page shows the figure at its width).
     """
     r = ranks[(ranks["model"] == model) & (ranks["stage"] == stage)]
     metrics = sorted(m for m, g in r.groupby("metric") if g["mean_rank"].notna().sum() >= 2)
     if not metrics:
         raise BenchError(f"no ranked table for model {model!r}, stage {stage!r}")
+    styles = _styles(styles, r["explainer"])
     sizes = [int(r[r["metric"] == m]["mean_rank"].notna().sum()) for m in metrics]
+    ncols = 2 if len(metrics) >= 4 else 1
+    nrows = -(-len(metrics) // ncols)
+    heights = [0.9 + 0.28 * max(sizes[i * ncols:(i + 1) * ncols]) for i in range(nrows)]
     with matplotlib.rc_context({**_RC, "axes.grid": False}):
-        height = sum(0.9 + 0.28 * k for k in sizes) + 0.8
-        fig = Figure(figsize=(9.0, height))
-        axes = fig.subplots(len(metrics), 1, squeeze=False, height_ratios=[0.9 + 0.28 * k for k in sizes])[:, 0]
-        # the labels sit left and right of the axis, outside it: keep room for the longest names
-        fig.subplots_adjust(left=0.3, right=0.7, top=1 - 0.8 / height, bottom=0.1 / height, hspace=0.35)
+        height = sum(heights) + 0.8
+        width = 9.0 if ncols == 1 else 15.2
+        fig = Figure(figsize=(width, height))
+        axes = fig.subplots(nrows, ncols, squeeze=False, height_ratios=heights).ravel()
+        # the labels sit left and right of each axis, outside it: 2.2 in (one column: 2.7 in) for the longest names
+        margin = 2.7 / width if ncols == 1 else 2.2 / width
+        fig.subplots_adjust(left=margin, right=1 - margin, top=1 - 0.8 / height, bottom=0.1 / height, hspace=0.35,
+                            wspace=0.0 if ncols == 1 else 4.4 / 3.2)
+        for ax in axes[len(metrics):]:
+            ax.set_visible(False)
         for ax, metric in zip(axes, metrics):
             sub = r[(r["metric"] == metric) & r["mean_rank"].notna()]
             names = sorted(sub["explainer"])
@@ -312,20 +361,19 @@ def cd_figure(pairs: pd.DataFrame, ranks: pd.DataFrame, model: str, stage: str, 
             for row in p.itertuples(index=False):
                 if row.separated and row.a in pos and row.b in pos:
                     sig.loc[pos[row.a], pos[row.b]] = sig.loc[pos[row.b], pos[row.a]] = 0.0
-            colours = sns.color_palette("colorblind", len(names))
-            ranks = sub.set_index("explainer")["mean_rank"].reindex(names)
-            drawn = sp.critical_difference_diagram(pd.Series(ranks.to_numpy(), index=range(len(names))), sig, ax=ax,
-                                                   color_palette={i: colours[i] for i in range(len(names))},
+            ranks_ = sub.set_index("explainer")["mean_rank"].reindex(names)
+            drawn = sp.critical_difference_diagram(pd.Series(ranks_.to_numpy(), index=range(len(names))), sig, ax=ax,
+                                                   color_palette={i: styles[n]["color"] for i, n in enumerate(names)},
                                                    label_fmt_left="{label}\t{rank:.2g}",
                                                    label_fmt_right="{label}\t{rank:.2g}",
-                                                   label_props={"fontsize": 7}, crossbar_props={"linewidth": 2.5})
+                                                   label_props={"fontsize": 8}, crossbar_props={"linewidth": 2.5})
             for text in drawn.get("labels", []):
                 i, rank = text.get_text().split("\t")
                 left = text.get_horizontalalignment() == "right"
                 text.set_text(f"{names[int(i)]} ({rank})" if left else f"({rank}) {names[int(i)]}")
-            ax.set_title(metric, fontsize=8, loc="left")
+            ax.set_title(metric, fontsize=9, loc="left")
         fig.suptitle(title or f"{model} · {stage}: mean rank per image (1 = best); bars join explainers the paired "
-                              f"tests do not separate", fontsize=8, y=1 - 0.15 / height)
+                              f"tests do not separate", fontsize=9, y=1 - 0.15 / height)
     return fig
 
 
@@ -341,10 +389,13 @@ def _check_curves(curves: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def curves_figure(curves: pd.DataFrame, model: str, stage: str) -> Figure:
+def curves_figure(curves: pd.DataFrame, model: str, stage: str,
+                  styles: Mapping[str, Mapping[str, Any]] | None = None) -> Figure:
     """Deletion/insertion curves for one (model, stage): mean prob per explainer with a 95 % band.
 
-    Band: mean +- 1.96 standard errors over images at each fraction (normal approximation).
+    Band: mean +- 1.96 standard errors over images at each fraction (normal approximation), light
+    enough that ten overlapping bands still show the lines; each explainer its colour, line style
+    and marker (:func:`method_styles`); the legend outside the axes.
     """
     df = _check_curves(curves)
     df = df[(df["model"] == model) & (df["stage"] == stage)]
@@ -352,9 +403,9 @@ def curves_figure(curves: pd.DataFrame, model: str, stage: str) -> Figure:
         raise BenchError(f"no curves for model {model!r}, stage {stage!r}")
     kinds = sorted(df["curve"].unique())
     explainers = sorted(df["explainer"].unique())
-    palette = dict(zip(explainers, sns.color_palette("colorblind", len(explainers))))
+    styles = _styles(styles, explainers)
     with matplotlib.rc_context(_RC):
-        fig = Figure(figsize=(4.2 * len(kinds) + 1.5, 3.4), layout="constrained")
+        fig = Figure(figsize=(4.2 * len(kinds) + 1.9, 3.6), layout="constrained")
         axes = fig.subplots(1, len(kinds), squeeze=False)[0]
         for ax, kind in zip(axes, kinds):
             for explainer in explainers:
@@ -364,20 +415,40 @@ def curves_figure(curves: pd.DataFrame, model: str, stage: str) -> Figure:
                 g = d.groupby("fraction", sort=True)["prob"]
                 mean, se = g.mean(), g.sem(ddof=1).fillna(0.0)
                 x = mean.index.to_numpy()
-                ax.plot(x, mean.to_numpy(), color=palette[explainer], label=explainer, lw=1.4)
+                _line(ax, x, mean.to_numpy(), styles[explainer], explainer)
                 ax.fill_between(x, (mean - 1.96 * se).to_numpy(), (mean + 1.96 * se).to_numpy(),
-                                color=palette[explainer], alpha=0.18, lw=0)
+                                color=styles[explainer]["color"], alpha=BAND_ALPHA, lw=0)
             ax.set_xlim(0, 1)
             ax.set_xlabel("fraction of pixels perturbed")
             ax.set_ylabel("probability of the target class")
             ax.set_title(f"{kind}")
-        handles, names = axes[0].get_legend_handles_labels()
-        fig.legend(handles, names, loc="outside right upper", fontsize=7, frameon=False)
+        _figure_legend(fig, axes)
         fig.suptitle(f"{model} · {stage}: mean over images ± 1.96 SE")
     return fig
 
 
-def prepost_figure(board: pd.DataFrame, model: str) -> Figure:
+def _line(ax: Any, x: np.ndarray, y: np.ndarray, style: Mapping[str, Any], label: str) -> None:
+    """One explainer's curve: its colour and line style, a marker on about eight of the points."""
+    ax.plot(x, y, color=style["color"], linestyle=style["linestyle"], marker=style["marker"], ms=3.2, lw=1.3,
+            markevery=max(1, len(x) // 8), label=label)
+
+
+def _figure_legend(fig: Figure, axes: Iterable[Any]) -> None:
+    """One legend for the figure, right of every axis (never on the data), entries by name."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(n, h)
+    if seen:
+        fig.legend([seen[n] for n in sorted(seen)], sorted(seen), loc="outside right upper", fontsize=7, frameon=False)
+
+
+def _skipped(skipped: list[str], why: str = "not drawn, no data") -> str:
+    """A second title line naming the panels left out for want of data ("" when none was)."""
+    return f"\n{why}: " + ", ".join(skipped) if skipped else ""
+
+
+def prepost_figure(board: pd.DataFrame, model: str, styles: Mapping[str, Mapping[str, Any]] | None = None) -> Figure:
     """Per metric, each explainer's pre and post mean with its 95 % CI, joined by a line."""
     sub = board[(board["model"] == model) & (board["status"] == "ok")]
     stages = sorted(set(sub["stage"]), key=stage_key)
@@ -385,12 +456,12 @@ def prepost_figure(board: pd.DataFrame, model: str) -> Figure:
         raise BenchError(f"model {model!r} has no successful scores in both stages to plot")
     metrics = sorted(sub["metric"].unique())
     explainers = sorted(sub["explainer"].unique())
-    palette = dict(zip(explainers, sns.color_palette("colorblind", len(explainers))))
+    styles = _styles(styles, explainers)
     ncols = min(4, len(metrics))
     nrows = -(-len(metrics) // ncols)
     offsets = np.linspace(-0.15, 0.15, len(explainers)) if len(explainers) > 1 else np.zeros(1)
     with matplotlib.rc_context(_RC):
-        fig = Figure(figsize=(3.0 * ncols + 1.8, 2.8 * nrows), layout="constrained")
+        fig = Figure(figsize=(3.0 * ncols + 1.9, 2.8 * nrows), layout="constrained")
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         for ax, metric in zip(axes, metrics):
             m = sub[sub["metric"] == metric]
@@ -400,21 +471,16 @@ def prepost_figure(board: pd.DataFrame, model: str) -> Figure:
                 y = e["mean"].to_numpy(dtype=float)
                 lo = np.nan_to_num(y - e["ci_low"].to_numpy(dtype=float), nan=0.0)
                 hi = np.nan_to_num(e["ci_high"].to_numpy(dtype=float) - y, nan=0.0)
-                ax.errorbar(x, y, yerr=np.vstack([lo, hi]), color=palette[explainer], marker="o", ms=3.5,
-                            lw=1.2, capsize=2.5, label=explainer)
+                st = styles[explainer]
+                ax.errorbar(x, y, yerr=np.vstack([lo, hi]), color=st["color"], linestyle=st["linestyle"],
+                            marker=st["marker"], ms=3.5, lw=1.2, capsize=2.5, label=explainer)
             ax.set_xticks(range(len(stages)), stages)
             ax.set_xlim(-0.5, len(stages) - 0.5)
-            ax.set_title(f"{metric} {_arrow(bool(m['higher_is_better'].iloc[0]))}")
+            ax.set_title(f"{metric} {arrow(bool(m['higher_is_better'].iloc[0]))}")
         for ax in axes[len(metrics):]:
             ax.set_visible(False)
-        handles, names = axes[0].get_legend_handles_labels()
-        seen = dict(zip(names, handles))
-        for ax in axes[1:len(metrics)]:
-            for h, n in zip(*ax.get_legend_handles_labels()):
-                seen.setdefault(n, h)
-        fig.legend([seen[n] for n in sorted(seen)], sorted(seen), loc="outside right upper", fontsize=7,
-                   frameon=False)
-        fig.suptitle(f"{model}: pre vs post, mean with 95% bootstrap CI")
+        _figure_legend(fig, axes[:len(metrics)])
+        fig.suptitle(f"{model}: pre vs post, mean with 95% t interval")
     return fig
 
 
@@ -425,71 +491,87 @@ CARD_CRITERIA = (("beat random", "share of real explainers beating random"), ("a
 
 def reliability_heatmap(card: pd.DataFrame, model: str, stage: str) -> Figure:
     """Metrics x criteria of the reliability card for one (model, stage), on one -1..1 diverging
-    scale (1 = reliable); blank where a criterion was not computed or does not apply."""
+    scale (1 = reliable); blank where a criterion does not apply to a metric; a criterion the run
+    did not compute for any metric (e.g. MetaQuantus when it is off) is left out and named."""
     sub = card[(card["model"] == model) & (card["stage"] == stage)].sort_values("metric", kind="stable")
     if sub.empty:
         raise BenchError(f"no reliability card for model {model!r}, stage {stage!r}")
     share = np.where(sub["beat_random"] >= 0, sub["beat_random"] / sub["real_explainers"].clip(lower=1), np.nan)
     values = np.column_stack([share, sub["alpha"], sub["split_half"], sub["substrate_tau_min"], sub["meta_input"],
                               sub["meta_model"]]).astype(np.float64)
+    keep = np.isfinite(values).any(axis=0)
+    skipped = [c for (c, _), k in zip(CARD_CRITERIA, keep) if not k]
+    if not keep.any():
+        raise BenchError(f"the reliability card of model {model!r}, stage {stage!r} has no computed criterion")
+    values = values[:, keep]
     labels = [f"{m}{' ⚠' if str(v).startswith('fails') else ''}" for m, v in zip(sub["metric"], sub["verdict"])]
     annot = np.vectorize(lambda v: "" if not np.isfinite(v) else f"{v:.2f}")(values)
     with matplotlib.rc_context({**_RC, "axes.grid": False}):
-        fig = Figure(figsize=(2.0 + 1.15 * values.shape[1], 1.3 + 0.45 * len(sub)), layout="constrained")
+        fig = Figure(figsize=(2.6 + 1.15 * values.shape[1], 1.5 + 0.45 * len(sub)), layout="constrained")
         ax = fig.add_subplot()
         sns.heatmap(values, mask=~np.isfinite(values), annot=annot, fmt="", cmap="RdBu", vmin=-1.0, vmax=1.0,
                     linewidths=0.5, linecolor="white", ax=ax, annot_kws={"fontsize": 7},
                     cbar_kws={"label": "1 = reliable, 0 = chance"},
-                    xticklabels=[c for c, _ in CARD_CRITERIA], yticklabels=labels)
+                    xticklabels=[c for (c, _), k in zip(CARD_CRITERIA, keep) if k], yticklabels=labels)
         ax.tick_params(axis="x", labelrotation=30)
-        ax.set_title(f"{model} · {stage}: reliability card (⚠ fails it)")
+        note = _skipped(skipped, "left out, not computed")
+        ax.set_title(f"{model} · {stage}: reliability card (⚠ fails it){note}", fontsize=9)
     return fig
 
 
-def substrate_figure(curves: pd.DataFrame, model: str, stage: str) -> Figure:
-    """Mean perturbation curves per substrate (columns) and curve (rows), a line per explainer."""
+def substrate_figure(curves: pd.DataFrame, model: str, stage: str,
+                     styles: Mapping[str, Mapping[str, Any]] | None = None) -> Figure:
+    """Mean perturbation curves per curve and substrate (a panel each, only those with data), a line per explainer."""
     df = curves[(curves["model"] == model) & (curves["stage"] == stage)]
     kinds, subs = sorted(df["curve"].unique()), sorted(df["substrate"].unique())
     explainers = sorted(df["explainer"].unique())
-    palette = dict(zip(explainers, sns.color_palette("colorblind", len(explainers))))
+    styles = _styles(styles, explainers)
+    has = set(map(tuple, df.loc[df["prob_mean"].notna(), ["curve", "substrate"]].drop_duplicates().to_numpy()))
+    # rows are curves, columns substrates; a row or column without any data goes, a lone empty cell stays blank
+    kinds = [k for k in kinds if any((k, s) in has for s in subs)]
+    subs = [s for s in subs if any((k, s) in has for k in kinds)]
+    skipped = [f"{k} · {s}" for k in kinds for s in subs if (k, s) not in has]
+    if not kinds:
+        raise BenchError(f"no substrate curves with data for model {model!r}, stage {stage!r}")
     with matplotlib.rc_context(_RC):
-        fig = Figure(figsize=(2.7 * len(subs) + 1.6, 2.4 * len(kinds) + 0.4), layout="constrained")
+        fig = Figure(figsize=(2.7 * len(subs) + 1.9, 2.4 * len(kinds) + 0.6), layout="constrained")
         axes = fig.subplots(len(kinds), len(subs), squeeze=False, sharey=True)
         for r, kind in enumerate(kinds):
             for c, sub in enumerate(subs):
                 ax = axes[r, c]
+                if (kind, sub) not in has:
+                    ax.set_axis_off()
+                    continue
                 for explainer in explainers:
                     d = df[(df["curve"] == kind) & (df["substrate"] == sub) & (df["explainer"] == explainer)]
+                    d = d[d["prob_mean"].notna()]
                     if len(d):
                         d = d.sort_values("fraction", kind="stable")
-                        ax.plot(d["fraction"], d["prob_mean"], color=palette[explainer], lw=1.3, label=explainer)
+                        _line(ax, d["fraction"].to_numpy(), d["prob_mean"].to_numpy(), styles[explainer], explainer)
                 ax.set_xlim(0, 1)
                 ax.set_title(f"{kind} · {sub}", fontsize=8)
-                if r == len(kinds) - 1:
-                    ax.set_xlabel("fraction of pixels perturbed")
+                ax.set_xlabel("fraction of pixels perturbed")
             axes[r, 0].set_ylabel("mean probability")
-        seen: dict[str, Any] = {}
-        for ax in axes.ravel():
-            for h, n in zip(*ax.get_legend_handles_labels()):
-                seen.setdefault(n, h)
-        fig.legend([seen[n] for n in sorted(seen)], sorted(seen), loc="outside right upper", fontsize=7, frameon=False)
-        fig.suptitle(f"{model} · {stage}: perturbation curves by substrate (mean over images)")
+        panels = [axes[r, c] for r, k in enumerate(kinds) for c, s in enumerate(subs) if (k, s) in has]
+        _figure_legend(fig, panels)
+        fig.suptitle(f"{model} · {stage}: perturbation curves by substrate (mean over images){_skipped(skipped)}",
+                     fontsize=9)
     return fig
 
 
 def similarity_figure(sim: pd.DataFrame, arch: str) -> Figure:
     """Map similarity of an architecture: left, mean Spearman per explainer for every comparison
     (tuning, retraining, explainer noise) with a 95 % normal band; right, pre vs post by the
-    image's pre cell."""
+    image's pre cell. Each panel's legend sits above it, off the bars."""
     df = sim[sim["model"].map(lambda m: arch_and_seed(m)[0]) == arch].copy()
     df["kind"] = df["comparison"].map(lambda c: "retraining (seed vs seed)" if c.startswith("seed")
                                       else c.replace("pre vs ", "tuning: pre vs "))
     explainers = sorted(df["explainer"].unique())
     kinds = sorted(df["kind"].unique())
-    palette = dict(zip(kinds, sns.color_palette("colorblind", len(kinds))))
+    palette = dict(zip(kinds, _cycle(OKABE_ITO, len(kinds))))
     tuned = df[df["comparison"].str.startswith("pre vs ")]
     with matplotlib.rc_context(_RC):
-        fig = Figure(figsize=(4.0 + 0.9 * len(explainers) * 2, 3.6), layout="constrained")
+        fig = Figure(figsize=(4.0 + 0.9 * len(explainers) * 2, 4.0), layout="constrained")
         left, right = fig.subplots(1, 2, squeeze=True)
         width = 0.8 / max(1, len(kinds))
         for k, kind in enumerate(kinds):
@@ -499,10 +581,8 @@ def similarity_figure(sim: pd.DataFrame, arch: str) -> Figure:
             left.bar(x, mean.to_numpy(), width, yerr=1.96 * se.to_numpy(), color=palette[kind], label=kind, capsize=2)
         left.set_xticks(range(len(explainers)), explainers, rotation=30, ha="right")
         left.set_ylabel("Spearman similarity of two maps")
-        left.set_title("tuning next to retraining and the explainer's noise", fontsize=8)
-        left.legend(fontsize=6, frameon=False)
         cells = [c for c in ordered_cells(tuned["cell_a"]) if c in set(tuned["cell_a"])]
-        cpal = dict(zip(cells, sns.color_palette("colorblind", len(cells))))
+        cpal = dict(zip(cells, _cycle(OKABE_ITO, len(cells))))
         cw = 0.8 / max(1, len(cells))
         for k, cell in enumerate(cells):
             g = tuned[tuned["cell_a"] == cell].groupby("explainer")["spearman"]
@@ -510,10 +590,20 @@ def similarity_figure(sim: pd.DataFrame, arch: str) -> Figure:
             x = np.arange(len(explainers)) - 0.4 + cw * (k + 0.5)
             right.bar(x, mean.to_numpy(), cw, color=cpal[cell], label=f"pre cell {cell}")
         right.set_xticks(range(len(explainers)), explainers, rotation=30, ha="right")
-        right.set_title("pre vs post by the image's cell under the pre model", fontsize=8)
-        right.legend(fontsize=6, frameon=False)
+        for ax, what in ((left, "tuning next to retraining and the explainer's noise"),
+                         (right, "pre vs post by the image's cell under the pre model")):
+            ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.05)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7, frameon=False, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=4,
+                          title=what, title_fontsize=8, alignment="left")
+            else:
+                ax.set_title(what, fontsize=8)
         fig.suptitle(f"{arch}: how much the maps moved")
     return fig
+
+
+def _cycle(colours: tuple[str, ...], n: int) -> list[str]:
+    return [colours[i % len(colours)] for i in range(n)]
 
 
 def _grid_selection(ex: ModelExamples, model: str, per_cell: int | None) -> tuple[str, dict[str, list[int]]]:
@@ -581,13 +671,6 @@ def attribution_grid(examples: AttributionExamples, model: str, explainer: str, 
 # ----------------------------------------------------------------------------- files
 
 
-_SLUG = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def _slug(*parts: str) -> str:
-    return "_".join(_SLUG.sub("-", str(p)) for p in parts)
-
-
 def _read_curves(curves: pd.DataFrame | str | os.PathLike | None) -> pd.DataFrame | None:
     if curves is None or isinstance(curves, pd.DataFrame):
         return curves
@@ -616,44 +699,46 @@ def write_figures(run_dir: str | os.PathLike, scores: pd.DataFrame,
     """
     out = Path(run_dir) / "figures"
     board = leaderboard(scores) if board is None else board
+    styles = method_styles(board["explainer"])  # one explainer, one look, in every figure of the run
     jobs: dict[str, Callable[[], Figure]] = {}  # built one at a time: figures hold a lot of memory
     for model, stage in board[["model", "stage"]].drop_duplicates().itertuples(index=False):
-        _add_job(jobs, f"leaderboard_{_slug(model, stage)}.png", partial(leaderboard_heatmap, board, model, stage))
+        _add_job(jobs, f"leaderboard_{slug(model, stage)}.png",
+                 partial(leaderboard_heatmap, board, model, stage, card_fails(card, model, stage)))
     ok = board[board["status"] == "ok"]
     for model, st in ok.groupby("model", sort=True)["stage"]:
         if "pre" in set(st) and len(set(st)) > 1:
-            _add_job(jobs, f"prepost_{_slug(model)}.png", partial(prepost_figure, board, model))
+            _add_job(jobs, f"prepost_{slug(model)}.png", partial(prepost_figure, board, model, styles))
     for comps, tag in ((comparisons, ""), (pooled, " (pooled over seeds)")):
         if comps is None or not len(comps.ranks):
             continue
         for model, stage in comps.ranks[["model", "stage"]].drop_duplicates().itertuples(index=False):
             if comps.ranks[(comps.ranks["model"] == model) & (comps.ranks["stage"] == stage)]["mean_rank"].notna().sum():
-                _add_job(jobs, f"cd_{_slug(model, stage)}.png",
+                _add_job(jobs, f"cd_{slug(model, stage)}.png",
                          partial(cd_figure, comps.pairs, comps.ranks, model, stage,
                                  f"{model} · {stage}{tag}: mean rank per image (1 = best); bars join explainers the "
-                                 f"paired tests do not separate"))
+                                 f"paired tests do not separate", styles))
     cdf = _read_curves(curves)
     if cdf is not None and len(cdf):
         cdf = _check_curves(cdf)
         for model, stage in cdf[["model", "stage"]].drop_duplicates().itertuples(index=False):
-            _add_job(jobs, f"curves_{_slug(model, stage)}.png", partial(curves_figure, cdf, model, stage))
+            _add_job(jobs, f"curves_{slug(model, stage)}.png", partial(curves_figure, cdf, model, stage, styles))
     if card is not None and len(card["reliability"]):
         for model, stage in card["reliability"][["model", "stage"]].drop_duplicates().itertuples(index=False):
-            _add_job(jobs, f"reliability_{_slug(model, stage)}.png",
+            _add_job(jobs, f"reliability_{slug(model, stage)}.png",
                      partial(reliability_heatmap, card["reliability"], model, stage))
     if substrate_curves is not None and len(substrate_curves):
         for model, stage in substrate_curves[["model", "stage"]].drop_duplicates().itertuples(index=False):
-            _add_job(jobs, f"substrates_{_slug(model, stage)}.png",
-                     partial(substrate_figure, substrate_curves, model, stage))
+            _add_job(jobs, f"substrates_{slug(model, stage)}.png",
+                     partial(substrate_figure, substrate_curves, model, stage, styles))
     if similarity is not None and len(similarity):
         for arch in sorted({arch_and_seed(m)[0] for m in similarity["model"]}):
-            _add_job(jobs, f"similarity_{_slug(arch)}.png", partial(similarity_figure, similarity, arch))
+            _add_job(jobs, f"similarity_{slug(arch)}.png", partial(similarity_figure, similarity, arch))
     if attributions_path is not None:
         ex = load_attribution_examples(attributions_path)
         for model, explainer in ex.pairs():
             if explainer in set(skip):
                 continue
-            _add_job(jobs, f"attributions_{_slug(model, explainer)}.png",
+            _add_job(jobs, f"attributions_{slug(model, explainer)}.png",
                      partial(attribution_grid, ex, model, explainer))
     return [atomic_write_bytes(out / name, figure_png(jobs[name]())) for name in sorted(jobs)]
 

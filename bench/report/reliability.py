@@ -52,6 +52,7 @@ from bench.core.schema import stage_key
 from bench.core.text import csv_text, fmt_number, markdown_table
 from bench.metrics import METRICS
 from bench.report.comparisons import Comparisons, GoodnessTable, compare, goodness_tables
+from bench.report.format import arrow, ci_text
 from bench.stats.agreement import image_interval, image_ranks, kendall_tau, krippendorff_alpha, split_half
 from bench.stats.metaquantus import consistency, mc_interval
 from bench.stats.power import N_CAP, min_detectable_difference, n_needed
@@ -366,7 +367,7 @@ def _f(x: Any, spec: str = ".3g") -> str:
 
 
 def _ci(v: Any, low: Any, high: Any) -> str:
-    return f"{_f(v)} [{_f(low)}, {_f(high)}]" if np.isfinite(float(v)) else "n/a"
+    return ci_text(v, low, high, ".3g", inf="∞")
 
 
 def _n(x: Any) -> str:
@@ -396,7 +397,7 @@ def render_card_md(tables: Mapping[str, pd.DataFrame], settings: CardSettings) -
     order = card_df.assign(_s=card_df["stage"].map(stage_key)).sort_values(["model", "_s"], kind="stable")
     for (model, _, stage), sub in order.groupby(["model", "_s", "stage"], sort=True):
         lines += [f"## {model} · {stage}", ""]
-        rows = [[r.metric + (" ↑" if r.higher_is_better else " ↓"), str(r.n_images),
+        rows = [[f"{r.metric} {arrow(r.higher_is_better)}", str(r.n_images),
                  "n/a" if r.beat_random < 0 else f"{r.beat_random} of {r.real_explainers}",
                  "yes" if r.control_beats_real else "no", _ci(r.alpha, r.alpha_ci_low, r.alpha_ci_high),
                  _ci(r.split_half, r.split_half_ci_low, r.split_half_ci_high), _f(r.mde_median), _n(r.n_needed_max),

@@ -42,6 +42,7 @@ from bench.core.schema import ordered_cells, stage_key
 from bench.core.text import csv_text, fmt_number, markdown_table
 from bench.report.comparisons import (Comparisons, GoodnessTable, compare, goodness_tables, pooled_tables, seed_groups,
                                       with_family)
+from bench.report.format import alias_name, ci_text, rank_text
 from bench.stats.agreement import image_interval, kendall_w
 from bench.stats.estimate import bootstrap_ci, mean_estimate, p_top, t_interval
 from bench.stats.settings import StatsSettings
@@ -264,10 +265,6 @@ def _f(x: Any, spec: str = ".3g") -> str:
     return fmt_number(x, spec)
 
 
-def _ci(v: Any, low: Any, high: Any, spec: str = ".3g") -> str:
-    return f"{_f(v, spec)} [{_f(low, spec)}, {_f(high, spec)}]"
-
-
 def _family_note(table: pd.DataFrame) -> str:
     fams = sorted(set(table["family"].astype(str)))
     return "Families: " + "; ".join(fams) + "." if fams else ""
@@ -286,7 +283,7 @@ def render_stability_md(tables: Mapping[str, pd.DataFrame]) -> str:
         lines += markdown_table(["model", "stage", "metric", "seeds", "images", "W [95% CI]", "least pair", "pooled top",
                                  "P(top stays)", "not separated from the top"],
                                 [[r.model, r.stage, r.metric, str(r.n_seeds), str(r.n_images),
-                                  _ci(r.kendall_w, r.w_ci_low, r.w_ci_high, ".2f"), _f(r.w_pair_min, ".2f"), r.top,
+                                  ci_text(r.kendall_w, r.w_ci_low, r.w_ci_high, ".2f"), _f(r.w_pair_min, ".2f"), r.top,
                                   _f(r.p_top_stays, ".2f"), r.not_separated_from_top or "none"]
                                  for r in tables["stability"].itertuples(index=False)]) + [""]
         p = tables["leaderboard_pooled"]
@@ -296,9 +293,9 @@ def render_stability_md(tables: Mapping[str, pd.DataFrame]) -> str:
                   "(comparisons_pooled.csv; family: the pooled table's pairs, max-T): rank 1 = nothing is "
                   "separated above it; explainers sharing a letter are not separated at this n.", ""]
         lines += markdown_table(["model", "stage", "metric", "explainer", "mean [95% CI]", "df", "rank"],
-                                [[r.model, r.stage, r.metric, r.explainer + (f" (= {r.aliases})" if r.aliases else ""),
-                                  _ci(r.mean, r.ci_low, r.ci_high, ".4g"), _f(r.df, ".3g"),
-                                  "" if pd.isna(r.rank) else f"{int(r.rank)} {r.letters}"]
+                                [[r.model, r.stage, r.metric, alias_name(r.explainer, r.aliases),
+                                  ci_text(r.mean, r.ci_low, r.ci_high, ".4g"), _f(r.df, ".3g"),
+                                  rank_text(r.rank, r.letters)]
                                  for r in p.itertuples(index=False)]) + [""]
     if "variants" in tables:
         v = tables["variants"]
@@ -308,7 +305,7 @@ def render_stability_md(tables: Mapping[str, pd.DataFrame]) -> str:
         lines += markdown_table(["model", "a", "b", "explainer", "metric", "n", "a mean", "b mean", "diff [CI]",
                                  "adj. p", "verdict"],
                                 [[r.model, r.stage_a, r.stage_b, r.explainer, r.metric, str(r.n_pairs), _f(r.mean_a, ".4g"),
-                                  _f(r.mean_b, ".4g"), _ci(r.diff_mean, r.diff_ci_low, r.diff_ci_high, "+.3g"),
+                                  _f(r.mean_b, ".4g"), ci_text(r.diff_mean, r.diff_ci_low, r.diff_ci_high, "+.3g"),
                                   _f(r.p_adj), r.verdict] for r in v.itertuples(index=False)])
         lines += [""]
     if "similarity_tests" in tables:
@@ -322,7 +319,7 @@ def render_stability_md(tables: Mapping[str, pd.DataFrame]) -> str:
         lines += markdown_table(["model", "post stage", "explainer", "reference", "seeds", "n", "tuning", "reference",
                                  "diff [CI]", "adj. p", "verdict"],
                                 [[r.model, r.stage, r.explainer, r.reference, str(r.seeds), str(r.n), _f(r.tuning),
-                                  _f(r.reference_mean), _ci(r.diff_mean, r.diff_ci_low, r.diff_ci_high, "+.3g"),
+                                  _f(r.reference_mean), ci_text(r.diff_mean, r.diff_ci_low, r.diff_ci_high, "+.3g"),
                                   _f(r.p_adj), r.verdict] for r in st.itertuples(index=False)]) + [""]
         s = tables["similarity_summary"]
         lines += ["### Map similarity", "", "Mean over images with a 95% BCa CI (descriptive); groups: all images, by "
@@ -330,7 +327,7 @@ def render_stability_md(tables: Mapping[str, pd.DataFrame]) -> str:
         lines += markdown_table(["model", "explainer", "comparison", "group", "n", "Spearman [95% CI]",
                                  "top-15% overlap [95% CI]"],
                                 [[r.model, r.explainer, r.comparison, r.group, str(r.n),
-                                  _ci(r.spearman, r.spearman_ci_low, r.spearman_ci_high, ".2f"),
-                                  _ci(r.top_overlap, r.overlap_ci_low, r.overlap_ci_high, ".2f")]
+                                  ci_text(r.spearman, r.spearman_ci_low, r.spearman_ci_high, ".2f"),
+                                  ci_text(r.top_overlap, r.overlap_ci_low, r.overlap_ci_high, ".2f")]
                                  for r in s.itertuples(index=False)]) + [""]
     return "\n".join(lines)

@@ -44,6 +44,8 @@ from scipy import stats as sps
 from bench.core.errors import BenchError
 from bench.core.io import atomic_write_text
 from bench.metrics import METRICS
+from bench.core.text import fmt_number
+from bench.report.format import ci_text
 from bench.report.leaderboard import read_scores
 from bench.stats.agreement import image_interval, kendall_tau
 from bench.stats.aliases import collapse, find_aliases
@@ -309,11 +311,11 @@ def write_truth(parent: Path, cfg: Any, runs: pd.DataFrame, reliance: pd.DataFra
 
 
 def _fmt(x: float, digits: int = 2) -> str:
-    return "n/a" if not np.isfinite(x) else f"{x:.{digits}f}"
+    return fmt_number(x, f".{digits}f")
 
 
 def _ci(mean: float, low: float, high: float, digits: int = 2) -> str:
-    return f"{_fmt(mean, digits)} [{_fmt(low, digits)}, {_fmt(high, digits)}]"
+    return ci_text(mean, low, high, f".{digits}f")
 
 
 def truth_markdown(models: pd.DataFrame, truth: pd.DataFrame, agree: pd.DataFrame, cfg: Any) -> str:
