@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.core.errors import BenchError
+from bench.core.precision import DEFAULT_PRECISION, autocast
 from bench.core.text import markdown_table
 from bench.metrics import METRICS, metric_params
 from explainers import EXPLAINERS, explainer_params
@@ -154,38 +155,41 @@ def _targets(inputs: Tensor, targets: Tensor | None) -> Tensor:
 
 
 def time_forward_backward(model: nn.Module, inputs: Tensor, *, targets: Tensor | None = None,
-                          repeats: int = 3, warmup: int = 1) -> float:
+                          repeats: int = 3, warmup: int = 1, precision: str = DEFAULT_PRECISION) -> float:
     """Seconds per image of ONE batched forward+backward pass, best of ``repeats``.
 
     The pass is what a gradient method repeats: ``model(x)[i, target_i]`` summed over the batch,
     then ``torch.autograd.grad`` with respect to the inputs only (as Captum does; no weight
     gradients are computed or stored). ``inputs (B, C, H, W)``, ``targets (B,)`` (default class
-    0). ``warmup`` untimed passes first. The model's mode and parameters are left untouched.
+    0). ``warmup`` untimed passes first. The forward runs under autocast in ``precision``
+    (:mod:`bench.core.precision`). The model's mode and parameters are left untouched.
     """
     t = _targets(inputs, targets)
     x = inputs.detach().clone().requires_grad_(True)
 
     def step() -> None:
         with torch.enable_grad():
-            score = model(x).gather(1, t).sum()
+            with autocast(precision, inputs.device):
+                score = model(x).gather(1, t).float().sum()
             torch.autograd.grad(score, x)
 
     return _best_per_image(step, inputs, repeats, warmup)
 
 
 def time_forward(model: nn.Module, inputs: Tensor, *, targets: Tensor | None = None,
-                 repeats: int = 3, warmup: int = 1) -> float:
+                 repeats: int = 3, warmup: int = 1, precision: str = DEFAULT_PRECISION) -> float:
     """Seconds per image of ONE batched forward pass without gradients, best of ``repeats``.
 
     What perturbation metrics and model-agnostic methods (Partition SHAP) repeat.
-    ``inputs (B, C, H, W)``; ``warmup`` untimed passes first.
+    ``inputs (B, C, H, W)``; ``warmup`` untimed passes first; under autocast in ``precision``,
+    as the metrics score in it (:func:`bench.metrics.base.scoring_logits`).
     """
     t = _targets(inputs, targets)
     x = inputs.detach()
 
     def step() -> None:
-        with torch.no_grad():
-            model(x).gather(1, t)
+        with torch.no_grad(), autocast(precision, inputs.device):
+            model(x).gather(1, t).float()
 
     return _best_per_image(step, inputs, repeats, warmup)
 
