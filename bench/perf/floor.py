@@ -286,9 +286,41 @@ def benchmark_table(json_path: str | Path) -> str:
               _cell(i.get("floor_ratio"), ".2f"), i.get("quantus_metric") or "-",
               _cell(i.get("quantus_s_per_image"), ".4f")] for b in metrics for i in [b["extra_info"]]],
             "llrlrlr") + [""]
-    if not explainers and not metrics:
+    for b in (b for b in rows if b.get("extra_info", {}).get("kind") == "precision"):
+        out += precision_table(b["extra_info"]) + [""]
+    if not explainers and not metrics and len(out) == 2:
         out.append("(no pneumobench benchmarks in this file)")
     return "\n".join(out)
+
+
+def precision_table(info: dict[str, Any]) -> list[str]:
+    """Markdown lines of a scoring-precision benchmark (tests/benchmarks/test_precision.py): per
+    reduced precision and metric the speedup, the floor ratios, the score errors against float32,
+    the paired verdicts and ranks that changed and the largest paired-mean change over the card's
+    smallest detectable difference; then the whole metric set's time per image in each precision."""
+    out = [f"Scoring precision: {info.get('model')} ({info.get('checkpoint')}), {info.get('images')} images x "
+           f"{len(info.get('explainers', []))} explainers ({', '.join(info.get('explainers', []))}); left out: "
+           f"{', '.join(info.get('left_out', [])) or 'none'}; load average {info.get('load_average')} before, "
+           f"{info.get('load_average_after')} after.", ""]
+    out += markdown_table(
+        ["precision", "metric", "speedup", "floor ratio fp32", "floor ratio reduced", "max abs diff", "mean abs diff",
+         "max pair shift", "card mde", "shift / mde", "verdicts changed", "ranks changed", "qualifies"],
+        [[r["precision"], r["metric"], _cell(r.get("speedup"), ".2f"), _cell(r.get("floor_ratio_float32"), ".2f"),
+          _cell(r.get("floor_ratio_reduced"), ".2f"), _cell(r.get("max_abs_diff"), ".2g"),
+          _cell(r.get("mean_abs_diff"), ".2g"), _cell(r.get("max_pair_shift"), ".2g"), _cell(r.get("card_mde"), ".3g"),
+          _cell(r.get("shift_over_mde"), ".3f"), f"{len(r['verdicts_changed'])} of {r['pairs']}",
+          str(len(r["ranks_changed"])), "yes" if r["qualifies"] else "no"] for r in info.get("rows", [])],
+        "llrrrrrrrrrrl") + [""]
+    total = info.get("total", {})
+    out += markdown_table(
+        ["precision", "s/image (metric set)", "speedup", "floor ratio (own precision)", "forward s/image"],
+        [[p, _cell(t.get("s_per_image"), ".3f"), _cell(t.get("speedup", 1.0 if p == "float32" else None), ".2f"),
+          _cell(t.get("floor_ratio"), ".2f"),
+          _cell(next(iter(t.get("pass_seconds_per_image", {}).values()), {}).get(
+              "forward" if p == "float32" else f"forward_{p}"), ".4f")] for p, t in total.items()],
+        "lrrrr")
+    changed = [f"- {r['precision']} {r['metric']}: {c}" for r in info.get("rows", []) for c in r["verdicts_changed"]]
+    return out + ([""] + ["Verdicts that changed:"] + changed if changed else [])
 
 
 def main(argv: list[str] | None = None) -> int:
