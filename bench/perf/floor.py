@@ -293,12 +293,23 @@ def benchmark_table(json_path: str | Path) -> str:
     return "\n".join(out)
 
 
+def _qualifies(row: dict[str, Any]) -> str:
+    """"yes" / "no", or "n/a" for a metric with no finite score to compare (additivity of non-additive maps)."""
+    shift = row.get("max_pair_shift")
+    if shift is None or not math.isfinite(shift):
+        return "n/a"
+    return "yes" if row["qualifies"] else "no"
+
+
 def precision_table(info: dict[str, Any]) -> list[str]:
     """Markdown lines of a scoring-precision benchmark (tests/benchmarks/test_precision.py): per
     reduced precision and metric the speedup, the floor ratios, the score errors against float32,
     the paired verdicts and ranks that changed and the largest paired-mean change over the card's
     smallest detectable difference; then the whole metric set's time per image in each precision."""
-    out = [f"Scoring precision: {info.get('model')} ({info.get('checkpoint')}), {info.get('images')} images x "
+    test = info.get("checkpoint_test") or {}
+    out = [f"Scoring precision: {info.get('model')} ({info.get('checkpoint')}, sha256 "
+           f"{str(info.get('checkpoint_sha256'))[:12]}, test acc {_cell(test.get('acc'), '.3f')}, auc "
+           f"{_cell(test.get('auc'), '.3f')}), {info.get('images')} images x "
            f"{len(info.get('explainers', []))} explainers ({', '.join(info.get('explainers', []))}); left out: "
            f"{', '.join(info.get('left_out', [])) or 'none'}; load average {info.get('load_average')} before, "
            f"{info.get('load_average_after')} after.", ""]
@@ -309,7 +320,7 @@ def precision_table(info: dict[str, Any]) -> list[str]:
           _cell(r.get("floor_ratio_reduced"), ".2f"), _cell(r.get("max_abs_diff"), ".2g"),
           _cell(r.get("mean_abs_diff"), ".2g"), _cell(r.get("max_pair_shift"), ".2g"), _cell(r.get("card_mde"), ".3g"),
           _cell(r.get("shift_over_mde"), ".3f"), f"{len(r['verdicts_changed'])} of {r['pairs']}",
-          str(len(r["ranks_changed"])), "yes" if r["qualifies"] else "no"] for r in info.get("rows", [])],
+          str(len(r["ranks_changed"])), _qualifies(r)] for r in info.get("rows", [])],
         "llrrrrrrrrrrl") + [""]
     total = info.get("total", {})
     out += markdown_table(

@@ -236,7 +236,8 @@ def test_scoring_precision(benchmark, bench_settings, tmp_path):
     for p in reduced:
         total[p]["speedup"] = wall[DEFAULT_PRECISION] / wall[p]
     benchmark.extra_info.update({
-        "kind": "precision", "model": "resnet18", "checkpoint": ckpt.name, **bench_settings.describe(),
+        "kind": "precision", "model": "resnet18", "checkpoint": ckpt.name, "checkpoint_sha256": stages[0].sha256,
+        "checkpoint_test": {k: stages[0].sidecar["test"].get(k) for k in ("acc", "auc")}, **bench_settings.describe(),
         "images": n_images, "explainers": sorted({u.explainer for u in plans[DEFAULT_PRECISION]}),
         "per_cell": cfg["data"]["per_cell"], "metrics": cfg["metrics"]["names"],
         "left_out": list(SAME_IN_EVERY_PRECISION), "explain_seconds": sum(explained), "load_average": load,
