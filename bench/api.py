@@ -130,7 +130,8 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray, targets: Tensor | np
              background: Tensor | np.ndarray | None = None,
              explainer_params: Mapping[str, Mapping[str, Any]] | None = None,
              metric_params: Mapping[str, Mapping[str, Any]] | None = None, attribution: str = "signed",
-             output: str = "logit", device: str = "auto", convert: bool = False, seed: int = 0, shard_size: int = 8,
+             output: str = "logit", device: str = "auto", precision: str = "float32", convert: bool = False,
+             seed: int = 0, shard_size: int = 8,
              name: str = "notebook", model_name: str | None = None, overrides: Sequence[str] = (),
              verbose: bool = True) -> Result:
     """Benchmark explainers on ``model`` with ``images``: the CLI's units, scores and tables.
@@ -150,6 +151,8 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray, targets: Tensor | np
         attribution: "signed" | "abs" | "positive", the one preprocessing step before the metrics.
         output: "logit" | "probability", the explained scalar's space.
         device: "auto" | "cpu" | "cuda".
+        precision: "float32" | "bfloat16" | "float16" (CUDA only): the metrics' own model passes, under
+            autocast (``metrics.precision``); the explainers run in float32.
         convert: replace the model by :func:`models.make_explainer_safe`'s equivalent copy (torchvision
             ResNets) and record the max absolute output difference on ``images``. Without it an
             unsafe model gives a warning, and DeepExplainer-based explainers fail (recorded).
@@ -163,7 +166,7 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray, targets: Tensor | np
     t_all = time.perf_counter()
     given_targets = targets is not None
     cfg = _config(name, seed, device, explainers, metrics, explainer_params, metric_params, attribution, output,
-                  shard_size, overrides)
+                  shard_size, overrides, precision)
     dev = resolve_device(cfg["device"])
     if not isinstance(model, nn.Module):
         raise BenchError(f"model must be a torch nn.Module returning logits, got {type(model).__name__}")
@@ -221,11 +224,11 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray, targets: Tensor | np
 
 def _config(name: str, seed: int, device: str, explainers: Sequence[str] | None, metrics: Sequence[str] | None,
             explainer_params: Mapping[str, Any] | None, metric_params: Mapping[str, Any] | None, attribution: str,
-            output: str, shard_size: int, overrides: Sequence[str]) -> RunConfig:
+            output: str, shard_size: int, overrides: Sequence[str], precision: str = "float32") -> RunConfig:
     """The run config of the arguments: ``configs/quick.toml``, the arguments as ``--set`` overrides,
     then ``overrides``, validated by :func:`load_config` (the CLI's checks and messages)."""
     given = [("name", name), ("seed", seed), ("device", device), ("explain.output", output),
-             ("explain.shard_size", shard_size), ("metrics.attribution", attribution),
+             ("explain.shard_size", shard_size), ("metrics.attribution", attribution), ("metrics.precision", precision),
              ("explain.names", None if explainers is None else list(_names(explainers, "explainers"))),
              ("metrics.names", None if metrics is None else list(_names(metrics, "metrics"))),
              ("explain.params", explainer_params), ("metrics.params", metric_params)]

@@ -35,6 +35,8 @@ from bench.metrics.base import (  # noqa: F401
     pearson,
     preprocess_attributions,
     register_metric,
+    scoring_logits,
+    scoring_precision,
     spearman,
 )
 from bench.metrics.perturbation import (  # noqa: F401

@@ -27,6 +27,9 @@ to know about it declared next to its code::
   with defaults filled in; ``explainer_passes`` and ``n_layers`` for metrics that re-run the
   explainer on randomised models). :mod:`bench.perf.floor` reads it; without it the metric has
   no floor.
+* Every model pass of a metric goes through :func:`scoring_logits` (via
+  :func:`bench.metrics.perturbation.target_outputs`), so :func:`compute_metric`'s ``precision``
+  (float32, or bfloat16 / float16 under autocast) reaches all of them and none of the explainer's.
 * ``control_role``: what the control explainers (``random``, ``edge``: they ignore the model)
   mean for the metric, read by the reliability card (:data:`CONTROL_ROLES`).
 
@@ -42,13 +45,16 @@ Third-party metrics register through the entry-point group ``bench.metrics``
 """
 from __future__ import annotations
 
+import contextlib
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Iterator, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
 from bench.core.errors import BenchError
+from bench.core.precision import DEFAULT_PRECISION, autocast, check_precision
 from bench.core.registry import Registry
 from explainers.base import Attribution
 
@@ -143,21 +149,57 @@ def metric_params(name: str) -> dict[str, Any]:
 
 
 def compute_metric(name: str, model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
-                   context: MetricContext | None = None, **params: Any) -> MetricResult:
+                   context: MetricContext | None = None, precision: str = DEFAULT_PRECISION,
+                   **params: Any) -> MetricResult:
     """Look up a metric, validate its parameter names and context, and run it.
 
+    ``precision`` (:data:`bench.core.precision.PRECISIONS`) is the one of the metric's own model
+    passes (:func:`scoring_logits`); explainers the metric re-runs (``context.explain``) keep theirs.
     Returns a :class:`MetricResult` whatever the metric function returns.
     """
     entry = METRICS.get(name)
     entry.check_params("metric", params, exclude=PROTOCOL)
+    check_precision(precision, inputs.device)
     for field_name in entry.meta.get("needs", ()):
         require_context(context, field_name, name)
-    out = entry.obj(model, inputs, targets, attribution, context=context, **params)
+    with scoring_precision(precision):
+        out = entry.obj(model, inputs, targets, attribution, context=context, **params)
     result = out if isinstance(out, MetricResult) else MetricResult(out)
     if not isinstance(result.scores, Tensor) or result.scores.shape != (inputs.shape[0],):
         raise BenchError(f"metric {name!r} returned {getattr(result.scores, 'shape', type(result.scores).__name__)}; "
                          f"a metric returns one score per image, ({inputs.shape[0]},)")
     return result
+
+
+# the precision of the scoring passes of the metric being computed (compute_metric sets it)
+_SCORING_PRECISION: ContextVar[str] = ContextVar("scoring_precision", default=DEFAULT_PRECISION)
+
+
+@contextlib.contextmanager
+def scoring_precision(precision: str) -> Iterator[None]:
+    """:func:`scoring_logits` inside runs in ``precision`` (checked against the device there)."""
+    check_precision(precision)
+    token = _SCORING_PRECISION.set(precision)
+    try:
+        yield
+    finally:
+        _SCORING_PRECISION.reset(token)
+
+
+def scoring_logits(model: nn.Module, x: Tensor) -> Tensor:
+    """``model(x)`` as a metric scores it: logits ``(n, K)`` in the inputs' dtype.
+
+    Under :func:`scoring_precision` other than float32 the pass runs under autocast in that
+    precision (:func:`bench.core.precision.autocast`, on ``x``'s device type) and the logits are
+    cast back before anything (softmax, an AUC) is computed from them; in float32 it is a plain
+    ``model(x)``. Every model pass of the metrics goes through here, no explainer's does.
+    """
+    precision = _SCORING_PRECISION.get()
+    if precision == DEFAULT_PRECISION:
+        return model(x)
+    with autocast(precision, x.device):
+        logits = model(x)
+    return logits.to(out_dtype(x))
 
 
 def preprocess_attributions(values: Tensor, mode: str) -> Tensor:

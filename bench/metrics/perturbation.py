@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.core.errors import BenchError
-from bench.metrics.base import check_chunk, out_dtype
+from bench.metrics.base import check_chunk, out_dtype, scoring_logits
 from explainers.base import OUTPUT_SPACES, image_seeds
 from explainers.references import SUBSTRATES, gaussian_blur, make_substrate  # noqa: F401  (explainers' baselines too)
 
@@ -49,10 +49,11 @@ def curve_boundaries(n_pixels: int, steps: int) -> list[int]:
 
 
 def target_outputs(model: nn.Module, x: Tensor, targets: Tensor, output: str = "probability") -> Tensor:
-    """The target class's softmax probability over the logits (``"probability"``) or its logit: ``(n,)``."""
+    """The target class's softmax probability over the logits (``"probability"``) or its logit: ``(n,)``,
+    from one pass in the scoring precision (:func:`bench.metrics.base.scoring_logits`)."""
     if output not in OUTPUT_SPACES:
         raise BenchError(f"unknown output {output!r}; use one of {', '.join(OUTPUT_SPACES)}")
-    scores = model(x)
+    scores = scoring_logits(model, x)
     if output == "probability":
         scores = torch.softmax(scores, dim=1)
     return scores.gather(1, targets.view(-1, 1).long()).squeeze(1)

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.core.errors import BenchError
+from bench.core.precision import DEFAULT_PRECISION, autocast
 from bench.core.text import markdown_table
 from bench.metrics import METRICS, metric_params
 from explainers import EXPLAINERS, explainer_params
@@ -154,38 +155,41 @@ def _targets(inputs: Tensor, targets: Tensor | None) -> Tensor:
 
 
 def time_forward_backward(model: nn.Module, inputs: Tensor, *, targets: Tensor | None = None,
-                          repeats: int = 3, warmup: int = 1) -> float:
+                          repeats: int = 3, warmup: int = 1, precision: str = DEFAULT_PRECISION) -> float:
     """Seconds per image of ONE batched forward+backward pass, best of ``repeats``.
 
     The pass is what a gradient method repeats: ``model(x)[i, target_i]`` summed over the batch,
     then ``torch.autograd.grad`` with respect to the inputs only (as Captum does; no weight
     gradients are computed or stored). ``inputs (B, C, H, W)``, ``targets (B,)`` (default class
-    0). ``warmup`` untimed passes first. The model's mode and parameters are left untouched.
+    0). ``warmup`` untimed passes first. The forward runs under autocast in ``precision``
+    (:mod:`bench.core.precision`). The model's mode and parameters are left untouched.
     """
     t = _targets(inputs, targets)
     x = inputs.detach().clone().requires_grad_(True)
 
     def step() -> None:
         with torch.enable_grad():
-            score = model(x).gather(1, t).sum()
+            with autocast(precision, inputs.device):
+                score = model(x).gather(1, t).float().sum()
             torch.autograd.grad(score, x)
 
     return _best_per_image(step, inputs, repeats, warmup)
 
 
 def time_forward(model: nn.Module, inputs: Tensor, *, targets: Tensor | None = None,
-                 repeats: int = 3, warmup: int = 1) -> float:
+                 repeats: int = 3, warmup: int = 1, precision: str = DEFAULT_PRECISION) -> float:
     """Seconds per image of ONE batched forward pass without gradients, best of ``repeats``.
 
     What perturbation metrics and model-agnostic methods (Partition SHAP) repeat.
-    ``inputs (B, C, H, W)``; ``warmup`` untimed passes first.
+    ``inputs (B, C, H, W)``; ``warmup`` untimed passes first; under autocast in ``precision``,
+    as the metrics score in it (:func:`bench.metrics.base.scoring_logits`).
     """
     t = _targets(inputs, targets)
     x = inputs.detach()
 
     def step() -> None:
-        with torch.no_grad():
-            model(x).gather(1, t)
+        with torch.no_grad(), autocast(precision, inputs.device):
+            model(x).gather(1, t).float()
 
     return _best_per_image(step, inputs, repeats, warmup)
 
@@ -282,9 +286,52 @@ def benchmark_table(json_path: str | Path) -> str:
               _cell(i.get("floor_ratio"), ".2f"), i.get("quantus_metric") or "-",
               _cell(i.get("quantus_s_per_image"), ".4f")] for b in metrics for i in [b["extra_info"]]],
             "llrlrlr") + [""]
-    if not explainers and not metrics:
+    for b in (b for b in rows if b.get("extra_info", {}).get("kind") == "precision"):
+        out += precision_table(b["extra_info"]) + [""]
+    if not explainers and not metrics and len(out) == 2:
         out.append("(no pneumobench benchmarks in this file)")
     return "\n".join(out)
+
+
+def _qualifies(row: dict[str, Any]) -> str:
+    """"yes" / "no", or "n/a" for a metric with no finite score to compare (additivity of non-additive maps)."""
+    shift = row.get("max_pair_shift")
+    if shift is None or not math.isfinite(shift):
+        return "n/a"
+    return "yes" if row["qualifies"] else "no"
+
+
+def precision_table(info: dict[str, Any]) -> list[str]:
+    """Markdown lines of a scoring-precision benchmark (tests/benchmarks/test_precision.py): per
+    reduced precision and metric the speedup, the floor ratios, the score errors against float32,
+    the paired verdicts and ranks that changed and the largest paired-mean change over the card's
+    smallest detectable difference; then the whole metric set's time per image in each precision."""
+    test = info.get("checkpoint_test") or {}
+    out = [f"Scoring precision: {info.get('model')} ({info.get('checkpoint')}, sha256 "
+           f"{str(info.get('checkpoint_sha256'))[:12]}, test acc {_cell(test.get('acc'), '.3f')}, auc "
+           f"{_cell(test.get('auc'), '.3f')}), {info.get('images')} images x "
+           f"{len(info.get('explainers', []))} explainers ({', '.join(info.get('explainers', []))}); left out: "
+           f"{', '.join(info.get('left_out', [])) or 'none'}; load average {info.get('load_average')} before, "
+           f"{info.get('load_average_after')} after.", ""]
+    out += markdown_table(
+        ["precision", "metric", "speedup", "floor ratio fp32", "floor ratio reduced", "max abs diff", "mean abs diff",
+         "max pair shift", "card mde", "shift / mde", "verdicts changed", "ranks changed", "qualifies"],
+        [[r["precision"], r["metric"], _cell(r.get("speedup"), ".2f"), _cell(r.get("floor_ratio_float32"), ".2f"),
+          _cell(r.get("floor_ratio_reduced"), ".2f"), _cell(r.get("max_abs_diff"), ".2g"),
+          _cell(r.get("mean_abs_diff"), ".2g"), _cell(r.get("max_pair_shift"), ".2g"), _cell(r.get("card_mde"), ".3g"),
+          _cell(r.get("shift_over_mde"), ".3f"), f"{len(r['verdicts_changed'])} of {r['pairs']}",
+          str(len(r["ranks_changed"])), _qualifies(r)] for r in info.get("rows", [])],
+        "llrrrrrrrrrrl") + [""]
+    total = info.get("total", {})
+    out += markdown_table(
+        ["precision", "s/image (metric set)", "speedup", "floor ratio (own precision)", "forward s/image"],
+        [[p, _cell(t.get("s_per_image"), ".3f"), _cell(t.get("speedup", 1.0 if p == "float32" else None), ".2f"),
+          _cell(t.get("floor_ratio"), ".2f"),
+          _cell(next(iter(t.get("pass_seconds_per_image", {}).values()), {}).get(
+              "forward" if p == "float32" else f"forward_{p}"), ".4f")] for p, t in total.items()],
+        "lrrrr")
+    changed = [f"- {r['precision']} {r['metric']}: {c}" for r in info.get("rows", []) for c in r["verdicts_changed"]]
+    return out + ([""] + ["Verdicts that changed:"] + changed if changed else [])
 
 
 def main(argv: list[str] | None = None) -> int:

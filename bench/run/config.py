@@ -16,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import datasets
 import explainers
 import models
@@ -23,6 +25,7 @@ from bench import metrics
 from bench.core.device import DEVICES
 from bench.core.errors import BenchError, did_you_mean
 from bench.core.io import read_regular
+from bench.core.precision import CUDA_ONLY, PRECISIONS
 from bench.core.params import SEED_RANGE, is_seed, type_problem
 from bench.stats.settings import DEFAULT_MARGINS
 from models.training import TrainConfig, TuneConfig, check_unfreeze
@@ -64,6 +67,8 @@ DEFAULTS: dict[str, Any] = {
         "attribution": "signed",  # signed | abs | positive: one explicit preprocessing step before metrics
         "params": {},             # {metric name: {param: value}}
         "curves": True,           # store the curves of the curve metrics (deletion, insertion, ROAD)
+        "precision": "float32",   # float32 | bfloat16 | float16 (CUDA only): the metrics' own model passes, under
+                                  # autocast; explainers (also those a metric re-runs) stay float32
     },
     "figures": {"enabled": True, "examples_per_cell": 1},
     "report": {                   # how report.html shows the run (not what it computes: left out of the run's identity)
@@ -298,6 +303,7 @@ def validate(v: dict[str, Any]) -> None:
     _check_truth(v["truth"])
     _expect(isinstance(v["metrics"]["curves"], bool), "metrics.curves",
             f"must be true or false, got {v['metrics']['curves']!r}")
+    _check_precision(v["metrics"]["precision"], v["device"])
     stages = v["models"]["stages"]
     _expect(isinstance(stages, list) and stages in (["pre"], ["pre", "post"]), "models.stages",
             f'must be ["pre"] or ["pre", "post"], got {stages!r}')
@@ -339,6 +345,16 @@ def _check_reliability(r: dict[str, Any]) -> None:
                 f"reliability.meta.{key}", f"must be a number > 0, got {m[key]!r}")
     _expect(isinstance(m["stages"], list) and set(m["stages"]) <= {"pre", "post"} and m["stages"],
             "reliability.meta.stages", f'must be a non-empty list out of "pre", "post", got {m["stages"]!r}')
+
+
+def _check_precision(precision: Any, device: Any) -> None:
+    """A known precision; float16 only on a CUDA device (``auto``: when CUDA is available)."""
+    _expect(isinstance(precision, str) and precision in PRECISIONS, "metrics.precision",
+            f"{precision!r} is not one of {', '.join(PRECISIONS)}")
+    cuda = str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    _expect(cuda or precision not in CUDA_ONLY, "metrics.precision",
+            f"{precision} runs on CUDA only and device = {device!r}{' finds no CUDA' if device == 'auto' else ''}; "
+            f"use \"bfloat16\" on the CPU")
 
 
 def _check_stats(st: dict[str, Any]) -> None:

@@ -3,7 +3,9 @@
 The cost section compares the explain-and-score phase with its floor (:mod:`bench.perf.floor`):
 the model passes every computed unit needed (its explainer's passes and each metric's, per
 image, from their registrations) times the time of one pass of that model, measured at the
-start of the run on ``explain.shard_size`` images (the batch a unit hands its explainer).
+start of the run on ``explain.shard_size`` images (the batch a unit hands its explainer). The
+metrics' forward passes are timed in the precision they score in (``metrics.precision``, recorded
+as ``cost.precision``), so the floor ratio of a bfloat16 run is against a bfloat16 floor.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import torch
 from bench.core.errors import BenchError, one_line
 from bench.core.io import atomic_write_json
 from bench.core.machine import machine_info
-from bench.metrics import randomisation_layers
+from bench.core.precision import DEFAULT_PRECISION
+from bench.metrics import METRICS, randomisation_layers
 from bench.perf.allocator import allocator_state
 from bench.perf.floor import (floor_ratio, floor_seconds, metric_passes_per_image, passes_per_image, time_forward,
                               time_forward_backward)
@@ -61,10 +64,12 @@ def git_commit() -> dict[str, Any]:
 PASS_WARMUP, PASS_REPEATS = 3, 10  # best of 10 after 3 warm-up passes: best-of-3 moved by ~25 % between runs
 
 
-def time_passes(stages: list[Stage], units: list[Unit]) -> dict[str, dict[str, float]]:
+def time_passes(stages: list[Stage], units: list[Unit], precision: str = DEFAULT_PRECISION) -> dict[str, dict[str, float]]:
     """Seconds per image of one forward+backward and one forward pass of each model, on its
     units' device, at the batch of its first unit (best of :data:`PASS_REPEATS` after
-    :data:`PASS_WARMUP` warm-up passes)."""
+    :data:`PASS_WARMUP` warm-up passes), in float32 (the explainers' passes); with a scoring
+    ``precision`` other than float32 also one forward pass in it, ``forward_<precision>`` (the
+    metrics' passes: :func:`scoring_forward`)."""
     out: dict[str, dict[str, float]] = {}
     for st in stages:
         if st.model_name in out:
@@ -77,6 +82,9 @@ def time_passes(stages: list[Stage], units: list[Unit]) -> dict[str, dict[str, f
             out[st.model_name] = {
                 "forward_backward": time_forward_backward(st.model, x, repeats=PASS_REPEATS, warmup=PASS_WARMUP),
                 "forward": time_forward(st.model, x, repeats=PASS_REPEATS, warmup=PASS_WARMUP), "batch": int(x.shape[0])}
+            if precision != DEFAULT_PRECISION:
+                out[st.model_name][f"forward_{precision}"] = time_forward(st.model, x, repeats=PASS_REPEATS,
+                                                                          warmup=PASS_WARMUP, precision=precision)
         except Exception as exc:  # the model's own failure, before any unit: one line, not its traceback
             raise BenchError(f"{st.model_name}: the model fails in a forward and backward pass on {len(x)} images "
                              f"({one_line(f'{type(exc).__name__}: {exc}', 200)}); it must run on batches and have "
@@ -84,14 +92,22 @@ def time_passes(stages: list[Stage], units: list[Unit]) -> dict[str, dict[str, f
     return out
 
 
+def scoring_forward(pass_seconds: dict[str, float], precision: str) -> float:
+    """Seconds per image of one forward pass in the scoring ``precision`` (:func:`time_passes`)."""
+    return pass_seconds["forward"] if precision == DEFAULT_PRECISION else pass_seconds[f"forward_{precision}"]
+
+
 def unit_floor(unit: Unit, result: dict[str, Any], pass_seconds: dict[str, float]) -> dict[str, Any]:
     """Measured seconds and floor seconds of the part of a unit computed in this run.
 
-    The explainer's part counts unless its attributions came from the cache. A method without
-    a pass rule makes its floor unknown (``None``).
+    The explainer's part counts unless its attributions came from the cache. A metric's
+    forward passes cost one forward pass in the unit's scoring precision, those of a metric that
+    re-runs the explainer (``needs=("explain",)``) the explainer's float32 passes. A method
+    without a pass rule makes its floor unknown (``None``).
     """
     cfg, n = unit.cfg, len(unit)
     t_fb, t_f = pass_seconds["forward_backward"], pass_seconds["forward"]
+    t_score = scoring_forward(pass_seconds, unit.precision)
     e_passes = passes_per_image(unit.explainer, unit.params, background_size=unit.background.shape[0],
                                 shape=tuple(unit.images.shape[1:]), model=unit.stage.model)
     measured = {"explain": 0.0, "metrics": {}}
@@ -106,8 +122,9 @@ def unit_floor(unit: Unit, result: dict[str, Any], pass_seconds: dict[str, float
         runs = result.get("substrates", {}).get("(computed)", []) if name == "(substrates)" else [name]
         total: float | None = 0.0
         for m in runs:
+            reexplains = "explain" in METRICS.get(m).meta.get("needs", ())
             f = floor_seconds(metric_passes_per_image(m, cfg["metrics"]["params"].get(m, {}), explainer_passes=e_passes,
-                                                      n_layers=layers), t_fb, t_f)
+                                                      n_layers=layers), t_fb, t_f if reexplains else t_score)
             total = None if f is None or total is None else total + f * n
         measured["metrics"][name] = seconds
         floor["metrics"][name] = total
@@ -115,8 +132,9 @@ def unit_floor(unit: Unit, result: dict[str, Any], pass_seconds: dict[str, float
 
 
 def cost_summary(units: list[Unit], results: list[dict[str, Any]], pass_seconds: dict[str, dict[str, float]],
-                 phase_seconds: float) -> dict[str, Any]:
-    """The explain-and-score phase against its floor: overall, by explainer and by metric.
+                 phase_seconds: float, precision: str = DEFAULT_PRECISION) -> dict[str, Any]:
+    """The explain-and-score phase against its floor: overall, by explainer and by metric, the
+    metrics' passes timed in the scoring ``precision`` they ran in (recorded as ``precision``).
 
     Only the units computed in this run count; a failed unit (its explainer raised) counts in
     the phase's wall time but has no floor, since what it would have cost is unknown.
@@ -146,6 +164,7 @@ def cost_summary(units: list[Unit], results: list[dict[str, Any]], pass_seconds:
                 "ratio": _round(floor_ratio(acc[0], acc[1]))}
 
     return {
+        "precision": precision,  # of the metrics' passes and of their floor; explainers' passes are float32
         "pass_seconds_per_image": pass_seconds,
         "units_computed": computed,
         "units_failed": failed,

@@ -39,7 +39,7 @@ from bench.core.errors import one_line
 from bench.perf.floor import floor_seconds, metric_passes_per_image, passes_per_image
 from bench.run import cache
 from bench.run.plan import Planned
-from bench.run.unit import Unit, content_key, explainer_code_digest, package_digest, tensor_digest
+from bench.run.unit import Unit, content_key, explainer_code_digest, package_digest, precision_key, tensor_digest
 from bench.stats.metaquantus import RAW_COLUMNS, consistency
 from explainers import EXPLAINERS, Attribution, run_explainer, with_output_space
 
@@ -145,7 +145,7 @@ def _perturbed(cfg, unit: Unit, explainer: str, images: Tensor, targets: Tensor,
                        "settings": {x: m[x] for x in ("input_noise", "weight_noise")}, "seed": cfg["seed"],
                        "metrics": meta_metrics(cfg), "metric_params": cfg["metrics"]["params"],
                        "attribution": cfg["metrics"]["attribution"], "output": cfg["explain"]["output"],
-                       "device": unit.device.type})
+                       "device": unit.device.type, **precision_key(unit.precision)})
     path = unit.attr_path.parent.parent / "meta" / f"{key}.json"
     cached = cache.load_record(path, lambda r: None, say)
     if cached is not None:
@@ -195,7 +195,8 @@ def _compute(cfg, unit: Unit, explainer: str, images: Tensor, targets: Tensor, t
                     scores[metric] = [math.nan] * len(x)
                     continue
                 res = M.compute_metric(metric, model, x, y, given[entry.meta.get("reads", "preprocessed")],
-                                       context=context, **cfg["metrics"]["params"].get(metric, {}))
+                                       context=context, precision=unit.precision,
+                                       **cfg["metrics"]["params"].get(metric, {}))
                 scores[metric] = [float(v) for v in res.scores.detach().float().cpu()]
         return {"status": "ok", "message": "", "kept": kept.tolist(), "scores": scores}
     except Exception as exc:  # recorded in the card as missing, the run goes on

@@ -26,6 +26,7 @@ from typing import Any, Iterator
 from bench.core.errors import BenchError, one_line
 from bench.core.io import (atomic_write_json, check_entry, check_regular, check_tree, dumps_json, ensure_folder,
                            os_error, read_regular)
+from bench.core.precision import DEFAULT_PRECISION
 from bench.run.config import RunConfig, checkpoint_dir
 
 try:  # POSIX
@@ -36,6 +37,9 @@ except ImportError:  # pragma: no cover - Windows
 
 # where a run lives and how its page shows it, not what it computes
 NOT_IDENTITY = ("name", "results_dir", "checkpoint_dir", "report", "stats", "truth")
+# keys added after runs were recorded: at their default they are no part of the identity, so the
+# record of an older run (without the key) still names the same run
+ADDED_KEYS = {("metrics", "precision"): DEFAULT_PRECISION}
 MARKER = "manifest.json"  # a run's record: a folder without one is not a run's to adopt
 LOCK = ".lock"
 # the layout of a run folder: these are folders, whatever matches RUN_FILES is a file
@@ -63,8 +67,13 @@ def check_adoptable(run_dir: Path) -> None:
 
 
 def identity(values: dict[str, Any]) -> dict[str, Any]:
-    """What makes two configs the same run: everything but where it lives, as JSON types."""
-    return json.loads(dumps_json({k: v for k, v in values.items() if k not in NOT_IDENTITY}))
+    """What makes two configs the same run: everything but where it lives, as JSON types, and
+    without the keys of :data:`ADDED_KEYS` at their defaults."""
+    out = json.loads(dumps_json({k: v for k, v in values.items() if k not in NOT_IDENTITY}))
+    for (table, key), default in ADDED_KEYS.items():
+        if isinstance(out.get(table), dict) and out[table].get(key, default) == default:
+            out[table].pop(key, None)
+    return out
 
 
 @contextlib.contextmanager

@@ -78,7 +78,8 @@ def run_plan(cfg: RunConfig, run_dir: Path, device: torch.device, test: P.ImageS
     and the manifest (``test``: the explained images' split; ``timings``: the phases so far since
     ``t_all``; ``sample``: the sampling design, written as ``sample.csv``). Returns ``run_dir``."""
     units = [p.unit for p in plan]
-    pass_seconds = time_passes(stages, units)
+    precision = cfg["metrics"]["precision"]
+    pass_seconds = time_passes(stages, units, precision)
 
     t = time.perf_counter()
     results = execute_units(units, executor=executor, ray_address=ray_address, say=say, progress=progress)
@@ -107,7 +108,7 @@ def run_plan(cfg: RunConfig, run_dir: Path, device: torch.device, test: P.ImageS
                  "images": [int(i) for i in p.index], "cached": r["cached"], "status": r["status"],
                  "reference": p.reference}
                 for p, r in zip(plan, results)]
-    cost = cost_summary(units, results, pass_seconds, timings["explain_and_metrics"])
+    cost = cost_summary(units, results, pass_seconds, timings["explain_and_metrics"], precision)
     write_manifest(run_dir, cfg, device, test, stages, timings, unit_log, [*written, run_dir / REPORT], executor,
                    cost)
     write_html_report(run_dir)  # after the final manifest it shows: the page `bench report` rebuilds
@@ -116,7 +117,8 @@ def run_plan(cfg: RunConfig, run_dir: Path, device: torch.device, test: P.ImageS
     ratio = cost["explain_and_metrics"]["ratio"]
     say(f"{len(unit_log)} units ({n_cached} from cache) in {timings['total']:.0f} s"
         + (f"; explaining and scoring took {timings['explain_and_metrics']:.0f} s, {ratio:.1f} times as long as the "
-           f"model passes they need (manifest.json: cost)" if ratio is not None else "")
+           f"model passes they need{'' if precision == 'float32' else f' (scoring in {precision})'} "
+           f"(manifest.json: cost)" if ratio is not None else "")
         + (f"; failed: {', '.join('/'.join(f) for f in failed)} (failures are not cached: the next run retries "
            f"them)" if failed else ""))
     return run_dir

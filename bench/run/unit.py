@@ -25,6 +25,7 @@ import models
 from bench import metrics as M
 from bench.core.errors import BenchError, one_line
 from bench.core.io import json_digest, source_digest
+from bench.core.precision import DEFAULT_PRECISION
 from bench.perf.profiling import measure_peak_memory
 from bench.run.config import RunConfig
 from explainers import EXPLAINERS, Attribution, run_explainer, with_output_space
@@ -79,6 +80,12 @@ def _scored(cfg: RunConfig) -> dict[str, Any] | None:
     return {"substrates": r["substrates"], "imputation": r["imputation"]} if r["enabled"] else None
 
 
+def precision_key(precision: str) -> dict[str, str]:
+    """The scoring precision's part of a content key: nothing for the default float32, so the score
+    records of runs from before the setting existed keep their keys."""
+    return {} if precision == DEFAULT_PRECISION else {"precision": precision}
+
+
 def tensor_digest(t: Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
@@ -108,11 +115,13 @@ class Unit:
                                      "background": tensor_digest(background), "seed": cfg["seed"],
                                      "device": device.type})
         metric_code = {n: source_digest(M.METRICS.get(n).obj) for n in self.metric_names}  # plug-ins too
+        self.precision = cfg["metrics"].get("precision", DEFAULT_PRECISION)
         self.score_key = content_key({"attr": self.attr_key, "metrics": self.metric_names,
                                       "code": package_digest(M, extra=json.dumps(metric_code, sort_keys=True)),
                                       "params": cfg["metrics"]["params"],
                                       "attribution": cfg["metrics"]["attribution"],
-                                      "curves": cfg["metrics"]["curves"], "reliability": _scored(cfg) if scored else None})
+                                      "curves": cfg["metrics"]["curves"], "reliability": _scored(cfg) if scored else None,
+                                      **precision_key(self.precision)})
         self.attr_path = run_dir / "cache" / "attributions" / f"{self.attr_key}.pt"
         self.score_path = run_dir / "cache" / "scores" / f"{self.score_key}.json"
 
@@ -207,7 +216,7 @@ class Unit:
         with contextlib.nullcontext() if "explain" in entry.meta.get("needs", ()) else torch.no_grad():
             return M.compute_metric(name, self.stage.model, self.images.to(self.device),
                                     self.targets.to(self.device), given[entry.meta.get("reads", "preprocessed")],
-                                    context=context, **params)
+                                    context=context, precision=self.precision, **params)
 
     def _substrates(self, results: dict[str, M.MetricResult], given: dict[str, Attribution],
                     context: M.MetricContext) -> tuple[dict[str, Any], dict[str, Any]]:
