@@ -24,7 +24,7 @@ from bench.core.errors import BenchError, did_you_mean
 from bench.core.io import read_regular
 from bench.core.params import SEED_RANGE, is_seed, type_problem
 from bench.stats.settings import DEFAULT_MARGINS
-from models.training import TrainConfig, TuneConfig, check_unfreeze
+from models.recipes import TrainConfig, TuneConfig, check_unfreeze
 from models.user import UserModelSpec
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
