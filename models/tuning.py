@@ -24,6 +24,7 @@ from models.checkpoints import load_checkpoint, read_sidecar, save_checkpoint
 from models.recipes import TuneConfig, check_unfreeze, top_level_modules
 from models.training import data_record, evaluate, fit, strip_preds
 
+
 def tune_model(parent: str | Path, cfg: TuneConfig, train: ImageSplit, val: ImageSplit, test: ImageSplit, *,
                out: str | Path, device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Fine-tune the top-level modules ``cfg.unfreeze`` of a checkpoint; everything else frozen.
