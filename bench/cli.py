@@ -1,8 +1,8 @@
 """The command line: ``python -m bench run | list | train | tune | report | plan``.
 
-Thin: it parses, then calls down (:mod:`bench.run.runner`, :mod:`models.training`,
+Thin: it parses, then calls down (:mod:`bench.run.runner`, :mod:`models.training`, :mod:`models.tuning`,
 :mod:`bench.report.rebuild`). The flags of ``train`` and ``tune`` are generated from the recipe
-dataclasses (:class:`models.training.TrainConfig`, :class:`models.training.TuneConfig`), and
+dataclasses (:class:`models.recipes.TrainConfig`, :class:`models.recipes.TuneConfig`), and
 ``list`` enumerates the registries. Bad input (unknown names, bad values, missing or corrupt
 files, a mistyped flag, a place that cannot be written) ends with one line
 ``error: <problem and fix>`` on stderr and exit status 2, never a traceback. SIGINT and SIGTERM
@@ -40,8 +40,10 @@ from bench.run.rundir import check_adoptable, check_run_tree
 from bench.run.runner import run
 from bench.run.sizing import plan_sample, render_plan
 from bench.run.truth import run_truth
-from models.training import (Recipe, TrainConfig, TuneConfig, default_checkpoint_path, default_tuned_path, train_model,
-                             tune_model)
+from models.checkpoints import default_checkpoint_path, default_tuned_path
+from models.recipes import Recipe, TrainConfig, TuneConfig
+from models.training import train_model
+from models.tuning import tune_model
 
 REGISTRIES: dict[str, Registry] = {"models": models.MODELS, "explainers": explainers.EXPLAINERS,
                                    "metrics": metrics.METRICS, "datasets": datasets.DATASETS}

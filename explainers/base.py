@@ -71,7 +71,10 @@ def register_explainer(name: str, *, library: str = "custom", additive: bool = F
     floor (``bench.perf.floor``) reads it. Without it the method has no floor. ``constraints``
     (a keyword of ``meta``) bounds parameters by name, e.g. ``{"n_steps": Range(1)}``
     (:mod:`bench.core.params`); their types come from the annotations. A run config is checked
-    against both before any work starts.
+    against both before any work starts. ``budget`` (a ``meta`` keyword) names the parameter that
+    trades passes for accuracy; the cost-accuracy frontier (``bench.perf.frontier``) walks it over
+    ``budgets`` against the method at ``reference_budget`` (both optional), once per value of
+    ``budget_variants=(param, values)`` when given.
     """
     EXPLAINERS.check_pass_rule(name, passes)
     return EXPLAINERS.register(name, library=library, additive=additive, passes=passes, **meta)
@@ -193,20 +196,29 @@ def validate_attribution(name: str, attr: Any, inputs: Tensor, *, additive: bool
 
 
 def completeness_gap(attr: Attribution) -> Tensor:
-    """Completeness (Sundararajan et al. 2017; Lundberg & Lee 2017 "local accuracy"), ``(B,)``.
+    """Completeness (Sundararajan et al. 2017; Lundberg & Lee 2017 "local accuracy"), ``(B,)`` float64.
 
-    ``gap = sum_i values_i - (outputs - base_values)``: zero for an exactly additive method.
+    ``gap = sum_i values_i - (outputs - base_values)``, signed, summed in float64 on the values'
+    device: zero for an exactly additive method. The one definition of the gap: the additivity
+    metrics (``bench.metrics.additivity``) and the cost-accuracy frontier (``bench.perf.frontier``)
+    read it from here. Raises :class:`BenchError` for an attribution without ``outputs`` and
+    ``base_values``.
     """
     if attr.outputs is None or attr.base_values is None:
         raise BenchError("completeness gap needs outputs and base_values; this attribution is not additive "
                          "(its adapter did not report f(x) and the reference output)")
-    v = attr.values
-    return v.sum(dim=tuple(range(1, v.dim()))) - (attr.outputs.to(v.dtype) - attr.base_values.to(v.dtype))
+    v = attr.values.to(torch.float64)
+    return v.sum(dim=tuple(range(1, v.dim()))) - _output_change(attr)
 
 
 def relative_completeness_gap(attr: Attribution, eps: float = 1e-12) -> Tensor:
-    """``|gap| / |outputs - base_values|`` per image ``(B,)`` (the tests' additivity figure)."""
-    return completeness_gap(attr).abs() / (attr.outputs - attr.base_values).abs().clamp_min(eps)
+    """``|gap| / max(|outputs - base_values|, eps)`` per image ``(B,)`` float64 (:func:`completeness_gap`)."""
+    return completeness_gap(attr).abs() / _output_change(attr).abs().clamp_min(eps)
+
+
+def _output_change(attr: Attribution) -> Tensor:
+    """``outputs - base_values`` in float64, the output change an additive attribution explains."""
+    return attr.outputs.to(torch.float64) - attr.base_values.to(torch.float64)
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,8 +37,11 @@ def _quiet() -> Iterator[None]:
 
 
 IG_RULES = ("gausslegendre", "riemann_middle", "riemann_trapezoid", "riemann_left", "riemann_right")
+IG_FRONTIER_RULES = ("gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left")  # the frontier's order
 
 @register_explainer("captum.integrated_gradients", library="captum", additive=True, budget="n_steps",
+                    budgets=(4, 8, 16, 32, 64, 128), reference_budget=1024,  # the frontier's grid and reference
+                    budget_variants=("method", IG_FRONTIER_RULES),
                     passes=lambda p, n_bg: (p["n_steps"], 0),  # one gradient per quadrature point
                     constraints={"n_steps": Range(1), "baseline": BASELINES, "blur_sigma": Range(0),
                                  "internal_batch_size": Range(1), "method": IG_RULES},

@@ -160,6 +160,7 @@ _MASKS = re.compile(r"^(blur\(\s*\d+\s*,\s*\d+\s*\)|inpaint_telea|inpaint_ns)$")
 
 
 @register_explainer("shap.partition", library="shap", additive=True, model_agnostic=True, budget="max_evals",
+                    budgets=(100, 300, 1000), reference_budget=3000,  # the frontier's grid and reference
                     passes=lambda p, n_bg: (0, p["max_evals"]),  # forwards of masked images only (at most max_evals)
                     constraints={"max_evals": Range(1), "batch_size": Range(1)},
                     paper="Lundberg et al., Owen values over a hierarchical pixel partition")

@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from bench.core.errors import BenchError, one_line
 from bench.core.io import file_sha256, json_digest, read_regular, source_digest
 from models.safety import SafetyReport, check_explainer_safe, make_explainer_safe
-from models.training import PREDICT_BATCH, load_torch_file, predict_proba
+from models.checkpoints import load_torch_file
+from models.training import PREDICT_BATCH, predict_proba
 
 __all__ = ["UserModelSpec", "resolve_factory", "load_state_dict", "load_user_model", "check_fits", "prepare_model",
            "input_channels", "state_dict_sha256", "model_key", "object_model_key", "safety_record", "torchvision_resnet",

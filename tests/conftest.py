@@ -154,9 +154,10 @@ def synthetic_data():
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, synthetic_data):
     """A tiny model trained on the synthetic data: (checkpoint path, sidecar)."""
-    from models import training as T
+    from models.recipes import TrainConfig
+    from models.training import train_model
 
     out = tmp_path_factory.mktemp("ck") / "tiny.pt"
-    side = T.train_model(T.TrainConfig(model="tiny", epochs=10, batch_size=32, lr=1e-2), *synthetic_data, out=out,
-                         device="cpu", progress=False)
+    side = train_model(TrainConfig(model="tiny", epochs=10, batch_size=32, lr=1e-2), *synthetic_data, out=out,
+                       device="cpu", progress=False)
     return out, side

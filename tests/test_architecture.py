@@ -3,15 +3,16 @@
 Layers, lowest first (a module may import its own layer and the layers below it; two different
 layers of the same rank may not import each other):
 
-    0 bench.core, bench.stats     errors, registry, io, device, machine, schema; statistical inference
-    1 datasets                    loaders
-    2 models                      ResNets, safety, training
-    3 explainers                  adapters
-    4 bench.metrics               metric families
-    5 bench.perf, bench.report    floor/profiling/allocator; tables, figures, the report
-    6 bench.run                   config, plan, units, cache, executors, manifest, runner
-    7 bench.cli                   the command line
-    8 bench.__main__, bench       entry points
+    0 bench.core                  errors, registry, io, device, machine, schema
+    1 bench.stats                 statistical inference (of scores and of classifiers)
+    2 datasets                    loaders
+    3 models                      ResNets, safety, recipes, checkpoints, training, tuning
+    4 explainers                  adapters
+    5 bench.metrics               metric families
+    6 bench.perf, bench.report    floor/profiling/allocator; tables, figures, the report
+    7 bench.run                   config, plan, units, cache, executors, manifest, runner
+    8 bench.cli                   the command line
+    9 bench.__main__, bench       entry points
 
 The checker reads the source with ``ast`` (nothing is imported), so it also sees imports inside
 functions and under ``if TYPE_CHECKING``. It is tested on small fake trees so that it can fail.
@@ -26,9 +27,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("bench", "datasets", "models", "explainers")
 LAYERS = {
-    "bench.core": 0, "bench.stats": 0, "datasets": 1, "models": 2, "explainers": 3, "bench.metrics": 4,
-    "bench.perf": 5, "bench.report": 5, "bench.run": 6, "bench.cli": 7, "bench.api": 7, "bench.__main__": 8,
-    "bench": 8,
+    "bench.core": 0, "bench.stats": 1, "datasets": 2, "models": 3, "explainers": 4, "bench.metrics": 5,
+    "bench.perf": 6, "bench.report": 6, "bench.run": 7, "bench.cli": 8, "bench.api": 8, "bench.__main__": 9,
+    "bench": 9,
 }
 
 
@@ -201,4 +202,4 @@ def test_checker_reports_a_sideways_import_and_resolves_relative_ones(tmp_path):
 
 @pytest.mark.parametrize("module", ["bench.core.errors", "bench.run.config", "bench.cli"])
 def test_known_layers(module):
-    assert LAYERS[_layer(module, LAYERS)] == {"bench.core.errors": 0, "bench.run.config": 6, "bench.cli": 7}[module]
+    assert LAYERS[_layer(module, LAYERS)] == {"bench.core.errors": 0, "bench.run.config": 7, "bench.cli": 8}[module]

@@ -201,7 +201,7 @@ def test_integrated_gradients_gap_is_captums_delta_and_shrinks(model, data):
     coarse = call("captum.integrated_gradients", model, inputs, targets, background, n_steps=16)
     fine = call("captum.integrated_gradients", model, inputs, targets, background, n_steps=128)
     for a in (coarse, fine):
-        torch.testing.assert_close(completeness_gap(a), a.meta["convergence_delta"], rtol=0, atol=1e-5)
+        torch.testing.assert_close(completeness_gap(a).float(), a.meta["convergence_delta"], rtol=0, atol=1e-5)
         torch.testing.assert_close(a.base_values, target_scores(model, torch.zeros_like(inputs), targets))
     assert (relative_completeness_gap(coarse) <= IG_RTOL[16]).all()
     assert completeness_gap(fine).abs().sum() < completeness_gap(coarse).abs().sum()

@@ -26,7 +26,9 @@ from bench.report.leaderboard import read_scores
 from bench.run import cache, runner
 from bench.run.config import load_config
 from explainers import EXPLAINERS, Attribution, register_explainer
-from models import training as T
+from models.checkpoints import default_checkpoint_path, load_checkpoint, read_sidecar, sidecar_path
+from models.recipes import TrainConfig, TuneConfig
+from models.tuning import tune_model
 
 CHEAP = ['data.dataset="synthetic"', "data.options.n=40", "data.per_cell=2", "data.background_size=4",
          'models.names=["tiny"]', 'models.stages=["pre"]', "train.epochs=1", "train.batch_size=32",
@@ -385,14 +387,14 @@ def test_a_long_failure_message_keeps_whole_words(tmp_path):
 def test_fixes_that_apply(tmp_path, synthetic_data, tiny_checkpoint):
     ckpt, _ = tiny_checkpoint
     with pytest.raises(BenchError) as exc:
-        T.tune_model(ckpt, T.TuneConfig(unfreeze=("fc", "layer4"), epochs=1), *synthetic_data, out=tmp_path / "p.pt",
-                     device="cpu", progress=False)
+        tune_model(ckpt, TuneConfig(unfreeze=("fc", "layer4"), epochs=1), *synthetic_data, out=tmp_path / "p.pt",
+                   device="cpu", progress=False)
     msg = str(exc.value)
-    model, _ = T.load_checkpoint(ckpt)
+    model, _ = load_checkpoint(ckpt)
     with_params = [n for n, m in model.named_children() if any(True for _ in m.parameters())]
     assert "cannot unfreeze layer4" in msg and f"e.g. {with_params[-1]!r}" in msg and "fc,layer4" not in msg
     with pytest.raises(BenchError) as exc:
-        T.load_checkpoint(ckpt, expected_model="resnet18")
+        load_checkpoint(ckpt, expected_model="resnet18")
     assert "--model" not in str(exc.value) and "use a resnet18 checkpoint" in str(exc.value)
 
 
@@ -437,7 +439,7 @@ def test_a_seed_out_of_range_in_evaluate_or_train_is_one_line(capsys, monkeypatc
 
     with pytest.raises(BenchError, match=r"seed: must be an integer in \[0, 4294967295\]"):
         bench.evaluate(build_model("tiny").eval(), torch.rand(2, 1, 28, 28), seed=2**70, verbose=False)
-    monkeypatch.setattr(T, "_fit", lambda *a, **k: pytest.fail("trained with a bad seed"))
+    monkeypatch.setattr("models.training.fit", lambda *a, **k: pytest.fail("trained with a bad seed"))
     line = _one_line_error(capsys, ["train", "--model", "tiny", "--dataset", "synthetic", "--seed", "-1"])
     assert "seed must be an integer in [0, 4294967295], got -1" in line
 
@@ -549,7 +551,7 @@ def _broken_checkpoint(tmp_path: Path, tiny_checkpoint, change=None, sidecar=Non
         change(ck)
     out = tmp_path / "broken.pt"
     torch.save(ck, out)
-    T.sidecar_path(out).write_text(json.dumps(side if sidecar is None else sidecar))
+    sidecar_path(out).write_text(json.dumps(side if sidecar is None else sidecar))
     return out
 
 
@@ -568,7 +570,7 @@ def _nan_weight(ck):
 def test_broken_checkpoints_are_one_line(tmp_path, tiny_checkpoint, change, needle):
     path = _broken_checkpoint(tmp_path, tiny_checkpoint, change)
     with pytest.raises(BenchError) as exc:
-        T.load_checkpoint(path)
+        load_checkpoint(path)
     assert needle in str(exc.value) and str(path) in str(exc.value) and "\n" not in str(exc.value)
 
 
@@ -578,8 +580,8 @@ def test_broken_checkpoints_are_one_line(tmp_path, tiny_checkpoint, change, need
 def test_broken_sidecars_are_one_line(tmp_path, tiny_checkpoint, sidecar, needle):
     path = _broken_checkpoint(tmp_path, tiny_checkpoint, sidecar=sidecar)
     with pytest.raises(BenchError) as exc:
-        T.read_sidecar(path)
-    assert needle in str(exc.value) and str(T.sidecar_path(path)) in str(exc.value)
+        read_sidecar(path)
+    assert needle in str(exc.value) and str(sidecar_path(path)) in str(exc.value)
 
 
 def test_a_broken_checkpoint_is_refused_before_any_training(tmp_path, tiny_checkpoint, monkeypatch):
@@ -587,12 +589,13 @@ def test_a_broken_checkpoint_is_refused_before_any_training(tmp_path, tiny_check
 
     results = tmp_path / "res"
     train = load_split("synthetic", "train", n=40)
-    cfg = T.TrainConfig(model="tiny", epochs=1, batch_size=32, seed=1, dataset="synthetic", size=28)
-    planted = T.default_checkpoint_path(cfg, train.fingerprint, results / "checkpoints")
+    cfg = TrainConfig(model="tiny", epochs=1, batch_size=32, seed=1, dataset="synthetic", size=28)
+    planted = default_checkpoint_path(cfg, train.fingerprint, results / "checkpoints")
     planted.parent.mkdir(parents=True)
     shutil.copy(_broken_checkpoint(tmp_path, tiny_checkpoint, sidecar={}), planted)
-    T.sidecar_path(planted).write_text("{}")
-    monkeypatch.setattr(T, "_fit", lambda *a, **k: pytest.fail("trained before the broken checkpoint was seen"))
+    sidecar_path(planted).write_text("{}")
+    for loop in ("models.training.fit", "models.tuning.fit"):
+        monkeypatch.setattr(loop, lambda *a, **k: pytest.fail("trained before the broken checkpoint was seen"))
     with pytest.raises(BenchError, match="has no 'test'"):
         runner.run(_cfg(results, "h", "models.seeds=[0, 1]"), progress=False)
     assert not (results / "h" / "manifest.json").exists()
@@ -605,10 +608,10 @@ def test_tune_refuses_other_data_before_training(tmp_path, tiny_checkpoint, monk
 
     ckpt, _ = tiny_checkpoint
     splits = [load_split("synthetic", s, **options) for s in ("train", "val", "test")]
-    monkeypatch.setattr(T, "_fit", lambda *a, **k: pytest.fail("trained before the data was checked"))
+    monkeypatch.setattr("models.tuning.fit", lambda *a, **k: pytest.fail("trained before the data was checked"))
     with pytest.raises(BenchError) as exc:
-        T.tune_model(ckpt, T.TuneConfig(unfreeze=("fc",), epochs=1), *splits, out=tmp_path / "p.pt", device="cpu",
-                     progress=False)
+        tune_model(ckpt, TuneConfig(unfreeze=("fc",), epochs=1), *splits, out=tmp_path / "p.pt", device="cpu",
+                   progress=False)
     assert needle in str(exc.value)
 
 
@@ -621,7 +624,7 @@ def test_a_raw_pickle_checkpoint_prints_no_warning(tmp_path, capsys):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(BenchError, match="cannot be read"):
-            T.load_checkpoint(path)
+            load_checkpoint(path)
     assert [str(w.message) for w in caught] == []
 
 

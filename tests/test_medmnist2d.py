@@ -16,11 +16,13 @@ from bench.core.schema import cell_names, confusion_cells, move_cells, ordered_c
 from bench.report.leaderboard import read_scores
 from bench.run import runner
 from bench.run.config import load_config
+from bench.stats.classifier import classification_metrics, compare_classifiers
 from datasets import DATASETS, load_split
 from datasets import medmnist2d, pneumoniamnist as pm
 from explainers import list_explainers
 from explainers.base import get_explainer, relative_completeness_gap, run_explainer
-from models import build_model, training as T
+from models import build_model
+from models.checkpoints import read_sidecar
 from tests.conftest import bench_error, calibrated, save_npz
 
 pytestmark = pytest.mark.usefixtures("one_thread", "clean_data_env")
@@ -146,7 +148,7 @@ def test_cells_for_k_classes():
 def test_multiclass_metrics():
     labels = np.array([0, 1, 2, 2, 1, 0])
     probs = np.array([[.8, .1, .1], [.1, .7, .2], [.1, .2, .7], [.6, .2, .2], [.2, .5, .3], [.5, .4, .1]])
-    m = T.classification_metrics(labels, probs)
+    m = classification_metrics(labels, probs)
     assert m["acc"] == pytest.approx(5 / 6) and m["recall"] == [1.0, 1.0, 0.5]
     assert m["confusion"] == [[2, 0, 0], [0, 2, 0], [1, 0, 1]] and "sensitivity" not in m
     # macro one-vs-rest AUC, each class's AUC from the rank formula by hand
@@ -155,7 +157,7 @@ def test_multiclass_metrics():
         pos, neg = probs[labels == k, k], probs[labels != k, k]
         by_class.append(np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg]))
     assert m["auc"] == pytest.approx(np.mean(by_class))
-    cmp = T.compare_classifiers(labels, m, m, probs.argmax(1), np.array([0, 1, 2, 2, 1, 1]), num_classes=3)
+    cmp = compare_classifiers(labels, m, m, probs.argmax(1), np.array([0, 1, 2, 2, 1, 1]), num_classes=3)
     assert cmp["images_changed_cell"] == 2 and cmp["cell_moves"]["c2_wrong"]["c2_ok"] == 1
     assert cmp["cell_moves"]["c0_ok"]["c0_wrong"] == 1 and cmp["mcnemar"]["a_wrong_b_right"] == 1
 
@@ -240,7 +242,7 @@ def test_end_to_end_rgb_multiclass(tmp_path):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["data"]["dataset"] == "dermamnist"
     ckpt = next((tmp_path / "ck").glob("tiny-*px-*.pt"))
-    side = T.read_sidecar(ckpt)
+    side = read_sidecar(ckpt)
     assert side["model_kwargs"] == {"in_channels": 3, "num_classes": k, "image_size": 28}
     assert len(side["test"]["recall"]) == k and 0 <= side["test"]["auc"] <= 1
     models = json.loads((run_dir / "prepost_models.json").read_text())

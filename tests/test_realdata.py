@@ -12,7 +12,9 @@ from bench.cli import main
 from bench.run.config import load_config
 from bench.report.leaderboard import read_scores
 from explainers import relative_completeness_gap, run_explainer
-from models import training as T
+from models.checkpoints import load_checkpoint, sidecar_path
+from models.recipes import TrainConfig
+from models.training import train_model
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 SHARED_MD5 = "57c53b2150674bf50e93e69b793c5728"
@@ -31,13 +33,13 @@ def test_train_and_tune_cli_on_real_data(tmp_path, real, capsys):
     pre, post = tmp_path / "pre.pt", tmp_path / "post.pt"
     assert main(["train", "--model", "tiny", "--epochs", "1", "--data-file", str(shared), "--out", str(pre),
                  "--no-progress", "--device", "cpu"]) == 0
-    side = json.loads(T.sidecar_path(pre).read_text())
+    side = json.loads(sidecar_path(pre).read_text())
     assert side["data"]["md5"] == SHARED_MD5 and side["data"]["md5_official"] is False
     assert side["data"]["n"] == {"train": 4708, "val": 524, "test": 624}
     assert side["test"]["n"] == 624 and sum(map(sum, side["test"]["confusion"])) == 624
     assert main(["tune", "--from", str(pre), "--unfreeze", "fc", "--epochs", "1", "--data-file", str(shared),
                  "--out", str(post), "--no-progress", "--device", "cpu"]) == 0
-    comp = json.loads(T.sidecar_path(post).read_text())["comparison"]
+    comp = json.loads(sidecar_path(post).read_text())["comparison"]
     assert sum(sum(r.values()) for r in comp["cell_moves"].values()) == 624
 
 
@@ -46,9 +48,9 @@ def test_shap_deep_is_exact_on_trained_resnets(tmp_path, real, name):
     """DeepExplainer's relative additivity error <= 1e-4 on a ResNet trained on real images."""
     _, (train, val, test) = real
     sub = train.subset(torch.arange(256))
-    T.train_model(T.TrainConfig(model=name, epochs=1, batch_size=64), sub, val.subset(torch.arange(64)),
-                  test.subset(torch.arange(64)), out=tmp_path / "m.pt", device="cpu", progress=False)
-    model, _ = T.load_checkpoint(tmp_path / "m.pt")
+    train_model(TrainConfig(model=name, epochs=1, batch_size=64), sub, val.subset(torch.arange(64)),
+                test.subset(torch.arange(64)), out=tmp_path / "m.pt", device="cpu", progress=False)
+    model, _ = load_checkpoint(tmp_path / "m.pt")
     x, bg = test.images[:3], train.images[300:316]
     targets = model(x).argmax(1)
     attr = run_explainer("shap.deep", model, x, targets, background=bg)

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from models import training as T
 from tests.test_hardening import CHEAP, _npz, _one_line_error, _tree
 
 
@@ -222,7 +221,8 @@ def test_an_unwritable_checkpoint_folder_is_refused_before_training(tmp_path, ca
     def no_training(*args, **kwargs):
         raise AssertionError("trained before the checkpoint folder was checked")
 
-    monkeypatch.setattr(T, "_fit", no_training)
+    for loop in ("models.training.fit", "models.tuning.fit"):
+        monkeypatch.setattr(loop, no_training)
     root = tmp_path / "root"
     if where == "under a file":
         root.write_text("a file")
@@ -239,7 +239,7 @@ def test_train_out_naming_a_folder_is_refused_before_training(tmp_path, capsys, 
     def no_training(*args, **kwargs):
         raise AssertionError("trained before --out was checked")
 
-    monkeypatch.setattr(T, "_fit", no_training)
+    monkeypatch.setattr("models.training.fit", no_training)
     out = tmp_path / "folder.pt"
     out.mkdir()
     line = _one_line_error(capsys, ["train", "--model", "tiny", "--dataset", "synthetic", "--out", str(out),

@@ -1,4 +1,4 @@
-"""Training, tuning with frozen blocks, evaluation statistics and checkpoints (tiny model, synthetic data)."""
+"""Training, tuning with frozen blocks, evaluation and checkpoints (tiny model, synthetic data)."""
 from __future__ import annotations
 
 import hashlib
@@ -8,11 +8,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from scipy import stats
 
 from bench.core.errors import BenchError
 from bench.core.machine import cpu_name
-from models import training as T
+from models.checkpoints import load_checkpoint, sidecar_path
+from models.recipes import TrainConfig, TuneConfig
+from models.training import evaluate, predict_outputs, predict_proba, train_model
+from models.tuning import frozen_state, tune_model
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def trained(tiny_checkpoint):
 
 def test_sidecar_records_config_data_selection_and_metrics(trained, data):
     out, side = trained
-    on_disk = json.loads(T.sidecar_path(out).read_text())
+    on_disk = json.loads(sidecar_path(out).read_text())
     assert on_disk == json.loads(json.dumps(side))
     assert side["config"]["model"] == "tiny" and side["config"]["epochs"] == 10
     assert side["config"]["dataset"] == "synthetic"
@@ -60,23 +62,23 @@ def test_checkpoint_round_trip_with_weights_only(trained, data):
     out, side = trained
     ckpt = torch.load(out, weights_only=True)
     assert ckpt["model"] == "tiny" and ckpt["stage"] == "pre"
-    model, info = T.load_checkpoint(out)
+    model, info = load_checkpoint(out)
     assert info["sha256"] == side["sha256"] and not model.training
-    again = T.evaluate(model, data[2])
+    again = evaluate(model, data[2])
     assert again["acc"] == pytest.approx(side["test"]["acc"]) and again["preds"] == side["test_preds"]
 
 
 def test_same_seed_same_checkpoint(tmp_path, data):
-    cfg = T.TrainConfig(model="tiny", epochs=1, batch_size=64)
+    cfg = TrainConfig(model="tiny", epochs=1, batch_size=64)
     data = [d.subset(range(64)) for d in data]
-    a = T.train_model(cfg, *data, out=tmp_path / "a.pt", device="cpu", progress=False)
-    b = T.train_model(cfg, *data, out=tmp_path / "b.pt", device="cpu", progress=False)
+    a = train_model(cfg, *data, out=tmp_path / "a.pt", device="cpu", progress=False)
+    b = train_model(cfg, *data, out=tmp_path / "b.pt", device="cpu", progress=False)
     assert a["sha256"] == b["sha256"]
 
 
 def test_checkpoint_of_another_architecture_is_a_clear_error(trained):
     with pytest.raises(BenchError, match="is for architecture 'tiny', not 'resnet18'"):
-        T.load_checkpoint(trained[0], expected_model="resnet18")
+        load_checkpoint(trained[0], expected_model="resnet18")
 
 
 def test_checkpoint_whose_weights_do_not_fit(tmp_path, trained):
@@ -84,7 +86,7 @@ def test_checkpoint_whose_weights_do_not_fit(tmp_path, trained):
     ckpt["model"] = "resnet18"
     torch.save(ckpt, tmp_path / "bad.pt")
     with pytest.raises(BenchError, match="does not fit architecture 'resnet18'"):
-        T.load_checkpoint(tmp_path / "bad.pt")
+        load_checkpoint(tmp_path / "bad.pt")
 
 
 @pytest.mark.parametrize("content,match", [(b"not a checkpoint at all", "cannot be read"), (None, "not found")])
@@ -93,7 +95,7 @@ def test_corrupt_or_missing_checkpoint(tmp_path, content, match):
     if content is not None:
         p.write_bytes(content)
     with pytest.raises(BenchError, match=match) as e:
-        T.load_checkpoint(p)
+        load_checkpoint(p)
     assert "\n" not in str(e.value)
 
 
@@ -102,25 +104,25 @@ def test_truncated_checkpoint(tmp_path, trained):
     p = tmp_path / "trunc.pt"
     p.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(BenchError, match="cannot be read"):
-        T.load_checkpoint(p)
+        load_checkpoint(p)
 
 
 def test_foreign_torch_file(tmp_path):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
     with pytest.raises(BenchError, match="not a pneumobench checkpoint"):
-        T.load_checkpoint(tmp_path / "foreign.pt")
+        load_checkpoint(tmp_path / "foreign.pt")
 
 
 def test_tune_keeps_frozen_parameters_and_buffers_bitwise(tmp_path, trained, data):
     parent, _ = trained
-    before, _ = T.load_checkpoint(parent)
+    before, _ = load_checkpoint(parent)
     unfreeze = ("fc", "layer2")
-    frozen_before = T.frozen_state(before, unfreeze)
-    side = T.tune_model(parent, T.TuneConfig(unfreeze=unfreeze, epochs=2, batch_size=32, lr=5e-2), *data,
-                        out=tmp_path / "post.pt", device="cpu", progress=False)
-    after, info = T.load_checkpoint(tmp_path / "post.pt")
+    frozen_before = frozen_state(before, unfreeze)
+    side = tune_model(parent, TuneConfig(unfreeze=unfreeze, epochs=2, batch_size=32, lr=5e-2), *data,
+                      out=tmp_path / "post.pt", device="cpu", progress=False)
+    after, info = load_checkpoint(tmp_path / "post.pt")
     assert info["stage"] == "post"
-    frozen_after = T.frozen_state(after, unfreeze)
+    frozen_after = frozen_state(after, unfreeze)
     assert frozen_before.keys() == frozen_after.keys() and len(frozen_before) > 0
     for k in frozen_before:
         assert torch.equal(frozen_before[k], frozen_after[k]), k
@@ -138,50 +140,38 @@ def test_tune_keeps_frozen_parameters_and_buffers_bitwise(tmp_path, trained, dat
 def test_tune_rejects_unknown_block(tmp_path, trained, data):
     with pytest.raises(BenchError, match="cannot unfreeze layer9: .* no such top-level module; its modules with "
                                          "parameters are .*tune.unfreeze"):
-        T.tune_model(trained[0], T.TuneConfig(unfreeze=("layer9",), epochs=1), *data, out=tmp_path / "p.pt",
-                     device="cpu", progress=False)
+        tune_model(trained[0], TuneConfig(unfreeze=("layer9",), epochs=1), *data, out=tmp_path / "p.pt",
+                   device="cpu", progress=False)
 
 
-def test_mcnemar_exact_matches_binomial_by_hand():
-    labels = np.array([1] * 30)
-    a = np.array([1] * 20 + [0] * 10)         # a right on the first 20
-    b = np.array([1] * 12 + [0] * 8 + [1] * 10)  # b wrong on 12..19, right on 20..29
-    r = T.mcnemar_exact(labels, a, b)
-    assert (r["a_right_b_wrong"], r["a_wrong_b_right"]) == (8, 10)
-    # two-sided exact binomial: 2 * P(X <= 8), X ~ Bin(18, 1/2)
-    assert r["p_value"] == pytest.approx(min(1.0, 2 * stats.binom.cdf(8, 18, 0.5)))
-    assert T.mcnemar_exact(labels, a, a)["p_value"] == 1.0
+def test_predict_outputs_logits_and_probabilities(data):
+    """Batched logits equal one forward pass; probabilities are their softmax; the mode is restored."""
+    from models import build_model
 
-
-def test_auc_equals_pairwise_definition():
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 200)
-    s = rng.normal(size=200) + y
-    s[:20] = 0.5  # ties count one half
-    pos, neg = s[y == 1], s[y == 0]
-    pairwise = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
-    assert T.roc_auc(y, s) == pytest.approx(pairwise)
-
-
-def test_metrics_by_hand():
-    probs = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
-    m = T.classification_metrics(np.array([1, 1, 0, 0]), probs)
-    assert m["confusion"] == [[1, 1], [1, 1]] and m["acc"] == 0.5
-    assert m["sensitivity"] == 0.5 and m["specificity"] == 0.5
-    assert T.confusion_cells([1, 1, 0, 0], probs.argmax(1)) == ["TP", "FN", "FP", "TN"]
+    torch.manual_seed(0)
+    model = build_model("tiny").train()
+    images = data[2].images[:7]
+    logits = predict_outputs(model, images, batch_size=3)
+    assert model.training  # restored
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model.eval()(images))
+    torch.testing.assert_close(predict_outputs(model, images, space="probability"), logits.softmax(1))
+    torch.testing.assert_close(predict_proba(model, images), logits.softmax(1))
+    with pytest.raises(BenchError, match="unknown output space 'logits'; use one of logit, probability"):
+        predict_outputs(model, images, space="logits")
 
 
 @pytest.mark.parametrize("field,value", [("epochs", 0), ("lr", -1.0), ("optimizer", "rmsprop"), ("momentum", 1.5),
                                          ("batch_size", 0), ("select_on", "test_acc"), ("class_weighting", "x")])
 def test_bad_recipe_values(field, value):
     with pytest.raises(BenchError, match=field.split("_")[0]):
-        T.TrainConfig(model="tiny", **{field: value}).validate()
+        TrainConfig(model="tiny", **{field: value}).validate()
 
 
 def test_progress_bars_and_epoch_lines(tmp_path, data, capsys):
     """The default (interactive) path: progress bars on, one summary line per epoch."""
     small = [d.subset(range(32)) for d in data]
-    T.train_model(T.TrainConfig(model="tiny", epochs=2, batch_size=16), *small, out=tmp_path / "p.pt",
-                  device="cpu", progress=True)
+    train_model(TrainConfig(model="tiny", epochs=2, batch_size=16), *small, out=tmp_path / "p.pt",
+                device="cpu", progress=True)
     captured = capsys.readouterr()
     assert "tiny epoch 1/2: train loss" in captured.out and "tiny epoch 2/2: train loss" in captured.out

@@ -2,7 +2,8 @@
 
 Both metrics read the raw attribution (``reads="raw"``): additivity is a property of the values
 the explainer returned, not of a ranking after preprocessing. They cost no model pass: the
-adapter reports ``outputs`` and ``base_values``.
+adapter reports ``outputs`` and ``base_values``. The gap is
+:func:`explainers.base.completeness_gap`, the one definition every part of the bench reads.
 """
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from torch import Tensor, nn
 from bench.core.errors import BenchError
 from bench.core.params import Range
 from bench.metrics.base import MetricContext, out_dtype, register_metric
-from explainers.base import Attribution
+from explainers.base import Attribution, completeness_gap, relative_completeness_gap
 
 
-def _additivity(metric: str, inputs: Tensor, attribution: Attribution,
-                context: MetricContext | None) -> tuple[Tensor, Tensor] | None:
+def _additive(metric: str, inputs: Tensor, attribution: Attribution, context: MetricContext | None) -> bool:
+    """Whether the attribution reports ``outputs`` and ``base_values`` (a one-line error when its shape is wrong,
+    or when an explainer registered as additive left them out)."""
     if attribution.values.shape != inputs.shape:
         raise BenchError(f"metric {metric!r}: attribution values {tuple(attribution.values.shape)} do not match inputs {tuple(inputs.shape)}")
     if attribution.outputs is None or attribution.base_values is None:
@@ -25,10 +27,8 @@ def _additivity(metric: str, inputs: Tensor, attribution: Attribution,
                 f"metric {metric!r}: the explainer is registered as additive but returned no "
                 f"outputs/base_values; additive adapters must fill both"
             )
-        return None
-    total = attribution.values.to(torch.float64).sum(dim=(1, 2, 3))
-    delta = attribution.outputs.to(torch.float64) - attribution.base_values.to(torch.float64)
-    return total, delta
+        return False
+    return True
 
 
 @register_metric("additivity_error", higher_is_better=False, kind="axiomatic", reads="raw", passes=(0, 0),
@@ -43,11 +43,9 @@ def additivity_error(model: nn.Module, inputs: Tensor, targets: Tensor, attribut
     ``|sum_i phi_i - (outputs - base_values)|``, summed in float64. NaN when the method is not
     additive (``attribution.outputs`` or ``base_values`` is None). Lower is better.
     """
-    r = _additivity("additivity_error", inputs, attribution, context)
-    if r is None:
+    if not _additive("additivity_error", inputs, attribution, context):
         return torch.full((inputs.shape[0],), float("nan"), device=inputs.device, dtype=out_dtype(inputs))
-    total, delta = r
-    return (total - delta).abs().to(device=inputs.device, dtype=out_dtype(inputs))
+    return completeness_gap(attribution).abs().to(device=inputs.device, dtype=out_dtype(inputs))
 
 
 @register_metric("additivity_error_relative", higher_is_better=False, kind="axiomatic", reads="raw", passes=(0, 0),
@@ -63,8 +61,6 @@ def additivity_error_relative(model: nn.Module, inputs: Tensor, targets: Tensor,
     (default 1e-8) only guards a zero output change, where the ratio is meaningless and huge.
     NaN when the method is not additive. Lower is better.
     """
-    r = _additivity("additivity_error_relative", inputs, attribution, context)
-    if r is None:
+    if not _additive("additivity_error_relative", inputs, attribution, context):
         return torch.full((inputs.shape[0],), float("nan"), device=inputs.device, dtype=out_dtype(inputs))
-    total, delta = r
-    return ((total - delta).abs() / delta.abs().clamp(min=eps)).to(device=inputs.device, dtype=out_dtype(inputs))
+    return relative_completeness_gap(attribution, eps).to(device=inputs.device, dtype=out_dtype(inputs))

@@ -9,9 +9,10 @@ the passes per image, on the same model, images, targets and background:
   stochastic methods per explainer seed, reported as the mean and the standard deviation over
   seeds (the seed-to-seed spread);
 * **completeness gap** ``|sum(phi_n) - (f(x) - base)|`` in the explained output's units (logits),
-  averaged over images: ``base`` is the adapter's ``base_values`` (``E_bg f`` for expected
-  gradients, where completeness holds in expectation; ``f(baseline)`` for integrated gradients;
-  ``f(masked)`` for Partition SHAP, where it holds exactly).
+  the absolute value of :func:`explainers.base.completeness_gap`, averaged over images: ``base``
+  is the adapter's ``base_values`` (``E_bg f`` for expected gradients, where completeness holds
+  in expectation; ``f(baseline)`` for integrated gradients; ``f(masked)`` for Partition SHAP,
+  where it holds exactly).
 
 The converged references, each with its own error estimate (relative L2), so an error near it is
 not read as real:
@@ -56,7 +57,7 @@ from torch import Tensor, nn
 
 from bench.core.errors import BenchError
 from bench.perf.floor import passes_per_image
-from explainers import EXPLAINERS, explainer_params, run_explainer
+from explainers import EXPLAINERS, completeness_gap, explainer_params, run_explainer
 
 TARGET_ERROR = 0.05  # "passes to reach 5 % relative L2"
 
@@ -77,9 +78,12 @@ class FrontierSpec:
 def default_specs(names: Iterable[str] | None = None) -> list[FrontierSpec]:
     """Specs of every registered explainer that declares ``budget=`` (or of ``names``).
 
-    Pass grids: gradient samplers 10-200 samples, integrated gradients 4-128 steps (every
-    Captum quadrature rule), Partition SHAP 100-1000 evaluations; a plug-in's grid is its
-    default budget x 1/4 .. 4.
+    The pass grid and the reference budget are the registration's ``budgets=`` and
+    ``reference_budget=`` (integrated gradients 4-128 steps against 1024, Partition SHAP 100-1000
+    evaluations against 3000); without them the grid is the default budget x 1/4 .. 4 and the
+    reference 16 x the default. ``budget_variants=(param, values)`` walks the grid once per value
+    (integrated gradients: every Captum quadrature rule). The expected-gradients family: 10-200
+    samples against its shared reference.
     """
     specs: list[FrontierSpec] = []
     for name in EXPLAINERS.names() if names is None else names:
@@ -90,16 +94,14 @@ def default_specs(names: Iterable[str] | None = None) -> list[FrontierSpec]:
         family = meta.get("family")
         if family == "expected_gradients":
             specs.append(FrontierSpec(name, budget, (10, 25, 50, 100, 200), family))
-        elif name == "captum.integrated_gradients":
-            for rule in ("gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left"):
-                specs.append(FrontierSpec(name, budget, (4, 8, 16, 32, 64, 128), None, 1024,
-                                          {"method": rule}, rule))
-        elif name == "shap.partition":
-            specs.append(FrontierSpec(name, budget, (100, 300, 1000), None, 3000))
-        else:
-            default = int(explainer_params(name)[budget])
-            grid = tuple(sorted({max(1, default // 4), max(1, default // 2), default, 2 * default, 4 * default}))
-            specs.append(FrontierSpec(name, budget, grid, family, 16 * default))
+            continue
+        default = int(explainer_params(name)[budget])
+        grid = tuple(meta.get("budgets") or sorted({max(1, default // 4), max(1, default // 2), default, 2 * default,
+                                                    4 * default}))
+        param, values = meta.get("budget_variants") or (None, ("",))
+        for value in values:
+            specs.append(FrontierSpec(name, budget, grid, family, int(meta.get("reference_budget") or 16 * default),
+                                      {param: value} if param else {}, value))
     return specs
 
 
@@ -123,14 +125,6 @@ def rel_l2(values: Tensor, reference: Tensor) -> np.ndarray:
     """``||values - reference|| / ||reference||`` per image."""
     d = (values.double().cpu() - reference.double().cpu()).flatten(1).norm(dim=1)
     return (d / reference.double().cpu().flatten(1).norm(dim=1).clamp_min(1e-12)).numpy()
-
-
-def completeness_gap(attr) -> np.ndarray:
-    """``|sum(phi) - (outputs - base_values)|`` per image (NaN where the adapter reports neither)."""
-    if attr.outputs is None or attr.base_values is None:
-        return np.full(attr.values.shape[0], np.nan)
-    total = attr.values.double().flatten(1).sum(1).cpu()
-    return (total - (attr.outputs.double().cpu() - attr.base_values.double().cpu())).abs().numpy()
 
 
 def _reference(spec: FrontierSpec, model, inputs, targets, background, *, reference_seeds: int, cache: dict) -> tuple[Tensor, float, float]:
@@ -187,7 +181,9 @@ def frontier_rows(model_label: str, model: nn.Module, inputs: Tensor, targets: T
                 attr = _run(spec, model, inputs, targets, background, budget, seed)
                 seconds = perf_counter() - t0
                 fb, f = _passes(spec, budget, background.shape[0])
-                err, gap = rel_l2(attr.values, ref), completeness_gap(attr)
+                err = rel_l2(attr.values, ref)
+                gap = (completeness_gap(attr).abs().cpu().numpy() if attr.outputs is not None
+                       and attr.base_values is not None else np.full(inputs.shape[0], np.nan))  # |gap|, NaN: none
                 rows.append({"model": model_label, "method": label, "budget": budget, "passes_fb": fb, "passes_f": f,
                              "seed": seed, "rel_l2": float(err.mean()), "gap": float(np.nanmean(gap)) if
                              np.isfinite(gap).any() else None, "s_per_image": seconds / inputs.shape[0],

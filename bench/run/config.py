@@ -28,7 +28,7 @@ from bench.core.io import read_regular
 from bench.core.precision import CUDA_ONLY, PRECISIONS
 from bench.core.params import SEED_RANGE, is_seed, type_problem
 from bench.stats.settings import DEFAULT_MARGINS
-from models.training import TrainConfig, TuneConfig, check_unfreeze
+from models.recipes import TrainConfig, TuneConfig, check_unfreeze
 from models.user import UserModelSpec
 
 # the shipped profiles are package data (bench/configs/*.toml; a repository checkout links configs/ to them)

@@ -22,8 +22,10 @@ from bench.run.config import (RunConfig, checkpoint_dir, model_label, recipe_fie
 from bench.run.unit import Stage, Unit
 from datasets import ImageSplit, check_splits, load_split
 from explainers import EXPLAINERS, explainer_params
-from models.training import (TrainConfig, TuneConfig, default_checkpoint_path, default_tuned_path, load_checkpoint,
-                             read_sidecar, sidecar_path, train_model, tune_model)
+from models.checkpoints import default_checkpoint_path, default_tuned_path, load_checkpoint, read_sidecar, sidecar_path
+from models.recipes import TrainConfig, TuneConfig
+from models.training import train_model
+from models.tuning import tune_model
 from models.user import UserModelSpec, checked_predictions, load_user_model
 
 

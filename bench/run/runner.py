@@ -34,7 +34,7 @@ from bench.run.executors import execute_units
 from bench.run.manifest import cost_summary, time_passes, write_manifest
 from bench.run.rundir import claim
 from bench.run.similarity import similarity_table
-from models.training import compare_classifiers
+from bench.stats.classifier import compare_classifiers
 
 
 def run(cfg: RunConfig, *, progress: bool = True, executor: str = "local", ray_address: str | None = None) -> Path:

@@ -19,7 +19,6 @@ from typing import Callable
 
 import pandas as pd
 import torch
-from torch import Tensor, nn
 
 from bench.core.device import resolve_device
 from bench.core.errors import BenchError
@@ -32,8 +31,9 @@ from bench.run.config import RunConfig, checkpoint_dir, derive
 from bench.run.manifest import git_commit, package_versions
 from bench.run.rundir import MARKER, claim
 from datasets import load_split
+from models.training import predict_outputs
 
-BATCH = 256
+BATCH = 256  # images per forward pass (the recorded truth tables were computed in batches of 256)
 
 
 def sub_runs(cfg: RunConfig) -> list[tuple[str, str, RunConfig]]:
@@ -56,12 +56,6 @@ def sub_runs(cfg: RunConfig) -> list[tuple[str, str, RunConfig]]:
     return out
 
 
-@torch.no_grad()
-def _outputs(model: nn.Module, images: Tensor, device: torch.device) -> Tensor:
-    model.eval()
-    return torch.cat([model(images[i:i + BATCH].to(device)).float().cpu() for i in range(0, len(images), BATCH)])
-
-
 def reliance_rows(cfg: RunConfig, condition: str, polarity: str, device: torch.device, progress: bool,
                   say: Callable[[str], None]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per model and explained image: the target score and p(class 1) with and without the marker;
@@ -78,7 +72,7 @@ def reliance_rows(cfg: RunConfig, condition: str, polarity: str, device: torch.d
     f_without = torch.where(f_planted, full.counterfactual, full.images)
     rows, models = [], []
     for st in stages:
-        a, b = _outputs(st.model, with_m, device), _outputs(st.model, without, device)
+        a, b = (predict_outputs(st.model, x, device=device, batch_size=BATCH) for x in (with_m, without))
         pa, pb = a.softmax(1), b.softmax(1)
         t = test.labels
         sa = (a if logit else pa).gather(1, t.view(-1, 1)).squeeze(1)
@@ -88,7 +82,7 @@ def reliance_rows(cfg: RunConfig, condition: str, polarity: str, device: torch.d
                          "image": i, "label": int(t[i]), "planted": bool(planted[i]),
                          "score_with": float(sa[i]), "score_without": float(sb[i]),
                          "p1_with": float(pa[i, 1]), "p1_without": float(pb[i, 1])})
-        fa, fb = _outputs(st.model, f_with, device), _outputs(st.model, f_without, device)
+        fa, fb = (predict_outputs(st.model, x, device=device, batch_size=BATCH) for x in (f_with, f_without))
         d = (fa.softmax(1)[:, 1] - fb.softmax(1)[:, 1]).numpy()
         models.append({"condition": condition, "polarity": polarity, "model": st.model_name, "seed": st.seed,
                        "checkpoint_sha256": st.sha256, "n_test": len(full),

@@ -19,5 +19,7 @@ module             what it holds
                    tests the tables run
 ``aliases``        explainers whose scores are identical on every image: one method, not two
 ``weighting``      means reweighted from a cell-balanced sample to the test split's cells
+``classifier``     ROC AUC, accuracy and the confusion matrix, McNemar's exact test, a tuned
+                   classifier against its parent on the same images
 =================  ===========================================================================
 """

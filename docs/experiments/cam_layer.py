@@ -33,7 +33,7 @@ import torch
 from bench.metrics import deletion_auc, insertion_auc
 from datasets import load_split
 from explainers import run_explainer
-from models.training import load_checkpoint
+from models.checkpoints import load_checkpoint
 
 METHODS = ("gradcam.grad_cam", "gradcam.grad_cam_plusplus", "gradcam.hires_cam", "gradcam.layer_cam",
            "gradcam.score_cam")

@@ -143,7 +143,7 @@ def setup(which: str, threads: int = 1):
         from tests.conftest import calibrated
         model = calibrated("resnet18")
     else:
-        from models.training import load_checkpoint
+        from models.checkpoints import load_checkpoint
         model, _ = load_checkpoint(which, device="cpu")
     model.eval()
     data = _data(N_IMAGES, N_BACKGROUND, "cpu")

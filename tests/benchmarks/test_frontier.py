@@ -66,7 +66,7 @@ def _cases(model_name: str, settings):
         cases.append((f"{model_name} (random weights)", calibrated(model_name).to(settings.device)))
     ckpt = os.environ.get("BENCH_FRONTIER_CHECKPOINT", "").strip()
     if ckpt:
-        from models.training import load_checkpoint
+        from models.checkpoints import load_checkpoint
 
         model, info = load_checkpoint(ckpt, device=settings.device)
         if info["model"] == model_name:
