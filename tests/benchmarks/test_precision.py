@@ -45,7 +45,7 @@ from bench.run import plan as P
 from bench.run.config import derive, load_config
 from bench.run.manifest import cost_summary, time_passes
 from bench.stats.settings import StatsSettings
-from models.training import default_checkpoint_path
+from models.checkpoints import default_checkpoint_path
 
 from .conftest import _positive, load_average
 
