@@ -94,7 +94,7 @@ def _fields_in_order(cls: type[Section], defaults: dict[str, Any], where: str = 
     assert names == list(defaults), f"{cls.__name__}: fields {names} vs DEFAULTS{where} keys {list(defaults)}"
     for name in names:
         hint = hints[name]
-        if isinstance(hint, type) and issubclass(hint, Section) and hint not in (C.TrainSection, C.TuneSection):
+        if isinstance(hint, type) and issubclass(hint, Section) and not issubclass(hint, C.RecipeSection):
             _fields_in_order(hint, defaults[name], f"{where}[{name!r}]")
 
 

@@ -4,6 +4,12 @@ Every key a config may have is in :data:`DEFAULTS`; tables whose keys come from 
 (``[data.options]`` from the dataset's loader, ``[explain.params.NAME]`` from an adapter,
 ``[metrics.params.NAME]`` from a metric, ``[train]`` / ``[tune]`` from the recipes) are checked
 against what is registered, so a new dataset, explainer or metric needs no edit here.
+
+A validated config is a :class:`RunConfig`: a tree of frozen dataclasses, one per table, read by
+attribute (``cfg.data.per_cell``, ``cfg.reliability.meta.n_images``), so the type checker knows
+every field. A new key is one line in DEFAULTS and one field in its section (a test holds the two
+to each other). ``RunConfig.to_dict()`` is the validated dict, key order included: what the
+manifest records and the run identity and cache keys are made from.
 """
 from __future__ import annotations
 
@@ -237,18 +243,23 @@ class ModelsSection(Section):
 
 
 @dataclass(frozen=True)
-class TrainSection(Section):
-    """``[train]``: the :class:`~models.training.TrainConfig` fields the config sets; the recipe's
-    defaults are the rest (kept as written: the manifest and the run identity record the table)."""
+class RecipeSection(Section):
+    """A recipe table (``[train]``, ``[tune]``): the fields the config sets, kept as written (the
+    manifest and the run identity record the table); the recipe's defaults are the rest."""
 
     table: Mapping[str, Any]
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], where: str = "train.") -> Self:
+    def from_dict(cls, values: Mapping[str, Any], where: str = "") -> Self:
         return cls(table=values)
 
     def to_dict(self) -> dict[str, Any]:
         return thaw(self.table)
+
+
+@dataclass(frozen=True)
+class TrainSection(RecipeSection):
+    """``[train]``: :class:`~models.training.TrainConfig` fields."""
 
     @property
     def seed(self) -> int:
@@ -260,18 +271,9 @@ class TrainSection(Section):
 
 
 @dataclass(frozen=True)
-class TuneSection(Section):
-    """``[tune]``: the :class:`~models.training.TuneConfig` fields the config sets and its
-    ``[tune.variants]`` (each a table of fields over them); kept as written, like ``[train]``."""
-
-    table: Mapping[str, Any]
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], where: str = "tune.") -> Self:
-        return cls(table=values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return thaw(self.table)
+class TuneSection(RecipeSection):
+    """``[tune]``: :class:`~models.training.TuneConfig` fields and ``[tune.variants]`` (each a
+    table of fields over them)."""
 
     @property
     def variants(self) -> Mapping[str, Mapping[str, Any]]:
