@@ -13,7 +13,6 @@ The model you pass is not changed (a copy is explained, in eval mode).
 """
 from __future__ import annotations
 
-import copy
 import io
 import json
 import math
@@ -21,7 +20,7 @@ import re
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -38,7 +37,7 @@ from bench.report import leaderboard as L, plots
 from bench.report.html import REPORT, write_html_report
 from bench.report.rebuild import MEASURED, rebuild
 from bench.run import plan as P
-from bench.run.config import MAX_NAME, RunConfig, is_plain_name, load_config, shown
+from bench.run.config import MAX_NAME, DataSection, ModelsSection, RunConfig, is_plain_name, load_config, shown
 from bench.run.rundir import claim
 from bench.run.runner import run_plan
 from bench.run.unit import Stage, tensor_digest
@@ -167,7 +166,7 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray, targets: Tensor | np
     given_targets = targets is not None
     cfg = _config(name, seed, device, explainers, metrics, explainer_params, metric_params, attribution, output,
                   shard_size, overrides, precision)
-    dev = resolve_device(cfg["device"])
+    dev = resolve_device(cfg.device)
     if not isinstance(model, nn.Module):
         raise BenchError(f"model must be a torch nn.Module returning logits, got {type(model).__name__}")
     x = _images(images, "images")
@@ -207,7 +206,7 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray, targets: Tensor | np
     preds = checked_predictions(stage.model, x, device=dev).argmax(1)
     say = print if verbose else (lambda s: None)
     with tempfile.TemporaryDirectory(prefix="pneumobench-") as tmp:
-        run_dir = Path(tmp) / cfg["name"]
+        run_dir = Path(tmp) / cfg.name
         with claim(run_dir, cfg):
             plan, examples = P.plan_images(cfg, [stage], P.data_fingerprint(split), torch.arange(n), x, y,
                                            preds if t is None else t, m, preds, bg, dev, run_dir)
@@ -247,14 +246,14 @@ def _names(names: Any, what: str) -> Sequence[Any]:
 def _describe(cfg: RunConfig, label: str, record: dict[str, Any], key: str, info: dict[str, Any]) -> RunConfig:
     """The config with its data and models sections saying what was evaluated (the notebook's
     images and model, not the quick profile's data set and ResNet)."""
-    values = copy.deepcopy(cfg.values)
-    values["data"] = {"dataset": "notebook", "options": {}, "split": "given", "sample": "all",
-                      "per_cell": values["data"]["per_cell"], "background_size": info["background_size"],
-                      **{k: info[k] for k in ("n_images", "images_sha256", "labels", "background", "background_sha256")}}
-    values["explain"]["target"] = info["targets"]
-    values["models"] = {"names": [label], "stages": ["pre"], "seeds": [],
-                        "user": {label: {"object": record["class"], "convert": record["convert"], "model_key": key}}}
-    return RunConfig(values=values, source=f"bench.evaluate (arguments over {cfg.source})")
+    data = DataSection(dataset="notebook", options={}, split="given", sample="all", per_cell=cfg.data.per_cell,
+                       background_size=info["background_size"],
+                       described={k: info[k] for k in ("n_images", "images_sha256", "labels", "background",
+                                                       "background_sha256")})
+    users = {label: {"object": record["class"], "convert": record["convert"], "model_key": key}}
+    return replace(cfg, data=data, explain=replace(cfg.explain, target=info["targets"]),
+                   models=ModelsSection(names=(label,), stages=("pre",), seeds=(), user=users),
+                   source=f"bench.evaluate (arguments over {cfg.source})")
 
 
 TOML_KEY = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -736,6 +736,6 @@ def test_full_profile_runs_every_explainer():
     """configs/full.toml is the profile that runs every registered method: a new adapter goes there too."""
     from bench.run.config import load_config
 
-    names = load_config(REPO / "configs" / "full.toml")["explain"]["names"]
+    names = load_config(REPO / "configs" / "full.toml").explain.names
     assert sorted(names) == sorted(n for n in ALL if not n.startswith("example.")), \
         f"missing from configs/full.toml: {sorted(set(ALL) - set(names))}"

@@ -32,12 +32,12 @@ def test_the_full_profile_runs_on_the_tiny_model(tmp_path):
     cfg = load_config(REPO / "configs" / "full.toml", overrides)
     run_dir = runner.run(cfg, progress=False)
     scores = read_scores(run_dir / "scores.csv")
-    assert set(scores["explainer"]) == set(cfg["explain"]["names"])
-    assert set(scores["metric"]) == set(cfg["metrics"]["names"])
+    assert set(scores["explainer"]) == set(cfg.explain.names)
+    assert set(scores["metric"]) == set(cfg.metrics.names)
     errors = scores[scores["status"] == "error"]
     assert errors.empty, errors.groupby(["explainer", "metric"])["message"].first().to_dict()
     board = pd.read_csv(run_dir / "leaderboard.csv", keep_default_na=False)
     ranked = board[board["status"] == "ok"]
     assert len(ranked) and ranked["rank"].astype(int).min() == 1
     card = pd.read_csv(run_dir / "reliability.csv")
-    assert set(card["metric"]) <= set(cfg["metrics"]["names"]) and len(card) >= 10
+    assert set(card["metric"]) <= set(cfg.metrics.names) and len(card) >= 10

@@ -149,8 +149,8 @@ def test_set_parses_toml_strictly(capsys):
 def test_set_reaches_names_with_dots():
     cfg = load_config(None, ['explain.params."shap.partition".max_evals=100',
                              "explain.params.'captum.integrated_gradients'.n_steps=8"])
-    assert cfg["explain"]["params"] == {"shap.partition": {"max_evals": 100},
-                                        "captum.integrated_gradients": {"n_steps": 8}}
+    assert cfg.explain.params == {"shap.partition": {"max_evals": 100},
+                                  "captum.integrated_gradients": {"n_steps": 8}}
     with pytest.raises(BenchError, match=r'explain.params."shap.partition".max_evals = 0 must be >= 1'):
         load_config(None, ['explain.params."shap.partition".max_evals=0'])
 
@@ -449,7 +449,7 @@ def test_a_multiline_set_is_refused_not_cut():
         load_config(None, ['data.per_cell=2\nname="other"'])
     with pytest.raises(BenchError, match="holds more than one value"):
         load_config(None, ['name="a"\nseed=3'])
-    assert load_config(None, ["models.seeds=[1,\n 2]"])["models"]["seeds"] == [1, 2]  # one value over two lines
+    assert load_config(None, ["models.seeds=[1,\n 2]"]).models.seeds == (1, 2)  # one value over two lines
 
 
 @pytest.mark.parametrize("data", [b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", 'name = "x"\n'.encode("utf-16"),

@@ -194,7 +194,7 @@ def test_explainers_on_three_channels_and_four_classes(name):
 
 def _quick_lists() -> tuple[list[str], list[str]]:
     cfg = load_config(QUICK, [])
-    return list(cfg["explain"]["names"]), list(cfg["metrics"]["names"])
+    return list(cfg.explain.names), list(cfg.metrics.names)
 
 
 def test_end_to_end_rgb_multiclass(tmp_path):

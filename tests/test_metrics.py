@@ -739,7 +739,7 @@ def test_full_profile_names_every_metric_family():
     """configs/full.toml scores faithfulness, robustness and complexity (the families the field grades)."""
     from bench.run.config import load_config
 
-    names = load_config(Path(__file__).resolve().parents[1] / "configs" / "full.toml", [])["metrics"]["names"]
+    names = load_config(Path(__file__).resolve().parents[1] / "configs" / "full.toml", []).metrics.names
     kinds = {METRICS.get(n).meta["kind"] for n in names}
     assert {"faithfulness", "robustness", "complexity"} <= kinds
     new = {"max_sensitivity", "avg_sensitivity", "local_lipschitz_estimate", "sparseness", "complexity",

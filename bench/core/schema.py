@@ -13,7 +13,7 @@ k predicted right / wrong), ordered by class.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 STAGES = ("pre", "post")  # a run without tuning variants; with variants the post stages are "post:<variant>"
 CELLS = ("TP", "FP", "FN", "TN")
@@ -84,7 +84,7 @@ def move_cells(moves: Mapping[str, Any]) -> tuple[str, ...]:
     return ordered_cells(used or set(moves))
 
 
-def confusion_cells(labels: Sequence[int], preds: Sequence[int], num_classes: int = 2) -> list[str]:
+def confusion_cells(labels: Iterable[int], preds: Iterable[int], num_classes: int = 2) -> list[str]:
     """Per-image confusion cell.
 
     Binary (``num_classes <= 2``), class 1 positive: ``"TP"``, ``"FP"``, ``"FN"`` or ``"TN"``.

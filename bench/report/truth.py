@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -51,6 +51,7 @@ from bench.stats.agreement import image_interval, kendall_tau
 from bench.stats.aliases import collapse, find_aliases
 from bench.stats.compare import family_tests
 from bench.stats.estimate import mean_estimate, t_interval
+from bench.stats.settings import StatsSettings
 
 RELIANCE_COLUMNS = ("condition", "polarity", "model", "seed", "image", "label", "planted", "score_with",
                     "score_without", "p1_with", "p1_without")
@@ -151,7 +152,8 @@ def explainer_table(scores: pd.DataFrame, reliance: pd.DataFrame, *, alpha: floa
                 n = mn[:, [in_.index(i) for i in common]]
                 row["auroc"] = _auroc(c.ravel(), n.ravel())
                 row["auroc_low"], row["auroc_high"] = image_interval(
-                    lambda idx, c=c, n=n: _auroc(c[:, idx].ravel(), n[:, idx].ravel()), len(common),
+                    lambda idx, c=c, n=n: _auroc(c[:, idx].ravel(), n[:, idx].ravel()),  # type: ignore[misc]
+                    len(common),
                     n_resamples=bootstrap, seed=seed, confidence=1 - alpha)
             else:
                 row["auroc"] = row["auroc_low"] = row["auroc_high"] = np.nan
@@ -165,7 +167,8 @@ def explainer_table(scores: pd.DataFrame, reliance: pd.DataFrame, *, alpha: floa
             row["rho_reliance"] = _spearman(a, b)
             pos = {u: np.flatnonzero(img == u) for u in uniq}
             row["rho_low"], row["rho_high"] = image_interval(
-                lambda idx, a=a, b=b: _spearman(*(np.concatenate([x[pos[uniq[i]]] for i in idx]) for x in (a, b))),
+                lambda idx, a=a, b=b: _spearman(  # type: ignore[misc]
+                    *(np.concatenate([x[pos[uniq[i]]] for i in idx]) for x in (a, b))),
                 len(uniq), n_resamples=bootstrap, seed=seed, confidence=1 - alpha)
             extra.append(row)
         fam = family_tests(diffs, margin, alpha)
@@ -222,7 +225,7 @@ def agreement_table(scores: pd.DataFrame, truth: pd.DataFrame, *, alpha: float, 
             hib = bool(METRICS.get(metric).meta.get("higher_is_better", True))
             g = _align(_cube(conf, metric, explainers), images) * (1.0 if hib else -1.0)
 
-            def stats_of(idx: np.ndarray, g=g) -> tuple[float, float]:
+            def stats_of(idx: np.ndarray, g: np.ndarray = g) -> tuple[float, float]:
                 truth_vec = np.nanmean((sc - sn)[:, :, idx], axis=(1, 2))
                 metric_vec = np.nanmean(g[:, :, idx], axis=(1, 2))
                 share_vec = np.nanmean(sc[:, :, idx], axis=(1, 2))
@@ -283,12 +286,15 @@ def load_scores(parent: Path, runs: pd.DataFrame, reliance: pd.DataFrame, *, rto
     return collapse(scores, aliases), aliases
 
 
-def write_truth(parent: Path, cfg: Any, runs: pd.DataFrame, reliance: pd.DataFrame, models: pd.DataFrame) -> None:
+def write_truth(parent: Path, runs: pd.DataFrame, reliance: pd.DataFrame, models: pd.DataFrame, *, name: str,
+                options: Mapping[str, Any], stats: StatsSettings, reliance_margin: float, share_margin: float,
+                bootstrap: int) -> None:
     """Write the truth tables into ``parent`` (module docstring); one-line BenchError, after writing
-    ``truth_models.csv``, when the planting did not take."""
-    t = cfg["truth"]
-    alpha = float(cfg["reliability"]["alpha"])
-    mt = model_table(models, alpha=alpha, margin=float(t["reliance_margin"]))
+    ``truth_models.csv``, when the planting did not take. ``name`` and ``options`` (the marked data's
+    ``[data.options]``) head truth.md; ``stats`` gives alpha (the run's ``reliability.alpha``), the
+    alias tolerances and the seed; the margins and ``bootstrap`` are ``[truth]``'s."""
+    alpha = float(stats.alpha)
+    mt = model_table(models, alpha=alpha, margin=float(reliance_margin))
     atomic_write_text(parent / "truth_models.csv", mt.to_csv(index=False))
     atomic_write_text(parent / "reliance.csv", reliance.to_csv(index=False))
     atomic_write_text(parent / "truth_runs.csv", runs.to_csv(index=False))
@@ -297,15 +303,15 @@ def write_truth(parent: Path, cfg: Any, runs: pd.DataFrame, reliance: pd.DataFra
         raise BenchError(f"the planting did not take ({'; '.join(problems[:3])}); the marker must be used by "
                          f"confound models and not by noise models: train longer, raise rate_positive or the "
                          f"marker's size or contrast (see {parent / 'truth_models.csv'})")
-    scores, aliases = load_scores(parent, runs, reliance, rtol=float(cfg["stats"]["alias_rtol"]),
-                                  atol=float(cfg["stats"]["alias_atol"]))
-    truth = explainer_table(scores, reliance, alpha=alpha, margin=float(t["share_margin"]),
-                            bootstrap=int(t["bootstrap"]), seed=int(cfg["stats"]["seed"]))
-    agree = agreement_table(scores, truth, alpha=alpha, bootstrap=int(t["bootstrap"]), seed=int(cfg["stats"]["seed"]))
+    scores, aliases = load_scores(parent, runs, reliance, rtol=float(stats.alias_rtol),
+                                  atol=float(stats.alias_atol))
+    truth = explainer_table(scores, reliance, alpha=alpha, margin=float(share_margin),
+                            bootstrap=int(bootstrap), seed=int(stats.seed))
+    agree = agreement_table(scores, truth, alpha=alpha, bootstrap=int(bootstrap), seed=int(stats.seed))
     truth["aliases"] = truth["explainer"].map(lambda e: ", ".join(aliases.get(e, [])))
     atomic_write_text(parent / "truth.csv", truth.to_csv(index=False))
     atomic_write_text(parent / "truth_agreement.csv", agree.to_csv(index=False))
-    md = truth_markdown(mt, truth, agree, cfg)
+    md = truth_markdown(mt, truth, agree, name=name, options=options, alpha=alpha)
     atomic_write_text(parent / "truth.md", md)
     atomic_write_text(parent / "report.html", _html(md, runs))
 
@@ -318,12 +324,13 @@ def _ci(mean: float, low: float, high: float, digits: int = 2) -> str:
     return ci_text(mean, low, high, f".{digits}f")
 
 
-def truth_markdown(models: pd.DataFrame, truth: pd.DataFrame, agree: pd.DataFrame, cfg: Any) -> str:
+def truth_markdown(models: pd.DataFrame, truth: pd.DataFrame, agree: pd.DataFrame, *, name: str,
+                   options: Mapping[str, Any], alpha: float) -> str:
     """``truth.md``: what the model uses, which explainers follow it, which metrics agree."""
-    alpha = float(cfg["reliability"]["alpha"])
+    alpha = float(alpha)
     level = f"{100 * (1 - alpha):.0f} %"
-    o = cfg["data"]["options"]
-    lines = [f"# Model truth: {cfg['name']}", "",
+    o = options
+    lines = [f"# Model truth: {name}", "",
              f"Marker: {o.get('marker', 'patch')} {o.get('marker_size', 3)} px, position {o.get('position', 'fixed')}, "
              f"rates {o.get('rate_positive', 0.9)} / {o.get('rate_negative', 0.1)} (class 1 / class 0) under "
              f"`confound`, the same overall rate under `noise`; {level} intervals.", "",
@@ -378,7 +385,8 @@ def truth_markdown(models: pd.DataFrame, truth: pd.DataFrame, agree: pd.DataFram
 
 def _html(md: str, runs: pd.DataFrame) -> str:
     """A plain page of ``truth.md`` (tables as HTML tables) with links to the sub-runs' reports."""
-    body, table = [], []
+    body: list[str] = []
+    table: list[str] = []
 
     def flush() -> None:
         if table:

@@ -4,6 +4,12 @@ Every key a config may have is in :data:`DEFAULTS`; tables whose keys come from 
 (``[data.options]`` from the dataset's loader, ``[explain.params.NAME]`` from an adapter,
 ``[metrics.params.NAME]`` from a metric, ``[train]`` / ``[tune]`` from the recipes) are checked
 against what is registered, so a new dataset, explainer or metric needs no edit here.
+
+A validated config is a :class:`RunConfig`: a tree of frozen dataclasses, one per table, read by
+attribute (``cfg.data.per_cell``, ``cfg.reliability.meta.n_images``), so the type checker knows
+every field. A new key is one line in DEFAULTS and one field in its section (a test holds the two
+to each other). ``RunConfig.to_dict()`` is the validated dict, key order included: what the
+manifest records and the run identity and cache keys are made from.
 """
 from __future__ import annotations
 
@@ -11,10 +17,10 @@ import copy
 import re
 import tomllib
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, NoReturn, Self
 
 import torch
 
@@ -27,7 +33,7 @@ from bench.core.errors import BenchError, did_you_mean
 from bench.core.io import read_regular
 from bench.core.precision import CUDA_ONLY, PRECISIONS
 from bench.core.params import SEED_RANGE, is_seed, type_problem
-from bench.stats.settings import DEFAULT_MARGINS
+from bench.stats.settings import DEFAULT_MARGINS, StatsSettings
 from models.recipes import TrainConfig, TuneConfig, check_unfreeze
 from models.user import UserModelSpec
 
@@ -123,21 +129,295 @@ FREE_TABLES = {("data", "options"), ("train",), ("tune",), ("explain", "params")
                ("models", "user")}
 
 
+# ----------------------------------------------------------------------------- the typed config
+# A validated config is a tree of frozen dataclasses, one per table of DEFAULTS, in DEFAULTS' key order
+# (tests/test_config_types.py holds them to it). ``to_dict`` gives back the dict it was built from,
+# key order included: the manifest, the run identity and every cache key are made from that dict.
+
+
+class FrozenDict(dict[str, Any]):
+    """A read-only dict: a table whose keys come from a registry (``[data.options]``,
+    ``[explain.params.NAME]``, ``[metrics.params.NAME]``, ``[models.user.NAME]``, the recipes).
+
+    A dict subclass, so ``json``, ``==`` and ``**`` see the dict it was (content keys and the
+    manifest do not change); every method that would change it raises."""
+
+    def _frozen(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("a run config is read-only; build a changed one with dataclasses.replace")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _frozen
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickle and deepcopy rebuild it whole, not key by key
+        return FrozenDict, (dict(self),)
+
+
+def freeze(value: Any) -> Any:
+    """``value`` with every dict a :class:`FrozenDict` and every list a tuple, all the way down."""
+    if isinstance(value, FrozenDict):
+        return value
+    if isinstance(value, dict):
+        return FrozenDict({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """The inverse of :func:`freeze`: plain dicts and lists (TOML and JSON have no tuples)."""
+    if isinstance(value, dict):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [thaw(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
-class RunConfig:
-    """A validated run configuration (a nested dict with the DEFAULTS' shape) and where it came from."""
+class Section:
+    """A table of the run config: its fields are DEFAULTS' keys of that table, in their order."""
 
-    values: dict[str, Any]
-    source: str
+    def __post_init__(self) -> None:
+        for f in fields(self):  # a changed copy (dataclasses.replace) may be given plain dicts and lists
+            value = getattr(self, f.name)
+            if not isinstance(value, Section):
+                object.__setattr__(self, f.name, freeze(value))
 
-    def __getitem__(self, key: str) -> Any:
-        return self.values[key]
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "") -> Self:
+        """The section of a table with exactly its fields (a validated config's, or a manifest's)."""
+        names = [f.name for f in fields(cls)]
+        _expect_keys(values, names, where)
+        hints = typing.get_type_hints(cls)
+        return cls(**{n: _section_of(hints[n], values[n], f"{where}{n}.") for n in names})
 
-    def get(self, dotted: str) -> Any:
-        node: Any = self.values
-        for part in dotted.split("."):
-            node = node[part]
-        return node
+    def to_dict(self) -> dict[str, Any]:
+        """The table as plain dicts and lists, in DEFAULTS' key order (what the manifest records)."""
+        return {f.name: _dict_of(getattr(self, f.name)) for f in fields(self)}
+
+
+def _section_of(hint: Any, value: Any, where: str) -> Any:
+    return hint.from_dict(value, where) if isinstance(hint, type) and issubclass(hint, Section) else value
+
+
+def _dict_of(value: Any) -> Any:
+    return value.to_dict() if isinstance(value, Section) else thaw(value)
+
+
+def _expect_keys(values: Any, names: list[str], where: str) -> None:
+    if not isinstance(values, Mapping):
+        raise BenchError(f"config value {where.rstrip('.') or 'config'}: must be a table, got {shown(values)}")
+    missing, unknown = [n for n in names if n not in values], [k for k in values if k not in names]
+    if missing or unknown:
+        raise BenchError(f"config table {where.rstrip('.') or '(top level)'}: "
+                         + "; ".join(([f"no key {', '.join(missing)}"] if missing else [])
+                                     + ([f"unknown key {', '.join(map(str, unknown))}"] if unknown else []))
+                         + "; a run config has the keys of bench.run.config.DEFAULTS")
+
+
+@dataclass(frozen=True)
+class DataSection(Section):
+    """``[data]``: what is explained."""
+
+    dataset: str
+    options: Mapping[str, Any]   # the dataset loader's keyword options (its registry)
+    split: str
+    sample: str                  # per_cell | all
+    per_cell: int
+    background_size: int
+    # not a config key: what bench.evaluate records about the images it was given (n_images, their
+    # sha256, ...), written after the keys above
+    described: Mapping[str, Any] = field(default_factory=FrozenDict)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "data.") -> Self:
+        names = [f.name for f in fields(cls) if f.name != "described"]
+        _expect_keys({k: v for k, v in values.items() if k in names}, names, where)
+        return cls(**{n: values[n] for n in names}, described={k: v for k, v in values.items() if k not in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        described = out.pop("described")
+        return {**out, **described}
+
+
+@dataclass(frozen=True)
+class ModelsSection(Section):
+    """``[models]``: the architectures, their stages and training seeds, the user's own models."""
+
+    names: tuple[str, ...]
+    stages: tuple[str, ...]                   # ("pre",) | ("pre", "post")
+    seeds: tuple[int, ...]                    # () = train.seed alone
+    user: Mapping[str, Mapping[str, Any]]     # {name: {factory, kwargs, checkpoint, convert}} (models/user.py)
+
+
+@dataclass(frozen=True)
+class RecipeSection(Section):
+    """A recipe table (``[train]``, ``[tune]``): the fields the config sets, kept as written (the
+    manifest and the run identity record the table); the recipe's defaults are the rest."""
+
+    table: Mapping[str, Any]
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "") -> Self:
+        return cls(table=values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return thaw(self.table)
+
+
+@dataclass(frozen=True)
+class TrainSection(RecipeSection):
+    """``[train]``: :class:`~models.training.TrainConfig` fields."""
+
+    @property
+    def seed(self) -> int:
+        return int(self.table.get("seed", TrainConfig().seed))
+
+    def recipe(self, model: str, **data: Any) -> TrainConfig:
+        """The training recipe of ``model`` (``data``: further fields, e.g. seed, dataset, size)."""
+        return TrainConfig(**{**recipe_fields(self.table, model=model), **data})
+
+
+@dataclass(frozen=True)
+class TuneSection(RecipeSection):
+    """``[tune]``: :class:`~models.training.TuneConfig` fields and ``[tune.variants]`` (each a
+    table of fields over them)."""
+
+    @property
+    def variants(self) -> Mapping[str, Mapping[str, Any]]:
+        return typing.cast(Mapping[str, Mapping[str, Any]], self.table.get("variants", FrozenDict()))
+
+    def recipes(self) -> dict[str, TuneConfig]:
+        """The post stages and their recipes: ``{"post": recipe}`` without ``[tune.variants]``, else
+        ``{"post:<variant>": recipe with the variant's fields}``."""
+        if not self.variants:
+            return {"post": TuneConfig(**recipe_fields(self.table))}
+        return {f"post:{name}": TuneConfig(**recipe_fields({**self.table, **fields_}))
+                for name, fields_ in sorted(self.variants.items())}
+
+
+@dataclass(frozen=True)
+class ExplainSection(Section):
+    """``[explain]``: the explainers, the explained scalar and its class, the shard size."""
+
+    names: tuple[str, ...]
+    output: str                              # logit | probability
+    target: str                              # predicted | label (bench.evaluate: given)
+    shard_size: int
+    params: Mapping[str, Mapping[str, Any]]  # {explainer: {param: value}} (the adapters' registry)
+
+
+@dataclass(frozen=True)
+class MetricsSection(Section):
+    """``[metrics]``: the metrics, the one attribution preprocessing step, their parameters."""
+
+    names: tuple[str, ...]
+    attribution: str                         # signed | abs | positive
+    params: Mapping[str, Mapping[str, Any]]  # {metric: {param: value}} (the metrics' registry)
+    curves: bool
+    precision: str                           # float32 | bfloat16 | float16 (CUDA only): the metrics' own passes
+
+
+@dataclass(frozen=True)
+class FiguresSection(Section):
+    """``[figures]``."""
+
+    enabled: bool
+    examples_per_cell: int
+
+
+@dataclass(frozen=True)
+class ReportSection(Section):
+    """``[report]``: how report.html shows the run."""
+
+    self_contained: bool
+
+
+@dataclass(frozen=True)
+class StatsSection(Section):
+    """``[stats]``: how the tables decide (bench/stats)."""
+
+    margins: Mapping[str, float]
+    effects: Mapping[str, float]
+    alias_rtol: float
+    alias_atol: float
+    draws: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class TruthSection(Section):
+    """``[truth]``: the model-truth test (``bench truth``)."""
+
+    conditions: tuple[str, ...]
+    polarities: tuple[str, ...]
+    reliance_margin: float
+    share_margin: float
+    bootstrap: int
+
+
+@dataclass(frozen=True)
+class MetaSection(Section):
+    """``[reliability.meta]``: MetaQuantus noise resilience and adversary reactivity."""
+
+    enabled: bool
+    n_images: int
+    perturbations: int
+    input_noise: float
+    weight_noise: float
+    stages: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ReliabilitySection(Section):
+    """``[reliability]``: the reliability card."""
+
+    enabled: bool
+    controls: tuple[str, ...]
+    alpha: float
+    power: float
+    splits: int
+    bootstrap: int
+    seed: int
+    substrates: tuple[str, ...]
+    imputation: bool
+    meta: MetaSection
+
+
+@dataclass(frozen=True)
+class RunConfig(Section):
+    """A validated run configuration and where it came from (``source``, not part of the config)."""
+
+    name: str
+    seed: int
+    device: str
+    results_dir: str
+    checkpoint_dir: str                      # "" = <results_dir>/checkpoints
+    data: DataSection
+    models: ModelsSection
+    train: TrainSection
+    tune: TuneSection
+    explain: ExplainSection
+    metrics: MetricsSection
+    figures: FiguresSection
+    report: ReportSection
+    stats: StatsSection
+    truth: TruthSection
+    reliability: ReliabilitySection
+    source: str = field(default="", compare=False)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "", source: str = "") -> Self:
+        """The config of a dict with DEFAULTS' keys (a validated config's, or a manifest's ``config``)."""
+        names = [f.name for f in fields(cls) if f.name != "source"]
+        _expect_keys(values, names, where)
+        hints = typing.get_type_hints(cls)
+        return cls(**{n: _section_of(hints[n], values[n], f"{n}.") for n in names}, source=source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as the manifest records it: plain dicts and lists, DEFAULTS' key order."""
+        out = super().to_dict()
+        del out["source"]
+        return out
 
 
 def parse_value(text: str, what: str = "value") -> Any:
@@ -200,7 +480,13 @@ def config_path(path: str | Path | None) -> Path:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read a TOML config over the DEFAULTS, apply ``--set`` overrides, validate."""
+    """Read a TOML config over the DEFAULTS, apply ``--set`` overrides, validate, build the typed tree."""
+    path = config_path(path)
+    return RunConfig.from_dict(load_values(path, overrides), source=str(path))
+
+
+def load_values(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The validated config of :func:`load_config` as a dict (the DEFAULTS' shape and key order)."""
     path = config_path(path)
     try:
         text = read_regular(path, follow=True).decode("utf-8")
@@ -216,7 +502,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         apply_override(values, o)
     values = _merge(copy.deepcopy(DEFAULTS), values, ())
     validate(values)
-    return RunConfig(values=values, source=str(path))
+    return values
 
 
 def _merge(base: dict[str, Any], new: dict[str, Any], where: tuple[str, ...]) -> dict[str, Any]:
@@ -343,7 +629,7 @@ def _check_reliability(r: dict[str, Any]) -> None:
     for key in ("input_noise", "weight_noise"):
         _expect(isinstance(m[key], (int, float)) and not isinstance(m[key], bool) and m[key] > 0,
                 f"reliability.meta.{key}", f"must be a number > 0, got {m[key]!r}")
-    _expect(isinstance(m["stages"], list) and set(m["stages"]) <= {"pre", "post"} and m["stages"],
+    _expect(isinstance(m["stages"], list) and set(m["stages"]) <= {"pre", "post"} and bool(m["stages"]),
             "reliability.meta.stages", f'must be a non-empty list out of "pre", "post", got {m["stages"]!r}')
 
 
@@ -388,18 +674,11 @@ def _check_truth(t: dict[str, Any]) -> None:
             f"must be an integer >= 100, got {t['bootstrap']!r}")
 
 
-def derive(cfg: RunConfig, changes: dict[str, Any]) -> RunConfig:
-    """``cfg`` with dotted keys set (``{"data.options.condition": "noise", "name": "x"}``), validated again."""
-    values = copy.deepcopy(cfg.values)
-    for dotted, value in changes.items():
-        node = values
-        *parents, last = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = copy.deepcopy(value)
-    values = _merge(copy.deepcopy(DEFAULTS), values, ())
-    validate(values)
-    return RunConfig(values=values, source=cfg.source)
+def revalidated(cfg: RunConfig) -> RunConfig:
+    """``cfg`` after checking its dict again: a config changed with ``dataclasses.replace`` (the
+    sub-runs of ``bench truth``) passes the checks a loaded one does. Returns ``cfg``."""
+    validate(_merge(copy.deepcopy(DEFAULTS), cfg.to_dict(), ()))
+    return cfg
 
 
 def _get(v: dict[str, Any], dotted: str) -> Any:
@@ -468,27 +747,28 @@ def _toml_key(name: str) -> str:
 
 def checkpoint_dir(cfg: RunConfig) -> Path:
     """Where the run's checkpoints live: ``checkpoint_dir``, or ``<results_dir>/checkpoints``."""
-    return Path(cfg["checkpoint_dir"] or Path(cfg["results_dir"]) / "checkpoints")
+    return Path(cfg.checkpoint_dir or Path(cfg.results_dir) / "checkpoints")
 
 
-def recipe_fields(table: dict[str, Any], model: str | None = None) -> dict[str, Any]:
+def recipe_fields(table: Mapping[str, Any], model: str | None = None) -> dict[str, Any]:
     """A [train] / [tune] table as recipe keyword arguments (lists as tuples; ``model`` added)."""
-    out = {k: tuple(x) if isinstance(x, list) else x for k, x in table.items() if k != "variants"}
+    out = {k: tuple(x) if isinstance(x, (list, tuple)) else x for k, x in table.items() if k != "variants"}
     return {**out, "model": model} if model is not None else out
 
 
-def tune_variants(cfg: RunConfig) -> dict[str, dict[str, Any]]:
-    """The post stages and their tuning recipes: ``{"post": [tune]}`` without ``[tune.variants]``,
-    else ``{"post:<variant>": [tune] overlaid with the variant}``."""
-    variants = cfg["tune"].get("variants", {})
-    if not variants:
-        return {"post": recipe_fields(cfg["tune"])}
-    return {f"post:{name}": recipe_fields({**cfg["tune"], **fields_}) for name, fields_ in sorted(variants.items())}
+def tune_variants(cfg: RunConfig) -> dict[str, TuneConfig]:
+    """The post stages and their tuning recipes (:meth:`TuneSection.recipes`)."""
+    return cfg.tune.recipes()
 
 
 def training_seeds(cfg: RunConfig) -> list[int]:
     """``models.seeds``, or ``[train.seed]`` (the recipe's default 0) when it is empty."""
-    return list(cfg["models"]["seeds"]) or [int(cfg["train"].get("seed", TrainConfig().seed))]
+    return list(cfg.models.seeds) or [cfg.train.seed]
+
+
+def stats_settings(cfg: RunConfig) -> StatsSettings:
+    """The tables' statistical settings of ``cfg``: ``[stats]``, with ``reliability.alpha`` as alpha."""
+    return StatsSettings.from_config({"alpha": cfg.reliability.alpha, **cfg.stats.to_dict()})
 
 
 def model_label(cfg: RunConfig, name: str, seed: int) -> str:

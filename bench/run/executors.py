@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable
+from typing import Any, Callable, Generator
 
 from tqdm.auto import tqdm
 
@@ -33,6 +33,7 @@ def execute_units(units: list[Unit], *, executor: str = "local", ray_address: st
     pending = [i for i, r in enumerate(results) if r is None]
     bar = tqdm(total=len(units), initial=len(units) - len(pending), desc="units (model, stage, explainer, shard)",
                unit="unit", disable=not progress)
+    computed: Generator[tuple[int, tuple[dict[str, Any], dict[str, Any]]], None, None]
     if executor == "local":
         computed = ((i, units[i].compute(cached_attr.get(i))) for i in pending)
     else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import sys
+import typing
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from bench.metrics import METRICS, randomisation_layers
 from bench.perf.allocator import allocator_state
 from bench.perf.floor import (floor_ratio, floor_seconds, metric_passes_per_image, passes_per_image, time_forward,
                               time_forward_backward)
-from bench.run.config import RunConfig
+from bench.run.config import RunConfig, thaw
 from bench.run.unit import Stage, Unit
 from datasets import ImageSplit
 
@@ -110,7 +111,7 @@ def unit_floor(unit: Unit, result: dict[str, Any], pass_seconds: dict[str, float
     t_score = scoring_forward(pass_seconds, unit.precision)
     e_passes = passes_per_image(unit.explainer, unit.params, background_size=unit.background.shape[0],
                                 shape=tuple(unit.images.shape[1:]), model=unit.stage.model)
-    measured = {"explain": 0.0, "metrics": {}}
+    measured: dict[str, Any] = {"explain": 0.0, "metrics": {}}
     floor: dict[str, Any] = {"explain": 0.0, "metrics": {}}
     if not result["attr_cached"]:
         measured["explain"] = result["seconds_per_image"] * n
@@ -123,7 +124,7 @@ def unit_floor(unit: Unit, result: dict[str, Any], pass_seconds: dict[str, float
         total: float | None = 0.0
         for m in runs:
             reexplains = "explain" in METRICS.get(m).meta.get("needs", ())
-            f = floor_seconds(metric_passes_per_image(m, cfg["metrics"]["params"].get(m, {}), explainer_passes=e_passes,
+            f = floor_seconds(metric_passes_per_image(m, cfg.metrics.params.get(m, {}), explainer_passes=e_passes,
                                                       n_layers=layers), t_fb, t_f if reexplains else t_score)
             total = None if f is None or total is None else total + f * n
         measured["metrics"][name] = seconds
@@ -160,8 +161,9 @@ def cost_summary(units: list[Unit], results: list[dict[str, Any]], pass_seconds:
             total_floor = None if total_floor is None or floor is None else total_floor + floor
 
     def summary(acc: list[float | None]) -> dict[str, Any]:
-        return {"measured_seconds": round(acc[0], 3), "floor_seconds": None if acc[1] is None else round(acc[1], 3),
-                "ratio": _round(floor_ratio(acc[0], acc[1]))}
+        measured = typing.cast(float, acc[0])  # the measured seconds are always known; the floor may not be
+        return {"measured_seconds": round(measured, 3), "floor_seconds": None if acc[1] is None else round(acc[1], 3),
+                "ratio": _round(floor_ratio(measured, acc[1]))}
 
     return {
         "precision": precision,  # of the metrics' passes and of their floor; explainers' passes are float32
@@ -188,7 +190,7 @@ def write_manifest(run_dir: Path, cfg: RunConfig, device: torch.device, test: Im
                    cost: dict[str, Any]) -> None:
     manifest = {
         "status": "complete",
-        "config": cfg.values,
+        "config": cfg.to_dict(),
         "config_source": cfg.source,
         "command": " ".join(["python -m bench", *sys.argv[1:]]) if sys.argv and "bench" in sys.argv[0] else None,
         "versions": package_versions(),
@@ -198,7 +200,7 @@ def write_manifest(run_dir: Path, cfg: RunConfig, device: torch.device, test: Im
         "allocator": allocator_state(),
         "cuda_device": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
         "git": git_commit(),
-        "data": {"dataset": test.name, "split": test.split, "options": cfg["data"]["options"], **test.info},
+        "data": {"dataset": test.name, "split": test.split, "options": thaw(cfg.data.options), **test.info},
         "checkpoints": [{"model": s.model_name, "stage": s.stage, "path": str(s.path), "sha256": s.sha256,
                          "test": {k: s.sidecar["test"].get(k) for k in ("acc", "auc", "sensitivity", "specificity")},
                          "train_config": s.sidecar.get("config")} for s in stages],

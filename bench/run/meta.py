@@ -38,6 +38,7 @@ from bench import metrics as M
 from bench.core.errors import one_line
 from bench.perf.floor import floor_seconds, metric_passes_per_image, passes_per_image
 from bench.run import cache
+from bench.run.config import RunConfig
 from bench.run.plan import Planned
 from bench.run.unit import Unit, content_key, explainer_code_digest, package_digest, precision_key, tensor_digest
 from bench.stats.metaquantus import RAW_COLUMNS, consistency
@@ -47,8 +48,8 @@ META_COLUMNS = ["model", "stage", "metric", "test", "n_images", "iac_nr", "iac_a
 PERTURBATIONS = (("input", "nr"), ("input", "ar"), ("model", "nr"), ("model", "ar"))
 
 
-def meta_metrics(cfg) -> list[str]:
-    return [m for m in cfg["metrics"]["names"] if "explain" not in M.METRICS.get(m).meta.get("needs", ())]
+def meta_metrics(cfg: RunConfig) -> list[str]:
+    return [m for m in cfg.metrics.names if "explain" not in M.METRICS.get(m).meta.get("needs", ())]
 
 
 def select(units: list[Unit], n: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -60,59 +61,61 @@ def select(units: list[Unit], n: int) -> tuple[Tensor, Tensor, Tensor]:
     return pos, images[pos], targets[pos]
 
 
-def estimate(cfg, plan: list[Planned], pass_seconds: dict[str, dict[str, float]]) -> tuple[int, float | None]:
+def estimate(cfg: RunConfig, plan: list[Planned], pass_seconds: dict[str, dict[str, float]]
+             ) -> tuple[int, float | None]:
     """(explainer and metric runs, floor seconds) the meta-evaluation will cost."""
-    m = cfg["reliability"]["meta"]
-    runs, total = 0, 0.0
+    m = cfg.reliability.meta
+    runs = 0
+    total: float | None = 0.0
     seen = set()
     for p in plan:
         key = (p.stage.model_name, p.stage.stage, p.explainer)
-        if p.stage.stage not in m["stages"] or key in seen:
+        if p.stage.stage not in m.stages or key in seen:
             continue
         seen.add(key)
         t = pass_seconds[p.stage.model_name]
         e = passes_per_image(p.explainer, p.unit.params, p.unit.background.shape[0],
                              shape=tuple(p.unit.images.shape[1:]), model=p.stage.model)
-        n = m["n_images"] * m["perturbations"]
-        runs += 3 * m["perturbations"] + 4 * m["perturbations"] * len(meta_metrics(cfg))
+        n = m.n_images * m.perturbations
+        runs += 3 * m.perturbations + 4 * m.perturbations * len(meta_metrics(cfg))
         f = floor_seconds(e, t["forward_backward"], t["forward"])
-        fm = [floor_seconds(metric_passes_per_image(x, cfg["metrics"]["params"].get(x, {})), t["forward_backward"],
+        fm = [floor_seconds(metric_passes_per_image(x, cfg.metrics.params.get(x, {})), t["forward_backward"],
                             t["forward"]) for x in meta_metrics(cfg)]
         if total is None or f is None or any(v is None for v in fm):
             total = None
         else:
-            total += n * (3 * f + 4 * sum(fm))
+            total += n * (3 * f + 4 * sum(v for v in fm if v is not None))
     return runs, total
 
 
-def run_meta(cfg, plan: list[Planned], results: list[dict[str, Any]], say: Callable[[str], None]
+def run_meta(cfg: RunConfig, plan: list[Planned], results: list[dict[str, Any]], say: Callable[[str], None]
              ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The MetaQuantus table of the run (see the module docstring): one row per (model, stage, metric,
     test); and the per-draw scores it comes from (``meta_scores.csv``,
     :data:`bench.stats.metaquantus.RAW_COLUMNS`), from which ``bench report`` gives MC its interval."""
-    m = cfg["reliability"]["meta"]
+    m = cfg.reliability.meta
     rows = []
     raw_parts = []
-    stages = sorted({(p.stage.model_name, p.stage.stage) for p in plan if p.stage.stage in m["stages"]})
+    stages = sorted({(p.stage.model_name, p.stage.stage) for p in plan if p.stage.stage in m.stages})
     for model_name, stage in stages:
         members = [(p, r) for p, r in zip(plan, results) if (p.stage.model_name, p.stage.stage) == (model_name, stage)]
         explainers = sorted({p.explainer for p, _ in members})
         units = {e: [p.unit for p, _ in members if p.explainer == e] for e in explainers}
-        pos, images, targets = select(units[explainers[0]], m["n_images"])
+        pos, images, targets = select(units[explainers[0]], m.n_images)
         q = _unperturbed(members, explainers, pos)
         if q is None:
             say(f"  MetaQuantus {model_name} {stage}: skipped (an explainer or metric failed on its images)")
             continue
         perturbed = {}
         for test, kind in PERTURBATIONS:
-            for k in range(m["perturbations"]):
+            for k in range(m.perturbations):
                 for e in explainers:
                     perturbed[(test, kind, k, e)] = _perturbed(cfg, units[e][0], e, images, targets, test, kind, k,
                                                                say)
         for metric in meta_metrics(cfg):
             hib = bool(M.METRICS.get(metric).meta["higher_is_better"])
             for test in ("input", "model"):
-                raw = raw_scores(q, perturbed, explainers, metric, test, m["perturbations"])
+                raw = raw_scores(q, perturbed, explainers, metric, test, m.perturbations)
                 raw.insert(0, "stage", stage)
                 raw.insert(0, "model", model_name)
                 raw_parts.append(raw)
@@ -122,7 +125,8 @@ def run_meta(cfg, plan: list[Planned], results: list[dict[str, Any]], say: Calla
     return pd.DataFrame(rows, columns=META_COLUMNS), raw[RAW_COLUMNS]
 
 
-def _unperturbed(members, explainers: list[str], pos: Tensor) -> dict[str, dict[str, np.ndarray]] | None:
+def _unperturbed(members: list[tuple[Planned, dict[str, Any]]], explainers: list[str], pos: Tensor
+                 ) -> dict[str, dict[str, np.ndarray]] | None:
     """{explainer: {metric: scores at the selected images}} from the run's own results."""
     out: dict[str, dict[str, np.ndarray]] = {}
     for e in explainers:
@@ -134,17 +138,17 @@ def _unperturbed(members, explainers: list[str], pos: Tensor) -> dict[str, dict[
     return out
 
 
-def _perturbed(cfg, unit: Unit, explainer: str, images: Tensor, targets: Tensor, test: str, kind: str, k: int,
-               say: Callable[[str], None]) -> dict[str, Any]:
+def _perturbed(cfg: RunConfig, unit: Unit, explainer: str, images: Tensor, targets: Tensor, test: str, kind: str,
+               k: int, say: Callable[[str], None]) -> dict[str, Any]:
     """Scores of every meta metric under one draw of one perturbation (cached)."""
-    m = cfg["reliability"]["meta"]
+    m = cfg.reliability.meta
     key = content_key({"meta": 1, "ckpt": unit.stage.sha256, "explainer": explainer, "params": unit.params,
                        "code": explainer_code_digest(EXPLAINERS.get(explainer).obj), "metrics_code": package_digest(M),
                        "images": tensor_digest(images), "targets": targets.tolist(),
                        "background": tensor_digest(unit.background), "test": test, "kind": kind, "k": k,
-                       "settings": {x: m[x] for x in ("input_noise", "weight_noise")}, "seed": cfg["seed"],
-                       "metrics": meta_metrics(cfg), "metric_params": cfg["metrics"]["params"],
-                       "attribution": cfg["metrics"]["attribution"], "output": cfg["explain"]["output"],
+                       "settings": {"input_noise": m.input_noise, "weight_noise": m.weight_noise}, "seed": cfg.seed,
+                       "metrics": meta_metrics(cfg), "metric_params": cfg.metrics.params,
+                       "attribution": cfg.metrics.attribution, "output": cfg.explain.output,
                        "device": unit.device.type, **precision_key(unit.precision)})
     path = unit.attr_path.parent.parent / "meta" / f"{key}.json"
     cached = cache.load_record(path, lambda r: None, say)
@@ -162,29 +166,29 @@ def _floats(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _compute(cfg, unit: Unit, explainer: str, images: Tensor, targets: Tensor, test: str, kind: str, k: int
+def _compute(cfg: RunConfig, unit: Unit, explainer: str, images: Tensor, targets: Tensor, test: str, kind: str, k: int
              ) -> dict[str, Any]:
-    m = cfg["reliability"]["meta"]
+    m = cfg.reliability.meta
     device = unit.device
-    gen = torch.Generator().manual_seed(int(cfg["seed"]) * 1000 + 10 * k + PERTURBATIONS.index((test, kind)))
+    gen = torch.Generator().manual_seed(int(cfg.seed) * 1000 + 10 * k + PERTURBATIONS.index((test, kind)))
     model = unit.stage.model
     x = images.to(device)
     y = targets.to(device)
     try:
         if test == "model":
-            model = _perturbed_model(model, kind, m["weight_noise"], gen)
+            model = _perturbed_model(model, kind, m.weight_noise, gen)
         elif kind == "nr":
             lo = x.flatten(1).amin(1).view(-1, 1, 1, 1)
             hi = x.flatten(1).amax(1).view(-1, 1, 1, 1)
-            x = x + m["input_noise"] * (hi - lo) * torch.randn(x.shape, generator=gen).to(device, x.dtype)
+            x = x + m.input_noise * (hi - lo) * torch.randn(x.shape, generator=gen).to(device, x.dtype)
         with torch.no_grad():
             kept = (model(x).argmax(1) == unit.stage.model(images.to(device)).argmax(1)).cpu()
-        torch.manual_seed(cfg["seed"])
-        explained = with_output_space(model, cfg["explain"]["output"]).eval()
+        torch.manual_seed(cfg.seed)
+        explained = with_output_space(model, cfg.explain.output).eval()
         attr = run_explainer(explainer, explained, x, y, background=unit.background.to(device), **unit.params)
         if test == "input" and kind == "ar":  # the same images, each explanation's pixels shuffled
             attr = _shuffled(attr, gen)
-        values = M.preprocess_attributions(attr.values, cfg["metrics"]["attribution"])
+        values = M.preprocess_attributions(attr.values, cfg.metrics.attribution)
         given = {"raw": attr, "preprocessed": Attribution(values, attr.outputs, attr.base_values)}
         context = M.MetricContext(additive=bool(EXPLAINERS.get(explainer).meta.get("additive", False)))
         scores = {}
@@ -196,7 +200,7 @@ def _compute(cfg, unit: Unit, explainer: str, images: Tensor, targets: Tensor, t
                     continue
                 res = M.compute_metric(metric, model, x, y, given[entry.meta.get("reads", "preprocessed")],
                                        context=context, precision=unit.precision,
-                                       **cfg["metrics"]["params"].get(metric, {}))
+                                       **cfg.metrics.params.get(metric, {}))
                 scores[metric] = [float(v) for v in res.scores.detach().float().cpu()]
         return {"status": "ok", "message": "", "kept": kept.tolist(), "scores": scores}
     except Exception as exc:  # recorded in the card as missing, the run goes on
@@ -215,8 +219,9 @@ def _perturbed_model(model: nn.Module, kind: str, noise: float, gen: torch.Gener
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
                 for module in out.modules():
-                    if hasattr(module, "reset_parameters"):
-                        module.reset_parameters()
+                    reset = getattr(module, "reset_parameters", None)
+                    if callable(reset):
+                        reset()
     return out
 
 

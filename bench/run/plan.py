@@ -17,8 +17,7 @@ from torch import Tensor, nn
 
 from bench.core.io import check_entry, ensure_folder
 from bench.core.schema import cell_names, confusion_cells
-from bench.run.config import (RunConfig, checkpoint_dir, model_label, recipe_fields, training_seeds,
-                              tune_variants)
+from bench.run.config import RunConfig, checkpoint_dir, model_label, training_seeds, tune_variants
 from bench.run.unit import Stage, Unit
 from datasets import ImageSplit, check_splits, load_split
 from explainers import EXPLAINERS, explainer_params
@@ -59,10 +58,10 @@ class Examples:
 
 def load_data(cfg: RunConfig) -> list[ImageSplit]:
     """(train, val, explained split) of the configured dataset, with ``[data.options]`` passed through."""
-    d = cfg["data"]
-    out = [load_split(d["dataset"], s, **d["options"]) for s in ("train", "val", "test")]
-    if d["split"] != "test":
-        out[2] = load_split(d["dataset"], d["split"], **d["options"])
+    d = cfg.data
+    out = [load_split(d.dataset, s, **d.options) for s in ("train", "val", "test")]
+    if d.split != "test":
+        out[2] = load_split(d.dataset, d.split, **d.options)
     check_splits(*out)  # before any training
     return out
 
@@ -77,8 +76,8 @@ def ensure_checkpoints(cfg: RunConfig, train: ImageSplit, val: ImageSplit, test:
     Before any training, user models (``[models.user.<name>]``) are loaded and checked, and so is
     every checkpoint already there, with its sidecar: a broken one stops the run before it trains."""
     ck_dir = checkpoint_dir(cfg)
-    user = {n: user_stage(cfg, n, test, device, say) for n in cfg["models"]["names"] if n in cfg["models"]["user"]}
-    tuned = "post" in cfg["models"]["stages"]
+    user = {n: user_stage(cfg, n, test, device, say) for n in cfg.models.names if n in cfg.models.user}
+    tuned = "post" in cfg.models.stages
     loaded: dict[Path, tuple[nn.Module, dict, dict]] = {}
 
     def load(path: Path, arch: str) -> tuple[nn.Module, dict, dict]:
@@ -89,25 +88,25 @@ def ensure_checkpoints(cfg: RunConfig, train: ImageSplit, val: ImageSplit, test:
             loaded[path] = (model, info, read_sidecar(path))
         return loaded[path]
 
-    trained = [(name, seed, _train_config(cfg, name, seed, train)) for name in cfg["models"]["names"]
+    trained = [(name, seed, _train_config(cfg, name, seed, train)) for name in cfg.models.names
                if name not in user for seed in training_seeds(cfg)]
     paths = {(name, seed): default_checkpoint_path(tcfg, train.fingerprint, ck_dir) for name, seed, tcfg in trained}
     for (name, _), pre_path in paths.items():  # what is there must be sound before anything is trained
         if os.path.lexists(pre_path):
             load(pre_path, name)
             for recipe in tune_variants(cfg).values() if tuned else ():
-                post_path = default_tuned_path(pre_path, TuneConfig(**recipe))
+                post_path = default_tuned_path(pre_path, recipe)
                 if os.path.lexists(post_path):
                     load(post_path, name)
 
     def untrained(pre: Path) -> bool:
-        return not pre.exists() or tuned and any(not default_tuned_path(pre, TuneConfig(**r)).exists()
+        return not pre.exists() or tuned and any(not default_tuned_path(pre, r).exists()
                                                  for r in tune_variants(cfg).values())
 
     if any(untrained(pre) for pre in paths.values()):  # it will train: a place to keep that, before it starts
-        ensure_folder(ck_dir, what="checkpoint folder", follow=bool(cfg["checkpoint_dir"]), probe=True)
+        ensure_folder(ck_dir, what="checkpoint folder", follow=bool(cfg.checkpoint_dir), probe=True)
     stages = []
-    for name in cfg["models"]["names"]:
+    for name in cfg.models.names:
         if name in user:
             stages.append(user[name])
             continue
@@ -118,8 +117,7 @@ def ensure_checkpoints(cfg: RunConfig, train: ImageSplit, val: ImageSplit, test:
                 train_model(tcfg, train, val, test, out=pre_path, device=str(device), progress=progress)
             model, info, side = load(pre_path, name)
             stages.append(Stage(label, "pre", pre_path, info["sha256"], side, model, name, seed))
-            for stage, recipe in tune_variants(cfg).items() if tuned else ():
-                ucfg = TuneConfig(**recipe)
+            for stage, ucfg in tune_variants(cfg).items() if tuned else ():
                 ucfg.validate()
                 post_path = default_tuned_path(pre_path, ucfg)
                 if not post_path.exists():
@@ -132,8 +130,7 @@ def ensure_checkpoints(cfg: RunConfig, train: ImageSplit, val: ImageSplit, test:
 
 def _train_config(cfg: RunConfig, name: str, seed: int, train: ImageSplit) -> TrainConfig:
     """The recipe a run trains ``name`` with at ``seed`` on ``train``'s data (validated)."""
-    tcfg = TrainConfig(**{**recipe_fields(cfg["train"], model=name), "seed": seed, "dataset": train.name,
-                          "size": int(train.images.shape[-1])})
+    tcfg = cfg.train.recipe(name, seed=seed, dataset=train.name, size=int(train.images.shape[-1]))
     tcfg.validate()
     return tcfg
 
@@ -144,7 +141,7 @@ def user_stage(cfg: RunConfig, name: str, split: ImageSplit, device: torch.devic
     ``split`` (channels, classes), converted if asked (:func:`models.user.load_user_model`). Its
     ``sha256`` is the model key (checkpoint sha256, factory, kwargs, conversion); the sidecar's
     ``config`` holds the record the manifest keeps."""
-    spec = UserModelSpec.from_table(name, cfg["models"]["user"][name])
+    spec = UserModelSpec.from_table(name, cfg.models.user[name])
     model, record = load_user_model(spec, split.images, len(split.class_names), warn=say)
     return Stage(name, "pre", Path(spec.checkpoint), record["model_key"], {"test": {}, "config": {"user_model": record}},
                  model.to(device), name, 0)
@@ -160,7 +157,7 @@ def background(train: ImageSplit, n: int, seed: int) -> Tensor:
 def select_images(test: ImageSplit, preds: Tensor, cfg: RunConfig, seed: int) -> Tensor:
     """All images, or ``per_cell`` images of each confusion cell of the pre model (seeded; the cells
     of ``len(test.class_names)`` classes: TP/FP/FN/TN, or per class right / wrong)."""
-    if cfg["data"]["sample"] == "all":
+    if cfg.data.sample == "all":
         return torch.arange(len(test))
     k = len(test.class_names)
     cells = np.array(confusion_cells(test.labels.numpy(), preds.numpy(), k))
@@ -168,7 +165,7 @@ def select_images(test: ImageSplit, preds: Tensor, cfg: RunConfig, seed: int) ->
     chosen = []
     for cell in cell_names(k):
         idx = np.flatnonzero(cells == cell)
-        chosen += sorted(rng.choice(idx, size=min(cfg["data"]["per_cell"], len(idx)), replace=False).tolist())
+        chosen += sorted(rng.choice(idx, size=min(cfg.data.per_cell, len(idx)), replace=False).tolist())
     return torch.as_tensor(sorted(chosen), dtype=torch.long)
 
 
@@ -193,17 +190,17 @@ def plan_units(cfg: RunConfig, stages: list[Stage], test: ImageSplit, reference:
     """
     plan: list[Planned] = []
     examples: dict[str, Examples] = {}
-    for arch in cfg["models"]["names"]:
+    for arch in cfg.models.names:
         arch_stages = [s for s in stages if s.arch == arch]
         pre_preds = checked_predictions(arch_stages[0].model, test.images, device=device, where=arch).argmax(1)
-        index = select_images(test, pre_preds, cfg, cfg["seed"])
-        if sample is not None and cfg["data"]["sample"] == "per_cell":
+        index = select_images(test, pre_preds, cfg, cfg.seed)
+        if sample is not None and cfg.data.sample == "per_cell":
             k = len(test.class_names)
             cells = np.array(confusion_cells(test.labels.numpy(), pre_preds.numpy(), k))
             sample += [{"arch": arch, "model": arch_stages[0].model_name, "cell": c, "n_test": int((cells == c).sum()),
                         "n_sampled": int((cells[index.numpy()] == c).sum())} for c in cell_names(k)]
         labels = test.labels[index]
-        targets = pre_preds[index] if cfg["explain"]["target"] == "predicted" else labels
+        targets = pre_preds[index] if cfg.explain.target == "predicted" else labels
         more, shown = plan_images(cfg, arch_stages, data_fingerprint(test), index, test.images[index], labels, targets,
                                   None if test.masks is None else test.masks[index], pre_preds[index], reference,
                                   device, run_dir)
@@ -224,7 +221,7 @@ def plan_images(cfg: RunConfig, arch_stages: list[Stage], fingerprint: str, inde
     (unlabelled images): the label column holds -1 and a cell says only the predicted class (TP:
     predicted 1, TN: predicted 0).
     """
-    shard = cfg["explain"]["shard_size"]
+    shard = cfg.explain.shard_size
     first = arch_stages[0]
     plan: list[Planned] = []
     examples: dict[str, Examples] = {}
@@ -236,7 +233,7 @@ def plan_images(cfg: RunConfig, arch_stages: list[Stage], fingerprint: str, inde
     def cells_of(preds: Tensor) -> list[str]:
         return confusion_cells((labels if known else preds).numpy(), preds.numpy(), k)
 
-    positions = example_positions(labels if known else pre_preds, pre_preds, cfg["figures"]["examples_per_cell"], k)
+    positions = example_positions(labels if known else pre_preds, pre_preds, cfg.figures.examples_per_cell, k)
     compared = len(arch_stages) > 1
     for label in dict.fromkeys(s.model_name for s in arch_stages):
         stage_cells = {}
@@ -244,8 +241,8 @@ def plan_images(cfg: RunConfig, arch_stages: list[Stage], fingerprint: str, inde
             preds = checked_predictions(st.model, images, device=device, where=st.model_name).argmax(1)
             cells = cells_of(preds)
             stage_cells[st.stage] = np.array(cells)
-            for name in cfg["explain"]["names"]:
-                params = dict(cfg["explain"]["params"].get(name, {}))
+            for name in cfg.explain.names:
+                params = dict(cfg.explain.params.get(name, {}))
                 runs = [(params, False)]
                 if st is first and compared and _reseedable(name):
                     own = params.get("seed", explainer_params(name)["seed"])

@@ -20,20 +20,21 @@ import copy
 import os
 import shutil
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Generator, Iterator
 
 import torch
 
 from bench.core.errors import BenchError, one_line
 from bench.perf.allocator import tune_allocator
-from bench.run.unit import failed_attribution
+from bench.run.unit import Unit, failed_attribution
 from models.user import copy_model
 
 MAX_RETRIES = 3
 FAULT_ENV = "BENCH_RAY_FAULT_ONCE"  # test hook: path of a marker file; the first task to run exits
 
 
-def _compute(unit, model, attr, threads: int):
+def _compute(unit: Unit, model: torch.nn.Module, attr: dict[str, Any] | None, threads: int
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Runs in a Ray worker: put the model on the unit's device and compute (no file I/O)."""
     marker = os.environ.get(FAULT_ENV)
     if marker and not os.path.exists(marker):  # crash-recovery test: die once, abruptly
@@ -46,7 +47,7 @@ def _compute(unit, model, attr, threads: int):
 
 
 def compute_on_ray(units: list, pending: list[int], cached_attr: dict[int, Any], *,
-                   address: str | None = None) -> Iterator[tuple[int, tuple[dict, dict]]]:
+                   address: str | None = None) -> Generator[tuple[int, tuple[dict, dict]], None, None]:
     """Yield ``(unit position, (attribution record, scores))`` as the Ray tasks finish."""
     try:
         import ray
@@ -59,7 +60,7 @@ def compute_on_ray(units: list, pending: list[int], cached_attr: dict[int, Any],
     if started:
         try:
             # a new local instance: loopback only, its files in a folder of its own
-            local = {} if address else {"_node_ip_address": "127.0.0.1", "_temp_dir": session}
+            local: dict[str, Any] = {} if address else {"_node_ip_address": "127.0.0.1", "_temp_dir": session}
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             _stop(ray, session)

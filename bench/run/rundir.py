@@ -32,7 +32,7 @@ from bench.run.config import RunConfig, checkpoint_dir
 try:  # POSIX
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
     import msvcrt
 
 # where a run lives and how its page shows it, not what it computes
@@ -170,13 +170,14 @@ def _guard(run_dir: Path, cfg: RunConfig) -> bool:
         except (ValueError, UnicodeDecodeError) as exc:
             raise BenchError(f"{path} is damaged ({one_line(exc, 120)}); delete that file to re-run {run_dir} "
                              f"(its other files are kept), or choose another --name") from None
-        if identity(old["config"]) == identity(cfg.values):
+        values = cfg.to_dict()
+        if identity(old["config"]) == identity(values):
             return False
         if old.get("status") != "running" or not _holds_only_record(run_dir):
             raise BenchError(f"{run_dir} holds a run with another config (it differs in "
-                             f"{_differences(old['config'], cfg.values)}); to keep both, give this run another "
+                             f"{_differences(old['config'], values)}); to keep both, give this run another "
                              f"--name; to replace that run, delete {run_dir} and run again")
-    atomic_write_json(path, {"config": cfg.values, "config_source": cfg.source, "status": "running"})
+    atomic_write_json(path, {"config": cfg.to_dict(), "config_source": cfg.source, "status": "running"})
     return True
 
 

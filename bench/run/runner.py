@@ -43,8 +43,8 @@ def run(cfg: RunConfig, *, progress: bool = True, executor: str = "local", ray_a
     ``executor="local"`` computes the units in this process; ``"ray"`` fans them out as Ray tasks
     (:func:`bench.run.executors.execute_units`). Both fill the same cache and give the same tables.
     """
-    device = resolve_device(cfg["device"])
-    run_dir = Path(cfg["results_dir"]) / cfg["name"]
+    device = resolve_device(cfg.device)
+    run_dir = Path(cfg.results_dir) / cfg.name
     say = tqdm.write if progress else (lambda s: print(s, flush=True))
     with claim(run_dir, cfg):  # one run per directory, one config per directory
         return _run(cfg, run_dir, device, say, progress, executor, ray_address)
@@ -61,7 +61,7 @@ def _run(cfg: RunConfig, run_dir: Path, device: torch.device, say: Callable[[str
     stages = P.ensure_checkpoints(cfg, train, val, test, device, progress, say)
     timings["checkpoints"] = time.perf_counter() - t
 
-    reference = P.background(train, cfg["data"]["background_size"], cfg["seed"])
+    reference = P.background(train, cfg.data.background_size, cfg.seed)
     sample: list[dict] = []
     plan, examples = P.plan_units(cfg, stages, test, reference, device, run_dir, sample)
     return run_plan(cfg, run_dir, device, test, stages, plan, examples, timings, t_all, say=say, progress=progress,
@@ -78,7 +78,7 @@ def run_plan(cfg: RunConfig, run_dir: Path, device: torch.device, test: P.ImageS
     and the manifest (``test``: the explained images' split; ``timings``: the phases so far since
     ``t_all``; ``sample``: the sampling design, written as ``sample.csv``). Returns ``run_dir``."""
     units = [p.unit for p in plan]
-    precision = cfg["metrics"]["precision"]
+    precision = cfg.metrics.precision
     pass_seconds = time_passes(stages, units, precision)
 
     t = time.perf_counter()
@@ -89,9 +89,9 @@ def run_plan(cfg: RunConfig, run_dir: Path, device: torch.device, test: P.ImageS
     tables = _tables([p for p, _ in main], [r for _, r in main])
     tables["similarity"] = similarity_table(cfg, plan, results)
     tables["sample"] = sample
-    if cfg["reliability"]["enabled"] and cfg["reliability"]["meta"]["enabled"]:
+    if cfg.reliability.enabled and cfg.reliability.meta.enabled:
         runs, floor = meta.estimate(cfg, [p for p, _ in main], pass_seconds)
-        say(f"MetaQuantus: {runs} explainer and metric runs on {cfg['reliability']['meta']['n_images']} images per "
+        say(f"MetaQuantus: {runs} explainer and metric runs on {cfg.reliability.meta.n_images} images per "
             f"stage; about {'?' if floor is None else f'{floor:.0f}'} s at the floor (cached as it goes)")
         t = time.perf_counter()
         tables["meta"], tables["meta_scores"] = meta.run_meta(cfg, [p for p, _ in main], [r for _, r in main], say)
@@ -100,7 +100,7 @@ def run_plan(cfg: RunConfig, run_dir: Path, device: torch.device, test: P.ImageS
     t = time.perf_counter()
     written = write_outputs(run_dir, tables, _model_comparisons(stages, test),
                             _attribution_examples([p for p, _ in main], [r for _, r in main], examples),
-                            figures=cfg["figures"]["enabled"] if figures is None else figures)
+                            figures=cfg.figures.enabled if figures is None else figures)
     timings["tables_and_figures"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
 
@@ -127,7 +127,10 @@ def run_plan(cfg: RunConfig, run_dir: Path, device: torch.device, test: P.ImageS
 def _tables(plan: list[P.Planned], results: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
     """scores (one row per model, stage, explainer, metric, image), curves (one row per curve
     point), and for the reliability card the substrate scores and their mean curves."""
-    records, curves, substrates, sub_curves = [], [], [], {}
+    records: list[list[Any]] = []
+    curves: list[list[Any]] = []
+    substrates: list[list[Any]] = []
+    sub_curves: dict[tuple[str, ...], list[Any]] = {}
     for p, res in zip(plan, results):
         st = p.stage
         for name in res["metrics"]:
@@ -164,7 +167,7 @@ def _tables(plan: list[P.Planned], results: list[dict[str, Any]]) -> dict[str, p
             "substrate_curves": pd.DataFrame.from_records(mean_curves, columns=list(SUBSTRATE_CURVE_COLUMNS))}
 
 
-def _model_comparisons(stages: list[P.Stage], test) -> dict[str, Any]:
+def _model_comparisons(stages: list[P.Stage], test: P.ImageSplit) -> dict[str, Any]:
     """``prepost_models.json``: each tuned model against its parent (keyed by the model label for
     "post", by "label · post:<variant>" for variants), and the tuning variants of a model against
     each other ("label · post:a vs post:b")."""
@@ -188,9 +191,10 @@ def _attribution_examples(plan: list[P.Planned], results: list[dict[str, Any]],
     shards: dict[tuple[str, str, str], list[Any]] = {}
     for p, res in zip(plan, results):
         shards.setdefault((p.stage.model_name, p.stage.stage, p.explainer), []).append(res.get("values"))
-    models = {m: ModelExamples(images=e.images, labels=e.labels, index=e.index, cells=e.cells)
+    # ModelExamples takes the runner's tensors as they are (its docstring; it converts them on save)
+    models = {m: ModelExamples(images=e.images, labels=e.labels, index=e.index, cells=e.cells)  # type: ignore[arg-type]
               for m, e in examples.items()}
     for (model, stage, name), values in shards.items():
         if model in examples and all(v is not None for v in values):
-            models[model].maps[(stage, name)] = torch.cat(values)[examples[model].positions]
+            models[model].maps[(stage, name)] = torch.cat(values)[examples[model].positions]  # type: ignore[assignment]
     return AttributionExamples(models=models)

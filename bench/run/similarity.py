@@ -26,6 +26,7 @@ from torch import Tensor
 
 from bench import metrics as M
 from bench.core.schema import SIMILARITY_COLUMNS, stage_key
+from bench.run.config import RunConfig
 from bench.run.plan import Planned
 
 TOP = 0.15  # the share of pixels whose overlap is measured (the metrics' drop-rate fraction)
@@ -42,9 +43,9 @@ def map_similarity(a: Tensor, b: Tensor, top: float = TOP) -> tuple[np.ndarray, 
     return rho.astype(np.float64), overlap.astype(np.float64)
 
 
-def similarity_table(cfg, plan: list[Planned], results: list[dict[str, Any]]) -> pd.DataFrame:
+def similarity_table(cfg: RunConfig, plan: list[Planned], results: list[dict[str, Any]]) -> pd.DataFrame:
     """Every comparison of the run (module docstring), one row per image."""
-    mode = cfg["metrics"]["attribution"]
+    mode = cfg.metrics.attribution
     maps: dict[tuple[str, str, str, bool], list[Any]] = {}     # (label, stage, explainer, reference) -> shards
     facts: dict[tuple[str, str, str], list[tuple[np.ndarray, list[str]]]] = {}  # -> (image indices, cells)
     arch_of: dict[str, str] = {}
@@ -56,7 +57,7 @@ def similarity_table(cfg, plan: list[Planned], results: list[dict[str, Any]]) ->
         if not p.reference:
             facts.setdefault((label, p.stage.stage, p.explainer), []).append((p.index.numpy(), list(p.cells)))
 
-    def full(key) -> Tensor | None:
+    def full(key: tuple[str, str, str, bool]) -> Tensor | None:
         parts = maps.get(key)
         if not parts or any(v is None for v in parts):
             return None
@@ -68,7 +69,9 @@ def similarity_table(cfg, plan: list[Planned], results: list[dict[str, Any]]) ->
 
     rows: list[list[Any]] = []
 
-    def add(model: str, explainer: str, comparison: str, a_key, b_key, a_info, b_info) -> None:
+    def add(model: str, explainer: str, comparison: str, a_key: tuple[str, str, str, bool],
+            b_key: tuple[str, str, str, bool], a_info: tuple[np.ndarray, list[str]],
+            b_info: tuple[np.ndarray, list[str]]) -> None:
         a, b = full(a_key), full(b_key)
         if a is None or b is None:
             return

@@ -28,9 +28,8 @@ from bench.core.errors import BenchError
 from bench.core.text import fmt_number, markdown_table
 from bench.perf.floor import floor_seconds, metric_passes_per_image, passes_per_image
 from bench.report.leaderboard import metric_kinds, read_scores
-from bench.run.config import RunConfig, training_seeds
+from bench.run.config import RunConfig, stats_settings, training_seeds
 from bench.stats.power import n_needed
-from bench.stats.settings import StatsSettings
 
 __all__ = ["PLAN_COLUMNS", "plan_sample", "render_plan"]
 
@@ -42,15 +41,15 @@ def plan_sample(cfg: RunConfig, pilot: str | Path, power: float = 0.8) -> tuple[
     """(the n table, the cost estimate) of ``cfg`` from the pilot run folder ``pilot``."""
     pilot = Path(pilot)
     scores = read_scores(pilot / "scores.csv")
-    settings = StatsSettings.from_config({"alpha": cfg["reliability"]["alpha"], **cfg["stats"]})
-    names = [e for e in cfg["explain"]["names"]]
+    settings = stats_settings(cfg)
+    names = list(cfg.explain.names)
     k = len(names)
     m = max(1, k * (k - 1) // 2)
     level = settings.alpha / m
-    kinds = metric_kinds(cfg["metrics"]["names"])
+    kinds = metric_kinds(cfg.metrics.names)
     ok = scores[(scores["status"] == "ok") & np.isfinite(scores["value"].to_numpy(dtype=np.float64))]
     rows = []
-    for metric in cfg["metrics"]["names"]:
+    for metric in cfg.metrics.names:
         sds = []
         for _, g in ok[(ok["metric"] == metric) & ok["explainer"].isin(names)].groupby(["model", "stage"]):
             wide = g.pivot(index="image", columns="explainer", values="value").dropna()
@@ -82,19 +81,19 @@ def _cost(cfg: RunConfig, pilot: Path, table: pd.DataFrame) -> dict[str, Any]:
     if not passes:
         raise BenchError(f"{manifest_path} records no pass times (cost.pass_seconds_per_image); re-run the pilot")
     t = next(iter(passes.values()))
-    background = cfg["data"]["background_size"]
+    background = cfg.data.background_size
     per_image = 0.0
     unknown = []
-    for e in cfg["explain"]["names"]:
-        params = cfg["explain"]["params"].get(e, {})
+    for e in cfg.explain.names:
+        params = cfg.explain.params.get(e, {})
         ep = passes_per_image(e, params, background)
         f = floor_seconds(ep, t["forward_backward"], t["forward"])
         if f is None:
             unknown.append(e)
             continue
         per_image += f
-        for metric in cfg["metrics"]["names"]:
-            mp = metric_passes_per_image(metric, cfg["metrics"]["params"].get(metric, {}), explainer_passes=ep,
+        for metric in cfg.metrics.names:
+            mp = metric_passes_per_image(metric, cfg.metrics.params.get(metric, {}), explainer_passes=ep,
                                          n_layers=N_LAYERS)
             fm = floor_seconds(mp, t["forward_backward"], t["forward"])
             if fm is None:
@@ -102,11 +101,11 @@ def _cost(cfg: RunConfig, pilot: Path, table: pd.DataFrame) -> dict[str, Any]:
             else:
                 per_image += fm
     ratio = (cost.get("explain_and_metrics") or {}).get("ratio") or 1.0
-    stages = len(cfg["models"]["stages"]) if not cfg["tune"].get("variants") else 1 + len(cfg["tune"]["variants"])
+    stages = len(cfg.models.stages) if not cfg.tune.variants else 1 + len(cfg.tune.variants)
     seeds = max(1, len(training_seeds(cfg)))
     sized = table[table["declared"]] if table["declared"].any() else table
     n = sized["n_median"].replace(float("inf"), np.nan).max()
-    model_stages = len(cfg["models"]["names"]) * stages * seeds
+    model_stages = len(cfg.models.names) * stages * seeds
     total = per_image * ratio * n * model_stages if math.isfinite(n) else float("nan")
     return {"floor_seconds_per_image_stage": per_image, "pilot_ratio": ratio, "model_stages": model_stages,
             "n": n, "seconds": total, "without_floor": sorted(set(unknown)), "pilot": str(pilot)}
@@ -126,7 +125,7 @@ def render_plan(cfg: RunConfig, table: pd.DataFrame, cost: dict[str, Any], power
     which = "metrics with a declared effect" if table["declared"].any() else "all metrics: declare [stats] effects"
     lines += ["", f"Design: n = {_n(n)} distinct images per model-stage (the largest median-pair n over {which}; {per_cell} with "
               f"four confusion cells, more where a cell is smaller); the config has data.per_cell = "
-              f"{cfg['data']['per_cell']}.",
+              f"{cfg.data.per_cell}.",
               f"Cost: {cost['floor_seconds_per_image_stage']:.2f} s per image and model-stage at the floor x "
               f"{cost['pilot_ratio']:.2f} (the pilot's ratio) x {_n(n)} images x {cost['model_stages']} model-stages "
               f"= about {_hours(cost['seconds'])}"

@@ -14,11 +14,13 @@ explainers agrees with that truth.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 import torch
+from torch import Tensor
 
 from bench.core.device import resolve_device
 from bench.core.errors import BenchError
@@ -27,10 +29,10 @@ from bench.core.machine import machine_info
 from bench.report.truth import RELIANCE_COLUMNS, write_truth
 from bench.run import plan as P
 from bench.run import runner
-from bench.run.config import RunConfig, checkpoint_dir, derive
+from bench.run.config import RunConfig, checkpoint_dir, revalidated, stats_settings
 from bench.run.manifest import git_commit, package_versions
 from bench.run.rundir import MARKER, claim
-from datasets import load_split
+from datasets import ImageSplit, load_split
 from models.training import predict_outputs
 
 BATCH = 256  # images per forward pass (the recorded truth tables were computed in batches of 256)
@@ -38,22 +40,33 @@ BATCH = 256  # images per forward pass (the recorded truth tables were computed 
 
 def sub_runs(cfg: RunConfig) -> list[tuple[str, str, RunConfig]]:
     """(condition, polarity, config) of every sub-run of a truth config."""
-    if cfg["data"]["dataset"] != "marked":
-        raise BenchError(f"bench truth needs marked data (data.dataset = \"marked\"), got {cfg['data']['dataset']!r}; "
+    if cfg.data.dataset != "marked":
+        raise BenchError(f"bench truth needs marked data (data.dataset = \"marked\"), got {cfg.data.dataset!r}; "
                          f"see configs/truth.toml")
-    if cfg["explain"]["target"] != "label":
+    if cfg.explain.target != "label":
         raise BenchError("bench truth explains the same class under every model: set explain.target = \"label\"")
-    if "mask_share" not in cfg["metrics"]["names"]:
+    if "mask_share" not in cfg.metrics.names:
         raise BenchError("bench truth grades explainers by mask_share: add \"mask_share\" to metrics.names")
     out = []
-    parent = Path(cfg["results_dir"]) / cfg["name"]
-    for polarity in cfg["truth"]["polarities"]:
-        for condition in cfg["truth"]["conditions"]:
-            out.append((condition, polarity, derive(cfg, {
-                "name": f"{condition}-{polarity}", "results_dir": str(parent / "runs"),
-                "checkpoint_dir": str(checkpoint_dir(cfg)), "data.options.condition": condition,
-                "data.options.polarity": polarity})))
+    parent = Path(cfg.results_dir) / cfg.name
+    for polarity in cfg.truth.polarities:
+        for condition in cfg.truth.conditions:
+            data = replace(cfg.data, options={**cfg.data.options, "condition": condition, "polarity": polarity})
+            out.append((condition, polarity, revalidated(replace(
+                cfg, name=f"{condition}-{polarity}", results_dir=str(parent / "runs"),
+                checkpoint_dir=str(checkpoint_dir(cfg)), data=data))))
     return out
+
+
+def _with_and_without(split: ImageSplit) -> tuple[Tensor, Tensor, Tensor]:
+    """(planted (N,): the image has the marker, every image with the marker, every image without it)."""
+    if split.masks is None or split.counterfactual is None:
+        raise BenchError(f"the {split.split} split of {split.name!r} has no marker masks or counterfactual images; "
+                         f"bench truth needs marked data (data.dataset = \"marked\")")
+    planted = split.masks.flatten(1).any(1)
+    on = planted.view(-1, 1, 1, 1)
+    with_marker = torch.where(on, split.images, split.counterfactual)
+    return planted, with_marker, torch.where(on, split.counterfactual, split.images)
 
 
 def reliance_rows(cfg: RunConfig, condition: str, polarity: str, device: torch.device, progress: bool,
@@ -62,14 +75,10 @@ def reliance_rows(cfg: RunConfig, condition: str, polarity: str, device: torch.d
     per model on the whole test split: accuracy with the marker on every image, without it on any."""
     train, val, test = P.load_data(cfg)
     stages = [s for s in P.ensure_checkpoints(cfg, train, val, test, device, progress, say) if s.stage == "pre"]
-    full = load_split("marked", "test", **{**cfg["data"]["options"], "test_n": 0})
-    logit = cfg["explain"]["output"] == "logit"
-    planted = test.masks.flatten(1).any(1)
-    with_m = torch.where(planted.view(-1, 1, 1, 1), test.images, test.counterfactual)
-    without = torch.where(planted.view(-1, 1, 1, 1), test.counterfactual, test.images)
-    f_planted = full.masks.flatten(1).any(1).view(-1, 1, 1, 1)
-    f_with = torch.where(f_planted, full.images, full.counterfactual)
-    f_without = torch.where(f_planted, full.counterfactual, full.images)
+    full = load_split("marked", "test", **{**cfg.data.options, "test_n": 0})
+    logit = cfg.explain.output == "logit"
+    planted, with_m, without = _with_and_without(test)
+    _, f_with, f_without = _with_and_without(full)
     rows, models = [], []
     for st in stages:
         a, b = (predict_outputs(st.model, x, device=device, batch_size=BATCH) for x in (with_m, without))
@@ -99,12 +108,12 @@ def run_truth(cfg: RunConfig, *, progress: bool = True) -> Path:
     nothing followed through a link); its ``manifest.json`` records the config, the sub-runs with
     their data fingerprints and checkpoint hashes, package versions and the git commit."""
     subs = sub_runs(cfg)
-    device = resolve_device(cfg["device"])
-    parent = Path(cfg["results_dir"]) / cfg["name"]
+    device = resolve_device(cfg.device)
+    parent = Path(cfg.results_dir) / cfg.name
     runs, reliance, models = [], [], []
     with claim(parent, cfg):
         for condition, polarity, sub in subs:
-            say(f"[truth] {condition} · {polarity}: {Path(sub['results_dir']) / sub['name']}")
+            say(f"[truth] {condition} · {polarity}: {Path(sub.results_dir) / sub.name}")
             run_dir = runner.run(sub, progress=progress)
             record = json.loads(read_regular(run_dir / MARKER))
             runs.append({"condition": condition, "polarity": polarity, "run": run_dir.relative_to(parent).as_posix(),
@@ -112,9 +121,11 @@ def run_truth(cfg: RunConfig, *, progress: bool = True) -> Path:
             r, m = reliance_rows(sub, condition, polarity, device, progress, say)
             reliance.append(r)
             models.append(m)
-        write_truth(parent, cfg, pd.DataFrame([{k: r[k] for k in ("condition", "polarity", "run")} for r in runs]),
-                    pd.concat(reliance, ignore_index=True), pd.concat(models, ignore_index=True))
-        atomic_write_json(parent / MARKER, {"kind": "truth", "status": "done", "config": cfg.values,
+        write_truth(parent, pd.DataFrame([{k: r[k] for k in ("condition", "polarity", "run")} for r in runs]),
+                    pd.concat(reliance, ignore_index=True), pd.concat(models, ignore_index=True), name=cfg.name,
+                    options=cfg.data.options, stats=stats_settings(cfg), reliance_margin=cfg.truth.reliance_margin,
+                    share_margin=cfg.truth.share_margin, bootstrap=cfg.truth.bootstrap)
+        atomic_write_json(parent / MARKER, {"kind": "truth", "status": "done", "config": cfg.to_dict(),
                                             "config_source": cfg.source, "runs": runs, "versions": package_versions(),
                                             "git": git_commit(), "machine": machine_info()})
     return parent

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -46,7 +47,7 @@ class Stage:
     path: Path
     sha256: str
     sidecar: dict[str, Any]
-    model: nn.Module = field(repr=False, default=None)
+    model: nn.Module = field(repr=False)
     arch: str = ""
     seed: int = 0
 
@@ -59,7 +60,7 @@ def package_digest(*packages: ModuleType, extra: str = "") -> str:
     """Hash of every module file of the given in-repo packages (and their subpackages) and ``extra``."""
     h = hashlib.sha256(extra.encode())
     for package in packages:
-        root = Path(package.__file__).parent
+        root = Path(typing.cast(str, package.__file__)).parent  # a package, not a namespace: it has a file
         for path in sorted(root.rglob("*.py")):
             h.update(str(path.relative_to(root)).encode())
             h.update(path.read_bytes())
@@ -76,8 +77,8 @@ def explainer_code_digest(obj: Any) -> str:
 
 def _scored(cfg: RunConfig) -> dict[str, Any] | None:
     """What of ``[reliability]`` changes a unit's score record (the substrate sensitivity)."""
-    r = cfg["reliability"]
-    return {"substrates": r["substrates"], "imputation": r["imputation"]} if r["enabled"] else None
+    r = cfg.reliability
+    return {"substrates": r.substrates, "imputation": r.imputation} if r.enabled else None
 
 
 def precision_key(precision: str) -> dict[str, str]:
@@ -105,22 +106,22 @@ class Unit:
                  images: Tensor, labels: Tensor, targets: Tensor, masks: Tensor | None, background: Tensor,
                  device: torch.device, run_dir: Path, *, scored: bool = True) -> None:
         self.cfg, self.stage, self.explainer, self.params, self.scored = cfg, stage, explainer, params, scored
-        self.metric_names = list(cfg["metrics"]["names"]) if scored else []  # a reference unit only explains
+        self.metric_names = list(cfg.metrics.names) if scored else []  # a reference unit only explains
         self.index, self.labels, self.targets, self.masks = index, labels, targets, masks
         self.images, self.background, self.device = images, background, device
         self.attr_key = content_key({"v": CACHE_VERSION, "ckpt": stage.sha256, "explainer": explainer,
                                      "params": params, "code": explainer_code_digest(EXPLAINERS.get(explainer).obj),
-                                     "output": cfg["explain"]["output"], "data": fingerprint,
+                                     "output": cfg.explain.output, "data": fingerprint,
                                      "index": index.tolist(), "targets": targets.tolist(),
-                                     "background": tensor_digest(background), "seed": cfg["seed"],
+                                     "background": tensor_digest(background), "seed": cfg.seed,
                                      "device": device.type})
         metric_code = {n: source_digest(M.METRICS.get(n).obj) for n in self.metric_names}  # plug-ins too
-        self.precision = cfg["metrics"].get("precision", DEFAULT_PRECISION)
+        self.precision = cfg.metrics.precision
         self.score_key = content_key({"attr": self.attr_key, "metrics": self.metric_names,
                                       "code": package_digest(M, extra=json.dumps(metric_code, sort_keys=True)),
-                                      "params": cfg["metrics"]["params"],
-                                      "attribution": cfg["metrics"]["attribution"],
-                                      "curves": cfg["metrics"]["curves"], "reliability": _scored(cfg) if scored else None,
+                                      "params": cfg.metrics.params,
+                                      "attribution": cfg.metrics.attribution,
+                                      "curves": cfg.metrics.curves, "reliability": _scored(cfg) if scored else None,
                                       **precision_key(self.precision)})
         self.attr_path = run_dir / "cache" / "attributions" / f"{self.attr_key}.pt"
         self.score_path = run_dir / "cache" / "scores" / f"{self.score_key}.json"
@@ -137,10 +138,10 @@ class Unit:
 
     def explain(self) -> dict[str, Any]:
         """The attribution record: values, outputs and base values on the CPU, seconds, peak memory."""
-        model = with_output_space(self.stage.model, self.cfg["explain"]["output"]).eval()
+        model = with_output_space(self.stage.model, self.cfg.explain.output).eval()
         x, y = self.images.to(self.device), self.targets.to(self.device)
         bg = self.background.to(self.device)
-        torch.manual_seed(self.cfg["seed"])
+        torch.manual_seed(self.cfg.seed)
         t0 = time.perf_counter()
         try:
             with measure_peak_memory(self.device) as mem:
@@ -172,7 +173,7 @@ class Unit:
         base_values = None if attr["base_values"] is None else attr["base_values"].to(self.device)
         raw_values = attr["values"].to(self.device)
         given = {"raw": Attribution(raw_values, outputs, base_values),
-                 "preprocessed": Attribution(M.preprocess_attributions(raw_values, self.cfg["metrics"]["attribution"]),
+                 "preprocessed": Attribution(M.preprocess_attributions(raw_values, self.cfg.metrics.attribution),
                                              outputs, base_values)}
         additive = bool(EXPLAINERS.get(self.explainer).meta.get("additive", False))
         context = M.MetricContext(masks=None if self.masks is None else self.masks.to(self.device),
@@ -185,7 +186,7 @@ class Unit:
                 vals = [float(f) for f in res.scores.detach().float().cpu()]
                 out["metrics"][name] = vals
                 out["metric_status"][name] = ["ok" if math.isfinite(f) else "n/a" for f in vals]
-                if self.cfg["metrics"]["curves"]:
+                if self.cfg.metrics.curves:
                     for curve, c in sorted(res.curves.items()):
                         if curve in out["curves"]:
                             raise BenchError(f"two metrics return a curve named {curve!r}; a curve name must be "
@@ -196,7 +197,7 @@ class Unit:
                 out["metrics"][name] = [math.nan] * n
                 out["metric_status"][name] = ["error: " + one_line(f"{type(exc).__name__}: {exc}", 300)] * n
             out["metric_seconds"][name] = time.perf_counter() - t_metric
-        if self.cfg["reliability"]["enabled"] and self.scored:
+        if self.cfg.reliability.enabled and self.scored:
             t_sub = time.perf_counter()
             try:
                 out["substrates"], out["substrate_curves"] = self._substrates(results, given, context)
@@ -211,7 +212,7 @@ class Unit:
                 context: M.MetricContext) -> M.MetricResult:
         """One metric with the run's parameters (and ``extra`` over them) on this unit's images."""
         entry = M.METRICS.get(name)
-        params = {**self.cfg["metrics"]["params"].get(name, {}), **extra}
+        params = {**self.cfg.metrics.params.get(name, {}), **extra}
         # metrics that re-run the explainer need gradients; the others never do
         with contextlib.nullcontext() if "explain" in entry.meta.get("needs", ()) else torch.no_grad():
             return M.compute_metric(name, self.stage.model, self.images.to(self.device),
@@ -226,7 +227,7 @@ class Unit:
         registered with ``imputes_for`` it (ROAD's noisy linear imputation beside deletion), their
         values oriented like the metric's. Returns ({metric: {substrate: {values, status}}},
         {curve: {"fractions": {substrate: [...]}, "probs": {substrate: (n, T)}}})."""
-        rel = self.cfg["reliability"]
+        rel = self.cfg.reliability
         scores: dict[str, Any] = {"(computed)": []}  # the extra metric runs, for the cost floor
         curves: dict[str, Any] = {}
 
@@ -249,10 +250,10 @@ class Unit:
             params = M.metric_params(metric)
             if "substrate" not in params:
                 continue
-            own = self.cfg["metrics"]["params"].get(metric, {}).get("substrate", params["substrate"])
-            for sub in rel["substrates"]:
+            own = self.cfg.metrics.params.get(metric, {}).get("substrate", params["substrate"])
+            for sub in rel.substrates:
                 keep(metric, sub, res if sub == own else run(metric, {"substrate": sub}))
-            if rel["imputation"]:
+            if rel.imputation:
                 hib = M.METRICS.get(metric).meta["higher_is_better"]
                 for other in M.METRICS.entries():
                     if metric in other.meta.get("imputes_for", ()):
@@ -264,8 +265,8 @@ class Unit:
         """Re-run this unit's explainer on another model (randomisation metrics) and/or on other
         inputs in place of the unit's images (robustness metrics: perturbed images), with the same
         targets, background, parameters and seed."""
-        model = with_output_space(other, self.cfg["explain"]["output"]).eval()
+        model = with_output_space(other, self.cfg.explain.output).eval()
         x = self.images.to(self.device) if inputs is None else inputs
-        torch.manual_seed(self.cfg["seed"])
+        torch.manual_seed(self.cfg.seed)
         return run_explainer(self.explainer, model, x, self.targets.to(self.device),
                              background=self.background.to(self.device), **self.params).values
