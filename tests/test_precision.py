@@ -160,8 +160,8 @@ def test_config_refuses_float16_without_cuda():
     assert "float16 runs on CUDA only" in msg and "bfloat16" in msg
     if not torch.cuda.is_available():
         assert "finds no CUDA" in bench_error(load_config, None, ['metrics.precision="float16"', 'device="auto"'])
-    assert load_config(None, ['metrics.precision="bfloat16"'])["metrics"]["precision"] == "bfloat16"
-    assert load_config(None)["metrics"]["precision"] == "float32"
+    assert load_config(None, ['metrics.precision="bfloat16"']).metrics.precision == "bfloat16"
+    assert load_config(None).metrics.precision == "float32"
 
 
 def test_cli_refuses_float16_on_cpu_in_one_line_before_any_work(tmp_path, capsys):
@@ -181,20 +181,19 @@ def test_evaluate_refuses_float16_on_cpu_before_any_work():
 # ----------------------------------------------------------------------------- keys and identity
 
 
-def _unit(precision: str | None) -> Unit:
-    cfg = load_config(None, ['device="cpu"'] + ([] if precision is None else [f'metrics.precision="{precision}"']))
-    if precision is None:  # a config from before the setting existed
-        values = copy.deepcopy(cfg.values)
-        del values["metrics"]["precision"]
-        cfg = type(cfg)(values=values, source=cfg.source)
+def _unit(precision: str) -> Unit:
+    cfg = load_config(None, ['device="cpu"', f'metrics.precision="{precision}"'])
     x = torch.zeros(2, 1, 28, 28)
-    stage = Stage("resnet18", "pre", Path("ckpt.pt"), "0" * 64, {})
+    stage = Stage("resnet18", "pre", Path("ckpt.pt"), "0" * 64, {}, torch.nn.Identity())
     return Unit(cfg, stage, "random", {}, "fingerprint", torch.arange(2), x, torch.zeros(2, dtype=torch.long),
                 torch.zeros(2, dtype=torch.long), None, x, CPU, Path("run"))
 
 
-def test_score_key_differs_between_precisions_and_float32_keeps_the_old_key():
-    old, f32, bf16 = _unit(None), _unit("float32"), _unit("bfloat16")
+def test_score_key_differs_between_precisions_and_float32_keeps_the_old_key(monkeypatch):
+    f32, bf16 = _unit("float32"), _unit("bfloat16")
+    # the key recipe of the code before the setting existed: no precision part at all
+    monkeypatch.setattr("bench.run.unit.precision_key", lambda precision: {})
+    old = _unit("float32")
     assert f32.score_key == old.score_key  # existing float32 caches stay valid
     assert bf16.score_key != f32.score_key
     assert bf16.attr_key == f32.attr_key  # the explainer runs in float32 either way: its attributions are shared
@@ -202,11 +201,11 @@ def test_score_key_differs_between_precisions_and_float32_keeps_the_old_key():
 
 def test_identity_of_a_run_from_before_the_setting_is_unchanged(tmp_path):
     cfg = load_config(None, [f'results_dir="{tmp_path}"'])
-    old = copy.deepcopy(cfg.values)
+    old = cfg.to_dict()
     del old["metrics"]["precision"]
-    assert identity(old) == identity(cfg.values)
+    assert identity(old) == identity(cfg.to_dict())
     bf16 = load_config(None, [f'results_dir="{tmp_path}"', 'metrics.precision="bfloat16"'])
-    assert identity(bf16.values) != identity(cfg.values)
+    assert identity(bf16.to_dict()) != identity(cfg.to_dict())
     run_dir = tmp_path / "quick"
     run_dir.mkdir()
     (run_dir / "manifest.json").write_text(json.dumps({"status": "complete", "config": old}))

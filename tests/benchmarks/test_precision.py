@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 from time import perf_counter
 
@@ -42,7 +43,7 @@ from bench.metrics import METRICS
 from bench.report.comparisons import compare, goodness_tables
 from bench.run import cache
 from bench.run import plan as P
-from bench.run.config import derive, load_config
+from bench.run.config import load_config, revalidated, stats_settings
 from bench.run.manifest import cost_summary, time_passes
 from bench.stats.settings import StatsSettings
 from models.checkpoints import default_checkpoint_path
@@ -77,7 +78,7 @@ def _config(tmp_path: Path, device: torch.device):
     explainers = os.environ.get("BENCH_PRECISION_EXPLAINERS", "").strip() or CARD_EXPLAINERS
     ck_dir = Path(os.environ.get("BENCH_CHECKPOINT_DIR", "").strip() or REPO / "results" / "checkpoints")
     study = load_config(STUDY)
-    names = [m for m in study["metrics"]["names"] if m not in SAME_IN_EVERY_PRECISION]
+    names = [m for m in study.metrics.names if m not in SAME_IN_EVERY_PRECISION]
     cfg = load_config(STUDY, [
         "models.seeds=[0]", 'models.stages=["pre"]', f"data.per_cell={_positive('BENCH_PRECISION_PER_CELL', 2)}",
         "explain.names=[" + ", ".join(f'"{e.strip()}"' for e in explainers.split(",") if e.strip()) + "]",
@@ -176,16 +177,16 @@ def test_scoring_precision(benchmark, bench_settings, tmp_path):
     cfg = _config(tmp_path, device)
     train, val, test = P.load_data(cfg)
     ckpt = default_checkpoint_path(P._train_config(cfg, "resnet18", 0, train), train.fingerprint,
-                                   Path(cfg["checkpoint_dir"]))
+                                   Path(cfg.checkpoint_dir))
     if not ckpt.is_file():
         pytest.skip(f"no trained checkpoint {ckpt} (python -m bench train --model resnet18, or set "
                     f"BENCH_CHECKPOINT_DIR to a folder holding it)")
     stages = P.ensure_checkpoints(cfg, train, val, test, device, False, print)
-    reference = P.background(train, cfg["data"]["background_size"], cfg["seed"])
+    reference = P.background(train, cfg.data.background_size, cfg.seed)
     precisions = [DEFAULT_PRECISION, *reduced]
     plans = {}
     for p in precisions:
-        c = derive(cfg, {"metrics.precision": p})
+        c = revalidated(replace(cfg, metrics=replace(cfg.metrics, precision=p)))
         plans[p] = [x.unit for x in P.plan_units(c, stages, test, reference, device, tmp_path / p)[0] if not x.reference]
     assert all(len(plans[p]) == len(plans[DEFAULT_PRECISION]) for p in precisions)
     assert all(u.attr_key == v.attr_key for p in reduced for u, v in zip(plans[DEFAULT_PRECISION], plans[p]))
@@ -221,12 +222,12 @@ def test_scoring_precision(benchmark, bench_settings, tmp_path):
                                        for a, r in zip(attrs, records[p])], pass_seconds[p], wall[p], p)
             for p in precisions}
     scores = {p: _scores(plans[p], records[p]) for p in precisions}
-    settings = StatsSettings.from_config({"alpha": cfg["reliability"]["alpha"], **cfg["stats"]})
+    settings = stats_settings(cfg)
     mde = _card_mde()
     rows = []
     for p in reduced:
         seconds = {m: (sum(r["metric_seconds"][m] for r in records[DEFAULT_PRECISION]),
-                       sum(r["metric_seconds"][m] for r in records[p])) for m in cfg["metrics"]["names"]}
+                       sum(r["metric_seconds"][m] for r in records[p])) for m in cfg.metrics.names}
         rows += error_rows(scores[DEFAULT_PRECISION], scores[p], seconds, cost, settings, mde, p)
     n_images = int(scores[DEFAULT_PRECISION]["image"].nunique())
     total = {p: {"s_per_image": wall[p] / (n_images * len(set(u.explainer for u in plans[p]))),
@@ -239,7 +240,7 @@ def test_scoring_precision(benchmark, bench_settings, tmp_path):
         "kind": "precision", "model": "resnet18", "checkpoint": ckpt.name, "checkpoint_sha256": stages[0].sha256,
         "checkpoint_test": {k: stages[0].sidecar["test"].get(k) for k in ("acc", "auc")}, **bench_settings.describe(),
         "images": n_images, "explainers": sorted({u.explainer for u in plans[DEFAULT_PRECISION]}),
-        "per_cell": cfg["data"]["per_cell"], "metrics": cfg["metrics"]["names"],
+        "per_cell": cfg.data.per_cell, "metrics": list(cfg.metrics.names),
         "left_out": list(SAME_IN_EVERY_PRECISION), "explain_seconds": sum(explained), "load_average": load,
         "load_average_after": load_average(), "total": total, "rows": rows})
     # a metric without a model pass reads the same attribution the same way in every precision (NaN
