@@ -132,7 +132,7 @@ def _tables(plan: list[P.Planned], results: list[dict[str, Any]]) -> dict[str, p
             hib = bool(METRICS.get(name).meta["higher_is_better"])
             for k, (i, label, pred, cell) in enumerate(zip(p.index, p.labels, p.preds, p.cells)):
                 status = res["metric_status"][name][k]
-                state, msg = ("error", status[7:]) if status.startswith("error: ") else (status, "")
+                state, _, msg = status.partition(": ")  # "error: <message>", "n/a: <reason>", "ok", "n/a"
                 records.append([st.model_name, st.stage, p.explainer, name, int(i), int(label), int(pred), cell,
                                 res["metrics"][name][k], state, msg, hib, res["seconds_per_image"],
                                 res["peak_mem_mb"]])

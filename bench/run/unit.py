@@ -30,6 +30,8 @@ from bench.run.config import RunConfig
 from explainers import EXPLAINERS, Attribution, run_explainer, with_output_space
 
 CACHE_VERSION = 1
+# why a metric that re-runs the explainer (needs=("explain",)) has no score for a map computed elsewhere
+FIXED_MAP = "a given map cannot be re-explained (this metric re-runs the explainer on other models or inputs)"
 
 
 @dataclass
@@ -96,13 +98,15 @@ class Unit:
 
     def __init__(self, cfg: RunConfig, stage: Stage, explainer: str, params: dict, fingerprint: str, index: Tensor,
                  images: Tensor, labels: Tensor, targets: Tensor, masks: Tensor | None, background: Tensor,
-                 device: torch.device, run_dir: Path, *, scored: bool = True) -> None:
+                 device: torch.device, run_dir: Path, *, scored: bool = True, given: Tensor | None = None) -> None:
         self.cfg, self.stage, self.explainer, self.params, self.scored = cfg, stage, explainer, params, scored
+        self.given = given  # (B, C, H, W): a map computed elsewhere (bench.evaluate's attributions), not explained
         self.metric_names = list(cfg["metrics"]["names"]) if scored else []  # a reference unit only explains
         self.index, self.labels, self.targets, self.masks = index, labels, targets, masks
         self.images, self.background, self.device = images, background, device
         self.attr_key = content_key({"v": CACHE_VERSION, "ckpt": stage.sha256, "explainer": explainer,
-                                     "params": params, "code": explainer_code_digest(EXPLAINERS.get(explainer).obj),
+                                     "params": params, "code": explainer_code_digest(EXPLAINERS.get(explainer).obj)
+                                     if given is None else {"given map": tensor_digest(given)},
                                      "output": cfg["explain"]["output"], "data": fingerprint,
                                      "index": index.tolist(), "targets": targets.tolist(),
                                      "background": tensor_digest(background), "seed": cfg["seed"],
@@ -127,7 +131,11 @@ class Unit:
         return attr, self.score(attr)
 
     def explain(self) -> dict[str, Any]:
-        """The attribution record: values, outputs and base values on the CPU, seconds, peak memory."""
+        """The attribution record: values, outputs and base values on the CPU, seconds, peak memory
+        (a given map: its values, no model call, no time)."""
+        if self.given is not None:
+            return {"status": "ok", "message": "", "seconds": 0.0, "peak_mem_mb": 0.0, "values": self.given.float(),
+                    "outputs": None, "base_values": None, "meta": json.dumps({"given": True})}
         model = with_output_space(self.stage.model, self.cfg["explain"]["output"]).eval()
         x, y = self.images.to(self.device), self.targets.to(self.device)
         bg = self.background.to(self.device)
@@ -165,12 +173,18 @@ class Unit:
         given = {"raw": Attribution(raw_values, outputs, base_values),
                  "preprocessed": Attribution(M.preprocess_attributions(raw_values, self.cfg["metrics"]["attribution"]),
                                              outputs, base_values)}
-        additive = bool(EXPLAINERS.get(self.explainer).meta.get("additive", False))
+        fixed = self.given is not None
+        additive = not fixed and bool(EXPLAINERS.get(self.explainer).meta.get("additive", False))
         context = M.MetricContext(masks=None if self.masks is None else self.masks.to(self.device),
-                                  explain=self.explain_on, additive=additive)
+                                  explain=None if fixed else self.explain_on, additive=additive)
         results: dict[str, M.MetricResult] = {}
         for name in self.metric_names:
             t_metric = time.perf_counter()
+            if fixed and "explain" in M.METRICS.get(name).meta.get("needs", ()):
+                out["metrics"][name] = [math.nan] * n
+                out["metric_status"][name] = [f"n/a: {FIXED_MAP}"] * n
+                out["metric_seconds"][name] = 0.0
+                continue
             try:
                 res = results[name] = self._metric(name, {}, given, context)
                 vals = [float(f) for f in res.scores.detach().float().cpu()]
