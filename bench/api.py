@@ -82,7 +82,8 @@ class Result:
 
     @property
     def model_info(self) -> dict[str, Any]:
-        """The model record: class, state-dict sha256, safety report, conversion and its max output difference."""
+        """The model record: class, state-dict sha256, safety report, conversion (the modules it rewrote, its max
+        output difference)."""
         return self.manifest["checkpoints"][0]["train_config"]["user_model"]
 
     def leaderboard(self) -> pd.DataFrame:
@@ -160,9 +161,12 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray, targets: Tensor | np
         attribution: "signed" | "abs" | "positive", the one preprocessing step before the metrics.
         output: "logit" | "probability", the explained scalar's space.
         device: "auto" | "cpu" | "cuda".
-        convert: replace the model by :func:`models.make_explainer_safe`'s equivalent copy (torchvision
-            ResNets) and record the max absolute output difference on ``images``. Without it an
-            unsafe model gives a warning, and DeepExplainer-based explainers fail (recorded).
+        convert: replace the model by :func:`models.convert_explainer_safe`'s equivalent copy (in-place
+            ReLUs, reused ReLU modules, torchvision residual blocks, overlapping max-pools after a
+            ReLU) and record the rewritten modules and the max absolute output difference on
+            ``images``; a model it cannot rewrite exactly is refused in one line naming the module,
+            before any work. Without it an unsafe model gives a warning, and DeepExplainer-based
+            explainers fail (recorded in one line).
         seed: the run's seed (explainers, background draw). shard_size: images per unit of work.
         name: the run's name. model_name: the model column (default: the model's class name).
         overrides: further ``--set``-style config overrides, e.g. ``["reliability.substrates=[]"]``.
@@ -213,7 +217,7 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray, targets: Tensor | np
                          f"dot, at most {MAX_NAME} characters); pass e.g. model_name=\"my-resnet\"")
 
     t0 = time.perf_counter()
-    fix = "pass convert=True to bench.evaluate (it converts torchvision ResNets)"
+    fix = "pass convert=True to bench.evaluate (it rewrites what has an exact rewrite, or says what it cannot)"
     work, record = prepare_model(work, x, convert=convert, fix=fix,
                                  warn=lambda s: warnings.warn(s.removeprefix("warning: "), UserWarning, stacklevel=4))
     timings = {"model": time.perf_counter() - t0}

@@ -332,8 +332,8 @@ def _check_stats(st: dict[str, Any]) -> None:
     known = set(DEFAULT_MARGINS) | set(metrics.METRICS.names())
     for key in ("margins", "effects"):
         for name, value in st[key].items():
-            _expect(name in known, f"stats.{key}.{name}",
-                    f"is neither a metric nor a metric kind; kinds: {', '.join(sorted(DEFAULT_MARGINS))}")
+            _expect(name in known, f"stats.{key}.{name}", f"is neither a metric nor a metric kind"
+                    f"{did_you_mean(name, known)}; kinds: {', '.join(sorted(DEFAULT_MARGINS))}")
             _expect(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
                     f"stats.{key}.{name}", f"must be a number > 0, got {value!r}")
     for key in ("alias_rtol", "alias_atol"):
@@ -393,6 +393,9 @@ def _check_names(v: dict[str, Any]) -> None:
     for n in v["models"]["names"]:
         if n not in v["models"]["user"]:
             models.MODELS.get(n)
+    for c in v["reliability"]["controls"]:
+        _expect(c in explainers.EXPLAINERS, "reliability.controls",
+                f"{c!r} is not a registered explainer{did_you_mean(c, explainers.EXPLAINERS.names())}")
     for table, kind, names, params, registry, exclude in (
             ("explain", "explainer", v["explain"]["names"], v["explain"]["params"], explainers.EXPLAINERS, ()),
             ("metrics", "metric", v["metrics"]["names"], v["metrics"]["params"], metrics.METRICS, metrics.PROTOCOL)):

@@ -111,15 +111,27 @@ def run_plan(cfg: RunConfig, run_dir: Path, device: torch.device, test: P.ImageS
     write_manifest(run_dir, cfg, device, test, stages, timings, unit_log, [*written, run_dir / REPORT], executor,
                    cost)
     write_html_report(run_dir)  # after the final manifest it shows: the page `bench report` rebuilds
+    say(summary_line(plan, unit_log, timings["total"], cost["explain_and_metrics"]["ratio"]))
+    return run_dir
+
+
+def summary_line(plan: list[P.Planned], unit_log: list[dict[str, Any]], seconds: float, ratio: float | None) -> str:
+    """The run's last line, in plain words: what was explained and scored, in how long, against the
+    least time the model passes it needs would take (manifest.json: cost), what came from the cache,
+    what failed."""
+    scored = [p for p in plan if not p.reference]
+    images = len({(p.stage.arch, int(i)) for p in scored for i in p.index})
+    explainers = len({p.explainer for p in scored})
+    stages = len({(p.stage.model_name, p.stage.stage) for p in scored})
     n_cached = sum(u["cached"] for u in unit_log)
     failed = sorted({(u["model"], u["stage"], u["explainer"]) for u in unit_log if u["status"] != "ok"})
-    ratio = cost["explain_and_metrics"]["ratio"]
-    say(f"{len(unit_log)} units ({n_cached} from cache) in {timings['total']:.0f} s"
-        + (f"; explaining and scoring took {timings['explain_and_metrics']:.0f} s, {ratio:.1f} times as long as the "
-           f"model passes they need (manifest.json: cost)" if ratio is not None else "")
-        + (f"; failed: {', '.join('/'.join(f) for f in failed)} (failures are not cached: the next run retries "
-           f"them)" if failed else ""))
-    return run_dir
+    plural = lambda k, word: f"{k} {word}{'' if k == 1 else 's'}"  # noqa: E731
+    return (f"explained and scored {plural(images, 'image')} with {plural(explainers, 'explainer')} on "
+            f"{plural(stages, 'model stage')} in {seconds:.0f} s"
+            + (f" ({ratio:.1f} x the time of the model passes it needs)" if ratio is not None else "")
+            + (f"; {n_cached} of {len(unit_log)} units of work from the cache" if n_cached else "")
+            + (f"; failed: {', '.join('/'.join(f) for f in failed)} (failures are not cached: the next run retries "
+               f"them)" if failed else ""))
 
 
 def _tables(plan: list[P.Planned], results: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:

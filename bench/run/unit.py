@@ -89,7 +89,7 @@ def failed_attribution(message: str) -> dict[str, Any]:
     """The attribution record of an explainer that raised: its one-line message, no values and no
     timing (the time to a failure says nothing about a method's cost, and a re-run of a
     deterministic failure then rewrites identical tables)."""
-    return {"status": "error", "message": one_line(message, 500), "seconds": math.nan,
+    return {"status": "error", "message": one_line(message, 240), "seconds": math.nan,
             "peak_mem_mb": math.nan, "values": None, "outputs": None, "base_values": None, "meta": "{}"}
 
 
@@ -146,8 +146,8 @@ class Unit:
                 t0 = time.perf_counter()  # after the memory baseline is taken (gc, malloc_trim)
                 attr = run_explainer(self.explainer, model, x, y, background=bg, **self.params)
                 seconds = time.perf_counter() - t0
-        except Exception as exc:  # recorded, the run goes on
-            return failed_attribution(f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # recorded in one short line, the run goes on
+            return failed_attribution(models.hook_failure(exc) or f"{type(exc).__name__}: {exc}")
         return {"status": "ok", "message": "", "seconds": seconds, "peak_mem_mb": mem.peak_mb,
                 "values": attr.values.detach().float().cpu(),
                 "outputs": None if attr.outputs is None else attr.outputs.detach().float().cpu(),
