@@ -338,7 +338,7 @@ def _tensor(a: Any, what: str) -> Tensor:
     if isinstance(a, Tensor):
         return a.detach().cpu()
     try:
-        return torch.as_tensor(np.asarray(a))
+        return torch.as_tensor(np.array(a))  # a copy: a read-only array makes torch warn
     except (TypeError, ValueError, RuntimeError) as exc:
         raise BenchError(f"{what} must be a tensor or an array, got {type(a).__name__} ({exc})") from None
 

@@ -53,21 +53,24 @@ def grad_cams(model: nn.Module, images: torch.Tensor, classes: torch.Tensor) -> 
     return out
 
 
-def score_maps(*, synthetic: bool = False, n_images: int = 24, steps: int = 300, seed: int = 0,
-               overrides: tuple[str, ...] = (), verbose: bool = True) -> bench.Result:
-    """Train, compute the maps, score them: the whole example, as a function (the tests call it)."""
+def your_model_and_maps(*, synthetic: bool = False, n_images: int = 24, steps: int = 300, seed: int = 0):
+    """(model, images, labels, predicted classes, {name: (N, H, W) maps}): what you bring, made here."""
     options = {"n": 400, "seed": seed} if synthetic else {"size": 28}
     dataset = "synthetic" if synthetic else "pneumoniamnist"
     train, test = load_split(dataset, "train", **options), load_split(dataset, "test", **options)
     model = train_tiny(train.images, train.labels, steps=steps, seed=seed)
-
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n_images].sort().values
     images, labels = test.images[pick], test.labels[pick]
     with torch.no_grad():
         predicted = model(images).argmax(1)  # the class each map explains
-    maps = grad_cams(model, images, predicted)
+    return model, images, labels, predicted, grad_cams(model, images, predicted)
 
-    # the maps enter as explainers named by you, beside the two controls (the card's chance level)
+
+def score(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor,
+          maps: dict[str, np.ndarray], *, seed: int = 0, overrides: tuple[str, ...] = (),
+          verbose: bool = True) -> bench.Result:
+    """Your maps scored: they enter as explainers named by you, beside the two controls (the card's
+    chance level), explaining the classes they were computed for."""
     return bench.evaluate(model, images, targets=predicted, labels=labels, attributions=maps, metrics=METRICS,
                           seed=seed, device="cpu", model_name="tiny-cnn", overrides=list(overrides), verbose=verbose)
 
@@ -77,7 +80,7 @@ def main() -> None:
     parser.add_argument("--synthetic", action="store_true", help="pneumobench's synthetic images (no data file)")
     parser.add_argument("--out", default="results/own-maps", help="where to save the run (default: %(default)s)")
     args = parser.parse_args()
-    result = score_maps(synthetic=args.synthetic)
+    result = score(*your_model_and_maps(synthetic=args.synthetic))
     print(result.to_markdown())
     print(f"saved to {result.save(Path(args.out))}: report.html, leaderboard.md, reliability.md, scores.csv")
 

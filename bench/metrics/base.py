@@ -156,7 +156,7 @@ def map_values(values: Any, shape: Sequence[int], what: str = "attribution") -> 
         v = values.detach().cpu()
     else:
         try:
-            v = torch.as_tensor(np.asarray(values))
+            v = torch.as_tensor(np.array(values))  # a copy: a read-only array makes torch warn
         except (TypeError, ValueError, RuntimeError) as exc:
             raise BenchError(f"{what} must be a tensor or an array, got {type(values).__name__} ({exc})") from None
     if v.dtype == torch.bool or v.is_complex() or not (v.is_floating_point() or v.dtype in (
