@@ -437,7 +437,7 @@ class _InplaceAdd(_ReusedInplace):
         return self.fc(y.mean((2, 3)))
 
 
-class _Functional(_ReusedInplace):
+class _FunctionalRelu(_ReusedInplace):
     def forward(self, x):
         return self.fc(F.relu(self.c1(x)).mean((2, 3)))
 
@@ -481,7 +481,7 @@ def test_convert_rewrites_any_model_exactly(build, rewritten):
 
 @pytest.mark.parametrize("build, words", [
     (_InplaceAdd, "_InplaceAdd.forward runs an in-place op (Tensor.add_)"),
-    (_Functional, "_Functional.forward calls F.relu"),
+    (_FunctionalRelu, "_FunctionalRelu.forward calls F.relu"),
     (_SharedConv, "module 'c2' (Conv2d) is called 2 times per forward and holds weights"),
     (_PoolNotAfterRelu, "module 'pool' (MaxPool2d) is a padded overlapping max-pool"),
 ])
