@@ -516,8 +516,8 @@ def convert_explainer_safe(model: nn.Module, example: Tensor) -> tuple[nn.Module
             raise refuse(name, f"is an overlapping max-pool ({why}) with dilation, ceil_mode or return_indices (or not "
                          f"2-D), which ReLUTreeMaxPool2d cannot rebuild exactly; use windows that do not overlap")
         if any(_ntuple(m.padding, 2)) and id(m) not in fed:
-            raise refuse(name, f"is a padded overlapping max-pool ({why}) whose input is not a ReLU module's output, so "
-                         f"zero padding may differ from -inf; put an nn.ReLU before it")
+            raise refuse(name, f"is a padded overlapping max-pool ({why}) whose input is not a ReLU module's "
+                         f"output, so zero padding may differ from -inf; put an nn.ReLU before it")
         pool = ReLUTreeMaxPool2d(m.kernel_size, m.stride, m.padding).train(m.training)
         _replace(safe, m, pool)
         rewrites.append(f"{name}: {why} -> ReLUTreeMaxPool2d (max as a + relu(b - a), exact)")

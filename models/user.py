@@ -11,8 +11,9 @@ channels and, in a run, the number of classes), its explainer safety is reported
 (:func:`models.check_explainer_safe`), and with ``convert`` it is replaced by
 :func:`models.convert_explainer_safe`'s equivalent copy (any model whose problems all have an exact
 rewrite; the others are refused in one line naming the module), the rewritten modules and the
-largest absolute difference of their outputs on the images recorded. What was done is returned as a JSON-able record for the manifest,
-with a model key (:func:`model_key`) that changes with the weights, the factory and the conversion.
+largest absolute difference of their outputs on the images recorded. What was done is returned as
+a JSON-able record for the manifest, with a model key (:func:`model_key`) that changes with the
+weights, the factory and the conversion.
 """
 from __future__ import annotations
 
@@ -267,9 +268,9 @@ def prepare_model(model: nn.Module, images: Tensor, *, convert: bool, warn: Call
         safe = safe.eval()
         diff, scale = _max_difference(model, safe, images)
         if not diff <= CONVERT_RTOL * max(1.0, scale):
-            raise BenchError(f"convert: the explainer-safe copy of {kind.__name__} differs from it by {diff:.3g} on the "
-                             f"images (outputs up to {scale:.3g}), more than float rounding: its forward depends on "
-                             f"what was rewritten ({'; '.join(rewrites)[:120] or 'nothing'}); run without convert")
+            raise BenchError(f"convert: the explainer-safe copy of {kind.__name__} differs from it by {diff:.3g} on "
+                             f"the images (outputs up to {scale:.3g}), more than float rounding: its forward depends "
+                             f"on what was rewritten ({one_line('; '.join(rewrites), 120) or 'nothing'}); run without convert")
         record["conversion"] = {"max_abs_output_difference": diff, "n_images": int(len(images)),
                                 "rewritten": rewrites,
                                 "safety_after": safety_record(check_explainer_safe(safe, images[:2]))}

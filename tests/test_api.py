@@ -321,7 +321,8 @@ def test_model_key_follows_checkpoint_and_conversion(trained, tmp_path, monkeypa
 
 @pytest.fixture(scope="module")
 def tiny_and_maps(one_thread):
-    """A calibrated tiny CNN, 8 images and a map of them computed outside pneumobench (|gradient|, (N, H, W) float64)."""
+    """A calibrated tiny CNN, 8 images and a map of them computed outside pneumobench (|gradient|, (N, H, W)
+    float64)."""
     from tests.conftest import calibrated
 
     model = calibrated("tiny", head_scale=5)
@@ -349,8 +350,8 @@ def test_own_maps_are_scored_by_every_metric_and_the_card(tiny_and_maps, tmp_pat
     assert set(res.scores.explainer) == {"mine", "random"}
     # scored as compute_metric scores the same map
     direct = compute_metric("deletion_auc", model, x, targets, mine, steps=4).scores
-    assert torch.allclose(torch.as_tensor(s.loc[("mine", "deletion_auc"), "value"].to_numpy(copy=True)), direct.double(),
-                          rtol=1e-6, atol=1e-7)
+    scored = torch.as_tensor(s.loc[("mine", "deletion_auc"), "value"].to_numpy(copy=True))
+    assert torch.allclose(scored, direct.double(), rtol=1e-6, atol=1e-7)
     # a metric that re-runs the explainer cannot score a fixed map: n/a with the reason, not an error
     fixed = s.loc[("mine", "max_sensitivity")]
     assert (fixed.status == "n/a").all() and (fixed.message == FIXED_MAP).all()
@@ -358,7 +359,8 @@ def test_own_maps_are_scored_by_every_metric_and_the_card(tiny_and_maps, tmp_pat
     assert (s.loc[("mine", "additivity_error"), "status"] == "n/a").all()  # a map has no outputs
     given = res.manifest["config"]["explain"]["given"]["mine"]
     assert given["sha256"] == tensor_digest(torch.tensor(mine, dtype=torch.float32)[:, None])
-    assert given["not_scored"] == ["max_sensitivity"] and res.manifest["config"]["explain"]["names"] == ["random", "mine"]
+    assert given["not_scored"] == ["max_sensitivity"]
+    assert res.manifest["config"]["explain"]["names"] == ["random", "mine"]
     assert "mine" in res.files["reliability.md"].decode()  # the card judges it against the controls
     board = res.leaderboard().set_index(["explainer", "metric"])
     assert board.loc[("mine", "max_sensitivity"), "status"] == "n/a"
@@ -468,3 +470,25 @@ def test_the_grad_cam_example_scores_its_maps():
     for name, m in maps.items():
         direct = compute_metric("drop_rate", model, images, predicted, m).scores.double()
         assert torch.allclose(torch.tensor(s.loc[(name, "drop_rate"), "value"].to_numpy()), direct, atol=1e-7)
+
+
+class Aliased(nn.Module):
+    """Its output reads a tensor an in-place ReLU changed: out of place, the same code computes something else."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.relu, self.fc = nn.Conv2d(1, 4, 3), nn.ReLU(inplace=True), nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        z = self.relu(y)  # in place: y is z
+        return self.fc((y + z).mean((2, 3)))
+
+
+def test_convert_refuses_a_copy_whose_outputs_differ(tiny_and_maps):
+    _, x, _ = tiny_and_maps
+    with pytest.raises(BenchError) as err:
+        bench.evaluate(Aliased().eval(), x, convert=True, explainers=["random"], metrics=["drop_rate"], verbose=False)
+    message = str(err.value)
+    assert message.startswith("convert: the explainer-safe copy of Aliased differs from it by ") and "\n" not in message
+    assert "relu: ReLU(inplace=True) -> inplace=False" in message and "run without convert" in message

@@ -423,7 +423,8 @@ class _TorchvisionBlocks(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.blocks = nn.Sequential(torchvision.models.resnet.BasicBlock(8, 8), torchvision.models.resnet.BasicBlock(8, 8))
+        block = torchvision.models.resnet.BasicBlock
+        self.blocks = nn.Sequential(block(8, 8), block(8, 8))
         self.fc = nn.Linear(8, 2)
 
     def forward(self, x):
