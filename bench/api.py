@@ -9,6 +9,10 @@ safety, ``convert``), plans the same units of work as ``bench run`` does for its
 directory's files in memory: its leaderboard and Markdown are the CLI's, and :meth:`Result.save`
 writes a run directory that ``python -m bench report`` rebuilds byte for byte.
 
+Maps computed elsewhere (``attributions={"my-gradcam": maps}``) are scored like an explainer's: every
+metric of the run and the reliability card, beside the registered explainers or alone; see
+docs/own-maps.md.
+
 The model you pass is not changed (a copy is explained, in eval mode).
 """
 from __future__ import annotations
@@ -33,6 +37,7 @@ from torch import Tensor, nn
 from bench.core.device import resolve_device
 from bench.core.errors import BenchError
 from bench.core.io import atomic_write_bytes, atomic_write_json
+from bench.metrics import METRICS, map_values
 from bench.report import leaderboard as L, plots
 from bench.report.html import REPORT, write_html_report
 from bench.report.rebuild import MEASURED, rebuild
@@ -42,12 +47,15 @@ from bench.run.rundir import claim
 from bench.run.runner import run_plan
 from bench.run.unit import Stage, tensor_digest
 from datasets import ImageSplit
+from explainers import EXPLAINERS
 from models.user import checked_predictions, check_fits, copy_model, object_model_key, prepare_model
 
 __all__ = ["evaluate", "Result", "BACKGROUND_SIZE"]
 
 BACKGROUND_SIZE = 32  # reference images drawn (seeded) from the images when no background is given
 RUN_FILES_SKIPPED = ("cache", ".lock")  # what of the temporary run directory a Result does not keep
+# the explainers beside maps given without ``explainers``: the reliability card's controls, its chance level
+MAP_CONTROLS = ("random", "edge")
 
 
 @dataclass
@@ -73,7 +81,8 @@ class Result:
 
     @property
     def model_info(self) -> dict[str, Any]:
-        """The model record: class, state-dict sha256, safety report, conversion and its max output difference."""
+        """The model record: class, state-dict sha256, safety report, conversion (the modules it rewrote, its max
+        output difference)."""
         return self.manifest["checkpoints"][0]["train_config"]["user_model"]
 
     def leaderboard(self) -> pd.DataFrame:
@@ -132,7 +141,7 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray, targets: Tensor | np
              output: str = "logit", device: str = "auto", precision: str = "float32", convert: bool = False,
              seed: int = 0, shard_size: int = 8,
              name: str = "notebook", model_name: str | None = None, overrides: Sequence[str] = (),
-             verbose: bool = True) -> Result:
+             attributions: Mapping[str, Tensor | np.ndarray] | None = None, verbose: bool = True) -> Result:
     """Benchmark explainers on ``model`` with ``images``: the CLI's units, scores and tables.
 
     Args:
@@ -142,7 +151,9 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray, targets: Tensor | np
         labels: true labels ``(N,)``: the confusion cells TP/FP/FN/TN (class 1 positive). Without
             them the label column is -1 and the cell says the predicted class (TP: 1, TN: 0).
         masks: ``(N, 1, H, W)`` ground-truth regions, for the localisation metrics.
-        explainers, metrics: registered names (default: the quick profile's, ``configs/quick.toml``).
+        explainers, metrics: registered names (default: the quick profile's, ``configs/quick.toml``;
+            with ``attributions``, the explainers default to the controls ``random`` and ``edge``,
+            the chance level of the reliability card, and ``explainers=[]`` scores the maps alone).
         background: reference images ``(M, C, H, W)``; default a seeded draw of up to
             :data:`BACKGROUND_SIZE` of ``images``.
         explainer_params, metric_params: ``{name: {parameter: value}}`` (``explain.params``,
@@ -152,25 +163,43 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray, targets: Tensor | np
         device: "auto" | "cpu" | "cuda".
         precision: "float32" | "bfloat16" | "float16" (CUDA only): the metrics' own model passes, under
             autocast (``metrics.precision``); the explainers run in float32.
-        convert: replace the model by :func:`models.make_explainer_safe`'s equivalent copy (torchvision
-            ResNets) and record the max absolute output difference on ``images``. Without it an
-            unsafe model gives a warning, and DeepExplainer-based explainers fail (recorded).
+        convert: replace the model by :func:`models.convert_explainer_safe`'s equivalent copy (in-place
+            ReLUs, reused ReLU modules, torchvision residual blocks, overlapping max-pools after a
+            ReLU) and record the rewritten modules and the max absolute output difference on
+            ``images``; a model it cannot rewrite exactly is refused in one line naming the module,
+            before any work. Without it an unsafe model gives a warning, and DeepExplainer-based
+            explainers fail (recorded in one line).
         seed: the run's seed (explainers, background draw). shard_size: images per unit of work.
         name: the run's name. model_name: the model column (default: the model's class name).
         overrides: further ``--set``-style config overrides, e.g. ``["reliability.substrates=[]"]``.
+        attributions: maps computed elsewhere, ``{name: (N, H, W) | (N, 1, H, W) | (N, C, H, W)}``
+            (numpy or torch, any float dtype), aligned with ``images`` and explaining ``targets``
+            (pass the classes they explain). Each enters the run as an explainer named ``name``
+            (not a registered explainer's name) and is scored by every metric, except those that
+            re-run the explainer (``randomisation_similarity``, ``max_sensitivity``,
+            ``avg_sensitivity``, ``local_lipschitz_estimate``: "n/a" with the reason in the
+            message column) and is left out of MetaQuantus; additivity is n/a (a map has no
+            outputs). The cache key carries each map's digest.
         verbose: print one line per unit of work.
 
     Bad input is a one-line :class:`bench.core.errors.BenchError` naming the problem and the fix.
     """
     t_all = time.perf_counter()
     given_targets = targets is not None
-    cfg = _config(name, seed, device, explainers, metrics, explainer_params, metric_params, attribution, output,
-                  shard_size, overrides, precision)
+    maps_given = _map_names(attributions, explainers)
+    registered = list(MAP_CONTROLS) if maps_given and explainers is None else explainers
+    # maps alone: the config is validated with one control (explain.names may not be empty), then holds the maps only
+    cfg = _config(name, seed, device, registered or ([MAP_CONTROLS[0]] if maps_given else registered), metrics,
+                  explainer_params, metric_params, attribution, output, shard_size, overrides, precision)
+    if maps_given and not registered:
+        cfg = replace(cfg, explain=replace(cfg.explain, names=()))
     dev = resolve_device(cfg.device)
     if not isinstance(model, nn.Module):
         raise BenchError(f"model must be a torch nn.Module returning logits, got {type(model).__name__}")
     x = _images(images, "images")
     n = len(x)
+    maps = {key: map_values(value, x.shape, f"attributions[{key!r}]")
+            for key, value in (attributions or {}).items()}  # the order of maps_given
     work = copy_model(model).cpu().eval()
     k = check_fits(work, x, where="model")
     y = None if labels is None else _classes(labels, "labels", n, k)
@@ -191,7 +220,7 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray, targets: Tensor | np
                          f"dot, at most {MAX_NAME} characters); pass e.g. model_name=\"my-resnet\"")
 
     t0 = time.perf_counter()
-    fix = "pass convert=True to bench.evaluate (it converts torchvision ResNets)"
+    fix = "pass convert=True to bench.evaluate (it rewrites what has an exact rewrite, or says what it cannot)"
     work, record = prepare_model(work, x, convert=convert, fix=fix,
                                  warn=lambda s: warnings.warn(s.removeprefix("warning: "), UserWarning, stacklevel=4))
     timings = {"model": time.perf_counter() - t0}
@@ -200,7 +229,7 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray, targets: Tensor | np
             "labels": y is not None, "targets": "given" if given_targets else "predicted",
             "background": bg_source, "background_size": int(len(bg)), "background_sha256": tensor_digest(bg)}
     split = ImageSplit(images=x, labels=split.labels, name="notebook", split="given", masks=m, info=info)
-    cfg = _describe(cfg, label, record, key, info)
+    cfg = _describe(cfg, label, record, key, info, maps)
     stage = Stage(label, "pre", Path("notebook"), key, {"test": {}, "config": {"user_model": record}},
                   work.to(dev), label, 0)
     preds = checked_predictions(stage.model, x, device=dev).argmax(1)
@@ -209,7 +238,7 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray, targets: Tensor | np
         run_dir = Path(tmp) / cfg.name
         with claim(run_dir, cfg):
             plan, examples = P.plan_images(cfg, [stage], P.data_fingerprint(split), torch.arange(n), x, y,
-                                           preds if t is None else t, m, preds, bg, dev, run_dir)
+                                           preds if t is None else t, m, preds, bg, dev, run_dir, maps)
             run_plan(cfg, run_dir, dev, split, [stage], plan, examples, timings, t_all, say=say, progress=False,
                      figures=False)
         files = {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
@@ -243,15 +272,42 @@ def _names(names: Any, what: str) -> Sequence[Any]:
     return names
 
 
-def _describe(cfg: RunConfig, label: str, record: dict[str, Any], key: str, info: dict[str, Any]) -> RunConfig:
+def _map_names(attributions: Any, explainers: Sequence[str] | None) -> list[str]:
+    """The names of the given maps, in order; a one-line error for a name that is not plain or is taken."""
+    if attributions is None:
+        return []
+    if not isinstance(attributions, Mapping):
+        raise BenchError(f"attributions must be a dict {{name: maps}}, got {type(attributions).__name__}; e.g. "
+                         f"attributions={{\"my-gradcam\": maps}}")
+    taken = set(explainers) if explainers is not None and not isinstance(explainers, str) else set()
+    for key in attributions:
+        if not is_plain_name(key):
+            raise BenchError(f"attributions: {shown(key)} is not a plain name (letters, digits and ._+-, not starting "
+                             f"with a dot, at most {MAX_NAME} characters); name the map e.g. \"my-gradcam\"")
+        if key in EXPLAINERS or key in taken:
+            raise BenchError(f"attributions: {key!r} is the name of a registered explainer; name your map otherwise, "
+                             f"e.g. \"my-{key}\" (the tables would not tell the two apart)")
+    return list(attributions)
+
+
+def _describe(cfg: RunConfig, label: str, record: dict[str, Any], key: str, info: dict[str, Any],
+              maps: Mapping[str, Tensor]) -> RunConfig:
     """The config with its data and models sections saying what was evaluated (the notebook's
-    images and model, not the quick profile's data set and ResNet)."""
+    images and model, not the quick profile's data set and ResNet), and the given maps among the
+    explainers, each with its digest (so another map is another run) and the metrics that cannot
+    score it."""
+    explain = replace(cfg.explain, target=info["targets"])
+    if maps:
+        fixed = [m for m in cfg.metrics.names if "explain" in METRICS.get(m).meta.get("needs", ())]
+        explain = replace(explain, names=(*explain.names, *maps),
+                          given={k: {"sha256": tensor_digest(v), "shape": list(v.shape), "not_scored": fixed}
+                                 for k, v in maps.items()})
     data = DataSection(dataset="notebook", options={}, split="given", sample="all", per_cell=cfg.data.per_cell,
                        background_size=info["background_size"],
                        described={k: info[k] for k in ("n_images", "images_sha256", "labels", "background",
                                                        "background_sha256")})
     users = {label: {"object": record["class"], "convert": record["convert"], "model_key": key}}
-    return replace(cfg, data=data, explain=replace(cfg.explain, target=info["targets"]),
+    return replace(cfg, data=data, explain=explain,
                    models=ModelsSection(names=(label,), stages=("pre",), seeds=(), user=users),
                    source=f"bench.evaluate (arguments over {cfg.source})")
 
@@ -286,7 +342,7 @@ def _tensor(a: Any, what: str) -> Tensor:
     if isinstance(a, Tensor):
         return a.detach().cpu()
     try:
-        return torch.as_tensor(np.asarray(a))
+        return torch.as_tensor(np.array(a))  # a copy: a read-only array makes torch warn
     except (TypeError, ValueError, RuntimeError) as exc:
         raise BenchError(f"{what} must be a tensor or an array, got {type(a).__name__} ({exc})") from None
 

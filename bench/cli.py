@@ -64,7 +64,20 @@ class Parser(argparse.ArgumentParser):
     mistyped choice or command."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if message.startswith("unrecognized arguments: "):  # a mistyped flag: the nearest flag of any command
+            flag = next((a for a in message.split(": ", 1)[1].split() if a.startswith("--")), "")
+            message += did_you_mean(flag.split("=")[0], self._flags()) if flag else ""
         raise UsageError(f"{self.prog}: {message}; see {self.prog} --help")
+
+    def _flags(self) -> list[str]:
+        """Every option string of this parser and its commands."""
+        flags = []
+        for action in self._actions:
+            flags += [o for o in action.option_strings if o.startswith("--")]
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    flags += sub._flags() if isinstance(sub, Parser) else []
+        return sorted(set(flags))
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:
         if action.choices is not None and value not in action.choices:

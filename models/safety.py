@@ -13,7 +13,9 @@ sum exactly to ``f(x) - E_r f(r)``. Measured in ../shared/FIELD-NOTES.md, four t
 
 :func:`check_explainer_safe` reports all four from one forward pass; :func:`make_explainer_safe`
 rewrites a torchvision ResNet into an equivalent model free of them, using
-:class:`ReLUTreeMaxPool2d` for the overlapping pool.
+:class:`ReLUTreeMaxPool2d` for the overlapping pool; :func:`convert_explainer_safe` rewrites any
+model whose problems all have an exact rewrite (and says which modules it rewrote), and refuses
+the others with one line naming the module.
 """
 from __future__ import annotations
 
@@ -32,8 +34,9 @@ from torch.overrides import TorchFunctionMode
 from bench.core.errors import BenchError
 from models import resnet
 
-__all__ = ["Finding", "SafetyReport", "check_explainer_safe", "make_explainer_safe", "ReLUTreeMaxPool2d",
-           "SafeBasicBlock", "SafeBottleneck"]
+__all__ = ["Finding", "SafetyReport", "check_explainer_safe", "make_explainer_safe", "convert_explainer_safe",
+           "hook_failure",
+           "ReLUTreeMaxPool2d", "SafeBasicBlock", "SafeBottleneck", "CallSites"]
 
 # Module nonlinearities with a DeepLift rule in both shap 0.51 (DeepExplainer) and Captum 0.9
 # (DeepLift): functional calls inside these are what the rule replaces, so they are fine there.
@@ -147,7 +150,8 @@ def check_explainer_safe(model: nn.Module, example: Tensor) -> SafetyReport:
             m.training = mode
 
     executed = [m for m in model.modules() if calls[id(m)]]
-    reused = [Finding(names[id(m)], type(m).__name__, calls[id(m)]) for m in executed if calls[id(m)] > 1]
+    reused = [Finding(names[id(m)], type(m).__name__, calls[id(m)]) for m in executed
+              if calls[id(m)] > 1 and not isinstance(m, CallSites)]  # CallSites: one copy per call
     inplace = [Finding(names[id(m)], f"{type(m).__name__}(inplace=True)", calls[id(m)])
                for m in executed if getattr(m, "inplace", False) is True]
     inplace += [Finding(where, what, n) for (where, what), n in recorder.inplace.items()]
@@ -437,3 +441,153 @@ def _refuse_leftovers(safe: nn.Module, refuse: Callable[[str, str], BenchError])
         seen.setdefault(id(m), name)
         if not isinstance(m, ReLUTreeMaxPool2d) and (why := _maxpool_problem(m)):
             raise refuse(f"max-pool {name!r}", f"{why}, and only the stem pool is known to follow a ReLU")
+
+
+# ----------------------------------------------------------------------------- any model
+
+
+class CallSites(nn.Module):
+    """A parameter-free module called ``calls`` times per forward, as ``calls`` copies: the i-th call
+    of a forward runs copy i, so every hooked module is called once (DeepExplainer's and DeepLift's
+    hooks keep one input and output per module). Stateless copies compute what the original did.
+    The count restarts with every forward of the model it belongs to (:meth:`restart`, a forward
+    pre-hook of that model; a deep copy of the model copies the hook with its ``CallSites``)."""
+
+    def __init__(self, module: nn.Module, calls: int) -> None:
+        super().__init__()
+        self.sites = nn.ModuleList(copy.deepcopy(module) for _ in range(calls))
+        self.called = 0
+
+    def restart(self, *args: Any) -> None:
+        self.called = 0
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.called >= len(self.sites):
+            raise BenchError(f"a converted model called a shared {type(self.sites[0]).__name__} more than the "
+                             f"{len(self.sites)} times per forward it was converted for (its forward takes another "
+                             f"path on these inputs); use one module per call site in the model's own code")
+        site = self.sites[self.called]
+        self.called += 1
+        return site(*args, **kwargs)
+
+
+def convert_explainer_safe(model: nn.Module, example: Tensor) -> tuple[nn.Module, list[str]]:
+    """(an equivalent, DeepExplainer-exact copy of ``model``, what was rewritten: one line per module).
+
+    Rewrites, each exact (the same outputs up to float rounding; the input model is untouched,
+    the copy keeps its state-dict keys and values and its modules' train/eval flags):
+
+    * torchvision ``BasicBlock`` / ``Bottleneck`` (with their own forward, wherever they sit) ->
+      :class:`SafeBasicBlock` / :class:`SafeBottleneck`: one ReLU per call site, ``out + identity``;
+    * every ``inplace=True`` flag -> ``False`` (out of place gives the same values);
+    * an overlapping or padded ``nn.MaxPool2d`` -> :class:`ReLUTreeMaxPool2d`, when it has no
+      padding or its input is the output of a ReLU module (so >= 0, where zero padding equals -inf);
+    * a parameter-free module called k times per forward (a reused ``nn.ReLU``) -> :class:`CallSites`.
+
+    Anything else :func:`check_explainer_safe` finds on ``example (B, C, H, W)`` -- an in-place
+    tensor op or a functional nonlinearity in a module's own forward, a module with parameters
+    called twice (shared weights), another pool -- raises a one-line :class:`BenchError` naming the
+    module, before any other work.
+    """
+    from torchvision.models.resnet import BasicBlock, Bottleneck  # optional: only to recognise its blocks
+
+    def refuse(where: str, why: str) -> BenchError:
+        at = f"{type(model).__name__}.forward" if not where else \
+            f"module {where!r} ({type(safe.get_submodule(where)).__name__})"
+        return BenchError(f"convert cannot make {type(model).__name__} explainer-safe: {at} {why}")
+
+    safe = copy.deepcopy(model)
+    rewrites: list[str] = []
+    for name, m in list(safe.named_modules()):
+        for b, cls in ((BasicBlock, SafeBasicBlock), (Bottleneck, SafeBottleneck)):
+            if isinstance(m, b) and type(m).forward is b.forward and type(m.relu) is nn.ReLU:
+                _replace(safe, m, cls(m))
+                rewrites.append(f"{name}: {type(m).__name__} -> {cls.__name__} (one ReLU per call site, "
+                                f"out-of-place residual add)")
+    for name, m in safe.named_modules():
+        if getattr(m, "inplace", False) is True:
+            m.inplace = False
+            rewrites.append(f"{name}: {type(m).__name__}(inplace=True) -> inplace=False")
+    fed = _relu_fed(safe, example)
+    for f in check_explainer_safe(safe, example).overlapping_maxpools:  # the pools the forward runs
+        name, m = f.module, safe.get_submodule(f.module)
+        why = f"{type(m).__name__}: {_maxpool_problem(m).partition(': ')[2]}"
+        if type(m) is not nn.MaxPool2d or _ntuple(m.dilation, 2) != (1, 1) or m.ceil_mode or m.return_indices:
+            raise refuse(name, f"is an overlapping max-pool ({why}) with dilation, ceil_mode or return_indices (or not "
+                         f"2-D), which ReLUTreeMaxPool2d cannot rebuild exactly; use windows that do not overlap")
+        if any(_ntuple(m.padding, 2)) and id(m) not in fed:
+            raise refuse(name, f"is a padded overlapping max-pool ({why}) whose input is not a ReLU module's "
+                         f"output, so zero padding may differ from -inf; put an nn.ReLU before it")
+        pool = ReLUTreeMaxPool2d(m.kernel_size, m.stride, m.padding).train(m.training)
+        _replace(safe, m, pool)
+        rewrites.append(f"{name}: {why} -> ReLUTreeMaxPool2d (max as a + relu(b - a), exact)")
+    report = check_explainer_safe(safe, example)
+    for f in report.reused_modules:
+        m = safe.get_submodule(f.module)
+        if any(True for _ in m.parameters()) or any(True for _ in m.buffers()):
+            raise refuse(f.module, f"is called {f.count} times per forward and holds weights (shared "
+                         f"weights): splitting it would change the model; call one module per site")
+        sites = CallSites(m, f.count).train(m.training)
+        _replace(safe, m, sites)
+        safe.register_forward_pre_hook(sites.restart)  # a bound method: deep copies of ``safe`` keep it theirs
+        rewrites.append(f"{f.module}: {f.what} called {f.count} times per forward -> one copy per call site")
+    report = check_explainer_safe(safe, example)
+    for kind, why in (("inplace_ops", "runs an in-place op ({}), which DeepExplainer's hooks cannot take; write it "
+                                      "out of place (out = out + identity)"),
+                      ("functional_nonlinearities", "calls {}, which DeepExplainer/DeepLift treat as linear; call a "
+                                                    "module (e.g. nn.ReLU) instead"),
+                      ("reused_modules", "is still called more than once per forward"),
+                      ("overlapping_maxpools", "is still an overlapping max-pool ({})")):
+        found = getattr(report, kind)
+        if found:
+            raise refuse(found[0].module, why.format(found[0].what)
+                         + (f" (and {len(found) - 1} more such)" if len(found) > 1 else ""))
+    return safe, rewrites
+
+
+def _replace(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Put ``new`` wherever ``old`` is registered in ``root`` (a module may be registered under several names)."""
+    for name, parent in list(root.named_modules(remove_duplicate=False)):
+        for key, child in list(parent._modules.items()):
+            if child is old:
+                parent._modules[key] = new
+
+
+def _relu_fed(model: nn.Module, example: Tensor) -> set[int]:
+    """The ids of the max-pools whose input, in a forward of ``example``, is a ReLU module's output
+    (the very tensor: so it is >= 0 for every input)."""
+    outputs: list[Tensor] = []
+    fed: set[int] = set()
+
+    def keep(module: nn.Module, args: Any, out: Any) -> None:
+        outputs.append(out)
+
+    def check(module: nn.Module, args: Any) -> None:
+        if args and any(args[0] is o for o in outputs):
+            fed.add(id(module))
+
+    handles = [m.register_forward_hook(keep) for m in model.modules() if type(m) is nn.ReLU]
+    handles += [m.register_forward_pre_hook(check) for m in model.modules() if isinstance(m, nn.MaxPool2d)]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes:
+            m.training = mode
+    return fed
+
+
+# torch's message when a module's output that a backward hook wraps is changed in place (400 characters)
+HOOK_VIEW_ERROR = "is a view and is being modified inplace"
+
+
+def hook_failure(exc: BaseException) -> str | None:
+    """One short line for torch's error when DeepExplainer's / DeepLift's hooks meet an in-place op
+    (``ReLU(inplace=True)``, ``out += identity``), naming the fix; None for any other error."""
+    if HOOK_VIEW_ERROR not in str(exc):
+        return None
+    return (f"{type(exc).__name__}: the model changes a hooked module's output in place (ReLU(inplace=True) or "
+            f"out += identity), which this explainer's hooks cannot take; convert the model (convert=True)")

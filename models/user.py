@@ -9,9 +9,11 @@ Two ways in, one path through :func:`prepare_model`:
 Either way the model is checked against the images (:func:`check_fits`: the first conv's input
 channels and, in a run, the number of classes), its explainer safety is reported
 (:func:`models.check_explainer_safe`), and with ``convert`` it is replaced by
-:func:`models.make_explainer_safe`'s equivalent copy, the largest absolute difference of their
-outputs on the images recorded. What was done is returned as a JSON-able record for the manifest,
-with a model key (:func:`model_key`) that changes with the weights, the factory and the conversion.
+:func:`models.convert_explainer_safe`'s equivalent copy (any model whose problems all have an exact
+rewrite; the others are refused in one line naming the module), the rewritten modules and the
+largest absolute difference of their outputs on the images recorded. What was done is returned as
+a JSON-able record for the manifest, with a model key (:func:`model_key`) that changes with the
+weights, the factory and the conversion.
 """
 from __future__ import annotations
 
@@ -26,9 +28,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from bench.core.errors import BenchError, one_line
+from bench.core.errors import BenchError, did_you_mean, one_line
 from bench.core.io import file_sha256, json_digest, read_regular, source_digest
-from models.safety import SafetyReport, check_explainer_safe, make_explainer_safe
+from models.safety import SafetyReport, check_explainer_safe, convert_explainer_safe
 from models.checkpoints import load_torch_file
 from models.training import PREDICT_BATCH, predict_proba
 
@@ -40,13 +42,16 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # one line, at most 100 c
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 KEYS = ("factory", "kwargs", "checkpoint", "convert")
 COMPARE_BATCH = 256  # images per forward pass when comparing the converted model's outputs
+# a converted model's outputs may differ from the original's by float rounding only (ReLUTreeMaxPool2d:
+# about 1 ulp per tree level), relative to the outputs' scale
+CONVERT_RTOL = 1e-4
 
 
 @dataclass(frozen=True)
 class UserModelSpec:
     """One ``[models.user.<name>]`` table: ``factory(**kwargs)`` builds the model, ``checkpoint`` (a
     state dict, read with ``torch.load(..., weights_only=True)``) holds its weights, and ``convert``
-    asks for :func:`models.make_explainer_safe`."""
+    asks for :func:`models.convert_explainer_safe`."""
 
     name: str
     factory: str
@@ -66,7 +71,8 @@ class UserModelSpec:
             raise BenchError(f"{where} must be a table with factory, checkpoint (and kwargs, convert), got {table!r}")
         unknown = sorted(set(table) - set(KEYS))
         if unknown:
-            raise BenchError(f"{where}.{unknown[0]}: unknown key; known keys: {', '.join(KEYS)}")
+            raise BenchError(f"{where}.{unknown[0]}: unknown key{did_you_mean(unknown[0], KEYS)}; known keys: "
+                             f"{', '.join(KEYS)}")
         for key in ("factory", "checkpoint"):
             if not isinstance(table.get(key), str) or not table[key]:
                 raise BenchError(f"{where}.{key}: required, a string; e.g. factory = \"torchvision.models:resnet18\", "
@@ -230,13 +236,15 @@ def safety_record(report: SafetyReport) -> dict[str, Any]:
                                 ("reused_modules", "inplace_ops", "functional_nonlinearities", "overlapping_maxpools")}}
 
 
-def _max_difference(a: nn.Module, b: nn.Module, images: Tensor) -> float:
-    out = 0.0
+def _max_difference(a: nn.Module, b: nn.Module, images: Tensor) -> tuple[float, float]:
+    """(max |a(x) - b(x)|, max |a(x)|) over ``images``."""
+    out = scale = 0.0
     with torch.no_grad():
         for i in range(0, len(images), COMPARE_BATCH):
             x = images[i:i + COMPARE_BATCH]
-            out = max(out, float((a(x) - b(x)).abs().max()))
-    return out
+            ya = a(x)
+            out, scale = max(out, float((ya - b(x)).abs().max())), max(scale, float(ya.abs().max()))
+    return out, scale
 
 
 def prepare_model(model: nn.Module, images: Tensor, *, convert: bool, warn: Callable[[str], None],
@@ -244,9 +252,11 @@ def prepare_model(model: nn.Module, images: Tensor, *, convert: bool, warn: Call
     """(the model to explain, the record of what was done), ``model`` in eval mode on the CPU.
 
     Reports explainer safety on two of ``images``; with ``convert`` returns
-    :func:`models.make_explainer_safe`'s copy and records the largest absolute output difference
-    on all ``images``; without it an unsafe model is kept and ``warn`` gets one line naming ``fix``
-    (DeepExplainer-based explainers then fail and are recorded as failed).
+    :func:`models.convert_explainer_safe`'s copy and records the modules it rewrote and the largest
+    absolute output difference on all ``images`` (a model it cannot rewrite exactly, or whose copy
+    differs by more than float rounding, is refused in one line before any other work); without it
+    an unsafe model is kept and ``warn`` gets one line naming ``fix`` (DeepExplainer-based
+    explainers then fail and are recorded as failed).
     """
     model = model.eval()
     report = check_explainer_safe(model, images[:2])
@@ -255,9 +265,15 @@ def prepare_model(model: nn.Module, images: Tensor, *, convert: bool, warn: Call
                               "state_dict_sha256": state_dict_sha256(model), "safety": safety_record(report),
                               "convert": convert, "conversion": None}
     if convert:
-        safe = make_explainer_safe(model).eval()
-        record["conversion"] = {"max_abs_output_difference": _max_difference(model, safe, images),
-                                "n_images": int(len(images)),
+        safe, rewrites = convert_explainer_safe(model, images[:2])
+        safe = safe.eval()
+        diff, scale = _max_difference(model, safe, images)
+        if not diff <= CONVERT_RTOL * max(1.0, scale):
+            raise BenchError(f"convert: the explainer-safe copy of {kind.__name__} differs from it by {diff:.3g} on "
+                             f"the images (outputs up to {scale:.3g}), more than float rounding: its forward depends "
+                             f"on what was rewritten ({one_line('; '.join(rewrites), 120) or 'nothing'}); run without convert")
+        record["conversion"] = {"max_abs_output_difference": diff, "n_images": int(len(images)),
+                                "rewritten": rewrites,
                                 "safety_after": safety_record(check_explainer_safe(safe, images[:2]))}
         return safe, record
     if not report.ok:

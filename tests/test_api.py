@@ -12,6 +12,7 @@ import itertools
 import json
 import textwrap
 import warnings
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -202,6 +203,7 @@ def test_convert_makes_shap_deep_exact_and_unsafe_models_warn(trained):
         res = bench.evaluate(model, test.images[:2], **common)
     assert (res.scores.status == "error").all()  # recorded like any failing explainer, not raised
     assert res.scores.message.str.contains("inplace").all()
+    assert res.scores.message.str.contains("convert=True").all() and res.scores.message.str.len().max() < 250
     assert res.model_info["conversion"] is None and res.model_info["safety"]["inplace_ops"]
 
 
@@ -267,6 +269,7 @@ def test_config_errors_are_one_line(trained, tmp_path, capsys, monkeypatch):
     assert "is not \"module:function\"" in _run_error(capsys, _config_file(tmp_path, ckpt, factory="mynets.build"))
     assert "has no 'nope'" in _run_error(capsys, _config_file(tmp_path, ckpt, factory="mynets:nope"))
     assert "unknown key" in _run_error(capsys, _config_file(tmp_path, ckpt, extra="layers = 3\n"))
+    assert "(did you mean 'convert'?)" in _run_error(capsys, _config_file(tmp_path, ckpt, extra="convrt = true\n"))
     # a missing or corrupt checkpoint
     err = _run_error(capsys, _config_file(tmp_path, tmp_path / "missing.pt"))
     assert "missing.pt not found" in err and "torch.save(model.state_dict()" in err
@@ -311,3 +314,181 @@ def test_model_key_follows_checkpoint_and_conversion(trained, tmp_path, monkeypa
     spec = UserModelSpec.from_table("m", {"factory": "mynets:build", "checkpoint": str(tmp_path / "wrapped.pt")})
     loaded, record = load_user_model(spec, images, 2, warn=lambda s: None)
     assert torch.equal(loaded(images), model(images)) and record["checkpoint_sha256"] == file_sha256(tmp_path / "wrapped.pt")
+
+
+# ----------------------------------------------------------------------------- maps computed elsewhere
+
+
+@pytest.fixture(scope="module")
+def tiny_and_maps(one_thread):
+    """A calibrated tiny CNN, 8 images and a map of them computed outside pneumobench (|gradient|, (N, H, W)
+    float64)."""
+    from tests.conftest import calibrated
+
+    model = calibrated("tiny", head_scale=5)
+    x = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    xg = x.clone().requires_grad_(True)
+    grad = torch.autograd.grad(model(xg)[:, 1].sum(), xg)[0].abs()
+    return model, x, grad[:, 0].numpy().astype("float64")
+
+
+def test_own_maps_are_scored_by_every_metric_and_the_card(tiny_and_maps, tmp_path):
+    from bench.metrics import compute_metric
+    from bench.run.unit import FIXED_MAP, tensor_digest
+
+    model, x, mine = tiny_and_maps
+    mine = mine.copy()
+    mine.setflags(write=False)  # a read-only array (np.load(..., mmap_mode="r")): torch would warn on it
+    targets = torch.ones(len(x), dtype=torch.long)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing of the library's leaks into a notebook
+        res = bench.evaluate(model, x, targets=1, attributions={"mine": mine}, explainers=["random"],
+                             metrics=["deletion_auc", "drop_rate", "max_sensitivity", "additivity_error"],
+                             metric_params={"deletion_auc": {"steps": 4}, "max_sensitivity": {"samples": 2}},
+                             device="cpu", shard_size=8, overrides=CHEAP_CARD, verbose=False)
+    s = res.scores.set_index(["explainer", "metric"]).sort_index()
+    assert set(res.scores.explainer) == {"mine", "random"}
+    # scored as compute_metric scores the same map
+    direct = compute_metric("deletion_auc", model, x, targets, mine, steps=4).scores
+    scored = torch.as_tensor(s.loc[("mine", "deletion_auc"), "value"].to_numpy(copy=True))
+    assert torch.allclose(scored, direct.double(), rtol=1e-6, atol=1e-7)
+    # a metric that re-runs the explainer cannot score a fixed map: n/a with the reason, not an error
+    fixed = s.loc[("mine", "max_sensitivity")]
+    assert (fixed.status == "n/a").all() and (fixed.message == FIXED_MAP).all()
+    assert (s.loc[("random", "max_sensitivity"), "status"] == "ok").all()
+    assert (s.loc[("mine", "additivity_error"), "status"] == "n/a").all()  # a map has no outputs
+    given = res.manifest["config"]["explain"]["given"]["mine"]
+    assert given["sha256"] == tensor_digest(torch.tensor(mine, dtype=torch.float32)[:, None])
+    assert given["not_scored"] == ["max_sensitivity"]
+    assert res.manifest["config"]["explain"]["names"] == ["random", "mine"]
+    assert "mine" in res.files["reliability.md"].decode()  # the card judges it against the controls
+    board = res.leaderboard().set_index(["explainer", "metric"])
+    assert board.loc[("mine", "max_sensitivity"), "status"] == "n/a"
+    # saved, `bench report` rebuilds it byte for byte
+    saved = res.save(tmp_path / "mine")
+    before = _files(saved)
+    assert main(["report", str(saved)]) == 0
+    assert _files(saved) == before
+
+
+def test_own_maps_alone_in_any_layout_and_their_digest(tiny_and_maps):
+    from bench.run.config import load_config
+    from bench.run.unit import Stage, Unit
+
+    model, x, mine = tiny_and_maps
+    common = dict(targets=1, explainers=[], metrics=["drop_rate"], device="cpu", verbose=False,
+                  overrides=["reliability.enabled=false"])
+    a = bench.evaluate(model, x, attributions={"mine": mine}, **common)
+    b = bench.evaluate(model, x, attributions={"mine": torch.as_tensor(mine, dtype=torch.float32)[:, None]}, **common)
+    assert set(a.scores.explainer) == {"mine"} and a.manifest["config"]["explain"]["names"] == ["mine"]
+    pd.testing.assert_frame_equal(a.scores, b.scores)  # (N, H, W) float64 and (N, 1, H, W) float32: the same map
+    assert a.manifest["config"]["explain"]["given"] == b.manifest["config"]["explain"]["given"]
+    other = bench.evaluate(model, x, attributions={"mine": mine[::-1].copy()}, **common)
+    assert other.manifest["config"]["explain"]["given"]["mine"]["sha256"] != a.manifest["config"]["explain"]["given"][
+        "mine"]["sha256"]
+    # the cache key of a unit carries its map: another map under the same name is computed again
+    cfg = load_config(None, ['explain.names=["random"]'])
+    stage = Stage("m", "pre", Path("m"), "key", {}, model)
+    idx = torch.arange(len(x))
+
+    def key(given):
+        return Unit(cfg, stage, "mine", {}, "data", idx, x, idx, idx, None, x[:2], torch.device("cpu"), Path("."),
+                    given=given).attr_key
+    maps = torch.as_tensor(mine, dtype=torch.float32)[:, None]
+    assert key(maps) == key(maps.clone()) != key(maps.flip(0))
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(attributions={"random": "m"}), ["'random' is the name of a registered explainer", "my-random"]),
+    (dict(attributions={"a b": "m"}), ["'a b' is not a plain name"]),
+    (dict(attributions=["m"]), ["attributions must be a dict"]),
+    (dict(attributions={"mine": "short"}), ["attributions['mine'] has shape", "(2, 28, 28)"]),
+    (dict(attributions={"mine": "nan"}), ["attributions['mine'] holds 1 NaN"]),
+])
+def test_own_map_errors_are_one_line(tiny_and_maps, change, words):
+    model, x, _ = tiny_and_maps
+    maps = {"m": torch.rand(2, 28, 28), "short": torch.rand(1, 28, 28), "nan": torch.rand(2, 1, 28, 28)}
+    maps["nan"][0, 0, 0, 0] = float("nan")
+    given = change["attributions"]
+    given = {k: maps[v] for k, v in given.items()} if isinstance(given, dict) else given
+    with pytest.raises(BenchError) as err:
+        bench.evaluate(model, x[:2], attributions=given, explainers=["random"], metrics=["drop_rate"], verbose=False)
+    message = str(err.value)
+    assert "\n" not in message and all(w in message for w in words), message
+
+
+class InplaceAdd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3), nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y += 1.0  # no exact rewrite: refused by convert
+        return self.fc(y.mean((2, 3)))
+
+
+def test_convert_refuses_before_any_work_and_records_what_it_rewrote(tiny_and_maps, monkeypatch):
+    from bench.run import runner
+
+    model, x, _ = tiny_and_maps
+    monkeypatch.setattr(runner, "execute_units", lambda *a, **k: pytest.fail("explained before refusing"))
+    with pytest.raises(BenchError, match=r"^convert cannot make InplaceAdd explainer-safe: InplaceAdd.forward runs "
+                                         r"an in-place op \(Tensor.add_\)"):
+        bench.evaluate(InplaceAdd().eval(), x, convert=True, explainers=["random"], metrics=["drop_rate"],
+                       verbose=False)
+    monkeypatch.undo()
+    unsafe = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3), nn.ReLU(inplace=True),
+                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    res = bench.evaluate(unsafe, x[:2], convert=True, explainers=["shap.deep"], metrics=["additivity_error"],
+                         device="cpu", overrides=["reliability.enabled=false"], verbose=False)
+    assert res.model_info["conversion"]["rewritten"] == ["1: ReLU(inplace=True) -> inplace=False",
+                                                          "3: ReLU(inplace=True) -> inplace=False"]
+    assert (res.scores.status == "ok").all() and res.scores.value.max() < 1e-4  # DeepExplainer exact on the copy
+
+
+def test_the_grad_cam_example_scores_its_maps():
+    """examples/score_your_own_maps.py on small synthetic data: pytorch-grad-cam's maps, scored beside the controls
+    exactly as compute_metric scores them."""
+    import importlib.util
+
+    from bench.metrics import compute_metric
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("score_your_own_maps", REPO / "examples" / "score_your_own_maps.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    model, images, labels, predicted, maps = example.your_model_and_maps(synthetic=True, n_images=8, steps=20)
+    assert set(maps) == {"my-gradcam", "my-gradcam++"}
+    assert all(m.shape == (8, 28, 28) and m.min() >= 0 and m.max() <= 1 for m in maps.values())  # CAMs, normalised
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = example.score(model, images, labels, predicted, maps, overrides=CHEAP_CARD, verbose=False)
+    assert set(res.scores.explainer) == {"random", "edge", "my-gradcam", "my-gradcam++"}
+    assert (res.scores.status == "ok").all() and set(res.scores.metric) == set(example.METRICS)
+    s = res.scores.set_index(["explainer", "metric"]).sort_index()
+    for name, m in maps.items():
+        direct = compute_metric("drop_rate", model, images, predicted, m).scores.double()
+        assert torch.allclose(torch.tensor(s.loc[(name, "drop_rate"), "value"].to_numpy()), direct, atol=1e-7)
+
+
+class Aliased(nn.Module):
+    """Its output reads a tensor an in-place ReLU changed: out of place, the same code computes something else."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.relu, self.fc = nn.Conv2d(1, 4, 3), nn.ReLU(inplace=True), nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        z = self.relu(y)  # in place: y is z
+        return self.fc((y + z).mean((2, 3)))
+
+
+def test_convert_refuses_a_copy_whose_outputs_differ(tiny_and_maps):
+    _, x, _ = tiny_and_maps
+    with pytest.raises(BenchError) as err:
+        bench.evaluate(Aliased().eval(), x, convert=True, explainers=["random"], metrics=["drop_rate"], verbose=False)
+    message = str(err.value)
+    assert message.startswith("convert: the explainer-safe copy of Aliased differs from it by ") and "\n" not in message
+    assert "relu: ReLU(inplace=True) -> inplace=False" in message and "run without convert" in message

@@ -265,8 +265,11 @@ def test_another_config_is_refused_even_for_an_unfinished_run(tmp_path, monkeypa
         runner.run(_cfg(tmp_path), progress=False)
     assert json.loads((tmp_path / "h" / "manifest.json").read_text())["status"] == "running"
     monkeypatch.undo()
-    with pytest.raises(BenchError, match="another config"):
+    with pytest.raises(BenchError, match="another config") as refused:
         runner.run(_cfg(tmp_path, "h", "data.per_cell=1"), progress=False)
+    # the refusal says what differs and the ways out
+    assert "data.per_cell (2 there, 1 here)" in str(refused.value)
+    assert "give this run another --name" in str(refused.value) and f"delete {tmp_path / 'h'}" in str(refused.value)
     assert runner.run(_cfg(tmp_path), progress=False)  # the same config resumes
 
 

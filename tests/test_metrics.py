@@ -800,3 +800,24 @@ def test_substrates():
     np.testing.assert_allclose(blur.double().numpy(), ref, atol=1e-6)
     const = torch.full((1, 1, 28, 28), 0.7)
     torch.testing.assert_close(make_substrate(const, "blur"), const)
+
+
+def test_compute_metric_takes_plain_tensors_and_arrays(tiny, batch):
+    """A map computed elsewhere, as a tensor or an array of any float dtype, (B, H, W), (B, 1, H, W) or
+    (B, C, H, W): scored exactly as the same values wrapped in an Attribution."""
+    x, a = batch
+    t = torch.zeros(len(x), dtype=torch.long)
+    ref = compute_metric("deletion_auc", tiny, x, t, Attribution(a), steps=8).scores
+    for given in (a, a[:, 0], a[:, 0].numpy(), a.numpy().astype(np.float64), a.double()):
+        assert torch.equal(compute_metric("deletion_auc", tiny, x, t, given, steps=8).scores, ref)
+    # a one-channel map of three-channel images counts each pixel's value in every channel (as the CAM adapters do)
+    x3 = x.expand(-1, 3, -1, -1).contiguous()
+    m = nn.Sequential(nn.Conv2d(3, 2, 28), nn.Flatten()).eval()
+    assert torch.equal(compute_metric("drop_rate", m, x3, t, a).scores,
+                       compute_metric("drop_rate", m, x3, t, Attribution(a.expand_as(x3))).scores)
+    for bad, words in [(a[:-1], f"a map of {len(x)} images of 1x28x28 is ({len(x)}, 28, 28) or ({len(x)}, 1, 28, 28)"),
+                       (a[:, :, :27], "has shape"), (a.clone().fill_(float("nan")), "NaN"),
+                       (a > 0, "real numbers"), ("map", "tensor or an array")]:
+        with pytest.raises(BenchError) as err:
+            compute_metric("deletion_auc", tiny, x, t, bad)
+        assert words in str(err.value) and "\n" not in str(err.value), str(err.value)

@@ -17,6 +17,8 @@ from torch import nn
 import models
 from bench.core.errors import BenchError
 from models.safety import (
+    CallSites,
+    convert_explainer_safe,
     ReLUTreeMaxPool2d,
     SafeBasicBlock,
     SafeBottleneck,
@@ -397,3 +399,96 @@ def test_deep_explainer_needs_the_pool_rewrite(tv_resnet18):
     err = _deep_explainer_error(safe, n=1)
     print(f"resnet18 safe blocks + stock max-pool: DeepExplainer relative additivity error {err:.2e}")
     assert err > 1e-2
+
+
+# ---------------------------------------------------------------- convert_explainer_safe: any model
+
+
+class _ReusedInplace(nn.Module):
+    """One in-place ReLU module called twice, a padded overlapping pool after it, a residual sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.relu, self.pool, self.fc = nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1), nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.pool(self.relu(self.c1(x)))
+        return self.fc((x + self.relu(self.c2(x))).mean((2, 3)))
+
+
+class _TorchvisionBlocks(nn.Module):
+    """torchvision's residual blocks (``out += identity``, one ReLU called twice) in a model of one's own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        block = torchvision.models.resnet.BasicBlock
+        self.blocks = nn.Sequential(block(8, 8), block(8, 8))
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+class _InplaceAdd(_ReusedInplace):
+    def forward(self, x):
+        y = self.c2(self.relu(self.c1(x)))
+        y += 1.0
+        return self.fc(y.mean((2, 3)))
+
+
+class _FunctionalRelu(_ReusedInplace):
+    def forward(self, x):
+        return self.fc(F.relu(self.c1(x)).mean((2, 3)))
+
+
+class _SharedConv(_ReusedInplace):
+    def forward(self, x):
+        return self.fc(self.relu(self.c2(self.c2(self.relu(self.c1(x))))).mean((2, 3)))
+
+
+class _PoolNotAfterRelu(_ReusedInplace):
+    def forward(self, x):
+        return self.fc(self.relu(self.pool(self.c1(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("build, rewritten", [
+    (_ReusedInplace, ["relu: ReLU(inplace=True) -> inplace=False", "pool: MaxPool2d: window 3x3 > stride 2x2",
+                      "relu: ReLU called 2 times"]),
+    (_TorchvisionBlocks, ["blocks.0: BasicBlock -> SafeBasicBlock", "blocks.1: BasicBlock -> SafeBasicBlock"]),
+])
+def test_convert_rewrites_any_model_exactly(build, rewritten):
+    torch.manual_seed(0)
+    model = build().eval()
+    state = copy.deepcopy(model.state_dict())
+    x = torch.randn(2, 3, SIZE, SIZE)
+    assert not check_explainer_safe(model, x).ok
+    safe, rewrites = convert_explainer_safe(model, x)
+    assert len(rewrites) == len(rewritten) and all(r.startswith(w) for r, w in zip(rewrites, rewritten)), rewrites
+    assert check_explainer_safe(safe, x).ok, str(check_explainer_safe(safe, x))
+    assert _same_state(state, model.state_dict()) and _same_state(state, safe.state_dict())  # same keys and values
+    with torch.no_grad():
+        assert (safe(x) - model(x)).abs().max().item() <= 1e-6
+        twin = copy.deepcopy(safe)  # a copy (meta-evaluation, randomisation) counts its own call sites
+        assert torch.equal(twin(x), safe(x)) and torch.equal(twin(x), safe(x))
+    assert _deep_explainer_error(safe) <= 1e-4  # DeepExplainer is exact on the copy
+    with pytest.raises(RuntimeError, match="modified inplace"):
+        _deep_explainer_error(copy.deepcopy(model))  # and crashes on the model as it was
+    if build is _ReusedInplace:
+        assert isinstance(safe.relu, CallSites) and isinstance(safe.pool, ReLUTreeMaxPool2d)
+        assert model.relu.inplace and isinstance(model.pool, nn.MaxPool2d)  # the input model is untouched
+
+
+@pytest.mark.parametrize("build, words", [
+    (_InplaceAdd, "_InplaceAdd.forward runs an in-place op (Tensor.add_)"),
+    (_FunctionalRelu, "_FunctionalRelu.forward calls F.relu"),
+    (_SharedConv, "module 'c2' (Conv2d) is called 2 times per forward and holds weights"),
+    (_PoolNotAfterRelu, "module 'pool' (MaxPool2d) is a padded overlapping max-pool"),
+])
+def test_convert_refuses_in_one_line_naming_the_module(build, words):
+    with pytest.raises(BenchError) as err:
+        convert_explainer_safe(build().eval(), torch.randn(2, 3, SIZE, SIZE))
+    message = str(err.value)
+    assert message.startswith(f"convert cannot make {build.__name__} explainer-safe: ") and "\n" not in message
+    assert words in message and len(message) < 300, message

@@ -50,6 +50,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -148,16 +149,65 @@ def metric_params(name: str) -> dict[str, Any]:
     return METRICS.get(name).params(exclude=PROTOCOL)
 
 
-def compute_metric(name: str, model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
-                   context: MetricContext | None = None, precision: str = DEFAULT_PRECISION,
-                   **params: Any) -> MetricResult:
+def map_values(values: Any, shape: Sequence[int], what: str = "attribution") -> Tensor:
+    """A map computed anywhere as ``(B, C, H, W)`` float32 on the CPU, for images of ``shape`` ``(B, C, H, W)``.
+
+    ``values``: a torch tensor or anything numpy reads as an array (any float or integer dtype),
+    ``(B, H, W)``, ``(B, 1, H, W)`` or ``(B, C, H, W)``; a one-channel map is repeated over the
+    images' ``C`` channels, as the CAM adapters do. Its batch and size must be the images', its
+    values finite. ``what`` names the map in the one-line errors.
+    """
+    b, c, h, w = (int(n) for n in shape)
+    if isinstance(values, Tensor):
+        v = values.detach().cpu()
+    else:
+        try:
+            v = torch.as_tensor(np.array(values))  # a copy: a read-only array makes torch warn
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise BenchError(f"{what} must be a tensor or an array, got {type(values).__name__} ({exc})") from None
+    if v.dtype == torch.bool or v.is_complex() or not (v.is_floating_point() or v.dtype in (
+            torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
+        raise BenchError(f"{what} must hold real numbers, got dtype {v.dtype}")
+    if v.ndim == 3:
+        v = v.unsqueeze(1)
+    if v.ndim != 4 or tuple(v.shape[2:]) != (h, w) or v.shape[0] != b or v.shape[1] not in (1, c):
+        shapes = [f"({b}, {h}, {w})", f"({b}, 1, {h}, {w})"] + ([f"({b}, {c}, {h}, {w})"] if c != 1 else [])
+        want = ", ".join(shapes[:-1]) + " or " + shapes[-1]
+        raise BenchError(f"{what} has shape {tuple(values.shape) if hasattr(values, 'shape') else tuple(v.shape)}; "
+                         f"a map of {b} images of {c}x{h}x{w} is {want}, in the images' order")
+    v = v.float().expand(b, c, h, w).contiguous()
+    bad = int((~torch.isfinite(v)).sum())
+    if bad:
+        raise BenchError(f"{what} holds {bad} NaN or infinite values; give finite maps (e.g. torch.nan_to_num)")
+    return v
+
+
+def as_attribution(attribution: Attribution | Tensor | np.ndarray, inputs: Tensor,
+                   what: str = "attribution") -> Attribution:
+    """``attribution`` as an :class:`Attribution`: one is returned as it is; a tensor or an array
+    (:func:`map_values`' shapes) becomes the values, on the inputs' device and dtype, with no
+    outputs or base values (a map computed elsewhere: additivity is n/a)."""
+    if isinstance(attribution, Attribution):
+        return attribution
+    if not isinstance(inputs, Tensor) or inputs.dim() != 4:
+        raise BenchError(f"inputs must be a (B, C, H, W) tensor, got {getattr(inputs, 'shape', type(inputs).__name__)}")
+    values = map_values(attribution, inputs.shape, what)
+    return Attribution(values.to(device=inputs.device, dtype=out_dtype(inputs)))
+
+
+def compute_metric(name: str, model: nn.Module, inputs: Tensor, targets: Tensor,
+                   attribution: Attribution | Tensor | np.ndarray, *, context: MetricContext | None = None,
+                   precision: str = DEFAULT_PRECISION, **params: Any) -> MetricResult:
     """Look up a metric, validate its parameter names and context, and run it.
 
+    ``attribution``: an :class:`Attribution`, or the map itself as a tensor or an array,
+    ``(B, H, W)``, ``(B, 1, H, W)`` or ``(B, C, H, W)`` (:func:`as_attribution`).
     ``precision`` (:data:`bench.core.precision.PRECISIONS`) is the one of the metric's own model
     passes (:func:`scoring_logits`); explainers the metric re-runs (``context.explain``) keep theirs.
     Returns a :class:`MetricResult` whatever the metric function returns.
     """
     entry = METRICS.get(name)
+    attribution = as_attribution(attribution, inputs)
     entry.check_params("metric", params, exclude=PROTOCOL)
     check_precision(precision, inputs.device)
     for field_name in entry.meta.get("needs", ()):

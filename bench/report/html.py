@@ -137,7 +137,7 @@ def _read_board(run_dir: Path) -> pd.DataFrame | None:
                          f"from scores.csv")
     for c in ("mean", "ci_low", "ci_high", "n", "rank", "mean_rank", "mean_test", "mean_test_ci_low",
               "mean_test_ci_high", "seconds_per_image", "peak_mem_mb"):
-        board[c] = pd.to_numeric(board[c].replace("", np.nan), errors="coerce")
+        board[c] = pd.to_numeric(board[c], errors="coerce")  # "" -> NaN (replace("", nan) warns on pandas 2.2)
     board["rank"] = board["rank"].astype("Int64")
     board["letters"] = board["letters"].fillna("").astype(str)
     board["aliases"] = board["aliases"].fillna("").astype(str)

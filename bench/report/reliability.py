@@ -263,7 +263,8 @@ def card(scores: pd.DataFrame, settings: CardSettings, kinds: Mapping[str, str |
                      "real_explainers": int(sum(e not in settings.controls for e in t.explainers)),
                      "control_beats_real": loses, "alpha": alpha, "alpha_ci_low": a_low, "alpha_ci_high": a_high,
                      "split_half": sh, "split_half_ci_low": sh_low, "split_half_ci_high": sh_high,
-                     "mde_median": float(p["mde"].median()) if len(p) else float("nan"),
+                     # all-NaN: NaN without numpy's "Mean of empty slice" warning (pandas 2.2 passes it on)
+                     "mde_median": float(p["mde"].median()) if p["mde"].notna().any() else float("nan"),
                      "n_needed_max": float(p["n_needed"].max()) if len(p) else float("nan"),
                      "disagreements": int((a["verdict"] == "DISAGREE").sum()), "substrate_tau_min": tau_min,
                      "meta_input": _meta_score(meta, model, stage, metric, "input"),

@@ -304,6 +304,20 @@ class ExplainSection(Section):
     target: str                              # predicted | label (bench.evaluate: given)
     shard_size: int
     params: Mapping[str, Mapping[str, Any]]  # {explainer: {param: value}} (the adapters' registry)
+    # not a config key: the maps bench.evaluate was given ({name: {sha256, shape, not_scored}}), recorded
+    # after the keys above and only when there are some (a run without them records what it always did)
+    given: Mapping[str, Any] = field(default_factory=FrozenDict)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "explain.") -> Self:
+        names = [f.name for f in fields(cls) if f.name != "given"]
+        _expect_keys({k: v for k, v in values.items() if k != "given"}, names, where)
+        return cls(**{n: values[n] for n in names}, given=values.get("given", {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        given = out.pop("given")
+        return {**out, "given": given} if given else out
 
 
 @dataclass(frozen=True)
@@ -647,8 +661,8 @@ def _check_stats(st: dict[str, Any]) -> None:
     known = set(DEFAULT_MARGINS) | set(metrics.METRICS.names())
     for key in ("margins", "effects"):
         for name, value in st[key].items():
-            _expect(name in known, f"stats.{key}.{name}",
-                    f"is neither a metric nor a metric kind; kinds: {', '.join(sorted(DEFAULT_MARGINS))}")
+            _expect(name in known, f"stats.{key}.{name}", f"is neither a metric nor a metric kind"
+                    f"{did_you_mean(name, known)}; kinds: {', '.join(sorted(DEFAULT_MARGINS))}")
             _expect(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
                     f"stats.{key}.{name}", f"must be a number > 0, got {value!r}")
     for key in ("alias_rtol", "alias_atol"):
@@ -701,6 +715,9 @@ def _check_names(v: dict[str, Any]) -> None:
     for n in v["models"]["names"]:
         if n not in v["models"]["user"]:
             models.MODELS.get(n)
+    for c in v["reliability"]["controls"]:
+        _expect(c in explainers.EXPLAINERS, "reliability.controls",
+                f"{c!r} is not a registered explainer{did_you_mean(c, explainers.EXPLAINERS.names())}")
     for table, kind, names, params, registry, exclude in (
             ("explain", "explainer", v["explain"]["names"], v["explain"]["params"], explainers.EXPLAINERS, ()),
             ("metrics", "metric", v["metrics"]["names"], v["metrics"]["params"], metrics.METRICS, metrics.PROTOCOL)):

@@ -109,8 +109,9 @@ def unit_floor(unit: Unit, result: dict[str, Any], pass_seconds: dict[str, float
     cfg, n = unit.cfg, len(unit)
     t_fb, t_f = pass_seconds["forward_backward"], pass_seconds["forward"]
     t_score = scoring_forward(pass_seconds, unit.precision)
-    e_passes = passes_per_image(unit.explainer, unit.params, background_size=unit.background.shape[0],
-                                shape=tuple(unit.images.shape[1:]), model=unit.stage.model)
+    e_passes = (0.0, 0.0) if unit.given is not None else passes_per_image(  # a given map: no model passes
+        unit.explainer, unit.params, background_size=unit.background.shape[0], shape=tuple(unit.images.shape[1:]),
+        model=unit.stage.model)
     measured: dict[str, Any] = {"explain": 0.0, "metrics": {}}
     floor: dict[str, Any] = {"explain": 0.0, "metrics": {}}
     if not result["attr_cached"]:

@@ -21,7 +21,8 @@ explainers and the K draws (NR on the images whose prediction the perturbation l
 
 Metrics that re-run the explainer themselves (``needs=("explain",)``) are left out: a draw would
 cost a randomisation cascade per explainer. Perturbed scores are cached per (stage, perturbation,
-draw, explainer) like the run's units, so an interrupted meta-evaluation resumes.
+draw, explainer) like the run's units, so an interrupted meta-evaluation resumes. Maps given to
+``bench.evaluate`` (``attributions=``) are left out too: three of the four perturbations re-explain.
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def estimate(cfg: RunConfig, plan: list[Planned], pass_seconds: dict[str, dict[s
     seen = set()
     for p in plan:
         key = (p.stage.model_name, p.stage.stage, p.explainer)
-        if p.stage.stage not in m.stages or key in seen:
+        if p.stage.stage not in m.stages or key in seen or p.unit.given is not None:
             continue
         seen.add(key)
         t = pass_seconds[p.stage.model_name]
@@ -99,7 +100,11 @@ def run_meta(cfg: RunConfig, plan: list[Planned], results: list[dict[str, Any]],
     stages = sorted({(p.stage.model_name, p.stage.stage) for p in plan if p.stage.stage in m.stages})
     for model_name, stage in stages:
         members = [(p, r) for p, r in zip(plan, results) if (p.stage.model_name, p.stage.stage) == (model_name, stage)]
-        explainers = sorted({p.explainer for p, _ in members})
+        # a map computed elsewhere cannot be re-explained under a perturbation: left out, like its given-map metrics
+        explainers = sorted({p.explainer for p, _ in members if p.unit.given is None})
+        if not explainers:
+            say(f"  MetaQuantus {model_name} {stage}: skipped (only given maps, which cannot be re-explained)")
+            continue
         units = {e: [p.unit for p, _ in members if p.explainer == e] for e in explainers}
         pos, images, targets = select(units[explainers[0]], m.n_images)
         q = _unperturbed(members, explainers, pos)

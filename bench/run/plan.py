@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from bench.run.unit import Stage, Unit
 from datasets import ImageSplit, check_splits, load_split
 from explainers import EXPLAINERS, explainer_params
 from models.checkpoints import default_checkpoint_path, default_tuned_path, load_checkpoint, read_sidecar, sidecar_path
-from models.recipes import TrainConfig, TuneConfig
+from models.recipes import TrainConfig
 from models.training import train_model
 from models.tuning import tune_model
 from models.user import UserModelSpec, checked_predictions, load_user_model
@@ -211,10 +211,12 @@ def plan_units(cfg: RunConfig, stages: list[Stage], test: ImageSplit, reference:
 
 def plan_images(cfg: RunConfig, arch_stages: list[Stage], fingerprint: str, index: Tensor, images: Tensor,
                 labels: Tensor | None, targets: Tensor, masks: Tensor | None, pre_preds: Tensor, reference: Tensor,
-                device: torch.device, run_dir: Path) -> tuple[list[Planned], dict[str, Examples]]:
+                device: torch.device, run_dir: Path, maps: Mapping[str, Tensor] | None = None
+                ) -> tuple[list[Planned], dict[str, Examples]]:
     """The units of one architecture's stages (the first is its first seed's pre model) on given
     images, and its examples: :func:`plan_units` for the images it selected, ``bench.evaluate``
-    for the images it was given.
+    for the images it was given (``maps``: ``{name: (N, C, H, W)}`` maps computed elsewhere, aligned
+    with ``images``; the names are among ``explain.names``, scored like an explainer's maps).
 
     ``index (N,)`` names the images in the tables, ``images (N, C, H, W)``, ``targets (N,)`` the
     explained classes, ``pre_preds (N,)`` the first stage's predictions. ``labels`` None
@@ -223,6 +225,7 @@ def plan_images(cfg: RunConfig, arch_stages: list[Stage], fingerprint: str, inde
     """
     shard = cfg.explain.shard_size
     first = arch_stages[0]
+    maps = dict(maps or {})
     plan: list[Planned] = []
     examples: dict[str, Examples] = {}
     known = labels is not None
@@ -244,14 +247,15 @@ def plan_images(cfg: RunConfig, arch_stages: list[Stage], fingerprint: str, inde
             for name in cfg.explain.names:
                 params = dict(cfg.explain.params.get(name, {}))
                 runs = [(params, False)]
-                if st is first and compared and _reseedable(name):
+                if st is first and compared and name not in maps and _reseedable(name):
                     own = params.get("seed", explainer_params(name)["seed"])
                     runs.append(({**params, "seed": own + 1}, True))
                 for p, ref in runs:
                     for lo in range(0, len(index), shard):
                         sl = slice(lo, lo + shard)
                         unit = Unit(cfg, st, name, p, fingerprint, index[sl], images[sl], labels[sl], targets[sl],
-                                    None if masks is None else masks[sl], reference, device, run_dir, scored=not ref)
+                                    None if masks is None else masks[sl], reference, device, run_dir, scored=not ref,
+                                    given=maps[name][sl] if name in maps else None)
                         plan.append(Planned(st, name, index[sl], labels[sl], preds[sl], cells[sl], unit, ref))
         if positions:
             examples[label] = Examples(positions, images[positions], labels[positions], index[positions],

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from bench.core.precision import DEFAULT_PRECISION
 from bench.core.device import resolve_device
 from bench.core.schema import (CURVE_COLUMNS, SAMPLE_COLUMNS, SCORE_COLUMNS, SUBSTRATE_COLUMNS, SUBSTRATE_CURVE_COLUMNS,
                                stage_key)
@@ -112,16 +113,29 @@ def run_plan(cfg: RunConfig, run_dir: Path, device: torch.device, test: P.ImageS
     write_manifest(run_dir, cfg, device, test, stages, timings, unit_log, [*written, run_dir / REPORT], executor,
                    cost)
     write_html_report(run_dir)  # after the final manifest it shows: the page `bench report` rebuilds
+    say(summary_line(plan, unit_log, timings["total"], cost["explain_and_metrics"]["ratio"], precision))
+    return run_dir
+
+
+def summary_line(plan: list[P.Planned], unit_log: list[dict[str, Any]], seconds: float, ratio: float | None,
+                 precision: str = DEFAULT_PRECISION) -> str:
+    """The run's last line, in plain words: what was explained and scored, in how long, against the
+    least time the model passes it needs would take (manifest.json: cost), what came from the cache,
+    what failed."""
+    scored = [p for p in plan if not p.reference]
+    images = len({(p.stage.arch, int(i)) for p in scored for i in p.index})
+    explainers = len({p.explainer for p in scored})
+    stages = len({(p.stage.model_name, p.stage.stage) for p in scored})
     n_cached = sum(u["cached"] for u in unit_log)
     failed = sorted({(u["model"], u["stage"], u["explainer"]) for u in unit_log if u["status"] != "ok"})
-    ratio = cost["explain_and_metrics"]["ratio"]
-    say(f"{len(unit_log)} units ({n_cached} from cache) in {timings['total']:.0f} s"
-        + (f"; explaining and scoring took {timings['explain_and_metrics']:.0f} s, {ratio:.1f} times as long as the "
-           f"model passes they need{'' if precision == 'float32' else f' (scoring in {precision})'} "
-           f"(manifest.json: cost)" if ratio is not None else "")
-        + (f"; failed: {', '.join('/'.join(f) for f in failed)} (failures are not cached: the next run retries "
-           f"them)" if failed else ""))
-    return run_dir
+    plural = lambda k, word: f"{k} {word}{'' if k == 1 else 's'}"  # noqa: E731
+    return (f"explained and scored {plural(images, 'image')} with {plural(explainers, 'explainer')} on "
+            f"{plural(stages, 'model stage')} in {seconds:.0f} s"
+            + (f" ({ratio:.1f} x the time of the model passes it needs"
+               f"{'' if precision == DEFAULT_PRECISION else f', scoring in {precision}'})" if ratio is not None else "")
+            + (f"; {n_cached} of {len(unit_log)} units of work from the cache" if n_cached else "")
+            + (f"; failed: {', '.join('/'.join(f) for f in failed)} (failures are not cached: the next run retries "
+               f"them)" if failed else ""))
 
 
 def _tables(plan: list[P.Planned], results: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
@@ -137,7 +151,7 @@ def _tables(plan: list[P.Planned], results: list[dict[str, Any]]) -> dict[str, p
             hib = bool(METRICS.get(name).meta["higher_is_better"])
             for k, (i, label, pred, cell) in enumerate(zip(p.index, p.labels, p.preds, p.cells)):
                 status = res["metric_status"][name][k]
-                state, msg = ("error", status[7:]) if status.startswith("error: ") else (status, "")
+                state, _, msg = status.partition(": ")  # "error: <message>", "n/a: <reason>", "ok", "n/a"
                 records.append([st.model_name, st.stage, p.explainer, name, int(i), int(label), int(pred), cell,
                                 res["metrics"][name][k], state, msg, hib, res["seconds_per_image"],
                                 res["peak_mem_mb"]])

@@ -32,6 +32,8 @@ from bench.run.config import RunConfig
 from explainers import EXPLAINERS, Attribution, run_explainer, with_output_space
 
 CACHE_VERSION = 1
+# why a metric that re-runs the explainer (needs=("explain",)) has no score for a map computed elsewhere
+FIXED_MAP = "a given map cannot be re-explained (this metric re-runs the explainer on other models or inputs)"
 
 
 @dataclass
@@ -95,7 +97,7 @@ def failed_attribution(message: str) -> dict[str, Any]:
     """The attribution record of an explainer that raised: its one-line message, no values and no
     timing (the time to a failure says nothing about a method's cost, and a re-run of a
     deterministic failure then rewrites identical tables)."""
-    return {"status": "error", "message": one_line(message, 500), "seconds": math.nan,
+    return {"status": "error", "message": one_line(message, 240), "seconds": math.nan,
             "peak_mem_mb": math.nan, "values": None, "outputs": None, "base_values": None, "meta": "{}"}
 
 
@@ -104,13 +106,15 @@ class Unit:
 
     def __init__(self, cfg: RunConfig, stage: Stage, explainer: str, params: dict, fingerprint: str, index: Tensor,
                  images: Tensor, labels: Tensor, targets: Tensor, masks: Tensor | None, background: Tensor,
-                 device: torch.device, run_dir: Path, *, scored: bool = True) -> None:
+                 device: torch.device, run_dir: Path, *, scored: bool = True, given: Tensor | None = None) -> None:
         self.cfg, self.stage, self.explainer, self.params, self.scored = cfg, stage, explainer, params, scored
+        self.given = given  # (B, C, H, W): a map computed elsewhere (bench.evaluate's attributions), not explained
         self.metric_names = list(cfg.metrics.names) if scored else []  # a reference unit only explains
         self.index, self.labels, self.targets, self.masks = index, labels, targets, masks
         self.images, self.background, self.device = images, background, device
         self.attr_key = content_key({"v": CACHE_VERSION, "ckpt": stage.sha256, "explainer": explainer,
-                                     "params": params, "code": explainer_code_digest(EXPLAINERS.get(explainer).obj),
+                                     "params": params, "code": explainer_code_digest(EXPLAINERS.get(explainer).obj)
+                                     if given is None else {"given map": tensor_digest(given)},
                                      "output": cfg.explain.output, "data": fingerprint,
                                      "index": index.tolist(), "targets": targets.tolist(),
                                      "background": tensor_digest(background), "seed": cfg.seed,
@@ -137,7 +141,11 @@ class Unit:
         return attr, self.score(attr)
 
     def explain(self) -> dict[str, Any]:
-        """The attribution record: values, outputs and base values on the CPU, seconds, peak memory."""
+        """The attribution record: values, outputs and base values on the CPU, seconds, peak memory
+        (a given map: its values, no model call, no time)."""
+        if self.given is not None:
+            return {"status": "ok", "message": "", "seconds": 0.0, "peak_mem_mb": 0.0, "values": self.given.float(),
+                    "outputs": None, "base_values": None, "meta": json.dumps({"given": True})}
         model = with_output_space(self.stage.model, self.cfg.explain.output).eval()
         x, y = self.images.to(self.device), self.targets.to(self.device)
         bg = self.background.to(self.device)
@@ -148,8 +156,8 @@ class Unit:
                 t0 = time.perf_counter()  # after the memory baseline is taken (gc, malloc_trim)
                 attr = run_explainer(self.explainer, model, x, y, background=bg, **self.params)
                 seconds = time.perf_counter() - t0
-        except Exception as exc:  # recorded, the run goes on
-            return failed_attribution(f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # recorded in one short line, the run goes on
+            return failed_attribution(models.hook_failure(exc) or f"{type(exc).__name__}: {exc}")
         return {"status": "ok", "message": "", "seconds": seconds, "peak_mem_mb": mem.peak_mb,
                 "values": attr.values.detach().float().cpu(),
                 "outputs": None if attr.outputs is None else attr.outputs.detach().float().cpu(),
@@ -175,12 +183,18 @@ class Unit:
         given = {"raw": Attribution(raw_values, outputs, base_values),
                  "preprocessed": Attribution(M.preprocess_attributions(raw_values, self.cfg.metrics.attribution),
                                              outputs, base_values)}
-        additive = bool(EXPLAINERS.get(self.explainer).meta.get("additive", False))
+        fixed = self.given is not None
+        additive = not fixed and bool(EXPLAINERS.get(self.explainer).meta.get("additive", False))
         context = M.MetricContext(masks=None if self.masks is None else self.masks.to(self.device),
-                                  explain=self.explain_on, additive=additive)
+                                  explain=None if fixed else self.explain_on, additive=additive)
         results: dict[str, M.MetricResult] = {}
         for name in self.metric_names:
             t_metric = time.perf_counter()
+            if fixed and "explain" in M.METRICS.get(name).meta.get("needs", ()):
+                out["metrics"][name] = [math.nan] * n
+                out["metric_status"][name] = [f"n/a: {FIXED_MAP}"] * n
+                out["metric_seconds"][name] = 0.0
+                continue
             try:
                 res = results[name] = self._metric(name, {}, given, context)
                 vals = [float(f) for f in res.scores.detach().float().cpu()]
