@@ -245,3 +245,11 @@ def test_no_string_lookups_of_the_config_outside_its_module():
 def test_the_lookup_guard_can_fail():
     assert LOOKUP.search('x = cfg["seed"]') and LOOKUP.search("n = config['data']") and LOOKUP.search("cfg.values['a']")
     assert not LOOKUP.search("x = cfg.seed") and not LOOKUP.search('old["config"]')
+
+
+@pytest.mark.parametrize("run", ["quick", "card", "study", "truth"])
+def test_a_published_run_is_the_same_run_as_its_profile_today(run):
+    """Running the shipped profile again over its published folder adopts it (no "another config"
+    refusal): a key added since the run was recorded is in ``rundir.ADDED_KEYS`` at its default."""
+    recorded = json.loads((REPO / "results" / "published" / run / "manifest.json").read_text())["config"]
+    assert identity(load_config(run).to_dict()) == identity(recorded)

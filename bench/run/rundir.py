@@ -39,7 +39,8 @@ except ImportError:  # pragma: no cover - Windows
 NOT_IDENTITY = ("name", "results_dir", "checkpoint_dir", "report", "stats", "truth")
 # keys added after runs were recorded: at their default they are no part of the identity, so the
 # record of an older run (without the key) still names the same run
-ADDED_KEYS = {("metrics", "precision"): DEFAULT_PRECISION}
+ADDED_KEYS: dict[tuple[str, str], Any] = {("models", "seeds"): [], ("models", "user"): {},
+                                         ("metrics", "precision"): DEFAULT_PRECISION}
 MARKER = "manifest.json"  # a run's record: a folder without one is not a run's to adopt
 LOCK = ".lock"
 # the layout of a run folder: these are folders, whatever matches RUN_FILES is a file
