@@ -59,7 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "models": {"names": ["resnet18"], "stages": ["pre", "post"],
                "seeds": [],           # training seeds, each its own checkpoints ([] = train.seed alone)
                "user": {}},           # {name: {factory, kwargs, checkpoint, convert}}: your own models (models/user.py)
-    "train": {},                  # TrainConfig fields (models.training)
+    "train": {},                  # TrainConfig fields (models.recipes)
     "tune": {},                   # TuneConfig fields
     "explain": {
         "names": ["shap.gradient", "shap.partition", "shap.deep", "captum.integrated_gradients", "random", "edge"],
