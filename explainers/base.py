@@ -347,7 +347,8 @@ def target_scores(model: nn.Module, x: Tensor, targets: Tensor, batch_size: int 
 def mean_target_score(model: nn.Module, background: Tensor, targets: Tensor, batch_size: int = 256) -> Tensor:
     """``E_background model(.)[target]`` per target, ``(B,)``."""
     with torch.no_grad():
-        mean = torch.cat([model(background[s:s + batch_size]) for s in range(0, background.shape[0], batch_size)]).mean(0)
+        mean = torch.cat([model(background[s:s + batch_size])
+                          for s in range(0, background.shape[0], batch_size)]).mean(0)
     return mean[targets]
 
 

@@ -113,7 +113,8 @@ def gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: T
     if layer_module is None:
         return Attribution(phi, target_scores(model, inputs, targets), mean_target_score(model, bg, targets), meta)
     reduced = F.interpolate(phi.sum(1, keepdim=True), size=inputs.shape[-2:], mode="bilinear", align_corners=False)
-    meta.update(layer_values=phi, reduced_from_layer=layer_name, layer_values_are=f"attribution to the input of {layer_name}")
+    meta.update(layer_values=phi, reduced_from_layer=layer_name,
+                layer_values_are=f"attribution to the input of {layer_name}")
     return Attribution(reduced.expand_as(inputs).contiguous(), None, None, meta)
 
 
@@ -153,7 +154,8 @@ def deep(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tenso
             for j, i in enumerate(idx.tolist()):
                 phis[i] = torch.from_numpy(np.asarray(sv)[j:j + 1, ..., 0])
     values = torch.cat(phis).to(device=inputs.device, dtype=inputs.dtype)
-    return Attribution(values, target_scores(model, inputs, targets), mean_target_score(model, background, targets), meta)
+    return Attribution(values, target_scores(model, inputs, targets), mean_target_score(model, background, targets),
+                       meta)
 
 
 _MASKS = re.compile(r"^(blur\(\s*\d+\s*,\s*\d+\s*\)|inpaint_telea|inpaint_ns)$")

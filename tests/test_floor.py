@@ -183,8 +183,10 @@ def test_randomisation_passes_are_cascade_steps_times_the_explainer():
     n = len(randomisation_layers(build_model("tiny")))
     assert F.metric_passes_per_image("randomisation_similarity", explainer_passes=ig, n_layers=n) == (10 * n, 0)
     assert F.metric_passes_per_image("randomisation_similarity", explainer_passes=(0, 300), n_layers=2) == (0, 600)
-    assert F.metric_passes_per_image("randomisation_similarity", {"steps": 2}, explainer_passes=ig, n_layers=n) == (20, 0)
-    assert F.metric_passes_per_image("randomisation_similarity", {"steps": 99}, explainer_passes=ig, n_layers=n) == (10 * n, 0)
+    assert F.metric_passes_per_image("randomisation_similarity", {"steps": 2}, explainer_passes=ig,
+                                     n_layers=n) == (20, 0)
+    assert F.metric_passes_per_image("randomisation_similarity", {"steps": 99}, explainer_passes=ig,
+                                     n_layers=n) == (10 * n, 0)
     with pytest.raises(BenchError, match="unknown metric"):
         F.metric_passes_per_image("no_such_metric")
     with pytest.raises(BenchError, match="no parameter 'step'"):

@@ -66,7 +66,8 @@ def randomisation_per_layer(model: nn.Module, inputs: Tensor, attribution: Attri
                     m.reset_parameters()
         values = explain(rand).detach()
         if values.shape != original.shape:
-            raise BenchError(f"randomisation: explain(model) returned {tuple(values.shape)}, expected {tuple(original.shape)}")
+            raise BenchError(f"randomisation: explain(model) returned {tuple(values.shape)}, "
+                             f"expected {tuple(original.shape)}")
         sims.append(spearman(original, values.abs() if absolute else values))
     return torch.stack(sims, dim=1).to(device=inputs.device, dtype=out_dtype(inputs)), names
 

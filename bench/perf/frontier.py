@@ -127,7 +127,8 @@ def rel_l2(values: Tensor, reference: Tensor) -> np.ndarray:
     return (d / reference.double().cpu().flatten(1).norm(dim=1).clamp_min(1e-12)).numpy()
 
 
-def _reference(spec: FrontierSpec, model, inputs, targets, background, *, reference_seeds: int, cache: dict) -> tuple[Tensor, float, float]:
+def _reference(spec: FrontierSpec, model, inputs, targets, background, *, reference_seeds: int,
+               cache: dict) -> tuple[Tensor, float, float]:
     """``(reference values, its own error estimate, seconds)``, cached per family/method."""
     key = spec.family or spec.name  # variants of a method share its reference (adapter defaults)
     if key in cache:
@@ -138,7 +139,8 @@ def _reference(spec: FrontierSpec, model, inputs, targets, background, *, refere
         name = "pneumobench.expected_gradients" if spec.family == "expected_gradients" else spec.name
         base = FrontierSpec(name, EXPLAINERS.get(name).meta["budget"], spec.budgets, spec.family,
                             spec.reference_budget, {} if name != spec.name else dict(spec.params))
-        runs = torch.stack([_run(base, model, inputs, targets, background, spec.reference_budget, s).values.double().cpu()
+        runs = torch.stack([_run(base, model, inputs, targets, background, spec.reference_budget, s)
+                            .values.double().cpu()
                             for s in range(10_000, 10_000 + reference_seeds)])
         ref = runs.mean(0)
         se = runs.var(0).flatten(1).sum(1).div(reference_seeds).sqrt() / ref.flatten(1).norm(dim=1).clamp_min(1e-12)

@@ -261,7 +261,8 @@ def method_styles(names: Iterable[str]) -> dict[str, dict[str, Any]]:
     out = {}
     for i, name in enumerate(sorted(set(names))):
         out[name] = {"color": OKABE_ITO[i % len(OKABE_ITO)],
-                     "linestyle": LINESTYLES[(i // len(OKABE_ITO)) % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}
+                     "linestyle": LINESTYLES[(i // len(OKABE_ITO)) % len(LINESTYLES)],
+                     "marker": MARKERS[i % len(MARKERS)]}
     return out
 
 
@@ -712,7 +713,8 @@ def write_figures(run_dir: str | os.PathLike, scores: pd.DataFrame,
         if comps is None or not len(comps.ranks):
             continue
         for model, stage in comps.ranks[["model", "stage"]].drop_duplicates().itertuples(index=False):
-            if comps.ranks[(comps.ranks["model"] == model) & (comps.ranks["stage"] == stage)]["mean_rank"].notna().sum():
+            if comps.ranks[(comps.ranks["model"] == model)
+                           & (comps.ranks["stage"] == stage)]["mean_rank"].notna().sum():
                 _add_job(jobs, f"cd_{slug(model, stage)}.png",
                          partial(cd_figure, comps.pairs, comps.ranks, model, stage,
                                  f"{model} · {stage}{tag}: mean rank per image (1 = best); bars join explainers the "

@@ -206,7 +206,8 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     return pd.read_csv(path, dtype={c: str for c in ("model", "stage", "explainer", "metric", "curve", "substrate",
-                                                      "status", "test", "comparison", "cell_a", "cell_b", "arch", "cell", "kind", "kept")},
+                                                      "status", "test", "comparison", "cell_a", "cell_b", "arch",
+                                                      "cell", "kind", "kept")},
                        keep_default_na=False, na_values={c: ["", "nan", "NaN"] for c in NUMERIC})
 
 

@@ -438,8 +438,9 @@ def _details(tables: Mapping[str, pd.DataFrame]) -> list[str]:
         "on their common images and explainers, 95% BCa CI over images resampled jointly for both; + = expected to "
         "agree (same kind of metric).",
         ["model", "stage", "metric a", "metric b", "explainers", "tau [CI]", "expected", "verdict"],
-        [[r.model, r.stage, r.metric_a, r.metric_b, str(r.n_explainers), _ci(r.kendall_tau, r.tau_ci_low, r.tau_ci_high),
-          r.expected, r.verdict] for r in a.itertuples(index=False)])
+        [[r.model, r.stage, r.metric_a, r.metric_b, str(r.n_explainers),
+          _ci(r.kendall_tau, r.tau_ci_low, r.tau_ci_high), r.expected, r.verdict]
+         for r in a.itertuples(index=False)])
     if s is not None:
         lines += _section(
             "Substrate sensitivity", "Kendall's tau-b between a metric's explainer rankings under two substrates, 95% "
