@@ -547,7 +547,7 @@ def convert_explainer_safe(model: nn.Module, example: Tensor) -> tuple[nn.Module
 
 def _replace(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
     """Put ``new`` wherever ``old`` is registered in ``root`` (a module may be registered under several names)."""
-    for name, parent in list(root.named_modules(remove_duplicate=False)):
+    for _name, parent in list(root.named_modules(remove_duplicate=False)):
         for key, child in list(parent._modules.items()):
             if child is old:
                 parent._modules[key] = new

@@ -291,7 +291,7 @@ def test_benchmark_table_on_a_fabricated_run(tmp_path):
     assert "| deletion_auc | resnet18 | 0.2000 | 50 f | 1.50 | quantus.PixelFlipping | 0.2500 |" in lines
     assert "| additivity_error | resnet18 | 0.0000 | 0 | n/a | - | n/a |" in lines
     # explainers sorted by model then name; metrics after explainers; foreign benchmarks ignored
-    order = [l.split("|")[1].strip() for l in lines if l.startswith("| ") and "---" not in l]
+    order = [line.split("|")[1].strip() for line in lines if line.startswith("| ") and "---" not in line]
     assert order == ["explainer", "captum.integrated_gradients", "shap.deep", "plugin",
                      "metric", "additivity_error", "deletion_auc"]
     assert "someone_elses" not in table

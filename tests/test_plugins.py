@@ -263,7 +263,7 @@ def test_example_plugin_modules_register_what_they_claim(monkeypatch, isolated):
     monkeypatch.syspath_prepend(str(EXAMPLE / "src"))
     eps = _example_entry_points()
     for group in ("bench.explainers", "bench.metrics"):  # the explainer module alone registers no metric
-        for ep_name, module in eps[group].items():
+        for module in eps[group].values():
             assert not (EXAMPLE_NAMES[group] & set(REGISTRIES[group]._entries))
             importlib.import_module(module)
             assert EXAMPLE_NAMES[group] <= set(REGISTRIES[group]._entries), (group, module)

@@ -239,10 +239,10 @@ def card(scores: pd.DataFrame, settings: CardSettings, kinds: Mapping[str, str |
         beat = int((vs_random["verdict"] == "beats the control").sum())
         loses = bool((c["verdict"] == "LOSES to the control").any())
         alpha = krippendorff_alpha(g)
-        a_low, a_high = _interval(lambda idx: krippendorff_alpha(g[idx]), g.shape[0], settings)
+        a_low, a_high = _interval(lambda idx, g=g: krippendorff_alpha(g[idx]), g.shape[0], settings)
         sh = split_half(g, settings.splits, rng)
         sh_low, sh_high = _interval(
-            lambda idx: split_half(g[idx], max(1, settings.splits // 10), np.random.default_rng(settings.seed)),
+            lambda idx, g=g: split_half(g[idx], max(1, settings.splits // 10), np.random.default_rng(settings.seed)),
             g.shape[0], settings, method="percentile")
         p = power[(power["model"] == model) & (power["stage"] == stage) & (power["metric"] == metric)]
         a = agreement[(agreement["model"] == model) & (agreement["stage"] == stage)

@@ -84,8 +84,11 @@ def stability_tables(ptables: Mapping[tuple[str, str, str], GoodnessTable], comp
         means = y.mean(axis=(0, 1))
         per_seed = y.mean(axis=1)                                  # (seeds, explainers)
         w = kendall_w(per_seed)
-        w_low, w_high = image_interval(lambda idx: kendall_w(y[:, idx, :].mean(axis=1)), y.shape[1],
-                                       n_resamples=W_RESAMPLES, seed=settings.seed + i)
+
+        def w_of(idx: np.ndarray, y: np.ndarray = y) -> float:
+            return kendall_w(y[:, idx, :].mean(axis=1))
+
+        w_low, w_high = image_interval(w_of, y.shape[1], n_resamples=W_RESAMPLES, seed=settings.seed + i)
         pair_min = min(kendall_w(per_seed[[a, b]]) for a, b in combinations(range(y.shape[0]), 2))
         probs = p_top(y, draws=settings.draws, seed=settings.seed + i)
         top = int(np.argmax(means))

@@ -223,8 +223,8 @@ def dominance_ranks(names: Sequence[str], pairs: pd.DataFrame) -> dict[str, int]
     """
     beats = _beats(pairs)
     above: dict[str, set[str]] = {n: set() for n in names}
-    for w, l in beats:
-        above[l].add(w)
+    for winner, loser in beats:
+        above[loser].add(winner)
     ranks: dict[str, int] = {}
 
     def rank(n: str, path: tuple[str, ...] = ()) -> int:
@@ -248,8 +248,8 @@ def compact_letters(names: Sequence[str], pairs: pd.DataFrame, means: Sequence[f
     names = list(names)
     pos = {n: i for i, n in enumerate(names)}
     columns: list[set[int]] = [set(range(len(names)))]
-    for w, l in sorted(_beats(pairs), key=lambda p: (pos[p[0]], pos[p[1]])):
-        i, j = pos[w], pos[l]
+    for winner, loser in sorted(_beats(pairs), key=lambda p: (pos[p[0]], pos[p[1]])):
+        i, j = pos[winner], pos[loser]
         new: list[set[int]] = []
         for col in columns:
             if i in col and j in col:
