@@ -414,7 +414,7 @@ def signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    stopping = []
+    stopping: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
         if stopping:

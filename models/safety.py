@@ -73,7 +73,9 @@ class Finding(NamedTuple):
 
     module: str
     what: str
-    count: int = 1
+    # shadows tuple.count() on purpose: a NamedTuple field replaces the method, and Finding.count
+    # (the number of calls) is public; mypy reports any such field as an incompatible override
+    count: int = 1  # type: ignore[assignment]
 
     def __str__(self) -> str:
         times = f" (x{self.count})" if self.count > 1 else ""
@@ -325,9 +327,9 @@ class _SafeBlock(nn.Module):
             setattr(self, f"conv{i}", getattr(block, f"conv{i}"))
             setattr(self, f"bn{i}", getattr(block, f"bn{i}"))
             if i < convs:
-                setattr(self, f"relu{i}", _fresh_relu(block.relu))
+                setattr(self, f"relu{i}", _fresh_relu(block.get_submodule("relu")))
         self.downsample = block.downsample
-        setattr(self, f"relu{convs}", _fresh_relu(block.relu))
+        setattr(self, f"relu{convs}", _fresh_relu(block.get_submodule("relu")))
         self.stride = block.stride
         self.training = block.training
 

@@ -271,6 +271,7 @@ def frontier_figure(rows: Iterable[Mapping[str, Any]], path: str | Path, target:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
 
     frame = frontier_frame(rows)
     models = list(dict.fromkeys(frame["model"]))
@@ -281,7 +282,10 @@ def frontier_figure(rows: Iterable[Mapping[str, Any]], path: str | Path, target:
     for ax in axes[len(models):]:
         ax.set_visible(False)
     methods = list(dict.fromkeys(frame["method"]))  # one colour per method in every panel
-    colours = dict(zip(methods, plt.get_cmap("tab10" if len(methods) <= 10 else "tab20").colors))
+    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    assert isinstance(cmap, ListedColormap)  # tab10 and tab20 are listed colour maps
+    # matplotlib types .colors as ArrayLike (scalars included); it is the list the map was made of
+    colours = dict(zip(methods, cmap.colors))  # type: ignore[arg-type]
     for ax, model in zip(axes, models):
         for method, grp in frame[frame["model"] == model].groupby("method", sort=False):
             ax.errorbar(grp["passes"], grp["rel_l2"], yerr=grp["rel_l2_sd"].fillna(0), marker="o", ms=3,

@@ -695,7 +695,8 @@ class _Figures:
 
     def __init__(self, run_dir: Path, names: Mapping[str, str], embed: bool) -> None:
         self.files = {f.stem: f for f in sorted((run_dir / "figures").glob("*.png"))}
-        self.names, self.embed, self.placed = names, embed, set()
+        self.names, self.embed = names, embed
+        self.placed: set[str] = set()
 
     def take(self, kind: str, *parts: str) -> str:
         """The figure ``<kind>_<slug(parts)>.png`` as HTML ("" when absent or already placed)."""

@@ -127,8 +127,8 @@ def check_scores(scores: pd.DataFrame, columns: Iterable[str] = SCORE_COLUMNS, *
                    else ~df[col].isin(allowed))
             if bad.any():
                 row = df.index[bad][0]
-                expected = (list(allowed) + ["c<k>_ok", "c<k>_wrong"] if col == "cell" else list(allowed)
-                            if allowed is not None else ["pre", "post", "post:<variant>"])
+                expected = (["pre", "post", "post:<variant>"] if allowed is None
+                            else list(allowed) + ["c<k>_ok", "c<k>_wrong"] if col == "cell" else list(allowed))
                 raise BenchError(f"{where(row)}: unknown {col} {df.loc[row, col]!r}; expected one of {expected}")
     silent = (df["status"] == "ok") & ~np.isfinite(df["value"].to_numpy(dtype=np.float64))
     if silent.any():

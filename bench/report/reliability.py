@@ -76,7 +76,8 @@ class CardSettings:
     @classmethod
     def from_config(cls, values: Mapping[str, Any] | None) -> "CardSettings":
         values = dict(values or {})
-        keep = {k: (tuple(v) if k == "controls" else v) for k, v in values.items() if k in cls.__dataclass_fields__}
+        keep: dict[str, Any] = {k: (tuple(v) if k == "controls" else v) for k, v in values.items()
+                                if k in cls.__dataclass_fields__}
         return cls(**keep)
 
     def record(self) -> dict[str, Any]:

@@ -100,7 +100,8 @@ def family_tests(diffs: Sequence[np.ndarray], margins: Sequence[float] | float, 
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     ests = [mean_estimate(d) for d in diffs]
-    margins = [float(margins)] * len(ests) if np.isscalar(margins) else [float(v) for v in margins]
+    margins = ([float(margins)] * len(ests) if isinstance(margins, (int, float, np.number))
+               else [float(v) for v in margins])
     if len(margins) != len(ests):
         raise ValueError(f"{len(ests)} contrasts but {len(margins)} margins")
     testable = [e.se == 0.0 or (np.isfinite(e.se) and np.isfinite(e.df)) for e in ests]
@@ -240,7 +241,8 @@ def dominance_ranks(names: Sequence[str], pairs: pd.DataFrame) -> dict[str, int]
     return ranks
 
 
-def compact_letters(names: Sequence[str], pairs: pd.DataFrame, means: Sequence[float]) -> dict[str, str]:
+def compact_letters(names: Sequence[str], pairs: pd.DataFrame, means: Sequence[float] | np.ndarray
+                    ) -> dict[str, str]:
     """Compact letter display (Piepho 2004, "An algorithm for a letter-based representation of
     all-pairwise comparisons", J. Comput. Graph. Stat. 13:456, insert-and-absorb): two explainers
     share a letter exactly when the table's paired test does not separate them. Letters run from
