@@ -132,7 +132,8 @@ class Result:
         return path
 
 
-def evaluate(model: nn.Module, images: Tensor | np.ndarray, targets: Tensor | np.ndarray | Sequence[int] | int | None = None,
+def evaluate(model: nn.Module, images: Tensor | np.ndarray,
+             targets: Tensor | np.ndarray | Sequence[int] | int | None = None,
              *, labels: Tensor | np.ndarray | Sequence[int] | None = None, masks: Tensor | np.ndarray | None = None,
              explainers: Sequence[str] | None = None, metrics: Sequence[str] | None = None,
              background: Tensor | np.ndarray | None = None,
@@ -216,8 +217,8 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray, targets: Tensor | np
                              f"give reference images like the explained ones")
     label = model_name if model_name is not None else type(model).__name__
     if not is_plain_name(label):
-        raise BenchError(f"model_name {shown(label)} is not a plain name (letters, digits and ._+-, not starting with a "
-                         f"dot, at most {MAX_NAME} characters); pass e.g. model_name=\"my-resnet\"")
+        raise BenchError(f"model_name {shown(label)} is not a plain name (letters, digits and ._+-, not starting "
+                         f"with a dot, at most {MAX_NAME} characters); pass e.g. model_name=\"my-resnet\"")
 
     t0 = time.perf_counter()
     fix = "pass convert=True to bench.evaluate (it rewrites what has an exact rewrite, or says what it cannot)"

@@ -293,7 +293,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg.validate()
     train, val, test = _splits(args)
     cfg = dataclasses.replace(cfg, dataset=train.name, size=int(train.images.shape[-1]))
-    out = Path(args.out) if args.out else default_checkpoint_path(cfg, train.fingerprint, Path(args.results) / "checkpoints")
+    out = (Path(args.out) if args.out
+           else default_checkpoint_path(cfg, train.fingerprint, Path(args.results) / "checkpoints"))
     _check_out(out, given=bool(args.out))
     side = train_model(cfg, train, val, test, out=out, device=args.device, progress=not args.no_progress)
     _print_result(out, side)
@@ -413,7 +414,7 @@ def signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    stopping = []
+    stopping: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
         if stopping:

@@ -296,11 +296,11 @@ def _read_npz(path: str, mtime_ns: int, nbytes: int, ino: int, size: int, flag: 
                            f"not a MedMNIST file")
         _check_sizes(npz, os.path.getsize(path))  # before numpy allocates what a header claims
         arrays = {}
-        for k in wanted:
+        for key in wanted:
             try:
-                arrays[k] = npz[k]
+                arrays[key] = npz[key]
             except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-                raise _BadFile(f"cannot read array {k!r}, the archive is truncated or corrupt "
+                raise _BadFile(f"cannot read array {key!r}, the archive is truncated or corrupt "
                                f"({type(exc).__name__}: {exc})") from exc
     rgb, k = num_channels(flag) == 3, len(_info(flag)["label"])
     allowed = "{0, 1}" if k == 2 else f"{{0, ..., {k - 1}}}"

@@ -204,11 +204,9 @@ def completeness_gap(attr: Attribution) -> Tensor:
     read it from here. Raises :class:`BenchError` for an attribution without ``outputs`` and
     ``base_values``.
     """
-    if attr.outputs is None or attr.base_values is None:
-        raise BenchError("completeness gap needs outputs and base_values; this attribution is not additive "
-                         "(its adapter did not report f(x) and the reference output)")
+    change = _output_change(attr)
     v = attr.values.to(torch.float64)
-    return v.sum(dim=tuple(range(1, v.dim()))) - _output_change(attr)
+    return v.sum(dim=tuple(range(1, v.dim()))) - change
 
 
 def relative_completeness_gap(attr: Attribution, eps: float = 1e-12) -> Tensor:
@@ -218,6 +216,9 @@ def relative_completeness_gap(attr: Attribution, eps: float = 1e-12) -> Tensor:
 
 def _output_change(attr: Attribution) -> Tensor:
     """``outputs - base_values`` in float64, the output change an additive attribution explains."""
+    if attr.outputs is None or attr.base_values is None:
+        raise BenchError("completeness gap needs outputs and base_values; this attribution is not additive "
+                         "(its adapter did not report f(x) and the reference output)")
     return attr.outputs.to(torch.float64) - attr.base_values.to(torch.float64)
 
 
@@ -347,7 +348,8 @@ def target_scores(model: nn.Module, x: Tensor, targets: Tensor, batch_size: int 
 def mean_target_score(model: nn.Module, background: Tensor, targets: Tensor, batch_size: int = 256) -> Tensor:
     """``E_background model(.)[target]`` per target, ``(B,)``."""
     with torch.no_grad():
-        mean = torch.cat([model(background[s:s + batch_size]) for s in range(0, background.shape[0], batch_size)]).mean(0)
+        mean = torch.cat([model(background[s:s + batch_size])
+                          for s in range(0, background.shape[0], batch_size)]).mean(0)
     return mean[targets]
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +31,7 @@ from explainers.base import (CAM_LAYER, Attribution, check_positive, chunks, lib
 
 CAM_PARAMS = {"batch_size": Range(1)}
 # one backward; per_pixel: one value per pixel, the same in every input channel
-GRADIENT_CAM = {"library": "gradcam", "additive": False, "passes": (1, 0), "constraints": CAM_PARAMS,
+GRADIENT_CAM: dict[str, Any] = {"library": "gradcam", "additive": False, "passes": (1, 0), "constraints": CAM_PARAMS,
                 "per_pixel": True}
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -84,7 +84,7 @@ class _Rescaled(torch.autograd.Function):
 
 
 @contextlib.contextmanager
-def _relus_rescaled(relus: list[nn.Module], multiply: Callable[[int, Tensor], Tensor]) -> Iterator[None]:
+def _relus_rescaled(relus: Sequence[nn.Module], multiply: Callable[[int, Tensor], Tensor]) -> Iterator[None]:
     """Every ReLU module's ``forward`` replaced by :class:`_Rescaled` (restored on exit)."""
     saved = [r.__dict__.get("forward") for r in relus]
     for k, r in enumerate(relus):
@@ -218,7 +218,11 @@ def rescale_attributions(model: nn.Module, inputs: Tensor, targets: Tensor, back
 
     def multiply(k: int, grad: Tensor) -> Tensor:  # grad (width, *a_k.shape[1:])
         b, j0, j1 = where["b"], where["j0"], where["j1"]
-        ax, ar = img_acts[k][b:b + 1], ref_acts[k][j0:j1]
+        img_k, ref_k = img_acts[k], ref_acts[k]
+        # the backward reaches only ReLUs the recorded forward did, which the forwards of the images and
+        # the references reached too (no data-dependent control flow: unsupported_reason)
+        assert img_k is not None and ref_k is not None
+        ax, ar = img_k[b:b + 1], ref_k[j0:j1]
         m = mult[:grad.numel()].view(grad.shape)
         d, s, mr = delta[:ar.numel()].view(ar.shape), small[:ar.numel()].view(ar.shape), m[:j1 - j0]
         m[j1 - j0:].zero_()  # spare rows of a smaller chunk
@@ -247,7 +251,7 @@ def rescale_attributions(model: nn.Module, inputs: Tensor, targets: Tensor, back
     return out.detach()
 
 
-def _relu_inputs(model: nn.Module, relus: list[nn.Module], x: Tensor, chunk: int = 64) -> list[Tensor | None]:
+def _relu_inputs(model: nn.Module, relus: Sequence[nn.Module], x: Tensor, chunk: int = 64) -> list[Tensor | None]:
     """The input of every ReLU for each row of ``x`` (no grad), in ``relus`` order."""
     per_relu: list[list[Tensor]] = [[] for _ in relus]
     hooks = [r.register_forward_hook(lambda mod, args, output, k=k: per_relu[k].append(args[0].detach()))

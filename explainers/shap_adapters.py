@@ -98,7 +98,7 @@ def gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: T
     else:
         import shap
 
-        phis: list[Tensor | None] = [None] * inputs.shape[0]
+        phis: dict[int, Tensor] = {}  # image -> its values; every image is in its target's group
         with model_guard(model), preserved_rng(inputs.device):
             for k, idx in _groups(targets):
                 single = _TargetColumn(model, k)
@@ -107,13 +107,14 @@ def gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: T
                 for i in idx.tolist():
                     sv = explainer.shap_values(inputs[i:i + 1], nsamples=nsamples, rseed=seeds[i])
                     phis[i] = torch.from_numpy(np.asarray(sv)[..., 0])
-        phi = torch.cat(phis).to(device=inputs.device, dtype=inputs.dtype)
+        phi = torch.cat([phis[i] for i in range(inputs.shape[0])]).to(device=inputs.device, dtype=inputs.dtype)
     meta = {"library_version": library_version("shap"), "nsamples": nsamples, "background_size": bg.shape[0],
             "seeds": seeds, "additive_in_expectation": layer is None, "engine": use}
     if layer_module is None:
         return Attribution(phi, target_scores(model, inputs, targets), mean_target_score(model, bg, targets), meta)
     reduced = F.interpolate(phi.sum(1, keepdim=True), size=inputs.shape[-2:], mode="bilinear", align_corners=False)
-    meta.update(layer_values=phi, reduced_from_layer=layer_name, layer_values_are=f"attribution to the input of {layer_name}")
+    meta.update(layer_values=phi, reduced_from_layer=layer_name,
+                layer_values_are=f"attribution to the input of {layer_name}")
     return Attribution(reduced.expand_as(inputs).contiguous(), None, None, meta)
 
 
@@ -145,15 +146,16 @@ def deep(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tenso
                            meta)
     import shap
 
-    phis: list[Tensor | None] = [None] * inputs.shape[0]
+    phis: dict[int, Tensor] = {}  # image -> its values; every image is in its target's group
     with model_guard(model):
         for k, idx in _groups(targets):
             explainer = shap.DeepExplainer(_TargetColumn(model, k), background)
             sv = explainer.shap_values(inputs[idx], check_additivity=False)
             for j, i in enumerate(idx.tolist()):
                 phis[i] = torch.from_numpy(np.asarray(sv)[j:j + 1, ..., 0])
-    values = torch.cat(phis).to(device=inputs.device, dtype=inputs.dtype)
-    return Attribution(values, target_scores(model, inputs, targets), mean_target_score(model, background, targets), meta)
+    values = torch.cat([phis[i] for i in range(inputs.shape[0])]).to(device=inputs.device, dtype=inputs.dtype)
+    return Attribution(values, target_scores(model, inputs, targets), mean_target_score(model, background, targets),
+                       meta)
 
 
 _MASKS = re.compile(r"^(blur\(\s*\d+\s*,\s*\d+\s*\)|inpaint_telea|inpaint_ns)$")

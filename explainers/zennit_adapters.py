@@ -36,10 +36,15 @@ from models.tiny import TinyResCNN, _TinyBlock
 OUTPUT_RTOL = 1e-4  # largest change of the outputs the canonizer may cause, relative to their scale
 
 
+def _residual_sum(block: nn.Module) -> nn.Module:
+    """The ``zennit.layer.Sum`` the canonizer attached to ``block`` as ``canonizer_sum``."""
+    return block.get_submodule("canonizer_sum")
+
+
 def _basic_block(self: BasicBlock, x: Tensor) -> Tensor:
     identity = x if self.downsample is None else self.downsample(x)
     out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
-    return self.relu2(self.canonizer_sum(torch.stack([identity, out], dim=-1)))
+    return self.relu2(_residual_sum(self)(torch.stack([identity, out], dim=-1)))
 
 
 def _bottleneck(self: Bottleneck, x: Tensor) -> Tensor:
@@ -47,12 +52,12 @@ def _bottleneck(self: Bottleneck, x: Tensor) -> Tensor:
     out = self.relu1(self.bn1(self.conv1(x)))
     out = self.relu2(self.bn2(self.conv2(out)))
     out = self.bn3(self.conv3(out))
-    return self.relu3(self.canonizer_sum(torch.stack([identity, out], dim=-1)))
+    return self.relu3(_residual_sum(self)(torch.stack([identity, out], dim=-1)))
 
 
 def _tiny_block(self: _TinyBlock, x: Tensor) -> Tensor:
     out = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
-    return self.relu2(self.canonizer_sum(torch.stack([x, out], dim=-1)))
+    return self.relu2(_residual_sum(self)(torch.stack([x, out], dim=-1)))
 
 
 BLOCK_FORWARDS = {BasicBlock: _basic_block, Bottleneck: _bottleneck, _TinyBlock: _tiny_block}

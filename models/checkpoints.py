@@ -100,8 +100,8 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
         want = list if key == "test_preds" else dict
         if not isinstance(side[key], want) or key == "test_preds" and not all(
                 isinstance(v, int) and not isinstance(v, bool) for v in side[key]):
-            raise BenchError(f"checkpoint sidecar {p}: {key} is not {'a list of classes' if want is list else 'a table'}"
-                             f"; {fix}")
+            raise BenchError(f"checkpoint sidecar {p}: {key} is not "
+                             f"{'a list of classes' if want is list else 'a table'}; {fix}")
     return side
 
 
@@ -117,7 +117,8 @@ def load_checkpoint(path: str | Path, *, expected_model: str | None = None,
     try:
         ckpt = load_torch_file(read_regular(path, follow=True))
     except FileNotFoundError:
-        raise BenchError(f"checkpoint {path} not found; train one with `python -m bench train` or fix the path") from None
+        raise BenchError(f"checkpoint {path} not found; train one with `python -m bench train` "
+                         f"or fix the path") from None
     except BenchError:
         raise
     except Exception as exc:  # pickle/zip errors of many kinds
@@ -133,8 +134,7 @@ def load_checkpoint(path: str | Path, *, expected_model: str | None = None,
     if expected_model is not None and name != expected_model:
         raise BenchError(f"checkpoint {path} is for architecture {name!r}, not {expected_model!r}; use a "
                          f"{expected_model} checkpoint, or explain it as the model {name!r}")
-    kwargs, state = ckpt.get("model_kwargs"), ckpt.get("state_dict")
-    _check_model_kwargs(path, kwargs, fix)
+    kwargs, state = _check_model_kwargs(path, ckpt.get("model_kwargs"), fix), ckpt.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise BenchError(f"checkpoint {path}: its state_dict is not a table of named tensors; {fix}")
     bad = {k: int((~torch.isfinite(v)).sum()) for k, v in state.items() if v.is_floating_point()}
@@ -163,17 +163,19 @@ def load_torch_file(data: bytes) -> Any:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
-def _check_model_kwargs(path: Path, kwargs: Any, fix: str) -> None:
-    """``model_kwargs`` must be a table of the registered factories' integer arguments."""
+def _check_model_kwargs(path: Path, kwargs: Any, fix: str) -> dict[str, int]:
+    """``model_kwargs`` must be a table of the registered factories' integer arguments (returned)."""
     known = tunable_params(build_model)
     if not isinstance(kwargs, dict):
-        raise BenchError(f"checkpoint {path}: its model_kwargs is not a table (it holds {type(kwargs).__name__}); {fix}")
+        raise BenchError(f"checkpoint {path}: its model_kwargs is not a table "
+                         f"(it holds {type(kwargs).__name__}); {fix}")
     for key, value in kwargs.items():
         if key not in known:
-            raise BenchError(f"checkpoint {path}: its model_kwargs has {key!r}, which the models do not take (they take "
-                             f"{', '.join(known)}); {fix}")
+            raise BenchError(f"checkpoint {path}: its model_kwargs has {key!r}, which the models do not take "
+                             f"(they take {', '.join(known)}); {fix}")
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise BenchError(f"checkpoint {path}: its model_kwargs {key} = {value!r} is not a positive integer; {fix}")
+    return kwargs
 
 
 def _state_dict_mismatch(model: nn.Module, state: dict[str, Tensor]) -> tuple[list[str], list[str]]:

@@ -75,13 +75,13 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """ResNet with a size-dependent stem; input ``(B, in_channels, H, W)``, output logits ``(B, K)``."""
 
-    def __init__(self, block: type[nn.Module], layers: list[int], *, in_channels: int = 1,
+    def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int], *, in_channels: int = 1,
                  num_classes: int = 2, image_size: int = 28, width: int = 64) -> None:
         super().__init__()
         self.image_size = image_size
         if image_size <= SMALL_STEM_MAX:
             self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
-            self.maxpool = nn.Identity()
+            self.maxpool: nn.Module = nn.Identity()
         else:
             self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
             self.maxpool = nn.MaxPool2d(kernel_size=2, stride=2)  # non-overlapping: DeepExplainer-exact

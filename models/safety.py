@@ -73,7 +73,9 @@ class Finding(NamedTuple):
 
     module: str
     what: str
-    count: int = 1
+    # shadows tuple.count() on purpose: a NamedTuple field replaces the method, and Finding.count
+    # (the number of calls) is public; mypy reports any such field as an incompatible override
+    count: int = 1  # type: ignore[assignment]
 
     def __str__(self) -> str:
         times = f" (x{self.count})" if self.count > 1 else ""
@@ -325,9 +327,9 @@ class _SafeBlock(nn.Module):
             setattr(self, f"conv{i}", getattr(block, f"conv{i}"))
             setattr(self, f"bn{i}", getattr(block, f"bn{i}"))
             if i < convs:
-                setattr(self, f"relu{i}", _fresh_relu(block.relu))
+                setattr(self, f"relu{i}", _fresh_relu(block.get_submodule("relu")))
         self.downsample = block.downsample
-        setattr(self, f"relu{convs}", _fresh_relu(block.relu))
+        setattr(self, f"relu{convs}", _fresh_relu(block.get_submodule("relu")))
         self.stride = block.stride
         self.training = block.training
 
@@ -547,7 +549,7 @@ def convert_explainer_safe(model: nn.Module, example: Tensor) -> tuple[nn.Module
 
 def _replace(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
     """Put ``new`` wherever ``old`` is registered in ``root`` (a module may be registered under several names)."""
-    for name, parent in list(root.named_modules(remove_duplicate=False)):
+    for _name, parent in list(root.named_modules(remove_duplicate=False)):
         for key, child in list(parent._modules.items()):
             if child is old:
                 parent._modules[key] = new

@@ -142,6 +142,9 @@ def fit(model: nn.Module, cfg, train: ImageSplit, val: ImageSplit, device: torch
             tqdm.write(line)  # above the progress bars
         else:
             print(line, flush=True)
+    if best_state is None:  # every epoch's score was NaN (score > -inf never held): nothing to keep
+        raise BenchError(f"{desc}: no epoch gave a finite validation score ({cfg.select_on} was NaN in all "
+                         f"{cfg.epochs} epochs); the training diverged: re-train with a lower lr")
     return best_state, history, best_epoch
 
 

@@ -83,8 +83,8 @@ def _check_tuning_data(parent: str | Path, info: dict[str, Any], side: dict[str,
                          f"run config)")
     fix = "tune on the data the parent was trained on"
     if len(side["test_preds"]) != len(test):
-        raise BenchError(f"parent checkpoint {parent} was evaluated on {len(side['test_preds'])} test images, this data "
-                         f"has {len(test)}; {fix}")
+        raise BenchError(f"parent checkpoint {parent} was evaluated on {len(side['test_preds'])} test images, "
+                         f"this data has {len(test)}; {fix}")
     recorded, given = side.get("data"), data_record(train, val, test)
     if isinstance(recorded, dict):
         keys = ("dataset", "md5", "seed", "size", "n")

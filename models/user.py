@@ -35,8 +35,8 @@ from models.checkpoints import load_torch_file
 from models.training import PREDICT_BATCH, predict_proba
 
 __all__ = ["UserModelSpec", "resolve_factory", "load_state_dict", "load_user_model", "check_fits", "prepare_model",
-           "input_channels", "state_dict_sha256", "model_key", "object_model_key", "safety_record", "torchvision_resnet",
-           "copy_model", "checked_predictions"]
+           "input_channels", "state_dict_sha256", "model_key", "object_model_key", "safety_record",
+           "torchvision_resnet", "copy_model", "checked_predictions"]
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # one line, at most 100 characters
 FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -271,7 +271,8 @@ def prepare_model(model: nn.Module, images: Tensor, *, convert: bool, warn: Call
         if not diff <= CONVERT_RTOL * max(1.0, scale):
             raise BenchError(f"convert: the explainer-safe copy of {kind.__name__} differs from it by {diff:.3g} on "
                              f"the images (outputs up to {scale:.3g}), more than float rounding: its forward depends "
-                             f"on what was rewritten ({one_line('; '.join(rewrites), 120) or 'nothing'}); run without convert")
+                             f"on what was rewritten ({one_line('; '.join(rewrites), 120) or 'nothing'}); "
+                             f"run without convert")
         record["conversion"] = {"max_abs_output_difference": diff, "n_images": int(len(images)),
                                 "rewritten": rewrites,
                                 "safety_after": safety_record(check_explainer_safe(safe, images[:2]))}

@@ -64,7 +64,8 @@ def test_cli_refuses_a_bad_allocator_value(tmp_path):
     env = {**os.environ, ENV: "fast"}
     out = subprocess.run([sys.executable, "-m", "bench", "list"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == ["error: BENCH_MALLOC='fast' is not a choice; use 'tuned' (the default) or 'default'"]
+    assert out.stderr.strip().splitlines() == [
+        "error: BENCH_MALLOC='fast' is not a choice; use 'tuned' (the default) or 'default'"]
 
 
 PEAK = r"""

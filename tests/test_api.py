@@ -313,7 +313,8 @@ def test_model_key_follows_checkpoint_and_conversion(trained, tmp_path, monkeypa
     torch.save({"state_dict": model.state_dict()}, tmp_path / "wrapped.pt")
     spec = UserModelSpec.from_table("m", {"factory": "mynets:build", "checkpoint": str(tmp_path / "wrapped.pt")})
     loaded, record = load_user_model(spec, images, 2, warn=lambda s: None)
-    assert torch.equal(loaded(images), model(images)) and record["checkpoint_sha256"] == file_sha256(tmp_path / "wrapped.pt")
+    assert torch.equal(loaded(images), model(images))
+    assert record["checkpoint_sha256"] == file_sha256(tmp_path / "wrapped.pt")
 
 
 # ----------------------------------------------------------------------------- maps computed elsewhere

@@ -671,7 +671,8 @@ def test_rescale_engine_chunks_do_not_change_the_values(n_background, pair_chunk
     parts = rescale_attributions(net, inputs, targets, background, pair_chunk=pair_chunk)
     torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-8)
     # and the per-pair mean is what it should be: the mean of the single-reference values
-    singles = torch.stack([rescale_attributions(net, inputs, targets, background[j:j + 1]) for j in range(n_background)])
+    singles = torch.stack([rescale_attributions(net, inputs, targets, background[j:j + 1])
+                           for j in range(n_background)])
     torch.testing.assert_close(parts, singles.mean(0), rtol=1e-5, atol=1e-8)
 
 

@@ -183,8 +183,10 @@ def test_randomisation_passes_are_cascade_steps_times_the_explainer():
     n = len(randomisation_layers(build_model("tiny")))
     assert F.metric_passes_per_image("randomisation_similarity", explainer_passes=ig, n_layers=n) == (10 * n, 0)
     assert F.metric_passes_per_image("randomisation_similarity", explainer_passes=(0, 300), n_layers=2) == (0, 600)
-    assert F.metric_passes_per_image("randomisation_similarity", {"steps": 2}, explainer_passes=ig, n_layers=n) == (20, 0)
-    assert F.metric_passes_per_image("randomisation_similarity", {"steps": 99}, explainer_passes=ig, n_layers=n) == (10 * n, 0)
+    assert F.metric_passes_per_image("randomisation_similarity", {"steps": 2}, explainer_passes=ig,
+                                     n_layers=n) == (20, 0)
+    assert F.metric_passes_per_image("randomisation_similarity", {"steps": 99}, explainer_passes=ig,
+                                     n_layers=n) == (10 * n, 0)
     with pytest.raises(BenchError, match="unknown metric"):
         F.metric_passes_per_image("no_such_metric")
     with pytest.raises(BenchError, match="no parameter 'step'"):
@@ -289,7 +291,7 @@ def test_benchmark_table_on_a_fabricated_run(tmp_path):
     assert "| deletion_auc | resnet18 | 0.2000 | 50 f | 1.50 | quantus.PixelFlipping | 0.2500 |" in lines
     assert "| additivity_error | resnet18 | 0.0000 | 0 | n/a | - | n/a |" in lines
     # explainers sorted by model then name; metrics after explainers; foreign benchmarks ignored
-    order = [l.split("|")[1].strip() for l in lines if l.startswith("| ") and "---" not in l]
+    order = [line.split("|")[1].strip() for line in lines if line.startswith("| ") and "---" not in line]
     assert order == ["explainer", "captum.integrated_gradients", "shap.deep", "plugin",
                      "metric", "additivity_error", "deletion_auc"]
     assert "someone_elses" not in table

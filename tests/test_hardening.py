@@ -73,7 +73,8 @@ def finished(tmp_path_factory):
 def test_hostile_run_names_are_refused_and_write_nothing(tmp_path, capsys, monkeypatch, name):
     monkeypatch.chdir(tmp_path)
     results = tmp_path / "res"
-    line = _one_line_error(capsys, ["run", "--results", str(results), "--name", name, *sum((["--set", o] for o in CHEAP), [])])
+    line = _one_line_error(capsys, ["run", "--results", str(results), "--name", name,
+                                    *sum((["--set", o] for o in CHEAP), [])])
     assert "name" in line and "plain folder name" in line
     assert _tree(tmp_path) == set()  # not even the results folder
 
@@ -109,7 +110,8 @@ def test_the_same_run_through_a_relative_and_an_absolute_path(finished, monkeypa
     ('explain.params={"random" = {seed = "3"}}', "explain.params.random.seed = '3' must be an integer"),
     ('metrics.params={"drop_rate" = {frac = 2.0}}', "metrics.params.drop_rate.frac = 2.0 must be in (0, 1]"),
     ('metrics.params={"deletion_auc" = {steps = 0}}', "metrics.params.deletion_auc.steps = 0 must be >= 1"),
-    ('metrics.params={"randomisation_similarity" = {steps = -1}}', "metrics.params.randomisation_similarity.steps = -1 must be >= 0"),
+    ('metrics.params={"randomisation_similarity" = {steps = -1}}',
+     "metrics.params.randomisation_similarity.steps = -1 must be >= 0"),
     ('metrics.params={"deletion_auc" = {substrate = "black"}}', "is not one of 'zero', 'mean', 'blur'"),
     ('metrics.params={"road_morf" = {percentages = [0.5, 0.2]}}', "must be a non-empty list of increasing fractions"),
     ('metrics.params={"deletion_auc" = {context = 1}}', "has no parameter 'context'"),
@@ -491,7 +493,8 @@ def test_the_unfreeze_check_runs_at_config_time():
         load_config(None, ['models.names=["tiny"]'])
     assert "tune: cannot unfreeze layer4" in str(exc.value) and "'fc'" in str(exc.value)
     with pytest.raises(BenchError, match="tune.variants.a: cannot unfreeze layer9"):
-        load_config(None, ['models.names=["tiny"]', 'tune.unfreeze=["fc"]', 'tune.variants={a = {unfreeze = ["layer9"]}}'])
+        load_config(None, ['models.names=["tiny"]', 'tune.unfreeze=["fc"]',
+                           'tune.variants={a = {unfreeze = ["layer9"]}}'])
     load_config(None, ['models.names=["tiny"]', 'models.stages=["pre"]'])  # no tuning: no check
     load_config(None, ['models.names=["tiny"]', 'tune.variants={a = {unfreeze = ["fc"]}}'])  # tunes with a only
     load_config(None, ['models.names=["tiny"]', 'tune.unfreeze=["fc", "layer2"]'])

@@ -323,7 +323,8 @@ def _check_in_browser(run_dir: Path, tmp_path: Path, shot_name: str | None = Non
     """The page at 1280 x 800 in headless chromium: the headline table in the first screen, no table wider than
     the page (each fits or scrolls inside its own box, every fold open), every figure loaded, sorting works,
     nothing loaded from outside, no script error."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="playwright is not installed (pip install -e '.[test]')")
     chromium = _chromium()
     board = pd.read_csv(run_dir / "leaderboard.csv", keep_default_na=False)
     n_figures = len(list((run_dir / "figures").glob("*.png")))

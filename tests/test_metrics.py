@@ -192,7 +192,8 @@ def test_curve_hand_computed_small_image():
     # the metric returns the curve its score integrates, with the fractions of pixels deleted
     assert set(res.curves) == {"deletion"} and res.curves["deletion"].x == (0.0, 0.5, 1.0)
     torch.testing.assert_close(res.curves["deletion"].y, curve)
-    assert auc.item() == pytest.approx(0.5 * ((expected[0] + expected[1]) / 2 + (expected[1] + expected[2]) / 2), abs=1e-6)
+    assert auc.item() == pytest.approx(0.5 * ((expected[0] + expected[1]) / 2 + (expected[1] + expected[2]) / 2),
+                                       abs=1e-6)
     ins = perturbation_curve(model, x, t, rank_pixels(a.values), torch.zeros_like(x), 2, mode="insert")
     torch.testing.assert_close(ins[0], torch.tensor([sigmoid(0.0), sigmoid(2.0 - 1.0), sigmoid(2.5)]))
 
@@ -243,7 +244,8 @@ def test_drop_and_increase_hand_computed():
     # target class 0: probability 1 - sigmoid(z); keeping w=2, w=-1 raises it
     t0 = torch.tensor([0, 0])
     y0 = 1 - y
-    assert drop_rate(model, x, t0, Attribution(vals), frac=0.5).tolist() == pytest.approx([0.0, (y0 - (1 - sigmoid(3.0))) / y0], abs=1e-6)
+    assert drop_rate(model, x, t0, Attribution(vals), frac=0.5).tolist() == pytest.approx(
+        [0.0, (y0 - (1 - sigmoid(3.0))) / y0], abs=1e-6)
     assert increase_rate(model, x, t0, Attribution(vals), frac=0.5).tolist() == [1.0, 0.0]
 
 
@@ -309,7 +311,8 @@ def test_localisation_precision_and_pointing_hand_built():
     t = torch.ones(3, dtype=torch.long)
     p = localisation_precision(model, x, t, Attribution(vals), context=ctx)
     assert p[:2].tolist() == pytest.approx([2 / 3, 0.0]) and torch.isnan(p[2])
-    pf = localisation_precision(model, x, t, Attribution(vals), context=ctx, frac=2 / 9)  # k = 2: image 1 top-2 = (0,0) miss, (2,2) hit
+    # k = 2: image 1 top-2 = (0,0) miss, (2,2) hit
+    pf = localisation_precision(model, x, t, Attribution(vals), context=ctx, frac=2 / 9)
     assert pf[:2].tolist() == pytest.approx([1.0, 0.5]) and torch.isnan(pf[2])
     pg = pointing_game(model, x, t, Attribution(vals), context=ctx)
     assert pg[:2].tolist() == [1.0, 0.0] and torch.isnan(pg[2])
@@ -357,7 +360,8 @@ def test_randomisation_model_independent_explainer_scores_one_and_gradient_lower
         assert torch.equal(v, state[k]), k
     assert torch.equal(torch.get_rng_state(), rng_state)
     assert not tiny.training
-    torch.testing.assert_close(randomisation_similarity(tiny, x, t, Attribution(grad_x_input(tiny, x, t)), context=gxi), s_gxi)
+    torch.testing.assert_close(randomisation_similarity(tiny, x, t, Attribution(grad_x_input(tiny, x, t)),
+                                                        context=gxi), s_gxi)
     # a truncated cascade is the first `steps` columns of the full one, and calls explain that often
     calls = []
     counting = MetricContext(explain=lambda m: calls.append(1) or grad_x_input(m, x, t))
@@ -479,7 +483,8 @@ def test_sparseness_and_complexity_hand_computed():
     assert entropy[:3].tolist() == pytest.approx(expected, abs=1e-6) and torch.isnan(entropy[3])
     # magnitudes are part of both formulas: the sign of a value does not matter
     for fn in (sparseness, complexity):
-        torch.testing.assert_close(fn(model, x, t, Attribution(-v)), fn(model, x, t, Attribution(v.abs())), equal_nan=True)
+        torch.testing.assert_close(fn(model, x, t, Attribution(-v)), fn(model, x, t, Attribution(v.abs())),
+                                   equal_nan=True)
     # a map concentrated on a few pixels is sparser than Gaussian noise (the random control)
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(3, 1, 28, 28, generator=g)
@@ -665,7 +670,8 @@ def _context_for(model, x, t):
     masks = torch.zeros(x.shape[0], 1, 28, 28, dtype=torch.bool)
     masks[:, :, 5:15, 8:20] = True
     masks[-1] = False
-    return MetricContext(masks=masks, explain=lambda m, inputs=None: grad_x_input(m, x if inputs is None else inputs, t))
+    return MetricContext(masks=masks,
+                         explain=lambda m, inputs=None: grad_x_input(m, x if inputs is None else inputs, t))
 
 
 def test_every_metric_batch_equals_per_image_and_leaves_model_untouched(tiny, batch):
@@ -752,7 +758,8 @@ def test_unknown_param_missing_context_unknown_name_raise(tiny, batch):
     t = torch.zeros(5, dtype=torch.long)
     with pytest.raises(BenchError, match=r"no parameter .stepz. \(did you mean .steps.\?\); its parameters: steps=49"):
         compute_metric("deletion_auc", tiny, x, t, Attribution(a), stepz=3)
-    for name, field in [("randomisation_similarity", "explain"), ("localisation_precision", "masks"), ("pointing_game", "masks")]:
+    for name, field in [("randomisation_similarity", "explain"), ("localisation_precision", "masks"),
+                        ("pointing_game", "masks")]:
         with pytest.raises(BenchError, match=rf"{name}.*context\.{field}"):
             compute_metric(name, tiny, x, t, Attribution(a))
         with pytest.raises(BenchError, match=rf"{name}.*context\.{field}"):

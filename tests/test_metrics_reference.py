@@ -223,7 +223,8 @@ def test_additivity_matches_captum_ig_convergence_delta(model, data):
     assert diff < 1e-5
     assert delta.abs().max() > 1e-4  # a real gap at 50 steps: the comparison is not vacuous
     rel = additivity_error_relative(model, x, t, a)
-    np.testing.assert_allclose(rel.double().numpy(), (delta.detach().abs() / (out - base).abs()).double().numpy(), rtol=1e-4)
+    np.testing.assert_allclose(rel.double().numpy(), (delta.detach().abs() / (out - base).abs()).double().numpy(),
+                               rtol=1e-4)
 
 
 def test_additivity_agrees_with_quantus_completeness_where_equality_is_exact(model, data):

@@ -263,7 +263,7 @@ def test_example_plugin_modules_register_what_they_claim(monkeypatch, isolated):
     monkeypatch.syspath_prepend(str(EXAMPLE / "src"))
     eps = _example_entry_points()
     for group in ("bench.explainers", "bench.metrics"):  # the explainer module alone registers no metric
-        for ep_name, module in eps[group].items():
+        for module in eps[group].values():
             assert not (EXAMPLE_NAMES[group] & set(REGISTRIES[group]._entries))
             importlib.import_module(module)
             assert EXAMPLE_NAMES[group] <= set(REGISTRIES[group]._entries), (group, module)
@@ -290,7 +290,8 @@ def test_example_plugin_loads_through_its_declared_entry_points(tmp_path, monkey
     text = "\n".join(f"[{g}]\n" + "".join(f"{k} = {v}\n" for k, v in eps[g].items()) for g in EXAMPLE_NAMES)
     monkeypatch.syspath_prepend(str(EXAMPLE / "src"))
     _fake_distribution(tmp_path, "pneumobench_example_plugin", text, monkeypatch)
-    found = {g: sorted(ep.value for ep in metadata.entry_points(group=g) if ep.dist.name == "pneumobench_example_plugin")
+    found = {g: sorted(ep.value for ep in metadata.entry_points(group=g)
+                       if ep.dist.name == "pneumobench_example_plugin")
              for g in EXAMPLE_NAMES}
     assert found == {g: sorted(eps[g].values()) for g in EXAMPLE_NAMES}
     assert not any(m.startswith("pneumobench_example_plugin") for m in sys.modules)

@@ -38,7 +38,8 @@ import importlib, json, pkgutil, sys
 package, registry = sys.argv[1], sys.argv[2]
 pkg = importlib.import_module(package)
 files = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.ispkg)
-loaded = sorted(n[len(package) + 1:] for n in sys.modules if n.startswith(package + ".") and "." not in n[len(package) + 1:])
+loaded = sorted(n[len(package) + 1:] for n in sys.modules
+                if n.startswith(package + ".") and "." not in n[len(package) + 1:])
 registered = {}
 for entry in getattr(pkg, registry)._entries.values():
     module = getattr(entry.obj, "__module__", None) or ""

@@ -11,9 +11,13 @@ import torch
 from scipy import stats as sps
 
 from bench.cli import main
+from bench.core.errors import BenchError
 from bench.report.comparisons import goodness_tables
 from bench.report.leaderboard import check_scores
 from bench.report.stability import pooled, similarity_summary, similarity_tests, stability_tables, variant_table
+from bench.run import runner
+from bench.run.config import load_config
+from bench.run.similarity import map_similarity
 from bench.stats.agreement import kendall_w
 from bench.stats.settings import StatsSettings
 
@@ -25,10 +29,6 @@ def seed_stability(scores: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     tables = goodness_tables(scores)
     ptables, comps = pooled(tables, SETTINGS, {})
     return stability_tables(ptables, comps, SETTINGS)
-from bench.run import runner
-from bench.run.config import load_config
-from bench.run.similarity import map_similarity
-from bench.core.errors import BenchError
 
 
 # --- Kendall's W --------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def _overrides(tmp_path, name="seeds", extra=()):
             "models.seeds=[0, 1]", "train.epochs=2", "train.batch_size=32", "train.lr=0.01", "tune.epochs=1",
             'tune.variants={head = {unfreeze = ["fc"]}, all = {unfreeze = ["*"], lr = 0.01}}',
             'explain.names=["captum.saliency", "random", "edge"]', "explain.shard_size=8",
-            
+
             'metrics.names=["deletion_auc", "drop_rate"]', 'metrics.params={"deletion_auc" = {steps = 8}}',
             "reliability.substrates=[]", "reliability.imputation=false", "reliability.bootstrap=100", *extra]
 

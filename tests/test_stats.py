@@ -25,7 +25,8 @@ def test_one_seed_is_the_paired_t_of_scipy():
     assert estimate.t_pvalue(est) == pytest.approx(ref.pvalue, rel=1e-12)
     ci = ref.confidence_interval(0.9)
     assert estimate.t_interval(est, 0.9) == pytest.approx((ci.low, ci.high), rel=1e-12)
-    assert estimate.t_pvalue(est, 0.3, "greater") == pytest.approx(sps.ttest_1samp(x, 0.3, alternative="greater").pvalue)
+    assert estimate.t_pvalue(est, 0.3, "greater") == pytest.approx(
+        sps.ttest_1samp(x, 0.3, alternative="greater").pvalue)
 
 
 def test_crossed_estimator_matches_a_statsmodels_mixed_model():

@@ -54,7 +54,8 @@ def small_cnn() -> nn.Module:
                          nn.Flatten(), nn.Linear(8 * 14 * 14, 16), nn.ReLU(), nn.Linear(16, 2)).eval()
 
 
-def converged(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, bg: torch.Tensor, steps: int = 128) -> torch.Tensor:
+def converged(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, bg: torch.Tensor,
+              steps: int = 128) -> torch.Tensor:
     """1/N sum_r (x - r) * mean_j grad(r + a_j (x - r)), midpoints a_j = (j + 1/2)/steps: no sampler involved."""
     a = ((torch.arange(steps, dtype=torch.float64) + 0.5) / steps).to(x.dtype).view(-1, 1, 1, 1)
     out = []

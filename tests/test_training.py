@@ -175,3 +175,17 @@ def test_progress_bars_and_epoch_lines(tmp_path, data, capsys):
                 device="cpu", progress=True)
     captured = capsys.readouterr()
     assert "tiny epoch 1/2: train loss" in captured.out and "tiny epoch 2/2: train loss" in captured.out
+
+
+def test_a_run_whose_every_validation_score_is_nan_is_a_clear_error(tmp_path, data, monkeypatch):
+    """A loss that diverged from the first epoch scores NaN on val every epoch, and NaN > -inf never
+    holds: no epoch is kept. That is a one-line BenchError, not load_state_dict(None)'s TypeError,
+    and no checkpoint is written."""
+    import models.training as training
+
+    monkeypatch.setattr(training, "_selection_score", lambda metrics, select_on: float("nan"))
+    small = [d.subset(range(32)) for d in data]
+    with pytest.raises(BenchError, match="no epoch gave a finite validation score .val_loss was NaN in all 2 epochs."):
+        train_model(TrainConfig(model="tiny", epochs=2, batch_size=16), *small, out=tmp_path / "nan.pt",
+                    device="cpu", progress=False)
+    assert not (tmp_path / "nan.pt").exists()

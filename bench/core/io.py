@@ -125,9 +125,13 @@ def json_digest(obj: Any) -> str:
 def source_digest(obj: Any) -> str:
     """Hash of the source of the module defining ``obj``: changed code invalidates what was keyed on it."""
     try:
-        return hashlib.sha256(inspect.getsource(inspect.getmodule(obj)).encode()).hexdigest()[:16]
-    except (OSError, TypeError):  # no source (compiled plug-in): fall back to its name
-        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}"
+        module = inspect.getmodule(obj)
+        if module is not None:
+            return hashlib.sha256(inspect.getsource(module).encode()).hexdigest()[:16]
+    except (OSError, TypeError):  # no source (compiled plug-in)
+        pass
+    # no module or no source: fall back to its name
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}"
 
 
 # ----------------------------------------------------------------------------- places that cannot be used

@@ -20,7 +20,8 @@ DEFAULT_PRECISION = "float32"
 CUDA_ONLY = ("float16",)
 
 
-def check_precision(precision: str, device: torch.device | str | None = None, *, where: str = "precision") -> torch.dtype:
+def check_precision(precision: str, device: torch.device | str | None = None, *,
+                    where: str = "precision") -> torch.dtype:
     """The dtype of ``precision``; an unknown name, or float16 on a device that is not CUDA, is a
     one-line :class:`BenchError` (``where`` names the setting in it). ``device=None`` checks the name only."""
     if precision not in PRECISIONS:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Generic, Iterator, TypeVar
 from bench.core.errors import BenchError, did_you_mean
 from bench.core.params import check_constraints, check_params, tunable_params
 
-T = TypeVar("T")
+T = TypeVar("T", bound=Callable[..., Any])  # every registry holds callables (adapters, metrics, factories)
 
 
 class UnknownNameError(BenchError, KeyError):
@@ -114,7 +114,8 @@ class Registry(Generic[T]):
         """
         if not self._entry_points_loaded:
             self._entry_points_loaded = True
-            for ep in metadata.entry_points(group=self.entry_point_group):
+            group = self.entry_point_group
+            for ep in (metadata.entry_points(group=group) if group is not None else ()):
                 try:
                     ep.load()
                 except Exception as exc:

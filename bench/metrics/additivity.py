@@ -20,7 +20,8 @@ def _additive(metric: str, inputs: Tensor, attribution: Attribution, context: Me
     """Whether the attribution reports ``outputs`` and ``base_values`` (a one-line error when its shape is wrong,
     or when an explainer registered as additive left them out)."""
     if attribution.values.shape != inputs.shape:
-        raise BenchError(f"metric {metric!r}: attribution values {tuple(attribution.values.shape)} do not match inputs {tuple(inputs.shape)}")
+        raise BenchError(f"metric {metric!r}: attribution values {tuple(attribution.values.shape)} "
+                         f"do not match inputs {tuple(inputs.shape)}")
     if attribution.outputs is None or attribution.base_values is None:
         if context is not None and context.additive:
             raise BenchError(

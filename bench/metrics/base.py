@@ -133,7 +133,8 @@ def register_metric(name: str, *, higher_is_better: bool, needs: Sequence[str] =
     needs = tuple(needs)
     unknown = [n for n in needs if n not in CONTEXT_FIELDS]
     if unknown:
-        raise BenchError(f"metric {name!r} needs unknown context field(s) {unknown}; known: {', '.join(CONTEXT_FIELDS)}")
+        raise BenchError(f"metric {name!r} needs unknown context field(s) {unknown}; "
+                         f"known: {', '.join(CONTEXT_FIELDS)}")
     if reads not in READS:
         raise BenchError(f"metric {name!r}: reads={reads!r} is not one of {', '.join(READS)}")
     if "control_role" in meta and meta["control_role"] not in CONTROL_ROLES:

@@ -62,5 +62,6 @@ def increase_rate(model: nn.Module, inputs: Tensor, targets: Tensor, attribution
     and of the top-``frac`` pixels on the substrate, as in :func:`drop_rate`. Its mean over
     images is the paper's rate. Higher is better.
     """
-    y, o = kept_probabilities(model, inputs, targets, attribution, frac, substrate, blur_sigma, chunk_size, "increase_rate")
+    y, o = kept_probabilities(model, inputs, targets, attribution, frac, substrate, blur_sigma, chunk_size,
+                              "increase_rate")
     return (o > y).to(out_dtype(inputs))

@@ -17,7 +17,8 @@ def _masks(metric: str, context: MetricContext | None, inputs: Tensor) -> Tensor
     masks = require_context(context, "masks", metric)
     b, _, h, w = inputs.shape
     if masks.shape != (b, 1, h, w):
-        raise BenchError(f"metric {metric!r}: masks must be (B, 1, H, W) = ({b}, 1, {h}, {w}), got {tuple(masks.shape)}")
+        raise BenchError(f"metric {metric!r}: masks must be (B, 1, H, W) = ({b}, 1, {h}, {w}), "
+                         f"got {tuple(masks.shape)}")
     return masks.to(inputs.device).bool().flatten(1)
 
 

@@ -62,11 +62,13 @@ def randomisation_per_layer(model: nn.Module, inputs: Tensor, attribution: Attri
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(int(seed) + step)
             for m in children[name].modules():
-                if hasattr(m, "reset_parameters"):
-                    m.reset_parameters()
+                reset = getattr(m, "reset_parameters", None)
+                if reset is not None:
+                    reset()
         values = explain(rand).detach()
         if values.shape != original.shape:
-            raise BenchError(f"randomisation: explain(model) returned {tuple(values.shape)}, expected {tuple(original.shape)}")
+            raise BenchError(f"randomisation: explain(model) returned {tuple(values.shape)}, "
+                             f"expected {tuple(original.shape)}")
         sims.append(spearman(original, values.abs() if absolute else values))
     return torch.stack(sims, dim=1).to(device=inputs.device, dtype=out_dtype(inputs)), names
 

@@ -8,8 +8,8 @@ from torch import Tensor, nn
 
 from bench.core.params import Range
 from bench.metrics.base import Curve, MetricContext, MetricResult, register_metric, validate_call
-from bench.metrics.perturbation import (DEFAULT_CHUNK, SUBSTRATES, curve_boundaries, make_substrate, normalised_trapezoid,
-                                        perturbation_curve, rank_pixels)
+from bench.metrics.perturbation import (DEFAULT_CHUNK, SUBSTRATES, curve_boundaries, make_substrate,
+                                        normalised_trapezoid, perturbation_curve, rank_pixels)
 from explainers.base import Attribution
 
 
@@ -45,7 +45,8 @@ def deletion_auc(model: nn.Module, inputs: Tensor, targets: Tensor, attribution:
     (default zero, as RISE); ``AUC = sum_t (p_t + p_{t+1}) / 2 * (n_{t+1} - n_t) / (H W)`` over
     fractions [0, 1], including the unperturbed point ``p_0``. Lower is better.
     """
-    return _rise_auc(model, inputs, targets, attribution, steps, substrate, blur_sigma, chunk_size, "delete", "deletion_auc")
+    return _rise_auc(model, inputs, targets, attribution, steps, substrate, blur_sigma, chunk_size,
+                     "delete", "deletion_auc")
 
 
 @register_metric("insertion_auc", higher_is_better=True, kind="faithfulness", passes=_rise_passes,
@@ -62,4 +63,5 @@ def insertion_auc(model: nn.Module, inputs: Tensor, targets: Tensor, attribution
     ``AUC`` as in :func:`deletion_auc` (softmax over logits, fractions [0, 1], steps + 1 points
     including the full substrate). Higher is better.
     """
-    return _rise_auc(model, inputs, targets, attribution, steps, substrate, blur_sigma, chunk_size, "insert", "insertion_auc")
+    return _rise_auc(model, inputs, targets, attribution, steps, substrate, blur_sigma, chunk_size,
+                     "insert", "insertion_auc")

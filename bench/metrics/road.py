@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from bench.core.errors import BenchError
 from bench.core.params import Range
-from bench.metrics.base import Curve, MetricContext, MetricResult, check_chunk, out_dtype, register_metric, validate_call
+from bench.metrics.base import (Curve, MetricContext, MetricResult, check_chunk, out_dtype, register_metric,
+                                validate_call)
 from bench.metrics.perturbation import DEFAULT_CHUNK, chunked_outputs, normalised_trapezoid, rank_pixels
 from explainers.base import Attribution
 

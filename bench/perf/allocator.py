@@ -44,7 +44,8 @@ def _glibc():
     """The C library if it is glibc, else None (looked up once: find_library runs ldconfig)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # only glibc has it
+        if not hasattr(libc, "gnu_get_libc_version"):  # only glibc has it
+            return None
         return libc
     except (OSError, AttributeError):
         return None

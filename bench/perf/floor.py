@@ -293,6 +293,12 @@ def benchmark_table(json_path: str | Path) -> str:
     return "\n".join(out)
 
 
+def _forward_seconds(total: Mapping[str, Any], precision: str) -> Any:
+    """The first model's forward seconds per image at ``precision`` in a total (None when not timed)."""
+    passes: Mapping[str, Any] = next(iter(total.get("pass_seconds_per_image", {}).values()), {})
+    return passes.get("forward" if precision == "float32" else f"forward_{precision}")
+
+
 def _qualifies(row: dict[str, Any]) -> str:
     """"yes" / "no", or "n/a" for a metric with no finite score to compare (additivity of non-additive maps)."""
     shift = row.get("max_pair_shift")
@@ -327,8 +333,7 @@ def precision_table(info: dict[str, Any]) -> list[str]:
         ["precision", "s/image (metric set)", "speedup", "floor ratio (own precision)", "forward s/image"],
         [[p, _cell(t.get("s_per_image"), ".3f"), _cell(t.get("speedup", 1.0 if p == "float32" else None), ".2f"),
           _cell(t.get("floor_ratio"), ".2f"),
-          _cell(next(iter(t.get("pass_seconds_per_image", {}).values()), {}).get(
-              "forward" if p == "float32" else f"forward_{p}"), ".4f")] for p, t in total.items()],
+          _cell(_forward_seconds(t, p), ".4f")] for p, t in total.items()],
         "lrrrr")
     changed = [f"- {r['precision']} {r['metric']}: {c}" for r in info.get("rows", []) for c in r["verdicts_changed"]]
     return out + ([""] + ["Verdicts that changed:"] + changed if changed else [])

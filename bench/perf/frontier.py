@@ -127,7 +127,8 @@ def rel_l2(values: Tensor, reference: Tensor) -> np.ndarray:
     return (d / reference.double().cpu().flatten(1).norm(dim=1).clamp_min(1e-12)).numpy()
 
 
-def _reference(spec: FrontierSpec, model, inputs, targets, background, *, reference_seeds: int, cache: dict) -> tuple[Tensor, float, float]:
+def _reference(spec: FrontierSpec, model, inputs, targets, background, *, reference_seeds: int,
+               cache: dict) -> tuple[Tensor, float, float]:
     """``(reference values, its own error estimate, seconds)``, cached per family/method."""
     key = spec.family or spec.name  # variants of a method share its reference (adapter defaults)
     if key in cache:
@@ -138,7 +139,8 @@ def _reference(spec: FrontierSpec, model, inputs, targets, background, *, refere
         name = "pneumobench.expected_gradients" if spec.family == "expected_gradients" else spec.name
         base = FrontierSpec(name, EXPLAINERS.get(name).meta["budget"], spec.budgets, spec.family,
                             spec.reference_budget, {} if name != spec.name else dict(spec.params))
-        runs = torch.stack([_run(base, model, inputs, targets, background, spec.reference_budget, s).values.double().cpu()
+        runs = torch.stack([_run(base, model, inputs, targets, background, spec.reference_budget, s)
+                            .values.double().cpu()
                             for s in range(10_000, 10_000 + reference_seeds)])
         ref = runs.mean(0)
         se = runs.var(0).flatten(1).sum(1).div(reference_seeds).sqrt() / ref.flatten(1).norm(dim=1).clamp_min(1e-12)
@@ -269,6 +271,7 @@ def frontier_figure(rows: Iterable[Mapping[str, Any]], path: str | Path, target:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
 
     frame = frontier_frame(rows)
     models = list(dict.fromkeys(frame["model"]))
@@ -279,7 +282,10 @@ def frontier_figure(rows: Iterable[Mapping[str, Any]], path: str | Path, target:
     for ax in axes[len(models):]:
         ax.set_visible(False)
     methods = list(dict.fromkeys(frame["method"]))  # one colour per method in every panel
-    colours = dict(zip(methods, plt.get_cmap("tab10" if len(methods) <= 10 else "tab20").colors))
+    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    assert isinstance(cmap, ListedColormap)  # tab10 and tab20 are listed colour maps
+    # matplotlib types .colors as ArrayLike (scalars included); it is the list the map was made of
+    colours = dict(zip(methods, cmap.colors))  # type: ignore[arg-type]
     for ax, model in zip(axes, models):
         for method, grp in frame[frame["model"] == model].groupby("method", sort=False):
             ax.errorbar(grp["passes"], grp["rel_l2"], yerr=grp["rel_l2_sd"].fillna(0), marker="o", ms=3,

@@ -45,7 +45,8 @@ class GoodnessTable:
 
 def _ok_groups(scores: pd.DataFrame) -> pd.DataFrame:
     """The "ok" rows of every (model, stage, explainer, metric) group without a failed image."""
-    failed = scores.groupby(["model", "stage", "explainer", "metric"])["status"].transform(lambda s: (s == "error").any())
+    failed = (scores.groupby(["model", "stage", "explainer", "metric"])["status"]
+              .transform(lambda s: (s == "error").any()))
     ok = scores[(scores["status"] == "ok") & ~failed]
     return ok[np.isfinite(ok["value"].to_numpy(dtype=np.float64))]
 
@@ -125,7 +126,8 @@ def compare(tables: Mapping[tuple[str, str, str], GoodnessTable], settings: Stat
     for t in tables.values():
         k = len(t.explainers)
         label = family_label(family, t.model, t.stage, t.metric, size=k * (k - 1) // 2)
-        pairs = pairwise(t.values, t.explainers, alpha=settings.alpha, margin=settings.margin(t.metric, kinds.get(t.metric)),
+        pairs = pairwise(t.values, t.explainers, alpha=settings.alpha,
+                         margin=settings.margin(t.metric, kinds.get(t.metric)),
                          draws=settings.draws, seed=settings.seed)
         pairs.insert(0, "higher_is_better", t.higher_is_better)
         for c, v in zip(("model", "stage", "metric"), t.key):

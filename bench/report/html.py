@@ -55,7 +55,8 @@ TEXT_COLUMNS = frozenset({
     "metric_a", "metric_b", "substrate_a", "substrate_b", "expected", "top", "stage_a", "stage_b", "comparison",
     "group", "reference", "test", "post_stage", "substrate", "curve", "beat_random", "a", "b", "letters", "aliases",
     "family", "method", "not_separated_from_top", "alias"})
-WRAP_COLUMNS = frozenset({"status", "message", "verdict", "family", "not_separated_from_top"})  # long text: wraps inside its cell
+# long text: wraps inside its cell
+WRAP_COLUMNS = frozenset({"status", "message", "verdict", "family", "not_separated_from_top"})
 NEGATIVE_IS_NA = frozenset({"beat_random_a", "beat_random_b"})  # -1 stands for "does not apply"
 HEADERS = {"seconds_per_image": "s/image", "peak_mem_mb": "peak MB", "p_adj": "adj. p", "p_equiv": "equiv. p",
            "n_pairs": "n", "pre_mean": "pre", "post_mean": "post", "diff_mean": "diff", "mean_a": "a mean",
@@ -381,7 +382,8 @@ def _tests_notes(comparisons: pd.DataFrame | None, friedman: pd.DataFrame | None
         return []
     out = []
     for m in metrics:
-        p = comparisons[(comparisons["model"] == model) & (comparisons["stage"] == stage) & (comparisons["metric"] == m)]
+        p = comparisons[(comparisons["model"] == model) & (comparisons["stage"] == stage)
+                        & (comparisons["metric"] == m)]
         if not len(p):
             continue
         text = f"{m}: {p['family'].iloc[0]}"
@@ -531,8 +533,8 @@ def _prepost(run_dir: Path, embed: bool = True, figures: _Figures | None = None)
     if table is None and not models:
         return ""
     parts = [_p("Paired over the test images scored (status ok, finite) in both stages; n = pairs. diff = post − pre, "
-                "the mean paired difference with its t interval at the family's level (diff_ci_*, level): it excludes 0 "
-                "exactly when the Bonferroni-adjusted p (adj. p) is below alpha; family: every row of the model's "
+                "the mean paired difference with its t interval at the family's level (diff_ci_*, level): it excludes "
+                "0 exactly when the Bonferroni-adjusted p (adj. p) is below alpha; family: every row of the model's "
                 "table; verdict: higher / lower after tuning, equivalent within the metric's margin (TOST), or not "
                 "separable at this n.")]
     table = table if table is not None else pd.DataFrame(columns=PREPOST_COLUMNS)
@@ -594,8 +596,8 @@ def _model_comparison(model: str, comp: Any) -> str:
 CARD_DETAILS = {
     "reliability_agreement": "Agreement between metrics: Kendall's tau between the explainer rankings of two metrics, "
                              "95% BCa CI over images",
-    "reliability_controls": "Control separation: the table's own paired comparison of explainer and control (max-T over "
-                            "the table's pairs), its interval and verdict",
+    "reliability_controls": "Control separation: the table's own paired comparison of explainer and control "
+                            "(max-T over the table's pairs), its interval and verdict",
     "reliability_meta": "Noise resilience and adversary reactivity (MetaQuantus, Hedström et al. 2023)",
     "reliability_power": "Power: adjacent explainers in each metric's order: the smallest difference this n detects "
                          "and the n the observed one needs",
@@ -693,7 +695,8 @@ class _Figures:
 
     def __init__(self, run_dir: Path, names: Mapping[str, str], embed: bool) -> None:
         self.files = {f.stem: f for f in sorted((run_dir / "figures").glob("*.png"))}
-        self.names, self.embed, self.placed = names, embed, set()
+        self.names, self.embed = names, embed
+        self.placed: set[str] = set()
 
     def take(self, kind: str, *parts: str) -> str:
         """The figure ``<kind>_<slug(parts)>.png`` as HTML ("" when absent or already placed)."""
@@ -747,6 +750,7 @@ def _figure_group(figures: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------- page
 
 
+# a line ending in a backslash continues on the next one (the stylesheet's text is unchanged)
 CSS = """
 :root{--ink:#1b1f24;--muted:#5c6670;--line:#d5dae0;--head:#f1f4f7;--blue:#0072B2;--sky:#e3f1fb;
 --orange:#E69F00;--orangetint:#fbe8c0;--verm:#D55E00;--green:#009E73}
@@ -772,7 +776,8 @@ dl.kv dt{font-weight:600;color:var(--muted)}
 dl.kv dd{margin:0;min-width:0;overflow-wrap:anywhere}
 .okbadge{color:#fff;background:var(--green);padding:0 6px;border-radius:3px}
 .warnbadge{background:var(--orange);color:#000;padding:0 6px;border-radius:3px}
-.scroll{overflow-x:auto;width:fit-content;max-width:100%;border:1px solid var(--line);border-radius:4px;margin:6px 0 12px}
+.scroll{overflow-x:auto;width:fit-content;max-width:100%;border:1px solid var(--line);\
+border-radius:4px;margin:6px 0 12px}
 table{border-collapse:collapse;font-variant-numeric:tabular-nums}
 th,td{padding:4px 8px;border-bottom:1px solid var(--line);text-align:left;white-space:nowrap;vertical-align:top}
 tbody tr:last-child td{border-bottom:0}

@@ -95,7 +95,8 @@ def check_scores(scores: pd.DataFrame, columns: Iterable[str] = SCORE_COLUMNS, *
     for col in ("model", "stage", "explainer", "metric", "status"):
         if df[col].isna().any():
             raise BenchError(f"scores column {col!r} has empty/NaN entries; if it was read with pandas.read_csv, "
-                             f"read it with bench.report.leaderboard.read_scores (pandas turns the text 'n/a' into NaN)")
+                             f"read it with bench.report.leaderboard.read_scores "
+                             f"(pandas turns the text 'n/a' into NaN)")
         df[col] = df[col].astype(str)
     if "message" in df:
         df["message"] = df["message"].fillna("").astype(str)
@@ -126,15 +127,15 @@ def check_scores(scores: pd.DataFrame, columns: Iterable[str] = SCORE_COLUMNS, *
                    else ~df[col].isin(allowed))
             if bad.any():
                 row = df.index[bad][0]
-                expected = (list(allowed) + ["c<k>_ok", "c<k>_wrong"] if col == "cell" else list(allowed)
-                            if allowed is not None else ["pre", "post", "post:<variant>"])
+                expected = (["pre", "post", "post:<variant>"] if allowed is None
+                            else list(allowed) + ["c<k>_ok", "c<k>_wrong"] if col == "cell" else list(allowed))
                 raise BenchError(f"{where(row)}: unknown {col} {df.loc[row, col]!r}; expected one of {expected}")
     silent = (df["status"] == "ok") & ~np.isfinite(df["value"].to_numpy(dtype=np.float64))
     if silent.any():
         row = df.index[silent][0]
-        raise BenchError(f"{where(row)}: status 'ok' but value {df.loc[row, 'value']!r} ({int(silent.sum())} such rows); "
-                         f"a value that is not a finite number must have status 'n/a' (or re-run the benchmark to "
-                         f"rewrite the file)")
+        raise BenchError(f"{where(row)}: status 'ok' but value {df.loc[row, 'value']!r} "
+                         f"({int(silent.sum())} such rows); a value that is not a finite number must have status "
+                         f"'n/a' (or re-run the benchmark to rewrite the file)")
     dup = df.duplicated(KEY, keep=False)
     if dup.any():
         row = df.loc[dup, KEY].iloc[0].to_dict()
@@ -386,7 +387,8 @@ def _pre_cells(df: pd.DataFrame) -> pd.Series:
 LEADERBOARD_HEAD = (
     "Cells: mean over the images [95% t interval] (rank letters). Ranks and letters come from paired tests of "
     "every two explainers on the same images: the mean paired difference, a t test, max-T over the table's "
-    "pairs (its family, named under the table; adj. p 0 means below the Monte Carlo resolution), each verdict with the interval of the same test and family "
+    "pairs (its family, named under the table; adj. p 0 means below the Monte Carlo resolution), each verdict "
+    "with the interval of the same test and family "
     "(comparisons.csv). Rank 1: no explainer is separated above it; an explainer separated below another always "
     "ranks below it. Two explainers sharing a letter are not separated at this n: not separable, which is not "
     "equal; pairs shown equivalent within the metric's margin (TOST, same family) are listed under the table. "

@@ -153,7 +153,8 @@ def save_attribution_examples(path: str | os.PathLike, examples: AttributionExam
     """
     if not isinstance(examples, AttributionExamples):
         raise BenchError(f"examples must be an AttributionExamples record, got {type(examples).__name__}")
-    arrays: dict[str, np.ndarray] = {"layout": np.array(LAYOUT)}
+    # Any: np.savez_compressed's keyword allow_pickle could otherwise take one of the ** entries
+    arrays: dict[str, Any] = {"layout": np.array(LAYOUT)}
     for model in sorted(examples.models):
         m, ex = _check_name(model, "model"), examples.models[model]
         imgs = _grey(ex.images, f"images of {model}")
@@ -261,7 +262,8 @@ def method_styles(names: Iterable[str]) -> dict[str, dict[str, Any]]:
     out = {}
     for i, name in enumerate(sorted(set(names))):
         out[name] = {"color": OKABE_ITO[i % len(OKABE_ITO)],
-                     "linestyle": LINESTYLES[(i // len(OKABE_ITO)) % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}
+                     "linestyle": LINESTYLES[(i // len(OKABE_ITO)) % len(LINESTYLES)],
+                     "marker": MARKERS[i % len(MARKERS)]}
     return out
 
 
@@ -499,7 +501,7 @@ def reliability_heatmap(card: pd.DataFrame, model: str, stage: str) -> Figure:
     share = np.where(sub["beat_random"] >= 0, sub["beat_random"] / sub["real_explainers"].clip(lower=1), np.nan)
     values = np.column_stack([share, sub["alpha"], sub["split_half"], sub["substrate_tau_min"], sub["meta_input"],
                               sub["meta_model"]]).astype(np.float64)
-    keep = np.isfinite(values).any(axis=0)
+    keep = np.asarray(np.isfinite(values).any(axis=0))
     skipped = [c for (c, _), k in zip(CARD_CRITERIA, keep) if not k]
     if not keep.any():
         raise BenchError(f"the reliability card of model {model!r}, stage {stage!r} has no computed criterion")
@@ -712,7 +714,8 @@ def write_figures(run_dir: str | os.PathLike, scores: pd.DataFrame,
         if comps is None or not len(comps.ranks):
             continue
         for model, stage in comps.ranks[["model", "stage"]].drop_duplicates().itertuples(index=False):
-            if comps.ranks[(comps.ranks["model"] == model) & (comps.ranks["stage"] == stage)]["mean_rank"].notna().sum():
+            if comps.ranks[(comps.ranks["model"] == model)
+                           & (comps.ranks["stage"] == stage)]["mean_rank"].notna().sum():
                 _add_job(jobs, f"cd_{slug(model, stage)}.png",
                          partial(cd_figure, comps.pairs, comps.ranks, model, stage,
                                  f"{model} · {stage}{tag}: mean rank per image (1 = best); bars join explainers the "

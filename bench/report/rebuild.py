@@ -78,7 +78,8 @@ def rebuild(run_dir: str | Path, *, figures: bool = True, page: bool = True) -> 
     attr = run_dir / "attributions.npz"
     manifest = html.read_manifest(run_dir) or {}
     enabled, card_settings = _card_settings(manifest)
-    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    config = manifest.get("config")
+    config = config if isinstance(config, dict) else {}
     figures = figures and bool((config.get("figures") or {}).get("enabled", True))  # as the run drew them
     settings = _stats_settings(manifest, card_settings)
     examples = plots.load_attribution_examples(attr) if attr.is_file() else None
@@ -138,7 +139,8 @@ def _sampling(manifest: Mapping[str, Any], scores: pd.DataFrame, sample: pd.Data
     sensitivity and specificity and the split's size in the manifest (binary tasks); the strata
     are the images' cells in that model's pre rows.
     """
-    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    config = manifest.get("config")
+    config = config if isinstance(config, dict) else {}
     data = config.get("data") or {}
     if data.get("sample", "per_cell") != "per_cell":
         return {}, "The images are the whole test split: the means are test-split means."
@@ -182,6 +184,8 @@ def _derived_sizes(manifest: Mapping[str, Any], model: str) -> dict[str, int] | 
     entry = next((c for c in manifest.get("checkpoints") or [] if c.get("model") == model and c.get("stage") == "pre"),
                  None)
     test = (entry or {}).get("test") or {}
+    if n is None:
+        return None
     try:
         acc, sens, spec = float(test["acc"]), float(test["sensitivity"]), float(test["specificity"])
         n = int(n)
@@ -206,7 +210,8 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     return pd.read_csv(path, dtype={c: str for c in ("model", "stage", "explainer", "metric", "curve", "substrate",
-                                                      "status", "test", "comparison", "cell_a", "cell_b", "arch", "cell", "kind", "kept")},
+                                                      "status", "test", "comparison", "cell_a", "cell_b", "arch",
+                                                      "cell", "kind", "kept")},
                        keep_default_na=False, na_values={c: ["", "nan", "NaN"] for c in NUMERIC})
 
 

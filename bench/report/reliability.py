@@ -76,7 +76,8 @@ class CardSettings:
     @classmethod
     def from_config(cls, values: Mapping[str, Any] | None) -> "CardSettings":
         values = dict(values or {})
-        keep = {k: (tuple(v) if k == "controls" else v) for k, v in values.items() if k in cls.__dataclass_fields__}
+        keep: dict[str, Any] = {k: (tuple(v) if k == "controls" else v) for k, v in values.items()
+                                if k in cls.__dataclass_fields__}
         return cls(**keep)
 
     def record(self) -> dict[str, Any]:
@@ -239,10 +240,10 @@ def card(scores: pd.DataFrame, settings: CardSettings, kinds: Mapping[str, str |
         beat = int((vs_random["verdict"] == "beats the control").sum())
         loses = bool((c["verdict"] == "LOSES to the control").any())
         alpha = krippendorff_alpha(g)
-        a_low, a_high = _interval(lambda idx: krippendorff_alpha(g[idx]), g.shape[0], settings)
+        a_low, a_high = _interval(lambda idx, g=g: krippendorff_alpha(g[idx]), g.shape[0], settings)
         sh = split_half(g, settings.splits, rng)
         sh_low, sh_high = _interval(
-            lambda idx: split_half(g[idx], max(1, settings.splits // 10), np.random.default_rng(settings.seed)),
+            lambda idx, g=g: split_half(g[idx], max(1, settings.splits // 10), np.random.default_rng(settings.seed)),
             g.shape[0], settings, method="percentile")
         p = power[(power["model"] == model) & (power["stage"] == stage) & (power["metric"] == metric)]
         a = agreement[(agreement["model"] == model) & (agreement["stage"] == stage)
@@ -438,8 +439,9 @@ def _details(tables: Mapping[str, pd.DataFrame]) -> list[str]:
         "on their common images and explainers, 95% BCa CI over images resampled jointly for both; + = expected to "
         "agree (same kind of metric).",
         ["model", "stage", "metric a", "metric b", "explainers", "tau [CI]", "expected", "verdict"],
-        [[r.model, r.stage, r.metric_a, r.metric_b, str(r.n_explainers), _ci(r.kendall_tau, r.tau_ci_low, r.tau_ci_high),
-          r.expected, r.verdict] for r in a.itertuples(index=False)])
+        [[r.model, r.stage, r.metric_a, r.metric_b, str(r.n_explainers),
+          _ci(r.kendall_tau, r.tau_ci_low, r.tau_ci_high), r.expected, r.verdict]
+         for r in a.itertuples(index=False)])
     if s is not None:
         lines += _section(
             "Substrate sensitivity", "Kendall's tau-b between a metric's explainer rankings under two substrates, 95% "

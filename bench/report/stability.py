@@ -84,8 +84,11 @@ def stability_tables(ptables: Mapping[tuple[str, str, str], GoodnessTable], comp
         means = y.mean(axis=(0, 1))
         per_seed = y.mean(axis=1)                                  # (seeds, explainers)
         w = kendall_w(per_seed)
-        w_low, w_high = image_interval(lambda idx: kendall_w(y[:, idx, :].mean(axis=1)), y.shape[1],
-                                       n_resamples=W_RESAMPLES, seed=settings.seed + i)
+
+        def w_of(idx: np.ndarray, y: np.ndarray = y) -> float:
+            return kendall_w(y[:, idx, :].mean(axis=1))
+
+        w_low, w_high = image_interval(w_of, y.shape[1], n_resamples=W_RESAMPLES, seed=settings.seed + i)
         pair_min = min(kendall_w(per_seed[[a, b]]) for a, b in combinations(range(y.shape[0]), 2))
         probs = p_top(y, draws=settings.draws, seed=settings.seed + i)
         top = int(np.argmax(means))
@@ -201,7 +204,8 @@ def similarity_tests(sim: pd.DataFrame, settings: StatsSettings) -> pd.DataFrame
     per_model = pd.DataFrame(rows)
     pooled_rows = []
     seeded = per_model[per_model["seed"].notna()]
-    for (arch, stage, explainer, reference), g in seeded.groupby(["arch", "stage", "explainer", "reference"], sort=True):
+    for (arch, stage, explainer, reference), g in seeded.groupby(["arch", "stage", "explainer", "reference"],
+                                                                 sort=True):
         if len(g) < 2 or any(d is None for d in g["_d"]):
             continue
         images = sorted(set.intersection(*(set(i.tolist()) for i in g["_images"])))
@@ -280,8 +284,8 @@ def render_stability_md(tables: Mapping[str, pd.DataFrame]) -> str:
                   "cannot be estimated beyond this). P(top stays): the probability that the pooled leader has the "
                   "best pooled mean under the sampling distribution of the crossed image x seed model (ties shared); "
                   "not separated: explainers the pooled paired tests do not separate from the leader.", ""]
-        lines += markdown_table(["model", "stage", "metric", "seeds", "images", "W [95% CI]", "least pair", "pooled top",
-                                 "P(top stays)", "not separated from the top"],
+        lines += markdown_table(["model", "stage", "metric", "seeds", "images", "W [95% CI]", "least pair",
+                                 "pooled top", "P(top stays)", "not separated from the top"],
                                 [[r.model, r.stage, r.metric, str(r.n_seeds), str(r.n_images),
                                   ci_text(r.kendall_w, r.w_ci_low, r.w_ci_high, ".2f"), _f(r.w_pair_min, ".2f"), r.top,
                                   _f(r.p_top_stays, ".2f"), r.not_separated_from_top or "none"]
@@ -304,9 +308,10 @@ def render_stability_md(tables: Mapping[str, pd.DataFrame]) -> str:
                   "adj. p: paired t, Bonferroni over the model's table. " + _family_note(v), ""]
         lines += markdown_table(["model", "a", "b", "explainer", "metric", "n", "a mean", "b mean", "diff [CI]",
                                  "adj. p", "verdict"],
-                                [[r.model, r.stage_a, r.stage_b, r.explainer, r.metric, str(r.n_pairs), _f(r.mean_a, ".4g"),
-                                  _f(r.mean_b, ".4g"), ci_text(r.diff_mean, r.diff_ci_low, r.diff_ci_high, "+.3g"),
-                                  _f(r.p_adj), r.verdict] for r in v.itertuples(index=False)])
+                                [[r.model, r.stage_a, r.stage_b, r.explainer, r.metric, str(r.n_pairs),
+                                  _f(r.mean_a, ".4g"), _f(r.mean_b, ".4g"),
+                                  ci_text(r.diff_mean, r.diff_ci_low, r.diff_ci_high, "+.3g"), _f(r.p_adj), r.verdict]
+                                 for r in v.itertuples(index=False)])
         lines += [""]
     if "similarity_tests" in tables:
         st = tables["similarity_tests"]

@@ -151,10 +151,12 @@ def explainer_table(scores: pd.DataFrame, reliance: pd.DataFrame, *, alpha: floa
                 c = mc[:, [ic.index(i) for i in common]]
                 n = mn[:, [in_.index(i) for i in common]]
                 row["auroc"] = _auroc(c.ravel(), n.ravel())
+
+                def auroc_of(idx: np.ndarray, c: np.ndarray = c, n: np.ndarray = n) -> float:
+                    return _auroc(c[:, idx].ravel(), n[:, idx].ravel())
+
                 row["auroc_low"], row["auroc_high"] = image_interval(
-                    lambda idx, c=c, n=n: _auroc(c[:, idx].ravel(), n[:, idx].ravel()),  # type: ignore[misc]
-                    len(common),
-                    n_resamples=bootstrap, seed=seed, confidence=1 - alpha)
+                    auroc_of, len(common), n_resamples=bootstrap, seed=seed, confidence=1 - alpha)
             else:
                 row["auroc"] = row["auroc_low"] = row["auroc_high"] = np.nan
             # per image: the share against the reliance the model showed on that image, over every model
@@ -166,10 +168,13 @@ def explainer_table(scores: pd.DataFrame, reliance: pd.DataFrame, *, alpha: floa
             uniq = np.unique(img)
             row["rho_reliance"] = _spearman(a, b)
             pos = {u: np.flatnonzero(img == u) for u in uniq}
+
+            def rho_of(idx: np.ndarray, a: np.ndarray = a, b: np.ndarray = b, uniq: np.ndarray = uniq,
+                       pos: dict[Any, np.ndarray] = pos) -> float:
+                return _spearman(*(np.concatenate([x[pos[uniq[i]]] for i in idx]) for x in (a, b)))
+
             row["rho_low"], row["rho_high"] = image_interval(
-                lambda idx, a=a, b=b: _spearman(  # type: ignore[misc]
-                    *(np.concatenate([x[pos[uniq[i]]] for i in idx]) for x in (a, b))),
-                len(uniq), n_resamples=bootstrap, seed=seed, confidence=1 - alpha)
+                rho_of, len(uniq), n_resamples=bootstrap, seed=seed, confidence=1 - alpha)
             extra.append(row)
         fam = family_tests(diffs, margin, alpha)
         fam_s = family_tests(signed_diffs, margin, alpha)
@@ -225,7 +230,8 @@ def agreement_table(scores: pd.DataFrame, truth: pd.DataFrame, *, alpha: float, 
             hib = bool(METRICS.get(metric).meta.get("higher_is_better", True))
             g = _align(_cube(conf, metric, explainers), images) * (1.0 if hib else -1.0)
 
-            def stats_of(idx: np.ndarray, g: np.ndarray = g) -> tuple[float, float]:
+            def stats_of(idx: np.ndarray, g: np.ndarray = g, sc: np.ndarray = sc,
+                         sn: np.ndarray = sn) -> tuple[float, float]:
                 truth_vec = np.nanmean((sc - sn)[:, :, idx], axis=(1, 2))
                 metric_vec = np.nanmean(g[:, :, idx], axis=(1, 2))
                 share_vec = np.nanmean(sc[:, :, idx], axis=(1, 2))

@@ -62,7 +62,8 @@ def failed_metrics(scores: dict[str, Any]) -> list[str]:
     return sorted(failed + (["(substrates)"] if scores.get("substrates_error") else []))
 
 
-def result(attr: dict[str, Any], scores: dict[str, Any], *, cached: bool, attr_cached: bool | None = None) -> dict[str, Any]:
+def result(attr: dict[str, Any], scores: dict[str, Any], *, cached: bool,
+           attr_cached: bool | None = None) -> dict[str, Any]:
     """A unit's result: its score record, its attribution values (None if the explainer failed), and
     whether the whole unit (``cached``) or only its attributions (``attr_cached``) came from the cache."""
     return {**scores, "values": attr["values"] if attr["status"] == "ok" else None, "cached": cached,

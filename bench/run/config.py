@@ -530,7 +530,8 @@ def _merge(base: dict[str, Any], new: dict[str, Any], where: tuple[str, ...]) ->
             continue
         if key not in base:
             known = ", ".join(sorted(base))
-            raise BenchError(f"unknown config key {'.'.join(here)!r}{did_you_mean(key, base)}; known keys here: {known}")
+            raise BenchError(f"unknown config key {'.'.join(here)!r}{did_you_mean(key, base)}; "
+                             f"known keys here: {known}")
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise BenchError(f"config key {'.'.join(here)!r} must be a table, got {value!r}")
@@ -629,7 +630,8 @@ def _check_reliability(r: dict[str, Any]) -> None:
     _expect(isinstance(r["controls"], list) and all(isinstance(c, str) for c in r["controls"]), "reliability.controls",
             "must be a list of explainer names")
     for key in ("alpha", "power"):
-        _expect(isinstance(r[key], float) and 0 < r[key] < 1, f"reliability.{key}", f"must be in (0, 1), got {r[key]!r}")
+        _expect(isinstance(r[key], float) and 0 < r[key] < 1, f"reliability.{key}",
+                f"must be in (0, 1), got {r[key]!r}")
     for key in ("splits", "bootstrap"):
         _expect(_is_int(r[key]) and r[key] >= 10, f"reliability.{key}", f"must be an integer >= 10, got {r[key]!r}")
     _expect(is_seed(r["seed"]), "reliability.seed", f"must be an integer {SEED_RANGE}, got {r['seed']!r}")
@@ -668,7 +670,8 @@ def _check_stats(st: dict[str, Any]) -> None:
     for key in ("alias_rtol", "alias_atol"):
         _expect(isinstance(st[key], (int, float)) and not isinstance(st[key], bool) and st[key] >= 0,
                 f"stats.{key}", f"must be a number >= 0, got {st[key]!r}")
-    _expect(_is_int(st["draws"]) and st["draws"] >= 1000, "stats.draws", f"must be an integer >= 1000, got {st['draws']!r}")
+    _expect(_is_int(st["draws"]) and st["draws"] >= 1000, "stats.draws",
+            f"must be an integer >= 1000, got {st['draws']!r}")
     _expect(is_seed(st["seed"]), "stats.seed", f"must be an integer {SEED_RANGE}, got {st['seed']!r}")
 
 

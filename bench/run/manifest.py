@@ -65,7 +65,8 @@ def git_commit() -> dict[str, Any]:
 PASS_WARMUP, PASS_REPEATS = 3, 10  # best of 10 after 3 warm-up passes: best-of-3 moved by ~25 % between runs
 
 
-def time_passes(stages: list[Stage], units: list[Unit], precision: str = DEFAULT_PRECISION) -> dict[str, dict[str, float]]:
+def time_passes(stages: list[Stage], units: list[Unit],
+                precision: str = DEFAULT_PRECISION) -> dict[str, dict[str, float]]:
     """Seconds per image of one forward+backward and one forward pass of each model, on its
     units' device, at the batch of its first unit (best of :data:`PASS_REPEATS` after
     :data:`PASS_WARMUP` warm-up passes), in float32 (the explainers' passes); with a scoring
@@ -82,7 +83,8 @@ def time_passes(stages: list[Stage], units: list[Unit], precision: str = DEFAULT
         try:
             out[st.model_name] = {
                 "forward_backward": time_forward_backward(st.model, x, repeats=PASS_REPEATS, warmup=PASS_WARMUP),
-                "forward": time_forward(st.model, x, repeats=PASS_REPEATS, warmup=PASS_WARMUP), "batch": int(x.shape[0])}
+                "forward": time_forward(st.model, x, repeats=PASS_REPEATS, warmup=PASS_WARMUP),
+                "batch": int(x.shape[0])}
             if precision != DEFAULT_PRECISION:
                 out[st.model_name][f"forward_{precision}"] = time_forward(st.model, x, repeats=PASS_REPEATS,
                                                                           warmup=PASS_WARMUP, precision=precision)
@@ -154,7 +156,8 @@ def cost_summary(units: list[Unit], results: list[dict[str, Any]], pass_seconds:
             continue
         c = unit_floor(u, r, pass_seconds[u.stage.model_name])
         parts = [(by_explainer, u.explainer, c["measured"]["explain"], c["floor"]["explain"])]
-        parts += [(by_metric, m, c["measured"]["metrics"][m], c["floor"]["metrics"][m]) for m in c["measured"]["metrics"]]
+        parts += [(by_metric, m, c["measured"]["metrics"][m], c["floor"]["metrics"][m])
+                  for m in c["measured"]["metrics"]]
         for table, key, measured, floor in parts:
             acc = table.setdefault(key, [0.0, 0.0])
             acc[0] += measured

@@ -138,7 +138,8 @@ def _unperturbed(members: list[tuple[Planned, dict[str, Any]]], explainers: list
         recs = [r for p, r in members if p.explainer == e]
         if any(r["status"] != "ok" for r in recs):
             return None
-        out[e] = {metric: np.concatenate([np.asarray(r["metrics"][metric], dtype=np.float64) for r in recs])[pos.numpy()]
+        out[e] = {metric: np.concatenate([np.asarray(r["metrics"][metric], dtype=np.float64)
+                                          for r in recs])[pos.numpy()]
                   for metric in recs[0]["metrics"]}
     return out
 

@@ -111,7 +111,8 @@ def ensure_checkpoints(cfg: RunConfig, train: ImageSplit, val: ImageSplit, test:
             stages.append(user[name])
             continue
         for seed in training_seeds(cfg):
-            label, tcfg, pre_path = model_label(cfg, name, seed), _train_config(cfg, name, seed, train), paths[name, seed]
+            label, tcfg, pre_path = (model_label(cfg, name, seed), _train_config(cfg, name, seed, train),
+                                     paths[name, seed])
             if not pre_path.exists():
                 say(f"[{label} pre] no checkpoint {pre_path}: training ({tcfg.epochs} epochs) ...")
                 train_model(tcfg, train, val, test, out=pre_path, device=str(device), progress=progress)
@@ -143,8 +144,8 @@ def user_stage(cfg: RunConfig, name: str, split: ImageSplit, device: torch.devic
     ``config`` holds the record the manifest keeps."""
     spec = UserModelSpec.from_table(name, cfg.models.user[name])
     model, record = load_user_model(spec, split.images, len(split.class_names), warn=say)
-    return Stage(name, "pre", Path(spec.checkpoint), record["model_key"], {"test": {}, "config": {"user_model": record}},
-                 model.to(device), name, 0)
+    return Stage(name, "pre", Path(spec.checkpoint), record["model_key"],
+                 {"test": {}, "config": {"user_model": record}}, model.to(device), name, 0)
 
 
 def background(train: ImageSplit, n: int, seed: int) -> Tensor:

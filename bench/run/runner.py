@@ -168,10 +168,12 @@ def _tables(plan: list[P.Planned], results: list[dict[str, Any]]) -> dict[str, p
                                for i, v, s in zip(p.index, e["values"], e["status"])]
         for curve, c in res.get("substrate_curves", {}).items():
             for sub, probs in c["probs"].items():
-                acc = sub_curves.setdefault((st.model_name, st.stage, p.explainer, curve, sub), [c["fractions"][sub], []])
+                acc = sub_curves.setdefault((st.model_name, st.stage, p.explainer, curve, sub),
+                                            [c["fractions"][sub], []])
                 acc[1] += probs
     scores = pd.DataFrame.from_records(records, columns=list(SCORE_COLUMNS))
-    scores = scores.sort_values(["model", "stage", "explainer", "metric", "image"], kind="stable").reset_index(drop=True)
+    scores = (scores.sort_values(["model", "stage", "explainer", "metric", "image"], kind="stable")
+              .reset_index(drop=True))
     mean_curves = [[*key, f, float(np.mean(col)), len(col)] for key, (fractions, rows) in sorted(sub_curves.items())
                    for f, col in zip(fractions, np.asarray(rows, dtype=np.float64).T)]
     subs = pd.DataFrame.from_records(substrates, columns=list(SUBSTRATE_COLUMNS))
@@ -191,7 +193,8 @@ def _model_comparisons(stages: list[P.Stage], test: P.ImageSplit) -> dict[str, A
         if s.stage != "pre":
             out[s.model_name if s.stage == "post" else f"{s.model_name} · {s.stage}"] = s.sidecar["comparison"]
     for label in dict.fromkeys(s.model_name for s in stages):
-        posts = sorted((s for s in stages if s.model_name == label and s.stage != "pre"), key=lambda s: stage_key(s.stage))
+        posts = sorted((s for s in stages if s.model_name == label and s.stage != "pre"),
+                       key=lambda s: stage_key(s.stage))
         for a, b in combinations(posts, 2):
             out[f"{label} · {a.stage} vs {b.stage}"] = compare_classifiers(
                 labels, a.sidecar["test"], b.sidecar["test"], np.asarray(a.sidecar["test_preds"]),

@@ -113,8 +113,9 @@ def _cost(cfg: RunConfig, pilot: Path, table: pd.DataFrame) -> dict[str, Any]:
 
 def render_plan(cfg: RunConfig, table: pd.DataFrame, cost: dict[str, Any], power: float) -> str:
     """The plan as text: the n table (Markdown) and the cost estimate."""
-    rows = [[r.metric, r.kind, fmt_number(r.effect, ".3g") + ("" if r.declared else " (margin)"), str(r.pairs), fmt_number(r.level, ".2g"),
-             fmt_number(r.sd_median, ".3g"), fmt_number(r.sd_p90, ".3g"), _n(r.n_median), _n(r.n_p90)]
+    rows = [[r.metric, r.kind, fmt_number(r.effect, ".3g") + ("" if r.declared else " (margin)"), str(r.pairs),
+             fmt_number(r.level, ".2g"), fmt_number(r.sd_median, ".3g"), fmt_number(r.sd_p90, ".3g"),
+             _n(r.n_median), _n(r.n_p90)]
             for r in table.itertuples(index=False)]
     lines = [f"n per model-stage for {power:.0%} power (paired t at alpha / m, m = the table's pairs), from the pilot "
              f"{cost['pilot']}:", ""]
@@ -123,8 +124,8 @@ def render_plan(cfg: RunConfig, table: pd.DataFrame, cost: dict[str, Any], power
     n = cost["n"]
     per_cell = f"data.per_cell = {math.ceil(n / 4)}" if math.isfinite(n) else "n/a"
     which = "metrics with a declared effect" if table["declared"].any() else "all metrics: declare [stats] effects"
-    lines += ["", f"Design: n = {_n(n)} distinct images per model-stage (the largest median-pair n over {which}; {per_cell} with "
-              f"four confusion cells, more where a cell is smaller); the config has data.per_cell = "
+    lines += ["", f"Design: n = {_n(n)} distinct images per model-stage (the largest median-pair n over {which}; "
+              f"{per_cell} with four confusion cells, more where a cell is smaller); the config has data.per_cell = "
               f"{cfg.data.per_cell}.",
               f"Cost: {cost['floor_seconds_per_image_stage']:.2f} s per image and model-stage at the floor x "
               f"{cost['pilot_ratio']:.2f} (the pilot's ratio) x {_n(n)} images x {cost['model_stages']} model-stages "

@@ -13,7 +13,7 @@ The first name in sorted order represents its group; the others are its aliases.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence, overload
 
 import numpy as np
 import pandas as pd
@@ -95,6 +95,12 @@ def _same(a: str, b: str, wides: list[tuple[pd.DataFrame, pd.DataFrame]], rtol: 
                           rtol, atol):
                 return False
     return seen_finite
+
+
+@overload
+def collapse(table: None, aliases: Mapping[str, Sequence[str]]) -> None: ...
+@overload
+def collapse(table: pd.DataFrame, aliases: Mapping[str, Sequence[str]]) -> pd.DataFrame: ...
 
 
 def collapse(table: pd.DataFrame | None, aliases: Mapping[str, Sequence[str]]) -> pd.DataFrame | None:

@@ -100,7 +100,8 @@ def family_tests(diffs: Sequence[np.ndarray], margins: Sequence[float] | float, 
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     ests = [mean_estimate(d) for d in diffs]
-    margins = [float(margins)] * len(ests) if np.isscalar(margins) else [float(v) for v in margins]
+    margins = ([float(margins)] * len(ests) if isinstance(margins, (int, float, np.number))
+               else [float(v) for v in margins])
     if len(margins) != len(ests):
         raise ValueError(f"{len(ests)} contrasts but {len(margins)} margins")
     testable = [e.se == 0.0 or (np.isfinite(e.se) and np.isfinite(e.df)) for e in ests]
@@ -223,8 +224,8 @@ def dominance_ranks(names: Sequence[str], pairs: pd.DataFrame) -> dict[str, int]
     """
     beats = _beats(pairs)
     above: dict[str, set[str]] = {n: set() for n in names}
-    for w, l in beats:
-        above[l].add(w)
+    for winner, loser in beats:
+        above[loser].add(winner)
     ranks: dict[str, int] = {}
 
     def rank(n: str, path: tuple[str, ...] = ()) -> int:
@@ -240,7 +241,8 @@ def dominance_ranks(names: Sequence[str], pairs: pd.DataFrame) -> dict[str, int]
     return ranks
 
 
-def compact_letters(names: Sequence[str], pairs: pd.DataFrame, means: Sequence[float]) -> dict[str, str]:
+def compact_letters(names: Sequence[str], pairs: pd.DataFrame, means: Sequence[float] | np.ndarray
+                    ) -> dict[str, str]:
     """Compact letter display (Piepho 2004, "An algorithm for a letter-based representation of
     all-pairwise comparisons", J. Comput. Graph. Stat. 13:456, insert-and-absorb): two explainers
     share a letter exactly when the table's paired test does not separate them. Letters run from
@@ -248,8 +250,8 @@ def compact_letters(names: Sequence[str], pairs: pd.DataFrame, means: Sequence[f
     names = list(names)
     pos = {n: i for i, n in enumerate(names)}
     columns: list[set[int]] = [set(range(len(names)))]
-    for w, l in sorted(_beats(pairs), key=lambda p: (pos[p[0]], pos[p[1]])):
-        i, j = pos[w], pos[l]
+    for winner, loser in sorted(_beats(pairs), key=lambda p: (pos[p[0]], pos[p[1]])):
+        i, j = pos[winner], pos[loser]
         new: list[set[int]] = []
         for col in columns:
             if i in col and j in col:

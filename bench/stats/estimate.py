@@ -32,8 +32,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["MeanEstimate", "bonferroni", "bootstrap_ci", "complete", "crossed_covariance", "finite", "holm", "mean_estimate", "p_top",
-           "t_interval", "t_pvalue"]
+__all__ = ["MeanEstimate", "bonferroni", "bootstrap_ci", "complete", "crossed_covariance", "finite", "holm",
+           "mean_estimate", "p_top", "t_interval", "t_pvalue"]
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000
@@ -106,7 +106,8 @@ def mean_estimate(y: Sequence[float] | np.ndarray) -> MeanEstimate:
     # Var(mean) * S n as a combination of mean squares; a truncated component drops its terms
     coef = {"seed": 1.0 if var_seed > 0 else 0.0, "image": 1.0 if var_image > 0 else 0.0}
     coef["resid"] = 1.0 - coef["seed"] - coef["image"]
-    terms = ((coef["seed"], ms_seed, s - 1), (coef["image"], ms_image, n - 1), (coef["resid"], ms_resid, (s - 1) * (n - 1)))
+    terms = ((coef["seed"], ms_seed, s - 1), (coef["image"], ms_image, n - 1),
+             (coef["resid"], ms_resid, (s - 1) * (n - 1)))
     total = sum(c * ms for c, ms, _ in terms)
     se = math.sqrt(max(total, 0.0) / (s * n))
     den = sum((c * ms) ** 2 / d for c, ms, d in terms if c != 0.0)

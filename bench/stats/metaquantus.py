@@ -30,7 +30,8 @@ from scipy import stats as sps
 
 __all__ = ["RAW_COLUMNS", "consistency", "mc_interval"]
 
-RAW_COLUMNS = ["model", "stage", "metric", "test", "kind", "draw", "explainer", "image", "base", "new", "kept", "status"]
+RAW_COLUMNS = ["model", "stage", "metric", "test", "kind", "draw", "explainer", "image", "base", "new", "kept",
+               "status"]
 
 
 def _cube(raw: pd.DataFrame, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str], list[int]]:
@@ -44,7 +45,8 @@ def _cube(raw: pd.DataFrame, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndar
     shape = (len(draws), len(explainers), len(images))
     base = w["base"].to_numpy(dtype=np.float64).reshape(shape)
     new = w["new"].to_numpy(dtype=np.float64).reshape(shape)
-    kept = w["kept"].astype(object).map(lambda v: str(v).lower() in ("true", "1", "1.0")).to_numpy().reshape(shape)[:, 0]
+    kept = (w["kept"].astype(object).map(lambda v: str(v).lower() in ("true", "1", "1.0"))
+            .to_numpy().reshape(shape)[:, 0])
     ok = (w["status"].astype(str) == "ok").to_numpy().reshape(shape).all(axis=(1, 2))
     return base, new, kept, ok, explainers, draws
 

@@ -92,7 +92,8 @@ def _best(fn: Callable[[], Any], rounds: int) -> float:
     return best
 
 
-def _quantus_call(metric_name: str, params: dict[str, Any], case: Case, attr: Attribution) -> tuple[str, Callable] | None:
+def _quantus_call(metric_name: str, params: dict[str, Any], case: Case,
+                  attr: Attribution) -> tuple[str, Callable] | None:
     """(Quantus class name, a call on identical inputs), or None where Quantus has no equivalent."""
     import quantus
 

@@ -187,7 +187,8 @@ def test_scoring_precision(benchmark, bench_settings, tmp_path):
     plans = {}
     for p in precisions:
         c = revalidated(replace(cfg, metrics=replace(cfg.metrics, precision=p)))
-        plans[p] = [x.unit for x in P.plan_units(c, stages, test, reference, device, tmp_path / p)[0] if not x.reference]
+        plans[p] = [x.unit for x in P.plan_units(c, stages, test, reference, device, tmp_path / p)[0]
+                    if not x.reference]
     assert all(len(plans[p]) == len(plans[DEFAULT_PRECISION]) for p in precisions)
     assert all(u.attr_key == v.attr_key for p in reduced for u, v in zip(plans[DEFAULT_PRECISION], plans[p]))
     load = load_average()

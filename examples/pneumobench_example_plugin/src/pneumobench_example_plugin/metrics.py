@@ -11,7 +11,8 @@ import math
 
 from torch import Tensor, nn
 
-from bench.metrics import DEFAULT_CHUNK, MetricContext, make_substrate, perturbed_probabilities, rank_pixels, register_metric
+from bench.metrics import (DEFAULT_CHUNK, MetricContext, make_substrate, perturbed_probabilities, rank_pixels,
+                           register_metric)
 from bench.metrics.base import check_fraction, validate_call
 from explainers import Attribution
 
