@@ -255,6 +255,7 @@ def test_shap_deep_additive_on_resnets(model_name):
     assert (rel <= ADDITIVE_RTOL).all()
 
 
+@pytest.mark.filterwarnings("ignore:Setting forward, backward hooks:UserWarning")  # the raw Captum call below
 def test_deeplift_methods_are_additive_with_the_max_pool_stem():
     """At >= 64 px the ResNet stem has a (non-overlapping) max-pool. shap.deep is exact there;
     Captum 0.9.0's own max-pool rule is not (relative gap ~0.4 measured), so the adapter explains
