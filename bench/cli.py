@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -34,9 +35,10 @@ from bench.core.params import SEED_RANGE, Range
 from bench.core.registry import Registry
 from bench.perf.allocator import tune_allocator
 from bench.perf.floor import format_passes, metric_passes_per_image, passes_per_image
+from bench.report.html import read_manifest
 from bench.report.rebuild import rebuild
-from bench.run.config import CONFIG_DIR, load_config, parse_value
-from bench.run.rundir import check_adoptable, check_run_tree
+from bench.run.config import CONFIG_DIR, RunConfig, load_config, parse_value, stats_settings
+from bench.run.rundir import ADDED_KEYS, check_adoptable, check_run_tree
 from bench.run.runner import run
 from bench.run.sizing import plan_sample, render_plan
 from bench.run.truth import run_truth
@@ -356,10 +358,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     check_entry(run_dir, folder=True)
     check_adoptable(run_dir)  # a run's folder, with nothing in it that leads outside it
-    check_run_tree(run_dir)
-    written = rebuild(run_dir)
+    manifest = read_manifest(run_dir) or {}
+    if manifest.get("kind") == "truth":  # a set of runs with tables of its own: each run, then the set's tables
+        written = _report_truth(run_dir, manifest)
+    else:
+        check_run_tree(run_dir)
+        written = rebuild(run_dir)
     print(f"rebuilt {len(written)} files in {args.run_dir}")
     return 0
+
+
+def _report_truth(parent: Path, manifest: dict[str, Any]) -> list[Path]:
+    """``bench report`` of a ``bench truth`` folder: every sub-run rebuilt, then the truth tables."""
+    from bench.report.truth import rebuild_truth
+
+    values = copy.deepcopy(manifest.get("config"))
+    if not isinstance(values, dict):
+        raise BenchError(f"{parent / 'manifest.json'} records no config; re-run python -m bench truth")
+    for (table, key), default in ADDED_KEYS.items():
+        if isinstance(values.get(table), dict):
+            values[table].setdefault(key, copy.deepcopy(default))
+    cfg = RunConfig.from_dict(values)
+    written: list[Path] = []
+    for record in manifest.get("runs") or []:
+        sub = parent / str(record.get("run", ""))
+        check_entry(sub, folder=True)
+        check_run_tree(sub)
+        written += rebuild(sub)
+    return written + rebuild_truth(parent, name=cfg.name, options=cfg.data.options, stats=stats_settings(cfg),
+                                   share_margin=cfg.truth.share_margin, bootstrap=cfg.truth.bootstrap)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -2,8 +2,9 @@
 
 A forward pre-hook on the model counts the rows (images) of every pass, split by whether
 autograd is on (a forward+backward pass of an explainer the metric re-runs) or off (a forward
-pass), and the explainer a metric re-runs on a randomised copy counts its own rows; per image, the counts equal the metric's ``passes`` rule at its defaults. So a unit's
-metric passes are the sum of their floors: no metric makes a pass its rule does not declare.
+pass), and the explainer a metric re-runs on a randomised copy counts its own rows; per image,
+the counts equal the metric's ``passes`` rule at its defaults. So a unit's metric passes are the
+sum of their floors: no metric makes a pass its rule does not declare.
 """
 from __future__ import annotations
 

@@ -233,3 +233,32 @@ def test_bench_truth_refuses_unmarked_data(tmp_path, capsys):
     code = main(["truth", "--config", str(REPO / "configs" / "quick.toml"), "--results", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "marked data" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_bench_report_rebuilds_the_published_truth_run_byte_for_byte(tmp_path):
+    """``bench report`` of a truth folder rebuilds every sub-run and the truth tables from what the
+    run recorded (the model truth, the sub-runs' scores), byte for byte as published."""
+    import shutil
+
+    from bench.cli import main
+
+    published = REPO / "results" / "published" / "truth"
+    out = tmp_path / "truth"
+    shutil.copytree(published, out)
+    derived = ("truth.csv", "truth_agreement.csv", "truth.md", "report.html")
+    for name in derived:
+        (out / name).unlink()
+    (out / "runs" / "noise-bright" / "leaderboard.md").unlink()
+    assert main(["report", str(out)]) == 0
+    for name in (*derived, "runs/noise-bright/leaderboard.md"):
+        assert (out / name).read_bytes() == (published / name).read_bytes(), name
+    # what the model truth recorded is an input, not rebuilt: without it the report says so in one line
+    (out / "truth_models.csv").unlink()
+    with pytest.raises(Exception, match="truth_models.csv not found"):
+        from bench.report.truth import rebuild_truth
+        from bench.run.config import load_config, stats_settings
+        cfg = load_config("truth")
+        rebuild_truth(out, name=cfg.name, options=cfg.data.options, stats=stats_settings(cfg),
+                      share_margin=cfg.truth.share_margin, bootstrap=cfg.truth.bootstrap)

@@ -34,6 +34,7 @@ Tables (all intervals at ``1 - alpha``, the images resampled jointly over seeds 
 from __future__ import annotations
 
 import html
+import io
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -42,7 +43,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from bench.core.errors import BenchError
-from bench.core.io import atomic_write_text
+from bench.core.io import atomic_write_text, read_regular
 from bench.metrics import METRICS
 from bench.core.text import fmt_number
 from bench.report.format import ci_text
@@ -309,6 +310,32 @@ def write_truth(parent: Path, runs: pd.DataFrame, reliance: pd.DataFrame, models
         raise BenchError(f"the planting did not take ({'; '.join(problems[:3])}); the marker must be used by "
                          f"confound models and not by noise models: train longer, raise rate_positive or the "
                          f"marker's size or contrast (see {parent / 'truth_models.csv'})")
+    _explainer_tables(parent, runs, reliance, mt, name=name, options=options, stats=stats, share_margin=share_margin,
+                      bootstrap=bootstrap)
+
+
+def rebuild_truth(parent: Path, *, name: str, options: Mapping[str, Any], stats: StatsSettings, share_margin: float,
+                  bootstrap: int) -> list[Path]:
+    """``bench report`` of a truth run: ``truth.csv``, ``truth_agreement.csv``, ``truth.md`` and
+    ``report.html`` again from what the run recorded: the model truth (``truth_models.csv``, the
+    measured reliance per model; ``reliance.csv``, per explained image), the sub-runs
+    (``truth_runs.csv``) and their ``scores.csv`` (the caller rebuilds the sub-runs first)."""
+    tables = {}
+    for file in ("truth_models.csv", "reliance.csv", "truth_runs.csv"):
+        try:
+            tables[file] = pd.read_csv(io.BytesIO(read_regular(parent / file)))
+        except FileNotFoundError:
+            raise BenchError(f"{parent / file} not found: {parent} is not a finished truth run "
+                             f"(python -m bench truth writes it)") from None
+    _explainer_tables(parent, tables["truth_runs.csv"], tables["reliance.csv"], tables["truth_models.csv"],
+                      name=name, options=options, stats=stats, share_margin=share_margin, bootstrap=bootstrap)
+    return [parent / f for f in ("truth.csv", "truth_agreement.csv", "truth.md", "report.html")]
+
+
+def _explainer_tables(parent: Path, runs: pd.DataFrame, reliance: pd.DataFrame, mt: pd.DataFrame, *, name: str,
+                      options: Mapping[str, Any], stats: StatsSettings, share_margin: float, bootstrap: int) -> None:
+    """The explainers' and the metrics' tables, truth.md and report.html, from the model table ``mt``."""
+    alpha = float(stats.alpha)
     scores, aliases = load_scores(parent, runs, reliance, rtol=float(stats.alias_rtol),
                                   atol=float(stats.alias_atol))
     truth = explainer_table(scores, reliance, alpha=alpha, margin=float(share_margin),
