@@ -223,11 +223,12 @@ def error_rows(scores: pd.DataFrame, precision: str = DEFAULT_PRECISION) -> pd.D
             d = diff.to_numpy(dtype=np.float64).ravel()
             d = d[np.isfinite(d)]
             worst = max(shifts, key=shifts.get) if shifts else None
+            worst = worst if worst and shifts[worst] > 0 else None  # no pair is the worst of all-zero shifts
             out.append({**common, "explainer": SUMMARY, "explainers": len(names),
                         "max_abs_err": float(np.abs(d).max()) if len(d) else math.nan,
                         "mean_abs_err": float(np.abs(d).mean()) if len(d) else math.nan,
                         "mean_err": float(d.mean()) if len(d) else math.nan,
-                        "max_pair_shift": shifts[worst] if worst else math.nan,
+                        "max_pair_shift": shifts[worst] if worst else 0.0 if shifts else math.nan,
                         "worst_pair": f"{worst[0]} vs {worst[1]}" if worst else None,
                         "s_per_image": float(per_call.sum()) / (len(ref.index) * len(names))})
     return pd.DataFrame(out)
