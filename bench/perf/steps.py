@@ -222,7 +222,7 @@ def error_rows(scores: pd.DataFrame, precision: str = DEFAULT_PRECISION) -> pd.D
                             "s_per_image": float(gk.loc[gk["explainer"] == name, "seconds"].iloc[0]) / len(ref.index)})
             d = diff.to_numpy(dtype=np.float64).ravel()
             d = d[np.isfinite(d)]
-            worst = max(shifts, key=shifts.get) if shifts else None
+            worst = max(shifts, key=lambda pair: shifts[pair]) if shifts else None
             worst = worst if worst and shifts[worst] > 0 else None  # no pair is the worst of all-zero shifts
             out.append({**common, "explainer": SUMMARY, "explainers": len(names),
                         "max_abs_err": float(np.abs(d).max()) if len(d) else math.nan,

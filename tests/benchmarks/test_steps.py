@@ -121,7 +121,8 @@ def test_step_counts(benchmark, bench_settings, tmp_path):
     benchmark.extra_info.update({
         "kind": S.KIND, "model": "resnet18", "checkpoint": ckpt.name, "checkpoint_sha256": stages[0].sha256,
         "checkpoint_test": {k: stages[0].sidecar["test"].get(k) for k in ("acc", "auc")}, **bench_settings.describe(),
-        "images": int(x.shape[0]), "image_index": index.tolist(), "explainers": list(attrs), "per_cell": cfg.data.per_cell,
+        "images": int(x.shape[0]), "image_index": index.tolist(), "explainers": list(attrs),
+        "per_cell": cfg.data.per_cell,
         "attribution": cfg.metrics.attribution, "precision": cfg.metrics.precision, "grid": list(S.DEFAULT_GRID),
         "reference": reference, "fixed_params": fixed, "mde": mde, "mde_source": str(CARD_POWER.relative_to(REPO)),
         "choice": [{k: v for k, v in c.items()} for c in choice.values()],
