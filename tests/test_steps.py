@@ -169,6 +169,7 @@ def test_render_a_saved_run(tmp_path, capsys):
     assert "a vs b" in out and "8" in out
     # no qualifying count on this grid: 8 shifts by 0.4 > 0.1
     assert "none qualifies" in out
+    assert "nan" not in out  # the reference row's missing worst pair, read back from JSON, is blank
     assert all(v is None or not (isinstance(v, float) and math.isnan(v)) for r in S.records(rows) for v in r.values())
     bad = tmp_path / "other.json"
     bad.write_text(json.dumps({"benchmarks": []}))

@@ -345,7 +345,7 @@ def steps_tables(rows: pd.DataFrame | Iterable[Mapping[str, Any]], mde: Mapping[
             table.append([f"{r.steps}{mark}", _passes(r.passes_fb, r.passes_f), fmt_number(r.max_abs_err, ".2g"),
                           fmt_number(r.mean_abs_err, ".2g"), fmt_number(r.mean_err, ".2g"),
                           fmt_number(r.max_pair_shift, ".2g"), fmt_number(over, ".2f"), qualifies,
-                          r.worst_pair or "", fmt_number(r.s_per_image, ".3f"),
+                          r.worst_pair if isinstance(r.worst_pair, str) else "", fmt_number(r.s_per_image, ".3f"),
                           *(fmt_number(by_name.get(n), ".2g") for n in names)])
         head += markdown_table(["steps", "passes/image", "max abs err", "mean abs err", "mean err",
                                 "max paired-mean shift", "shift / mde", "qualifies", "worst pair", "s/image",
