@@ -37,6 +37,7 @@ from bench.perf.allocator import tune_allocator
 from bench.perf.floor import format_passes, metric_passes_per_image, passes_per_image
 from bench.report.html import read_manifest
 from bench.report.rebuild import rebuild
+from bench.report.truth import rebuild_truth
 from bench.run.config import CONFIG_DIR, RunConfig, load_config, parse_value, stats_settings
 from bench.run.rundir import ADDED_KEYS, check_adoptable, check_run_tree
 from bench.run.runner import run
@@ -370,8 +371,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _report_truth(parent: Path, manifest: dict[str, Any]) -> list[Path]:
     """``bench report`` of a ``bench truth`` folder: every sub-run rebuilt, then the truth tables."""
-    from bench.report.truth import rebuild_truth
-
     values = copy.deepcopy(manifest.get("config"))
     if not isinstance(values, dict):
         raise BenchError(f"{parent / 'manifest.json'} records no config; re-run python -m bench truth")
