@@ -253,3 +253,20 @@ def test_a_published_run_is_the_same_run_as_its_profile_today(run):
     refusal): a key added since the run was recorded is in ``rundir.ADDED_KEYS`` at its default."""
     recorded = json.loads((REPO / "results" / "published" / run / "manifest.json").read_text())["config"]
     assert identity(load_config(run).to_dict()) == identity(recorded)
+
+
+KNOWN_DIRTY = {"results/published/study/manifest.json":
+               "the first study was made from a tree with uncommitted changes; the second study replaces it"}
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(
+    reason=KNOWN_DIRTY[p.relative_to(REPO).as_posix()], strict=True))
+    if p.relative_to(REPO).as_posix() in KNOWN_DIRTY else p for p in MANIFESTS],
+    ids=lambda p: str(p.relative_to(REPO / "results" / "published")))
+def test_a_published_run_comes_from_a_clean_committed_tree(path):
+    """Provenance: the commit a published manifest names identifies its code only when the tree
+    was clean. A run made with uncommitted changes fails here (the study is the one known case,
+    strict-xfailed: when it is re-made from a clean tree, the marker must go)."""
+    git = json.loads(path.read_text()).get("git") or {}
+    assert re.fullmatch(r"[0-9a-f]{40}", str(git.get("commit", ""))), git
+    assert git.get("dirty") is False, f"{path.relative_to(REPO)} was made from a tree with uncommitted changes"
