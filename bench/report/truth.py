@@ -363,10 +363,22 @@ def truth_markdown(models: pd.DataFrame, truth: pd.DataFrame, agree: pd.DataFram
     alpha = float(alpha)
     level = f"{100 * (1 - alpha):.0f} %"
     o = options
+    follows = truth[truth["verdict"] == "follows the model"]
+    elevated = truth[truth["salience"] == "elevated"]
     lines = [f"# Model truth: {name}", "",
              f"Marker: {o.get('marker', 'patch')} {o.get('marker_size', 3)} px, position {o.get('position', 'fixed')}, "
              f"rates {o.get('rate_positive', 0.9)} / {o.get('rate_negative', 0.1)} (class 1 / class 0) under "
              f"`confound`, the same overall rate under `noise`; {level} intervals.", "",
+             "## Summary", "",
+             f"- {len(follows)} of {len(truth)} explainer rows follow the model (discriminate confound from noise): "
+             f"{', '.join(sorted(set(follows['explainer']))) or 'none'}.",
+             f"- {len(elevated)} of {len(truth)} put elevated attribution on the marker under a model that never saw "
+             f"it (salience, Clark et al. 2026): {', '.join(sorted(set(elevated['explainer']))) or 'none'}.",
+             f"- Metrics agreeing with the truth ranking: "
+             f"{', '.join(sorted(set(agree.loc[agree['verdict'] == 'agrees', 'metric']))) or 'none'}; "
+             f"disagreeing: {', '.join(sorted(set(agree.loc[agree['verdict'] == 'disagrees', 'metric']))) or 'none'}; "
+             f"cannot tell: "
+             f"{', '.join(sorted(set(agree.loc[agree['verdict'] == 'cannot tell', 'metric']))) or 'none'}.", "",
              "## What the models use (by intervention)", "",
              "Reliance: p(class 1) with the marker minus without it on every test image, all else equal.", "",
              "| polarity | condition | model | acc. without | acc. with | reliance | on class 0 | verdict |",
@@ -400,19 +412,7 @@ def truth_markdown(models: pd.DataFrame, truth: pd.DataFrame, agree: pd.DataFram
         lines.append(f"| {r['polarity']} | {r['metric']} | {_ci(r['tau_truth'], r['tau_low'], r['tau_high'])} | "
                      f"{r['verdict']} | {_ci(r['tau_share'], r['tau_share_low'], r['tau_share_high'])} | "
                      f"{r['n_explainers']} | {r['n_images']} |")
-    follows = truth[truth["verdict"] == "follows the model"]
-    elevated = truth[truth["salience"] == "elevated"]
-    lines += ["", "## Summary", "",
-              f"- {len(follows)} of {len(truth)} explainer rows follow the model (discriminate confound from noise): "
-              f"{', '.join(sorted(set(follows['explainer']))) or 'none'}.",
-              f"- {len(elevated)} of {len(truth)} put elevated attribution on the marker under a model that never saw "
-              f"it (salience, Clark et al. 2026): {', '.join(sorted(set(elevated['explainer']))) or 'none'}.",
-              f"- Metrics agreeing with the truth ranking: "
-              f"{', '.join(sorted(set(agree.loc[agree['verdict'] == 'agrees', 'metric']))) or 'none'}; "
-              f"disagreeing: {', '.join(sorted(set(agree.loc[agree['verdict'] == 'disagrees', 'metric']))) or 'none'}; "
-              f"cannot tell: "
-              f"{', '.join(sorted(set(agree.loc[agree['verdict'] == 'cannot tell', 'metric']))) or 'none'}.",
-              ""]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -425,29 +425,41 @@ def _html(md: str, runs: pd.DataFrame) -> str:
         if table:
             rows = [[c.strip() for c in line.strip("|").split("|")] for line in table if not set(line) <= set("|-")]
             head, *rest = rows
-            body.append("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr></thead>"
+            body.append("<div class='box'><table><thead><tr>"
+                        + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr></thead>"
                         "<tbody>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
-                                            for r in rest) + "</tbody></table>")
+                                            for r in rest) + "</tbody></table></div>")
             table.clear()
 
+    items: list[str] = []
     for line in md.splitlines():
         if line.startswith("|"):
             table.append(line)
             continue
         flush()
+        if not line.startswith("- ") and items:
+            body.append("<ul>" + "".join(items) + "</ul>")
+            items = []
         if line.startswith("# "):
             body.append(f"<h1>{html.escape(line[2:])}</h1>")
         elif line.startswith("## "):
             body.append(f"<h2>{html.escape(line[3:])}</h2>")
         elif line.startswith("- "):
-            body.append(f"<li>{html.escape(line[2:])}</li>")
+            items.append(f"<li>{html.escape(line[2:])}</li>")
         elif line.strip():
             body.append(f"<p>{html.escape(line)}</p>")
     flush()
+    if items:
+        body.append("<ul>" + "".join(items) + "</ul>")
     links = "".join(f'<li><a href="{html.escape(r["run"])}/report.html">{html.escape(r["condition"])} · '
                     f'{html.escape(r["polarity"])}</a></li>' for _, r in runs.iterrows())
-    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}"
-             "th{background:#f3f3f3;text-align:left}")
+    # the run report's look (bench/report/html.py): a dark header bar, tables scroll inside their box
+    style = ("body{font-family:system-ui,sans-serif;box-sizing:border-box;max-width:1240px;margin:0 auto;"
+             "padding:0 1em 2em;color:#222}"
+             "h1{background:#0b3a5d;color:#fff;margin:0 -1em;padding:.6em 1em;font-size:22px}"
+             "h2{border-bottom:2px solid #0b6fa4;padding-bottom:.2em;margin-top:1.6em}"
+             ".box{overflow-x:auto;max-width:100%}table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+             "td,th{border:1px solid #ddd;padding:4px 8px;white-space:nowrap}th{background:#f3f6f9;text-align:left}"
+             "li{margin:.3em 0}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>pneumobench model truth</title>"
             f"<style>{style}</style></head><body>{''.join(body)}<h2>Runs</h2><ul>{links}</ul></body></html>")
