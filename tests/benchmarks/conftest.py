@@ -293,3 +293,19 @@ def cost_info(case: "Case", settings: "Settings", params: dict, per_image: float
     return {"model": case.name, **settings.describe(), "params": params, "s_per_image": per_image,
             "peak_mb": peak_mb, "passes": None if passes is None else list(passes), **one_pass,
             "floor_s_per_image": floor, "floor_ratio": floor_ratio(per_image, floor), "load_average": load}
+
+
+def trained_stages(cfg, device: torch.device):
+    """``(train, test, stages)`` of ``cfg``'s data with its first seed's trained resnet18 checkpoint
+    (looked up in ``cfg.checkpoint_dir``, never trained here): the benchmarks that need a trained
+    model skip without it."""
+    from bench.run import plan as P
+    from models.checkpoints import default_checkpoint_path
+
+    train, val, test = P.load_data(cfg)
+    ckpt = default_checkpoint_path(P._train_config(cfg, "resnet18", 0, train), train.fingerprint,
+                                   Path(cfg.checkpoint_dir))
+    if not ckpt.is_file():
+        pytest.skip(f"no trained checkpoint {ckpt} (python -m bench train --model resnet18, or set "
+                    f"BENCH_CHECKPOINT_DIR to a folder holding it)")
+    return train, test, P.ensure_checkpoints(cfg, train, val, test, device, False, print)

@@ -46,9 +46,8 @@ from bench.run import plan as P
 from bench.run.config import load_config, revalidated, stats_settings
 from bench.run.manifest import cost_summary, time_passes
 from bench.stats.settings import StatsSettings
-from models.checkpoints import default_checkpoint_path
 
-from .conftest import _positive, load_average
+from .conftest import _positive, load_average, trained_stages
 
 pytestmark = pytest.mark.benchmark
 
@@ -175,13 +174,7 @@ def test_scoring_precision(benchmark, bench_settings, tmp_path):
     device = bench_settings.device
     reduced = _reduced(device)
     cfg = _config(tmp_path, device)
-    train, val, test = P.load_data(cfg)
-    ckpt = default_checkpoint_path(P._train_config(cfg, "resnet18", 0, train), train.fingerprint,
-                                   Path(cfg.checkpoint_dir))
-    if not ckpt.is_file():
-        pytest.skip(f"no trained checkpoint {ckpt} (python -m bench train --model resnet18, or set "
-                    f"BENCH_CHECKPOINT_DIR to a folder holding it)")
-    stages = P.ensure_checkpoints(cfg, train, val, test, device, False, print)
+    train, test, stages = trained_stages(cfg, device)
     reference = P.background(train, cfg.data.background_size, cfg.seed)
     precisions = [DEFAULT_PRECISION, *reduced]
     plans = {}
@@ -238,7 +231,8 @@ def test_scoring_precision(benchmark, bench_settings, tmp_path):
     for p in reduced:
         total[p]["speedup"] = wall[DEFAULT_PRECISION] / wall[p]
     benchmark.extra_info.update({
-        "kind": "precision", "model": "resnet18", "checkpoint": ckpt.name, "checkpoint_sha256": stages[0].sha256,
+        "kind": "precision", "model": "resnet18", "checkpoint": stages[0].path.name,
+        "checkpoint_sha256": stages[0].sha256,
         "checkpoint_test": {k: stages[0].sidecar["test"].get(k) for k in ("acc", "auc")}, **bench_settings.describe(),
         "images": n_images, "explainers": sorted({u.explainer for u in plans[DEFAULT_PRECISION]}),
         "per_cell": cfg.data.per_cell, "metrics": list(cfg.metrics.names),

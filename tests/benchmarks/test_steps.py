@@ -30,9 +30,8 @@ from bench.perf import steps as S
 from bench.run import plan as P
 from bench.run.config import load_config
 from explainers.base import Attribution
-from models.checkpoints import default_checkpoint_path
 
-from .conftest import _positive, load_average
+from .conftest import _positive, load_average, trained_stages
 
 pytestmark = pytest.mark.benchmark
 
@@ -87,13 +86,7 @@ def _attributions(cfg, units) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
 def test_step_counts(benchmark, bench_settings, tmp_path):
     device = bench_settings.device
     cfg = _config(tmp_path, device)
-    train, val, test = P.load_data(cfg)
-    ckpt = default_checkpoint_path(P._train_config(cfg, "resnet18", 0, train), train.fingerprint,
-                                   Path(cfg.checkpoint_dir))
-    if not ckpt.is_file():
-        pytest.skip(f"no trained checkpoint {ckpt} (python -m bench train --model resnet18, or set "
-                    f"BENCH_CHECKPOINT_DIR to a folder holding it)")
-    stages = P.ensure_checkpoints(cfg, train, val, test, device, False, print)
+    train, test, stages = trained_stages(cfg, device)
     background = P.background(train, cfg.data.background_size, cfg.seed)
     units = [x.unit for x in P.plan_units(cfg, stages, test, background, device, tmp_path)[0] if not x.reference]
     index, images, targets, attrs = _attributions(cfg, units)
@@ -119,7 +112,7 @@ def test_step_counts(benchmark, bench_settings, tmp_path):
     choice = S.choose_steps(rows, mde)
     print(S.steps_tables(rows, mde))
     benchmark.extra_info.update({
-        "kind": S.KIND, "model": "resnet18", "checkpoint": ckpt.name, "checkpoint_sha256": stages[0].sha256,
+        "kind": S.KIND, "model": "resnet18", "checkpoint": stages[0].path.name, "checkpoint_sha256": stages[0].sha256,
         "checkpoint_test": {k: stages[0].sidecar["test"].get(k) for k in ("acc", "auc")}, **bench_settings.describe(),
         "images": int(x.shape[0]), "image_index": index.tolist(), "explainers": list(attrs),
         "per_cell": cfg.data.per_cell,
