@@ -323,17 +323,20 @@ def leaderboard_heatmap(board: pd.DataFrame, model: str, stage: str, fails: Coll
 
 
 def cd_figure(pairs: pd.DataFrame, ranks: pd.DataFrame, model: str, stage: str, title: str = "",
-              styles: Mapping[str, Mapping[str, Any]] | None = None) -> Figure:
+              styles: Mapping[str, Mapping[str, Any]] | None = None, fails: Collection[str] = ()) -> Figure:
     """Critical-difference diagrams (Demsar 2006) of one (model, stage), one panel per metric.
 
     The axis is each explainer's mean per-image rank (1 = best; ``ranks``' ``mean_rank``); a bar
     joins explainers the table's paired tests do not separate (``pairs``: the table's
     comparisons, max-T over its pairs; Benavoli et al. 2016 on why not Nemenyi's mean-rank
     test). Drawn by ``scikit_posthocs.critical_difference_diagram`` from the separation matrix.
-    Four or more metrics are laid out in two columns (the page shows the figure at its width).
+    Four or more metrics are laid out in two columns (the page shows the figure at its width). The
+    panels follow the leaderboard's columns: the metrics that pass the reliability card first, then
+    those in ``fails`` (marked ⚠), each group alphabetical.
     """
     r = ranks[(ranks["model"] == model) & (ranks["stage"] == stage)]
-    metrics = sorted(m for m, g in r.groupby("metric") if g["mean_rank"].notna().sum() >= 2)
+    # the leaderboard's column order: the metrics that pass the card first (``fails``: those that fail it)
+    metrics = metric_order([m for m, g in r.groupby("metric") if g["mean_rank"].notna().sum() >= 2], fails)
     if not metrics:
         raise BenchError(f"no ranked table for model {model!r}, stage {stage!r}")
     styles = _styles(styles, r["explainer"])
@@ -373,7 +376,8 @@ def cd_figure(pairs: pd.DataFrame, ranks: pd.DataFrame, model: str, stage: str, 
                 i, rank = text.get_text().split("\t")
                 left = text.get_horizontalalignment() == "right"
                 text.set_text(f"{names[int(i)]} ({rank})" if left else f"({rank}) {names[int(i)]}")
-            ax.set_title(metric, fontsize=9, loc="left")
+            ax.set_title(f"{metric} ⚠ fails the reliability card" if metric in fails else metric, fontsize=9,
+                         loc="left")
         fig.suptitle(title or f"{model} · {stage}: mean rank per image (1 = best); bars join explainers the paired "
                               f"tests do not separate", fontsize=9, y=1 - 0.15 / height)
     return fig
@@ -719,7 +723,7 @@ def write_figures(run_dir: str | os.PathLike, scores: pd.DataFrame,
                 _add_job(jobs, f"cd_{slug(model, stage)}.png",
                          partial(cd_figure, comps.pairs, comps.ranks, model, stage,
                                  f"{model} · {stage}{tag}: mean rank per image (1 = best); bars join explainers the "
-                                 f"paired tests do not separate", styles))
+                                 f"paired tests do not separate", styles, card_fails(card, model, stage)))
     cdf = _read_curves(curves)
     if cdf is not None and len(cdf):
         cdf = _check_curves(cdf)
