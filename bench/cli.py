@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import dataclasses
 import json
 import os
@@ -39,7 +38,7 @@ from bench.report.html import read_manifest
 from bench.report.rebuild import rebuild
 from bench.report.truth import rebuild_truth
 from bench.run.config import CONFIG_DIR, RunConfig, load_config, parse_value, stats_settings
-from bench.run.rundir import ADDED_KEYS, check_adoptable, check_run_tree
+from bench.run.rundir import check_adoptable, check_run_tree, with_added_keys
 from bench.run.runner import run
 from bench.run.sizing import plan_sample, render_plan
 from bench.run.truth import run_truth
@@ -371,13 +370,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _report_truth(parent: Path, manifest: dict[str, Any]) -> list[Path]:
     """``bench report`` of a ``bench truth`` folder: every sub-run rebuilt, then the truth tables."""
-    values = copy.deepcopy(manifest.get("config"))
+    values = manifest.get("config")
     if not isinstance(values, dict):
         raise BenchError(f"{parent / 'manifest.json'} records no config; re-run python -m bench truth")
-    for (table, key), default in ADDED_KEYS.items():
-        if isinstance(values.get(table), dict):
-            values[table].setdefault(key, copy.deepcopy(default))
-    cfg = RunConfig.from_dict(values)
+    cfg = RunConfig.from_dict(with_added_keys(values))
     written: list[Path] = []
     for record in manifest.get("runs") or []:
         sub = parent / str(record.get("run", ""))

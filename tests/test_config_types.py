@@ -21,7 +21,7 @@ from bench.core.errors import BenchError
 from bench.core.io import dumps_json
 from bench.run import config as C
 from bench.run.config import DEFAULTS, FrozenDict, RunConfig, Section, load_config, load_values, revalidated
-from bench.run.rundir import ADDED_KEYS, identity
+from bench.run.rundir import identity, with_added_keys
 from bench.run.truth import sub_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,17 +104,6 @@ def test_every_section_has_the_keys_of_defaults_in_their_order():
     _fields_in_order(RunConfig, DEFAULTS)
 
 
-def _with_added(written: dict[str, Any]) -> dict[str, Any]:
-    """``written`` with every key of ``rundir.ADDED_KEYS`` it lacks at its default: a config of
-    this version in all but the keys added after it was recorded, which at their defaults are no
-    part of the run's identity."""
-    out = copy.deepcopy(written)
-    for (table, key), default in ADDED_KEYS.items():
-        if isinstance(out.get(table), dict):
-            out[table].setdefault(key, default)
-    return out
-
-
 def _complete(written: dict[str, Any]) -> bool:
     try:
         RunConfig.from_dict(written)
@@ -127,8 +116,8 @@ def _complete(written: dict[str, Any]) -> bool:
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(REPO / "results" / "published")))
 def test_published_manifest_config_reserialises_to_itself(path):
     written = json.loads(path.read_text())["config"]
-    if _complete(_with_added(written)):  # written by this version (up to the added keys): exactly itself
-        full = _with_added(written)
+    if _complete(with_added_keys(written)):  # written by this version (up to the added keys): exactly itself
+        full = with_added_keys(written)
         assert dumps_json(RunConfig.from_dict(full).to_dict()) == dumps_json(full)
         assert identity(RunConfig.from_dict(full).to_dict()) == identity(written)  # the same run
         return
@@ -145,7 +134,7 @@ def test_published_truth_manifests_are_complete():
     """The published truth run is of this version (up to the keys added since, at their defaults),
     so the exact round trip above is exercised."""
     complete = [p.relative_to(REPO).as_posix() for p in MANIFESTS
-                if _complete(_with_added(json.loads(p.read_text())["config"]))]
+                if _complete(with_added_keys(json.loads(p.read_text())["config"]))]
     assert "results/published/truth/manifest.json" in complete and len(complete) >= 4
 
 

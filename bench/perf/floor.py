@@ -249,6 +249,17 @@ def _rounds(rows: list[dict[str, Any]], first: dict[str, Any]) -> str:
     return f"best of {span} timed rounds after a warm-up call"
 
 
+def saved_infos(json_path: str | Path, kind: str, test: str) -> list[dict[str, Any]]:
+    """The ``extra_info`` of every benchmark of ``kind`` in a pytest-benchmark JSON saved from
+    ``tests/benchmarks/<test>``; none is a one-line :class:`BenchError` saying how to make one."""
+    data = json.loads(Path(json_path).read_text())
+    infos = [b["extra_info"] for b in data.get("benchmarks", []) if b.get("extra_info", {}).get("kind") == kind]
+    if not infos:
+        raise BenchError(f"{json_path} holds no {kind} rows; run `python -m pytest tests/benchmarks/{test} "
+                         f"--benchmark-only --benchmark-save={kind}` first")
+    return infos
+
+
 def benchmark_table(json_path: str | Path) -> str:
     """Markdown tables of a pytest-benchmark JSON written by ``tests/benchmarks``.
 

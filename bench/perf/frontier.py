@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.core.errors import BenchError
-from bench.perf.floor import passes_per_image
+from bench.perf.floor import passes_per_image, saved_infos
 from explainers import EXPLAINERS, completeness_gap, explainer_params, run_explainer
 
 TARGET_ERROR = 0.05  # "passes to reach 5 % relative L2"
@@ -308,13 +308,7 @@ def frontier_figure(rows: Iterable[Mapping[str, Any]], path: str | Path, target:
 
 def saved_rows(json_path: str | Path) -> list[dict[str, Any]]:
     """The frontier rows of a pytest-benchmark JSON saved from tests/benchmarks/test_frontier.py."""
-    data = json.loads(Path(json_path).read_text())
-    rows = [r for b in data.get("benchmarks", []) if b.get("extra_info", {}).get("kind") == "frontier"
-            for r in b["extra_info"]["rows"]]
-    if not rows:
-        raise BenchError(f"{json_path} holds no frontier rows; run `python -m pytest tests/benchmarks/test_frontier.py "
-                         f"--benchmark-only --benchmark-save=frontier` first")
-    return rows
+    return [r for info in saved_infos(json_path, "frontier", "test_frontier.py") for r in info["rows"]]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from time import perf_counter
 from typing import Any, Mapping, Sequence
 
@@ -49,7 +48,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.core.errors import BenchError
 from bench.core.text import markdown_table
 from bench.metrics import compute_metric, randomisation_layers
-from bench.perf.floor import metric_passes_per_image, passes_per_image, time_forward, time_forward_backward
+from bench.perf.floor import (floor_seconds, metric_passes_per_image, passes_per_image, saved_infos, time_forward,
+                              time_forward_backward)
 from models import build_model
 
 __all__ = ["SIZES", "pass_flops", "set_passes", "growth_rows", "measure_metric_set", "study_estimate",
@@ -98,10 +98,6 @@ def set_passes(explainers: Mapping[str, Mapping[str, Any]], metrics: Mapping[str
     return out
 
 
-def _cost(passes: tuple[float, float] | None, fb: float, f: float) -> float | None:
-    return None if passes is None else passes[0] * fb + passes[1] * f
-
-
 def _sum(values: Sequence[float | None]) -> float | None:
     """The sum, or None when any part is unknown (a method without a pass rule)."""
     return None if any(v is None for v in values) else float(sum(v for v in values if v is not None))
@@ -146,12 +142,12 @@ def growth_rows(model_names: Sequence[str], sizes: Sequence[int], explainers: Ma
             t_f = time_forward(model, x, repeats=repeats)
             passes = set_passes(explainers, metrics, background_size=background_size, shape=shape, model=model)
             by: dict[str, Any] = {}
-            for e, n in passes.items():
+            for e, n in passes.items():  # the floor's formula n_fb x FB + n_f x F gives the FLOPs too
                 by[e] = {"explain_passes": n["explain"], "metric_passes": n["metrics"],
-                         "explain_seconds": _cost(n["explain"], t_fb, t_f),
-                         "metric_seconds": _cost(n["metrics"], t_fb, t_f),
-                         "explain_flops": _cost(n["explain"], fb_flops, f_flops),
-                         "metric_flops": _cost(n["metrics"], fb_flops, f_flops)}
+                         "explain_seconds": floor_seconds(n["explain"], t_fb, t_f),
+                         "metric_seconds": floor_seconds(n["metrics"], t_fb, t_f),
+                         "explain_flops": floor_seconds(n["explain"], fb_flops, f_flops),
+                         "metric_flops": floor_seconds(n["metrics"], fb_flops, f_flops)}
             total_s = _sum([v for b in by.values() for v in (b["explain_seconds"], b["metric_seconds"])])
             total_flops = _sum([v for b in by.values() for v in (b["explain_flops"], b["metric_flops"])])
             row: dict[str, Any] = {"model": name, "size": int(size), "batch": int(batch), "forward_flops": f_flops,
@@ -160,7 +156,8 @@ def growth_rows(model_names: Sequence[str], sizes: Sequence[int], explainers: Ma
                                    "floor_seconds_per_image": total_s, "flops_per_image": total_flops}
             if int(size) in {int(s) for s in measure}:
                 measured = {m: mp for m, mp in metrics.items() if m not in _TIMED_BY_EXPLAINER}
-                floor = sum(_cost(metric_passes_per_image(m, mp), t_fb, t_f) or 0.0 for m, mp in measured.items())
+                floor = sum(floor_seconds(metric_passes_per_image(m, mp), t_fb, t_f) or 0.0
+                            for m, mp in measured.items())
                 row["metric_set_measured_seconds"] = measure_metric_set(model, x, measured)
                 row["metric_set_floor_seconds"] = floor
             rows.append(row)
@@ -229,10 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m bench.perf.growth RUN.json "
               "(a pytest-benchmark file of tests/benchmarks/test_growth.py)", file=sys.stderr)
         return 2
-    data = json.loads(Path(args[0]).read_text())
-    infos = [b["extra_info"] for b in data.get("benchmarks", []) if "rows" in b.get("extra_info", {})]
-    if not infos:
-        print(f"error: {args[0]} holds no growth benchmark (tests/benchmarks/test_growth.py)", file=sys.stderr)
+    try:
+        infos = saved_infos(args[0], "growth", "test_growth.py")
+    except (BenchError, OSError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     for info in infos:
         print(growth_tables(info))

@@ -62,7 +62,7 @@ from bench.core.errors import BenchError
 from bench.core.precision import DEFAULT_PRECISION
 from bench.core.text import fmt_number, markdown_table
 from bench.metrics import METRICS, compute_metric, metric_params
-from bench.perf.floor import metric_passes_per_image
+from bench.perf.floor import metric_passes_per_image, saved_infos
 from explainers.base import Attribution
 
 __all__ = [
@@ -375,11 +375,7 @@ def records(rows: pd.DataFrame) -> list[dict[str, Any]]:
 
 def saved_run(json_path: str | Path) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """The rows and the mde of a pytest-benchmark JSON saved from tests/benchmarks/test_steps.py."""
-    data = json.loads(Path(json_path).read_text())
-    infos = [b["extra_info"] for b in data.get("benchmarks", []) if b.get("extra_info", {}).get("kind") == KIND]
-    if not infos:
-        raise BenchError(f"{json_path} holds no step rows; run `python -m pytest tests/benchmarks/test_steps.py "
-                         f"--benchmark-only --benchmark-save=steps` first")
+    infos = saved_infos(json_path, KIND, "test_steps.py")
     rows = [r for info in infos for r in info["rows"]]
     mde = {k: float(v) for info in infos for k, v in (info.get("mde") or {}).items()}
     return rows, mde

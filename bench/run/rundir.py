@@ -18,6 +18,7 @@ config"; so is the record of an earlier such run found in a folder that holds no
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 from pathlib import Path
@@ -65,6 +66,16 @@ def check_adoptable(run_dir: Path) -> None:
     if names - {LOCK} and MARKER not in names:
         raise BenchError(f"{run_dir} is not a run folder (it has no {MARKER}); pneumobench adopts only a new, empty or "
                          f"run folder: choose another --name or --results")
+
+
+def with_added_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a recorded config with every key of :data:`ADDED_KEYS` it lacks at its default:
+    the config of a run recorded before those keys existed, as this version reads it."""
+    out = copy.deepcopy(values)
+    for (table, key), default in ADDED_KEYS.items():
+        if isinstance(out.get(table), dict):
+            out[table].setdefault(key, copy.deepcopy(default))
+    return out
 
 
 def identity(values: dict[str, Any]) -> dict[str, Any]:

@@ -40,6 +40,7 @@ import torch
 
 from bench.core.precision import CUDA_ONLY, DEFAULT_PRECISION, PRECISIONS
 from bench.metrics import METRICS
+from bench.perf.steps import card_mde
 from bench.report.comparisons import compare, goodness_tables
 from bench.run import cache
 from bench.run import plan as P
@@ -84,15 +85,6 @@ def _config(tmp_path: Path, device: torch.device):
         "metrics.names=[" + ", ".join(f'"{m}"' for m in names) + "]", "reliability.enabled=false",
         f'device="{device.type}"', f'results_dir="{tmp_path}"', f'checkpoint_dir="{ck_dir}"'])
     return cfg
-
-
-def _card_mde() -> dict[str, float]:
-    """The smallest detectable difference of each metric in the card's power table (its smallest ``mde``)."""
-    if not CARD_POWER.is_file():
-        return {}
-    power = pd.read_csv(CARD_POWER)
-    power = power[np.isfinite(power["mde"]) & (power["mde"] > 0)]
-    return {m: float(g["mde"].min()) for m, g in power.groupby("metric")}
 
 
 def _scores(units, records) -> pd.DataFrame:
@@ -217,7 +209,7 @@ def test_scoring_precision(benchmark, bench_settings, tmp_path):
             for p in precisions}
     scores = {p: _scores(plans[p], records[p]) for p in precisions}
     settings = stats_settings(cfg)
-    mde = _card_mde()
+    mde = card_mde(CARD_POWER)
     rows = []
     for p in reduced:
         seconds = {m: (sum(r["metric_seconds"][m] for r in records[DEFAULT_PRECISION]),
