@@ -39,7 +39,8 @@ from bench.core.errors import BenchError
 from bench.core.registry import Registry
 
 ENTRY_POINT_GROUP = "bench.explainers"
-EXPLAINERS: Registry[Callable[..., "Attribution"]] = Registry("explainer", entry_point_group=ENTRY_POINT_GROUP)
+EXPLAINERS: Registry[Callable[..., "Attribution"]] = Registry("explainer", entry_point_group=ENTRY_POINT_GROUP,
+                                                        variants=True)
 OUTPUT_SPACES = ("logit", "probability")
 # the CAM family's default target layer: the most faithful stage measured on a trained resnet18 (docs/explainers.md)
 CAM_LAYER = "layer2"
@@ -81,7 +82,8 @@ def register_explainer(name: str, *, library: str = "custom", additive: bool = F
 
 
 def get_explainer(name: str):
-    """The registry entry of an adapter (``.obj`` is the function, ``.meta`` its flags)."""
+    """The registry entry of an adapter (``.obj`` is the function, ``.meta`` its flags); a variant
+    ``base@label`` gets its base's entry (:func:`bench.core.registry.split_variant`)."""
     return EXPLAINERS.get(name)
 
 

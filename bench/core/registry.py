@@ -3,9 +3,15 @@
 Everything with a name is registered; the CLI, the config validation and the tests enumerate
 registries, never hand-written lists. Unknown names raise with the list of known names, and a
 duplicate registration raises (a silent override would corrupt a leaderboard).
+
+A registry made with ``variants=True`` (the explainers) also resolves ``base@label``: a run may name
+one entry twice with different parameters (``captum.integrated_gradients@blur``). The variant is
+not registered; :func:`split_variant` parses its name, and every lookup of it returns the base's
+entry, so a variant has exactly its base's metadata and parameters.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable, Generic, Iterator, TypeVar
@@ -14,6 +20,7 @@ from bench.core.errors import BenchError, did_you_mean
 from bench.core.params import check_constraints, check_params, tunable_params
 
 T = TypeVar("T", bound=Callable[..., Any])  # every registry holds callables (adapters, metrics, factories)
+VARIANT_LABEL = re.compile(r"[a-z0-9][a-z0-9_-]*")
 
 
 class UnknownNameError(BenchError, KeyError):
@@ -25,6 +32,32 @@ class UnknownNameError(BenchError, KeyError):
 
 class DuplicateNameError(BenchError, ValueError):
     """A second registration under a name already taken."""
+
+
+def split_variant(kind: str, name: str) -> tuple[str, str | None]:
+    """``"base@label"`` -> ``("base", "label")``; a name without ``@`` -> ``(name, None)``.
+
+    The label is lower-case letters, digits, ``_`` and ``-``, starting with a letter or a digit
+    (:data:`VARIANT_LABEL`), and a name has one ``@`` at most. Anything else raises a one-line
+    :class:`UnknownNameError` naming the fix; whether ``base`` is registered is the caller's
+    question (:meth:`Registry.get`).
+    """
+    base, at, label = name.partition("@")
+    if not at:
+        return name, None
+    rule = "lower-case letters, digits, _ and -, starting with a letter or a digit"
+    fixed = base + "@" + (re.sub(r"[^a-z0-9_-]+", "-", label.lower()).strip("_-") or "v2")  # a label that is valid
+    if not base:
+        raise UnknownNameError(f"{kind} variant {name!r} names no {kind} before '@'; write <{kind}>@<label>")
+    if "@" in label:
+        raise UnknownNameError(f"{kind} variant {name!r} has more than one '@'; write <{kind}>@<label> with one "
+                               f"'@', e.g. {fixed!r}")
+    if not label:
+        raise UnknownNameError(f"{kind} variant {name!r}: the label after '@' is empty; write <{kind}>@<label> "
+                               f"({rule}), e.g. {fixed!r}")
+    if not VARIANT_LABEL.fullmatch(label):
+        raise UnknownNameError(f"{kind} variant {name!r}: the label {label!r} must be {rule}; write e.g. {fixed!r}")
+    return base, label
 
 
 @dataclass(frozen=True)
@@ -59,11 +92,14 @@ class Registry(Generic[T]):
         kind: what is registered, used in error messages ("explainer", "metric", ...).
         entry_point_group: optional ``importlib.metadata`` entry-point group; its entry points
             are imported lazily on the first lookup so third-party packages can register.
+        variants: look ``base@label`` up as ``base`` (:func:`split_variant`); names with ``@``
+            cannot then be registered.
     """
 
-    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+    def __init__(self, kind: str, entry_point_group: str | None = None, *, variants: bool = False) -> None:
         self.kind = kind
         self.entry_point_group = entry_point_group
+        self.variants = variants
         self._entries: dict[str, Entry[T]] = {}
         self._entry_points_loaded = entry_point_group is None
         self._broken: list[str] = []  # one line per plug-in that failed to load
@@ -83,6 +119,9 @@ class Registry(Generic[T]):
     def _add(self, name: str, obj: T, meta: dict[str, Any]) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"{self.kind} name must be a non-empty string, got {name!r}")
+        if self.variants and "@" in name:
+            raise ValueError(f"{self.kind} name {name!r} contains '@', which marks a variant (base@label) in a run; "
+                             f"register it under a name without '@'")
         if "constraints" in meta:
             check_constraints(self.kind, name, obj, meta["constraints"])
         if name in self._entries:
@@ -126,14 +165,19 @@ class Registry(Generic[T]):
             raise BenchError(self._broken[0])
 
     def get(self, name: str) -> Entry[T]:
-        """The entry for ``name``; raises :class:`UnknownNameError` listing the known names."""
-        if name not in self._entries:
+        """The entry for ``name``; raises :class:`UnknownNameError` listing the known names.
+
+        With ``variants``, ``base@label`` gets the entry of ``base`` (its ``name`` is the base's).
+        """
+        base, label = split_variant(self.kind, name) if self.variants else (name, None)
+        if base not in self._entries:
             self.load_entry_points()
-        if name not in self._entries:
+        if base not in self._entries:
             known = ", ".join(self.names()) or "(none)"
-            raise UnknownNameError(f"unknown {self.kind} {name!r}{did_you_mean(name, self.names())}; known "
+            of = f" in the variant {name!r}" if label is not None else ""
+            raise UnknownNameError(f"unknown {self.kind} {base!r}{of}{did_you_mean(base, self.names())}; known "
                                    f"{self.kind}s: {known}")
-        return self._entries[name]
+        return self._entries[base]
 
     def names(self) -> list[str]:
         self.load_entry_points()
@@ -143,7 +187,13 @@ class Registry(Generic[T]):
         return [self._entries[n] for n in self.names()]
 
     def __contains__(self, name: object) -> bool:
+        """Whether :meth:`get` finds ``name`` (with ``variants``, a well-formed variant of an entry)."""
         self.load_entry_points()
+        if self.variants and isinstance(name, str):
+            try:
+                name = split_variant(self.kind, name)[0]
+            except UnknownNameError:
+                return False
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:

@@ -32,6 +32,7 @@ from bench.core.device import DEVICES
 from bench.core.errors import BenchError, did_you_mean
 from bench.core.io import read_regular
 from bench.core.precision import CUDA_ONLY, PRECISIONS
+from bench.core.registry import UnknownNameError
 from bench.core.params import SEED_RANGE, is_seed, type_problem
 from bench.stats.settings import DEFAULT_MARGINS, StatsSettings
 from models.recipes import TrainConfig, TuneConfig, check_unfreeze
@@ -719,8 +720,10 @@ def _check_names(v: dict[str, Any]) -> None:
         if n not in v["models"]["user"]:
             models.MODELS.get(n)
     for c in v["reliability"]["controls"]:
-        _expect(c in explainers.EXPLAINERS, "reliability.controls",
-                f"{c!r} is not a registered explainer{did_you_mean(c, explainers.EXPLAINERS.names())}")
+        try:  # a control may be a variant (base@label) too: the one lookup resolves it or says why not
+            explainers.EXPLAINERS.get(c)
+        except UnknownNameError as exc:
+            raise BenchError(f"config value reliability.controls: {exc}") from None
     for table, kind, names, params, registry, exclude in (
             ("explain", "explainer", v["explain"]["names"], v["explain"]["params"], explainers.EXPLAINERS, ()),
             ("metrics", "metric", v["metrics"]["names"], v["metrics"]["params"], metrics.METRICS, metrics.PROTOCOL)):
