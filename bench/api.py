@@ -304,12 +304,12 @@ def _describe(cfg: RunConfig, label: str, record: dict[str, Any], key: str, info
                           given={k: {"sha256": tensor_digest(v), "shape": list(v.shape), "not_scored": fixed}
                                  for k, v in maps.items()})
     data = DataSection(dataset="notebook", options={}, split="given", sample="all", per_cell=cfg.data.per_cell,
-                       background_size=info["background_size"],
+                       nested_per_cell=0, background_size=info["background_size"],
                        described={k: info[k] for k in ("n_images", "images_sha256", "labels", "background",
                                                        "background_sha256")})
     users = {label: {"object": record["class"], "convert": record["convert"], "model_key": key}}
     return replace(cfg, data=data, explain=explain,
-                   models=ModelsSection(names=(label,), stages=("pre",), seeds=(), user=users),
+                   models=ModelsSection(names=(label,), stages=("pre",), seeds=(), select_seed=-1, user=users),
                    source=f"bench.evaluate (arguments over {cfg.source})")
 
 

@@ -38,6 +38,7 @@ from bench.report.html import read_manifest
 from bench.report.rebuild import rebuild
 from bench.report.truth import rebuild_truth
 from bench.run.config import CONFIG_DIR, RunConfig, load_config, parse_value, stats_settings
+from bench.run.parts import run_parts
 from bench.run.rundir import check_adoptable, check_run_tree, with_added_keys
 from bench.run.runner import run
 from bench.run.sizing import plan_sample, render_plan
@@ -150,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local: in this process (default); ray: one Ray task per unit of work")
     r.add_argument("--ray-address", default=None,
                    help="Ray cluster address for --executor ray (default: start a local instance)")
+    r.add_argument("--part", default=None, metavar="PART",
+                   help="a config with [parts.<part>] tables: run only this part (each an ordinary run in "
+                        "results/<name>/parts/<part>); without --part every unfinished part runs, then they are "
+                        "combined into results/<name>")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     lst = sub.add_parser("list", help="list registered models, explainers, metrics or datasets")
@@ -347,8 +352,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"data.options.{item}")
     if args.device != "auto":
         overrides.append(f"device={json.dumps(args.device)}")
-    run_dir = run(load_config(args.config, overrides), progress=not args.no_progress, executor=args.executor,
-                  ray_address=args.ray_address)
+    cfg = load_config(args.config, overrides)
+    if cfg.parts:
+        if args.executor != "local":
+            raise BenchError("a config with [parts] runs with --executor local; run each part with --part and "
+                             "--executor ray instead")
+        run_dir = run_parts(cfg, only=args.part, progress=not args.no_progress)
+    elif args.part is not None:
+        raise BenchError(f"--part {args.part!r}: the config {cfg.source} has no [parts] tables; drop --part")
+    else:
+        run_dir = run(cfg, progress=not args.no_progress, executor=args.executor, ray_address=args.ray_address)
     print(f"results in {run_dir}: report.html (all on one page), leaderboard.md, prepost.md, reliability.md, "
           f"scores.csv, figures/, manifest.json")
     return 0

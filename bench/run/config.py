@@ -55,10 +55,14 @@ DEFAULTS: dict[str, Any] = {
         "split": "test",
         "sample": "per_cell",     # per_cell | all
         "per_cell": 4,            # images per confusion cell (TP/FP/FN/TN) when sample = per_cell
+        "nested_per_cell": 0,     # > 0: explain a seeded subset of that many per cell of the per_cell sample (the
+                                  # same images as a run at per_cell, fewer of them); 0 = all of the sample
         "background_size": 32,    # reference images drawn (seeded) from the train split
     },
     "models": {"names": ["resnet18"], "stages": ["pre", "post"],
                "seeds": [],           # training seeds, each its own checkpoints ([] = train.seed alone)
+               "select_seed": -1,     # whose pre model picks the images and the predicted targets (-1 = the first
+                                      # of seeds; another seed's model is trained if needed, used, not explained)
                "user": {}},           # {name: {factory, kwargs, checkpoint, convert}}: your own models (models/user.py)
     "train": {},                  # TrainConfig fields (models.recipes)
     "tune": {},                   # TuneConfig fields
@@ -80,6 +84,8 @@ DEFAULTS: dict[str, Any] = {
     "figures": {"enabled": True, "examples_per_cell": 1},
     "report": {                   # how report.html shows the run (not what it computes: left out of the run's identity)
         "self_contained": True,   # true: one file, figures embedded; false: links figures/*.png and long tables' CSVs
+        "maps": False,            # true: also maps.npz, every pre-stage map of the explained images (what combining
+                                  # the parts of a study needs for its seed-vs-seed map similarity)
     },
     "stats": {                    # how the tables decide (bench/stats; what they show, not what the run computes: left
                                   # out of the run's identity, so changing it re-uses the cache)
@@ -117,6 +123,9 @@ DEFAULTS: dict[str, Any] = {
             "stages": ["pre"],
         },
     },
+    "parts": {},                  # {part: {table overrides}}: a run too long for one sitting, as ordinary runs in
+                                  # <results_dir>/<name>/parts/<part>, combined into <results_dir>/<name>
+                                  # (bench/run/parts.py)
 }
 
 CHOICES = {
@@ -127,7 +136,7 @@ CHOICES = {
 }
 FREE_TABLES = {("data", "options"), ("train",), ("tune",), ("explain", "params"), ("metrics", "params"),
                ("stats", "margins"), ("stats", "effects"),
-               ("models", "user")}
+               ("models", "user"), ("parts",)}
 
 
 # ----------------------------------------------------------------------------- the typed config
@@ -223,6 +232,7 @@ class DataSection(Section):
     split: str
     sample: str                  # per_cell | all
     per_cell: int
+    nested_per_cell: int         # > 0: a seeded subset of the per_cell sample, that many per cell
     background_size: int
     # not a config key: what bench.evaluate records about the images it was given (n_images, their
     # sha256, ...), written after the keys above
@@ -247,6 +257,7 @@ class ModelsSection(Section):
     names: tuple[str, ...]
     stages: tuple[str, ...]                   # ("pre",) | ("pre", "post")
     seeds: tuple[int, ...]                    # () = train.seed alone
+    select_seed: int                          # whose pre model picks the images (-1 = the first of seeds)
     user: Mapping[str, Mapping[str, Any]]     # {name: {factory, kwargs, checkpoint, convert}} (models/user.py)
 
 
@@ -345,6 +356,7 @@ class ReportSection(Section):
     """``[report]``: how report.html shows the run."""
 
     self_contained: bool
+    maps: bool
 
 
 @dataclass(frozen=True)
@@ -418,6 +430,7 @@ class RunConfig(Section):
     stats: StatsSection
     truth: TruthSection
     reliability: ReliabilitySection
+    parts: Mapping[str, Mapping[str, Any]]   # {part: {table overrides}} (bench/run/parts.py)
     source: str = field(default="", compare=False)
 
     @classmethod
@@ -591,6 +604,11 @@ def validate(v: dict[str, Any]) -> None:
     for key in ("per_cell", "background_size"):
         _expect(_is_int(d[key]) and d[key] >= 1, f"data.{key}", f"must be an integer >= 1, got {d[key]!r}")
     _expect(d["split"] in ("train", "val", "test"), "data.split", "must be train, val or test")
+    _expect(_is_int(d["nested_per_cell"]) and 0 <= d["nested_per_cell"], "data.nested_per_cell",
+            f"must be an integer >= 0 (0 = the whole sample), got {d['nested_per_cell']!r}")
+    _expect(d["nested_per_cell"] == 0 or d["sample"] == "per_cell" and d["nested_per_cell"] <= d["per_cell"],
+            "data.nested_per_cell", f"a subset of the per_cell sample: needs data.sample = \"per_cell\" and at most "
+            f"data.per_cell ({d['per_cell']}), got {d['nested_per_cell']!r}")
     e = v["explain"]
     _expect(_is_int(e["shard_size"]) and e["shard_size"] >= 1, "explain.shard_size",
             f"must be an integer >= 1, got {e['shard_size']!r}")
@@ -598,8 +616,8 @@ def validate(v: dict[str, Any]) -> None:
     _expect(isinstance(f["enabled"], bool), "figures.enabled", f"must be true or false, got {f['enabled']!r}")
     _expect(_is_int(f["examples_per_cell"]) and f["examples_per_cell"] >= 0, "figures.examples_per_cell",
             f"must be an integer >= 0, got {f['examples_per_cell']!r}")
-    _expect(isinstance(v["report"]["self_contained"], bool), "report.self_contained",
-            f"must be true or false, got {v['report']['self_contained']!r}")
+    for key in ("self_contained", "maps"):
+        _expect(isinstance(v["report"][key], bool), f"report.{key}", f"must be true or false, got {v['report'][key]!r}")
     _check_reliability(v["reliability"])
     _check_stats(v["stats"])
     _check_truth(v["truth"])
@@ -612,6 +630,10 @@ def validate(v: dict[str, Any]) -> None:
     seeds = v["models"]["seeds"]
     _expect(isinstance(seeds, list) and all(is_seed(s) for s in seeds) and len(set(seeds)) == len(seeds),
             "models.seeds", f"must be a list of distinct integers {SEED_RANGE}, got {seeds!r}")
+    select = v["models"]["select_seed"]
+    _expect(select == -1 or is_seed(select), "models.select_seed",
+            f"must be -1 (the first of models.seeds) or a training seed {SEED_RANGE}, got {select!r}")
+    _check_parts(v)
     for key in ("models.names", "explain.names", "metrics.names"):
         names = _get(v, key)
         _expect(isinstance(names, list) and len(names) > 0 and all(isinstance(n, str) for n in names), key,
@@ -623,6 +645,49 @@ def validate(v: dict[str, Any]) -> None:
             f'{user!r} is a user model ([models.user.{user}]); tuning (the "post" stage) applies only to models '
             f'pneumobench trains: set models.stages = ["pre"]')
     _check_names(v)
+
+
+PART_FIXED = ("name", "results_dir", "checkpoint_dir", "seed", "parts")  # one per study, never per part
+
+
+def _check_parts(v: dict[str, Any]) -> None:
+    """``[parts.<name>]``: plain names, tables over the config's own keys, none of :data:`PART_FIXED`
+    (each part's whole config is validated when it is made, :func:`part_values`)."""
+    for name, table in v["parts"].items():
+        check_name(name, f"parts.{name}")
+        _expect(isinstance(table, dict), f"parts.{name}", "must be a table of config overrides, e.g. "
+                "{ models = { seeds = [1] } }")
+        fixed = [k for k in table if k in PART_FIXED]
+        _expect(not fixed, f"parts.{name}.{fixed[0] if fixed else ''}",
+                f"is the same for every part of a run ({', '.join(PART_FIXED)}); set it at the top level")
+
+
+def part_values(values: Mapping[str, Any], part: str) -> dict[str, Any]:
+    """The validated config of one part of a run with ``[parts]``: the run's config without
+    ``parts``, its ``[parts.<part>]`` tables merged over it, named ``part``, in
+    ``<results_dir>/<name>/parts``, with the run's checkpoint folder (every part trains and reads
+    the same checkpoints)."""
+    parts = values.get("parts") or {}
+    if part not in parts:
+        raise BenchError(f"--part {part!r}: the config has no [parts.{part}]{did_you_mean(part, parts)}; its parts: "
+                         f"{', '.join(parts) or 'none'}")
+    out = copy.deepcopy({k: v for k, v in values.items() if k != "parts"})
+    out = _merge(out, copy.deepcopy(dict(parts[part])), ())
+    out["parts"] = {}
+    out["name"] = part
+    out["results_dir"] = str(Path(values["results_dir"]) / values["name"] / "parts")
+    out["checkpoint_dir"] = values["checkpoint_dir"] or str(Path(values["results_dir"]) / "checkpoints")
+    out = _merge(copy.deepcopy(DEFAULTS), out, ())
+    try:
+        validate(out)
+    except BenchError as exc:
+        raise BenchError(f"[parts.{part}]: {exc}") from None
+    return out
+
+
+def part_config(cfg: RunConfig, part: str) -> RunConfig:
+    """:func:`part_values` as a :class:`RunConfig` (its source: the run's config file, ``#part``)."""
+    return RunConfig.from_dict(part_values(cfg.to_dict(), part), source=f"{cfg.source}#{part}")
 
 
 def _check_reliability(r: dict[str, Any]) -> None:
@@ -787,6 +852,12 @@ def tune_variants(cfg: RunConfig) -> dict[str, TuneConfig]:
 def training_seeds(cfg: RunConfig) -> list[int]:
     """``models.seeds``, or ``[train.seed]`` (the recipe's default 0) when it is empty."""
     return list(cfg.models.seeds) or [cfg.train.seed]
+
+
+def selection_seed(cfg: RunConfig) -> int:
+    """The training seed whose pre model picks a run's images: ``models.select_seed``, or the first
+    of :func:`training_seeds` when it is -1."""
+    return training_seeds(cfg)[0] if cfg.models.select_seed == -1 else cfg.models.select_seed
 
 
 def stats_settings(cfg: RunConfig) -> StatsSettings:

@@ -191,7 +191,7 @@ def _round(x: float | None) -> float | None:
 
 def write_manifest(run_dir: Path, cfg: RunConfig, device: torch.device, test: ImageSplit, stages: list[Stage],
                    timings: dict[str, float], unit_log: list[dict], written: list[Path], executor: str,
-                   cost: dict[str, Any]) -> None:
+                   cost: dict[str, Any], selection: dict[str, Any] | None = None) -> None:
     manifest = {
         "status": "complete",
         "config": cfg.to_dict(),
@@ -208,6 +208,7 @@ def write_manifest(run_dir: Path, cfg: RunConfig, device: torch.device, test: Im
         "checkpoints": [{"model": s.model_name, "stage": s.stage, "path": str(s.path), "sha256": s.sha256,
                          "test": {k: s.sidecar["test"].get(k) for k in ("acc", "auc", "sensitivity", "specificity")},
                          "train_config": s.sidecar.get("config")} for s in stages],
+        **({"selection": selection} if selection else {}),  # the models that picked the images
         "wall_seconds": {k: round(v, 2) for k, v in timings.items()},
         "cost": cost,
         "units": {"total": len(unit_log), "from_cache": sum(u["cached"] for u in unit_log),

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from bench.core.io import check_entry, ensure_folder
 from bench.core.schema import cell_names, confusion_cells
-from bench.run.config import RunConfig, checkpoint_dir, model_label, training_seeds, tune_variants
+from bench.run.config import RunConfig, checkpoint_dir, model_label, selection_seed, training_seeds, tune_variants
 from bench.run.unit import Stage, Unit
 from datasets import ImageSplit, check_splits, load_split
 from explainers import EXPLAINERS, explainer_params
@@ -129,6 +129,41 @@ def ensure_checkpoints(cfg: RunConfig, train: ImageSplit, val: ImageSplit, test:
     return stages
 
 
+def selection_stages(cfg: RunConfig, stages: list[Stage], train: ImageSplit, val: ImageSplit, test: ImageSplit,
+                     device: torch.device, progress: bool, say: Callable[[str], None]) -> dict[str, Stage]:
+    """Each architecture's image-picking model: the pre model of ``models.select_seed``
+    (:func:`~bench.run.config.selection_seed`). One of the run's stages when it trains that seed;
+    otherwise its checkpoint is trained if missing (the recipe of the run's seeds, at that seed)
+    and loaded to pick images and targets only, never explained (a later part of a study picks
+    the images of its first part). A user model picks its own."""
+    seed = selection_seed(cfg)
+    out: dict[str, Stage] = {}
+    for arch in cfg.models.names:
+        found = next((s for s in stages if s.arch == arch and s.stage == "pre" and (arch in cfg.models.user
+                                                                                  or s.seed == seed)), None)
+        if found is None:
+            tcfg = _train_config(cfg, arch, seed, train)
+            path = default_checkpoint_path(tcfg, train.fingerprint, checkpoint_dir(cfg))
+            if not path.exists():
+                ensure_folder(checkpoint_dir(cfg), what="checkpoint folder", follow=bool(cfg.checkpoint_dir),
+                              probe=True)
+                say(f"[{arch}@seed{seed} pre] picks the images: no checkpoint {path}: training ({tcfg.epochs} "
+                    f"epochs) ...")
+                train_model(tcfg, train, val, test, out=path, device=str(device), progress=progress)
+            check_entry(path, folder=False)
+            check_entry(sidecar_path(path), folder=False)
+            model, info = load_checkpoint(path, expected_model=arch, device=device)
+            found = Stage(f"{arch}@seed{seed}", "pre", path, info["sha256"], read_sidecar(path), model, arch, seed)
+        out[arch] = found
+    return out
+
+
+def selection_record(selectors: Mapping[str, Stage]) -> dict[str, dict[str, object]]:
+    """What the manifest records of the models that picked the images ({arch: model, seed, sha256, path})."""
+    return {arch: {"model": s.model_name, "seed": s.seed, "sha256": s.sha256, "path": str(s.path)}
+            for arch, s in selectors.items()}
+
+
 def _train_config(cfg: RunConfig, name: str, seed: int, train: ImageSplit) -> TrainConfig:
     """The recipe a run trains ``name`` with at ``seed`` on ``train``'s data (validated)."""
     tcfg = cfg.train.recipe(name, seed=seed, dataset=train.name, size=int(train.images.shape[-1]))
@@ -155,19 +190,28 @@ def background(train: ImageSplit, n: int, seed: int) -> Tensor:
     return train.images[idx.sort().values]
 
 
+NESTED_STREAM = 1  # the seed sequence [seed, NESTED_STREAM] draws the nested subset (its own stream)
+
+
 def select_images(test: ImageSplit, preds: Tensor, cfg: RunConfig, seed: int) -> Tensor:
     """All images, or ``per_cell`` images of each confusion cell of the pre model (seeded; the cells
-    of ``len(test.class_names)`` classes: TP/FP/FN/TN, or per class right / wrong)."""
+    of ``len(test.class_names)`` classes: TP/FP/FN/TN, or per class right / wrong); with
+    ``data.nested_per_cell`` > 0, a seeded subset of that many per cell of that sample, drawn from
+    its own stream after it: always images a run at the same ``per_cell`` explains."""
     if cfg.data.sample == "all":
         return torch.arange(len(test))
     k = len(test.class_names)
     cells = np.array(confusion_cells(test.labels.numpy(), preds.numpy(), k))
     rng = np.random.default_rng(seed)
-    chosen = []
+    picked = []
     for cell in cell_names(k):
         idx = np.flatnonzero(cells == cell)
-        chosen += sorted(rng.choice(idx, size=min(cfg.data.per_cell, len(idx)), replace=False).tolist())
-    return torch.as_tensor(sorted(chosen), dtype=torch.long)
+        picked.append(sorted(rng.choice(idx, size=min(cfg.data.per_cell, len(idx)), replace=False).tolist()))
+    nested = cfg.data.nested_per_cell
+    if nested:
+        sub = np.random.default_rng([seed, NESTED_STREAM])
+        picked = [sorted(sub.choice(p, size=min(nested, len(p)), replace=False).tolist()) if p else p for p in picked]
+    return torch.as_tensor(sorted(i for p in picked for i in p), dtype=torch.long)
 
 
 def example_positions(labels: Tensor, preds: Tensor, per_cell: int, num_classes: int = 2) -> list[int]:
@@ -180,10 +224,12 @@ def example_positions(labels: Tensor, preds: Tensor, per_cell: int, num_classes:
 
 
 def plan_units(cfg: RunConfig, stages: list[Stage], test: ImageSplit, reference: Tensor, device: torch.device,
-               run_dir: Path, sample: list[dict] | None = None) -> tuple[list[Planned], dict[str, Examples]]:
+               run_dir: Path, sample: list[dict] | None = None, selectors: Mapping[str, Stage] | None = None
+               ) -> tuple[list[Planned], dict[str, Examples]]:
     """Every unit of the run, in order (model, stage, explainer, shard), and each model's examples.
 
-    The first training seed's pre model of an architecture picks its images (per confusion cell)
+    One pre model of an architecture (``selectors``, :func:`selection_stages`; default its first
+    stage: the first training seed's pre model) picks its images (per confusion cell)
     and, with ``explain.target = "predicted"``, the class every seed and stage of that architecture
     explains, so maps of different seeds and stages are of one scalar on the same images. With a
     post stage or several seeds, stochastic explainers that take a ``seed`` get a reference unit on
@@ -193,12 +239,13 @@ def plan_units(cfg: RunConfig, stages: list[Stage], test: ImageSplit, reference:
     examples: dict[str, Examples] = {}
     for arch in cfg.models.names:
         arch_stages = [s for s in stages if s.arch == arch]
-        pre_preds = checked_predictions(arch_stages[0].model, test.images, device=device, where=arch).argmax(1)
+        picker = (selectors or {}).get(arch, arch_stages[0])
+        pre_preds = checked_predictions(picker.model, test.images, device=device, where=arch).argmax(1)
         index = select_images(test, pre_preds, cfg, cfg.seed)
         if sample is not None and cfg.data.sample == "per_cell":
             k = len(test.class_names)
             cells = np.array(confusion_cells(test.labels.numpy(), pre_preds.numpy(), k))
-            sample += [{"arch": arch, "model": arch_stages[0].model_name, "cell": c, "n_test": int((cells == c).sum()),
+            sample += [{"arch": arch, "model": picker.model_name, "cell": c, "n_test": int((cells == c).sum()),
                         "n_sampled": int((cells[index.numpy()] == c).sum())} for c in cell_names(k)]
         labels = test.labels[index]
         targets = pre_preds[index] if cfg.explain.target == "predicted" else labels

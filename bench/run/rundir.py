@@ -37,12 +37,16 @@ except ImportError:  # pragma: no cover - Windows
     import msvcrt
 
 # where a run lives and how its page shows it, not what it computes
-NOT_IDENTITY = ("name", "results_dir", "checkpoint_dir", "report", "stats", "truth")
+# (and how a study is cut into parts: each part's folder checks its own config)
+NOT_IDENTITY = ("name", "results_dir", "checkpoint_dir", "report", "stats", "truth", "parts")
 # keys added after runs were recorded: at their default they are no part of the identity, so the
 # record of an older run (without the key) still names the same run
-ADDED_KEYS: dict[tuple[str, str], Any] = {("models", "seeds"): [], ("models", "user"): {},
-                                         ("metrics", "precision"): DEFAULT_PRECISION}
+ADDED_KEYS: dict[tuple[str, ...], Any] = {("models", "seeds"): [], ("models", "user"): {},
+                                         ("metrics", "precision"): DEFAULT_PRECISION,
+                                         ("data", "nested_per_cell"): 0, ("models", "select_seed"): -1,
+                                         ("parts",): {}, ("report", "maps"): False}
 MARKER = "manifest.json"  # a run's record: a folder without one is not a run's to adopt
+PARTS = "parts"  # a study's parts (bench/run/parts.py): a folder holding only them is the study's to adopt
 LOCK = ".lock"
 # the layout of a run folder: these are folders, whatever matches RUN_FILES is a file
 RUN_FOLDERS = ("cache", "cache/attributions", "cache/scores", "cache/meta", "figures")
@@ -63,7 +67,7 @@ def check_adoptable(run_dir: Path) -> None:
         return
     except OSError as exc:
         raise os_error(exc, run_dir, "read") from None
-    if names - {LOCK} and MARKER not in names:
+    if names - {LOCK, PARTS} and MARKER not in names:
         raise BenchError(f"{run_dir} is not a run folder (it has no {MARKER}); pneumobench adopts only a new, empty or "
                          f"run folder: choose another --name or --results")
 
@@ -72,19 +76,29 @@ def with_added_keys(values: dict[str, Any]) -> dict[str, Any]:
     """A copy of a recorded config with every key of :data:`ADDED_KEYS` it lacks at its default:
     the config of a run recorded before those keys existed, as this version reads it."""
     out = copy.deepcopy(values)
-    for (table, key), default in ADDED_KEYS.items():
-        if isinstance(out.get(table), dict):
-            out[table].setdefault(key, copy.deepcopy(default))
+    for path, default in ADDED_KEYS.items():
+        node = _table(out, path)
+        if node is not None:
+            node.setdefault(path[-1], copy.deepcopy(default))
     return out
+
+
+def _table(values: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
+    """The table of ``values`` that holds the key ``path[-1]`` (None when it is not a table)."""
+    node: Any = values
+    for key in path[:-1]:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else None
 
 
 def identity(values: dict[str, Any]) -> dict[str, Any]:
     """What makes two configs the same run: everything but where it lives, as JSON types, and
     without the keys of :data:`ADDED_KEYS` at their defaults."""
     out = json.loads(dumps_json({k: v for k, v in values.items() if k not in NOT_IDENTITY}))
-    for (table, key), default in ADDED_KEYS.items():
-        if isinstance(out.get(table), dict) and out[table].get(key, default) == default:
-            out[table].pop(key, None)
+    for path, default in ADDED_KEYS.items():
+        node = _table(out, path)
+        if node is not None and node.get(path[-1], default) == default:
+            node.pop(path[-1], None)
     return out
 
 

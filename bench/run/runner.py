@@ -34,7 +34,7 @@ from bench.run.config import RunConfig
 from bench.run.executors import execute_units
 from bench.run.manifest import cost_summary, time_passes, write_manifest
 from bench.run.rundir import claim
-from bench.run.similarity import similarity_table
+from bench.run.similarity import MAPS, pre_maps, similarity_table, write_maps
 from bench.stats.classifier import compare_classifiers
 
 
@@ -60,24 +60,28 @@ def _run(cfg: RunConfig, run_dir: Path, device: torch.device, say: Callable[[str
 
     t = time.perf_counter()
     stages = P.ensure_checkpoints(cfg, train, val, test, device, progress, say)
+    selectors = P.selection_stages(cfg, stages, train, val, test, device, progress, say)
     timings["checkpoints"] = time.perf_counter() - t
 
     reference = P.background(train, cfg.data.background_size, cfg.seed)
     sample: list[dict] = []
-    plan, examples = P.plan_units(cfg, stages, test, reference, device, run_dir, sample)
+    plan, examples = P.plan_units(cfg, stages, test, reference, device, run_dir, sample, selectors)
     return run_plan(cfg, run_dir, device, test, stages, plan, examples, timings, t_all, say=say, progress=progress,
                     sample=pd.DataFrame(sample, columns=list(SAMPLE_COLUMNS)) if sample else None,
-                    executor=executor, ray_address=ray_address)
+                    executor=executor, ray_address=ray_address, selection=P.selection_record(selectors))
 
 
 def run_plan(cfg: RunConfig, run_dir: Path, device: torch.device, test: P.ImageSplit, stages: list[P.Stage],
              plan: list[P.Planned], examples: dict[str, P.Examples], timings: dict[str, float], t_all: float, *,
              say: Callable[[str], None], progress: bool, executor: str = "local", ray_address: str | None = None,
-             figures: bool | None = None, sample: pd.DataFrame | None = None) -> Path:
+             figures: bool | None = None, sample: pd.DataFrame | None = None,
+             selection: dict[str, Any] | None = None) -> Path:
     """Everything after planning, shared by ``bench run`` and ``bench.evaluate``: the units executed
     through the cache in ``run_dir``, the tables, the figures (``figures``: default the config's)
     and the manifest (``test``: the explained images' split; ``timings``: the phases so far since
-    ``t_all``; ``sample``: the sampling design, written as ``sample.csv``). Returns ``run_dir``."""
+    ``t_all``; ``sample``: the sampling design, written as ``sample.csv``; ``selection``: the models
+    that picked the images, for the manifest). With ``report.maps``, also ``maps.npz`` (every pre
+    map). Returns ``run_dir``."""
     units = [p.unit for p in plan]
     precision = cfg.metrics.precision
     pass_seconds = time_passes(stages, units, precision)
@@ -102,6 +106,9 @@ def run_plan(cfg: RunConfig, run_dir: Path, device: torch.device, test: P.ImageS
     written = write_outputs(run_dir, tables, _model_comparisons(stages, test),
                             _attribution_examples([p for p, _ in main], [r for _, r in main], examples),
                             figures=cfg.figures.enabled if figures is None else figures)
+    (run_dir / MAPS).unlink(missing_ok=True)  # a file of an earlier config must not be combined
+    if cfg.report.maps:
+        written.append(write_maps(run_dir / MAPS, pre_maps([p for p, _ in main], [r for _, r in main])))
     timings["tables_and_figures"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
 
@@ -111,7 +118,7 @@ def run_plan(cfg: RunConfig, run_dir: Path, device: torch.device, test: P.ImageS
                 for p, r in zip(plan, results)]
     cost = cost_summary(units, results, pass_seconds, timings["explain_and_metrics"], precision)
     write_manifest(run_dir, cfg, device, test, stages, timings, unit_log, [*written, run_dir / REPORT], executor,
-                   cost)
+                   cost, selection)
     write_html_report(run_dir)  # after the final manifest it shows: the page `bench report` rebuilds
     say(summary_line(plan, unit_log, timings["total"], cost["explain_and_metrics"]["ratio"], precision))
     return run_dir

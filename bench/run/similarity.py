@@ -15,9 +15,11 @@ into tables with CIs and the test "did tuning change the maps beyond noise?".
 """
 from __future__ import annotations
 
+import io
 import math
 from itertools import combinations
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -25,6 +27,8 @@ import torch
 from torch import Tensor
 
 from bench import metrics as M
+from bench.core.errors import BenchError
+from bench.core.io import atomic_write_bytes, read_regular
 from bench.core.schema import SIMILARITY_COLUMNS, stage_key
 from bench.run.config import RunConfig
 from bench.run.plan import Planned
@@ -103,3 +107,80 @@ def similarity_table(cfg: RunConfig, plan: list[Planned], results: list[dict[str
                     info(la, "pre", e), info(lb, "pre", e))
     table = pd.DataFrame(rows, columns=list(SIMILARITY_COLUMNS))
     return table.sort_values(["model", "explainer", "comparison", "image"], kind="stable").reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- maps.npz: the pre maps of a run
+# With ``report.maps = true`` a run writes every pre-stage map of its images (raw, float32) as
+# ``maps.npz``: ``index|<model>|<explainer>`` (N,) image indices in order, ``maps|<model>|<explainer>``
+# (N, C, H, W). Combining the parts of a study (bench/run/parts.py) reads them for the seed-vs-seed
+# comparison of models that were explained in different parts.
+
+MAPS = "maps.npz"
+Maps = dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]  # (model, explainer) -> (index, maps)
+
+
+def pre_maps(plan: list[Planned], results: list[dict[str, Any]]) -> Maps:
+    """Every complete pre-stage map set of a run's scored units: {(model, explainer): (index, maps)}."""
+    shards: dict[tuple[str, str], list[tuple[np.ndarray, Any]]] = {}
+    for p, r in zip(plan, results):
+        if p.stage.stage == "pre" and not p.reference:
+            shards.setdefault((p.stage.model_name, p.explainer), []).append((p.index.numpy(), r.get("values")))
+    out: Maps = {}
+    for key, parts in shards.items():
+        if all(v is not None for _, v in parts):
+            out[key] = (np.concatenate([i for i, _ in parts]).astype(np.int64),
+                        torch.cat([v for _, v in parts]).detach().float().cpu().numpy())
+    return out
+
+
+def write_maps(path: Path, maps: Maps) -> Path:
+    """``maps.npz`` (atomically; the layout above)."""
+    arrays: dict[str, np.ndarray] = {}
+    for (model, explainer), (index, values) in sorted(maps.items()):
+        arrays[f"index|{model}|{explainer}"] = index
+        arrays[f"maps|{model}|{explainer}"] = values
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def read_maps(path: Path) -> Maps:
+    """The maps of :func:`write_maps`; a damaged file is a one-line error naming it."""
+    try:
+        with np.load(io.BytesIO(read_regular(path)), allow_pickle=False) as z:
+            keys = list(z.keys())
+            out: Maps = {}
+            for k in keys:
+                kind, _, rest = k.partition("|")
+                if kind == "maps":
+                    model, _, explainer = rest.partition("|")
+                    out[(model, explainer)] = (z[f"index|{rest}"].astype(np.int64), z[k].astype(np.float32))
+            return out
+    except (OSError, ValueError, KeyError) as exc:
+        raise BenchError(f"{path} is damaged ({type(exc).__name__}: {exc}); re-run that part to write it "
+                         f"again") from None
+
+
+def seed_similarity(maps: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+                    arch_seed: Mapping[str, tuple[str, int]], cells: Mapping[str, Mapping[int, str]],
+                    mode: str) -> pd.DataFrame:
+    """The ``seed<a> vs seed<b>`` rows of :func:`similarity_table` from saved pre maps of several
+    runs: ``maps`` {(model, explainer): (index, maps)}, ``arch_seed`` {model: (arch, seed)}, ``cells``
+    {model: {image: cell}} (each model's pre cell of an image), ``mode`` the attribution preprocessing."""
+    rows: list[list[Any]] = []
+    labels = sorted({m for m, _ in maps}, key=lambda m: (arch_seed[m][0], arch_seed[m][1]))
+    for la, lb in combinations(labels, 2):
+        (arch, sa), (arch_b, sb) = arch_seed[la], arch_seed[lb]
+        if arch != arch_b:
+            continue
+        for e in sorted({e for m, e in maps if m == la} & {e for m, e in maps if m == lb}):
+            (ia, a), (ib, b) = maps[(la, e)], maps[(lb, e)]
+            common, pa, pb = np.intersect1d(ia, ib, return_indices=True)
+            if not len(common):
+                continue
+            ta = M.preprocess_attributions(torch.as_tensor(a[pa]), mode)
+            tb = M.preprocess_attributions(torch.as_tensor(b[pb]), mode)
+            rho, overlap = map_similarity(ta, tb)
+            rows.extend([arch, e, f"seed{sa} vs seed{sb}", int(i), cells[la].get(int(i), ""),
+                         cells[lb].get(int(i), ""), float(s), float(o)] for i, s, o in zip(common, rho, overlap))
+    return pd.DataFrame(rows, columns=list(SIMILARITY_COLUMNS))
