@@ -2,15 +2,15 @@
 
 :func:`write_html_report` reads only files already in the run folder -- ``manifest.json``, the CSV
 sources of the Markdown tables (``leaderboard.csv``, ``prepost.csv``, ``prepost_by_cell.csv``,
-``prepost_models.json``, ``reliability*.csv``, the stability tables) and ``figures/*.png`` -- and
-writes one page that needs nothing else: the figures are embedded as base64 ``data:`` PNGs, the CSS
-and a small vanilla-JS table sorter are inline, and a Content-Security-Policy forbids every other
-load (no network, no other file). With the run config's ``report.self_contained = false`` the page
-instead links ``figures/*.png`` and the long detail tables' CSV files beside it (CSP ``img-src
-'self'``), for studies whose embedded page would be tens of MB. Every string taken from a file is
-HTML-escaped. The page is deterministic: no timestamp, no path of the run folder, manifest keys and
-figures in sorted order, so ``python -m bench report`` rebuilds it byte for byte
-(:func:`bench.report.rebuild.rebuild` writes it last).
+``prepost_models.json``, ``reliability*.csv``, the stability tables, ``baseline_substrate.csv``) and
+``figures/*.png`` -- and writes one page that needs nothing else: the figures are embedded as base64
+``data:`` PNGs, the CSS and a small vanilla-JS table sorter are inline, and a
+Content-Security-Policy forbids every other load (no network, no other file). With the run config's
+``report.self_contained = false`` the page instead links ``figures/*.png`` and the long detail
+tables' CSV files beside it (CSP ``img-src 'self'``), for studies whose embedded page would be tens
+of MB. Every string taken from a file is HTML-escaped. The page is deterministic: no timestamp, no
+path of the run folder, manifest keys and figures in sorted order, so ``python -m bench report``
+rebuilds it byte for byte (:func:`bench.report.rebuild.rebuild` writes it last).
 
 The page leads with the answer. Sections, in order: the verdict (the seed-pooled leaderboards
 of ``leaderboard_pooled.csv`` when the run trained several seeds, else the run's own; explainers in
@@ -18,9 +18,10 @@ reading order and metrics passing the reliability card first, :mod:`bench.report
 "mean (rank letters)" over the CI; the card's ⚠ marks with their reasons; the critical-difference
 figure), then per model and stage a folded block (its leaderboard when the verdict is pooled, the
 tests behind it, its reliability card, its figures), pre vs post (folded per model), the card's
-detail tables, stability, the remaining figures (folded per kind), provenance. Every figure
-appears once. Colours are Okabe-Ito (colour-blind safe): rank 1 on a sky-blue tint, errors in
-vermillion, metrics that fail the card on an orange tint. Wide tables scroll inside their own box.
+detail tables, the baseline x substrate interaction (folded per model and stage), stability, the
+remaining figures (folded per kind), provenance. Every figure appears once. Colours are Okabe-Ito
+(colour-blind safe): rank 1 on a sky-blue tint, errors in vermillion, metrics that fail the card on
+an orange tint. Wide tables scroll inside their own box.
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ TEXT_COLUMNS = frozenset({
     "model", "stage", "explainer", "metric", "status", "message", "verdict", "cell", "control", "better", "worse",
     "metric_a", "metric_b", "substrate_a", "substrate_b", "expected", "top", "stage_a", "stage_b", "comparison",
     "group", "reference", "test", "post_stage", "substrate", "curve", "beat_random", "a", "b", "letters", "aliases",
-    "family", "method", "not_separated_from_top", "alias"})
+    "family", "method", "not_separated_from_top", "alias", "baseline_a", "baseline_b", "also_differs"})
 # long text: wraps inside its cell
 WRAP_COLUMNS = frozenset({"status", "message", "verdict", "family", "not_separated_from_top"})
 NEGATIVE_IS_NA = frozenset({"beat_random_a", "beat_random_b"})  # -1 stands for "does not apply"
@@ -66,7 +67,9 @@ HEADERS = {"seconds_per_image": "s/image", "peak_mem_mb": "peak MB", "p_adj": "a
            "iac_ar": "IAC AR", "iec_nr": "IEC NR", "iec_ar": "IEC AR", "mc": "MC", "top_overlap": "top-15% overlap",
            "control_beats_real": "control beats a method", "disagreements": "disagree",
            "substrate_tau_min": "substrate tau", "n_images": "images", "n_explainers": "explainers",
-           "n_seeds": "seeds", "reference_mean": "reference mean", "stage_a": "a", "stage_b": "b"}
+           "n_seeds": "seeds", "reference_mean": "reference mean", "stage_a": "a", "stage_b": "b",
+           "a_on_a": "a on A", "b_on_a": "b on A", "a_on_b": "a on B", "b_on_b": "b on B", "interaction": "I",
+           "baseline_a": "A (a's baseline)", "baseline_b": "B (b's baseline)", "pseudo_median": "pseudo-median"}
 
 FIGURE_KINDS = {  # file-name prefix -> (heading, what the figure shows), as plots.py draws them
     "attributions": ("Attribution maps", "TP/FP/FN/TN examples (cell under the pre model): the image beside its pre "
@@ -667,6 +670,30 @@ def _stability(run_dir: Path, embed: bool = True, figures: _Figures | None = Non
     return _section("stability", "Stability", "\n".join(parts)) if parts else ""
 
 
+BASELINE_SUBSTRATE_HEAD = (
+    "Does a method win where its baseline matches the substrate? Per image, g(b, s) is the score (negated where lower "
+    "is better) of the method with baseline b on the deletion/insertion substrate of the same images as baseline s; "
+    "I = [g(A, A) − g(B, A)] − [g(A, B) − g(B, B)] over the images all four cells scored, > 0 when each baseline wins, "
+    "relative to the other, on its own substrate. Cells: mean scores (a on A = method a on its own baseline's "
+    "substrate). I: mean with its BCa bootstrap interval at the family's level (level); p: Wilcoxon signed-rank, adj. "
+    "p: Bonferroni over the model's rows; the verdict is the test's. Details in baseline_substrate.md.")
+
+
+def _baseline_substrate(run_dir: Path) -> str:
+    """``baseline_substrate.csv`` (a run with explainer variants of different baselines), folded per model and stage."""
+    table = read_table(run_dir / "baseline_substrate.csv")
+    if table is None or not len(table):
+        return ""
+    parts = [_p(BASELINE_SUBSTRATE_HEAD)]
+    for (model, stage), sub in sorted(table.groupby(["model", "stage"], sort=False),
+                                      key=lambda kv: (kv[0][0], stage_key(kv[0][1]))):
+        won = int(sub["verdict"].str.startswith("baseline matches").sum())
+        parts.append(f'<details class="table"><summary>{_e(model)} · {_e(stage)}: {won} of {len(sub)} rows win on '
+                     f"their own substrate</summary>\n{_p(str(sub['family'].iloc[0]))}\n"
+                     + _frame_table(sub, drop=["model", "stage", "family"]) + "\n</details>")
+    return _section("baseline_substrate", TITLES["baseline_substrate"], "\n".join(parts))
+
+
 # ----------------------------------------------------------------------------- figures
 
 
@@ -851,7 +878,8 @@ JS = """
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 CSP_LINKED = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 TITLES = {"verdict": "Verdict", "details": "By model and stage", "prepost": "Pre vs post",
-          "reliability": "Reliability card", "stability": "Stability", "figures": "Figures", "provenance": "Provenance"}
+          "reliability": "Reliability card", "baseline_substrate": "Baseline vs substrate", "stability": "Stability",
+          "figures": "Figures", "provenance": "Provenance"}
 DETAIL_KINDS = ("leaderboard", "cd", "reliability", "curves", "substrates")  # figures shown in a (model, stage) fold
 
 
@@ -897,7 +925,8 @@ def render_html_report(run_dir: str | Path) -> str:
     sections["details"] = _details_by_table(board, card, read_table(run_dir / "comparisons.csv"),
                                             read_table(run_dir / "friedman.csv"), figures, pooled is not None)
     sections.update(prepost=_prepost(run_dir, embed, figures), reliability=_reliability(card, embed),
-                    stability=_stability(run_dir, embed, figures), figures=figures.rest(),
+                    baseline_substrate=_baseline_substrate(run_dir), stability=_stability(run_dir, embed, figures),
+                    figures=figures.rest(),
                     provenance=_provenance(run_dir, manifest))
     nav = "".join(f'<a href="#{a}">{TITLES[a]}</a>' for a, s in sections.items() if s)
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"

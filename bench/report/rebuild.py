@@ -6,7 +6,9 @@
 run and of a later ``bench report`` come from the same bytes through the same code: byte for byte
 the same. The leaderboard and pre/post tables come from ``scores.csv`` (plus
 ``prepost_models.json`` for the model-level comparison); the reliability card also from
-``substrates.csv`` and ``meta.csv``; figures also from the curves and ``attributions.npz``.
+``substrates.csv`` and ``meta.csv``; the baseline x substrate interaction of explainer variants with
+different baselines (:mod:`bench.report.baseline_substrate`) from ``scores.csv`` and
+``substrates.csv``; figures also from the curves and ``attributions.npz``.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from bench.core.errors import BenchError
 from bench.core.io import atomic_write_json, atomic_write_text
 from bench.core.text import csv_text
 from bench.metrics import METRICS
-from bench.report import html, leaderboard, plots, reliability, stability
+from bench.report import baseline_substrate, html, leaderboard, plots, reliability, stability
 from bench.report.comparisons import compare, goodness_tables
 from bench.report.plots import AttributionExamples
 from bench.stats.aliases import collapse, find_aliases
@@ -86,6 +88,7 @@ def rebuild(run_dir: str | Path, *, figures: bool = True, page: bool = True) -> 
     aliases = find_aliases(raw, rtol=settings.alias_rtol, atol=settings.alias_atol, extra=[measured["substrates.csv"]],
                            maps=_example_maps(examples))
     scores = collapse(raw, aliases)
+    raw_substrates = measured["substrates.csv"]  # the baseline pairs are named explainers: never collapsed away
     measured = {name: collapse(t, aliases) for name, t in measured.items()}
     kinds = leaderboard.metric_kinds(scores["metric"].unique())
     tables = goodness_tables(scores)
@@ -105,6 +108,7 @@ def rebuild(run_dir: str | Path, *, figures: bool = True, page: bool = True) -> 
                                        settings=settings, note=note) + written
     written += stability.write_stability(run_dir, scores, measured["similarity.csv"], settings=settings, kinds=kinds,
                                          tables=tables, aliases=aliases)
+    written += baseline_substrate.write_baseline_substrate(run_dir, raw, raw_substrates, manifest, settings)
     if figures:
         ptables, pooled = stability.pooled(tables, settings, kinds)
         written += plots.write_figures(run_dir, scores, curves=measured["curves.csv"], board=board,

@@ -40,6 +40,8 @@ FAMILIES: dict[str, str] = {
     "variants": "every row of one model's tuning-policy table (pairs of post stages x explainer x metric)",
     "similarity": "every row of one model's map-similarity tests (post stage x explainer x reference); the pooled "
                   "rows of an architecture form their own family",
+    "baseline_substrate": "every row of one model's baseline x substrate interaction table (stage x explainer pair x "
+                          "metric): baseline_substrate.csv",
 }
 
 
