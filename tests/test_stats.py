@@ -333,3 +333,25 @@ def test_settings_margins_and_families():
     assert "pooled" in FAMILIES
     with pytest.raises(KeyError):
         family_label("nope", size=1)
+
+
+def test_the_draws_root_does_not_depend_on_the_eigenvector_basis():
+    """max-T's null and P(top stays) draw g @ S: S must be the symmetric root, unique even where an
+    eigenvalue repeats (equal or identical contrasts), so the seeded draws agree across LAPACKs."""
+    from bench.stats.estimate import sqrt_psd
+
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((5, 5)))
+    w = np.array([2.0, 2.0, 2.0, 0.5, 0.0])  # a repeated eigenvalue and a zero one (a singular matrix)
+    a = (q * w) @ q.T
+    s = sqrt_psd(a)
+    np.testing.assert_allclose(s @ s, a, atol=1e-12)
+    np.testing.assert_allclose(s, s.T, atol=1e-12)
+    # another orthonormal basis of the repeated eigenspace: the factor V sqrt(W) changes, S does not
+    r, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    q2 = q.copy()
+    q2[:, :3] = q[:, :3] @ r
+    f1, f2 = q * np.sqrt(w), q2 * np.sqrt(w)
+    assert np.abs(f1 - f2).max() > 0.1
+    s2 = (q2 * np.sqrt(w)) @ q2.T
+    np.testing.assert_allclose(s, s2, atol=1e-12)

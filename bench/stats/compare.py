@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bench.stats.estimate import crossed_covariance, mean_estimate, t_interval, t_pvalue
+from bench.stats.estimate import crossed_covariance, mean_estimate, sqrt_psd, t_interval, t_pvalue
 
 __all__ = ["FAMILY_COLUMNS", "PAIR_COLUMNS", "compact_letters", "dominance_ranks", "family_tests", "friedman",
            "mean_ranks", "pairwise", "verdict_text"]
@@ -61,9 +61,7 @@ def max_z_null(corr: np.ndarray, draws: int, seed: int) -> np.ndarray:
     """Sorted draws of ``max_k |Z_k|``, ``Z ~ N(0, corr)``: the null distribution of the largest of
     the family's standardised statistics (``corr`` may be singular: contrasts that are sums of
     others)."""
-    w, v = np.linalg.eigh((corr + corr.T) / 2)
-    root = v * np.sqrt(np.clip(w, 0.0, None))
-    z = np.random.default_rng(seed).standard_normal((draws, corr.shape[0])) @ root.T
+    z = np.random.default_rng(seed).standard_normal((draws, corr.shape[0])) @ sqrt_psd(corr)
     return np.sort(np.abs(z).max(axis=1))
 
 

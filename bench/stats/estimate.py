@@ -32,7 +32,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["MeanEstimate", "bonferroni", "bootstrap_ci", "complete", "crossed_covariance", "finite", "holm",
+__all__ = ["MeanEstimate", "bonferroni", "bootstrap_ci", "complete", "crossed_covariance", "finite", "holm", "sqrt_psd",
            "mean_estimate", "p_top", "t_interval", "t_pvalue"]
 
 CONFIDENCE = 0.95
@@ -221,6 +221,15 @@ def _psd(a: np.ndarray) -> np.ndarray:
     return (v * np.clip(w, 0.0, None)) @ v.T
 
 
+def sqrt_psd(a: np.ndarray) -> np.ndarray:
+    """The symmetric square root ``S = V sqrt(W) V'`` of a covariance matrix (negative eigenvalues
+    set to 0): ``g @ S`` for standard normal rows ``g`` has covariance ``a``. Unlike the factor
+    ``V sqrt(W)``, ``S`` does not depend on which eigenvectors LAPACK returns for a repeated (or zero)
+    eigenvalue, so seeded draws give the same numbers on every machine (up to rounding)."""
+    w, v = np.linalg.eigh((a + a.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
 def crossed_covariance(y: np.ndarray) -> np.ndarray:
     """Covariance matrix of the ``k`` pooled means of ``y (seeds, images, k)`` under the crossed
     random-effects model (module docstring), from the ANOVA mean-square-and-product matrices with
@@ -275,10 +284,8 @@ def p_top(y: np.ndarray, *, draws: int, seed: int) -> np.ndarray:
     means = a.mean(axis=(0, 1))
     order_ = np.argsort(-means, kind="stable")
     df = mean_estimate(a[:, :, order_[0]] - a[:, :, order_[1]]).df
-    w, v = np.linalg.eigh(cov)
-    root = v * np.sqrt(np.clip(w, 0.0, None))
     rng = np.random.default_rng(seed)
-    z = rng.standard_normal((draws, k)) @ root.T
+    z = rng.standard_normal((draws, k)) @ sqrt_psd(cov)
     if np.isfinite(df):
         z *= np.sqrt(df / rng.chisquare(df, size=(draws, 1)))
     d = means + z
