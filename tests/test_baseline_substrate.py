@@ -259,3 +259,36 @@ def test_a_variant_with_the_same_baseline_writes_no_file(tmp_path):
     run = _run(tmp_path, [IG, IGB, "random"], {IGB: {"baseline": "zero"}})
     rebuild(run, figures=False)
     assert not (run / "baseline_substrate.csv").exists()
+
+
+def test_a_real_run_with_baseline_variants_writes_the_table(tmp_path):
+    """bench run end to end: integrated gradients with a zero and a blur baseline, scored on the zero
+    and blur substrates (the card's re-scoring), gives one row per metric with the four cells and a
+    verdict; the cells are the run's own scores (scores.csv, substrates.csv)."""
+    from bench.report.leaderboard import read_scores
+    from bench.run import runner
+    from bench.run.config import load_config
+
+    over = [f'results_dir="{tmp_path / "results"}"', f'checkpoint_dir="{tmp_path / "ck"}"', 'name="bs"', 'device="cpu"',
+            'data.dataset="synthetic"', "data.options.n=96", "data.per_cell=2", "data.background_size=8",
+            'models.names=["tiny"]', 'models.stages=["pre"]', "train.epochs=3", "train.batch_size=32",
+            'explain.names=["captum.integrated_gradients", "captum.integrated_gradients@blur", "random"]',
+            'explain.params={"captum.integrated_gradients" = {n_steps = 8}, '
+            '"captum.integrated_gradients@blur" = {n_steps = 8, baseline = "blur"}}',
+            'metrics.names=["deletion_auc", "insertion_auc"]',
+            'metrics.params={"deletion_auc" = {steps = 8}, "insertion_auc" = {steps = 8}}',
+            'reliability.substrates=["zero", "blur"]', "reliability.imputation=false", "reliability.bootstrap=100",
+            "figures.enabled=false"]
+    run_dir = runner.run(load_config(None, over), progress=False)
+    table = pd.read_csv(run_dir / "baseline_substrate.csv")
+    assert sorted(table["metric"]) == ["deletion_auc", "insertion_auc"]
+    assert set(table["a"]) | set(table["b"]) == {"captum.integrated_gradients", "captum.integrated_gradients@blur"}
+    subs = pd.read_csv(run_dir / "substrates.csv")
+    scores = read_scores(run_dir / "scores.csv")
+    row = table[table["metric"] == "deletion_auc"].iloc[0]
+    zero_name = row["a"] if row["baseline_a"] == "zero" else row["b"]
+    own = subs[(subs["metric"] == "deletion_auc") & (subs["substrate"] == "zero") & (subs["explainer"] == zero_name)]
+    col = "a_on_a" if row["baseline_a"] == "zero" else "b_on_b"
+    assert row[col] == pytest.approx(own["value"].mean(), rel=1e-6)
+    assert len(scores[scores["metric"] == "deletion_auc"]["image"].unique()) == row["n"]
+    assert isinstance(row["verdict"], str) and row["verdict"]
