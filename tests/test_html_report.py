@@ -189,7 +189,7 @@ def test_a_page_that_is_not_self_contained_links_its_figures_and_long_tables(run
     manifest = json.loads((linked_run / "manifest.json").read_text())
     units = manifest["units"]  # the same run, not recomputed (failed units are never cached: they are retried)
     assert units["from_cache"] + len(units["failed"]) == units["total"] and units["from_cache"] > 0
-    assert manifest["config"]["report"] == {"self_contained": False}
+    assert manifest["config"]["report"] == {"self_contained": False, "maps": False}
     embedded, linked = _parse(run_dir / "report.html"), _parse(linked_run / "report.html")
     assert linked.cells == embedded.cells and len(linked.cells) > 0
     pngs = sorted(p.name for p in (linked_run / "figures").glob("*.png"))
