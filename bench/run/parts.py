@@ -56,17 +56,23 @@ def part_dir(part: RunConfig) -> Path:
     return Path(part.results_dir) / part.name
 
 
-def finished(part: RunConfig) -> bool:
-    """The part's folder holds a complete run of exactly this config."""
+def finished_record(part: RunConfig) -> dict[str, Any] | None:
+    """The manifest of the part's folder when it records a complete run of exactly this config, else None."""
     path = part_dir(part) / MARKER
     if not path.is_file():
-        return False
+        return None
     try:
         record = json.loads(read_regular(path))
     except (ValueError, OSError):
-        return False
-    return (isinstance(record, dict) and record.get("status") == DONE and isinstance(record.get("config"), dict)
+        return None
+    done = (isinstance(record, dict) and record.get("status") == DONE and isinstance(record.get("config"), dict)
             and identity(record["config"]) == identity(part.to_dict()) and (part_dir(part) / "scores.csv").is_file())
+    return record if done else None
+
+
+def finished(part: RunConfig) -> bool:
+    """The part's folder holds a complete run of exactly this config."""
+    return finished_record(part) is not None
 
 
 def run_parts(cfg: RunConfig, *, only: str | None = None, progress: bool = True,
@@ -106,10 +112,11 @@ def combine(cfg: RunConfig, *, say: Callable[[str], None] = print) -> Path:
 def _records(cfg: RunConfig, parts: list[tuple[str, RunConfig]]) -> list[dict[str, Any]]:
     out = []
     for name, part in parts:
-        if not finished(part):
+        record = finished_record(part)
+        if record is None:
             raise BenchError(f"part {name} has not finished ({part_dir(part)} holds no complete run of its config); "
                              f"run python -m bench run --config {cfg.source or '<config>'} --part {name}")
-        out.append(json.loads(read_regular(part_dir(part) / MARKER)))
+        out.append(record)
     return out
 
 
@@ -162,19 +169,19 @@ def _check_models(parts: list[tuple[str, RunConfig]], records: list[dict[str, An
     return [c for _, c in seen.values()]
 
 
-def _relabel(table: pd.DataFrame | None, rename: dict[str, str]) -> pd.DataFrame | None:
-    if table is None:
-        return None
+def _renamed(table: pd.DataFrame, rename: dict[str, str]) -> pd.DataFrame:
+    """``table`` with its model labels the study's (a table without a model column as it is)."""
     out = table.copy()
     if "model" in out.columns:
         out["model"] = out["model"].map(lambda m: rename.get(m, m))
     return out
 
 
-KEYS = {"scores.csv": ["model", "stage", "explainer", "metric", "image"],
-        "substrates.csv": ["model", "stage", "explainer", "metric", "substrate", "image"],
-        "curves.csv": ["model", "stage", "explainer", "curve", "image", "fraction"],
-        "substrate_curves.csv": ["model", "stage", "explainer", "curve", "substrate", "fraction"]}
+def _relabel(table: pd.DataFrame | None, rename: dict[str, str]) -> pd.DataFrame | None:
+    return None if table is None else _renamed(table, rename)
+
+
+SCORE_KEY = ["model", "stage", "explainer", "metric", "image"]  # one row of scores.csv
 OWNED_BY = {"scores.csv": "metric", "substrates.csv": "metric", "curves.csv": "curve", "substrate_curves.csv": "curve"}
 
 
@@ -193,7 +200,7 @@ def _owned(tables: list[pd.DataFrame | None], owners: dict[tuple[str, str, str],
 
 def _overlap(scores: list[pd.DataFrame], owners: dict[tuple[str, str, str], int]) -> dict[str, Any]:
     """Rows scored in more than one part: per metric their count and largest |difference|."""
-    keys = KEYS["scores.csv"]
+    keys = SCORE_KEY
     tagged = pd.concat([s.assign(_part=k) for k, s in enumerate(scores)], ignore_index=True)
     tagged = tagged[tagged["status"] == "ok"]
     out: dict[str, Any] = {}
@@ -218,9 +225,7 @@ def _combine(cfg: RunConfig, parts: list[tuple[str, RunConfig]], parent: Path, s
     names = relabels(cfg, parts)
     checkpoints = _check_models(parts, records, names)
     dirs = [part_dir(p) for _, p in parts]
-    scores = [_relabel(read_scores(d / "scores.csv"), r) for d, r in zip(dirs, names)]
-    assert all(s is not None for s in scores)
-    score_list: list[pd.DataFrame] = [s for s in scores if s is not None]
+    score_list = [_renamed(read_scores(d / "scores.csv"), r) for d, r in zip(dirs, names)]
     # the owner of each (model, stage, metric): the part with the most images of it
     owners: dict[tuple[str, str, str], int] = {}
     counts: dict[tuple[str, str, str], int] = {}
@@ -248,7 +253,7 @@ def _combine(cfg: RunConfig, parts: list[tuple[str, RunConfig]], parent: Path, s
     atomic_write_json(parent / MARKER, {**manifest, "status": "running"})  # the settings rebuild reads
     scores_table = tables.pop("scores")
     assert scores_table is not None
-    written = write_outputs(parent, {"scores": _sorted(scores_table, KEYS["scores.csv"]),
+    written = write_outputs(parent, {"scores": _sorted(scores_table, SCORE_KEY),
                                      **{k: v for k, v in tables.items() if v is not None}},
                             prepost, examples, figures=cfg.figures.enabled)
     atomic_write_json(parent / MARKER, {**manifest, "files": sorted(str(p.relative_to(parent))

@@ -82,10 +82,7 @@ def ensure_checkpoints(cfg: RunConfig, train: ImageSplit, val: ImageSplit, test:
 
     def load(path: Path, arch: str) -> tuple[nn.Module, dict, dict]:
         if path not in loaded:
-            check_entry(path, folder=False)  # never through a link, never a FIFO
-            check_entry(sidecar_path(path), folder=False)
-            model, info = load_checkpoint(path, expected_model=arch, device=device)
-            loaded[path] = (model, info, read_sidecar(path))
+            loaded[path] = _load_checked(path, arch, device)
         return loaded[path]
 
     trained = [(name, seed, _train_config(cfg, name, seed, train)) for name in cfg.models.names
@@ -150,10 +147,8 @@ def selection_stages(cfg: RunConfig, stages: list[Stage], train: ImageSplit, val
                 say(f"[{arch}@seed{seed} pre] picks the images: no checkpoint {path}: training ({tcfg.epochs} "
                     f"epochs) ...")
                 train_model(tcfg, train, val, test, out=path, device=str(device), progress=progress)
-            check_entry(path, folder=False)
-            check_entry(sidecar_path(path), folder=False)
-            model, info = load_checkpoint(path, expected_model=arch, device=device)
-            found = Stage(f"{arch}@seed{seed}", "pre", path, info["sha256"], read_sidecar(path), model, arch, seed)
+            model, info, side = _load_checked(path, arch, device)
+            found = Stage(f"{arch}@seed{seed}", "pre", path, info["sha256"], side, model, arch, seed)
         out[arch] = found
     return out
 
@@ -162,6 +157,15 @@ def selection_record(selectors: Mapping[str, Stage]) -> dict[str, dict[str, obje
     """What the manifest records of the models that picked the images ({arch: model, seed, sha256, path})."""
     return {arch: {"model": s.model_name, "seed": s.seed, "sha256": s.sha256, "path": str(s.path)}
             for arch, s in selectors.items()}
+
+
+def _load_checked(path: Path, arch: str, device: torch.device) -> tuple[nn.Module, dict, dict]:
+    """(model, checkpoint info, sidecar) of a checkpoint of ``arch``, the file and its sidecar never
+    read through a link or from a FIFO."""
+    check_entry(path, folder=False)
+    check_entry(sidecar_path(path), folder=False)
+    model, info = load_checkpoint(path, expected_model=arch, device=device)
+    return model, info, read_sidecar(path)
 
 
 def _train_config(cfg: RunConfig, name: str, seed: int, train: ImageSplit) -> TrainConfig:
