@@ -57,9 +57,9 @@ from bench.stats.estimate import bonferroni, bootstrap_ci
 from bench.stats.settings import StatsSettings, family_label
 from explainers import explainer_params
 
-__all__ = ["BASELINE_SUBSTRATE", "COLUMNS", "METRICS_STUDIED", "VERDICT_MATCH", "VERDICT_OPPOSITE", "Pair",
-           "by_substrate", "cells", "find_pairs", "interaction_table", "interactions", "own_substrates", "render_md",
-           "write_baseline_substrate"]
+__all__ = ["BASELINE_SUBSTRATE", "COLUMNS", "EXPLANATION", "METRICS_STUDIED", "VERDICT_MATCH", "VERDICT_OPPOSITE",
+           "Pair", "by_substrate", "cells", "find_pairs", "interaction_table", "interactions", "own_substrates",
+           "render_md", "write_baseline_substrate"]
 
 # An explainer's baseline -> the metric substrate made of the same images. One function makes both
 # (explainers.references.make_substrate), so the match is exact; "blur" also needs the same sigma.
@@ -297,17 +297,21 @@ def _f(x: Any, spec: str = ".4g") -> str:
     return fmt_number(x, spec)
 
 
+EXPLANATION = (  # what the table is: the head of baseline_substrate.md and of its report.html section
+    "Per image, g(b, s) is the score (negated where lower is better) of the method with baseline b on the "
+    "deletion/insertion substrate made of the same images as baseline s; the interaction is "
+    "I = [g(A, A) − g(B, A)] − [g(A, B) − g(B, B)] for the two baselines A (method a) and B (method b), "
+    "over the images all four cells scored. I > 0: each baseline wins, relative to the other, on its own "
+    "substrate; I < 0: the opposite. Cells: mean scores in the metric's units (a on A = method a on the "
+    "substrate of its own baseline). I: mean with its BCa bootstrap interval at the family's level; "
+    "pseudo-median: Hodges-Lehmann; p: Wilcoxon signed-rank, adj. p: Bonferroni over the model's rows; "
+    "the verdict is the test's. blur_sigma: of the blur baseline and the blur substrate (the same).")
+
+
 def render_md(table: pd.DataFrame, notes: Sequence[str] = ()) -> str:
     """``baseline_substrate.md``: what the interaction is, then one table per model."""
     lines = ["# Does a method win where its baseline matches the substrate?", "",
-             "Per image, g(b, s) is the score (negated where lower is better) of the method with baseline b on the "
-             "deletion/insertion substrate made of the same images as baseline s; the interaction is "
-             "I = [g(A, A) − g(B, A)] − [g(A, B) − g(B, B)] for the two baselines A (method a) and B (method b), "
-             "over the images all four cells scored. I > 0: each baseline wins, relative to the other, on its own "
-             "substrate; I < 0: the opposite. Cells: mean scores in the metric's units (a on A = method a on the "
-             "substrate of its own baseline). I: mean with its BCa bootstrap interval at the family's level; "
-             "pseudo-median: Hodges-Lehmann; p: Wilcoxon signed-rank, adj. p: Bonferroni over the model's rows; "
-             "the verdict is the test's. blur_sigma: of the blur baseline and the blur substrate (the same).", ""]
+             EXPLANATION, ""]
     for model, g in table.groupby("model", sort=True):
         lines += [f"## {md_text(model)}", "", f"Family: {g['family'].iloc[0]}.", ""]
         lines += markdown_table(

@@ -40,6 +40,7 @@ from bench.core.errors import BenchError, one_line
 from bench.core.io import atomic_write_text
 from bench.core.schema import move_cells, stage_key
 from bench.core.text import fmt_number
+from bench.report import baseline_substrate
 from bench.report.format import SCALARS, arrow, card_fails, metric_order, rank_order, rank_text, slug
 from bench.report.leaderboard import (LEADERBOARD_COLUMNS, LEADERBOARD_HEAD, PREPOST_BY_CELL_COLUMNS, PREPOST_COLUMNS,
                                       read_prepost_models)
@@ -670,24 +671,15 @@ def _stability(run_dir: Path, embed: bool = True, figures: _Figures | None = Non
     return _section("stability", "Stability", "\n".join(parts)) if parts else ""
 
 
-BASELINE_SUBSTRATE_HEAD = (
-    "Does a method win where its baseline matches the substrate? Per image, g(b, s) is the score (negated where lower "
-    "is better) of the method with baseline b on the deletion/insertion substrate of the same images as baseline s; "
-    "I = [g(A, A) − g(B, A)] − [g(A, B) − g(B, B)] over the images all four cells scored, > 0 when each baseline wins, "
-    "relative to the other, on its own substrate. Cells: mean scores (a on A = method a on its own baseline's "
-    "substrate). I: mean with its BCa bootstrap interval at the family's level (level); p: Wilcoxon signed-rank, adj. "
-    "p: Bonferroni over the model's rows; the verdict is the test's. Details in baseline_substrate.md.")
-
-
 def _baseline_substrate(run_dir: Path) -> str:
     """``baseline_substrate.csv`` (a run with explainer variants of different baselines), folded per model and stage."""
     table = read_table(run_dir / "baseline_substrate.csv")
     if table is None or not len(table):
         return ""
-    parts = [_p(BASELINE_SUBSTRATE_HEAD)]
+    parts = [_p(f"{baseline_substrate.EXPLANATION} Details in baseline_substrate.md.")]
     for (model, stage), sub in sorted(table.groupby(["model", "stage"], sort=False),
                                       key=lambda kv: (kv[0][0], stage_key(kv[0][1]))):
-        won = int(sub["verdict"].str.startswith("baseline matches").sum())
+        won = int(sub["verdict"].str.startswith(baseline_substrate.VERDICT_MATCH).sum())
         parts.append(f'<details class="table"><summary>{_e(model)} · {_e(stage)}: {won} of {len(sub)} rows win on '
                      f"their own substrate</summary>\n{_p(str(sub['family'].iloc[0]))}\n"
                      + _frame_table(sub, drop=["model", "stage", "family"]) + "\n</details>")
