@@ -241,3 +241,30 @@ def test_parts_that_explained_different_models_are_refused(study, tmp_path):
     mpath.unlink()
     msg = bench_error(PT.combine, cfg2, say=lambda s: None)
     assert "--part s0-post" in msg and "\n" not in msg
+
+
+def test_parts_may_split_the_explainers_of_one_model_stage(study):
+    """Two parts explain one model stage with different explainers: the combined run holds both
+    sets of rows, the same as one part with all the explainers scored (same checkpoint, same images)."""
+    tmp, cfg, _ = study
+    head, _, _ = BASE.partition("[parts.s0-pre]")
+    text = head.replace('name = "study"', 'name = "split"').format(
+        results=tmp / "results", ck=tmp / "ck", explainers=json.dumps(EXPLAINERS))
+    text += ('[parts.a]\nmodels = { seeds = [0], stages = ["pre"] }\n'
+             'explain = { names = ["captum.saliency", "random"] }\n'
+             '[parts.b]\nmodels = { seeds = [0], stages = ["pre"] }\n'
+             'explain = { names = ["captum.integrated_gradients"] }\n')
+    (tmp / "split.toml").write_text(text)
+    split = load_config(tmp / "split.toml")
+    parent = PT.run_parts(split, progress=False, say=lambda s: None)
+    got = read_scores(parent / "scores.csv")
+    a, b = (read_scores(PT.part_dir(part_config(split, n)) / "scores.csv") for n in ("a", "b"))
+    assert set(a["explainer"]) == {"captum.saliency", "random"} and set(b["explainer"]) == {"captum.integrated_gradients"}
+    assert len(got) == len(a) + len(b) and set(got["explainer"]) == set(EXPLAINERS)
+    one = _part_scores(cfg, "s0-pre")  # the first study's seed-0 pre part: every explainer in one run
+    key, cols = ["explainer", "metric", "image"], ["stage", "explainer", "metric", "image", "value", "status"]
+    exact = one[one["explainer"] != "random"][cols].sort_values(key).reset_index(drop=True)
+    mine = got[got["explainer"] != "random"][cols].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(mine, exact, atol=1e-6)  # the timing columns differ, the scores not
+    board = pd.read_csv(parent / "leaderboard.csv")
+    assert set(board["explainer"]) >= set(EXPLAINERS)

@@ -13,8 +13,9 @@ and the same config, is taken as it is, without its cache) and then :func:`combi
 Combining checks that every part is finished with the config the study gives it, that one model
 stage has one checkpoint (sha256) in every part, and that every part of an architecture had its
 images picked by the same model. Model labels become ``<arch>@seed<k>`` when the study has several
-seeds (a one-seed part labels its model ``<arch>``). Per (model, stage, metric) the rows come from
-the part that scored the most images (ties: the first part); rows another part scored again on
+seeds (a one-seed part labels its model ``<arch>``). Per (model, stage, explainer, metric) the rows
+come from the part that scored the most images (ties: the first part), so parts may also split the
+explainers of one model stage; rows another part scored again on
 the same images are compared and the largest difference is recorded (``overlap`` in the
 manifest; the ROAD noise and any per-batch draw differ with the images beside it). The seed-vs-seed
 map similarity of models explained in different parts comes from their ``maps.npz``
@@ -23,6 +24,7 @@ map similarity of models explained in different parts comes from their ``maps.np
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -182,23 +184,24 @@ def _relabel(table: pd.DataFrame | None, rename: dict[str, str]) -> pd.DataFrame
 
 
 SCORE_KEY = ["model", "stage", "explainer", "metric", "image"]  # one row of scores.csv
+OWNER_KEY = SCORE_KEY[:4]  # rows of one part per (model, stage, explainer, metric)
 OWNED_BY = {"scores.csv": "metric", "substrates.csv": "metric", "curves.csv": "curve", "substrate_curves.csv": "curve"}
 
 
-def _owned(tables: list[pd.DataFrame | None], owners: dict[tuple[str, str, str], int], column: str,
+def _owned(tables: list[pd.DataFrame | None], owners: dict[tuple[str, str, str, str], int], column: str,
            curve_metric: dict[str, str]) -> pd.DataFrame | None:
-    """The rows of each (model, stage, metric) from the part that owns it."""
+    """The rows of each (model, stage, explainer, metric) from the part that owns it."""
     kept = []
     for k, t in enumerate(tables):
         if t is None or not len(t):
             continue
         metric = t[column].map(lambda c: curve_metric.get(c, c)) if column == "curve" else t[column]
-        mine = [owners.get((m, s, x)) == k for m, s, x in zip(t["model"], t["stage"], metric)]
+        mine = [owners.get((m, s, e, x)) == k for m, s, e, x in zip(t["model"], t["stage"], t["explainer"], metric)]
         kept.append(t[np.asarray(mine, dtype=bool)])
     return pd.concat(kept, ignore_index=True) if kept else None
 
 
-def _overlap(scores: list[pd.DataFrame], owners: dict[tuple[str, str, str], int]) -> dict[str, Any]:
+def _overlap(scores: list[pd.DataFrame], owners: dict[tuple[str, str, str, str], int]) -> dict[str, Any]:
     """Rows scored in more than one part: per metric their count and largest |difference|."""
     keys = SCORE_KEY
     tagged = pd.concat([s.assign(_part=k) for k, s in enumerate(scores)], ignore_index=True)
@@ -226,14 +229,14 @@ def _combine(cfg: RunConfig, parts: list[tuple[str, RunConfig]], parent: Path, s
     checkpoints = _check_models(parts, records, names)
     dirs = [part_dir(p) for _, p in parts]
     score_list = [_renamed(read_scores(d / "scores.csv"), r) for d, r in zip(dirs, names)]
-    # the owner of each (model, stage, metric): the part with the most images of it
-    owners: dict[tuple[str, str, str], int] = {}
-    counts: dict[tuple[str, str, str], int] = {}
+    # the owner of each (model, stage, explainer, metric): the part with the most images of it
+    owners: dict[tuple[str, str, str, str], int] = {}
+    counts: dict[tuple[str, str, str, str], int] = {}
     for k, s in enumerate(score_list):
-        for raw, n in s.groupby(["model", "stage", "metric"])["image"].nunique().items():
-            m, st, metric = (str(x) for x in raw)
-            if int(n) > counts.get((m, st, metric), 0):
-                owners[(m, st, metric)], counts[(m, st, metric)] = k, int(n)
+        for raw, n in s.groupby(OWNER_KEY)["image"].nunique().items():
+            key = tuple(str(x) for x in raw)
+            if int(n) > counts.get(key, 0):
+                owners[key], counts[key] = k, int(n)
     merged = pd.concat(score_list, ignore_index=True)
     tables: dict[str, pd.DataFrame | None] = {}
     measured = {name: [_relabel(_read_csv(d / name), r) for d, r in zip(dirs, names)] for name in MEASURED}
@@ -322,16 +325,25 @@ def _prepost(dirs: list[Path], names: list[dict[str, str]]) -> dict[str, Any] | 
 
 
 def _examples(dirs: list[Path], names: list[dict[str, str]]) -> AttributionExamples | None:
-    """Each model's example images and maps from the part that holds the most maps of it."""
-    models: dict[str, Any] = {}
+    """Each model's example images and maps from the part that holds the most maps of it, with the
+    maps of other parts (other explainers or stages) on the same images added."""
+    found: dict[str, list[Any]] = {}
     for d, rename in zip(dirs, names):
         path = d / "attributions.npz"
-        if not path.is_file():
-            continue
-        for model, ex in plots.load_attribution_examples(path).models.items():
-            label = rename.get(model, model)
-            if label not in models or len(ex.maps) > len(models[label].maps):
-                models[label] = ex
+        if path.is_file():
+            for model, ex in plots.load_attribution_examples(path).models.items():
+                found.setdefault(rename.get(model, model), []).append(ex)
+    models: dict[str, Any] = {}
+    for label, options in found.items():
+        best = max(options, key=lambda ex: len(ex.maps))  # the first of the largest
+        maps, cells = dict(best.maps), dict(best.cells)
+        for ex in options:
+            if ex is not best and np.array_equal(ex.index, best.index):
+                for key, value in ex.maps.items():
+                    maps.setdefault(key, value)
+                for stage, value in ex.cells.items():
+                    cells.setdefault(stage, value)
+        models[label] = replace(best, maps=maps, cells=cells)
     return AttributionExamples(models=models) if models else None
 
 
