@@ -163,7 +163,8 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray,
         output: "logit" | "probability", the explained scalar's space.
         device: "auto" | "cpu" | "cuda".
         precision: "float32" | "bfloat16" | "float16" (CUDA only): the metrics' own model passes, under
-            autocast (``metrics.precision``); the explainers run in float32.
+            autocast (``metrics.precision``); the explainers run in float32 unless a gradient
+            explainer's own ``precision`` parameter says otherwise (``explainer_params``).
         convert: replace the model by :func:`models.convert_explainer_safe`'s equivalent copy (in-place
             ReLUs, reused ReLU modules, torchvision residual blocks, overlapping max-pools after a
             ReLU) and record the rewritten modules and the max absolute output difference on

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.core.errors import BenchError
+from bench.core.precision import PRECISIONS, autocast, check_precision
 from bench.core.registry import Registry
 
 ENTRY_POINT_GROUP = "bench.explainers"
@@ -44,6 +45,8 @@ EXPLAINERS: Registry[Callable[..., "Attribution"]] = Registry("explainer", entry
 OUTPUT_SPACES = ("logit", "probability")
 # the CAM family's default target layer: the most faithful stage measured on a trained resnet18 (docs/explainers.md)
 CAM_LAYER = "layer2"
+# the values of the gradient explainers' ``precision`` parameter (:func:`explainer_precision`)
+PRECISION_CHOICES = tuple(PRECISIONS)
 
 
 @dataclass(frozen=True)
@@ -389,6 +392,23 @@ def check_positive(explainer: str, **values: Any) -> None:
     for k, v in values.items():
         if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1):
             raise BenchError(f"explainer {explainer!r}: {k} must be a positive integer, got {v!r}")
+
+
+@contextlib.contextmanager
+def explainer_precision(name: str, precision: str, device: torch.device | str) -> Iterator[None]:
+    """The model passes of an adapter inside, forward and backward, in ``precision``.
+
+    ``"float32"`` is no autocast: bit for bit the adapter without it. ``"bfloat16"`` (and
+    ``"float16"``, CUDA only) run the convolutions and matrix products under :func:`torch.autocast`
+    (:mod:`bench.core.precision`); the gradient with respect to the float32 input comes back in
+    float32, so the values keep the inputs' dtype. What it costs in accuracy is measured, not
+    assumed: the frontier's reduced-precision variants (``bench.perf.frontier``, docs/benchmarks.md).
+    Exact methods (DeepLIFT's rescale rule, DeepSHAP, Partition SHAP) have no such parameter: their
+    additivity is the point of them.
+    """
+    check_precision(precision, device, where=f"explainer {name!r}: precision")
+    with autocast(precision, device):
+        yield
 
 
 def chunks(n: int, size: int | None) -> Iterator[slice]:

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from bench.core.errors import BenchError
 from bench.core.params import Range
-from explainers.base import (CAM_LAYER, Attribution, check_choice, check_positive, chunks, image_seeds,
+from explainers.base import (CAM_LAYER, PRECISION_CHOICES, Attribution, check_choice, check_positive, chunks,
+                             explainer_precision, image_seeds,
                              library_version, mean_target_score, model_guard, preserved_rng, register_explainer,
                              resolve_layer, target_scores)
 from explainers.references import BASELINES, baseline_images
@@ -44,11 +45,12 @@ IG_FRONTIER_RULES = ("gausslegendre", "riemann_trapezoid", "riemann_middle", "ri
                     budget_variants=("method", IG_FRONTIER_RULES),
                     passes=lambda p, n_bg: (p["n_steps"], 0),  # one gradient per quadrature point
                     constraints={"n_steps": Range(1), "baseline": BASELINES, "blur_sigma": Range(0),
-                                 "internal_batch_size": Range(1), "method": IG_RULES},
+                                 "internal_batch_size": Range(1), "method": IG_RULES, "precision": PRECISION_CHOICES},
                     paper="Sundararajan et al. 2017, Axiomatic Attribution for Deep Networks")
 def integrated_gradients(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
                          n_steps: int = 50, baseline: str = "zero", blur_sigma: float = 2.0,
-                         internal_batch_size: int | None = 32, method: str = "gausslegendre") -> Attribution:
+                         internal_batch_size: int | None = 32, method: str = "gausslegendre",
+                         precision: str = "float32") -> Attribution:
     """Integrated gradients: (x - x') * int_0^1 df/dx(x' + a(x - x')) da (Gauss-Legendre, ``n_steps``).
 
     ``baseline`` x': ``"zero"`` (black image), ``"mean"`` (each image's mean), ``"blur"`` (a
@@ -63,6 +65,8 @@ def integrated_gradients(model: nn.Module, inputs: Tensor, targets: Tensor, *, b
     on PneumoniaMNIST and at random weights, ``"riemann_middle"`` has 11-25 % lower error per
     step (docs/benchmarks.md, "Accuracy per pass"): the integrand is piecewise constant along
     the path (ReLU kinks), where Gauss-Legendre's polynomial exactness buys nothing.
+    ``precision``: the gradient passes' (:func:`~explainers.base.explainer_precision`); f(x) and
+    f(baseline) are float32 passes.
     """
     from captum.attr import IntegratedGradients
 
@@ -70,22 +74,22 @@ def integrated_gradients(model: nn.Module, inputs: Tensor, targets: Tensor, *, b
     check_positive(name, n_steps=n_steps, internal_batch_size=internal_batch_size)
     check_choice(name, "method", method, IG_RULES)
     ref = baseline_images(name, inputs, background, baseline, blur_sigma=blur_sigma)
-    with model_guard(model), _quiet():
+    with model_guard(model), _quiet(), explainer_precision(name, precision, inputs.device):
         values, delta = IntegratedGradients(model).attribute(
             inputs, baselines=ref, target=targets, n_steps=n_steps, method=method,
             internal_batch_size=internal_batch_size, return_convergence_delta=True)
     meta = {"library_version": library_version("captum"), "n_steps": n_steps, "method": method,
-            "baseline": baseline, "convergence_delta": delta.detach().to(inputs.dtype)}
+            "baseline": baseline, "convergence_delta": delta.detach().to(inputs.dtype), "precision": precision}
     return Attribution(values.detach(), target_scores(model, inputs, targets), target_scores(model, ref, targets), meta)
 
 
 @register_explainer("captum.gradient_shap", library="captum", additive=False, stochastic=True, budget="n_samples",
                     family="expected_gradients",  # at stdevs=0 (the default): the frontier's shared reference
                     passes=lambda p, n_bg: (p["n_samples"], 0),  # one gradient per (baseline, alpha) sample
-                    constraints={"n_samples": Range(1), "stdevs": Range(0)},
+                    constraints={"n_samples": Range(1), "stdevs": Range(0), "precision": PRECISION_CHOICES},
                     paper="Lundberg & Lee 2017 (GradientSHAP = expected gradients with optional noise)")
 def gradient_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, n_samples: int = 50,
-                  stdevs: float = 0.0, seed: int = 0) -> Attribution:
+                  stdevs: float = 0.0, seed: int = 0, precision: str = "float32") -> Attribution:
     """GradientSHAP: E_{x'~bg, a~U(0,1), e~N(0,stdevs^2)} [(x + e - x') * df/dx(x' + a(x + e - x'))].
 
     The same estimator as ``shap.gradient``, additive only in expectation (``additive=False``;
@@ -93,17 +97,19 @@ def gradient_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, backgrou
     Captum draws baselines, ``a`` and the noise from numpy's and torch's global generators for
     the whole batch at once, so the adapter calls it once per image under a per-image seed
     (:func:`~explainers.base.image_seeds`); each call is one batch of ``n_samples`` rows.
+    ``precision``: the gradient passes' (:func:`~explainers.base.explainer_precision`).
     """
     from captum.attr import GradientShap
 
     name = "captum.gradient_shap"
     check_positive(name, n_samples=n_samples)
     explainer = GradientShap(model)
-    with model_guard(model), _quiet():
+    with model_guard(model), _quiet(), explainer_precision(name, precision, inputs.device):
         values, seeds = _seeded_per_image(inputs, seed, lambda i: explainer.attribute(
             inputs[i], baselines=background, n_samples=n_samples, stdevs=float(stdevs), target=targets[i]))
     meta = {"library_version": library_version("captum"), "n_samples": n_samples, "stdevs": float(stdevs),
-            "background_size": background.shape[0], "seeds": seeds, "additive_in_expectation": True}
+            "background_size": background.shape[0], "seeds": seeds, "additive_in_expectation": True,
+            "precision": precision}
     return Attribution(values, target_scores(model, inputs, targets), mean_target_score(model, background, targets),
                        meta)
 
@@ -205,19 +211,21 @@ def _without_maxpools(model: nn.Module) -> tuple[nn.Module, int]:
 
 
 @register_explainer("captum.saliency", library="captum", additive=False, passes=(1, 0),
-                    constraints={"batch_size": Range(1)},
+                    constraints={"batch_size": Range(1), "precision": PRECISION_CHOICES},
                     paper="Simonyan et al. 2014, Deep Inside Convolutional Networks")
 def saliency(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
-             batch_size: int = 64) -> Attribution:
-    """Saliency: |df/dx| (Captum's default ``abs=True``); ``batch_size`` images per pass."""
+             batch_size: int = 64, precision: str = "float32") -> Attribution:
+    """Saliency: |df/dx| (Captum's default ``abs=True``); ``batch_size`` images per pass; ``precision``:
+    the passes' (:func:`~explainers.base.explainer_precision`)."""
     from captum.attr import Saliency
 
     check_positive("captum.saliency", batch_size=batch_size)
     explainer = Saliency(model)
-    with model_guard(model), _quiet():
+    with model_guard(model), _quiet(), explainer_precision("captum.saliency", precision, inputs.device):
         values = torch.cat([explainer.attribute(inputs[s], target=targets[s], abs=True).detach()
                             for s in chunks(inputs.shape[0], batch_size)])
-    return Attribution(values, meta={"library_version": library_version("captum"), "abs": True})
+    return Attribution(values, meta={"library_version": library_version("captum"), "abs": True,
+                                     "precision": precision})
 
 
 @register_explainer("captum.deeplift", library="captum", additive=True, passes=(1, 0),
@@ -255,40 +263,45 @@ def deeplift(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: T
 
 
 def _gradient_method(name: str, method: str, model: nn.Module, inputs: Tensor, targets: Tensor,
-                     batch_size: int) -> Tensor:
-    """Captum's ``method`` (a gradient attribution class name) over ``batch_size`` images per pass."""
+                     batch_size: int, precision: str) -> Tensor:
+    """Captum's ``method`` (a gradient attribution class name) over ``batch_size`` images per pass,
+    the passes in ``precision``."""
     import captum.attr
 
     check_positive(name, batch_size=batch_size)
     explainer = getattr(captum.attr, method)(model)
-    with model_guard(model), _quiet():
+    with model_guard(model), _quiet(), explainer_precision(name, precision, inputs.device):
         return torch.cat([explainer.attribute(inputs[s], target=targets[s]).detach()
                           for s in chunks(inputs.shape[0], batch_size)])
 
 
 @register_explainer("captum.input_x_gradient", library="captum", additive=False, passes=(1, 0),
-                    constraints={"batch_size": Range(1)},
+                    constraints={"batch_size": Range(1), "precision": PRECISION_CHOICES},
                     paper="Shrikumar et al. 2016, Not Just a Black Box: Learning Important Features Through "
                           "Propagating Activation Differences")
 def input_x_gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
-                     batch_size: int = 64) -> Attribution:
-    """Input x gradient: phi_i = x_i * df/dx_i (Captum ``InputXGradient``); ``batch_size`` images per pass."""
-    values = _gradient_method("captum.input_x_gradient", "InputXGradient", model, inputs, targets, batch_size)
-    return Attribution(values, meta={"library_version": library_version("captum")})
+                     batch_size: int = 64, precision: str = "float32") -> Attribution:
+    """Input x gradient: phi_i = x_i * df/dx_i (Captum ``InputXGradient``); ``batch_size`` images per pass;
+    ``precision``: the passes' (:func:`~explainers.base.explainer_precision`)."""
+    values = _gradient_method("captum.input_x_gradient", "InputXGradient", model, inputs, targets, batch_size,
+                              precision)
+    return Attribution(values, meta={"library_version": library_version("captum"), "precision": precision})
 
 
 @register_explainer("captum.guided_backprop", library="captum", additive=False, passes=(1, 0),
-                    constraints={"batch_size": Range(1)},
+                    constraints={"batch_size": Range(1), "precision": PRECISION_CHOICES},
                     paper="Springenberg et al. 2015, Striving for Simplicity: The All Convolutional Net")
 def guided_backprop(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
-                    batch_size: int = 64) -> Attribution:
+                    batch_size: int = 64, precision: str = "float32") -> Attribution:
     """Guided backpropagation: the gradient with every ReLU's backward replaced by relu(grad) * 1[a > 0].
 
     Captum ``GuidedBackprop`` overrides the backward of each ``nn.ReLU`` module (every activation of
-    models/resnet.py is its own module); ``batch_size`` images per pass.
+    models/resnet.py is its own module); ``batch_size`` images per pass; ``precision``: the passes'
+    (:func:`~explainers.base.explainer_precision`).
     """
-    values = _gradient_method("captum.guided_backprop", "GuidedBackprop", model, inputs, targets, batch_size)
-    return Attribution(values, meta={"library_version": library_version("captum")})
+    values = _gradient_method("captum.guided_backprop", "GuidedBackprop", model, inputs, targets, batch_size,
+                              precision)
+    return Attribution(values, meta={"library_version": library_version("captum"), "precision": precision})
 
 
 @register_explainer("captum.guided_gradcam", library="captum", additive=False, passes=(2, 0),  # Grad-CAM + guided
@@ -318,29 +331,30 @@ def guided_gradcam(model: nn.Module, inputs: Tensor, targets: Tensor, *, backgro
     return Attribution(values, meta={"library_version": library_version("captum"), "layer": layer_name})
 
 
-NT_PARAMS = {"n_samples": Range(1), "stdevs": Range(0), "batch_size": Range(1)}
+NT_PARAMS = {"n_samples": Range(1), "stdevs": Range(0), "batch_size": Range(1), "precision": PRECISION_CHOICES}
 
 
 def _noise_tunnel(name: str, nt_type: str, model: nn.Module, inputs: Tensor, targets: Tensor, *, n_samples: int,
-                  stdevs: float, batch_size: int, seed: int) -> Attribution:
-    """Captum ``NoiseTunnel(Saliency)`` of type ``nt_type``, one image at a time under its own seed."""
+                  stdevs: float, batch_size: int, seed: int, precision: str) -> Attribution:
+    """Captum ``NoiseTunnel(Saliency)`` of type ``nt_type``, one image at a time under its own seed,
+    the passes in ``precision`` (:func:`~explainers.base.explainer_precision`)."""
     from captum.attr import NoiseTunnel, Saliency
 
     check_positive(name, n_samples=n_samples, batch_size=batch_size)
     tunnel = NoiseTunnel(Saliency(model))
-    with model_guard(model), _quiet():
+    with model_guard(model), _quiet(), explainer_precision(name, precision, inputs.device):
         values, seeds = _seeded_per_image(inputs, seed, lambda i: tunnel.attribute(
             inputs[i], nt_type=nt_type, nt_samples=n_samples, nt_samples_batch_size=batch_size,
             stdevs=float(stdevs), target=targets[i], abs=True))
     return Attribution(values, meta={"library_version": library_version("captum"), "n_samples": n_samples,
-                                     "stdevs": float(stdevs), "seeds": seeds, "abs": True})
+                                     "stdevs": float(stdevs), "seeds": seeds, "abs": True, "precision": precision})
 
 
 @register_explainer("captum.smoothgrad", library="captum", additive=False, stochastic=True, budget="n_samples",
                     passes=lambda p, n_bg: (p["n_samples"], 0), constraints=NT_PARAMS,
                     paper="Smilkov et al. 2017, SmoothGrad: removing noise by adding noise")
 def smoothgrad(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, n_samples: int = 50,
-               stdevs: float = 0.15, batch_size: int = 50, seed: int = 0) -> Attribution:
+               stdevs: float = 0.15, batch_size: int = 50, seed: int = 0, precision: str = "float32") -> Attribution:
     """SmoothGrad over saliency: (1/n) sum_k |df/dx (x + e_k)|, e_k ~ N(0, stdevs^2) per pixel.
 
     Captum ``NoiseTunnel(Saliency)``, ``nt_type="smoothgrad"``, Saliency's ``abs=True`` as in
@@ -348,7 +362,7 @@ def smoothgrad(model: nn.Module, inputs: Tensor, targets: Tensor, *, background:
     paper's recommended 10-20 %. ``batch_size`` noisy copies per pass; seeded per image.
     """
     return _noise_tunnel("captum.smoothgrad", "smoothgrad", model, inputs, targets, n_samples=n_samples,
-                         stdevs=stdevs, batch_size=batch_size, seed=seed)
+                         stdevs=stdevs, batch_size=batch_size, seed=seed, precision=precision)
 
 
 @register_explainer("captum.vargrad", library="captum", additive=False, stochastic=True, budget="n_samples",
@@ -356,14 +370,14 @@ def smoothgrad(model: nn.Module, inputs: Tensor, targets: Tensor, *, background:
                     paper="Adebayo et al. 2018, Local Explanation Methods for Deep Neural Networks Lack "
                           "Sensitivity to Parameter Values (VarGrad)")
 def vargrad(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, n_samples: int = 50,
-            stdevs: float = 0.15, batch_size: int = 50, seed: int = 0) -> Attribution:
+            stdevs: float = 0.15, batch_size: int = 50, seed: int = 0, precision: str = "float32") -> Attribution:
     """VarGrad: the variance over k of |df/dx (x + e_k)|, e_k ~ N(0, stdevs^2) per pixel.
 
     Captum ``NoiseTunnel(Saliency)``, ``nt_type="vargrad"`` (E[g^2] - E[g]^2 over the samples);
     the same draws as ``captum.smoothgrad`` for the same seed.
     """
     return _noise_tunnel("captum.vargrad", "vargrad", model, inputs, targets, n_samples=n_samples,
-                         stdevs=stdevs, batch_size=batch_size, seed=seed)
+                         stdevs=stdevs, batch_size=batch_size, seed=seed, precision=precision)
 
 
 def occlusion_windows(shape: tuple[int, ...], window: int, stride: int) -> int:

@@ -22,9 +22,9 @@ from torch import Tensor, nn
 
 from bench.core.errors import BenchError
 from bench.core.params import Range
-from explainers.base import (Attribution, check_choice, check_positive, image_seeds, library_version,
-                             mean_target_score, model_guard, preserved_rng, register_explainer, resolve_layer,
-                             target_scores)
+from explainers.base import (PRECISION_CHOICES, Attribution, check_choice, check_positive, explainer_precision,
+                             image_seeds, library_version, mean_target_score, model_guard, preserved_rng,
+                             register_explainer, resolve_layer, target_scores)
 from explainers.expected_gradients import expected_gradients
 from explainers.rescale import choose_engine, deepshap_passes, rescale_attributions
 
@@ -59,11 +59,11 @@ def _groups(targets: Tensor) -> list[tuple[int, Tensor]]:
                     family="expected_gradients",
                     passes=lambda p, n_bg: (p["nsamples"], 0),  # one gradient per sample (also in layer mode)
                     constraints={"nsamples": Range(1), "background_size": Range(1), "batch_size": Range(1),
-                                 "engine": ("auto", "shap", "batched")},
+                                 "engine": ("auto", "shap", "batched"), "precision": PRECISION_CHOICES},
                     paper="Erion et al. 2021, expected gradients")
 def gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, nsamples: int = 50,
              background_size: int | None = None, seed: int = 0, batch_size: int = 50,
-             layer: str | None = None, engine: str = "auto") -> Attribution:
+             layer: str | None = None, engine: str = "auto", precision: str = "float32") -> Attribution:
     """Expected gradients (shap.GradientExplainer): E_{x'~bg, a~U(0,1)} [(x - x') * df/dx(x' + a(x - x'))].
 
     Additive only in expectation (sum -> f(x) - E_bg f), so registered ``additive=False``;
@@ -79,7 +79,8 @@ def gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: T
     so a pass holds one image's samples); ``"batched"`` computes the same values with
     :mod:`explainers.expected_gradients` (shap's draws for each image's seed, rows of all images
     in each pass of ``batch_size``; input mode only); ``"auto"`` takes "batched" unless ``layer``
-    is set. ``meta["engine"]`` records which ran.
+    is set. ``meta["engine"]`` records which ran. ``precision``: the gradient passes' of either
+    engine (:func:`~explainers.base.explainer_precision`); f(x) and E_bg f are float32 passes.
     """
     name = "shap.gradient"
     check_positive(name, nsamples=nsamples, background_size=background_size, batch_size=batch_size)
@@ -93,13 +94,13 @@ def gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: T
     use = "shap" if engine == "shap" or layer is not None else "batched"
     if use == "batched":
 
-        with model_guard(model):
+        with model_guard(model), explainer_precision(name, precision, inputs.device):
             phi = expected_gradients(model, inputs, targets, bg, nsamples=nsamples, seeds=seeds, batch_size=batch_size)
     else:
         import shap
 
         phis: dict[int, Tensor] = {}  # image -> its values; every image is in its target's group
-        with model_guard(model), preserved_rng(inputs.device):
+        with model_guard(model), preserved_rng(inputs.device), explainer_precision(name, precision, inputs.device):
             for k, idx in _groups(targets):
                 single = _TargetColumn(model, k)
                 spec = single if layer_module is None else (single, layer_module)
@@ -109,7 +110,7 @@ def gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: T
                     phis[i] = torch.from_numpy(np.asarray(sv)[..., 0])
         phi = torch.cat([phis[i] for i in range(inputs.shape[0])]).to(device=inputs.device, dtype=inputs.dtype)
     meta = {"library_version": library_version("shap"), "nsamples": nsamples, "background_size": bg.shape[0],
-            "seeds": seeds, "additive_in_expectation": layer is None, "engine": use}
+            "seeds": seeds, "additive_in_expectation": layer is None, "engine": use, "precision": precision}
     if layer_module is None:
         return Attribution(phi, target_scores(model, inputs, targets), mean_target_score(model, bg, targets), meta)
     reduced = F.interpolate(phi.sum(1, keepdim=True), size=inputs.shape[-2:], mode="bilinear", align_corners=False)

@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from bench.core.params import Range
-from explainers.base import (Attribution, check_choice, check_positive, image_seeds, mean_target_score, model_guard,
-                             register_explainer, target_scores)
+from explainers.base import (PRECISION_CHOICES, Attribution, check_choice, check_positive, explainer_precision,
+                             image_seeds, mean_target_score, model_guard, register_explainer, target_scores)
 
 SAMPLERS = ("stratified", "iid")
 
@@ -75,11 +75,12 @@ def eg_values(model: nn.Module, inputs: Tensor, targets: Tensor, background: Ten
 @register_explainer("pneumobench.expected_gradients", library="pneumobench", additive=False, stochastic=True,
                     budget="n_samples", family="expected_gradients",
                     passes=lambda p, n_bg: (p["n_samples"], 0),  # one gradient per (reference, point) draw
-                    constraints={"n_samples": Range(1), "batch_size": Range(1), "sampler": SAMPLERS},
+                    constraints={"n_samples": Range(1), "batch_size": Range(1), "sampler": SAMPLERS,
+                                 "precision": PRECISION_CHOICES},
                     paper="Erion et al. 2021 (expected gradients); Lundberg & Lee 2017 (GradientSHAP)")
 def expected_gradients(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
                        n_samples: int = 50, sampler: str = "stratified", seed: int = 0,
-                       batch_size: int = 50) -> Attribution:
+                       batch_size: int = 50, precision: str = "float32") -> Attribution:
     """Expected gradients with stratified draws: E_{x'~bg, a~U(0,1)} [(x - x') * df/dx(x' + a(x - x'))].
 
     The expectation of ``shap.gradient`` / ``captum.gradient_shap`` with lower variance at the
@@ -88,14 +89,15 @@ def expected_gradients(model: nn.Module, inputs: Tensor, targets: Tensor, *, bac
     strata. ``sampler="iid"`` draws as the libraries do. Seeded per image from ``seed`` and the
     image; ``batch_size`` rows of all images per pass. Additive only in expectation
     (sum -> f(x) - E_bg f), so ``additive=False``; ``outputs`` and ``base_values`` are reported.
+    ``precision``: the gradient passes' (:func:`~explainers.base.explainer_precision`).
     """
     name = "pneumobench.expected_gradients"
     check_positive(name, n_samples=n_samples, batch_size=batch_size)
     check_choice(name, "sampler", sampler, SAMPLERS)
     seeds = image_seeds(seed, inputs)
-    with model_guard(model):
+    with model_guard(model), explainer_precision(name, precision, inputs.device):
         phi = eg_values(model, inputs, targets, background, n_samples=n_samples, seeds=seeds, sampler=sampler,
                         batch_size=batch_size)
     meta = {"n_samples": n_samples, "sampler": sampler, "background_size": background.shape[0], "seeds": seeds,
-            "additive_in_expectation": True}
+            "additive_in_expectation": True, "precision": precision}
     return Attribution(phi, target_scores(model, inputs, targets), mean_target_score(model, background, targets), meta)

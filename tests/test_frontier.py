@@ -33,9 +33,15 @@ def test_default_specs_follow_the_registry():
     (lime,) = [s for s in specs if s.name == "captum.lime"]
     assert lime.budget == "n_samples" and lime.budgets == (50, 100, 200, 400, 800) and lime.reference_budget == 3200
     assert {s.variant for s in specs if s.name == "captum.integrated_gradients"} == {
-        "gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left"}
+        "gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "gausslegendre bfloat16"}
     eg = [s for s in specs if s.family == "expected_gradients"]
-    assert len(eg) == 3 and all(s.budgets == (10, 25, 50, 100, 200) for s in eg)
+    assert len(eg) == 6 and all(s.budgets == (10, 25, 50, 100, 200) for s in eg)
+    # every gradient explainer once more in bfloat16; the exact and model-agnostic ones not
+    reduced = {s.name for s in specs if s.params.get("precision") == "bfloat16"}
+    assert reduced == {"shap.gradient", "captum.gradient_shap", "pneumobench.expected_gradients",
+                       "captum.integrated_gradients", "captum.smoothgrad", "captum.vargrad"}
+    assert all(s.variant.endswith("bfloat16") for s in specs if s.params.get("precision"))
+    assert not [s for s in default_specs(precisions=()) if s.params.get("precision")]
 
 
 def test_plugin_with_a_budget_gets_a_grid_around_its_default():
@@ -88,6 +94,28 @@ def test_rows_on_a_relu_cnn_fall_with_passes():
     assert (eg["seeds"] == 3).all() and (eg["rel_l2_sd"] > 0).all()
 
 
+def test_bfloat16_rows_share_the_float32_reference_and_floor_above_it():
+    """The same passes, the float32 reference: at the reference's own budget float32 IG is the
+    reference (error 0) and bfloat16 IG is off by its rounding (with a bfloat16 reference it would be
+    the other way round)."""
+    model = small_cnn()
+    g = torch.Generator().manual_seed(2)
+    x, bg = torch.rand(2, 1, 28, 28, generator=g), torch.rand(8, 1, 28, 28, generator=g)
+    t = model(x).argmax(1)
+    fp32 = FrontierSpec("captum.integrated_gradients", "n_steps", (8, 256), None, 256)
+    bf16 = FrontierSpec("captum.integrated_gradients", "n_steps", (8, 256), None, 256, {"precision": "bfloat16"},
+                        "bfloat16")
+    rows = frontier_rows("cnn", model, x, t, bg, [bf16, fp32], seeds=1, reference_seeds=2)  # reduced first
+    by = {(r["precision"], r["budget"]): r for r in rows}
+    assert {r["float32_method"] for r in rows} == {"captum.integrated_gradients"}
+    assert by[("bfloat16", 256)]["method"] == "captum.integrated_gradients [bfloat16]"
+    assert by[("bfloat16", 256)]["passes_fb"] == by[("float32", 256)]["passes_fb"] == 256
+    assert by[("bfloat16", 256)]["reference_error"] == by[("float32", 256)]["reference_error"]  # one reference
+    assert by[("float32", 256)]["rel_l2"] == 0 and by[("bfloat16", 256)]["rel_l2"] > 1e-3
+    md = frontier_tables(rows)
+    assert "| cnn | captum.integrated_gradients | bfloat16 | 256 | 0.0000 |" in md
+
+
 def _planted(errs: dict[int, float], method="m", model="net", seeds=(0, 1)) -> list[dict]:
     return [{"model": model, "method": method, "budget": b, "passes_fb": b, "passes_f": 0, "seed": s,
              "rel_l2": e * (1 + 0.1 * s), "gap": 0.1, "s_per_image": 0.01 * b, "reference": "r",
@@ -109,9 +137,21 @@ def test_tables_figure_and_the_saved_run(tmp_path, capsys):
     rows = _planted({10: 0.2, 20: 0.1, 40: 0.04}) + _planted({10: 0.3, 20: 0.2}, method="other", seeds=(0,))
     md = frontier_tables(rows)
     assert "| net | m | 35 fb |" in md  # log-log between (20, 0.105) and (40, 0.042)
+    reach = passes_to_reach(frontier_frame(rows)).set_index("method")
+    assert reach.loc["m", "seconds_to_target"] == pytest.approx(0.01 * reach.loc["m", "passes_to_target"])
+    assert "| net | other | > 20 fb | never |" in md
     assert "| m | 40 | 40 fb | 0.0420 | 0.0028 |" in md
+    assert "Reduced precision" not in md  # no reduced-precision rows, no such table
     png = frontier_figure(rows, tmp_path / "f.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+    assert frontier_figure(rows, tmp_path / "s.png", x="seconds").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(BenchError, match="seconds"):
+        frontier_figure(rows, tmp_path / "bad.png", x="steps")
+    # a bfloat16 variant of m at half the seconds: the comparison table, budget by budget
+    fast = [dict(r, method="m [bfloat16]", precision="bfloat16", float32_method="m", s_per_image=r["s_per_image"] / 2,
+                 rel_l2=r["rel_l2"] + 0.01) for r in _planted({10: 0.2, 20: 0.1, 40: 0.04})]
+    md2 = frontier_tables(rows + fast)
+    assert "| net | m | bfloat16 | 40 | 0.0420 | 0.0520 | 2.00x |" in md2
     run = tmp_path / "run.json"
     run.write_text(json.dumps({"benchmarks": [{"extra_info": {"kind": "frontier", "rows": rows}}]}))
     assert saved_rows(run) == rows

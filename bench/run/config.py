@@ -715,12 +715,12 @@ def _check_reliability(r: dict[str, Any]) -> None:
             "reliability.meta.stages", f'must be a non-empty list out of "pre", "post", got {m["stages"]!r}')
 
 
-def _check_precision(precision: Any, device: Any) -> None:
+def _check_precision(precision: Any, device: Any, where: str = "metrics.precision") -> None:
     """A known precision; float16 only on a CUDA device (``auto``: when CUDA is available)."""
-    _expect(isinstance(precision, str) and precision in PRECISIONS, "metrics.precision",
+    _expect(isinstance(precision, str) and precision in PRECISIONS, where,
             f"{precision!r} is not one of {', '.join(PRECISIONS)}")
     cuda = str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    _expect(cuda or precision not in CUDA_ONLY, "metrics.precision",
+    _expect(cuda or precision not in CUDA_ONLY, where,
             f"{precision} runs on CUDA only and device = {device!r}{' finds no CUDA' if device == 'auto' else ''}; "
             f"use \"bfloat16\" on the CPU")
 
@@ -798,6 +798,8 @@ def _check_names(v: dict[str, Any]) -> None:
             where = f"{table}.params.{_toml_key(n)}"
             _expect(isinstance(p, dict), where, "must be a table of parameter = value")
             registry.get(n).check_params(kind, p, exclude=exclude, where=where)
+            if table == "explain" and "precision" in p:  # a gradient explainer's own passes (float16: CUDA only)
+                _check_precision(p["precision"], v["device"], f"{where}.precision")
     variants = v["tune"].get("variants", {})
     _expect(isinstance(variants, dict) and all(isinstance(x, dict) for x in variants.values()), "tune.variants",
             "must be a table of variant = {recipe fields}")

@@ -234,7 +234,8 @@ def _combine(cfg: RunConfig, parts: list[tuple[str, RunConfig]], parent: Path, s
     counts: dict[tuple[str, str, str, str], int] = {}
     for k, s in enumerate(score_list):
         for raw, n in s.groupby(OWNER_KEY)["image"].nunique().items():
-            key = tuple(str(x) for x in raw)
+            m, st, e, metric = (str(x) for x in raw)
+            key = (m, st, e, metric)
             if int(n) > counts.get(key, 0):
                 owners[key], counts[key] = k, int(n)
     merged = pd.concat(score_list, ignore_index=True)
