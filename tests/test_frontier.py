@@ -3,6 +3,7 @@
 The frontier itself runs in tests/benchmarks/test_frontier.py (minutes); here: a tiny CNN and a
 linear model with known answers, and the table/figure code on rows with a planted shape.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,17 @@ import torch
 from torch import nn
 
 from bench.core.errors import BenchError
-from bench.perf.frontier import (FrontierSpec, default_specs, frontier_figure, frontier_frame, frontier_rows,
-                                 frontier_tables, main, passes_to_reach, saved_rows)
+from bench.perf.frontier import (
+    FrontierSpec,
+    default_specs,
+    frontier_figure,
+    frontier_frame,
+    frontier_rows,
+    frontier_tables,
+    main,
+    passes_to_reach,
+    saved_rows,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,13 +37,25 @@ def small_cnn() -> nn.Module:
 def test_default_specs_follow_the_registry():
     specs = default_specs()
     names = {s.name for s in specs}
-    assert names == {"shap.gradient", "captum.gradient_shap", "pneumobench.expected_gradients",
-                     "captum.integrated_gradients", "shap.partition", "captum.lime", "captum.kernel_shap",
-                     "captum.smoothgrad", "captum.vargrad"}
+    assert names == {
+        "shap.gradient",
+        "captum.gradient_shap",
+        "pneumobench.expected_gradients",
+        "captum.integrated_gradients",
+        "shap.partition",
+        "captum.lime",
+        "captum.kernel_shap",
+        "captum.smoothgrad",
+        "captum.vargrad",
+    }
     (lime,) = [s for s in specs if s.name == "captum.lime"]
     assert lime.budget == "n_samples" and lime.budgets == (50, 100, 200, 400, 800) and lime.reference_budget == 3200
     assert {s.variant for s in specs if s.name == "captum.integrated_gradients"} == {
-        "gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left"}
+        "gausslegendre",
+        "riemann_trapezoid",
+        "riemann_middle",
+        "riemann_left",
+    }
     eg = [s for s in specs if s.family == "expected_gradients"]
     assert len(eg) == 3 and all(s.budgets == (10, 25, 50, 100, 200) for s in eg)
 
@@ -62,9 +84,12 @@ def test_rows_on_a_linear_model_are_exact():
     model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 2)).eval()
     x, bg = torch.rand(2, 1, 28, 28), torch.rand(4, 1, 28, 28)
     t = torch.tensor([0, 1])
-    specs = [FrontierSpec("pneumobench.expected_gradients", "n_samples", (4, 8), "expected_gradients", 16),
-             FrontierSpec("captum.integrated_gradients", "n_steps", (2, 4), None, 8, {"method": "riemann_left"},
-                          "riemann_left")]
+    specs = [
+        FrontierSpec("pneumobench.expected_gradients", "n_samples", (4, 8), "expected_gradients", 16),
+        FrontierSpec(
+            "captum.integrated_gradients", "n_steps", (2, 4), None, 8, {"method": "riemann_left"}, "riemann_left"
+        ),
+    ]
     rows = frontier_rows("linear", model, x, t, bg, specs, seeds=2, reference_seeds=2)
     assert len(rows) == 2 * 2 + 2
     for r in rows:
@@ -77,8 +102,10 @@ def test_rows_on_a_relu_cnn_fall_with_passes():
     g = torch.Generator().manual_seed(2)
     x, bg = torch.rand(2, 1, 28, 28, generator=g), torch.rand(8, 1, 28, 28, generator=g)
     t = model(x).argmax(1)
-    specs = [FrontierSpec("pneumobench.expected_gradients", "n_samples", (4, 64), "expected_gradients", 512),
-             FrontierSpec("captum.integrated_gradients", "n_steps", (2, 64), None, 512)]
+    specs = [
+        FrontierSpec("pneumobench.expected_gradients", "n_samples", (4, 64), "expected_gradients", 512),
+        FrontierSpec("captum.integrated_gradients", "n_steps", (2, 64), None, 512),
+    ]
     frame = frontier_frame(frontier_rows("cnn", model, x, t, bg, specs, seeds=3, reference_seeds=2))
     for method, grp in frame.groupby("method"):
         err = grp.sort_values("budget")["rel_l2"].to_numpy()
@@ -89,9 +116,24 @@ def test_rows_on_a_relu_cnn_fall_with_passes():
 
 
 def _planted(errs: dict[int, float], method="m", model="net", seeds=(0, 1)) -> list[dict]:
-    return [{"model": model, "method": method, "budget": b, "passes_fb": b, "passes_f": 0, "seed": s,
-             "rel_l2": e * (1 + 0.1 * s), "gap": 0.1, "s_per_image": 0.01 * b, "reference": "r",
-             "reference_error": 0.001, "reference_s": 1.0} for b, e in errs.items() for s in seeds]
+    return [
+        {
+            "model": model,
+            "method": method,
+            "budget": b,
+            "passes_fb": b,
+            "passes_f": 0,
+            "seed": s,
+            "rel_l2": e * (1 + 0.1 * s),
+            "gap": 0.1,
+            "s_per_image": 0.01 * b,
+            "reference": "r",
+            "reference_error": 0.001,
+            "reference_s": 1.0,
+        }
+        for b, e in errs.items()
+        for s in seeds
+    ]
 
 
 def test_passes_to_reach_interpolates_log_log():
@@ -131,7 +173,7 @@ def test_figure_puts_four_models_on_a_two_by_two_grid(tmp_path):
     rows = [dict(r, model=f"net{k}") for k in range(4) for r in one]
     with Image.open(frontier_figure(rows, tmp_path / "four.png")) as im:
         four = im.size
-    with Image.open(frontier_figure(rows[:3 * len(one)], tmp_path / "three.png")) as im:
+    with Image.open(frontier_figure(rows[: 3 * len(one)], tmp_path / "three.png")) as im:
         three = im.size
     assert four == (round(2 * 5.2 * 110), round(2 * 4.2 * 110))  # 2 x 2 panels at dpi 110
     assert three == (round(3 * 5.2 * 110), round(4.2 * 110))  # one row of three
