@@ -232,9 +232,9 @@ def evaluate(
         raise BenchError(f"model must be a torch nn.Module returning logits, got {type(model).__name__}")
     x = _images(images, "images")
     n = len(x)
-    maps = {
+    maps = {  # the order of maps_given
         key: map_values(value, x.shape, f"attributions[{key!r}]") for key, value in (attributions or {}).items()
-    }  # the order of maps_given
+    }
     work = copy_model(model).cpu().eval()
     k = check_fits(work, x, where="model")
     y = None if labels is None else _classes(labels, "labels", n, k)

@@ -8,13 +8,13 @@ Note: this top-level package is called ``datasets`` by the product layout and sh
 Face ``datasets`` if both are installed in one environment; use a dedicated virtual environment.
 """
 
-from datasets.base import (
+from datasets.base import (  # noqa: F401
     DATASETS,
     SPLITS,
     ImageSplit,
     check_splits,
     dataset_options,
-    load_split,  # noqa: F401
+    load_split,
     register_dataset,
 )
 from datasets import pneumoniamnist as _pneumoniamnist, synthetic as _synthetic  # noqa: F401  (registration)

@@ -61,8 +61,9 @@ IG_FRONTIER_RULES = ("gausslegendre", "riemann_trapezoid", "riemann_middle", "ri
     library="captum",
     additive=True,
     budget="n_steps",
+    # the frontier's grid and reference
     budgets=(4, 8, 16, 32, 64, 128),
-    reference_budget=1024,  # the frontier's grid and reference
+    reference_budget=1024,
     budget_variants=("method", IG_FRONTIER_RULES),
     passes=lambda p, n_bg: (p["n_steps"], 0),  # one gradient per quadrature point
     constraints={

@@ -218,8 +218,9 @@ _MASKS = re.compile(r"^(blur\(\s*\d+\s*,\s*\d+\s*\)|inpaint_telea|inpaint_ns)$")
     additive=True,
     model_agnostic=True,
     budget="max_evals",
+    # the frontier's grid and reference
     budgets=(100, 300, 1000),
-    reference_budget=3000,  # the frontier's grid and reference
+    reference_budget=3000,
     passes=lambda p, n_bg: (0, p["max_evals"]),  # forwards of masked images only (at most max_evals)
     constraints={"max_evals": Range(1), "batch_size": Range(1)},
     paper="Lundberg et al., Owen values over a hierarchical pixel partition",

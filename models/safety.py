@@ -241,8 +241,8 @@ def check_explainer_safe(model: nn.Module, example: Tensor) -> SafetyReport:
     reused = [
         Finding(names[id(m)], type(m).__name__, calls[id(m)])
         for m in executed
-        if calls[id(m)] > 1 and not isinstance(m, CallSites)
-    ]  # CallSites: one copy per call
+        if calls[id(m)] > 1 and not isinstance(m, CallSites)  # CallSites: one copy per call
+    ]
     inplace = [
         Finding(names[id(m)], f"{type(m).__name__}(inplace=True)", calls[id(m)])
         for m in executed

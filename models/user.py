@@ -204,8 +204,8 @@ def check_fits(
             f'"models.user:torchvision_resnet" with kwargs = {{ arch = "resnet18", in_channels = {c_data}, '
             f"num_classes = 2 }}, and train it on {c_data}-channel images"
             if in_config
-            else f"build the model with a {c_data}-channel first conv (e.g. model.conv1 = nn.Conv2d({c_data}, 64, 7, 2, "
-            f"3, bias=False) before training), or pass {c_model}-channel images"
+            else f"build the model with a {c_data}-channel first conv (e.g. model.conv1 = "
+            f"nn.Conv2d({c_data}, 64, 7, 2, 3, bias=False) before training), or pass {c_model}-channel images"
         )
         raise BenchError(
             f"{where}: the model's first conv takes {c_model}-channel images, the images have {c_data} "

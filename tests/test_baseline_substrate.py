@@ -155,8 +155,8 @@ def test_rows_of_one_model_form_one_bonferroni_family():
     assert list(zip(t.stage, t.metric)) == [
         ("pre", "insertion_auc"),
         ("pre", "deletion_auc"),
-        ("post", "insertion_auc"),
-    ]  # post has no deletion rows: no row
+        ("post", "insertion_auc"),  # post has no deletion rows: no row
+    ]
     assert set(t.family) == {"baseline_substrate: m (m = 3)"}
     np.testing.assert_allclose(t.p_adj, np.minimum(1, 3 * t.p))
     assert np.allclose(t.level, 1 - 0.05 / 3)

@@ -260,7 +260,9 @@ def test_a_published_run_is_the_same_run_as_its_profile_today(run):
 
 
 KNOWN_DIRTY = {
-    "results/published/study/manifest.json": "the first study was made from a tree with uncommitted changes; the second study replaces it"
+    "results/published/study/manifest.json": (
+        "the first study was made from a tree with uncommitted changes; the second study replaces it"
+    ),
 }
 
 

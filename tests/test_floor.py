@@ -302,8 +302,8 @@ def test_benchmark_table_on_a_fabricated_run(tmp_path):
                     "floor_s_per_image": 0.65,
                     "floor_ratio": 1.03,
                 },
-                s_min=16 * 0.67,
-            ),  # no s_per_image: taken from stats.min / batch
+                s_min=16 * 0.67,  # no s_per_image: taken from stats.min / batch
+            ),
             _bench(
                 {
                     "kind": "explainer",

@@ -162,9 +162,9 @@ def test_end_to_end_outputs_resume_and_failure(tmp_path, failing_explainer, monk
     # curves: those the curve metrics computed, stored once each
     curves = pd.read_csv(run_dir / "curves.csv")
     assert set(curves.curve) == {"deletion", "insertion", "road_morf"}
-    assert (
+    assert (  # steps = 14: 15 points per image
         curves.groupby(["stage", "explainer", "curve", "image"]).size().loc[("pre", "random", "deletion")].eq(15).all()
-    )  # steps = 14: 15 points per image
+    )
 
     # re-running a finished run recomputes only its failed units (failures are not cached) and
     # rewrites byte-identical tables (a deterministic failure fails the same way, with no timing)

@@ -163,8 +163,8 @@ def _planted() -> pd.DataFrame:
     move = {
         "a": [0.5, 0.1, 0.5, 0.1],  # mean +0.3, max 0.5
         "b": [0.0, -0.2, 0.0, -0.2],  # mean -0.1
-        "c": [0.25] * 4,
-    }  # mean +0.25
+        "c": [0.25] * 4,  # mean +0.25
+    }
     rows = []
     for k, is_ref in ((8, False), (256, True)):
         for e, values in ref.items():

@@ -217,11 +217,11 @@ def frontier_rows(
                 seconds = perf_counter() - t0
                 fb, f = _passes(spec, budget, background.shape[0])
                 err = rel_l2(attr.values, ref)
-                gap = (
+                gap = (  # |gap|, NaN: none
                     completeness_gap(attr).abs().cpu().numpy()
                     if attr.outputs is not None and attr.base_values is not None
                     else np.full(inputs.shape[0], np.nan)
-                )  # |gap|, NaN: none
+                )
                 rows.append(
                     {
                         "model": model_label,

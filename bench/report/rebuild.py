@@ -247,7 +247,7 @@ def _derived_sizes(manifest: Mapping[str, Any], model: str) -> dict[str, int] | 
     return {"TP": tp, "FP": n - pos - tn, "FN": pos - tp, "TN": tn}
 
 
-MEASURED = (
+MEASURED = (  # besides scores.csv
     "curves.csv",
     "substrates.csv",
     "substrate_curves.csv",
@@ -255,7 +255,7 @@ MEASURED = (
     "similarity.csv",
     "sample.csv",
     "meta_scores.csv",
-)  # besides scores.csv
+)
 
 
 def _read_csv(path: Path) -> pd.DataFrame | None:

@@ -260,9 +260,9 @@ def _agreement_verdict(low: float, high: float, same_kind: bool) -> str:
 def _common(x: GoodnessTable, y: GoodnessTable) -> tuple[np.ndarray, np.ndarray, list[str]]:
     names = sorted(set(x.explainers) & set(y.explainers))
     images = sorted(set(x.images) & set(y.images))
-    pick = lambda t: t.values[0][
+    pick = lambda t: t.values[0][  # noqa: E731
         np.ix_(
-            [t.images.index(i) for i in images],  # noqa: E731
+            [t.images.index(i) for i in images],
             [t.explainers.index(e) for e in names],
         )
     ]

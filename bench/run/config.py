@@ -56,18 +56,20 @@ DEFAULTS: dict[str, Any] = {
         "split": "test",
         "sample": "per_cell",  # per_cell | all
         "per_cell": 4,  # images per confusion cell (TP/FP/FN/TN) when sample = per_cell
-        "nested_per_cell": 0,  # > 0: explain a seeded subset of that many per cell of the per_cell sample (the
+        # > 0: explain a seeded subset of that many per cell of the per_cell sample (the
         # same images as a run at per_cell, fewer of them); 0 = all of the sample
+        "nested_per_cell": 0,
         "background_size": 32,  # reference images drawn (seeded) from the train split
     },
     "models": {
         "names": ["resnet18"],
         "stages": ["pre", "post"],
         "seeds": [],  # training seeds, each its own checkpoints ([] = train.seed alone)
-        "select_seed": -1,  # whose pre model picks the images and the predicted targets (-1 = the first
+        # whose pre model picks the images and the predicted targets (-1 = the first
         # of seeds; another seed's model is trained if needed, used, not explained)
-        "user": {},
-    },  # {name: {factory, kwargs, checkpoint, convert}}: your own models (models/user.py)
+        "select_seed": -1,
+        "user": {},  # {name: {factory, kwargs, checkpoint, convert}}: your own models (models/user.py)
+    },
     "train": {},  # TrainConfig fields (models.recipes)
     "tune": {},  # TuneConfig fields
     "explain": {
@@ -82,17 +84,20 @@ DEFAULTS: dict[str, Any] = {
         "attribution": "signed",  # signed | abs | positive: one explicit preprocessing step before metrics
         "params": {},  # {metric name: {param: value}}
         "curves": True,  # store the curves of the curve metrics (deletion, insertion, ROAD)
-        "precision": "float32",  # float32 | bfloat16 | float16 (CUDA only): the metrics' own model passes, under
+        # float32 | bfloat16 | float16 (CUDA only): the metrics' own model passes, under
         # autocast; explainers (also those a metric re-runs) stay float32
+        "precision": "float32",
     },
     "figures": {"enabled": True, "examples_per_cell": 1},
     "report": {  # how report.html shows the run (not what it computes: left out of the run's identity)
         "self_contained": True,  # true: one file, figures embedded; false: links figures/*.png and long tables' CSVs
-        "maps": False,  # true: also maps.npz, every pre-stage map of the explained images (what combining
+        # true: also maps.npz, every pre-stage map of the explained images (what combining
         # the parts of a study needs for its seed-vs-seed map similarity)
+        "maps": False,
     },
-    "stats": {  # how the tables decide (bench/stats; what they show, not what the run computes: left
-        # out of the run's identity, so changing it re-uses the cache)
+    # how the tables decide (bench/stats; what they show, not what the run computes: left
+    # out of the run's identity, so changing it re-uses the cache)
+    "stats": {
         "margins": {},  # TOST equivalence margin per metric or metric kind, e.g. {faithfulness = 0.02}
         "effects": {},  # smallest effect of interest per metric or kind, for `bench plan` (n before the run)
         "alias_rtol": 1e-6,  # two explainers are aliases when every score agrees within atol + rtol * |value|
@@ -100,8 +105,9 @@ DEFAULTS: dict[str, Any] = {
         "draws": 20000,  # Monte Carlo draws of the max-T null and of P(top stays)
         "seed": 0,
     },
-    "truth": {  # `bench truth`: the model-truth test on `marked` data (bench/run/truth.py); one
-        # sub-run per (polarity, condition), so left out of each run's identity
+    # `bench truth`: the model-truth test on `marked` data (bench/run/truth.py); one
+    # sub-run per (polarity, condition), so left out of each run's identity
+    "truth": {
         "conditions": ["none", "confound", "noise"],  # training conditions of the marked data (datasets/marked.py)
         "polarities": ["bright"],  # marker polarities, each with every condition
         "reliance_margin": 0.05,  # |p(class 1) with - without marker| below which a model does not use it
@@ -127,9 +133,10 @@ DEFAULTS: dict[str, Any] = {
             "stages": ["pre"],
         },
     },
-    "parts": {},  # {part: {table overrides}}: a run too long for one sitting, as ordinary runs in
+    # {part: {table overrides}}: a run too long for one sitting, as ordinary runs in
     # <results_dir>/<name>/parts/<part>, combined into <results_dir>/<name>
     # (bench/run/parts.py)
+    "parts": {},
 }
 
 CHOICES = {

@@ -145,8 +145,8 @@ def unit_floor(unit: Unit, result: dict[str, Any], pass_seconds: dict[str, float
     t_score = scoring_forward(pass_seconds, unit.precision)
     e_passes = (
         (0.0, 0.0)
-        if unit.given is not None
-        else passes_per_image(  # a given map: no model passes
+        if unit.given is not None  # a given map: no model passes
+        else passes_per_image(
             unit.explainer,
             unit.params,
             background_size=unit.background.shape[0],
