@@ -4,6 +4,7 @@ eager ``from bench.api import ...`` here would run the whole stack while ``datas
 are half-imported (``import datasets`` first: ImportError, a circular import).
 
 ``bench.__version__`` is the installed distribution's version (``pyproject.toml``)."""
+
 import importlib
 from importlib import metadata
 from typing import Any

@@ -5,6 +5,7 @@ then ends the process with one line, not a traceback from inside an import. Whil
 :func:`bench.cli.main` handles them. After it, they are ignored: Python's shutdown would otherwise
 put back the default handlers, and a second Ctrl-C during it would kill the process by the signal
 (exit -2) instead of ending it with the status the command returned."""
+
 import os
 import signal
 import sys

@@ -15,6 +15,7 @@ docs/own-maps.md.
 
 The model you pass is not changed (a copy is explained, in eval mode).
 """
+
 from __future__ import annotations
 
 import io
@@ -99,8 +100,11 @@ class Result:
     def curves(self) -> pd.DataFrame:
         """``curves.csv``: the per-image curves of the curve metrics (empty without one)."""
         data = self.files.get("curves.csv")
-        return pd.read_csv(io.BytesIO(data), keep_default_na=False, na_values={"prob": ["", "nan", "NaN"]}) \
-            if data else pd.DataFrame()
+        return (
+            pd.read_csv(io.BytesIO(data), keep_default_na=False, na_values={"prob": ["", "nan", "NaN"]})
+            if data
+            else pd.DataFrame()
+        )
 
     def plot(self) -> dict[str, Figure]:
         """``{"leaderboard": heatmap, "curves": deletion/insertion curves}`` (the latter only with a
@@ -123,8 +127,11 @@ class Result:
             for name in (*MEASURED, "prepost_models.json", "attributions.npz"):
                 if name not in self.files:
                     (path / name).unlink(missing_ok=True)  # a file of an earlier run must not feed the tables
-            kept = [atomic_write_bytes(path / name, data) for name, data in sorted(self.files.items())
-                    if name != "manifest.json"]
+            kept = [
+                atomic_write_bytes(path / name, data)
+                for name, data in sorted(self.files.items())
+                if name != "manifest.json"
+            ]
             written = kept + rebuild(path, figures=True, page=False) + [path / REPORT]
             files = sorted({str(p.relative_to(path)) for p in written})
             atomic_write_json(path / "manifest.json", {**self.manifest, "files": files})
@@ -132,17 +139,31 @@ class Result:
         return path
 
 
-def evaluate(model: nn.Module, images: Tensor | np.ndarray,
-             targets: Tensor | np.ndarray | Sequence[int] | int | None = None,
-             *, labels: Tensor | np.ndarray | Sequence[int] | None = None, masks: Tensor | np.ndarray | None = None,
-             explainers: Sequence[str] | None = None, metrics: Sequence[str] | None = None,
-             background: Tensor | np.ndarray | None = None,
-             explainer_params: Mapping[str, Mapping[str, Any]] | None = None,
-             metric_params: Mapping[str, Mapping[str, Any]] | None = None, attribution: str = "signed",
-             output: str = "logit", device: str = "auto", precision: str = "float32", convert: bool = False,
-             seed: int = 0, shard_size: int = 8,
-             name: str = "notebook", model_name: str | None = None, overrides: Sequence[str] = (),
-             attributions: Mapping[str, Tensor | np.ndarray] | None = None, verbose: bool = True) -> Result:
+def evaluate(
+    model: nn.Module,
+    images: Tensor | np.ndarray,
+    targets: Tensor | np.ndarray | Sequence[int] | int | None = None,
+    *,
+    labels: Tensor | np.ndarray | Sequence[int] | None = None,
+    masks: Tensor | np.ndarray | None = None,
+    explainers: Sequence[str] | None = None,
+    metrics: Sequence[str] | None = None,
+    background: Tensor | np.ndarray | None = None,
+    explainer_params: Mapping[str, Mapping[str, Any]] | None = None,
+    metric_params: Mapping[str, Mapping[str, Any]] | None = None,
+    attribution: str = "signed",
+    output: str = "logit",
+    device: str = "auto",
+    precision: str = "float32",
+    convert: bool = False,
+    seed: int = 0,
+    shard_size: int = 8,
+    name: str = "notebook",
+    model_name: str | None = None,
+    overrides: Sequence[str] = (),
+    attributions: Mapping[str, Tensor | np.ndarray] | None = None,
+    verbose: bool = True,
+) -> Result:
     """Benchmark explainers on ``model`` with ``images``: the CLI's units, scores and tables.
 
     Args:
@@ -191,8 +212,20 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray,
     maps_given = _map_names(attributions, explainers)
     registered = list(MAP_CONTROLS) if maps_given and explainers is None else explainers
     # maps alone: the config is validated with one control (explain.names may not be empty), then holds the maps only
-    cfg = _config(name, seed, device, registered or ([MAP_CONTROLS[0]] if maps_given else registered), metrics,
-                  explainer_params, metric_params, attribution, output, shard_size, overrides, precision)
+    cfg = _config(
+        name,
+        seed,
+        device,
+        registered or ([MAP_CONTROLS[0]] if maps_given else registered),
+        metrics,
+        explainer_params,
+        metric_params,
+        attribution,
+        output,
+        shard_size,
+        overrides,
+        precision,
+    )
     if maps_given and not registered:
         cfg = replace(cfg, explain=replace(cfg.explain, names=()))
     dev = resolve_device(cfg.device)
@@ -200,51 +233,102 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray,
         raise BenchError(f"model must be a torch nn.Module returning logits, got {type(model).__name__}")
     x = _images(images, "images")
     n = len(x)
-    maps = {key: map_values(value, x.shape, f"attributions[{key!r}]")
-            for key, value in (attributions or {}).items()}  # the order of maps_given
+    maps = {  # the order of maps_given
+        key: map_values(value, x.shape, f"attributions[{key!r}]") for key, value in (attributions or {}).items()
+    }
     work = copy_model(model).cpu().eval()
     k = check_fits(work, x, where="model")
     y = None if labels is None else _classes(labels, "labels", n, k)
     t = None if targets is None else _classes(targets, "targets", n, k)
     m = None if masks is None else _masks(masks, x)
-    split = ImageSplit(images=x, labels=y if y is not None else torch.full((n,), -1, dtype=torch.long),
-                       name="notebook", split="given", masks=m)
+    split = ImageSplit(
+        images=x,
+        labels=y if y is not None else torch.full((n,), -1, dtype=torch.long),
+        name="notebook",
+        split="given",
+        masks=m,
+    )
     if background is None:
         bg, bg_source = P.background(split, BACKGROUND_SIZE, seed), f"drawn from the images (seed {seed})"
     else:
         bg, bg_source = _images(background, "background"), "given"
         if bg.shape[1:] != x.shape[1:]:
-            raise BenchError(f"background has images of shape {tuple(bg.shape[1:])}, the images {tuple(x.shape[1:])}; "
-                             f"give reference images like the explained ones")
+            raise BenchError(
+                f"background has images of shape {tuple(bg.shape[1:])}, the images {tuple(x.shape[1:])}; "
+                f"give reference images like the explained ones"
+            )
     label = model_name if model_name is not None else type(model).__name__
     if not is_plain_name(label):
-        raise BenchError(f"model_name {shown(label)} is not a plain name (letters, digits and ._+-, not starting "
-                         f"with a dot, at most {MAX_NAME} characters); pass e.g. model_name=\"my-resnet\"")
+        raise BenchError(
+            f"model_name {shown(label)} is not a plain name (letters, digits and ._+-, not starting "
+            f'with a dot, at most {MAX_NAME} characters); pass e.g. model_name="my-resnet"'
+        )
 
     t0 = time.perf_counter()
     fix = "pass convert=True to bench.evaluate (it rewrites what has an exact rewrite, or says what it cannot)"
-    work, record = prepare_model(work, x, convert=convert, fix=fix,
-                                 warn=lambda s: warnings.warn(s.removeprefix("warning: "), UserWarning, stacklevel=4))
+    work, record = prepare_model(
+        work,
+        x,
+        convert=convert,
+        fix=fix,
+        warn=lambda s: warnings.warn(s.removeprefix("warning: "), UserWarning, stacklevel=4),
+    )
     timings = {"model": time.perf_counter() - t0}
     key = object_model_key(model, record)
-    info = {"source": "bench.evaluate", "n_images": n, "images_sha256": tensor_digest(x),
-            "labels": y is not None, "targets": "given" if given_targets else "predicted",
-            "background": bg_source, "background_size": int(len(bg)), "background_sha256": tensor_digest(bg)}
+    info = {
+        "source": "bench.evaluate",
+        "n_images": n,
+        "images_sha256": tensor_digest(x),
+        "labels": y is not None,
+        "targets": "given" if given_targets else "predicted",
+        "background": bg_source,
+        "background_size": int(len(bg)),
+        "background_sha256": tensor_digest(bg),
+    }
     split = ImageSplit(images=x, labels=split.labels, name="notebook", split="given", masks=m, info=info)
     cfg = _describe(cfg, label, record, key, info, maps)
-    stage = Stage(label, "pre", Path("notebook"), key, {"test": {}, "config": {"user_model": record}},
-                  work.to(dev), label, 0)
+    stage = Stage(
+        label, "pre", Path("notebook"), key, {"test": {}, "config": {"user_model": record}}, work.to(dev), label, 0
+    )
     preds = checked_predictions(stage.model, x, device=dev).argmax(1)
     say = print if verbose else (lambda s: None)
     with tempfile.TemporaryDirectory(prefix="pneumobench-") as tmp:
         run_dir = Path(tmp) / cfg.name
         with claim(run_dir, cfg):
-            plan, examples = P.plan_images(cfg, [stage], P.data_fingerprint(split), torch.arange(n), x, y,
-                                           preds if t is None else t, m, preds, bg, dev, run_dir, maps)
-            run_plan(cfg, run_dir, dev, split, [stage], plan, examples, timings, t_all, say=say, progress=False,
-                     figures=False)
-        files = {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
-                 if p.is_file() and p.relative_to(run_dir).parts[0] not in RUN_FILES_SKIPPED}
+            plan, examples = P.plan_images(
+                cfg,
+                [stage],
+                P.data_fingerprint(split),
+                torch.arange(n),
+                x,
+                y,
+                preds if t is None else t,
+                m,
+                preds,
+                bg,
+                dev,
+                run_dir,
+                maps,
+            )
+            run_plan(
+                cfg,
+                run_dir,
+                dev,
+                split,
+                [stage],
+                plan,
+                examples,
+                timings,
+                t_all,
+                say=say,
+                progress=False,
+                figures=False,
+            )
+        files = {
+            str(p.relative_to(run_dir)): p.read_bytes()
+            for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.relative_to(run_dir).parts[0] not in RUN_FILES_SKIPPED
+        }
         scores = L.read_scores(run_dir / "scores.csv")
     return Result(scores=scores, manifest=json.loads(files["manifest.json"]), config=cfg, files=files)
 
@@ -252,16 +336,35 @@ def evaluate(model: nn.Module, images: Tensor | np.ndarray,
 # ----------------------------------------------------------------------------- the config
 
 
-def _config(name: str, seed: int, device: str, explainers: Sequence[str] | None, metrics: Sequence[str] | None,
-            explainer_params: Mapping[str, Any] | None, metric_params: Mapping[str, Any] | None, attribution: str,
-            output: str, shard_size: int, overrides: Sequence[str], precision: str = "float32") -> RunConfig:
+def _config(
+    name: str,
+    seed: int,
+    device: str,
+    explainers: Sequence[str] | None,
+    metrics: Sequence[str] | None,
+    explainer_params: Mapping[str, Any] | None,
+    metric_params: Mapping[str, Any] | None,
+    attribution: str,
+    output: str,
+    shard_size: int,
+    overrides: Sequence[str],
+    precision: str = "float32",
+) -> RunConfig:
     """The run config of the arguments: ``configs/quick.toml``, the arguments as ``--set`` overrides,
     then ``overrides``, validated by :func:`load_config` (the CLI's checks and messages)."""
-    given = [("name", name), ("seed", seed), ("device", device), ("explain.output", output),
-             ("explain.shard_size", shard_size), ("metrics.attribution", attribution), ("metrics.precision", precision),
-             ("explain.names", None if explainers is None else list(_names(explainers, "explainers"))),
-             ("metrics.names", None if metrics is None else list(_names(metrics, "metrics"))),
-             ("explain.params", explainer_params), ("metrics.params", metric_params)]
+    given = [
+        ("name", name),
+        ("seed", seed),
+        ("device", device),
+        ("explain.output", output),
+        ("explain.shard_size", shard_size),
+        ("metrics.attribution", attribution),
+        ("metrics.precision", precision),
+        ("explain.names", None if explainers is None else list(_names(explainers, "explainers"))),
+        ("metrics.names", None if metrics is None else list(_names(metrics, "metrics"))),
+        ("explain.params", explainer_params),
+        ("metrics.params", metric_params),
+    ]
     if isinstance(overrides, str):
         raise BenchError(f"overrides must be a list of KEY=VALUE strings, got the string {overrides!r}; wrap it in [ ]")
     sets = [f"{key}={_toml(value, key)}" for key, value in given if value is not None]
@@ -279,21 +382,28 @@ def _map_names(attributions: Any, explainers: Sequence[str] | None) -> list[str]
     if attributions is None:
         return []
     if not isinstance(attributions, Mapping):
-        raise BenchError(f"attributions must be a dict {{name: maps}}, got {type(attributions).__name__}; e.g. "
-                         f"attributions={{\"my-gradcam\": maps}}")
+        raise BenchError(
+            f"attributions must be a dict {{name: maps}}, got {type(attributions).__name__}; e.g. "
+            f'attributions={{"my-gradcam": maps}}'
+        )
     taken = set(explainers) if explainers is not None and not isinstance(explainers, str) else set()
     for key in attributions:
         if not is_plain_name(key):
-            raise BenchError(f"attributions: {shown(key)} is not a plain name (letters, digits and ._+-, not starting "
-                             f"with a dot, at most {MAX_NAME} characters); name the map e.g. \"my-gradcam\"")
+            raise BenchError(
+                f"attributions: {shown(key)} is not a plain name (letters, digits and ._+-, not starting "
+                f'with a dot, at most {MAX_NAME} characters); name the map e.g. "my-gradcam"'
+            )
         if key in EXPLAINERS or key in taken:
-            raise BenchError(f"attributions: {key!r} is the name of a registered explainer; name your map otherwise, "
-                             f"e.g. \"my-{key}\" (the tables would not tell the two apart)")
+            raise BenchError(
+                f"attributions: {key!r} is the name of a registered explainer; name your map otherwise, "
+                f'e.g. "my-{key}" (the tables would not tell the two apart)'
+            )
     return list(attributions)
 
 
-def _describe(cfg: RunConfig, label: str, record: dict[str, Any], key: str, info: dict[str, Any],
-              maps: Mapping[str, Tensor]) -> RunConfig:
+def _describe(
+    cfg: RunConfig, label: str, record: dict[str, Any], key: str, info: dict[str, Any], maps: Mapping[str, Tensor]
+) -> RunConfig:
     """The config with its data and models sections saying what was evaluated (the notebook's
     images and model, not the quick profile's data set and ResNet), and the given maps among the
     explainers, each with its digest (so another map is another run) and the metrics that cannot
@@ -301,17 +411,31 @@ def _describe(cfg: RunConfig, label: str, record: dict[str, Any], key: str, info
     explain = replace(cfg.explain, target=info["targets"])
     if maps:
         fixed = [m for m in cfg.metrics.names if "explain" in METRICS.get(m).meta.get("needs", ())]
-        explain = replace(explain, names=(*explain.names, *maps),
-                          given={k: {"sha256": tensor_digest(v), "shape": list(v.shape), "not_scored": fixed}
-                                 for k, v in maps.items()})
-    data = DataSection(dataset="notebook", options={}, split="given", sample="all", per_cell=cfg.data.per_cell,
-                       nested_per_cell=0, background_size=info["background_size"],
-                       described={k: info[k] for k in ("n_images", "images_sha256", "labels", "background",
-                                                       "background_sha256")})
+        explain = replace(
+            explain,
+            names=(*explain.names, *maps),
+            given={
+                k: {"sha256": tensor_digest(v), "shape": list(v.shape), "not_scored": fixed} for k, v in maps.items()
+            },
+        )
+    data = DataSection(
+        dataset="notebook",
+        options={},
+        split="given",
+        sample="all",
+        per_cell=cfg.data.per_cell,
+        nested_per_cell=0,
+        background_size=info["background_size"],
+        described={k: info[k] for k in ("n_images", "images_sha256", "labels", "background", "background_sha256")},
+    )
     users = {label: {"object": record["class"], "convert": record["convert"], "model_key": key}}
-    return replace(cfg, data=data, explain=explain,
-                   models=ModelsSection(names=(label,), stages=("pre",), seeds=(), select_seed=-1, user=users),
-                   source=f"bench.evaluate (arguments over {cfg.source})")
+    return replace(
+        cfg,
+        data=data,
+        explain=explain,
+        models=ModelsSection(names=(label,), stages=("pre",), seeds=(), select_seed=-1, user=users),
+        source=f"bench.evaluate (arguments over {cfg.source})",
+    )
 
 
 TOML_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -331,10 +455,17 @@ def _toml(value: Any, what: str) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml(v, what) for v in value) + "]"
     if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k if TOML_KEY.match(str(k)) else json.dumps(str(k))} = {_toml(v, what)}"
-                               for k, v in value.items()) + "}"
-    raise BenchError(f"{what}: {value!r} ({type(value).__name__}) is not a number, string, boolean, list or table; "
-                     f"leave a parameter out to use its default")
+        return (
+            "{"
+            + ", ".join(
+                f"{k if TOML_KEY.match(str(k)) else json.dumps(str(k))} = {_toml(v, what)}" for k, v in value.items()
+            )
+            + "}"
+        )
+    raise BenchError(
+        f"{what}: {value!r} ({type(value).__name__}) is not a number, string, boolean, list or table; "
+        f"leave a parameter out to use its default"
+    )
 
 
 # ----------------------------------------------------------------------------- the inputs
@@ -360,8 +491,9 @@ def _images(a: Any, what: str) -> Tensor:
     x = x.float().contiguous()
     bad = int((~torch.isfinite(x)).sum())
     if bad:
-        raise BenchError(f"{what} hold {bad} NaN or infinite values; clean them (e.g. torch.nan_to_num) before "
-                         f"explaining")
+        raise BenchError(
+            f"{what} hold {bad} NaN or infinite values; clean them (e.g. torch.nan_to_num) before explaining"
+        )
     return x
 
 
@@ -378,8 +510,9 @@ def _classes(a: Any, what: str, n: int, k: int) -> Tensor:
         raise BenchError(f"{what} must be class indices (integers), got dtype {c.dtype}")
     c = c.long()
     if bool(((c < 0) | (c >= k)).any()):
-        raise BenchError(f"{what} must be classes 0..{k - 1} of the model's {k} outputs, got values "
-                         f"{sorted(set(c.tolist()))[:5]}")
+        raise BenchError(
+            f"{what} must be classes 0..{k - 1} of the model's {k} outputs, got values {sorted(set(c.tolist()))[:5]}"
+        )
     return c
 
 

@@ -9,6 +9,7 @@ files, a mistyped flag, a place that cannot be written) ends with one line
 stop a command the same way, with one line saying that finished work is kept (exit 130 / 143);
 a second signal while it stops ends the process at once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,12 @@ from models.recipes import Recipe, TrainConfig, TuneConfig
 from models.training import train_model
 from models.tuning import tune_model
 
-REGISTRIES: dict[str, Registry] = {"models": models.MODELS, "explainers": explainers.EXPLAINERS,
-                                   "metrics": metrics.METRICS, "datasets": datasets.DATASETS}
+REGISTRIES: dict[str, Registry] = {
+    "models": models.MODELS,
+    "explainers": explainers.EXPLAINERS,
+    "metrics": metrics.METRICS,
+    "datasets": datasets.DATASETS,
+}
 LIST_BACKGROUND = 32  # the default config's data.background_size, for the pass counts `list` shows
 LIST_SHAPE = (1, 28, 28)  # the default config's images, for pass counts that depend on the image size
 
@@ -85,12 +90,15 @@ class Parser(argparse.ArgumentParser):
     def _check_value(self, action: argparse.Action, value: Any) -> None:
         if action.choices is not None and value not in action.choices:
             choices = ", ".join(map(repr, action.choices))
-            raise argparse.ArgumentError(action, f"invalid choice: {value!r}{did_you_mean(value, action.choices)}; "
-                                                 f"choose from {choices}")
+            raise argparse.ArgumentError(
+                action, f"invalid choice: {value!r}{did_you_mean(value, action.choices)}; choose from {choices}"
+            )
 
 
-CONFIG_HELP = (f"a TOML config file, or a shipped profile's name: "
-               f"{', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.toml')))} (default: quick)")
+CONFIG_HELP = (
+    f"a TOML config file, or a shipped profile's name: "
+    f"{', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.toml')))} (default: quick)"
+)
 
 RUN_EXAMPLES = """examples (as typed in bash):
   python -m bench run --config study --name study    # a shipped profile, by name
@@ -105,12 +113,26 @@ def _add_data_args(p: argparse.ArgumentParser, *, dataset: bool) -> None:
     if dataset:
         g.add_argument("--dataset", default="pneumoniamnist", help="registered dataset (default: %(default)s)")
         g.add_argument("--size", type=int, default=None, help="shortcut for --data-option size=N")
-    g.add_argument("--data-file", default=None, help="shortcut for --data-option data_file=PATH: a MedMNIST-style "
-                                                     ".npz (else env BENCH_DATA_FILE, else --data-root)")
-    g.add_argument("--data-root", default=None, help="shortcut for --data-option data_root=DIR: a medmnist root "
-                                                     "folder (else env BENCH_DATA_ROOT, else medmnist's default)")
-    g.add_argument("--data-option", dest="data_options", action="append", default=[], metavar="KEY=VALUE",
-                   help="an option of the dataset's loader, as a TOML value (repeatable)")
+    g.add_argument(
+        "--data-file",
+        default=None,
+        help="shortcut for --data-option data_file=PATH: a MedMNIST-style "
+        ".npz (else env BENCH_DATA_FILE, else --data-root)",
+    )
+    g.add_argument(
+        "--data-root",
+        default=None,
+        help="shortcut for --data-option data_root=DIR: a medmnist root "
+        "folder (else env BENCH_DATA_ROOT, else medmnist's default)",
+    )
+    g.add_argument(
+        "--data-option",
+        dest="data_options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the dataset's loader, as a TOML value (repeatable)",
+    )
 
 
 def _add_recipe_args(p: argparse.ArgumentParser, cls: type[Recipe]) -> None:
@@ -137,24 +159,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    r = sub.add_parser("run", help="run a benchmark config: explainers x metrics -> leaderboards and figures",
-                       epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r = sub.add_parser(
+        "run",
+        help="run a benchmark config: explainers x metrics -> leaderboards and figures",
+        epilog=RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     r.add_argument("--config", default=None, help=CONFIG_HELP)
-    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, a TOML value in single quotes for the shell, e.g. "
-                        "--set 'explain.names=[\"random\"]' (repeatable)")
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, a TOML value in single quotes for the shell, e.g. "
+        "--set 'explain.names=[\"random\"]' (repeatable)",
+    )
     r.add_argument("--name", default=None, help="run name: results/<name>/ (default: the config's name)")
     r.add_argument("--results", default=None, help="results folder (default: results)")
     _add_device(r)
     _add_data_args(r, dataset=False)
-    r.add_argument("--executor", default="local", choices=("local", "ray"),
-                   help="local: in this process (default); ray: one Ray task per unit of work")
-    r.add_argument("--ray-address", default=None,
-                   help="Ray cluster address for --executor ray (default: start a local instance)")
-    r.add_argument("--part", default=None, metavar="PART",
-                   help="a config with [parts.<part>] tables: run only this part (each an ordinary run in "
-                        "results/<name>/parts/<part>); without --part every unfinished part runs, then they are "
-                        "combined into results/<name>")
+    r.add_argument(
+        "--executor",
+        default="local",
+        choices=("local", "ray"),
+        help="local: in this process (default); ray: one Ray task per unit of work",
+    )
+    r.add_argument(
+        "--ray-address", default=None, help="Ray cluster address for --executor ray (default: start a local instance)"
+    )
+    r.add_argument(
+        "--part",
+        default=None,
+        metavar="PART",
+        help="a config with [parts.<part>] tables: run only this part (each an ordinary run in "
+        "results/<name>/parts/<part>); without --part every unfinished part runs, then they are "
+        "combined into results/<name>",
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     lst = sub.add_parser("list", help="list registered models, explainers, metrics or datasets")
@@ -162,8 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a model from scratch; writes a checkpoint + JSON sidecar")
     _add_recipe_args(tr, TrainConfig)
-    tr.add_argument("--out", default=None,
-                    help="checkpoint path (default: <results>/checkpoints/<model>-<size>px-seed<seed>-<key>.pt)")
+    tr.add_argument(
+        "--out",
+        default=None,
+        help="checkpoint path (default: <results>/checkpoints/<model>-<size>px-seed<seed>-<key>.pt)",
+    )
     tr.add_argument("--results", default="results", help="results folder (default: %(default)s)")
     _add_device(tr)
     _add_data_args(tr, dataset=True)
@@ -182,17 +226,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="n before the run: images per model-stage for the declared effects, and the cost")
     pl.add_argument("--config", default=None, help=CONFIG_HELP)
-    pl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config value (TOML), e.g. --set 'stats.effects={faithfulness = 0.03}'")
-    pl.add_argument("--pilot", required=True, help="a finished run folder whose scores give the paired variances "
-                                                   "(e.g. results/published/card)")
+    pl.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (TOML), e.g. --set 'stats.effects={faithfulness = 0.03}'",
+    )
+    pl.add_argument(
+        "--pilot",
+        required=True,
+        help="a finished run folder whose scores give the paired variances (e.g. results/published/card)",
+    )
     pl.add_argument("--power", type=float, default=0.8, help="power to detect the smallest effect (default: 0.8)")
-    tt = sub.add_parser("truth", help="the model-truth test: one run per training condition of a marked data set, "
-                                      "then which explainers follow what the model uses and which metrics agree")
-    tt.add_argument("--config", default=None,
-                    help="TOML config with data.dataset = \"marked\", or a shipped profile's name (e.g. truth)")
-    tt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config value (TOML), e.g. --set 'truth.polarities=[\"bright\", \"dark\"]'")
+    tt = sub.add_parser(
+        "truth",
+        help="the model-truth test: one run per training condition of a marked data set, "
+        "then which explainers follow what the model uses and which metrics agree",
+    )
+    tt.add_argument(
+        "--config",
+        default=None,
+        help='TOML config with data.dataset = "marked", or a shipped profile\'s name (e.g. truth)',
+    )
+    tt.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help='override a config value (TOML), e.g. --set \'truth.polarities=["bright", "dark"]\'',
+    )
     tt.add_argument("--name", default=None, help="run name: results/<name>/ (default: the config's name)")
     tt.add_argument("--results", default=None, help="results folder (default: results)")
     _add_device(tt)
@@ -226,8 +291,10 @@ def constraint_text(c: Any) -> str:
 
 def _params_text(params: dict[str, Any], constraints: dict[str, Any]) -> str:
     constraints = {"seed": SEED_RANGE, **constraints}
-    return ", ".join(f"{k}={_fmt(v)}" + (f" ({constraint_text(constraints[k])})" if k in constraints else "")
-                     for k, v in params.items())
+    return ", ".join(
+        f"{k}={_fmt(v)}" + (f" ({constraint_text(constraints[k])})" if k in constraints else "")
+        for k, v in params.items()
+    )
 
 
 def describe(kind: str, width: int | None = None) -> str:
@@ -240,24 +307,31 @@ def describe(kind: str, width: int | None = None) -> str:
     lines = [f"{kind} ({len(reg)}):"]
 
     def add(text: str, first: str = indent) -> None:
-        lines.extend(textwrap.wrap(text, width, initial_indent=first, subsequent_indent=indent,
-                                   break_on_hyphens=False) or [first.rstrip()])
+        lines.extend(
+            textwrap.wrap(text, width, initial_indent=first, subsequent_indent=indent, break_on_hyphens=False)
+            or [first.rstrip()]
+        )
 
     for e in reg.entries():
         meta = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(e.meta.items()) if k not in ("passes", "constraints"))
         params = {"explainers": explainers.explainer_params, "metrics": metrics.metric_params}.get(
-            kind, lambda n: reg.get(n).params())(e.name)
+            kind, lambda n: reg.get(n).params()
+        )(e.name)
         doc = (getattr(e.obj, "__doc__", None) or "").strip().splitlines()
         add(doc[0] if doc else "", f"  {e.name:<30} ")
         if meta:
             add(f"[{meta}]")
         if params:
-            add(f"{'options' if kind == 'datasets' else 'params'}: "
-                + _params_text(params, e.meta.get("constraints") or {}))
+            add(
+                f"{'options' if kind == 'datasets' else 'params'}: "
+                + _params_text(params, e.meta.get("constraints") or {})
+            )
         if kind == "explainers":
             passes = format_passes(passes_per_image(e.name, background_size=LIST_BACKGROUND, shape=LIST_SHAPE))
-            add(f"passes/image at the defaults, background {LIST_BACKGROUND}, {'x'.join(map(str, LIST_SHAPE))} "
-                f"images: {passes}")
+            add(
+                f"passes/image at the defaults, background {LIST_BACKGROUND}, {'x'.join(map(str, LIST_SHAPE))} "
+                f"images: {passes}"
+            )
         elif kind == "metrics":  # n/a: the count depends on the explainer (randomisation re-runs it)
             add(f"passes/image at the defaults: {format_passes(metric_passes_per_image(e.name))}")
     return "\n".join(lines)
@@ -300,8 +374,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg.validate()
     train, val, test = _splits(args)
     cfg = dataclasses.replace(cfg, dataset=train.name, size=int(train.images.shape[-1]))
-    out = (Path(args.out) if args.out
-           else default_checkpoint_path(cfg, train.fingerprint, Path(args.results) / "checkpoints"))
+    out = (
+        Path(args.out)
+        if args.out
+        else default_checkpoint_path(cfg, train.fingerprint, Path(args.results) / "checkpoints")
+    )
     _check_out(out, given=bool(args.out))
     side = train_model(cfg, train, val, test, out=out, device=args.device, progress=not args.no_progress)
     _print_result(out, side)
@@ -319,8 +396,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     side = tune_model(args.parent, cfg, train, val, test, out=out, device=args.device, progress=not args.no_progress)
     _print_result(out, side)
     c = side["comparison"]
-    print("vs parent: " + ", ".join(f"{k} {v:+.4f}" for k, v in c["delta"].items())
-          + f"; McNemar p = {c['mcnemar']['p_value']:.4g}; {c['images_changed_cell']} test images changed cell")
+    print(
+        "vs parent: "
+        + ", ".join(f"{k} {v:+.4f}" for k, v in c["delta"].items())
+        + f"; McNemar p = {c['mcnemar']['p_value']:.4g}; {c['images_changed_cell']} test images changed cell"
+    )
     return 0
 
 
@@ -335,16 +415,25 @@ def _check_out(out: Path, *, given: bool) -> None:
 def _print_result(out: Path, side: dict) -> None:
     t = side["test"]
     # binary data: sensitivity and specificity; K > 2 classes: the recall of each class
-    rates = (f"sensitivity {t['sensitivity']:.4f}, specificity {t['specificity']:.4f}" if "sensitivity" in t else
-             "recall by class " + " ".join("n/a" if r is None else f"{r:.3f}" for r in t.get("recall", [])))
-    print(f"wrote {out} (+ {out.name}.json): best epoch {side['best_epoch']} on val; test ACC {t['acc']:.4f}, "
-          f"AUC {t['auc']:.4f}, {rates}; {side['train_seconds']:.0f} s")
+    rates = (
+        f"sensitivity {t['sensitivity']:.4f}, specificity {t['specificity']:.4f}"
+        if "sensitivity" in t
+        else "recall by class " + " ".join("n/a" if r is None else f"{r:.3f}" for r in t.get("recall", []))
+    )
+    print(
+        f"wrote {out} (+ {out.name}.json): best epoch {side['best_epoch']} on val; test ACC {t['acc']:.4f}, "
+        f"AUC {t['auc']:.4f}, {rates}; {side['train_seconds']:.0f} s"
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
-    for flag, key in (("name", "name"), ("results", "results_dir"), ("data_file", "data.options.data_file"),
-                      ("data_root", "data.options.data_root")):
+    for flag, key in (
+        ("name", "name"),
+        ("results", "results_dir"),
+        ("data_file", "data.options.data_file"),
+        ("data_root", "data.options.data_root"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:  # an empty --name is refused by the config, not replaced
             overrides.append(f"{key}={json.dumps(str(value))}")
@@ -355,15 +444,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)
     if cfg.parts:
         if args.executor != "local":
-            raise BenchError("a config with [parts] runs with --executor local; run each part with --part and "
-                             "--executor ray instead")
+            raise BenchError(
+                "a config with [parts] runs with --executor local; run each part with --part and --executor ray instead"
+            )
         run_dir = run_parts(cfg, only=args.part, progress=not args.no_progress)
     elif args.part is not None:
         raise BenchError(f"--part {args.part!r}: the config {cfg.source} has no [parts] tables; drop --part")
     else:
         run_dir = run(cfg, progress=not args.no_progress, executor=args.executor, ray_address=args.ray_address)
-    print(f"results in {run_dir}: report.html (all on one page), leaderboard.md, prepost.md, reliability.md, "
-          f"scores.csv, figures/, manifest.json")
+    print(
+        f"results in {run_dir}: report.html (all on one page), leaderboard.md, prepost.md, reliability.md, "
+        f"scores.csv, figures/, manifest.json"
+    )
     return 0
 
 
@@ -393,8 +485,14 @@ def _report_truth(parent: Path, manifest: dict[str, Any]) -> list[Path]:
         check_entry(sub, folder=True)
         check_run_tree(sub)
         written += rebuild(sub)
-    return written + rebuild_truth(parent, name=cfg.name, options=cfg.data.options, stats=stats_settings(cfg),
-                                   share_margin=cfg.truth.share_margin, bootstrap=cfg.truth.bootstrap)
+    return written + rebuild_truth(
+        parent,
+        name=cfg.name,
+        options=cfg.data.options,
+        stats=stats_settings(cfg),
+        share_margin=cfg.truth.share_margin,
+        bootstrap=cfg.truth.bootstrap,
+    )
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -415,13 +513,22 @@ def cmd_truth(args: argparse.Namespace) -> int:
     if args.device != "auto":
         overrides.append(f"device={json.dumps(args.device)}")
     out = run_truth(load_config(args.config, overrides), progress=not args.no_progress)
-    print(f"results in {out}: truth.md, truth_models.csv, truth.csv, truth_agreement.csv, report.html; "
-          f"one run per condition in {out / 'runs'}")
+    print(
+        f"results in {out}: truth.md, truth_models.csv, truth.csv, truth_agreement.csv, report.html; "
+        f"one run per condition in {out / 'runs'}"
+    )
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "train": cmd_train, "tune": cmd_tune, "report": cmd_report,
-            "plan": cmd_plan, "truth": cmd_truth}
+COMMANDS = {
+    "run": cmd_run,
+    "list": cmd_list,
+    "train": cmd_train,
+    "tune": cmd_tune,
+    "report": cmd_report,
+    "plan": cmd_plan,
+    "truth": cmd_truth,
+}
 
 
 INTERRUPTED = "interrupted; finished work is kept and a re-run resumes"

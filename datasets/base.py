@@ -1,4 +1,5 @@
 """The dataset record and registry shared by every loader."""
+
 from __future__ import annotations
 
 import hashlib
@@ -104,5 +105,7 @@ def check_splits(*splits: ImageSplit) -> None:
             raise BenchError(f"{where} has no images; use a data file whose {s.split} split is not empty")
         classes = sorted(int(c) for c in s.labels.unique())
         if len(classes) < 2:
-            raise BenchError(f"{where} holds only class {classes[0]} ({len(s)} images); every split needs images of "
-                             f"at least two classes: use another data file or more images")
+            raise BenchError(
+                f"{where} holds only class {classes[0]} ({len(s)} images); every split needs images of "
+                f"at least two classes: use another data file or more images"
+            )

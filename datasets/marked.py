@@ -23,6 +23,7 @@ is measured by intervention; ``masks`` hold the marker's region on the images th
 False elsewhere), so the localisation metrics and ``mask_share`` score attribution inside it.
 Every random choice comes from its own stream of ``(seed, split)``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,8 +60,9 @@ def glyph(marker: str, size: int, polarity: str) -> tuple[Tensor, Tensor]:
     value = torch.full((size, size), v)
     if marker == "watermark":
         c = (size - 1) / 2
-        yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
-                                indexing="ij")
+        yy, xx = torch.meshgrid(
+            torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+        )
         r = ((yy - c) ** 2 + (xx - c) ** 2).sqrt()
         alpha = ((r - (c - 0.5)).abs() <= 0.5).float()
     elif marker == "tag":
@@ -68,14 +70,15 @@ def glyph(marker: str, size: int, polarity: str) -> tuple[Tensor, Tensor]:
         t = max(1, size // 4)
         inner = slice(1, size - 1)
         letter = torch.zeros(size, size, dtype=torch.bool)
-        letter[inner, 1:1 + t] = True             # the upright
-        letter[size - 1 - t:size - 1, inner] = True  # the foot
+        letter[inner, 1 : 1 + t] = True  # the upright
+        letter[size - 1 - t : size - 1, inner] = True  # the foot
         value[letter] = v
     return alpha, value
 
 
-def stamp(images: Tensor, where: Tensor, rows: Tensor, cols: Tensor, alpha: Tensor, value: Tensor,
-          opacity: float) -> tuple[Tensor, Tensor]:
+def stamp(
+    images: Tensor, where: Tensor, rows: Tensor, cols: Tensor, alpha: Tensor, value: Tensor, opacity: float
+) -> tuple[Tensor, Tensor]:
     """``images`` with the glyph blended in at ``(rows, cols)`` (top-left) where ``where`` is True,
     and the glyph's region ``(N, 1, H, W)`` bool at every image's position (whether stamped or not)."""
     out = images.clone()
@@ -85,15 +88,16 @@ def stamp(images: Tensor, where: Tensor, rows: Tensor, cols: Tensor, alpha: Tens
     a = (alpha * opacity).clamp(0, 1)
     for i in range(n):
         r, q = int(rows[i]), int(cols[i])
-        region[i, 0, r:r + s, q:q + s] = alpha > 0
+        region[i, 0, r : r + s, q : q + s] = alpha > 0
         if where[i]:
-            patch = out[i, :, r:r + s, q:q + s]
-            out[i, :, r:r + s, q:q + s] = (1 - a) * patch + a * value
+            patch = out[i, :, r : r + s, q : q + s]
+            out[i, :, r : r + s, q : q + s] = (1 - a) * patch + a * value
     return out, region
 
 
-def planted(labels: Tensor, split: str, condition: str, rate_positive: float, rate_negative: float,
-            test_rate: float, seed: int) -> Tensor:
+def planted(
+    labels: Tensor, split: str, condition: str, rate_positive: float, rate_negative: float, test_rate: float, seed: int
+) -> Tensor:
     """Which images carry the marker (bool ``(N,)``): the condition's rates on train / val, the test
     rate (label-independent) on test."""
     n = len(labels)
@@ -109,16 +113,38 @@ def planted(labels: Tensor, split: str, condition: str, rate_positive: float, ra
     return u < overall
 
 
-@register_dataset("marked", in_channels=1, num_classes=2, has_masks=True,
-                  constraints={"marker_size": Range(MIN_MARKER), "opacity": Range(0, 1, low_open=True),
-                               "rate_positive": Range(0, 1), "rate_negative": Range(0, 1),
-                               "test_rate": Range(0, 1), "test_n": Range(0)})
-def marked(split: str, *, base: str = "pneumoniamnist", base_options: dict | None = None, size: int = 28,
-           marker: Literal["patch", "watermark", "tag"] = "patch", marker_size: int = 3,
-           polarity: Literal["bright", "dark"] = "bright", opacity: float | None = None,
-           position: Literal["fixed", "random"] = "fixed",
-           condition: Literal["none", "confound", "noise"] = "confound", rate_positive: float = 0.9,
-           rate_negative: float = 0.1, test_rate: float = 0.5, test_n: int = 0, seed: int = 0) -> ImageSplit:
+@register_dataset(
+    "marked",
+    in_channels=1,
+    num_classes=2,
+    has_masks=True,
+    constraints={
+        "marker_size": Range(MIN_MARKER),
+        "opacity": Range(0, 1, low_open=True),
+        "rate_positive": Range(0, 1),
+        "rate_negative": Range(0, 1),
+        "test_rate": Range(0, 1),
+        "test_n": Range(0),
+    },
+)
+def marked(
+    split: str,
+    *,
+    base: str = "pneumoniamnist",
+    base_options: dict | None = None,
+    size: int = 28,
+    marker: Literal["patch", "watermark", "tag"] = "patch",
+    marker_size: int = 3,
+    polarity: Literal["bright", "dark"] = "bright",
+    opacity: float | None = None,
+    position: Literal["fixed", "random"] = "fixed",
+    condition: Literal["none", "confound", "noise"] = "confound",
+    rate_positive: float = 0.9,
+    rate_negative: float = 0.1,
+    test_rate: float = 0.5,
+    test_n: int = 0,
+    seed: int = 0,
+) -> ImageSplit:
     """One split of ``base`` (loaded with ``size`` and ``base_options``) with the marker planted
     (module docstring). ``info`` records every option, the base data's provenance and how many
     images carry the marker."""
@@ -150,15 +176,33 @@ def marked(split: str, *, base: str = "pneumoniamnist", base_options: dict | Non
     images = torch.where(on4, with_marker, src.images)
     counterfactual = torch.where(on4, src.images, with_marker)
     options_record: dict[str, Any] = {
-        "base": base, "base_options": options, "size": size, "marker": marker, "marker_size": marker_size,
-        "polarity": polarity, "opacity": op, "position": position, "condition": condition,
-        "rate_positive": rate_positive, "rate_negative": rate_negative, "test_rate": test_rate, "test_n": test_n,
-        "seed": seed, "version": VERSION}
+        "base": base,
+        "base_options": options,
+        "size": size,
+        "marker": marker,
+        "marker_size": marker_size,
+        "polarity": polarity,
+        "opacity": op,
+        "position": position,
+        "condition": condition,
+        "rate_positive": rate_positive,
+        "rate_negative": rate_negative,
+        "test_rate": test_rate,
+        "test_n": test_n,
+        "seed": seed,
+        "version": VERSION,
+    }
     base_info = {k: v for k, v in src.info.items() if k in ("source", "md5", "md5_official", "size", "seed")}
-    return ImageSplit(images=images.contiguous(), labels=src.labels, name="marked", split=split,
-                      masks=region & on4, class_names=src.class_names,
-                      info={**options_record, "base_info": base_info, "n_marked": int(on.sum()), "n": n},
-                      counterfactual=counterfactual.contiguous())
+    return ImageSplit(
+        images=images.contiguous(),
+        labels=src.labels,
+        name="marked",
+        split=split,
+        masks=region & on4,
+        class_names=src.class_names,
+        info={**options_record, "base_info": base_info, "n_marked": int(on.sum()), "n": n},
+        counterfactual=counterfactual.contiguous(),
+    )
 
 
 def _balanced(labels: Tensor, n: int, seed: int) -> Tensor:

@@ -12,6 +12,7 @@ registers the other single-label 2D MedMNIST datasets through it, with the same 
 except that env ``BENCH_DATA_FILE`` names the PneumoniaMNIST file only (a file of one data set
 must never be read silently as another).
 """
+
 from __future__ import annotations
 
 import functools
@@ -58,8 +59,9 @@ def official_md5(size: int, flag: str = FLAG) -> str:
     return _info(flag)[f"MD5{_size_flag(size)}"]
 
 
-def resolve_data_file(size: int = 28, data_file: str | Path | None = None,
-                      data_root: str | Path | None = None, flag: str = FLAG) -> Path:
+def resolve_data_file(
+    size: int = 28, data_file: str | Path | None = None, data_root: str | Path | None = None, flag: str = FLAG
+) -> Path:
     """The path the loader would read (which may not exist yet); no loading, no download."""
     return _resolve(_check_size(size, flag), data_file, data_root, flag)[0]
 
@@ -76,8 +78,14 @@ def class_names(flag: str) -> tuple[str, ...]:
 
 
 @register_dataset(FLAG, sizes=SIZES, in_channels=1, num_classes=2, has_masks=False, constraints={"size": SIZES})
-def pneumoniamnist(split: str, *, size: int = 28, data_file: str | Path | None = None,
-                   data_root: str | Path | None = None, download: bool = True) -> ImageSplit:
+def pneumoniamnist(
+    split: str,
+    *,
+    size: int = 28,
+    data_file: str | Path | None = None,
+    data_root: str | Path | None = None,
+    download: bool = True,
+) -> ImageSplit:
     """One split of PneumoniaMNIST at ``size`` x ``size``.
 
     Returns images ``(N, 1, size, size)`` float32 = uint8 / 255, labels ``(N,)`` int64 in {0, 1},
@@ -87,8 +95,15 @@ def pneumoniamnist(split: str, *, size: int = 28, data_file: str | Path | None =
     return load_medmnist(FLAG, split, size=size, data_file=data_file, data_root=data_root, download=download)
 
 
-def load_medmnist(flag: str, split: str, *, size: int = 28, data_file: str | Path | None = None,
-                  data_root: str | Path | None = None, download: bool = True) -> ImageSplit:
+def load_medmnist(
+    flag: str,
+    split: str,
+    *,
+    size: int = 28,
+    data_file: str | Path | None = None,
+    data_root: str | Path | None = None,
+    download: bool = True,
+) -> ImageSplit:
     """One split of the single-label 2D MedMNIST data set ``flag`` (a key of ``medmnist.INFO``).
 
     Returns images ``(N, C, size, size)`` float32 = uint8 / 255 with C = ``INFO[flag]["n_channels"]``
@@ -146,8 +161,9 @@ def _check_size(size: Any, flag: str = FLAG) -> int:
     return int(size)
 
 
-def _resolve(size: int, data_file: str | Path | None, data_root: str | Path | None,
-             flag: str = FLAG) -> tuple[Path, str]:
+def _resolve(
+    size: int, data_file: str | Path | None, data_root: str | Path | None, flag: str = FLAG
+) -> tuple[Path, str]:
     """(path, where it came from) following the documented order."""
     # explicit arguments (command-line flags) beat environment variables, which beat the default
     if data_file is not None and str(data_file) != "":
@@ -170,8 +186,10 @@ def _fix_source(flag: str) -> str:
 def _missing_fix(path: Path, size: int, flag: str = FLAG) -> str:
     info = _info(flag)
     suffix = _size_flag(size)
-    return (f"put {path.name} (from {info['url' + suffix]}, MD5 {info['MD5' + suffix]}) in {path.parent} "
-            f"or {_fix_source(flag)}")
+    return (
+        f"put {path.name} (from {info['url' + suffix]}, MD5 {info['MD5' + suffix]}) in {path.parent} "
+        f"or {_fix_source(flag)}"
+    )
 
 
 def _download(path: Path, size: int, split: str, flag: str = FLAG) -> None:
@@ -181,8 +199,10 @@ def _download(path: Path, size: int, split: str, flag: str = FLAG) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".download", dir=path.parent))
     except OSError as exc:
-        raise BenchError(f"{path} not found and cannot create {path.parent} for the download "
-                         f"({exc.strerror or exc}); {_missing_fix(path, size, flag)}") from exc
+        raise BenchError(
+            f"{path} not found and cannot create {path.parent} for the download "
+            f"({exc.strerror or exc}); {_missing_fix(path, size, flag)}"
+        ) from exc
     try:
         import medmnist
 
@@ -193,8 +213,9 @@ def _download(path: Path, size: int, split: str, flag: str = FLAG) -> None:
         # medmnist wraps every failure in a multi-line RuntimeError; report the root cause
         cause = exc.__context__ or exc.__cause__ or exc
         reason = one_line(f"{type(cause).__name__}: {cause}", 200)
-        raise BenchError(f"{path} not found and the automatic download failed ({reason}); "
-                         f"{_missing_fix(path, size, flag)}") from exc
+        raise BenchError(
+            f"{path} not found and the automatic download failed ({reason}); {_missing_fix(path, size, flag)}"
+        ) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -206,12 +227,15 @@ def _file_key(path: Path, origin: str, size: int, flag: str = FLAG) -> tuple[str
     except FileNotFoundError:
         where = f" ({origin})" if origin in (ENV_FILE, ENV_ROOT) else ""
         if origin in _ROOT_ORIGINS:
-            raise BenchError(f"{path}{where} not found and download is disabled; allow the download or "
-                             f"{_missing_fix(path, size, flag)}") from None
+            raise BenchError(
+                f"{path}{where} not found and download is disabled; allow the download or "
+                f"{_missing_fix(path, size, flag)}"
+            ) from None
         raise BenchError(f"data file {path}{where} not found; fix the path or {_fix_source(flag)}") from None
     except OSError as exc:
-        raise BenchError(f"cannot read {path}: {exc.strerror or exc}; fix its permissions or "
-                         f"{_fix_source(flag)}") from exc
+        raise BenchError(
+            f"cannot read {path}: {exc.strerror or exc}; fix its permissions or {_fix_source(flag)}"
+        ) from exc
     if not path.is_file():
         raise BenchError(f"{path} is not a file; {_fix_source(flag)}")
     return str(path.resolve()), st.st_mtime_ns, st.st_size, st.st_ino
@@ -251,22 +275,28 @@ def _check_sizes(npz: Any, file_size: int) -> None:
     for info in npz.zip.infolist():
         name = info.filename.removesuffix(".npy")
         if info.compress_size > file_size or info.file_size > MAX_RATIO * max(info.compress_size, 1):
-            raise _BadFile(f"{name} claims {info.file_size} bytes from {info.compress_size} compressed bytes in a "
-                           f"{file_size}-byte file; the archive is damaged or forged")
+            raise _BadFile(
+                f"{name} claims {info.file_size} bytes from {info.compress_size} compressed bytes in a "
+                f"{file_size}-byte file; the archive is damaged or forged"
+            )
         try:
             with npz.zip.open(info) as fh:
                 version = np.lib.format.read_magic(fh)
-                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                    np.lib.format.read_array_header_2_0
+                read_header = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
                 shape, _, dtype = read_header(fh)
                 header = fh.tell()
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-            raise _BadFile(f"cannot read the header of {name!r}, the archive is truncated or corrupt "
-                           f"({type(exc).__name__}: {exc})") from exc
+            raise _BadFile(
+                f"cannot read the header of {name!r}, the archive is truncated or corrupt ({type(exc).__name__}: {exc})"
+            ) from exc
         need = math.prod(shape) * dtype.itemsize
         if need > info.file_size - header:
-            raise _BadFile(f"{name} claims shape {tuple(shape)} ({need} bytes of {dtype}) but holds only "
-                           f"{info.file_size - header} bytes; the archive is damaged or forged")
+            raise _BadFile(
+                f"{name} claims shape {tuple(shape)} ({need} bytes of {dtype}) but holds only "
+                f"{info.file_size - header} bytes; the archive is damaged or forged"
+            )
 
 
 @functools.lru_cache(maxsize=2)
@@ -277,13 +307,15 @@ def _read_npz(path: str, mtime_ns: int, nbytes: int, ino: int, size: int, flag: 
         with open(path, "rb") as fh:
             head = fh.read(6)
     except OSError as exc:
-        raise _BadFile(f"cannot read the file ({exc.strerror or exc})",
-                       fix=f"fix its permissions or {_fix_source(flag)}") from exc
+        raise _BadFile(
+            f"cannot read the file ({exc.strerror or exc})", fix=f"fix its permissions or {_fix_source(flag)}"
+        ) from exc
     if head.startswith(b"\x93NUMPY"):
         raise _BadFile("holds a single .npy array, not an .npz archive of six arrays")
     if not head.startswith(b"PK"):
-        raise _BadFile("empty file, not an .npz archive" if not head else
-                       f"not an .npz (zip) archive, it starts with {head!r}")
+        raise _BadFile(
+            "empty file, not an .npz archive" if not head else f"not an .npz (zip) archive, it starts with {head!r}"
+        )
     try:
         npz = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
@@ -292,16 +324,18 @@ def _read_npz(path: str, mtime_ns: int, nbytes: int, ino: int, size: int, flag: 
         wanted = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")]
         missing = [k for k in wanted if k not in npz.files]
         if missing:
-            raise _BadFile(f"missing keys {', '.join(missing)} (has {', '.join(npz.files) or 'none'}), "
-                           f"not a MedMNIST file")
+            raise _BadFile(
+                f"missing keys {', '.join(missing)} (has {', '.join(npz.files) or 'none'}), not a MedMNIST file"
+            )
         _check_sizes(npz, os.path.getsize(path))  # before numpy allocates what a header claims
         arrays = {}
         for key in wanted:
             try:
                 arrays[key] = npz[key]
             except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-                raise _BadFile(f"cannot read array {key!r}, the archive is truncated or corrupt "
-                               f"({type(exc).__name__}: {exc})") from exc
+                raise _BadFile(
+                    f"cannot read array {key!r}, the archive is truncated or corrupt ({type(exc).__name__}: {exc})"
+                ) from exc
     rgb, k = num_channels(flag) == 3, len(_info(flag)["label"])
     allowed = "{0, 1}" if k == 2 else f"{{0, ..., {k - 1}}}"
     for s in SPLITS:
@@ -313,8 +347,10 @@ def _read_npz(path: str, mtime_ns: int, nbytes: int, ino: int, size: int, flag: 
         if not rgb and images.ndim != 3:
             raise _BadFile(f"{s}_images has shape {images.shape}, expected grayscale (N, {size}, {size})")
         if images.shape[1:3] != (size, size):
-            raise _BadFile(f"{s}_images are {images.shape[1]}x{images.shape[2]} but size={size} was requested",
-                           fix=f"request the file's size or point to a {file_name(size, flag)} file")
+            raise _BadFile(
+                f"{s}_images are {images.shape[1]}x{images.shape[2]} but size={size} was requested",
+                fix=f"request the file's size or point to a {file_name(size, flag)} file",
+            )
         if labels.ndim == 2 and labels.shape[1] == 1:
             labels = labels[:, 0]
         if labels.ndim != 1:
@@ -325,9 +361,12 @@ def _read_npz(path: str, mtime_ns: int, nbytes: int, ino: int, size: int, flag: 
             raise _BadFile(f"{s}_images has {images.shape[0]} samples but {s}_labels has {labels.shape[0]}")
         bad = np.setdiff1d(np.unique(labels), np.arange(k))
         if bad.size:
-            raise _BadFile(f"{s}_labels has values {bad[:5].tolist()} outside {allowed}"
-                           + ("" if flag == FLAG else f" ({flag} has {k} classes)"),
-                           fix=None if flag == FLAG else f"use a {flag} file (labels 0..{k - 1}) or the dataset "
-                           f"this file belongs to")
+            raise _BadFile(
+                f"{s}_labels has values {bad[:5].tolist()} outside {allowed}"
+                + ("" if flag == FLAG else f" ({flag} has {k} classes)"),
+                fix=None
+                if flag == FLAG
+                else f"use a {flag} file (labels 0..{k - 1}) or the dataset this file belongs to",
+            )
         arrays[f"{s}_labels"] = labels
     return arrays

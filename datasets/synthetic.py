@@ -12,6 +12,7 @@ blob, not from global brightness (a small CNN reaches > 90% test accuracy at siz
 Geometry is drawn in normalised coordinates, so one seed gives the same scenes at every size, and
 each random stream has its own generator, so the first k samples do not depend on ``n``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,10 +34,17 @@ _N_PARAMS = 14
 MASK_LEVEL = 0.25  # the mask is where the blob reaches this fraction of its peak
 
 
-@register_dataset("synthetic", min_size=MIN_SIZE, in_channels=1, num_classes=2, has_masks=True,
-                  constraints={"n": Range(1), "size": Range(MIN_SIZE), "positive_fraction": Range(0, 1)})
-def synthetic(split: str, *, n: int | None = None, size: int = 28, seed: int = 0,
-              positive_fraction: float = 0.5) -> ImageSplit:
+@register_dataset(
+    "synthetic",
+    min_size=MIN_SIZE,
+    in_channels=1,
+    num_classes=2,
+    has_masks=True,
+    constraints={"n": Range(1), "size": Range(MIN_SIZE), "positive_fraction": Range(0, 1)},
+)
+def synthetic(
+    split: str, *, n: int | None = None, size: int = 28, seed: int = 0, positive_fraction: float = 0.5
+) -> ImageSplit:
     """``n`` seeded synthetic images (default 512 / 128 / 128 for train / val / test).
 
     Returns images ``(n, 1, size, size)`` float32 in [0, 1], labels ``(n,)`` int64 (1 with
@@ -62,8 +70,7 @@ def synthetic(split: str, *, n: int | None = None, size: int = 28, seed: int = 0
         name="synthetic",
         split=split,
         masks=masks,
-        info={"seed": seed, "n": n, "size": size, "positive_fraction": float(positive_fraction),
-              "version": VERSION},
+        info={"seed": seed, "n": n, "size": size, "positive_fraction": float(positive_fraction), "version": VERSION},
     )
 
 
@@ -93,10 +100,11 @@ def render(n: int, size: int, seed: int, split: str, positive_fraction: float) -
     gain, offset = col(6, 0.8, 1.2), col(7, -0.08, 0.08)
 
     c = (torch.arange(size, dtype=torch.float64) + 0.5) / size * 2 - 1  # pixel centres in [-1, 1]
-    y, x = c.view(1, size, 1) - dy, c.view(1, 1, size) - dx           # (n, size, size) after broadcast
+    y, x = c.view(1, size, 1) - dy, c.view(1, 1, size) - dx  # (n, size, size) after broadcast
 
-    def ellipse(cx: Tensor | float, cy: Tensor | float, ax: Tensor | float, ay: Tensor | float,
-                edge: float) -> Tensor:  # soft indicator, 0.5 on the boundary
+    def ellipse(
+        cx: Tensor | float, cy: Tensor | float, ax: Tensor | float, ay: Tensor | float, edge: float
+    ) -> Tensor:  # soft indicator, 0.5 on the boundary
         r = torch.sqrt(((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2)
         return torch.sigmoid((1 - r) / edge)
 
@@ -104,10 +112,14 @@ def render(n: int, size: int, seed: int, split: str, positive_fraction: float) -
     ax, ay, cy = 0.27 * scale, 0.56 * scale, -0.02
     lungs = [ellipse(side * 0.40 * scale, cy, ax, ay, 0.08) for side in (-1.0, 1.0)]
     tex = F.interpolate(texture, size=(size, size), mode="bicubic", align_corners=False)[:, 0]
-    heart = torch.exp(-(x - 0.05) ** 2 / (2 * 0.14**2)) * torch.sigmoid((y - 0.1) / 0.1)
+    heart = torch.exp(-((x - 0.05) ** 2) / (2 * 0.14**2)) * torch.sigmoid((y - 0.1) / 0.1)
     spine = torch.exp(-(x**2) / (2 * 0.06**2)) + 0.5 * heart
-    img = (0.02 + body_level * body + lung_level * (lungs[0] + lungs[1]) * (1 + 0.3 * (tex - 0.5))
-           + spine_level * spine * body)
+    img = (
+        0.02
+        + body_level * body
+        + lung_level * (lungs[0] + lungs[1]) * (1 + 0.3 * (tex - 0.5))
+        + spine_level * spine * body
+    )
 
     # opacity: centre uniform over the inner 55% (radius) of the chosen lung ellipse
     side = torch.where(u[:, 8] < 0.5, -1.0, 1.0).view(n, 1, 1)

@@ -9,6 +9,7 @@ images, and ``bench.evaluate`` scores them next to the ``random`` and ``edge`` c
 deletion, insertion and the drop rate, and writes the reliability card. docs/own-maps.md explains
 what the numbers mean.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,13 +67,32 @@ def your_model_and_maps(*, synthetic: bool = False, n_images: int = 24, steps: i
     return model, images, labels, predicted, grad_cams(model, images, predicted)
 
 
-def score(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor,
-          maps: dict[str, np.ndarray], *, seed: int = 0, overrides: tuple[str, ...] = (),
-          verbose: bool = True) -> bench.Result:
+def score(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    predicted: torch.Tensor,
+    maps: dict[str, np.ndarray],
+    *,
+    seed: int = 0,
+    overrides: tuple[str, ...] = (),
+    verbose: bool = True,
+) -> bench.Result:
     """Your maps scored: they enter as explainers named by you, beside the two controls (the card's
     chance level), explaining the classes they were computed for."""
-    return bench.evaluate(model, images, targets=predicted, labels=labels, attributions=maps, metrics=METRICS,
-                          seed=seed, device="cpu", model_name="tiny-cnn", overrides=list(overrides), verbose=verbose)
+    return bench.evaluate(
+        model,
+        images,
+        targets=predicted,
+        labels=labels,
+        attributions=maps,
+        metrics=METRICS,
+        seed=seed,
+        device="cpu",
+        model_name="tiny-cnn",
+        overrides=list(overrides),
+        verbose=verbose,
+    )
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ Importing this package registers every in-repo adapter; third-party adapters arr
 ``bench.explainers`` entry-point group on the first registry lookup. Adding an in-repo adapter is
 one file here plus one import line below (docs/adding-an-explainer.md).
 """
+
 from explainers.base import (  # noqa: F401
     EXPLAINERS,
     CAM_LAYER,

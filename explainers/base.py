@@ -22,6 +22,7 @@ parameters, calls the adapter and validates what comes back (shape, dtype, devic
 additive fields) and that the model was left as it was. :func:`completeness_gap` is the shared
 additivity check.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +41,9 @@ from bench.core.precision import PRECISIONS, autocast, check_precision
 from bench.core.registry import Registry
 
 ENTRY_POINT_GROUP = "bench.explainers"
-EXPLAINERS: Registry[Callable[..., "Attribution"]] = Registry("explainer", entry_point_group=ENTRY_POINT_GROUP,
-                                                        variants=True)
+EXPLAINERS: Registry[Callable[..., "Attribution"]] = Registry(
+    "explainer", entry_point_group=ENTRY_POINT_GROUP, variants=True
+)
 OUTPUT_SPACES = ("logit", "probability")
 # the CAM family's default target layer: the most faithful stage measured on a trained resnet18 (docs/explainers.md)
 CAM_LAYER = "layer2"
@@ -66,8 +68,7 @@ class Attribution:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def register_explainer(name: str, *, library: str = "custom", additive: bool = False, passes: Any = None,
-                       **meta: Any):
+def register_explainer(name: str, *, library: str = "custom", additive: bool = False, passes: Any = None, **meta: Any):
     """Register an adapter ``fn(model, inputs, targets, *, background, **params) -> Attribution``.
 
     ``passes``: the model passes per image the method needs, ``(forward+backward, forward)``, as
@@ -118,13 +119,15 @@ def with_output_space(model: nn.Module, space: str = "logit") -> nn.Module:
 # Running and validating an adapter
 # --------------------------------------------------------------------------------------------
 
+
 def explainer_params(name: str) -> dict[str, Any]:
     """The tunable parameters of an adapter with their defaults (``background`` excluded)."""
     return {k: v for k, v in get_explainer(name).params().items() if k != "background"}
 
 
-def run_explainer(name: str, model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
-                  **params: Any) -> Attribution:
+def run_explainer(
+    name: str, model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, **params: Any
+) -> Attribution:
     """Run a registered adapter and check its result.
 
     Unknown adapter or parameter names, an invalid result (wrong shape/dtype/device, NaN or inf,
@@ -136,8 +139,7 @@ def run_explainer(name: str, model: nn.Module, inputs: Tensor, targets: Tensor, 
         inputs: ``(B, C, H, W)``; targets: ``(B,)`` long class indices; background ``(N, C, H, W)``.
     """
     entry = get_explainer(name)
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD
-                      for p in inspect.signature(entry.obj).parameters.values())
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(entry.obj).parameters.values())
     known = explainer_params(name)
     # types and declared constraints (bench.core.params); an adapter taking **kwargs accepts any name
     entry.check_params("explainer", {k: v for k, v in params.items() if k in known or not accepts_any})
@@ -146,8 +148,10 @@ def run_explainer(name: str, model: nn.Module, inputs: Tensor, targets: Tensor, 
     attr = entry.obj(model, inputs, targets, background=background, **params)
     problem = snapshot.changes(model)
     if problem:
-        raise BenchError(f"explainer {name!r} changed the model: {problem}; an adapter must leave no "
-                         f"hooks, no changed mode and no changed parameters behind (see explainers.base.model_guard)")
+        raise BenchError(
+            f"explainer {name!r} changed the model: {problem}; an adapter must leave no "
+            f"hooks, no changed mode and no changed parameters behind (see explainers.base.model_guard)"
+        )
     validate_attribution(name, attr, inputs, additive=bool(entry.meta.get("additive", False)))
     meta = dict(attr.meta)
     meta.setdefault("explainer", name)
@@ -158,18 +162,26 @@ def run_explainer(name: str, model: nn.Module, inputs: Tensor, targets: Tensor, 
 
 def _check_call(name: str, inputs: Tensor, targets: Tensor, background: Tensor) -> None:
     if not isinstance(inputs, Tensor) or inputs.dim() != 4:
-        raise BenchError(f"explainer {name!r}: inputs must be a (B, C, H, W) tensor, got "
-                         f"{tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__}")
+        raise BenchError(
+            f"explainer {name!r}: inputs must be a (B, C, H, W) tensor, got "
+            f"{tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__}"
+        )
     if not isinstance(targets, Tensor) or targets.shape != inputs.shape[:1] or targets.dtype != torch.long:
-        raise BenchError(f"explainer {name!r}: targets must be a ({inputs.shape[0]},) long tensor of class "
-                         f"indices, got {getattr(targets, 'shape', type(targets).__name__)} "
-                         f"{getattr(targets, 'dtype', '')}")
+        raise BenchError(
+            f"explainer {name!r}: targets must be a ({inputs.shape[0]},) long tensor of class "
+            f"indices, got {getattr(targets, 'shape', type(targets).__name__)} "
+            f"{getattr(targets, 'dtype', '')}"
+        )
     if not isinstance(background, Tensor) or background.dim() != 4 or background.shape[1:] != inputs.shape[1:]:
-        raise BenchError(f"explainer {name!r}: background must be (N, {', '.join(map(str, inputs.shape[1:]))}), "
-                         f"got {getattr(background, 'shape', type(background).__name__)}")
+        raise BenchError(
+            f"explainer {name!r}: background must be (N, {', '.join(map(str, inputs.shape[1:]))}), "
+            f"got {getattr(background, 'shape', type(background).__name__)}"
+        )
     if background.device != inputs.device or targets.device != inputs.device:
-        raise BenchError(f"explainer {name!r}: inputs, targets and background must be on one device, got "
-                         f"{inputs.device}, {targets.device}, {background.device}")
+        raise BenchError(
+            f"explainer {name!r}: inputs, targets and background must be on one device, got "
+            f"{inputs.device}, {targets.device}, {background.device}"
+        )
 
 
 def validate_attribution(name: str, attr: Any, inputs: Tensor, *, additive: bool) -> None:
@@ -180,8 +192,10 @@ def validate_attribution(name: str, attr: Any, inputs: Tensor, *, additive: bool
     if not isinstance(v, Tensor):
         raise BenchError(f"explainer {name!r} returned values of type {type(v).__name__}, not a Tensor")
     if v.shape != inputs.shape or v.dtype != inputs.dtype or v.device != inputs.device:
-        raise BenchError(f"explainer {name!r} returned values {tuple(v.shape)} {v.dtype} on {v.device}; "
-                         f"expected the inputs' {tuple(inputs.shape)} {inputs.dtype} on {inputs.device}")
+        raise BenchError(
+            f"explainer {name!r} returned values {tuple(v.shape)} {v.dtype} on {v.device}; "
+            f"expected the inputs' {tuple(inputs.shape)} {inputs.dtype} on {inputs.device}"
+        )
     bad = int((~torch.isfinite(v)).sum())
     if bad:
         raise BenchError(f"explainer {name!r} returned {bad} non-finite (NaN/inf) values out of {v.numel()}")
@@ -193,8 +207,9 @@ def validate_attribution(name: str, attr: Any, inputs: Tensor, *, additive: bool
                 raise BenchError(f"explainer {name!r} is registered additive=True but returned no {field_name}")
             continue
         if not isinstance(t, Tensor) or t.shape != (b,):
-            raise BenchError(f"explainer {name!r} returned {field_name} of shape "
-                             f"{tuple(getattr(t, 'shape', ()))}; expected ({b},)")
+            raise BenchError(
+                f"explainer {name!r} returned {field_name} of shape {tuple(getattr(t, 'shape', ()))}; expected ({b},)"
+            )
         bad = int((~torch.isfinite(t)).sum())
         if bad:
             raise BenchError(f"explainer {name!r} returned {bad} non-finite {field_name}")
@@ -222,8 +237,10 @@ def relative_completeness_gap(attr: Attribution, eps: float = 1e-12) -> Tensor:
 def _output_change(attr: Attribution) -> Tensor:
     """``outputs - base_values`` in float64, the output change an additive attribution explains."""
     if attr.outputs is None or attr.base_values is None:
-        raise BenchError("completeness gap needs outputs and base_values; this attribution is not additive "
-                         "(its adapter did not report f(x) and the reference output)")
+        raise BenchError(
+            "completeness gap needs outputs and base_values; this attribution is not additive "
+            "(its adapter did not report f(x) and the reference output)"
+        )
     return attr.outputs.to(torch.float64) - attr.base_values.to(torch.float64)
 
 
@@ -231,9 +248,18 @@ def _output_change(attr: Attribution) -> Tensor:
 # Helpers for adapters
 # --------------------------------------------------------------------------------------------
 
-_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-               "_full_backward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
-               "_forward_pre_hooks_with_kwargs", "_state_dict_hooks", "_load_state_dict_pre_hooks")
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_full_backward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks_with_kwargs",
+    "_state_dict_hooks",
+    "_load_state_dict_pre_hooks",
+)
 
 
 class _ModelSnapshot:
@@ -245,8 +271,7 @@ class _ModelSnapshot:
 
     def __init__(self, model: nn.Module) -> None:
         self.modes = [(n, m.training) for n, m in model.named_modules()]
-        self.hooks = {n: sum(len(getattr(m, d, None) or ()) for d in _HOOK_DICTS[:5])
-                      for n, m in model.named_modules()}
+        self.hooks = {n: sum(len(getattr(m, d, None) or ()) for d in _HOOK_DICTS[:5]) for n, m in model.named_modules()}
         self.tensors = {k: (id(t), t._version) for k, t in _named_tensors(model)}
 
     def changes(self, model: nn.Module) -> str:
@@ -286,9 +311,18 @@ def model_guard(model: nn.Module) -> Iterator[nn.Module]:
     """
     before = []
     for m in model.modules():
-        before.append((m, m.training, m.__dict__.get("_is_full_backward_hook"), set(m.__dict__),
-                       set(m._parameters), set(m._buffers), set(m._modules),
-                       {d: set(getattr(m, d, None) or ()) for d in _HOOK_DICTS}))
+        before.append(
+            (
+                m,
+                m.training,
+                m.__dict__.get("_is_full_backward_hook"),
+                set(m.__dict__),
+                set(m._parameters),
+                set(m._buffers),
+                set(m._modules),
+                {d: set(getattr(m, d, None) or ()) for d in _HOOK_DICTS},
+            )
+        )
     try:
         yield model
     finally:
@@ -343,18 +377,22 @@ def target_scores(model: nn.Module, x: Tensor, targets: Tensor, batch_size: int 
     out = []
     with torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
-            s = model(x[start:start + batch_size])
-            t = targets if targets.dim() == 0 else targets[start:start + batch_size]
-            out.append(s.gather(1, t.expand(s.shape[0]).view(-1, 1)).squeeze(1) if t.dim() == 0
-                       else s.gather(1, t.view(-1, 1)).squeeze(1))
+            s = model(x[start : start + batch_size])
+            t = targets if targets.dim() == 0 else targets[start : start + batch_size]
+            out.append(
+                s.gather(1, t.expand(s.shape[0]).view(-1, 1)).squeeze(1)
+                if t.dim() == 0
+                else s.gather(1, t.view(-1, 1)).squeeze(1)
+            )
     return torch.cat(out)
 
 
 def mean_target_score(model: nn.Module, background: Tensor, targets: Tensor, batch_size: int = 256) -> Tensor:
     """``E_background model(.)[target]`` per target, ``(B,)``."""
     with torch.no_grad():
-        mean = torch.cat([model(background[s:s + batch_size])
-                          for s in range(0, background.shape[0], batch_size)]).mean(0)
+        mean = torch.cat(
+            [model(background[s : s + batch_size]) for s in range(0, background.shape[0], batch_size)]
+        ).mean(0)
     return mean[targets]
 
 
@@ -371,8 +409,10 @@ def resolve_layer(model: nn.Module, layer: str, explainer: str) -> tuple[str, nn
     if layer and len(wrapped) == 1:
         return wrapped[0], modules[wrapped[0]]
     names = sorted((n for n in modules if n), key=lambda n: (n.count("."), n))
-    raise BenchError(f"explainer {explainer!r}: model has no layer {layer!r}; valid layer names include "
-                     f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''}")
+    raise BenchError(
+        f"explainer {explainer!r}: model has no layer {layer!r}; valid layer names include "
+        f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''}"
+    )
 
 
 def library_version(dist: str) -> str:
@@ -384,8 +424,7 @@ def library_version(dist: str) -> str:
 
 def check_choice(explainer: str, param: str, value: Any, choices: tuple[Any, ...]) -> None:
     if value not in choices:
-        raise BenchError(f"explainer {explainer!r}: {param}={value!r} is not one of "
-                         f"{', '.join(map(repr, choices))}")
+        raise BenchError(f"explainer {explainer!r}: {param}={value!r} is not one of {', '.join(map(repr, choices))}")
 
 
 def check_positive(explainer: str, **values: Any) -> None:

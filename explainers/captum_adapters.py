@@ -4,6 +4,7 @@ interpretability library for PyTorch").
 Captum is imported inside each adapter so that ``import explainers`` stays fast. Captum batches
 over images and takes per-image targets natively; memory is bounded by the chunk parameters.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,10 +18,23 @@ from torch import Tensor, nn
 
 from bench.core.errors import BenchError
 from bench.core.params import Range
-from explainers.base import (CAM_LAYER, PRECISION_CHOICES, Attribution, check_choice, check_positive, chunks,
-                             explainer_precision, image_seeds,
-                             library_version, mean_target_score, model_guard, preserved_rng, register_explainer,
-                             resolve_layer, target_scores)
+from explainers.base import (
+    CAM_LAYER,
+    PRECISION_CHOICES,
+    Attribution,
+    check_choice,
+    check_positive,
+    chunks,
+    explainer_precision,
+    image_seeds,
+    library_version,
+    mean_target_score,
+    model_guard,
+    preserved_rng,
+    register_explainer,
+    resolve_layer,
+    target_scores,
+)
 from explainers.references import BASELINES, baseline_images
 from explainers.rescale import choose_engine, deepshap_passes, rescale_attributions
 from models.safety import ReLUTreeMaxPool2d
@@ -32,25 +46,51 @@ CAPTUM_EPS = 1e-10  # captum.attr._core.deep_lift.nonlinear: |delta_in| below it
 def _quiet() -> Iterator[None]:
     """Silence Captum's per-call notices (hooks on activations, inputs set to require grad)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*(hooks and attributes|did not already require gradients|"
-                                                  r"backward hooks on ReLU).*")
+        warnings.filterwarnings(
+            "ignore",
+            message=r".*(hooks and attributes|did not already require gradients|"
+            r"backward hooks on ReLU).*",
+        )
         yield
 
 
 IG_RULES = ("gausslegendre", "riemann_middle", "riemann_trapezoid", "riemann_left", "riemann_right")
 IG_FRONTIER_RULES = ("gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left")  # the frontier's order
 
-@register_explainer("captum.integrated_gradients", library="captum", additive=True, budget="n_steps",
-                    budgets=(4, 8, 16, 32, 64, 128), reference_budget=1024,  # the frontier's grid and reference
-                    budget_variants=("method", IG_FRONTIER_RULES),
-                    passes=lambda p, n_bg: (p["n_steps"], 0),  # one gradient per quadrature point
-                    constraints={"n_steps": Range(1), "baseline": BASELINES, "blur_sigma": Range(0),
-                                 "internal_batch_size": Range(1), "method": IG_RULES, "precision": PRECISION_CHOICES},
-                    paper="Sundararajan et al. 2017, Axiomatic Attribution for Deep Networks")
-def integrated_gradients(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
-                         n_steps: int = 50, baseline: str = "zero", blur_sigma: float = 2.0,
-                         internal_batch_size: int | None = 32, method: str = "gausslegendre",
-                         precision: str = "float32") -> Attribution:
+
+@register_explainer(
+    "captum.integrated_gradients",
+    library="captum",
+    additive=True,
+    budget="n_steps",
+    # the frontier's grid and reference
+    budgets=(4, 8, 16, 32, 64, 128),
+    reference_budget=1024,
+    budget_variants=("method", IG_FRONTIER_RULES),
+    passes=lambda p, n_bg: (p["n_steps"], 0),  # one gradient per quadrature point
+    constraints={
+        "n_steps": Range(1),
+        "baseline": BASELINES,
+        "blur_sigma": Range(0),
+        "internal_batch_size": Range(1),
+        "method": IG_RULES,
+        "precision": PRECISION_CHOICES,
+    },
+    paper="Sundararajan et al. 2017, Axiomatic Attribution for Deep Networks",
+)
+def integrated_gradients(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    background: Tensor,
+    n_steps: int = 50,
+    baseline: str = "zero",
+    blur_sigma: float = 2.0,
+    internal_batch_size: int | None = 32,
+    method: str = "gausslegendre",
+    precision: str = "float32",
+) -> Attribution:
     """Integrated gradients: (x - x') * int_0^1 df/dx(x' + a(x - x')) da (Gauss-Legendre, ``n_steps``).
 
     ``baseline`` x': ``"zero"`` (black image), ``"mean"`` (each image's mean), ``"blur"`` (a
@@ -76,20 +116,47 @@ def integrated_gradients(model: nn.Module, inputs: Tensor, targets: Tensor, *, b
     ref = baseline_images(name, inputs, background, baseline, blur_sigma=blur_sigma)
     with model_guard(model), _quiet(), explainer_precision(name, precision, inputs.device):
         values, delta = IntegratedGradients(model).attribute(
-            inputs, baselines=ref, target=targets, n_steps=n_steps, method=method,
-            internal_batch_size=internal_batch_size, return_convergence_delta=True)
-    meta = {"library_version": library_version("captum"), "n_steps": n_steps, "method": method,
-            "baseline": baseline, "convergence_delta": delta.detach().to(inputs.dtype), "precision": precision}
+            inputs,
+            baselines=ref,
+            target=targets,
+            n_steps=n_steps,
+            method=method,
+            internal_batch_size=internal_batch_size,
+            return_convergence_delta=True,
+        )
+    meta = {
+        "library_version": library_version("captum"),
+        "n_steps": n_steps,
+        "method": method,
+        "baseline": baseline,
+        "convergence_delta": delta.detach().to(inputs.dtype),
+        "precision": precision,
+    }
     return Attribution(values.detach(), target_scores(model, inputs, targets), target_scores(model, ref, targets), meta)
 
 
-@register_explainer("captum.gradient_shap", library="captum", additive=False, stochastic=True, budget="n_samples",
-                    family="expected_gradients",  # at stdevs=0 (the default): the frontier's shared reference
-                    passes=lambda p, n_bg: (p["n_samples"], 0),  # one gradient per (baseline, alpha) sample
-                    constraints={"n_samples": Range(1), "stdevs": Range(0), "precision": PRECISION_CHOICES},
-                    paper="Lundberg & Lee 2017 (GradientSHAP = expected gradients with optional noise)")
-def gradient_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, n_samples: int = 50,
-                  stdevs: float = 0.0, seed: int = 0, precision: str = "float32") -> Attribution:
+@register_explainer(
+    "captum.gradient_shap",
+    library="captum",
+    additive=False,
+    stochastic=True,
+    budget="n_samples",
+    family="expected_gradients",  # at stdevs=0 (the default): the frontier's shared reference
+    passes=lambda p, n_bg: (p["n_samples"], 0),  # one gradient per (baseline, alpha) sample
+    constraints={"n_samples": Range(1), "stdevs": Range(0), "precision": PRECISION_CHOICES},
+    paper="Lundberg & Lee 2017 (GradientSHAP = expected gradients with optional noise)",
+)
+def gradient_shap(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    background: Tensor,
+    n_samples: int = 50,
+    stdevs: float = 0.0,
+    seed: int = 0,
+    precision: str = "float32",
+) -> Attribution:
     """GradientSHAP: E_{x'~bg, a~U(0,1), e~N(0,stdevs^2)} [(x + e - x') * df/dx(x' + a(x + e - x'))].
 
     The same estimator as ``shap.gradient``, additive only in expectation (``additive=False``;
@@ -105,13 +172,25 @@ def gradient_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, backgrou
     check_positive(name, n_samples=n_samples)
     explainer = GradientShap(model)
     with model_guard(model), _quiet(), explainer_precision(name, precision, inputs.device):
-        values, seeds = _seeded_per_image(inputs, seed, lambda i: explainer.attribute(
-            inputs[i], baselines=background, n_samples=n_samples, stdevs=float(stdevs), target=targets[i]))
-    meta = {"library_version": library_version("captum"), "n_samples": n_samples, "stdevs": float(stdevs),
-            "background_size": background.shape[0], "seeds": seeds, "additive_in_expectation": True,
-            "precision": precision}
-    return Attribution(values, target_scores(model, inputs, targets), mean_target_score(model, background, targets),
-                       meta)
+        values, seeds = _seeded_per_image(
+            inputs,
+            seed,
+            lambda i: explainer.attribute(
+                inputs[i], baselines=background, n_samples=n_samples, stdevs=float(stdevs), target=targets[i]
+            ),
+        )
+    meta = {
+        "library_version": library_version("captum"),
+        "n_samples": n_samples,
+        "stdevs": float(stdevs),
+        "background_size": background.shape[0],
+        "seeds": seeds,
+        "additive_in_expectation": True,
+        "precision": precision,
+    }
+    return Attribution(
+        values, target_scores(model, inputs, targets), mean_target_score(model, background, targets), meta
+    )
 
 
 def _seeded_per_image(inputs: Tensor, seed: int, explain: Callable[[slice], Tensor]) -> tuple[Tensor, list[int]]:
@@ -131,13 +210,30 @@ def _seeded_per_image(inputs: Tensor, seed: int, explain: Callable[[slice], Tens
     return torch.cat(out), seeds
 
 
-@register_explainer("captum.deeplift_shap", library="captum", additive=True, passes=deepshap_passes,
-                    constraints={"chunk_size": Range(1), "baseline_chunk": Range(1), "pair_chunk": Range(1),
-                                 "engine": ("auto", "captum", "batched")},
-                    paper="Lundberg & Lee 2017 (DeepSHAP); Shrikumar et al. 2017 (DeepLIFT rescale)")
-def deeplift_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
-                  chunk_size: int = 1, baseline_chunk: int = 10, engine: str = "auto",
-                  pair_chunk: int = 16) -> Attribution:
+@register_explainer(
+    "captum.deeplift_shap",
+    library="captum",
+    additive=True,
+    passes=deepshap_passes,
+    constraints={
+        "chunk_size": Range(1),
+        "baseline_chunk": Range(1),
+        "pair_chunk": Range(1),
+        "engine": ("auto", "captum", "batched"),
+    },
+    paper="Lundberg & Lee 2017 (DeepSHAP); Shrikumar et al. 2017 (DeepLIFT rescale)",
+)
+def deeplift_shap(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    background: Tensor,
+    chunk_size: int = 1,
+    baseline_chunk: int = 10,
+    engine: str = "auto",
+    pair_chunk: int = 16,
+) -> Attribution:
     """DeepLiftShap: DeepLIFT rescale attributions averaged over the background (same rule as shap.deep).
 
     Captum expands every image x every baseline it is given into one pass (measured 8.7 GB for 2
@@ -165,14 +261,20 @@ def deeplift_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, backgrou
     check_positive(name, chunk_size=chunk_size, baseline_chunk=baseline_chunk, pair_chunk=pair_chunk)
     explained, rewritten = _without_maxpools(model)
     use, why = choose_engine(name, engine, "captum", explained, inputs[:1])
-    meta = {"library_version": library_version("captum"), "background_size": background.shape[0], "rule": "rescale",
-            "maxpools_rewritten": rewritten, "engine": use, **why}
+    meta = {
+        "library_version": library_version("captum"),
+        "background_size": background.shape[0],
+        "rule": "rescale",
+        "maxpools_rewritten": rewritten,
+        "engine": use,
+        **why,
+    }
     if use == "batched":
         with model_guard(model), model_guard(explained):
-            values = rescale_attributions(explained, inputs, targets, background, pair_chunk=pair_chunk,
-                                          eps=CAPTUM_EPS)
-        return Attribution(values, target_scores(model, inputs, targets), mean_target_score(model, background, targets),
-                           meta)
+            values = rescale_attributions(explained, inputs, targets, background, pair_chunk=pair_chunk, eps=CAPTUM_EPS)
+        return Attribution(
+            values, target_scores(model, inputs, targets), mean_target_score(model, background, targets), meta
+        )
     from captum.attr import DeepLiftShap
 
     explainer = DeepLiftShap(explained)
@@ -187,16 +289,22 @@ def deeplift_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, backgrou
                     part = part.expand(2, *part.shape[1:])
                 total += explainer.attribute(inputs[s], baselines=part, target=targets[s]).detach() * (b.stop - b.start)
             out.append(total / n)
-    return Attribution(torch.cat(out), target_scores(model, inputs, targets),
-                       mean_target_score(model, background, targets), meta)
+    return Attribution(
+        torch.cat(out), target_scores(model, inputs, targets), mean_target_score(model, background, targets), meta
+    )
 
 
 def _without_maxpools(model: nn.Module) -> tuple[nn.Module, int]:
     """``model`` itself, or an eval-mode copy whose unpadded ``nn.MaxPool2d`` are ReLU trees."""
 
     def convertible(m: nn.Module) -> bool:
-        return (isinstance(m, nn.MaxPool2d) and m.padding in (0, (0, 0)) and m.dilation in (1, (1, 1))
-                and not m.ceil_mode and not m.return_indices)
+        return (
+            isinstance(m, nn.MaxPool2d)
+            and m.padding in (0, (0, 0))
+            and m.dilation in (1, (1, 1))
+            and not m.ceil_mode
+            and not m.return_indices
+        )
 
     if not any(convertible(m) for m in model.modules()):
         return model, 0
@@ -210,11 +318,23 @@ def _without_maxpools(model: nn.Module) -> tuple[nn.Module, int]:
     return copy.eval(), count
 
 
-@register_explainer("captum.saliency", library="captum", additive=False, passes=(1, 0),
-                    constraints={"batch_size": Range(1), "precision": PRECISION_CHOICES},
-                    paper="Simonyan et al. 2014, Deep Inside Convolutional Networks")
-def saliency(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
-             batch_size: int = 64, precision: str = "float32") -> Attribution:
+@register_explainer(
+    "captum.saliency",
+    library="captum",
+    additive=False,
+    passes=(1, 0),
+    constraints={"batch_size": Range(1), "precision": PRECISION_CHOICES},
+    paper="Simonyan et al. 2014, Deep Inside Convolutional Networks",
+)
+def saliency(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    background: Tensor,
+    batch_size: int = 64,
+    precision: str = "float32",
+) -> Attribution:
     """Saliency: |df/dx| (Captum's default ``abs=True``); ``batch_size`` images per pass; ``precision``:
     the passes' (:func:`~explainers.base.explainer_precision`)."""
     from captum.attr import Saliency
@@ -222,18 +342,34 @@ def saliency(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: T
     check_positive("captum.saliency", batch_size=batch_size)
     explainer = Saliency(model)
     with model_guard(model), _quiet(), explainer_precision("captum.saliency", precision, inputs.device):
-        values = torch.cat([explainer.attribute(inputs[s], target=targets[s], abs=True).detach()
-                            for s in chunks(inputs.shape[0], batch_size)])
-    return Attribution(values, meta={"library_version": library_version("captum"), "abs": True,
-                                     "precision": precision})
+        values = torch.cat(
+            [
+                explainer.attribute(inputs[s], target=targets[s], abs=True).detach()
+                for s in chunks(inputs.shape[0], batch_size)
+            ]
+        )
+    return Attribution(values, meta={"library_version": library_version("captum"), "abs": True, "precision": precision})
 
 
-@register_explainer("captum.deeplift", library="captum", additive=True, passes=(1, 0),
-                    constraints={"baseline": BASELINES, "blur_sigma": Range(0), "batch_size": Range(1)},
-                    paper="Shrikumar et al. 2017, Learning Important Features Through Propagating Activation "
-                          "Differences (rescale rule)")
-def deeplift(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, baseline: str = "zero",
-             blur_sigma: float = 2.0, batch_size: int = 32) -> Attribution:
+@register_explainer(
+    "captum.deeplift",
+    library="captum",
+    additive=True,
+    passes=(1, 0),
+    constraints={"baseline": BASELINES, "blur_sigma": Range(0), "batch_size": Range(1)},
+    paper="Shrikumar et al. 2017, Learning Important Features Through Propagating Activation "
+    "Differences (rescale rule)",
+)
+def deeplift(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    background: Tensor,
+    baseline: str = "zero",
+    blur_sigma: float = 2.0,
+    batch_size: int = 32,
+) -> Attribution:
     """DeepLIFT (rescale rule) against one baseline per image: phi_i = m_i(x, x') (x_i - x'_i).
 
     The multipliers m replace each ReLU's gradient by (relu(a(x)) - relu(a(x'))) / (a(x) - a(x')),
@@ -256,14 +392,21 @@ def deeplift(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: T
             v, d = explainer.attribute(inputs[s], baselines=ref[s], target=targets[s], return_convergence_delta=True)
             values.append(v.detach())
             deltas.append(d.detach())
-    meta = {"library_version": library_version("captum"), "baseline": baseline, "rule": "rescale",
-            "maxpools_rewritten": rewritten, "convergence_delta": torch.cat(deltas).to(inputs.dtype)}
-    return Attribution(torch.cat(values), target_scores(model, inputs, targets), target_scores(model, ref, targets),
-                       meta)
+    meta = {
+        "library_version": library_version("captum"),
+        "baseline": baseline,
+        "rule": "rescale",
+        "maxpools_rewritten": rewritten,
+        "convergence_delta": torch.cat(deltas).to(inputs.dtype),
+    }
+    return Attribution(
+        torch.cat(values), target_scores(model, inputs, targets), target_scores(model, ref, targets), meta
+    )
 
 
-def _gradient_method(name: str, method: str, model: nn.Module, inputs: Tensor, targets: Tensor,
-                     batch_size: int, precision: str) -> Tensor:
+def _gradient_method(
+    name: str, method: str, model: nn.Module, inputs: Tensor, targets: Tensor, batch_size: int, precision: str
+) -> Tensor:
     """Captum's ``method`` (a gradient attribution class name) over ``batch_size`` images per pass,
     the passes in ``precision``."""
     import captum.attr
@@ -271,45 +414,82 @@ def _gradient_method(name: str, method: str, model: nn.Module, inputs: Tensor, t
     check_positive(name, batch_size=batch_size)
     explainer = getattr(captum.attr, method)(model)
     with model_guard(model), _quiet(), explainer_precision(name, precision, inputs.device):
-        return torch.cat([explainer.attribute(inputs[s], target=targets[s]).detach()
-                          for s in chunks(inputs.shape[0], batch_size)])
+        return torch.cat(
+            [explainer.attribute(inputs[s], target=targets[s]).detach() for s in chunks(inputs.shape[0], batch_size)]
+        )
 
 
-@register_explainer("captum.input_x_gradient", library="captum", additive=False, passes=(1, 0),
-                    constraints={"batch_size": Range(1), "precision": PRECISION_CHOICES},
-                    paper="Shrikumar et al. 2016, Not Just a Black Box: Learning Important Features Through "
-                          "Propagating Activation Differences")
-def input_x_gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
-                     batch_size: int = 64, precision: str = "float32") -> Attribution:
+@register_explainer(
+    "captum.input_x_gradient",
+    library="captum",
+    additive=False,
+    passes=(1, 0),
+    constraints={"batch_size": Range(1), "precision": PRECISION_CHOICES},
+    paper="Shrikumar et al. 2016, Not Just a Black Box: Learning Important Features Through "
+    "Propagating Activation Differences",
+)
+def input_x_gradient(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    background: Tensor,
+    batch_size: int = 64,
+    precision: str = "float32",
+) -> Attribution:
     """Input x gradient: phi_i = x_i * df/dx_i (Captum ``InputXGradient``); ``batch_size`` images per pass;
     ``precision``: the passes' (:func:`~explainers.base.explainer_precision`)."""
-    values = _gradient_method("captum.input_x_gradient", "InputXGradient", model, inputs, targets, batch_size,
-                              precision)
+    values = _gradient_method(
+        "captum.input_x_gradient", "InputXGradient", model, inputs, targets, batch_size, precision
+    )
     return Attribution(values, meta={"library_version": library_version("captum"), "precision": precision})
 
 
-@register_explainer("captum.guided_backprop", library="captum", additive=False, passes=(1, 0),
-                    constraints={"batch_size": Range(1), "precision": PRECISION_CHOICES},
-                    paper="Springenberg et al. 2015, Striving for Simplicity: The All Convolutional Net")
-def guided_backprop(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
-                    batch_size: int = 64, precision: str = "float32") -> Attribution:
+@register_explainer(
+    "captum.guided_backprop",
+    library="captum",
+    additive=False,
+    passes=(1, 0),
+    constraints={"batch_size": Range(1), "precision": PRECISION_CHOICES},
+    paper="Springenberg et al. 2015, Striving for Simplicity: The All Convolutional Net",
+)
+def guided_backprop(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    background: Tensor,
+    batch_size: int = 64,
+    precision: str = "float32",
+) -> Attribution:
     """Guided backpropagation: the gradient with every ReLU's backward replaced by relu(grad) * 1[a > 0].
 
     Captum ``GuidedBackprop`` overrides the backward of each ``nn.ReLU`` module (every activation of
     models/resnet.py is its own module); ``batch_size`` images per pass; ``precision``: the passes'
     (:func:`~explainers.base.explainer_precision`).
     """
-    values = _gradient_method("captum.guided_backprop", "GuidedBackprop", model, inputs, targets, batch_size,
-                              precision)
+    values = _gradient_method("captum.guided_backprop", "GuidedBackprop", model, inputs, targets, batch_size, precision)
     return Attribution(values, meta={"library_version": library_version("captum"), "precision": precision})
 
 
-@register_explainer("captum.guided_gradcam", library="captum", additive=False, passes=(2, 0),  # Grad-CAM + guided
-                    constraints={"batch_size": Range(1), "interpolate_mode": ("nearest", "bilinear", "area")},
-                    paper="Selvaraju et al. 2017, Grad-CAM: Visual Explanations from Deep Networks via "
-                          "Gradient-based Localization")
-def guided_gradcam(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, layer: str = CAM_LAYER,
-                   interpolate_mode: str = "nearest", batch_size: int = 64) -> Attribution:
+@register_explainer(
+    "captum.guided_gradcam",
+    library="captum",
+    additive=False,
+    passes=(2, 0),  # Grad-CAM + guided
+    constraints={"batch_size": Range(1), "interpolate_mode": ("nearest", "bilinear", "area")},
+    paper="Selvaraju et al. 2017, Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization",
+)
+def guided_gradcam(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    background: Tensor,
+    layer: str = CAM_LAYER,
+    interpolate_mode: str = "nearest",
+    batch_size: int = 64,
+) -> Attribution:
     """Guided Grad-CAM: guided backpropagation x Grad-CAM of ``layer`` upsampled to the input.
 
     Grad-CAM = relu(sum_k alpha_k A^k), alpha_k = mean over positions of df/dA^k (Captum
@@ -325,17 +505,31 @@ def guided_gradcam(model: nn.Module, inputs: Tensor, targets: Tensor, *, backgro
     layer_name, module = resolve_layer(model, layer, name)
     explainer = GuidedGradCam(model, module)
     with model_guard(model), _quiet():
-        values = torch.cat([explainer.attribute(inputs[s], target=targets[s],
-                                                interpolate_mode=interpolate_mode).detach()
-                            for s in chunks(inputs.shape[0], batch_size)])
+        values = torch.cat(
+            [
+                explainer.attribute(inputs[s], target=targets[s], interpolate_mode=interpolate_mode).detach()
+                for s in chunks(inputs.shape[0], batch_size)
+            ]
+        )
     return Attribution(values, meta={"library_version": library_version("captum"), "layer": layer_name})
 
 
 NT_PARAMS = {"n_samples": Range(1), "stdevs": Range(0), "batch_size": Range(1), "precision": PRECISION_CHOICES}
 
 
-def _noise_tunnel(name: str, nt_type: str, model: nn.Module, inputs: Tensor, targets: Tensor, *, n_samples: int,
-                  stdevs: float, batch_size: int, seed: int, precision: str) -> Attribution:
+def _noise_tunnel(
+    name: str,
+    nt_type: str,
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    n_samples: int,
+    stdevs: float,
+    batch_size: int,
+    seed: int,
+    precision: str,
+) -> Attribution:
     """Captum ``NoiseTunnel(Saliency)`` of type ``nt_type``, one image at a time under its own seed,
     the passes in ``precision`` (:func:`~explainers.base.explainer_precision`)."""
     from captum.attr import NoiseTunnel, Saliency
@@ -343,41 +537,114 @@ def _noise_tunnel(name: str, nt_type: str, model: nn.Module, inputs: Tensor, tar
     check_positive(name, n_samples=n_samples, batch_size=batch_size)
     tunnel = NoiseTunnel(Saliency(model))
     with model_guard(model), _quiet(), explainer_precision(name, precision, inputs.device):
-        values, seeds = _seeded_per_image(inputs, seed, lambda i: tunnel.attribute(
-            inputs[i], nt_type=nt_type, nt_samples=n_samples, nt_samples_batch_size=batch_size,
-            stdevs=float(stdevs), target=targets[i], abs=True))
-    return Attribution(values, meta={"library_version": library_version("captum"), "n_samples": n_samples,
-                                     "stdevs": float(stdevs), "seeds": seeds, "abs": True, "precision": precision})
+        values, seeds = _seeded_per_image(
+            inputs,
+            seed,
+            lambda i: tunnel.attribute(
+                inputs[i],
+                nt_type=nt_type,
+                nt_samples=n_samples,
+                nt_samples_batch_size=batch_size,
+                stdevs=float(stdevs),
+                target=targets[i],
+                abs=True,
+            ),
+        )
+    return Attribution(
+        values,
+        meta={
+            "library_version": library_version("captum"),
+            "n_samples": n_samples,
+            "stdevs": float(stdevs),
+            "seeds": seeds,
+            "abs": True,
+            "precision": precision,
+        },
+    )
 
 
-@register_explainer("captum.smoothgrad", library="captum", additive=False, stochastic=True, budget="n_samples",
-                    passes=lambda p, n_bg: (p["n_samples"], 0), constraints=NT_PARAMS,
-                    paper="Smilkov et al. 2017, SmoothGrad: removing noise by adding noise")
-def smoothgrad(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, n_samples: int = 50,
-               stdevs: float = 0.15, batch_size: int = 50, seed: int = 0, precision: str = "float32") -> Attribution:
+@register_explainer(
+    "captum.smoothgrad",
+    library="captum",
+    additive=False,
+    stochastic=True,
+    budget="n_samples",
+    passes=lambda p, n_bg: (p["n_samples"], 0),
+    constraints=NT_PARAMS,
+    paper="Smilkov et al. 2017, SmoothGrad: removing noise by adding noise",
+)
+def smoothgrad(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    background: Tensor,
+    n_samples: int = 50,
+    stdevs: float = 0.15,
+    batch_size: int = 50,
+    seed: int = 0,
+    precision: str = "float32",
+) -> Attribution:
     """SmoothGrad over saliency: (1/n) sum_k |df/dx (x + e_k)|, e_k ~ N(0, stdevs^2) per pixel.
 
     Captum ``NoiseTunnel(Saliency)``, ``nt_type="smoothgrad"``, Saliency's ``abs=True`` as in
     ``captum.saliency``. ``stdevs`` is absolute: 0.15 is 15 % of the [0, 1] pixel range, within the
     paper's recommended 10-20 %. ``batch_size`` noisy copies per pass; seeded per image.
     """
-    return _noise_tunnel("captum.smoothgrad", "smoothgrad", model, inputs, targets, n_samples=n_samples,
-                         stdevs=stdevs, batch_size=batch_size, seed=seed, precision=precision)
+    return _noise_tunnel(
+        "captum.smoothgrad",
+        "smoothgrad",
+        model,
+        inputs,
+        targets,
+        n_samples=n_samples,
+        stdevs=stdevs,
+        batch_size=batch_size,
+        seed=seed,
+        precision=precision,
+    )
 
 
-@register_explainer("captum.vargrad", library="captum", additive=False, stochastic=True, budget="n_samples",
-                    passes=lambda p, n_bg: (p["n_samples"], 0), constraints=NT_PARAMS,
-                    paper="Adebayo et al. 2018, Local Explanation Methods for Deep Neural Networks Lack "
-                          "Sensitivity to Parameter Values (VarGrad)")
-def vargrad(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, n_samples: int = 50,
-            stdevs: float = 0.15, batch_size: int = 50, seed: int = 0, precision: str = "float32") -> Attribution:
+@register_explainer(
+    "captum.vargrad",
+    library="captum",
+    additive=False,
+    stochastic=True,
+    budget="n_samples",
+    passes=lambda p, n_bg: (p["n_samples"], 0),
+    constraints=NT_PARAMS,
+    paper="Adebayo et al. 2018, Local Explanation Methods for Deep Neural Networks Lack "
+    "Sensitivity to Parameter Values (VarGrad)",
+)
+def vargrad(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    background: Tensor,
+    n_samples: int = 50,
+    stdevs: float = 0.15,
+    batch_size: int = 50,
+    seed: int = 0,
+    precision: str = "float32",
+) -> Attribution:
     """VarGrad: the variance over k of |df/dx (x + e_k)|, e_k ~ N(0, stdevs^2) per pixel.
 
     Captum ``NoiseTunnel(Saliency)``, ``nt_type="vargrad"`` (E[g^2] - E[g]^2 over the samples);
     the same draws as ``captum.smoothgrad`` for the same seed.
     """
-    return _noise_tunnel("captum.vargrad", "vargrad", model, inputs, targets, n_samples=n_samples,
-                         stdevs=stdevs, batch_size=batch_size, seed=seed, precision=precision)
+    return _noise_tunnel(
+        "captum.vargrad",
+        "vargrad",
+        model,
+        inputs,
+        targets,
+        n_samples=n_samples,
+        stdevs=stdevs,
+        batch_size=batch_size,
+        seed=seed,
+        precision=precision,
+    )
 
 
 def occlusion_windows(shape: tuple[int, ...], window: int, stride: int) -> int:
@@ -386,14 +653,33 @@ def occlusion_windows(shape: tuple[int, ...], window: int, stride: int) -> int:
     return math.prod(math.ceil((n - window) / stride) + 1 for n in shape[-2:])
 
 
-@register_explainer("captum.occlusion", library="captum", per_pixel=True, additive=False,
-                    passes=lambda p, n_bg, *, shape: (0, occlusion_windows(shape, p["window"], p["stride"]) + 1),
-                    constraints={"window": Range(1), "stride": Range(1), "baseline": BASELINES,
-                                 "blur_sigma": Range(0), "perturbations_per_eval": Range(1)},
-                    paper="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks")
-def occlusion(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, window: int = 4,
-              stride: int = 2, baseline: str = "zero", blur_sigma: float = 2.0,
-              perturbations_per_eval: int = 16) -> Attribution:
+@register_explainer(
+    "captum.occlusion",
+    library="captum",
+    per_pixel=True,
+    additive=False,
+    passes=lambda p, n_bg, *, shape: (0, occlusion_windows(shape, p["window"], p["stride"]) + 1),
+    constraints={
+        "window": Range(1),
+        "stride": Range(1),
+        "baseline": BASELINES,
+        "blur_sigma": Range(0),
+        "perturbations_per_eval": Range(1),
+    },
+    paper="Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks",
+)
+def occlusion(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    background: Tensor,
+    window: int = 4,
+    stride: int = 2,
+    baseline: str = "zero",
+    blur_sigma: float = 2.0,
+    perturbations_per_eval: int = 16,
+) -> Attribution:
     """Occlusion: phi_i = mean over the windows W covering pixel i of f(x) - f(x with W replaced by x').
 
     A ``window`` x ``window`` square (all channels) slides by ``stride`` px (Captum ``Occlusion``;
@@ -407,16 +693,30 @@ def occlusion(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: 
     name = "captum.occlusion"
     check_positive(name, window=window, stride=stride, perturbations_per_eval=perturbations_per_eval)
     if window > min(inputs.shape[-2:]):
-        raise BenchError(f"explainer {name!r}: window={window} is larger than the {inputs.shape[-2]}x"
-                         f"{inputs.shape[-1]} image; use a window of at most {min(inputs.shape[-2:])} px")
+        raise BenchError(
+            f"explainer {name!r}: window={window} is larger than the {inputs.shape[-2]}x"
+            f"{inputs.shape[-1]} image; use a window of at most {min(inputs.shape[-2:])} px"
+        )
     ref = baseline_images(name, inputs, background, baseline, blur_sigma=blur_sigma)
     c = inputs.shape[1]
     with model_guard(model), _quiet():
-        values = Occlusion(model).attribute(inputs, sliding_window_shapes=(c, window, window),
-                                            strides=(c, stride, stride), baselines=ref, target=targets,
-                                            perturbations_per_eval=perturbations_per_eval).detach()
-    meta = {"library_version": library_version("captum"), "baseline": baseline,
-            "windows": occlusion_windows(tuple(inputs.shape[1:]), window, stride)}
+        values = (
+            Occlusion(model)
+            .attribute(
+                inputs,
+                sliding_window_shapes=(c, window, window),
+                strides=(c, stride, stride),
+                baselines=ref,
+                target=targets,
+                perturbations_per_eval=perturbations_per_eval,
+            )
+            .detach()
+        )
+    meta = {
+        "library_version": library_version("captum"),
+        "baseline": baseline,
+        "windows": occlusion_windows(tuple(inputs.shape[1:]), window, stride),
+    }
     return Attribution(values, meta=meta)
 
 
@@ -433,9 +733,21 @@ def grid_feature_mask(inputs: Tensor, cell: int) -> Tensor:
     return ids.expand(1, c, h, w)
 
 
-def _surrogate(name: str, explainer, model: nn.Module, inputs: Tensor, targets: Tensor, background: Tensor, *,
-               n_samples: int, cell: int, baseline: str, blur_sigma: float, batch_size: int,
-               seed: int) -> tuple[Tensor, Tensor, dict]:
+def _surrogate(
+    name: str,
+    explainer,
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    background: Tensor,
+    *,
+    n_samples: int,
+    cell: int,
+    baseline: str,
+    blur_sigma: float,
+    batch_size: int,
+    seed: int,
+) -> tuple[Tensor, Tensor, dict]:
     """Captum's ``Lime``/``KernelShap`` ``explainer`` on the grid superpixels of :func:`grid_feature_mask`.
 
     Returns pixel values (each feature's coefficient spread evenly over its elements, so that a
@@ -447,31 +759,73 @@ def _surrogate(name: str, explainer, model: nn.Module, inputs: Tensor, targets: 
     mask = grid_feature_mask(inputs, cell)
     counts = torch.bincount(mask.flatten()).to(inputs.dtype)
     with model_guard(model), _quiet():
-        coefs, seeds = _seeded_per_image(inputs, seed, lambda i: explainer.attribute(
-            inputs[i], target=targets[i], baselines=ref[i], feature_mask=mask, n_samples=n_samples,
-            perturbations_per_eval=batch_size, return_input_shape=False).to(inputs.dtype).view(1, -1))
+        coefs, seeds = _seeded_per_image(
+            inputs,
+            seed,
+            lambda i: (
+                explainer.attribute(
+                    inputs[i],
+                    target=targets[i],
+                    baselines=ref[i],
+                    feature_mask=mask,
+                    n_samples=n_samples,
+                    perturbations_per_eval=batch_size,
+                    return_input_shape=False,
+                )
+                .to(inputs.dtype)
+                .view(1, -1)
+            ),
+        )
     values = (coefs[:, mask[0]] / counts[mask[0]]).contiguous()  # (B, C, H, W)
-    meta = {"library_version": library_version("captum"), "n_samples": n_samples, "cell": cell,
-            "n_features": int(counts.numel()), "baseline": baseline, "seeds": seeds, "feature_values": coefs}
+    meta = {
+        "library_version": library_version("captum"),
+        "n_samples": n_samples,
+        "cell": cell,
+        "n_features": int(counts.numel()),
+        "baseline": baseline,
+        "seeds": seeds,
+        "feature_values": coefs,
+    }
     return values, ref, meta
 
 
-SURROGATE_PARAMS = {"n_samples": Range(1), "cell": Range(1), "baseline": BASELINES, "blur_sigma": Range(0),
-                    "batch_size": Range(1)}
+SURROGATE_PARAMS = {
+    "n_samples": Range(1),
+    "cell": Range(1),
+    "baseline": BASELINES,
+    "blur_sigma": Range(0),
+    "batch_size": Range(1),
+}
 
 
 SURROGATES = ("ridge", "lasso")
 
 
-@register_explainer("captum.lime", library="captum", per_pixel=True, additive=False, stochastic=True,
-                    budget="n_samples",
-                    passes=lambda p, n_bg: (0, p["n_samples"]),
-                    constraints={**SURROGATE_PARAMS, "surrogate": SURROGATES},
-                    paper="Ribeiro et al. 2016, \"Why Should I Trust You?\": Explaining the Predictions of Any "
-                          "Classifier")
-def lime(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, n_samples: int = 200,
-         cell: int = 4, baseline: str = "zero", blur_sigma: float = 2.0, surrogate: str = "ridge",
-         batch_size: int = 64, seed: int = 0) -> Attribution:
+@register_explainer(
+    "captum.lime",
+    library="captum",
+    per_pixel=True,
+    additive=False,
+    stochastic=True,
+    budget="n_samples",
+    passes=lambda p, n_bg: (0, p["n_samples"]),
+    constraints={**SURROGATE_PARAMS, "surrogate": SURROGATES},
+    paper='Ribeiro et al. 2016, "Why Should I Trust You?": Explaining the Predictions of Any Classifier',
+)
+def lime(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    background: Tensor,
+    n_samples: int = 200,
+    cell: int = 4,
+    baseline: str = "zero",
+    blur_sigma: float = 2.0,
+    surrogate: str = "ridge",
+    batch_size: int = 64,
+    seed: int = 0,
+) -> Attribution:
     """LIME on grid superpixels: the coefficients w of a weighted linear surrogate g(z) = w . z + b.
 
     z in {0, 1}^M over the ``cell`` x ``cell`` px superpixels (:func:`grid_feature_mask`; 7 x 7 = 49
@@ -487,19 +841,47 @@ def lime(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tenso
 
     check_choice("captum.lime", "surrogate", surrogate, SURROGATES)
     fit = SkLearnRidge(alpha=1.0) if surrogate == "ridge" else SkLearnLasso(alpha=0.01)
-    values, _, meta = _surrogate("captum.lime", Lime(model, interpretable_model=fit), model, inputs, targets,
-                                 background, n_samples=n_samples, cell=cell, baseline=baseline, blur_sigma=blur_sigma,
-                                 batch_size=batch_size, seed=seed)
+    values, _, meta = _surrogate(
+        "captum.lime",
+        Lime(model, interpretable_model=fit),
+        model,
+        inputs,
+        targets,
+        background,
+        n_samples=n_samples,
+        cell=cell,
+        baseline=baseline,
+        blur_sigma=blur_sigma,
+        batch_size=batch_size,
+        seed=seed,
+    )
     return Attribution(values, meta={**meta, "surrogate": surrogate, "kernel": "exp(-cosine_distance^2)"})
 
 
-@register_explainer("captum.kernel_shap", library="captum", per_pixel=True, additive=True, stochastic=True,
-                    budget="n_samples",
-                    passes=lambda p, n_bg: (0, p["n_samples"]), constraints=SURROGATE_PARAMS,
-                    paper="Lundberg & Lee 2017, A Unified Approach to Interpreting Model Predictions (Kernel SHAP)")
-def kernel_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, n_samples: int = 200,
-                cell: int = 4, baseline: str = "zero", blur_sigma: float = 2.0, batch_size: int = 64,
-                seed: int = 0) -> Attribution:
+@register_explainer(
+    "captum.kernel_shap",
+    library="captum",
+    per_pixel=True,
+    additive=True,
+    stochastic=True,
+    budget="n_samples",
+    passes=lambda p, n_bg: (0, p["n_samples"]),
+    constraints=SURROGATE_PARAMS,
+    paper="Lundberg & Lee 2017, A Unified Approach to Interpreting Model Predictions (Kernel SHAP)",
+)
+def kernel_shap(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    background: Tensor,
+    n_samples: int = 200,
+    cell: int = 4,
+    baseline: str = "zero",
+    blur_sigma: float = 2.0,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> Attribution:
     """Kernel SHAP on grid superpixels: Shapley values of the superpixels by weighted linear regression.
 
     The same superpixels and baseline as ``captum.lime``; coalitions drawn from the Shapley
@@ -511,7 +893,18 @@ def kernel_shap(model: nn.Module, inputs: Tensor, targets: Tensor, *, background
     """
     from captum.attr import KernelShap
 
-    values, ref, meta = _surrogate("captum.kernel_shap", KernelShap(model), model, inputs, targets, background,
-                                   n_samples=n_samples, cell=cell, baseline=baseline, blur_sigma=blur_sigma,
-                                   batch_size=batch_size, seed=seed)
+    values, ref, meta = _surrogate(
+        "captum.kernel_shap",
+        KernelShap(model),
+        model,
+        inputs,
+        targets,
+        background,
+        n_samples=n_samples,
+        cell=cell,
+        baseline=baseline,
+        blur_sigma=blur_sigma,
+        batch_size=batch_size,
+        seed=seed,
+    )
     return Attribution(values, target_scores(model, inputs, targets), target_scores(model, ref, targets), meta)

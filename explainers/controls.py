@@ -3,6 +3,7 @@
 Adebayo et al. 2018 ("Sanity Checks for Saliency Maps") showed that edge detectors score well on
 many visual criteria; the random map is the chance level of every metric.
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,9 @@ def random(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Ten
     Drawn on the CPU and then moved, so the values do not depend on the device.
     """
     seeds = image_seeds(seed, inputs)
-    maps = [torch.randn(inputs.shape[1:], generator=torch.Generator().manual_seed(s), dtype=torch.float64)
-            for s in seeds]
+    maps = [
+        torch.randn(inputs.shape[1:], generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in seeds
+    ]
     values = torch.stack(maps).to(device=inputs.device, dtype=inputs.dtype)
     return Attribution(values, meta={"seeds": seeds})
 

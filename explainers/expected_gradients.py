@@ -16,6 +16,7 @@ puts the rows of *all* images into the gradient passes, ``batch_size`` rows per 
 class per row. Same values as shap up to the last float32 bit (the gradient of a row does not
 depend on the other rows of its batch in eval mode, except for the convolution's summation order).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +34,16 @@ def draws(rseed: int, nsamples: int, n_background: int) -> tuple[np.ndarray, np.
     return rows, ts
 
 
-def expected_gradients(model: nn.Module, inputs: Tensor, targets: Tensor, background: Tensor, *,
-                       nsamples: int, seeds: list[int], batch_size: int = 50) -> Tensor:
+def expected_gradients(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    background: Tensor,
+    *,
+    nsamples: int,
+    seeds: list[int],
+    batch_size: int = 50,
+) -> Tensor:
     """Expected-gradients values ``(B, C, H, W)`` (float32 like the inputs) of ``model(x)[target]``.
 
     ``seeds[i]`` is shap's ``rseed`` for image ``i``; ``batch_size`` rows (from any images) per

@@ -7,6 +7,7 @@ metric's substrate can be told apart from one that does not (integrated gradient
 baseline wins exactly the metrics that delete towards black). ``bench.metrics.perturbation``
 re-exports these names.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,9 +62,9 @@ def make_substrate(inputs: Tensor, substrate: str, *, blur_sigma: float = 2.0) -
     raise BenchError(f"unknown substrate {substrate!r}; use one of {', '.join(SUBSTRATES)}")
 
 
-
-def baseline_images(explainer: str, inputs: Tensor, background: Tensor, baseline: str, *,
-                    blur_sigma: float = 2.0) -> Tensor:
+def baseline_images(
+    explainer: str, inputs: Tensor, background: Tensor, baseline: str, *, blur_sigma: float = 2.0
+) -> Tensor:
     """An explainer's baseline x' per image, ``(B, C, H, W)``.
 
     A substrate of :func:`make_substrate` (``"zero"``, ``"mean"``, ``"blur"``, ``"noise"``: the
@@ -73,6 +74,7 @@ def baseline_images(explainer: str, inputs: Tensor, background: Tensor, baseline
     if baseline == "background_mean":
         return background.mean(0, keepdim=True).expand_as(inputs).contiguous()
     if baseline not in SUBSTRATES:
-        raise BenchError(f"explainer {explainer!r}: baseline={baseline!r} is not one of "
-                         f"{', '.join(map(repr, BASELINES))}")
+        raise BenchError(
+            f"explainer {explainer!r}: baseline={baseline!r} is not one of {', '.join(map(repr, BASELINES))}"
+        )
     return make_substrate(inputs.detach(), baseline, blur_sigma=blur_sigma)

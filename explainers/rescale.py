@@ -28,6 +28,7 @@ function called in the recorded forward on an input-dependent tensor must be a k
 one (a product of two input-dependent tensors, a comparison, a ``detach`` or any function not
 known to be linear sends the adapters back to their library's engine, with the reason).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,20 @@ from bench.core.errors import BenchError, one_line
 from explainers.base import check_choice
 from models.safety import check_explainer_safe
 
-LINEAR_LEAVES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.AdaptiveAvgPool1d,
-                 nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.Flatten, nn.Identity, nn.Dropout)
+LINEAR_LEAVES = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.Linear,
+    nn.modules.batchnorm._BatchNorm,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.Flatten,
+    nn.Identity,
+    nn.Dropout,
+)
 EPS = 1e-6  # shap's threshold for |delta_in| below which the plain gradient is used
 
 # Torch functions (``__name__``) known to be linear, so that their backward does not depend on
@@ -52,17 +65,75 @@ EPS = 1e-6  # shap's threshold for |delta_in| below which the plain gradient is 
 # makes :func:`unsupported_reason` object. These are linear in their first argument alone, which
 # must be the only input-dependent tensor (``F.linear(x, w)`` with an input-dependent ``w`` is a
 # product) ...
-LINEAR_FUNCTIONS = frozenset({
-    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear",
-    "batch_norm", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
-    "adaptive_avg_pool3d", "dropout", "pad", "neg", "__neg__", "__pos__", "sum", "mean", "flatten", "unflatten",
-    "view", "reshape", "squeeze", "unsqueeze", "permute", "transpose", "t", "movedim", "contiguous", "clone",
-    "expand", "repeat", "narrow", "select", "__getitem__", "split", "chunk", "unbind", "to", "float", "double",
-})
+LINEAR_FUNCTIONS = frozenset(
+    {
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "conv_transpose1d",
+        "conv_transpose2d",
+        "conv_transpose3d",
+        "linear",
+        "batch_norm",
+        "avg_pool1d",
+        "avg_pool2d",
+        "avg_pool3d",
+        "adaptive_avg_pool1d",
+        "adaptive_avg_pool2d",
+        "adaptive_avg_pool3d",
+        "dropout",
+        "pad",
+        "neg",
+        "__neg__",
+        "__pos__",
+        "sum",
+        "mean",
+        "flatten",
+        "unflatten",
+        "view",
+        "reshape",
+        "squeeze",
+        "unsqueeze",
+        "permute",
+        "transpose",
+        "t",
+        "movedim",
+        "contiguous",
+        "clone",
+        "expand",
+        "repeat",
+        "narrow",
+        "select",
+        "__getitem__",
+        "split",
+        "chunk",
+        "unbind",
+        "to",
+        "float",
+        "double",
+    }
+)
 # ... these may take several (sums and concatenations; the ``*_as`` functions read only a shape or
 # a dtype from their second argument) ...
-MULTI_INPUT_LINEAR = frozenset({"add", "__add__", "__radd__", "sub", "__sub__", "__rsub__", "rsub", "cat", "concat",
-                                "concatenate", "stack", "view_as", "reshape_as", "expand_as", "type_as"})
+MULTI_INPUT_LINEAR = frozenset(
+    {
+        "add",
+        "__add__",
+        "__radd__",
+        "sub",
+        "__sub__",
+        "__rsub__",
+        "rsub",
+        "cat",
+        "concat",
+        "concatenate",
+        "stack",
+        "view_as",
+        "reshape_as",
+        "expand_as",
+        "type_as",
+    }
+)
 SCALING_FUNCTIONS = frozenset({"mul", "__mul__", "__rmul__", "multiply"})  # linear with one input-dependent factor
 DIVIDING_FUNCTIONS = frozenset({"div", "__truediv__", "true_divide", "divide"})  # ... as the numerator only
 # Linear only in eval: (position of the ``training`` argument, its default)
@@ -104,7 +175,7 @@ def _record(model: nn.Module, z: Tensor, watch: TorchFunctionMode | None = None)
     (no weight gradients, and autograd keeps fewer tensors for the backward). ``watch``, a
     function mode, sees the forward's torch calls."""
     params = {name: p.detach() for name, p in model.named_parameters()}
-    with torch.enable_grad(), (watch if watch is not None else contextlib.nullcontext()):
+    with torch.enable_grad(), watch if watch is not None else contextlib.nullcontext():
         return torch.func.functional_call(model, params, (z,))
 
 
@@ -122,10 +193,12 @@ class _LinearityRecorder(TorchFunctionMode):
         if dependent and any(isinstance(o, Tensor) for o in tree_leaves(out)):
             name = getattr(func, "__name__", repr(func))
             first_only = len(dependent) == 1 and bool(args) and args[0] is dependent[0]
-            linear = (name in MULTI_INPUT_LINEAR
-                      or (name in LINEAR_FUNCTIONS and first_only)
-                      or (name in SCALING_FUNCTIONS and len(dependent) == 1)
-                      or (name in DIVIDING_FUNCTIONS and first_only))
+            linear = (
+                name in MULTI_INPUT_LINEAR
+                or (name in LINEAR_FUNCTIONS and first_only)
+                or (name in SCALING_FUNCTIONS and len(dependent) == 1)
+                or (name in DIVIDING_FUNCTIONS and first_only)
+            )
             if name in TRAINING_ARGUMENT:
                 at, default = TRAINING_ARGUMENT[name]
                 if kwargs.get("training", args[at] if len(args) > at else default):
@@ -169,8 +242,9 @@ def unsupported_reason(model: nn.Module, example: Tensor) -> str | None:
     return None
 
 
-def choose_engine(explainer: str, engine: str, library_engine: str, model: nn.Module,
-                  example: Tensor) -> tuple[str, dict[str, str]]:
+def choose_engine(
+    explainer: str, engine: str, library_engine: str, model: nn.Module, example: Tensor
+) -> tuple[str, dict[str, str]]:
     """Which engine a DeepSHAP adapter runs: ``(engine name, extra meta)``.
 
     ``engine`` is ``"auto"``, ``"batched"`` or ``library_engine`` (``"shap"``, ``"captum"``):
@@ -185,13 +259,15 @@ def choose_engine(explainer: str, engine: str, library_engine: str, model: nn.Mo
     if reason is None:
         return "batched", {}
     if engine == "batched":
-        raise BenchError(f"{explainer} engine='batched' cannot explain this model ({reason}); "
-                         f"use engine={library_engine!r}")
+        raise BenchError(
+            f"{explainer} engine='batched' cannot explain this model ({reason}); use engine={library_engine!r}"
+        )
     return library_engine, {"batched_unavailable": reason}
 
 
-def rescale_attributions(model: nn.Module, inputs: Tensor, targets: Tensor, background: Tensor, *,
-                         pair_chunk: int = 16, eps: float = EPS) -> Tensor:
+def rescale_attributions(
+    model: nn.Module, inputs: Tensor, targets: Tensor, background: Tensor, *, pair_chunk: int = 16, eps: float = EPS
+) -> Tensor:
     """DeepSHAP values ``(B, C, H, W)`` of ``model(x)[target]`` against ``background (N, C, H, W)``.
 
     One recorded forward of ``width`` rows (see the module docstring), then one backward per
@@ -222,10 +298,10 @@ def rescale_attributions(model: nn.Module, inputs: Tensor, targets: Tensor, back
         # the backward reaches only ReLUs the recorded forward did, which the forwards of the images and
         # the references reached too (no data-dependent control flow: unsupported_reason)
         assert img_k is not None and ref_k is not None
-        ax, ar = img_k[b:b + 1], ref_k[j0:j1]
-        m = mult[:grad.numel()].view(grad.shape)
-        d, s, mr = delta[:ar.numel()].view(ar.shape), small[:ar.numel()].view(ar.shape), m[:j1 - j0]
-        m[j1 - j0:].zero_()  # spare rows of a smaller chunk
+        ax, ar = img_k[b : b + 1], ref_k[j0:j1]
+        m = mult[: grad.numel()].view(grad.shape)
+        d, s, mr = delta[: ar.numel()].view(ar.shape), small[: ar.numel()].view(ar.shape), m[: j1 - j0]
+        m[j1 - j0 :].zero_()  # spare rows of a smaller chunk
         torch.sub(ax, ar, out=d)
         torch.clamp(ar, min=0, out=mr)
         torch.sub(ax.clamp(min=0), mr, out=mr).div_(d)  # (relu(x) - relu(r)) / (x - r)
@@ -246,7 +322,7 @@ def rescale_attributions(model: nn.Module, inputs: Tensor, targets: Tensor, back
         for j0, j1 in bounds:
             where["j0"], where["j1"] = j0, j1
             (grad,) = torch.autograd.grad(logits, z, seed, retain_graph=True)
-            total += ((inputs[b:b + 1] - background[j0:j1]) * grad[:j1 - j0]).sum(0)
+            total += ((inputs[b : b + 1] - background[j0:j1]) * grad[: j1 - j0]).sum(0)
         out[b] = total / n
     return out.detach()
 
@@ -254,12 +330,14 @@ def rescale_attributions(model: nn.Module, inputs: Tensor, targets: Tensor, back
 def _relu_inputs(model: nn.Module, relus: Sequence[nn.Module], x: Tensor, chunk: int = 64) -> list[Tensor | None]:
     """The input of every ReLU for each row of ``x`` (no grad), in ``relus`` order."""
     per_relu: list[list[Tensor]] = [[] for _ in relus]
-    hooks = [r.register_forward_hook(lambda mod, args, output, k=k: per_relu[k].append(args[0].detach()))
-             for k, r in enumerate(relus)]
+    hooks = [
+        r.register_forward_hook(lambda mod, args, output, k=k: per_relu[k].append(args[0].detach()))
+        for k, r in enumerate(relus)
+    ]
     try:
         with torch.no_grad():
             for i in range(0, x.shape[0], chunk):
-                model(x[i:i + chunk])
+                model(x[i : i + chunk])
     finally:
         for h in hooks:
             h.remove()

@@ -11,6 +11,7 @@ wrap the model so that it returns only the target column (halving the work for t
 call shap one image (Gradient, Partition) or one target group (Deep) at a time; the inner work
 (samples, masks, background rows) stays batched.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,9 +23,21 @@ from torch import Tensor, nn
 
 from bench.core.errors import BenchError
 from bench.core.params import Range
-from explainers.base import (PRECISION_CHOICES, Attribution, check_choice, check_positive, explainer_precision,
-                             image_seeds, library_version, mean_target_score, model_guard, preserved_rng,
-                             register_explainer, resolve_layer, target_scores)
+from explainers.base import (
+    PRECISION_CHOICES,
+    Attribution,
+    check_choice,
+    check_positive,
+    explainer_precision,
+    image_seeds,
+    library_version,
+    mean_target_score,
+    model_guard,
+    preserved_rng,
+    register_explainer,
+    resolve_layer,
+    target_scores,
+)
 from explainers.expected_gradients import expected_gradients
 from explainers.rescale import choose_engine, deepshap_passes, rescale_attributions
 
@@ -38,7 +51,7 @@ class _TargetColumn(nn.Module):
         self.k = int(k)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)[:, self.k:self.k + 1]
+        return self.model(x)[:, self.k : self.k + 1]
 
 
 def _subset(background: Tensor, size: int | None, seed: int) -> Tensor:
@@ -55,15 +68,37 @@ def _groups(targets: Tensor) -> list[tuple[int, Tensor]]:
     return [(int(k), (targets == k).nonzero().squeeze(1)) for k in torch.unique(targets).tolist()]
 
 
-@register_explainer("shap.gradient", library="shap", additive=False, stochastic=True, budget="nsamples",
-                    family="expected_gradients",
-                    passes=lambda p, n_bg: (p["nsamples"], 0),  # one gradient per sample (also in layer mode)
-                    constraints={"nsamples": Range(1), "background_size": Range(1), "batch_size": Range(1),
-                                 "engine": ("auto", "shap", "batched"), "precision": PRECISION_CHOICES},
-                    paper="Erion et al. 2021, expected gradients")
-def gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, nsamples: int = 50,
-             background_size: int | None = None, seed: int = 0, batch_size: int = 50,
-             layer: str | None = None, engine: str = "auto", precision: str = "float32") -> Attribution:
+@register_explainer(
+    "shap.gradient",
+    library="shap",
+    additive=False,
+    stochastic=True,
+    budget="nsamples",
+    family="expected_gradients",
+    passes=lambda p, n_bg: (p["nsamples"], 0),  # one gradient per sample (also in layer mode)
+    constraints={
+        "nsamples": Range(1),
+        "background_size": Range(1),
+        "batch_size": Range(1),
+        "engine": ("auto", "shap", "batched"),
+        "precision": PRECISION_CHOICES,
+    },
+    paper="Erion et al. 2021, expected gradients",
+)
+def gradient(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    background: Tensor,
+    nsamples: int = 50,
+    background_size: int | None = None,
+    seed: int = 0,
+    batch_size: int = 50,
+    layer: str | None = None,
+    engine: str = "auto",
+    precision: str = "float32",
+) -> Attribution:
     """Expected gradients (shap.GradientExplainer): E_{x'~bg, a~U(0,1)} [(x - x') * df/dx(x' + a(x - x'))].
 
     Additive only in expectation (sum -> f(x) - E_bg f), so registered ``additive=False``;
@@ -86,14 +121,14 @@ def gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: T
     check_positive(name, nsamples=nsamples, background_size=background_size, batch_size=batch_size)
     check_choice(name, "engine", engine, ("auto", "shap", "batched"))
     if engine == "batched" and layer is not None:
-        raise BenchError(f"explainer {name!r}: engine='batched' explains the input only; use engine='shap' "
-                         f"with layer={layer!r}")
+        raise BenchError(
+            f"explainer {name!r}: engine='batched' explains the input only; use engine='shap' with layer={layer!r}"
+        )
     layer_name, layer_module = resolve_layer(model, layer, name) if layer is not None else (None, None)
     bg = _subset(background, background_size, seed)
     seeds = image_seeds(seed, inputs)
     use = "shap" if engine == "shap" or layer is not None else "batched"
     if use == "batched":
-
         with model_guard(model), explainer_precision(name, precision, inputs.device):
             phi = expected_gradients(model, inputs, targets, bg, nsamples=nsamples, seeds=seeds, batch_size=batch_size)
     else:
@@ -106,24 +141,38 @@ def gradient(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: T
                 spec = single if layer_module is None else (single, layer_module)
                 explainer = shap.GradientExplainer(spec, bg, batch_size=batch_size)
                 for i in idx.tolist():
-                    sv = explainer.shap_values(inputs[i:i + 1], nsamples=nsamples, rseed=seeds[i])
+                    sv = explainer.shap_values(inputs[i : i + 1], nsamples=nsamples, rseed=seeds[i])
                     phis[i] = torch.from_numpy(np.asarray(sv)[..., 0])
         phi = torch.cat([phis[i] for i in range(inputs.shape[0])]).to(device=inputs.device, dtype=inputs.dtype)
-    meta = {"library_version": library_version("shap"), "nsamples": nsamples, "background_size": bg.shape[0],
-            "seeds": seeds, "additive_in_expectation": layer is None, "engine": use, "precision": precision}
+    meta = {
+        "library_version": library_version("shap"),
+        "nsamples": nsamples,
+        "background_size": bg.shape[0],
+        "seeds": seeds,
+        "additive_in_expectation": layer is None,
+        "engine": use,
+        "precision": precision,
+    }
     if layer_module is None:
         return Attribution(phi, target_scores(model, inputs, targets), mean_target_score(model, bg, targets), meta)
     reduced = F.interpolate(phi.sum(1, keepdim=True), size=inputs.shape[-2:], mode="bilinear", align_corners=False)
-    meta.update(layer_values=phi, reduced_from_layer=layer_name,
-                layer_values_are=f"attribution to the input of {layer_name}")
+    meta.update(
+        layer_values=phi, reduced_from_layer=layer_name, layer_values_are=f"attribution to the input of {layer_name}"
+    )
     return Attribution(reduced.expand_as(inputs).contiguous(), None, None, meta)
 
 
-@register_explainer("shap.deep", library="shap", additive=True, passes=deepshap_passes,
-                    constraints={"engine": ("auto", "shap", "batched"), "pair_chunk": Range(1)},
-                    paper="Lundberg & Lee 2017 (DeepSHAP); Shrikumar et al. 2017 (DeepLIFT rescale)")
-def deep(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, engine: str = "auto",
-         pair_chunk: int = 16) -> Attribution:
+@register_explainer(
+    "shap.deep",
+    library="shap",
+    additive=True,
+    passes=deepshap_passes,
+    constraints={"engine": ("auto", "shap", "batched"), "pair_chunk": Range(1)},
+    paper="Lundberg & Lee 2017 (DeepSHAP); Shrikumar et al. 2017 (DeepLIFT rescale)",
+)
+def deep(
+    model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, engine: str = "auto", pair_chunk: int = 16
+) -> Attribution:
     """DeepSHAP (shap.DeepExplainer): DeepLIFT rescale multipliers averaged over the background.
 
     phi_i = mean_{x' in bg} m_i(x, x') (x_i - x'_i); sums to f(x) - E_bg f exactly on models whose
@@ -138,13 +187,19 @@ def deep(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tenso
 
     check_positive("shap.deep", pair_chunk=pair_chunk)
     use, why = choose_engine("shap.deep", engine, "shap", model, inputs[:1])
-    meta = {"library_version": library_version("shap"), "background_size": background.shape[0], "rule": "rescale",
-            "engine": use, **why}
+    meta = {
+        "library_version": library_version("shap"),
+        "background_size": background.shape[0],
+        "rule": "rescale",
+        "engine": use,
+        **why,
+    }
     if use == "batched":
         with model_guard(model):
             values = rescale_attributions(model, inputs, targets, background, pair_chunk=pair_chunk)
-        return Attribution(values, target_scores(model, inputs, targets), mean_target_score(model, background, targets),
-                           meta)
+        return Attribution(
+            values, target_scores(model, inputs, targets), mean_target_score(model, background, targets), meta
+        )
     import shap
 
     phis: dict[int, Tensor] = {}  # image -> its values; every image is in its target's group
@@ -153,22 +208,40 @@ def deep(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tenso
             explainer = shap.DeepExplainer(_TargetColumn(model, k), background)
             sv = explainer.shap_values(inputs[idx], check_additivity=False)
             for j, i in enumerate(idx.tolist()):
-                phis[i] = torch.from_numpy(np.asarray(sv)[j:j + 1, ..., 0])
+                phis[i] = torch.from_numpy(np.asarray(sv)[j : j + 1, ..., 0])
     values = torch.cat([phis[i] for i in range(inputs.shape[0])]).to(device=inputs.device, dtype=inputs.dtype)
-    return Attribution(values, target_scores(model, inputs, targets), mean_target_score(model, background, targets),
-                       meta)
+    return Attribution(
+        values, target_scores(model, inputs, targets), mean_target_score(model, background, targets), meta
+    )
 
 
 _MASKS = re.compile(r"^(blur\(\s*\d+\s*,\s*\d+\s*\)|inpaint_telea|inpaint_ns)$")
 
 
-@register_explainer("shap.partition", library="shap", additive=True, model_agnostic=True, budget="max_evals",
-                    budgets=(100, 300, 1000), reference_budget=3000,  # the frontier's grid and reference
-                    passes=lambda p, n_bg: (0, p["max_evals"]),  # forwards of masked images only (at most max_evals)
-                    constraints={"max_evals": Range(1), "batch_size": Range(1)},
-                    paper="Lundberg et al., Owen values over a hierarchical pixel partition")
-def partition(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, max_evals: int = 300,
-              blur: str = "blur(4,4)", batch_size: int = 64, seed: int = 0) -> Attribution:
+@register_explainer(
+    "shap.partition",
+    library="shap",
+    additive=True,
+    model_agnostic=True,
+    budget="max_evals",
+    # the frontier's grid and reference
+    budgets=(100, 300, 1000),
+    reference_budget=3000,
+    passes=lambda p, n_bg: (0, p["max_evals"]),  # forwards of masked images only (at most max_evals)
+    constraints={"max_evals": Range(1), "batch_size": Range(1)},
+    paper="Lundberg et al., Owen values over a hierarchical pixel partition",
+)
+def partition(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    background: Tensor,
+    max_evals: int = 300,
+    blur: str = "blur(4,4)",
+    batch_size: int = 64,
+    seed: int = 0,
+) -> Attribution:
     """Partition SHAP (shap.PartitionExplainer + shap.maskers.Image): Owen values of pixels.
 
     Masked pixels take the value of the blurred image (``blur="blur(kx,ky)"``, or
@@ -202,12 +275,17 @@ def partition(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: 
             current["target"] = int(targets[i])
             masker.last_xid = None  # shap caches the blurred image by id(); ids are reused across images
             np.random.seed(seeds[i])
-            ev = explainer(images[i:i + 1], max_evals=max_evals, batch_size=batch_size, silent=True)
+            ev = explainer(images[i : i + 1], max_evals=max_evals, batch_size=batch_size, silent=True)
             values.append(torch.from_numpy(np.asarray(ev.values).reshape(1, h, w, c)))
             base.append(float(np.asarray(ev.base_values).reshape(-1)[0]))
-            outputs.append(float(f(images[i:i + 1])[0]))  # f(x) evaluated as shap evaluates it (one row)
+            outputs.append(float(f(images[i : i + 1])[0]))  # f(x) evaluated as shap evaluates it (one row)
     vals = torch.cat(values).permute(0, 3, 1, 2).to(device=inputs.device, dtype=inputs.dtype).contiguous()
-    meta = {"library_version": library_version("shap"), "max_evals": max_evals, "mask": blur, "seeds": seeds,
-            "base_value_is": "f(fully masked image)"}
+    meta = {
+        "library_version": library_version("shap"),
+        "max_evals": max_evals,
+        "mask": blur,
+        "seeds": seeds,
+        "base_value_is": "f(fully masked image)",
+    }
     as_tensor = lambda v: torch.tensor(v, dtype=inputs.dtype, device=inputs.device)  # noqa: E731
     return Attribution(vals, as_tensor(outputs), as_tensor(base), meta)

@@ -23,6 +23,7 @@ E phi_hat = 1/n sum_k 1/N sum_r n int_{k/n}^{(k+1)/n} h_r(a) da = 1/N sum_r int_
 of tests/test_stratified_eg.py. Draws come from ``numpy.random.default_rng`` seeded per image
 (:func:`~explainers.base.image_seeds`), so a batch equals its images one at a time.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,18 @@ import torch
 from torch import Tensor, nn
 
 from bench.core.params import Range
-from explainers.base import (PRECISION_CHOICES, Attribution, check_choice, check_positive, explainer_precision,
-                             image_seeds, mean_target_score, model_guard, register_explainer, target_scores)
+from explainers.base import (
+    PRECISION_CHOICES,
+    Attribution,
+    check_choice,
+    check_positive,
+    explainer_precision,
+    image_seeds,
+    mean_target_score,
+    model_guard,
+    register_explainer,
+    target_scores,
+)
 
 SAMPLERS = ("stratified", "iid")
 
@@ -46,8 +57,17 @@ def draws(seed: int, n: int, n_background: int, sampler: str = "stratified") -> 
     return perm[k % n_background].astype(np.int64), (k + rng.random(n)) / n
 
 
-def eg_values(model: nn.Module, inputs: Tensor, targets: Tensor, background: Tensor, *, n_samples: int,
-              seeds: list[int], sampler: str = "stratified", batch_size: int = 50) -> Tensor:
+def eg_values(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    background: Tensor,
+    *,
+    n_samples: int,
+    seeds: list[int],
+    sampler: str = "stratified",
+    batch_size: int = 50,
+) -> Tensor:
     """Expected-gradients estimate ``(B, C, H, W)`` of ``model(x)[target]`` from :func:`draws`.
 
     ``seeds[i]`` seeds image ``i``'s draws; ``batch_size`` rows (from any images) per
@@ -72,15 +92,29 @@ def eg_values(model: nn.Module, inputs: Tensor, targets: Tensor, background: Ten
     return (phi / n_samples).to(inputs.dtype)
 
 
-@register_explainer("pneumobench.expected_gradients", library="pneumobench", additive=False, stochastic=True,
-                    budget="n_samples", family="expected_gradients",
-                    passes=lambda p, n_bg: (p["n_samples"], 0),  # one gradient per (reference, point) draw
-                    constraints={"n_samples": Range(1), "batch_size": Range(1), "sampler": SAMPLERS,
-                                 "precision": PRECISION_CHOICES},
-                    paper="Erion et al. 2021 (expected gradients); Lundberg & Lee 2017 (GradientSHAP)")
-def expected_gradients(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
-                       n_samples: int = 50, sampler: str = "stratified", seed: int = 0,
-                       batch_size: int = 50, precision: str = "float32") -> Attribution:
+@register_explainer(
+    "pneumobench.expected_gradients",
+    library="pneumobench",
+    additive=False,
+    stochastic=True,
+    budget="n_samples",
+    family="expected_gradients",
+    passes=lambda p, n_bg: (p["n_samples"], 0),  # one gradient per (reference, point) draw
+    constraints={"n_samples": Range(1), "batch_size": Range(1), "sampler": SAMPLERS, "precision": PRECISION_CHOICES},
+    paper="Erion et al. 2021 (expected gradients); Lundberg & Lee 2017 (GradientSHAP)",
+)
+def expected_gradients(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    background: Tensor,
+    n_samples: int = 50,
+    sampler: str = "stratified",
+    seed: int = 0,
+    batch_size: int = 50,
+    precision: str = "float32",
+) -> Attribution:
     """Expected gradients with stratified draws: E_{x'~bg, a~U(0,1)} [(x - x') * df/dx(x' + a(x - x'))].
 
     The expectation of ``shap.gradient`` / ``captum.gradient_shap`` with lower variance at the
@@ -96,8 +130,15 @@ def expected_gradients(model: nn.Module, inputs: Tensor, targets: Tensor, *, bac
     check_choice(name, "sampler", sampler, SAMPLERS)
     seeds = image_seeds(seed, inputs)
     with model_guard(model), explainer_precision(name, precision, inputs.device):
-        phi = eg_values(model, inputs, targets, background, n_samples=n_samples, seeds=seeds, sampler=sampler,
-                        batch_size=batch_size)
-    meta = {"n_samples": n_samples, "sampler": sampler, "background_size": background.shape[0], "seeds": seeds,
-            "additive_in_expectation": True, "precision": precision}
+        phi = eg_values(
+            model, inputs, targets, background, n_samples=n_samples, seeds=seeds, sampler=sampler, batch_size=batch_size
+        )
+    meta = {
+        "n_samples": n_samples,
+        "sampler": sampler,
+        "background_size": background.shape[0],
+        "seeds": seeds,
+        "additive_in_expectation": True,
+        "precision": precision,
+    }
     return Attribution(phi, target_scores(model, inputs, targets), mean_target_score(model, background, targets), meta)

@@ -19,6 +19,7 @@ its max-pool between ``conv1`` and ``bn1``: on models/resnet.py it runs but leav
 residual sum unsplit (measured: summed relevance ~225 against a logit ~0.2). :class:`ResNetCanonizer`
 below is the one for models/resnet.py (and the tiny test CNN of models/tiny.py).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,8 +29,15 @@ from torch import Tensor, nn
 
 from bench.core.errors import BenchError
 from bench.core.params import Range
-from explainers.base import (Attribution, check_positive, chunks, library_version, model_guard, register_explainer,
-                             target_scores)
+from explainers.base import (
+    Attribution,
+    check_positive,
+    chunks,
+    library_version,
+    model_guard,
+    register_explainer,
+    target_scores,
+)
 from models.resnet import BasicBlock, Bottleneck, ResNet
 from models.tiny import TinyResCNN, _TinyBlock
 
@@ -76,13 +84,17 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[tuple[str], str]]:
         prefix = f"{name}." if name else ""
         if isinstance(m, CONV_BN_MODULES):
             for k in (1, 2, 3):
-                if isinstance(getattr(m, f"conv{k}", None), nn.Conv2d) and isinstance(getattr(m, f"bn{k}", None),
-                                                                                      nn.BatchNorm2d):
+                if isinstance(getattr(m, f"conv{k}", None), nn.Conv2d) and isinstance(
+                    getattr(m, f"bn{k}", None), nn.BatchNorm2d
+                ):
                     pairs.append(((f"{prefix}conv{k}",), f"{prefix}bn{k}"))
         elif isinstance(m, nn.Sequential):
             children = list(m.named_children())
-            pairs += [((prefix + a,), prefix + b) for (a, ma), (b, mb) in zip(children, children[1:])
-                      if isinstance(ma, nn.Conv2d) and isinstance(mb, nn.BatchNorm2d)]
+            pairs += [
+                ((prefix + a,), prefix + b)
+                for (a, ma), (b, mb) in zip(children, children[1:])
+                if isinstance(ma, nn.Conv2d) and isinstance(mb, nn.BatchNorm2d)
+            ]
     return pairs
 
 
@@ -116,8 +128,9 @@ def resnet_canonizer(model: nn.Module):
     return CompositeCanonizer([ExactMergeBatchNorm(conv_bn_pairs(model)), AttributeCanonizer(residual)])
 
 
-def run_lrp(name: str, composite: str, model: nn.Module, inputs: Tensor, targets: Tensor, *, batch_size: int,
-            **rule_params: Any) -> Attribution:
+def run_lrp(
+    name: str, composite: str, model: nn.Module, inputs: Tensor, targets: Tensor, *, batch_size: int, **rule_params: Any
+) -> Attribution:
     """zennit's ``Gradient`` attributor with ``composite`` (a class of ``zennit.composites``) and
     :func:`resnet_canonizer`; the relevance starts as f(x)[target] at the target and 0 elsewhere.
 
@@ -140,49 +153,84 @@ def run_lrp(name: str, composite: str, model: nn.Module, inputs: Tensor, targets
     canonized = torch.cat(outputs)
     change = (canonized - scores).abs().max().item()
     if change > OUTPUT_RTOL * max(1.0, scores.abs().max().item()):
-        raise BenchError(f"explainer {name!r}: the LRP canonizer changed the model's outputs by {change:.3g}; it "
-                         f"supports models/resnet.py and models/tiny.py (batch norms right after a convolution, "
-                         f"residual blocks of those classes): explain this model with another method")
-    meta = {"library_version": library_version("zennit"), "composite": composite, **rule_params,
-            "canonizer": "explainers.zennit_adapters.resnet_canonizer", "canonizer_output_change": change,
-            "base_value_is": "0 (LRP conserves f(x) where rules and layers allow)"}
+        raise BenchError(
+            f"explainer {name!r}: the LRP canonizer changed the model's outputs by {change:.3g}; it "
+            f"supports models/resnet.py and models/tiny.py (batch norms right after a convolution, "
+            f"residual blocks of those classes): explain this model with another method"
+        )
+    meta = {
+        "library_version": library_version("zennit"),
+        "composite": composite,
+        **rule_params,
+        "canonizer": "explainers.zennit_adapters.resnet_canonizer",
+        "canonizer_output_change": change,
+        "base_value_is": "0 (LRP conserves f(x) where rules and layers allow)",
+    }
     return Attribution(torch.cat(relevance), scores, torch.zeros_like(scores), meta)
 
 
 def _start(targets: Tensor):
     """The output relevance: f(x)[target] at the target class, 0 elsewhere."""
+
     def start(output: Tensor) -> Tensor:
         return output * torch.zeros_like(output).scatter_(1, targets.view(-1, 1), 1.0)
+
     return start
 
 
 LRP_PARAMS = {"epsilon": Range(0, low_open=True), "batch_size": Range(1)}
 
 
-@register_explainer("zennit.epsilon_plus_flat", library="zennit", additive=False, passes=(1, 0),
-                    per_pixel=True,  # the flat rule spreads relevance evenly over the first layer's inputs
-                    constraints=LRP_PARAMS,
-                    paper="Bach et al. 2015 (LRP); Kohlbrenner et al. 2020, Towards Best Practice in Explaining "
-                          "Neural Network Decisions with LRP")
-def epsilon_plus_flat(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, epsilon: float = 1e-6,
-                      batch_size: int = 64) -> Attribution:
+@register_explainer(
+    "zennit.epsilon_plus_flat",
+    library="zennit",
+    additive=False,
+    passes=(1, 0),
+    per_pixel=True,  # the flat rule spreads relevance evenly over the first layer's inputs
+    constraints=LRP_PARAMS,
+    paper="Bach et al. 2015 (LRP); Kohlbrenner et al. 2020, Towards Best Practice in Explaining "
+    "Neural Network Decisions with LRP",
+)
+def epsilon_plus_flat(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    background: Tensor,
+    epsilon: float = 1e-6,
+    batch_size: int = 64,
+) -> Attribution:
     """LRP, zennit ``EpsilonPlusFlat``: flat rule at the first convolution, z+ at the others, epsilon at ``fc``.
 
     z+ : R_i = sum_j x_i w+_ij / sum_i' x_i' w+_i'j R_j;  flat: R_i = sum_j R_j / n_j (n_j inputs of
     unit j);  epsilon: R_i = sum_j x_i w_ij / (z_j + eps sign z_j) R_j. Residual sums and the average
     pool split relevance in proportion to their inputs; ReLUs pass it on (:func:`resnet_canonizer`).
     """
-    return run_lrp("zennit.epsilon_plus_flat", "EpsilonPlusFlat", model, inputs, targets, batch_size=batch_size,
-                   epsilon=epsilon)
+    return run_lrp(
+        "zennit.epsilon_plus_flat", "EpsilonPlusFlat", model, inputs, targets, batch_size=batch_size, epsilon=epsilon
+    )
 
 
-@register_explainer("zennit.epsilon_gamma_box", library="zennit", additive=False, passes=(1, 0),
-                    constraints={**LRP_PARAMS, "gamma": Range(0)},
-                    paper="Bach et al. 2015 (LRP); Montavon et al. 2019, Layer-Wise Relevance Propagation: An "
-                          "Overview (gamma, z-box)")
-def epsilon_gamma_box(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
-                      epsilon: float = 1e-6, gamma: float = 0.25, low: float = 0.0, high: float = 1.0,
-                      batch_size: int = 64) -> Attribution:
+@register_explainer(
+    "zennit.epsilon_gamma_box",
+    library="zennit",
+    additive=False,
+    passes=(1, 0),
+    constraints={**LRP_PARAMS, "gamma": Range(0)},
+    paper="Bach et al. 2015 (LRP); Montavon et al. 2019, Layer-Wise Relevance Propagation: An Overview (gamma, z-box)",
+)
+def epsilon_gamma_box(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    background: Tensor,
+    epsilon: float = 1e-6,
+    gamma: float = 0.25,
+    low: float = 0.0,
+    high: float = 1.0,
+    batch_size: int = 64,
+) -> Attribution:
     """LRP, zennit ``EpsilonGammaBox``: z-box at the first convolution, gamma at the others, epsilon at ``fc``.
 
     gamma: R_i = sum_j x_i (w_ij + gamma w+_ij) / sum_i' x_i' (w_i'j + gamma w+_i'j) R_j;
@@ -190,21 +238,51 @@ def epsilon_gamma_box(model: nn.Module, inputs: Tensor, targets: Tensor, *, back
     ``high``] (images are in [0, 1] here).
     """
     if not low < high:
-        raise BenchError(f"explainer 'zennit.epsilon_gamma_box': low={low} must be below high={high} "
-                         f"(the range of the input pixels)")
-    return run_lrp("zennit.epsilon_gamma_box", "EpsilonGammaBox", model, inputs, targets, batch_size=batch_size,
-                   epsilon=epsilon, gamma=gamma, low=low, high=high)
+        raise BenchError(
+            f"explainer 'zennit.epsilon_gamma_box': low={low} must be below high={high} (the range of the input pixels)"
+        )
+    return run_lrp(
+        "zennit.epsilon_gamma_box",
+        "EpsilonGammaBox",
+        model,
+        inputs,
+        targets,
+        batch_size=batch_size,
+        epsilon=epsilon,
+        gamma=gamma,
+        low=low,
+        high=high,
+    )
 
 
-@register_explainer("zennit.epsilon_alpha2_beta1", library="zennit", additive=False, passes=(1, 0),
-                    constraints=LRP_PARAMS,
-                    paper="Bach et al. 2015, On Pixel-Wise Explanations for Non-Linear Classifier Decisions by "
-                          "Layer-Wise Relevance Propagation (alpha-beta rule)")
-def epsilon_alpha2_beta1(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor,
-                         epsilon: float = 1e-6, batch_size: int = 64) -> Attribution:
+@register_explainer(
+    "zennit.epsilon_alpha2_beta1",
+    library="zennit",
+    additive=False,
+    passes=(1, 0),
+    constraints=LRP_PARAMS,
+    paper="Bach et al. 2015, On Pixel-Wise Explanations for Non-Linear Classifier Decisions by "
+    "Layer-Wise Relevance Propagation (alpha-beta rule)",
+)
+def epsilon_alpha2_beta1(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    background: Tensor,
+    epsilon: float = 1e-6,
+    batch_size: int = 64,
+) -> Attribution:
     """LRP, zennit ``EpsilonAlpha2Beta1``: alpha-beta (alpha 2, beta 1) at every convolution, epsilon at ``fc``.
 
     alpha-beta: R_i = sum_j (2 x_i w+_ij / z+_j - x_i w-_ij / z-_j) R_j.
     """
-    return run_lrp("zennit.epsilon_alpha2_beta1", "EpsilonAlpha2Beta1", model, inputs, targets,
-                   batch_size=batch_size, epsilon=epsilon)
+    return run_lrp(
+        "zennit.epsilon_alpha2_beta1",
+        "EpsilonAlpha2Beta1",
+        model,
+        inputs,
+        targets,
+        batch_size=batch_size,
+        epsilon=epsilon,
+    )

@@ -4,7 +4,13 @@
 A new architecture is one module here (imported below) or a plug-in package registering through
 the ``bench.models`` entry-point group.
 """
+
 from models.registry import MODELS, build_model, register_model  # noqa: F401
 from models import resnet as _resnet, tiny as _tiny  # noqa: F401  (registration side effects)
-from models.safety import (SafetyReport, check_explainer_safe, convert_explainer_safe, hook_failure,  # noqa: F401
-                           make_explainer_safe)
+from models.safety import (  # noqa: F401
+    SafetyReport,
+    check_explainer_safe,
+    convert_explainer_safe,
+    hook_failure,
+    make_explainer_safe,
+)

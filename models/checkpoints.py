@@ -13,6 +13,7 @@ training time and, for a tuned checkpoint, the comparison with its parent. The f
 content key of the recipe and the data (:func:`checkpoint_key`), so ``bench train`` and
 ``bench run`` share one cache.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,19 +59,43 @@ def model_kwargs_for(split: ImageSplit, num_classes: int | None = None) -> dict[
     """A registered model's keyword arguments for ``split``'s data: its channels, its number of
     classes (``len(split.class_names)`` unless given) and its image size."""
     num_classes = len(split.class_names) if num_classes is None else num_classes
-    return {"in_channels": int(split.images.shape[1]), "num_classes": num_classes,
-            "image_size": int(split.images.shape[-1])}
+    return {
+        "in_channels": int(split.images.shape[1]),
+        "num_classes": num_classes,
+        "image_size": int(split.images.shape[-1]),
+    }
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, *, model_name: str, model_kwargs: dict[str, int],
-                    stage: str, sidecar: dict[str, Any]) -> dict[str, Any]:
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    *,
+    model_name: str,
+    model_kwargs: dict[str, int],
+    stage: str,
+    sidecar: dict[str, Any],
+) -> dict[str, Any]:
     """Write the checkpoint and its JSON sidecar atomically; returns the sidecar with the hash."""
     path = Path(path)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    atomic_torch_save(path, {"format": CHECKPOINT_FORMAT, "model": model_name,
-                             "model_kwargs": dict(model_kwargs), "state_dict": state, "stage": stage})
-    sidecar = dict(sidecar, checkpoint=path.name, sha256=file_sha256(path), stage=stage, model=model_name,
-                   model_kwargs=dict(model_kwargs))
+    atomic_torch_save(
+        path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model": model_name,
+            "model_kwargs": dict(model_kwargs),
+            "state_dict": state,
+            "stage": stage,
+        },
+    )
+    sidecar = dict(
+        sidecar,
+        checkpoint=path.name,
+        sha256=file_sha256(path),
+        stage=stage,
+        model=model_name,
+        model_kwargs=dict(model_kwargs),
+    )
     atomic_write_json(sidecar_path(path), sidecar)
     return sidecar
 
@@ -98,15 +123,20 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
         if key not in side:
             raise BenchError(f"checkpoint sidecar {p} has no {key!r}; {fix}")
         want = list if key == "test_preds" else dict
-        if not isinstance(side[key], want) or key == "test_preds" and not all(
-                isinstance(v, int) and not isinstance(v, bool) for v in side[key]):
-            raise BenchError(f"checkpoint sidecar {p}: {key} is not "
-                             f"{'a list of classes' if want is list else 'a table'}; {fix}")
+        if (
+            not isinstance(side[key], want)
+            or key == "test_preds"
+            and not all(isinstance(v, int) and not isinstance(v, bool) for v in side[key])
+        ):
+            raise BenchError(
+                f"checkpoint sidecar {p}: {key} is not {'a list of classes' if want is list else 'a table'}; {fix}"
+            )
     return side
 
 
-def load_checkpoint(path: str | Path, *, expected_model: str | None = None,
-                    device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(
+    path: str | Path, *, expected_model: str | None = None, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
     """Load a checkpoint (``weights_only=True``) into a fresh registered model in eval mode.
 
     Raises BenchError for a missing or corrupt file, a file that is not a pneumobench checkpoint,
@@ -117,37 +147,48 @@ def load_checkpoint(path: str | Path, *, expected_model: str | None = None,
     try:
         ckpt = load_torch_file(read_regular(path, follow=True))
     except FileNotFoundError:
-        raise BenchError(f"checkpoint {path} not found; train one with `python -m bench train` "
-                         f"or fix the path") from None
+        raise BenchError(
+            f"checkpoint {path} not found; train one with `python -m bench train` or fix the path"
+        ) from None
     except BenchError:
         raise
     except Exception as exc:  # pickle/zip errors of many kinds
-        raise BenchError(f"checkpoint {path} cannot be read ({one_line(f'{type(exc).__name__}: {exc}', 160)}); "
-                         f"it is corrupt or not a torch file: {fix}") from exc
+        raise BenchError(
+            f"checkpoint {path} cannot be read ({one_line(f'{type(exc).__name__}: {exc}', 160)}); "
+            f"it is corrupt or not a torch file: {fix}"
+        ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise BenchError(f"{path} is not a pneumobench checkpoint (no format {CHECKPOINT_FORMAT!r}); "
-                         f"create one with `python -m bench train`")
+        raise BenchError(
+            f"{path} is not a pneumobench checkpoint (no format {CHECKPOINT_FORMAT!r}); "
+            f"create one with `python -m bench train`"
+        )
     name = ckpt.get("model")
     if not isinstance(name, str):
         raise BenchError(f"checkpoint {path} has no 'model' entry naming its architecture; {fix}")
     MODELS.get(name)  # an unknown architecture: one line listing the known ones
     if expected_model is not None and name != expected_model:
-        raise BenchError(f"checkpoint {path} is for architecture {name!r}, not {expected_model!r}; use a "
-                         f"{expected_model} checkpoint, or explain it as the model {name!r}")
+        raise BenchError(
+            f"checkpoint {path} is for architecture {name!r}, not {expected_model!r}; use a "
+            f"{expected_model} checkpoint, or explain it as the model {name!r}"
+        )
     kwargs, state = _check_model_kwargs(path, ckpt.get("model_kwargs"), fix), ckpt.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise BenchError(f"checkpoint {path}: its state_dict is not a table of named tensors; {fix}")
     bad = {k: int((~torch.isfinite(v)).sum()) for k, v in state.items() if v.is_floating_point()}
     if sum(bad.values()):
         first = next(k for k, v in bad.items() if v)
-        raise BenchError(f"checkpoint {path} holds {sum(bad.values())} NaN or infinite weight(s) (first in {first}); "
-                         f"its training diverged: re-train it (e.g. with a lower --lr)")
+        raise BenchError(
+            f"checkpoint {path} holds {sum(bad.values())} NaN or infinite weight(s) (first in {first}); "
+            f"its training diverged: re-train it (e.g. with a lower --lr)"
+        )
     model = build_model(name, **kwargs)
     missing, unexpected = _state_dict_mismatch(model, state)
     if missing or unexpected:
-        raise BenchError(f"checkpoint {path} does not fit architecture {name!r} ({len(missing)} missing, "
-                         f"{len(unexpected)} unexpected tensors, e.g. {(missing + unexpected)[0]}); "
-                         f"it was written by another model definition: re-train it")
+        raise BenchError(
+            f"checkpoint {path} does not fit architecture {name!r} ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected tensors, e.g. {(missing + unexpected)[0]}); "
+            f"it was written by another model definition: re-train it"
+        )
     model.load_state_dict(state)
     info = {k: v for k, v in ckpt.items() if k != "state_dict"}
     info["sha256"] = file_sha256(path)
@@ -167,12 +208,15 @@ def _check_model_kwargs(path: Path, kwargs: Any, fix: str) -> dict[str, int]:
     """``model_kwargs`` must be a table of the registered factories' integer arguments (returned)."""
     known = tunable_params(build_model)
     if not isinstance(kwargs, dict):
-        raise BenchError(f"checkpoint {path}: its model_kwargs is not a table "
-                         f"(it holds {type(kwargs).__name__}); {fix}")
+        raise BenchError(
+            f"checkpoint {path}: its model_kwargs is not a table (it holds {type(kwargs).__name__}); {fix}"
+        )
     for key, value in kwargs.items():
         if key not in known:
-            raise BenchError(f"checkpoint {path}: its model_kwargs has {key!r}, which the models do not take "
-                             f"(they take {', '.join(known)}); {fix}")
+            raise BenchError(
+                f"checkpoint {path}: its model_kwargs has {key!r}, which the models do not take "
+                f"(they take {', '.join(known)}); {fix}"
+            )
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise BenchError(f"checkpoint {path}: its model_kwargs {key} = {value!r} is not a positive integer; {fix}")
     return kwargs

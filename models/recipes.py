@@ -4,6 +4,7 @@
 top-level modules it names with everything else frozen; their fields generate the command-line
 flags of ``bench train`` and ``bench tune`` and are recorded in every checkpoint's sidecar.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -59,8 +60,10 @@ class Recipe:
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(self.shift >= 0, f"shift must be >= 0, got {self.shift}")
-        _check(self.class_weighting in CLASS_WEIGHTING,
-               f"class_weighting must be one of {CLASS_WEIGHTING}, got {self.class_weighting!r}")
+        _check(
+            self.class_weighting in CLASS_WEIGHTING,
+            f"class_weighting must be one of {CLASS_WEIGHTING}, got {self.class_weighting!r}",
+        )
         _check(self.select_on in SELECTION, f"select_on must be one of {SELECTION}, got {self.select_on!r}")
 
 
@@ -114,8 +117,10 @@ def top_level_modules(model: nn.Module | str) -> dict[str, nn.Module]:
             try:
                 model = build_model(name)
             except Exception as exc:
-                raise BenchError(f"model {name!r} cannot be built ({one_line(f'{type(exc).__name__}: {exc}', 160)}); "
-                                 f"fix its factory or its plug-in") from None
+                raise BenchError(
+                    f"model {name!r} cannot be built ({one_line(f'{type(exc).__name__}: {exc}', 160)}); "
+                    f"fix its factory or its plug-in"
+                ) from None
     return dict(model.named_children())
 
 
@@ -128,9 +133,11 @@ def check_unfreeze(model: nn.Module | str, unfreeze: tuple[str, ...], name: str 
     if unknown:
         trainable = [n for n, m in names.items() if any(True for _ in m.parameters())]
         label = name or (model if isinstance(model, str) else type(model).__name__)
-        raise BenchError(f"cannot unfreeze {', '.join(unknown)}: {label} has no such top-level module; its modules "
-                         f"with parameters are {', '.join(trainable)}: name some of them (e.g. {trainable[-1]!r}) in "
-                         f"bench tune --unfreeze or the run config's tune.unfreeze")
+        raise BenchError(
+            f"cannot unfreeze {', '.join(unknown)}: {label} has no such top-level module; its modules "
+            f"with parameters are {', '.join(trainable)}: name some of them (e.g. {trainable[-1]!r}) in "
+            f"bench tune --unfreeze or the run config's tune.unfreeze"
+        )
     return unfreeze
 
 

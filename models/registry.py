@@ -1,4 +1,5 @@
 """The MODELS registry."""
+
 from __future__ import annotations
 
 from typing import Any, Callable

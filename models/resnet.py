@@ -11,6 +11,7 @@ DeepExplainer (and Captum's DeepLift) exact, measured in ../shared/FIELD-NOTES.m
   (MedMNIST's "ResNet (28)"); at >= 64 px torchvision's 7x7/2 convolution followed by a
   *non-overlapping* 2x2 max-pool (the overlapping 3x3/2 pool breaks additivity by 0.78 logits).
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -75,8 +76,16 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """ResNet with a size-dependent stem; input ``(B, in_channels, H, W)``, output logits ``(B, K)``."""
 
-    def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int], *, in_channels: int = 1,
-                 num_classes: int = 2, image_size: int = 28, width: int = 64) -> None:
+    def __init__(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        layers: list[int],
+        *,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        image_size: int = 28,
+        width: int = 64,
+    ) -> None:
         super().__init__()
         self.image_size = image_size
         if image_size <= SMALL_STEM_MAX:

@@ -17,6 +17,7 @@ rewrites a torchvision ResNet into an equivalent model free of them, using
 model whose problems all have an exact rewrite (and says which modules it rewrote), and refuses
 the others with one line naming the module.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,37 +35,122 @@ from torch.overrides import TorchFunctionMode
 from bench.core.errors import BenchError
 from models import resnet
 
-__all__ = ["Finding", "SafetyReport", "check_explainer_safe", "make_explainer_safe", "convert_explainer_safe",
-           "hook_failure",
-           "ReLUTreeMaxPool2d", "SafeBasicBlock", "SafeBottleneck", "CallSites"]
+__all__ = [
+    "Finding",
+    "SafetyReport",
+    "check_explainer_safe",
+    "make_explainer_safe",
+    "convert_explainer_safe",
+    "hook_failure",
+    "ReLUTreeMaxPool2d",
+    "SafeBasicBlock",
+    "SafeBottleneck",
+    "CallSites",
+]
 
 # Module nonlinearities with a DeepLift rule in both shap 0.51 (DeepExplainer) and Captum 0.9
 # (DeepLift): functional calls inside these are what the rule replaces, so they are fine there.
 DEEPLIFT_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softmax,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Softmax,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
 )
 
 # Functional names (torch.*, torch.nn.functional.*, Tensor methods; an in-place variant "relu_"
 # is matched through "relu") that are nonlinear in their tensor input.
-NONLINEAR_FUNCTIONS = frozenset({
-    "relu", "relu6", "leaky_relu", "rrelu", "prelu", "elu", "selu", "celu", "gelu", "silu", "mish",
-    "sigmoid", "logsigmoid", "hardsigmoid", "tanh", "hardtanh", "hardswish", "softplus", "softsign",
-    "hardshrink", "softshrink", "tanhshrink", "threshold", "glu", "softmax", "log_softmax", "softmin",
-    "max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices", "max_pool2d_with_indices",
-    "max_pool3d_with_indices", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
-    "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices",
-    "adaptive_max_pool3d_with_indices", "fractional_max_pool2d", "fractional_max_pool3d",
-    "lp_pool1d", "lp_pool2d", "clamp", "clip", "clamp_min", "clamp_max", "max", "min", "amax", "amin",
-    "maximum", "minimum", "fmax", "fmin", "abs", "exp", "log", "sqrt", "rsqrt", "square",
-})
+NONLINEAR_FUNCTIONS = frozenset(
+    {
+        "relu",
+        "relu6",
+        "leaky_relu",
+        "rrelu",
+        "prelu",
+        "elu",
+        "selu",
+        "celu",
+        "gelu",
+        "silu",
+        "mish",
+        "sigmoid",
+        "logsigmoid",
+        "hardsigmoid",
+        "tanh",
+        "hardtanh",
+        "hardswish",
+        "softplus",
+        "softsign",
+        "hardshrink",
+        "softshrink",
+        "tanhshrink",
+        "threshold",
+        "glu",
+        "softmax",
+        "log_softmax",
+        "softmin",
+        "max_pool1d",
+        "max_pool2d",
+        "max_pool3d",
+        "max_pool1d_with_indices",
+        "max_pool2d_with_indices",
+        "max_pool3d_with_indices",
+        "adaptive_max_pool1d",
+        "adaptive_max_pool2d",
+        "adaptive_max_pool3d",
+        "adaptive_max_pool1d_with_indices",
+        "adaptive_max_pool2d_with_indices",
+        "adaptive_max_pool3d_with_indices",
+        "fractional_max_pool2d",
+        "fractional_max_pool3d",
+        "lp_pool1d",
+        "lp_pool2d",
+        "clamp",
+        "clip",
+        "clamp_min",
+        "clamp_max",
+        "max",
+        "min",
+        "amax",
+        "amin",
+        "maximum",
+        "minimum",
+        "fmax",
+        "fmin",
+        "abs",
+        "exp",
+        "log",
+        "sqrt",
+        "rsqrt",
+        "square",
+    }
+)
 
 # In-place Python operators: ``a += b`` dispatches to ``Tensor.add_`` (caught by the trailing "_"),
 # but the dunders can reach ``__torch_function__`` too; ``x[i] = v`` writes in place.
-INPLACE_DUNDERS = frozenset({
-    "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__", "__imod__", "__ipow__",
-    "__imatmul__", "__iand__", "__ior__", "__ixor__", "__ilshift__", "__irshift__", "__setitem__",
-})
+INPLACE_DUNDERS = frozenset(
+    {
+        "__iadd__",
+        "__isub__",
+        "__imul__",
+        "__itruediv__",
+        "__ifloordiv__",
+        "__imod__",
+        "__ipow__",
+        "__imatmul__",
+        "__iand__",
+        "__ior__",
+        "__ixor__",
+        "__ilshift__",
+        "__irshift__",
+        "__setitem__",
+    }
+)
 _NOT_INPLACE = frozenset({"requires_grad_"})  # metadata, not data
 
 
@@ -102,13 +188,13 @@ class SafetyReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.reused_modules or self.inplace_ops or self.functional_nonlinearities
-                    or self.overlapping_maxpools)
+        return not (
+            self.reused_modules or self.inplace_ops or self.functional_nonlinearities or self.overlapping_maxpools
+        )
 
     def __str__(self) -> str:
         if self.ok:
-            return ("explainer-safe: no reused modules, in-place ops, functional nonlinearities "
-                    "or overlapping max-pools")
+            return "explainer-safe: no reused modules, in-place ops, functional nonlinearities or overlapping max-pools"
         sections = [
             ("reused modules (hooks keep one input/output per module and call)", self.reused_modules),
             ("in-place ops (crash DeepExplainer's backward hooks)", self.inplace_ops),
@@ -152,10 +238,16 @@ def check_explainer_safe(model: nn.Module, example: Tensor) -> SafetyReport:
             m.training = mode
 
     executed = [m for m in model.modules() if calls[id(m)]]
-    reused = [Finding(names[id(m)], type(m).__name__, calls[id(m)]) for m in executed
-              if calls[id(m)] > 1 and not isinstance(m, CallSites)]  # CallSites: one copy per call
-    inplace = [Finding(names[id(m)], f"{type(m).__name__}(inplace=True)", calls[id(m)])
-               for m in executed if getattr(m, "inplace", False) is True]
+    reused = [
+        Finding(names[id(m)], type(m).__name__, calls[id(m)])
+        for m in executed
+        if calls[id(m)] > 1 and not isinstance(m, CallSites)  # CallSites: one copy per call
+    ]
+    inplace = [
+        Finding(names[id(m)], f"{type(m).__name__}(inplace=True)", calls[id(m)])
+        for m in executed
+        if getattr(m, "inplace", False) is True
+    ]
     inplace += [Finding(where, what, n) for (where, what), n in recorder.inplace.items()]
     functional = [Finding(where, what, n) for (where, what), n in recorder.functional.items()]
     pools = [Finding(names[id(m)], why) for m in executed if (why := _maxpool_problem(m))]
@@ -166,6 +258,7 @@ def _push(stack: list[nn.Module], calls: Counter[int]) -> Callable[..., None]:
     def hook(module: nn.Module, args: Any) -> None:
         calls[id(module)] += 1
         stack.append(module)
+
     return hook
 
 
@@ -173,6 +266,7 @@ def _pop(stack: list[nn.Module]) -> Callable[..., None]:
     def hook(module: nn.Module, args: Any, output: Any) -> None:
         if stack and stack[-1] is module:
             stack.pop()
+
     return hook
 
 
@@ -279,18 +373,26 @@ class ReLUTreeMaxPool2d(nn.Module):
     Input ``(B, C, H, W)`` or ``(C, H, W)``.
     """
 
-    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-                 padding: int | tuple[int, int] = 0) -> None:
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None,
+        padding: int | tuple[int, int] = 0,
+    ) -> None:
         super().__init__()
         self.kernel_size = _ntuple(kernel_size, 2)
         self.stride = _ntuple(stride if stride is not None else kernel_size, 2)
         self.padding = _ntuple(padding, 2)
         if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
-            raise BenchError(f"ReLUTreeMaxPool2d needs kernel_size >= 1, stride >= 1, padding >= 0; got "
-                             f"{self.kernel_size}, {self.stride}, {self.padding}")
+            raise BenchError(
+                f"ReLUTreeMaxPool2d needs kernel_size >= 1, stride >= 1, padding >= 0; got "
+                f"{self.kernel_size}, {self.stride}, {self.padding}"
+            )
         if any(p > k // 2 for p, k in zip(self.padding, self.kernel_size)):
-            raise BenchError(f"ReLUTreeMaxPool2d padding {self.padding} must be at most half the kernel "
-                             f"size {self.kernel_size}, as in nn.MaxPool2d")
+            raise BenchError(
+                f"ReLUTreeMaxPool2d padding {self.padding} must be at most half the kernel "
+                f"size {self.kernel_size}, as in nn.MaxPool2d"
+            )
         self.relus = nn.ModuleList(nn.ReLU() for _ in range(self.kernel_size[0] * self.kernel_size[1] - 1))
 
     def extra_repr(self) -> str:
@@ -302,14 +404,17 @@ class ReLUTreeMaxPool2d(nn.Module):
             x = F.pad(x, (pw, pw, ph, ph))  # zeros: equal to max-pool's -inf only for x >= 0
         oh, ow = (x.shape[-2] - kh) // sh + 1, (x.shape[-1] - kw) // sw + 1
         if oh < 1 or ow < 1:
-            raise BenchError(f"ReLUTreeMaxPool2d: input {tuple(x.shape)} (after padding) is smaller "
-                             f"than the kernel {self.kernel_size}")
-        views = [x[..., i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
-                 for i in range(kh) for j in range(kw)]
+            raise BenchError(
+                f"ReLUTreeMaxPool2d: input {tuple(x.shape)} (after padding) is smaller "
+                f"than the kernel {self.kernel_size}"
+            )
+        views = [
+            x[..., i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw] for i in range(kh) for j in range(kw)
+        ]
         relus = iter(self.relus)
         while len(views) > 1:
             pairs = [a + next(relus)(b - a) for a, b in zip(views[0::2], views[1::2])]
-            views = pairs + views[len(pairs) * 2:]
+            views = pairs + views[len(pairs) * 2 :]
         return views[0]
 
 
@@ -375,15 +480,20 @@ def make_explainer_safe(model: nn.Module) -> nn.Module:
         return BenchError(f"make_explainer_safe cannot convert {what}: {why}")
 
     if not isinstance(model, ResNet):
-        raise refuse(type(model).__name__, "only torchvision.models.resnet.ResNet models are supported "
-                     "(build explainer-safe models with models.build_model instead)")
+        raise refuse(
+            type(model).__name__,
+            "only torchvision.models.resnet.ResNet models are supported "
+            "(build explainer-safe models with models.build_model instead)",
+        )
     if type(model).forward is not ResNet.forward or type(model)._forward_impl is not ResNet._forward_impl:
-        raise refuse(type(model).__name__, "it overrides ResNet.forward, so the converter cannot know "
-                     "the order of its modules")
+        raise refuse(
+            type(model).__name__, "it overrides ResNet.forward, so the converter cannot know the order of its modules"
+        )
     children = tuple(n for n, _ in model.named_children())
     if children != _RESNET_CHILDREN:
-        raise refuse("this ResNet", f"unknown top-level structure: children {list(children)}, expected "
-                     f"{list(_RESNET_CHILDREN)}")
+        raise refuse(
+            "this ResNet", f"unknown top-level structure: children {list(children)}, expected {list(_RESNET_CHILDREN)}"
+        )
     for lname in ("layer1", "layer2", "layer3", "layer4"):
         layer = getattr(model, lname)
         if type(layer) is not nn.Sequential:
@@ -391,29 +501,39 @@ def make_explainer_safe(model: nn.Module) -> nn.Module:
         for i, block in enumerate(layer):
             kind = type(block)
             if not any(issubclass(kind, b) and kind.forward is b.forward for b in (BasicBlock, Bottleneck)):
-                raise refuse(f"block {lname}.{i}", f"unknown block type {kind.__module__}.{kind.__qualname__} "
-                             f"(only torchvision BasicBlock and Bottleneck with their own forward)")
+                raise refuse(
+                    f"block {lname}.{i}",
+                    f"unknown block type {kind.__module__}.{kind.__qualname__} "
+                    f"(only torchvision BasicBlock and Bottleneck with their own forward)",
+                )
             if type(block.relu) is not nn.ReLU:
                 raise refuse(f"block {lname}.{i}", f"its activation is {type(block.relu).__name__}, not nn.ReLU")
     pool = model.maxpool
     rewrite_pool = False
     if isinstance(pool, nn.MaxPool2d):
         if _ntuple(pool.dilation, 2) != (1, 1):
-            raise refuse("the stem max-pool", f"dilation {pool.dilation} != 1 is not supported by "
-                         f"ReLUTreeMaxPool2d")
+            raise refuse("the stem max-pool", f"dilation {pool.dilation} != 1 is not supported by ReLUTreeMaxPool2d")
         if pool.ceil_mode:
-            raise refuse("the stem max-pool", "ceil_mode=True windows run past the padded input, where zero "
-                         "padding is not the max-pool's -inf")
+            raise refuse(
+                "the stem max-pool",
+                "ceil_mode=True windows run past the padded input, where zero padding is not the max-pool's -inf",
+            )
         if pool.return_indices:
             raise refuse("the stem max-pool", "return_indices=True returns a tuple the ResNet forward cannot take")
         rewrite_pool = bool(_maxpool_problem(pool))
         if rewrite_pool and any(_ntuple(pool.padding, 2)) and type(model.relu) is not nn.ReLU:
-            raise refuse("the stem max-pool", f"it is not preceded by a ReLU (model.relu is "
-                         f"{type(model.relu).__name__}), so its input may be negative and the zero padding "
-                         f"of ReLUTreeMaxPool2d would differ from the max-pool's -inf padding")
+            raise refuse(
+                "the stem max-pool",
+                f"it is not preceded by a ReLU (model.relu is "
+                f"{type(model.relu).__name__}), so its input may be negative and the zero padding "
+                f"of ReLUTreeMaxPool2d would differ from the max-pool's -inf padding",
+            )
     elif type(pool) is not nn.Identity:
-        raise refuse("the stem pool", f"model.maxpool is {type(pool).__name__}; only nn.MaxPool2d or nn.Identity "
-                     f"are known to follow the stem ReLU safely")
+        raise refuse(
+            "the stem pool",
+            f"model.maxpool is {type(pool).__name__}; only nn.MaxPool2d or nn.Identity "
+            f"are known to follow the stem ReLU safely",
+        )
 
     safe = copy.deepcopy(model)
     if type(safe.relu) is nn.ReLU:
@@ -438,8 +558,9 @@ def _refuse_leftovers(safe: nn.Module, refuse: Callable[[str, str], BenchError])
     seen: dict[int, str] = {}
     for name, m in safe.named_modules(remove_duplicate=False):
         if id(m) in seen and seen[id(m)] != name:
-            raise refuse(f"module {name!r}", f"it is the same object as {seen[id(m)]!r}, so it would be "
-                         f"called twice per forward")
+            raise refuse(
+                f"module {name!r}", f"it is the same object as {seen[id(m)]!r}, so it would be called twice per forward"
+            )
         seen.setdefault(id(m), name)
         if not isinstance(m, ReLUTreeMaxPool2d) and (why := _maxpool_problem(m)):
             raise refuse(f"max-pool {name!r}", f"{why}, and only the stem pool is known to follow a ReLU")
@@ -465,9 +586,11 @@ class CallSites(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.called >= len(self.sites):
-            raise BenchError(f"a converted model called a shared {type(self.sites[0]).__name__} more than the "
-                             f"{len(self.sites)} times per forward it was converted for (its forward takes another "
-                             f"path on these inputs); use one module per call site in the model's own code")
+            raise BenchError(
+                f"a converted model called a shared {type(self.sites[0]).__name__} more than the "
+                f"{len(self.sites)} times per forward it was converted for (its forward takes another "
+                f"path on these inputs); use one module per call site in the model's own code"
+            )
         site = self.sites[self.called]
         self.called += 1
         return site(*args, **kwargs)
@@ -494,8 +617,11 @@ def convert_explainer_safe(model: nn.Module, example: Tensor) -> tuple[nn.Module
     from torchvision.models.resnet import BasicBlock, Bottleneck  # optional: only to recognise its blocks
 
     def refuse(where: str, why: str) -> BenchError:
-        at = f"{type(model).__name__}.forward" if not where else \
-            f"module {where!r} ({type(safe.get_submodule(where)).__name__})"
+        at = (
+            f"{type(model).__name__}.forward"
+            if not where
+            else f"module {where!r} ({type(safe.get_submodule(where)).__name__})"
+        )
         return BenchError(f"convert cannot make {type(model).__name__} explainer-safe: {at} {why}")
 
     safe = copy.deepcopy(model)
@@ -504,8 +630,9 @@ def convert_explainer_safe(model: nn.Module, example: Tensor) -> tuple[nn.Module
         for b, cls in ((BasicBlock, SafeBasicBlock), (Bottleneck, SafeBottleneck)):
             if isinstance(m, b) and type(m).forward is b.forward and type(m.relu) is nn.ReLU:
                 _replace(safe, m, cls(m))
-                rewrites.append(f"{name}: {type(m).__name__} -> {cls.__name__} (one ReLU per call site, "
-                                f"out-of-place residual add)")
+                rewrites.append(
+                    f"{name}: {type(m).__name__} -> {cls.__name__} (one ReLU per call site, out-of-place residual add)"
+                )
     for name, m in safe.named_modules():
         if getattr(m, "inplace", False) is True:
             m.inplace = False
@@ -515,11 +642,17 @@ def convert_explainer_safe(model: nn.Module, example: Tensor) -> tuple[nn.Module
         name, m = f.module, safe.get_submodule(f.module)
         why = f"{type(m).__name__}: {_maxpool_problem(m).partition(': ')[2]}"
         if type(m) is not nn.MaxPool2d or _ntuple(m.dilation, 2) != (1, 1) or m.ceil_mode or m.return_indices:
-            raise refuse(name, f"is an overlapping max-pool ({why}) with dilation, ceil_mode or return_indices (or not "
-                         f"2-D), which ReLUTreeMaxPool2d cannot rebuild exactly; use windows that do not overlap")
+            raise refuse(
+                name,
+                f"is an overlapping max-pool ({why}) with dilation, ceil_mode or return_indices (or not "
+                f"2-D), which ReLUTreeMaxPool2d cannot rebuild exactly; use windows that do not overlap",
+            )
         if any(_ntuple(m.padding, 2)) and id(m) not in fed:
-            raise refuse(name, f"is a padded overlapping max-pool ({why}) whose input is not a ReLU module's "
-                         f"output, so zero padding may differ from -inf; put an nn.ReLU before it")
+            raise refuse(
+                name,
+                f"is a padded overlapping max-pool ({why}) whose input is not a ReLU module's "
+                f"output, so zero padding may differ from -inf; put an nn.ReLU before it",
+            )
         pool = ReLUTreeMaxPool2d(m.kernel_size, m.stride, m.padding).train(m.training)
         _replace(safe, m, pool)
         rewrites.append(f"{name}: {why} -> ReLUTreeMaxPool2d (max as a + relu(b - a), exact)")
@@ -527,23 +660,35 @@ def convert_explainer_safe(model: nn.Module, example: Tensor) -> tuple[nn.Module
     for f in report.reused_modules:
         m = safe.get_submodule(f.module)
         if any(True for _ in m.parameters()) or any(True for _ in m.buffers()):
-            raise refuse(f.module, f"is called {f.count} times per forward and holds weights (shared "
-                         f"weights): splitting it would change the model; call one module per site")
+            raise refuse(
+                f.module,
+                f"is called {f.count} times per forward and holds weights (shared "
+                f"weights): splitting it would change the model; call one module per site",
+            )
         sites = CallSites(m, f.count).train(m.training)
         _replace(safe, m, sites)
         safe.register_forward_pre_hook(sites.restart)  # a bound method: deep copies of ``safe`` keep it theirs
         rewrites.append(f"{f.module}: {f.what} called {f.count} times per forward -> one copy per call site")
     report = check_explainer_safe(safe, example)
-    for kind, why in (("inplace_ops", "runs an in-place op ({}), which DeepExplainer's hooks cannot take; write it "
-                                      "out of place (out = out + identity)"),
-                      ("functional_nonlinearities", "calls {}, which DeepExplainer/DeepLift treat as linear; call a "
-                                                    "module (e.g. nn.ReLU) instead"),
-                      ("reused_modules", "is still called more than once per forward"),
-                      ("overlapping_maxpools", "is still an overlapping max-pool ({})")):
+    for kind, why in (
+        (
+            "inplace_ops",
+            "runs an in-place op ({}), which DeepExplainer's hooks cannot take; write it "
+            "out of place (out = out + identity)",
+        ),
+        (
+            "functional_nonlinearities",
+            "calls {}, which DeepExplainer/DeepLift treat as linear; call a module (e.g. nn.ReLU) instead",
+        ),
+        ("reused_modules", "is still called more than once per forward"),
+        ("overlapping_maxpools", "is still an overlapping max-pool ({})"),
+    ):
         found = getattr(report, kind)
         if found:
-            raise refuse(found[0].module, why.format(found[0].what)
-                         + (f" (and {len(found) - 1} more such)" if len(found) > 1 else ""))
+            raise refuse(
+                found[0].module,
+                why.format(found[0].what) + (f" (and {len(found) - 1} more such)" if len(found) > 1 else ""),
+            )
     return safe, rewrites
 
 
@@ -591,5 +736,7 @@ def hook_failure(exc: BaseException) -> str | None:
     (``ReLU(inplace=True)``, ``out += identity``), naming the fix; None for any other error."""
     if HOOK_VIEW_ERROR not in str(exc):
         return None
-    return (f"{type(exc).__name__}: the model changes a hooked module's output in place (ReLU(inplace=True) or "
-            f"out += identity), which this explainer's hooks cannot take; convert the model (convert=True)")
+    return (
+        f"{type(exc).__name__}: the model changes a hooked module's output in place (ReLU(inplace=True) or "
+        f"out += identity), which this explainer's hooks cannot take; convert the model (convert=True)"
+    )

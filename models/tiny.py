@@ -1,5 +1,6 @@
 """A tiny explainer-safe CNN for fast tests (a residual block included, so it exercises the
 same code paths as the ResNets at a fraction of the cost)."""
+
 from __future__ import annotations
 
 from torch import Tensor, nn

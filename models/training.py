@@ -4,6 +4,7 @@
 on the validation split, evaluates it once on the test split and writes the checkpoint and its
 sidecar (:mod:`models.checkpoints`); :mod:`models.tuning` fine-tunes one with the same loop.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,14 @@ PREDICT_BATCH = 512  # images per forward pass of predict_outputs
 SPACES = ("logit", "probability")
 
 
-def predict_outputs(model: nn.Module, images: Tensor, *, space: str = "logit", device: torch.device | str = "cpu",
-                    batch_size: int = PREDICT_BATCH) -> Tensor:
+def predict_outputs(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    space: str = "logit",
+    device: torch.device | str = "cpu",
+    batch_size: int = PREDICT_BATCH,
+) -> Tensor:
     """The model's outputs ``(N, K)`` on the CPU in float32, batched, in eval mode (mode restored after):
     its logits (``space="logit"``) or its class probabilities, their softmax (``"probability"``)."""
     if space not in SPACES:
@@ -41,14 +48,15 @@ def predict_outputs(model: nn.Module, images: Tensor, *, space: str = "logit", d
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            scores = model(images[i:i + batch_size].to(device))
+            scores = model(images[i : i + batch_size].to(device))
             out.append((F.softmax(scores, dim=1) if space == "probability" else scores).float().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, 2)
 
 
-def predict_proba(model: nn.Module, images: Tensor, *, device: torch.device | str = "cpu",
-                  batch_size: int = PREDICT_BATCH) -> Tensor:
+def predict_proba(
+    model: nn.Module, images: Tensor, *, device: torch.device | str = "cpu", batch_size: int = PREDICT_BATCH
+) -> Tensor:
     """Class probabilities ``(N, K)``: :func:`predict_outputs` in the probability space."""
     return predict_outputs(model, images, space="probability", device=device, batch_size=batch_size)
 
@@ -72,7 +80,7 @@ def _shift_batch(x: Tensor, max_shift: int, gen: torch.Generator) -> Tensor:
     b, _, h, w = x.shape
     padded = F.pad(x, (max_shift,) * 4)
     offs = torch.randint(0, 2 * max_shift + 1, (b, 2), generator=gen)
-    return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offs.tolist())])
+    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offs.tolist())])
 
 
 def _class_weights(labels: Tensor, num_classes: int, mode: str) -> Tensor | None:
@@ -95,9 +103,18 @@ def _selection_score(metrics: dict[str, Any], select_on: str) -> float:
     return metrics[select_on.removeprefix("val_")]
 
 
-def fit(model: nn.Module, cfg, train: ImageSplit, val: ImageSplit, device: torch.device, *,
-         trainable: list[nn.Parameter], frozen_modules: list[nn.Module], desc: str,
-         progress: bool) -> tuple[dict[str, Tensor], list[dict[str, Any]], int]:
+def fit(
+    model: nn.Module,
+    cfg,
+    train: ImageSplit,
+    val: ImageSplit,
+    device: torch.device,
+    *,
+    trainable: list[nn.Parameter],
+    frozen_modules: list[nn.Module],
+    desc: str,
+    progress: bool,
+) -> tuple[dict[str, Tensor], list[dict[str, Any]], int]:
     """Shared epoch loop; returns the best state (chosen on val), the history and the best epoch."""
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -114,10 +131,15 @@ def fit(model: nn.Module, cfg, train: ImageSplit, val: ImageSplit, device: torch
         t_epoch = time.perf_counter()
         perm = torch.randperm(len(train), generator=gen)
         total, seen = 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"{desc} epoch {epoch}/{cfg.epochs}", disable=not progress,
-                   leave=False, unit="batch")
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"{desc} epoch {epoch}/{cfg.epochs}",
+            disable=not progress,
+            leave=False,
+            unit="batch",
+        )
         for s in bar:
-            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
             x = _shift_batch(train.images[idx], cfg.shift, gen).to(device)
             y = train.labels[idx].to(device)
             loss = F.cross_entropy(model(x), y, weight=weights)
@@ -130,21 +152,32 @@ def fit(model: nn.Module, cfg, train: ImageSplit, val: ImageSplit, device: torch
             bar.set_postfix(loss=f"{total / seen:.4f}")
         val_m = evaluate(model, val, device=device)
         score = _selection_score(val_m, cfg.select_on)
-        history.append({"epoch": epoch, "train_loss": total / seen, "val_loss": val_m["loss"],
-                        "val_acc": val_m["acc"], "val_auc": val_m["auc"],
-                        "seconds": round(time.perf_counter() - t_epoch, 1)})
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": total / seen,
+                "val_loss": val_m["loss"],
+                "val_acc": val_m["acc"],
+                "val_auc": val_m["auc"],
+                "seconds": round(time.perf_counter() - t_epoch, 1),
+            }
+        )
         if score > best_score:
             best_score, best_epoch = score, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        line = (f"{desc} epoch {epoch}/{cfg.epochs}: train loss {total / seen:.4f}, val loss {val_m['loss']:.4f}, "
-                f"val acc {val_m['acc']:.4f}, val auc {val_m['auc']:.4f}" + ("  *" if best_epoch == epoch else ""))
+        line = (
+            f"{desc} epoch {epoch}/{cfg.epochs}: train loss {total / seen:.4f}, val loss {val_m['loss']:.4f}, "
+            f"val acc {val_m['acc']:.4f}, val auc {val_m['auc']:.4f}" + ("  *" if best_epoch == epoch else "")
+        )
         if progress:
             tqdm.write(line)  # above the progress bars
         else:
             print(line, flush=True)
     if best_state is None:  # every epoch's score was NaN (score > -inf never held): nothing to keep
-        raise BenchError(f"{desc}: no epoch gave a finite validation score ({cfg.select_on} was NaN in all "
-                         f"{cfg.epochs} epochs); the training diverged: re-train with a lower lr")
+        raise BenchError(
+            f"{desc}: no epoch gave a finite validation score ({cfg.select_on} was NaN in all "
+            f"{cfg.epochs} epochs); the training diverged: re-train with a lower lr"
+        )
     return best_state, history, best_epoch
 
 
@@ -156,12 +189,23 @@ def strip_preds(metrics: dict[str, Any]) -> dict[str, Any]:
 def data_record(*splits: ImageSplit) -> dict[str, Any]:
     """What the sidecar records of the data: its name, fingerprint, source, seed, size and split sizes."""
     info = splits[0].info
-    return {"dataset": splits[0].name, **{k: info[k] for k in ("md5", "md5_official", "source", "seed", "size")
-                                          if k in info}, "n": {s.split: len(s) for s in splits}}
+    return {
+        "dataset": splits[0].name,
+        **{k: info[k] for k in ("md5", "md5_official", "source", "seed", "size") if k in info},
+        "n": {s.split: len(s) for s in splits},
+    }
 
 
-def train_model(cfg: TrainConfig, train: ImageSplit, val: ImageSplit, test: ImageSplit, *,
-                out: str | Path, device: str = "auto", progress: bool = True) -> dict[str, Any]:
+def train_model(
+    cfg: TrainConfig,
+    train: ImageSplit,
+    val: ImageSplit,
+    test: ImageSplit,
+    *,
+    out: str | Path,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
     """Train ``cfg.model`` from scratch, keep the epoch chosen on val, write checkpoint + sidecar."""
     cfg = replace(cfg, dataset=train.name, size=int(train.images.shape[-1]))
     cfg.validate()
@@ -170,13 +214,31 @@ def train_model(cfg: TrainConfig, train: ImageSplit, val: ImageSplit, test: Imag
     kwargs = model_kwargs_for(train)
     model = build_model(cfg.model, **kwargs).to(dev)
     t0 = time.perf_counter()
-    best_state, history, best_epoch = fit(model, cfg, train, val, dev, trainable=list(model.parameters()),
-                                          frozen_modules=[], desc=cfg.model, progress=progress)
+    best_state, history, best_epoch = fit(
+        model,
+        cfg,
+        train,
+        val,
+        dev,
+        trainable=list(model.parameters()),
+        frozen_modules=[],
+        desc=cfg.model,
+        progress=progress,
+    )
     seconds = time.perf_counter() - t0
     model.load_state_dict(best_state)
     val_m, test_m = evaluate(model, val, device=dev), evaluate(model, test, device=dev)
-    sidecar = {"config": asdict(cfg), "data": data_record(train, val, test), "best_epoch": best_epoch,
-               "history": history, "val": strip_preds(val_m), "test": strip_preds(test_m),
-               "test_preds": test_m["preds"], "train_seconds": round(seconds, 1), "device": str(dev),
-               "torch": torch.__version__, "platform": machine_info()}
+    sidecar = {
+        "config": asdict(cfg),
+        "data": data_record(train, val, test),
+        "best_epoch": best_epoch,
+        "history": history,
+        "val": strip_preds(val_m),
+        "test": strip_preds(test_m),
+        "test_preds": test_m["preds"],
+        "train_seconds": round(seconds, 1),
+        "device": str(dev),
+        "torch": torch.__version__,
+        "platform": machine_info(),
+    }
     return save_checkpoint(out, model, model_name=cfg.model, model_kwargs=kwargs, stage="pre", sidecar=sidecar)

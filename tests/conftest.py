@@ -1,4 +1,5 @@
 """Shared fixtures. Tests never use the network."""
+
 from __future__ import annotations
 
 import os
@@ -17,9 +18,18 @@ SHARED_DATA = REPO.parent / "shared" / "data" / "medmnist" / "pneumoniamnist_rec
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-def calibrated(model: str | torch.nn.Module, seed: int = 0, batches: int = 3, batch: int = 16, *,
-               channels: int = 1, size: int = 28, normal: bool = False, momentum: float | None = None,
-               head_scale: float | None = None) -> torch.nn.Module:
+def calibrated(
+    model: str | torch.nn.Module,
+    seed: int = 0,
+    batches: int = 3,
+    batch: int = 16,
+    *,
+    channels: int = 1,
+    size: int = 28,
+    normal: bool = False,
+    momentum: float | None = None,
+    head_scale: float | None = None,
+) -> torch.nn.Module:
     """A random-weight model whose BatchNorm statistics come from a few random batches, in eval() mode.
 
     ``model``: a registered name, built after ``torch.manual_seed(seed)`` with ``channels`` input
@@ -95,8 +105,9 @@ def bench_error(fn, *args, **kwargs) -> str:
     return msg
 
 
-def save_npz(path: Path, arrays: dict[str, np.ndarray], *, drop: tuple[str, ...] = (),
-             compressed: bool = False) -> Path:
+def save_npz(
+    path: Path, arrays: dict[str, np.ndarray], *, drop: tuple[str, ...] = (), compressed: bool = False
+) -> Path:
     """Write a MedMNIST-format ``.npz`` of ``arrays`` less the keys in ``drop`` (a test's bad file)."""
     arrays = {k: v for k, v in arrays.items() if k not in drop}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +169,11 @@ def tiny_checkpoint(tmp_path_factory, synthetic_data):
     from models.training import train_model
 
     out = tmp_path_factory.mktemp("ck") / "tiny.pt"
-    side = train_model(TrainConfig(model="tiny", epochs=10, batch_size=32, lr=1e-2), *synthetic_data, out=out,
-                       device="cpu", progress=False)
+    side = train_model(
+        TrainConfig(model="tiny", epochs=10, batch_size=32, lr=1e-2),
+        *synthetic_data,
+        out=out,
+        device="cpu",
+        progress=False,
+    )
     return out, side

@@ -1,4 +1,5 @@
 """bench.allocator: large freed tensors stay in the heap (no page faults on reuse), opt-out, errors."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,9 @@ from bench.perf.allocator import ENV, tune_allocator
 from bench.core.errors import BenchError
 
 ROOT = Path(__file__).resolve().parents[1]
-glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or os.environ.get("BENCH_SKIP_GLIBC"),
-                           reason="glibc mallopt only")
+glibc = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.environ.get("BENCH_SKIP_GLIBC"), reason="glibc mallopt only"
+)
 
 PROBE = r"""
 import resource, torch
@@ -65,7 +67,8 @@ def test_cli_refuses_a_bad_allocator_value(tmp_path):
     out = subprocess.run([sys.executable, "-m", "bench", "list"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
-        "error: BENCH_MALLOC='fast' is not a choice; use 'tuned' (the default) or 'default'"]
+        "error: BENCH_MALLOC='fast' is not a choice; use 'tuned' (the default) or 'default'"
+    ]
 
 
 PEAK = r"""

@@ -6,6 +6,7 @@ explainers, metrics, background and seed: the per-image scores and curves are eq
 same weights, inputs and batch shapes run the same CPU kernels, so the values are bitwise equal;
 a tolerance would hide a difference in how the two paths build their units).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -36,8 +37,12 @@ EXPLAINERS = ["captum.saliency", "captum.integrated_gradients", "random"]
 METRICS = ["deletion_auc", "drop_rate", "additivity_error"]
 EXPLAINER_PARAMS = {"captum.integrated_gradients": {"n_steps": 4, "baseline": "background_mean"}}
 METRIC_PARAMS = {"deletion_auc": {"steps": 4}}
-CHEAP_CARD = ["reliability.substrates=[]", "reliability.imputation=false", "reliability.bootstrap=100",
-              "reliability.splits=10"]
+CHEAP_CARD = [
+    "reliability.substrates=[]",
+    "reliability.imputation=false",
+    "reliability.bootstrap=100",
+    "reliability.splits=10",
+]
 N_TEST, N_BACKGROUND, SEED = 8, 4, 0
 TIMING = ["seconds_per_image", "peak_mem_mb"]
 
@@ -49,7 +54,7 @@ def resnet18_1ch() -> nn.Module:
     return model
 
 
-FACTORY_MODULE = '''
+FACTORY_MODULE = """
 import torchvision
 from torch import nn
 
@@ -58,7 +63,7 @@ def build(num_classes=2):
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     return model
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +95,23 @@ def _splits():
     return train, test, P.background(train, N_BACKGROUND, SEED)  # the run's background draw
 
 
-def _config_file(tmp_path, checkpoint, *, factory="mynets:build", kwargs="{ num_classes = 2 }", convert="true",
-                 stages='["pre"]', extra=""):
+def _config_file(
+    tmp_path,
+    checkpoint,
+    *,
+    factory="mynets:build",
+    kwargs="{ num_classes = 2 }",
+    convert="true",
+    stages='["pre"]',
+    extra="",
+):
     path = tmp_path / "mine.toml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         name = "mine"
         seed = {SEED}
         device = "cpu"
-        results_dir = "{tmp_path / 'results'}"
+        results_dir = "{tmp_path / "results"}"
 
         [data]
         dataset = "synthetic"
@@ -123,14 +137,26 @@ def _config_file(tmp_path, checkpoint, *, factory="mynets:build", kwargs="{ num_
         [metrics]
         names = {json.dumps(METRICS)}
         params = {{ deletion_auc = {{ steps = 4 }} }}
-        """))
+        """)
+    )
     return path
 
 
 def _evaluate(model, images, labels, background, **kw):
-    args = dict(labels=labels, explainers=EXPLAINERS, metrics=METRICS, background=background,
-                explainer_params=EXPLAINER_PARAMS, metric_params=METRIC_PARAMS, device="cpu", seed=SEED,
-                shard_size=4, model_name="myresnet", overrides=CHEAP_CARD, verbose=False)
+    args = dict(
+        labels=labels,
+        explainers=EXPLAINERS,
+        metrics=METRICS,
+        background=background,
+        explainer_params=EXPLAINER_PARAMS,
+        metric_params=METRIC_PARAMS,
+        device="cpu",
+        seed=SEED,
+        shard_size=4,
+        model_name="myresnet",
+        overrides=CHEAP_CARD,
+        verbose=False,
+    )
     return bench.evaluate(model, images, **{**args, **kw})
 
 
@@ -144,8 +170,18 @@ def test_notebook_and_config_give_the_same_scores(trained, tmp_path, monkeypatch
     train, test, bg = _splits()
 
     res = _evaluate(model, test.images, test.labels, bg, convert=True)
-    assert main(["run", "--config", str(_config_file(tmp_path, ckpt)), "--no-progress",
-                 *sum((["--set", s] for s in CHEAP_CARD), [])]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                str(_config_file(tmp_path, ckpt)),
+                "--no-progress",
+                *sum((["--set", s] for s in CHEAP_CARD), []),
+            ]
+        )
+        == 0
+    )
     run_dir = tmp_path / "results" / "mine"
 
     cli = L.read_scores(run_dir / "scores.csv")
@@ -191,8 +227,14 @@ def test_notebook_and_config_give_the_same_scores(trained, tmp_path, monkeypatch
 def test_convert_makes_shap_deep_exact_and_unsafe_models_warn(trained):
     model, _, _ = trained
     _, test, bg = _splits()
-    common = dict(explainers=["shap.deep"], metrics=["additivity_error"], background=bg, device="cpu",
-                  overrides=["reliability.enabled=false"], verbose=False)
+    common = dict(
+        explainers=["shap.deep"],
+        metrics=["additivity_error"],
+        background=bg,
+        device="cpu",
+        overrides=["reliability.enabled=false"],
+        verbose=False,
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = bench.evaluate(model, test.images[:2], convert=True, **common)
@@ -211,8 +253,15 @@ def test_unlabelled_images_and_default_background(trained):
     model, _, _ = trained
     _, test, _ = _splits()
     with pytest.warns(UserWarning, match="convert=True"):
-        res = bench.evaluate(model, test.images[:3], explainers=["random"], metrics=["drop_rate"], device="cpu",
-                             overrides=["reliability.enabled=false"], verbose=False)
+        res = bench.evaluate(
+            model,
+            test.images[:3],
+            explainers=["random"],
+            metrics=["drop_rate"],
+            device="cpu",
+            overrides=["reliability.enabled=false"],
+            verbose=False,
+        )
     preds = model(test.images[:3]).argmax(1)
     assert (res.scores.label == -1).all()
     assert res.scores.cell.tolist() == ["TP" if int(p) == 1 else "TN" for p in preds]
@@ -220,24 +269,35 @@ def test_unlabelled_images_and_default_background(trained):
     assert res.scores.model.unique().tolist() == ["ResNet"]
 
 
-@pytest.mark.parametrize("change, words", [
-    (dict(images=torch.rand(28, 28)), ["(N, C, H, W)", "x[None, None]"]),
-    (dict(images=torch.full((2, 1, 28, 28), float("nan"))), ["NaN", "nan_to_num"]),
-    (dict(images=torch.rand(2, 3, 28, 28)), ["first conv takes 1-channel", "have 3 channel", "pass 1-channel images"]),
-    (dict(explainers=["shap.nope"]), ["unknown explainer 'shap.nope'", "captum.saliency"]),
-    (dict(metrics=["nope_auc"]), ["unknown metric 'nope_auc'", "deletion_auc"]),
-    (dict(explainer_params={"captum.integrated_gradients": {"n_steps": 0}}), ["n_steps"]),
-    (dict(explainer_params={"captum.integrated_gradients": {"nsteps": 4}}), ["nsteps", "n_steps"]),
-    (dict(explainers="random"), ["list of names", "['random']"]),
-    (dict(targets=[0, 5]), ["targets", "0..1"]),
-    (dict(labels=[1]), ["labels", "(2,)"]),
-    (dict(background=torch.rand(4, 1, 14, 14)), ["background", "(1, 14, 14)"]),
-    (dict(model=lambda x: x), ["nn.Module"]),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (dict(images=torch.rand(28, 28)), ["(N, C, H, W)", "x[None, None]"]),
+        (dict(images=torch.full((2, 1, 28, 28), float("nan"))), ["NaN", "nan_to_num"]),
+        (
+            dict(images=torch.rand(2, 3, 28, 28)),
+            ["first conv takes 1-channel", "have 3 channel", "pass 1-channel images"],
+        ),
+        (dict(explainers=["shap.nope"]), ["unknown explainer 'shap.nope'", "captum.saliency"]),
+        (dict(metrics=["nope_auc"]), ["unknown metric 'nope_auc'", "deletion_auc"]),
+        (dict(explainer_params={"captum.integrated_gradients": {"n_steps": 0}}), ["n_steps"]),
+        (dict(explainer_params={"captum.integrated_gradients": {"nsteps": 4}}), ["nsteps", "n_steps"]),
+        (dict(explainers="random"), ["list of names", "['random']"]),
+        (dict(targets=[0, 5]), ["targets", "0..1"]),
+        (dict(labels=[1]), ["labels", "(2,)"]),
+        (dict(background=torch.rand(4, 1, 14, 14)), ["background", "(1, 14, 14)"]),
+        (dict(model=lambda x: x), ["nn.Module"]),
+    ],
+)
 def test_notebook_errors_are_one_line(trained, change, words):
     model, _, _ = trained
-    args = dict(model=model, images=torch.rand(2, 1, 28, 28), explainers=["captum.integrated_gradients"],
-                metrics=["drop_rate"], verbose=False)
+    args = dict(
+        model=model,
+        images=torch.rand(2, 1, 28, 28),
+        explainers=["captum.integrated_gradients"],
+        metrics=["drop_rate"],
+        verbose=False,
+    )
     with pytest.raises(BenchError) as err:
         bench.evaluate(**{**args, **change})
     message = str(err.value)
@@ -251,8 +311,7 @@ RUNS = itertools.count()
 
 def _run_error(capsys, config, *sets):
     name = f"err{next(RUNS)}"  # a failed run keeps its folder (and config): each case gets its own
-    rc = main(["run", "--config", str(config), "--no-progress", "--name", name,
-               *sum((["--set", s] for s in sets), [])])
+    rc = main(["run", "--config", str(config), "--no-progress", "--name", name, *sum((["--set", s] for s in sets), [])])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and "\n" not in err, err
     return err
@@ -266,7 +325,7 @@ def test_config_errors_are_one_line(trained, tmp_path, capsys, monkeypatch):
     assert "'myresnet' is a user model" in err and 'models.stages = ["pre"]' in err
     # a factory path that does not import, or is not module:function
     assert "cannot import 'nopkg.nets'" in _run_error(capsys, _config_file(tmp_path, ckpt, factory="nopkg.nets:build"))
-    assert "is not \"module:function\"" in _run_error(capsys, _config_file(tmp_path, ckpt, factory="mynets.build"))
+    assert 'is not "module:function"' in _run_error(capsys, _config_file(tmp_path, ckpt, factory="mynets.build"))
     assert "has no 'nope'" in _run_error(capsys, _config_file(tmp_path, ckpt, factory="mynets:nope"))
     assert "unknown key" in _run_error(capsys, _config_file(tmp_path, ckpt, extra="layers = 3\n"))
     assert "(did you mean 'convert'?)" in _run_error(capsys, _config_file(tmp_path, ckpt, extra="convrt = true\n"))
@@ -286,10 +345,17 @@ def test_config_errors_are_one_line(trained, tmp_path, capsys, monkeypatch):
     assert "models.user:torchvision_resnet" in err and "in_channels = 1" in err
     # a model with 1000 outputs for 2 classes
     torch.save(torchvision_resnet("resnet18", in_channels=1, num_classes=1000).state_dict(), tmp_path / "k1000.pt")
-    err = _run_error(capsys, _config_file(tmp_path, tmp_path / "k1000.pt", factory="models.user:torchvision_resnet",
-                                          kwargs='{ arch = "resnet18", in_channels = 1, num_classes = 1000 }'))
+    err = _run_error(
+        capsys,
+        _config_file(
+            tmp_path,
+            tmp_path / "k1000.pt",
+            factory="models.user:torchvision_resnet",
+            kwargs='{ arch = "resnet18", in_channels = 1, num_classes = 1000 }',
+        ),
+    )
     assert "has 1000 outputs, the data has 2 classes" in err and "num_classes = 2" in err
-    err = _run_error(capsys, _config_file(tmp_path, ckpt), 'models.user.myresnet.kwargs={num_classes = 2, x = 1}')
+    err = _run_error(capsys, _config_file(tmp_path, ckpt), "models.user.myresnet.kwargs={num_classes = 2, x = 1}")
     assert "raised TypeError" in err and "fix kwargs" in err
 
 
@@ -306,8 +372,12 @@ def test_model_key_follows_checkpoint_and_conversion(trained, tmp_path, monkeypa
     changed = {k: v.clone() for k, v in model.state_dict().items()}
     changed["fc.bias"] += 1e-3
     torch.save(changed, tmp_path / "changed.pt")
-    keys = [key(ckpt), key(tmp_path / "changed.pt"), key(ckpt, convert=True),
-            key(ckpt, factory="models.user:torchvision_resnet")]
+    keys = [
+        key(ckpt),
+        key(tmp_path / "changed.pt"),
+        key(ckpt, convert=True),
+        key(ckpt, factory="models.user:torchvision_resnet"),
+    ]
     assert len(set(keys)) == 4 and key(ckpt) == keys[0]
     # the same weights under {"state_dict": ...} (as pneumobench's own checkpoints store them) load too
     torch.save({"state_dict": model.state_dict()}, tmp_path / "wrapped.pt")
@@ -343,10 +413,19 @@ def test_own_maps_are_scored_by_every_metric_and_the_card(tiny_and_maps, tmp_pat
     targets = torch.ones(len(x), dtype=torch.long)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing of the library's leaks into a notebook
-        res = bench.evaluate(model, x, targets=1, attributions={"mine": mine}, explainers=["random"],
-                             metrics=["deletion_auc", "drop_rate", "max_sensitivity", "additivity_error"],
-                             metric_params={"deletion_auc": {"steps": 4}, "max_sensitivity": {"samples": 2}},
-                             device="cpu", shard_size=8, overrides=CHEAP_CARD, verbose=False)
+        res = bench.evaluate(
+            model,
+            x,
+            targets=1,
+            attributions={"mine": mine},
+            explainers=["random"],
+            metrics=["deletion_auc", "drop_rate", "max_sensitivity", "additivity_error"],
+            metric_params={"deletion_auc": {"steps": 4}, "max_sensitivity": {"samples": 2}},
+            device="cpu",
+            shard_size=8,
+            overrides=CHEAP_CARD,
+            verbose=False,
+        )
     s = res.scores.set_index(["explainer", "metric"]).sort_index()
     assert set(res.scores.explainer) == {"mine", "random"}
     # scored as compute_metric scores the same map
@@ -377,35 +456,48 @@ def test_own_maps_alone_in_any_layout_and_their_digest(tiny_and_maps):
     from bench.run.unit import Stage, Unit
 
     model, x, mine = tiny_and_maps
-    common = dict(targets=1, explainers=[], metrics=["drop_rate"], device="cpu", verbose=False,
-                  overrides=["reliability.enabled=false"])
+    common = dict(
+        targets=1,
+        explainers=[],
+        metrics=["drop_rate"],
+        device="cpu",
+        verbose=False,
+        overrides=["reliability.enabled=false"],
+    )
     a = bench.evaluate(model, x, attributions={"mine": mine}, **common)
     b = bench.evaluate(model, x, attributions={"mine": torch.as_tensor(mine, dtype=torch.float32)[:, None]}, **common)
     assert set(a.scores.explainer) == {"mine"} and a.manifest["config"]["explain"]["names"] == ["mine"]
     pd.testing.assert_frame_equal(a.scores, b.scores)  # (N, H, W) float64 and (N, 1, H, W) float32: the same map
     assert a.manifest["config"]["explain"]["given"] == b.manifest["config"]["explain"]["given"]
     other = bench.evaluate(model, x, attributions={"mine": mine[::-1].copy()}, **common)
-    assert other.manifest["config"]["explain"]["given"]["mine"]["sha256"] != a.manifest["config"]["explain"]["given"][
-        "mine"]["sha256"]
+    assert (
+        other.manifest["config"]["explain"]["given"]["mine"]["sha256"]
+        != a.manifest["config"]["explain"]["given"]["mine"]["sha256"]
+    )
     # the cache key of a unit carries its map: another map under the same name is computed again
     cfg = load_config(None, ['explain.names=["random"]'])
     stage = Stage("m", "pre", Path("m"), "key", {}, model)
     idx = torch.arange(len(x))
 
     def key(given):
-        return Unit(cfg, stage, "mine", {}, "data", idx, x, idx, idx, None, x[:2], torch.device("cpu"), Path("."),
-                    given=given).attr_key
+        return Unit(
+            cfg, stage, "mine", {}, "data", idx, x, idx, idx, None, x[:2], torch.device("cpu"), Path("."), given=given
+        ).attr_key
+
     maps = torch.as_tensor(mine, dtype=torch.float32)[:, None]
     assert key(maps) == key(maps.clone()) != key(maps.flip(0))
 
 
-@pytest.mark.parametrize("change, words", [
-    (dict(attributions={"random": "m"}), ["'random' is the name of a registered explainer", "my-random"]),
-    (dict(attributions={"a b": "m"}), ["'a b' is not a plain name"]),
-    (dict(attributions=["m"]), ["attributions must be a dict"]),
-    (dict(attributions={"mine": "short"}), ["attributions['mine'] has shape", "(2, 28, 28)"]),
-    (dict(attributions={"mine": "nan"}), ["attributions['mine'] holds 1 NaN"]),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        (dict(attributions={"random": "m"}), ["'random' is the name of a registered explainer", "my-random"]),
+        (dict(attributions={"a b": "m"}), ["'a b' is not a plain name"]),
+        (dict(attributions=["m"]), ["attributions must be a dict"]),
+        (dict(attributions={"mine": "short"}), ["attributions['mine'] has shape", "(2, 28, 28)"]),
+        (dict(attributions={"mine": "nan"}), ["attributions['mine'] holds 1 NaN"]),
+    ],
+)
 def test_own_map_errors_are_one_line(tiny_and_maps, change, words):
     model, x, _ = tiny_and_maps
     maps = {"m": torch.rand(2, 28, 28), "short": torch.rand(1, 28, 28), "nan": torch.rand(2, 1, 28, 28)}
@@ -434,17 +526,38 @@ def test_convert_refuses_before_any_work_and_records_what_it_rewrote(tiny_and_ma
 
     model, x, _ = tiny_and_maps
     monkeypatch.setattr(runner, "execute_units", lambda *a, **k: pytest.fail("explained before refusing"))
-    with pytest.raises(BenchError, match=r"^convert cannot make InplaceAdd explainer-safe: InplaceAdd.forward runs "
-                                         r"an in-place op \(Tensor.add_\)"):
-        bench.evaluate(InplaceAdd().eval(), x, convert=True, explainers=["random"], metrics=["drop_rate"],
-                       verbose=False)
+    with pytest.raises(
+        BenchError,
+        match=r"^convert cannot make InplaceAdd explainer-safe: InplaceAdd.forward runs "
+        r"an in-place op \(Tensor.add_\)",
+    ):
+        bench.evaluate(
+            InplaceAdd().eval(), x, convert=True, explainers=["random"], metrics=["drop_rate"], verbose=False
+        )
     monkeypatch.undo()
-    unsafe = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3), nn.ReLU(inplace=True),
-                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
-    res = bench.evaluate(unsafe, x[:2], convert=True, explainers=["shap.deep"], metrics=["additivity_error"],
-                         device="cpu", overrides=["reliability.enabled=false"], verbose=False)
-    assert res.model_info["conversion"]["rewritten"] == ["1: ReLU(inplace=True) -> inplace=False",
-                                                          "3: ReLU(inplace=True) -> inplace=False"]
+    unsafe = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(4, 4, 3),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    ).eval()
+    res = bench.evaluate(
+        unsafe,
+        x[:2],
+        convert=True,
+        explainers=["shap.deep"],
+        metrics=["additivity_error"],
+        device="cpu",
+        overrides=["reliability.enabled=false"],
+        verbose=False,
+    )
+    assert res.model_info["conversion"]["rewritten"] == [
+        "1: ReLU(inplace=True) -> inplace=False",
+        "3: ReLU(inplace=True) -> inplace=False",
+    ]
     assert (res.scores.status == "ok").all() and res.scores.value.max() < 1e-4  # DeepExplainer exact on the copy
 
 

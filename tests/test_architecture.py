@@ -17,6 +17,7 @@ layers of the same rank may not import each other):
 The checker reads the source with ``ast`` (nothing is imported), so it also sees imports inside
 functions and under ``if TYPE_CHECKING``. It is tested on small fake trees so that it can fail.
 """
+
 from __future__ import annotations
 
 import ast
@@ -27,8 +28,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("bench", "datasets", "models", "explainers")
 LAYERS = {
-    "bench.core": 0, "bench.stats": 1, "datasets": 2, "models": 3, "explainers": 4, "bench.metrics": 5,
-    "bench.perf": 6, "bench.report": 6, "bench.run": 7, "bench.cli": 8, "bench.api": 8, "bench.__main__": 9,
+    "bench.core": 0,
+    "bench.stats": 1,
+    "datasets": 2,
+    "models": 3,
+    "explainers": 4,
+    "bench.metrics": 5,
+    "bench.perf": 6,
+    "bench.report": 6,
+    "bench.run": 7,
+    "bench.cli": 8,
+    "bench.api": 8,
+    "bench.__main__": 9,
     "bench": 9,
 }
 
@@ -103,8 +114,10 @@ def check_layers(root: Path, packages: tuple[str, ...] = PACKAGES, layers: dict[
             if in_function:
                 problems.append(f"{where}: {module} imports {target} inside a function")
             if there != here and layers[there] >= layers[here]:
-                problems.append(f"{where}: {module} ({here}, layer {layers[here]}) imports {target} "
-                                f"({there}, layer {layers[there]})")
+                problems.append(
+                    f"{where}: {module} ({here}, layer {layers[here]}) imports {target} "
+                    f"({there}, layer {layers[there]})"
+                )
             graph[module].add(target)
     problems += [f"import cycle: {' -> '.join(c)}" for c in _cycles(graph)]
     return problems
@@ -170,20 +183,30 @@ FAKE_LAYERS = {"low": 0, "mid": 1, "high": 2}
 
 
 def test_checker_reports_an_upward_import(tmp_path):
-    root = _tree(tmp_path, {"low/__init__.py": "", "low/a.py": "from high.b import thing\n",
-                            "high/__init__.py": "", "high/b.py": "thing = 1\n"})
+    root = _tree(
+        tmp_path,
+        {
+            "low/__init__.py": "",
+            "low/a.py": "from high.b import thing\n",
+            "high/__init__.py": "",
+            "high/b.py": "thing = 1\n",
+        },
+    )
     problems = check_layers(root, ("low", "high"), FAKE_LAYERS)
     assert any("low.a (low, layer 0) imports high.b (high, layer 2)" in p for p in problems), problems
 
 
 def test_checker_reports_a_hidden_import_and_a_cycle(tmp_path):
-    root = _tree(tmp_path, {
-        "mid/__init__.py": "",
-        "mid/a.py": "from mid import b\n",
-        "mid/b.py": "import mid.a\n",
-        "high/__init__.py": "",
-        "high/c.py": "def f():\n    from mid.a import x\n    import numpy\n",
-    })
+    root = _tree(
+        tmp_path,
+        {
+            "mid/__init__.py": "",
+            "mid/a.py": "from mid import b\n",
+            "mid/b.py": "import mid.a\n",
+            "high/__init__.py": "",
+            "high/c.py": "def f():\n    from mid.a import x\n    import numpy\n",
+        },
+    )
     problems = check_layers(root, ("mid", "high"), FAKE_LAYERS)
     assert any("high.c imports mid.a inside a function" in p for p in problems), problems
     assert not any("numpy" in p for p in problems)  # third-party lazy imports are fine
@@ -192,9 +215,18 @@ def test_checker_reports_a_hidden_import_and_a_cycle(tmp_path):
 
 def test_checker_reports_a_sideways_import_and_resolves_relative_ones(tmp_path):
     layers = {"left": 1, "right": 1, "base": 0}
-    root = _tree(tmp_path, {"left/__init__.py": "", "left/x.py": "from . import y\nfrom right import z\n",
-                            "left/y.py": "", "right/__init__.py": "", "right/z.py": "from ..base import q\n",
-                            "base/__init__.py": "", "base/q.py": ""})
+    root = _tree(
+        tmp_path,
+        {
+            "left/__init__.py": "",
+            "left/x.py": "from . import y\nfrom right import z\n",
+            "left/y.py": "",
+            "right/__init__.py": "",
+            "right/z.py": "from ..base import q\n",
+            "base/__init__.py": "",
+            "base/q.py": "",
+        },
+    )
     problems = check_layers(root, ("left", "right", "base"), layers)
     assert any("left.x (left, layer 1) imports right.z" in p for p in problems), problems
     assert not any("left.y" in p for p in problems)

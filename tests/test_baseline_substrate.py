@@ -1,5 +1,6 @@
 """The baseline x substrate interaction (bench/report/baseline_substrate.py): analytic 2 x 2 tables whose
 interaction is known exactly, the pair detection from a run's config, and a rebuild end to end."""
+
 from __future__ import annotations
 
 import json
@@ -20,11 +21,19 @@ N = 20
 SETTINGS = StatsSettings(bootstrap=500)
 
 
-def _long(cells: dict[tuple[str, str], np.ndarray], metric: str = "insertion_auc", hib: bool = True,
-          model: str = "m", stage: str = "pre") -> pd.DataFrame:
+def _long(
+    cells: dict[tuple[str, str], np.ndarray],
+    metric: str = "insertion_auc",
+    hib: bool = True,
+    model: str = "m",
+    stage: str = "pre",
+) -> pd.DataFrame:
     """A by-substrate table: {(explainer, substrate): values per image 0..n-1}."""
-    rows = [[model, stage, e, metric, s, i, float(v), "ok", hib]
-            for (e, s), vals in cells.items() for i, v in enumerate(vals)]
+    rows = [
+        [model, stage, e, metric, s, i, float(v), "ok", hib]
+        for (e, s), vals in cells.items()
+        for i, v in enumerate(vals)
+    ]
     return pd.DataFrame(rows, columns=list(SUBSTRATE_COLUMNS))
 
 
@@ -51,11 +60,15 @@ def test_a_variant_that_wins_only_on_its_own_substrate_gives_the_exact_positive_
     r = t.iloc[0]
     assert r.n == N and r.interaction == pytest.approx(0.75, abs=1e-12)
     assert r.pseudo_median == pytest.approx(0.75, abs=0.07)
-    for col, key in (("a_on_a", (IG, "zero")), ("b_on_a", (IGB, "zero")), ("a_on_b", (IG, "blur")),
-                     ("b_on_b", (IGB, "blur"))):
+    for col, key in (
+        ("a_on_a", (IG, "zero")),
+        ("b_on_a", (IGB, "zero")),
+        ("a_on_b", (IG, "blur")),
+        ("b_on_b", (IGB, "blur")),
+    ):
         assert r[col] == pytest.approx(cells[key].mean(), abs=1e-12)
     # every image positive, no ties: the exact signed-rank p is 2 / 2^n; one row, so Bonferroni leaves it
-    assert r.p == pytest.approx(2.0 / 2 ** N) and r.p_adj == pytest.approx(r.p)
+    assert r.p == pytest.approx(2.0 / 2**N) and r.p_adj == pytest.approx(r.p)
     assert r.level == pytest.approx(0.95) and 0 < r.ci_low <= 0.75 <= r.ci_high
     assert r.verdict == B.VERDICT_MATCH
     assert r.family == "baseline_substrate: m (m = 1)"
@@ -71,8 +84,9 @@ def test_swapping_the_two_methods_leaves_the_interaction_unchanged():
     assert (b.a_on_a, b.b_on_b) == (a.b_on_b, a.a_on_a)  # the cells trade places
 
 
-@pytest.mark.parametrize("metric, hib, verdict", [("insertion_auc", True, B.VERDICT_MATCH),
-                                                  ("deletion_auc", False, B.VERDICT_OPPOSITE)])
+@pytest.mark.parametrize(
+    "metric, hib, verdict", [("insertion_auc", True, B.VERDICT_MATCH), ("deletion_auc", False, B.VERDICT_OPPOSITE)]
+)
 def test_the_orientation_follows_higher_is_better(metric, hib, verdict):
     # the same numbers: a gain under insertion (higher is better) is a loss under deletion (lower is better)
     cells, expected = _own_wins()
@@ -129,11 +143,20 @@ def test_images_missing_a_cell_or_not_ok_are_dropped():
 
 def test_rows_of_one_model_form_one_bonferroni_family():
     cells, _ = _own_wins()
-    long = pd.concat([_long(cells, "insertion_auc", True), _long(cells, "deletion_auc", False),
-                      _long(cells, "insertion_auc", True, stage="post")], ignore_index=True)
+    long = pd.concat(
+        [
+            _long(cells, "insertion_auc", True),
+            _long(cells, "deletion_auc", False),
+            _long(cells, "insertion_auc", True, stage="post"),
+        ],
+        ignore_index=True,
+    )
     t = B.interaction_table(long, [_pair("insertion_auc"), _pair("deletion_auc")], SETTINGS)
-    assert list(zip(t.stage, t.metric)) == [("pre", "insertion_auc"), ("pre", "deletion_auc"),
-                                            ("post", "insertion_auc")]  # post has no deletion rows: no row
+    assert list(zip(t.stage, t.metric)) == [
+        ("pre", "insertion_auc"),
+        ("pre", "deletion_auc"),
+        ("post", "insertion_auc"),  # post has no deletion rows: no row
+    ]
     assert set(t.family) == {"baseline_substrate: m (m = 3)"}
     np.testing.assert_allclose(t.p_adj, np.minimum(1, 3 * t.p))
     assert np.allclose(t.level, 1 - 0.05 / 3)
@@ -143,9 +166,14 @@ def test_rows_of_one_model_form_one_bonferroni_family():
 # pair detection from the run's config
 # --------------------------------------------------------------------------------------------
 
+
 def _config(names, params=None, metric_params=None):
-    return {"config": {"explain": {"names": list(names), "params": params or {}},
-                       "metrics": {"params": metric_params or {}}}}
+    return {
+        "config": {
+            "explain": {"names": list(names), "params": params or {}},
+            "metrics": {"params": metric_params or {}},
+        }
+    }
 
 
 def _all_cells(substrates=("zero", "blur"), explainers=(IG, IGB, f"{IG}@same", DL, f"{DL}@blur")):
@@ -156,15 +184,23 @@ def _all_cells(substrates=("zero", "blur"), explainers=(IG, IGB, f"{IG}@same", D
 
 
 def test_pairs_are_variants_with_different_baselines_mapped_to_scored_substrates():
-    cfg = _config([IG, IGB, f"{IG}@same", DL, f"{DL}@blur", "random", "random@x"],
-                  {IGB: {"baseline": "blur"}, f"{IG}@same": {"baseline": "zero", "n_steps": 8},
-                   f"{DL}@blur": {"baseline": "blur", "blur_sigma": 1.0}},
-                  {"deletion_auc": {"blur_sigma": 1.0}})
+    cfg = _config(
+        [IG, IGB, f"{IG}@same", DL, f"{DL}@blur", "random", "random@x"],
+        {
+            IGB: {"baseline": "blur"},
+            f"{IG}@same": {"baseline": "zero", "n_steps": 8},
+            f"{DL}@blur": {"baseline": "blur", "blur_sigma": 1.0},
+        },
+        {"deletion_auc": {"blur_sigma": 1.0}},
+    )
     pairs, notes = B.find_pairs(cfg, _all_cells())
     got = {(p.a, p.b, p.metric): p for p in pairs}
     # IG vs IG@same: both zero (the default and the explicit one): not a pair; random has no baseline
-    assert set(got) == {(IG, IGB, "insertion_auc"), (IGB, f"{IG}@same", "insertion_auc"),
-                        (DL, f"{DL}@blur", "deletion_auc")}
+    assert set(got) == {
+        (IG, IGB, "insertion_auc"),
+        (IGB, f"{IG}@same", "insertion_auc"),
+        (DL, f"{DL}@blur", "deletion_auc"),
+    }
     assert got[(IG, IGB, "insertion_auc")].baseline_a == "zero" and got[(IG, IGB, "insertion_auc")].baseline_b == "blur"
     assert got[(IGB, f"{IG}@same", "insertion_auc")].also_differs == "n_steps"
     assert got[(DL, f"{DL}@blur", "deletion_auc")].blur_sigma == 1.0
@@ -180,17 +216,18 @@ def test_a_substrate_not_scored_leaves_the_pair_out_with_a_note():
 
 
 def test_a_baseline_without_a_substrate_is_named():
-    pairs, notes = B.find_pairs(_config([IG, f"{IG}@bg"], {f"{IG}@bg": {"baseline": "background_mean"}}),
-                                _all_cells())
-    assert pairs == [] and notes == [f"{IG} vs {IG}@bg: baseline 'background_mean' has no substrate of the same "
-                                     f"images"]
+    pairs, notes = B.find_pairs(_config([IG, f"{IG}@bg"], {f"{IG}@bg": {"baseline": "background_mean"}}), _all_cells())
+    assert pairs == [] and notes == [f"{IG} vs {IG}@bg: baseline 'background_mean' has no substrate of the same images"]
 
 
 def test_the_run_s_own_substrate_comes_from_scores_csv():
-    scores = pd.DataFrame([["m", "pre", IG, "deletion_auc", 0, 1, 1, "TP", 0.5, "ok", "", False, 0.1, 1.0]],
-                          columns=list(SCORE_COLUMNS))
-    subs = pd.DataFrame([["m", "pre", IG, "deletion_auc", s, 0, v, "ok", False] for s, v in
-                         (("zero", 0.9), ("blur", 0.7))], columns=list(SUBSTRATE_COLUMNS))
+    scores = pd.DataFrame(
+        [["m", "pre", IG, "deletion_auc", 0, 1, 1, "TP", 0.5, "ok", "", False, 0.1, 1.0]], columns=list(SCORE_COLUMNS)
+    )
+    subs = pd.DataFrame(
+        [["m", "pre", IG, "deletion_auc", s, 0, v, "ok", False] for s, v in (("zero", 0.9), ("blur", 0.7))],
+        columns=list(SUBSTRATE_COLUMNS),
+    )
     cfg = _config([IG], metric_params={"deletion_auc": {"substrate": "blur"}})
     long = B.by_substrate(scores, subs, cfg).set_index("substrate")["value"]
     assert long.to_dict() == {"blur": 0.5, "zero": 0.9}  # blur from scores.csv (once), zero from substrates.csv
@@ -200,6 +237,7 @@ def test_the_run_s_own_substrate_comes_from_scores_csv():
 # files: only for a run with a pair; rebuild end to end
 # --------------------------------------------------------------------------------------------
 
+
 def _run(tmp_path, names, params):
     """A run folder with scores.csv, substrates.csv and manifest.json: IG (zero) and its variant, where the
     variant wins on blur and IG on zero, plus the random control."""
@@ -208,8 +246,14 @@ def _run(tmp_path, names, params):
     rng = np.random.default_rng(3)
     n = 12
     u = rng.uniform(0.3, 0.6, n)
-    value = {(IG, "zero"): u - 0.1, (IGB, "zero"): u, (IG, "blur"): u, (IGB, "blur"): u - 0.1,
-             ("random", "zero"): u + 0.1, ("random", "blur"): u + 0.1}
+    value = {
+        (IG, "zero"): u - 0.1,
+        (IGB, "zero"): u,
+        (IG, "blur"): u,
+        (IGB, "blur"): u - 0.1,
+        ("random", "zero"): u + 0.1,
+        ("random", "blur"): u + 0.1,
+    }
     rows, subs = [], []
     for metric, hib, own, sign in (("deletion_auc", False, "zero", 1.0), ("insertion_auc", True, "blur", -1.0)):
         for (e, s), v in value.items():
@@ -222,8 +266,14 @@ def _run(tmp_path, names, params):
                     rows.append(["resnet18", "pre", e, metric, i, 1, 1, "TP", x, "ok", "", hib, 0.1, 1.0])
     pd.DataFrame(rows, columns=list(SCORE_COLUMNS)).to_csv(run / "scores.csv", index=False)
     pd.DataFrame(subs, columns=list(SUBSTRATE_COLUMNS)).to_csv(run / "substrates.csv", index=False)
-    manifest = {"config": {"explain": {"names": names, "params": params}, "metrics": {"params": {}},
-                           "reliability": {"enabled": False}, "figures": {"enabled": False}}}
+    manifest = {
+        "config": {
+            "explain": {"names": names, "params": params},
+            "metrics": {"params": {}},
+            "reliability": {"enabled": False},
+            "figures": {"enabled": False},
+        }
+    }
     (run / "manifest.json").write_text(json.dumps(manifest))
     return run
 
@@ -269,16 +319,29 @@ def test_a_real_run_with_baseline_variants_writes_the_table(tmp_path):
     from bench.run import runner
     from bench.run.config import load_config
 
-    over = [f'results_dir="{tmp_path / "results"}"', f'checkpoint_dir="{tmp_path / "ck"}"', 'name="bs"', 'device="cpu"',
-            'data.dataset="synthetic"', "data.options.n=96", "data.per_cell=2", "data.background_size=8",
-            'models.names=["tiny"]', 'models.stages=["pre"]', "train.epochs=3", "train.batch_size=32",
-            'explain.names=["captum.integrated_gradients", "captum.integrated_gradients@blur", "random"]',
-            'explain.params={"captum.integrated_gradients" = {n_steps = 8}, '
-            '"captum.integrated_gradients@blur" = {n_steps = 8, baseline = "blur"}}',
-            'metrics.names=["deletion_auc", "insertion_auc"]',
-            'metrics.params={"deletion_auc" = {steps = 8}, "insertion_auc" = {steps = 8}}',
-            'reliability.substrates=["zero", "blur"]', "reliability.imputation=false", "reliability.bootstrap=100",
-            "figures.enabled=false"]
+    over = [
+        f'results_dir="{tmp_path / "results"}"',
+        f'checkpoint_dir="{tmp_path / "ck"}"',
+        'name="bs"',
+        'device="cpu"',
+        'data.dataset="synthetic"',
+        "data.options.n=96",
+        "data.per_cell=2",
+        "data.background_size=8",
+        'models.names=["tiny"]',
+        'models.stages=["pre"]',
+        "train.epochs=3",
+        "train.batch_size=32",
+        'explain.names=["captum.integrated_gradients", "captum.integrated_gradients@blur", "random"]',
+        'explain.params={"captum.integrated_gradients" = {n_steps = 8}, '
+        '"captum.integrated_gradients@blur" = {n_steps = 8, baseline = "blur"}}',
+        'metrics.names=["deletion_auc", "insertion_auc"]',
+        'metrics.params={"deletion_auc" = {steps = 8}, "insertion_auc" = {steps = 8}}',
+        'reliability.substrates=["zero", "blur"]',
+        "reliability.imputation=false",
+        "reliability.bootstrap=100",
+        "figures.enabled=false",
+    ]
     run_dir = runner.run(load_config(None, over), progress=False)
     table = pd.read_csv(run_dir / "baseline_substrate.csv")
     assert sorted(table["metric"]) == ["deletion_auc", "insertion_auc"]

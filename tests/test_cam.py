@@ -5,6 +5,7 @@ being left alone. Here: Grad-CAM equals Captum's LayerGradCam on the same layer 
 library's scaling and upsampling; every method's map equals its paper formula computed with
 autograd; Score-CAM's pass count follows the layer's channels.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -40,6 +41,7 @@ def library_scaling(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     resize (cv2.resize, half-pixel centres = torch's align_corners=False) to the input, and min-max
     once more (its average over target layers is scaled again: bilinear upsampling between pixel
     centres rarely reaches the old extremes)."""
+
     def min_max(m: torch.Tensor) -> torch.Tensor:
         flat = m.flatten(1)
         lo = flat.min(1).values.view(-1, *([1] * (m.dim() - 1)))
@@ -71,8 +73,11 @@ def test_grad_cam_equals_captum_layer_gradcam(model_name, layer, tiny, resnet18)
     model = tiny if model_name == "tiny" else resnet18
     x, t = _inputs()
     ours = run_explainer("gradcam.grad_cam", model, x, t, background=x, layer=layer)
-    captum_map = LayerGradCam(model, dict(model.named_modules())[layer]).attribute(
-        x, target=t, relu_attributions=True).detach()[:, 0]
+    captum_map = (
+        LayerGradCam(model, dict(model.named_modules())[layer])
+        .attribute(x, target=t, relu_attributions=True)
+        .detach()[:, 0]
+    )
     expected = library_scaling(captum_map, x.shape[-2:])
     assert ours.meta["layer"] == layer
     torch.testing.assert_close(ours.values, expected, rtol=0, atol=1e-5)
@@ -90,7 +95,7 @@ FORMULAS = {
 
 def _plusplus_weights(a, g):
     """Chattopadhyay et al. 2018, eq. 19 with first-order gradients: alpha = g^2 / (2 g^2 + sum A g^3)."""
-    alpha = g ** 2 / (2 * g ** 2 + a.sum((2, 3), keepdim=True) * g ** 3 + 1e-6)
+    alpha = g**2 / (2 * g**2 + a.sum((2, 3), keepdim=True) * g**3 + 1e-6)
     alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
     return (alpha * g.clamp_min(0)).sum((2, 3), keepdim=True)
 
@@ -113,7 +118,7 @@ def test_score_cam_follows_its_formula(tiny):
     lo, hi = up.amin((2, 3), keepdim=True), up.amax((2, 3), keepdim=True)
     masks = (up - lo) / (hi - lo + 1e-8)  # (B, K, H, W)
     with torch.no_grad():
-        scores = torch.stack([tiny(x[i:i + 1] * masks[i].unsqueeze(1))[:, t[i]] for i in range(x.shape[0])])
+        scores = torch.stack([tiny(x[i : i + 1] * masks[i].unsqueeze(1))[:, t[i]] for i in range(x.shape[0])])
     weights = torch.softmax(scores, dim=1)  # (B, K)
     expected = library_scaling((weights[:, :, None, None] * a).sum(1), x.shape[-2:])
     ours = run_explainer("gradcam.score_cam", tiny, x, t, background=x, layer="layer2", mask_batch_size=5)

@@ -4,6 +4,7 @@ Oracles on a linear model f(x) = w . x + b (one weight map per class), where eve
 closed form, plus the tiny CNN for what needs a nonlinearity. The contract tests
 (tests/test_explainers.py) cover shapes, seeds, batching and the model being left alone.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,6 +30,7 @@ def tiny() -> nn.Module:
 
 
 # --- baselines: the metrics' substrates, by the same function -------------------------------------
+
 
 @pytest.mark.parametrize("baseline", BASELINES)
 def test_baselines_are_the_substrates(baseline, linear):
@@ -66,6 +68,7 @@ def test_bad_baseline_is_a_one_line_error(linear):
 
 # --- occlusion --------------------------------------------------------------------------------------
 
+
 def test_occlusion_of_single_pixels_is_w_times_x_minus_baseline(linear):
     net, x, t, bg, w = linear
     attr = run_explainer("captum.occlusion", net, x, t, background=bg, window=1, stride=1, baseline="blur")
@@ -81,9 +84,9 @@ def test_occlusion_averages_the_windows_covering_a_pixel(linear):
     total, count = torch.zeros_like(x), torch.zeros_like(x)
     for r in starts:
         for c in starts:
-            drop = (w * x)[:, :, r:r + 4, c:c + 4].sum((1, 2, 3)).view(-1, 1, 1, 1)
-            total[:, :, r:r + 4, c:c + 4] += drop
-            count[:, :, r:r + 4, c:c + 4] += 1
+            drop = (w * x)[:, :, r : r + 4, c : c + 4].sum((1, 2, 3)).view(-1, 1, 1, 1)
+            total[:, :, r : r + 4, c : c + 4] += drop
+            count[:, :, r : r + 4, c : c + 4] += 1
     torch.testing.assert_close(attr.values, total / count, rtol=1e-4, atol=1e-6)
 
 
@@ -94,8 +97,9 @@ def test_occlusion_passes_are_the_forwards_it_makes(size, window, stride):
     rows = []
     net.register_forward_pre_hook(lambda m, args: rows.append(args[0].shape[0]))
     x = torch.rand(3, 1, size, size)
-    attr = run_explainer("captum.occlusion", net, x, torch.tensor([0, 1, 0]), background=x, window=window,
-                         stride=stride)
+    attr = run_explainer(
+        "captum.occlusion", net, x, torch.tensor([0, 1, 0]), background=x, window=window, stride=stride
+    )
     n_f = passes_per_image("captum.occlusion", {"window": window, "stride": stride}, shape=(1, size, size))[1]
     assert n_f == occlusion_windows((1, size, size), window, stride) + 1 == attr.meta["windows"] + 1
     # the adapter's own target_scores calls are not in the rule (bookkeeping); the adapter makes none here
@@ -104,6 +108,7 @@ def test_occlusion_passes_are_the_forwards_it_makes(size, window, stride):
 
 
 # --- LIME and Kernel SHAP on grid superpixels ------------------------------------------------------
+
 
 def test_grid_feature_mask():
     x = torch.zeros(2, 3, 28, 28)
@@ -145,6 +150,7 @@ def test_lime_on_a_linear_model_tracks_the_cell_contributions(linear):
 
 
 # --- noise tunnel, guided and plain gradients -------------------------------------------------------
+
 
 def test_noise_tunnel_on_a_linear_model(linear):
     """The gradient of a linear model is w everywhere: SmoothGrad (of |grad|) is |w|, VarGrad 0."""

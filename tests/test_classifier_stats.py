@@ -1,5 +1,6 @@
 """bench.stats.classifier: ROC AUC, the confusion matrix, McNemar's exact test, by hand and against
 scikit-learn."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +14,7 @@ from bench.stats.classifier import classification_metrics, macro_auc, mcnemar_ex
 
 def test_mcnemar_exact_matches_binomial_by_hand():
     labels = np.array([1] * 30)
-    a = np.array([1] * 20 + [0] * 10)         # a right on the first 20
+    a = np.array([1] * 20 + [0] * 10)  # a right on the first 20
     b = np.array([1] * 12 + [0] * 8 + [1] * 10)  # b wrong on 12..19, right on 20..29
     r = mcnemar_exact(labels, a, b)
     assert (r["a_right_b_wrong"], r["a_wrong_b_right"]) == (8, 10)

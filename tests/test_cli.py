@@ -1,4 +1,5 @@
 """The command line: list, train, tune and the one-line errors (synthetic data, tiny model)."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,7 @@ from tests.conftest import REPO
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
 def test_help_lists_the_commands():
@@ -27,8 +27,10 @@ def test_help_lists_the_commands():
         assert cmd in r.stdout
 
 
-@pytest.mark.parametrize("kind,expected", [("models", ["resnet18", "resnet50", "resnet101", "tiny"]),
-                                           ("datasets", ["pneumoniamnist", "synthetic"])])
+@pytest.mark.parametrize(
+    "kind,expected",
+    [("models", ["resnet18", "resnet50", "resnet101", "tiny"]), ("datasets", ["pneumoniamnist", "synthetic"])],
+)
 def test_list_enumerates_the_registry(capsys, kind, expected):
     assert main(["list", kind]) == 0
     out = capsys.readouterr().out
@@ -51,13 +53,51 @@ def test_list_everything(capsys):
 
 def test_train_then_tune_on_synthetic(tmp_path, capsys):
     pre, post = tmp_path / "pre.pt", tmp_path / "post.pt"
-    assert main(["train", "--model", "tiny", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "64",
-                 "--out", str(pre), "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "tiny",
+                "--dataset",
+                "synthetic",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "64",
+                "--out",
+                str(pre),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "test ACC" in capsys.readouterr().out
     side = json.loads((tmp_path / "pre.pt.json").read_text())
     assert side["config"]["dataset"] == "synthetic" and side["stage"] == "pre"
-    assert main(["tune", "--from", str(pre), "--unfreeze", "fc", "--epochs", "1", "--dataset", "synthetic",
-                 "--out", str(post), "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                "--from",
+                str(pre),
+                "--unfreeze",
+                "fc",
+                "--epochs",
+                "1",
+                "--dataset",
+                "synthetic",
+                "--out",
+                str(post),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     post_side = json.loads((tmp_path / "post.pt.json").read_text())
     # McNemar from the two sidecars' own test predictions, recomputed with scipy
@@ -72,14 +112,17 @@ def test_train_then_tune_on_synthetic(tmp_path, capsys):
     assert f"McNemar p = {expected:.4g}" in out
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["train", "--model", "vgg16"], "unknown model 'vgg16'"),
-    (["train", "--model", "tiny", "--epochs", "0", "--dataset", "synthetic"], "epochs must be >= 1"),
-    (["train", "--model", "tiny", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
-    (["train", "--model", "tiny", "--device", "tpu", "--dataset", "synthetic"], "unknown device 'tpu'"),
-    (["tune", "--from", "missing.pt", "--dataset", "synthetic"], "missing.pt not found"),
-    (["list", "models", "--bogus"], None),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["train", "--model", "vgg16"], "unknown model 'vgg16'"),
+        (["train", "--model", "tiny", "--epochs", "0", "--dataset", "synthetic"], "epochs must be >= 1"),
+        (["train", "--model", "tiny", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["train", "--model", "tiny", "--device", "tpu", "--dataset", "synthetic"], "unknown device 'tpu'"),
+        (["tune", "--from", "missing.pt", "--dataset", "synthetic"], "missing.pt not found"),
+        (["list", "models", "--bogus"], None),
+    ],
+)
 def test_bad_input_is_one_line_and_nonzero(args, needle):
     r = run_cli(*args)
     assert r.returncode != 0
@@ -98,14 +141,17 @@ def test_missing_data_file_names_the_file_and_the_fix(tmp_path):
 # ----------------------------------------------------------------------------- one line, whatever happens
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["run", "--bogus"], "unrecognized arguments: --bogus"),
-    (["run", "--executor", "rya"], "did you mean 'ray'?"),
-    (["list", "model"], "did you mean 'models'?"),
-    (["train", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
-    (["tune"], "the following arguments are required: --from"),
-    (["runn"], "did you mean 'run'?"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["run", "--bogus"], "unrecognized arguments: --bogus"),
+        (["run", "--executor", "rya"], "did you mean 'ray'?"),
+        (["list", "model"], "did you mean 'models'?"),
+        (["train", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
+        (["tune"], "the following arguments are required: --from"),
+        (["runn"], "did you mean 'run'?"),
+    ],
+)
 def test_argparse_errors_are_one_line(capsys, args, needle):
     assert main(args) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
@@ -139,13 +185,18 @@ def test_help_examples_work_pasted_into_bash():
 
     from bench.run.config import load_config
 
-    examples = [m for text in _help_texts() for m in re.findall(r"--set ('[^']*'|\S+)", " ".join(text.split()))
-                if not m.startswith("KEY")]
+    examples = [
+        m
+        for text in _help_texts()
+        for m in re.findall(r"--set ('[^']*'|\S+)", " ".join(text.split()))
+        if not m.startswith("KEY")
+    ]
     assert examples, "no --set example in --help"
     for ex in examples:
         # what bash hands the program (quote removal, globbing of [...] against the current folder)
-        argv = subprocess.run(["bash", "-c", f"printf '%s\\0' {ex}"], cwd=REPO, capture_output=True,
-                              text=True).stdout.split("\0")[:-1]
+        argv = subprocess.run(
+            ["bash", "-c", f"printf '%s\\0' {ex}"], cwd=REPO, capture_output=True, text=True
+        ).stdout.split("\0")[:-1]
         assert len(argv) == 1, (ex, argv)
         load_config(None, argv)  # a valid override
         assert shlex.split(ex) == argv
@@ -156,26 +207,59 @@ def test_the_summary_line_is_plain_words(tmp_path, capsys):
 
     from tests.test_hardening import CHEAP
 
-    assert main(["run", "--results", str(tmp_path), "--name", "s", "--no-progress",
-                 *[x for o in CHEAP for x in ("--set", o)]]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--results",
+                str(tmp_path),
+                "--name",
+                "s",
+                "--no-progress",
+                *[x for o in CHEAP for x in ("--set", o)],
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     last = [ln for ln in out.splitlines() if ln.strip()][-2]  # before "results in ..."
     assert "its floor" not in out and "explain+score" not in out
-    assert re.fullmatch(r"explained and scored \d+ images with \d+ explainers on 1 model stage in \d+ s "
-                        r"\(\d+\.\d x the time of the model passes it needs\)", last), last
+    assert re.fullmatch(
+        r"explained and scored \d+ images with \d+ explainers on 1 model stage in \d+ s "
+        r"\(\d+\.\d x the time of the model passes it needs\)",
+        last,
+    ), last
 
 
 # ----------------------------------------------------------------------------- signals
 
-RUN_ARGS = ["run", "--no-progress", "--set", 'data.dataset="synthetic"', "--set", "data.options.n=200",
-            "--set", 'models.names=["tiny"]', "--set", 'models.stages=["pre"]', "--set", "train.epochs=500",
-            "--set", 'device="cpu"']
+RUN_ARGS = [
+    "run",
+    "--no-progress",
+    "--set",
+    'data.dataset="synthetic"',
+    "--set",
+    "data.options.n=200",
+    "--set",
+    'models.names=["tiny"]',
+    "--set",
+    'models.stages=["pre"]',
+    "--set",
+    "train.epochs=500",
+    "--set",
+    'device="cpu"',
+]
 
 
 def _start_training(tmp_path) -> subprocess.Popen:
     """A run that is training (its first epoch line printed), in its own process."""
-    p = subprocess.Popen([sys.executable, "-m", "bench", *RUN_ARGS, "--results", str(tmp_path / "res")], cwd=REPO,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "bench", *RUN_ARGS, "--results", str(tmp_path / "res")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in p.stdout:
         if "epoch 1/500" in line:
             return p
@@ -190,8 +274,9 @@ def test_sigint_while_starting_up_is_one_line():
     import signal
     import time
 
-    p = subprocess.Popen([sys.executable, "-m", "bench", "list"], cwd=REPO, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "bench", "list"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     time.sleep(1.0)  # importing torch and the libraries takes seconds
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
@@ -218,23 +303,27 @@ def test_a_second_sigint_still_ends_with_one_line(tmp_path):
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
-    assert "Traceback" not in err and _stderr_lines(err)[0] == "interrupted; finished work is kept and a re-run " \
-                                                               "resumes", err
+    assert (
+        "Traceback" not in err and _stderr_lines(err)[0] == "interrupted; finished work is kept and a re-run resumes"
+    ), err
 
 
-@pytest.mark.parametrize("argv, hint", [
-    (["rnu"], "(did you mean 'run'?)"),
-    (["list", "explainer"], "(did you mean 'explainers'?)"),
-    (["run", "--nmae", "x"], "(did you mean '--name'?)"),
-    (["run", "--set", 'explain.names=["shap.gradiant"]'], "(did you mean 'shap.gradient'?)"),
-    (["run", "--set", 'metrics.names=["deletion_acu"]'], "(did you mean 'deletion_auc'?)"),
-    (["run", "--set", 'models.names=["resnet81"]'], "(did you mean 'resnet18'?)"),
-    (["run", "--set", 'data.dataset="pneumoniamnsit"'], "(did you mean 'pneumoniamnist'?)"),
-    (["run", "--set", "metrics.namse=[]"], "(did you mean 'names'?)"),
-    (["run", "--set", 'reliability.controls=["randm"]'], "(did you mean 'random'?)"),
-    (["run", "--set", "stats.margins={faithfulnes = 0.1}"], "(did you mean 'faithfulness'?)"),
-    (["run", "--set", "train.epoch=3"], "(did you mean 'epochs'?)"),
-])
+@pytest.mark.parametrize(
+    "argv, hint",
+    [
+        (["rnu"], "(did you mean 'run'?)"),
+        (["list", "explainer"], "(did you mean 'explainers'?)"),
+        (["run", "--nmae", "x"], "(did you mean '--name'?)"),
+        (["run", "--set", 'explain.names=["shap.gradiant"]'], "(did you mean 'shap.gradient'?)"),
+        (["run", "--set", 'metrics.names=["deletion_acu"]'], "(did you mean 'deletion_auc'?)"),
+        (["run", "--set", 'models.names=["resnet81"]'], "(did you mean 'resnet18'?)"),
+        (["run", "--set", 'data.dataset="pneumoniamnsit"'], "(did you mean 'pneumoniamnist'?)"),
+        (["run", "--set", "metrics.namse=[]"], "(did you mean 'names'?)"),
+        (["run", "--set", 'reliability.controls=["randm"]'], "(did you mean 'random'?)"),
+        (["run", "--set", "stats.margins={faithfulnes = 0.1}"], "(did you mean 'faithfulness'?)"),
+        (["run", "--set", "train.epoch=3"], "(did you mean 'epochs'?)"),
+    ],
+)
 def test_unknown_names_say_did_you_mean(argv, hint, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -1,5 +1,6 @@
 """Completeness has one definition (explainers.base.completeness_gap); the additivity metrics and the
 cost-accuracy frontier read it, on planted attributions whose gap is known."""
+
 from __future__ import annotations
 
 import math
@@ -51,8 +52,16 @@ def test_the_frontier_reports_the_absolute_gap():
     try:
         model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).eval()
         x, bg = torch.rand(3, 1, 4, 4), torch.rand(2, 1, 4, 4)
-        rows = frontier_rows("linear", model, x, torch.tensor([0, 1, 0]), bg,
-                             [FrontierSpec(name, "n", (1, 3, 0), None, 8)], seeds=1, reference_seeds=1)
+        rows = frontier_rows(
+            "linear",
+            model,
+            x,
+            torch.tensor([0, 1, 0]),
+            bg,
+            [FrontierSpec(name, "n", (1, 3, 0), None, 8)],
+            seeds=1,
+            reference_seeds=1,
+        )
         assert [r["gap"] for r in rows] == pytest.approx([0.0, 2.0, 1.0], abs=1e-6)  # |n - 1|
     finally:
         EXPLAINERS.unregister(name)

@@ -4,6 +4,7 @@ The manifest, the run identity ("another config" refusal) and every cache key ar
 ``RunConfig.to_dict()``; these tests hold it to the dict ``load_config`` validated, for every
 shipped profile, DEFAULTS and every published manifest.
 """
+
 from __future__ import annotations
 
 import copy
@@ -69,10 +70,16 @@ def test_profile_round_trip_is_the_identity(path):
 
 
 def test_overrides_round_trip_with_free_tables_in_their_order():
-    over = ['explain.params."shap.partition".max_evals=100', 'explain.params.random={seed = 3}',
-            'metrics.params={"deletion_auc" = {steps = 7}, "drop_rate" = {frac = 0.2}}',
-            'tune.variants={b = {epochs = 1}, a = {unfreeze = ["fc"]}}', "train.epochs=3", "stats.margins.default=0.1",
-            'data.options.size=28', "models.seeds=[2, 1]"]
+    over = [
+        'explain.params."shap.partition".max_evals=100',
+        "explain.params.random={seed = 3}",
+        'metrics.params={"deletion_auc" = {steps = 7}, "drop_rate" = {frac = 0.2}}',
+        'tune.variants={b = {epochs = 1}, a = {unfreeze = ["fc"]}}',
+        "train.epochs=3",
+        "stats.margins.default=0.1",
+        "data.options.size=28",
+        "models.seeds=[2, 1]",
+    ]
     values = load_values(C.DEFAULT_CONFIG, over)
     cfg = load_config(None, over)
     assert _ordered(cfg.to_dict()) == _ordered(values)
@@ -133,19 +140,27 @@ def test_published_manifest_config_reserialises_to_itself(path):
 def test_published_truth_manifests_are_complete():
     """The published truth run is of this version (up to the keys added since, at their defaults),
     so the exact round trip above is exercised."""
-    complete = [p.relative_to(REPO).as_posix() for p in MANIFESTS
-                if _complete(with_added_keys(json.loads(p.read_text())["config"]))]
+    complete = [
+        p.relative_to(REPO).as_posix()
+        for p in MANIFESTS
+        if _complete(with_added_keys(json.loads(p.read_text())["config"]))
+    ]
     assert "results/published/truth/manifest.json" in complete and len(complete) >= 4
 
 
 def test_the_tree_is_frozen_all_the_way():
-    cfg = load_config(None, ['explain.params."shap.partition".max_evals=100', 'tune.variants={a = {epochs = 1}}'])
+    cfg = load_config(None, ['explain.params."shap.partition".max_evals=100', "tune.variants={a = {epochs = 1}}"])
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 1  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.data.per_cell = 1  # type: ignore[misc]
-    for table in (cfg.data.options, cfg.explain.params, cfg.explain.params["shap.partition"], cfg.tune.variants["a"],
-                  cfg.stats.margins):
+    for table in (
+        cfg.data.options,
+        cfg.explain.params,
+        cfg.explain.params["shap.partition"],
+        cfg.tune.variants["a"],
+        cfg.stats.margins,
+    ):
         assert isinstance(table, FrozenDict)
         with pytest.raises(TypeError, match="read-only"):
             table["x"] = 1  # type: ignore[index]
@@ -244,14 +259,23 @@ def test_a_published_run_is_the_same_run_as_its_profile_today(run):
     assert identity(load_config(run).to_dict()) == identity(recorded)
 
 
-KNOWN_DIRTY = {"results/published/study/manifest.json":
-               "the first study was made from a tree with uncommitted changes; the second study replaces it"}
+KNOWN_DIRTY = {
+    "results/published/study/manifest.json": (
+        "the first study was made from a tree with uncommitted changes; the second study replaces it"
+    ),
+}
 
 
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(
-    reason=KNOWN_DIRTY[p.relative_to(REPO).as_posix()], strict=True))
-    if p.relative_to(REPO).as_posix() in KNOWN_DIRTY else p for p in MANIFESTS],
-    ids=lambda p: str(p.relative_to(REPO / "results" / "published")))
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(p, marks=pytest.mark.xfail(reason=KNOWN_DIRTY[p.relative_to(REPO).as_posix()], strict=True))
+        if p.relative_to(REPO).as_posix() in KNOWN_DIRTY
+        else p
+        for p in MANIFESTS
+    ],
+    ids=lambda p: str(p.relative_to(REPO / "results" / "published")),
+)
 def test_a_published_run_comes_from_a_clean_committed_tree(path):
     """Provenance: the commit a published manifest names identifies its code only when the tree
     was clean. A run made with uncommitted changes fails here (the study is the one known case,

@@ -1,4 +1,5 @@
 """Dataset loaders: registry contract, PneumoniaMNIST file resolution/validation, synthetic generator."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,16 @@ TMP_N = {"train": 10, "val": 6, "test": 8}
 pytestmark = pytest.mark.usefixtures("one_thread", "clean_data_env")  # small tensor ops: see tests/conftest.py
 
 
-def write_npz(path: Path, *, size: int = 28, n: dict[str, int] | None = None, seed: int = 0,
-              compressed: bool = False, drop: tuple[str, ...] = (), **override: np.ndarray) -> Path:
+def write_npz(
+    path: Path,
+    *,
+    size: int = 28,
+    n: dict[str, int] | None = None,
+    seed: int = 0,
+    compressed: bool = False,
+    drop: tuple[str, ...] = (),
+    **override: np.ndarray,
+) -> Path:
     """A small MedMNIST-like file: ``{split}_images`` (N, size, size) uint8, ``{split}_labels`` (N, 1) uint8."""
     rng = np.random.default_rng(seed)
     arrays = {}
@@ -295,7 +304,7 @@ def test_corrupt_member(tmp_path):
     path = write_npz(tmp_path / "f.npz", compressed=True, n={"train": 40, "val": 2, "test": 2})
     raw = bytearray(path.read_bytes())
     start = raw.index(b"train_images.npy") + 200
-    raw[start:start + 500] = bytes(500)
+    raw[start : start + 500] = bytes(500)
     path.write_bytes(bytes(raw))
     msg = bench_error(pm.pneumoniamnist, "test", data_file=path)
     assert str(path) in msg and "corrupt" in msg
@@ -341,8 +350,18 @@ def test_missing_keys(tmp_path):
         ({"val_labels": np.zeros((6, 1), np.float32)}, ["val_labels", "float32"]),
         ({"test_labels": np.zeros((7, 1), np.uint8)}, ["8", "7", "test_labels"]),
     ],
-    ids=["float-images", "rgb", "channel-last", "flat", "non-square", "label-2", "label-neg",
-         "multilabel", "float-labels", "count-mismatch"],
+    ids=[
+        "float-images",
+        "rgb",
+        "channel-last",
+        "flat",
+        "non-square",
+        "label-2",
+        "label-neg",
+        "multilabel",
+        "float-labels",
+        "count-mismatch",
+    ],
 )
 def test_invalid_contents(tmp_path, override, words):
     path = write_npz(tmp_path / "pneumo.npz", **override)
@@ -428,8 +447,14 @@ def test_synthetic_learnable_by_small_cnn():
     train, test = synthetic("train"), synthetic("test")
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(32, 2),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 2),
     )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(5):

@@ -1,6 +1,7 @@
 """The documentation: the site builds with ``mkdocs build --strict`` (a broken link, anchor, page
 left out of the navigation or API reference fails it), the README stays a front page whose links
 resolve, and no user-facing text talks about issue numbers or development machines."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 # user-facing text: the README, the pages, the changelog (the published runs' tables are outputs)
-USER_TEXT = [README, REPO / "CHANGELOG.md", *sorted((REPO / "docs").glob("*.md")),
-             *sorted((REPO / "docs" / "api").glob("*.md"))]
+USER_TEXT = [
+    README,
+    REPO / "CHANGELOG.md",
+    *sorted((REPO / "docs").glob("*.md")),
+    *sorted((REPO / "docs" / "api").glob("*.md")),
+]
 INTERNAL = re.compile(r"\b[Ii]ssues?\s+#?[0-9]+\b|developers.?\s+machine|development\s+machine")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
@@ -36,8 +41,14 @@ def test_site_builds_strict_with_the_api_reference(tmp_path):
     pytest.importorskip("mkdocs", reason="the docs extra is not installed: pip install -e '.[docs]'")
     pytest.importorskip("mkdocstrings", reason="the docs extra is not installed: pip install -e '.[docs]'")
     site = tmp_path / "site"
-    p = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)], cwd=REPO,
-                       capture_output=True, text=True, timeout=600, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    p = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     output = p.stdout + p.stderr
     warnings = [ln for ln in output.splitlines() if ln.startswith(("WARNING", "ERROR"))]
     assert p.returncode == 0 and not warnings, output[-5000:]
@@ -77,6 +88,8 @@ def test_user_facing_text_has_no_issue_numbers_or_development_machines(path):
 
 
 def test_slug_matches_the_site():
-    assert slug("Clark et al.'s result does not hold here for this marker") == \
-        "clark-et-als-result-does-not-hold-here-for-this-marker"
+    assert (
+        slug("Clark et al.'s result does not hold here for this marker")
+        == "clark-et-als-result-does-not-hold-here-for-this-marker"
+    )
     assert slug("report.html") == "reporthtml"

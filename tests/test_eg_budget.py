@@ -1,4 +1,5 @@
 """The variance budget of docs/experiments/eg_budget.py on grids whose parts are known by construction."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -34,10 +35,10 @@ def test_budget_splits_a_grid_into_its_known_parts(eg):
     h = t + b + s + e
     got = eg.budget(h)
     t2 = pixels  # ||T||^2 (b, s, e have mean 0 over the grid)
-    assert got["between"] == pytest.approx((b ** 2).sum(2).mean() / t2, rel=1e-9)
+    assert got["between"] == pytest.approx((b**2).sum(2).mean() / t2, rel=1e-9)
     assert got["within"] == pytest.approx(((s + e) ** 2).sum(2).mean() / t2, rel=1e-9)
     assert got["total"] == pytest.approx(got["between"] + got["within"], rel=1e-9)
-    assert got["shared"] == pytest.approx((s ** 2).sum(2).mean() / t2, rel=0.1)  # 0.09 against within ~1.1
+    assert got["shared"] == pytest.approx((s**2).sum(2).mean() / t2, rel=0.1)  # 0.09 against within ~1.1
     assert got["autocorr"][0] == pytest.approx(0.0, abs=0.05)  # white noise along the path
 
 
@@ -47,15 +48,15 @@ def test_autocorr_follows_an_ar1_path(eg):
     e = np.empty((n_rows, cells, pixels))
     e[:, 0] = rng.normal(size=(n_rows, pixels))
     for j in range(1, cells):
-        e[:, j] = rho * e[:, j - 1] + np.sqrt(1 - rho ** 2) * rng.normal(size=(n_rows, pixels))
+        e[:, j] = rho * e[:, j - 1] + np.sqrt(1 - rho**2) * rng.normal(size=(n_rows, pixels))
     got = eg.budget(5.0 + e, lags=(1, 2, 4))["autocorr"]
-    assert got == pytest.approx([rho, rho ** 2, rho ** 4], abs=0.05)
+    assert got == pytest.approx([rho, rho**2, rho**4], abs=0.05)
 
 
 def test_neyman_gain_of_two_row_spreads(eg):
     rng = np.random.default_rng(2)
     u = _centered(rng.normal(size=(1, 8, 20)), (1,))
-    u /= np.sqrt((u ** 2).sum(2).mean())  # mean ||u(a)||^2 = 1 exactly
+    u /= np.sqrt((u**2).sum(2).mean())  # mean ||u(a)||^2 = 1 exactly
     sigma = np.array([1.0, 3.0] * 4).reshape(-1, 1, 1)
     got = eg.budget(1.0 + sigma * u)["neyman_gain"]
     assert got == pytest.approx(5.0 / 4.0, rel=1e-9)  # mean(sigma^2) / mean(sigma)^2 = 5 / 2^2

@@ -9,6 +9,7 @@
 
 The printed figures are recorded in docs/explainers.md (run with ``-s`` to see them).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -44,8 +45,10 @@ def test_shap_deep_equals_captum_deeplift_shap(resnet18, images):
     b = run_explainer("captum.deeplift_shap", resnet18, inputs, targets, background=background)
     diff = (a.values - b.values).abs().max().item()
     scale = a.values.abs().max().item()
-    print(f"\nshap.deep vs captum.deeplift_shap (resnet18, background 8): max |diff| {diff:.2e}, "
-          f"max |value| {scale:.2e}, relative {diff / scale:.2e}")
+    print(
+        f"\nshap.deep vs captum.deeplift_shap (resnet18, background 8): max |diff| {diff:.2e}, "
+        f"max |value| {scale:.2e}, relative {diff / scale:.2e}"
+    )
     torch.testing.assert_close(a.base_values, b.base_values)
     assert diff <= 1e-6 and diff <= 1e-4 * scale
 
@@ -62,11 +65,14 @@ def test_expected_gradients_agree_in_expectation(resnet18, images):
     n = 1000
     shap0 = run_explainer("shap.gradient", resnet18, inputs, targets, background=background, nsamples=n, seed=0).values
     shap1 = run_explainer("shap.gradient", resnet18, inputs, targets, background=background, nsamples=n, seed=1).values
-    capt = run_explainer("captum.gradient_shap", resnet18, inputs, targets, background=background, n_samples=n,
-                         seed=0).values
+    capt = run_explainer(
+        "captum.gradient_shap", resnet18, inputs, targets, background=background, n_samples=n, seed=0
+    ).values
     cross, within = _corr(shap0, capt), _corr(shap0, shap1)
-    print(f"\nexpected gradients, resnet18, {n} samples, background 32, 2 images: pixel correlation "
-          f"shap vs captum {[round(c, 3) for c in cross]}, shap seed 0 vs seed 1 {[round(c, 3) for c in within]}")
+    print(
+        f"\nexpected gradients, resnet18, {n} samples, background 32, 2 images: pixel correlation "
+        f"shap vs captum {[round(c, 3) for c in cross]}, shap seed 0 vs seed 1 {[round(c, 3) for c in within]}"
+    )
     for c, w in zip(cross, within):
         assert c > 0.85
         assert c >= w - 0.05, "the libraries agree less than two runs of shap do"

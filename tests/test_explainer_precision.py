@@ -2,6 +2,7 @@
 the adapter bit for bit, bfloat16 runs the passes under autocast and returns float32 values, exact
 methods have no such parameter, float16 off CUDA is a one-line error before any work, and the
 randomisation cascade re-runs the explainer in its precision."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,13 +16,26 @@ from tests.conftest import bench_error, calibrated
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # the adapters whose model passes are plain gradients (and so may run in reduced precision)
-GRADIENT = ["captum.saliency", "captum.input_x_gradient", "captum.guided_backprop", "captum.integrated_gradients",
-            "captum.gradient_shap", "captum.smoothgrad", "captum.vargrad", "shap.gradient",
-            "pneumobench.expected_gradients"]
+GRADIENT = [
+    "captum.saliency",
+    "captum.input_x_gradient",
+    "captum.guided_backprop",
+    "captum.integrated_gradients",
+    "captum.gradient_shap",
+    "captum.smoothgrad",
+    "captum.vargrad",
+    "shap.gradient",
+    "pneumobench.expected_gradients",
+]
 EXACT = ["captum.deeplift", "captum.deeplift_shap", "shap.deep", "shap.partition"]  # additivity is their point
-SMALL = {"captum.integrated_gradients": {"n_steps": 8}, "captum.gradient_shap": {"n_samples": 8},
-         "captum.smoothgrad": {"n_samples": 8}, "captum.vargrad": {"n_samples": 8}, "shap.gradient": {"nsamples": 8},
-         "pneumobench.expected_gradients": {"n_samples": 8}}
+SMALL = {
+    "captum.integrated_gradients": {"n_steps": 8},
+    "captum.gradient_shap": {"n_samples": 8},
+    "captum.smoothgrad": {"n_samples": 8},
+    "captum.vargrad": {"n_samples": 8},
+    "shap.gradient": {"nsamples": 8},
+    "pneumobench.expected_gradients": {"n_samples": 8},
+}
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +80,19 @@ def test_a_bad_or_cuda_only_precision_is_refused_before_any_work(tmp_path):
     msg = bench_error(load_config, "tiny", ['explain.params."captum.saliency".precision="half"'])
     assert "precision" in msg and "bfloat16" in msg and "\n" not in msg
     if not torch.cuda.is_available():
-        msg = bench_error(load_config, "tiny", ['explain.params."captum.saliency".precision="float16"',
-                                                'device="cpu"'])
+        msg = bench_error(load_config, "tiny", ['explain.params."captum.saliency".precision="float16"', 'device="cpu"'])
         assert "explain.params" in msg and "CUDA" in msg and "\n" not in msg
         model, x = calibrated("tiny", seed=0, size=28), torch.rand(2, 1, 28, 28)
-        msg = bench_error(run_explainer, "captum.saliency", model, x, torch.tensor([0, 1]),
-                          background=x, precision="float16")
+        msg = bench_error(
+            run_explainer, "captum.saliency", model, x, torch.tensor([0, 1]), background=x, precision="float16"
+        )
         assert "CUDA" in msg and "\n" not in msg
-    assert load_config("tiny", ['explain.params."captum.saliency".precision="bfloat16"']).explain.params[
-        "captum.saliency"]["precision"] == "bfloat16"
+    assert (
+        load_config("tiny", ['explain.params."captum.saliency".precision="bfloat16"']).explain.params[
+            "captum.saliency"
+        ]["precision"]
+        == "bfloat16"
+    )
 
 
 def test_the_randomisation_cascade_reexplains_in_the_explainers_precision(monkeypatch):
@@ -86,13 +104,20 @@ def test_the_randomisation_cascade_reexplains_in_the_explainers_precision(monkey
     def spy(name, *args, **kwargs):
         calls.append(kwargs.get("precision", "float32"))
         return real(name, *args, **kwargs)
+
     monkeypatch.setattr(U, "run_explainer", spy)
     model = calibrated("tiny", seed=0)
     images = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    out = bench.evaluate(model, images, explainers=["captum.saliency"], metrics=["randomisation_similarity"],
-                         explainer_params={"captum.saliency": {"precision": "bfloat16"}},
-                         metric_params={"randomisation_similarity": {"steps": 2}},
-                         overrides=["reliability.substrates=[]", "reliability.imputation=false"], verbose=False)
+    out = bench.evaluate(
+        model,
+        images,
+        explainers=["captum.saliency"],
+        metrics=["randomisation_similarity"],
+        explainer_params={"captum.saliency": {"precision": "bfloat16"}},
+        metric_params={"randomisation_similarity": {"steps": 2}},
+        overrides=["reliability.substrates=[]", "reliability.imputation=false"],
+        verbose=False,
+    )
     assert len(calls) >= 3 and set(calls) == {"bfloat16"}  # the map and each of the 2 cascade steps
     scores = out.scores
     assert (scores[scores["metric"] == "randomisation_similarity"]["status"] == "ok").all()

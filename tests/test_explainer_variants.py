@@ -1,5 +1,6 @@
 """Explainer variants: ``base@label`` runs a registered explainer a second time with its own
 ``[explain.params]`` table, under its own name in every table, without registering anything."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,9 @@ def _names(*names: str) -> str:
 
 
 def _params(table: dict[str, dict[str, object]]) -> str:
-    inner = ", ".join(f'"{n}" = {{{", ".join(f"{k} = {json.dumps(v)}" for k, v in p.items())}}}'
-                      for n, p in table.items())
+    inner = ", ".join(
+        f'"{n}" = {{{", ".join(f"{k} = {json.dumps(v)}" for k, v in p.items())}}}' for n, p in table.items()
+    )
     return f"explain.params={{{inner}}}"
 
 
@@ -34,26 +36,35 @@ def _params(table: dict[str, dict[str, object]]) -> str:
 # the one resolving function and the registry
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, expected", [
-    (IG, (IG, None)), (f"{IG}@blur", (IG, "blur")), ("random@s2", ("random", "s2")),
-    ("edge@0_a-b", ("edge", "0_a-b")),
-])
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        (IG, (IG, None)),
+        (f"{IG}@blur", (IG, "blur")),
+        ("random@s2", ("random", "s2")),
+        ("edge@0_a-b", ("edge", "0_a-b")),
+    ],
+)
 def test_split_variant_parses_base_and_label(name, expected):
     assert split_variant("explainer", name) == expected
 
 
-@pytest.mark.parametrize("name, needle", [
-    ("random@", "the label after '@' is empty"),
-    ("random@a@b", "has more than one '@'"),
-    ("random@Blur", "write e.g. 'random@blur'"),
-    ("random@-x", "starting with a letter or a digit"),
-    ("random@a.b", "must be lower-case letters, digits, _ and -"),
-    ("@blur", "names no explainer before '@'"),
-])
+@pytest.mark.parametrize(
+    "name, needle",
+    [
+        ("random@", "the label after '@' is empty"),
+        ("random@a@b", "has more than one '@'"),
+        ("random@Blur", "write e.g. 'random@blur'"),
+        ("random@-x", "starting with a letter or a digit"),
+        ("random@a.b", "must be lower-case letters, digits, _ and -"),
+        ("@blur", "names no explainer before '@'"),
+    ],
+)
 def test_malformed_variant_names_are_one_line_errors(name, needle):
     msg = bench_error(split_variant, "explainer", name)
     assert needle in msg and repr(name) in msg, msg
-    assert bench_error(EXPLAINERS.get, name) == msg     # the registry says the same
+    assert bench_error(EXPLAINERS.get, name) == msg  # the registry says the same
     assert name not in EXPLAINERS
 
 
@@ -71,8 +82,9 @@ def test_a_variant_resolves_to_its_base_entry_and_is_not_registered():
 
 def test_an_unknown_base_says_so_with_the_nearest_name():
     msg = bench_error(EXPLAINERS.get, "captum.integrated_gradientz@blur")
-    assert msg.startswith("unknown explainer 'captum.integrated_gradientz' in the variant "
-                          "'captum.integrated_gradientz@blur'"), msg
+    assert msg.startswith(
+        "unknown explainer 'captum.integrated_gradientz' in the variant 'captum.integrated_gradientz@blur'"
+    ), msg
     assert f"did you mean {IG!r}?" in msg
 
 
@@ -90,30 +102,40 @@ def test_names_with_an_at_cannot_be_registered_where_variants_resolve():
 # config validation
 # --------------------------------------------------------------------------------------------
 
+
 def test_the_config_accepts_a_variant_beside_its_base():
     cfg = load_config(None, [_names(IG, f"{IG}@blur", f"{IG}@bare"), _params({f"{IG}@blur": {"baseline": "blur"}})])
-    assert cfg.explain.names == (IG, f"{IG}@blur", f"{IG}@bare")     # @bare: no params table, accepted
+    assert cfg.explain.names == (IG, f"{IG}@blur", f"{IG}@bare")  # @bare: no params table, accepted
     assert dict(cfg.explain.params[f"{IG}@blur"]) == {"baseline": "blur"}
     cfg = load_config(None, ['reliability.controls=["random", "random@other"]'])  # a control may be a variant
     assert cfg.reliability.controls == ("random", "random@other")
 
 
-@pytest.mark.parametrize("overrides, needle", [
-    ([_names("captum.integrated_gradientz@blur")],
-     "unknown explainer 'captum.integrated_gradientz' in the variant 'captum.integrated_gradientz@blur' "
-     f"(did you mean {IG!r}?)"),
-    ([_names("random@")], "explainer variant 'random@': the label after '@' is empty"),
-    ([_names("random@a@b")], "explainer variant 'random@a@b' has more than one '@'"),
-    ([_names("random@Blur")], "explainer variant 'random@Blur': the label 'Blur' must be"),
-    ([_names(f"{IG}@blur", f"{IG}@blur")], "explain.names: lists a name twice"),
-    ([_names("random@x"), _params({"random@x": {"baseline": "blur"}})],
-     "explain.params.\"random@x\": explainer 'random' has no parameter 'baseline'"),
-    ([_names(f"{IG}@blur"), _params({f"{IG}@blur": {"baseline": "blurr"}})],
-     f"explain.params.\"{IG}@blur\".baseline = 'blurr' is not one of"),
-    ([_names(f"{IG}@blur"), _params({f"{IG}@blur": {"n_steps": 0}})], f"explain.params.\"{IG}@blur\".n_steps = 0"),
-    ([_params({"random@Bad": {}})], "explainer variant 'random@Bad'"),  # a params table's name is checked too
-    (['reliability.controls=["random@"]'], "config value reliability.controls: explainer variant 'random@'"),
-])
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (
+            [_names("captum.integrated_gradientz@blur")],
+            "unknown explainer 'captum.integrated_gradientz' in the variant 'captum.integrated_gradientz@blur' "
+            f"(did you mean {IG!r}?)",
+        ),
+        ([_names("random@")], "explainer variant 'random@': the label after '@' is empty"),
+        ([_names("random@a@b")], "explainer variant 'random@a@b' has more than one '@'"),
+        ([_names("random@Blur")], "explainer variant 'random@Blur': the label 'Blur' must be"),
+        ([_names(f"{IG}@blur", f"{IG}@blur")], "explain.names: lists a name twice"),
+        (
+            [_names("random@x"), _params({"random@x": {"baseline": "blur"}})],
+            "explain.params.\"random@x\": explainer 'random' has no parameter 'baseline'",
+        ),
+        (
+            [_names(f"{IG}@blur"), _params({f"{IG}@blur": {"baseline": "blurr"}})],
+            f"explain.params.\"{IG}@blur\".baseline = 'blurr' is not one of",
+        ),
+        ([_names(f"{IG}@blur"), _params({f"{IG}@blur": {"n_steps": 0}})], f'explain.params."{IG}@blur".n_steps = 0'),
+        ([_params({"random@Bad": {}})], "explainer variant 'random@Bad'"),  # a params table's name is checked too
+        (['reliability.controls=["random@"]'], "config value reliability.controls: explainer variant 'random@'"),
+    ],
+)
 def test_the_config_refuses_bad_variants_in_one_line(overrides, needle):
     msg = bench_error(load_config, None, overrides)
     assert needle in msg, msg
@@ -123,19 +145,41 @@ def test_the_config_refuses_bad_variants_in_one_line(overrides, needle):
 # a run: both names in every row, their own attributions
 # --------------------------------------------------------------------------------------------
 
-CHEAP = ['data.dataset="synthetic"', "data.options.n=40", "data.per_cell=2", "data.background_size=4",
-         'models.names=["tiny"]', 'models.stages=["pre"]', "train.epochs=1", "train.batch_size=32",
-         "explain.shard_size=4", 'metrics.names=["deletion_auc"]', 'metrics.params={"deletion_auc" = {steps = 4}}',
-         'device="cpu"', "reliability.bootstrap=100", "reliability.substrates=[]", "reliability.imputation=false"]
+CHEAP = [
+    'data.dataset="synthetic"',
+    "data.options.n=40",
+    "data.per_cell=2",
+    "data.background_size=4",
+    'models.names=["tiny"]',
+    'models.stages=["pre"]',
+    "train.epochs=1",
+    "train.batch_size=32",
+    "explain.shard_size=4",
+    'metrics.names=["deletion_auc"]',
+    'metrics.params={"deletion_auc" = {steps = 4}}',
+    'device="cpu"',
+    "reliability.bootstrap=100",
+    "reliability.substrates=[]",
+    "reliability.imputation=false",
+]
 RUN = [IG, f"{IG}@blur", f"{IG}@same", "random"]
 
 
 @pytest.fixture(scope="module")
 def variant_run(tmp_path_factory):
     results = tmp_path_factory.mktemp("variants")
-    cfg = load_config(None, [f'results_dir="{results}"', 'name="variants"', *CHEAP, _names(*RUN),
-                             _params({IG: {"n_steps": 8}, f"{IG}@blur": {"n_steps": 8, "baseline": "blur"},
-                                      f"{IG}@same": {"n_steps": 8}})])
+    cfg = load_config(
+        None,
+        [
+            f'results_dir="{results}"',
+            'name="variants"',
+            *CHEAP,
+            _names(*RUN),
+            _params(
+                {IG: {"n_steps": 8}, f"{IG}@blur": {"n_steps": 8, "baseline": "blur"}, f"{IG}@same": {"n_steps": 8}}
+            ),
+        ],
+    )
     return runner.run(cfg, progress=False)
 
 

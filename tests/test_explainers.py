@@ -4,6 +4,7 @@ Every adapter in ``list_explainers()`` gets the contract tests (a new adapter, i
 a plug-in, is covered without touching this file). Settings are small so the file runs in well
 under three minutes on two cores: the tiny residual CNN, 3 images, a background of 6.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -100,8 +101,13 @@ def assert_model_unchanged(model: nn.Module, before: dict, modes: list) -> None:
     assert [m.training for m in model.modules()] == modes, "training modes changed"
     for name, m in model.named_modules():
         # torch 2.14 keeps full backward hooks in _backward_hooks; _full_backward_hooks is for older versions
-        for d in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_full_backward_hooks",
-                  "_backward_pre_hooks"):
+        for d in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_full_backward_hooks",
+            "_backward_pre_hooks",
+        ):
             assert not getattr(m, d, None), f"{d} left on {name or '<root>'}"
 
 
@@ -111,12 +117,33 @@ STOCHASTIC = [n for n in ALL if get_explainer(n).meta.get("stochastic")]
 
 
 def test_required_adapters_are_registered():
-    required = {"shap.gradient", "shap.partition", "shap.deep", "captum.integrated_gradients",
-                "captum.gradient_shap", "captum.deeplift_shap", "captum.saliency", "random", "edge",
-                "gradcam.grad_cam", "gradcam.grad_cam_plusplus", "gradcam.score_cam", "gradcam.hires_cam",
-                "gradcam.layer_cam", "zennit.epsilon_plus_flat", "zennit.epsilon_gamma_box", "captum.occlusion",
-                "captum.lime", "captum.kernel_shap", "captum.smoothgrad", "captum.vargrad", "captum.guided_backprop",
-                "captum.guided_gradcam", "captum.input_x_gradient", "captum.deeplift"}
+    required = {
+        "shap.gradient",
+        "shap.partition",
+        "shap.deep",
+        "captum.integrated_gradients",
+        "captum.gradient_shap",
+        "captum.deeplift_shap",
+        "captum.saliency",
+        "random",
+        "edge",
+        "gradcam.grad_cam",
+        "gradcam.grad_cam_plusplus",
+        "gradcam.score_cam",
+        "gradcam.hires_cam",
+        "gradcam.layer_cam",
+        "zennit.epsilon_plus_flat",
+        "zennit.epsilon_gamma_box",
+        "captum.occlusion",
+        "captum.lime",
+        "captum.kernel_shap",
+        "captum.smoothgrad",
+        "captum.vargrad",
+        "captum.guided_backprop",
+        "captum.guided_gradcam",
+        "captum.input_x_gradient",
+        "captum.deeplift",
+    }
     assert required <= set(ALL)
     for name in required:
         entry = get_explainer(name)
@@ -129,6 +156,7 @@ def test_required_adapters_are_registered():
 
 
 # --- contract, over the registry -----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ALL)
 def test_contract_values_and_model_untouched(name, model, data):
@@ -176,8 +204,12 @@ def test_batch_equals_single_images(name, model, data):
     inputs, targets, background = data
     params = fast_params(name)
     batch = call(name, model, inputs, targets, background, **params).values
-    singles = torch.cat([call(name, model, inputs[i:i + 1], targets[i:i + 1], background, **params).values
-                         for i in range(inputs.shape[0])])
+    singles = torch.cat(
+        [
+            call(name, model, inputs[i : i + 1], targets[i : i + 1], background, **params).values
+            for i in range(inputs.shape[0])
+        ]
+    )
     scale = batch.abs().max().item()
     torch.testing.assert_close(batch, singles, rtol=1e-4, atol=1e-5 * scale)
 
@@ -205,10 +237,12 @@ def test_integrated_gradients_gap_is_captums_delta_and_shrinks(model, data):
         torch.testing.assert_close(a.base_values, target_scores(model, torch.zeros_like(inputs), targets))
     assert (relative_completeness_gap(coarse) <= IG_RTOL[16]).all()
     assert completeness_gap(fine).abs().sum() < completeness_gap(coarse).abs().sum()
-    mean_bl = call("captum.integrated_gradients", model, inputs, targets, background, n_steps=16,
-                   baseline="background_mean")
-    torch.testing.assert_close(mean_bl.base_values,
-                               target_scores(model, background.mean(0, keepdim=True).expand_as(inputs), targets))
+    mean_bl = call(
+        "captum.integrated_gradients", model, inputs, targets, background, n_steps=16, baseline="background_mean"
+    )
+    torch.testing.assert_close(
+        mean_bl.base_values, target_scores(model, background.mean(0, keepdim=True).expand_as(inputs), targets)
+    )
 
 
 def test_integrated_gradients_quadrature_rule_is_captums(model, data):
@@ -218,8 +252,9 @@ def test_integrated_gradients_quadrature_rule_is_captums(model, data):
 
     inputs, targets, background = data
     mid = call("captum.integrated_gradients", model, inputs, targets, background, n_steps=8, method="riemann_middle")
-    direct = IntegratedGradients(model).attribute(inputs, baselines=torch.zeros_like(inputs), target=targets,
-                                                  n_steps=8, method="riemann_middle")
+    direct = IntegratedGradients(model).attribute(
+        inputs, baselines=torch.zeros_like(inputs), target=targets, n_steps=8, method="riemann_middle"
+    )
     torch.testing.assert_close(mid.values, direct.detach(), rtol=1e-5, atol=1e-6)
     assert mid.meta["method"] == "riemann_middle"
     gl = call("captum.integrated_gradients", model, inputs, targets, background, n_steps=8)
@@ -238,9 +273,14 @@ def test_partition_base_value_is_the_fully_blurred_image(model, data):
     torch.testing.assert_close(attr.base_values, target_scores(model, blurred, targets), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("model_name", [
-    pytest.param(n, marks=[pytest.mark.slow] if n != "resnet18" else [])
-    for n in MODELS.names() if MODELS.get(n).meta.get("family") == "resnet"])
+@pytest.mark.parametrize(
+    "model_name",
+    [
+        pytest.param(n, marks=[pytest.mark.slow] if n != "resnet18" else [])
+        for n in MODELS.names()
+        if MODELS.get(n).meta.get("family") == "resnet"
+    ],
+)
 def test_shap_deep_additive_on_resnets(model_name):
     """Random weights, BN calibrated; the background is dimmer than the images so that
     f(x) - E f(bg) is O(1): with alike images a random ResNet gives ~0.01 and the relative figure
@@ -287,16 +327,21 @@ def test_shap_deep_is_additive_in_probability_space(model, data):
     assert (relative_completeness_gap(attr) <= ADDITIVE_RTOL).all()
 
 
-@pytest.mark.xfail(strict=True, reason="captum 0.9.0 normalises Softmax multipliers over the whole batch "
-                   "(captum#1367, fixed upstream by PR #1849): not additive on probabilities")
+@pytest.mark.xfail(
+    strict=True,
+    reason="captum 0.9.0 normalises Softmax multipliers over the whole batch "
+    "(captum#1367, fixed upstream by PR #1849): not additive on probabilities",
+)
 def test_deeplift_shap_is_additive_in_probability_space(model, data):
     inputs, targets, background = data
-    attr = run_explainer("captum.deeplift_shap", with_output_space(model, "probability"), inputs, targets,
-                         background=background)
+    attr = run_explainer(
+        "captum.deeplift_shap", with_output_space(model, "probability"), inputs, targets, background=background
+    )
     assert (relative_completeness_gap(attr) <= ADDITIVE_RTOL).all()
 
 
 # --- analytic oracles on a linear model -----------------------------------------------------------
+
 
 def test_linear_integrated_gradients_is_w_times_x(linear):
     net, inputs, targets, background, w = linear
@@ -311,8 +356,9 @@ def test_linear_deepshap_is_w_times_x_minus_mean_background(name, linear):
     torch.testing.assert_close(attr.values, w * (inputs - background.mean(0)), rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("name,params", [("shap.gradient", {"nsamples": 1000}),
-                                         ("captum.gradient_shap", {"n_samples": 1000})])
+@pytest.mark.parametrize(
+    "name,params", [("shap.gradient", {"nsamples": 1000}), ("captum.gradient_shap", {"n_samples": 1000})]
+)
 def test_linear_expected_gradients_in_expectation(name, params, linear):
     """Constant gradient w: phi = w * (x - mean of the drawn background rows); 1000 draws from 4
     rows leave a sampling error of a few percent of ||w * (x - mean bg)||."""
@@ -356,19 +402,28 @@ def test_random_control_ignores_the_model(model, data):
 
 # --- shap.gradient layer mode -----------------------------------------------------------------------
 
+
 def test_shap_gradient_layer_mode(model, data):
     inputs, targets, background = data
     attr = run_explainer("shap.gradient", model, inputs, targets, background=background, nsamples=4, layer="layer2")
     lv = attr.meta["layer_values"]
     assert lv.shape == (3, 8, 28, 28)  # the input of layer2: the output of layer1 (width 8, 28 px)
     assert attr.meta["reduced_from_layer"] == "layer2"
-    reduced = torch.nn.functional.interpolate(lv.sum(1, keepdim=True), size=(28, 28), mode="bilinear",
-                                              align_corners=False)
+    reduced = torch.nn.functional.interpolate(
+        lv.sum(1, keepdim=True), size=(28, 28), mode="bilinear", align_corners=False
+    )
     torch.testing.assert_close(attr.values, reduced)
     assert attr.outputs is None
     # the same name works through the probability-space wrapper (nn.Sequential(model, softmax))
-    prob = run_explainer("shap.gradient", with_output_space(model, "probability"), inputs, targets,
-                         background=background, nsamples=4, layer="layer1")
+    prob = run_explainer(
+        "shap.gradient",
+        with_output_space(model, "probability"),
+        inputs,
+        targets,
+        background=background,
+        nsamples=4,
+        layer="layer1",
+    )
     assert prob.meta["reduced_from_layer"] == "0.layer1" and prob.meta["layer_values"].shape == (3, 8, 28, 28)
     for m in model.modules():
         assert "target_input" not in m.__dict__
@@ -382,6 +437,7 @@ def test_shap_gradient_bad_layer(model, data):
 
 
 # --- bad input ------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def temporary():
@@ -413,13 +469,14 @@ def test_unknown_parameter(model, data):
 def test_bad_parameter_values(model, data):
     inputs, targets, background = data
     # checked against the annotation and the constraints declared at registration, before the adapter runs
-    for params, match in (({"n_steps": 0}, "'captum.integrated_gradients': n_steps = 0 must be >= 1"),
-                          ({"n_steps": "many"}, "n_steps = 'many' must be an integer"),
-                          ({"n_steps": 2.0}, "n_steps = 2.0 must be an integer"),
-                          ({"n_steps": True}, "n_steps = True must be an integer"),
-                          ({"internal_batch_size": None}, None),
-                          ({"baseline": "black"},
-                           "baseline = 'black' is not one of 'zero', 'mean', 'blur', 'noise', 'background_mean'")):
+    for params, match in (
+        ({"n_steps": 0}, "'captum.integrated_gradients': n_steps = 0 must be >= 1"),
+        ({"n_steps": "many"}, "n_steps = 'many' must be an integer"),
+        ({"n_steps": 2.0}, "n_steps = 2.0 must be an integer"),
+        ({"n_steps": True}, "n_steps = True must be an integer"),
+        ({"internal_batch_size": None}, None),
+        ({"baseline": "black"}, "baseline = 'black' is not one of 'zero', 'mean', 'blur', 'noise', 'background_mean'"),
+    ):
         if match is None:  # an optional parameter may be left unset
             run_explainer("captum.integrated_gradients", model, inputs, targets, background=background, **params)
             continue
@@ -440,15 +497,19 @@ def test_bad_targets_and_background(model, data):
 def _values(fn):
     def adapter(model, inputs, targets, *, background):
         return Attribution(fn(inputs))
+
     return adapter
 
 
-@pytest.mark.parametrize("fn,match", [
-    (lambda x: torch.full_like(x, float("nan")), r"'test.bad' returned 2352 non-finite \(NaN/inf\) values"),
-    (lambda x: x[:, :, :27], r"'test.bad' returned values \(3, 1, 27, 28\)"),
-    (lambda x: x.double(), r"'test.bad' returned values .*torch.float64"),
-    (lambda x: x.numpy(), r"'test.bad' returned values of type ndarray"),
-])
+@pytest.mark.parametrize(
+    "fn,match",
+    [
+        (lambda x: torch.full_like(x, float("nan")), r"'test.bad' returned 2352 non-finite \(NaN/inf\) values"),
+        (lambda x: x[:, :, :27], r"'test.bad' returned values \(3, 1, 27, 28\)"),
+        (lambda x: x.double(), r"'test.bad' returned values .*torch.float64"),
+        (lambda x: x.numpy(), r"'test.bad' returned values of type ndarray"),
+    ],
+)
 def test_invalid_result_is_rejected(fn, match, temporary, model, data):
     inputs, targets, background = data
     temporary("test.bad", _values(fn))
@@ -464,6 +525,7 @@ def test_additive_adapter_must_report_outputs(temporary, model, data):
 
     def misshaped(model, inputs, targets, *, background):
         return Attribution(torch.zeros_like(inputs), torch.zeros(3, 1), torch.zeros(3))
+
     temporary("test.misshaped", misshaped, additive=True)
     with pytest.raises(BenchError, match=r"'test.misshaped' returned outputs of shape \(3, 1\)"):
         run_explainer("test.misshaped", model, inputs, targets, background=background)
@@ -485,8 +547,11 @@ def test_adapter_that_changes_the_model_is_rejected(temporary, model, data):
             model.fc.bias.add_(0.0)
         return Attribution(torch.zeros_like(inputs))
 
-    for fn, match in ((leaves_hook, "hooks added"), (flips_mode, "training mode changed on fc"),
-                      (edits_weights, "modified: fc.bias")):
+    for fn, match in (
+        (leaves_hook, "hooks added"),
+        (flips_mode, "training mode changed on fc"),
+        (edits_weights, "modified: fc.bias"),
+    ):
         name = temporary(f"test.{fn.__name__}", fn)
         with pytest.raises(BenchError, match=f"'{name}' changed the model: .*{match}"):
             run_explainer(name, copy.deepcopy(model), inputs, targets, background=background)
@@ -517,12 +582,18 @@ def test_run_explainer_records_params(model, data):
     inputs, targets, background = data
     attr = run_explainer("captum.integrated_gradients", model, inputs, targets, background=background, n_steps=4)
     assert attr.meta["explainer"] == "captum.integrated_gradients"
-    assert attr.meta["params"] == {"n_steps": 4, "baseline": "zero", "blur_sigma": 2.0, "internal_batch_size": 32,
-                                   "method": "gausslegendre"}
+    assert attr.meta["params"] == {
+        "n_steps": 4,
+        "baseline": "zero",
+        "blur_sigma": 2.0,
+        "internal_batch_size": 32,
+        "method": "gausslegendre",
+    }
     assert attr.meta["library"] == "captum" and attr.meta["library_version"]
 
 
 # --- plug-in path ---------------------------------------------------------------------------------
+
 
 def _doc_code() -> str:
     text = (REPO / "docs" / "adding-an-explainer.md").read_text()
@@ -559,7 +630,8 @@ def _fake_distribution(tmp_path: Path, dist: str, entry_points: str, monkeypatch
 
 
 def test_entry_point_plugin_is_loaded_lazily(tmp_path, monkeypatch, model, data):
-    (tmp_path / "fake_bench_plugin.py").write_text(textwrap.dedent('''
+    (tmp_path / "fake_bench_plugin.py").write_text(
+        textwrap.dedent('''
         import torch
         from explainers import Attribution, register_explainer
 
@@ -567,9 +639,9 @@ def test_entry_point_plugin_is_loaded_lazily(tmp_path, monkeypatch, model, data)
         def ones(model, inputs, targets, *, background, scale: float = 1.0):
             """All ones."""
             return Attribution(torch.full_like(inputs, scale))
-    '''))
-    _fake_distribution(tmp_path, "fake_bench_plugin",
-                       "[bench.explainers]\nones = fake_bench_plugin\n", monkeypatch)
+    ''')
+    )
+    _fake_distribution(tmp_path, "fake_bench_plugin", "[bench.explainers]\nones = fake_bench_plugin\n", monkeypatch)
     try:
         assert "fake_bench_plugin" not in sys.modules
         entry = get_explainer("fakeplugin.ones")  # the lookup imports the entry point
@@ -584,8 +656,9 @@ def test_entry_point_plugin_is_loaded_lazily(tmp_path, monkeypatch, model, data)
 
 def test_broken_plugin_is_a_clear_error(tmp_path, monkeypatch):
     (tmp_path / "broken_bench_plugin.py").write_text("raise ImportError('needs torch>=9')\n")
-    _fake_distribution(tmp_path, "broken_bench_plugin", "[bench.explainers]\nbroken = broken_bench_plugin\n",
-                       monkeypatch)
+    _fake_distribution(
+        tmp_path, "broken_bench_plugin", "[bench.explainers]\nbroken = broken_bench_plugin\n", monkeypatch
+    )
     try:
         with pytest.raises(BenchError, match="could not load explainer plug-in 'broken'.*needs torch>=9"):
             get_explainer("anything")
@@ -652,8 +725,9 @@ def test_deep_engines_fall_back_where_the_batched_rule_does_not_apply(model, dat
 def test_deeplift_shap_baseline_chunks_give_the_same_values(model, data):
     """Baselines in chunks (bounded memory) average to the one-pass DeepLiftShap values."""
     inputs, targets, background = data
-    whole = run_explainer("captum.deeplift_shap", model, inputs, targets, background=background,
-                          baseline_chunk=background.shape[0])
+    whole = run_explainer(
+        "captum.deeplift_shap", model, inputs, targets, background=background, baseline_chunk=background.shape[0]
+    )
     parts = run_explainer("captum.deeplift_shap", model, inputs, targets, background=background, baseline_chunk=3)
     torch.testing.assert_close(parts.values, whole.values, rtol=1e-5, atol=1e-7)
     assert (relative_completeness_gap(parts) <= ADDITIVE_RTOL).all()
@@ -672,8 +746,9 @@ def test_rescale_engine_chunks_do_not_change_the_values(n_background, pair_chunk
     parts = rescale_attributions(net, inputs, targets, background, pair_chunk=pair_chunk)
     torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-8)
     # and the per-pair mean is what it should be: the mean of the single-reference values
-    singles = torch.stack([rescale_attributions(net, inputs, targets, background[j:j + 1])
-                           for j in range(n_background)])
+    singles = torch.stack(
+        [rescale_attributions(net, inputs, targets, background[j : j + 1]) for j in range(n_background)]
+    )
     torch.testing.assert_close(parts, singles.mean(0), rtol=1e-5, atol=1e-8)
 
 
@@ -707,12 +782,21 @@ def test_shap_gradient_batched_engine_equals_shap(model_name):
     inputs, background = torch.rand(4, 1, 28, 28, generator=g), torch.rand(9, 1, 28, 28, generator=g)
     targets = torch.tensor([0, 1, 1, 0])
     before = state(net)
-    ref = run_explainer("shap.gradient", net, inputs, targets, background=background, engine="shap", nsamples=20,
-                        batch_size=7)
+    ref = run_explainer(
+        "shap.gradient", net, inputs, targets, background=background, engine="shap", nsamples=20, batch_size=7
+    )
     scale = ref.values.abs().max()
     for batch_size in (7, 64):
-        fast = run_explainer("shap.gradient", net, inputs, targets, background=background, engine="batched",
-                             nsamples=20, batch_size=batch_size)
+        fast = run_explainer(
+            "shap.gradient",
+            net,
+            inputs,
+            targets,
+            background=background,
+            engine="batched",
+            nsamples=20,
+            batch_size=batch_size,
+        )
         assert fast.meta["engine"] == "batched"
         assert (fast.values - ref.values).abs().max() <= 1e-5 * scale
     one = run_explainer("shap.gradient", net, inputs[2:3], targets[2:3], background=background, nsamples=20)
@@ -730,8 +814,9 @@ def test_shap_gradient_layer_mode_runs_on_shap(model, data):
     auto = run_explainer("shap.gradient", model, inputs, targets, background=background, nsamples=4, layer=layer)
     assert auto.meta["engine"] == "shap"
     with pytest.raises(BenchError, match="engine='batched' explains the input only"):
-        run_explainer("shap.gradient", model, inputs, targets, background=background, nsamples=4, layer=layer,
-                      engine="batched")
+        run_explainer(
+            "shap.gradient", model, inputs, targets, background=background, nsamples=4, layer=layer, engine="batched"
+        )
 
 
 def test_full_profile_runs_every_explainer():
@@ -739,5 +824,6 @@ def test_full_profile_runs_every_explainer():
     from bench.run.config import load_config
 
     names = load_config(REPO / "configs" / "full.toml").explain.names
-    assert sorted(names) == sorted(n for n in ALL if not n.startswith("example.")), \
+    assert sorted(names) == sorted(n for n in ALL if not n.startswith("example.")), (
         f"missing from configs/full.toml: {sorted(set(ALL) - set(names))}"
+    )

@@ -1,4 +1,5 @@
 """bench.perf.floor: pass counting from the registrations, one-pass timing, floor ratio, JSON -> Markdown."""
+
 from __future__ import annotations
 
 import copy
@@ -27,6 +28,7 @@ def resnet18() -> nn.Module:
 # Pass counting
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", [e.name for e in EXPLAINERS.entries() if e.meta.get("library") in IN_REPO_LIBRARIES])
 def test_every_in_repo_explainer_has_a_pass_count(name, resnet18):
     """A new in-repo adapter registered without ``passes=`` fails here (no drifting hand list); a rule
@@ -45,27 +47,30 @@ def test_every_metric_has_a_pass_rule(name):
     assert passes is not None and min(passes) >= 0
 
 
-@pytest.mark.parametrize("name, params, expected", [
-    ("captum.integrated_gradients", {}, (50, 0)),
-    ("captum.integrated_gradients", {"n_steps": 20}, (20, 0)),
-    ("shap.gradient", {}, (50, 0)),
-    ("shap.gradient", {"nsamples": 200}, (200, 0)),
-    ("captum.gradient_shap", {"n_samples": 7}, (7, 0)),
-    ("shap.deep", {}, (50, 0)),
-    ("captum.deeplift_shap", {}, (50, 0)),
-    ("shap.partition", {}, (0, 300)),
-    ("shap.partition", {"max_evals": 64}, (0, 64)),
-    ("captum.saliency", {}, (1, 0)),
-    ("captum.smoothgrad", {"n_samples": 20}, (20, 0)),
-    ("captum.lime", {}, (0, 200)),
-    ("captum.kernel_shap", {"n_samples": 64}, (0, 64)),
-    ("captum.guided_gradcam", {}, (2, 0)),
-    ("captum.deeplift", {}, (1, 0)),
-    ("gradcam.grad_cam", {}, (1, 0)),
-    ("zennit.epsilon_gamma_box", {}, (1, 0)),
-    ("random", {}, (0, 0)),
-    ("edge", {}, (0, 0)),
-])
+@pytest.mark.parametrize(
+    "name, params, expected",
+    [
+        ("captum.integrated_gradients", {}, (50, 0)),
+        ("captum.integrated_gradients", {"n_steps": 20}, (20, 0)),
+        ("shap.gradient", {}, (50, 0)),
+        ("shap.gradient", {"nsamples": 200}, (200, 0)),
+        ("captum.gradient_shap", {"n_samples": 7}, (7, 0)),
+        ("shap.deep", {}, (50, 0)),
+        ("captum.deeplift_shap", {}, (50, 0)),
+        ("shap.partition", {}, (0, 300)),
+        ("shap.partition", {"max_evals": 64}, (0, 64)),
+        ("captum.saliency", {}, (1, 0)),
+        ("captum.smoothgrad", {"n_samples": 20}, (20, 0)),
+        ("captum.lime", {}, (0, 200)),
+        ("captum.kernel_shap", {"n_samples": 64}, (0, 64)),
+        ("captum.guided_gradcam", {}, (2, 0)),
+        ("captum.deeplift", {}, (1, 0)),
+        ("gradcam.grad_cam", {}, (1, 0)),
+        ("zennit.epsilon_gamma_box", {}, (1, 0)),
+        ("random", {}, (0, 0)),
+        ("edge", {}, (0, 0)),
+    ],
+)
 def test_explainer_passes(name, params, expected):
     assert F.passes_per_image(name, params, background_size=50) == expected
 
@@ -76,8 +81,10 @@ def test_passes_that_need_the_image_or_the_model(resnet18):
     assert F.passes_per_image("captum.occlusion", {}, 50, shape=(1, 28, 28)) == (0, 13 * 13 + 1)
     assert F.passes_per_image("captum.occlusion", {"window": 8, "stride": 8}, 50, shape=(1, 64, 64)) == (0, 65)
     assert F.passes_per_image("captum.occlusion", {}, 50) is None
-    assert F.passes_per_image("gradcam.score_cam", {"layer": "layer3"}, 50, shape=(1, 28, 28),
-                              model=resnet18) == (0, 257)
+    assert F.passes_per_image("gradcam.score_cam", {"layer": "layer3"}, 50, shape=(1, 28, 28), model=resnet18) == (
+        0,
+        257,
+    )
     assert F.passes_per_image("gradcam.score_cam", {}, 50, shape=(1, 28, 28)) is None
 
     @register_explainer("test_floor.shaped", library="custom", passes=lambda p, n_bg, *, shape: (shape[-1], 0))
@@ -119,6 +126,7 @@ def test_unknown_adapter_has_no_floor_and_unknown_names_raise():
 
 def test_a_plugin_declares_its_passes_at_registration():
     """The rule travels with the registration: no edit of bench/perf/floor.py for a new method."""
+
     @register_explainer("test_floor.counted", library="custom", passes=lambda p, n_bg: (p["k"] * 2, n_bg))
     def counted(model, inputs, targets, *, background, k: int = 3) -> Attribution:  # pragma: no cover
         raise AssertionError
@@ -142,26 +150,29 @@ def test_a_plugin_declares_its_passes_at_registration():
         F.passes_per_image("captum.integrated_gradients", {"n_step": 3})
 
 
-@pytest.mark.parametrize("name, params, expected", [
-    ("deletion_auc", {}, (0, 50)),
-    ("insertion_auc", {"steps": 7}, (0, 8)),
-    ("drop_rate", {}, (0, 2)),
-    ("increase_rate", {}, (0, 2)),
-    ("road_morf", {}, (0, 9)),
-    ("road_lerf", {"percentages": (0.2, 0.5)}, (0, 2)),
-    ("additivity_error", {}, (0, 0)),
-    ("additivity_error_relative", {}, (0, 0)),
-    ("localisation_precision", {}, (0, 0)),
-    ("pointing_game", {}, (0, 0)),
-    ("sparseness", {}, (0, 0)),
-    ("complexity", {}, (0, 0)),
-    ("infidelity", {}, (0, 51)),                   # f(x) and one forward per perturbation
-    ("infidelity", {"samples": 8}, (0, 9)),
-    ("faithfulness_correlation", {}, (0, 101)),
-    ("faithfulness_correlation", {"runs": 20}, (0, 21)),
-    ("monotonicity_correlation", {}, (0, 50)),
-    ("monotonicity_correlation", {"steps": 7}, (0, 8)),
-])
+@pytest.mark.parametrize(
+    "name, params, expected",
+    [
+        ("deletion_auc", {}, (0, 50)),
+        ("insertion_auc", {"steps": 7}, (0, 8)),
+        ("drop_rate", {}, (0, 2)),
+        ("increase_rate", {}, (0, 2)),
+        ("road_morf", {}, (0, 9)),
+        ("road_lerf", {"percentages": (0.2, 0.5)}, (0, 2)),
+        ("additivity_error", {}, (0, 0)),
+        ("additivity_error_relative", {}, (0, 0)),
+        ("localisation_precision", {}, (0, 0)),
+        ("pointing_game", {}, (0, 0)),
+        ("sparseness", {}, (0, 0)),
+        ("complexity", {}, (0, 0)),
+        ("infidelity", {}, (0, 51)),  # f(x) and one forward per perturbation
+        ("infidelity", {"samples": 8}, (0, 9)),
+        ("faithfulness_correlation", {}, (0, 101)),
+        ("faithfulness_correlation", {"runs": 20}, (0, 21)),
+        ("monotonicity_correlation", {}, (0, 50)),
+        ("monotonicity_correlation", {"steps": 7}, (0, 8)),
+    ],
+)
 def test_metric_passes(name, params, expected):
     assert F.metric_passes_per_image(name, params) == expected
 
@@ -183,10 +194,14 @@ def test_randomisation_passes_are_cascade_steps_times_the_explainer():
     n = len(randomisation_layers(build_model("tiny")))
     assert F.metric_passes_per_image("randomisation_similarity", explainer_passes=ig, n_layers=n) == (10 * n, 0)
     assert F.metric_passes_per_image("randomisation_similarity", explainer_passes=(0, 300), n_layers=2) == (0, 600)
-    assert F.metric_passes_per_image("randomisation_similarity", {"steps": 2}, explainer_passes=ig,
-                                     n_layers=n) == (20, 0)
-    assert F.metric_passes_per_image("randomisation_similarity", {"steps": 99}, explainer_passes=ig,
-                                     n_layers=n) == (10 * n, 0)
+    assert F.metric_passes_per_image("randomisation_similarity", {"steps": 2}, explainer_passes=ig, n_layers=n) == (
+        20,
+        0,
+    )
+    assert F.metric_passes_per_image("randomisation_similarity", {"steps": 99}, explainer_passes=ig, n_layers=n) == (
+        10 * n,
+        0,
+    )
     with pytest.raises(BenchError, match="unknown metric"):
         F.metric_passes_per_image("no_such_metric")
     with pytest.raises(BenchError, match="no parameter 'step'"):
@@ -196,6 +211,7 @@ def test_randomisation_passes_are_cascade_steps_times_the_explainer():
 # --------------------------------------------------------------------------------------------
 # Timing and the floor
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def tiny():
@@ -251,6 +267,7 @@ def test_format_passes():
 # Saved JSON -> Markdown
 # --------------------------------------------------------------------------------------------
 
+
 def _bench(extra, s_min=1.0):
     return {"name": "x", "stats": {"min": s_min, "mean": s_min}, "extra_info": extra}
 
@@ -261,21 +278,71 @@ def test_benchmark_table_on_a_fabricated_run(tmp_path):
         "machine_info": {"device": "cpu", "device_name": "Test CPU", "torch_version": "2.14.1", "torch_threads": 2},
         "datetime": "2026-01-01T00:00:00",
         "benchmarks": [
-            _bench({"kind": "explainer", "explainer": "shap.deep", "model": "resnet18", **common,
-                    "s_per_image": 3.65, "peak_mb": 812.4, "passes": [50, 0], "floor_s_per_image": 0.65,
-                    "floor_ratio": 5.615}),
-            _bench({"kind": "explainer", "explainer": "captum.integrated_gradients", "model": "resnet18", **common,
-                    "peak_mb": 100.0, "passes": [50, 0], "floor_s_per_image": 0.65, "floor_ratio": 1.03},
-                   s_min=16 * 0.67),  # no s_per_image: taken from stats.min / batch
-            _bench({"kind": "explainer", "explainer": "plugin", "model": "resnet50", **common,
-                    "s_per_image": 0.5, "peak_mb": float("nan"), "passes": None, "floor_s_per_image": None,
-                    "floor_ratio": None}),
-            _bench({"kind": "metric", "metric": "deletion_auc", "model": "resnet18", **common, "s_per_image": 0.2,
-                    "passes": [0, 50], "floor_ratio": 1.5, "quantus_metric": "quantus.PixelFlipping",
-                    "quantus_s_per_image": 0.25}),
-            _bench({"kind": "metric", "metric": "additivity_error", "model": "resnet18", **common,
-                    "s_per_image": 1e-6, "passes": [0, 0], "floor_ratio": None, "quantus_metric": None,
-                    "quantus_s_per_image": None}),
+            _bench(
+                {
+                    "kind": "explainer",
+                    "explainer": "shap.deep",
+                    "model": "resnet18",
+                    **common,
+                    "s_per_image": 3.65,
+                    "peak_mb": 812.4,
+                    "passes": [50, 0],
+                    "floor_s_per_image": 0.65,
+                    "floor_ratio": 5.615,
+                }
+            ),
+            _bench(
+                {
+                    "kind": "explainer",
+                    "explainer": "captum.integrated_gradients",
+                    "model": "resnet18",
+                    **common,
+                    "peak_mb": 100.0,
+                    "passes": [50, 0],
+                    "floor_s_per_image": 0.65,
+                    "floor_ratio": 1.03,
+                },
+                s_min=16 * 0.67,  # no s_per_image: taken from stats.min / batch
+            ),
+            _bench(
+                {
+                    "kind": "explainer",
+                    "explainer": "plugin",
+                    "model": "resnet50",
+                    **common,
+                    "s_per_image": 0.5,
+                    "peak_mb": float("nan"),
+                    "passes": None,
+                    "floor_s_per_image": None,
+                    "floor_ratio": None,
+                }
+            ),
+            _bench(
+                {
+                    "kind": "metric",
+                    "metric": "deletion_auc",
+                    "model": "resnet18",
+                    **common,
+                    "s_per_image": 0.2,
+                    "passes": [0, 50],
+                    "floor_ratio": 1.5,
+                    "quantus_metric": "quantus.PixelFlipping",
+                    "quantus_s_per_image": 0.25,
+                }
+            ),
+            _bench(
+                {
+                    "kind": "metric",
+                    "metric": "additivity_error",
+                    "model": "resnet18",
+                    **common,
+                    "s_per_image": 1e-6,
+                    "passes": [0, 0],
+                    "floor_ratio": None,
+                    "quantus_metric": None,
+                    "quantus_s_per_image": None,
+                }
+            ),
             {"name": "someone_elses_benchmark", "stats": {"min": 1.0}, "extra_info": {}},
         ],
     }
@@ -292,15 +359,36 @@ def test_benchmark_table_on_a_fabricated_run(tmp_path):
     assert "| additivity_error | resnet18 | 0.0000 | 0 | n/a | - | n/a |" in lines
     # explainers sorted by model then name; metrics after explainers; foreign benchmarks ignored
     order = [line.split("|")[1].strip() for line in lines if line.startswith("| ") and "---" not in line]
-    assert order == ["explainer", "captum.integrated_gradients", "shap.deep", "plugin",
-                     "metric", "additivity_error", "deletion_auc"]
+    assert order == [
+        "explainer",
+        "captum.integrated_gradients",
+        "shap.deep",
+        "plugin",
+        "metric",
+        "additivity_error",
+        "deletion_auc",
+    ]
     assert "someone_elses" not in table
     assert "rounds 1" in lines[0]  # an older run without timed_rounds
 
 
 def test_benchmark_table_reports_the_timed_rounds(tmp_path):
-    rows = [_bench({"kind": "metric", "metric": m, "model": "tiny", "batch": 2, "rounds": 1, "s_per_image": 0.1,
-                    "passes": [0, 2], "floor_ratio": 1.0, "timed_rounds": r}) for m, r in (("a", 5), ("b", 1))]
+    rows = [
+        _bench(
+            {
+                "kind": "metric",
+                "metric": m,
+                "model": "tiny",
+                "batch": 2,
+                "rounds": 1,
+                "s_per_image": 0.1,
+                "passes": [0, 2],
+                "floor_ratio": 1.0,
+                "timed_rounds": r,
+            }
+        )
+        for m, r in (("a", 5), ("b", 1))
+    ]
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"machine_info": {}, "benchmarks": rows}))
     assert "best of 1-5 timed rounds after a warm-up call" in F.benchmark_table(path).splitlines()[0]
@@ -314,9 +402,26 @@ def test_benchmark_table_without_our_benchmarks(tmp_path):
 
 def test_cli_prints_tables(tmp_path, capsys):
     path = tmp_path / "r.json"
-    path.write_text(json.dumps({"machine_info": {}, "benchmarks": [
-        _bench({"kind": "metric", "metric": "drop_rate", "model": "tiny", "batch": 2, "s_per_image": 0.1,
-                "passes": [0, 2], "floor_ratio": 3.0})]}))
+    path.write_text(
+        json.dumps(
+            {
+                "machine_info": {},
+                "benchmarks": [
+                    _bench(
+                        {
+                            "kind": "metric",
+                            "metric": "drop_rate",
+                            "model": "tiny",
+                            "batch": 2,
+                            "s_per_image": 0.1,
+                            "passes": [0, 2],
+                            "floor_ratio": 3.0,
+                        }
+                    )
+                ],
+            }
+        )
+    )
     assert F.main([str(path)]) == 0
     assert "| drop_rate | tiny | 0.1000 | 2 f | 3.00 | - | n/a |" in capsys.readouterr().out
     assert F.main([]) == 2

@@ -3,6 +3,7 @@
 The frontier itself runs in tests/benchmarks/test_frontier.py (minutes); here: a tiny CNN and a
 linear model with known answers, and the table/figure code on rows with a planted shape.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,17 @@ import torch
 from torch import nn
 
 from bench.core.errors import BenchError
-from bench.perf.frontier import (FrontierSpec, default_specs, frontier_figure, frontier_frame, frontier_rows,
-                                 frontier_tables, main, passes_to_reach, saved_rows)
+from bench.perf.frontier import (
+    FrontierSpec,
+    default_specs,
+    frontier_figure,
+    frontier_frame,
+    frontier_rows,
+    frontier_tables,
+    main,
+    passes_to_reach,
+    saved_rows,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,19 +37,38 @@ def small_cnn() -> nn.Module:
 def test_default_specs_follow_the_registry():
     specs = default_specs()
     names = {s.name for s in specs}
-    assert names == {"shap.gradient", "captum.gradient_shap", "pneumobench.expected_gradients",
-                     "captum.integrated_gradients", "shap.partition", "captum.lime", "captum.kernel_shap",
-                     "captum.smoothgrad", "captum.vargrad"}
+    assert names == {
+        "shap.gradient",
+        "captum.gradient_shap",
+        "pneumobench.expected_gradients",
+        "captum.integrated_gradients",
+        "shap.partition",
+        "captum.lime",
+        "captum.kernel_shap",
+        "captum.smoothgrad",
+        "captum.vargrad",
+    }
     (lime,) = [s for s in specs if s.name == "captum.lime"]
     assert lime.budget == "n_samples" and lime.budgets == (50, 100, 200, 400, 800) and lime.reference_budget == 3200
     assert {s.variant for s in specs if s.name == "captum.integrated_gradients"} == {
-        "gausslegendre", "riemann_trapezoid", "riemann_middle", "riemann_left", "gausslegendre bfloat16"}
+        "gausslegendre",
+        "riemann_trapezoid",
+        "riemann_middle",
+        "riemann_left",
+        "gausslegendre bfloat16",
+    }
     eg = [s for s in specs if s.family == "expected_gradients"]
     assert len(eg) == 6 and all(s.budgets == (10, 25, 50, 100, 200) for s in eg)
     # every gradient explainer once more in bfloat16; the exact and model-agnostic ones not
     reduced = {s.name for s in specs if s.params.get("precision") == "bfloat16"}
-    assert reduced == {"shap.gradient", "captum.gradient_shap", "pneumobench.expected_gradients",
-                       "captum.integrated_gradients", "captum.smoothgrad", "captum.vargrad"}
+    assert reduced == {
+        "shap.gradient",
+        "captum.gradient_shap",
+        "pneumobench.expected_gradients",
+        "captum.integrated_gradients",
+        "captum.smoothgrad",
+        "captum.vargrad",
+    }
     assert all(s.variant.endswith("bfloat16") for s in specs if s.params.get("precision"))
     assert not [s for s in default_specs(precisions=()) if s.params.get("precision")]
 
@@ -68,9 +97,12 @@ def test_rows_on_a_linear_model_are_exact():
     model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 2)).eval()
     x, bg = torch.rand(2, 1, 28, 28), torch.rand(4, 1, 28, 28)
     t = torch.tensor([0, 1])
-    specs = [FrontierSpec("pneumobench.expected_gradients", "n_samples", (4, 8), "expected_gradients", 16),
-             FrontierSpec("captum.integrated_gradients", "n_steps", (2, 4), None, 8, {"method": "riemann_left"},
-                          "riemann_left")]
+    specs = [
+        FrontierSpec("pneumobench.expected_gradients", "n_samples", (4, 8), "expected_gradients", 16),
+        FrontierSpec(
+            "captum.integrated_gradients", "n_steps", (2, 4), None, 8, {"method": "riemann_left"}, "riemann_left"
+        ),
+    ]
     rows = frontier_rows("linear", model, x, t, bg, specs, seeds=2, reference_seeds=2)
     assert len(rows) == 2 * 2 + 2
     for r in rows:
@@ -83,8 +115,10 @@ def test_rows_on_a_relu_cnn_fall_with_passes():
     g = torch.Generator().manual_seed(2)
     x, bg = torch.rand(2, 1, 28, 28, generator=g), torch.rand(8, 1, 28, 28, generator=g)
     t = model(x).argmax(1)
-    specs = [FrontierSpec("pneumobench.expected_gradients", "n_samples", (4, 64), "expected_gradients", 512),
-             FrontierSpec("captum.integrated_gradients", "n_steps", (2, 64), None, 512)]
+    specs = [
+        FrontierSpec("pneumobench.expected_gradients", "n_samples", (4, 64), "expected_gradients", 512),
+        FrontierSpec("captum.integrated_gradients", "n_steps", (2, 64), None, 512),
+    ]
     frame = frontier_frame(frontier_rows("cnn", model, x, t, bg, specs, seeds=3, reference_seeds=2))
     for method, grp in frame.groupby("method"):
         err = grp.sort_values("budget")["rel_l2"].to_numpy()
@@ -103,8 +137,9 @@ def test_bfloat16_rows_share_the_float32_reference_and_floor_above_it():
     x, bg = torch.rand(2, 1, 28, 28, generator=g), torch.rand(8, 1, 28, 28, generator=g)
     t = model(x).argmax(1)
     fp32 = FrontierSpec("captum.integrated_gradients", "n_steps", (8, 256), None, 256)
-    bf16 = FrontierSpec("captum.integrated_gradients", "n_steps", (8, 256), None, 256, {"precision": "bfloat16"},
-                        "bfloat16")
+    bf16 = FrontierSpec(
+        "captum.integrated_gradients", "n_steps", (8, 256), None, 256, {"precision": "bfloat16"}, "bfloat16"
+    )
     rows = frontier_rows("cnn", model, x, t, bg, [bf16, fp32], seeds=1, reference_seeds=2)  # reduced first
     by = {(r["precision"], r["budget"]): r for r in rows}
     assert {r["float32_method"] for r in rows} == {"captum.integrated_gradients"}
@@ -117,9 +152,24 @@ def test_bfloat16_rows_share_the_float32_reference_and_floor_above_it():
 
 
 def _planted(errs: dict[int, float], method="m", model="net", seeds=(0, 1)) -> list[dict]:
-    return [{"model": model, "method": method, "budget": b, "passes_fb": b, "passes_f": 0, "seed": s,
-             "rel_l2": e * (1 + 0.1 * s), "gap": 0.1, "s_per_image": 0.01 * b, "reference": "r",
-             "reference_error": 0.001, "reference_s": 1.0} for b, e in errs.items() for s in seeds]
+    return [
+        {
+            "model": model,
+            "method": method,
+            "budget": b,
+            "passes_fb": b,
+            "passes_f": 0,
+            "seed": s,
+            "rel_l2": e * (1 + 0.1 * s),
+            "gap": 0.1,
+            "s_per_image": 0.01 * b,
+            "reference": "r",
+            "reference_error": 0.001,
+            "reference_s": 1.0,
+        }
+        for b, e in errs.items()
+        for s in seeds
+    ]
 
 
 def test_passes_to_reach_interpolates_log_log():
@@ -148,8 +198,17 @@ def test_tables_figure_and_the_saved_run(tmp_path, capsys):
     with pytest.raises(BenchError, match="seconds"):
         frontier_figure(rows, tmp_path / "bad.png", x="steps")
     # a bfloat16 variant of m at half the seconds: the comparison table, budget by budget
-    fast = [dict(r, method="m [bfloat16]", precision="bfloat16", float32_method="m", s_per_image=r["s_per_image"] / 2,
-                 rel_l2=r["rel_l2"] + 0.01) for r in _planted({10: 0.2, 20: 0.1, 40: 0.04})]
+    fast = [
+        dict(
+            r,
+            method="m [bfloat16]",
+            precision="bfloat16",
+            float32_method="m",
+            s_per_image=r["s_per_image"] / 2,
+            rel_l2=r["rel_l2"] + 0.01,
+        )
+        for r in _planted({10: 0.2, 20: 0.1, 40: 0.04})
+    ]
     md2 = frontier_tables(rows + fast)
     assert "| net | m | bfloat16 | 40 | 0.0420 | 0.0520 | 2.00x |" in md2
     run = tmp_path / "run.json"
@@ -171,7 +230,7 @@ def test_figure_puts_four_models_on_a_two_by_two_grid(tmp_path):
     rows = [dict(r, model=f"net{k}") for k in range(4) for r in one]
     with Image.open(frontier_figure(rows, tmp_path / "four.png")) as im:
         four = im.size
-    with Image.open(frontier_figure(rows[:3 * len(one)], tmp_path / "three.png")) as im:
+    with Image.open(frontier_figure(rows[: 3 * len(one)], tmp_path / "three.png")) as im:
         three = im.size
     assert four == (round(2 * 5.2 * 110), round(2 * 4.2 * 110))  # 2 x 2 panels at dpi 110
     assert three == (round(3 * 5.2 * 110), round(4.2 * 110))  # one row of three

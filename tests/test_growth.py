@@ -1,4 +1,5 @@
 """bench.perf.growth: FLOPs per pass, the set's passes, the study estimate and its tables."""
+
 from __future__ import annotations
 
 import math
@@ -46,6 +47,7 @@ def test_set_passes_sum_the_registered_rules():
     assert out["captum.integrated_gradients"]["explain"] == ig == (10.0, 0.0)
     assert out["random"]["explain"] == (0.0, 0.0)
     from bench.metrics import randomisation_layers
+
     layers = len(randomisation_layers(model))
     want = [0.0, 0.0]
     for m, p in me.items():
@@ -57,8 +59,16 @@ def test_set_passes_sum_the_registered_rules():
 
 
 def test_rows_floor_is_passes_times_seconds():
-    model_rows = growth_rows(["resnet18"], [28], {"captum.saliency": {}, "random": {}}, {"deletion_auc": {"steps": 3}},
-                             background_size=4, batch=2, repeats=1, measure=[28])
+    model_rows = growth_rows(
+        ["resnet18"],
+        [28],
+        {"captum.saliency": {}, "random": {}},
+        {"deletion_auc": {"steps": 3}},
+        background_size=4,
+        batch=2,
+        repeats=1,
+        measure=[28],
+    )
     r = model_rows[0]
     t_fb, t_f = r["forward_backward_seconds"], r["forward_seconds"]
     sal = r["by_explainer"]["captum.saliency"]
@@ -70,8 +80,10 @@ def test_rows_floor_is_passes_times_seconds():
 
 
 def test_estimate_scales_and_unknown_stays_unknown():
-    rows = [{"model": "m", "size": 28, "floor_seconds_per_image": 36.0, "flops_per_image": 7.2e12},
-            {"model": "m", "size": 64, "floor_seconds_per_image": None, "flops_per_image": None}]
+    rows = [
+        {"model": "m", "size": 28, "floor_seconds_per_image": 36.0, "flops_per_image": 7.2e12},
+        {"model": "m", "size": 64, "floor_seconds_per_image": None, "flops_per_image": None},
+    ]
     est = study_estimate(rows, n_images=100, model_stages=2, device_flops_per_second=1e12)
     assert est[0]["images"] == 200 and est[0]["hours_here"] == pytest.approx(2.0)
     assert est[0]["hours_on_device"] == pytest.approx(7.2e12 * 200 / 1e12 / 3600)
@@ -82,9 +94,20 @@ def test_estimate_scales_and_unknown_stays_unknown():
 
 def test_tables_print_unknown_as_na():
     by = {"x": {"explain_seconds": None, "metric_seconds": 1.0}}
-    rows = [{"model": "m", "size": 28, "batch": 2, "forward_flops": 1e9, "forward_backward_flops": 2e9,
-             "forward_seconds": 0.001, "forward_backward_seconds": 0.002, "by_explainer": by,
-             "floor_seconds_per_image": None, "flops_per_image": None}]
+    rows = [
+        {
+            "model": "m",
+            "size": 28,
+            "batch": 2,
+            "forward_flops": 1e9,
+            "forward_backward_flops": 2e9,
+            "forward_seconds": 0.001,
+            "forward_backward_seconds": 0.002,
+            "by_explainer": by,
+            "floor_seconds_per_image": None,
+            "flops_per_image": None,
+        }
+    ]
     text = growth_tables({"rows": rows, "explainers": ["x"], "metrics": ["deletion_auc"], "background_size": 4})
     assert "| m | 28 | 1 | 2 | 1 | 2 | n/a | n/a | - |" in text
     assert text.strip().endswith("| m | 28 | n/a |")

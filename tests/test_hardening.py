@@ -4,6 +4,7 @@ refused, strict JSON, messages that are whole and apply.
 
 Runs use the synthetic data set and the tiny model with the cheapest explainers and metric.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -30,11 +31,23 @@ from models.checkpoints import default_checkpoint_path, load_checkpoint, read_si
 from models.recipes import TrainConfig, TuneConfig
 from models.tuning import tune_model
 
-CHEAP = ['data.dataset="synthetic"', "data.options.n=40", "data.per_cell=2", "data.background_size=4",
-         'models.names=["tiny"]', 'models.stages=["pre"]', "train.epochs=1", "train.batch_size=32",
-         'explain.names=["random", "edge"]', "explain.shard_size=4", 'metrics.names=["deletion_auc"]',
-         'metrics.params={"deletion_auc" = {steps = 4}}', 'device="cpu"', "figures.enabled=false",
-         "reliability.bootstrap=100"]
+CHEAP = [
+    'data.dataset="synthetic"',
+    "data.options.n=40",
+    "data.per_cell=2",
+    "data.background_size=4",
+    'models.names=["tiny"]',
+    'models.stages=["pre"]',
+    "train.epochs=1",
+    "train.batch_size=32",
+    'explain.names=["random", "edge"]',
+    "explain.shard_size=4",
+    'metrics.names=["deletion_auc"]',
+    'metrics.params={"deletion_auc" = {steps = 4}}',
+    'device="cpu"',
+    "figures.enabled=false",
+    "reliability.bootstrap=100",
+]
 
 
 def _cfg(results: Path, name: str = "h", *extra: str):
@@ -55,6 +68,7 @@ def _tree(root: Path) -> set[str]:
 def _strict_json(path: Path) -> object:
     def refuse(token: str):
         raise AssertionError(f"{path} holds the non-JSON token {token}")
+
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
@@ -73,8 +87,9 @@ def finished(tmp_path_factory):
 def test_hostile_run_names_are_refused_and_write_nothing(tmp_path, capsys, monkeypatch, name):
     monkeypatch.chdir(tmp_path)
     results = tmp_path / "res"
-    line = _one_line_error(capsys, ["run", "--results", str(results), "--name", name,
-                                    *sum((["--set", o] for o in CHEAP), [])])
+    line = _one_line_error(
+        capsys, ["run", "--results", str(results), "--name", name, *sum((["--set", o] for o in CHEAP), [])]
+    )
     assert "name" in line and "plain folder name" in line
     assert _tree(tmp_path) == set()  # not even the results folder
 
@@ -106,29 +121,37 @@ def test_the_same_run_through_a_relative_and_an_absolute_path(finished, monkeypa
 # ----------------------------------------------------------------------------- values
 
 
-@pytest.mark.parametrize("override, needle", [
-    ('explain.params={"random" = {seed = "3"}}', "explain.params.random.seed = '3' must be an integer"),
-    ('metrics.params={"drop_rate" = {frac = 2.0}}', "metrics.params.drop_rate.frac = 2.0 must be in (0, 1]"),
-    ('metrics.params={"deletion_auc" = {steps = 0}}', "metrics.params.deletion_auc.steps = 0 must be >= 1"),
-    ('metrics.params={"randomisation_similarity" = {steps = -1}}',
-     "metrics.params.randomisation_similarity.steps = -1 must be >= 0"),
-    ('metrics.params={"deletion_auc" = {substrate = "black"}}', "is not one of 'zero', 'mean', 'blur'"),
-    ('metrics.params={"road_morf" = {percentages = [0.5, 0.2]}}', "must be a non-empty list of increasing fractions"),
-    ('metrics.params={"deletion_auc" = {context = 1}}', "has no parameter 'context'"),
-    ('explain.params={"shap.deep" = {engine = "fast"}}', "engine = 'fast' is not one of 'auto', 'shap', 'batched'"),
-    ('explain.params={"captum.integrated_gradients" = {n_steps = 5.5}}', "n_steps = 5.5 must be an integer"),
-    ("data.per_cell=true", "data.per_cell: must be an integer >= 1, got True"),
-    ("data.options.size=30", "data.options.size = 30 is not one of 28, 64, 128, 224"),
-    ("data.options.sise=28", "dataset 'pneumoniamnist' has no option 'sise'"),
-    ("seed=1.5", "seed: must be an integer"),
-    ("figures.enabled=1", "figures.enabled: must be true or false"),
-    ('report.self_contained="no"', "report.self_contained: must be true or false"),
-    ("train.epochs=0", "config value train: epochs must be >= 1"),
-    ('train.lr="fast"', "train.lr: 'fast' must be a number"),
-    ('train.model="resnet18"', "remove train.model"),
-    ('tune.unfreeze=[]', "unfreeze must name at least one module"),
-    ('models.stages=["post"]', 'must be ["pre"] or ["pre", "post"]'),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ('explain.params={"random" = {seed = "3"}}', "explain.params.random.seed = '3' must be an integer"),
+        ('metrics.params={"drop_rate" = {frac = 2.0}}', "metrics.params.drop_rate.frac = 2.0 must be in (0, 1]"),
+        ('metrics.params={"deletion_auc" = {steps = 0}}', "metrics.params.deletion_auc.steps = 0 must be >= 1"),
+        (
+            'metrics.params={"randomisation_similarity" = {steps = -1}}',
+            "metrics.params.randomisation_similarity.steps = -1 must be >= 0",
+        ),
+        ('metrics.params={"deletion_auc" = {substrate = "black"}}', "is not one of 'zero', 'mean', 'blur'"),
+        (
+            'metrics.params={"road_morf" = {percentages = [0.5, 0.2]}}',
+            "must be a non-empty list of increasing fractions",
+        ),
+        ('metrics.params={"deletion_auc" = {context = 1}}', "has no parameter 'context'"),
+        ('explain.params={"shap.deep" = {engine = "fast"}}', "engine = 'fast' is not one of 'auto', 'shap', 'batched'"),
+        ('explain.params={"captum.integrated_gradients" = {n_steps = 5.5}}', "n_steps = 5.5 must be an integer"),
+        ("data.per_cell=true", "data.per_cell: must be an integer >= 1, got True"),
+        ("data.options.size=30", "data.options.size = 30 is not one of 28, 64, 128, 224"),
+        ("data.options.sise=28", "dataset 'pneumoniamnist' has no option 'sise'"),
+        ("seed=1.5", "seed: must be an integer"),
+        ("figures.enabled=1", "figures.enabled: must be true or false"),
+        ('report.self_contained="no"', "report.self_contained: must be true or false"),
+        ("train.epochs=0", "config value train: epochs must be >= 1"),
+        ('train.lr="fast"', "train.lr: 'fast' must be a number"),
+        ('train.model="resnet18"', "remove train.model"),
+        ("tune.unfreeze=[]", "unfreeze must name at least one module"),
+        ('models.stages=["post"]', 'must be ["pre"] or ["pre", "post"]'),
+    ],
+)
 def test_bad_values_are_refused_at_config_time(override, needle):
     with pytest.raises(BenchError) as exc:
         load_config(None, [override])
@@ -149,10 +172,11 @@ def test_set_parses_toml_strictly(capsys):
 
 
 def test_set_reaches_names_with_dots():
-    cfg = load_config(None, ['explain.params."shap.partition".max_evals=100',
-                             "explain.params.'captum.integrated_gradients'.n_steps=8"])
-    assert cfg.explain.params == {"shap.partition": {"max_evals": 100},
-                                  "captum.integrated_gradients": {"n_steps": 8}}
+    cfg = load_config(
+        None,
+        ['explain.params."shap.partition".max_evals=100', "explain.params.'captum.integrated_gradients'.n_steps=8"],
+    )
+    assert cfg.explain.params == {"shap.partition": {"max_evals": 100}, "captum.integrated_gradients": {"n_steps": 8}}
     with pytest.raises(BenchError, match=r'explain.params."shap.partition".max_evals = 0 must be >= 1'):
         load_config(None, ['explain.params."shap.partition".max_evals=0'])
 
@@ -206,17 +230,25 @@ def _bump(record):
 DAMAGE = {  # (cache folder, damage)
     "attribution: binary garbage": ("attributions", lambda p: p.write_bytes(os.urandom(300))),
     "attribution: another structure": ("attributions", lambda p: torch.save({"values": torch.zeros(3)}, p)),
-    "attribution: wrong shape, valid checksum": ("attributions", lambda p: _edit_attr(
-        p, True, values=torch.zeros(1, 1, 5, 5))),
-    "attribution: changed value": ("attributions", lambda p: _edit_attr(
-        p, False, values=torch.load(p, weights_only=True)["values"] + 1e-3)),
+    "attribution: wrong shape, valid checksum": (
+        "attributions",
+        lambda p: _edit_attr(p, True, values=torch.zeros(1, 1, 5, 5)),
+    ),
+    "attribution: changed value": (
+        "attributions",
+        lambda p: _edit_attr(p, False, values=torch.load(p, weights_only=True)["values"] + 1e-3),
+    ),
     "scores: binary garbage": ("scores", lambda p: p.write_bytes(b"\x00\xff" * 40)),
     "scores: JSON of another shape": ("scores", lambda p: p.write_text('{"metrics": [1, 2]}')),
     "scores: changed value": ("scores", lambda p: _edit_scores(p, False, _bump)),
-    "scores: a value short, valid checksum": ("scores", lambda p: _edit_scores(
-        p, True, lambda r: r["metrics"][next(iter(r["metrics"]))].pop())),
-    "scores: other metrics, valid checksum": ("scores", lambda p: _edit_scores(
-        p, True, lambda r: r["metrics"].update(extra=r["metrics"][next(iter(r["metrics"]))]))),
+    "scores: a value short, valid checksum": (
+        "scores",
+        lambda p: _edit_scores(p, True, lambda r: r["metrics"][next(iter(r["metrics"]))].pop()),
+    ),
+    "scores: other metrics, valid checksum": (
+        "scores",
+        lambda p: _edit_scores(p, True, lambda r: r["metrics"].update(extra=r["metrics"][next(iter(r["metrics"]))])),
+    ),
 }
 
 
@@ -233,24 +265,35 @@ def test_a_damaged_cache_entry_is_reported_and_recomputed(finished, tmp_path, ca
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["units"]["from_cache"] == manifest["units"]["total"] - 1
     cols = ["seconds_per_image", "peak_mem_mb"]
-    pd.testing.assert_frame_equal(read_scores(run_dir / "scores.csv").drop(columns=cols),
-                                  read_scores(finished[1] / "scores.csv").drop(columns=cols))
+    pd.testing.assert_frame_equal(
+        read_scores(run_dir / "scores.csv").drop(columns=cols),
+        read_scores(finished[1] / "scores.csv").drop(columns=cols),
+    )
     runner.run(_cfg(results), progress=False)  # the recomputed entry is sound again
     assert "damaged" not in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("content, why", [("{not json", "Expecting property name"), ("[1, 2]", "no config object"),
-                                          ('{"config": 3}', "no config object"), (b"\xff\xfe\x00", "decode")])
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        ("{not json", "Expecting property name"),
+        ("[1, 2]", "no config object"),
+        ('{"config": 3}', "no config object"),
+        (b"\xff\xfe\x00", "decode"),
+    ],
+)
 def test_a_damaged_manifest_is_a_one_line_error_naming_it(finished, tmp_path, capsys, content, why):
     results, run_dir = _copy_run(finished, tmp_path)
     path = run_dir / "manifest.json"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     before = _tree(run_dir)
-    line = _one_line_error(capsys, ["run", "--results", str(results), "--name", run_dir.name,
-                                    *sum((["--set", o] for o in CHEAP), [])])
+    line = _one_line_error(
+        capsys, ["run", "--results", str(results), "--name", run_dir.name, *sum((["--set", o] for o in CHEAP), [])]
+    )
     assert f"{path} is damaged" in line and why in line and "delete that file" in line
-    assert _tree(run_dir) == before and path.read_bytes() == (content if isinstance(content, bytes)
-                                                                else content.encode())
+    assert _tree(run_dir) == before and path.read_bytes() == (
+        content if isinstance(content, bytes) else content.encode()
+    )
 
 
 def test_another_config_is_refused_even_for_an_unfinished_run(tmp_path, monkeypatch):
@@ -340,26 +383,51 @@ def _npz(path: Path, n: dict[str, int], labels: dict[str, int] | None = None) ->
     return path
 
 
-@pytest.mark.parametrize("n, labels, needle", [
-    ({"train": 40, "val": 10, "test": 0}, None, "the test split of pneumoniamnist ({f}) has no images"),
-    ({"train": 40, "val": 0, "test": 10}, None, "the val split of pneumoniamnist ({f}) has no images"),
-    ({"train": 40, "val": 10, "test": 10}, {"test": 1}, "the test split of pneumoniamnist ({f}) holds only class 1"),
-])
+@pytest.mark.parametrize(
+    "n, labels, needle",
+    [
+        ({"train": 40, "val": 10, "test": 0}, None, "the test split of pneumoniamnist ({f}) has no images"),
+        ({"train": 40, "val": 0, "test": 10}, None, "the val split of pneumoniamnist ({f}) has no images"),
+        (
+            {"train": 40, "val": 10, "test": 10},
+            {"test": 1},
+            "the test split of pneumoniamnist ({f}) holds only class 1",
+        ),
+    ],
+)
 def test_empty_or_single_class_splits_are_refused_before_training(tmp_path, capsys, n, labels, needle):
     f = _npz(tmp_path / "data.npz", n, labels)
-    line = _one_line_error(capsys, ["run", "--results", str(tmp_path / "res"), "--data-file", str(f), "--set",
-                                    'models.names=["tiny"]', "--set", 'models.stages=["pre"]', "--set", 'device="cpu"'])
+    line = _one_line_error(
+        capsys,
+        [
+            "run",
+            "--results",
+            str(tmp_path / "res"),
+            "--data-file",
+            str(f),
+            "--set",
+            'models.names=["tiny"]',
+            "--set",
+            'models.stages=["pre"]',
+            "--set",
+            'device="cpu"',
+        ],
+    )
     assert needle.format(f=os.path.abspath(f)) in line
     assert not (tmp_path / "res" / "checkpoints").exists()  # nothing was trained
-    line = _one_line_error(capsys, ["train", "--model", "tiny", "--data-file", str(f), "--results",
-                                    str(tmp_path / "res2")])
+    line = _one_line_error(
+        capsys, ["train", "--model", "tiny", "--data-file", str(f), "--results", str(tmp_path / "res2")]
+    )
     assert needle.format(f=os.path.abspath(f)) in line and not (tmp_path / "res2").exists()
 
 
 def test_json_outputs_are_strict(finished, tmp_path):
     _, run_dir = finished
-    for path in [run_dir / "manifest.json", *(run_dir / "cache" / "scores").glob("*.json"),
-                 *run_dir.parent.glob("checkpoints/*.json")]:
+    for path in [
+        run_dir / "manifest.json",
+        *(run_dir / "cache" / "scores").glob("*.json"),
+        *run_dir.parent.glob("checkpoints/*.json"),
+    ]:
         _strict_json(path)
     atomic_write_json(tmp_path / "x.json", {"auc": float("nan"), "a": [float("inf"), 1.5], "n": np.float64("nan")})
     assert _strict_json(tmp_path / "x.json") == {"a": [None, 1.5], "auc": None, "n": None}
@@ -392,8 +460,14 @@ def test_a_long_failure_message_keeps_whole_words(tmp_path):
 def test_fixes_that_apply(tmp_path, synthetic_data, tiny_checkpoint):
     ckpt, _ = tiny_checkpoint
     with pytest.raises(BenchError) as exc:
-        tune_model(ckpt, TuneConfig(unfreeze=("fc", "layer4"), epochs=1), *synthetic_data, out=tmp_path / "p.pt",
-                   device="cpu", progress=False)
+        tune_model(
+            ckpt,
+            TuneConfig(unfreeze=("fc", "layer4"), epochs=1),
+            *synthetic_data,
+            out=tmp_path / "p.pt",
+            device="cpu",
+            progress=False,
+        )
     msg = str(exc.value)
     model, _ = load_checkpoint(ckpt)
     with_params = [n for n, m in model.named_children() if any(True for _ in m.parameters())]
@@ -422,16 +496,19 @@ def test_report_names_the_file_and_line_of_a_bad_value(finished, tmp_path, capsy
 # tests/test_results_tree.py; signals and argparse: tests/test_cli.py)
 
 
-@pytest.mark.parametrize("overrides, needle", [
-    (["seed=-1"], "config value seed: must be an integer in [0, 4294967295], got -1"),
-    ([f"seed={2**70}"], f"config value seed: must be an integer in [0, 4294967295], got {2**70}"),
-    (["train.seed=-3"], "seed must be an integer in [0, 4294967295], got -3"),
-    (["tune.seed=-3"], "seed must be an integer in [0, 4294967295], got -3"),
-    ([f"models.seeds=[0, {2**64}]"], "models.seeds: must be a list of distinct integers in [0, 4294967295]"),
-    ([f"reliability.seed={2**64}"], "reliability.seed: must be an integer in [0, 4294967295]"),
-    (['explain.params={"random" = {seed = -1}}'], "explain.params.random.seed = -1 must be in [0, 4294967295]"),
-    (['data.dataset="synthetic"', "data.options.seed=-1"], "data.options.seed = -1 must be in [0, 4294967295]"),
-])
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["seed=-1"], "config value seed: must be an integer in [0, 4294967295], got -1"),
+        ([f"seed={2**70}"], f"config value seed: must be an integer in [0, 4294967295], got {2**70}"),
+        (["train.seed=-3"], "seed must be an integer in [0, 4294967295], got -3"),
+        (["tune.seed=-3"], "seed must be an integer in [0, 4294967295], got -3"),
+        ([f"models.seeds=[0, {2**64}]"], "models.seeds: must be a list of distinct integers in [0, 4294967295]"),
+        ([f"reliability.seed={2**64}"], "reliability.seed: must be an integer in [0, 4294967295]"),
+        (['explain.params={"random" = {seed = -1}}'], "explain.params.random.seed = -1 must be in [0, 4294967295]"),
+        (['data.dataset="synthetic"', "data.options.seed=-1"], "data.options.seed = -1 must be in [0, 4294967295]"),
+    ],
+)
 def test_seeds_out_of_range_are_refused_at_config_time(overrides, needle):
     with pytest.raises(BenchError) as exc:
         load_config(None, overrides)
@@ -457,8 +534,11 @@ def test_a_multiline_set_is_refused_not_cut():
     assert load_config(None, ["models.seeds=[1,\n 2]"]).models.seeds == (1, 2)  # one value over two lines
 
 
-@pytest.mark.parametrize("data", [b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", 'name = "x"\n'.encode("utf-16"),
-                                  'name = "caf\u00e9"\n'.encode("latin-1")], ids=["binary", "utf-16", "latin-1"])
+@pytest.mark.parametrize(
+    "data",
+    [b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", 'name = "x"\n'.encode("utf-16"), 'name = "caf\u00e9"\n'.encode("latin-1")],
+    ids=["binary", "utf-16", "latin-1"],
+)
 def test_config_files_that_are_not_utf8_are_one_line(tmp_path, data):
     path = tmp_path / "c.toml"
     path.write_bytes(data)
@@ -467,8 +547,10 @@ def test_config_files_that_are_not_utf8_are_one_line(tmp_path, data):
     assert f"config file {path} is not UTF-8 text" in str(exc.value) and "\n" not in str(exc.value)
 
 
-@pytest.mark.parametrize("name, needle", [("a" * 300, "at most 100 characters"), ("run\n", "plain folder name"),
-                                          ("run\nx", "plain folder name")])
+@pytest.mark.parametrize(
+    "name, needle",
+    [("a" * 300, "at most 100 characters"), ("run\n", "plain folder name"), ("run\nx", "plain folder name")],
+)
 def test_long_or_multiline_names_are_refused_at_config_time(name, needle):
     with pytest.raises(BenchError, match="plain folder name") as exc:
         load_config(None, [f"name={json.dumps(name)}"])
@@ -493,20 +575,24 @@ def test_the_unfreeze_check_runs_at_config_time():
         load_config(None, ['models.names=["tiny"]'])
     assert "tune: cannot unfreeze layer4" in str(exc.value) and "'fc'" in str(exc.value)
     with pytest.raises(BenchError, match="tune.variants.a: cannot unfreeze layer9"):
-        load_config(None, ['models.names=["tiny"]', 'tune.unfreeze=["fc"]',
-                           'tune.variants={a = {unfreeze = ["layer9"]}}'])
+        load_config(
+            None, ['models.names=["tiny"]', 'tune.unfreeze=["fc"]', 'tune.variants={a = {unfreeze = ["layer9"]}}']
+        )
     load_config(None, ['models.names=["tiny"]', 'models.stages=["pre"]'])  # no tuning: no check
     load_config(None, ['models.names=["tiny"]', 'tune.variants={a = {unfreeze = ["fc"]}}'])  # tunes with a only
     load_config(None, ['models.names=["tiny"]', 'tune.unfreeze=["fc", "layer2"]'])
 
 
-@pytest.mark.parametrize("overrides, needle", [
-    (['explain.names=["captum.integrated_gradient"]'], "did you mean 'captum.integrated_gradients'?"),
-    (["data.per_cel=2"], "did you mean 'per_cell'?"),
-    (['explain.params={"captum.integrated_gradients" = {n_step = 4}}'], "did you mean 'n_steps'?"),
-    (["train.epoch=2"], "did you mean 'epochs'?"),
-    (['models.names=["resnet19"]'], "did you mean 'resnet18'?"),
-])
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (['explain.names=["captum.integrated_gradient"]'], "did you mean 'captum.integrated_gradients'?"),
+        (["data.per_cel=2"], "did you mean 'per_cell'?"),
+        (['explain.params={"captum.integrated_gradients" = {n_step = 4}}'], "did you mean 'n_steps'?"),
+        (["train.epoch=2"], "did you mean 'epochs'?"),
+        (['models.names=["resnet19"]'], "did you mean 'resnet18'?"),
+    ],
+)
 def test_unknown_names_suggest_the_nearest(overrides, needle):
     with pytest.raises(BenchError) as exc:
         load_config(None, overrides)
@@ -537,9 +623,10 @@ def test_array_headers_are_checked_against_the_file_size(tmp_path, clean_data_en
             data = src.read(info)
             if info.filename == "train_images.npy":
                 head = io.BytesIO()
-                np.lib.format.write_array_header_1_0(head, {"descr": "|u1", "fortran_order": False,
-                                                            "shape": (10**11, 28, 28)})
-                data = head.getvalue() + data[len(head.getvalue()):]
+                np.lib.format.write_array_header_1_0(
+                    head, {"descr": "|u1", "fortran_order": False, "shape": (10**11, 28, 28)}
+                )
+                data = head.getvalue() + data[len(head.getvalue()) :]
             dst.writestr(info, data)
     with pytest.raises(BenchError) as exc:
         load_split("pneumoniamnist", "train", data_file=str(forged))
@@ -565,14 +652,17 @@ def _nan_weight(ck):
     next(iter(ck["state_dict"].values())).view(-1)[0] = float("nan")
 
 
-@pytest.mark.parametrize("change, needle", [
-    (lambda ck: ck.pop("model"), "has no 'model' entry"),
-    (lambda ck: ck.update(model=7), "has no 'model' entry"),
-    (lambda ck: ck.update(model_kwargs={"in_channels": 1, "depth": 3}), "model_kwargs has 'depth'"),
-    (lambda ck: ck.update(model_kwargs=[1, 2]), "model_kwargs is not a table"),
-    (lambda ck: ck.update(state_dict=[1]), "state_dict is not"),
-    (_nan_weight, "holds 1 NaN or infinite weight"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (lambda ck: ck.pop("model"), "has no 'model' entry"),
+        (lambda ck: ck.update(model=7), "has no 'model' entry"),
+        (lambda ck: ck.update(model_kwargs={"in_channels": 1, "depth": 3}), "model_kwargs has 'depth'"),
+        (lambda ck: ck.update(model_kwargs=[1, 2]), "model_kwargs is not a table"),
+        (lambda ck: ck.update(state_dict=[1]), "state_dict is not"),
+        (_nan_weight, "holds 1 NaN or infinite weight"),
+    ],
+)
 def test_broken_checkpoints_are_one_line(tmp_path, tiny_checkpoint, change, needle):
     path = _broken_checkpoint(tmp_path, tiny_checkpoint, change)
     with pytest.raises(BenchError) as exc:
@@ -580,9 +670,15 @@ def test_broken_checkpoints_are_one_line(tmp_path, tiny_checkpoint, change, need
     assert needle in str(exc.value) and str(path) in str(exc.value) and "\n" not in str(exc.value)
 
 
-@pytest.mark.parametrize("sidecar, needle", [({}, "has no 'test'"), ([], "is not a JSON object"),
-                                             ({"test": {}, "test_preds": "x", "config": {}}, "test_preds"),
-                                             ("nan", "is not a JSON object")])
+@pytest.mark.parametrize(
+    "sidecar, needle",
+    [
+        ({}, "has no 'test'"),
+        ([], "is not a JSON object"),
+        ({"test": {}, "test_preds": "x", "config": {}}, "test_preds"),
+        ("nan", "is not a JSON object"),
+    ],
+)
 def test_broken_sidecars_are_one_line(tmp_path, tiny_checkpoint, sidecar, needle):
     path = _broken_checkpoint(tmp_path, tiny_checkpoint, sidecar=sidecar)
     with pytest.raises(BenchError) as exc:
@@ -607,8 +703,13 @@ def test_a_broken_checkpoint_is_refused_before_any_training(tmp_path, tiny_check
     assert not (results / "h" / "manifest.json").exists()
 
 
-@pytest.mark.parametrize("options, needle", [({"n": 20, "seed": 3}, "evaluated on 64 test images, this data has 20"),
-                                             ({"n": 64, "seed": 4}, "trained on synthetic")])
+@pytest.mark.parametrize(
+    "options, needle",
+    [
+        ({"n": 20, "seed": 3}, "evaluated on 64 test images, this data has 20"),
+        ({"n": 64, "seed": 4}, "trained on synthetic"),
+    ],
+)
 def test_tune_refuses_other_data_before_training(tmp_path, tiny_checkpoint, monkeypatch, options, needle):
     from datasets import load_split
 
@@ -616,8 +717,9 @@ def test_tune_refuses_other_data_before_training(tmp_path, tiny_checkpoint, monk
     splits = [load_split("synthetic", s, **options) for s in ("train", "val", "test")]
     monkeypatch.setattr("models.tuning.fit", lambda *a, **k: pytest.fail("trained before the data was checked"))
     with pytest.raises(BenchError) as exc:
-        tune_model(ckpt, TuneConfig(unfreeze=("fc",), epochs=1), *splits, out=tmp_path / "p.pt", device="cpu",
-                   progress=False)
+        tune_model(
+            ckpt, TuneConfig(unfreeze=("fc",), epochs=1), *splits, out=tmp_path / "p.pt", device="cpu", progress=False
+        )
     assert needle in str(exc.value)
 
 
@@ -662,8 +764,9 @@ class Uncopyable(BatchLimited):
         return self.fc(self.conv(x).mean((2, 3)))
 
 
-@pytest.mark.parametrize("model, needle", [(BatchLimited, "the model fails on a batch of 16 images"),
-                                           (Uncopyable, "cannot be copied")])
+@pytest.mark.parametrize(
+    "model, needle", [(BatchLimited, "the model fails on a batch of 16 images"), (Uncopyable, "cannot be copied")]
+)
 def test_model_failures_in_evaluate_are_one_line(model, needle):
     import bench
 
@@ -680,7 +783,14 @@ def test_evaluate_emits_no_warnings():
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        bench.evaluate(build_model("tiny").eval(), torch.rand(8, 1, 28, 28), labels=[0, 1] * 4,
-                       explainers=["random", "edge"], metrics=["deletion_auc"], verbose=False,
-                       metric_params={"deletion_auc": {"steps": 4}}, overrides=["reliability.bootstrap=100"])
+        bench.evaluate(
+            build_model("tiny").eval(),
+            torch.rand(8, 1, 28, 28),
+            labels=[0, 1] * 4,
+            explainers=["random", "edge"],
+            metrics=["deletion_auc"],
+            verbose=False,
+            metric_params={"deletion_auc": {"steps": 4}},
+            overrides=["reliability.bootstrap=100"],
+        )
     assert [f"{w.filename}:{w.lineno}: {w.message}" for w in caught] == []

@@ -1,5 +1,6 @@
 """report.html: a tiny end-to-end run, its page checked by structure, rebuilt byte for byte, escaped,
 and opened in a real headless browser (Debian's chromium driven by playwright)."""
+
 from __future__ import annotations
 
 import json
@@ -26,6 +27,7 @@ METRICS_HTML = ["deletion_auc", "insertion_auc"]
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A tiny finished run (the failing explainer's message is hostile HTML)."""
+
     @register_explainer("test.hostile", library="test")
     def hostile(model, inputs, targets, *, background):
         """Always raises with a message full of markup."""
@@ -39,13 +41,27 @@ def run_dir(tmp_path_factory):
 
 
 def _overrides(results: Path, checkpoints: Path) -> list[str]:
-    return [f'results_dir="{results}"', f'checkpoint_dir="{checkpoints}"', 'name="html"', 'device="cpu"',
-            'data.dataset="synthetic"', "data.options.n=64", "data.per_cell=2", "data.background_size=4",
-            'models.names=["tiny"]', "train.epochs=2", "train.batch_size=32", "tune.epochs=1",
-            'tune.unfreeze=["fc"]', f"explain.names={json.dumps(EXPLAINERS_HTML)}",
-            f"metrics.names={json.dumps(METRICS_HTML)}",
-            'metrics.params={"deletion_auc" = {steps = 6}, "insertion_auc" = {steps = 6}}',
-            "reliability.substrates=[]", "reliability.imputation=false", "reliability.bootstrap=50"]
+    return [
+        f'results_dir="{results}"',
+        f'checkpoint_dir="{checkpoints}"',
+        'name="html"',
+        'device="cpu"',
+        'data.dataset="synthetic"',
+        "data.options.n=64",
+        "data.per_cell=2",
+        "data.background_size=4",
+        'models.names=["tiny"]',
+        "train.epochs=2",
+        "train.batch_size=32",
+        "tune.epochs=1",
+        'tune.unfreeze=["fc"]',
+        f"explain.names={json.dumps(EXPLAINERS_HTML)}",
+        f"metrics.names={json.dumps(METRICS_HTML)}",
+        'metrics.params={"deletion_auc" = {steps = 6}, "insertion_auc" = {steps = 6}}',
+        "reliability.substrates=[]",
+        "reliability.imputation=false",
+        "reliability.bootstrap=50",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +138,7 @@ def test_every_row_figure_and_provenance_is_in_the_page(run_dir):
     assert len(pngs) >= 4
     assert sorted(i["data-file"] for i in page.imgs) == [p.name for p in pngs]
     import base64
+
     for img in page.imgs:
         png = run_dir / "figures" / img["data-file"]
         assert img["src"] == "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
@@ -145,15 +162,18 @@ def test_the_page_leads_with_the_verdict_in_reading_order(run_dir):
     """The first section is the verdict: each (model, stage) leaderboard with its rows in the reading order of
     the tested ranks, the metrics that pass the card first, and its critical-difference figure right after."""
     raw = (run_dir / "report.html").read_text(encoding="utf-8")
-    main = raw[raw.index("<main>"):]
-    assert main.index('<section id="verdict">') < main.index('<section id="details">') < main.index(
-        '<section id="provenance">')
+    main = raw[raw.index("<main>") :]
+    assert (
+        main.index('<section id="verdict">')
+        < main.index('<section id="details">')
+        < main.index('<section id="provenance">')
+    )
     board = pd.read_csv(run_dir / "leaderboard.csv", keep_default_na=False).replace({"rank": {"": None}})
     card = pd.read_csv(run_dir / "reliability.csv", keep_default_na=False)
-    verdict = raw[raw.index('<section id="verdict">'):raw.index('<section id="details">')]
+    verdict = raw[raw.index('<section id="verdict">') : raw.index('<section id="details">')]
     for (model, stage), sub in board.groupby(["model", "stage"]):
-        table = verdict[verdict.index(f'data-model="{model}" data-stage="{stage}"'):]
-        table = table[:table.index("</table>")]
+        table = verdict[verdict.index(f'data-model="{model}" data-stage="{stage}"') :]
+        table = table[: table.index("</table>")]
         shown = re.findall(r'data-explainer="([^"]+)"', table)
         fails = set(card[(card.model == model) & (card.stage == stage) & card.verdict.str.startswith("fails")].metric)
         # by hand: the mean rank over the metrics that pass the card, missing ranks left out, ties by name
@@ -217,9 +237,9 @@ def test_strings_from_files_are_escaped(run_dir):
     assert "test.hostile" in raw and HOSTILE not in raw
     assert "&lt;script&gt;alert(&quot;pwned&quot;)&lt;/script&gt; &amp; &lt;img src=x onerror=alert(1)&gt;" in raw
     page = _parse(run_dir / "report.html")
-    assert page.scripts == 1                       # the sorter, nothing injected
+    assert page.scripts == 1  # the sorter, nothing injected
     assert all(i.get("data-file") for i in page.imgs)  # no <img> but the figures
-    assert HOSTILE in " ".join(page.text)          # shown as text
+    assert HOSTILE in " ".join(page.text)  # shown as text
 
 
 def _chromium() -> str:
@@ -231,8 +251,9 @@ def _chromium() -> str:
 
 PUBLISHED_ROOT = Path(__file__).resolve().parents[1] / "results" / "published"
 # quick, card, ...: single runs (a `bench truth` folder is a set of runs with its own tables, not one run)
-PUBLISHED_RUNS = sorted(p.parent.name for p in PUBLISHED_ROOT.glob("*/manifest.json")
-                        if json.loads(p.read_text()).get("kind") != "truth")
+PUBLISHED_RUNS = sorted(
+    p.parent.name for p in PUBLISHED_ROOT.glob("*/manifest.json") if json.loads(p.read_text()).get("kind") != "truth"
+)
 
 
 @pytest.mark.slow  # a real browser: ~5 s
@@ -263,8 +284,9 @@ def test_the_overflow_check_catches_a_table_wider_than_the_page(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     wide = '<table style="width:3000px"><thead><tr><th>wide</th></tr></thead><tbody><tr><td>x</td></tr></tbody></table>'
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=_chromium(),
-                                                       headless=True, args=CHROMIUM_ARGS, viewport=VIEWPORT)
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=_chromium(), headless=True, args=CHROMIUM_ARGS, viewport=VIEWPORT
+        )
         try:
             page = browser.new_page()
             page.set_content(f"<body>{wide}</body>")
@@ -300,8 +322,16 @@ def test_published_run_is_rebuilt_byte_for_byte(name, tmp_path):
 
 
 VIEWPORT = {"width": 1280, "height": 800}
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOTS = "PNEUMOBENCH_SCREENSHOTS"  # a folder: the browser tests also save their screenshots there (docs/img)
 
 # every table fits the page, or sits in a box that scrolls sideways and itself fits
@@ -323,16 +353,18 @@ def _check_in_browser(run_dir: Path, tmp_path: Path, shot_name: str | None = Non
     """The page at 1280 x 800 in headless chromium: the headline table in the first screen, no table wider than
     the page (each fits or scrolls inside its own box, every fold open), every figure loaded, sorting works,
     nothing loaded from outside, no script error."""
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="playwright is not installed (pip install -e '.[test]')")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')"
+    )
     chromium = _chromium()
     board = pd.read_csv(run_dir / "leaderboard.csv", keep_default_na=False)
     n_figures = len(list((run_dir / "figures").glob("*.png")))
     errors, outside = [], []
     first, full = tmp_path / "first.png", tmp_path / "full.png"
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=chromium,
-                                                       headless=True, args=CHROMIUM_ARGS, viewport=VIEWPORT)
+        browser = p.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=chromium, headless=True, args=CHROMIUM_ARGS, viewport=VIEWPORT
+        )
         try:
             page = browser.new_page()
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -359,7 +391,7 @@ def _check_in_browser(run_dir: Path, tmp_path: Path, shot_name: str | None = Non
             table.locator("th").nth(1).click()
             down = table.evaluate(f"t => {column}")
             values = [float(v) for v in up if v]
-            assert len(values) >= 2 and values == sorted(values) and all(v for v in up[:len(values)])
+            assert len(values) >= 2 and values == sorted(values) and all(v for v in up[: len(values)])
             assert [float(v) for v in down if v] == sorted(values, reverse=True)
             assert table.locator("th").nth(1).get_attribute("aria-sort") == "descending"
             page.reload()

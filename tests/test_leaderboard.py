@@ -1,4 +1,5 @@
 """Leaderboard, pre/post tables, Markdown and figures on synthetic scores with known differences."""
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,8 @@ def make_scores(seed: int = 0, models=("resnet18",), stages=("pre", "post")) -> 
     labels = np.array([i % 2 for i in range(N)])
     for model in models:
         preds = {"pre": labels.copy(), "post": labels.copy()}
-        preds["pre"][[0, 1, 2, 3, 5, 7]] ^= 1            # some FN/FP under the pre model
-        preds["post"][[0, 1, 4]] ^= 1                     # post fixes 2, 3, 5, 7 and breaks 4
+        preds["pre"][[0, 1, 2, 3, 5, 7]] ^= 1  # some FN/FP under the pre model
+        preds["post"][[0, 1, 4]] ^= 1  # post fixes 2, 3, 5, 7 and breaks 4
         for explainer, (mu, shift) in TRUTH.items():
             for metric, hib in METRICS.items():
                 base = mu + rng.normal(0, 0.05, N)
@@ -45,20 +46,45 @@ def make_scores(seed: int = 0, models=("resnet18",), stages=("pre", "post")) -> 
                     vals = base + (shift if stage == "post" else 0.0) + rng.normal(0, 0.01, N)
                     for i in range(N):
                         na = explainer == "gamma" and metric == "additivity_error"
-                        rows.append(dict(model=model, stage=stage, explainer=explainer, metric=metric, image=i,
-                                         label=int(labels[i]), pred=int(preds[stage][i]),
-                                         cell=_cell(int(labels[i]), int(preds[stage][i])),
-                                         value=np.nan if na else float(vals[i]), status="n/a" if na else "ok",
-                                         message="", higher_is_better=hib, seconds_per_image=0.02 + 0.01 * i / N,
-                                         peak_mem_mb=10.0 + i))
+                        rows.append(
+                            dict(
+                                model=model,
+                                stage=stage,
+                                explainer=explainer,
+                                metric=metric,
+                                image=i,
+                                label=int(labels[i]),
+                                pred=int(preds[stage][i]),
+                                cell=_cell(int(labels[i]), int(preds[stage][i])),
+                                value=np.nan if na else float(vals[i]),
+                                status="n/a" if na else "ok",
+                                message="",
+                                higher_is_better=hib,
+                                seconds_per_image=0.02 + 0.01 * i / N,
+                                peak_mem_mb=10.0 + i,
+                            )
+                        )
         for stage in stages:
             for metric, hib in METRICS.items():
                 for i in range(N):
-                    rows.append(dict(model=model, stage=stage, explainer="broken", metric=metric, image=i,
-                                     label=int(labels[i]), pred=int(preds[stage][i]),
-                                     cell=_cell(int(labels[i]), int(preds[stage][i])), value=np.nan,
-                                     status="error", message=OOM, higher_is_better=hib,
-                                     seconds_per_image=np.nan, peak_mem_mb=np.nan))
+                    rows.append(
+                        dict(
+                            model=model,
+                            stage=stage,
+                            explainer="broken",
+                            metric=metric,
+                            image=i,
+                            label=int(labels[i]),
+                            pred=int(preds[stage][i]),
+                            cell=_cell(int(labels[i]), int(preds[stage][i])),
+                            value=np.nan,
+                            status="error",
+                            message=OOM,
+                            higher_is_better=hib,
+                            seconds_per_image=np.nan,
+                            peak_mem_mb=np.nan,
+                        )
+                    )
     return pd.DataFrame(rows)
 
 
@@ -95,11 +121,12 @@ def _md_row(md: str, section: str, first_cell: str) -> list[str]:
 
 def test_leaderboard_columns_stats_and_ranks(scores, board):
     assert list(board.columns) == lb.LEADERBOARD_COLUMNS
-    assert len(board) == 2 * 4 * 2                                  # stages x explainers x metrics
+    assert len(board) == 2 * 4 * 2  # stages x explainers x metrics
     for stage in ("pre", "post"):
         for explainer in TRUTH:
-            values = scores[(scores.stage == stage) & (scores.explainer == explainer)
-                            & (scores.metric == "deletion_auc")]["value"].to_numpy()
+            values = scores[
+                (scores.stage == stage) & (scores.explainer == explainer) & (scores.metric == "deletion_auc")
+            ]["value"].to_numpy()
             r = _row(board, stage=stage, explainer=explainer, metric="deletion_auc")
             assert r["n"] == N and r["status"] == "ok"
             assert r["mean"] == pytest.approx(values.mean())
@@ -108,25 +135,25 @@ def test_leaderboard_columns_stats_and_ranks(scores, board):
             assert r["seconds_per_image"] == pytest.approx(0.02 + 0.01 * np.arange(N).mean() / N)
             assert r["peak_mem_mb"] == 10.0 + N - 1
         ranks = {e: _row(board, stage=stage, explainer=e, metric="deletion_auc")["rank"] for e in TRUTH}
-        assert ranks == {"alpha": 1, "beta": 2, "gamma": 3}          # lower is better, well separated
+        assert ranks == {"alpha": 1, "beta": 2, "gamma": 3}  # lower is better, well separated
 
 
 def test_leaderboard_order_is_model_stage_metric_rank_explainer(board):
     assert list(board["stage"].iloc[:8]) == ["pre"] * 8
     pre_del = board[(board.stage == "pre") & (board.metric == "deletion_auc")]
-    assert list(pre_del["explainer"]) == ["alpha", "beta", "gamma", "broken"]     # unranked last
+    assert list(pre_del["explainer"]) == ["alpha", "beta", "gamma", "broken"]  # unranked last
 
 
 def test_ranks_come_from_paired_tests_not_overlapping_intervals(scores):
     rng = np.random.default_rng(5)
     twin = scores[scores.explainer == "alpha"].assign(explainer="alpha2")
-    twin["value"] = twin["value"] + 0.002                            # overlapping CIs, but a constant paired gap
+    twin["value"] = twin["value"] + 0.002  # overlapping CIs, but a constant paired gap
     noisy = scores[scores.explainer == "alpha"].assign(explainer="alpha3")
     noisy["value"] = noisy["value"] + 0.002 + rng.normal(0, 0.05, len(noisy))  # the same gap in independent noise
     board = lb.leaderboard(pd.concat([scores, twin, noisy]))
     pre = board[(board.stage == "pre") & (board.metric == "deletion_auc")].set_index("explainer")
-    assert pre.loc["alpha", "ci_high"] > pre.loc["alpha2", "ci_low"]            # the marginal intervals overlap
-    assert pre.loc["alpha", "rank"] == 1 and pre.loc["alpha2", "rank"] == 2     # ... yet paired, alpha2 is worse
+    assert pre.loc["alpha", "ci_high"] > pre.loc["alpha2", "ci_low"]  # the marginal intervals overlap
+    assert pre.loc["alpha", "rank"] == 1 and pre.loc["alpha2", "rank"] == 2  # ... yet paired, alpha2 is worse
     assert not set(pre.loc["alpha", "letters"]) & set(pre.loc["alpha2", "letters"])
     assert set(pre.loc["alpha", "letters"]) & set(pre.loc["alpha3", "letters"])  # not separable: share a letter
     assert pre.loc["beta", "rank"] > pre.loc["alpha3", "rank"]
@@ -181,7 +208,7 @@ def test_read_scores_keeps_na_status_text(tmp_path, scores, board):
     scores.to_csv(tmp_path / "scores.csv", index=False)
     again = lb.leaderboard(lb.read_scores(tmp_path / "scores.csv"))
     pd.testing.assert_frame_equal(again, board)
-    with pytest.raises(BenchError, match="read_scores"):                  # plain read_csv: "n/a" -> NaN
+    with pytest.raises(BenchError, match="read_scores"):  # plain read_csv: "n/a" -> NaN
         lb.leaderboard(pd.read_csv(tmp_path / "scores.csv"))
     with pytest.raises(BenchError, match="not found"):
         lb.read_scores(tmp_path / "missing.csv")
@@ -228,10 +255,10 @@ def test_the_family_is_all_rows_of_a_model_and_named():
     pp = lb.prepost(s)
     for model, g in pp.groupby("model"):
         assert g["p_adj"].to_numpy() == pytest.approx(estimate.bonferroni(g["p"].to_numpy()), nan_ok=True)
-        assert g["p"].notna().sum() == 5                            # 3 x 2 minus gamma's n/a
+        assert g["p"].notna().sum() == 5  # 3 x 2 minus gamma's n/a
         assert set(g["family"]) == {f"prepost: {model} (m = 5)"}
         sep = (g["diff_ci_low"] > 0) | (g["diff_ci_high"] < 0)
-        assert (sep == (g["p_adj"] <= 0.05)).all()                 # every interval agrees with its verdict
+        assert (sep == (g["p_adj"] <= 0.05)).all()  # every interval agrees with its verdict
     one = pp[pp.model == "resnet18"]
     assert one["p_adj"].to_numpy() == pytest.approx(lb.prepost(make_scores())["p_adj"].to_numpy(), nan_ok=True)
 
@@ -262,11 +289,15 @@ def test_prepost_by_cell_rejects_inconsistent_pre_cells(scores):
         lb.prepost_by_cell(s)
 
 
-PREPOST_MODELS = {"resnet18": {
-    "delta": {"acc": 0.05, "auc": 0.01, "sensitivity": 0.1, "specificity": -0.02},
-    "mcnemar": {"a_right_b_wrong": 1, "a_wrong_b_right": 4, "p_value": 0.375},
-    "cell_moves": {"TP": {"TP": 8, "FN": 1}, "FN": {"TP": 3}, "TN": {"TN": 7}, "FP": {"TN": 1}},
-    "test_pre": {"acc": 0.70, "auc": 0.8}, "test_post": {"acc": 0.75, "auc": 0.81}}}
+PREPOST_MODELS = {
+    "resnet18": {
+        "delta": {"acc": 0.05, "auc": 0.01, "sensitivity": 0.1, "specificity": -0.02},
+        "mcnemar": {"a_right_b_wrong": 1, "a_wrong_b_right": 4, "p_value": 0.375},
+        "cell_moves": {"TP": {"TP": 8, "FN": 1}, "FN": {"TP": 3}, "TN": {"TN": 7}, "FP": {"TN": 1}},
+        "test_pre": {"acc": 0.70, "auc": 0.8},
+        "test_post": {"acc": 0.75, "auc": 0.81},
+    }
+}
 
 
 def test_prepost_markdown_has_differences_model_comparison_and_cells(scores):
@@ -287,8 +318,15 @@ def test_write_tables_is_byte_identical_and_order_free(tmp_path, scores):
     a = lb.write_tables(tmp_path / "a", scores, prepost_models=PREPOST_MODELS)
     b = lb.write_tables(tmp_path / "b", scores.sample(frac=1.0, random_state=3), prepost_models=PREPOST_MODELS)
     names = [p.name for p in a]
-    assert names == ["leaderboard.csv", "leaderboard.md", "comparisons.csv", "friedman.csv", "prepost.csv",
-                     "prepost_by_cell.csv", "prepost.md"]
+    assert names == [
+        "leaderboard.csv",
+        "leaderboard.md",
+        "comparisons.csv",
+        "friedman.csv",
+        "prepost.csv",
+        "prepost_by_cell.csv",
+        "prepost.md",
+    ]
     assert names == [p.name for p in b]
     for pa, pb in zip(a, b):
         assert pa.read_bytes() == pb.read_bytes(), pa.name
@@ -316,30 +354,58 @@ def make_curves(seed: int = 0) -> pd.DataFrame:
                 for i in range(N):
                     for f in np.linspace(0, 1, 6):
                         p = (1 - f if curve == "deletion" else f) + rng.normal(0, 0.05)
-                        rows.append(dict(model="resnet18", stage=stage, explainer=explainer, curve=curve, image=i,
-                                         fraction=f, prob=float(np.clip(p, 0, 1))))
+                        rows.append(
+                            dict(
+                                model="resnet18",
+                                stage=stage,
+                                explainer=explainer,
+                                curve=curve,
+                                image=i,
+                                fraction=f,
+                                prob=float(np.clip(p, 0, 1)),
+                            )
+                        )
     return pd.DataFrame(rows)
 
 
 def save_examples(path, n: int = 6, seed: int = 0) -> plots.AttributionExamples:
     """Examples as the runner stores them for one model: pre cells TP, FP, FN, TN, TP, TN; maps (N, 1, H, W)."""
     rng = np.random.default_rng(seed)
-    maps = {(s, e): rng.normal(size=(n, 1, 8, 8)) * (3.0 if s == "post" else 1.0)
-            for s in ("pre", "post") for e in ("alpha", "beta")}
-    examples = plots.AttributionExamples(models={"resnet18": plots.ModelExamples(
-        images=rng.random((n, 1, 8, 8)), labels=np.array([1, 0, 1, 0, 1, 0][:n]),
-        index=np.array([3, 5, 8, 9, 11, 12][:n]),
-        cells={"pre": ["TP", "FP", "FN", "TN", "TP", "TN"][:n], "post": ["TP", "TN", "TP", "TN", "TP", "TN"][:n]},
-        maps=maps)})
+    maps = {
+        (s, e): rng.normal(size=(n, 1, 8, 8)) * (3.0 if s == "post" else 1.0)
+        for s in ("pre", "post")
+        for e in ("alpha", "beta")
+    }
+    examples = plots.AttributionExamples(
+        models={
+            "resnet18": plots.ModelExamples(
+                images=rng.random((n, 1, 8, 8)),
+                labels=np.array([1, 0, 1, 0, 1, 0][:n]),
+                index=np.array([3, 5, 8, 9, 11, 12][:n]),
+                cells={
+                    "pre": ["TP", "FP", "FN", "TN", "TP", "TN"][:n],
+                    "post": ["TP", "TN", "TP", "TN", "TP", "TN"][:n],
+                },
+                maps=maps,
+            )
+        }
+    )
     plots.save_attribution_examples(path, examples)
     return examples
 
 
 def _one(images=None, **maps) -> plots.AttributionExamples:
     """One model "m" with one 2x2 example image and the given maps."""
-    return plots.AttributionExamples(models={"m": plots.ModelExamples(
-        images=np.zeros((1, 2, 2)) if images is None else images, labels=np.array([0]), index=np.array([0]),
-        maps={tuple(k.split("__")): v for k, v in maps.items()})})
+    return plots.AttributionExamples(
+        models={
+            "m": plots.ModelExamples(
+                images=np.zeros((1, 2, 2)) if images is None else images,
+                labels=np.array([0]),
+                index=np.array([0]),
+                maps={tuple(k.split("__")): v for k, v in maps.items()},
+            )
+        }
+    )
 
 
 def test_attribution_store_round_trip(tmp_path):
@@ -358,8 +424,9 @@ def test_attribution_store_round_trip(tmp_path):
     rgb_store = plots.load_attribution_examples(tmp_path / "rgb.npz").models["m"]
     assert rgb_store.images.tolist() == [[[2.0, 2.0], [2.0, 2.0]]] and rgb_store.maps[("pre", "e")].max() == 6.0
     with pytest.raises(BenchError, match="must not contain"):
-        plots.save_attribution_examples(tmp_path / "x.npz", plots.AttributionExamples(
-            models={"a|b": _one().models["m"]}))
+        plots.save_attribution_examples(
+            tmp_path / "x.npz", plots.AttributionExamples(models={"a|b": _one().models["m"]})
+        )
     with pytest.raises(BenchError, match="must not contain"):
         plots.save_attribution_examples(tmp_path / "x.npz", _one(**{"pre__a|b": np.zeros((1, 2, 2))}))
     with pytest.raises(BenchError, match="shape"):
@@ -377,7 +444,7 @@ def test_symmetric_limits():
     assert vmin == -vmax and vmax == pytest.approx(np.percentile([4, 1, 0.5, 2, 3], 50))
     assert plots.symmetric_limits([np.zeros(5)]) == (-1.0, 1.0)
     big = np.concatenate([np.full(999, 0.1), [1000.0]])
-    assert plots.symmetric_limits([big], percentile=99)[1] < 1.0       # one outlier does not set the scale
+    assert plots.symmetric_limits([big], percentile=99)[1] < 1.0  # one outlier does not set the scale
 
 
 def test_attribution_grid_uses_one_symmetric_scale(tmp_path):
@@ -385,11 +452,11 @@ def test_attribution_grid_uses_one_symmetric_scale(tmp_path):
     store = plots.load_attribution_examples(tmp_path / "attributions.npz")
     ex = store.models["resnet18"]
     fig = plots.attribution_grid(store, "resnet18", "alpha", per_cell=1)
-    shown = [0, 1, 2, 3]                                             # first TP, FP, FN, TN under pre
+    shown = [0, 1, 2, 3]  # first TP, FP, FN, TN under pre
     expect = plots.symmetric_limits([ex.maps[(s, "alpha")][shown] for s in ("pre", "post")])
     maps = [im for ax in fig.axes for im in ax.get_images() if im.get_cmap().name == plots.DIVERGING_CMAP]
     assert len(maps) == 8
-    everything = plots.attribution_grid(store, "resnet18", "alpha")              # all 6 stored examples
+    everything = plots.attribution_grid(store, "resnet18", "alpha")  # all 6 stored examples
     assert len([im for ax in everything.axes for im in ax.get_images()]) == 6 * 3
     assert all(im.get_clim() == pytest.approx(expect) for im in maps)
     # not vacuous: a scale per stage, or over all six stored examples instead of the shown ones, differs
@@ -403,10 +470,17 @@ def test_write_figures_non_empty_and_byte_identical(tmp_path, scores, board):
     curves = make_curves()
     first = plots.write_figures(tmp_path / "run", scores, curves, tmp_path / "attributions.npz", board=board)
     blobs = [p.read_bytes() for p in first]
-    assert [p.name for p in first] == sorted([
-        "attributions_resnet18_alpha.png", "attributions_resnet18_beta.png", "curves_resnet18_post.png",
-        "curves_resnet18_pre.png", "leaderboard_resnet18_post.png", "leaderboard_resnet18_pre.png",
-        "prepost_resnet18.png"])
+    assert [p.name for p in first] == sorted(
+        [
+            "attributions_resnet18_alpha.png",
+            "attributions_resnet18_beta.png",
+            "curves_resnet18_post.png",
+            "curves_resnet18_pre.png",
+            "leaderboard_resnet18_post.png",
+            "leaderboard_resnet18_pre.png",
+            "prepost_resnet18.png",
+        ]
+    )
     assert all(b.startswith(b"\x89PNG\r\n\x1a\n") and len(b) > 2000 for b in blobs)
     assert all(b"Software" not in b for b in blobs)
     again = plots.write_figures(tmp_path / "run", scores, curves, tmp_path / "attributions.npz")
@@ -423,12 +497,19 @@ def _ranks(rows: dict[str, dict[str, float | None]]) -> pd.DataFrame:
 def test_reading_order_is_the_mean_rank_over_the_trusted_metrics():
     """By hand: a/b/c over metrics x (trusted) and y (fails the card); a missing rank is left out, a row with none
     goes last, ties fall to the mean over every metric, then to the name."""
-    t = _ranks({"a": {"x": 2, "y": 1}, "b": {"x": 1, "y": 3}, "c": {"x": 2, "y": 2}, "d": {"x": None, "y": 1},
-                "e": {"x": 1, "y": 3}})
-    assert F.rank_order(t, fails={"y"}) == ["b", "e", "a", "c", "d"]        # x: b=e=1 (y: 3 = 3: name), a (y 1) < c
-    assert F.rank_order(t) == ["d", "a", "b", "c", "e"]                     # all metrics: d 1, a 1.5, b=c=e 2 ...
-    assert F.rank_order(t, fails={"x", "y"}) == F.rank_order(t)             # nothing trusted: every metric
-    t["rank"] = t["rank"].astype("Int64")                                   # leaderboard.csv's nullable ranks
+    t = _ranks(
+        {
+            "a": {"x": 2, "y": 1},
+            "b": {"x": 1, "y": 3},
+            "c": {"x": 2, "y": 2},
+            "d": {"x": None, "y": 1},
+            "e": {"x": 1, "y": 3},
+        }
+    )
+    assert F.rank_order(t, fails={"y"}) == ["b", "e", "a", "c", "d"]  # x: b=e=1 (y: 3 = 3: name), a (y 1) < c
+    assert F.rank_order(t) == ["d", "a", "b", "c", "e"]  # all metrics: d 1, a 1.5, b=c=e 2 ...
+    assert F.rank_order(t, fails={"x", "y"}) == F.rank_order(t)  # nothing trusted: every metric
+    t["rank"] = t["rank"].astype("Int64")  # leaderboard.csv's nullable ranks
     assert F.rank_order(t, fails={"y"}) == ["b", "e", "a", "c", "d"]
     assert F.metric_order(["y", "x", "z", "x"], {"x"}) == ["y", "z", "x"]
 
@@ -448,14 +529,14 @@ def test_shared_text_pieces():
 
 def test_markdown_leaderboard_rows_follow_the_reading_order(board):
     md = lb.render_leaderboard_md(board)
-    section = md[md.index("## resnet18 · pre"):md.index("## resnet18 · post")]
+    section = md[md.index("## resnet18 · pre") : md.index("## resnet18 · post")]
     rows = [line.split(" | ")[0].strip("| ") for line in section.splitlines()[4:] if line.startswith("| ")]
     assert rows == F.rank_order(board[(board.model == "resnet18") & (board.stage == "pre")])
-    assert rows[:3] == ["alpha", "beta", "gamma"] and rows[-1] == "broken"      # TRUTH's order; the failed one last
+    assert rows[:3] == ["alpha", "beta", "gamma"] and rows[-1] == "broken"  # TRUTH's order; the failed one last
 
 
 def _colours(fig) -> np.ndarray:
-    mesh = fig.axes[0].collections[0]                                        # the cells' colours, row by row
+    mesh = fig.axes[0].collections[0]  # the cells' colours, row by row
     return np.asarray(mesh.cmap(mesh.norm(np.ma.compressed(mesh.get_array()))))
 
 
@@ -466,25 +547,41 @@ def test_heatmap_colour_separates_means_that_share_a_rank(board):
     b["rank"] = b["rank"].astype("Int64")
     fig = plots.leaderboard_heatmap(b, "resnet18", "pre")
     colours = _colours(fig)
-    assert len(colours) == 3 and len({tuple(c) for c in colours}) == 3      # rank colouring would give one colour
-    order = F.rank_order(b)                                                  # all tied: by name
+    assert len(colours) == 3 and len({tuple(c) for c in colours}) == 3  # rank colouring would give one colour
+    order = F.rank_order(b)  # all tied: by name
     means = b.set_index("explainer")["mean"].reindex(order).to_numpy()
-    lightness = colours[:, :3].sum(axis=1)                                   # cividis: brighter = better
-    assert np.argsort(lightness).tolist() == np.argsort(-means).tolist()     # lower deletion AUC is better
+    lightness = colours[:, :3].sum(axis=1)  # cividis: brighter = better
+    assert np.argsort(lightness).tolist() == np.argsort(-means).tolist()  # lower deletion AUC is better
 
 
 def test_figures_leave_out_empty_panels(board):
-    card = pd.DataFrame({"model": "m", "stage": "pre", "metric": ["x", "y"], "beat_random": [1, -1],
-                         "real_explainers": 2, "alpha": [0.5, 0.2], "split_half": [0.9, 0.1],
-                         "substrate_tau_min": [np.nan, np.nan], "meta_input": np.nan, "meta_model": np.nan,
-                         "verdict": ["ok", "fails: noise"]})
+    card = pd.DataFrame(
+        {
+            "model": "m",
+            "stage": "pre",
+            "metric": ["x", "y"],
+            "beat_random": [1, -1],
+            "real_explainers": 2,
+            "alpha": [0.5, 0.2],
+            "split_half": [0.9, 0.1],
+            "substrate_tau_min": [np.nan, np.nan],
+            "meta_input": np.nan,
+            "meta_model": np.nan,
+            "verdict": ["ok", "fails: noise"],
+        }
+    )
     fig = plots.reliability_heatmap(card, "m", "pre")
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert labels == ["beat random", "alpha", "split-half"]
     assert "substrate tau, MetaQuantus input, MetaQuantus model" in fig.axes[0].get_title()
-    rows = [dict(model="m", stage="pre", explainer=e, curve=c, substrate=s, fraction=f, prob_mean=0.5, n=3)
-            for e in ("a", "b") for c in ("deletion", "insertion") for s in ("blur", "imputation", "zero")
-            for f in (0.0, 0.5, 1.0) if not (c == "insertion" and s == "imputation")]
+    rows = [
+        dict(model="m", stage="pre", explainer=e, curve=c, substrate=s, fraction=f, prob_mean=0.5, n=3)
+        for e in ("a", "b")
+        for c in ("deletion", "insertion")
+        for s in ("blur", "imputation", "zero")
+        for f in (0.0, 0.5, 1.0)
+        if not (c == "insertion" and s == "imputation")
+    ]
     fig = plots.substrate_figure(pd.DataFrame(rows), "m", "pre")
     drawn = [ax.get_title() for ax in fig.axes if ax.axison]
     assert len(drawn) == 5 and "insertion · imputation" not in drawn
@@ -495,5 +592,5 @@ def test_method_styles_keep_a_dozen_methods_apart():
     styles = plots.method_styles([f"e{i:02d}" for i in range(14)])
     looks = {(s["color"], s["linestyle"]) for s in styles.values()}
     assert len(looks) == 14 and len({s["marker"] for s in styles.values()}) >= 11
-    assert "#F0E442" not in {s["color"] for s in styles.values()}          # no faint yellow line on white
+    assert "#F0E442" not in {s["color"] for s in styles.values()}  # no faint yellow line on white
     assert plots.method_styles(["b", "a"])["a"] == plots.method_styles(["a", "c", "b"])["a"]  # by name, not input order

@@ -5,6 +5,7 @@ epsilon rules when no layer has a bias and the stabilisers vanish; merging a bat
 convolution creates a bias (beta - mean * gamma / sqrt(var + eps)), so the tests make the batch
 norms bias-free (mean 0, beta 0) and the head's bias 0: a bias-free ReLU network.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -131,8 +132,18 @@ def test_lrp_rejects_a_model_the_canonizer_would_change():
     attr = run_explainer("zennit.epsilon_plus_flat", model, x, torch.tensor([0, 1]), background=x)
     assert attr.meta["canonizer_output_change"] == 0.0  # nothing merged: nothing changed
     # a model that lists a conv -> BN pair in a Sequential but applies the BN elsewhere is refused
-    seq = calibrated(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                                   nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)), batches=2, batch=4)
+    seq = calibrated(
+        nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4, 2),
+        ),
+        batches=2,
+        batch=4,
+    )
     seq.forward = lambda inp: seq[5](seq[4](seq[3](seq[2](seq[1](seq[1](seq[0](inp)))))))  # BN applied twice
     with pytest.raises(BenchError, match="canonizer changed the model's outputs"):
         run_explainer("zennit.epsilon_plus_flat", seq, x, torch.tensor([0, 1]), background=x)

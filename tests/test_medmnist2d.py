@@ -1,6 +1,7 @@
 """The other single-label 2D MedMNIST data sets: registration from medmnist.INFO, the loader's
 validation on small MedMNIST-format files, K-class cells and metrics, and one end-to-end run on an
 RGB multi-class file (no downloads: every file here is written by the test)."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,17 @@ pytestmark = pytest.mark.usefixtures("one_thread", "clean_data_env")
 QUICK = Path(__file__).resolve().parents[1] / "configs" / "quick.toml"
 
 
-def write_medmnist(path: Path, *, k: int, rgb: bool, n: dict[str, int], size: int = 28, seed: int = 0,
-                   drop: tuple[str, ...] = (), **override: np.ndarray) -> Path:
+def write_medmnist(
+    path: Path,
+    *,
+    k: int,
+    rgb: bool,
+    n: dict[str, int],
+    size: int = 28,
+    seed: int = 0,
+    drop: tuple[str, ...] = (),
+    **override: np.ndarray,
+) -> Path:
     """A MedMNIST-format file: ``{split}_images`` uint8 (N, H, W) or (N, H, W, 3), ``{split}_labels``
     uint8 (N, 1). Class c is learnable: a bright square at a class-specific place (and, in RGB, in
     a class-specific colour channel) on noise."""
@@ -44,9 +54,9 @@ def write_medmnist(path: Path, *, k: int, rgb: bool, n: dict[str, int], size: in
             r, q = divmod(int(c), 3)
             y, x = 3 + 7 * r, 3 + 7 * q
             if rgb:
-                images[i, y:y + 6, x:x + 6, c % 3] = 250
+                images[i, y : y + 6, x : x + 6, c % 3] = 250
             else:
-                images[i, y:y + 6, x:x + 6] = 250
+                images[i, y : y + 6, x : x + 6] = 250
         arrays[f"{s}_images"] = images
         arrays[f"{s}_labels"] = labels.astype(np.uint8).reshape(count, 1)
     arrays.update(override)
@@ -103,13 +113,17 @@ def test_root_file_names_and_sizes(tmp_path, monkeypatch):
     assert pm.resolve_data_file(64, flag="bloodmnist") == tmp_path / "bloodmnist_64.npz"
 
 
-@pytest.mark.parametrize("override, drop, words", [
-    ({}, ("val_labels",), ["val_labels", "missing keys"]),
-    ({"train_images": np.zeros((12, 28, 28), np.uint8)}, (), ["train_images", "(12, 28, 28)", "RGB"]),
-    ({"test_images": np.zeros((8, 28, 28, 4), np.uint8)}, (), ["test_images", "(8, 28, 28, 4)"]),
-    ({"train_labels": np.full((12, 1), 7, np.uint8)}, (), ["train_labels", "[7]", "{0, ..., 6}", "dermamnist"]),
-    ({"val_labels": np.zeros((8, 7), np.uint8)}, (), ["val_labels", "(8, 7)"]),
-], ids=["missing-key", "grayscale-for-rgb", "four-channels", "label-out-of-range", "multi-label"])
+@pytest.mark.parametrize(
+    "override, drop, words",
+    [
+        ({}, ("val_labels",), ["val_labels", "missing keys"]),
+        ({"train_images": np.zeros((12, 28, 28), np.uint8)}, (), ["train_images", "(12, 28, 28)", "RGB"]),
+        ({"test_images": np.zeros((8, 28, 28, 4), np.uint8)}, (), ["test_images", "(8, 28, 28, 4)"]),
+        ({"train_labels": np.full((12, 1), 7, np.uint8)}, (), ["train_labels", "[7]", "{0, ..., 6}", "dermamnist"]),
+        ({"val_labels": np.zeros((8, 7), np.uint8)}, (), ["val_labels", "(8, 7)"]),
+    ],
+    ids=["missing-key", "grayscale-for-rgb", "four-channels", "label-out-of-range", "multi-label"],
+)
 def test_validation_errors_name_the_file_and_the_fix(tmp_path, override, drop, words):
     path = write_medmnist(tmp_path / "d.npz", k=7, rgb=True, n=SMALL, drop=drop, **override)
     msg = bench_error(load_split, "dermamnist", "train", data_file=str(path), download=False)
@@ -147,7 +161,9 @@ def test_cells_for_k_classes():
 
 def test_multiclass_metrics():
     labels = np.array([0, 1, 2, 2, 1, 0])
-    probs = np.array([[.8, .1, .1], [.1, .7, .2], [.1, .2, .7], [.6, .2, .2], [.2, .5, .3], [.5, .4, .1]])
+    probs = np.array(
+        [[0.8, 0.1, 0.1], [0.1, 0.7, 0.2], [0.1, 0.2, 0.7], [0.6, 0.2, 0.2], [0.2, 0.5, 0.3], [0.5, 0.4, 0.1]]
+    )
     m = classification_metrics(labels, probs)
     assert m["acc"] == pytest.approx(5 / 6) and m["recall"] == [1.0, 1.0, 0.5]
     assert m["confusion"] == [[2, 0, 0], [0, 2, 0], [1, 0, 1]] and "sensitivity" not in m
@@ -204,14 +220,27 @@ def test_end_to_end_rgb_multiclass(tmp_path):
     k = 7
     path = write_medmnist(tmp_path / "dermamnist.npz", k=k, rgb=True, n={"train": 140, "val": 35, "test": 35})
     overrides = [
-        'name="rgb"', f'results_dir="{tmp_path / "results"}"', f'checkpoint_dir="{tmp_path / "ck"}"', 'device="cpu"',
-        'data.dataset="dermamnist"', f'data.options={{data_file = "{path}", download = false}}', "data.per_cell=1",
-        "data.background_size=8", 'models.names=["tiny"]', "train.epochs=3", "train.batch_size=32", "train.lr=0.01",
-        "tune.epochs=1", 'tune.unfreeze=["fc"]', "explain.shard_size=8",
+        'name="rgb"',
+        f'results_dir="{tmp_path / "results"}"',
+        f'checkpoint_dir="{tmp_path / "ck"}"',
+        'device="cpu"',
+        'data.dataset="dermamnist"',
+        f'data.options={{data_file = "{path}", download = false}}',
+        "data.per_cell=1",
+        "data.background_size=8",
+        'models.names=["tiny"]',
+        "train.epochs=3",
+        "train.batch_size=32",
+        "train.lr=0.01",
+        "tune.epochs=1",
+        'tune.unfreeze=["fc"]',
+        "explain.shard_size=8",
         'explain.params={"captum.integrated_gradients" = {n_steps = 8}, "shap.gradient" = {nsamples = 8}, '
         '"shap.partition" = {max_evals = 64}}',
         'metrics.params={"deletion_auc" = {steps = 7}, "insertion_auc" = {steps = 7}}',
-        "reliability.substrates=[]", "reliability.imputation=false", "reliability.bootstrap=50",
+        "reliability.substrates=[]",
+        "reliability.imputation=false",
+        "reliability.bootstrap=50",
     ]
     cfg = load_config(QUICK, overrides)
     run_dir = runner.run(cfg, progress=False)

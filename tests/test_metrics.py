@@ -3,6 +3,7 @@
 Every oracle here can fail: the analytic model makes the true pixel order known, so a sign or
 sort-direction bug in the ranking, the curve or the AUC changes the asserted inequalities.
 """
+
 from __future__ import annotations
 
 import copy
@@ -146,8 +147,10 @@ def test_deletion_true_order_is_best_and_bounds_random(substrate):
     curves = {k: perturbation_curve(model, x, t, o, sub, 49, mode="delete") for k, o in orders.items()}
     assert torch.all(curves["perfect"] <= curves["random"] + 1e-6)
     assert torch.all(curves["random"] <= curves["reversed"] + 1e-6)
-    aucs = {k: deletion_auc(model, x, t, Attribution(v), substrate=substrate).scores
-            for k, v in {"perfect": contrib, "reversed": -contrib, "random": torch.randn_like(contrib)}.items()}
+    aucs = {
+        k: deletion_auc(model, x, t, Attribution(v), substrate=substrate).scores
+        for k, v in {"perfect": contrib, "reversed": -contrib, "random": torch.randn_like(contrib)}.items()
+    }
     assert torch.all(aucs["perfect"] < aucs["random"] - 1e-3)
     assert torch.all(aucs["random"] < aucs["reversed"] - 1e-3)
     # shared end points: the unperturbed input and the full substrate
@@ -164,13 +167,16 @@ def test_insertion_true_order_is_best_and_bounds_random(substrate):
     curves = {
         "perfect": perturbation_curve(model, x, t, rank_pixels(contrib), sub, 49, mode="insert"),
         "reversed": perturbation_curve(model, x, t, rank_pixels(-contrib), sub, 49, mode="insert"),
-        "random": perturbation_curve(model, x, t, torch.stack([torch.randperm(784, generator=g) for _ in range(3)]),
-                                     sub, 49, mode="insert"),
+        "random": perturbation_curve(
+            model, x, t, torch.stack([torch.randperm(784, generator=g) for _ in range(3)]), sub, 49, mode="insert"
+        ),
     }
     assert torch.all(curves["perfect"] >= curves["random"] - 1e-6)
     assert torch.all(curves["random"] >= curves["reversed"] - 1e-6)
-    aucs = {k: insertion_auc(model, x, t, Attribution(v), substrate=substrate).scores
-            for k, v in {"perfect": contrib, "reversed": -contrib, "random": torch.randn_like(contrib)}.items()}
+    aucs = {
+        k: insertion_auc(model, x, t, Attribution(v), substrate=substrate).scores
+        for k, v in {"perfect": contrib, "reversed": -contrib, "random": torch.randn_like(contrib)}.items()
+    }
     assert torch.all(aucs["perfect"] > aucs["random"] + 1e-3)
     assert torch.all(aucs["random"] > aucs["reversed"] + 1e-3)
     torch.testing.assert_close(curves["perfect"][:, 0], torch.sigmoid(0.05 * (w * sub).sum((1, 2, 3))))
@@ -192,8 +198,9 @@ def test_curve_hand_computed_small_image():
     # the metric returns the curve its score integrates, with the fractions of pixels deleted
     assert set(res.curves) == {"deletion"} and res.curves["deletion"].x == (0.0, 0.5, 1.0)
     torch.testing.assert_close(res.curves["deletion"].y, curve)
-    assert auc.item() == pytest.approx(0.5 * ((expected[0] + expected[1]) / 2 + (expected[1] + expected[2]) / 2),
-                                       abs=1e-6)
+    assert auc.item() == pytest.approx(
+        0.5 * ((expected[0] + expected[1]) / 2 + (expected[1] + expected[2]) / 2), abs=1e-6
+    )
     ins = perturbation_curve(model, x, t, rank_pixels(a.values), torch.zeros_like(x), 2, mode="insert")
     torch.testing.assert_close(ins[0], torch.tensor([sigmoid(0.0), sigmoid(2.0 - 1.0), sigmoid(2.5)]))
 
@@ -245,7 +252,8 @@ def test_drop_and_increase_hand_computed():
     t0 = torch.tensor([0, 0])
     y0 = 1 - y
     assert drop_rate(model, x, t0, Attribution(vals), frac=0.5).tolist() == pytest.approx(
-        [0.0, (y0 - (1 - sigmoid(3.0))) / y0], abs=1e-6)
+        [0.0, (y0 - (1 - sigmoid(3.0))) / y0], abs=1e-6
+    )
     assert increase_rate(model, x, t0, Attribution(vals), frac=0.5).tolist() == [1.0, 0.0]
 
 
@@ -360,8 +368,9 @@ def test_randomisation_model_independent_explainer_scores_one_and_gradient_lower
         assert torch.equal(v, state[k]), k
     assert torch.equal(torch.get_rng_state(), rng_state)
     assert not tiny.training
-    torch.testing.assert_close(randomisation_similarity(tiny, x, t, Attribution(grad_x_input(tiny, x, t)),
-                                                        context=gxi), s_gxi)
+    torch.testing.assert_close(
+        randomisation_similarity(tiny, x, t, Attribution(grad_x_input(tiny, x, t)), context=gxi), s_gxi
+    )
     # a truncated cascade is the first `steps` columns of the full one, and calls explain that often
     calls = []
     counting = MetricContext(explain=lambda m: calls.append(1) or grad_x_input(m, x, t))
@@ -390,8 +399,16 @@ def test_road_impute_is_neighbour_average_and_noise_only_on_removed():
     for idx in removed:
         r, c = divmod(int(idx), 6)
         num = den = 0.0
-        for dr, dc, wgt in [(1, 1, 1 / 12), (0, 1, 1 / 6), (-1, 1, 1 / 12), (1, -1, 1 / 12), (0, -1, 1 / 6),
-                            (-1, -1, 1 / 12), (1, 0, 1 / 6), (-1, 0, 1 / 6)]:
+        for dr, dc, wgt in [
+            (1, 1, 1 / 12),
+            (0, 1, 1 / 6),
+            (-1, 1, 1 / 12),
+            (1, -1, 1 / 12),
+            (0, -1, 1 / 6),
+            (-1, -1, 1 / 12),
+            (1, 0, 1 / 6),
+            (-1, 0, 1 / 6),
+        ]:
             if 0 <= r + dr < 6 and 0 <= c + dc < 6:
                 num += wgt * o2[r + dr, c + dc]
                 den += wgt
@@ -483,8 +500,9 @@ def test_sparseness_and_complexity_hand_computed():
     assert entropy[:3].tolist() == pytest.approx(expected, abs=1e-6) and torch.isnan(entropy[3])
     # magnitudes are part of both formulas: the sign of a value does not matter
     for fn in (sparseness, complexity):
-        torch.testing.assert_close(fn(model, x, t, Attribution(-v)), fn(model, x, t, Attribution(v.abs())),
-                                   equal_nan=True)
+        torch.testing.assert_close(
+            fn(model, x, t, Attribution(-v)), fn(model, x, t, Attribution(v.abs())), equal_nan=True
+        )
     # a map concentrated on a few pixels is sparser than Gaussian noise (the random control)
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(3, 1, 28, 28, generator=g)
@@ -527,13 +545,15 @@ def test_infidelity_zero_for_the_exact_linear_explanation():
     grad = (0.05 * w).expand_as(x)
     zero = torch.zeros(3)
     for normalise in (True, False):
-        torch.testing.assert_close(infidelity(model, x, t, Attribution(grad), normalise=normalise), zero,
-                                   atol=1e-10, rtol=0)
+        torch.testing.assert_close(
+            infidelity(model, x, t, Attribution(grad), normalise=normalise), zero, atol=1e-10, rtol=0
+        )
     torch.testing.assert_close(infidelity(model, x, t, Attribution(2 * grad)), zero, atol=1e-10, rtol=0)
     perturbations = gaussian_perturbations(x, 50, 0.1, 0)
     d = (perturbations.double() * grad.double().unsqueeze(1)).sum((2, 3, 4))
-    np.testing.assert_allclose(infidelity(model, x, t, Attribution(2 * grad), normalise=False).numpy(),
-                               d.square().mean(1).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        infidelity(model, x, t, Attribution(2 * grad), normalise=False).numpy(), d.square().mean(1).numpy(), rtol=1e-5
+    )
     noise = Attribution(torch.randn(x.shape, generator=g))
     raw, scaled = infidelity(model, x, t, noise, normalise=False), infidelity(model, x, t, noise)
     assert torch.all(scaled > 1e-4) and torch.all(scaled <= raw)  # beta minimises the error
@@ -551,8 +571,9 @@ def test_faithfulness_correlation_one_for_exact_contributions(substrate):
     ones = torch.ones(3)
     fc = faithfulness_correlation(model, x, t, Attribution(phi), substrate=substrate)
     torch.testing.assert_close(fc, ones, atol=1e-6, rtol=0)
-    torch.testing.assert_close(faithfulness_correlation(model, x, t, Attribution(-phi), substrate=substrate), -ones,
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        faithfulness_correlation(model, x, t, Attribution(-phi), substrate=substrate), -ones, atol=1e-6, rtol=0
+    )
     rnd = faithfulness_correlation(model, x, t, Attribution(torch.randn(x.shape, generator=g)), substrate=substrate)
     assert torch.all(rnd.abs() < 0.5), rnd
     # in probability space the relation is monotone, not linear: high, below 1
@@ -571,8 +592,9 @@ def test_random_subsets_distinct_seeded_and_sized():
     assert len({tuple(sorted(row.tolist())) for row in s[0]}) == 100  # the subsets differ
     assert torch.equal(random_subsets(x, 100, 39, 0), s) and not torch.equal(random_subsets(x, 100, 39, 1), s)
     with pytest.raises(BenchError, match="frac"):
-        faithfulness_correlation(LinearLogit(torch.ones(1, 1, 28, 28)).eval(), x, torch.ones(3, dtype=torch.long),
-                                 Attribution(x), frac=0.0)
+        faithfulness_correlation(
+            LinearLogit(torch.ones(1, 1, 28, 28)).eval(), x, torch.ones(3, dtype=torch.long), Attribution(x), frac=0.0
+        )
 
 
 def test_monotonicity_correlation_linear_model():
@@ -622,14 +644,20 @@ def test_sensitivity_and_lipschitz_analytic():
     torch.testing.assert_close(avg_sensitivity(model, x, t, Attribution(x), context=ident), rel.mean(1))
     assert len(calls) == 20  # `samples` re-explanations per metric call, a batch each
     calls.clear()
-    torch.testing.assert_close(local_lipschitz_estimate(model, x, t, Attribution(x), context=ident, normalise=False),
-                               torch.ones(3))
-    torch.testing.assert_close(local_lipschitz_estimate(model, x, t, Attribution(3 * x), context=MetricContext(
-        explain=scaled(3.0)), normalise=False), torch.full((3,), 3.0))
+    torch.testing.assert_close(
+        local_lipschitz_estimate(model, x, t, Attribution(x), context=ident, normalise=False), torch.ones(3)
+    )
+    torch.testing.assert_close(
+        local_lipschitz_estimate(
+            model, x, t, Attribution(3 * x), context=MetricContext(explain=scaled(3.0)), normalise=False
+        ),
+        torch.full((3,), 3.0),
+    )
     # normalised, the scale of the map does not matter
     torch.testing.assert_close(
         local_lipschitz_estimate(model, x, t, Attribution(3 * x), context=MetricContext(explain=scaled(3.0))),
-        local_lipschitz_estimate(model, x, t, Attribution(x), context=ident))
+        local_lipschitz_estimate(model, x, t, Attribution(x), context=ident),
+    )
     assert len(calls) == 40
     # a map that ignores the input: 0 everywhere; a zero map: NaN
     const = MetricContext(explain=lambda m, inputs=None: torch.ones_like(x))
@@ -670,8 +698,9 @@ def _context_for(model, x, t):
     masks = torch.zeros(x.shape[0], 1, 28, 28, dtype=torch.bool)
     masks[:, :, 5:15, 8:20] = True
     masks[-1] = False
-    return MetricContext(masks=masks,
-                         explain=lambda m, inputs=None: grad_x_input(m, x if inputs is None else inputs, t))
+    return MetricContext(
+        masks=masks, explain=lambda m, inputs=None: grad_x_input(m, x if inputs is None else inputs, t)
+    )
 
 
 def test_every_metric_batch_equals_per_image_and_leaves_model_untouched(tiny, batch):
@@ -699,12 +728,25 @@ def test_every_metric_batch_equals_per_image_and_leaves_model_untouched(tiny, ba
 
 def test_registry_docstrings_directions_and_needs():
     expected = {
-        "drop_rate": False, "increase_rate": True, "deletion_auc": False, "insertion_auc": True,
-        "additivity_error": False, "additivity_error_relative": False, "road_morf": True, "road_lerf": False,
-        "randomisation_similarity": False, "localisation_precision": True, "pointing_game": True,
-        "max_sensitivity": False, "avg_sensitivity": False, "local_lipschitz_estimate": False,
-        "sparseness": True, "complexity": False,
-        "infidelity": False, "faithfulness_correlation": True, "monotonicity_correlation": True,
+        "drop_rate": False,
+        "increase_rate": True,
+        "deletion_auc": False,
+        "insertion_auc": True,
+        "additivity_error": False,
+        "additivity_error_relative": False,
+        "road_morf": True,
+        "road_lerf": False,
+        "randomisation_similarity": False,
+        "localisation_precision": True,
+        "pointing_game": True,
+        "max_sensitivity": False,
+        "avg_sensitivity": False,
+        "local_lipschitz_estimate": False,
+        "sparseness": True,
+        "complexity": False,
+        "infidelity": False,
+        "faithfulness_correlation": True,
+        "monotonicity_correlation": True,
     }
     assert set(expected) <= set(METRICS.names())
     for entry in METRICS.entries():
@@ -732,8 +774,14 @@ def test_every_in_repo_metric_declares_its_kind_and_control_role():
     localisation and randomisation metrics have the controls as their chance level; robustness
     and complexity metrics do not (a random map is maximally spread out and unstable, a map that
     ignores the input perfectly robust), nor additivity (the controls have no value)."""
-    expected = {"faithfulness": "baseline", "localisation": "baseline", "randomisation": "baseline",
-                "robustness": "none", "complexity": "none", "axiomatic": "none"}
+    expected = {
+        "faithfulness": "baseline",
+        "localisation": "baseline",
+        "randomisation": "baseline",
+        "robustness": "none",
+        "complexity": "none",
+        "axiomatic": "none",
+    }
     in_repo = [e for e in METRICS.entries() if e.obj.__module__.startswith("bench.metrics.")]
     assert {e.meta["kind"] for e in in_repo} == set(expected)
     for entry in in_repo:
@@ -748,8 +796,16 @@ def test_full_profile_names_every_metric_family():
     names = load_config(Path(__file__).resolve().parents[1] / "configs" / "full.toml", []).metrics.names
     kinds = {METRICS.get(n).meta["kind"] for n in names}
     assert {"faithfulness", "robustness", "complexity"} <= kinds
-    new = {"max_sensitivity", "avg_sensitivity", "local_lipschitz_estimate", "sparseness", "complexity",
-           "infidelity", "faithfulness_correlation", "monotonicity_correlation"}
+    new = {
+        "max_sensitivity",
+        "avg_sensitivity",
+        "local_lipschitz_estimate",
+        "sparseness",
+        "complexity",
+        "infidelity",
+        "faithfulness_correlation",
+        "monotonicity_correlation",
+    }
     assert new <= set(names)
 
 
@@ -758,8 +814,11 @@ def test_unknown_param_missing_context_unknown_name_raise(tiny, batch):
     t = torch.zeros(5, dtype=torch.long)
     with pytest.raises(BenchError, match=r"no parameter .stepz. \(did you mean .steps.\?\); its parameters: steps=49"):
         compute_metric("deletion_auc", tiny, x, t, Attribution(a), stepz=3)
-    for name, field in [("randomisation_similarity", "explain"), ("localisation_precision", "masks"),
-                        ("pointing_game", "masks")]:
+    for name, field in [
+        ("randomisation_similarity", "explain"),
+        ("localisation_precision", "masks"),
+        ("pointing_game", "masks"),
+    ]:
         with pytest.raises(BenchError, match=rf"{name}.*context\.{field}"):
             compute_metric(name, tiny, x, t, Attribution(a))
         with pytest.raises(BenchError, match=rf"{name}.*context\.{field}"):
@@ -779,7 +838,10 @@ def test_preprocess_attributions_modes():
     assert preprocess_attributions(v, "signed") is v
     # every mode the config accepts (PREPROCESS_MODES) is implemented, and does what it says
     assert {m: preprocess_attributions(v, m).tolist() for m in PREPROCESS_MODES} == {
-        "signed": [-2.0, 0.0, 3.0], "abs": [2.0, 0.0, 3.0], "positive": [0.0, 0.0, 3.0]}
+        "signed": [-2.0, 0.0, 3.0],
+        "abs": [2.0, 0.0, 3.0],
+        "positive": [0.0, 0.0, 3.0],
+    }
     with pytest.raises(BenchError, match="signed, abs, positive"):
         preprocess_attributions(v, "absolute")
 
@@ -790,7 +852,7 @@ def test_normalised_trapezoid_span():
 
 
 def test_substrates():
-    """"mean" is each image's own per-channel mean; "blur" equals scipy's Gaussian filter with
+    """ "mean" is each image's own per-channel mean; "blur" equals scipy's Gaussian filter with
     mirror (torch "reflect") borders, so a constant image stays constant (zero padding would
     darken the border)."""
     import scipy.ndimage
@@ -802,8 +864,15 @@ def test_substrates():
     assert torch.equal(mean.amin(dim=(2, 3)), mean.amax(dim=(2, 3)))
     assert torch.equal(make_substrate(x, "zero"), torch.zeros_like(x))
     blur = make_substrate(x, "blur", blur_sigma=2.0)
-    ref = np.stack([[scipy.ndimage.gaussian_filter(x[i, c].double().numpy(), 2.0, mode="mirror", truncate=3.0)
-                     for c in range(2)] for i in range(2)])
+    ref = np.stack(
+        [
+            [
+                scipy.ndimage.gaussian_filter(x[i, c].double().numpy(), 2.0, mode="mirror", truncate=3.0)
+                for c in range(2)
+            ]
+            for i in range(2)
+        ]
+    )
     np.testing.assert_allclose(blur.double().numpy(), ref, atol=1e-6)
     const = torch.full((1, 1, 28, 28), 0.7)
     torch.testing.assert_close(make_substrate(const, "blur"), const)
@@ -820,11 +889,17 @@ def test_compute_metric_takes_plain_tensors_and_arrays(tiny, batch):
     # a one-channel map of three-channel images counts each pixel's value in every channel (as the CAM adapters do)
     x3 = x.expand(-1, 3, -1, -1).contiguous()
     m = nn.Sequential(nn.Conv2d(3, 2, 28), nn.Flatten()).eval()
-    assert torch.equal(compute_metric("drop_rate", m, x3, t, a).scores,
-                       compute_metric("drop_rate", m, x3, t, Attribution(a.expand_as(x3))).scores)
-    for bad, words in [(a[:-1], f"a map of {len(x)} images of 1x28x28 is ({len(x)}, 28, 28) or ({len(x)}, 1, 28, 28)"),
-                       (a[:, :, :27], "has shape"), (a.clone().fill_(float("nan")), "NaN"),
-                       (a > 0, "real numbers"), ("map", "tensor or an array")]:
+    assert torch.equal(
+        compute_metric("drop_rate", m, x3, t, a).scores,
+        compute_metric("drop_rate", m, x3, t, Attribution(a.expand_as(x3))).scores,
+    )
+    for bad, words in [
+        (a[:-1], f"a map of {len(x)} images of 1x28x28 is ({len(x)}, 28, 28) or ({len(x)}, 1, 28, 28)"),
+        (a[:, :, :27], "has shape"),
+        (a.clone().fill_(float("nan")), "NaN"),
+        (a > 0, "real numbers"),
+        ("map", "tensor or an array"),
+    ]:
         with pytest.raises(BenchError) as err:
             compute_metric("deletion_auc", tiny, x, t, bad)
         assert words in str(err.value) and "\n" not in str(err.value), str(err.value)

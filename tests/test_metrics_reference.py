@@ -24,6 +24,7 @@
 
 Quantus 0.6.0 calls ``np.trapz``, removed in numpy 2.4: aliased to ``np.trapezoid`` per test.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -91,11 +92,25 @@ def data(model):
 
 def _pixel_flipping(model, x, t, a, baseline, **kw):
     metric = quantus.PixelFlipping(
-        features_in_step=16, abs=False, normalise=False, perturb_baseline=baseline,
-        return_aggregate=False, disable_warnings=True, display_progressbar=False, **kw,
+        features_in_step=16,
+        abs=False,
+        normalise=False,
+        perturb_baseline=baseline,
+        return_aggregate=False,
+        disable_warnings=True,
+        display_progressbar=False,
+        **kw,
     )
-    out = metric(model=model, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=a.numpy(), channel_first=True,
-                 softmax=True, device="cpu", batch_size=B)
+    out = metric(
+        model=model,
+        x_batch=x.numpy(),
+        y_batch=t.numpy(),
+        a_batch=a.numpy(),
+        channel_first=True,
+        softmax=True,
+        device="cpu",
+        batch_size=B,
+    )
     return np.asarray(out, dtype=np.float64)
 
 
@@ -178,10 +193,25 @@ def test_road_curve_matches_quantus_road(model, data):
     from quantus.functions.perturb_func import noisy_linear_imputation
 
     x, t, a = data
-    metric = quantus.ROAD(percentages=PERCENT, noise=0.0, abs=False, normalise=False,
-                          return_aggregate=False, disable_warnings=True, display_progressbar=False)
-    theirs = metric(model=model, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=a.numpy(), channel_first=True,
-                    softmax=True, device="cpu", batch_size=B)
+    metric = quantus.ROAD(
+        percentages=PERCENT,
+        noise=0.0,
+        abs=False,
+        normalise=False,
+        return_aggregate=False,
+        disable_warnings=True,
+        display_progressbar=False,
+    )
+    theirs = metric(
+        model=model,
+        x_batch=x.numpy(),
+        y_batch=t.numpy(),
+        a_batch=a.numpy(),
+        channel_first=True,
+        softmax=True,
+        device="cpu",
+        batch_size=B,
+    )
     assert list(theirs) == PERCENT
     xp = road_perturbed_inputs(x, rank_pixels(a), [p / 100 for p in PERCENT], noise=0.0)
     with torch.no_grad():
@@ -190,10 +220,19 @@ def test_road_curve_matches_quantus_road(model, data):
     assert len(set(acc.tolist())) > 1  # the accuracy curve moves
 
     order = rank_pixels(a).numpy()
-    q_imputed = torch.from_numpy(np.stack([
-        np.stack([noisy_linear_imputation(arr=x[i].numpy(), indices=order[i, : int(784 * p / 100)], noise=0.0)
-                  for p in PERCENT]) for i in range(B)
-    ])).float()
+    q_imputed = torch.from_numpy(
+        np.stack(
+            [
+                np.stack(
+                    [
+                        noisy_linear_imputation(arr=x[i].numpy(), indices=order[i, : int(784 * p / 100)], noise=0.0)
+                        for p in PERCENT
+                    ]
+                )
+                for i in range(B)
+            ]
+        )
+    ).float()
     with torch.no_grad():
         q_prob = torch.softmax(model(q_imputed.flatten(0, 1)), 1).view(B, len(PERCENT), -1)
     q_prob = q_prob.gather(2, t.view(-1, 1, 1).expand(-1, len(PERCENT), 1)).squeeze(2)
@@ -211,8 +250,9 @@ def test_additivity_matches_captum_ig_convergence_delta(model, data):
 
     x, t, _ = data
     baseline = torch.zeros_like(x)
-    attr, delta = IntegratedGradients(model).attribute(x, baselines=baseline, target=t, n_steps=50,
-                                                        return_convergence_delta=True)
+    attr, delta = IntegratedGradients(model).attribute(
+        x, baselines=baseline, target=t, n_steps=50, return_convergence_delta=True
+    )
     with torch.no_grad():
         out = model(x).gather(1, t.view(-1, 1)).squeeze(1)
         base = model(baseline).gather(1, t.view(-1, 1)).squeeze(1)
@@ -223,8 +263,9 @@ def test_additivity_matches_captum_ig_convergence_delta(model, data):
     assert diff < 1e-5
     assert delta.abs().max() > 1e-4  # a real gap at 50 steps: the comparison is not vacuous
     rel = additivity_error_relative(model, x, t, a)
-    np.testing.assert_allclose(rel.double().numpy(), (delta.detach().abs() / (out - base).abs()).double().numpy(),
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        rel.double().numpy(), (delta.detach().abs() / (out - base).abs()).double().numpy(), rtol=1e-4
+    )
 
 
 def test_additivity_agrees_with_quantus_completeness_where_equality_is_exact(model, data):
@@ -243,10 +284,24 @@ def test_additivity_agrees_with_quantus_completeness_where_equality_is_exact(mod
     a[:, 0, 5, 5] = offset
     ours = additivity_error(model, x, t, Attribution(a, out, base), context=MetricContext(additive=True))
     np.testing.assert_allclose(ours.double().numpy(), offset.double().numpy(), atol=1e-6)
-    metric = quantus.Completeness(abs=False, normalise=False, perturb_baseline=0.0, return_aggregate=False,
-                                  disable_warnings=True, display_progressbar=False)
-    verdict = metric(model=model, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=a.numpy(), channel_first=True,
-                     softmax=False, device="cpu", batch_size=B)
+    metric = quantus.Completeness(
+        abs=False,
+        normalise=False,
+        perturb_baseline=0.0,
+        return_aggregate=False,
+        disable_warnings=True,
+        display_progressbar=False,
+    )
+    verdict = metric(
+        model=model,
+        x_batch=x.numpy(),
+        y_batch=t.numpy(),
+        a_batch=a.numpy(),
+        channel_first=True,
+        softmax=False,
+        device="cpu",
+        batch_size=B,
+    )
     assert list(map(bool, verdict)) == [bool(o == 0) for o in offset]
 
 
@@ -264,8 +319,10 @@ def test_sparseness_and_complexity_match_quantus(model, data):
     q_entropy = np.asarray(quantus.Complexity(**common)(a_batch=a.numpy().copy(), **call))
     gini = sparseness(model, x, t, Attribution(a)).double().numpy()
     entropy = complexity(model, x, t, Attribution(a)).double().numpy()
-    print(f"Sparseness: max abs diff {np.abs(gini - q_gini)[1:].max():.3g}; "
-          f"Complexity: {np.abs(entropy - q_entropy).max():.3g}")
+    print(
+        f"Sparseness: max abs diff {np.abs(gini - q_gini)[1:].max():.3g}; "
+        f"Complexity: {np.abs(entropy - q_entropy).max():.3g}"
+    )
     np.testing.assert_allclose(gini[1:], q_gini[1:], atol=1e-5)
     np.testing.assert_allclose(entropy, q_entropy, atol=1e-5)
     assert gini[0] == pytest.approx(1 - 1 / 784) and entropy[0] == pytest.approx(0.0, abs=1e-9)
@@ -296,10 +353,28 @@ def test_faithfulness_correlation_matches_quantus_on_its_subsets(model, data, mo
     monkeypatch.setattr(np.random, "choice", recording_choice)
     np.random.seed(0)
     metric = quantus.FaithfulnessCorrelation(
-        nr_runs=runs, subset_size=k, perturb_baseline=0.0, similarity_func=quantus.similarity_func.correlation_pearson,
-        abs=False, normalise=False, return_aggregate=False, disable_warnings=True, display_progressbar=False)
-    theirs = np.asarray(metric(model=model, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=a.numpy(),
-                               channel_first=True, softmax=False, device="cpu", batch_size=B))
+        nr_runs=runs,
+        subset_size=k,
+        perturb_baseline=0.0,
+        similarity_func=quantus.similarity_func.correlation_pearson,
+        abs=False,
+        normalise=False,
+        return_aggregate=False,
+        disable_warnings=True,
+        display_progressbar=False,
+    )
+    theirs = np.asarray(
+        metric(
+            model=model,
+            x_batch=x.numpy(),
+            y_batch=t.numpy(),
+            a_batch=a.numpy(),
+            channel_first=True,
+            softmax=False,
+            device="cpu",
+            batch_size=B,
+        )
+    )
     monkeypatch.undo()
     subsets = torch.from_numpy(np.stack(drawn).reshape(runs, B, k)).transpose(0, 1).long()
     ours = subset_correlation(model, x, t, a, subsets, torch.zeros_like(x), output="logit").double().numpy()
@@ -317,11 +392,29 @@ def test_monotonicity_correlation_matches_quantus(model, data):
     replacement values is then one exact term), 16 pixels per step = our 49 steps; softmax."""
     x, t, a = data
     metric = quantus.MonotonicityCorrelation(
-        nr_samples=1, features_in_step=16, perturb_baseline=0.0, eps=1e-5,
-        similarity_func=quantus.similarity_func.correlation_spearman, abs=True, normalise=False,
-        return_aggregate=False, disable_warnings=True, display_progressbar=False)
-    theirs = np.asarray(metric(model=model, x_batch=x.numpy(), y_batch=t.numpy(), a_batch=a.numpy(),
-                               channel_first=True, softmax=True, device="cpu", batch_size=B))
+        nr_samples=1,
+        features_in_step=16,
+        perturb_baseline=0.0,
+        eps=1e-5,
+        similarity_func=quantus.similarity_func.correlation_spearman,
+        abs=True,
+        normalise=False,
+        return_aggregate=False,
+        disable_warnings=True,
+        display_progressbar=False,
+    )
+    theirs = np.asarray(
+        metric(
+            model=model,
+            x_batch=x.numpy(),
+            y_batch=t.numpy(),
+            a_batch=a.numpy(),
+            channel_first=True,
+            softmax=True,
+            device="cpu",
+            batch_size=B,
+        )
+    )
     ours = monotonicity_correlation(model, x, t, Attribution(a), steps=49).double().numpy()
     print(f"MonotonicityCorrelation: max abs diff {np.abs(ours - theirs).max():.3g}")
     np.testing.assert_allclose(ours, theirs, atol=1e-6)
@@ -374,10 +467,23 @@ def test_max_sensitivity_matches_captum(model, data):
         return (_input_x_gradient(target)(model, inp),)  # and expects a tuple back
 
     # its perturbed batch repeats each image `samples` times in a row (repeat_interleave): our draws in that order
-    theirs = sensitivity_max(captum_explain, x, perturb_func=lambda inputs: inputs + deltas.flatten(0, 1),
-                             n_perturb_samples=samples, norm_ord="fro", target=t)
-    ours = max_sensitivity(model, x, t, Attribution(explain(model, x)), context=MetricContext(explain=explain),
-                           samples=samples, radius=radius)
+    theirs = sensitivity_max(
+        captum_explain,
+        x,
+        perturb_func=lambda inputs: inputs + deltas.flatten(0, 1),
+        n_perturb_samples=samples,
+        norm_ord="fro",
+        target=t,
+    )
+    ours = max_sensitivity(
+        model,
+        x,
+        t,
+        Attribution(explain(model, x)),
+        context=MetricContext(explain=explain),
+        samples=samples,
+        radius=radius,
+    )
     diff = (ours.double() - theirs.double()).abs().max().item()
     print(f"sensitivity_max: max abs diff {diff:.3g}, values {ours.min().item():.3g}..{ours.max().item():.3g}")
     np.testing.assert_allclose(ours.double().numpy(), theirs.double().numpy(), rtol=1e-5)
@@ -399,8 +505,15 @@ def _replaying(deltas: torch.Tensor, batch_size: int):
     return perturb
 
 
-@pytest.mark.parametrize("name, normalise", [("max_sensitivity", False), ("avg_sensitivity", False),
-                                             ("local_lipschitz_estimate", False), ("local_lipschitz_estimate", True)])
+@pytest.mark.parametrize(
+    "name, normalise",
+    [
+        ("max_sensitivity", False),
+        ("avg_sensitivity", False),
+        ("local_lipschitz_estimate", False),
+        ("local_lipschitz_estimate", True),
+    ],
+)
 def test_robustness_matches_quantus_on_the_same_draws(model, data, name, normalise):
     """Quantus' ``normalise_by_max`` without axes divides everything it is given by one maximum
     (the whole ``a_batch`` of a call, then each perturbed batch): equal to our per-image
@@ -412,14 +525,16 @@ def test_robustness_matches_quantus_on_the_same_draws(model, data, name, normali
     a = explain(model, x)
     context = MetricContext(explain=explain)
     if name == "local_lipschitz_estimate":
-        ours = local_lipschitz_estimate(model, x, t, Attribution(a), context=context, samples=samples,
-                                        normalise=normalise)
+        ours = local_lipschitz_estimate(
+            model, x, t, Attribution(a), context=context, samples=samples, normalise=normalise
+        )
         shape = (samples, *x.shape[1:])  # the metric's own draws, replayed
         deltas = per_image_draws(x, 0, name, lambda g: torch.randn(shape, generator=g, dtype=torch.float64) * 0.1)
         cls = quantus.LocalLipschitzEstimate
     else:
         ours = {"max_sensitivity": max_sensitivity, "avg_sensitivity": avg_sensitivity}[name](
-            model, x, t, Attribution(a), context=context, samples=samples, radius=0.02)
+            model, x, t, Attribution(a), context=context, samples=samples, radius=0.02
+        )
         deltas = uniform_perturbations(x, samples, 0.02, 0, "sensitivity")
         cls = {"max_sensitivity": quantus.MaxSensitivity, "avg_sensitivity": quantus.AvgSensitivity}[name]
 
@@ -429,15 +544,36 @@ def test_robustness_matches_quantus_on_the_same_draws(model, data, name, normali
 
     def quantus_scores(rows: slice) -> np.ndarray:
         n = len(range(*rows.indices(B)))
-        metric = cls(nr_samples=samples, perturb_func=_replaying(deltas[rows], n), abs=False, normalise=normalise,
-                     return_nan_when_prediction_changes=False, return_aggregate=False, disable_warnings=True,
-                     display_progressbar=False)
-        return np.asarray(metric(model=model, x_batch=x[rows].numpy(), y_batch=t[rows].numpy(),
-                                 a_batch=a[rows].numpy(), explain_func=q_explain, explain_func_kwargs={},
-                                 channel_first=True, softmax=False, device="cpu", batch_size=n))
+        metric = cls(
+            nr_samples=samples,
+            perturb_func=_replaying(deltas[rows], n),
+            abs=False,
+            normalise=normalise,
+            return_nan_when_prediction_changes=False,
+            return_aggregate=False,
+            disable_warnings=True,
+            display_progressbar=False,
+        )
+        return np.asarray(
+            metric(
+                model=model,
+                x_batch=x[rows].numpy(),
+                y_batch=t[rows].numpy(),
+                a_batch=a[rows].numpy(),
+                explain_func=q_explain,
+                explain_func_kwargs={},
+                channel_first=True,
+                softmax=False,
+                device="cpu",
+                batch_size=n,
+            )
+        )
 
-    theirs = np.concatenate([quantus_scores(slice(i, i + 1)) for i in range(B)]) if normalise else \
-        quantus_scores(slice(0, B))
+    theirs = (
+        np.concatenate([quantus_scores(slice(i, i + 1)) for i in range(B)])
+        if normalise
+        else quantus_scores(slice(0, B))
+    )
     diff = np.abs(ours.double().numpy() - theirs).max()
     print(f"{cls.__name__} (normalise={normalise}): max abs diff {diff:.3g}")
     np.testing.assert_allclose(ours.double().numpy(), theirs, rtol=1e-5)

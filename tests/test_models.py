@@ -1,4 +1,5 @@
 """The MODELS registry and the explainer-safe ResNets."""
+
 from __future__ import annotations
 
 import pytest
@@ -32,8 +33,10 @@ def test_stem_depends_on_input_size():
     assert large.maxpool.kernel_size == large.maxpool.stride == 2 and large.maxpool.padding == 0
 
 
-@pytest.mark.parametrize("name,blocks,params_m", [("resnet18", [2, 2, 2, 2], 11.17), ("resnet50", [3, 4, 6, 3], 23.50),
-                                                  ("resnet101", [3, 4, 23, 3], 42.50)])
+@pytest.mark.parametrize(
+    "name,blocks,params_m",
+    [("resnet18", [2, 2, 2, 2], 11.17), ("resnet50", [3, 4, 6, 3], 23.50), ("resnet101", [3, 4, 23, 3], 42.50)],
+)
 def test_resnet_depth_and_size_match_torchvision(name, blocks, params_m):
     """Same block counts and (up to the 1-channel stem and 2-class head) the same size as torchvision."""
     m = models.build_model(name)

@@ -1,4 +1,5 @@
 """examples/quickstart.ipynb runs top to bottom in a fresh kernel (nbclient), without a cell error."""
+
 from __future__ import annotations
 
 from pathlib import Path

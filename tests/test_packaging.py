@@ -6,6 +6,7 @@ The fresh environment sees the test environment's dependencies through a ``.pth`
 its site-packages folders (a plain path line: the editable install's own ``.pth`` in that folder is
 not executed, so the repository stays invisible; the test checks it), so torch is not reinstalled.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,15 +26,39 @@ from bench.run.config import CONFIG_DIR, DEFAULT_CONFIG, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 # what a build does not need: the git folder, environments, outputs and earlier builds
-NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "results", "build", "site", "*.egg-info", "__pycache__",
-                                     ".pytest_cache", ".benchmarks")
+NOT_SOURCES = shutil.ignore_patterns(
+    ".git", ".venv", "results", "build", "site", "*.egg-info", "__pycache__", ".pytest_cache", ".benchmarks"
+)
 
-TINY_RUN = ["--no-progress", "--set", 'data.dataset="synthetic"', "--set", "data.options.n=64",
-            "--set", "data.per_cell=1", "--set", "data.background_size=4", "--set", 'models.names=["tiny"]',
-            "--set", 'models.stages=["pre"]', "--set", "train.epochs=1", "--set", "train.batch_size=32",
-            "--set", 'explain.names=["captum.saliency", "random"]', "--set", 'metrics.names=["deletion_auc"]',
-            "--set", "metrics.params.deletion_auc.steps=4", "--set", "reliability.enabled=false",
-            "--set", 'device="cpu"']
+TINY_RUN = [
+    "--no-progress",
+    "--set",
+    'data.dataset="synthetic"',
+    "--set",
+    "data.options.n=64",
+    "--set",
+    "data.per_cell=1",
+    "--set",
+    "data.background_size=4",
+    "--set",
+    'models.names=["tiny"]',
+    "--set",
+    'models.stages=["pre"]',
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.batch_size=32",
+    "--set",
+    'explain.names=["captum.saliency", "random"]',
+    "--set",
+    'metrics.names=["deletion_auc"]',
+    "--set",
+    "metrics.params.deletion_auc.steps=4",
+    "--set",
+    "reliability.enabled=false",
+    "--set",
+    'device="cpu"',
+]
 
 EVALUATE = """
 import json, os, sys
@@ -97,8 +122,21 @@ def wheel(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"
     shutil.copytree(REPO, src, symlinks=True, ignore=NOT_SOURCES)
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w",
-          str(tmp / "dist"), str(src)], cwd=tmp)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "-w",
+            str(tmp / "dist"),
+            str(src),
+        ],
+        cwd=tmp,
+    )
     (whl,) = (tmp / "dist").glob("pneumobench-*.whl")
     return whl
 
@@ -109,12 +147,28 @@ def installed(wheel, tmp_path_factory) -> Path:
     venv = tmp_path_factory.mktemp("venv") / "env"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=venv.parent)
     python = venv / "bin" / "python"
-    site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                     cwd=venv.parent).stdout.strip())
+    site = Path(
+        _run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=venv.parent
+        ).stdout.strip()
+    )
     deps = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
     (site / "_pneumobench_test_deps.pth").write_text("".join(f"{d}\n" for d in deps))
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "--quiet",
-          str(wheel)], cwd=venv.parent)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--quiet",
+            str(wheel),
+        ],
+        cwd=venv.parent,
+    )
     return python
 
 

@@ -1,5 +1,6 @@
 """A run in parts (bench/run/parts.py): the part configs, the nested sample, the image-picking
 model of another seed, and the combined run (labels, owners, cross-part map similarity, checks)."""
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,9 @@ data = {{ nested_per_cell = 1 }}
 
 def _config(tmp_path: Path, extra: str = "") -> Path:
     path = tmp_path / "study.toml"
-    path.write_text(BASE.format(results=tmp_path / "results", ck=tmp_path / "ck", explainers=json.dumps(EXPLAINERS))
-                    + extra)
+    path.write_text(
+        BASE.format(results=tmp_path / "results", ck=tmp_path / "ck", explainers=json.dumps(EXPLAINERS)) + extra
+    )
     return path
 
 
@@ -93,17 +95,21 @@ def test_a_part_is_the_config_with_its_table_merged_over_it(tmp_path):
     assert post.models.stages == ("pre", "post") and post.data.nested_per_cell == 1 and post.data.per_cell == 3
 
 
-@pytest.mark.parametrize("extra, needle", [
-    ('[parts.bad]\nname = "x"\n', "parts.bad.name"),
-    ('[parts.bad]\nseed = 3\n', "parts.bad.seed"),
-    ('[parts.bad]\ndata = { nested_per_cell = 4 }\n', "data.nested_per_cell"),
-    ('[parts.bad]\nmodels = { select_seed = -2 }\n', "models.select_seed"),
-    ('[parts.bad]\nmodels = { sedes = [1] }\n', "models.sedes"),
-])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        ('[parts.bad]\nname = "x"\n', "parts.bad.name"),
+        ("[parts.bad]\nseed = 3\n", "parts.bad.seed"),
+        ("[parts.bad]\ndata = { nested_per_cell = 4 }\n", "data.nested_per_cell"),
+        ("[parts.bad]\nmodels = { select_seed = -2 }\n", "models.select_seed"),
+        ("[parts.bad]\nmodels = { sedes = [1] }\n", "models.sedes"),
+    ],
+)
 def test_a_bad_part_is_one_line_naming_the_key(tmp_path, extra, needle):
     def make():
         cfg = load_config(_config(tmp_path, extra))
         return part_config(cfg, "bad")
+
     msg = bench_error(make)
     assert needle in msg and "\n" not in msg
 
@@ -129,9 +135,14 @@ def test_the_nested_sample_is_a_seeded_subset_of_the_sample(tmp_path):
         assert sub == P.select_images(test, preds, nested, 0).tolist()  # seeded
         cells = np.array(P.confusion_cells(test.labels.numpy(), preds.numpy(), 2))[sub]
         assert all((cells == c).sum() == min(k, 10) for c in ("TP", "FP", "FN", "TN"))
-    assert set(P.select_images(test, preds, load_config(_config(tmp_path), ["data.per_cell=10",
-                                                                             "data.nested_per_cell=10"]), 0).tolist()) \
+    assert (
+        set(
+            P.select_images(
+                test, preds, load_config(_config(tmp_path), ["data.per_cell=10", "data.nested_per_cell=10"]), 0
+            ).tolist()
+        )
         == full
+    )
 
 
 # ----------------------------------------------------------------------------- the combined run
@@ -173,8 +184,10 @@ def test_the_combined_run_takes_each_stage_from_the_part_that_scored_most(study)
     assert set(scores["model"]) == {"tiny@seed0", "tiny@seed1"}
     pre0 = scores[(scores["model"] == "tiny@seed0") & (scores["stage"] == "pre")]
     key = ["explainer", "metric", "image"]
-    pd.testing.assert_frame_equal(pre0.drop(columns="model").sort_values(key).reset_index(drop=True),
-                                  s0.drop(columns="model").sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        pre0.drop(columns="model").sort_values(key).reset_index(drop=True),
+        s0.drop(columns="model").sort_values(key).reset_index(drop=True),
+    )
     post = _part_scores(cfg, "s0-post")
     assert set(scores["stage"]) == {"pre", "post"}
     assert len(scores[scores["stage"] == "post"]) == len(post[post["stage"] == "post"])
@@ -196,8 +209,10 @@ def test_seed_similarity_across_parts_comes_from_their_maps(study):
     m1 = read_maps(PT.part_dir(part_config(cfg, "s1-pre")) / "maps.npz")
     (i0, a), (i1, b) = m0[("tiny", "captum.saliency")], m1[("tiny", "captum.saliency")]
     assert np.array_equal(i0, i1)
-    rho, top = map_similarity(M.preprocess_attributions(torch.as_tensor(a), cfg.metrics.attribution),
-                              M.preprocess_attributions(torch.as_tensor(b), cfg.metrics.attribution))
+    rho, top = map_similarity(
+        M.preprocess_attributions(torch.as_tensor(a), cfg.metrics.attribution),
+        M.preprocess_attributions(torch.as_tensor(b), cfg.metrics.attribution),
+    )
     got = seeds[seeds["explainer"] == "captum.saliency"].sort_values("image")
     np.testing.assert_allclose(got["spearman"], rho, rtol=1e-6)
     np.testing.assert_allclose(got["top_overlap"], top, rtol=1e-6)
@@ -207,8 +222,9 @@ def test_seed_similarity_across_parts_comes_from_their_maps(study):
 
 def test_report_rebuilds_the_combined_run_byte_for_byte(study):
     _, _, parent = study
-    before = {f: (parent / f).read_bytes() for f in ("leaderboard.md", "leaderboard.csv", "prepost.csv",
-                                                     "stability.csv")}
+    before = {
+        f: (parent / f).read_bytes() for f in ("leaderboard.md", "leaderboard.csv", "prepost.csv", "stability.csv")
+    }
     rebuild(parent)
     assert {f: (parent / f).read_bytes() for f in before} == before
 
@@ -218,6 +234,7 @@ def test_a_finished_part_is_taken_as_it_is(study, monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError("a finished part ran again")
+
     monkeypatch.setattr(PT.runner, "run", boom)
     said: list[str] = []
     PT.run_parts(cfg, progress=False, say=said.append)
@@ -226,6 +243,7 @@ def test_a_finished_part_is_taken_as_it_is(study, monkeypatch):
 
 def test_parts_that_explained_different_models_are_refused(study, tmp_path):
     import shutil
+
     tmp, cfg, parent = study
     copy = tmp_path / "copy"
     shutil.copytree(tmp / "results", copy / "results")
@@ -249,11 +267,14 @@ def test_parts_may_split_the_explainers_of_one_model_stage(study):
     tmp, cfg, _ = study
     head, _, _ = BASE.partition("[parts.s0-pre]")
     text = head.replace('name = "study"', 'name = "split"').format(
-        results=tmp / "results", ck=tmp / "ck", explainers=json.dumps(EXPLAINERS))
-    text += ('[parts.a]\nmodels = { seeds = [0], stages = ["pre"] }\n'
-             'explain = { names = ["captum.saliency", "random"] }\n'
-             '[parts.b]\nmodels = { seeds = [0], stages = ["pre"] }\n'
-             'explain = { names = ["captum.integrated_gradients"] }\n')
+        results=tmp / "results", ck=tmp / "ck", explainers=json.dumps(EXPLAINERS)
+    )
+    text += (
+        '[parts.a]\nmodels = { seeds = [0], stages = ["pre"] }\n'
+        'explain = { names = ["captum.saliency", "random"] }\n'
+        '[parts.b]\nmodels = { seeds = [0], stages = ["pre"] }\n'
+        'explain = { names = ["captum.integrated_gradients"] }\n'
+    )
     (tmp / "split.toml").write_text(text)
     split = load_config(tmp / "split.toml")
     parent = PT.run_parts(split, progress=False, say=lambda s: None)

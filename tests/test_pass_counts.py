@@ -6,6 +6,7 @@ pass), and the explainer a metric re-runs on a randomised copy counts its own ro
 the counts equal the metric's ``passes`` rule at its defaults. So a unit's metric passes are the
 sum of their floors: no metric makes a pass its rule does not declare.
 """
+
 from __future__ import annotations
 
 import pytest

@@ -6,6 +6,7 @@ registers disappears with it, and the modules it imported are dropped from ``sys
 Fake installed distributions are ``*.dist-info`` folders in ``tmp_path`` on ``sys.path``
 (as in tests/test_explainers.py), so nothing is pip-installed.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -31,8 +32,12 @@ from models import MODELS, build_model
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "pneumobench_example_plugin"
-REGISTRIES = {"bench.explainers": EXPLAINERS, "bench.metrics": METRICS, "bench.models": MODELS,
-              "bench.datasets": DATASETS}
+REGISTRIES = {
+    "bench.explainers": EXPLAINERS,
+    "bench.metrics": METRICS,
+    "bench.models": MODELS,
+    "bench.datasets": DATASETS,
+}
 TEST_MODULES = ("fake_bench_", "broken_bench_", "pneumobench_example_plugin")
 
 
@@ -95,7 +100,8 @@ def _check_topk_deletion_drop(name: str) -> None:
     assert scores(frac=0.5, chunk_size=1) == pytest.approx(expected, abs=1e-6)
     # mean substrate: the deleted pixels take the image mean 2.5
     assert scores(frac=0.5, substrate="mean") == pytest.approx(
-        [_sig(10) - _sig(8), _sig(10) - _sig(12), _sig(-10) - _sig(-8)], abs=1e-6)
+        [_sig(10) - _sig(8), _sig(10) - _sig(12), _sig(-10) - _sig(-8)], abs=1e-6
+    )
     # k = round(0.3 * 4) = 1 (rounded, not ceil): only the top pixel goes
     assert scores(frac=0.3) == pytest.approx([_sig(10) - _sig(6), _sig(10) - _sig(9), _sig(-10) - _sig(-6)], abs=1e-6)
     with pytest.raises(BenchError, match="frac"):
@@ -103,6 +109,7 @@ def _check_topk_deletion_drop(name: str) -> None:
 
 
 # --- docs/adding-a-metric.md -----------------------------------------------------------------
+
 
 def _doc_code() -> str:
     text = (REPO / "docs" / "adding-a-metric.md").read_text()
@@ -120,8 +127,11 @@ def test_doc_example_metric_runs(isolated, capsys):
         printed = capsys.readouterr().out
         assert "(0.0, 2.0)" in printed  # the block's own print of the pass count
         entry = METRICS.get(name)
-        assert entry.meta["higher_is_better"] is True and entry.meta["needs"] == () \
+        assert (
+            entry.meta["higher_is_better"] is True
+            and entry.meta["needs"] == ()
             and entry.meta["reads"] == "preprocessed"
+        )
         doc = entry.obj.__doc__
         assert re.search(r"et al\. 20\d\d", doc) and "p(x) - p(x_k)" in doc  # paper and formula
         assert metric_params(name) == {"frac": 0.1, "substrate": "zero", "chunk_size": 32}
@@ -165,13 +175,14 @@ PLUGIN_MODULES = {
                               name="fakeplugin.constant", split=split, info={"value": value})
     ''',
 }
-PLUGIN_ENTRY_POINTS = ("[bench.metrics]\nmass = fake_bench_metric\n\n"
-                       "[bench.models]\nlinear = fake_bench_model\n\n"
-                       "[bench.datasets]\nconstant = fake_bench_dataset\n")
+PLUGIN_ENTRY_POINTS = (
+    "[bench.metrics]\nmass = fake_bench_metric\n\n"
+    "[bench.models]\nlinear = fake_bench_model\n\n"
+    "[bench.datasets]\nconstant = fake_bench_dataset\n"
+)
 
 
-def test_metric_model_and_dataset_plugins_load_lazily_through_their_entry_point_groups(tmp_path, monkeypatch,
-                                                                                       isolated):
+def test_metric_model_and_dataset_plugins_load_lazily_through_their_entry_point_groups(tmp_path, monkeypatch, isolated):
     for module, source in PLUGIN_MODULES.items():
         (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
     _fake_distribution(tmp_path, "fake_bench_plugins", PLUGIN_ENTRY_POINTS, monkeypatch)
@@ -201,8 +212,14 @@ def test_metric_model_and_dataset_plugins_load_lazily_through_their_entry_point_
     a = torch.zeros(2, 1, 8, 8)
     a[0] = 0.5
     a[1, 0, 3, 4] = -2.0
-    res = compute_metric("fakeplugin.attribution_mass", net.eval(), torch.rand(2, 1, 8, 8), torch.tensor([0, 2]),
-                         Attribution(a), power=2.0)
+    res = compute_metric(
+        "fakeplugin.attribution_mass",
+        net.eval(),
+        torch.rand(2, 1, 8, 8),
+        torch.tensor([0, 2]),
+        Attribution(a),
+        power=2.0,
+    )
     assert "fake_bench_metric" in sys.modules
     assert res.scores.tolist() == pytest.approx([0.25 * 64, 4.0])
     assert METRICS.get("fakeplugin.attribution_mass").meta["higher_is_better"] is False
@@ -217,13 +234,15 @@ BROKEN = [  # group, registry kind, a public lookup, the exception the plug-in r
 
 
 @pytest.mark.parametrize("group, kind, lookup, error", BROKEN, ids=[b[1] for b in BROKEN])
-def test_broken_plugin_is_an_error_naming_the_plugin_and_its_group(tmp_path, monkeypatch, isolated, group, kind,
-                                                                   lookup, error):
+def test_broken_plugin_is_an_error_naming_the_plugin_and_its_group(
+    tmp_path, monkeypatch, isolated, group, kind, lookup, error
+):
     module = f"broken_bench_{kind}_plugin"
     (tmp_path / f"{module}.py").write_text(f"raise {error}('needs torch>=9')\n")
     (tmp_path / f"fake_bench_{kind}_sibling.py").write_text("")  # a healthy plug-in listed after it
-    _fake_distribution(tmp_path, module, f"[{group}]\nbroken_{kind} = {module}\nsibling = fake_bench_{kind}_sibling\n",
-                       monkeypatch)
+    _fake_distribution(
+        tmp_path, module, f"[{group}]\nbroken_{kind} = {module}\nsibling = fake_bench_{kind}_sibling\n", monkeypatch
+    )
     with pytest.raises(BenchError) as exc:
         lookup()
     assert f"fake_bench_{kind}_sibling" in sys.modules  # the broken one does not stop the others loading
@@ -274,8 +293,7 @@ def test_example_plugin_modules_register_what_they_claim(monkeypatch, isolated):
     assert passes_per_image("example.smoothgrad") == (16.0, 0.0)
     assert passes_per_image("example.smoothgrad", {"n_samples": 5}, background_size=7) == (5.0, 0.0)
     x = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    attr = run_explainer("example.smoothgrad", SumLogit().eval(), x, torch.tensor([1, 0]), background=x,
-                         n_samples=3)
+    attr = run_explainer("example.smoothgrad", SumLogit().eval(), x, torch.tensor([1, 0]), background=x, n_samples=3)
     torch.testing.assert_close(attr.values, torch.stack([torch.ones_like(x[0]), torch.zeros_like(x[0])]))
 
     # the metric: the guide's top-k deletion drop under a prefixed name
@@ -290,9 +308,10 @@ def test_example_plugin_loads_through_its_declared_entry_points(tmp_path, monkey
     text = "\n".join(f"[{g}]\n" + "".join(f"{k} = {v}\n" for k, v in eps[g].items()) for g in EXAMPLE_NAMES)
     monkeypatch.syspath_prepend(str(EXAMPLE / "src"))
     _fake_distribution(tmp_path, "pneumobench_example_plugin", text, monkeypatch)
-    found = {g: sorted(ep.value for ep in metadata.entry_points(group=g)
-                       if ep.dist.name == "pneumobench_example_plugin")
-             for g in EXAMPLE_NAMES}
+    found = {
+        g: sorted(ep.value for ep in metadata.entry_points(group=g) if ep.dist.name == "pneumobench_example_plugin")
+        for g in EXAMPLE_NAMES
+    }
     assert found == {g: sorted(eps[g].values()) for g in EXAMPLE_NAMES}
     assert not any(m.startswith("pneumobench_example_plugin") for m in sys.modules)
     assert EXPLAINERS.get("example.smoothgrad").meta["library"] == "pneumobench-example-plugin"

@@ -1,5 +1,6 @@
 """Scoring precision (``metrics.precision``): the metrics' model passes under autocast, recorded,
 keyed, refused where it cannot run; float32 leaves every number and key as it was."""
+
 from __future__ import annotations
 
 import copy
@@ -14,7 +15,7 @@ from torch import nn
 from bench import evaluate
 from bench.cli import main
 from bench.core.precision import PRECISIONS, autocast, check_precision
-from bench.metrics import (METRICS, MetricContext, compute_metric, scoring_logits, scoring_precision, target_outputs)
+from bench.metrics import METRICS, MetricContext, compute_metric, scoring_logits, scoring_precision, target_outputs
 from bench.perf.floor import metric_passes_per_image, time_forward, time_forward_backward
 from bench.run.config import load_config
 from bench.run.rundir import claim, identity
@@ -26,8 +27,9 @@ from tests.test_hardening import CHEAP, _one_line_error, _tree
 CPU = torch.device("cpu")
 # metrics whose own model passes make the score: every registered metric with forward passes that
 # needs no mask and does not re-run the explainer (the registry, not a hand-written list)
-SCORED = [e.name for e in METRICS.entries() if not e.meta.get("needs")
-          and (metric_passes_per_image(e.name) or (0, 0))[1] > 0]
+SCORED = [
+    e.name for e in METRICS.entries() if not e.meta.get("needs") and (metric_passes_per_image(e.name) or (0, 0))[1] > 0
+]
 # the continuous curve metrics (AUC of probabilities, and infidelity's squared error): bfloat16 keeps
 # 8 mantissa bits, a relative error of ~4e-3 per operation; on the tiny model the scores moved by at
 # most 1.2e-3 (measured), so 1e-2 is a bound with room that still catches a wrong pass (a logit for
@@ -114,8 +116,15 @@ def test_explainers_a_metric_reruns_stay_float32():
             model(x)
         return torch.randn(x.shape)
 
-    compute_metric("randomisation_similarity", probe, x, torch.zeros(2, dtype=torch.long),
-                   Attribution(torch.randn(x.shape)), context=MetricContext(explain=explain), precision="bfloat16")
+    compute_metric(
+        "randomisation_similarity",
+        probe,
+        x,
+        torch.zeros(2, dtype=torch.long),
+        Attribution(torch.randn(x.shape)),
+        context=MetricContext(explain=explain),
+        precision="bfloat16",
+    )
     assert seen and not any(seen)
     assert probe.seen == [torch.float32] * len(probe.seen)
 
@@ -148,8 +157,9 @@ def test_compute_metric_refuses_float16_on_cpu_before_any_pass(case):
     assert "CUDA" in msg and "bfloat16" in msg and probe.seen == []
 
 
-@pytest.mark.parametrize("value, needle", [('"fp8"', "'fp8' is not one of float32, bfloat16, float16"),
-                                           ("16", "16 is not one of")])
+@pytest.mark.parametrize(
+    "value, needle", [('"fp8"', "'fp8' is not one of float32, bfloat16, float16"), ("16", "16 is not one of")]
+)
 def test_config_refuses_unknown_precision(value, needle):
     msg = bench_error(load_config, None, [f"metrics.precision={value}"])
     assert msg.startswith("config value metrics.precision:") and needle in msg
@@ -165,8 +175,17 @@ def test_config_refuses_float16_without_cuda():
 
 
 def test_cli_refuses_float16_on_cpu_in_one_line_before_any_work(tmp_path, capsys):
-    argv = ["run", "--results", str(tmp_path / "res"), "--name", "h", "--no-progress",
-            *[x for o in CHEAP for x in ("--set", o)], "--set", 'metrics.precision="float16"']
+    argv = [
+        "run",
+        "--results",
+        str(tmp_path / "res"),
+        "--name",
+        "h",
+        "--no-progress",
+        *[x for o in CHEAP for x in ("--set", o)],
+        "--set",
+        'metrics.precision="float16"',
+    ]
     err = _one_line_error(capsys, argv)
     assert "metrics.precision" in err and "CUDA" in err
     assert _tree(tmp_path / "res") == set()
@@ -185,8 +204,21 @@ def _unit(precision: str) -> Unit:
     cfg = load_config(None, ['device="cpu"', f'metrics.precision="{precision}"'])
     x = torch.zeros(2, 1, 28, 28)
     stage = Stage("resnet18", "pre", Path("ckpt.pt"), "0" * 64, {}, torch.nn.Identity())
-    return Unit(cfg, stage, "random", {}, "fingerprint", torch.arange(2), x, torch.zeros(2, dtype=torch.long),
-                torch.zeros(2, dtype=torch.long), None, x, CPU, Path("run"))
+    return Unit(
+        cfg,
+        stage,
+        "random",
+        {},
+        "fingerprint",
+        torch.arange(2),
+        x,
+        torch.zeros(2, dtype=torch.long),
+        torch.zeros(2, dtype=torch.long),
+        None,
+        x,
+        CPU,
+        Path("run"),
+    )
 
 
 def test_score_key_differs_between_precisions_and_float32_keeps_the_old_key(monkeypatch):
@@ -216,8 +248,14 @@ def test_identity_of_a_run_from_before_the_setting_is_unchanged(tmp_path):
             pass
 
 
-@pytest.mark.parametrize("run", sorted(p.name for p in (Path(__file__).parents[1] / "results" / "published").iterdir()
-                                       if (p / "manifest.json").is_file()))
+@pytest.mark.parametrize(
+    "run",
+    sorted(
+        p.name
+        for p in (Path(__file__).parents[1] / "results" / "published").iterdir()
+        if (p / "manifest.json").is_file()
+    ),
+)
 def test_published_configs_keep_their_identity(run):
     """A published run's recorded config (recorded before metrics.precision existed, or with it at
     float32) is the same run as that config today, with the key."""
@@ -240,8 +278,17 @@ def runs(tmp_path_factory):
     out = {}
     for precision in ("float32", "bfloat16"):
         sets = [x for o in CHEAP for x in ("--set", o)]
-        argv = ["run", "--results", str(results), "--name", precision, "--no-progress", *sets,
-                "--set", f'metrics.precision="{precision}"']
+        argv = [
+            "run",
+            "--results",
+            str(results),
+            "--name",
+            precision,
+            "--no-progress",
+            *sets,
+            "--set",
+            f'metrics.precision="{precision}"',
+        ]
         assert main(argv) == 0
         out[precision] = results / precision
     return out

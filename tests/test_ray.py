@@ -1,5 +1,6 @@
 """The Ray executor: a local Ray instance (loopback, 2 CPUs) runs the synthetic end-to-end config
 and matches the local executor's tables; a worker killed mid-run is retried and the run completes."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,14 @@ def local_ray():
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     session = tempfile.mkdtemp(prefix="pnb-ray-test-", dir="/tmp")  # short: Ray's socket paths
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _node_ip_address="127.0.0.1", _temp_dir=session)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        _node_ip_address="127.0.0.1",
+        _temp_dir=session,
+    )
     yield session
     ray.shutdown()
     shutil.rmtree(session, ignore_errors=True)
@@ -82,13 +89,20 @@ def test_a_killed_worker_is_retried_and_the_run_completes(tmp_path, local_ray, m
     # workers inherit the environment of the cluster they were started in: set it before they start
     monkeypatch.setenv(ray_executor.FAULT_ENV, str(marker))
     ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _node_ip_address="127.0.0.1", _temp_dir=local_ray,
-             runtime_env={"env_vars": {ray_executor.FAULT_ENV: str(marker)}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        _node_ip_address="127.0.0.1",
+        _temp_dir=local_ray,
+        runtime_env={"env_vars": {ray_executor.FAULT_ENV: str(marker)}},
+    )
     run_dir = runner.run(_cfg(tmp_path, "killed"), progress=False, executor="ray")
     assert marker.exists(), "no worker was killed: the fault hook did not run"
     scores = read_scores(run_dir / "scores.csv")
     assert (scores.status != "error").all()
     reference = runner.run(_cfg(tmp_path / "ref", "killed"), progress=False)
-    pd.testing.assert_frame_equal(scores.drop(columns=TIMING),
-                                  read_scores(reference / "scores.csv").drop(columns=TIMING))
+    pd.testing.assert_frame_equal(
+        scores.drop(columns=TIMING), read_scores(reference / "scores.csv").drop(columns=TIMING)
+    )

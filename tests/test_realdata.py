@@ -1,5 +1,6 @@
 """Integration on the real PneumoniaMNIST file (skipped when ../shared is absent): train, tune,
 explain trained ResNets exactly, and run the benchmark pipeline on a small subset."""
+
 from __future__ import annotations
 
 import json
@@ -31,14 +32,50 @@ def real(request):
 def test_train_and_tune_cli_on_real_data(tmp_path, real, capsys):
     shared, _ = real
     pre, post = tmp_path / "pre.pt", tmp_path / "post.pt"
-    assert main(["train", "--model", "tiny", "--epochs", "1", "--data-file", str(shared), "--out", str(pre),
-                 "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "tiny",
+                "--epochs",
+                "1",
+                "--data-file",
+                str(shared),
+                "--out",
+                str(pre),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     side = json.loads(sidecar_path(pre).read_text())
     assert side["data"]["md5"] == SHARED_MD5 and side["data"]["md5_official"] is False
     assert side["data"]["n"] == {"train": 4708, "val": 524, "test": 624}
     assert side["test"]["n"] == 624 and sum(map(sum, side["test"]["confusion"])) == 624
-    assert main(["tune", "--from", str(pre), "--unfreeze", "fc", "--epochs", "1", "--data-file", str(shared),
-                 "--out", str(post), "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                "--from",
+                str(pre),
+                "--unfreeze",
+                "fc",
+                "--epochs",
+                "1",
+                "--data-file",
+                str(shared),
+                "--out",
+                str(post),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     comp = json.loads(sidecar_path(post).read_text())["comparison"]
     assert sum(sum(r.values()) for r in comp["cell_moves"].values()) == 624
 
@@ -48,8 +85,15 @@ def test_shap_deep_is_exact_on_trained_resnets(tmp_path, real, name):
     """DeepExplainer's relative additivity error <= 1e-4 on a ResNet trained on real images."""
     _, (train, val, test) = real
     sub = train.subset(torch.arange(256))
-    train_model(TrainConfig(model=name, epochs=1, batch_size=64), sub, val.subset(torch.arange(64)),
-                test.subset(torch.arange(64)), out=tmp_path / "m.pt", device="cpu", progress=False)
+    train_model(
+        TrainConfig(model=name, epochs=1, batch_size=64),
+        sub,
+        val.subset(torch.arange(64)),
+        test.subset(torch.arange(64)),
+        out=tmp_path / "m.pt",
+        device="cpu",
+        progress=False,
+    )
     model, _ = load_checkpoint(tmp_path / "m.pt")
     x, bg = test.images[:3], train.images[300:316]
     targets = model(x).argmax(1)
@@ -61,12 +105,24 @@ def test_shap_deep_is_exact_on_trained_resnets(tmp_path, real, name):
 
 def test_benchmark_pipeline_on_real_subset(tmp_path, real):
     shared, _ = real
-    cfg = load_config(None, [
-        'name="real"', f'results_dir="{tmp_path}"', f'checkpoint_dir="{tmp_path / "ck"}"', 'device="cpu"',
-        f'data.options.data_file="{shared}"', "data.per_cell=1", "data.background_size=8", 'models.names=["tiny"]',
-        "train.epochs=1", "tune.epochs=1", 'tune.unfreeze=["fc"]',
-        'explain.names=["shap.deep", "captum.integrated_gradients", "edge"]',
-        'metrics.names=["deletion_auc", "insertion_auc", "additivity_error_relative"]'])
+    cfg = load_config(
+        None,
+        [
+            'name="real"',
+            f'results_dir="{tmp_path}"',
+            f'checkpoint_dir="{tmp_path / "ck"}"',
+            'device="cpu"',
+            f'data.options.data_file="{shared}"',
+            "data.per_cell=1",
+            "data.background_size=8",
+            'models.names=["tiny"]',
+            "train.epochs=1",
+            "tune.epochs=1",
+            'tune.unfreeze=["fc"]',
+            'explain.names=["shap.deep", "captum.integrated_gradients", "edge"]',
+            'metrics.names=["deletion_auc", "insertion_auc", "additivity_error_relative"]',
+        ],
+    )
     run_dir = runner.run(cfg, progress=False)
     scores = read_scores(run_dir / "scores.csv")
     assert (scores.status == "ok").sum() > 0 and set(scores.stage) == {"pre", "post"}

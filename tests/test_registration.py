@@ -8,6 +8,7 @@ entry of the package's registry, unless it is one of the few :data:`HELPERS` (th
 shared code, training). Each package is probed in its own subprocess, so what other tests imported
 does not count.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,9 +24,18 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = {"explainers": "EXPLAINERS", "bench.metrics": "METRICS", "models": "MODELS", "datasets": "DATASETS"}
 HELPERS = {
-    "explainers.base", "explainers.references", "explainers.rescale", "explainers.expected_gradients",
-    "bench.metrics.base", "bench.metrics.perturbation",
-    "models.registry", "models.safety", "models.user", "models.recipes", "models.checkpoints", "models.training",
+    "explainers.base",
+    "explainers.references",
+    "explainers.rescale",
+    "explainers.expected_gradients",
+    "bench.metrics.base",
+    "bench.metrics.perturbation",
+    "models.registry",
+    "models.safety",
+    "models.user",
+    "models.recipes",
+    "models.checkpoints",
+    "models.training",
     "models.tuning",
     "datasets.base",
 }
@@ -49,8 +59,9 @@ print(json.dumps({"files": files, "loaded": loaded, "registered": registered}))
 """
 
 
-def registration_problems(package: str, registry: str, helpers: set[str] = HELPERS, *,
-                          path: tuple[Path, ...] = (REPO,)) -> list[str]:
+def registration_problems(
+    package: str, registry: str, helpers: set[str] = HELPERS, *, path: tuple[Path, ...] = (REPO,)
+) -> list[str]:
     """One line per module of ``package`` that is not imported by its ``__init__`` or defines no
     entry of ``registry``, and per stale or wrong ``helpers`` line (``path``: the import path of
     the probe, first wins)."""
@@ -61,16 +72,24 @@ def registration_problems(package: str, registry: str, helpers: set[str] = HELPE
         module, count = f"{package}.{name}", seen["registered"].get(name, 0)
         if module in helpers:
             if count:
-                problems.append(f"{module} is listed in HELPERS but registers {count} {registry} entries: "
-                                f"take it off the list")
+                problems.append(
+                    f"{module} is listed in HELPERS but registers {count} {registry} entries: take it off the list"
+                )
         elif name not in seen["loaded"]:
-            problems.append(f"{module} is not imported by {init}: its entries are never registered; import it "
-                            f"there (or list it in HELPERS if it registers nothing)")
+            problems.append(
+                f"{module} is not imported by {init}: its entries are never registered; import it "
+                f"there (or list it in HELPERS if it registers nothing)"
+            )
         elif not count:
-            problems.append(f"{module} registers nothing in {package}.{registry}: register its entries with the "
-                            f"package's decorator (or list it in HELPERS if it is shared code)")
-    problems += [f"HELPERS lists {h}, which is not a module of {package}" for h in sorted(helpers)
-                 if h.rpartition(".")[0] == package and h.rpartition(".")[2] not in seen["files"]]
+            problems.append(
+                f"{module} registers nothing in {package}.{registry}: register its entries with the "
+                f"package's decorator (or list it in HELPERS if it is shared code)"
+            )
+    problems += [
+        f"HELPERS lists {h}, which is not a module of {package}"
+        for h in sorted(helpers)
+        if h.rpartition(".")[0] == package and h.rpartition(".")[2] not in seen["files"]
+    ]
     return problems
 
 
@@ -78,8 +97,14 @@ def registration_problems(package: str, registry: str, helpers: set[str] = HELPE
 def _probe(package: str, registry: str, path: tuple[Path, ...]) -> dict:
     """:data:`PROBE` in a fresh interpreter (one per package and path: a few seconds each)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, path))}
-    done = subprocess.run([sys.executable, "-c", PROBE, package, registry], capture_output=True, text=True, env=env,
-                          cwd=path[0], timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, package, registry],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=path[0],
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -103,12 +128,14 @@ def test_a_forgotten_or_empty_module_is_reported(tmp_path):
         "from explainers.base import Attribution, register_explainer\n\n\n"
         "@register_explainer('test.forgotten', passes=(0, 0))\n"
         "def forgotten(model, inputs, targets, *, background):\n"
-        "    return Attribution(inputs)\n")
+        "    return Attribution(inputs)\n"
+    )
     (copy / "quiet.py").write_text("VALUE = 1\n")
     with (copy / "__init__.py").open("a") as f:
         f.write("from explainers import quiet  # noqa: F401\n")
-    problems = registration_problems("explainers", "EXPLAINERS", HELPERS | {"explainers.controls"},
-                                     path=(tmp_path, REPO))
+    problems = registration_problems(
+        "explainers", "EXPLAINERS", HELPERS | {"explainers.controls"}, path=(tmp_path, REPO)
+    )
     assert len(problems) == 3, problems
     assert any(p.startswith("explainers.forgotten is not imported by explainers/__init__.py") for p in problems)
     assert any(p.startswith("explainers.quiet registers nothing in explainers.EXPLAINERS") for p in problems)

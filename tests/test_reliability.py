@@ -1,5 +1,6 @@
 """The reliability card, validated: statistics against hand computations and references, the power
 computation by simulation, a random metric against a metric known to be right, and the card in a run."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,12 @@ def _known(n: int = 40, seed: int = 0) -> dict[str, np.ndarray]:
     """A metric known to be right: per image, exact > edge-like > random > reversed, plus noise."""
     rng = np.random.default_rng(seed)
     base = rng.normal(0, 1, n)
-    return {"exact": base + 3 + rng.normal(0, 0.3, n), "edge": base + 2 + rng.normal(0, 0.3, n),
-            "random": base + 1 + rng.normal(0, 0.3, n), "reversed": base + rng.normal(0, 0.3, n)}
+    return {
+        "exact": base + 3 + rng.normal(0, 0.3, n),
+        "edge": base + 2 + rng.normal(0, 0.3, n),
+        "random": base + 1 + rng.normal(0, 0.3, n),
+        "reversed": base + rng.normal(0, 0.3, n),
+    }
 
 
 def _noise(n: int = 40, seed: int = 1) -> dict[str, np.ndarray]:
@@ -65,7 +70,7 @@ def _nominal_alpha(data: np.ndarray) -> float:
     n_c = o.sum(1)
     n = n_c.sum()
     d_o = (o.sum() - np.trace(o)) / n
-    d_e = (n * n - (n_c ** 2).sum()) / (n * (n - 1))
+    d_e = (n * n - (n_c**2).sum()) / (n * (n - 1))
     return 1 - d_o / d_e
 
 
@@ -114,9 +119,12 @@ def test_agreement_uses_kendall_tau_on_oriented_rankings():
     known = _known()
     a = _scores(known, metric="a", hib=True)
     b = _scores({e: -v * 2 for e, v in known.items()}, metric="b", hib=False)  # the same order, other direction
-    c = _scores({e: -v for e, v in known.items()}, metric="c", hib=True)        # the order reversed
-    table = R.card(pd.concat([a, b, c]).pipe(check_scores), SETTINGS, {"a": "faithfulness", "b": "faithfulness",
-                                                                         "c": "faithfulness"})["reliability_agreement"]
+    c = _scores({e: -v for e, v in known.items()}, metric="c", hib=True)  # the order reversed
+    table = R.card(
+        pd.concat([a, b, c]).pipe(check_scores),
+        SETTINGS,
+        {"a": "faithfulness", "b": "faithfulness", "c": "faithfulness"},
+    )["reliability_agreement"]
     row = table.set_index(["metric_a", "metric_b"])
     means = {m: s.groupby("explainer")["value"].mean() for m, s in (("a", a), ("c", c))}
     expected = sps.kendalltau(means["a"].sort_index(), means["c"].sort_index()).statistic
@@ -140,8 +148,11 @@ def test_power_by_simulation():
 def test_the_card_and_the_leaderboard_read_the_same_comparisons():
     rng = np.random.default_rng(3)
     base = rng.normal(0, 1, 12)
-    vals = {"a": base + 1.0 + rng.normal(0, 0.3, 12), "b": base + 0.98 + rng.normal(0, 0.3, 12),
-            "random": base - 3 + rng.normal(0, 0.3, 12)}
+    vals = {
+        "a": base + 1.0 + rng.normal(0, 0.3, 12),
+        "b": base + 0.98 + rng.normal(0, 0.3, 12),
+        "random": base - 3 + rng.normal(0, 0.3, 12),
+    }
     scores = _scores(vals)
     card = R.card(scores, SETTINGS, {})
     p = card["reliability_power"]
@@ -149,7 +160,7 @@ def test_the_card_and_the_leaderboard_read_the_same_comparisons():
     from bench.report.leaderboard import leaderboard, render_leaderboard_md
 
     board = leaderboard(scores).set_index("explainer")
-    assert set(board.loc["a", "letters"]) & set(board.loc["b", "letters"])          # not separated: a shared letter
+    assert set(board.loc["a", "letters"]) & set(board.loc["b", "letters"])  # not separated: a shared letter
     assert board.loc["random", "rank"] > max(board.loc["a", "rank"], board.loc["b", "rank"])
     c = card["reliability_controls"]
     assert (c[c.control == "random"]["verdict"] == "beats the control").all()
@@ -178,10 +189,16 @@ def test_meta_consistency_by_hand():
     perturbed = {}
     for k in range(draws):
         for e in explainers:
-            perturbed[("input", "nr", k, e)] = {"status": "ok", "kept": [True] * n, "scores": {
-                "good": base[e]["good"] + rng.normal(0, 1e-3, n), "noise": rng.normal(0, 1, n)}}
-            perturbed[("input", "ar", k, e)] = {"status": "ok", "kept": [True] * n, "scores": {
-                "good": base[e]["good"] - 5, "noise": rng.normal(0, 1, n)}}
+            perturbed[("input", "nr", k, e)] = {
+                "status": "ok",
+                "kept": [True] * n,
+                "scores": {"good": base[e]["good"] + rng.normal(0, 1e-3, n), "noise": rng.normal(0, 1, n)},
+            }
+            perturbed[("input", "ar", k, e)] = {
+                "status": "ok",
+                "kept": [True] * n,
+                "scores": {"good": base[e]["good"] - 5, "noise": rng.normal(0, 1, n)},
+            }
     raw = {m: MQ.raw_scores(base, perturbed, explainers, m, "input", draws) for m in ("good", "noise")}
     good, noise = consistency(raw["good"], True), consistency(raw["noise"], True)
     assert good["iec_nr"] == 1.0 and good["iec_ar"] == 1.0 and good["iac_ar"] > 0.99
@@ -202,22 +219,42 @@ def test_meta_consistency_by_hand():
 @pytest.fixture(scope="module")
 def card_run(tmp_path_factory):
     """A tiny run with the card on: substrates, imputation, MetaQuantus, and a metric of pure noise."""
-    @register_metric("test.noise", higher_is_better=True, passes=(0, 0), kind="faithfulness",
-                     paper="a control metric, 2026")
+
+    @register_metric(
+        "test.noise", higher_is_better=True, passes=(0, 0), kind="faithfulness", paper="a control metric, 2026"
+    )
     def noise_metric(model, inputs, targets, attribution, *, context=None):
         """Random scores (a metric that measures nothing), 2026."""
         return torch.rand(inputs.shape[0], generator=torch.Generator().manual_seed(int(attribution.values.sum() * 1e4)))
 
     results = tmp_path_factory.mktemp("card")
     try:
-        cfg = load_config(None, [
-            'name="card"', f'results_dir="{results}"', 'device="cpu"', 'data.dataset="synthetic"', "data.options.n=96",
-            "data.per_cell=4", "data.background_size=8", 'models.names=["tiny"]', 'models.stages=["pre"]',
-            "train.epochs=4", "train.batch_size=32", "train.lr=0.01",
-            'explain.names=["captum.integrated_gradients", "captum.saliency", "random", "edge"]',
-            "explain.shard_size=8", 'metrics.names=["deletion_auc", "road_morf", "test.noise"]',
-            'metrics.params={"deletion_auc" = {steps = 7}}', "reliability.bootstrap=100", "reliability.splits=20",
-            "reliability.meta.enabled=true", "reliability.meta.n_images=8", "reliability.meta.perturbations=2"])
+        cfg = load_config(
+            None,
+            [
+                'name="card"',
+                f'results_dir="{results}"',
+                'device="cpu"',
+                'data.dataset="synthetic"',
+                "data.options.n=96",
+                "data.per_cell=4",
+                "data.background_size=8",
+                'models.names=["tiny"]',
+                'models.stages=["pre"]',
+                "train.epochs=4",
+                "train.batch_size=32",
+                "train.lr=0.01",
+                'explain.names=["captum.integrated_gradients", "captum.saliency", "random", "edge"]',
+                "explain.shard_size=8",
+                'metrics.names=["deletion_auc", "road_morf", "test.noise"]',
+                'metrics.params={"deletion_auc" = {steps = 7}}',
+                "reliability.bootstrap=100",
+                "reliability.splits=20",
+                "reliability.meta.enabled=true",
+                "reliability.meta.n_images=8",
+                "reliability.meta.perturbations=2",
+            ],
+        )
         yield runner.run(cfg, progress=False)
     finally:
         METRICS.unregister("test.noise")
@@ -257,8 +294,9 @@ def test_the_card_in_a_run(card_run):
 def test_report_rebuilds_the_card_byte_for_byte(card_run):
     d = card_run
     files = sorted(d.glob("reliability*")) + sorted((d / "figures").glob("*.png")) + [d / "leaderboard.md"]
-    assert any(f.name.startswith("reliability_tiny") for f in files) and any(f.name.startswith("substrates_")
-                                                                              for f in files)
+    assert any(f.name.startswith("reliability_tiny") for f in files) and any(
+        f.name.startswith("substrates_") for f in files
+    )
     before = {f: f.read_bytes() for f in files}
     for f in files:
         f.unlink()

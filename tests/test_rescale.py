@@ -5,6 +5,7 @@ The engine's values against shap's DeepExplainer and Captum's DeepLiftShap on th
 ResNets are tested in tests/test_explainers.py; here: small hand-made networks that probe the
 assumption itself (value-independent backward of everything but the ReLUs).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -18,8 +19,11 @@ from tests.conftest import calibrated
 
 def _data(n_images: int = 3, n_background: int = 5, seed: int = 4):
     g = torch.Generator().manual_seed(seed)
-    return (torch.rand(n_images, 1, 28, 28, generator=g), 0.5 * torch.rand(n_background, 1, 28, 28, generator=g),
-            torch.arange(n_images) % 2)
+    return (
+        torch.rand(n_images, 1, 28, 28, generator=g),
+        0.5 * torch.rand(n_background, 1, 28, 28, generator=g),
+        torch.arange(n_images) % 2,
+    )
 
 
 class _Small(nn.Module):
@@ -47,7 +51,8 @@ LINEAR_BODIES = {
     "scaled, sliced and concatenated": lambda h: torch.cat([2.0 * h[:, :2], h[:, 2:] / 3.0 - 0.1], 1),
     "padded and cropped": lambda h: nn.functional.pad(h, (1, 1, 1, 1))[..., 1:-1, 1:-1] + h.mean(1, keepdim=True),
     "functional eval batch norm and dropout": lambda h: nn.functional.dropout(
-        nn.functional.batch_norm(h, torch.zeros(4), torch.ones(4), training=False), 0.5, training=False),
+        nn.functional.batch_norm(h, torch.zeros(4), torch.ones(4), training=False), 0.5, training=False
+    ),
 }
 NONLINEAR_BODIES = {  # each passes check_explainer_safe (no functional nonlinearity it knows of)
     "mul": lambda h: h * h,  # a product of two input-dependent tensors (gating)

@@ -7,6 +7,7 @@ cannot write (a read-only folder, a file where a folder belongs, a full disk) in
 
 Runs use the synthetic data set and the tiny model (the cheap config of tests/test_hardening.py).
 """
+
 from __future__ import annotations
 
 import errno
@@ -242,8 +243,9 @@ def test_train_out_naming_a_folder_is_refused_before_training(tmp_path, capsys, 
     monkeypatch.setattr("models.training.fit", no_training)
     out = tmp_path / "folder.pt"
     out.mkdir()
-    line = _one_line_error(capsys, ["train", "--model", "tiny", "--dataset", "synthetic", "--out", str(out),
-                                    "--no-progress"])
+    line = _one_line_error(
+        capsys, ["train", "--model", "tiny", "--dataset", "synthetic", "--out", str(out), "--no-progress"]
+    )
     assert f"--out {out} is a folder" in line
 
 

@@ -1,4 +1,5 @@
 """End to end: `python -m bench run` on synthetic data with a tiny model, every output, resume and failure."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,17 @@ from bench.core.errors import BenchError
 from explainers import EXPLAINERS, register_explainer
 
 EXPLAINERS_E2E = ["captum.integrated_gradients", "random", "edge", "test.failing"]
-METRICS_E2E = ["drop_rate", "increase_rate", "deletion_auc", "insertion_auc", "additivity_error",
-               "localisation_precision", "road_morf", "randomisation_similarity", "max_sensitivity"]
+METRICS_E2E = [
+    "drop_rate",
+    "increase_rate",
+    "deletion_auc",
+    "insertion_auc",
+    "additivity_error",
+    "localisation_precision",
+    "road_morf",
+    "randomisation_similarity",
+    "max_sensitivity",
+]
 
 
 @pytest.fixture
@@ -34,15 +44,32 @@ def failing_explainer():
 
 
 def _overrides(tmp_path, name="e2e"):
-    return [f'name="{name}"', f'results_dir="{tmp_path / "results"}"', f'checkpoint_dir="{tmp_path / "ck"}"',
-            'device="cpu"', 'data.dataset="synthetic"', "data.options.n=96", "data.per_cell=2",
-            "data.background_size=8", 'models.names=["tiny"]', "train.epochs=4", "train.batch_size=32",
-            "train.lr=0.01", "tune.epochs=1", 'tune.unfreeze=["fc"]', f"explain.names={json.dumps(EXPLAINERS_E2E)}",
-            "explain.shard_size=4", 'explain.params={"captum.integrated_gradients" = {n_steps = 16}}',
-            f"metrics.names={json.dumps(METRICS_E2E)}", 'metrics.params={"deletion_auc" = {steps = 14}, '
-            '"insertion_auc" = {steps = 14}, "max_sensitivity" = {samples = 3}}',
-            # the card's statistics stay on (cheaply); its substrate re-scoring is tests/test_reliability.py's
-            "reliability.substrates=[]", "reliability.imputation=false", "reliability.bootstrap=100"]
+    return [
+        f'name="{name}"',
+        f'results_dir="{tmp_path / "results"}"',
+        f'checkpoint_dir="{tmp_path / "ck"}"',
+        'device="cpu"',
+        'data.dataset="synthetic"',
+        "data.options.n=96",
+        "data.per_cell=2",
+        "data.background_size=8",
+        'models.names=["tiny"]',
+        "train.epochs=4",
+        "train.batch_size=32",
+        "train.lr=0.01",
+        "tune.epochs=1",
+        'tune.unfreeze=["fc"]',
+        f"explain.names={json.dumps(EXPLAINERS_E2E)}",
+        "explain.shard_size=4",
+        'explain.params={"captum.integrated_gradients" = {n_steps = 16}}',
+        f"metrics.names={json.dumps(METRICS_E2E)}",
+        'metrics.params={"deletion_auc" = {steps = 14}, '
+        '"insertion_auc" = {steps = 14}, "max_sensitivity" = {samples = 3}}',
+        # the card's statistics stay on (cheaply); its substrate re-scoring is tests/test_reliability.py's
+        "reliability.substrates=[]",
+        "reliability.imputation=false",
+        "reliability.bootstrap=100",
+    ]
 
 
 def test_end_to_end_outputs_resume_and_failure(tmp_path, failing_explainer, monkeypatch):
@@ -50,9 +77,21 @@ def test_end_to_end_outputs_resume_and_failure(tmp_path, failing_explainer, monk
     run_dir = runner.run(cfg, progress=False)
 
     # every file
-    for f in ("scores.csv", "curves.csv", "leaderboard.csv", "leaderboard.md", "prepost.csv", "prepost.md",
-              "reliability.csv", "reliability.md", "reliability_controls.csv", "reliability_power.csv",
-              "manifest.json", "prepost_models.json", "attributions.npz"):
+    for f in (
+        "scores.csv",
+        "curves.csv",
+        "leaderboard.csv",
+        "leaderboard.md",
+        "prepost.csv",
+        "prepost.md",
+        "reliability.csv",
+        "reliability.md",
+        "reliability_controls.csv",
+        "reliability_power.csv",
+        "manifest.json",
+        "prepost_models.json",
+        "attributions.npz",
+    ):
         assert (run_dir / f).is_file() and (run_dir / f).stat().st_size > 0, f
     assert len(list((run_dir / "figures").glob("*.png"))) >= 3
 
@@ -84,8 +123,20 @@ def test_end_to_end_outputs_resume_and_failure(tmp_path, failing_explainer, monk
     assert sens[sens.explainer == "captum.integrated_gradients"].value.max() < 1.0
 
     lb = pd.read_csv(run_dir / "leaderboard.csv", keep_default_na=False, na_values=[""])
-    assert {"model", "stage", "explainer", "metric", "mean", "ci_low", "ci_high", "n", "rank",
-            "seconds_per_image", "peak_mem_mb", "status"} <= set(lb.columns)
+    assert {
+        "model",
+        "stage",
+        "explainer",
+        "metric",
+        "mean",
+        "ci_low",
+        "ci_high",
+        "n",
+        "rank",
+        "seconds_per_image",
+        "peak_mem_mb",
+        "status",
+    } <= set(lb.columns)
     assert lb[lb.explainer == "test.failing"].status.str.contains("boom").all()
     pp = pd.read_csv(run_dir / "prepost.csv")
     assert {"model", "explainer", "metric"} <= set(pp.columns) and len(pp) > 0
@@ -104,23 +155,26 @@ def test_end_to_end_outputs_resume_and_failure(tmp_path, failing_explainer, monk
     assert cost["units_computed"] == manifest["units"]["total"]
     assert cost["explain_and_metrics"]["floor_seconds"] > 0 and cost["explain_and_metrics"]["ratio"] > 0
     assert cost["pass_seconds_per_image"]["tiny"]["batch"] == 4
-    assert cost["by_explainer"]["random"]["floor_seconds"] == 0.0   # a control needs no model pass
+    assert cost["by_explainer"]["random"]["floor_seconds"] == 0.0  # a control needs no model pass
     assert cost["by_explainer"]["captum.integrated_gradients"]["floor_seconds"] > 0
-    assert "test.failing" not in cost["by_explainer"]                   # nothing of a failed unit counts
+    assert "test.failing" not in cost["by_explainer"]  # nothing of a failed unit counts
     assert cost["by_metric"]["max_sensitivity"]["floor_seconds"] > 0  # the re-explanations count in the floor
     # curves: those the curve metrics computed, stored once each
     curves = pd.read_csv(run_dir / "curves.csv")
     assert set(curves.curve) == {"deletion", "insertion", "road_morf"}
-    assert curves.groupby(["stage", "explainer", "curve", "image"]).size().loc[
-        ("pre", "random", "deletion")].eq(15).all()                     # steps = 14: 15 points per image
+    assert (  # steps = 14: 15 points per image
+        curves.groupby(["stage", "explainer", "curve", "image"]).size().loc[("pre", "random", "deletion")].eq(15).all()
+    )
 
     # re-running a finished run recomputes only its failed units (failures are not cached) and
     # rewrites byte-identical tables (a deterministic failure fails the same way, with no timing)
     failed = len(manifest["units"]["failed"])
     assert failed == 2 and all(u["explainer"] == "test.failing" for u in manifest["units"]["failed"])
     assert bad.seconds_per_image.isna().all()
-    tables = {f: (run_dir / f).read_bytes() for f in ("scores.csv", "leaderboard.csv", "leaderboard.md",
-                                                     "prepost.csv", "prepost.md")}
+    tables = {
+        f: (run_dir / f).read_bytes()
+        for f in ("scores.csv", "leaderboard.csv", "leaderboard.md", "prepost.csv", "prepost.md")
+    }
     calls = []
     real = Unit.explain
     monkeypatch.setattr(Unit, "explain", lambda self: calls.append(self.explainer) or real(self))
@@ -128,8 +182,10 @@ def test_end_to_end_outputs_resume_and_failure(tmp_path, failing_explainer, monk
     assert calls == ["test.failing"] * failed
     for f, b in tables.items():
         assert (run_dir / f).read_bytes() == b, f
-    assert json.loads((run_dir / "manifest.json").read_text())["units"]["from_cache"] == \
-        manifest["units"]["total"] - failed
+    assert (
+        json.loads((run_dir / "manifest.json").read_text())["units"]["from_cache"]
+        == manifest["units"]["total"] - failed
+    )
     calls.clear()
 
     # a run killed half-way resumes: drop half the cached units, count what is recomputed
@@ -159,17 +215,23 @@ def test_other_config_in_same_run_dir_is_refused(tmp_path, failing_explainer):
         runner.run(load_config(None, _overrides(tmp_path, "same") + ["data.per_cell=1"]), progress=False)
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("explain.names=[\"nope\"]", "unknown explainer 'nope'"),
-    ("metrics.names=[\"nope\"]", "unknown metric 'nope'"),
-    ("models.names=[\"vgg\"]", "unknown model 'vgg'"),
-    ("data.per_cell=0", "data.per_cell"),
-    ("explain.output=\"softmax\"", "explain.output"),
-    ("bogus=1", "unknown config key 'bogus'"),
-    ("data.bogus=1", "unknown config key 'data.bogus'"),
-    ("explain.params={\"random\" = {bogus = 1}}", "explain.params.random: explainer 'random' has no parameter 'bogus'"),
-    ("train.bogus=1", "train.bogus"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ('explain.names=["nope"]', "unknown explainer 'nope'"),
+        ('metrics.names=["nope"]', "unknown metric 'nope'"),
+        ('models.names=["vgg"]', "unknown model 'vgg'"),
+        ("data.per_cell=0", "data.per_cell"),
+        ('explain.output="softmax"', "explain.output"),
+        ("bogus=1", "unknown config key 'bogus'"),
+        ("data.bogus=1", "unknown config key 'data.bogus'"),
+        (
+            'explain.params={"random" = {bogus = 1}}',
+            "explain.params.random: explainer 'random' has no parameter 'bogus'",
+        ),
+        ("train.bogus=1", "train.bogus"),
+    ],
+)
 def test_bad_config_values(override, needle):
     with pytest.raises(BenchError, match=needle.replace("[", r"\[").replace("(", r"\(")):
         load_config(None, [override])
@@ -212,8 +274,10 @@ def test_each_curve_is_computed_once(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(perturbation, "perturbed_probabilities", counted)
-    over = _overrides(tmp_path, "once") + ['explain.names=["random", "edge"]',
-                                            'metrics.names=["deletion_auc", "insertion_auc"]']
+    over = _overrides(tmp_path, "once") + [
+        'explain.names=["random", "edge"]',
+        'metrics.names=["deletion_auc", "insertion_auc"]',
+    ]
     run_dir = runner.run(load_config(None, over), progress=False)
     counts = json.loads((run_dir / "manifest.json").read_text())["units"]
     units = counts["total"] - counts["reference"]  # random's second-seed reference unit explains, never scores

@@ -3,6 +3,7 @@
 The DeepExplainer tests measure completeness, |sum(phi) - (f(x) - E f(bg))| / |f(x) - E f(bg)|,
 for the top class; run with ``-s`` to see the numbers.
 """
+
 from __future__ import annotations
 
 import copy
@@ -108,8 +109,13 @@ def test_unsafe_model_reports_every_problem():
     text = str(report)
     print(text)
     assert text.startswith("NOT explainer-safe")
-    needles = ("relu: ReLU (x2)", "act: ReLU(inplace=True)", "<top level>: Tensor.add_", "<top level>: F.relu",
-               "pool: MaxPool2d")
+    needles = (
+        "relu: ReLU (x2)",
+        "act: ReLU(inplace=True)",
+        "<top level>: Tensor.add_",
+        "<top level>: F.relu",
+        "pool: MaxPool2d",
+    )
     for needle in needles:
         assert needle in text
     assert not model.training and _hook_free(model)
@@ -139,23 +145,32 @@ class _Functional(nn.Module):
 def test_functional_and_inplace_calls_are_attributed_to_modules():
     report = check_explainer_safe(_Functional(), torch.randn(2, 1, 6, 6))
     functional = {(f.module, f.what.split(" ")[0]) for f in report.functional_nonlinearities}
-    assert functional == {("", "Tensor.relu_"), ("", "torch.tanh"), ("", "Tensor.clamp"),
-                          ("", "F.relu(inplace=True)"), ("swish", "torch.sigmoid"), ("silu", "F.silu")}
+    assert functional == {
+        ("", "Tensor.relu_"),
+        ("", "torch.tanh"),
+        ("", "Tensor.clamp"),
+        ("", "F.relu(inplace=True)"),
+        ("swish", "torch.sigmoid"),
+        ("silu", "F.silu"),
+    }
     assert any("do not recognise" in f.what for f in report.functional_nonlinearities if f.module == "silu")
     assert {(f.module, f.what) for f in report.inplace_ops} == {("", "Tensor.relu_"), ("", "F.relu(inplace=True)")}
     assert not report.reused_modules and not report.overlapping_maxpools
 
 
-@pytest.mark.parametrize("pool, bad", [
-    (nn.MaxPool2d(2), False),
-    (nn.MaxPool2d(3, stride=3), False),
-    (nn.MaxPool2d((2, 3), stride=(2, 3)), False),
-    (nn.MaxPool2d(3, stride=2), True),
-    (nn.MaxPool2d(2, padding=1), True),
-    (nn.MaxPool2d((2, 3), stride=2), True),
-    (nn.MaxPool2d(2, stride=2, dilation=2), True),  # window extent 3 > stride 2
-    (nn.MaxPool1d(3, stride=2), True),
-])
+@pytest.mark.parametrize(
+    "pool, bad",
+    [
+        (nn.MaxPool2d(2), False),
+        (nn.MaxPool2d(3, stride=3), False),
+        (nn.MaxPool2d((2, 3), stride=(2, 3)), False),
+        (nn.MaxPool2d(3, stride=2), True),
+        (nn.MaxPool2d(2, padding=1), True),
+        (nn.MaxPool2d((2, 3), stride=2), True),
+        (nn.MaxPool2d(2, stride=2, dilation=2), True),  # window extent 3 > stride 2
+        (nn.MaxPool1d(3, stride=2), True),
+    ],
+)
 def test_overlapping_maxpools(pool, bad):
     x = torch.randn(1, 2, 12) if isinstance(pool, nn.MaxPool1d) else torch.randn(1, 2, 12, 12)
     report = check_explainer_safe(nn.Sequential(pool), x)
@@ -190,8 +205,9 @@ def test_torchvision_resnet18_has_all_three_problems(tv_resnet18):
 
 @pytest.mark.parametrize("arch, in_channels", [("resnet18", 3), ("resnet50", 3), ("resnet18", 1)])
 def test_converted_resnet_is_equivalent_safe_and_original_untouched(arch, in_channels, tv_resnet18, tv_resnet50):
-    model = {("resnet18", 3): tv_resnet18, ("resnet50", 3): tv_resnet50}.get((arch, in_channels)) \
-        or _tv(arch, in_channels)
+    model = {("resnet18", 3): tv_resnet18, ("resnet50", 3): tv_resnet50}.get((arch, in_channels)) or _tv(
+        arch, in_channels
+    )
     state = copy.deepcopy(model.state_dict())
     safe = make_explainer_safe(model)
 
@@ -266,6 +282,7 @@ def _refusal_cases():
             m = tv()
             fn(m)
             return m
+
         return build
 
     def set_(name, module):
@@ -279,16 +296,22 @@ def _refusal_cases():
         ("not_a_resnet", lambda: models.build_model("tiny"), "only torchvision.models.resnet.ResNet"),
         ("custom_forward", lambda: _CustomForward(resnet.BasicBlock, [1, 1, 1, 1]), "overrides ResNet.forward"),
         ("extra_child", edit(lambda m: m.add_module("head2", nn.Linear(2, 2))), "unknown top-level structure"),
-        ("layer_not_sequential", edit(lambda m: setattr(m, "layer2", nn.ModuleList(m.layer2))),
-         "expected an nn.Sequential"),
+        (
+            "layer_not_sequential",
+            edit(lambda m: setattr(m, "layer2", nn.ModuleList(m.layer2))),
+            "expected an nn.Sequential",
+        ),
         ("unknown_block", edit(lambda m: m.layer1.__setitem__(0, nn.Identity())), "unknown block type"),
         ("block_activation", edit(lambda m: setattr(m.layer3[1], "relu", nn.SiLU())), "not nn.ReLU"),
         ("pool_after_identity", set_("relu", nn.Identity()), "not preceded by a ReLU"),
         ("pool_dilation", set_("maxpool", nn.MaxPool2d(3, 2, 1, dilation=2)), "dilation"),
         ("pool_ceil_mode", set_("maxpool", nn.MaxPool2d(3, 2, 1, ceil_mode=True)), "ceil_mode"),
         ("pool_other", set_("maxpool", nn.AdaptiveMaxPool2d(16)), "only nn.MaxPool2d or nn.Identity"),
-        ("pool_elsewhere", set_("avgpool", nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.AdaptiveAvgPool2d(1))),
-         "only the stem pool"),
+        (
+            "pool_elsewhere",
+            set_("avgpool", nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.AdaptiveAvgPool2d(1))),
+            "only the stem pool",
+        ),
         ("shared_module", edit(shared_conv), "same object"),
     ]
 
@@ -453,11 +476,20 @@ class _PoolNotAfterRelu(_ReusedInplace):
         return self.fc(self.relu(self.pool(self.c1(x))).mean((2, 3)))
 
 
-@pytest.mark.parametrize("build, rewritten", [
-    (_ReusedInplace, ["relu: ReLU(inplace=True) -> inplace=False", "pool: MaxPool2d: window 3x3 > stride 2x2",
-                      "relu: ReLU called 2 times"]),
-    (_TorchvisionBlocks, ["blocks.0: BasicBlock -> SafeBasicBlock", "blocks.1: BasicBlock -> SafeBasicBlock"]),
-])
+@pytest.mark.parametrize(
+    "build, rewritten",
+    [
+        (
+            _ReusedInplace,
+            [
+                "relu: ReLU(inplace=True) -> inplace=False",
+                "pool: MaxPool2d: window 3x3 > stride 2x2",
+                "relu: ReLU called 2 times",
+            ],
+        ),
+        (_TorchvisionBlocks, ["blocks.0: BasicBlock -> SafeBasicBlock", "blocks.1: BasicBlock -> SafeBasicBlock"]),
+    ],
+)
 def test_convert_rewrites_any_model_exactly(build, rewritten):
     torch.manual_seed(0)
     model = build().eval()
@@ -480,12 +512,15 @@ def test_convert_rewrites_any_model_exactly(build, rewritten):
         assert model.relu.inplace and isinstance(model.pool, nn.MaxPool2d)  # the input model is untouched
 
 
-@pytest.mark.parametrize("build, words", [
-    (_InplaceAdd, "_InplaceAdd.forward runs an in-place op (Tensor.add_)"),
-    (_FunctionalRelu, "_FunctionalRelu.forward calls F.relu"),
-    (_SharedConv, "module 'c2' (Conv2d) is called 2 times per forward and holds weights"),
-    (_PoolNotAfterRelu, "module 'pool' (MaxPool2d) is a padded overlapping max-pool"),
-])
+@pytest.mark.parametrize(
+    "build, words",
+    [
+        (_InplaceAdd, "_InplaceAdd.forward runs an in-place op (Tensor.add_)"),
+        (_FunctionalRelu, "_FunctionalRelu.forward calls F.relu"),
+        (_SharedConv, "module 'c2' (Conv2d) is called 2 times per forward and holds weights"),
+        (_PoolNotAfterRelu, "module 'pool' (MaxPool2d) is a padded overlapping max-pool"),
+    ],
+)
 def test_convert_refuses_in_one_line_naming_the_module(build, words):
     with pytest.raises(BenchError) as err:
         convert_explainer_safe(build().eval(), torch.randn(2, 3, SIZE, SIZE))

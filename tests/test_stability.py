@@ -1,5 +1,6 @@
 """Issue 15: rankings across training seeds (Kendall's W, hierarchical bootstrap), tuning policies
 side by side, and what tuning changed in the maps against retraining and the explainer's noise."""
+
 from __future__ import annotations
 
 import json
@@ -33,6 +34,7 @@ def seed_stability(scores: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 # --- Kendall's W --------------------------------------------------------------------------------
 
+
 def _w_by_hand(matrix: np.ndarray) -> float:
     """The textbook formula, written out loop by loop (Kendall & Babington Smith 1939)."""
     m, n = matrix.shape
@@ -42,13 +44,13 @@ def _w_by_hand(matrix: np.ndarray) -> float:
     t = 0.0
     for row in matrix:
         _, counts = np.unique(row, return_counts=True)
-        t += sum(c ** 3 - c for c in counts)
-    return 12 * s / (m ** 2 * (n ** 3 - n) - m * t)
+        t += sum(c**3 - c for c in counts)
+    return 12 * s / (m**2 * (n**3 - n) - m * t)
 
 
 def test_w_is_one_for_identical_rankings_and_small_for_random_ones():
     row = np.array([0.1, 0.5, 0.3, 0.9, 0.2])
-    assert kendall_w(np.stack([row, row * 2 + 1, row ** 3])) == pytest.approx(1.0)  # same order, other scales
+    assert kendall_w(np.stack([row, row * 2 + 1, row**3])) == pytest.approx(1.0)  # same order, other scales
     rng = np.random.default_rng(0)
     ws = [kendall_w(rng.normal(size=(40, 6))) for _ in range(50)]
     # under independence E[W] = 1/m (= 0.025 for 40 raters)
@@ -74,6 +76,7 @@ def test_w_matches_the_formula_and_friedmans_chi_square_with_ties():
 
 # --- hierarchical bootstrap over seeds and images ---------------------------------------------------
 
+
 def _scores(seed_offsets: dict[int, float], n_images: int = 30, noise: float = 0.05, seed: int = 0) -> pd.DataFrame:
     """Synthetic scores.csv rows: explainer quality a < b < c, each seed shifts explainer b."""
     rng = np.random.default_rng(seed)
@@ -81,10 +84,24 @@ def _scores(seed_offsets: dict[int, float], n_images: int = 30, noise: float = 0
     for s, off in seed_offsets.items():
         for img in range(n_images):
             for e, base in (("a", 0.2), ("b", 0.5 + off), ("c", 0.8)):
-                rows.append({"model": f"m@seed{s}", "stage": "pre", "metric": "deletion_auc", "explainer": e,
-                             "image": img, "value": base + noise * rng.normal(), "status": "ok",
-                             "higher_is_better": False, "message": "", "seconds_per_image": 0.0, "peak_mem_mb": 0.0,
-                             "label": 1, "pred": 1, "cell": "TP"})
+                rows.append(
+                    {
+                        "model": f"m@seed{s}",
+                        "stage": "pre",
+                        "metric": "deletion_auc",
+                        "explainer": e,
+                        "image": img,
+                        "value": base + noise * rng.normal(),
+                        "status": "ok",
+                        "higher_is_better": False,
+                        "message": "",
+                        "seconds_per_image": 0.0,
+                        "peak_mem_mb": 0.0,
+                        "label": 1,
+                        "pred": 1,
+                        "cell": "TP",
+                    }
+                )
     return check_scores(pd.DataFrame(rows))
 
 
@@ -93,7 +110,7 @@ def test_crossed_ci_widens_when_seeds_disagree():
     stab_dis, pooled_dis = seed_stability(_scores({0: -0.25, 1: 0.0, 2: 0.25}))
     width_agree = pooled_agree.set_index("explainer").eval("ci_high - ci_low")
     width_dis = pooled_dis.set_index("explainer").eval("ci_high - ci_low")
-    assert width_dis["b"] > 3 * width_agree["b"]                       # only b moves between seeds
+    assert width_dis["b"] > 3 * width_agree["b"]  # only b moves between seeds
     assert width_dis["a"] == pytest.approx(width_agree["a"], rel=0.5)
     agree, dis = stab_agree.iloc[0], stab_dis.iloc[0]
     assert agree.kendall_w == pytest.approx(1.0) and agree.n_seeds == 3 and agree.n_images == 30
@@ -129,6 +146,7 @@ def test_tuning_policies_are_compared_pairwise_and_paired():
 
 # --- map similarity ------------------------------------------------------------------------------
 
+
 def test_map_similarity_identical_and_independent():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(64, 1, 28, 28, generator=g)
@@ -138,28 +156,42 @@ def test_map_similarity_identical_and_independent():
     assert abs(rho.mean()) < 0.02 and np.abs(rho).max() < 0.15
     assert overlap.mean() == pytest.approx(0.15, abs=0.02)  # chance overlap of two top-15 % sets is 15 %
     # a monotone transform keeps the ranking: Spearman 1, same top pixels
-    rho, overlap = map_similarity(a, a ** 3)
+    rho, overlap = map_similarity(a, a**3)
     assert np.allclose(rho, 1.0) and np.allclose(overlap, 1.0)
 
 
 def _sim_rows(model: str, comparison: str, values: np.ndarray, cells=("TP", "TP")) -> list[dict]:
-    return [{"model": model, "explainer": "e", "comparison": comparison, "image": i, "cell_a": cells[0],
-             "cell_b": cells[1], "spearman": v, "top_overlap": v} for i, v in enumerate(values)]
+    return [
+        {
+            "model": model,
+            "explainer": "e",
+            "comparison": comparison,
+            "image": i,
+            "cell_a": cells[0],
+            "cell_b": cells[1],
+            "spearman": v,
+            "top_overlap": v,
+        }
+        for i, v in enumerate(values)
+    ]
 
 
 def test_tuning_against_the_references():
     rng = np.random.default_rng(0)
     n = 30
-    rows = (_sim_rows("m@seed0", "pre vs post", 0.3 + 0.05 * rng.normal(size=n))
-            + _sim_rows("m", "seed0 vs seed1", 0.9 + 0.05 * rng.normal(size=n))
-            + _sim_rows("m@seed0", "explainer seed", 0.95 + 0.02 * rng.normal(size=n)))
+    rows = (
+        _sim_rows("m@seed0", "pre vs post", 0.3 + 0.05 * rng.normal(size=n))
+        + _sim_rows("m", "seed0 vs seed1", 0.9 + 0.05 * rng.normal(size=n))
+        + _sim_rows("m@seed0", "explainer seed", 0.95 + 0.02 * rng.normal(size=n))
+    )
     tests = similarity_tests(pd.DataFrame(rows), SETTINGS).set_index("reference")
     assert tests.loc["retraining", "verdict"] == "changed more than retraining"
     assert tests.loc["explainer noise", "verdict"] == "changed beyond the explainer's noise"
     assert tests.loc["retraining", "diff_mean"] == pytest.approx(-0.6, abs=0.05)
     # tuning that moves the maps no more than the explainer's own noise: not separable
-    same = (_sim_rows("m@seed0", "pre vs post", 0.95 + 0.02 * rng.normal(size=n))
-            + _sim_rows("m@seed0", "explainer seed", 0.95 + 0.02 * rng.normal(size=n)))
+    same = _sim_rows("m@seed0", "pre vs post", 0.95 + 0.02 * rng.normal(size=n)) + _sim_rows(
+        "m@seed0", "explainer seed", 0.95 + 0.02 * rng.normal(size=n)
+    )
     t = similarity_tests(pd.DataFrame(same), SETTINGS).set_index("reference")
     assert t.loc["explainer noise", "verdict"] in ("equivalent to the explainer's noise", "not separable at n = 30")
     # a deterministic explainer has no explainer-seed rows: its reference is 1
@@ -168,8 +200,9 @@ def test_tuning_against_the_references():
 
 
 def test_similarity_summary_groups_by_cell_and_move():
-    rows = (_sim_rows("m", "pre vs post", np.full(4, 0.8), ("FP", "TN"))
-            + _sim_rows("m", "pre vs post", np.full(3, 0.2), ("TP", "TP")))
+    rows = _sim_rows("m", "pre vs post", np.full(4, 0.8), ("FP", "TN")) + _sim_rows(
+        "m", "pre vs post", np.full(3, 0.2), ("TP", "TP")
+    )
     for i, r in enumerate(rows):
         r["image"] = i
     s = similarity_summary(pd.DataFrame(rows)).set_index("group")
@@ -179,15 +212,32 @@ def test_similarity_summary_groups_by_cell_and_move():
 
 # --- end to end: seeds and tuning variants -----------------------------------------------------------
 
-def _overrides(tmp_path, name="seeds", extra=()):
-    return [f'name="{name}"', f'results_dir="{tmp_path / "results"}"', 'device="cpu"', 'data.dataset="synthetic"',
-            "data.options.n=96", "data.per_cell=2", "data.background_size=8", 'models.names=["tiny"]',
-            "models.seeds=[0, 1]", "train.epochs=2", "train.batch_size=32", "train.lr=0.01", "tune.epochs=1",
-            'tune.variants={head = {unfreeze = ["fc"]}, all = {unfreeze = ["*"], lr = 0.01}}',
-            'explain.names=["captum.saliency", "random", "edge"]', "explain.shard_size=8",
 
-            'metrics.names=["deletion_auc", "drop_rate"]', 'metrics.params={"deletion_auc" = {steps = 8}}',
-            "reliability.substrates=[]", "reliability.imputation=false", "reliability.bootstrap=100", *extra]
+def _overrides(tmp_path, name="seeds", extra=()):
+    return [
+        f'name="{name}"',
+        f'results_dir="{tmp_path / "results"}"',
+        'device="cpu"',
+        'data.dataset="synthetic"',
+        "data.options.n=96",
+        "data.per_cell=2",
+        "data.background_size=8",
+        'models.names=["tiny"]',
+        "models.seeds=[0, 1]",
+        "train.epochs=2",
+        "train.batch_size=32",
+        "train.lr=0.01",
+        "tune.epochs=1",
+        'tune.variants={head = {unfreeze = ["fc"]}, all = {unfreeze = ["*"], lr = 0.01}}',
+        'explain.names=["captum.saliency", "random", "edge"]',
+        "explain.shard_size=8",
+        'metrics.names=["deletion_auc", "drop_rate"]',
+        'metrics.params={"deletion_auc" = {steps = 8}}',
+        "reliability.substrates=[]",
+        "reliability.imputation=false",
+        "reliability.bootstrap=100",
+        *extra,
+    ]
 
 
 def test_seeds_and_variants_end_to_end(tmp_path):
@@ -232,9 +282,21 @@ def test_seeds_and_variants_end_to_end(tmp_path):
     assert "Kendall's W" in md and "tiny@seed1" in md
 
     # bench report rebuilds every stability table byte for byte
-    derived = ["stability.csv", "leaderboard_pooled.csv", "comparisons_pooled.csv", "variants.csv",
-               "similarity_summary.csv", "similarity_tests.csv", "stability.md", "leaderboard.md", "prepost.md",
-               "comparisons.csv", "friedman.csv", "aliases.csv", "leaderboard.csv"]
+    derived = [
+        "stability.csv",
+        "leaderboard_pooled.csv",
+        "comparisons_pooled.csv",
+        "variants.csv",
+        "similarity_summary.csv",
+        "similarity_tests.csv",
+        "stability.md",
+        "leaderboard.md",
+        "prepost.md",
+        "comparisons.csv",
+        "friedman.csv",
+        "aliases.csv",
+        "leaderboard.csv",
+    ]
     before = {f: (run_dir / f).read_bytes() for f in derived}
     for f in derived:
         (run_dir / f).unlink()
@@ -242,12 +304,15 @@ def test_seeds_and_variants_end_to_end(tmp_path):
     assert {f: (run_dir / f).read_bytes() for f in derived} == before
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("models.seeds=[0, 0]", "models.seeds"),
-    ('models.seeds=["a"]', "models.seeds"),
-    ('tune.variants={head = {unfreez = ["fc"]}}', "unfreez"),
-    ('tune.variants={"a b" = {unfreeze = ["fc"]}}', "tune.variants"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("models.seeds=[0, 0]", "models.seeds"),
+        ('models.seeds=["a"]', "models.seeds"),
+        ('tune.variants={head = {unfreez = ["fc"]}}', "unfreez"),
+        ('tune.variants={"a b" = {unfreeze = ["fc"]}}', "tune.variants"),
+    ],
+)
 def test_bad_seed_and_variant_config(tmp_path, override, needle):
     with pytest.raises(BenchError, match=needle):
         load_config(None, _overrides(tmp_path, extra=[override]))

@@ -1,4 +1,5 @@
 """bench.stats on planted cases with known answers, against scipy, statsmodels and autorank, and by simulation."""
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,8 @@ def test_one_seed_is_the_paired_t_of_scipy():
     ci = ref.confidence_interval(0.9)
     assert estimate.t_interval(est, 0.9) == pytest.approx((ci.low, ci.high), rel=1e-12)
     assert estimate.t_pvalue(est, 0.3, "greater") == pytest.approx(
-        sps.ttest_1samp(x, 0.3, alternative="greater").pvalue)
+        sps.ttest_1samp(x, 0.3, alternative="greater").pvalue
+    )
 
 
 def test_crossed_estimator_matches_a_statsmodels_mixed_model():
@@ -39,8 +41,9 @@ def test_crossed_estimator_matches_a_statsmodels_mixed_model():
     df = pd.DataFrame({"y": y.ravel(), "seed": np.repeat(np.arange(s), n), "img": np.tile(np.arange(n), s), "g": 1})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit = smf.mixedlm("y ~ 1", df, groups="g", vc_formula={"seed": "0+C(seed)", "img": "0+C(img)"},
-                          re_formula="0").fit(reml=True)
+        fit = smf.mixedlm(
+            "y ~ 1", df, groups="g", vc_formula={"seed": "0+C(seed)", "img": "0+C(img)"}, re_formula="0"
+        ).fit(reml=True)
     est = estimate.mean_estimate(y)
     assert est.mean == pytest.approx(fit.fe_params.iloc[0], rel=1e-9)
     assert est.se == pytest.approx(fit.bse_fe.iloc[0], rel=1e-3)
@@ -56,10 +59,13 @@ def _old_within_seed_bootstrap(y: np.ndarray, rng: np.random.Generator, n_boot: 
     return tuple(np.percentile(boot, [2.5, 97.5]))
 
 
-@pytest.mark.parametrize("sd_seed, sd_image, sd_resid, low", [
-    (0.03, 0.15, 0.04, 0.92),   # like the study: per-image scores correlate ~0.95 across seeds
-    (0.10, 0.10, 0.05, 0.90),   # seeds dominate: 2 df for the seed component (documented worst case)
-])
+@pytest.mark.parametrize(
+    "sd_seed, sd_image, sd_resid, low",
+    [
+        (0.03, 0.15, 0.04, 0.92),  # like the study: per-image scores correlate ~0.95 across seeds
+        (0.10, 0.10, 0.05, 0.90),  # seeds dominate: 2 df for the seed component (documented worst case)
+    ],
+)
 def test_crossed_interval_covers_the_mean_and_the_old_bootstrap_does_not(sd_seed, sd_image, sd_resid, low):
     rng = np.random.default_rng(11)
     reps, hits, old = 400, 0, 0
@@ -112,7 +118,7 @@ def _table(g: np.ndarray, names=None) -> pd.DataFrame:
 
 def test_a_constant_small_gap_is_separated_although_the_marginal_intervals_overlap():
     rng = np.random.default_rng(0)
-    base = rng.normal(0.5, 0.3, 21)                              # a large spread across images
+    base = rng.normal(0.5, 0.3, 21)  # a large spread across images
     g = np.stack([base + 0.01 + rng.normal(0, 1e-4, 21), base], axis=1)
     row = _table(g).iloc[0]
     assert row.a == "e0" and row.verdict == "a better" and row.ci_low > 0
@@ -198,8 +204,14 @@ def test_ranks_follow_the_separations_and_letters_encode_them():
 def test_random_never_shares_a_rank_with_a_method_that_beats_it():
     rng = np.random.default_rng(8)
     base = rng.normal(0, 1, (21, 1))
-    g = np.concatenate([base + 0.5 + rng.normal(0, 0.1, (21, 6)), base + rng.normal(0, 0.1, (21, 1)),
-                        base + 0.45 + rng.normal(0, 0.4, (21, 1))], axis=1)
+    g = np.concatenate(
+        [
+            base + 0.5 + rng.normal(0, 0.1, (21, 6)),
+            base + rng.normal(0, 0.1, (21, 1)),
+            base + 0.45 + rng.normal(0, 0.4, (21, 1)),
+        ],
+        axis=1,
+    )
     names = [f"m{j}" for j in range(6)] + ["random", "noisy"]
     t = _table(g, names)
     ranks = compare.dominance_ranks(names, t)
@@ -248,8 +260,9 @@ def test_w_lies_inside_its_joint_image_interval():
     image = rng.normal(0, 0.3, (1, 21, 1))
     y = image + np.linspace(0, 0.2, 8) + rng.normal(0, 0.05, (3, 21, 8))
     w = agreement.kendall_w(y.mean(axis=1))
-    lo, hi = agreement.image_interval(lambda idx: agreement.kendall_w(y[:, idx, :].mean(axis=1)), 21,
-                                      n_resamples=500, seed=0)
+    lo, hi = agreement.image_interval(
+        lambda idx: agreement.kendall_w(y[:, idx, :].mean(axis=1)), 21, n_resamples=500, seed=0
+    )
     assert lo <= w <= hi and w > 0.9
 
 
@@ -293,10 +306,10 @@ def test_stratified_mean_by_hand():
     sizes = {"TP": 80, "FN": 5, "TN": 15, "FP": 0}
     est = weighting.stratified_mean(values, strata, sizes)
     assert est.mean == pytest.approx(0.8 * 2 + 0.05 * 11 + 0.15 * 6)
-    var = 0.8 ** 2 * 1.0 / 3 + 0.05 ** 2 * 2.0 / 2 + 0.15 ** 2 * 1.0 / 3
+    var = 0.8**2 * 1.0 / 3 + 0.05**2 * 2.0 / 2 + 0.15**2 * 1.0 / 3
     assert est.se == pytest.approx(math.sqrt(var))
-    terms = [0.8 ** 2 * 1.0 / 3, 0.05 ** 2 * 2.0 / 2, 0.15 ** 2 * 1.0 / 3]
-    assert est.df == pytest.approx(var ** 2 / (terms[0] ** 2 / 2 + terms[1] ** 2 / 1 + terms[2] ** 2 / 2))
+    terms = [0.8**2 * 1.0 / 3, 0.05**2 * 2.0 / 2, 0.15**2 * 1.0 / 3]
+    assert est.df == pytest.approx(var**2 / (terms[0] ** 2 / 2 + terms[1] ** 2 / 1 + terms[2] ** 2 / 2))
     assert math.isnan(weighting.stratified_mean([1.0, 2.0], ["TP", "TP"], {"TP": 5, "TN": 5}).mean)  # TN unsampled
 
 
@@ -304,8 +317,12 @@ def test_stratified_mean_by_hand():
 
 
 def _scores(values: dict[str, list[float]], metrics=("m1", "m2")) -> pd.DataFrame:
-    rows = [["model", "pre", e, m, i, float(v) * (1 + k), "ok"] for e, vals in values.items()
-            for k, m in enumerate(metrics) for i, v in enumerate(vals)]
+    rows = [
+        ["model", "pre", e, m, i, float(v) * (1 + k), "ok"]
+        for e, vals in values.items()
+        for k, m in enumerate(metrics)
+        for i, v in enumerate(vals)
+    ]
     return pd.DataFrame(rows, columns=["model", "stage", "explainer", "metric", "image", "value", "status"])
 
 

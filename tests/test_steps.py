@@ -1,4 +1,5 @@
 """bench.perf.steps: score error by step count against a reference (fast: a tiny model, small images)."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,10 @@ def test_error_is_zero_at_the_reference():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 1, 12, 12, generator=g)
     t = model(x).argmax(1)
-    attrs = {"a": Attribution(torch.randn(2, 1, 12, 12, generator=g)),
-             "b": Attribution(torch.randn(2, 1, 12, 12, generator=g))}
+    attrs = {
+        "a": Attribution(torch.randn(2, 1, 12, 12, generator=g)),
+        "b": Attribution(torch.randn(2, 1, 12, 12, generator=g)),
+    }
     rows = S.step_rows(model, x, t, attrs, grid=(4, 8), reference=16)
     assert set(rows["metric"]) == set(S.DEFAULT_METRICS)
     assert set(rows.loc[rows["metric"] == "deletion_auc", "substrate"]) == {"zero", "blur"}
@@ -98,12 +101,39 @@ def test_deletion_error_is_the_trapezoid_rules():
 
 
 def _summary(shifts, steps=(4, 8, 16, 32), metric="deletion_auc", substrate="zero", default=8, reference=256):
-    rows = [{"metric": metric, "substrate": substrate, "steps": k, "reference": reference, "explainer": S.SUMMARY,
-             "max_pair_shift": s, "default_steps": default, "max_abs_err": 2 * s, "mean_abs_err": s, "mean_err": s,
-             "worst_pair": "a vs b", "passes_fb": 0.0, "passes_f": k + 1.0, "images": 4, "explainers": 2,
-             "s_per_image": 0.1, "precision": "float32"} for k, s in zip(steps, shifts)]
-    rows.append({**rows[-1], "steps": reference, "max_pair_shift": 0.0, "max_abs_err": 0.0, "mean_abs_err": 0.0,
-                 "mean_err": 0.0, "passes_f": reference + 1.0})
+    rows = [
+        {
+            "metric": metric,
+            "substrate": substrate,
+            "steps": k,
+            "reference": reference,
+            "explainer": S.SUMMARY,
+            "max_pair_shift": s,
+            "default_steps": default,
+            "max_abs_err": 2 * s,
+            "mean_abs_err": s,
+            "mean_err": s,
+            "worst_pair": "a vs b",
+            "passes_fb": 0.0,
+            "passes_f": k + 1.0,
+            "images": 4,
+            "explainers": 2,
+            "s_per_image": 0.1,
+            "precision": "float32",
+        }
+        for k, s in zip(steps, shifts)
+    ]
+    rows.append(
+        {
+            **rows[-1],
+            "steps": reference,
+            "max_pair_shift": 0.0,
+            "max_abs_err": 0.0,
+            "mean_abs_err": 0.0,
+            "mean_err": 0.0,
+            "passes_f": reference + 1.0,
+        }
+    )
     return rows
 
 
@@ -130,16 +160,28 @@ def test_choose_steps_picks_the_smallest_qualifying_count():
 def _planted() -> pd.DataFrame:
     """Three explainers on 4 images; at 8 steps their scores move by planted per-image amounts."""
     ref = {"a": [0.1, 0.2, 0.3, 0.4], "b": [0.5, 0.5, 0.6, 0.6], "c": [0.2, 0.1, 0.2, 0.1]}
-    move = {"a": [0.5, 0.1, 0.5, 0.1],    # mean +0.3, max 0.5
-            "b": [0.0, -0.2, 0.0, -0.2],  # mean -0.1
-            "c": [0.25] * 4}              # mean +0.25
+    move = {
+        "a": [0.5, 0.1, 0.5, 0.1],  # mean +0.3, max 0.5
+        "b": [0.0, -0.2, 0.0, -0.2],  # mean -0.1
+        "c": [0.25] * 4,  # mean +0.25
+    }
     rows = []
     for k, is_ref in ((8, False), (256, True)):
         for e, values in ref.items():
             for i, v in enumerate(values):
-                rows.append({"metric": "deletion_auc", "substrate": "zero", "steps": k, "is_reference": is_ref,
-                             "reference": 256, "explainer": e, "image": i, "seconds": 1.0,
-                             "value": v + (0.0 if is_ref else move[e][i])})
+                rows.append(
+                    {
+                        "metric": "deletion_auc",
+                        "substrate": "zero",
+                        "steps": k,
+                        "is_reference": is_ref,
+                        "reference": 256,
+                        "explainer": e,
+                        "image": i,
+                        "seconds": 1.0,
+                        "value": v + (0.0 if is_ref else move[e][i]),
+                    }
+                )
     return pd.DataFrame(rows)
 
 

@@ -9,6 +9,7 @@
 * Batch equals single images, rows per pass do not matter, the seed decides the draws.
 The registry's contract tests (tests/test_explainers.py -k expected_gradients) cover it too.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,12 +51,21 @@ class Quadratic(nn.Module):
 
 def small_cnn() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(8 * 14 * 14, 16), nn.ReLU(), nn.Linear(16, 2)).eval()
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 14 * 14, 16),
+        nn.ReLU(),
+        nn.Linear(16, 2),
+    ).eval()
 
 
-def converged(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, bg: torch.Tensor,
-              steps: int = 128) -> torch.Tensor:
+def converged(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, bg: torch.Tensor, steps: int = 128
+) -> torch.Tensor:
     """1/N sum_r (x - r) * mean_j grad(r + a_j (x - r)), midpoints a_j = (j + 1/2)/steps: no sampler involved."""
     a = ((torch.arange(steps, dtype=torch.float64) + 0.5) / steps).to(x.dtype).view(-1, 1, 1, 1)
     out = []
@@ -64,7 +74,7 @@ def converged(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, bg: torc
         for r in bg:
             z = (r + a * (x[i] - r)).requires_grad_(True)
             (g,) = torch.autograd.grad(model(z)[:, int(targets[i])].sum(), z)
-            acc += (g.double().mean(0) * (x[i] - r).double())
+            acc += g.double().mean(0) * (x[i] - r).double()
         out.append(acc / bg.shape[0])
     return torch.stack(out)
 
@@ -76,11 +86,25 @@ def rel_err(est: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 def seed_runs(model, x, targets, bg, n, sampler, n_seeds):
-    return torch.stack([eg_values(model, x, targets, bg, n_samples=n, seeds=[1000 * s + i for i in range(x.shape[0])],
-                                  sampler=sampler, batch_size=512).double() for s in range(n_seeds)])
+    return torch.stack(
+        [
+            eg_values(
+                model,
+                x,
+                targets,
+                bg,
+                n_samples=n,
+                seeds=[1000 * s + i for i in range(x.shape[0])],
+                sampler=sampler,
+                batch_size=512,
+            ).double()
+            for s in range(n_seeds)
+        ]
+    )
 
 
 # --- the draws ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("n,n_bg", [(50, 32), (50, 50), (20, 32), (7, 3)])
 def test_stratified_draws_cover_references_and_strata(n, n_bg):
@@ -107,6 +131,7 @@ def test_reference_is_uniform_at_every_stratum():
 
 
 # --- unbiasedness --------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("sampler", ["stratified", "iid"])
 def test_unbiased_on_a_quadratic_model(sampler):
@@ -162,6 +187,7 @@ def test_seed_mean_converges_on_a_relu_cnn():
 
 # --- lower error ---------------------------------------------------------------------------------
 
+
 def test_lower_error_than_iid_at_equal_and_double_passes():
     """Relative L2 error vs the converged value, mean over 10 seeds x 2 images, background 16.
     Measured here: stratified 0.093 / 0.048 / 0.024 at 25 / 50 / 100 passes, iid 0.176 / 0.125 /
@@ -171,8 +197,12 @@ def test_lower_error_than_iid_at_equal_and_double_passes():
     x, bg = torch.rand(2, 1, 28, 28, generator=g), 0.5 * torch.rand(16, 1, 28, 28, generator=g)
     targets = torch.tensor([1, 0])
     ref = converged(model, x, targets, bg, steps=64)
-    err = {(s, n): rel_err(seed_runs(model, x, targets, bg, n, s, 10), ref).mean().item()
-           for s in ("stratified", "iid") for n in (25, 50, 100, 200) if s == "iid" or n < 200}
+    err = {
+        (s, n): rel_err(seed_runs(model, x, targets, bg, n, s, 10), ref).mean().item()
+        for s in ("stratified", "iid")
+        for n in (25, 50, 100, 200)
+        if s == "iid" or n < 200
+    }
     print("\nrelative L2 error, mean of 10 seeds x 2 images:", {f"{s}@{n}": round(v, 4) for (s, n), v in err.items()})
     for n in (25, 50, 100):
         assert err["stratified", n] < 0.8 * err["iid", n], n
@@ -182,6 +212,7 @@ def test_lower_error_than_iid_at_equal_and_double_passes():
 
 
 # --- the adapter ---------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def setup():
@@ -198,8 +229,8 @@ def test_batch_equals_single_images_and_rows_per_pass(setup, sampler):
     batch = run_explainer(NAME, net, x, targets, background=bg, n_samples=10, sampler=sampler, batch_size=7)
     scale = batch.values.abs().max()
     for i in range(3):
-        one = run_explainer(NAME, net, x[i:i + 1], targets[i:i + 1], background=bg, n_samples=10, sampler=sampler)
-        assert (one.values - batch.values[i:i + 1]).abs().max() <= 1e-5 * scale
+        one = run_explainer(NAME, net, x[i : i + 1], targets[i : i + 1], background=bg, n_samples=10, sampler=sampler)
+        assert (one.values - batch.values[i : i + 1]).abs().max() <= 1e-5 * scale
     again = run_explainer(NAME, net, x, targets, background=bg, n_samples=10, sampler=sampler, batch_size=7)
     assert torch.equal(again.values, batch.values)
     other = run_explainer(NAME, net, x, targets, background=bg, n_samples=10, sampler=sampler, seed=1)

@@ -1,4 +1,5 @@
 """Training, tuning with frozen blocks, evaluation and checkpoints (tiny model, synthetic data)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -118,8 +119,14 @@ def test_tune_keeps_frozen_parameters_and_buffers_bitwise(tmp_path, trained, dat
     before, _ = load_checkpoint(parent)
     unfreeze = ("fc", "layer2")
     frozen_before = frozen_state(before, unfreeze)
-    side = tune_model(parent, TuneConfig(unfreeze=unfreeze, epochs=2, batch_size=32, lr=5e-2), *data,
-                      out=tmp_path / "post.pt", device="cpu", progress=False)
+    side = tune_model(
+        parent,
+        TuneConfig(unfreeze=unfreeze, epochs=2, batch_size=32, lr=5e-2),
+        *data,
+        out=tmp_path / "post.pt",
+        device="cpu",
+        progress=False,
+    )
     after, info = load_checkpoint(tmp_path / "post.pt")
     assert info["stage"] == "post"
     frozen_after = frozen_state(after, unfreeze)
@@ -138,10 +145,18 @@ def test_tune_keeps_frozen_parameters_and_buffers_bitwise(tmp_path, trained, dat
 
 
 def test_tune_rejects_unknown_block(tmp_path, trained, data):
-    with pytest.raises(BenchError, match="cannot unfreeze layer9: .* no such top-level module; its modules with "
-                                         "parameters are .*tune.unfreeze"):
-        tune_model(trained[0], TuneConfig(unfreeze=("layer9",), epochs=1), *data, out=tmp_path / "p.pt",
-                   device="cpu", progress=False)
+    with pytest.raises(
+        BenchError,
+        match="cannot unfreeze layer9: .* no such top-level module; its modules with parameters are .*tune.unfreeze",
+    ):
+        tune_model(
+            trained[0],
+            TuneConfig(unfreeze=("layer9",), epochs=1),
+            *data,
+            out=tmp_path / "p.pt",
+            device="cpu",
+            progress=False,
+        )
 
 
 def test_predict_outputs_logits_and_probabilities(data):
@@ -161,8 +176,18 @@ def test_predict_outputs_logits_and_probabilities(data):
         predict_outputs(model, images, space="logits")
 
 
-@pytest.mark.parametrize("field,value", [("epochs", 0), ("lr", -1.0), ("optimizer", "rmsprop"), ("momentum", 1.5),
-                                         ("batch_size", 0), ("select_on", "test_acc"), ("class_weighting", "x")])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("epochs", 0),
+        ("lr", -1.0),
+        ("optimizer", "rmsprop"),
+        ("momentum", 1.5),
+        ("batch_size", 0),
+        ("select_on", "test_acc"),
+        ("class_weighting", "x"),
+    ],
+)
 def test_bad_recipe_values(field, value):
     with pytest.raises(BenchError, match=field.split("_")[0]):
         TrainConfig(model="tiny", **{field: value}).validate()
@@ -171,8 +196,9 @@ def test_bad_recipe_values(field, value):
 def test_progress_bars_and_epoch_lines(tmp_path, data, capsys):
     """The default (interactive) path: progress bars on, one summary line per epoch."""
     small = [d.subset(range(32)) for d in data]
-    train_model(TrainConfig(model="tiny", epochs=2, batch_size=16), *small, out=tmp_path / "p.pt",
-                device="cpu", progress=True)
+    train_model(
+        TrainConfig(model="tiny", epochs=2, batch_size=16), *small, out=tmp_path / "p.pt", device="cpu", progress=True
+    )
     captured = capsys.readouterr()
     assert "tiny epoch 1/2: train loss" in captured.out and "tiny epoch 2/2: train loss" in captured.out
 
@@ -186,6 +212,11 @@ def test_a_run_whose_every_validation_score_is_nan_is_a_clear_error(tmp_path, da
     monkeypatch.setattr(training, "_selection_score", lambda metrics, select_on: float("nan"))
     small = [d.subset(range(32)) for d in data]
     with pytest.raises(BenchError, match="no epoch gave a finite validation score .val_loss was NaN in all 2 epochs."):
-        train_model(TrainConfig(model="tiny", epochs=2, batch_size=16), *small, out=tmp_path / "nan.pt",
-                    device="cpu", progress=False)
+        train_model(
+            TrainConfig(model="tiny", epochs=2, batch_size=16),
+            *small,
+            out=tmp_path / "nan.pt",
+            device="cpu",
+            progress=False,
+        )
     assert not (tmp_path / "nan.pt").exists()

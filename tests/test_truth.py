@@ -1,4 +1,5 @@
 """The model-truth test: marked data, mask_share, the truth tables and `bench truth` end to end."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,7 @@ import torch
 
 from bench.core.errors import BenchError
 from bench.metrics import MetricContext, compute_metric
-from bench.report.truth import (RELIANCE_COLUMNS, agreement_table, explainer_table, model_table,
-                                planting_problems)
+from bench.report.truth import RELIANCE_COLUMNS, agreement_table, explainer_table, model_table, planting_problems
 from bench.run.config import load_config
 from datasets import load_split
 from datasets.marked import glyph
@@ -23,6 +23,7 @@ SYN = {"base": "synthetic", "base_options": {"n": 200}}
 
 
 # ----------------------------------------------------------------------------- marked data
+
 
 @pytest.mark.parametrize("condition", ["none", "confound", "noise"])
 def test_conditions_plant_the_marker_at_their_rates(condition):
@@ -77,12 +78,15 @@ def test_glyphs_and_polarity():
     assert torch.allclose(blended, 0.5 * w.counterfactual[:, 0, 1, 3] + 0.5, atol=1e-6)
 
 
-@pytest.mark.parametrize("options, fragment", [
-    ({"marker_size": 40}, "does not fit"),
-    ({"base": "marked"}, "another data set"),
-    ({"marker": "star"}, "marker"),
-    ({"rate_positive": 1.5}, "rate_positive"),
-])
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        ({"marker_size": 40}, "does not fit"),
+        ({"base": "marked"}, "another data set"),
+        ({"marker": "star"}, "marker"),
+        ({"rate_positive": 1.5}, "rate_positive"),
+    ],
+)
 def test_bad_marked_options_are_one_line(options, fragment):
     with pytest.raises(BenchError, match=fragment) as e:
         load_split("marked", "train", **{**SYN, **options})
@@ -91,29 +95,31 @@ def test_bad_marked_options_are_one_line(options, fragment):
 
 # ----------------------------------------------------------------------------- mask_share
 
+
 def _share(values: torch.Tensor, mask: torch.Tensor, name: str = "mask_share") -> torch.Tensor:
     x = torch.rand(values.shape[0], 1, 8, 8)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2)).eval()
     ctx = MetricContext(masks=mask)
-    return compute_metric(name, model, x, torch.zeros(len(x), dtype=torch.long), Attribution(values),
-                          context=ctx).scores
+    return compute_metric(
+        name, model, x, torch.zeros(len(x), dtype=torch.long), Attribution(values), context=ctx
+    ).scores
 
 
 def test_mask_share_analytic_cases():
     mask = torch.zeros(4, 1, 8, 8, dtype=torch.bool)
     mask[:, :, :2, :2] = True  # 4 of 64 pixels
-    mask[3] = False            # no marker on the last image
+    mask[3] = False  # no marker on the last image
     v = torch.zeros(4, 1, 8, 8)
-    v[0, :, :2, :2] = 1.0      # all mass inside: 64 / 4
-    v[1] = 1.0                 # uniform: as much as the area
-    v[2, :, 4:, 4:] = -2.0     # all outside
+    v[0, :, :2, :2] = 1.0  # all mass inside: 64 / 4
+    v[1] = 1.0  # uniform: as much as the area
+    v[2, :, 4:, 4:] = -2.0  # all outside
     v[3] = 1.0
     s = _share(v, mask)
     assert s[0].item() == pytest.approx(16.0) and s[1].item() == pytest.approx(1.0) and s[2].item() == 0
     assert math.isnan(s[3].item())
     w = torch.zeros(4, 1, 8, 8)
     w[:, :, :2, :2] = -1.0
-    w[:, :, 4:, 4:] = 1.0      # inside 4 negative, outside 16 positive: signed (-4/20) / (4/64)
+    w[:, :, 4:, 4:] = 1.0  # inside 4 negative, outside 16 positive: signed (-4/20) / (4/64)
     signed = _share(w, mask, "mask_share_signed")
     assert signed[0].item() == pytest.approx(-4 / 20 * 16)
     assert _share(w, mask)[0].item() == pytest.approx(4 / 20 * 16)
@@ -121,6 +127,7 @@ def test_mask_share_analytic_cases():
 
 
 # ----------------------------------------------------------------------------- the tables
+
 
 def _fake(seed: int = 0, n: int = 30):
     """Scores of four explainers under three conditions, two seeds: `follows` puts more on the
@@ -136,20 +143,68 @@ def _fake(seed: int = 0, n: int = 30):
                 base = 1.5 + rng.normal(0, 0.1)
                 for e, eff in effect.items():
                     share = base + (eff if cond == "confound" else 0.0) + rng.normal(0, 0.05)
-                    rows += [{"condition": cond, "polarity": "bright", "model": model, "seed": s, "stage": "pre",
-                              "explainer": e, "image": i, "metric": "mask_share", "value": share},
-                             {"condition": cond, "polarity": "bright", "model": model, "seed": s, "stage": "pre",
-                              "explainer": e, "image": i, "metric": "mask_share_signed", "value": share / 2},
-                             {"condition": cond, "polarity": "bright", "model": model, "seed": s, "stage": "pre",
-                              "explainer": e, "image": i, "metric": "deletion_auc",  # lower is better
-                              "value": 0.5 - 0.1 * eff + rng.normal(0, 0.01)},
-                             {"condition": cond, "polarity": "bright", "model": model, "seed": s, "stage": "pre",
-                              "explainer": e, "image": i, "metric": "insertion_auc",  # higher is better, reversed
-                              "value": 0.5 - 0.1 * eff + rng.normal(0, 0.01)}]
+                    rows += [
+                        {
+                            "condition": cond,
+                            "polarity": "bright",
+                            "model": model,
+                            "seed": s,
+                            "stage": "pre",
+                            "explainer": e,
+                            "image": i,
+                            "metric": "mask_share",
+                            "value": share,
+                        },
+                        {
+                            "condition": cond,
+                            "polarity": "bright",
+                            "model": model,
+                            "seed": s,
+                            "stage": "pre",
+                            "explainer": e,
+                            "image": i,
+                            "metric": "mask_share_signed",
+                            "value": share / 2,
+                        },
+                        {
+                            "condition": cond,
+                            "polarity": "bright",
+                            "model": model,
+                            "seed": s,
+                            "stage": "pre",
+                            "explainer": e,
+                            "image": i,
+                            "metric": "deletion_auc",  # lower is better
+                            "value": 0.5 - 0.1 * eff + rng.normal(0, 0.01),
+                        },
+                        {
+                            "condition": cond,
+                            "polarity": "bright",
+                            "model": model,
+                            "seed": s,
+                            "stage": "pre",
+                            "explainer": e,
+                            "image": i,
+                            "metric": "insertion_auc",  # higher is better, reversed
+                            "value": 0.5 - 0.1 * eff + rng.normal(0, 0.01),
+                        },
+                    ]
                 r = 0.3 if cond == "confound" else 0.0
-                rel.append({"condition": cond, "polarity": "bright", "model": model, "seed": s, "image": i, "label": 1,
-                            "planted": True, "score_with": r + rng.normal(0, 0.01), "score_without": 0.0,
-                            "p1_with": 0.5 + r, "p1_without": 0.5})
+                rel.append(
+                    {
+                        "condition": cond,
+                        "polarity": "bright",
+                        "model": model,
+                        "seed": s,
+                        "image": i,
+                        "label": 1,
+                        "planted": True,
+                        "score_with": r + rng.normal(0, 0.01),
+                        "score_without": 0.0,
+                        "p1_with": 0.5 + r,
+                        "p1_without": 0.5,
+                    }
+                )
     return pd.DataFrame(rows), pd.DataFrame(rel, columns=list(RELIANCE_COLUMNS))
 
 
@@ -178,8 +233,18 @@ def test_the_planting_check():
     labels = np.r_[np.zeros(50), np.ones(50)]
 
     def rec(cond, d):
-        return {"condition": cond, "polarity": "bright", "model": f"m-{cond}", "seed": 0, "checkpoint_sha256": "x",
-                "n_test": 100, "acc_without": 0.9, "acc_with": 0.8, "_reliance": d, "_labels": labels}
+        return {
+            "condition": cond,
+            "polarity": "bright",
+            "model": f"m-{cond}",
+            "seed": 0,
+            "checkpoint_sha256": "x",
+            "n_test": 100,
+            "acc_without": 0.9,
+            "acc_with": 0.8,
+            "_reliance": d,
+            "_labels": labels,
+        }
 
     good = model_table(pd.DataFrame([rec("confound", d_use), rec("noise", d_not)]), alpha=0.05, margin=0.05)
     assert list(good["verdict"]) == ["uses", "does not use"] and planting_problems(good) == []
@@ -190,19 +255,33 @@ def test_the_planting_check():
 
 # ----------------------------------------------------------------------------- end to end
 
-TINY = ['device="cpu"', 'data.options={base = "synthetic", base_options = {n = 600}, marker_size = 5, '
-        'rate_positive = 1.0, rate_negative = 0.0, test_n = 16}', "data.background_size=8",
-        'models.names=["tiny"]', "train.epochs=8", "train.batch_size=32", "train.lr=0.003",
-        'explain.names=["captum.input_x_gradient", "captum.saliency", "random", "edge"]',
-        "explain.shard_size=16", "reliability.substrates=[]", "reliability.imputation=false",
-        "reliability.bootstrap=100", "reliability.splits=10", "truth.bootstrap=100", 'truth.polarities=["bright"]',
-        "models.seeds=[0]", "figures.enabled=false",
-        'metrics.params={deletion_auc = {steps = 8}, insertion_auc = {steps = 8}}']
+TINY = [
+    'device="cpu"',
+    'data.options={base = "synthetic", base_options = {n = 600}, marker_size = 5, '
+    "rate_positive = 1.0, rate_negative = 0.0, test_n = 16}",
+    "data.background_size=8",
+    'models.names=["tiny"]',
+    "train.epochs=8",
+    "train.batch_size=32",
+    "train.lr=0.003",
+    'explain.names=["captum.input_x_gradient", "captum.saliency", "random", "edge"]',
+    "explain.shard_size=16",
+    "reliability.substrates=[]",
+    "reliability.imputation=false",
+    "reliability.bootstrap=100",
+    "reliability.splits=10",
+    "truth.bootstrap=100",
+    'truth.polarities=["bright"]',
+    "models.seeds=[0]",
+    "figures.enabled=false",
+    "metrics.params={deletion_auc = {steps = 8}, insertion_auc = {steps = 8}}",
+]
 
 
 @pytest.mark.slow
 def test_bench_truth_end_to_end(tmp_path):
     from bench.run.truth import run_truth
+
     cfg = load_config(REPO / "configs" / "truth.toml", [f'results_dir="{tmp_path}"', *TINY])
     out = run_truth(cfg, progress=False)
     models = pd.read_csv(out / "truth_models.csv")
@@ -230,6 +309,7 @@ def test_bench_truth_end_to_end(tmp_path):
 
 def test_bench_truth_refuses_unmarked_data(tmp_path, capsys):
     from bench.cli import main
+
     code = main(["truth", "--config", str(REPO / "configs" / "quick.toml"), "--results", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "marked data" in err and len(err.strip().splitlines()) == 1
@@ -259,6 +339,13 @@ def test_bench_report_rebuilds_the_published_truth_run_byte_for_byte(tmp_path):
     with pytest.raises(Exception, match="truth_models.csv not found"):
         from bench.report.truth import rebuild_truth
         from bench.run.config import load_config, stats_settings
+
         cfg = load_config("truth")
-        rebuild_truth(out, name=cfg.name, options=cfg.data.options, stats=stats_settings(cfg),
-                      share_margin=cfg.truth.share_margin, bootstrap=cfg.truth.bootstrap)
+        rebuild_truth(
+            out,
+            name=cfg.name,
+            options=cfg.data.options,
+            stats=stats_settings(cfg),
+            share_margin=cfg.truth.share_margin,
+            bootstrap=cfg.truth.bootstrap,
+        )

@@ -6,6 +6,7 @@ an error here, not a KeyError in the middle of a run; elsewhere, e.g. a value th
 reaching ``int()``. Slow on a cold cache (mypy reads torch's stubs: about a minute), seconds after
 that (``.mypy_cache``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,16 @@ pytestmark = pytest.mark.slow
 
 
 def _mypy(*targets: str) -> tuple[str, int]:
-    out, err, status = mypy_api.run(["--config-file", str(REPO / "pyproject.toml"), "--cache-dir",
-                                     str(REPO / ".mypy_cache"), "--no-error-summary", *targets])
+    out, err, status = mypy_api.run(
+        [
+            "--config-file",
+            str(REPO / "pyproject.toml"),
+            "--cache-dir",
+            str(REPO / ".mypy_cache"),
+            "--no-error-summary",
+            *targets,
+        ]
+    )
     return out + err, status
 
 
@@ -43,10 +52,12 @@ def test_the_whole_package_type_checks(monkeypatch):
 def test_the_checker_catches_a_misspelt_field_and_a_string_lookup(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # bench is imported from this checkout
     probe = tmp_path / "probe.py"
-    probe.write_text("from bench.run.config import RunConfig\n\n\n"
-                     "def per_cell(cfg: RunConfig) -> int:\n    return cfg.data.per_cel\n\n\n"
-                     "def seed(cfg: RunConfig) -> int:\n    return cfg[\"seed\"]\n\n\n"
-                     "def names(cfg: RunConfig) -> list[str]:\n    return cfg.explain.names\n")
+    probe.write_text(
+        "from bench.run.config import RunConfig\n\n\n"
+        "def per_cell(cfg: RunConfig) -> int:\n    return cfg.data.per_cel\n\n\n"
+        'def seed(cfg: RunConfig) -> int:\n    return cfg["seed"]\n\n\n'
+        "def names(cfg: RunConfig) -> list[str]:\n    return cfg.explain.names\n"
+    )
     out, status = _mypy(str(probe))
     assert status == 1
     assert '"DataSection" has no attribute "per_cel"' in out

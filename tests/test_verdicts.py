@@ -1,5 +1,6 @@
 """The verdicts in a run: aliases of real adapters, a leaderboard that never ties random with its
 betters, and the report's refusals (silent NaN rows, unknown metrics, figures the run did not draw)."""
+
 from __future__ import annotations
 
 import json
@@ -18,18 +19,29 @@ from bench.report.rebuild import rebuild
 from bench.stats.aliases import find_aliases
 from tests.conftest import calibrated
 
-CHEAP = ["reliability.substrates=[]", "reliability.imputation=false", "reliability.bootstrap=50",
-         "reliability.splits=10", "stats.draws=2000"]
+CHEAP = [
+    "reliability.substrates=[]",
+    "reliability.imputation=false",
+    "reliability.bootstrap=50",
+    "reliability.splits=10",
+    "stats.draws=2000",
+]
 
 
 @pytest.fixture(scope="module")
 def alias_run(tmp_path_factory):
     model = calibrated("tiny", seed=0)
     images = torch.rand(12, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    res = bench.evaluate(model, images, labels=torch.tensor([0, 1] * 6),
-                         explainers=["shap.deep", "captum.deeplift_shap", "captum.saliency", "random", "edge"],
-                         metrics=["deletion_auc", "additivity_error", "road_morf"],
-                         metric_params={"deletion_auc": {"steps": 7}}, overrides=CHEAP, verbose=False)
+    res = bench.evaluate(
+        model,
+        images,
+        labels=torch.tensor([0, 1] * 6),
+        explainers=["shap.deep", "captum.deeplift_shap", "captum.saliency", "random", "edge"],
+        metrics=["deletion_auc", "additivity_error", "road_morf"],
+        metric_params={"deletion_auc": {"steps": 7}},
+        overrides=CHEAP,
+        verbose=False,
+    )
     out = tmp_path_factory.mktemp("alias") / "run"
     res.save(out)
     return out
@@ -60,8 +72,11 @@ def test_maps_that_differ_by_1e_3_are_not_aliases(alias_run):
     x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     y = model(x).argmax(1)
     attr = run_explainer("captum.deeplift_shap", model, x, y, background=x[:3])
-    moved = Attribution(attr.values + 1e-3 * torch.randn(attr.values.shape, generator=torch.Generator().manual_seed(3)),
-                        attr.outputs, attr.base_values)
+    moved = Attribution(
+        attr.values + 1e-3 * torch.randn(attr.values.shape, generator=torch.Generator().manual_seed(3)),
+        attr.outputs,
+        attr.base_values,
+    )
     rows = []
     for name, a in (("a", attr), ("b", moved)):
         for metric in ("deletion_auc", "additivity_error"):
@@ -123,9 +138,25 @@ def test_a_run_without_figures_is_rebuilt_without_figures(alias_run, tmp_path):
 
 
 def test_check_scores_accepts_na_rows():
-    rows = pd.DataFrame([["m", "pre", "e", "x", 0, 1, 1, "TP", np.nan, "n/a", "", True, 0.1, 1.0]],
-                        columns=["model", "stage", "explainer", "metric", "image", "label", "pred", "cell", "value",
-                                 "status", "message", "higher_is_better", "seconds_per_image", "peak_mem_mb"])
+    rows = pd.DataFrame(
+        [["m", "pre", "e", "x", 0, 1, 1, "TP", np.nan, "n/a", "", True, 0.1, 1.0]],
+        columns=[
+            "model",
+            "stage",
+            "explainer",
+            "metric",
+            "image",
+            "label",
+            "pred",
+            "cell",
+            "value",
+            "status",
+            "message",
+            "higher_is_better",
+            "seconds_per_image",
+            "peak_mem_mb",
+        ],
+    )
     assert check_scores(rows)["status"].tolist() == ["n/a"]
 
 
@@ -134,15 +165,20 @@ def test_plan_sizes_n_from_the_pilots_paired_spread(alias_run, capsys):
     from bench.run.sizing import plan_sample
     from bench.stats.power import n_needed
 
-    over = ['explain.names=["captum.deeplift_shap", "captum.saliency", "random"]', 'metrics.names=["deletion_auc"]',
-            "stats.effects={deletion_auc = 0.05}", 'models.names=["tiny"]', 'models.stages=["pre"]']
+    over = [
+        'explain.names=["captum.deeplift_shap", "captum.saliency", "random"]',
+        'metrics.names=["deletion_auc"]',
+        "stats.effects={deletion_auc = 0.05}",
+        'models.names=["tiny"]',
+        'models.stages=["pre"]',
+    ]
     cfg = load_config(None, over)
     table, cost = plan_sample(cfg, alias_run)
     row = table.iloc[0]
     scores = read_scores(alias_run / "scores.csv")
     wide = scores[scores.metric == "deletion_auc"].pivot(index="image", columns="explainer", values="value")
     names = ["captum.deeplift_shap", "captum.saliency", "random"]
-    sds = sorted(float((wide[a] - wide[b]).std(ddof=1)) for i, a in enumerate(names) for b in names[i + 1:])
+    sds = sorted(float((wide[a] - wide[b]).std(ddof=1)) for i, a in enumerate(names) for b in names[i + 1 :])
     assert row.declared and row.effect == 0.05 and row.pairs == 3 and row.sd_median == pytest.approx(sds[1])
     assert row.n_median == n_needed(0.05, sds[1], 0.05 / 3)
     assert cost["n"] == row.n_median and cost["seconds"] > 0

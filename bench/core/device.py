@@ -1,4 +1,5 @@
 """The device a run computes on."""
+
 from __future__ import annotations
 
 import torch

@@ -10,6 +10,7 @@ Inside a results tree nothing follows a symbolic link or opens a non-regular fil
 block a reader forever): :func:`check_tree` refuses them before a run starts, and
 :func:`read_regular` reads a file without following a link and only if it is a regular file.
 """
+
 from __future__ import annotations
 
 import errno
@@ -143,8 +144,10 @@ def os_error(exc: OSError, path: str | os.PathLike | None = None, doing: str = "
     where = Path(path if path is not None else exc.filename if exc.filename is not None else "?")
     reason = exc.strerror or str(exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return BenchError(f"cannot {doing} {where} ({reason}): free some space and re-run; finished work is kept and "
-                          f"the re-run resumes")
+        return BenchError(
+            f"cannot {doing} {where} ({reason}): free some space and re-run; finished work is kept and "
+            f"the re-run resumes"
+        )
     if exc.errno in (errno.ENOTDIR, errno.EEXIST):
         blocker = _blocking_file(where)
         if blocker is not None:
@@ -156,7 +159,8 @@ def os_error(exc: OSError, path: str | os.PathLike | None = None, doing: str = "
     if exc.errno == errno.ENAMETOOLONG:
         return BenchError(f"cannot {doing} {where} ({reason}); choose a shorter name or folder")
     fix = {"write": "make the folder writable or choose another place", "read": "make it readable"}.get(
-        doing, "check its permissions and the free space")
+        doing, "check its permissions and the free space"
+    )
     return BenchError(f"cannot {doing} {where} ({reason}); {fix}")
 
 
@@ -175,8 +179,12 @@ def _blocking_file(path: Path) -> Path | None:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device")):
+    for test, name in (
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
         if test(mode):
             return name
     return "special file"

@@ -6,6 +6,7 @@ bitwise reproducible on machines with the same ``torch_cpu_capability``, and equ
 float rounding (which training amplifies) across them. Manifests and checkpoint sidecars record
 this next to the package versions.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,6 +35,11 @@ def machine_info() -> dict[str, Any]:
         capability = torch.backends.cpu.get_cpu_capability()
     except AttributeError:  # older torch
         capability = None
-    return {"machine": platform.machine(), "system": platform.system(), "cpu": cpu_name(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch_cpu_capability": capability}
+    return {
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_cpu_capability": capability,
+    }

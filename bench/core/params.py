@@ -12,6 +12,7 @@ function ``value -> problem or None`` checks anything else. :func:`check_params`
 so a run config is refused before any work starts. A parameter named ``seed`` is a seed
 wherever it appears: an integer in :data:`SEED_RANGE` unless its registration says otherwise.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -66,14 +67,26 @@ def _num(v: float | None) -> str:
 
 def tunable_params(fn: Callable, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     """Keyword-only parameters with defaults, in signature order (``exclude``: protocol arguments)."""
-    return {p.name: p.default for p in inspect.signature(fn).parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
-            and p.name not in exclude}
+    return {
+        p.name: p.default
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+        and p.default is not inspect.Parameter.empty
+        and p.name not in exclude
+    }
 
 
-def check_params(kind: str, name: str, fn: Callable, given: Mapping[str, Any], *,
-                 constraints: Mapping[str, Constraint] | None = None, exclude: tuple[str, ...] = (),
-                 where: str | None = None, noun: str = "parameter") -> None:
+def check_params(
+    kind: str,
+    name: str,
+    fn: Callable,
+    given: Mapping[str, Any],
+    *,
+    constraints: Mapping[str, Constraint] | None = None,
+    exclude: tuple[str, ...] = (),
+    where: str | None = None,
+    noun: str = "parameter",
+) -> None:
     """Raise a one-line BenchError unless every ``given`` parameter exists, has its annotated type
     and meets its declared constraint. ``where`` names the config table in messages (e.g.
     ``explain.params."shap.partition"``)."""
@@ -81,8 +94,10 @@ def check_params(kind: str, name: str, fn: Callable, given: Mapping[str, Any], *
     unknown = sorted(set(given) - set(known))
     if unknown:
         listed = ", ".join(f"{k}={v!r}" for k, v in known.items()) or "(none)"
-        raise BenchError(f"{where + ': ' if where else ''}{kind} {name!r} has no {noun} "
-                         f"{', '.join(map(repr, unknown))}{did_you_mean(unknown[0], known)}; its {noun}s: {listed}")
+        raise BenchError(
+            f"{where + ': ' if where else ''}{kind} {name!r} has no {noun} "
+            f"{', '.join(map(repr, unknown))}{did_you_mean(unknown[0], known)}; its {noun}s: {listed}"
+        )
     try:
         hints = typing.get_type_hints(fn)
     except Exception:  # unresolvable annotations (a plug-in's forward references): types unchecked
@@ -148,5 +163,7 @@ def check_constraints(kind: str, name: str, fn: Callable, constraints: Mapping[s
     """At registration: every constrained name must be a tunable parameter of ``fn``."""
     bad = sorted(set(constraints or {}) - set(tunable_params(fn)))
     if bad:
-        raise BenchError(f"{kind} {name!r}: constraints name {', '.join(map(repr, bad))}, which are not keyword "
-                         f"parameters with defaults of {getattr(fn, '__qualname__', fn)!r}")
+        raise BenchError(
+            f"{kind} {name!r}: constraints name {', '.join(map(repr, bad))}, which are not keyword "
+            f"parameters with defaults of {getattr(fn, '__qualname__', fn)!r}"
+        )

@@ -6,6 +6,7 @@ are bit for bit those of a plain ``model(x)``. float16 autocast is refused off C
 bfloat16 is the reduced precision with hardware support (AVX512-BF16, AMX) and float16's 5-bit
 exponent overflows where bfloat16's 8-bit one does not.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,15 +21,18 @@ DEFAULT_PRECISION = "float32"
 CUDA_ONLY = ("float16",)
 
 
-def check_precision(precision: str, device: torch.device | str | None = None, *,
-                    where: str = "precision") -> torch.dtype:
+def check_precision(
+    precision: str, device: torch.device | str | None = None, *, where: str = "precision"
+) -> torch.dtype:
     """The dtype of ``precision``; an unknown name, or float16 on a device that is not CUDA, is a
     one-line :class:`BenchError` (``where`` names the setting in it). ``device=None`` checks the name only."""
     if precision not in PRECISIONS:
         raise BenchError(f"{where}: {precision!r} is not one of {', '.join(PRECISIONS)}")
     if device is not None and precision in CUDA_ONLY and torch.device(device).type != "cuda":
-        raise BenchError(f"{where}: {precision} runs on CUDA only, the device is {torch.device(device).type}; use "
-                         f"\"bfloat16\" (or \"float32\") on this device")
+        raise BenchError(
+            f"{where}: {precision} runs on CUDA only, the device is {torch.device(device).type}; use "
+            f'"bfloat16" (or "float32") on this device'
+        )
     return PRECISIONS[precision]
 
 

@@ -9,6 +9,7 @@ one entry twice with different parameters (``captum.integrated_gradients@blur``)
 not registered; :func:`split_variant` parses its name, and every lookup of it returns the base's
 entry, so a variant has exactly its base's metadata and parameters.
 """
+
 from __future__ import annotations
 
 import re
@@ -50,11 +51,13 @@ def split_variant(kind: str, name: str) -> tuple[str, str | None]:
     if not base:
         raise UnknownNameError(f"{kind} variant {name!r} names no {kind} before '@'; write <{kind}>@<label>")
     if "@" in label:
-        raise UnknownNameError(f"{kind} variant {name!r} has more than one '@'; write <{kind}>@<label> with one "
-                               f"'@', e.g. {fixed!r}")
+        raise UnknownNameError(
+            f"{kind} variant {name!r} has more than one '@'; write <{kind}>@<label> with one '@', e.g. {fixed!r}"
+        )
     if not label:
-        raise UnknownNameError(f"{kind} variant {name!r}: the label after '@' is empty; write <{kind}>@<label> "
-                               f"({rule}), e.g. {fixed!r}")
+        raise UnknownNameError(
+            f"{kind} variant {name!r}: the label after '@' is empty; write <{kind}>@<label> ({rule}), e.g. {fixed!r}"
+        )
     if not VARIANT_LABEL.fullmatch(label):
         raise UnknownNameError(f"{kind} variant {name!r}: the label {label!r} must be {rule}; write e.g. {fixed!r}")
     return base, label
@@ -77,12 +80,27 @@ class Entry(Generic[T]):
         """
         return tunable_params(self.obj, exclude) if callable(self.obj) else {}
 
-    def check_params(self, kind: str, given: dict[str, Any], *, exclude: tuple[str, ...] = (),
-                     where: str | None = None, noun: str = "parameter") -> None:
+    def check_params(
+        self,
+        kind: str,
+        given: dict[str, Any],
+        *,
+        exclude: tuple[str, ...] = (),
+        where: str | None = None,
+        noun: str = "parameter",
+    ) -> None:
         """One-line BenchError unless ``given`` are parameters of this entry with the annotated types
         and the constraints declared at registration (:mod:`bench.core.params`)."""
-        check_params(kind, self.name, self.obj, given, constraints=self.meta.get("constraints"), exclude=exclude,
-                     where=where, noun=noun)
+        check_params(
+            kind,
+            self.name,
+            self.obj,
+            given,
+            constraints=self.meta.get("constraints"),
+            exclude=exclude,
+            where=where,
+            noun=noun,
+        )
 
 
 class Registry(Generic[T]):
@@ -120,8 +138,10 @@ class Registry(Generic[T]):
         if not isinstance(name, str) or not name:
             raise ValueError(f"{self.kind} name must be a non-empty string, got {name!r}")
         if self.variants and "@" in name:
-            raise ValueError(f"{self.kind} name {name!r} contains '@', which marks a variant (base@label) in a run; "
-                             f"register it under a name without '@'")
+            raise ValueError(
+                f"{self.kind} name {name!r} contains '@', which marks a variant (base@label) in a run; "
+                f"register it under a name without '@'"
+            )
         if "constraints" in meta:
             check_constraints(self.kind, name, obj, meta["constraints"])
         if name in self._entries:
@@ -134,11 +154,16 @@ class Registry(Generic[T]):
     def check_pass_rule(self, name: str, passes: Any) -> None:
         """``passes=`` of a registration: None, a ``(forward+backward, forward)`` pair of numbers, or
         a function of the parameters (read by ``bench.perf.floor``)."""
-        pair = (isinstance(passes, tuple) and len(passes) == 2
-                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in passes))
+        pair = (
+            isinstance(passes, tuple)
+            and len(passes) == 2
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in passes)
+        )
         if passes is not None and not callable(passes) and not pair:
-            raise BenchError(f"{self.kind} {name!r}: passes must be a (forward+backward, forward) pair of numbers "
-                             f"or a function of the parameters, got {passes!r}")
+            raise BenchError(
+                f"{self.kind} {name!r}: passes must be a (forward+backward, forward) pair of numbers "
+                f"or a function of the parameters, got {passes!r}"
+            )
 
     def unregister(self, name: str) -> None:
         """Remove a registration (for tests and plug-in reloads)."""
@@ -154,13 +179,15 @@ class Registry(Generic[T]):
         if not self._entry_points_loaded:
             self._entry_points_loaded = True
             group = self.entry_point_group
-            for ep in (metadata.entry_points(group=group) if group is not None else ()):
+            for ep in metadata.entry_points(group=group) if group is not None else ():
                 try:
                     ep.load()
                 except Exception as exc:
-                    self._broken.append(f"could not load {self.kind} plug-in {ep.name!r} ({ep.value}) from "
-                                        f"entry-point group {self.entry_point_group!r}: {type(exc).__name__}: "
-                                        f"{' '.join(str(exc).split())}; fix or uninstall that package")
+                    self._broken.append(
+                        f"could not load {self.kind} plug-in {ep.name!r} ({ep.value}) from "
+                        f"entry-point group {self.entry_point_group!r}: {type(exc).__name__}: "
+                        f"{' '.join(str(exc).split())}; fix or uninstall that package"
+                    )
         if self._broken:
             raise BenchError(self._broken[0])
 
@@ -175,8 +202,9 @@ class Registry(Generic[T]):
         if base not in self._entries:
             known = ", ".join(self.names()) or "(none)"
             of = f" in the variant {name!r}" if label is not None else ""
-            raise UnknownNameError(f"unknown {self.kind} {base!r}{of}{did_you_mean(base, self.names())}; known "
-                                   f"{self.kind}s: {known}")
+            raise UnknownNameError(
+                f"unknown {self.kind} {base!r}{of}{did_you_mean(base, self.names())}; known {self.kind}s: {known}"
+            )
         return self._entries[base]
 
     def names(self) -> list[str]:

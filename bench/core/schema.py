@@ -10,6 +10,7 @@ under a model is one of :data:`CELLS` for binary data, with class 1 (pneumonia) 
 and for K > 2 classes one of :func:`cell_names` (``c<k>_ok`` / ``c<k>_wrong``: an image of true class
 k predicted right / wrong), ordered by class.
 """
+
 from __future__ import annotations
 
 import re
@@ -18,12 +19,35 @@ from typing import Any, Iterable, Mapping
 STAGES = ("pre", "post")  # a run without tuning variants; with variants the post stages are "post:<variant>"
 CELLS = ("TP", "FP", "FN", "TN")
 _MULTI_CELL = re.compile(r"c(\d+)_(ok|wrong)")
-SCORE_COLUMNS = ("model", "stage", "explainer", "metric", "image", "label", "pred", "cell", "value", "status",
-                 "message", "higher_is_better", "seconds_per_image", "peak_mem_mb")
+SCORE_COLUMNS = (
+    "model",
+    "stage",
+    "explainer",
+    "metric",
+    "image",
+    "label",
+    "pred",
+    "cell",
+    "value",
+    "status",
+    "message",
+    "higher_is_better",
+    "seconds_per_image",
+    "peak_mem_mb",
+)
 CURVE_COLUMNS = ("model", "stage", "explainer", "curve", "image", "fraction", "prob")
 # the reliability card's substrate sensitivity: scores per substrate, and curves averaged over images
-SUBSTRATE_COLUMNS = ("model", "stage", "explainer", "metric", "substrate", "image", "value", "status",
-                     "higher_is_better")
+SUBSTRATE_COLUMNS = (
+    "model",
+    "stage",
+    "explainer",
+    "metric",
+    "substrate",
+    "image",
+    "value",
+    "status",
+    "higher_is_better",
+)
 SUBSTRATE_CURVE_COLUMNS = ("model", "stage", "explainer", "curve", "substrate", "fraction", "prob_mean", "n")
 # map similarity between two maps of one image (pre vs post, seed vs seed, explainer seed vs seed)
 # the sampling design of a per-cell sample: per architecture, the model that drew the images and every confusion

@@ -1,4 +1,5 @@
 """The one Markdown table writer and the one CSV writer every report uses."""
+
 from __future__ import annotations
 
 import math
@@ -15,8 +16,7 @@ def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]], align: 
     if len(align) != len(header) or set(align) - {"l", "r"}:
         raise ValueError(f"align {align!r} must have one 'l' or 'r' per column ({len(header)} columns)")
     line = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"  # noqa: E731
-    return [line(header), "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|",
-            *(line(r) for r in rows)]
+    return [line(header), "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|", *(line(r) for r in rows)]
 
 
 def fmt_number(x: Any, spec: str = ".4g", *, inf: str | None = None) -> str:

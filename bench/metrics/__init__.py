@@ -20,6 +20,7 @@ module                 metrics
 share. A new metric is one module here (imported below) or a plug-in package registering
 through the ``bench.metrics`` entry-point group: docs/adding-a-metric.md.
 """
+
 from bench.metrics.base import (  # noqa: F401
     CONTEXT_FIELDS,
     CONTROL_ROLES,

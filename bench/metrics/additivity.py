@@ -5,6 +5,7 @@ the explainer returned, not of a ranking after preprocessing. They cost no model
 adapter reports ``outputs`` and ``base_values``. The gap is
 :func:`explainers.base.completeness_gap`, the one definition every part of the bench reads.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,10 @@ def _additive(metric: str, inputs: Tensor, attribution: Attribution, context: Me
     """Whether the attribution reports ``outputs`` and ``base_values`` (a one-line error when its shape is wrong,
     or when an explainer registered as additive left them out)."""
     if attribution.values.shape != inputs.shape:
-        raise BenchError(f"metric {metric!r}: attribution values {tuple(attribution.values.shape)} "
-                         f"do not match inputs {tuple(inputs.shape)}")
+        raise BenchError(
+            f"metric {metric!r}: attribution values {tuple(attribution.values.shape)} "
+            f"do not match inputs {tuple(inputs.shape)}"
+        )
     if attribution.outputs is None or attribution.base_values is None:
         if context is not None and context.additive:
             raise BenchError(
@@ -32,11 +35,18 @@ def _additive(metric: str, inputs: Tensor, attribution: Attribution, context: Me
     return True
 
 
-@register_metric("additivity_error", higher_is_better=False, kind="axiomatic", reads="raw", passes=(0, 0),
-                 control_role="none",
-                 paper="Sundararajan et al. 2017 (completeness); Lundberg & Lee 2017 (local accuracy)")
-def additivity_error(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
-                     context: MetricContext | None = None) -> Tensor:
+@register_metric(
+    "additivity_error",
+    higher_is_better=False,
+    kind="axiomatic",
+    reads="raw",
+    passes=(0, 0),
+    control_role="none",
+    paper="Sundararajan et al. 2017 (completeness); Lundberg & Lee 2017 (local accuracy)",
+)
+def additivity_error(
+    model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *, context: MetricContext | None = None
+) -> Tensor:
     """Absolute completeness gap of an additive attribution, in the explained output's units.
 
     Sundararajan et al. 2017, "Axiomatic Attribution for Deep Networks" (completeness); Lundberg &
@@ -49,12 +59,25 @@ def additivity_error(model: nn.Module, inputs: Tensor, targets: Tensor, attribut
     return completeness_gap(attribution).abs().to(device=inputs.device, dtype=out_dtype(inputs))
 
 
-@register_metric("additivity_error_relative", higher_is_better=False, kind="axiomatic", reads="raw", passes=(0, 0),
-                 control_role="none",
-                 constraints={"eps": Range(0, low_open=True)},
-                 paper="Sundararajan et al. 2017 (completeness); Lundberg & Lee 2017 (local accuracy)")
-def additivity_error_relative(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
-                              context: MetricContext | None = None, eps: float = 1e-8) -> Tensor:
+@register_metric(
+    "additivity_error_relative",
+    higher_is_better=False,
+    kind="axiomatic",
+    reads="raw",
+    passes=(0, 0),
+    control_role="none",
+    constraints={"eps": Range(0, low_open=True)},
+    paper="Sundararajan et al. 2017 (completeness); Lundberg & Lee 2017 (local accuracy)",
+)
+def additivity_error_relative(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    attribution: Attribution,
+    *,
+    context: MetricContext | None = None,
+    eps: float = 1e-8,
+) -> Tensor:
     """Completeness gap relative to the output change it should explain.
 
     Sundararajan et al. 2017 (completeness); Lundberg & Lee 2017 (local accuracy):

@@ -43,6 +43,7 @@ the paper it reproduces and is recorded like every other parameter.
 Third-party metrics register through the entry-point group ``bench.metrics``
 (docs/adding-a-metric.md).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -120,8 +121,15 @@ class MetricContext:
     additive: bool = False
 
 
-def register_metric(name: str, *, higher_is_better: bool, needs: Sequence[str] = (), reads: str = "preprocessed",
-                    passes: PassRule | None = None, **meta: Any):
+def register_metric(
+    name: str,
+    *,
+    higher_is_better: bool,
+    needs: Sequence[str] = (),
+    reads: str = "preprocessed",
+    passes: PassRule | None = None,
+    **meta: Any,
+):
     """Register ``fn(model, inputs, targets, attribution, *, context=None, **params)``.
 
     ``fn`` returns ``(B,)`` scores or a :class:`MetricResult`. ``needs``, ``reads`` and
@@ -133,16 +141,19 @@ def register_metric(name: str, *, higher_is_better: bool, needs: Sequence[str] =
     needs = tuple(needs)
     unknown = [n for n in needs if n not in CONTEXT_FIELDS]
     if unknown:
-        raise BenchError(f"metric {name!r} needs unknown context field(s) {unknown}; "
-                         f"known: {', '.join(CONTEXT_FIELDS)}")
+        raise BenchError(
+            f"metric {name!r} needs unknown context field(s) {unknown}; known: {', '.join(CONTEXT_FIELDS)}"
+        )
     if reads not in READS:
         raise BenchError(f"metric {name!r}: reads={reads!r} is not one of {', '.join(READS)}")
     if "control_role" in meta and meta["control_role"] not in CONTROL_ROLES:
-        raise BenchError(f"metric {name!r}: control_role={meta['control_role']!r} is not one of "
-                         f"{', '.join(CONTROL_ROLES)}")
+        raise BenchError(
+            f"metric {name!r}: control_role={meta['control_role']!r} is not one of {', '.join(CONTROL_ROLES)}"
+        )
     METRICS.check_pass_rule(name, passes)
-    return METRICS.register(name, higher_is_better=bool(higher_is_better), needs=needs, reads=reads, passes=passes,
-                            **meta)
+    return METRICS.register(
+        name, higher_is_better=bool(higher_is_better), needs=needs, reads=reads, passes=passes, **meta
+    )
 
 
 def metric_params(name: str) -> dict[str, Any]:
@@ -166,16 +177,21 @@ def map_values(values: Any, shape: Sequence[int], what: str = "attribution") -> 
             v = torch.as_tensor(np.array(values))  # a copy: a read-only array makes torch warn
         except (TypeError, ValueError, RuntimeError) as exc:
             raise BenchError(f"{what} must be a tensor or an array, got {type(values).__name__} ({exc})") from None
-    if v.dtype == torch.bool or v.is_complex() or not (v.is_floating_point() or v.dtype in (
-            torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)):
+    if (
+        v.dtype == torch.bool
+        or v.is_complex()
+        or not (v.is_floating_point() or v.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64))
+    ):
         raise BenchError(f"{what} must hold real numbers, got dtype {v.dtype}")
     if v.ndim == 3:
         v = v.unsqueeze(1)
     if v.ndim != 4 or tuple(v.shape[2:]) != (h, w) or v.shape[0] != b or v.shape[1] not in (1, c):
         shapes = [f"({b}, {h}, {w})", f"({b}, 1, {h}, {w})"] + ([f"({b}, {c}, {h}, {w})"] if c != 1 else [])
         want = ", ".join(shapes[:-1]) + " or " + shapes[-1]
-        raise BenchError(f"{what} has shape {tuple(values.shape) if hasattr(values, 'shape') else tuple(v.shape)}; "
-                         f"a map of {b} images of {c}x{h}x{w} is {want}, in the images' order")
+        raise BenchError(
+            f"{what} has shape {tuple(values.shape) if hasattr(values, 'shape') else tuple(v.shape)}; "
+            f"a map of {b} images of {c}x{h}x{w} is {want}, in the images' order"
+        )
     v = v.float().expand(b, c, h, w).contiguous()
     bad = int((~torch.isfinite(v)).sum())
     if bad:
@@ -183,8 +199,9 @@ def map_values(values: Any, shape: Sequence[int], what: str = "attribution") -> 
     return v
 
 
-def as_attribution(attribution: Attribution | Tensor | np.ndarray, inputs: Tensor,
-                   what: str = "attribution") -> Attribution:
+def as_attribution(
+    attribution: Attribution | Tensor | np.ndarray, inputs: Tensor, what: str = "attribution"
+) -> Attribution:
     """``attribution`` as an :class:`Attribution`: one is returned as it is; a tensor or an array
     (:func:`map_values`' shapes) becomes the values, on the inputs' device and dtype, with no
     outputs or base values (a map computed elsewhere: additivity is n/a)."""
@@ -196,9 +213,17 @@ def as_attribution(attribution: Attribution | Tensor | np.ndarray, inputs: Tenso
     return Attribution(values.to(device=inputs.device, dtype=out_dtype(inputs)))
 
 
-def compute_metric(name: str, model: nn.Module, inputs: Tensor, targets: Tensor,
-                   attribution: Attribution | Tensor | np.ndarray, *, context: MetricContext | None = None,
-                   precision: str = DEFAULT_PRECISION, **params: Any) -> MetricResult:
+def compute_metric(
+    name: str,
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    attribution: Attribution | Tensor | np.ndarray,
+    *,
+    context: MetricContext | None = None,
+    precision: str = DEFAULT_PRECISION,
+    **params: Any,
+) -> MetricResult:
     """Look up a metric, validate its parameter names and context, and run it.
 
     ``attribution``: an :class:`Attribution`, or the map itself as a tensor or an array,
@@ -217,8 +242,10 @@ def compute_metric(name: str, model: nn.Module, inputs: Tensor, targets: Tensor,
         out = entry.obj(model, inputs, targets, attribution, context=context, **params)
     result = out if isinstance(out, MetricResult) else MetricResult(out)
     if not isinstance(result.scores, Tensor) or result.scores.shape != (inputs.shape[0],):
-        raise BenchError(f"metric {name!r} returned {getattr(result.scores, 'shape', type(result.scores).__name__)}; "
-                         f"a metric returns one score per image, ({inputs.shape[0]},)")
+        raise BenchError(
+            f"metric {name!r} returned {getattr(result.scores, 'shape', type(result.scores).__name__)}; "
+            f"a metric returns one score per image, ({inputs.shape[0]},)"
+        )
     return result
 
 

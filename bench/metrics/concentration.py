@@ -10,6 +10,7 @@ What a control means here (``control_role="none"``): the ``random`` control's ma
 noise) is about as spread out as a map can be, and a map that puts everything on one pixel is
 the sparsest possible whatever it explains; the controls are no chance level.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,10 +30,12 @@ def _magnitudes(metric: str, model, inputs, targets, attribution) -> tuple[Tenso
 PAPER_CHALASANI = "Chalasani et al. 2020, Concise Explanations of Neural Networks using Adversarial Training (ICML)"
 
 
-@register_metric("sparseness", higher_is_better=True, kind="complexity", passes=(0, 0), control_role="none",
-                 paper=PAPER_CHALASANI)
-def sparseness(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
-               context: MetricContext | None = None) -> Tensor:
+@register_metric(
+    "sparseness", higher_is_better=True, kind="complexity", passes=(0, 0), control_role="none", paper=PAPER_CHALASANI
+)
+def sparseness(
+    model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *, context: MetricContext | None = None
+) -> Tensor:
     """Gini index of the absolute attribution: 1 - 1/N for one nonzero value, 0 for a constant map.
 
     Chalasani et al. 2020, "Concise Explanations of Neural Networks using Adversarial Training"
@@ -48,10 +51,17 @@ def sparseness(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: A
     return torch.where(mass, gini, torch.full_like(gini, float("nan"))).to(out_dtype(inputs))
 
 
-@register_metric("complexity", higher_is_better=False, kind="complexity", passes=(0, 0), control_role="none",
-                 paper="Bhatt et al. 2020, Evaluating and Aggregating Feature-based Model Explanations (IJCAI)")
-def complexity(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
-               context: MetricContext | None = None) -> Tensor:
+@register_metric(
+    "complexity",
+    higher_is_better=False,
+    kind="complexity",
+    passes=(0, 0),
+    control_role="none",
+    paper="Bhatt et al. 2020, Evaluating and Aggregating Feature-based Model Explanations (IJCAI)",
+)
+def complexity(
+    model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *, context: MetricContext | None = None
+) -> Tensor:
     """Entropy of the fractional contributions ``|phi_i| / sum |phi|``: 0 for one pixel, ln N for a constant map.
 
     Bhatt et al. 2020, "Evaluating and Aggregating Feature-based Model Explanations" (IJCAI), as

@@ -2,6 +2,7 @@
 
 Each costs two forward passes per image: the input and its top-``frac`` pixels on the substrate.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,7 @@ from bench.metrics.base import MetricContext, check_fraction, out_dtype, registe
 from bench.metrics.perturbation import DEFAULT_CHUNK, SUBSTRATES, make_substrate, perturbed_probabilities, rank_pixels
 from explainers.base import Attribution
 
-KEEP_TOP = {"frac": Range(0, 1, low_open=True), "substrate": SUBSTRATES, "blur_sigma": Range(0),
-            "chunk_size": Range(1)}
+KEEP_TOP = {"frac": Range(0, 1, low_open=True), "substrate": SUBSTRATES, "blur_sigma": Range(0), "chunk_size": Range(1)}
 
 
 def kept_probabilities(model, inputs, targets, attribution, frac, substrate, blur_sigma, chunk_size, metric):
@@ -29,12 +29,27 @@ def kept_probabilities(model, inputs, targets, attribution, frac, substrate, blu
     return p[:, 0], p[:, 1]
 
 
-@register_metric("drop_rate", higher_is_better=False, kind="faithfulness", passes=(0, 2), constraints=KEEP_TOP,
-                 control_role="baseline",
-                 paper="Chattopadhay et al. 2018, Grad-CAM++ (WACV)")
-def drop_rate(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
-              context: MetricContext | None = None, frac: float = 0.15, substrate: str = "zero",
-              blur_sigma: float = 2.0, chunk_size: int = DEFAULT_CHUNK) -> Tensor:
+@register_metric(
+    "drop_rate",
+    higher_is_better=False,
+    kind="faithfulness",
+    passes=(0, 2),
+    constraints=KEEP_TOP,
+    control_role="baseline",
+    paper="Chattopadhay et al. 2018, Grad-CAM++ (WACV)",
+)
+def drop_rate(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    attribution: Attribution,
+    *,
+    context: MetricContext | None = None,
+    frac: float = 0.15,
+    substrate: str = "zero",
+    blur_sigma: float = 2.0,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> Tensor:
     """Relative drop of the target probability when only the top-``frac`` pixels are kept.
 
     Chattopadhay et al. 2018, "Grad-CAM++: Generalized Gradient-Based Visual Explanations for Deep
@@ -49,12 +64,27 @@ def drop_rate(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: At
     return ((y - o).clamp(min=0) / y).to(out_dtype(inputs))
 
 
-@register_metric("increase_rate", higher_is_better=True, kind="faithfulness", passes=(0, 2), constraints=KEEP_TOP,
-                 control_role="baseline",
-                 paper="Chattopadhay et al. 2018, Grad-CAM++ (WACV)")
-def increase_rate(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
-                  context: MetricContext | None = None, frac: float = 0.15, substrate: str = "zero",
-                  blur_sigma: float = 2.0, chunk_size: int = DEFAULT_CHUNK) -> Tensor:
+@register_metric(
+    "increase_rate",
+    higher_is_better=True,
+    kind="faithfulness",
+    passes=(0, 2),
+    constraints=KEEP_TOP,
+    control_role="baseline",
+    paper="Chattopadhay et al. 2018, Grad-CAM++ (WACV)",
+)
+def increase_rate(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    attribution: Attribution,
+    *,
+    context: MetricContext | None = None,
+    frac: float = 0.15,
+    substrate: str = "zero",
+    blur_sigma: float = 2.0,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> Tensor:
     """Whether keeping only the top-``frac`` pixels increases the target probability.
 
     Chattopadhay et al. 2018, "Grad-CAM++" (WACV), "Increase in Confidence" per image:
@@ -62,6 +92,7 @@ def increase_rate(model: nn.Module, inputs: Tensor, targets: Tensor, attribution
     and of the top-``frac`` pixels on the substrate, as in :func:`drop_rate`. Its mean over
     images is the paper's rate. Higher is better.
     """
-    y, o = kept_probabilities(model, inputs, targets, attribution, frac, substrate, blur_sigma, chunk_size,
-                              "increase_rate")
+    y, o = kept_probabilities(
+        model, inputs, targets, attribution, frac, substrate, blur_sigma, chunk_size, "increase_rate"
+    )
     return (o > y).to(out_dtype(inputs))

@@ -1,4 +1,5 @@
 """Localisation against a ground-truth mask (data sets with masks, e.g. ``synthetic``)."""
+
 from __future__ import annotations
 
 import math
@@ -17,17 +18,31 @@ def _masks(metric: str, context: MetricContext | None, inputs: Tensor) -> Tensor
     masks = require_context(context, "masks", metric)
     b, _, h, w = inputs.shape
     if masks.shape != (b, 1, h, w):
-        raise BenchError(f"metric {metric!r}: masks must be (B, 1, H, W) = ({b}, 1, {h}, {w}), "
-                         f"got {tuple(masks.shape)}")
+        raise BenchError(
+            f"metric {metric!r}: masks must be (B, 1, H, W) = ({b}, 1, {h}, {w}), got {tuple(masks.shape)}"
+        )
     return masks.to(inputs.device).bool().flatten(1)
 
 
-@register_metric("localisation_precision", higher_is_better=True, needs=("masks",), kind="localisation", passes=(0, 0),
-                 control_role="baseline",
-                 constraints={"frac": Range(0, 1, low_open=True)},
-                 paper="Arras et al. 2022, CLEVR-XAI (relevance rank accuracy)")
-def localisation_precision(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
-                           context: MetricContext | None = None, frac: float | None = None) -> Tensor:
+@register_metric(
+    "localisation_precision",
+    higher_is_better=True,
+    needs=("masks",),
+    kind="localisation",
+    passes=(0, 0),
+    control_role="baseline",
+    constraints={"frac": Range(0, 1, low_open=True)},
+    paper="Arras et al. 2022, CLEVR-XAI (relevance rank accuracy)",
+)
+def localisation_precision(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    attribution: Attribution,
+    *,
+    context: MetricContext | None = None,
+    frac: float | None = None,
+) -> Tensor:
     """Share of the top-k attribution pixels that fall inside the ground-truth mask.
 
     Arras, Osman & Samek 2022, "CLEVR-XAI: A benchmark dataset for the ground truth evaluation of
@@ -51,11 +66,18 @@ def localisation_precision(model: nn.Module, inputs: Tensor, targets: Tensor, at
     return score.to(out_dtype(inputs))
 
 
-@register_metric("pointing_game", higher_is_better=True, needs=("masks",), kind="localisation", passes=(0, 0),
-                 control_role="baseline",
-                 paper="Zhang et al. 2016, Top-down Neural Attention by Excitation Backprop (ECCV)")
-def pointing_game(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
-                  context: MetricContext | None = None) -> Tensor:
+@register_metric(
+    "pointing_game",
+    higher_is_better=True,
+    needs=("masks",),
+    kind="localisation",
+    passes=(0, 0),
+    control_role="baseline",
+    paper="Zhang et al. 2016, Top-down Neural Attention by Excitation Backprop (ECCV)",
+)
+def pointing_game(
+    model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *, context: MetricContext | None = None
+) -> Tensor:
     """Whether the maximum-attribution pixel lies inside the ground-truth mask.
 
     Zhang et al. 2016, "Top-down Neural Attention by Excitation Backprop" (ECCV):
@@ -70,8 +92,15 @@ def pointing_game(model: nn.Module, inputs: Tensor, targets: Tensor, attribution
     return torch.where(m.any(1), hit, torch.full_like(hit, float("nan")))
 
 
-def _mask_share(metric: str, model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution,
-                context: MetricContext | None, signed: bool) -> Tensor:
+def _mask_share(
+    metric: str,
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    attribution: Attribution,
+    context: MetricContext | None,
+    signed: bool,
+) -> Tensor:
     validate_call(metric, model, inputs, targets, attribution)
     m = _masks(metric, context, inputs)
     phi = attribution.values.detach().to(torch.float64).sum(1).flatten(1)  # channel sum, (B, H*W)
@@ -83,12 +112,19 @@ def _mask_share(metric: str, model: nn.Module, inputs: Tensor, targets: Tensor, 
     return score.to(out_dtype(inputs))
 
 
-@register_metric("mask_share", higher_is_better=True, needs=("masks",), kind="localisation", passes=(0, 0),
-                 control_role="baseline",
-                 paper="Clark et al. 2026, Feature salience - not task-informativeness - drives ML model explanations "
-                       "(relative importance in the marked area); Arras et al. 2022 (relevance mass accuracy)")
-def mask_share(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
-               context: MetricContext | None = None) -> Tensor:
+@register_metric(
+    "mask_share",
+    higher_is_better=True,
+    needs=("masks",),
+    kind="localisation",
+    passes=(0, 0),
+    control_role="baseline",
+    paper="Clark et al. 2026, Feature salience - not task-informativeness - drives ML model explanations "
+    "(relative importance in the marked area); Arras et al. 2022 (relevance mass accuracy)",
+)
+def mask_share(
+    model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *, context: MetricContext | None = None
+) -> Tensor:
     """Absolute attribution mass inside the mask relative to the mask's share of the image.
 
     Clark, Oliveira, Wilming & Haufe 2026 (arXiv 2602.09238), relative importance of the marked
@@ -101,11 +137,18 @@ def mask_share(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: A
     return _mask_share("mask_share", model, inputs, targets, attribution, context, signed=False)
 
 
-@register_metric("mask_share_signed", higher_is_better=True, needs=("masks",), kind="localisation", passes=(0, 0),
-                 control_role="baseline",
-                 paper="Clark et al. 2026 (relative importance in the marked area), signed")
-def mask_share_signed(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
-                      context: MetricContext | None = None) -> Tensor:
+@register_metric(
+    "mask_share_signed",
+    higher_is_better=True,
+    needs=("masks",),
+    kind="localisation",
+    passes=(0, 0),
+    control_role="baseline",
+    paper="Clark et al. 2026 (relative importance in the marked area), signed",
+)
+def mask_share_signed(
+    model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *, context: MetricContext | None = None
+) -> Tensor:
     """The signed variant of :func:`mask_share`: ``(sum_{i in M} phi_i / sum_i |phi_i|) / (|M| / |I|)``.
 
     Clark, Oliveira, Wilming & Haufe 2026 (arXiv 2602.09238) report the relative importance of the

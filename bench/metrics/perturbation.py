@@ -6,6 +6,7 @@ Pixel ranking (every ranking metric): with ``C > 1`` channels the pixels are ran
 the attribution over channels; the sort is a stable descending sort, so ties go to the lower
 flat index (row-major), deterministic on every device.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -65,9 +66,16 @@ def target_probabilities(model: nn.Module, x: Tensor, targets: Tensor) -> Tensor
 
 
 @torch.no_grad()
-def chunked_outputs(model: nn.Module, inputs: Tensor, targets: Tensor, total: int,
-                    build: Callable[[Tensor], tuple[Tensor, Tensor]], *, output: str = "probability",
-                    chunk_size: int = DEFAULT_CHUNK) -> Tensor:
+def chunked_outputs(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    total: int,
+    build: Callable[[Tensor], tuple[Tensor, Tensor]],
+    *,
+    output: str = "probability",
+    chunk_size: int = DEFAULT_CHUNK,
+) -> Tensor:
     """:func:`target_outputs` of ``total`` perturbed images, built and scored ``chunk_size`` at a time.
 
     ``build(ids)`` returns the perturbed images with flat indices ``ids`` and the index of the
@@ -83,8 +91,16 @@ def chunked_outputs(model: nn.Module, inputs: Tensor, targets: Tensor, total: in
     return out
 
 
-def masked_outputs(model: nn.Module, inputs: Tensor, targets: Tensor, masks: Tensor, fills: Tensor, *,
-                   output: str = "probability", chunk_size: int = DEFAULT_CHUNK) -> Tensor:
+def masked_outputs(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    masks: Tensor,
+    fills: Tensor,
+    *,
+    output: str = "probability",
+    chunk_size: int = DEFAULT_CHUNK,
+) -> Tensor:
     """Target output ``(B, T)`` after replacing the pixels ``masks[b, t]`` of image ``b`` by ``fills``.
 
     ``masks (B, T, H, W)`` bool (every channel of a masked pixel is replaced), ``fills (B, C, H, W)``
@@ -115,9 +131,17 @@ def per_image_draws(inputs: Tensor, seed: int, salt: str, draw: Callable[[torch.
 
 
 @torch.no_grad()
-def perturbed_probabilities(model: nn.Module, inputs: Tensor, targets: Tensor, order: Tensor,
-                            substrate_images: Tensor, counts: Sequence[int], *, mode: str = "delete",
-                            chunk_size: int = DEFAULT_CHUNK) -> Tensor:
+def perturbed_probabilities(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    order: Tensor,
+    substrate_images: Tensor,
+    counts: Sequence[int],
+    *,
+    mode: str = "delete",
+    chunk_size: int = DEFAULT_CHUNK,
+) -> Tensor:
     """Target-class probability (softmax over logits) after perturbing the top ``counts[t]`` pixels.
 
     ``mode="delete"``: the first ``counts[t]`` pixels of ``order`` take the substrate's values;
@@ -144,8 +168,17 @@ def perturbed_probabilities(model: nn.Module, inputs: Tensor, targets: Tensor, o
     return chunked_outputs(model, inputs, targets, b * n_t, build, chunk_size=chunk_size).view(b, n_t)
 
 
-def perturbation_curve(model: nn.Module, inputs: Tensor, targets: Tensor, order: Tensor, substrate_images: Tensor,
-                       steps: int, *, mode: str = "delete", chunk_size: int = DEFAULT_CHUNK) -> Tensor:
+def perturbation_curve(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    order: Tensor,
+    substrate_images: Tensor,
+    steps: int,
+    *,
+    mode: str = "delete",
+    chunk_size: int = DEFAULT_CHUNK,
+) -> Tensor:
     """Target-class probability curve ``(B, steps + 1)`` while deleting / inserting pixels in order.
 
     Point 0 is the unperturbed input (delete) or the full substrate (insert); point ``t`` has the
@@ -153,8 +186,9 @@ def perturbation_curve(model: nn.Module, inputs: Tensor, targets: Tensor, order:
     ``B * (steps + 1) / chunk_size`` batched forward passes.
     """
     counts = curve_boundaries(inputs.shape[2] * inputs.shape[3], steps)
-    return perturbed_probabilities(model, inputs, targets, order, substrate_images, counts,
-                                   mode=mode, chunk_size=chunk_size)
+    return perturbed_probabilities(
+        model, inputs, targets, order, substrate_images, counts, mode=mode, chunk_size=chunk_size
+    )
 
 
 def normalised_trapezoid(curve: Tensor, x: Sequence[float] | Tensor) -> Tensor:

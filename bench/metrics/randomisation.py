@@ -1,6 +1,7 @@
 """Model randomisation (Adebayo et al. 2018): an explanation that survives randomising the model
 explains nothing about it. Re-runs the explainer once per cascade step (``needs=("explain",)``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,9 +37,16 @@ def randomisation_layers(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_children() if any(True for _ in m.parameters())][::-1]
 
 
-def randomisation_per_layer(model: nn.Module, inputs: Tensor, attribution: Attribution,
-                            explain: Callable[[nn.Module], Tensor], *, seed: int = 0,
-                            absolute: bool = True, steps: int = 0) -> tuple[Tensor, list[str]]:
+def randomisation_per_layer(
+    model: nn.Module,
+    inputs: Tensor,
+    attribution: Attribution,
+    explain: Callable[[nn.Module], Tensor],
+    *,
+    seed: int = 0,
+    absolute: bool = True,
+    steps: int = 0,
+) -> tuple[Tensor, list[str]]:
     """Spearman similarity ``(B, L)`` after each cumulative randomisation step, and the layer names.
 
     Works on a deep copy; step ``l`` re-initialises (``reset_parameters()`` of every submodule,
@@ -67,19 +75,34 @@ def randomisation_per_layer(model: nn.Module, inputs: Tensor, attribution: Attri
                     reset()
         values = explain(rand).detach()
         if values.shape != original.shape:
-            raise BenchError(f"randomisation: explain(model) returned {tuple(values.shape)}, "
-                             f"expected {tuple(original.shape)}")
+            raise BenchError(
+                f"randomisation: explain(model) returned {tuple(values.shape)}, expected {tuple(original.shape)}"
+            )
         sims.append(spearman(original, values.abs() if absolute else values))
     return torch.stack(sims, dim=1).to(device=inputs.device, dtype=out_dtype(inputs)), names
 
 
-@register_metric("randomisation_similarity", higher_is_better=False, needs=("explain",), kind="randomisation",
-                 control_role="baseline",
-                 passes=_randomisation_passes, constraints={"steps": Range(0)},
-                 paper="Adebayo et al. 2018, Sanity Checks for Saliency Maps (NeurIPS)")
-def randomisation_similarity(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
-                             context: MetricContext | None = None, seed: int = 0, absolute: bool = True,
-                             steps: int = 0) -> Tensor:
+@register_metric(
+    "randomisation_similarity",
+    higher_is_better=False,
+    needs=("explain",),
+    kind="randomisation",
+    control_role="baseline",
+    passes=_randomisation_passes,
+    constraints={"steps": Range(0)},
+    paper="Adebayo et al. 2018, Sanity Checks for Saliency Maps (NeurIPS)",
+)
+def randomisation_similarity(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    attribution: Attribution,
+    *,
+    context: MetricContext | None = None,
+    seed: int = 0,
+    absolute: bool = True,
+    steps: int = 0,
+) -> Tensor:
     """Mean rank similarity between the attribution and those of cascadingly randomised models.
 
     Adebayo et al. 2018, "Sanity Checks for Saliency Maps" (NeurIPS), cascading randomisation

@@ -2,6 +2,7 @@
 
 Both metrics return their probability curves with the scores (``"road_morf"`` / ``"road_lerf"``).
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,15 @@ from torch import Tensor, nn
 
 from bench.core.errors import BenchError
 from bench.core.params import Range
-from bench.metrics.base import (Curve, MetricContext, MetricResult, check_chunk, out_dtype, register_metric,
-                                validate_call)
+from bench.metrics.base import (
+    Curve,
+    MetricContext,
+    MetricResult,
+    check_chunk,
+    out_dtype,
+    register_metric,
+    validate_call,
+)
 from bench.metrics.perturbation import DEFAULT_CHUNK, chunked_outputs, normalised_trapezoid, rank_pixels
 from explainers.base import Attribution
 
@@ -37,15 +45,22 @@ def _road_passes(params, explainer_passes, n_layers):
 
 # ROAD's neighbourhood weights (Rong et al. 2022, tleemann/road_evaluation; Quantus 0.6.0).
 _ROAD_OFFSETS = (
-    ((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12),
-    ((0, -1), 1 / 6), ((-1, -1), 1 / 12), ((1, 0), 1 / 6), ((-1, 0), 1 / 6),
+    ((1, 1), 1 / 12),
+    ((0, 1), 1 / 6),
+    ((-1, 1), 1 / 12),
+    ((1, -1), 1 / 12),
+    ((0, -1), 1 / 6),
+    ((-1, -1), 1 / 12),
+    ((1, 0), 1 / 6),
+    ((-1, 0), 1 / 6),
 )
 ROAD_PERCENTAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 ROAD_CONSTRAINTS = {"percentages": _fractions, "noise": Range(0), "chunk_size": Range(1)}
 
 
-def road_impute(image: np.ndarray, removed: np.ndarray, *, noise: float = 0.01,
-                rng: np.random.Generator | None = None) -> np.ndarray:
+def road_impute(
+    image: np.ndarray, removed: np.ndarray, *, noise: float = 0.01, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """ROAD's noisy linear imputation of one image ``(C, H, W)`` at flat pixel indices ``removed``.
 
     Each removed pixel equals the weighted mean of its in-image 8-neighbours (weights 1/6 for
@@ -111,14 +126,16 @@ def road_impute_many(images: np.ndarray, removed: Sequence[np.ndarray]) -> list[
         a_cols.append(neighbour_var[unknown])
         a_vals.append(np.full(int(unknown.sum()), weight))
     a_vals.insert(0, -diag)
-    a = coo_matrix((np.concatenate(a_vals), (np.concatenate(a_rows), np.concatenate(a_cols))),
-                   shape=(total, total)).tocsc()
+    a = coo_matrix(
+        (np.concatenate(a_vals), (np.concatenate(a_rows), np.concatenate(a_cols))), shape=(total, total)
+    ).tocsc()
     sol = np.asarray(spsolve(a, b)).reshape(total, c)
-    return [sol[o:o + k] for o, k in zip(start, sizes)]
+    return [sol[o : o + k] for o, k in zip(start, sizes)]
 
 
-def road_perturbed_inputs(inputs: Tensor, order: Tensor, percentages: Sequence[float], *,
-                          noise: float = 0.01, seed: int = 0) -> Tensor:
+def road_perturbed_inputs(
+    inputs: Tensor, order: Tensor, percentages: Sequence[float], *, noise: float = 0.01, seed: int = 0
+) -> Tensor:
     """Images ``(B, P, C, H, W)`` with the first ``floor(p * H * W)`` pixels of ``order`` imputed.
 
     The ``P`` imputations of an image are solved together (:func:`road_impute_many`) on the
@@ -163,16 +180,25 @@ def road_perturbed_inputs(inputs: Tensor, order: Tensor, percentages: Sequence[f
 
 
 @torch.no_grad()
-def road_curve(model: nn.Module, inputs: Tensor, targets: Tensor, order: Tensor,
-               percentages: Sequence[float] = ROAD_PERCENTAGES, *, noise: float = 0.01, seed: int = 0,
-               chunk_size: int = DEFAULT_CHUNK) -> Tensor:
+def road_curve(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    order: Tensor,
+    percentages: Sequence[float] = ROAD_PERCENTAGES,
+    *,
+    noise: float = 0.01,
+    seed: int = 0,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> Tensor:
     """Target-class probability (softmax over logits) after ROAD removal: ``(B, P)``, batched forwards."""
     check_chunk(chunk_size)  # before the imputation, which takes a while
     x = road_perturbed_inputs(inputs, order, percentages, noise=noise, seed=seed)
     b, p = x.shape[:2]
     flat = x.flatten(0, 1)
-    return chunked_outputs(model, inputs, targets, b * p, lambda ids: (flat[ids], ids // p),
-                           chunk_size=chunk_size).view(b, p)
+    return chunked_outputs(
+        model, inputs, targets, b * p, lambda ids: (flat[ids], ids // p), chunk_size=chunk_size
+    ).view(b, p)
 
 
 def _road(metric, model, inputs, targets, attribution, percentages, noise, seed, chunk_size, lerf):
@@ -188,13 +214,28 @@ def _road(metric, model, inputs, targets, attribution, percentages, noise, seed,
     return MetricResult(scores, {metric: Curve(percentages, curve)})
 
 
-@register_metric("road_morf", higher_is_better=True, kind="faithfulness", passes=_road_passes,
-                 control_role="baseline",
-                 imputes_for=("deletion_auc",),  # most relevant first, imputed instead of a substrate
-                 constraints=ROAD_CONSTRAINTS, paper="Rong et al. 2022, ROAD (ICML)")
-def road_morf(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
-              context: MetricContext | None = None, percentages: tuple[float, ...] = ROAD_PERCENTAGES,
-              noise: float = 0.01, seed: int = 0, chunk_size: int = DEFAULT_CHUNK) -> MetricResult:
+@register_metric(
+    "road_morf",
+    higher_is_better=True,
+    kind="faithfulness",
+    passes=_road_passes,
+    control_role="baseline",
+    imputes_for=("deletion_auc",),  # most relevant first, imputed instead of a substrate
+    constraints=ROAD_CONSTRAINTS,
+    paper="Rong et al. 2022, ROAD (ICML)",
+)
+def road_morf(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    attribution: Attribution,
+    *,
+    context: MetricContext | None = None,
+    percentages: tuple[float, ...] = ROAD_PERCENTAGES,
+    noise: float = 0.01,
+    seed: int = 0,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> MetricResult:
     """Area over the probability curve when the most relevant pixels are removed first (MoRF).
 
     Rong et al. 2022, "A Consistent and Efficient Evaluation Strategy for Attribution Methods"
@@ -208,12 +249,27 @@ def road_morf(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: At
     return _road("road_morf", model, inputs, targets, attribution, percentages, noise, seed, chunk_size, lerf=False)
 
 
-@register_metric("road_lerf", higher_is_better=False, kind="faithfulness", passes=_road_passes,
-                 control_role="baseline",
-                 constraints=ROAD_CONSTRAINTS, paper="Rong et al. 2022, ROAD (ICML)")
-def road_lerf(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
-              context: MetricContext | None = None, percentages: tuple[float, ...] = ROAD_PERCENTAGES,
-              noise: float = 0.01, seed: int = 0, chunk_size: int = DEFAULT_CHUNK) -> MetricResult:
+@register_metric(
+    "road_lerf",
+    higher_is_better=False,
+    kind="faithfulness",
+    passes=_road_passes,
+    control_role="baseline",
+    constraints=ROAD_CONSTRAINTS,
+    paper="Rong et al. 2022, ROAD (ICML)",
+)
+def road_lerf(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    attribution: Attribution,
+    *,
+    context: MetricContext | None = None,
+    percentages: tuple[float, ...] = ROAD_PERCENTAGES,
+    noise: float = 0.01,
+    seed: int = 0,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> MetricResult:
     """Area over the probability curve when the least relevant pixels are removed first (LeRF).
 
     Rong et al. 2022, "A Consistent and Efficient Evaluation Strategy for Attribution Methods"

@@ -12,6 +12,7 @@ What a control means here (``control_role="none"``): a map that ignores the inpu
 robust (score 0) and the ``random`` control, drawn afresh for every perturbed image, is about
 as unstable as a map can be; neither is a chance level a real explainer has to beat.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -36,8 +37,7 @@ def _reexplanation_passes(params, explainer_passes, n_layers):
     return params["samples"] * float(explainer_passes[0]), params["samples"] * float(explainer_passes[1])
 
 
-def reexplain(metric: str, model: nn.Module, inputs: Tensor, deltas: Tensor,
-              explain: Callable[..., Tensor]) -> Tensor:
+def reexplain(metric: str, model: nn.Module, inputs: Tensor, deltas: Tensor, explain: Callable[..., Tensor]) -> Tensor:
     """The explanations ``(B, S, C, H, W)`` of ``inputs + deltas[:, s]`` for each of the ``S``
     perturbations ``deltas (B, S, C, H, W)``: one ``explain(model, perturbed)`` call (a batch of
     ``B`` images) per perturbation."""
@@ -45,8 +45,10 @@ def reexplain(metric: str, model: nn.Module, inputs: Tensor, deltas: Tensor,
     for s in range(deltas.shape[1]):
         values = explain(model, inputs + deltas[:, s])
         if values.shape != inputs.shape:
-            raise BenchError(f"metric {metric!r}: explain(model, inputs) returned {tuple(values.shape)}, "
-                             f"expected {tuple(inputs.shape)}")
+            raise BenchError(
+                f"metric {metric!r}: explain(model, inputs) returned {tuple(values.shape)}, "
+                f"expected {tuple(inputs.shape)}"
+            )
         out.append(values.detach().to(inputs.dtype))
     return torch.stack(out, dim=1)
 
@@ -66,8 +68,9 @@ def uniform_perturbations(inputs: Tensor, samples: int, radius: float, seed: int
     """``(B, S, C, H, W)`` draws uniform in the L-infinity ball of ``radius`` (Captum's
     ``sensitivity_max`` default perturbation), seeded per image (:func:`per_image_draws`)."""
     shape = (int(samples), *inputs.shape[1:])
-    return per_image_draws(inputs, seed, salt,
-                           lambda g: (2 * torch.rand(shape, generator=g, dtype=torch.float64) - 1) * radius)
+    return per_image_draws(
+        inputs, seed, salt, lambda g: (2 * torch.rand(shape, generator=g, dtype=torch.float64) - 1) * radius
+    )
 
 
 def _sensitivities(metric, model, inputs, targets, attribution, context, samples, radius, seed) -> Tensor:
@@ -75,15 +78,33 @@ def _sensitivities(metric, model, inputs, targets, attribution, context, samples
     explain = require_context(context, "explain", metric)
     # max and avg share their perturbations (one salt): for a seed they see the same perturbed images
     deltas = uniform_perturbations(inputs, samples, radius, seed, "sensitivity")
-    return relative_sensitivities(attribution.values.to(out_dtype(inputs)),
-                                  reexplain(metric, model, inputs, deltas, explain))
+    return relative_sensitivities(
+        attribution.values.to(out_dtype(inputs)), reexplain(metric, model, inputs, deltas, explain)
+    )
 
 
-@register_metric("max_sensitivity", higher_is_better=False, needs=("explain",), reads="raw", kind="robustness",
-                 passes=_reexplanation_passes, constraints=SENSITIVITY, control_role="none", paper=PAPER_YEH)
-def max_sensitivity(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
-                    context: MetricContext | None = None, samples: int = 10, radius: float = 0.02,
-                    seed: int = 0) -> Tensor:
+@register_metric(
+    "max_sensitivity",
+    higher_is_better=False,
+    needs=("explain",),
+    reads="raw",
+    kind="robustness",
+    passes=_reexplanation_passes,
+    constraints=SENSITIVITY,
+    control_role="none",
+    paper=PAPER_YEH,
+)
+def max_sensitivity(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    attribution: Attribution,
+    *,
+    context: MetricContext | None = None,
+    samples: int = 10,
+    radius: float = 0.02,
+    seed: int = 0,
+) -> Tensor:
     """Largest relative change of the explanation over small random input perturbations.
 
     Yeh et al. 2019, "On the (In)fidelity and Sensitivity of Explanations" (NeurIPS):
@@ -94,15 +115,33 @@ def max_sensitivity(model: nn.Module, inputs: Tensor, targets: Tensor, attributi
     draws are seeded per image (``seed``); the explainer is re-run on each perturbed batch.
     NaN where ``phi(x) = 0``. Lower is better.
     """
-    return _sensitivities("max_sensitivity", model, inputs, targets, attribution, context, samples, radius,
-                          seed).amax(dim=1)
+    return _sensitivities("max_sensitivity", model, inputs, targets, attribution, context, samples, radius, seed).amax(
+        dim=1
+    )
 
 
-@register_metric("avg_sensitivity", higher_is_better=False, needs=("explain",), reads="raw", kind="robustness",
-                 passes=_reexplanation_passes, constraints=SENSITIVITY, control_role="none", paper=PAPER_YEH)
-def avg_sensitivity(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
-                    context: MetricContext | None = None, samples: int = 10, radius: float = 0.02,
-                    seed: int = 0) -> Tensor:
+@register_metric(
+    "avg_sensitivity",
+    higher_is_better=False,
+    needs=("explain",),
+    reads="raw",
+    kind="robustness",
+    passes=_reexplanation_passes,
+    constraints=SENSITIVITY,
+    control_role="none",
+    paper=PAPER_YEH,
+)
+def avg_sensitivity(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    attribution: Attribution,
+    *,
+    context: MetricContext | None = None,
+    samples: int = 10,
+    radius: float = 0.02,
+    seed: int = 0,
+) -> Tensor:
     """Mean relative change of the explanation over small random input perturbations.
 
     Yeh et al. 2019, "On the (In)fidelity and Sensitivity of Explanations" (NeurIPS), the
@@ -111,8 +150,9 @@ def avg_sensitivity(model: nn.Module, inputs: Tensor, targets: Tensor, attributi
     the same ``samples`` seeded draws as :func:`max_sensitivity` (same ``seed``, same perturbed
     images). NaN where ``phi(x) = 0``. Lower is better.
     """
-    return _sensitivities("avg_sensitivity", model, inputs, targets, attribution, context, samples, radius,
-                          seed).mean(dim=1)
+    return _sensitivities("avg_sensitivity", model, inputs, targets, attribution, context, samples, radius, seed).mean(
+        dim=1
+    )
 
 
 def _max_normalised(values: Tensor) -> Tensor:
@@ -121,13 +161,29 @@ def _max_normalised(values: Tensor) -> Tensor:
     return values / peak
 
 
-@register_metric("local_lipschitz_estimate", higher_is_better=False, needs=("explain",), reads="raw",
-                 kind="robustness", passes=_reexplanation_passes,
-                 constraints={"samples": Range(1), "std": Range(0, low_open=True)}, control_role="none",
-                 paper="Alvarez-Melis & Jaakkola 2018, On the Robustness of Interpretability Methods (ICML WHI)")
-def local_lipschitz_estimate(model: nn.Module, inputs: Tensor, targets: Tensor, attribution: Attribution, *,
-                             context: MetricContext | None = None, samples: int = 10, std: float = 0.1,
-                             normalise: bool = True, seed: int = 0) -> Tensor:
+@register_metric(
+    "local_lipschitz_estimate",
+    higher_is_better=False,
+    needs=("explain",),
+    reads="raw",
+    kind="robustness",
+    passes=_reexplanation_passes,
+    constraints={"samples": Range(1), "std": Range(0, low_open=True)},
+    control_role="none",
+    paper="Alvarez-Melis & Jaakkola 2018, On the Robustness of Interpretability Methods (ICML WHI)",
+)
+def local_lipschitz_estimate(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    attribution: Attribution,
+    *,
+    context: MetricContext | None = None,
+    samples: int = 10,
+    std: float = 0.1,
+    normalise: bool = True,
+    seed: int = 0,
+) -> Tensor:
     """Largest ratio of explanation change to input change over random Gaussian neighbours.
 
     Alvarez-Melis & Jaakkola 2018, "On the Robustness of Interpretability Methods" (ICML

@@ -19,6 +19,7 @@ and ``malloc_trim(0)`` (the benchmarks call it before measuring a peak) still re
 the methods alike) and Ray workers. Opt out with ``BENCH_MALLOC=default``. Not glibc (macOS,
 Windows, musl): nothing happens and :func:`tune_allocator` returns ``False``.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -30,6 +30,7 @@ reported as missing). Controls (``control=True``) need no pass.
 Markdown tables (``python -m bench.perf.floor results/benchmarks/<machine>/0001_run.json``).
 :func:`time_passes` and :func:`unit_floor_seconds` give the runner the floor of a run's units.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -68,8 +69,10 @@ def _with_defaults(kind: str, name: str, defaults: dict[str, Any], params: Mappi
     params = dict(params or {})
     unknown = sorted(set(params) - set(defaults))
     if unknown:
-        raise BenchError(f"{kind} {name!r} has no parameter {', '.join(map(repr, unknown))}; "
-                         f"its parameters are: {', '.join(defaults) or '(none)'}")
+        raise BenchError(
+            f"{kind} {name!r} has no parameter {', '.join(map(repr, unknown))}; "
+            f"its parameters are: {', '.join(defaults) or '(none)'}"
+        )
     return {**defaults, **params}
 
 
@@ -79,8 +82,9 @@ def _apply_rule(rule: Any, *args: Any, **context: Any) -> Passes | None:
     if rule is None:
         return None
     if callable(rule):
-        wanted = [p.name for p in inspect.signature(rule).parameters.values()
-                  if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        wanted = [
+            p.name for p in inspect.signature(rule).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY
+        ]
         if any(context.get(k) is None for k in wanted):
             return None
         out = rule(*args, **{k: context[k] for k in wanted})
@@ -89,9 +93,14 @@ def _apply_rule(rule: Any, *args: Any, **context: Any) -> Passes | None:
     return None if out is None else (float(out[0]), float(out[1]))
 
 
-def passes_per_image(explainer_name: str, params: Mapping[str, Any] | None = None,
-                     background_size: int = 0, *, shape: tuple[int, ...] | None = None,
-                     model: nn.Module | None = None) -> Passes | None:
+def passes_per_image(
+    explainer_name: str,
+    params: Mapping[str, Any] | None = None,
+    background_size: int = 0,
+    *,
+    shape: tuple[int, ...] | None = None,
+    model: nn.Module | None = None,
+) -> Passes | None:
     """Model passes ``(n_forward_backward, n_forward)`` one image costs with an adapter.
 
     ``params`` override the adapter's defaults; ``background_size`` is the number of background
@@ -106,12 +115,22 @@ def passes_per_image(explainer_name: str, params: Mapping[str, Any] | None = Non
     full = _with_defaults("explainer", explainer_name, explainer_params(explainer_name), params)
     if entry.meta.get("control"):
         return 0.0, 0.0
-    return _apply_rule(entry.meta.get("passes"), full, int(background_size),
-                       shape=None if shape is None else tuple(int(n) for n in shape), model=model)
+    return _apply_rule(
+        entry.meta.get("passes"),
+        full,
+        int(background_size),
+        shape=None if shape is None else tuple(int(n) for n in shape),
+        model=model,
+    )
 
 
-def metric_passes_per_image(metric_name: str, params: Mapping[str, Any] | None = None, *,
-                            explainer_passes: Passes | None = None, n_layers: int | None = None) -> Passes | None:
+def metric_passes_per_image(
+    metric_name: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    explainer_passes: Passes | None = None,
+    n_layers: int | None = None,
+) -> Passes | None:
     """Model passes ``(n_forward_backward, n_forward)`` a metric costs per image.
 
     Randomisation re-runs the explainer once per cascade step: it needs the explainer's passes
@@ -127,6 +146,7 @@ def metric_passes_per_image(metric_name: str, params: Mapping[str, Any] | None =
 # --------------------------------------------------------------------------------------------
 # Timing one pass
 # --------------------------------------------------------------------------------------------
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -154,8 +174,15 @@ def _targets(inputs: Tensor, targets: Tensor | None) -> Tensor:
     return torch.zeros(inputs.shape[0], 1, dtype=torch.long, device=inputs.device)
 
 
-def time_forward_backward(model: nn.Module, inputs: Tensor, *, targets: Tensor | None = None,
-                          repeats: int = 3, warmup: int = 1, precision: str = DEFAULT_PRECISION) -> float:
+def time_forward_backward(
+    model: nn.Module,
+    inputs: Tensor,
+    *,
+    targets: Tensor | None = None,
+    repeats: int = 3,
+    warmup: int = 1,
+    precision: str = DEFAULT_PRECISION,
+) -> float:
     """Seconds per image of ONE batched forward+backward pass, best of ``repeats``.
 
     The pass is what a gradient method repeats: ``model(x)[i, target_i]`` summed over the batch,
@@ -176,8 +203,15 @@ def time_forward_backward(model: nn.Module, inputs: Tensor, *, targets: Tensor |
     return _best_per_image(step, inputs, repeats, warmup)
 
 
-def time_forward(model: nn.Module, inputs: Tensor, *, targets: Tensor | None = None,
-                 repeats: int = 3, warmup: int = 1, precision: str = DEFAULT_PRECISION) -> float:
+def time_forward(
+    model: nn.Module,
+    inputs: Tensor,
+    *,
+    targets: Tensor | None = None,
+    repeats: int = 3,
+    warmup: int = 1,
+    precision: str = DEFAULT_PRECISION,
+) -> float:
     """Seconds per image of ONE batched forward pass without gradients, best of ``repeats``.
 
     What perturbation metrics and model-agnostic methods (Partition SHAP) repeat.
@@ -226,6 +260,7 @@ def _num(v: float) -> str:
 # Saved runs -> Markdown
 # --------------------------------------------------------------------------------------------
 
+
 def _cell(v: Any, fmt: str) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
@@ -241,7 +276,7 @@ def _s_per_image(b: dict[str, Any]) -> float | None:
 
 
 def _rounds(rows: list[dict[str, Any]], first: dict[str, Any]) -> str:
-    """"rounds 1" (older runs) or "best of 1-5 timed rounds after a warm-up call"."""
+    """ "rounds 1" (older runs) or "best of 1-5 timed rounds after a warm-up call"."""
     timed = sorted({b["extra_info"]["timed_rounds"] for b in rows if "timed_rounds" in b.get("extra_info", {})})
     if not timed:
         return f"rounds {first.get('rounds', '?')}"
@@ -255,8 +290,10 @@ def saved_infos(json_path: str | Path, kind: str, test: str) -> list[dict[str, A
     data = json.loads(Path(json_path).read_text())
     infos = [b["extra_info"] for b in data.get("benchmarks", []) if b.get("extra_info", {}).get("kind") == kind]
     if not infos:
-        raise BenchError(f"{json_path} holds no {kind} rows; run `python -m pytest tests/benchmarks/{test} "
-                         f"--benchmark-only --benchmark-save={kind}` first")
+        raise BenchError(
+            f"{json_path} holds no {kind} rows; run `python -m pytest tests/benchmarks/{test} "
+            f"--benchmark-only --benchmark-save={kind}` first"
+        )
     return infos
 
 
@@ -270,33 +307,61 @@ def benchmark_table(json_path: str | Path) -> str:
     data = json.loads(Path(json_path).read_text())
     machine = data.get("machine_info", {})
     rows = data.get("benchmarks", [])
-    explainers = sorted((b for b in rows if b.get("extra_info", {}).get("kind") == "explainer"),
-                        key=lambda b: (b["extra_info"].get("model", ""), b["extra_info"].get("explainer", "")))
-    metrics = sorted((b for b in rows if b.get("extra_info", {}).get("kind") == "metric"),
-                     key=lambda b: (b["extra_info"].get("model", ""), b["extra_info"].get("metric", "")))
+    explainers = sorted(
+        (b for b in rows if b.get("extra_info", {}).get("kind") == "explainer"),
+        key=lambda b: (b["extra_info"].get("model", ""), b["extra_info"].get("explainer", "")),
+    )
+    metrics = sorted(
+        (b for b in rows if b.get("extra_info", {}).get("kind") == "metric"),
+        key=lambda b: (b["extra_info"].get("model", ""), b["extra_info"].get("metric", "")),
+    )
     first = (explainers or metrics or [{"extra_info": {}}])[0]["extra_info"]
-    desc = [f"{machine.get('device_name') or machine.get('cpu', {}).get('brand_raw') or machine.get('processor', '?')}"
-            f" ({machine.get('device', '?')})",
-            f"torch {machine.get('torch_version', '?')}, "
-            f"{first.get('torch_threads', machine.get('torch_threads', '?'))} threads",
-            f"batch {first.get('batch', '?')}, background {first.get('background', '?')}, "
-            f"{_rounds(explainers + metrics, first)}",
-            f"saved {data.get('datetime', '?')}"]
+    desc = [
+        f"{machine.get('device_name') or machine.get('cpu', {}).get('brand_raw') or machine.get('processor', '?')}"
+        f" ({machine.get('device', '?')})",
+        f"torch {machine.get('torch_version', '?')}, "
+        f"{first.get('torch_threads', machine.get('torch_threads', '?'))} threads",
+        f"batch {first.get('batch', '?')}, background {first.get('background', '?')}, "
+        f"{_rounds(explainers + metrics, first)}",
+        f"saved {data.get('datetime', '?')}",
+    ]
     out = ["Machine: " + "; ".join(desc) + ".", ""]
     if explainers:
         out += markdown_table(
             ["explainer", "model", "s/image", "peak MB", "passes/image", "floor s/image", "floor ratio"],
-            [[i.get("explainer"), i.get("model"), _cell(_s_per_image(b), ".4f"), _cell(i.get("peak_mb"), ".0f"),
-              format_passes(i.get("passes")), _cell(i.get("floor_s_per_image"), ".4f"),
-              _cell(i.get("floor_ratio"), ".2f")] for b in explainers for i in [b["extra_info"]]],
-            "llrrlrr") + [""]
+            [
+                [
+                    i.get("explainer"),
+                    i.get("model"),
+                    _cell(_s_per_image(b), ".4f"),
+                    _cell(i.get("peak_mb"), ".0f"),
+                    format_passes(i.get("passes")),
+                    _cell(i.get("floor_s_per_image"), ".4f"),
+                    _cell(i.get("floor_ratio"), ".2f"),
+                ]
+                for b in explainers
+                for i in [b["extra_info"]]
+            ],
+            "llrrlrr",
+        ) + [""]
     if metrics:
         out += markdown_table(
             ["metric", "model", "s/image", "passes/image", "floor ratio", "Quantus", "Quantus s/image"],
-            [[i.get("metric"), i.get("model"), _cell(_s_per_image(b), ".4f"), format_passes(i.get("passes")),
-              _cell(i.get("floor_ratio"), ".2f"), i.get("quantus_metric") or "-",
-              _cell(i.get("quantus_s_per_image"), ".4f")] for b in metrics for i in [b["extra_info"]]],
-            "llrlrlr") + [""]
+            [
+                [
+                    i.get("metric"),
+                    i.get("model"),
+                    _cell(_s_per_image(b), ".4f"),
+                    format_passes(i.get("passes")),
+                    _cell(i.get("floor_ratio"), ".2f"),
+                    i.get("quantus_metric") or "-",
+                    _cell(i.get("quantus_s_per_image"), ".4f"),
+                ]
+                for b in metrics
+                for i in [b["extra_info"]]
+            ],
+            "llrlrlr",
+        ) + [""]
     for b in (b for b in rows if b.get("extra_info", {}).get("kind") == "precision"):
         out += precision_table(b["extra_info"]) + [""]
     if not explainers and not metrics and len(out) == 2:
@@ -311,7 +376,7 @@ def _forward_seconds(total: Mapping[str, Any], precision: str) -> Any:
 
 
 def _qualifies(row: dict[str, Any]) -> str:
-    """"yes" / "no", or "n/a" for a metric with no finite score to compare (additivity of non-additive maps)."""
+    """ "yes" / "no", or "n/a" for a metric with no finite score to compare (additivity of non-additive maps)."""
     shift = row.get("max_pair_shift")
     if shift is None or not math.isfinite(shift):
         return "n/a"
@@ -324,28 +389,66 @@ def precision_table(info: dict[str, Any]) -> list[str]:
     the paired verdicts and ranks that changed and the largest paired-mean change over the card's
     smallest detectable difference; then the whole metric set's time per image in each precision."""
     test = info.get("checkpoint_test") or {}
-    out = [f"Scoring precision: {info.get('model')} ({info.get('checkpoint')}, sha256 "
-           f"{str(info.get('checkpoint_sha256'))[:12]}, test acc {_cell(test.get('acc'), '.3f')}, auc "
-           f"{_cell(test.get('auc'), '.3f')}), {info.get('images')} images x "
-           f"{len(info.get('explainers', []))} explainers ({', '.join(info.get('explainers', []))}); left out: "
-           f"{', '.join(info.get('left_out', [])) or 'none'}; load average {info.get('load_average')} before, "
-           f"{info.get('load_average_after')} after.", ""]
+    out = [
+        f"Scoring precision: {info.get('model')} ({info.get('checkpoint')}, sha256 "
+        f"{str(info.get('checkpoint_sha256'))[:12]}, test acc {_cell(test.get('acc'), '.3f')}, auc "
+        f"{_cell(test.get('auc'), '.3f')}), {info.get('images')} images x "
+        f"{len(info.get('explainers', []))} explainers ({', '.join(info.get('explainers', []))}); left out: "
+        f"{', '.join(info.get('left_out', [])) or 'none'}; load average {info.get('load_average')} before, "
+        f"{info.get('load_average_after')} after.",
+        "",
+    ]
     out += markdown_table(
-        ["precision", "metric", "speedup", "floor ratio fp32", "floor ratio reduced", "max abs diff", "mean abs diff",
-         "max pair shift", "card mde", "shift / mde", "verdicts changed", "ranks changed", "qualifies"],
-        [[r["precision"], r["metric"], _cell(r.get("speedup"), ".2f"), _cell(r.get("floor_ratio_float32"), ".2f"),
-          _cell(r.get("floor_ratio_reduced"), ".2f"), _cell(r.get("max_abs_diff"), ".2g"),
-          _cell(r.get("mean_abs_diff"), ".2g"), _cell(r.get("max_pair_shift"), ".2g"), _cell(r.get("card_mde"), ".3g"),
-          _cell(r.get("shift_over_mde"), ".3f"), f"{len(r['verdicts_changed'])} of {r['pairs']}",
-          str(len(r["ranks_changed"])), _qualifies(r)] for r in info.get("rows", [])],
-        "llrrrrrrrrrrl") + [""]
+        [
+            "precision",
+            "metric",
+            "speedup",
+            "floor ratio fp32",
+            "floor ratio reduced",
+            "max abs diff",
+            "mean abs diff",
+            "max pair shift",
+            "card mde",
+            "shift / mde",
+            "verdicts changed",
+            "ranks changed",
+            "qualifies",
+        ],
+        [
+            [
+                r["precision"],
+                r["metric"],
+                _cell(r.get("speedup"), ".2f"),
+                _cell(r.get("floor_ratio_float32"), ".2f"),
+                _cell(r.get("floor_ratio_reduced"), ".2f"),
+                _cell(r.get("max_abs_diff"), ".2g"),
+                _cell(r.get("mean_abs_diff"), ".2g"),
+                _cell(r.get("max_pair_shift"), ".2g"),
+                _cell(r.get("card_mde"), ".3g"),
+                _cell(r.get("shift_over_mde"), ".3f"),
+                f"{len(r['verdicts_changed'])} of {r['pairs']}",
+                str(len(r["ranks_changed"])),
+                _qualifies(r),
+            ]
+            for r in info.get("rows", [])
+        ],
+        "llrrrrrrrrrrl",
+    ) + [""]
     total = info.get("total", {})
     out += markdown_table(
         ["precision", "s/image (metric set)", "speedup", "floor ratio (own precision)", "forward s/image"],
-        [[p, _cell(t.get("s_per_image"), ".3f"), _cell(t.get("speedup", 1.0 if p == "float32" else None), ".2f"),
-          _cell(t.get("floor_ratio"), ".2f"),
-          _cell(_forward_seconds(t, p), ".4f")] for p, t in total.items()],
-        "lrrrr")
+        [
+            [
+                p,
+                _cell(t.get("s_per_image"), ".3f"),
+                _cell(t.get("speedup", 1.0 if p == "float32" else None), ".2f"),
+                _cell(t.get("floor_ratio"), ".2f"),
+                _cell(_forward_seconds(t, p), ".4f"),
+            ]
+            for p, t in total.items()
+        ],
+        "lrrrr",
+    )
     changed = [f"- {r['precision']} {r['metric']}: {c}" for r in info.get("rows", []) for c in r["verdicts_changed"]]
     return out + ([""] + ["Verdicts that changed:"] + changed if changed else [])
 

@@ -48,6 +48,7 @@ runs it under pytest-benchmark (saved in ``extra_info``); :func:`frontier_tables
 :func:`frontier_figure` render a saved run (``python -m bench.perf.frontier RUN.json
 [RUN2.json ...] [--figure PATH]``). The numbers in docs/benchmarks.md come from there.
 """
+
 from __future__ import annotations
 
 import json
@@ -106,16 +107,30 @@ def default_specs(names: Iterable[str] | None = None, precisions: Iterable[str] 
             own.append(FrontierSpec(name, budget, (10, 25, 50, 100, 200), family))
         else:
             default = int(explainer_params(name)[budget])
-            grid = tuple(meta.get("budgets") or sorted({max(1, default // 4), max(1, default // 2), default,
-                                                        2 * default, 4 * default}))
+            grid = tuple(
+                meta.get("budgets")
+                or sorted({max(1, default // 4), max(1, default // 2), default, 2 * default, 4 * default})
+            )
             param, values = meta.get("budget_variants") or (None, ("",))
             for value in values:
-                own.append(FrontierSpec(name, budget, grid, family, int(meta.get("reference_budget") or 16 * default),
-                                        {param: value} if param else {}, value))
+                own.append(
+                    FrontierSpec(
+                        name,
+                        budget,
+                        grid,
+                        family,
+                        int(meta.get("reference_budget") or 16 * default),
+                        {param: value} if param else {},
+                        value,
+                    )
+                )
         if "precision" in explainer_params(name):
             first = own[0]
-            own += [replace(first, params={**first.params, "precision": p}, variant=f"{first.variant} {p}".strip())
-                    for p in precisions if p != "float32"]
+            own += [
+                replace(first, params={**first.params, "precision": p}, variant=f"{first.variant} {p}".strip())
+                for p in precisions
+                if p != "float32"
+            ]
         specs += own
     return specs
 
@@ -123,6 +138,7 @@ def default_specs(names: Iterable[str] | None = None, precisions: Iterable[str] 
 # ------------------------------------------------------------------------------------------------
 # references
 # ------------------------------------------------------------------------------------------------
+
 
 def _run(spec: FrontierSpec, model, inputs, targets, background, budget: int, seed: int | None):
     params = {**spec.params, spec.budget: budget}
@@ -142,8 +158,9 @@ def rel_l2(values: Tensor, reference: Tensor) -> np.ndarray:
     return (d / reference.double().cpu().flatten(1).norm(dim=1).clamp_min(1e-12)).numpy()
 
 
-def _reference(spec: FrontierSpec, model, inputs, targets, background, *, reference_seeds: int,
-               cache: dict) -> tuple[Tensor, float, float]:
+def _reference(
+    spec: FrontierSpec, model, inputs, targets, background, *, reference_seeds: int, cache: dict
+) -> tuple[Tensor, float, float]:
     """``(reference values, its own error estimate, seconds)``, cached per family/method."""
     key = spec.family or spec.name  # variants of a method share its reference (adapter defaults, float32)
     if key in cache:
@@ -153,11 +170,20 @@ def _reference(spec: FrontierSpec, model, inputs, targets, background, *, refere
     if spec.family == "expected_gradients" or stochastic:
         name = "pneumobench.expected_gradients" if spec.family == "expected_gradients" else spec.name
         fixed = {k: v for k, v in spec.params.items() if k != "precision"}  # the reference is float32
-        base = FrontierSpec(name, EXPLAINERS.get(name).meta["budget"], spec.budgets, spec.family,
-                            spec.reference_budget, {} if name != spec.name else fixed)
-        runs = torch.stack([_run(base, model, inputs, targets, background, spec.reference_budget, s)
-                            .values.double().cpu()
-                            for s in range(10_000, 10_000 + reference_seeds)])
+        base = FrontierSpec(
+            name,
+            EXPLAINERS.get(name).meta["budget"],
+            spec.budgets,
+            spec.family,
+            spec.reference_budget,
+            {} if name != spec.name else fixed,
+        )
+        runs = torch.stack(
+            [
+                _run(base, model, inputs, targets, background, spec.reference_budget, s).values.double().cpu()
+                for s in range(10_000, 10_000 + reference_seeds)
+            ]
+        )
         ref = runs.mean(0)
         se = runs.var(0).flatten(1).sum(1).div(reference_seeds).sqrt() / ref.flatten(1).norm(dim=1).clamp_min(1e-12)
         own = float(se.mean())
@@ -179,17 +205,27 @@ def _describe_reference(spec: FrontierSpec, reference_seeds: int) -> str:
     return f"{spec.budget}={spec.reference_budget}"
 
 
-def frontier_rows(model_label: str, model: nn.Module, inputs: Tensor, targets: Tensor, background: Tensor,
-                  specs: list[FrontierSpec], *, seeds: int = 3, reference_seeds: int = 4,
-                  progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def frontier_rows(
+    model_label: str,
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    background: Tensor,
+    specs: list[FrontierSpec],
+    *,
+    seeds: int = 3,
+    reference_seeds: int = 4,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
     """One row per (method, variant, budget, seed): mean relative L2 and completeness gap over the
     images, passes per image, seconds, and the reference it was measured against (``reference``,
     its own error estimate ``reference_error``, its seconds ``reference_s``)."""
     cache: dict = {}
     rows: list[dict[str, Any]] = []
     for spec in specs:
-        ref, ref_err, ref_s = _reference(spec, model, inputs, targets, background,
-                                         reference_seeds=reference_seeds, cache=cache)
+        ref, ref_err, ref_s = _reference(
+            spec, model, inputs, targets, background, reference_seeds=reference_seeds, cache=cache
+        )
         stochastic = bool(EXPLAINERS.get(spec.name).meta.get("stochastic"))
         label = spec.name + (f" [{spec.variant}]" if spec.variant else "")
         precision = str(spec.params.get("precision", "float32"))
@@ -197,20 +233,35 @@ def frontier_rows(model_label: str, model: nn.Module, inputs: Tensor, targets: T
         float32_label = spec.name + (f" [{plain}]" if plain else "")  # the same method in float32
         described = _describe_reference(spec, reference_seeds)
         for budget in spec.budgets:
-            for seed in (range(seeds) if stochastic else [None]):
+            for seed in range(seeds) if stochastic else [None]:
                 t0 = perf_counter()
                 attr = _run(spec, model, inputs, targets, background, budget, seed)
                 seconds = perf_counter() - t0
                 fb, f = _passes(spec, budget, background.shape[0])
                 err = rel_l2(attr.values, ref)
-                gap = (completeness_gap(attr).abs().cpu().numpy() if attr.outputs is not None
-                       and attr.base_values is not None else np.full(inputs.shape[0], np.nan))  # |gap|, NaN: none
-                rows.append({"model": model_label, "method": label, "budget": budget, "passes_fb": fb, "passes_f": f,
-                             "precision": precision, "float32_method": float32_label, "seed": seed,
-                             "rel_l2": float(err.mean()), "gap": float(np.nanmean(gap)) if
-                             np.isfinite(gap).any() else None, "s_per_image": seconds / inputs.shape[0],
-                             "reference": described,
-                             "reference_error": ref_err, "reference_s": ref_s})
+                gap = (  # |gap|, NaN: none
+                    completeness_gap(attr).abs().cpu().numpy()
+                    if attr.outputs is not None and attr.base_values is not None
+                    else np.full(inputs.shape[0], np.nan)
+                )
+                rows.append(
+                    {
+                        "model": model_label,
+                        "method": label,
+                        "budget": budget,
+                        "passes_fb": fb,
+                        "passes_f": f,
+                        "precision": precision,
+                        "float32_method": float32_label,
+                        "seed": seed,
+                        "rel_l2": float(err.mean()),
+                        "gap": float(np.nanmean(gap)) if np.isfinite(gap).any() else None,
+                        "s_per_image": seconds / inputs.shape[0],
+                        "reference": described,
+                        "reference_error": ref_err,
+                        "reference_s": ref_s,
+                    }
+                )
                 if progress:
                     progress(f"{model_label} {label} {spec.budget}={budget} seed={seed}: rel L2 {err.mean():.4f}")
     return rows
@@ -220,6 +271,7 @@ def frontier_rows(model_label: str, model: nn.Module, inputs: Tensor, targets: T
 # tables and figure from a saved run
 # ------------------------------------------------------------------------------------------------
 
+
 def frontier_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Rows -> one line per (model, method, budget): passes, mean and sd over seeds of the relative
     L2 and of the gap, seconds per image."""
@@ -228,11 +280,19 @@ def frontier_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     for column, default in (("precision", "float32"), ("float32_method", df["method"])):  # runs saved before them
         df[column] = df[column].fillna(default) if column in df.columns else default
     g = df.groupby(["model", "method", "budget"], sort=False)
-    out = g.agg(passes=("passes", "first"), kind=("passes_fb", lambda s: "fb" if s.iloc[0] else "f"),
-                precision=("precision", "first"), float32_method=("float32_method", "first"),
-                seeds=("rel_l2", "size"), rel_l2=("rel_l2", "mean"), rel_l2_sd=("rel_l2", "std"),
-                gap=("gap", "mean"), gap_sd=("gap", "std"), s_per_image=("s_per_image", "median"),
-                reference_error=("reference_error", "first")).reset_index()
+    out = g.agg(
+        passes=("passes", "first"),
+        kind=("passes_fb", lambda s: "fb" if s.iloc[0] else "f"),
+        precision=("precision", "first"),
+        float32_method=("float32_method", "first"),
+        seeds=("rel_l2", "size"),
+        rel_l2=("rel_l2", "mean"),
+        rel_l2_sd=("rel_l2", "std"),
+        gap=("gap", "mean"),
+        gap_sd=("gap", "std"),
+        s_per_image=("s_per_image", "median"),
+        reference_error=("reference_error", "first"),
+    ).reset_index()
     return out
 
 
@@ -258,9 +318,17 @@ def passes_to_reach(frame: pd.DataFrame, target: float = TARGET_ERROR) -> pd.Dat
         grp = grp.sort_values("passes")
         p, e = grp["passes"].to_numpy(float), grp["rel_l2"].to_numpy(float)
         slope = np.polyfit(np.log(p), np.log(np.maximum(e, 1e-12)), 1)[0] if len(p) > 1 else math.nan
-        out.append({"model": model, "method": method, "passes_to_target": _reach(p, e, target), "max_passes": p[-1],
-                    "kind": grp["kind"].iloc[0], "slope": slope,
-                    "seconds_to_target": _reach(grp["s_per_image"].to_numpy(float), e, target)})
+        out.append(
+            {
+                "model": model,
+                "method": method,
+                "passes_to_target": _reach(p, e, target),
+                "max_passes": p[-1],
+                "kind": grp["kind"].iloc[0],
+                "slope": slope,
+                "seconds_to_target": _reach(grp["s_per_image"].to_numpy(float), e, target),
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -274,25 +342,39 @@ def frontier_tables(rows: Iterable[Mapping[str, Any]], target: float = TARGET_ER
     """Markdown: the passes to reach ``target`` per method, then the frontier per model."""
     frame = frontier_frame(rows)
     reach = passes_to_reach(frame, target)
-    lines = [(f"Passes per image to reach {target:.0%} relative L2 against the converged reference "
-              f"(log-log interpolation between grid points; slope = fitted exponent of error vs passes; "
-              f"ms = the same on the measured milliseconds per image):"), "",
-             "| model | method | passes to reach | ms to reach | slope |", "|---|---|---:|---:|---:|"]
+    lines = [
+        (
+            f"Passes per image to reach {target:.0%} relative L2 against the converged reference "
+            f"(log-log interpolation between grid points; slope = fitted exponent of error vs passes; "
+            f"ms = the same on the measured milliseconds per image):"
+        ),
+        "",
+        "| model | method | passes to reach | ms to reach | slope |",
+        "|---|---|---:|---:|---:|",
+    ]
     for r in reach.itertuples():
-        reached = f"{r.passes_to_target:.0f} {r.kind}" if math.isfinite(r.passes_to_target) else \
-            f"> {r.max_passes:.0f} {r.kind}"
+        reached = (
+            f"{r.passes_to_target:.0f} {r.kind}"
+            if math.isfinite(r.passes_to_target)
+            else f"> {r.max_passes:.0f} {r.kind}"
+        )
         ms = f"{1000 * r.seconds_to_target:.1f}" if math.isfinite(r.seconds_to_target) else "never"
         lines.append(f"| {r.model} | {r.method} | {reached} | {ms} | {r.slope:.2f} |")
     lines += precision_lines(frame)
     for model, grp in frame.groupby("model", sort=False):
-        lines += ["", f"**{model}** (relative L2 and completeness gap: mean over images; +- = sd over "
-                  f"explainer seeds)", "",
-                  "| method | budget | passes/image | rel. L2 | +- | gap | +- | s/image | reference's own error |",
-                  "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"**{model}** (relative L2 and completeness gap: mean over images; +- = sd over explainer seeds)",
+            "",
+            "| method | budget | passes/image | rel. L2 | +- | gap | +- | s/image | reference's own error |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in grp.itertuples():
-            lines.append(f"| {r.method} | {r.budget} | {r.passes} {r.kind} | {_fmt(r.rel_l2, 4)} | "
-                         f"{_fmt(r.rel_l2_sd, 4)} | {_fmt(r.gap)} | {_fmt(r.gap_sd)} | {_fmt(r.s_per_image)} | "
-                         f"{_fmt(r.reference_error, 4)} |")
+            lines.append(
+                f"| {r.method} | {r.budget} | {r.passes} {r.kind} | {_fmt(r.rel_l2, 4)} | "
+                f"{_fmt(r.rel_l2_sd, 4)} | {_fmt(r.gap)} | {_fmt(r.gap_sd)} | {_fmt(r.s_per_image)} | "
+                f"{_fmt(r.reference_error, 4)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -303,10 +385,14 @@ def precision_lines(frame: pd.DataFrame) -> list[str]:
     reduced = frame[frame["precision"] != "float32"]
     if reduced.empty:
         return []
-    lines = ["", "Reduced precision against float32, the same passes (relative L2 to the float32 reference; "
-             "speedup = float32 s/image / reduced s/image):", "",
-             "| model | method | precision | budget | rel. L2 float32 | rel. L2 reduced | speedup |",
-             "|---|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "",
+        "Reduced precision against float32, the same passes (relative L2 to the float32 reference; "
+        "speedup = float32 s/image / reduced s/image):",
+        "",
+        "| model | method | precision | budget | rel. L2 float32 | rel. L2 reduced | speedup |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
     fp32 = frame[frame["precision"] == "float32"].set_index(["model", "method", "budget"])
     for r in reduced.itertuples():
         base = str(r.float32_method)
@@ -314,13 +400,16 @@ def precision_lines(frame: pd.DataFrame) -> list[str]:
         if key not in fp32.index:
             continue
         ref = fp32.loc[key]
-        lines.append(f"| {r.model} | {base} | {r.precision} | {r.budget} | {_fmt(ref['rel_l2'], 4)} | "
-                     f"{_fmt(r.rel_l2, 4)} | {float(ref['s_per_image']) / float(r.s_per_image):.2f}x |")
+        lines.append(
+            f"| {r.model} | {base} | {r.precision} | {r.budget} | {_fmt(ref['rel_l2'], 4)} | "
+            f"{_fmt(r.rel_l2, 4)} | {float(ref['s_per_image']) / float(r.s_per_image):.2f}x |"
+        )
     return lines
 
 
-def frontier_figure(rows: Iterable[Mapping[str, Any]], path: str | Path, target: float = TARGET_ERROR,
-                    x: str = "passes") -> Path:
+def frontier_figure(
+    rows: Iterable[Mapping[str, Any]], path: str | Path, target: float = TARGET_ERROR, x: str = "passes"
+) -> Path:
     """Log-log relative L2 vs passes per image (``x="seconds"``: vs measured seconds per image, where
     reduced precision moves a method), one panel per model, error bars = sd over seeds."""
     import matplotlib
@@ -338,7 +427,7 @@ def frontier_figure(rows: Iterable[Mapping[str, Any]], path: str | Path, target:
     nrows = math.ceil(len(models) / ncols)
     fig, grid = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.2 * nrows), squeeze=False, sharey=True)
     axes = grid.ravel()
-    for ax in axes[len(models):]:
+    for ax in axes[len(models) :]:
         ax.set_visible(False)
     methods = list(dict.fromkeys(frame["method"]))  # one colour per method in every panel
     cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
@@ -347,17 +436,30 @@ def frontier_figure(rows: Iterable[Mapping[str, Any]], path: str | Path, target:
     colours = dict(zip(methods, cmap.colors))  # type: ignore[arg-type]
     for ax, model in zip(axes, models):
         for method, grp in frame[frame["model"] == model].groupby("method", sort=False):
-            ax.errorbar(grp[column], grp["rel_l2"], yerr=grp["rel_l2_sd"].fillna(0), marker="o", ms=3,
-                        capsize=2, label=method, color=colours[method])
+            ax.errorbar(
+                grp[column],
+                grp["rel_l2"],
+                yerr=grp["rel_l2_sd"].fillna(0),
+                marker="o",
+                ms=3,
+                capsize=2,
+                label=method,
+                color=colours[method],
+            )
         ax.axhline(target, color="grey", lw=0.8, ls="--")
-        ax.set(xscale="log", yscale="log", title=model,
-               xlabel="model passes per image" if x == "passes" else "seconds per image (measured)")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            title=model,
+            xlabel="model passes per image" if x == "passes" else "seconds per image (measured)",
+        )
         ax.grid(True, which="both", lw=0.3)
     for row in grid:
         row[0].set_ylabel("relative L2 to the converged value")
     handles = {h.get_label(): h for ax in axes for h in ax.get_legend_handles_labels()[0]}
-    fig.legend([handles[m] for m in methods], methods, fontsize=7, loc="lower center", ncol=min(4, len(methods)),
-               frameon=False)
+    fig.legend(
+        [handles[m] for m in methods], methods, fontsize=7, loc="lower center", ncol=min(4, len(methods)), frameon=False
+    )
     fig.tight_layout(rect=(0, (0.06 + 0.035 * ((len(methods) - 1) // 4)) / nrows, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -374,12 +476,18 @@ def saved_rows(json_path: str | Path) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m bench.perf.frontier",
-                                 description="Markdown tables (and a figure) of a saved frontier benchmark run")
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.perf.frontier",
+        description="Markdown tables (and a figure) of a saved frontier benchmark run",
+    )
     ap.add_argument("run_json", nargs="+", help="saved runs; their rows are shown together")
     ap.add_argument("--figure", help="write the log-log figure here (PNG)")
-    ap.add_argument("--x", choices=("passes", "seconds"), default="passes",
-                    help="the figure's cost axis: model passes or measured seconds per image")
+    ap.add_argument(
+        "--x",
+        choices=("passes", "seconds"),
+        default="passes",
+        help="the figure's cost axis: model passes or measured seconds per image",
+    )
     args = ap.parse_args(argv)
     try:
         rows = [r for path in args.run_json for r in saved_rows(path)]

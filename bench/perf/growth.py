@@ -34,6 +34,7 @@ feature maps are 28 x 28, the 64 px model's 16 x 16, so a 64 px pass costs less 
 ``tests/benchmarks/test_growth.py`` runs :func:`growth_rows` under pytest-benchmark;
 ``python -m bench.perf.growth RUN.json`` renders a saved run.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,12 +49,17 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.core.errors import BenchError
 from bench.core.text import markdown_table
 from bench.metrics import compute_metric, randomisation_layers
-from bench.perf.floor import (floor_seconds, metric_passes_per_image, passes_per_image, saved_infos, time_forward,
-                              time_forward_backward)
+from bench.perf.floor import (
+    floor_seconds,
+    metric_passes_per_image,
+    passes_per_image,
+    saved_infos,
+    time_forward,
+    time_forward_backward,
+)
 from models import build_model
 
-__all__ = ["SIZES", "pass_flops", "set_passes", "growth_rows", "measure_metric_set", "study_estimate",
-           "growth_tables"]
+__all__ = ["SIZES", "pass_flops", "set_passes", "growth_rows", "measure_metric_set", "study_estimate", "growth_tables"]
 
 SIZES = (28, 64, 128, 224)
 _TIMED_BY_EXPLAINER = ("randomisation_similarity",)  # metrics whose passes are the explainer's (none measured)
@@ -82,8 +88,14 @@ def pass_flops(model: nn.Module, shape: Sequence[int]) -> tuple[float, float]:
     return float(counter.get_total_flops()), forward
 
 
-def set_passes(explainers: Mapping[str, Mapping[str, Any]], metrics: Mapping[str, Mapping[str, Any]], *,
-               background_size: int, shape: Sequence[int], model: nn.Module) -> dict[str, dict[str, Any]]:
+def set_passes(
+    explainers: Mapping[str, Mapping[str, Any]],
+    metrics: Mapping[str, Mapping[str, Any]],
+    *,
+    background_size: int,
+    shape: Sequence[int],
+    model: nn.Module,
+) -> dict[str, dict[str, Any]]:
     """Per explainer: its passes per image ``explain = (n_fb, n_f)`` and its metric set's
     ``metrics = (n_fb, n_f)`` (the metrics' passes summed; None where a rule is missing)."""
     layers = len(randomisation_layers(model))
@@ -103,8 +115,9 @@ def _sum(values: Sequence[float | None]) -> float | None:
     return None if any(v is None for v in values) else float(sum(v for v in values if v is not None))
 
 
-def measure_metric_set(model: nn.Module, inputs: Tensor, metrics: Mapping[str, Mapping[str, Any]],
-                       *, repeats: int = 1) -> float:
+def measure_metric_set(
+    model: nn.Module, inputs: Tensor, metrics: Mapping[str, Mapping[str, Any]], *, repeats: int = 1
+) -> float:
     """Measured seconds per image of the metric set (the metrics that re-run the explainer left
     out: their cost is the explainer's) on one seeded random attribution, best of ``repeats``."""
     targets = torch.zeros(inputs.shape[0], dtype=torch.long, device=inputs.device)
@@ -120,10 +133,19 @@ def measure_metric_set(model: nn.Module, inputs: Tensor, metrics: Mapping[str, M
     return best / inputs.shape[0]
 
 
-def growth_rows(model_names: Sequence[str], sizes: Sequence[int], explainers: Mapping[str, Mapping[str, Any]],
-                metrics: Mapping[str, Mapping[str, Any]], *, background_size: int, batch: int = 8,
-                device: torch.device | str = "cpu", repeats: int = 3, measure: Sequence[int] = (),
-                in_channels: int = 1) -> list[dict[str, Any]]:
+def growth_rows(
+    model_names: Sequence[str],
+    sizes: Sequence[int],
+    explainers: Mapping[str, Mapping[str, Any]],
+    metrics: Mapping[str, Mapping[str, Any]],
+    *,
+    background_size: int,
+    batch: int = 8,
+    device: torch.device | str = "cpu",
+    repeats: int = 3,
+    measure: Sequence[int] = (),
+    in_channels: int = 1,
+) -> list[dict[str, Any]]:
     """One row per (model, size): FLOPs and seconds per pass, the set's floor per image by
     explainer and in total, in seconds and in FLOPs; with ``size in measure`` also the metric
     set's measured seconds per image (on ``batch`` images) beside its floor."""
@@ -143,29 +165,42 @@ def growth_rows(model_names: Sequence[str], sizes: Sequence[int], explainers: Ma
             passes = set_passes(explainers, metrics, background_size=background_size, shape=shape, model=model)
             by: dict[str, Any] = {}
             for e, n in passes.items():  # the floor's formula n_fb x FB + n_f x F gives the FLOPs too
-                by[e] = {"explain_passes": n["explain"], "metric_passes": n["metrics"],
-                         "explain_seconds": floor_seconds(n["explain"], t_fb, t_f),
-                         "metric_seconds": floor_seconds(n["metrics"], t_fb, t_f),
-                         "explain_flops": floor_seconds(n["explain"], fb_flops, f_flops),
-                         "metric_flops": floor_seconds(n["metrics"], fb_flops, f_flops)}
+                by[e] = {
+                    "explain_passes": n["explain"],
+                    "metric_passes": n["metrics"],
+                    "explain_seconds": floor_seconds(n["explain"], t_fb, t_f),
+                    "metric_seconds": floor_seconds(n["metrics"], t_fb, t_f),
+                    "explain_flops": floor_seconds(n["explain"], fb_flops, f_flops),
+                    "metric_flops": floor_seconds(n["metrics"], fb_flops, f_flops),
+                }
             total_s = _sum([v for b in by.values() for v in (b["explain_seconds"], b["metric_seconds"])])
             total_flops = _sum([v for b in by.values() for v in (b["explain_flops"], b["metric_flops"])])
-            row: dict[str, Any] = {"model": name, "size": int(size), "batch": int(batch), "forward_flops": f_flops,
-                                   "forward_backward_flops": fb_flops, "forward_seconds": t_f,
-                                   "forward_backward_seconds": t_fb, "by_explainer": by,
-                                   "floor_seconds_per_image": total_s, "flops_per_image": total_flops}
+            row: dict[str, Any] = {
+                "model": name,
+                "size": int(size),
+                "batch": int(batch),
+                "forward_flops": f_flops,
+                "forward_backward_flops": fb_flops,
+                "forward_seconds": t_f,
+                "forward_backward_seconds": t_fb,
+                "by_explainer": by,
+                "floor_seconds_per_image": total_s,
+                "flops_per_image": total_flops,
+            }
             if int(size) in {int(s) for s in measure}:
                 measured = {m: mp for m, mp in metrics.items() if m not in _TIMED_BY_EXPLAINER}
-                floor = sum(floor_seconds(metric_passes_per_image(m, mp), t_fb, t_f) or 0.0
-                            for m, mp in measured.items())
+                floor = sum(
+                    floor_seconds(metric_passes_per_image(m, mp), t_fb, t_f) or 0.0 for m, mp in measured.items()
+                )
                 row["metric_set_measured_seconds"] = measure_metric_set(model, x, measured)
                 row["metric_set_floor_seconds"] = floor
             rows.append(row)
     return rows
 
 
-def study_estimate(rows: Sequence[Mapping[str, Any]], *, n_images: int, model_stages: int,
-                   device_flops_per_second: float) -> list[dict[str, Any]]:
+def study_estimate(
+    rows: Sequence[Mapping[str, Any]], *, n_images: int, model_stages: int, device_flops_per_second: float
+) -> list[dict[str, Any]]:
     """Per (model, size): the set's cost for ``n_images`` per model-stage x ``model_stages``, in
     hours on the benchmark's machine (the floor) and on a device sustaining
     ``device_flops_per_second`` (FLOPs / throughput)."""
@@ -175,9 +210,15 @@ def study_estimate(rows: Sequence[Mapping[str, Any]], *, n_images: int, model_st
     for r in rows:
         k = n_images * model_stages
         s, fl = r.get("floor_seconds_per_image"), r.get("flops_per_image")
-        out.append({"model": r["model"], "size": r["size"], "images": k,
-                    "hours_here": None if s is None else s * k / 3600,
-                    "hours_on_device": None if fl is None else fl * k / device_flops_per_second / 3600})
+        out.append(
+            {
+                "model": r["model"],
+                "size": r["size"],
+                "images": k,
+                "hours_here": None if s is None else s * k / 3600,
+                "hours_on_device": None if fl is None else fl * k / device_flops_per_second / 3600,
+            }
+        )
     return out
 
 
@@ -188,43 +229,79 @@ def _g(v: float | None, scale: float = 1.0, fmt: str = "{:.3g}") -> str:
 def growth_tables(info: Mapping[str, Any]) -> str:
     """Markdown of a saved run's ``extra_info`` (:func:`growth_rows` rows plus the estimate)."""
     rows = info["rows"]
-    lines = [f"Cost per image of the set ({len(info['explainers'])} explainers x {len(info['metrics'])} metrics, "
-             f"background {info['background_size']}), batch {rows[0]['batch']}, {info.get('device', 'cpu')}:", ""]
-    head = ["model", "px", "GFLOP F", "GFLOP FB", "ms F", "ms FB", "floor s / image", "TFLOP / image",
-            "metric set measured / floor (s / image)"]
+    lines = [
+        f"Cost per image of the set ({len(info['explainers'])} explainers x {len(info['metrics'])} metrics, "
+        f"background {info['background_size']}), batch {rows[0]['batch']}, {info.get('device', 'cpu')}:",
+        "",
+    ]
+    head = [
+        "model",
+        "px",
+        "GFLOP F",
+        "GFLOP FB",
+        "ms F",
+        "ms FB",
+        "floor s / image",
+        "TFLOP / image",
+        "metric set measured / floor (s / image)",
+    ]
     body = []
     for r in rows:
         meas = r.get("metric_set_measured_seconds")
-        body.append([r["model"], str(r["size"]), _g(r["forward_flops"], 1e9), _g(r["forward_backward_flops"], 1e9),
-                     _g(r["forward_seconds"], 1e-3), _g(r["forward_backward_seconds"], 1e-3),
-                     _g(r["floor_seconds_per_image"]), _g(r["flops_per_image"], 1e12),
-                     "-" if meas is None else f"{meas:.3g} / {r['metric_set_floor_seconds']:.3g}"])
+        body.append(
+            [
+                r["model"],
+                str(r["size"]),
+                _g(r["forward_flops"], 1e9),
+                _g(r["forward_backward_flops"], 1e9),
+                _g(r["forward_seconds"], 1e-3),
+                _g(r["forward_backward_seconds"], 1e-3),
+                _g(r["floor_seconds_per_image"]),
+                _g(r["flops_per_image"], 1e12),
+                "-" if meas is None else f"{meas:.3g} / {r['metric_set_floor_seconds']:.3g}",
+            ]
+        )
     lines += markdown_table(head, body)
     names = list(rows[0]["by_explainer"])
     lines += ["", "Floor seconds per image by explainer (explain + its metric set):", ""]
     body = []
     for r in rows:
-        body.append([r["model"], str(r["size"])] + [
-            _g(None if b["explain_seconds"] is None or b["metric_seconds"] is None
-               else b["explain_seconds"] + b["metric_seconds"]) for b in (r["by_explainer"][e] for e in names)])
+        body.append(
+            [r["model"], str(r["size"])]
+            + [
+                _g(
+                    None
+                    if b["explain_seconds"] is None or b["metric_seconds"] is None
+                    else b["explain_seconds"] + b["metric_seconds"]
+                )
+                for b in (r["by_explainer"][e] for e in names)
+            ]
+        )
     lines += markdown_table(["model", "px", *names], body)
     est = info.get("estimate")
     if est:
-        lines += ["", f"The study at {est['n_images']} images per model-stage x {est['model_stages']} model-stages "
-                      f"({est['n_images'] * est['model_stages']} image explanations per explainer): hours here (floor) "
-                      f"and on a device sustaining {est['device_flops_per_second'] / 1e12:g} TFLOP/s "
-                      f"({est['device']}):", ""]
-        lines += markdown_table(["model", "px", "hours here", "hours on the device"],
-                                [[e["model"], str(e["size"]), _g(e["hours_here"]), _g(e["hours_on_device"])]
-                                 for e in est["rows"]])
+        lines += [
+            "",
+            f"The study at {est['n_images']} images per model-stage x {est['model_stages']} model-stages "
+            f"({est['n_images'] * est['model_stages']} image explanations per explainer): hours here (floor) "
+            f"and on a device sustaining {est['device_flops_per_second'] / 1e12:g} TFLOP/s "
+            f"({est['device']}):",
+            "",
+        ]
+        lines += markdown_table(
+            ["model", "px", "hours here", "hours on the device"],
+            [[e["model"], str(e["size"]), _g(e["hours_here"]), _g(e["hours_on_device"])] for e in est["rows"]],
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m bench.perf.growth RUN.json "
-              "(a pytest-benchmark file of tests/benchmarks/test_growth.py)", file=sys.stderr)
+        print(
+            "usage: python -m bench.perf.growth RUN.json (a pytest-benchmark file of tests/benchmarks/test_growth.py)",
+            file=sys.stderr,
+        )
         return 2
     try:
         infos = saved_infos(args[0], "growth", "test_growth.py")

@@ -1,4 +1,5 @@
 """Peak-memory measurement of a block of code, on CPU or CUDA (shared by the runner and benchmarks)."""
+
 from __future__ import annotations
 
 import gc

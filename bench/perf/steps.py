@@ -43,6 +43,7 @@ parameter and each image's bytes); only the image sample of a benchmark is drawn
 seed. ``tests/benchmarks/test_steps.py`` runs :func:`step_rows` on the study's trained
 checkpoint; ``python -m bench.perf.steps RUN.json`` renders a saved run (:func:`steps_tables`).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -104,8 +105,10 @@ def _family(metric: str) -> str:
         return "steps"
     if "percentages" in params:
         return "percentages"
-    raise BenchError(f"metric {metric!r} has neither a 'steps' nor a 'percentages' parameter; step counts apply to "
-                     f"{', '.join(n for n in METRICS.names() if {'steps', 'percentages'} & set(metric_params(n)))}")
+    raise BenchError(
+        f"metric {metric!r} has neither a 'steps' nor a 'percentages' parameter; step counts apply to "
+        f"{', '.join(n for n in METRICS.names() if {'steps', 'percentages'} & set(metric_params(n)))}"
+    )
 
 
 def step_params(metric: str, k: int) -> dict[str, Any]:
@@ -136,11 +139,20 @@ def _reference_of(metric: str, reference: int | Mapping[str, int]) -> int:
 
 
 @torch.no_grad()
-def step_scores(model: nn.Module, inputs: Tensor, targets: Tensor, attributions: Mapping[str, Attribution], *,
-                metrics: Sequence[str] = DEFAULT_METRICS, substrates: Sequence[str] = DEFAULT_SUBSTRATES,
-                grid: Sequence[int] = DEFAULT_GRID, reference: int | Mapping[str, int] = REFERENCE,
-                precision: str = DEFAULT_PRECISION, params: Mapping[str, Mapping[str, Any]] | None = None,
-                progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+def step_scores(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    attributions: Mapping[str, Attribution],
+    *,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    substrates: Sequence[str] = DEFAULT_SUBSTRATES,
+    grid: Sequence[int] = DEFAULT_GRID,
+    reference: int | Mapping[str, int] = REFERENCE,
+    precision: str = DEFAULT_PRECISION,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
     """Per-image scores at every step count of the grid and at the reference.
 
     ``inputs (B, C, H, W)``, ``targets (B,)``, ``attributions``: explainer name -> attribution of
@@ -170,8 +182,19 @@ def step_scores(model: nn.Module, inputs: Tensor, targets: Tensor, attributions:
                     res = compute_metric(metric, model, inputs, targets, attr, precision=precision, **extra)
                     seconds = perf_counter() - t0
                     for i, v in enumerate(res.scores.detach().double().cpu().tolist()):
-                        rows.append({"metric": metric, "substrate": sub, "steps": k, "is_reference": k == ref,
-                                     "reference": ref, "explainer": name, "image": i, "value": v, "seconds": seconds})
+                        rows.append(
+                            {
+                                "metric": metric,
+                                "substrate": sub,
+                                "steps": k,
+                                "is_reference": k == ref,
+                                "reference": ref,
+                                "explainer": name,
+                                "image": i,
+                                "value": v,
+                                "seconds": seconds,
+                            }
+                        )
                 if progress:
                     progress(f"{metric} {sub} steps={k}: {len(attributions)} explainers")
     return pd.DataFrame(rows)
@@ -196,8 +219,9 @@ def error_rows(scores: pd.DataFrame, precision: str = DEFAULT_PRECISION) -> pd.D
         ref = ref_rows.pivot(index="image", columns="explainer", values="value")
         names = list(dict.fromkeys(g["explainer"]))
         for k, gk in g.groupby("steps", sort=True):
-            cur = gk.pivot(index="image", columns="explainer", values="value").reindex(index=ref.index,
-                                                                                        columns=ref.columns)
+            cur = gk.pivot(index="image", columns="explainer", values="value").reindex(
+                index=ref.index, columns=ref.columns
+            )
             diff = cur - ref
             shifts: dict[tuple[str, str], float] = {}
             for a, b in itertools.combinations(names, 2):
@@ -205,44 +229,84 @@ def error_rows(scores: pd.DataFrame, precision: str = DEFAULT_PRECISION) -> pd.D
                 if ok.any():
                     shifts[(a, b)] = abs(float((cur[a] - cur[b])[ok].mean() - (ref[a] - ref[b])[ok].mean()))
             passes = metric_passes_per_image(metric, step_params(metric, int(k)))
-            common = {"metric": metric, "substrate": sub, "steps": int(k), "reference": ref_k,
-                      "passes_fb": None if passes is None else passes[0],
-                      "passes_f": None if passes is None else passes[1],
-                      "default_steps": default_steps(metric), "images": int(len(ref.index)), "precision": precision}
+            common = {
+                "metric": metric,
+                "substrate": sub,
+                "steps": int(k),
+                "reference": ref_k,
+                "passes_fb": None if passes is None else passes[0],
+                "passes_f": None if passes is None else passes[1],
+                "default_steps": default_steps(metric),
+                "images": int(len(ref.index)),
+                "precision": precision,
+            }
             per_call = gk.drop_duplicates("explainer")["seconds"]
             for name in names:
                 d = diff[name].to_numpy(dtype=np.float64)
                 d = d[np.isfinite(d)]
                 mine = [v for p, v in shifts.items() if name in p]
-                out.append({**common, "explainer": name, "explainers": 1,
-                            "max_abs_err": float(np.abs(d).max()) if len(d) else math.nan,
-                            "mean_abs_err": float(np.abs(d).mean()) if len(d) else math.nan,
-                            "mean_err": float(d.mean()) if len(d) else math.nan,
-                            "max_pair_shift": max(mine) if mine else math.nan, "worst_pair": None,
-                            "s_per_image": float(gk.loc[gk["explainer"] == name, "seconds"].iloc[0]) / len(ref.index)})
+                out.append(
+                    {
+                        **common,
+                        "explainer": name,
+                        "explainers": 1,
+                        "max_abs_err": float(np.abs(d).max()) if len(d) else math.nan,
+                        "mean_abs_err": float(np.abs(d).mean()) if len(d) else math.nan,
+                        "mean_err": float(d.mean()) if len(d) else math.nan,
+                        "max_pair_shift": max(mine) if mine else math.nan,
+                        "worst_pair": None,
+                        "s_per_image": float(gk.loc[gk["explainer"] == name, "seconds"].iloc[0]) / len(ref.index),
+                    }
+                )
             d = diff.to_numpy(dtype=np.float64).ravel()
             d = d[np.isfinite(d)]
             worst = max(shifts, key=lambda pair: shifts[pair]) if shifts else None
             worst = worst if worst and shifts[worst] > 0 else None  # no pair is the worst of all-zero shifts
-            out.append({**common, "explainer": SUMMARY, "explainers": len(names),
-                        "max_abs_err": float(np.abs(d).max()) if len(d) else math.nan,
-                        "mean_abs_err": float(np.abs(d).mean()) if len(d) else math.nan,
-                        "mean_err": float(d.mean()) if len(d) else math.nan,
-                        "max_pair_shift": shifts[worst] if worst else 0.0 if shifts else math.nan,
-                        "worst_pair": f"{worst[0]} vs {worst[1]}" if worst else None,
-                        "s_per_image": float(per_call.sum()) / (len(ref.index) * len(names))})
+            out.append(
+                {
+                    **common,
+                    "explainer": SUMMARY,
+                    "explainers": len(names),
+                    "max_abs_err": float(np.abs(d).max()) if len(d) else math.nan,
+                    "mean_abs_err": float(np.abs(d).mean()) if len(d) else math.nan,
+                    "mean_err": float(d.mean()) if len(d) else math.nan,
+                    "max_pair_shift": shifts[worst] if worst else 0.0 if shifts else math.nan,
+                    "worst_pair": f"{worst[0]} vs {worst[1]}" if worst else None,
+                    "s_per_image": float(per_call.sum()) / (len(ref.index) * len(names)),
+                }
+            )
     return pd.DataFrame(out)
 
 
-def step_rows(model: nn.Module, inputs: Tensor, targets: Tensor, attributions: Mapping[str, Attribution], *,
-              metrics: Sequence[str] = DEFAULT_METRICS, substrates: Sequence[str] = DEFAULT_SUBSTRATES,
-              grid: Sequence[int] = DEFAULT_GRID, reference: int | Mapping[str, int] = REFERENCE,
-              precision: str = DEFAULT_PRECISION, params: Mapping[str, Mapping[str, Any]] | None = None,
-              progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+def step_rows(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    attributions: Mapping[str, Attribution],
+    *,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    substrates: Sequence[str] = DEFAULT_SUBSTRATES,
+    grid: Sequence[int] = DEFAULT_GRID,
+    reference: int | Mapping[str, int] = REFERENCE,
+    precision: str = DEFAULT_PRECISION,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
     """:func:`error_rows` of :func:`step_scores`: the error table of every metric, substrate, step
     count and explainer (shapes and parameters as :func:`step_scores`)."""
-    scores = step_scores(model, inputs, targets, attributions, metrics=metrics, substrates=substrates, grid=grid,
-                         reference=reference, precision=precision, params=params, progress=progress)
+    scores = step_scores(
+        model,
+        inputs,
+        targets,
+        attributions,
+        metrics=metrics,
+        substrates=substrates,
+        grid=grid,
+        reference=reference,
+        precision=precision,
+        params=params,
+        progress=progress,
+    )
     return error_rows(scores, precision)
 
 
@@ -251,8 +315,9 @@ def _frame(rows: pd.DataFrame | Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return df[df["explainer"] == SUMMARY]
 
 
-def choose_steps(rows: pd.DataFrame | Iterable[Mapping[str, Any]], mde: Mapping[str, float], *,
-                 fraction: float = FRACTION) -> dict[tuple[str, str], dict[str, Any]]:
+def choose_steps(
+    rows: pd.DataFrame | Iterable[Mapping[str, Any]], mde: Mapping[str, float], *, fraction: float = FRACTION
+) -> dict[tuple[str, str], dict[str, Any]]:
     """Per (metric, substrate): the step count the rule picks (module docstring).
 
     ``rows``: :func:`error_rows` (or its records); ``mde``: metric -> smallest detectable paired
@@ -270,11 +335,20 @@ def choose_steps(rows: pd.DataFrame | Iterable[Mapping[str, Any]], mde: Mapping[
         default = g["default_steps"].iloc[0] if "default_steps" in g and len(g) else None
         default = None if default is None or (isinstance(default, float) and math.isnan(default)) else int(default)
         smallest = mde.get(metric)
-        entry: dict[str, Any] = {"metric": metric, "substrate": sub, "mde": smallest, "threshold": None,
-                                 "chosen": None, "smallest_qualifying": None, "chosen_shift": None,
-                                 "default": default, "default_shift": shift.get(default) if default else None,
-                                 "default_qualifies": None,
-                                 "reference": int(g["reference"].iloc[0]) if len(g) else None, "note": ""}
+        entry: dict[str, Any] = {
+            "metric": metric,
+            "substrate": sub,
+            "mde": smallest,
+            "threshold": None,
+            "chosen": None,
+            "smallest_qualifying": None,
+            "chosen_shift": None,
+            "default": default,
+            "default_shift": shift.get(default) if default else None,
+            "default_qualifies": None,
+            "reference": int(g["reference"].iloc[0]) if len(g) else None,
+            "note": "",
+        }
         if smallest is None or not math.isfinite(float(smallest)) or float(smallest) <= 0:
             entry["note"] = "no smallest detectable difference for this metric: no choice"
             out[(metric, sub)] = entry
@@ -290,67 +364,137 @@ def choose_steps(rows: pd.DataFrame | Iterable[Mapping[str, Any]], mde: Mapping[
             entry["default_qualifies"] = ok[default]
         if chosen is None:
             largest = ks[-1] if ks else None
-            entry["note"] = ("none qualifies: even " + (f"{largest} steps shift a paired mean by "
-                             f"{fmt_number(shift[largest], '.3g')}" if largest else "the grid is empty")
-                             + f" (threshold {fmt_number(threshold, '.3g')})")
+            entry["note"] = (
+                "none qualifies: even "
+                + (
+                    f"{largest} steps shift a paired mean by {fmt_number(shift[largest], '.3g')}"
+                    if largest
+                    else "the grid is empty"
+                )
+                + f" (threshold {fmt_number(threshold, '.3g')})"
+            )
         elif entry["smallest_qualifying"] != chosen:
-            entry["note"] = (f"{entry['smallest_qualifying']} qualifies, but a larger count does not: "
-                             f"chosen from where every larger count qualifies")
+            entry["note"] = (
+                f"{entry['smallest_qualifying']} qualifies, but a larger count does not: "
+                f"chosen from where every larger count qualifies"
+            )
         out[(metric, sub)] = entry
     return out
 
 
 def _passes(fb: Any, f: Any) -> str:
-    parts = [f"{fmt_number(n, '.0f')} {kind}" for n, kind in ((fb, "fb"), (f, "f"))
-             if n is not None and not (isinstance(n, float) and math.isnan(n)) and n]
+    parts = [
+        f"{fmt_number(n, '.0f')} {kind}"
+        for n, kind in ((fb, "fb"), (f, "f"))
+        if n is not None and not (isinstance(n, float) and math.isnan(n)) and n
+    ]
     return " + ".join(parts) or "0"
 
 
-def steps_tables(rows: pd.DataFrame | Iterable[Mapping[str, Any]], mde: Mapping[str, float], *,
-                 fraction: float = FRACTION) -> str:
+def steps_tables(
+    rows: pd.DataFrame | Iterable[Mapping[str, Any]], mde: Mapping[str, float], *, fraction: float = FRACTION
+) -> str:
     """Markdown: the choice per (metric, substrate), then each one's errors by step count."""
     df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     choice = choose_steps(df, mde, fraction=fraction)
     yes = {True: "yes", False: "no", None: "n/a"}
-    head = [f"Step counts chosen by error: a count qualifies when the largest change of a paired mean "
-            f"difference between two explainers (against the reference) is below {fraction:g} x the metric's "
-            f"smallest detectable difference (mde); chosen = the smallest grid count from which on every "
-            f"larger one qualifies.", ""]
+    head = [
+        f"Step counts chosen by error: a count qualifies when the largest change of a paired mean "
+        f"difference between two explainers (against the reference) is below {fraction:g} x the metric's "
+        f"smallest detectable difference (mde); chosen = the smallest grid count from which on every "
+        f"larger one qualifies.",
+        "",
+    ]
     head += markdown_table(
-        ["metric", "substrate", "mde", "threshold", "default", "default's shift", "default qualifies", "chosen",
-         "chosen's shift", "reference", "note"],
-        [[c["metric"], c["substrate"], fmt_number(c["mde"], ".3g"), fmt_number(c["threshold"], ".3g"),
-          c["default"] if c["default"] is not None else "n/a", fmt_number(c["default_shift"], ".2g"),
-          yes[c["default_qualifies"]], c["chosen"] if c["chosen"] is not None else "none qualifies",
-          fmt_number(c["chosen_shift"], ".2g"), c["reference"], c["note"]] for c in choice.values()],
-        "llrrrrlrrrl")
+        [
+            "metric",
+            "substrate",
+            "mde",
+            "threshold",
+            "default",
+            "default's shift",
+            "default qualifies",
+            "chosen",
+            "chosen's shift",
+            "reference",
+            "note",
+        ],
+        [
+            [
+                c["metric"],
+                c["substrate"],
+                fmt_number(c["mde"], ".3g"),
+                fmt_number(c["threshold"], ".3g"),
+                c["default"] if c["default"] is not None else "n/a",
+                fmt_number(c["default_shift"], ".2g"),
+                yes[c["default_qualifies"]],
+                c["chosen"] if c["chosen"] is not None else "none qualifies",
+                fmt_number(c["chosen_shift"], ".2g"),
+                c["reference"],
+                c["note"],
+            ]
+            for c in choice.values()
+        ],
+        "llrrrrlrrrl",
+    )
     summary = _frame(df)
     per = df[df["explainer"] != SUMMARY]
     for (metric, sub), g in summary.groupby(["metric", "substrate"], sort=False):
         c = choice[(metric, sub)]
         first = g.iloc[0]
         names = list(dict.fromkeys(per.loc[(per["metric"] == metric) & (per["substrate"] == sub), "explainer"]))
-        head += ["", f"**{metric}** (substrate {sub}; reference {int(first['reference'])} steps; "
-                 f"{int(first['images'])} images x {int(first['explainers'])} explainers; "
-                 f"precision {first['precision']}; errors in score units)", ""]
+        head += [
+            "",
+            f"**{metric}** (substrate {sub}; reference {int(first['reference'])} steps; "
+            f"{int(first['images'])} images x {int(first['explainers'])} explainers; "
+            f"precision {first['precision']}; errors in score units)",
+            "",
+        ]
         table = []
         for r in g.sort_values("steps").itertuples(index=False):
             mine = per[(per["metric"] == metric) & (per["substrate"] == sub) & (per["steps"] == r.steps)]
             by_name = dict(zip(mine["explainer"], mine["max_abs_err"]))
             over = r.max_pair_shift / c["mde"] if c["mde"] else math.nan
-            mark = (" (default)" if r.steps == c["default"] else "") + (" (reference)" if r.steps == r.reference
-                                                                        else "")
-            qualifies = "" if r.steps == r.reference or c["threshold"] is None else \
-                yes[bool(math.isfinite(r.max_pair_shift) and r.max_pair_shift < c["threshold"])]
-            table.append([f"{r.steps}{mark}", _passes(r.passes_fb, r.passes_f), fmt_number(r.max_abs_err, ".2g"),
-                          fmt_number(r.mean_abs_err, ".2g"), fmt_number(r.mean_err, ".2g"),
-                          fmt_number(r.max_pair_shift, ".2g"), fmt_number(over, ".2f"), qualifies,
-                          r.worst_pair if isinstance(r.worst_pair, str) else "", fmt_number(r.s_per_image, ".3f"),
-                          *(fmt_number(by_name.get(n), ".2g") for n in names)])
-        head += markdown_table(["steps", "passes/image", "max abs err", "mean abs err", "mean err",
-                                "max paired-mean shift", "shift / mde", "qualifies", "worst pair", "s/image",
-                                *(f"max abs err {n}" for n in names)],
-                               table, "lrrrrrrllr" + "r" * len(names))
+            mark = (" (default)" if r.steps == c["default"] else "") + (
+                " (reference)" if r.steps == r.reference else ""
+            )
+            qualifies = (
+                ""
+                if r.steps == r.reference or c["threshold"] is None
+                else yes[bool(math.isfinite(r.max_pair_shift) and r.max_pair_shift < c["threshold"])]
+            )
+            table.append(
+                [
+                    f"{r.steps}{mark}",
+                    _passes(r.passes_fb, r.passes_f),
+                    fmt_number(r.max_abs_err, ".2g"),
+                    fmt_number(r.mean_abs_err, ".2g"),
+                    fmt_number(r.mean_err, ".2g"),
+                    fmt_number(r.max_pair_shift, ".2g"),
+                    fmt_number(over, ".2f"),
+                    qualifies,
+                    r.worst_pair if isinstance(r.worst_pair, str) else "",
+                    fmt_number(r.s_per_image, ".3f"),
+                    *(fmt_number(by_name.get(n), ".2g") for n in names),
+                ]
+            )
+        head += markdown_table(
+            [
+                "steps",
+                "passes/image",
+                "max abs err",
+                "mean abs err",
+                "mean err",
+                "max paired-mean shift",
+                "shift / mde",
+                "qualifies",
+                "worst pair",
+                "s/image",
+                *(f"max abs err {n}" for n in names),
+            ],
+            table,
+            "lrrrrrrllr" + "r" * len(names),
+        )
     return "\n".join(head) + "\n"
 
 
@@ -368,9 +512,13 @@ def card_mde(path: str | Path) -> dict[str, float]:
 
 def records(rows: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows as JSON-safe records (NaN -> None), for a benchmark's ``extra_info``."""
-    return [{k: (None if isinstance(v, float) and not math.isfinite(v) else
-                 v.item() if isinstance(v, np.generic) else v) for k, v in r.items()}
-            for r in rows.to_dict("records")]
+    return [
+        {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v.item() if isinstance(v, np.generic) else v)
+            for k, v in r.items()
+        }
+        for r in rows.to_dict("records")
+    ]
 
 
 def saved_run(json_path: str | Path) -> tuple[list[dict[str, Any]], dict[str, float]]:
@@ -385,8 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m bench.perf.steps RUN.json [--power CSV]``: the Markdown tables of a saved run."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m bench.perf.steps",
-                                 description="Markdown tables of a saved step-count benchmark run")
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.perf.steps", description="Markdown tables of a saved step-count benchmark run"
+    )
     ap.add_argument("run_json", nargs="+", help="saved runs (tests/benchmarks/test_steps.py); rows shown together")
     ap.add_argument("--power", help="a power table (reliability_power.csv) whose mde replaces the saved one")
     args = ap.parse_args(argv)

@@ -34,6 +34,7 @@ same images only at the same sigma (:mod:`explainers.references`): a pair whose 
 ``blur_sigma`` differs from the metric's is left out and named in the notes. Written as
 ``baseline_substrate.csv`` and ``baseline_substrate.md`` only for a run with such a pair.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -57,9 +58,23 @@ from bench.stats.estimate import bonferroni, bootstrap_ci
 from bench.stats.settings import StatsSettings, family_label
 from explainers import explainer_params
 
-__all__ = ["BASELINE_SUBSTRATE", "COLUMNS", "EXPLANATION", "METRICS_STUDIED", "VERDICT_MATCH", "VERDICT_OPPOSITE",
-           "Pair", "by_substrate", "cells", "find_pairs", "interaction_table", "interactions", "own_substrates",
-           "render_md", "write_baseline_substrate"]
+__all__ = [
+    "BASELINE_SUBSTRATE",
+    "COLUMNS",
+    "EXPLANATION",
+    "METRICS_STUDIED",
+    "VERDICT_MATCH",
+    "VERDICT_OPPOSITE",
+    "Pair",
+    "by_substrate",
+    "cells",
+    "find_pairs",
+    "interaction_table",
+    "interactions",
+    "own_substrates",
+    "render_md",
+    "write_baseline_substrate",
+]
 
 # An explainer's baseline -> the metric substrate made of the same images. One function makes both
 # (explainers.references.make_substrate), so the match is exact; "blur" also needs the same sigma.
@@ -69,9 +84,32 @@ METRICS_STUDIED = ("deletion_auc", "insertion_auc")
 VERDICT_MATCH = "baseline matches substrate: wins on its own substrate"
 VERDICT_OPPOSITE = "opposite: each baseline does better on the other's substrate"
 
-COLUMNS = ["model", "stage", "metric", "higher_is_better", "a", "baseline_a", "b", "baseline_b", "blur_sigma",
-           "also_differs", "n", "a_on_a", "b_on_a", "a_on_b", "b_on_b", "interaction", "ci_low", "ci_high", "level",
-           "pseudo_median", "p", "p_adj", "family", "verdict"]
+COLUMNS = [
+    "model",
+    "stage",
+    "metric",
+    "higher_is_better",
+    "a",
+    "baseline_a",
+    "b",
+    "baseline_b",
+    "blur_sigma",
+    "also_differs",
+    "n",
+    "a_on_a",
+    "b_on_a",
+    "a_on_b",
+    "b_on_b",
+    "interaction",
+    "ci_low",
+    "ci_high",
+    "level",
+    "pseudo_median",
+    "p",
+    "p_adj",
+    "family",
+    "verdict",
+]
 
 
 @dataclass(frozen=True)
@@ -83,7 +121,7 @@ class Pair:
     baseline_a: str
     baseline_b: str
     metric: str
-    blur_sigma: float       # the blur baseline's (= the metric's) sigma; NaN when neither baseline is blur
+    blur_sigma: float  # the blur baseline's (= the metric's) sigma; NaN when neither baseline is blur
     also_differs: str = ""  # other parameters the two set differently ("" when only the baseline differs)
 
     @property
@@ -134,8 +172,12 @@ def by_substrate(scores: pd.DataFrame, substrates: pd.DataFrame | None, config: 
     if not parts:
         return pd.DataFrame(columns=cols)
     out = pd.concat(parts, ignore_index=True)
-    return out.assign(value=pd.to_numeric(out["value"], errors="coerce"), status=out["status"].astype(str),
-                      substrate=out["substrate"].astype(str), explainer=out["explainer"].astype(str))
+    return out.assign(
+        value=pd.to_numeric(out["value"], errors="coerce"),
+        status=out["status"].astype(str),
+        substrate=out["substrate"].astype(str),
+        explainer=out["explainer"].astype(str),
+    )
 
 
 def find_pairs(config: Mapping[str, Any], long: pd.DataFrame) -> tuple[list[Pair], list[str]]:
@@ -167,19 +209,25 @@ def find_pairs(config: Mapping[str, Any], long: pd.DataFrame) -> tuple[list[Pair
                 continue
             blur = [p for p, x in ((pa, ba), (pb, bb)) if x == "blur"]
             sigma = float(blur[0].get("blur_sigma", float("nan"))) if blur else float("nan")
-            other = sorted(k for k in set(pa) | set(pb) if k != "baseline" and pa.get(k) != pb.get(k)
-                           and (k != "blur_sigma" or blur))
+            other = sorted(
+                k
+                for k in set(pa) | set(pb)
+                if k != "baseline" and pa.get(k) != pb.get(k) and (k != "blur_sigma" or blur)
+            )
             for m in METRICS_STUDIED:
                 if m not in scored:
                     continue
                 absent = [BASELINE_SUBSTRATE[x] for x in (ba, bb) if BASELINE_SUBSTRATE[x] not in scored[m]]
                 if absent:
-                    notes.append(f"{a} vs {b} on {m}: substrate {absent[0]!r} not scored (add it to "
-                                 f"reliability.substrates)")
+                    notes.append(
+                        f"{a} vs {b} on {m}: substrate {absent[0]!r} not scored (add it to reliability.substrates)"
+                    )
                     continue
                 if blur and sigma != own[m][1]:
-                    notes.append(f"{a} vs {b} on {m}: the blur baseline's blur_sigma = {sigma:g} is not the "
-                                 f"metric's {own[m][1]:g}, so baseline and substrate are different images")
+                    notes.append(
+                        f"{a} vs {b} on {m}: the blur baseline's blur_sigma = {sigma:g} is not the "
+                        f"metric's {own[m][1]:g}, so baseline and substrate are different images"
+                    )
                     continue
                 pairs.append(Pair(a, b, ba, bb, m, sigma, ", ".join(other)))
     return pairs, notes
@@ -208,8 +256,13 @@ def cells(long: pd.DataFrame, pair: Pair, model: str, stage: str) -> tuple[pd.Da
     """Images x (a on a's substrate, b on a's, a on b's, b on b's) scores of one model and stage, only
     images with all four ok and finite; and the metric's ``higher_is_better``."""
     sa, sb = pair.substrates
-    g = long[(long["model"] == model) & (long["stage"] == stage) & (long["metric"] == pair.metric)
-             & long["explainer"].isin([pair.a, pair.b]) & long["substrate"].isin([sa, sb])]
+    g = long[
+        (long["model"] == model)
+        & (long["stage"] == stage)
+        & (long["metric"] == pair.metric)
+        & long["explainer"].isin([pair.a, pair.b])
+        & long["substrate"].isin([sa, sb])
+    ]
     hib = bool(g["higher_is_better"].astype(str).str.lower().eq("true").iloc[0]) if len(g) else True
     ok = g[(g["status"] == "ok") & np.isfinite(g["value"].to_numpy(dtype=np.float64))]
     wide = ok.pivot_table(index="image", columns=["explainer", "substrate"], values="value", aggfunc="first")
@@ -219,8 +272,7 @@ def cells(long: pd.DataFrame, pair: Pair, model: str, stage: str) -> tuple[pd.Da
     return wide, hib
 
 
-def interactions(wide: pd.DataFrame, higher_is_better: bool, *, rtol: float = 1e-6, atol: float = 1e-12
-                 ) -> np.ndarray:
+def interactions(wide: pd.DataFrame, higher_is_better: bool, *, rtol: float = 1e-6, atol: float = 1e-12) -> np.ndarray:
     """Per image ``I = [g(A,A) - g(B,A)] - [g(A,B) - g(B,B)]`` of :func:`cells`' table (goodness: the
     score, negated where lower is better); ``|I| <= atol + rtol * max|score|`` is set to 0."""
     v = wide[["a_on_a", "b_on_a", "a_on_b", "b_on_b"]].to_numpy(dtype=np.float64)
@@ -231,8 +283,7 @@ def interactions(wide: pd.DataFrame, higher_is_better: bool, *, rtol: float = 1e
     return d
 
 
-def interaction_table(long: pd.DataFrame, pairs: Sequence[Pair], settings: StatsSettings | None = None
-                      ) -> pd.DataFrame:
+def interaction_table(long: pd.DataFrame, pairs: Sequence[Pair], settings: StatsSettings | None = None) -> pd.DataFrame:
     """One row per (model, stage, pair, metric) of ``long`` (:func:`by_substrate`); columns :data:`COLUMNS`
     (module docstring). Family: every row of one model, Bonferroni."""
     settings = settings or StatsSettings()
@@ -241,18 +292,37 @@ def interaction_table(long: pd.DataFrame, pairs: Sequence[Pair], settings: Stats
     for model, stage in sorted(stages, key=lambda ms: (ms[0], stage_key(ms[1]))):
         for pair in pairs:
             wide, hib = cells(long, pair, model, stage)
-            if not len(wide) and not ((long["model"] == model) & (long["stage"] == stage)
-                                      & long["explainer"].isin([pair.a, pair.b])
-                                      & (long["metric"] == pair.metric)).any():
+            if (
+                not len(wide)
+                and not (
+                    (long["model"] == model)
+                    & (long["stage"] == stage)
+                    & long["explainer"].isin([pair.a, pair.b])
+                    & (long["metric"] == pair.metric)
+                ).any()
+            ):
                 continue  # the pair was not scored here at all
             d = interactions(wide, hib, rtol=settings.alias_rtol, atol=settings.alias_atol)
             means = wide.mean(axis=0) if len(wide) else pd.Series(np.nan, index=wide.columns)
-            rows.append({"model": model, "stage": stage, "metric": pair.metric, "higher_is_better": hib,
-                         "a": pair.a, "baseline_a": pair.baseline_a, "b": pair.b, "baseline_b": pair.baseline_b,
-                         "blur_sigma": pair.blur_sigma, "also_differs": pair.also_differs, "n": len(d),
-                         **{c: float(means[c]) for c in ("a_on_a", "b_on_a", "a_on_b", "b_on_b")},
-                         "interaction": float(d.mean()) if len(d) else float("nan"),
-                         "pseudo_median": _pseudo_median(d), "p": _wilcoxon(d)})
+            rows.append(
+                {
+                    "model": model,
+                    "stage": stage,
+                    "metric": pair.metric,
+                    "higher_is_better": hib,
+                    "a": pair.a,
+                    "baseline_a": pair.baseline_a,
+                    "b": pair.b,
+                    "baseline_b": pair.baseline_b,
+                    "blur_sigma": pair.blur_sigma,
+                    "also_differs": pair.also_differs,
+                    "n": len(d),
+                    **{c: float(means[c]) for c in ("a_on_a", "b_on_a", "a_on_b", "b_on_b")},
+                    "interaction": float(d.mean()) if len(d) else float("nan"),
+                    "pseudo_median": _pseudo_median(d),
+                    "p": _wilcoxon(d),
+                }
+            )
             diffs.append(d)
     if not rows:
         return pd.DataFrame(columns=COLUMNS)
@@ -272,9 +342,15 @@ def interaction_table(long: pd.DataFrame, pairs: Sequence[Pair], settings: Stats
         for i, p_adj in zip(live, adj):
             low, high = bootstrap_ci(diffs[i], confidence=level, n_resamples=settings.bootstrap, seed=settings.seed)
             table.loc[i, ["p_adj", "level", "ci_low", "ci_high"]] = [float(p_adj), level, low, high]
-            table.at[i, "verdict"] = _verdict(float(p_adj), float(table.at[i, "pseudo_median"]),
-                                              float(table.at[i, "interaction"]), low, high, int(table.at[i, "n"]),
-                                              settings.alpha)
+            table.at[i, "verdict"] = _verdict(
+                float(p_adj),
+                float(table.at[i, "pseudo_median"]),
+                float(table.at[i, "interaction"]),
+                low,
+                high,
+                int(table.at[i, "n"]),
+                settings.alpha,
+            )
     table["n"] = table["n"].astype(np.int64)
     return table[COLUMNS]
 
@@ -305,23 +381,53 @@ EXPLANATION = (  # what the table is: the head of baseline_substrate.md and of i
     "substrate; I < 0: the opposite. Cells: mean scores in the metric's units (a on A = method a on the "
     "substrate of its own baseline). I: mean with its BCa bootstrap interval at the family's level; "
     "pseudo-median: Hodges-Lehmann; p: Wilcoxon signed-rank, adj. p: Bonferroni over the model's rows; "
-    "the verdict is the test's. blur_sigma: of the blur baseline and the blur substrate (the same).")
+    "the verdict is the test's. blur_sigma: of the blur baseline and the blur substrate (the same)."
+)
 
 
 def render_md(table: pd.DataFrame, notes: Sequence[str] = ()) -> str:
     """``baseline_substrate.md``: what the interaction is, then one table per model."""
-    lines = ["# Does a method win where its baseline matches the substrate?", "",
-             EXPLANATION, ""]
+    lines = ["# Does a method win where its baseline matches the substrate?", "", EXPLANATION, ""]
     for model, g in table.groupby("model", sort=True):
         lines += [f"## {md_text(model)}", "", f"Family: {g['family'].iloc[0]}.", ""]
         lines += markdown_table(
-            ["stage", "metric", "a (baseline)", "b (baseline)", "n", "a on A", "b on A", "a on B", "b on B",
-             "I [CI]", "pseudo-median", "p", "adj. p", "verdict"],
-            [[r.stage, f"{r.metric} {arrow(bool(r.higher_is_better))}",
-              f"{md_text(r.a)} ({r.baseline_a})", f"{md_text(r.b)} ({r.baseline_b})", str(r.n),
-              _f(r.a_on_a), _f(r.b_on_a), _f(r.a_on_b), _f(r.b_on_b),
-              ci_text(r.interaction, r.ci_low, r.ci_high, "+.3g"), _f(r.pseudo_median, "+.3g"), _f(r.p, ".3g"),
-              _f(r.p_adj, ".3g"), r.verdict] for r in g.itertuples(index=False)], align="llllrrrrrrrrrl")
+            [
+                "stage",
+                "metric",
+                "a (baseline)",
+                "b (baseline)",
+                "n",
+                "a on A",
+                "b on A",
+                "a on B",
+                "b on B",
+                "I [CI]",
+                "pseudo-median",
+                "p",
+                "adj. p",
+                "verdict",
+            ],
+            [
+                [
+                    r.stage,
+                    f"{r.metric} {arrow(bool(r.higher_is_better))}",
+                    f"{md_text(r.a)} ({r.baseline_a})",
+                    f"{md_text(r.b)} ({r.baseline_b})",
+                    str(r.n),
+                    _f(r.a_on_a),
+                    _f(r.b_on_a),
+                    _f(r.a_on_b),
+                    _f(r.b_on_b),
+                    ci_text(r.interaction, r.ci_low, r.ci_high, "+.3g"),
+                    _f(r.pseudo_median, "+.3g"),
+                    _f(r.p, ".3g"),
+                    _f(r.p_adj, ".3g"),
+                    r.verdict,
+                ]
+                for r in g.itertuples(index=False)
+            ],
+            align="llllrrrrrrrrrl",
+        )
         differs = sorted({(r.a, r.b, r.also_differs) for r in g.itertuples(index=False) if r.also_differs})
         lines += [""] + [f"{md_text(a)} and {md_text(b)} also differ in: {d}." for a, b, d in differs]
         lines += [""] if differs else []
@@ -333,8 +439,13 @@ def render_md(table: pd.DataFrame, notes: Sequence[str] = ()) -> str:
 FILES = ("baseline_substrate.csv", "baseline_substrate.md")
 
 
-def write_baseline_substrate(run_dir: str | Path, scores: pd.DataFrame, substrates: pd.DataFrame | None,
-                             manifest: Mapping[str, Any], settings: StatsSettings | None = None) -> list[Path]:
+def write_baseline_substrate(
+    run_dir: str | Path,
+    scores: pd.DataFrame,
+    substrates: pd.DataFrame | None,
+    manifest: Mapping[str, Any],
+    settings: StatsSettings | None = None,
+) -> list[Path]:
     """``baseline_substrate.csv`` and ``.md`` when the run has a pair to test; otherwise neither (an
     earlier rebuild's files are removed, so the page never shows a table of another config)."""
     run_dir = Path(run_dir)
@@ -345,5 +456,7 @@ def write_baseline_substrate(run_dir: str | Path, scores: pd.DataFrame, substrat
         for name in FILES:
             (run_dir / name).unlink(missing_ok=True)
         return []
-    return [atomic_write_text(run_dir / FILES[0], csv_text(table)),
-            atomic_write_text(run_dir / FILES[1], render_md(table, notes))]
+    return [
+        atomic_write_text(run_dir / FILES[0], csv_text(table)),
+        atomic_write_text(run_dir / FILES[1], render_md(table, notes)),
+    ]

@@ -8,6 +8,7 @@ on the images scored under every seed). The comparisons are :func:`bench.stats.c
 with the metric kind's margin); ``rank`` and ``letters`` come from them, never from marginal
 intervals. Written as ``comparisons.csv`` / ``comparisons_pooled.csv`` and ``friedman.csv``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,12 +18,30 @@ import numpy as np
 import pandas as pd
 
 from bench.core.schema import stage_key
-from bench.stats.compare import (PAIR_COLUMNS, compact_letters, dominance_ranks, family_tests, friedman, mean_ranks,
-                                 pairwise, verdict_text)
+from bench.stats.compare import (
+    PAIR_COLUMNS,
+    compact_letters,
+    dominance_ranks,
+    family_tests,
+    friedman,
+    mean_ranks,
+    pairwise,
+    verdict_text,
+)
 from bench.stats.settings import StatsSettings, family_label
 
-__all__ = ["COMPARISON_COLUMNS", "FRIEDMAN_COLUMNS", "RANK_COLUMNS", "Comparisons", "GoodnessTable", "compare",
-           "goodness_tables", "pooled_tables", "seed_groups", "with_family"]
+__all__ = [
+    "COMPARISON_COLUMNS",
+    "FRIEDMAN_COLUMNS",
+    "RANK_COLUMNS",
+    "Comparisons",
+    "GoodnessTable",
+    "compare",
+    "goodness_tables",
+    "pooled_tables",
+    "seed_groups",
+    "with_family",
+]
 
 
 @dataclass(frozen=True)
@@ -35,7 +54,7 @@ class GoodnessTable:
     higher_is_better: bool
     explainers: tuple[str, ...]
     images: tuple[int, ...]
-    seeds: tuple[str, ...]   # the model labels pooled (one for a plain table)
+    seeds: tuple[str, ...]  # the model labels pooled (one for a plain table)
     values: np.ndarray
 
     @property
@@ -45,8 +64,9 @@ class GoodnessTable:
 
 def _ok_groups(scores: pd.DataFrame) -> pd.DataFrame:
     """The "ok" rows of every (model, stage, explainer, metric) group without a failed image."""
-    failed = (scores.groupby(["model", "stage", "explainer", "metric"])["status"]
-              .transform(lambda s: (s == "error").any()))
+    failed = scores.groupby(["model", "stage", "explainer", "metric"])["status"].transform(
+        lambda s: (s == "error").any()
+    )
     ok = scores[(scores["status"] == "ok") & ~failed]
     return ok[np.isfinite(ok["value"].to_numpy(dtype=np.float64))]
 
@@ -65,9 +85,16 @@ def goodness_tables(scores: pd.DataFrame) -> dict[tuple[str, str, str], Goodness
         hib = bool(g["higher_is_better"].iloc[0])
         wide = _matrix(g)
         vals = wide.to_numpy(dtype=np.float64)
-        out[(model, stage, metric)] = GoodnessTable(model, stage, metric, hib, tuple(wide.columns),
-                                                    tuple(int(i) for i in wide.index), (model,),
-                                                    (vals if hib else -vals)[None])
+        out[(model, stage, metric)] = GoodnessTable(
+            model,
+            stage,
+            metric,
+            hib,
+            tuple(wide.columns),
+            tuple(int(i) for i in wide.index),
+            (model,),
+            (vals if hib else -vals)[None],
+        )
     return out
 
 
@@ -81,8 +108,9 @@ def seed_groups(models: list[str], arch_and_seed: Callable[[str], tuple[str, int
     return {a: [lab for _, lab in sorted(v)] for a, v in sorted(groups.items())}
 
 
-def pooled_tables(tables: Mapping[tuple[str, str, str], GoodnessTable], groups: Mapping[str, list[str]]
-                  ) -> dict[tuple[str, str, str], GoodnessTable]:
+def pooled_tables(
+    tables: Mapping[tuple[str, str, str], GoodnessTable], groups: Mapping[str, list[str]]
+) -> dict[tuple[str, str, str], GoodnessTable]:
     """Per (architecture, stage, metric): the seeds' tables stacked on the explainers every seed
     ranks and the images every seed scored (the same images: the crossed design)."""
     out = {}
@@ -96,10 +124,22 @@ def pooled_tables(tables: Mapping[tuple[str, str, str], GoodnessTable], groups: 
             images = sorted(set.intersection(*(set(t.images) for t in members)))
             if not names or not images:
                 continue
-            vals = np.stack([t.values[0][np.ix_([t.images.index(i) for i in images],
-                                                [t.explainers.index(e) for e in names])] for t in members])
-            out[(arch, stage, metric)] = GoodnessTable(arch, stage, metric, members[0].higher_is_better, tuple(names),
-                                                       tuple(images), tuple(t.model for t in members), vals)
+            vals = np.stack(
+                [
+                    t.values[0][np.ix_([t.images.index(i) for i in images], [t.explainers.index(e) for e in names])]
+                    for t in members
+                ]
+            )
+            out[(arch, stage, metric)] = GoodnessTable(
+                arch,
+                stage,
+                metric,
+                members[0].higher_is_better,
+                tuple(names),
+                tuple(images),
+                tuple(t.model for t in members),
+                vals,
+            )
     return out
 
 
@@ -113,22 +153,31 @@ FRIEDMAN_COLUMNS = ["model", "stage", "metric", "k", "n_seeds", "n_images", "blo
 class Comparisons:
     """Every table's pairwise comparisons, the ranks and letters from them, and Friedman's test."""
 
-    pairs: pd.DataFrame      # COMPARISON_COLUMNS
-    ranks: pd.DataFrame      # RANK_COLUMNS
-    friedman: pd.DataFrame   # FRIEDMAN_COLUMNS
+    pairs: pd.DataFrame  # COMPARISON_COLUMNS
+    ranks: pd.DataFrame  # RANK_COLUMNS
+    friedman: pd.DataFrame  # FRIEDMAN_COLUMNS
 
 
-def compare(tables: Mapping[tuple[str, str, str], GoodnessTable], settings: StatsSettings,
-            kinds: Mapping[str, str | None], family: str = "table") -> Comparisons:
+def compare(
+    tables: Mapping[tuple[str, str, str], GoodnessTable],
+    settings: StatsSettings,
+    kinds: Mapping[str, str | None],
+    family: str = "table",
+) -> Comparisons:
     """:func:`bench.stats.compare.pairwise` on every table (family: the table's pairs), ranks and
     letters from its verdicts, mean per-image ranks and Friedman's chi-square."""
     pair_parts, rank_rows, fried_rows = [], [], []
     for t in tables.values():
         k = len(t.explainers)
         label = family_label(family, t.model, t.stage, t.metric, size=k * (k - 1) // 2)
-        pairs = pairwise(t.values, t.explainers, alpha=settings.alpha,
-                         margin=settings.margin(t.metric, kinds.get(t.metric)),
-                         draws=settings.draws, seed=settings.seed)
+        pairs = pairwise(
+            t.values,
+            t.explainers,
+            alpha=settings.alpha,
+            margin=settings.margin(t.metric, kinds.get(t.metric)),
+            draws=settings.draws,
+            seed=settings.seed,
+        )
         pairs.insert(0, "higher_is_better", t.higher_is_better)
         for c, v in zip(("model", "stage", "metric"), t.key):
             pairs.insert(["model", "stage", "metric"].index(c), c, v)
@@ -148,8 +197,9 @@ def compare(tables: Mapping[tuple[str, str, str], GoodnessTable], settings: Stat
     return Comparisons(pairs[COMPARISON_COLUMNS], ranks, pd.DataFrame(fried_rows, columns=FRIEDMAN_COLUMNS))
 
 
-def with_family(rows: pd.DataFrame, by: list[str], kind: str, settings: StatsSettings, *, higher: str,
-                 lower: str) -> pd.DataFrame:
+def with_family(
+    rows: pd.DataFrame, by: list[str], kind: str, settings: StatsSettings, *, higher: str, lower: str
+) -> pd.DataFrame:
     """Run :func:`bench.stats.compare.family_tests` on the rows' paired differences (``_d``: an
     array, or None for a row without data; ``_margin``), one family per ``by`` group; fills
     ``family``, ``level``, ``diff_ci_low``, ``diff_ci_high``, ``p``, ``p_adj``, ``p_equiv`` and
@@ -166,13 +216,28 @@ def with_family(rows: pd.DataFrame, by: list[str], kind: str, settings: StatsSet
         size = int(fam["family_size"].iloc[0]) if len(fam) else 0
         keys = keys if isinstance(keys, tuple) else (keys,)
         g["family"] = family_label(kind, *keys, size=size)
-        for col, src in (("level", "level"), ("diff_ci_low", "ci_low"), ("diff_ci_high", "ci_high"), ("p", "p"),
-                         ("p_adj", "p_adj"), ("p_equiv", "p_equiv")):
+        for col, src in (
+            ("level", "level"),
+            ("diff_ci_low", "ci_low"),
+            ("diff_ci_high", "ci_high"),
+            ("p", "p"),
+            ("p_adj", "p_adj"),
+            ("p_equiv", "p_equiv"),
+        ):
             g[col] = fam[src].reindex(g.index)
         g["verdict"] = [
-            "n/a" if i not in fam.index or not np.isfinite(fam.at[i, "p"]) else
-            verdict_text(bool(fam.at[i, "separated"]), bool(fam.at[i, "equivalent"]), float(fam.at[i, "diff"]),
-                         int(fam.at[i, "n_images"]), int(fam.at[i, "n_seeds"]), higher=higher, lower=lower)
-            for i in g.index]
+            "n/a"
+            if i not in fam.index or not np.isfinite(fam.at[i, "p"])
+            else verdict_text(
+                bool(fam.at[i, "separated"]),
+                bool(fam.at[i, "equivalent"]),
+                float(fam.at[i, "diff"]),
+                int(fam.at[i, "n_images"]),
+                int(fam.at[i, "n_seeds"]),
+                higher=higher,
+                lower=lower,
+            )
+            for i in g.index
+        ]
         parts.append(g)
     return pd.concat(parts).drop(columns=["_d", "_margin"]).sort_index()

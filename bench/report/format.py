@@ -13,6 +13,7 @@ table in, not a test: the verdicts are each metric's rank and letters. Columns
 (:func:`metric_order`): the metrics that pass the card first, then those that fail it, each
 alphabetical.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,20 @@ import pandas as pd
 from bench.core.errors import one_line
 from bench.core.text import fmt_number
 
-__all__ = ["SCALARS", "arrow", "ci_text", "rank_text", "score_text", "md_text", "slug", "alias_name", "card_fails",
-           "rank_order", "metric_order", "fmt_number"]
+__all__ = [
+    "SCALARS",
+    "arrow",
+    "ci_text",
+    "rank_text",
+    "score_text",
+    "md_text",
+    "slug",
+    "alias_name",
+    "card_fails",
+    "rank_order",
+    "metric_order",
+    "fmt_number",
+]
 
 SCALARS = ("acc", "auc", "sensitivity", "specificity", "loss")  # a classifier's test metrics, in this order
 MD_MAX_TEXT = 200
@@ -33,19 +46,19 @@ _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def arrow(higher_is_better: bool) -> str:
-    """"↑" when higher is better, "↓" when lower is."""
+    """ "↑" when higher is better, "↓" when lower is."""
     return "↑" if higher_is_better else "↓"
 
 
 def ci_text(value: Any, low: Any, high: Any, spec: str = ".4g", *, inf: str | None = None) -> str:
-    """"value [low, high]" with ``spec``; just "n/a" when the value itself is missing."""
+    """ "value [low, high]" with ``spec``; just "n/a" when the value itself is missing."""
     if fmt_number(value, spec, inf=inf) == "n/a":
         return "n/a"
     return f"{fmt_number(value, spec, inf=inf)} [{fmt_number(low, spec, inf=inf)}, {fmt_number(high, spec, inf=inf)}]"
 
 
 def rank_text(rank: Any, letters: Any) -> str:
-    """"rank letters" (e.g. "2 bc"); "" when the row has no rank (n/a, error)."""
+    """ "rank letters" (e.g. "2 bc"); "" when the row has no rank (n/a, error)."""
     if rank is None or pd.isna(rank):
         return ""
     return f"{int(rank)} {'' if letters is None or pd.isna(letters) else letters}"
@@ -59,8 +72,10 @@ def score_text(row: Mapping[str, Any], spec: str = ".4g") -> str:
     if status.startswith("error"):
         return "error"
     rank = rank_text(row["rank"], row["letters"])
-    return (f"{fmt_number(row['mean'], spec)} [{fmt_number(row['ci_low'], spec)}, {fmt_number(row['ci_high'], spec)}]"
-            + (f" ({rank})" if rank else ""))
+    return (
+        f"{fmt_number(row['mean'], spec)} [{fmt_number(row['ci_low'], spec)}, {fmt_number(row['ci_high'], spec)}]"
+        + (f" ({rank})" if rank else "")
+    )
 
 
 def md_text(s: Any, limit: int = MD_MAX_TEXT) -> str:
@@ -74,7 +89,7 @@ def slug(*parts: Any) -> str:
 
 
 def alias_name(explainer: str, aliases: Any) -> str:
-    """"explainer (= its aliases)" when it stands for others, else the explainer."""
+    """ "explainer (= its aliases)" when it stands for others, else the explainer."""
     aliases = "" if aliases is None or (isinstance(aliases, float) and math.isnan(aliases)) else str(aliases)
     return explainer + (f" (= {aliases})" if aliases else "")
 
@@ -101,8 +116,13 @@ def rank_order(board: pd.DataFrame, fails: Collection[str] = ()) -> list[str]:
     not apply or the explainer failed); ``fails`` the metrics that fail the reliability card.
     """
     rank = pd.to_numeric(board["rank"].astype("Float64"), errors="coerce").astype(float)
-    df = pd.DataFrame({"explainer": board["explainer"].astype(str).to_numpy(), "metric": board["metric"].to_numpy(),
-                       "rank": rank.to_numpy()})
+    df = pd.DataFrame(
+        {
+            "explainer": board["explainer"].astype(str).to_numpy(),
+            "metric": board["metric"].to_numpy(),
+            "rank": rank.to_numpy(),
+        }
+    )
     trusted = df[~df["metric"].isin(set(fails))]
     if trusted["rank"].notna().sum() == 0:
         trusted = df

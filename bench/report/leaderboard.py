@@ -22,6 +22,7 @@ verdict come from paired tests within a declared family (:mod:`bench.report.comp
 Output files are byte-identical for identical inputs: rows are sorted, floats are printed with
 fixed formats (CSV ``%.6g``), nothing carries a timestamp.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,17 +40,27 @@ from bench.core.schema import CELLS, SCORE_COLUMNS, STAGES, is_cell, is_stage, m
 from bench.core.text import csv_text, fmt_number as _f, markdown_table
 from bench.metrics import METRICS
 from bench.report.comparisons import Comparisons, compare, goodness_tables, with_family
-from bench.report.format import (SCALARS, alias_name, arrow, card_fails, md_text, metric_order, rank_order,
-                                 score_text)
+from bench.report.format import SCALARS, alias_name, arrow, card_fails, md_text, metric_order, rank_order, score_text
 from bench.stats.estimate import finite, mean_estimate, t_interval
 from bench.stats.settings import StatsSettings
 from bench.stats.weighting import Sampling, stratified_mean
 
 __all__ = [
-    "LEADERBOARD_COLUMNS", "LEADERBOARD_HEAD", "PREPOST_COLUMNS", "PREPOST_BY_CELL_COLUMNS", "check_scores",
-    "group_status", "leaderboard",
-    "metric_kinds", "prepost", "prepost_by_cell", "render_leaderboard_md", "render_prepost_md", "write_tables",
-    "read_prepost_models", "read_scores",
+    "LEADERBOARD_COLUMNS",
+    "LEADERBOARD_HEAD",
+    "PREPOST_COLUMNS",
+    "PREPOST_BY_CELL_COLUMNS",
+    "check_scores",
+    "group_status",
+    "leaderboard",
+    "metric_kinds",
+    "prepost",
+    "prepost_by_cell",
+    "render_leaderboard_md",
+    "render_prepost_md",
+    "write_tables",
+    "read_prepost_models",
+    "read_scores",
 ]
 
 KEY = ["model", "stage", "explainer", "metric", "image"]
@@ -57,12 +68,47 @@ GROUP = ["model", "stage", "explainer", "metric"]
 STATUSES = ("ok", "error", "n/a")
 MEAN_CONFIDENCE = 0.95
 
-LEADERBOARD_COLUMNS = ["model", "stage", "explainer", "aliases", "metric", "higher_is_better", "mean", "ci_low",
-                       "ci_high", "n", "rank", "letters", "mean_rank", "mean_test", "mean_test_ci_low",
-                       "mean_test_ci_high", "seconds_per_image", "peak_mem_mb", "status"]
-PREPOST_COLUMNS = ["model", "explainer", "metric", "higher_is_better", "n_pairs", "pre_mean", "post_mean",
-                   "diff_mean", "level", "diff_ci_low", "diff_ci_high", "p", "p_adj", "margin", "p_equiv", "verdict",
-                   "family", "status"]
+LEADERBOARD_COLUMNS = [
+    "model",
+    "stage",
+    "explainer",
+    "aliases",
+    "metric",
+    "higher_is_better",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "n",
+    "rank",
+    "letters",
+    "mean_rank",
+    "mean_test",
+    "mean_test_ci_low",
+    "mean_test_ci_high",
+    "seconds_per_image",
+    "peak_mem_mb",
+    "status",
+]
+PREPOST_COLUMNS = [
+    "model",
+    "explainer",
+    "metric",
+    "higher_is_better",
+    "n_pairs",
+    "pre_mean",
+    "post_mean",
+    "diff_mean",
+    "level",
+    "diff_ci_low",
+    "diff_ci_high",
+    "p",
+    "p_adj",
+    "margin",
+    "p_equiv",
+    "verdict",
+    "family",
+    "status",
+]
 PREPOST_BY_CELL_COLUMNS = PREPOST_COLUMNS[:3] + ["cell"] + PREPOST_COLUMNS[3:]
 
 CSV_FLOAT_FORMAT = "%.6g"
@@ -71,8 +117,9 @@ CSV_FLOAT_FORMAT = "%.6g"
 # ----------------------------------------------------------------------------- input checks
 
 
-def check_scores(scores: pd.DataFrame, columns: Iterable[str] = SCORE_COLUMNS, *, source: str | None = None
-                 ) -> pd.DataFrame:
+def check_scores(
+    scores: pd.DataFrame, columns: Iterable[str] = SCORE_COLUMNS, *, source: str | None = None
+) -> pd.DataFrame:
     """Validate ``scores`` and return a normalised copy (types, empty messages, rows sorted by key).
 
     Raises :class:`BenchError` on missing columns, non-numeric numbers, unknown stage/status/cell
@@ -89,14 +136,17 @@ def check_scores(scores: pd.DataFrame, columns: Iterable[str] = SCORE_COLUMNS, *
     columns = list(columns)
     missing = [c for c in columns if c not in scores.columns]
     if missing:
-        raise BenchError(f"scores table lacks column(s) {missing}; expected the scores.csv columns "
-                         f"{list(SCORE_COLUMNS)}")
+        raise BenchError(
+            f"scores table lacks column(s) {missing}; expected the scores.csv columns {list(SCORE_COLUMNS)}"
+        )
     df = scores.loc[:, columns].copy()
     for col in ("model", "stage", "explainer", "metric", "status"):
         if df[col].isna().any():
-            raise BenchError(f"scores column {col!r} has empty/NaN entries; if it was read with pandas.read_csv, "
-                             f"read it with bench.report.leaderboard.read_scores "
-                             f"(pandas turns the text 'n/a' into NaN)")
+            raise BenchError(
+                f"scores column {col!r} has empty/NaN entries; if it was read with pandas.read_csv, "
+                f"read it with bench.report.leaderboard.read_scores "
+                f"(pandas turns the text 'n/a' into NaN)"
+            )
         df[col] = df[col].astype(str)
     if "message" in df:
         df["message"] = df["message"].fillna("").astype(str)
@@ -108,14 +158,17 @@ def check_scores(scores: pd.DataFrame, columns: Iterable[str] = SCORE_COLUMNS, *
             bad = num.isna() & df[col].notna() & (df[col].astype(str).str.strip().str.lower() != "nan")
             if bad.any():
                 row = df.index[bad][0]
-                raise BenchError(f"{where(row)}: column {col!r} holds {df.loc[row, col]!r}, not a number; fix or "
-                                 f"delete that row (or re-run the benchmark to rewrite the file)")
+                raise BenchError(
+                    f"{where(row)}: column {col!r} holds {df.loc[row, col]!r}, not a number; fix or "
+                    f"delete that row (or re-run the benchmark to rewrite the file)"
+                )
             df[col] = num
     image = pd.to_numeric(df["image"], errors="coerce")
     if image.isna().any() or (image != image.round()).any():
         row = df.index[image.isna() | (image != image.round())][0]
-        raise BenchError(f"{where(row)}: column 'image' holds {df.loc[row, 'image']!r}, not an image index; fix or "
-                         f"delete that row")
+        raise BenchError(
+            f"{where(row)}: column 'image' holds {df.loc[row, 'image']!r}, not an image index; fix or delete that row"
+        )
     df["image"] = image.astype(np.int64)
     for row, v in df["higher_is_better"].items():
         if _as_bool(v) is None:
@@ -123,30 +176,46 @@ def check_scores(scores: pd.DataFrame, columns: Iterable[str] = SCORE_COLUMNS, *
     df["higher_is_better"] = df["higher_is_better"].map(_as_bool)
     for col, allowed in (("stage", None), ("status", STATUSES), ("cell", CELLS)):
         if col in df:
-            bad = (~df[col].map(is_stage) if allowed is None else ~df[col].map(is_cell) if col == "cell"
-                   else ~df[col].isin(allowed))
+            bad = (
+                ~df[col].map(is_stage)
+                if allowed is None
+                else ~df[col].map(is_cell)
+                if col == "cell"
+                else ~df[col].isin(allowed)
+            )
             if bad.any():
                 row = df.index[bad][0]
-                expected = (["pre", "post", "post:<variant>"] if allowed is None
-                            else list(allowed) + ["c<k>_ok", "c<k>_wrong"] if col == "cell" else list(allowed))
+                expected = (
+                    ["pre", "post", "post:<variant>"]
+                    if allowed is None
+                    else list(allowed) + ["c<k>_ok", "c<k>_wrong"]
+                    if col == "cell"
+                    else list(allowed)
+                )
                 raise BenchError(f"{where(row)}: unknown {col} {df.loc[row, col]!r}; expected one of {expected}")
     silent = (df["status"] == "ok") & ~np.isfinite(df["value"].to_numpy(dtype=np.float64))
     if silent.any():
         row = df.index[silent][0]
-        raise BenchError(f"{where(row)}: status 'ok' but value {df.loc[row, 'value']!r} "
-                         f"({int(silent.sum())} such rows); a value that is not a finite number must have status "
-                         f"'n/a' (or re-run the benchmark to rewrite the file)")
+        raise BenchError(
+            f"{where(row)}: status 'ok' but value {df.loc[row, 'value']!r} "
+            f"({int(silent.sum())} such rows); a value that is not a finite number must have status "
+            f"'n/a' (or re-run the benchmark to rewrite the file)"
+        )
     dup = df.duplicated(KEY, keep=False)
     if dup.any():
         row = df.loc[dup, KEY].iloc[0].to_dict()
-        raise BenchError(f"scores has {int(dup.sum())} duplicate rows for the same (model, stage, explainer, metric, "
-                         f"image), e.g. {row}; each image must be scored once per stage, explainer and metric")
+        raise BenchError(
+            f"scores has {int(dup.sum())} duplicate rows for the same (model, stage, explainer, metric, "
+            f"image), e.g. {row}; each image must be scored once per stage, explainer and metric"
+        )
     # statistics must not depend on the row order of the file (the bootstrap resamples positions)
     df = df.sort_values(KEY, kind="stable").reset_index(drop=True)
     hib = df.groupby("metric", sort=True)["higher_is_better"].nunique()
     if (hib > 1).any():
-        raise BenchError(f"metric(s) {list(hib[hib > 1].index)} have both higher_is_better=True and False rows; "
-                         f"the direction of a metric must be fixed")
+        raise BenchError(
+            f"metric(s) {list(hib[hib > 1].index)} have both higher_is_better=True and False rows; "
+            f"the direction of a metric must be fixed"
+        )
     return df
 
 
@@ -208,9 +277,14 @@ def _mean_ci(vals: np.ndarray) -> tuple[float, float, float]:
     return est.mean, low, high
 
 
-def leaderboard(scores: pd.DataFrame, *, settings: StatsSettings | None = None, comparisons: Comparisons | None = None,
-                aliases: Mapping[str, Sequence[str]] | None = None,
-                sampling: Mapping[str, Sampling] | None = None) -> pd.DataFrame:
+def leaderboard(
+    scores: pd.DataFrame,
+    *,
+    settings: StatsSettings | None = None,
+    comparisons: Comparisons | None = None,
+    aliases: Mapping[str, Sequence[str]] | None = None,
+    sampling: Mapping[str, Sampling] | None = None,
+) -> pd.DataFrame:
     """One row per (model, stage, explainer, metric); columns :data:`LEADERBOARD_COLUMNS`.
 
     ``mean`` with its 95 % t interval over the group's finite "ok" values (``n``); ``rank`` and
@@ -244,13 +318,26 @@ def leaderboard(scores: pd.DataFrame, *, settings: StatsSettings | None = None, 
                 est = stratified_mean(ok["value"].to_numpy(), ok["image"].map(plan.strata).to_numpy(), plan.sizes)
                 t_mean = est.mean
                 t_low, t_high = t_interval(est, MEAN_CONFIDENCE)
-        rows.append({"model": model, "stage": stage, "explainer": explainer,
-                     "aliases": ", ".join(aliases.get(explainer, ())), "metric": metric,
-                     "higher_is_better": bool(g["higher_is_better"].iloc[0]), "mean": mean, "ci_low": low,
-                     "ci_high": high, "n": int(vals.size), "mean_test": t_mean, "mean_test_ci_low": t_low,
-                     "mean_test_ci_high": t_high,
-                     "seconds_per_image": _nan_reduce(g["seconds_per_image"], "mean"),
-                     "peak_mem_mb": _nan_reduce(g["peak_mem_mb"], "max"), "status": status})
+        rows.append(
+            {
+                "model": model,
+                "stage": stage,
+                "explainer": explainer,
+                "aliases": ", ".join(aliases.get(explainer, ())),
+                "metric": metric,
+                "higher_is_better": bool(g["higher_is_better"].iloc[0]),
+                "mean": mean,
+                "ci_low": low,
+                "ci_high": high,
+                "n": int(vals.size),
+                "mean_test": t_mean,
+                "mean_test_ci_low": t_low,
+                "mean_test_ci_high": t_high,
+                "seconds_per_image": _nan_reduce(g["seconds_per_image"], "mean"),
+                "peak_mem_mb": _nan_reduce(g["peak_mem_mb"], "max"),
+                "status": status,
+            }
+        )
     board = pd.DataFrame(rows, columns=[c for c in LEADERBOARD_COLUMNS if c not in ("rank", "letters", "mean_rank")])
     board = board.merge(comparisons.ranks, on=["model", "stage", "metric", "explainer"], how="left")
     board["rank"] = board["rank"].astype("Int64")
@@ -273,7 +360,7 @@ def _over_posts(scores: pd.DataFrame, *, by_cell: bool, settings: StatsSettings 
     columns = PREPOST_BY_CELL_COLUMNS if by_cell else PREPOST_COLUMNS
     variants = posts not in ([], ["post"])
     rows: list[dict[str, Any]] = []
-    for post in (posts if variants else ["post"]):
+    for post in posts if variants else ["post"]:
         sub = scores[scores["stage"].astype(str).isin(["pre", post])].copy()
         sub["stage"] = sub["stage"].replace({post: "post"})
         rows += [{**r, "post_stage": post} for r in _prepost_rows(sub, by_cell=by_cell, settings=settings)]
@@ -347,25 +434,35 @@ def _prepost_rows(scores: pd.DataFrame, *, by_cell: bool, settings: StatsSetting
     nan = float("nan")
     for model, explainer, metric in keys:
         st = {s: status.get((model, s, explainer, metric)) for s in STAGES}
-        errors = [f"{s}: {v[len('error: '):]}" for s, v in st.items() if v and v.startswith("error")]
+        errors = [f"{s}: {v[len('error: ') :]}" for s, v in st.items() if v and v.startswith("error")]
         try:
             sub = wide.loc[(model, explainer, metric)]
         except KeyError:
             sub = wide.iloc[0:0]
         parts = [(c, sub[sub["cell"] == c]) for c in cells] if by_cell else [(None, sub)]
         for cell, part in parts:
-            row: dict[str, Any] = {"model": model, "explainer": explainer, "metric": metric,
-                                   "higher_is_better": bool(direction[metric])}
+            row: dict[str, Any] = {
+                "model": model,
+                "explainer": explainer,
+                "metric": metric,
+                "higher_is_better": bool(direction[metric]),
+            }
             if by_cell:
                 row["cell"] = cell
             a, b = part["pre"].to_numpy(dtype=np.float64), part["post"].to_numpy(dtype=np.float64)
             keep = np.isfinite(a) & np.isfinite(b)
             a, b = (a[keep], b[keep]) if not errors else (a[:0], b[:0])
             n = int(a.size)
-            row.update(n_pairs=n, pre_mean=float(a.mean()) if n else nan, post_mean=float(b.mean()) if n else nan,
-                       diff_mean=float((b - a).mean()) if n else nan, margin=settings.margin(metric, kinds[metric]),
-                       _margin=settings.margin(metric, kinds[metric]), _d=(b - a) if n else None,
-                       status="error: " + "; ".join(errors) if errors else ("ok" if n else "n/a"))
+            row.update(
+                n_pairs=n,
+                pre_mean=float(a.mean()) if n else nan,
+                post_mean=float(b.mean()) if n else nan,
+                diff_mean=float((b - a).mean()) if n else nan,
+                margin=settings.margin(metric, kinds[metric]),
+                _margin=settings.margin(metric, kinds[metric]),
+                _d=(b - a) if n else None,
+                status="error: " + "; ".join(errors) if errors else ("ok" if n else "n/a"),
+            )
             rows.append(row)
     return rows
 
@@ -376,8 +473,10 @@ def _pre_cells(df: pd.DataFrame) -> pd.Series:
     n = pre.groupby(["model", "image"])["cell"].nunique()
     if (n > 1).any():
         model, image = n[n > 1].index[0]
-        raise BenchError(f"image {image} of model {model} has different pre-stage cells in different rows; "
-                         f"the cell is a property of (model, stage, image) and must agree across explainers")
+        raise BenchError(
+            f"image {image} of model {model} has different pre-stage cells in different rows; "
+            f"the cell is a property of (model, stage, image) and must agree across explainers"
+        )
     return pre.groupby(["model", "image"])["cell"].first().rename("cell")
 
 
@@ -393,13 +492,18 @@ LEADERBOARD_HEAD = (
     "ranks below it. Two explainers sharing a letter are not separated at this n: not separable, which is not "
     "equal; pairs shown equivalent within the metric's margin (TOST, same family) are listed under the table. "
     "↑ higher is better, ↓ lower is better. n/a: the metric does not apply (no finite value); error: the "
-    "explainer failed (see status). \"a (= b)\": b gave the same scores as a on every image and is counted once. "
+    'explainer failed (see status). "a (= b)": b gave the same scores as a on every image and is counted once. '
     "Rows are in reading order: by the mean of each explainer's ranks over the metrics that pass the reliability "
-    "card (an order to read in, not a test); the metrics that pass the card come first.")
+    "card (an order to read in, not a test); the metrics that pass the card come first."
+)
 
 
-def render_leaderboard_md(board: pd.DataFrame, card: Mapping[str, pd.DataFrame] | None = None,
-                          comparisons: Comparisons | None = None, note: str = "") -> str:
+def render_leaderboard_md(
+    board: pd.DataFrame,
+    card: Mapping[str, pd.DataFrame] | None = None,
+    comparisons: Comparisons | None = None,
+    note: str = "",
+) -> str:
     """leaderboard.md: one table per (model, stage); rows explainers, columns metrics.
 
     Cells read "mean [ci_low, ci_high] (rank letters)" (:func:`leaderboard`); "n/a" where the
@@ -409,9 +513,14 @@ def render_leaderboard_md(board: pd.DataFrame, card: Mapping[str, pd.DataFrame] 
     a metric column that fails the card is marked ⚠ (the reasons follow the table). ``note``: a
     sentence on the sample (e.g. how the means relate to the test split).
     """
-    lines = ["# Leaderboard", "", LEADERBOARD_HEAD
-             + (" ⚠: the metric fails its reliability card (reliability.md)." if card is not None else "")
-             + (f" {note}" if note else ""), ""]
+    lines = [
+        "# Leaderboard",
+        "",
+        LEADERBOARD_HEAD
+        + (" ⚠: the metric fails its reliability card (reliability.md)." if card is not None else "")
+        + (f" {note}" if note else ""),
+        "",
+    ]
     if board.empty:
         return "\n".join(lines + ["No scores.", ""])
     board = board.assign(_stage=_stage_order(board["stage"]))
@@ -421,8 +530,11 @@ def render_leaderboard_md(board: pd.DataFrame, card: Mapping[str, pd.DataFrame] 
         fails = card_fails(card, model, stage)
         metrics = metric_order(sub["metric"], fails)
         hib = sub.groupby("metric")["higher_is_better"].first()
-        header = ["explainer"] + [f"{m} {arrow(bool(hib[m]))}" + (" ⚠" if m in fails else "") for m in metrics] \
+        header = (
+            ["explainer"]
+            + [f"{m} {arrow(bool(hib[m]))}" + (" ⚠" if m in fails else "") for m in metrics]
             + ["s/image", "peak MB", "status"]
+        )
         rows = []
         by_explainer = dict(list(sub.groupby("explainer", sort=True)))
         for explainer in rank_order(sub, fails):
@@ -431,8 +543,11 @@ def render_leaderboard_md(board: pd.DataFrame, card: Mapping[str, pd.DataFrame] 
             cells = [score_text(by_metric.loc[m]) if m in by_metric.index else "—" for m in metrics]
             secs = _nan_reduce(e["seconds_per_image"], "mean")
             mem = _nan_reduce(e["peak_mem_mb"], "max")
-            rows.append([md_text(alias_name(explainer, e["aliases"].iloc[0]))] + cells
-                        + [_f(secs, ".3g"), _f(mem, ".1f"), _row_status(e)])
+            rows.append(
+                [md_text(alias_name(explainer, e["aliases"].iloc[0]))]
+                + cells
+                + [_f(secs, ".3g"), _f(mem, ".1f"), _row_status(e)]
+            )
         lines += [f"## {model} · {stage}", ""] + markdown_table(header, rows) + [""]
         ns = sub[sub["status"] == "ok"].groupby("metric")["n"].agg(lambda s: sorted(set(int(v) for v in s)))
         if len(ns):
@@ -445,9 +560,10 @@ def render_leaderboard_md(board: pd.DataFrame, card: Mapping[str, pd.DataFrame] 
     return "\n".join(lines)
 
 
-def _tests_line(pairs: pd.DataFrame | None, fried: pd.DataFrame | None, model: str, stage: str, metric: str
-                ) -> list[str]:
-    """"metric: family ...; Friedman ...; equivalent: a ≡ b (±margin)" under a leaderboard table."""
+def _tests_line(
+    pairs: pd.DataFrame | None, fried: pd.DataFrame | None, model: str, stage: str, metric: str
+) -> list[str]:
+    """ "metric: family ...; Friedman ...; equivalent: a ≡ b (±margin)" under a leaderboard table."""
     if pairs is None or fried is None:
         return []
     p = pairs[(pairs["model"] == model) & (pairs["stage"] == stage) & (pairs["metric"] == metric)]
@@ -458,12 +574,19 @@ def _tests_line(pairs: pd.DataFrame | None, fried: pd.DataFrame | None, model: s
     if len(p):
         parts.append(f"{p['family'].iloc[0]}, intervals at {_f(100 * p['level'].iloc[0], '.4g')}%;")
     if len(f) and np.isfinite(float(f["chi2"].iloc[0])):
-        parts.append(f"Friedman chi2 = {_f(f['chi2'].iloc[0], '.4g')}, p = {_f(f['p'].iloc[0], '.3g')} "
-                     f"({int(f['blocks'].iloc[0])} blocks);")
+        parts.append(
+            f"Friedman chi2 = {_f(f['chi2'].iloc[0], '.4g')}, p = {_f(f['p'].iloc[0], '.3g')} "
+            f"({int(f['blocks'].iloc[0])} blocks);"
+        )
     eq = p[p["verdict"] == "equivalent"]
     if len(p):
-        parts.append("equivalent within ±" + _f(p["margin"].iloc[0], ".3g") + ": "
-                     + (", ".join(f"{r.a} ≡ {r.b}" for r in eq.itertuples(index=False)) if len(eq) else "none") + ".")
+        parts.append(
+            "equivalent within ±"
+            + _f(p["margin"].iloc[0], ".3g")
+            + ": "
+            + (", ".join(f"{r.a} ≡ {r.b}" for r in eq.itertuples(index=False)) if len(eq) else "none")
+            + "."
+        )
     return [" ".join(parts), ""]
 
 
@@ -482,37 +605,53 @@ def _row_status(e: pd.DataFrame) -> str:
 def _paired_rows(table: pd.DataFrame, with_cell: bool) -> list[list[str]]:
     rows = []
     for _, r in table.iterrows():
-        lead = ([r["cell"]] if with_cell else []) + [md_text(r["explainer"]),
-                                                     f"{r['metric']} {arrow(bool(r['higher_is_better']))}"]
+        lead = ([r["cell"]] if with_cell else []) + [
+            md_text(r["explainer"]),
+            f"{r['metric']} {arrow(bool(r['higher_is_better']))}",
+        ]
         if str(r["status"]).startswith("error"):
             rows.append(lead + [str(r["n_pairs"]), "error", "error", "error", "", "", md_text(r["status"])])
             continue
         diff = f"{_f(r['diff_mean'], '+.4g')} [{_f(r['diff_ci_low'], '+.4g')}, {_f(r['diff_ci_high'], '+.4g')}]"
         if r["status"] == "n/a":
             diff = "n/a"
-        rows.append(lead + [str(r["n_pairs"]), _f(r["pre_mean"]), _f(r["post_mean"]), diff,
-                            _f(r["p_adj"], ".3g"), md_text(str(r["verdict"]))])
+        rows.append(
+            lead
+            + [
+                str(r["n_pairs"]),
+                _f(r["pre_mean"]),
+                _f(r["post_mean"]),
+                diff,
+                _f(r["p_adj"], ".3g"),
+                md_text(str(r["verdict"])),
+            ]
+        )
     return rows
 
 
 _PAIRED_HEADER = ["explainer", "metric", "n", "pre", "post", "diff [CI]", "adj. p", "verdict"]
 
 
-def render_prepost_md(table: pd.DataFrame, by_cell: pd.DataFrame | None = None,
-                      models: Mapping[str, Any] | None = None) -> str:
+def render_prepost_md(
+    table: pd.DataFrame, by_cell: pd.DataFrame | None = None, models: Mapping[str, Any] | None = None
+) -> str:
     """prepost.md: per model the paired differences, the model-level comparison, the per-cell breakdown.
 
     ``table`` is :func:`prepost`, ``by_cell`` :func:`prepost_by_cell`, ``models`` the parsed
     ``prepost_models.json`` ({model: {"delta", "mcnemar", "cell_moves", "test_pre", "test_post"}}).
     """
-    lines = ["# Pre vs post", "",
-             "Paired over the test images scored (status ok, finite) in both stages; n = pairs. "
-             "pre/post: means over those pairs; diff = post − pre, the mean paired difference in the metric's own "
-             "units, with its t interval at the family's level (1 − alpha/m: it excludes 0 exactly when the "
-             "adjusted p is below alpha); adj. p: paired t test, Bonferroni over the family (every row of the "
-             "model's table, over all its post stages; the per-cell table is its own family, named in "
-             "prepost.csv); verdict: higher / lower after tuning, equivalent (the interval lies within the "
-             "metric's margin: TOST), or not separable at this n. ↑/↓: whether higher or lower is better.", ""]
+    lines = [
+        "# Pre vs post",
+        "",
+        "Paired over the test images scored (status ok, finite) in both stages; n = pairs. "
+        "pre/post: means over those pairs; diff = post − pre, the mean paired difference in the metric's own "
+        "units, with its t interval at the family's level (1 − alpha/m: it excludes 0 exactly when the "
+        "adjusted p is below alpha); adj. p: paired t test, Bonferroni over the family (every row of the "
+        "model's table, over all its post stages; the per-cell table is its own family, named in "
+        "prepost.csv); verdict: higher / lower after tuning, equivalent (the interval lies within the "
+        "metric's margin: TOST), or not separable at this n. ↑/↓: whether higher or lower is better.",
+        "",
+    ]
     models = dict(models or {})
     by_cell = by_cell if by_cell is not None else pd.DataFrame(columns=PREPOST_BY_CELL_COLUMNS)
     if "post_stage" in table.columns:  # tuning variants: a section per (model, post stage)
@@ -531,17 +670,22 @@ def render_prepost_md(table: pd.DataFrame, by_cell: pd.DataFrame | None = None,
             lines += _model_comparison_md(model, models[model])
         cells = by_cell[(by_cell["model"] == model) & (by_cell["status"] == "ok")]
         if len(cells):
-            lines += ["### By cell of the pre model", "",
-                      "Images grouped by their confusion cell under the pre model; rows without pairs "
-                      "(failed or not applicable, see above) are left out.", ""]
+            lines += [
+                "### By cell of the pre model",
+                "",
+                "Images grouped by their confusion cell under the pre model; rows without pairs "
+                "(failed or not applicable, see above) are left out.",
+                "",
+            ]
             lines += markdown_table(["cell"] + _PAIRED_HEADER, _paired_rows(cells, True)) + [""]
     return "\n".join(lines)
 
 
 def _model_comparison_md(model: str, comp: Any) -> list[str]:
     if not isinstance(comp, Mapping):
-        raise BenchError(f"prepost_models[{model!r}] must be an object with delta/mcnemar/cell_moves, "
-                         f"got {type(comp).__name__}")
+        raise BenchError(
+            f"prepost_models[{model!r}] must be an object with delta/mcnemar/cell_moves, got {type(comp).__name__}"
+        )
     # "label · post:a vs post:b" compares two tuning variants; every other entry a tuned model with its parent
     a, b = model.split(" · ", 1)[1].split(" vs ") if " vs " in model else ("pre", "post")
     lines = [f"### Classifier: {a} vs {b} (test split)", ""]
@@ -553,9 +697,12 @@ def _model_comparison_md(model: str, comp: Any) -> list[str]:
         lines += markdown_table(["metric", a, b, f"delta ({b} − {a})"], rows) + [""]
     mc = comp.get("mcnemar")
     if isinstance(mc, Mapping):
-        lines += [f"McNemar exact test: b ({a} right, {b} wrong) = {mc.get('a_right_b_wrong', 'n/a')}, "
-                  f"c ({a} wrong, {b} right) = {mc.get('a_wrong_b_right', 'n/a')}, "
-                  f"p = {_f(mc.get('p_value'), '.3g')}.", ""]
+        lines += [
+            f"McNemar exact test: b ({a} right, {b} wrong) = {mc.get('a_right_b_wrong', 'n/a')}, "
+            f"c ({a} wrong, {b} right) = {mc.get('a_wrong_b_right', 'n/a')}, "
+            f"p = {_f(mc.get('p_value'), '.3g')}.",
+            "",
+        ]
     moves = comp.get("cell_moves")
     if isinstance(moves, Mapping):
         cells = move_cells(moves)
@@ -601,18 +748,28 @@ def read_scores(path: str | os.PathLike) -> pd.DataFrame:
     if not path.exists():
         raise BenchError(f"scores file not found: {path}; run the benchmark first")
     try:
-        df = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False,
-                         na_values={c: ["", "nan", "NaN"] for c in NUMERIC_COLUMNS})
+        df = pd.read_csv(
+            path,
+            dtype={c: str for c in TEXT_COLUMNS},
+            keep_default_na=False,
+            na_values={c: ["", "nan", "NaN"] for c in NUMERIC_COLUMNS},
+        )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise BenchError(f"{path} is not a readable CSV ({one_line(e, 200)})") from None
     return check_scores(df, source=str(path))
 
 
-def write_tables(run_dir: str | os.PathLike, scores: pd.DataFrame,
-                 prepost_models: Mapping[str, Any] | str | os.PathLike | None = None, *,
-                 board: pd.DataFrame | None = None, card: Mapping[str, pd.DataFrame] | None = None,
-                 comparisons: Comparisons | None = None, settings: StatsSettings | None = None,
-                 note: str = "") -> list[Path]:
+def write_tables(
+    run_dir: str | os.PathLike,
+    scores: pd.DataFrame,
+    prepost_models: Mapping[str, Any] | str | os.PathLike | None = None,
+    *,
+    board: pd.DataFrame | None = None,
+    card: Mapping[str, pd.DataFrame] | None = None,
+    comparisons: Comparisons | None = None,
+    settings: StatsSettings | None = None,
+    note: str = "",
+) -> list[Path]:
     """Write leaderboard.csv/.md, comparisons.csv, friedman.csv and, when some model has both stages,
     prepost.csv, prepost_by_cell.csv, prepost.md.
 
@@ -632,13 +789,17 @@ def write_tables(run_dir: str | os.PathLike, scores: pd.DataFrame,
     if comparisons is None:
         comparisons = compare(goodness_tables(df), settings, metric_kinds(df["metric"].unique()))
     board = leaderboard(df, settings=settings, comparisons=comparisons) if board is None else board
-    written = [atomic_write_text(run_dir / "leaderboard.csv", csv_text(board, CSV_FLOAT_FORMAT)),
-               atomic_write_text(run_dir / "leaderboard.md", render_leaderboard_md(board, card, comparisons, note)),
-               atomic_write_text(run_dir / "comparisons.csv", csv_text(comparisons.pairs, CSV_FLOAT_FORMAT)),
-               atomic_write_text(run_dir / "friedman.csv", csv_text(comparisons.friedman, CSV_FLOAT_FORMAT))]
+    written = [
+        atomic_write_text(run_dir / "leaderboard.csv", csv_text(board, CSV_FLOAT_FORMAT)),
+        atomic_write_text(run_dir / "leaderboard.md", render_leaderboard_md(board, card, comparisons, note)),
+        atomic_write_text(run_dir / "comparisons.csv", csv_text(comparisons.pairs, CSV_FLOAT_FORMAT)),
+        atomic_write_text(run_dir / "friedman.csv", csv_text(comparisons.friedman, CSV_FLOAT_FORMAT)),
+    ]
     if any("pre" in set(st) and len(set(st)) > 1 for _, st in df.groupby("model")["stage"]):
         pp, pc = prepost(df, settings), prepost_by_cell(df, settings)
-        written += [atomic_write_text(run_dir / "prepost.csv", csv_text(pp, CSV_FLOAT_FORMAT)),
-                    atomic_write_text(run_dir / "prepost_by_cell.csv", csv_text(pc, CSV_FLOAT_FORMAT)),
-                    atomic_write_text(run_dir / "prepost.md", render_prepost_md(pp, pc, models))]
+        written += [
+            atomic_write_text(run_dir / "prepost.csv", csv_text(pp, CSV_FLOAT_FORMAT)),
+            atomic_write_text(run_dir / "prepost_by_cell.csv", csv_text(pc, CSV_FLOAT_FORMAT)),
+            atomic_write_text(run_dir / "prepost.md", render_prepost_md(pp, pc, models)),
+        ]
     return written

@@ -41,6 +41,7 @@ key                                 shape / dtype   meaning
 Channel reduction: maps with C > 1 are summed over channels (the sum keeps completeness:
 ``map.sum() == values.sum()``); images are averaged (the channels of a grey X-ray are copies).
 """
+
 from __future__ import annotations
 
 import io
@@ -67,9 +68,21 @@ from bench.report.leaderboard import leaderboard
 from bench.report.stability import arch_and_seed
 
 __all__ = [
-    "LAYOUT", "DIVERGING_CMAP", "AttributionExamples", "method_styles", "ModelExamples", "save_attribution_examples",
-    "load_attribution_examples", "symmetric_limits", "leaderboard_heatmap", "curves_figure",
-    "prepost_figure", "attribution_grid", "cd_figure", "figure_png", "write_figures",
+    "LAYOUT",
+    "DIVERGING_CMAP",
+    "AttributionExamples",
+    "method_styles",
+    "ModelExamples",
+    "save_attribution_examples",
+    "load_attribution_examples",
+    "symmetric_limits",
+    "leaderboard_heatmap",
+    "curves_figure",
+    "prepost_figure",
+    "attribution_grid",
+    "cd_figure",
+    "figure_png",
+    "write_figures",
 ]
 
 LAYOUT = "pneumobench-attributions-v1"
@@ -102,10 +115,10 @@ class ModelExamples:
     one, ``images`` and ``maps`` may be ``(N, C, H, W)`` tensors (reduced over channels on save).
     """
 
-    images: np.ndarray                                       # (N, H, W) float32
-    labels: np.ndarray                                       # (N,) int64
-    index: np.ndarray                                        # (N,) int64 test-split indices
-    cells: dict[str, np.ndarray] = field(default_factory=dict)   # stage -> (N,) "TP"/"FP"/"FN"/"TN"
+    images: np.ndarray  # (N, H, W) float32
+    labels: np.ndarray  # (N,) int64
+    index: np.ndarray  # (N,) int64 test-split indices
+    cells: dict[str, np.ndarray] = field(default_factory=dict)  # stage -> (N,) "TP"/"FP"/"FN"/"TN"
     maps: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (stage, explainer) -> (N, H, W)
 
 
@@ -129,8 +142,9 @@ def _np(x: Any) -> np.ndarray:
 def _check_name(name: Any, what: str) -> str:
     name = str(name)
     if "|" in name or not name:
-        raise BenchError(f"{what} name {name!r} cannot be stored in attributions.npz: it must be non-empty "
-                         f"and must not contain '|'")
+        raise BenchError(
+            f"{what} name {name!r} cannot be stored in attributions.npz: it must be non-empty and must not contain '|'"
+        )
     return name
 
 
@@ -169,8 +183,10 @@ def save_attribution_examples(path: str | os.PathLike, examples: AttributionExam
             c = np.asarray(_np(v), dtype=str).ravel()
             bad = sorted(x for x in set(c.tolist()) if not is_cell(x))
             if c.shape != (n,) or bad:
-                raise BenchError(f"cells of {model}/{stage} must be {n} values out of {list(CELLS)} or "
-                                 f"c<k>_ok / c<k>_wrong; got shape {c.shape}, unknown {bad}")
+                raise BenchError(
+                    f"cells of {model}/{stage} must be {n} values out of {list(CELLS)} or "
+                    f"c<k>_ok / c<k>_wrong; got shape {c.shape}, unknown {bad}"
+                )
             binary = set(c.tolist()) <= set(CELLS)  # binary files stay byte for byte as they were
             arrays[f"cells|{m}|{_check_name(stage, 'stage')}"] = c.astype("<U2" if binary else str)
         for (stage, explainer), v in sorted(ex.maps.items()):
@@ -178,8 +194,10 @@ def save_attribution_examples(path: str | os.PathLike, examples: AttributionExam
             if a.ndim == 4:
                 a = a.sum(axis=1)
             if a.shape != imgs.shape:
-                raise BenchError(f"map of {model}/{stage}/{explainer} has shape {a.shape}; expected {imgs.shape} like "
-                                 f"the model's images (or (N, C, H, W))")
+                raise BenchError(
+                    f"map of {model}/{stage}/{explainer} has shape {a.shape}; expected {imgs.shape} like "
+                    f"the model's images (or (N, C, H, W))"
+                )
             arrays[f"map|{m}|{_check_name(stage, 'stage')}|{_check_name(explainer, 'explainer')}"] = a
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
@@ -197,8 +215,10 @@ def load_attribution_examples(path: str | os.PathLike) -> AttributionExamples:
     except (ValueError, OSError) as e:
         raise BenchError(f"{path} is not a readable attributions.npz ({e}); rerun the benchmark") from None
     if str(data.get("layout", "")) != LAYOUT:
-        raise BenchError(f"{path} has layout {str(data.get('layout', 'none'))!r}, expected {LAYOUT!r}; "
-                         f"rerun the benchmark to rewrite it")
+        raise BenchError(
+            f"{path} has layout {str(data.get('layout', 'none'))!r}, expected {LAYOUT!r}; "
+            f"rerun the benchmark to rewrite it"
+        )
     models: dict[str, ModelExamples] = {}
     for k in sorted(data):
         parts = k.split("|")
@@ -261,9 +281,11 @@ def method_styles(names: Iterable[str]) -> dict[str, dict[str, Any]]:
     """
     out = {}
     for i, name in enumerate(sorted(set(names))):
-        out[name] = {"color": OKABE_ITO[i % len(OKABE_ITO)],
-                     "linestyle": LINESTYLES[(i // len(OKABE_ITO)) % len(LINESTYLES)],
-                     "marker": MARKERS[i % len(MARKERS)]}
+        out[name] = {
+            "color": OKABE_ITO[i % len(OKABE_ITO)],
+            "linestyle": LINESTYLES[(i // len(OKABE_ITO)) % len(LINESTYLES)],
+            "marker": MARKERS[i % len(MARKERS)],
+        }
     return out
 
 
@@ -305,16 +327,32 @@ def leaderboard_heatmap(board: pd.DataFrame, model: str, stage: str, fails: Coll
     with matplotlib.rc_context({**_RC, "axes.grid": False}):
         fig = Figure(figsize=(2.0 + 1.25 * len(metrics), 1.3 + 0.5 * len(explainers)), layout="constrained")
         ax = fig.add_subplot()
-        sns.heatmap(place, mask=~np.isfinite(place), cmap=cmap, vmin=0.0, vmax=1.0, linewidths=0.5,
-                    linecolor="white", ax=ax, cbar_kws={"label": "place in its column: 0 = worst mean, 1 = best"},
-                    xticklabels=[f"{m} {arrow(bool(hib[m]))}" + (" ⚠" if m in fails else "") for m in metrics],
-                    yticklabels=explainers)
+        sns.heatmap(
+            place,
+            mask=~np.isfinite(place),
+            cmap=cmap,
+            vmin=0.0,
+            vmax=1.0,
+            linewidths=0.5,
+            linecolor="white",
+            ax=ax,
+            cbar_kws={"label": "place in its column: 0 = worst mean, 1 = best"},
+            xticklabels=[f"{m} {arrow(bool(hib[m]))}" + (" ⚠" if m in fails else "") for m in metrics],
+            yticklabels=explainers,
+        )
         for (i, j), (text, first) in sorted(texts.items()):
             v = place[i, j]
             light = np.isfinite(v) and sum(cmap(v)[:3]) < 1.5  # dark cell: white text
-            ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=7,
-                    color="white" if light else ("0.1" if np.isfinite(v) else "0.35"),
-                    fontweight="bold" if first else "normal")
+            ax.text(
+                j + 0.5,
+                i + 0.5,
+                text,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if light else ("0.1" if np.isfinite(v) else "0.35"),
+                fontweight="bold" if first else "normal",
+            )
         ax.set_xlabel("")
         ax.set_ylabel("")
         ax.tick_params(axis="x", labelrotation=30)
@@ -322,8 +360,15 @@ def leaderboard_heatmap(board: pd.DataFrame, model: str, stage: str, fails: Coll
     return fig
 
 
-def cd_figure(pairs: pd.DataFrame, ranks: pd.DataFrame, model: str, stage: str, title: str = "",
-              styles: Mapping[str, Mapping[str, Any]] | None = None, fails: Collection[str] = ()) -> Figure:
+def cd_figure(
+    pairs: pd.DataFrame,
+    ranks: pd.DataFrame,
+    model: str,
+    stage: str,
+    title: str = "",
+    styles: Mapping[str, Mapping[str, Any]] | None = None,
+    fails: Collection[str] = (),
+) -> Figure:
     """Critical-difference diagrams (Demsar 2006) of one (model, stage), one panel per metric.
 
     The axis is each explainer's mean per-image rank (1 = best; ``ranks``' ``mean_rank``); a bar
@@ -343,7 +388,7 @@ def cd_figure(pairs: pd.DataFrame, ranks: pd.DataFrame, model: str, stage: str, 
     sizes = [int(r[r["metric"] == m]["mean_rank"].notna().sum()) for m in metrics]
     ncols = 2 if len(metrics) >= 4 else 1
     nrows = -(-len(metrics) // ncols)
-    heights = [0.9 + 0.28 * max(sizes[i * ncols:(i + 1) * ncols]) for i in range(nrows)]
+    heights = [0.9 + 0.28 * max(sizes[i * ncols : (i + 1) * ncols]) for i in range(nrows)]
     with matplotlib.rc_context({**_RC, "axes.grid": False}):
         height = sum(heights) + 0.8
         width = 9.0 if ncols == 1 else 15.2
@@ -351,9 +396,15 @@ def cd_figure(pairs: pd.DataFrame, ranks: pd.DataFrame, model: str, stage: str, 
         axes = fig.subplots(nrows, ncols, squeeze=False, height_ratios=heights).ravel()
         # the labels sit left and right of each axis, outside it: 2.2 in (one column: 2.7 in) for the longest names
         margin = 2.7 / width if ncols == 1 else 2.2 / width
-        fig.subplots_adjust(left=margin, right=1 - margin, top=1 - 0.8 / height, bottom=0.1 / height, hspace=0.35,
-                            wspace=0.0 if ncols == 1 else 4.4 / 3.2)
-        for ax in axes[len(metrics):]:
+        fig.subplots_adjust(
+            left=margin,
+            right=1 - margin,
+            top=1 - 0.8 / height,
+            bottom=0.1 / height,
+            hspace=0.35,
+            wspace=0.0 if ncols == 1 else 4.4 / 3.2,
+        )
+        for ax in axes[len(metrics) :]:
             ax.set_visible(False)
         for ax, metric in zip(axes, metrics):
             sub = r[(r["metric"] == metric) & r["mean_rank"].notna()]
@@ -367,19 +418,30 @@ def cd_figure(pairs: pd.DataFrame, ranks: pd.DataFrame, model: str, stage: str, 
                 if row.separated and row.a in pos and row.b in pos:
                     sig.loc[pos[row.a], pos[row.b]] = sig.loc[pos[row.b], pos[row.a]] = 0.0
             ranks_ = sub.set_index("explainer")["mean_rank"].reindex(names)
-            drawn = sp.critical_difference_diagram(pd.Series(ranks_.to_numpy(), index=range(len(names))), sig, ax=ax,
-                                                   color_palette={i: styles[n]["color"] for i, n in enumerate(names)},
-                                                   label_fmt_left="{label}\t{rank:.2g}",
-                                                   label_fmt_right="{label}\t{rank:.2g}",
-                                                   label_props={"fontsize": 8}, crossbar_props={"linewidth": 2.5})
+            drawn = sp.critical_difference_diagram(
+                pd.Series(ranks_.to_numpy(), index=range(len(names))),
+                sig,
+                ax=ax,
+                color_palette={i: styles[n]["color"] for i, n in enumerate(names)},
+                label_fmt_left="{label}\t{rank:.2g}",
+                label_fmt_right="{label}\t{rank:.2g}",
+                label_props={"fontsize": 8},
+                crossbar_props={"linewidth": 2.5},
+            )
             for text in drawn.get("labels", []):
                 i, rank = text.get_text().split("\t")
                 left = text.get_horizontalalignment() == "right"
                 text.set_text(f"{names[int(i)]} ({rank})" if left else f"({rank}) {names[int(i)]}")
-            ax.set_title(f"{metric} ⚠ fails the reliability card" if metric in fails else metric, fontsize=9,
-                         loc="left")
-        fig.suptitle(title or f"{model} · {stage}: mean rank per image (1 = best); bars join explainers the paired "
-                              f"tests do not separate", fontsize=9, y=1 - 0.15 / height)
+            ax.set_title(
+                f"{metric} ⚠ fails the reliability card" if metric in fails else metric, fontsize=9, loc="left"
+            )
+        fig.suptitle(
+            title
+            or f"{model} · {stage}: mean rank per image (1 = best); bars join explainers the paired "
+            f"tests do not separate",
+            fontsize=9,
+            y=1 - 0.15 / height,
+        )
     return fig
 
 
@@ -395,8 +457,9 @@ def _check_curves(curves: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def curves_figure(curves: pd.DataFrame, model: str, stage: str,
-                  styles: Mapping[str, Mapping[str, Any]] | None = None) -> Figure:
+def curves_figure(
+    curves: pd.DataFrame, model: str, stage: str, styles: Mapping[str, Mapping[str, Any]] | None = None
+) -> Figure:
     """Deletion/insertion curves for one (model, stage): mean prob per explainer with a 95 % band.
 
     Band: mean +- 1.96 standard errors over images at each fraction (normal approximation), light
@@ -422,8 +485,14 @@ def curves_figure(curves: pd.DataFrame, model: str, stage: str,
                 mean, se = g.mean(), g.sem(ddof=1).fillna(0.0)
                 x = mean.index.to_numpy()
                 _line(ax, x, mean.to_numpy(), styles[explainer], explainer)
-                ax.fill_between(x, (mean - 1.96 * se).to_numpy(), (mean + 1.96 * se).to_numpy(),
-                                color=styles[explainer]["color"], alpha=BAND_ALPHA, lw=0)
+                ax.fill_between(
+                    x,
+                    (mean - 1.96 * se).to_numpy(),
+                    (mean + 1.96 * se).to_numpy(),
+                    color=styles[explainer]["color"],
+                    alpha=BAND_ALPHA,
+                    lw=0,
+                )
             ax.set_xlim(0, 1)
             ax.set_xlabel("fraction of pixels perturbed")
             ax.set_ylabel("probability of the target class")
@@ -435,8 +504,17 @@ def curves_figure(curves: pd.DataFrame, model: str, stage: str,
 
 def _line(ax: Any, x: np.ndarray, y: np.ndarray, style: Mapping[str, Any], label: str) -> None:
     """One explainer's curve: its colour and line style, a marker on about eight of the points."""
-    ax.plot(x, y, color=style["color"], linestyle=style["linestyle"], marker=style["marker"], ms=3.2, lw=1.3,
-            markevery=max(1, len(x) // 8), label=label)
+    ax.plot(
+        x,
+        y,
+        color=style["color"],
+        linestyle=style["linestyle"],
+        marker=style["marker"],
+        ms=3.2,
+        lw=1.3,
+        markevery=max(1, len(x) // 8),
+        label=label,
+    )
 
 
 def _figure_legend(fig: Figure, axes: Iterable[Any]) -> None:
@@ -478,21 +556,36 @@ def prepost_figure(board: pd.DataFrame, model: str, styles: Mapping[str, Mapping
                 lo = np.nan_to_num(y - e["ci_low"].to_numpy(dtype=float), nan=0.0)
                 hi = np.nan_to_num(e["ci_high"].to_numpy(dtype=float) - y, nan=0.0)
                 st = styles[explainer]
-                ax.errorbar(x, y, yerr=np.vstack([lo, hi]), color=st["color"], linestyle=st["linestyle"],
-                            marker=st["marker"], ms=3.5, lw=1.2, capsize=2.5, label=explainer)
+                ax.errorbar(
+                    x,
+                    y,
+                    yerr=np.vstack([lo, hi]),
+                    color=st["color"],
+                    linestyle=st["linestyle"],
+                    marker=st["marker"],
+                    ms=3.5,
+                    lw=1.2,
+                    capsize=2.5,
+                    label=explainer,
+                )
             ax.set_xticks(range(len(stages)), stages)
             ax.set_xlim(-0.5, len(stages) - 0.5)
             ax.set_title(f"{metric} {arrow(bool(m['higher_is_better'].iloc[0]))}")
-        for ax in axes[len(metrics):]:
+        for ax in axes[len(metrics) :]:
             ax.set_visible(False)
-        _figure_legend(fig, axes[:len(metrics)])
+        _figure_legend(fig, axes[: len(metrics)])
         fig.suptitle(f"{model}: pre vs post, mean with 95% t interval")
     return fig
 
 
-CARD_CRITERIA = (("beat random", "share of real explainers beating random"), ("alpha", "Krippendorff alpha"),
-                 ("split-half", "split-half reliability"), ("substrate tau", "min tau between substrates"),
-                 ("MetaQuantus input", "MC, input tests"), ("MetaQuantus model", "MC, model tests"))
+CARD_CRITERIA = (
+    ("beat random", "share of real explainers beating random"),
+    ("alpha", "Krippendorff alpha"),
+    ("split-half", "split-half reliability"),
+    ("substrate tau", "min tau between substrates"),
+    ("MetaQuantus input", "MC, input tests"),
+    ("MetaQuantus model", "MC, model tests"),
+)
 
 
 def reliability_heatmap(card: pd.DataFrame, model: str, stage: str) -> Figure:
@@ -503,8 +596,9 @@ def reliability_heatmap(card: pd.DataFrame, model: str, stage: str) -> Figure:
     if sub.empty:
         raise BenchError(f"no reliability card for model {model!r}, stage {stage!r}")
     share = np.where(sub["beat_random"] >= 0, sub["beat_random"] / sub["real_explainers"].clip(lower=1), np.nan)
-    values = np.column_stack([share, sub["alpha"], sub["split_half"], sub["substrate_tau_min"], sub["meta_input"],
-                              sub["meta_model"]]).astype(np.float64)
+    values = np.column_stack(
+        [share, sub["alpha"], sub["split_half"], sub["substrate_tau_min"], sub["meta_input"], sub["meta_model"]]
+    ).astype(np.float64)
     keep = np.asarray(np.isfinite(values).any(axis=0))
     skipped = [c for (c, _), k in zip(CARD_CRITERIA, keep) if not k]
     if not keep.any():
@@ -515,18 +609,31 @@ def reliability_heatmap(card: pd.DataFrame, model: str, stage: str) -> Figure:
     with matplotlib.rc_context({**_RC, "axes.grid": False}):
         fig = Figure(figsize=(2.6 + 1.15 * values.shape[1], 1.5 + 0.45 * len(sub)), layout="constrained")
         ax = fig.add_subplot()
-        sns.heatmap(values, mask=~np.isfinite(values), annot=annot, fmt="", cmap="RdBu", vmin=-1.0, vmax=1.0,
-                    linewidths=0.5, linecolor="white", ax=ax, annot_kws={"fontsize": 7},
-                    cbar_kws={"label": "1 = reliable, 0 = chance"},
-                    xticklabels=[c for (c, _), k in zip(CARD_CRITERIA, keep) if k], yticklabels=labels)
+        sns.heatmap(
+            values,
+            mask=~np.isfinite(values),
+            annot=annot,
+            fmt="",
+            cmap="RdBu",
+            vmin=-1.0,
+            vmax=1.0,
+            linewidths=0.5,
+            linecolor="white",
+            ax=ax,
+            annot_kws={"fontsize": 7},
+            cbar_kws={"label": "1 = reliable, 0 = chance"},
+            xticklabels=[c for (c, _), k in zip(CARD_CRITERIA, keep) if k],
+            yticklabels=labels,
+        )
         ax.tick_params(axis="x", labelrotation=30)
         note = _skipped(skipped, "left out, not computed")
         ax.set_title(f"{model} · {stage}: reliability card (⚠ fails it){note}", fontsize=9)
     return fig
 
 
-def substrate_figure(curves: pd.DataFrame, model: str, stage: str,
-                     styles: Mapping[str, Mapping[str, Any]] | None = None) -> Figure:
+def substrate_figure(
+    curves: pd.DataFrame, model: str, stage: str, styles: Mapping[str, Mapping[str, Any]] | None = None
+) -> Figure:
     """Mean perturbation curves per curve and substrate (a panel each, only those with data), a line per explainer."""
     df = curves[(curves["model"] == model) & (curves["stage"] == stage)]
     kinds, subs = sorted(df["curve"].unique()), sorted(df["substrate"].unique())
@@ -560,8 +667,9 @@ def substrate_figure(curves: pd.DataFrame, model: str, stage: str,
             axes[r, 0].set_ylabel("mean probability")
         panels = [axes[r, c] for r, k in enumerate(kinds) for c, s in enumerate(subs) if (k, s) in has]
         _figure_legend(fig, panels)
-        fig.suptitle(f"{model} · {stage}: perturbation curves by substrate (mean over images){_skipped(skipped)}",
-                     fontsize=9)
+        fig.suptitle(
+            f"{model} · {stage}: perturbation curves by substrate (mean over images){_skipped(skipped)}", fontsize=9
+        )
     return fig
 
 
@@ -570,8 +678,9 @@ def similarity_figure(sim: pd.DataFrame, arch: str) -> Figure:
     (tuning, retraining, explainer noise) with a 95 % normal band; right, pre vs post by the
     image's pre cell. Each panel's legend sits above it, off the bars."""
     df = sim[sim["model"].map(lambda m: arch_and_seed(m)[0]) == arch].copy()
-    df["kind"] = df["comparison"].map(lambda c: "retraining (seed vs seed)" if c.startswith("seed")
-                                      else c.replace("pre vs ", "tuning: pre vs "))
+    df["kind"] = df["comparison"].map(
+        lambda c: "retraining (seed vs seed)" if c.startswith("seed") else c.replace("pre vs ", "tuning: pre vs ")
+    )
     explainers = sorted(df["explainer"].unique())
     kinds = sorted(df["kind"].unique())
     palette = dict(zip(kinds, _cycle(OKABE_ITO, len(kinds))))
@@ -596,12 +705,22 @@ def similarity_figure(sim: pd.DataFrame, arch: str) -> Figure:
             x = np.arange(len(explainers)) - 0.4 + cw * (k + 0.5)
             right.bar(x, mean.to_numpy(), cw, color=cpal[cell], label=f"pre cell {cell}")
         right.set_xticks(range(len(explainers)), explainers, rotation=30, ha="right")
-        for ax, what in ((left, "tuning next to retraining and the explainer's noise"),
-                         (right, "pre vs post by the image's cell under the pre model")):
+        for ax, what in (
+            (left, "tuning next to retraining and the explainer's noise"),
+            (right, "pre vs post by the image's cell under the pre model"),
+        ):
             ax.set_ylim(min(0.0, ax.get_ylim()[0]), 1.05)
             if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7, frameon=False, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=4,
-                          title=what, title_fontsize=8, alignment="left")
+                ax.legend(
+                    fontsize=7,
+                    frameon=False,
+                    loc="lower left",
+                    bbox_to_anchor=(0.0, 1.0),
+                    ncols=4,
+                    title=what,
+                    title_fontsize=8,
+                    alignment="left",
+                )
             else:
                 ax.set_title(what, fontsize=8)
         fig.suptitle(f"{arch}: how much the maps moved")
@@ -621,8 +740,14 @@ def _grid_selection(ex: ModelExamples, model: str, per_cell: int | None) -> tupl
     return stage, {c: [int(i) for i in np.flatnonzero(cells == c)[:per_cell]] for c in ordered_cells(cells.tolist())}
 
 
-def attribution_grid(examples: AttributionExamples, model: str, explainer: str, *, per_cell: int | None = None,
-                     percentile: float = PERCENTILE) -> Figure:
+def attribution_grid(
+    examples: AttributionExamples,
+    model: str,
+    explainer: str,
+    *,
+    per_cell: int | None = None,
+    percentile: float = PERCENTILE,
+) -> Figure:
     """Rows TP/FP/FN/TN, or per class c<k>_ok / c<k>_wrong (cell under the pre model); per example:
     image | pre map | post map.
 
@@ -649,7 +774,7 @@ def attribution_grid(examples: AttributionExamples, model: str, explainer: str, 
         norm = Normalize(vmin=vmin, vmax=vmax)
         for r, cell in enumerate(chosen):
             for k in range(per_row):
-                block = axes[r, k * per_example:(k + 1) * per_example]
+                block = axes[r, k * per_example : (k + 1) * per_example]
                 for ax in block:
                     ax.set_xticks([])
                     ax.set_yticks([])
@@ -657,8 +782,15 @@ def attribution_grid(examples: AttributionExamples, model: str, explainer: str, 
                     for ax in block:
                         ax.set_axis_off()
                     if k == 0:
-                        block[0].text(0.5, 0.5, f"{cell}: no example", ha="center", va="center",
-                                      transform=block[0].transAxes, fontsize=7)
+                        block[0].text(
+                            0.5,
+                            0.5,
+                            f"{cell}: no example",
+                            ha="center",
+                            va="center",
+                            transform=block[0].transAxes,
+                            fontsize=7,
+                        )
                     continue
                 i = chosen[cell][k]
                 block[0].imshow(ex.images[i], cmap="gray")
@@ -683,16 +815,28 @@ def _read_curves(curves: pd.DataFrame | str | os.PathLike | None) -> pd.DataFram
     path = Path(curves)
     if not path.exists():
         raise BenchError(f"curves file not found: {path}")
-    return pd.read_csv(path, dtype={c: str for c in ("model", "stage", "explainer", "curve")},
-                       keep_default_na=False, na_values={"prob": ["", "nan", "NaN"], "fraction": ["", "nan", "NaN"]})
+    return pd.read_csv(
+        path,
+        dtype={c: str for c in ("model", "stage", "explainer", "curve")},
+        keep_default_na=False,
+        na_values={"prob": ["", "nan", "NaN"], "fraction": ["", "nan", "NaN"]},
+    )
 
 
-def write_figures(run_dir: str | os.PathLike, scores: pd.DataFrame,
-                  curves: pd.DataFrame | str | os.PathLike | None = None,
-                  attributions_path: str | os.PathLike | None = None, *,
-                  board: pd.DataFrame | None = None, card: Mapping[str, pd.DataFrame] | None = None,
-                  substrate_curves: pd.DataFrame | None = None, similarity: pd.DataFrame | None = None,
-                  comparisons: Any = None, pooled: Any = None, skip: Iterable[str] = ()) -> list[Path]:
+def write_figures(
+    run_dir: str | os.PathLike,
+    scores: pd.DataFrame,
+    curves: pd.DataFrame | str | os.PathLike | None = None,
+    attributions_path: str | os.PathLike | None = None,
+    *,
+    board: pd.DataFrame | None = None,
+    card: Mapping[str, pd.DataFrame] | None = None,
+    substrate_curves: pd.DataFrame | None = None,
+    similarity: pd.DataFrame | None = None,
+    comparisons: Any = None,
+    pooled: Any = None,
+    skip: Iterable[str] = (),
+) -> list[Path]:
     """Write every figure of a run to ``run_dir/figures/*.png``; returns the paths, sorted by name.
 
     ``curves`` is the curves.csv DataFrame or its path; ``attributions_path`` an
@@ -708,8 +852,11 @@ def write_figures(run_dir: str | os.PathLike, scores: pd.DataFrame,
     styles = method_styles(board["explainer"])  # one explainer, one look, in every figure of the run
     jobs: dict[str, Callable[[], Figure]] = {}  # built one at a time: figures hold a lot of memory
     for model, stage in board[["model", "stage"]].drop_duplicates().itertuples(index=False):
-        _add_job(jobs, f"leaderboard_{slug(model, stage)}.png",
-                 partial(leaderboard_heatmap, board, model, stage, card_fails(card, model, stage)))
+        _add_job(
+            jobs,
+            f"leaderboard_{slug(model, stage)}.png",
+            partial(leaderboard_heatmap, board, model, stage, card_fails(card, model, stage)),
+        )
     ok = board[board["status"] == "ok"]
     for model, st in ok.groupby("model", sort=True)["stage"]:
         if "pre" in set(st) and len(set(st)) > 1:
@@ -718,12 +865,26 @@ def write_figures(run_dir: str | os.PathLike, scores: pd.DataFrame,
         if comps is None or not len(comps.ranks):
             continue
         for model, stage in comps.ranks[["model", "stage"]].drop_duplicates().itertuples(index=False):
-            if comps.ranks[(comps.ranks["model"] == model)
-                           & (comps.ranks["stage"] == stage)]["mean_rank"].notna().sum():
-                _add_job(jobs, f"cd_{slug(model, stage)}.png",
-                         partial(cd_figure, comps.pairs, comps.ranks, model, stage,
-                                 f"{model} · {stage}{tag}: mean rank per image (1 = best); bars join explainers the "
-                                 f"paired tests do not separate", styles, card_fails(card, model, stage)))
+            if (
+                comps.ranks[(comps.ranks["model"] == model) & (comps.ranks["stage"] == stage)]["mean_rank"]
+                .notna()
+                .sum()
+            ):
+                _add_job(
+                    jobs,
+                    f"cd_{slug(model, stage)}.png",
+                    partial(
+                        cd_figure,
+                        comps.pairs,
+                        comps.ranks,
+                        model,
+                        stage,
+                        f"{model} · {stage}{tag}: mean rank per image (1 = best); bars join explainers the "
+                        f"paired tests do not separate",
+                        styles,
+                        card_fails(card, model, stage),
+                    ),
+                )
     cdf = _read_curves(curves)
     if cdf is not None and len(cdf):
         cdf = _check_curves(cdf)
@@ -731,12 +892,18 @@ def write_figures(run_dir: str | os.PathLike, scores: pd.DataFrame,
             _add_job(jobs, f"curves_{slug(model, stage)}.png", partial(curves_figure, cdf, model, stage, styles))
     if card is not None and len(card["reliability"]):
         for model, stage in card["reliability"][["model", "stage"]].drop_duplicates().itertuples(index=False):
-            _add_job(jobs, f"reliability_{slug(model, stage)}.png",
-                     partial(reliability_heatmap, card["reliability"], model, stage))
+            _add_job(
+                jobs,
+                f"reliability_{slug(model, stage)}.png",
+                partial(reliability_heatmap, card["reliability"], model, stage),
+            )
     if substrate_curves is not None and len(substrate_curves):
         for model, stage in substrate_curves[["model", "stage"]].drop_duplicates().itertuples(index=False):
-            _add_job(jobs, f"substrates_{slug(model, stage)}.png",
-                     partial(substrate_figure, substrate_curves, model, stage, styles))
+            _add_job(
+                jobs,
+                f"substrates_{slug(model, stage)}.png",
+                partial(substrate_figure, substrate_curves, model, stage, styles),
+            )
     if similarity is not None and len(similarity):
         for arch in sorted({arch_and_seed(m)[0] for m in similarity["model"]}):
             _add_job(jobs, f"similarity_{slug(arch)}.png", partial(similarity_figure, similarity, arch))
@@ -745,13 +912,16 @@ def write_figures(run_dir: str | os.PathLike, scores: pd.DataFrame,
         for model, explainer in ex.pairs():
             if explainer in set(skip):
                 continue
-            _add_job(jobs, f"attributions_{slug(model, explainer)}.png",
-                     partial(attribution_grid, ex, model, explainer))
+            _add_job(
+                jobs, f"attributions_{slug(model, explainer)}.png", partial(attribution_grid, ex, model, explainer)
+            )
     return [atomic_write_bytes(out / name, figure_png(jobs[name]())) for name in sorted(jobs)]
 
 
 def _add_job(jobs: dict[str, Callable[[], Figure]], name: str, job: Callable[[], Figure]) -> None:
     if name in jobs:  # two names with the same slug would silently overwrite one figure
-        raise BenchError(f"two figures map to the file name {name!r}; rename a model or explainer so that "
-                         f"names differ in more than punctuation")
+        raise BenchError(
+            f"two figures map to the file name {name!r}; rename a model or explainer so that "
+            f"names differ in more than punctuation"
+        )
     jobs[name] = job

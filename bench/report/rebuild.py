@@ -10,6 +10,7 @@ the same. The leaderboard and pre/post tables come from ``scores.csv`` (plus
 different baselines (:mod:`bench.report.baseline_substrate`) from ``scores.csv`` and
 ``substrates.csv``; figures also from the curves and ``attributions.npz``.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,14 @@ from bench.stats.weighting import Sampling
 CSV_FLOAT_FORMAT = "%.8g"
 
 
-def write_outputs(run_dir: str | Path, tables: Mapping[str, pd.DataFrame], prepost_models: dict[str, Any] | None,
-                  examples: AttributionExamples | None, *, figures: bool = True) -> list[Path]:
+def write_outputs(
+    run_dir: str | Path,
+    tables: Mapping[str, pd.DataFrame],
+    prepost_models: dict[str, Any] | None,
+    examples: AttributionExamples | None,
+    *,
+    figures: bool = True,
+) -> list[Path]:
     """Write a run's measurements, then its tables and figures (:func:`rebuild`); each file atomically.
     ``report.html`` is the caller's to write, after the final manifest it shows
     (:func:`bench.report.html.write_html_report`).
@@ -72,8 +79,10 @@ def rebuild(run_dir: str | Path, *, figures: bool = True, page: bool = True) -> 
     raw = leaderboard.read_scores(scores_path)
     unknown = sorted(set(raw["metric"]) - set(METRICS.names()))
     if unknown:
-        raise BenchError(f"{scores_path} has rows of metric(s) {unknown} that no installed package registers; install "
-                         f"the plug-in that registers them, or delete their rows (python -m bench list metrics)")
+        raise BenchError(
+            f"{scores_path} has rows of metric(s) {unknown} that no installed package registers; install "
+            f"the plug-in that registers them, or delete their rows (python -m bench list metrics)"
+        )
     measured = {name: _read_csv(run_dir / name) for name in MEASURED}
     pm_path = run_dir / "prepost_models.json"
     prepost_models = json.loads(pm_path.read_text()) if pm_path.is_file() else None
@@ -85,8 +94,13 @@ def rebuild(run_dir: str | Path, *, figures: bool = True, page: bool = True) -> 
     figures = figures and bool((config.get("figures") or {}).get("enabled", True))  # as the run drew them
     settings = _stats_settings(manifest, card_settings)
     examples = plots.load_attribution_examples(attr) if attr.is_file() else None
-    aliases = find_aliases(raw, rtol=settings.alias_rtol, atol=settings.alias_atol, extra=[measured["substrates.csv"]],
-                           maps=_example_maps(examples))
+    aliases = find_aliases(
+        raw,
+        rtol=settings.alias_rtol,
+        atol=settings.alias_atol,
+        extra=[measured["substrates.csv"]],
+        maps=_example_maps(examples),
+    )
     scores = collapse(raw, aliases)
     raw_substrates = measured["substrates.csv"]  # the baseline pairs are named explainers: never collapsed away
     measured = {name: collapse(t, aliases) for name, t in measured.items()}
@@ -98,25 +112,46 @@ def rebuild(run_dir: str | Path, *, figures: bool = True, page: bool = True) -> 
     card = None
     written: list[Path] = [atomic_write_text(run_dir / "aliases.csv", csv_text(_alias_table(aliases)))]
     if enabled:
-        roles = {m: (METRICS.get(m).meta.get("control_role", "baseline") if m in METRICS else "baseline")
-                 for m in kinds}
+        roles = {
+            m: (METRICS.get(m).meta.get("control_role", "baseline") if m in METRICS else "baseline") for m in kinds
+        }
         meta_table = reliability.meta_table(measured["meta.csv"], measured["meta_scores.csv"], card_settings)
-        card = reliability.card(scores, card_settings, kinds, substrates=measured["substrates.csv"],
-                                meta=meta_table, comparisons=comps, stats=settings, roles=roles)
+        card = reliability.card(
+            scores,
+            card_settings,
+            kinds,
+            substrates=measured["substrates.csv"],
+            meta=meta_table,
+            comparisons=comps,
+            stats=settings,
+            roles=roles,
+        )
         written += reliability.write_card(run_dir, card, card_settings)
-    written = leaderboard.write_tables(run_dir, scores, prepost_models, board=board, card=card, comparisons=comps,
-                                       settings=settings, note=note) + written
-    written += stability.write_stability(run_dir, scores, measured["similarity.csv"], settings=settings, kinds=kinds,
-                                         tables=tables, aliases=aliases)
+    written = (
+        leaderboard.write_tables(
+            run_dir, scores, prepost_models, board=board, card=card, comparisons=comps, settings=settings, note=note
+        )
+        + written
+    )
+    written += stability.write_stability(
+        run_dir, scores, measured["similarity.csv"], settings=settings, kinds=kinds, tables=tables, aliases=aliases
+    )
     written += baseline_substrate.write_baseline_substrate(run_dir, raw, raw_substrates, manifest, settings)
     if figures:
         ptables, pooled = stability.pooled(tables, settings, kinds)
-        written += plots.write_figures(run_dir, scores, curves=measured["curves.csv"], board=board,
-                                       attributions_path=attr if attr.is_file() else None, card=card,
-                                       substrate_curves=measured["substrate_curves.csv"],
-                                       similarity=measured["similarity.csv"], comparisons=comps,
-                                       pooled=pooled if len(ptables) else None,
-                                       skip=[a for members in aliases.values() for a in members])
+        written += plots.write_figures(
+            run_dir,
+            scores,
+            curves=measured["curves.csv"],
+            board=board,
+            attributions_path=attr if attr.is_file() else None,
+            card=card,
+            substrate_curves=measured["substrate_curves.csv"],
+            similarity=measured["similarity.csv"],
+            comparisons=comps,
+            pooled=pooled if len(ptables) else None,
+            skip=[a for members in aliases.values() for a in members],
+        )
     if page:
         written.append(html.write_html_report(run_dir))  # last: it embeds the tables and figures written above
     return written
@@ -133,8 +168,9 @@ def _example_maps(examples: AttributionExamples | None) -> dict[tuple[str, str, 
     return {(model, stage, e): m for model, ex in examples.models.items() for (stage, e), m in ex.maps.items()}
 
 
-def _sampling(manifest: Mapping[str, Any], scores: pd.DataFrame, sample: pd.DataFrame | None
-              ) -> tuple[dict[str, Sampling], str]:
+def _sampling(
+    manifest: Mapping[str, Any], scores: pd.DataFrame, sample: pd.DataFrame | None
+) -> tuple[dict[str, Sampling], str]:
     """Each model's sampling design ({model label: Sampling}) and a sentence for leaderboard.md.
 
     A run with ``data.sample = "per_cell"`` drew its images per confusion cell of each
@@ -151,8 +187,11 @@ def _sampling(manifest: Mapping[str, Any], scores: pd.DataFrame, sample: pd.Data
     designs: dict[str, tuple[str, dict[str, int], str]] = {}
     if sample is not None and len(sample):
         for arch, g in sample.groupby("arch", sort=True):
-            designs[str(arch)] = (str(g["model"].iloc[0]), dict(zip(g["cell"].astype(str), g["n_test"].astype(int))),
-                                  "sample.csv")
+            designs[str(arch)] = (
+                str(g["model"].iloc[0]),
+                dict(zip(g["cell"].astype(str), g["n_test"].astype(int))),
+                "sample.csv",
+            )
     else:
         for arch, first in _sampling_models(config):
             sizes = _derived_sizes(manifest, first)
@@ -169,9 +208,11 @@ def _sampling(manifest: Mapping[str, Any], scores: pd.DataFrame, sample: pd.Data
                 out[label] = Sampling(strata, sizes, source)
     if not out:
         return {}, ""
-    return out, (f"The images are drawn per confusion cell of the first pre model ({data.get('per_cell')} per cell "
-                 f"where the cell has that many): the means weigh every kind of decision alike. leaderboard.csv's "
-                 f"mean_test reweights them to the test split's cells (stratified mean with its 95% t interval).")
+    return out, (
+        f"The images are drawn per confusion cell of the first pre model ({data.get('per_cell')} per cell "
+        f"where the cell has that many): the means weigh every kind of decision alike. leaderboard.csv's "
+        f"mean_test reweights them to the test split's cells (stratified mean with its 95% t interval)."
+    )
 
 
 def _sampling_models(config: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -185,8 +226,9 @@ def _derived_sizes(manifest: Mapping[str, Any], model: str) -> dict[str, int] | 
     """TP/FP/FN/TN counts of the test split from the model's acc, sensitivity, specificity and the
     split size: P = n (acc - spec) / (sens - spec); None when they do not give whole counts."""
     n = (manifest.get("data") or {}).get("n")
-    entry = next((c for c in manifest.get("checkpoints") or [] if c.get("model") == model and c.get("stage") == "pre"),
-                 None)
+    entry = next(
+        (c for c in manifest.get("checkpoints") or [] if c.get("model") == model and c.get("stage") == "pre"), None
+    )
     test = (entry or {}).get("test") or {}
     if n is None:
         return None
@@ -205,22 +247,69 @@ def _derived_sizes(manifest: Mapping[str, Any], model: str) -> dict[str, int] | 
     return {"TP": tp, "FP": n - pos - tn, "FN": pos - tp, "TN": tn}
 
 
-MEASURED = ("curves.csv", "substrates.csv", "substrate_curves.csv", "meta.csv", "similarity.csv", "sample.csv",
-            "meta_scores.csv")  # besides scores.csv
+MEASURED = (  # besides scores.csv
+    "curves.csv",
+    "substrates.csv",
+    "substrate_curves.csv",
+    "meta.csv",
+    "similarity.csv",
+    "sample.csv",
+    "meta_scores.csv",
+)
 
 
 def _read_csv(path: Path) -> pd.DataFrame | None:
     """A measured table, text columns kept as text (pandas would read the status "n/a" as NaN)."""
     if not path.is_file():
         return None
-    return pd.read_csv(path, dtype={c: str for c in ("model", "stage", "explainer", "metric", "curve", "substrate",
-                                                      "status", "test", "comparison", "cell_a", "cell_b", "arch",
-                                                      "cell", "kind", "kept")},
-                       keep_default_na=False, na_values={c: ["", "nan", "NaN"] for c in NUMERIC})
+    return pd.read_csv(
+        path,
+        dtype={
+            c: str
+            for c in (
+                "model",
+                "stage",
+                "explainer",
+                "metric",
+                "curve",
+                "substrate",
+                "status",
+                "test",
+                "comparison",
+                "cell_a",
+                "cell_b",
+                "arch",
+                "cell",
+                "kind",
+                "kept",
+            )
+        },
+        keep_default_na=False,
+        na_values={c: ["", "nan", "NaN"] for c in NUMERIC},
+    )
 
 
-NUMERIC = ("value", "fraction", "prob", "prob_mean", "n", "image", "iac_nr", "iac_ar", "iec_nr", "iec_ar", "mc",
-           "n_images", "spearman", "top_overlap", "n_test", "n_sampled", "draw", "base", "new")
+NUMERIC = (
+    "value",
+    "fraction",
+    "prob",
+    "prob_mean",
+    "n",
+    "image",
+    "iac_nr",
+    "iac_ar",
+    "iec_nr",
+    "iec_ar",
+    "mc",
+    "n_images",
+    "spearman",
+    "top_overlap",
+    "n_test",
+    "n_sampled",
+    "draw",
+    "base",
+    "new",
+)
 
 
 def _card_settings(manifest: Mapping[str, Any]) -> tuple[bool, reliability.CardSettings]:
@@ -234,5 +323,3 @@ def _stats_settings(manifest: Mapping[str, Any], card: reliability.CardSettings)
     config = manifest.get("config")
     values = (config.get("stats") if isinstance(config, dict) else None) or {}
     return StatsSettings.from_config({"alpha": card.alpha, **values})
-
-

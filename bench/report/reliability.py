@@ -37,6 +37,7 @@ Explainers found to be aliases (:mod:`bench.stats.aliases`) are counted once eve
 Everything here is computed from files (``scores.csv``, ``substrates.csv``, ``meta.csv``), so
 ``bench report`` rebuilds the card byte for byte.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -58,8 +59,16 @@ from bench.stats.metaquantus import consistency, mc_interval
 from bench.stats.power import N_CAP, min_detectable_difference, n_needed
 from bench.stats.settings import StatsSettings
 
-__all__ = ["CardSettings", "card", "image_ranks", "krippendorff_alpha", "meta_table", "render_card_md", "split_half",
-           "write_card"]
+__all__ = [
+    "CardSettings",
+    "card",
+    "image_ranks",
+    "krippendorff_alpha",
+    "meta_table",
+    "render_card_md",
+    "split_half",
+    "write_card",
+]
 
 
 @dataclass(frozen=True)
@@ -69,15 +78,16 @@ class CardSettings:
     controls: tuple[str, ...] = ("random", "edge")
     alpha: float = 0.05
     power: float = 0.8
-    splits: int = 100        # random split halves per split-half estimate
-    bootstrap: int = 1000    # resamples of the alpha, split-half and tau CIs
+    splits: int = 100  # random split halves per split-half estimate
+    bootstrap: int = 1000  # resamples of the alpha, split-half and tau CIs
     seed: int = 0
 
     @classmethod
     def from_config(cls, values: Mapping[str, Any] | None) -> "CardSettings":
         values = dict(values or {})
-        keep: dict[str, Any] = {k: (tuple(v) if k == "controls" else v) for k, v in values.items()
-                                if k in cls.__dataclass_fields__}
+        keep: dict[str, Any] = {
+            k: (tuple(v) if k == "controls" else v) for k, v in values.items() if k in cls.__dataclass_fields__
+        }
         return cls(**keep)
 
     def record(self) -> dict[str, Any]:
@@ -96,8 +106,22 @@ def _interval(stat, n: int, settings: CardSettings, method: str = "BCa", salt: i
 # ----------------------------------------------------------------------------- the tables
 
 
-CONTROL_COLUMNS = ["model", "stage", "metric", "explainer", "control", "n", "diff_mean", "level", "diff_ci_low",
-                   "diff_ci_high", "p", "p_adj", "family", "verdict"]
+CONTROL_COLUMNS = [
+    "model",
+    "stage",
+    "metric",
+    "explainer",
+    "control",
+    "n",
+    "diff_mean",
+    "level",
+    "diff_ci_low",
+    "diff_ci_high",
+    "p",
+    "p_adj",
+    "family",
+    "verdict",
+]
 
 
 def control_table(comparisons: Comparisons, settings: CardSettings) -> pd.DataFrame:
@@ -119,18 +143,47 @@ def control_table(comparisons: Comparisons, settings: CardSettings) -> pd.DataFr
                 verdict = "equivalent to the control"
             else:
                 verdict = r.verdict
-            rows.append([r.model, r.stage, r.metric, e, c, int(r.n_images), diff, r.level, low, high, r.p, r.p_adj,
-                         r.family, verdict])
+            rows.append(
+                [
+                    r.model,
+                    r.stage,
+                    r.metric,
+                    e,
+                    c,
+                    int(r.n_images),
+                    diff,
+                    r.level,
+                    low,
+                    high,
+                    r.p,
+                    r.p_adj,
+                    r.family,
+                    verdict,
+                ]
+            )
     table = pd.DataFrame(rows, columns=CONTROL_COLUMNS)
     return table.sort_values(["model", "stage", "metric", "explainer", "control"], kind="stable").reset_index(drop=True)
 
 
-POWER_COLUMNS = ["model", "stage", "metric", "better", "worse", "n", "diff_mean", "sd", "level", "mde", "n_needed",
-                 "verdict"]
+POWER_COLUMNS = [
+    "model",
+    "stage",
+    "metric",
+    "better",
+    "worse",
+    "n",
+    "diff_mean",
+    "sd",
+    "level",
+    "mde",
+    "n_needed",
+    "verdict",
+]
 
 
-def power_table(tables: Mapping[tuple[str, str, str], GoodnessTable], comparisons: Comparisons,
-                settings: CardSettings) -> pd.DataFrame:
+def power_table(
+    tables: Mapping[tuple[str, str, str], GoodnessTable], comparisons: Comparisons, settings: CardSettings
+) -> pd.DataFrame:
     """Adjacent explainers of each table's order (by mean goodness): observed paired difference,
     the smallest one the table's test detects with ``settings.power`` at this n, the n the observed
     one needs, and the table's verdict on the pair."""
@@ -150,15 +203,38 @@ def power_table(tables: Mapping[tuple[str, str, str], GoodnessTable], comparison
             d = g[:, b] - g[:, w]
             sd = float(d.std(ddof=1))
             better, worse = t.explainers[b], t.explainers[w]
-            rows.append([model, stage, metric, better, worse, n, float(d.mean()), sd, level,
-                         min_detectable_difference(sd, n, level, settings.power),
-                         n_needed(float(d.mean()), sd, level, settings.power),
-                         verdicts.get((model, stage, metric, better, worse), "n/a")])
+            rows.append(
+                [
+                    model,
+                    stage,
+                    metric,
+                    better,
+                    worse,
+                    n,
+                    float(d.mean()),
+                    sd,
+                    level,
+                    min_detectable_difference(sd, n, level, settings.power),
+                    n_needed(float(d.mean()), sd, level, settings.power),
+                    verdicts.get((model, stage, metric, better, worse), "n/a"),
+                ]
+            )
     return pd.DataFrame(rows, columns=POWER_COLUMNS)
 
 
-AGREEMENT_COLUMNS = ["model", "stage", "metric_a", "metric_b", "n_explainers", "n_images", "kendall_tau", "tau_ci_low",
-                     "tau_ci_high", "expected", "verdict"]
+AGREEMENT_COLUMNS = [
+    "model",
+    "stage",
+    "metric_a",
+    "metric_b",
+    "n_explainers",
+    "n_images",
+    "kendall_tau",
+    "tau_ci_low",
+    "tau_ci_high",
+    "expected",
+    "verdict",
+]
 
 
 def _tau_with_ci(a: np.ndarray, b: np.ndarray, settings: CardSettings, salt: int) -> tuple[float, float, float]:
@@ -167,8 +243,9 @@ def _tau_with_ci(a: np.ndarray, b: np.ndarray, settings: CardSettings, salt: int
     tau = float(kendall_tau(a.mean(0), b.mean(0)))
     if a.shape[1] < 3 or not np.isfinite(tau):
         return tau, float("nan"), float("nan")
-    low, high = _interval(lambda idx: float(kendall_tau(a[idx].mean(0), b[idx].mean(0))), a.shape[0], settings,
-                          salt=salt)
+    low, high = _interval(
+        lambda idx: float(kendall_tau(a[idx].mean(0), b[idx].mean(0))), a.shape[0], settings, salt=salt
+    )
     return tau, low, high
 
 
@@ -183,13 +260,18 @@ def _agreement_verdict(low: float, high: float, same_kind: bool) -> str:
 def _common(x: GoodnessTable, y: GoodnessTable) -> tuple[np.ndarray, np.ndarray, list[str]]:
     names = sorted(set(x.explainers) & set(y.explainers))
     images = sorted(set(x.images) & set(y.images))
-    pick = lambda t: t.values[0][np.ix_([t.images.index(i) for i in images],  # noqa: E731
-                                        [t.explainers.index(e) for e in names])]
+    pick = lambda t: t.values[0][  # noqa: E731
+        np.ix_(
+            [t.images.index(i) for i in images],
+            [t.explainers.index(e) for e in names],
+        )
+    ]
     return pick(x), pick(y), names
 
 
-def agreement_table(tables: Mapping[tuple[str, str, str], GoodnessTable], kinds: Mapping[str, str | None],
-                    settings: CardSettings) -> pd.DataFrame:
+def agreement_table(
+    tables: Mapping[tuple[str, str, str], GoodnessTable], kinds: Mapping[str, str | None], settings: CardSettings
+) -> pd.DataFrame:
     """Kendall's tau between the explainer rankings (mean goodness) of every pair of metrics."""
     rows = []
     by_stage: dict[tuple[str, str], dict[str, GoodnessTable]] = {}
@@ -202,21 +284,61 @@ def agreement_table(tables: Mapping[tuple[str, str, str], GoodnessTable], kinds:
             if len(names) >= 3 and x.shape[0] >= 1:
                 tau, low, high = _tau_with_ci(x, y, settings, salt=1000 * i + j)
             same_kind = kinds.get(a) is not None and kinds.get(a) == kinds.get(b)
-            rows.append([model, stage, a, b, len(names), x.shape[0], tau, low, high, "+" if same_kind else "",
-                         _agreement_verdict(low, high, same_kind)])
+            rows.append(
+                [
+                    model,
+                    stage,
+                    a,
+                    b,
+                    len(names),
+                    x.shape[0],
+                    tau,
+                    low,
+                    high,
+                    "+" if same_kind else "",
+                    _agreement_verdict(low, high, same_kind),
+                ]
+            )
     return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)
 
 
-CARD_COLUMNS = ["model", "stage", "metric", "higher_is_better", "n_images", "n_explainers", "beat_random",
-                "real_explainers", "control_beats_real", "alpha", "alpha_ci_low", "alpha_ci_high", "split_half",
-                "split_half_ci_low", "split_half_ci_high", "mde_median", "n_needed_max", "disagreements",
-                "substrate_tau_min", "meta_input", "meta_model", "verdict"]
+CARD_COLUMNS = [
+    "model",
+    "stage",
+    "metric",
+    "higher_is_better",
+    "n_images",
+    "n_explainers",
+    "beat_random",
+    "real_explainers",
+    "control_beats_real",
+    "alpha",
+    "alpha_ci_low",
+    "alpha_ci_high",
+    "split_half",
+    "split_half_ci_low",
+    "split_half_ci_high",
+    "mde_median",
+    "n_needed_max",
+    "disagreements",
+    "substrate_tau_min",
+    "meta_input",
+    "meta_model",
+    "verdict",
+]
 
 
-def card(scores: pd.DataFrame, settings: CardSettings, kinds: Mapping[str, str | None], *,
-         substrates: pd.DataFrame | None = None, meta: pd.DataFrame | None = None,
-         comparisons: Comparisons | None = None, stats: StatsSettings | None = None,
-         roles: Mapping[str, str] | None = None) -> dict[str, pd.DataFrame]:
+def card(
+    scores: pd.DataFrame,
+    settings: CardSettings,
+    kinds: Mapping[str, str | None],
+    *,
+    substrates: pd.DataFrame | None = None,
+    meta: pd.DataFrame | None = None,
+    comparisons: Comparisons | None = None,
+    stats: StatsSettings | None = None,
+    roles: Mapping[str, str] | None = None,
+) -> dict[str, pd.DataFrame]:
     """Every table of the card from checked scores (``bench.report.leaderboard.check_scores``) with
     aliases already collapsed. ``comparisons``: the tables' paired comparisons (computed here with
     ``stats`` when not given); ``roles``: per metric, what its controls are (``"baseline"``, the
@@ -229,8 +351,11 @@ def card(scores: pd.DataFrame, settings: CardSettings, kinds: Mapping[str, str |
     controls = control_table(comparisons, settings)
     power = power_table(tables, comparisons, settings)
     agreement = agreement_table(tables, kinds, settings)
-    subst, subst_controls = (substrate_table(substrates, settings, stats, kinds) if substrates is not None
-                             and len(substrates) else (None, None))
+    subst, subst_controls = (
+        substrate_table(substrates, settings, stats, kinds)
+        if substrates is not None and len(substrates)
+        else (None, None)
+    )
     rows = []
     for i, ((model, stage, metric), t) in enumerate(tables.items()):
         g = t.values[0]
@@ -244,10 +369,16 @@ def card(scores: pd.DataFrame, settings: CardSettings, kinds: Mapping[str, str |
         sh = split_half(g, settings.splits, rng)
         sh_low, sh_high = _interval(
             lambda idx, g=g: split_half(g[idx], max(1, settings.splits // 10), np.random.default_rng(settings.seed)),
-            g.shape[0], settings, method="percentile")
+            g.shape[0],
+            settings,
+            method="percentile",
+        )
         p = power[(power["model"] == model) & (power["stage"] == stage) & (power["metric"] == metric)]
-        a = agreement[(agreement["model"] == model) & (agreement["stage"] == stage)
-                      & ((agreement["metric_a"] == metric) | (agreement["metric_b"] == metric))]
+        a = agreement[
+            (agreement["model"] == model)
+            & (agreement["stage"] == stage)
+            & ((agreement["metric_a"] == metric) | (agreement["metric_b"] == metric))
+        ]
         reasons = []
         if len(vs_random) and beat == 0 and roles.get(metric, "baseline") == "baseline":
             reasons.append("no explainer beats random")
@@ -258,21 +389,39 @@ def card(scores: pd.DataFrame, settings: CardSettings, kinds: Mapping[str, str |
             s = subst[(subst["model"] == model) & (subst["stage"] == stage) & (subst["metric"] == metric)]
             if len(s) and s["kendall_tau"].notna().any():
                 tau_min = float(s["kendall_tau"].min())
-        rows.append({"model": model, "stage": stage, "metric": metric, "higher_is_better": t.higher_is_better,
-                     "n_images": g.shape[0], "n_explainers": g.shape[1],
-                     "beat_random": beat if len(vs_random) and roles.get(metric, "baseline") == "baseline" else -1,
-                     "real_explainers": int(sum(e not in settings.controls for e in t.explainers)),
-                     "control_beats_real": loses, "alpha": alpha, "alpha_ci_low": a_low, "alpha_ci_high": a_high,
-                     "split_half": sh, "split_half_ci_low": sh_low, "split_half_ci_high": sh_high,
-                     # all-NaN: NaN without numpy's "Mean of empty slice" warning (pandas 2.2 passes it on)
-                     "mde_median": float(p["mde"].median()) if p["mde"].notna().any() else float("nan"),
-                     "n_needed_max": float(p["n_needed"].max()) if len(p) else float("nan"),
-                     "disagreements": int((a["verdict"] == "DISAGREE").sum()), "substrate_tau_min": tau_min,
-                     "meta_input": _meta_score(meta, model, stage, metric, "input"),
-                     "meta_model": _meta_score(meta, model, stage, metric, "model"),
-                     "verdict": "fails: " + "; ".join(reasons) if reasons else "ok"})
-    out = {"reliability": pd.DataFrame(rows, columns=CARD_COLUMNS), "reliability_controls": controls,
-           "reliability_power": power, "reliability_agreement": agreement}
+        rows.append(
+            {
+                "model": model,
+                "stage": stage,
+                "metric": metric,
+                "higher_is_better": t.higher_is_better,
+                "n_images": g.shape[0],
+                "n_explainers": g.shape[1],
+                "beat_random": beat if len(vs_random) and roles.get(metric, "baseline") == "baseline" else -1,
+                "real_explainers": int(sum(e not in settings.controls for e in t.explainers)),
+                "control_beats_real": loses,
+                "alpha": alpha,
+                "alpha_ci_low": a_low,
+                "alpha_ci_high": a_high,
+                "split_half": sh,
+                "split_half_ci_low": sh_low,
+                "split_half_ci_high": sh_high,
+                # all-NaN: NaN without numpy's "Mean of empty slice" warning (pandas 2.2 passes it on)
+                "mde_median": float(p["mde"].median()) if p["mde"].notna().any() else float("nan"),
+                "n_needed_max": float(p["n_needed"].max()) if len(p) else float("nan"),
+                "disagreements": int((a["verdict"] == "DISAGREE").sum()),
+                "substrate_tau_min": tau_min,
+                "meta_input": _meta_score(meta, model, stage, metric, "input"),
+                "meta_model": _meta_score(meta, model, stage, metric, "model"),
+                "verdict": "fails: " + "; ".join(reasons) if reasons else "ok",
+            }
+        )
+    out = {
+        "reliability": pd.DataFrame(rows, columns=CARD_COLUMNS),
+        "reliability_controls": controls,
+        "reliability_power": power,
+        "reliability_agreement": agreement,
+    }
     if subst is not None:
         out["reliability_substrates"] = subst
         out["reliability_substrate_controls"] = subst_controls
@@ -289,14 +438,31 @@ def meta_table(meta: pd.DataFrame | None, raw: pd.DataFrame | None, settings: Ca
         return meta
     rows = []
     for i, r in enumerate(meta.itertuples(index=False)):
-        part = raw[(raw["model"] == r.model) & (raw["stage"] == r.stage) & (raw["metric"] == r.metric)
-                   & (raw["test"] == r.test)]
+        part = raw[
+            (raw["model"] == r.model)
+            & (raw["stage"] == r.stage)
+            & (raw["metric"] == r.metric)
+            & (raw["test"] == r.test)
+        ]
         hib = _direction(r.metric)
         values = consistency(part, hib) if len(part) else {k: getattr(r, k) for k in META_VALUES}
-        low, high = (mc_interval(part, hib, n_resamples=settings.bootstrap, seed=settings.seed + i) if len(part)
-                     else (float("nan"), float("nan")))
-        rows.append({"model": r.model, "stage": r.stage, "metric": r.metric, "test": r.test, "n_images": r.n_images,
-                     **values, "mc_ci_low": low, "mc_ci_high": high})
+        low, high = (
+            mc_interval(part, hib, n_resamples=settings.bootstrap, seed=settings.seed + i)
+            if len(part)
+            else (float("nan"), float("nan"))
+        )
+        rows.append(
+            {
+                "model": r.model,
+                "stage": r.stage,
+                "metric": r.metric,
+                "test": r.test,
+                "n_images": r.n_images,
+                **values,
+                "mc_ci_low": low,
+                "mc_ci_high": high,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -314,12 +480,25 @@ def _meta_score(meta: pd.DataFrame | None, model: str, stage: str, metric: str, 
     return float(m["mc"].iloc[0]) if len(m) else float("nan")
 
 
-SUBSTRATE_COLUMNS = ["model", "stage", "metric", "substrate_a", "substrate_b", "n_explainers", "n_images",
-                     "kendall_tau", "tau_ci_low", "tau_ci_high", "beat_random_a", "beat_random_b"]
+SUBSTRATE_COLUMNS = [
+    "model",
+    "stage",
+    "metric",
+    "substrate_a",
+    "substrate_b",
+    "n_explainers",
+    "n_images",
+    "kendall_tau",
+    "tau_ci_low",
+    "tau_ci_high",
+    "beat_random_a",
+    "beat_random_b",
+]
 
 
-def substrate_table(substrates: pd.DataFrame, settings: CardSettings, stats: StatsSettings,
-                    kinds: Mapping[str, str | None]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def substrate_table(
+    substrates: pd.DataFrame, settings: CardSettings, stats: StatsSettings, kinds: Mapping[str, str | None]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(Kendall's tau (with its CI) between the explainer rankings of a metric under each pair of
     substrates and how many real explainers beat ``random`` under each; every real explainer against
     every control under each substrate): the substrate's own paired tests, one family per metric and
@@ -333,24 +512,38 @@ def substrate_table(substrates: pd.DataFrame, settings: CardSettings, stats: Sta
         for sub, h in g.groupby("substrate", sort=True):
             wide = h.pivot(index="image", columns="explainer", values="value").sort_index(axis=1).dropna(how="any")
             vals = wide.to_numpy(dtype=np.float64)
-            subs[sub] = GoodnessTable(model, stage, metric, hib, tuple(wide.columns), tuple(int(x) for x in wide.index),
-                                      (model,), goodness(vals, hib)[None])
+            subs[sub] = GoodnessTable(
+                model,
+                stage,
+                metric,
+                hib,
+                tuple(wide.columns),
+                tuple(int(x) for x in wide.index),
+                (model,),
+                goodness(vals, hib)[None],
+            )
         beats = {}
         for sub, t in subs.items():
             c = control_table(compare({t.key: t}, stats, kinds, family="substrate"), settings)
             c.insert(3, "substrate", sub)
             c["family"] = c["family"].str.replace(f" · {metric} (", f" · {metric} · {sub} (", regex=False)
             control_parts.append(c)
-            beats[sub] = (int(((c["control"] == "random") & (c["verdict"] == "beats the control")).sum())
-                          if "random" in t.explainers else -1)
+            beats[sub] = (
+                int(((c["control"] == "random") & (c["verdict"] == "beats the control")).sum())
+                if "random" in t.explainers
+                else -1
+            )
         for j, (a, b) in enumerate(combinations(sorted(subs), 2)):
             x, y, names = _common(subs[a], subs[b])
             tau = low = high = float("nan")
             if len(names) >= 3:
                 tau, low, high = _tau_with_ci(x, y, settings, salt=100_000 + 1000 * i + j)
             rows.append([model, stage, metric, a, b, len(names), x.shape[0], tau, low, high, beats[a], beats[b]])
-    controls = (pd.concat(control_parts, ignore_index=True) if control_parts
-                else pd.DataFrame(columns=CONTROL_COLUMNS[:3] + ["substrate"] + CONTROL_COLUMNS[3:]))
+    controls = (
+        pd.concat(control_parts, ignore_index=True)
+        if control_parts
+        else pd.DataFrame(columns=CONTROL_COLUMNS[:3] + ["substrate"] + CONTROL_COLUMNS[3:])
+    )
     return pd.DataFrame(rows, columns=SUBSTRATE_COLUMNS), controls
 
 
@@ -380,35 +573,63 @@ def _n(x: Any) -> str:
 def render_card_md(tables: Mapping[str, pd.DataFrame], settings: CardSettings) -> str:
     """reliability.md: per (model, stage) the card, then its details."""
     card_df = tables["reliability"]
-    lines = ["# Reliability card", "",
-             "Can each metric be trusted on this run? Goodness = the score, negated where lower is better. "
-             f"Controls: {', '.join(settings.controls)}; power {settings.power:g}. "
-             "beat random: distinct real explainers (aliases counted once) that the table's paired test separates "
-             "above `random` (mean paired difference, t test, max-T over the table's pairs: the leaderboard's "
-             "own comparisons); alpha: Krippendorff's alpha (ordinal) of the per-image rankings of the explainers, "
-             "images as raters, 95% BCa CI over images (0 = chance agreement, 1 = every image ranks alike); "
-             "split-half: Spearman-Brown corrected Spearman correlation of the ranking on two random halves of the "
-             "images, 95% percentile bootstrap CI; MDE: median over adjacent explainers of the smallest paired "
-             "difference the table's test detects at this n; n needed: the largest n an adjacent pair of the order "
-             "needs for its observed difference; disagree: metrics of the same kind whose rankings' Kendall tau has "
-             "its whole 95% CI below 0; substrate tau: the smallest Kendall tau between the rankings under two "
-             "substrates; MetaQuantus: meta-consistency in [0, 1] under input / model perturbations (when "
-             "computed).", ""]
+    lines = [
+        "# Reliability card",
+        "",
+        "Can each metric be trusted on this run? Goodness = the score, negated where lower is better. "
+        f"Controls: {', '.join(settings.controls)}; power {settings.power:g}. "
+        "beat random: distinct real explainers (aliases counted once) that the table's paired test separates "
+        "above `random` (mean paired difference, t test, max-T over the table's pairs: the leaderboard's "
+        "own comparisons); alpha: Krippendorff's alpha (ordinal) of the per-image rankings of the explainers, "
+        "images as raters, 95% BCa CI over images (0 = chance agreement, 1 = every image ranks alike); "
+        "split-half: Spearman-Brown corrected Spearman correlation of the ranking on two random halves of the "
+        "images, 95% percentile bootstrap CI; MDE: median over adjacent explainers of the smallest paired "
+        "difference the table's test detects at this n; n needed: the largest n an adjacent pair of the order "
+        "needs for its observed difference; disagree: metrics of the same kind whose rankings' Kendall tau has "
+        "its whole 95% CI below 0; substrate tau: the smallest Kendall tau between the rankings under two "
+        "substrates; MetaQuantus: meta-consistency in [0, 1] under input / model perturbations (when "
+        "computed).",
+        "",
+    ]
     if card_df.empty:
         return "\n".join(lines + ["No scores.", ""])
     order = card_df.assign(_s=card_df["stage"].map(stage_key)).sort_values(["model", "_s"], kind="stable")
     for (model, _, stage), sub in order.groupby(["model", "_s", "stage"], sort=True):
         lines += [f"## {model} · {stage}", ""]
-        rows = [[f"{r.metric} {arrow(r.higher_is_better)}", str(r.n_images),
-                 "n/a" if r.beat_random < 0 else f"{r.beat_random} of {r.real_explainers}",
-                 "yes" if r.control_beats_real else "no", _ci(r.alpha, r.alpha_ci_low, r.alpha_ci_high),
-                 _ci(r.split_half, r.split_half_ci_low, r.split_half_ci_high), _f(r.mde_median), _n(r.n_needed_max),
-                 str(r.disagreements), _f(r.substrate_tau_min, ".2f"),
-                 f"{_f(r.meta_input, '.2f')} / {_f(r.meta_model, '.2f')}", r.verdict]
-                for r in sub.itertuples(index=False)]
-        lines += markdown_table(["metric", "n", "beat random", "control beats a method", "alpha [CI]",
-                                 "split-half [CI]", "MDE", "n needed", "disagree", "substrate tau",
-                                 "MetaQuantus input / model", "verdict"], rows) + [""]
+        rows = [
+            [
+                f"{r.metric} {arrow(r.higher_is_better)}",
+                str(r.n_images),
+                "n/a" if r.beat_random < 0 else f"{r.beat_random} of {r.real_explainers}",
+                "yes" if r.control_beats_real else "no",
+                _ci(r.alpha, r.alpha_ci_low, r.alpha_ci_high),
+                _ci(r.split_half, r.split_half_ci_low, r.split_half_ci_high),
+                _f(r.mde_median),
+                _n(r.n_needed_max),
+                str(r.disagreements),
+                _f(r.substrate_tau_min, ".2f"),
+                f"{_f(r.meta_input, '.2f')} / {_f(r.meta_model, '.2f')}",
+                r.verdict,
+            ]
+            for r in sub.itertuples(index=False)
+        ]
+        lines += markdown_table(
+            [
+                "metric",
+                "n",
+                "beat random",
+                "control beats a method",
+                "alpha [CI]",
+                "split-half [CI]",
+                "MDE",
+                "n needed",
+                "disagree",
+                "substrate tau",
+                "MetaQuantus input / model",
+                "verdict",
+            ],
+            rows,
+        ) + [""]
     lines += _details(tables)
     return "\n".join(lines)
 
@@ -421,50 +642,129 @@ def _details(tables: Mapping[str, pd.DataFrame]) -> list[str]:
     c, p, a = tables["reliability_controls"], tables["reliability_power"], tables["reliability_agreement"]
     s, m = tables.get("reliability_substrates"), tables.get("reliability_meta")
     lines = _section(
-        "Control separation", "The table's paired comparison of explainer and control: mean goodness difference "
+        "Control separation",
+        "The table's paired comparison of explainer and control: mean goodness difference "
         "explainer − control with its t interval at the family's level (it excludes 0 exactly when the adjusted p is "
         "below alpha), max-T adjusted p; the family is the table's pairs (comparisons.csv).",
         ["model", "stage", "metric", "explainer", "control", "n", "diff [CI]", "level", "adj. p", "verdict"],
-        [[r.model, r.stage, r.metric, r.explainer, r.control, str(r.n), _ci(r.diff_mean, r.diff_ci_low, r.diff_ci_high),
-          _f(r.level, ".4g"), _f(r.p_adj), r.verdict] for r in c.itertuples(index=False)])
+        [
+            [
+                r.model,
+                r.stage,
+                r.metric,
+                r.explainer,
+                r.control,
+                str(r.n),
+                _ci(r.diff_mean, r.diff_ci_low, r.diff_ci_high),
+                _f(r.level, ".4g"),
+                _f(r.p_adj),
+                r.verdict,
+            ]
+            for r in c.itertuples(index=False)
+        ],
+    )
     lines += _section(
-        "Power", "Adjacent explainers in each metric's order (by mean goodness): the observed paired difference, the "
+        "Power",
+        "Adjacent explainers in each metric's order (by mean goodness): the observed paired difference, the "
         "smallest one the table's test detects with the card's power at this n, the n the observed one needs, and "
         "the table's verdict on the pair.",
         ["model", "stage", "metric", "better", "worse", "n", "diff", "MDE", "n needed", "verdict"],
-        [[r.model, r.stage, r.metric, r.better, r.worse, str(r.n), _f(r.diff_mean), _f(r.mde), _n(r.n_needed),
-          r.verdict] for r in p.itertuples(index=False)])
+        [
+            [
+                r.model,
+                r.stage,
+                r.metric,
+                r.better,
+                r.worse,
+                str(r.n),
+                _f(r.diff_mean),
+                _f(r.mde),
+                _n(r.n_needed),
+                r.verdict,
+            ]
+            for r in p.itertuples(index=False)
+        ],
+    )
     lines += _section(
-        "Agreement between metrics", "Kendall's tau-b between the explainer rankings (mean goodness) of two metrics "
+        "Agreement between metrics",
+        "Kendall's tau-b between the explainer rankings (mean goodness) of two metrics "
         "on their common images and explainers, 95% BCa CI over images resampled jointly for both; + = expected to "
         "agree (same kind of metric).",
         ["model", "stage", "metric a", "metric b", "explainers", "tau [CI]", "expected", "verdict"],
-        [[r.model, r.stage, r.metric_a, r.metric_b, str(r.n_explainers),
-          _ci(r.kendall_tau, r.tau_ci_low, r.tau_ci_high), r.expected, r.verdict]
-         for r in a.itertuples(index=False)])
+        [
+            [
+                r.model,
+                r.stage,
+                r.metric_a,
+                r.metric_b,
+                str(r.n_explainers),
+                _ci(r.kendall_tau, r.tau_ci_low, r.tau_ci_high),
+                r.expected,
+                r.verdict,
+            ]
+            for r in a.itertuples(index=False)
+        ],
+    )
     if s is not None:
         lines += _section(
-            "Substrate sensitivity", "Kendall's tau-b between a metric's explainer rankings under two substrates, 95% "
+            "Substrate sensitivity",
+            "Kendall's tau-b between a metric's explainer rankings under two substrates, 95% "
             "BCa CI over images (imputation: the metric registered to impute for it, e.g. ROAD's noisy linear "
             "imputation beside deletion), and how many real explainers beat random under each (the substrate's "
             "own paired tests: max-T over its pairs).",
-            ["model", "stage", "metric", "substrate a", "substrate b", "explainers", "tau [CI]", "beat random a",
-             "beat random b"],
-            [[r.model, r.stage, r.metric, r.substrate_a, r.substrate_b, str(r.n_explainers),
-              _ci(r.kendall_tau, r.tau_ci_low, r.tau_ci_high), _beats(r.beat_random_a), _beats(r.beat_random_b)]
-             for r in s.itertuples(index=False)])
+            [
+                "model",
+                "stage",
+                "metric",
+                "substrate a",
+                "substrate b",
+                "explainers",
+                "tau [CI]",
+                "beat random a",
+                "beat random b",
+            ],
+            [
+                [
+                    r.model,
+                    r.stage,
+                    r.metric,
+                    r.substrate_a,
+                    r.substrate_b,
+                    str(r.n_explainers),
+                    _ci(r.kendall_tau, r.tau_ci_low, r.tau_ci_high),
+                    _beats(r.beat_random_a),
+                    _beats(r.beat_random_b),
+                ]
+                for r in s.itertuples(index=False)
+            ],
+        )
     if m is not None:
         ci = "mc_ci_low" in m.columns
         lines += _section(
-            "Noise resilience and adversary reactivity (MetaQuantus)", "Hedström et al. 2023. IAC: Wilcoxon p "
+            "Noise resilience and adversary reactivity (MetaQuantus)",
+            "Hedström et al. 2023. IAC: Wilcoxon p "
             "between unperturbed and perturbed scores (NR: high = unchanged under a minor perturbation; AR: 1 − p, "
             "high = changed under a disruptive one); IEC: share of explainer rankings kept (NR) / of scores made "
-            "worse (AR); MC: their mean, in [0, 1]" + (", 95% percentile CI over images and draws" if ci else
-                                                     " (this run stored no per-draw scores: no CI)") + ".",
+            "worse (AR); MC: their mean, in [0, 1]"
+            + (", 95% percentile CI over images and draws" if ci else " (this run stored no per-draw scores: no CI)")
+            + ".",
             ["model", "stage", "metric", "test", "images", "IAC NR", "IAC AR", "IEC NR", "IEC AR", "MC"],
-            [[r.model, r.stage, r.metric, r.test, str(r.n_images), _f(r.iac_nr, ".2f"), _f(r.iac_ar, ".2f"),
-              _f(r.iec_nr, ".2f"), _f(r.iec_ar, ".2f"),
-              _ci(r.mc, r.mc_ci_low, r.mc_ci_high) if ci else _f(r.mc, ".2f")] for r in m.itertuples(index=False)])
+            [
+                [
+                    r.model,
+                    r.stage,
+                    r.metric,
+                    r.test,
+                    str(r.n_images),
+                    _f(r.iac_nr, ".2f"),
+                    _f(r.iac_ar, ".2f"),
+                    _f(r.iec_nr, ".2f"),
+                    _f(r.iec_ar, ".2f"),
+                    _ci(r.mc, r.mc_ci_low, r.mc_ci_high) if ci else _f(r.mc, ".2f"),
+                ]
+                for r in m.itertuples(index=False)
+            ],
+        )
     return lines
 
 

@@ -31,6 +31,7 @@ Tables (all intervals at ``1 - alpha``, the images resampled jointly over seeds 
   marker share on the same models (does the metric reward attending to the marker?).
 - ``truth.md`` and ``report.html``: the tables with what they say.
 """
+
 from __future__ import annotations
 
 import html
@@ -54,10 +55,34 @@ from bench.stats.compare import family_tests
 from bench.stats.estimate import mean_estimate, t_interval
 from bench.stats.settings import StatsSettings
 
-RELIANCE_COLUMNS = ("condition", "polarity", "model", "seed", "image", "label", "planted", "score_with",
-                    "score_without", "p1_with", "p1_without")
-MODEL_COLUMNS = ("condition", "polarity", "model", "seed", "checkpoint_sha256", "n_test", "acc_without", "acc_with",
-                 "reliance", "reliance_low", "reliance_high", "reliance_normal", "verdict")
+RELIANCE_COLUMNS = (
+    "condition",
+    "polarity",
+    "model",
+    "seed",
+    "image",
+    "label",
+    "planted",
+    "score_with",
+    "score_without",
+    "p1_with",
+    "p1_without",
+)
+MODEL_COLUMNS = (
+    "condition",
+    "polarity",
+    "model",
+    "seed",
+    "checkpoint_sha256",
+    "n_test",
+    "acc_without",
+    "acc_with",
+    "reliance",
+    "reliance_low",
+    "reliance_high",
+    "reliance_normal",
+    "verdict",
+)
 SHARE = "mask_share"
 SIGNED = "mask_share_signed"
 
@@ -80,9 +105,23 @@ def model_table(models: pd.DataFrame, *, alpha: float, margin: float) -> pd.Data
             verdict = "does not use"
         else:
             verdict = "cannot tell"
-        rows.append([m["condition"], m["polarity"], m["model"], int(m["seed"]), m["checkpoint_sha256"],
-                     int(m["n_test"]), m["acc_without"], m["acc_with"], mean, low, high,
-                     float(d[labels == 0].mean()) if (labels == 0).any() else float("nan"), verdict])
+        rows.append(
+            [
+                m["condition"],
+                m["polarity"],
+                m["model"],
+                int(m["seed"]),
+                m["checkpoint_sha256"],
+                int(m["n_test"]),
+                m["acc_without"],
+                m["acc_with"],
+                mean,
+                low,
+                high,
+                float(d[labels == 0].mean()) if (labels == 0).any() else float("nan"),
+                verdict,
+            ]
+        )
     return pd.DataFrame(rows, columns=list(MODEL_COLUMNS))
 
 
@@ -91,8 +130,10 @@ def planting_problems(table: pd.DataFrame) -> list[str]:
     out = []
     for _, r in table.iterrows():
         if r["condition"] == "confound" and r["verdict"] != "uses":
-            out.append(f"{r['model']} ({r['polarity']}, confound) reliance {r['reliance']:+.3f} "
-                       f"[{r['reliance_low']:+.3f}, {r['reliance_high']:+.3f}]: {r['verdict']}")
+            out.append(
+                f"{r['model']} ({r['polarity']}, confound) reliance {r['reliance']:+.3f} "
+                f"[{r['reliance_low']:+.3f}, {r['reliance_high']:+.3f}]: {r['verdict']}"
+            )
         if r["condition"] == "noise" and r["verdict"] == "uses":
             out.append(f"{r['model']} ({r['polarity']}, noise) reliance {r['reliance']:+.3f}: uses the marker")
     return out
@@ -118,8 +159,9 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(sps.spearmanr(a[ok], b[ok]).statistic)
 
 
-def explainer_table(scores: pd.DataFrame, reliance: pd.DataFrame, *, alpha: float, margin: float, bootstrap: int,
-                    seed: int = 0) -> pd.DataFrame:
+def explainer_table(
+    scores: pd.DataFrame, reliance: pd.DataFrame, *, alpha: float, margin: float, bootstrap: int, seed: int = 0
+) -> pd.DataFrame:
     """``truth.csv``: ``scores`` with ``condition``, ``polarity`` columns (the sub-runs' scores, pre stage)."""
     rel = reliance.assign(reliance=reliance["score_with"] - reliance["score_without"])
     rows = []
@@ -138,11 +180,18 @@ def explainer_table(scores: pd.DataFrame, reliance: pd.DataFrame, *, alpha: floa
                     continue
                 mat, seeds, images = _matrix(part, "value")
                 shares[cond] = (mat, seeds, images)
-                row.update(dict(zip((f"share_{cond}", f"share_{cond}_low", f"share_{cond}_high"),
-                                    _interval(mat, alpha))))
-            row["salience"] = ("elevated" if row.get("share_none_low", np.nan) > 1 else
-                               "not elevated" if row.get("share_none_high", np.nan) <= 1 else
-                               "n/a" if not np.isfinite(row.get("share_none", np.nan)) else "cannot tell")
+                row.update(
+                    dict(zip((f"share_{cond}", f"share_{cond}_low", f"share_{cond}_high"), _interval(mat, alpha)))
+                )
+            row["salience"] = (
+                "elevated"
+                if row.get("share_none_low", np.nan) > 1
+                else "not elevated"
+                if row.get("share_none_high", np.nan) <= 1
+                else "n/a"
+                if not np.isfinite(row.get("share_none", np.nan))
+                else "cannot tell"
+            )
             d = _paired(se, SHARE)
             diffs.append(d)
             signed_diffs.append(_paired(se, SIGNED))
@@ -157,12 +206,14 @@ def explainer_table(scores: pd.DataFrame, reliance: pd.DataFrame, *, alpha: floa
                     return _auroc(c[:, idx].ravel(), n[:, idx].ravel())
 
                 row["auroc_low"], row["auroc_high"] = image_interval(
-                    auroc_of, len(common), n_resamples=bootstrap, seed=seed, confidence=1 - alpha)
+                    auroc_of, len(common), n_resamples=bootstrap, seed=seed, confidence=1 - alpha
+                )
             else:
                 row["auroc"] = row["auroc_low"] = row["auroc_high"] = np.nan
             # per image: the share against the reliance the model showed on that image, over every model
-            j = se[se["metric"] == SHARE].merge(rel[rel["polarity"] == polarity],
-                                                on=["condition", "polarity", "model", "image"], how="inner")
+            j = se[se["metric"] == SHARE].merge(
+                rel[rel["polarity"] == polarity], on=["condition", "polarity", "model", "image"], how="inner"
+            )
             j = j[np.isfinite(j["value"].astype(float))]
             a, b = j["value"].to_numpy(float), j["reliance"].to_numpy(float)
             img = j["image"].to_numpy()
@@ -170,25 +221,48 @@ def explainer_table(scores: pd.DataFrame, reliance: pd.DataFrame, *, alpha: floa
             row["rho_reliance"] = _spearman(a, b)
             pos = {u: np.flatnonzero(img == u) for u in uniq}
 
-            def rho_of(idx: np.ndarray, a: np.ndarray = a, b: np.ndarray = b, uniq: np.ndarray = uniq,
-                       pos: dict[Any, np.ndarray] = pos) -> float:
+            def rho_of(
+                idx: np.ndarray,
+                a: np.ndarray = a,
+                b: np.ndarray = b,
+                uniq: np.ndarray = uniq,
+                pos: dict[Any, np.ndarray] = pos,
+            ) -> float:
                 return _spearman(*(np.concatenate([x[pos[uniq[i]]] for i in idx]) for x in (a, b)))
 
             row["rho_low"], row["rho_high"] = image_interval(
-                rho_of, len(uniq), n_resamples=bootstrap, seed=seed, confidence=1 - alpha)
+                rho_of, len(uniq), n_resamples=bootstrap, seed=seed, confidence=1 - alpha
+            )
             extra.append(row)
         fam = family_tests(diffs, margin, alpha)
         fam_s = family_tests(signed_diffs, margin, alpha)
         for row, (_, f), (_, fs) in zip(extra, fam.iterrows(), fam_s.iterrows()):
-            row.update({"discrimination": f["diff"], "disc_low": f["ci_low"], "disc_high": f["ci_high"],
-                        "p_adj": f["p_adj"],
-                        "p_equiv": f["p_equiv"], "n_images": f["n_images"], "n_seeds": f["n_seeds"],
-                        "family_size": f["family_size"],
-                        "verdict": ("follows the model" if f["separated"] and f["diff"] > 0 else
-                                    "reversed" if f["separated"] else
-                                    "does not react (equivalent)" if f["equivalent"] else
-                                    f"cannot tell at n = {int(f['n_images'])}" if np.isfinite(f["diff"]) else "n/a"),
-                        "disc_signed": fs["diff"], "disc_signed_low": fs["ci_low"], "disc_signed_high": fs["ci_high"]})
+            row.update(
+                {
+                    "discrimination": f["diff"],
+                    "disc_low": f["ci_low"],
+                    "disc_high": f["ci_high"],
+                    "p_adj": f["p_adj"],
+                    "p_equiv": f["p_equiv"],
+                    "n_images": f["n_images"],
+                    "n_seeds": f["n_seeds"],
+                    "family_size": f["family_size"],
+                    "verdict": (
+                        "follows the model"
+                        if f["separated"] and f["diff"] > 0
+                        else "reversed"
+                        if f["separated"]
+                        else "does not react (equivalent)"
+                        if f["equivalent"]
+                        else f"cannot tell at n = {int(f['n_images'])}"
+                        if np.isfinite(f["diff"])
+                        else "n/a"
+                    ),
+                    "disc_signed": fs["diff"],
+                    "disc_signed_low": fs["ci_low"],
+                    "disc_signed_high": fs["ci_high"],
+                }
+            )
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -206,18 +280,23 @@ def _paired(se: pd.DataFrame, metric: str) -> np.ndarray:
     return (wc.loc[seeds, images] - wn.loc[seeds, images]).to_numpy(dtype=np.float64)
 
 
-def agreement_table(scores: pd.DataFrame, truth: pd.DataFrame, *, alpha: float, bootstrap: int,
-                    seed: int = 0) -> pd.DataFrame:
+def agreement_table(
+    scores: pd.DataFrame, truth: pd.DataFrame, *, alpha: float, bootstrap: int, seed: int = 0
+) -> pd.DataFrame:
     """``truth_agreement.csv``: per faithfulness metric, tau between its explainer ranking on the
     confound models and the truth ranking (and the marker-share ranking), image-bootstrap CI."""
     rows = []
     for polarity in sorted(scores["polarity"].unique()):
         t = truth[(truth["polarity"] == polarity) & np.isfinite(truth["discrimination"].astype(float))]
         explainers = list(t["explainer"])
-        conf = scores[(scores["polarity"] == polarity) & (scores["condition"] == "confound")
-                      & scores["explainer"].isin(explainers)]
-        noise = scores[(scores["polarity"] == polarity) & (scores["condition"] == "noise")
-                       & scores["explainer"].isin(explainers)]
+        conf = scores[
+            (scores["polarity"] == polarity)
+            & (scores["condition"] == "confound")
+            & scores["explainer"].isin(explainers)
+        ]
+        noise = scores[
+            (scores["polarity"] == polarity) & (scores["condition"] == "noise") & scores["explainer"].isin(explainers)
+        ]
         if len(explainers) < 3:
             continue
         share_c = _cube(conf, SHARE, explainers)
@@ -225,14 +304,14 @@ def agreement_table(scores: pd.DataFrame, truth: pd.DataFrame, *, alpha: float, 
         images = sorted(set(share_c[1]) & set(share_n[1]))
         sc = _align(share_c, images)
         sn = _align(share_n, images)
-        metrics = [m for m in sorted(conf["metric"].unique())
-                   if METRICS.get(m).meta.get("kind") == "faithfulness"]
+        metrics = [m for m in sorted(conf["metric"].unique()) if METRICS.get(m).meta.get("kind") == "faithfulness"]
         for metric in metrics:
             hib = bool(METRICS.get(metric).meta.get("higher_is_better", True))
             g = _align(_cube(conf, metric, explainers), images) * (1.0 if hib else -1.0)
 
-            def stats_of(idx: np.ndarray, g: np.ndarray = g, sc: np.ndarray = sc,
-                         sn: np.ndarray = sn) -> tuple[float, float]:
+            def stats_of(
+                idx: np.ndarray, g: np.ndarray = g, sc: np.ndarray = sc, sn: np.ndarray = sn
+            ) -> tuple[float, float]:
                 truth_vec = np.nanmean((sc - sn)[:, :, idx], axis=(1, 2))
                 metric_vec = np.nanmean(g[:, :, idx], axis=(1, 2))
                 share_vec = np.nanmean(sc[:, :, idx], axis=(1, 2))
@@ -241,18 +320,52 @@ def agreement_table(scores: pd.DataFrame, truth: pd.DataFrame, *, alpha: float, 
             all_idx = np.arange(len(images))
             with np.errstate(all="ignore"):
                 tau, tau_share = stats_of(all_idx)
-                low, high = image_interval(lambda idx: stats_of(np.asarray(idx))[0], len(images),
-                                           n_resamples=bootstrap, seed=seed, confidence=1 - alpha)
-                s_low, s_high = image_interval(lambda idx: stats_of(np.asarray(idx))[1], len(images),
-                                               n_resamples=bootstrap, seed=seed, confidence=1 - alpha)
-            verdict = ("agrees" if low > 0 else "disagrees" if high < 0 else
-                       "cannot tell" if np.isfinite(tau) else "n/a")
-            rows.append({"polarity": polarity, "metric": metric, "n_explainers": len(explainers),
-                         "n_images": len(images), "tau_truth": tau, "tau_low": low, "tau_high": high,
-                         "verdict": verdict, "tau_share": tau_share, "tau_share_low": s_low,
-                         "tau_share_high": s_high})
-    return pd.DataFrame(rows, columns=["polarity", "metric", "n_explainers", "n_images", "tau_truth", "tau_low",
-                                       "tau_high", "verdict", "tau_share", "tau_share_low", "tau_share_high"])
+                low, high = image_interval(
+                    lambda idx: stats_of(np.asarray(idx))[0],
+                    len(images),
+                    n_resamples=bootstrap,
+                    seed=seed,
+                    confidence=1 - alpha,
+                )
+                s_low, s_high = image_interval(
+                    lambda idx: stats_of(np.asarray(idx))[1],
+                    len(images),
+                    n_resamples=bootstrap,
+                    seed=seed,
+                    confidence=1 - alpha,
+                )
+            verdict = "agrees" if low > 0 else "disagrees" if high < 0 else "cannot tell" if np.isfinite(tau) else "n/a"
+            rows.append(
+                {
+                    "polarity": polarity,
+                    "metric": metric,
+                    "n_explainers": len(explainers),
+                    "n_images": len(images),
+                    "tau_truth": tau,
+                    "tau_low": low,
+                    "tau_high": high,
+                    "verdict": verdict,
+                    "tau_share": tau_share,
+                    "tau_share_low": s_low,
+                    "tau_share_high": s_high,
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "polarity",
+            "metric",
+            "n_explainers",
+            "n_images",
+            "tau_truth",
+            "tau_low",
+            "tau_high",
+            "verdict",
+            "tau_share",
+            "tau_share_low",
+            "tau_share_high",
+        ],
+    )
 
 
 def _cube(frame: pd.DataFrame, metric: str, explainers: list[str]) -> tuple[np.ndarray, list[int], list[int]]:
@@ -275,8 +388,9 @@ def _align(cube: tuple[np.ndarray, list[int], list[int]], images: list[int]) -> 
     return arr[:, :, [pos[i] for i in images]]
 
 
-def load_scores(parent: Path, runs: pd.DataFrame, reliance: pd.DataFrame, *, rtol: float, atol: float
-                ) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+def load_scores(
+    parent: Path, runs: pd.DataFrame, reliance: pd.DataFrame, *, rtol: float, atol: float
+) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """The sub-runs' pre-stage scores with condition, polarity and training seed; exact aliases
     (one method under two names, :func:`bench.stats.aliases.find_aliases`) counted once."""
     parts = []
@@ -288,14 +402,27 @@ def load_scores(parent: Path, runs: pd.DataFrame, reliance: pd.DataFrame, *, rto
         parts.append(s.merge(seeds, on=["condition", "polarity", "model"], how="left"))
     scores = pd.concat(parts, ignore_index=True)
     scores["value"] = pd.to_numeric(scores["value"], errors="coerce")
-    aliases = find_aliases(scores.assign(model=scores["condition"] + "/" + scores["polarity"] + "/"
-                                         + scores["model"].astype(str)), rtol=rtol, atol=atol)
+    aliases = find_aliases(
+        scores.assign(model=scores["condition"] + "/" + scores["polarity"] + "/" + scores["model"].astype(str)),
+        rtol=rtol,
+        atol=atol,
+    )
     return collapse(scores, aliases), aliases
 
 
-def write_truth(parent: Path, runs: pd.DataFrame, reliance: pd.DataFrame, models: pd.DataFrame, *, name: str,
-                options: Mapping[str, Any], stats: StatsSettings, reliance_margin: float, share_margin: float,
-                bootstrap: int) -> None:
+def write_truth(
+    parent: Path,
+    runs: pd.DataFrame,
+    reliance: pd.DataFrame,
+    models: pd.DataFrame,
+    *,
+    name: str,
+    options: Mapping[str, Any],
+    stats: StatsSettings,
+    reliance_margin: float,
+    share_margin: float,
+    bootstrap: int,
+) -> None:
     """Write the truth tables into ``parent`` (module docstring); one-line BenchError, after writing
     ``truth_models.csv``, when the planting did not take. ``name`` and ``options`` (the marked data's
     ``[data.options]``) head truth.md; ``stats`` gives alpha (the run's ``reliability.alpha``), the
@@ -307,15 +434,27 @@ def write_truth(parent: Path, runs: pd.DataFrame, reliance: pd.DataFrame, models
     atomic_write_text(parent / "truth_runs.csv", runs.to_csv(index=False))
     problems = planting_problems(mt) if {"confound", "noise"} <= set(mt["condition"]) else []
     if problems:
-        raise BenchError(f"the planting did not take ({'; '.join(problems[:3])}); the marker must be used by "
-                         f"confound models and not by noise models: train longer, raise rate_positive or the "
-                         f"marker's size or contrast (see {parent / 'truth_models.csv'})")
-    _explainer_tables(parent, runs, reliance, mt, name=name, options=options, stats=stats, share_margin=share_margin,
-                      bootstrap=bootstrap)
+        raise BenchError(
+            f"the planting did not take ({'; '.join(problems[:3])}); the marker must be used by "
+            f"confound models and not by noise models: train longer, raise rate_positive or the "
+            f"marker's size or contrast (see {parent / 'truth_models.csv'})"
+        )
+    _explainer_tables(
+        parent,
+        runs,
+        reliance,
+        mt,
+        name=name,
+        options=options,
+        stats=stats,
+        share_margin=share_margin,
+        bootstrap=bootstrap,
+    )
 
 
-def rebuild_truth(parent: Path, *, name: str, options: Mapping[str, Any], stats: StatsSettings, share_margin: float,
-                  bootstrap: int) -> list[Path]:
+def rebuild_truth(
+    parent: Path, *, name: str, options: Mapping[str, Any], stats: StatsSettings, share_margin: float, bootstrap: int
+) -> list[Path]:
     """``bench report`` of a truth run: ``truth.csv``, ``truth_agreement.csv``, ``truth.md`` and
     ``report.html`` again from what the run recorded: the model truth (``truth_models.csv``, the
     measured reliance per model; ``reliance.csv``, per explained image), the sub-runs
@@ -325,21 +464,41 @@ def rebuild_truth(parent: Path, *, name: str, options: Mapping[str, Any], stats:
         try:
             tables[file] = pd.read_csv(io.BytesIO(read_regular(parent / file)))
         except FileNotFoundError:
-            raise BenchError(f"{parent / file} not found: {parent} is not a finished truth run "
-                             f"(python -m bench truth writes it)") from None
-    _explainer_tables(parent, tables["truth_runs.csv"], tables["reliance.csv"], tables["truth_models.csv"],
-                      name=name, options=options, stats=stats, share_margin=share_margin, bootstrap=bootstrap)
+            raise BenchError(
+                f"{parent / file} not found: {parent} is not a finished truth run (python -m bench truth writes it)"
+            ) from None
+    _explainer_tables(
+        parent,
+        tables["truth_runs.csv"],
+        tables["reliance.csv"],
+        tables["truth_models.csv"],
+        name=name,
+        options=options,
+        stats=stats,
+        share_margin=share_margin,
+        bootstrap=bootstrap,
+    )
     return [parent / f for f in ("truth.csv", "truth_agreement.csv", "truth.md", "report.html")]
 
 
-def _explainer_tables(parent: Path, runs: pd.DataFrame, reliance: pd.DataFrame, mt: pd.DataFrame, *, name: str,
-                      options: Mapping[str, Any], stats: StatsSettings, share_margin: float, bootstrap: int) -> None:
+def _explainer_tables(
+    parent: Path,
+    runs: pd.DataFrame,
+    reliance: pd.DataFrame,
+    mt: pd.DataFrame,
+    *,
+    name: str,
+    options: Mapping[str, Any],
+    stats: StatsSettings,
+    share_margin: float,
+    bootstrap: int,
+) -> None:
     """The explainers' and the metrics' tables, truth.md and report.html, from the model table ``mt``."""
     alpha = float(stats.alpha)
-    scores, aliases = load_scores(parent, runs, reliance, rtol=float(stats.alias_rtol),
-                                  atol=float(stats.alias_atol))
-    truth = explainer_table(scores, reliance, alpha=alpha, margin=float(share_margin),
-                            bootstrap=int(bootstrap), seed=int(stats.seed))
+    scores, aliases = load_scores(parent, runs, reliance, rtol=float(stats.alias_rtol), atol=float(stats.alias_atol))
+    truth = explainer_table(
+        scores, reliance, alpha=alpha, margin=float(share_margin), bootstrap=int(bootstrap), seed=int(stats.seed)
+    )
     agree = agreement_table(scores, truth, alpha=alpha, bootstrap=int(bootstrap), seed=int(stats.seed))
     truth["aliases"] = truth["explainer"].map(lambda e: ", ".join(aliases.get(e, [])))
     atomic_write_text(parent / "truth.csv", truth.to_csv(index=False))
@@ -357,61 +516,93 @@ def _ci(mean: float, low: float, high: float, digits: int = 2) -> str:
     return ci_text(mean, low, high, f".{digits}f")
 
 
-def truth_markdown(models: pd.DataFrame, truth: pd.DataFrame, agree: pd.DataFrame, *, name: str,
-                   options: Mapping[str, Any], alpha: float) -> str:
+def truth_markdown(
+    models: pd.DataFrame,
+    truth: pd.DataFrame,
+    agree: pd.DataFrame,
+    *,
+    name: str,
+    options: Mapping[str, Any],
+    alpha: float,
+) -> str:
     """``truth.md``: what the model uses, which explainers follow it, which metrics agree."""
     alpha = float(alpha)
     level = f"{100 * (1 - alpha):.0f} %"
     o = options
     follows = truth[truth["verdict"] == "follows the model"]
     elevated = truth[truth["salience"] == "elevated"]
-    lines = [f"# Model truth: {name}", "",
-             f"Marker: {o.get('marker', 'patch')} {o.get('marker_size', 3)} px, position {o.get('position', 'fixed')}, "
-             f"rates {o.get('rate_positive', 0.9)} / {o.get('rate_negative', 0.1)} (class 1 / class 0) under "
-             f"`confound`, the same overall rate under `noise`; {level} intervals.", "",
-             "## Summary", "",
-             f"- {len(follows)} of {len(truth)} explainer rows follow the model (discriminate confound from noise): "
-             f"{', '.join(sorted(set(follows['explainer']))) or 'none'}.",
-             f"- {len(elevated)} of {len(truth)} put elevated attribution on the marker under a model that never saw "
-             f"it (salience, Clark et al. 2026): {', '.join(sorted(set(elevated['explainer']))) or 'none'}.",
-             f"- Metrics agreeing with the truth ranking: "
-             f"{', '.join(sorted(set(agree.loc[agree['verdict'] == 'agrees', 'metric']))) or 'none'}; "
-             f"disagreeing: {', '.join(sorted(set(agree.loc[agree['verdict'] == 'disagrees', 'metric']))) or 'none'}; "
-             f"cannot tell: "
-             f"{', '.join(sorted(set(agree.loc[agree['verdict'] == 'cannot tell', 'metric']))) or 'none'}.", "",
-             "## What the models use (by intervention)", "",
-             "Reliance: p(class 1) with the marker minus without it on every test image, all else equal.", "",
-             "| polarity | condition | model | acc. without | acc. with | reliance | on class 0 | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Model truth: {name}",
+        "",
+        f"Marker: {o.get('marker', 'patch')} {o.get('marker_size', 3)} px, position {o.get('position', 'fixed')}, "
+        f"rates {o.get('rate_positive', 0.9)} / {o.get('rate_negative', 0.1)} (class 1 / class 0) under "
+        f"`confound`, the same overall rate under `noise`; {level} intervals.",
+        "",
+        "## Summary",
+        "",
+        f"- {len(follows)} of {len(truth)} explainer rows follow the model (discriminate confound from noise): "
+        f"{', '.join(sorted(set(follows['explainer']))) or 'none'}.",
+        f"- {len(elevated)} of {len(truth)} put elevated attribution on the marker under a model that never saw "
+        f"it (salience, Clark et al. 2026): {', '.join(sorted(set(elevated['explainer']))) or 'none'}.",
+        f"- Metrics agreeing with the truth ranking: "
+        f"{', '.join(sorted(set(agree.loc[agree['verdict'] == 'agrees', 'metric']))) or 'none'}; "
+        f"disagreeing: {', '.join(sorted(set(agree.loc[agree['verdict'] == 'disagrees', 'metric']))) or 'none'}; "
+        f"cannot tell: "
+        f"{', '.join(sorted(set(agree.loc[agree['verdict'] == 'cannot tell', 'metric']))) or 'none'}.",
+        "",
+        "## What the models use (by intervention)",
+        "",
+        "Reliance: p(class 1) with the marker minus without it on every test image, all else equal.",
+        "",
+        "| polarity | condition | model | acc. without | acc. with | reliance | on class 0 | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for _, r in models.iterrows():
-        lines.append(f"| {r['polarity']} | {r['condition']} | {r['model']} | {_fmt(r['acc_without'], 3)} | "
-                     f"{_fmt(r['acc_with'], 3)} | {_ci(r['reliance'], r['reliance_low'], r['reliance_high'], 3)} | "
-                     f"{_fmt(r['reliance_normal'], 3)} | {r['verdict']} |")
-    lines += ["", "## Does an explainer find what the model uses?", "",
-              "Share: attribution mass on the marker relative to its area (1 = no more than its area), on marked "
-              "images. Discrimination: confound minus noise on the same images and seeds (Bonferroni over the "
-              "explainers; \"does not react\" = TOST-equivalent within the share margin). Salience: share above 1 "
-              "under the model that never saw the marker. rho: per image, share vs the model's measured reliance.", "",
-              "| polarity | explainer | share none | share confound | share noise | discrimination | AUROC | "
-              "salience | rho | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['polarity']} | {r['condition']} | {r['model']} | {_fmt(r['acc_without'], 3)} | "
+            f"{_fmt(r['acc_with'], 3)} | {_ci(r['reliance'], r['reliance_low'], r['reliance_high'], 3)} | "
+            f"{_fmt(r['reliance_normal'], 3)} | {r['verdict']} |"
+        )
+    lines += [
+        "",
+        "## Does an explainer find what the model uses?",
+        "",
+        "Share: attribution mass on the marker relative to its area (1 = no more than its area), on marked "
+        "images. Discrimination: confound minus noise on the same images and seeds (Bonferroni over the "
+        'explainers; "does not react" = TOST-equivalent within the share margin). Salience: share above 1 '
+        "under the model that never saw the marker. rho: per image, share vs the model's measured reliance.",
+        "",
+        "| polarity | explainer | share none | share confound | share noise | discrimination | AUROC | "
+        "salience | rho | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for _, r in truth.sort_values(["polarity", "discrimination"], ascending=[True, False]).iterrows():
         name = r["explainer"] + (f" (= {r['aliases']})" if r.get("aliases") else "")
-        lines.append(f"| {r['polarity']} | {name} | "
-                     f"{_ci(r['share_none'], r['share_none_low'], r['share_none_high'])} | "
-                     f"{_ci(r['share_confound'], r['share_confound_low'], r['share_confound_high'])} | "
-                     f"{_ci(r['share_noise'], r['share_noise_low'], r['share_noise_high'])} | "
-                     f"{_ci(r['discrimination'], r['disc_low'], r['disc_high'])} | "
-                     f"{_ci(r['auroc'], r['auroc_low'], r['auroc_high'])} | {r['salience']} | "
-                     f"{_ci(r['rho_reliance'], r['rho_low'], r['rho_high'])} | {r['verdict']} |")
-    lines += ["", "## Do the faithfulness metrics agree with the truth?", "",
-              "Kendall's tau-b between a metric's ranking of the explainers on the confound models (marked images) "
-              "and the ranking by discrimination; tau with the ranking by marker share beside it.", "",
-              "| polarity | metric | tau with truth | verdict | tau with marker share | explainers | images |",
-              "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['polarity']} | {name} | "
+            f"{_ci(r['share_none'], r['share_none_low'], r['share_none_high'])} | "
+            f"{_ci(r['share_confound'], r['share_confound_low'], r['share_confound_high'])} | "
+            f"{_ci(r['share_noise'], r['share_noise_low'], r['share_noise_high'])} | "
+            f"{_ci(r['discrimination'], r['disc_low'], r['disc_high'])} | "
+            f"{_ci(r['auroc'], r['auroc_low'], r['auroc_high'])} | {r['salience']} | "
+            f"{_ci(r['rho_reliance'], r['rho_low'], r['rho_high'])} | {r['verdict']} |"
+        )
+    lines += [
+        "",
+        "## Do the faithfulness metrics agree with the truth?",
+        "",
+        "Kendall's tau-b between a metric's ranking of the explainers on the confound models (marked images) "
+        "and the ranking by discrimination; tau with the ranking by marker share beside it.",
+        "",
+        "| polarity | metric | tau with truth | verdict | tau with marker share | explainers | images |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for _, r in agree.iterrows():
-        lines.append(f"| {r['polarity']} | {r['metric']} | {_ci(r['tau_truth'], r['tau_low'], r['tau_high'])} | "
-                     f"{r['verdict']} | {_ci(r['tau_share'], r['tau_share_low'], r['tau_share_high'])} | "
-                     f"{r['n_explainers']} | {r['n_images']} |")
+        lines.append(
+            f"| {r['polarity']} | {r['metric']} | {_ci(r['tau_truth'], r['tau_low'], r['tau_high'])} | "
+            f"{r['verdict']} | {_ci(r['tau_share'], r['tau_share_low'], r['tau_share_high'])} | "
+            f"{r['n_explainers']} | {r['n_images']} |"
+        )
     lines.append("")
     return "\n".join(lines)
 
@@ -425,10 +616,14 @@ def _html(md: str, runs: pd.DataFrame) -> str:
         if table:
             rows = [[c.strip() for c in line.strip("|").split("|")] for line in table if not set(line) <= set("|-")]
             head, *rest = rows
-            body.append("<div class='box'><table><thead><tr>"
-                        + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr></thead>"
-                        "<tbody>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
-                                            for r in rest) + "</tbody></table></div>")
+            body.append(
+                "<div class='box'><table><thead><tr>"
+                + "".join(f"<th>{html.escape(c)}</th>" for c in head)
+                + "</tr></thead>"
+                "<tbody>"
+                + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rest)
+                + "</tbody></table></div>"
+            )
             table.clear()
 
     items: list[str] = []
@@ -451,15 +646,22 @@ def _html(md: str, runs: pd.DataFrame) -> str:
     flush()
     if items:
         body.append("<ul>" + "".join(items) + "</ul>")
-    links = "".join(f'<li><a href="{html.escape(r["run"])}/report.html">{html.escape(r["condition"])} · '
-                    f'{html.escape(r["polarity"])}</a></li>' for _, r in runs.iterrows())
+    links = "".join(
+        f'<li><a href="{html.escape(r["run"])}/report.html">{html.escape(r["condition"])} · '
+        f"{html.escape(r['polarity'])}</a></li>"
+        for _, r in runs.iterrows()
+    )
     # the run report's look (bench/report/html.py): a dark header bar, tables scroll inside their box
-    style = ("body{font-family:system-ui,sans-serif;box-sizing:border-box;max-width:1240px;margin:0 auto;"
-             "padding:0 1em 2em;color:#222}"
-             "h1{background:#0b3a5d;color:#fff;margin:0 -1em;padding:.6em 1em;font-size:22px}"
-             "h2{border-bottom:2px solid #0b6fa4;padding-bottom:.2em;margin-top:1.6em}"
-             ".box{overflow-x:auto;max-width:100%}table{border-collapse:collapse;margin:1em 0;font-size:13px}"
-             "td,th{border:1px solid #ddd;padding:4px 8px;white-space:nowrap}th{background:#f3f6f9;text-align:left}"
-             "li{margin:.3em 0}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>pneumobench model truth</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}<h2>Runs</h2><ul>{links}</ul></body></html>")
+    style = (
+        "body{font-family:system-ui,sans-serif;box-sizing:border-box;max-width:1240px;margin:0 auto;"
+        "padding:0 1em 2em;color:#222}"
+        "h1{background:#0b3a5d;color:#fff;margin:0 -1em;padding:.6em 1em;font-size:22px}"
+        "h2{border-bottom:2px solid #0b6fa4;padding-bottom:.2em;margin-top:1.6em}"
+        ".box{overflow-x:auto;max-width:100%}table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+        "td,th{border:1px solid #ddd;padding:4px 8px;white-space:nowrap}th{background:#f3f6f9;text-align:left}"
+        "li{margin:.3em 0}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>pneumobench model truth</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}<h2>Runs</h2><ul>{links}</ul></body></html>"
+    )

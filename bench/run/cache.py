@@ -12,6 +12,7 @@ raised, is recorded in the run's tables but computed again by the next run (a tr
 such as running out of memory or a killed worker, heals by itself; a deterministic one is
 reported again).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -62,17 +63,23 @@ def failed_metrics(scores: dict[str, Any]) -> list[str]:
     return sorted(failed + (["(substrates)"] if scores.get("substrates_error") else []))
 
 
-def result(attr: dict[str, Any], scores: dict[str, Any], *, cached: bool,
-           attr_cached: bool | None = None) -> dict[str, Any]:
+def result(
+    attr: dict[str, Any], scores: dict[str, Any], *, cached: bool, attr_cached: bool | None = None
+) -> dict[str, Any]:
     """A unit's result: its score record, its attribution values (None if the explainer failed), and
     whether the whole unit (``cached``) or only its attributions (``attr_cached``) came from the cache."""
-    return {**scores, "values": attr["values"] if attr["status"] == "ok" else None, "cached": cached,
-            "attr_cached": cached if attr_cached is None else attr_cached}
+    return {
+        **scores,
+        "values": attr["values"] if attr["status"] == "ok" else None,
+        "cached": cached,
+        "attr_cached": cached if attr_cached is None else attr_cached,
+    }
 
 
 def load_record(path: Path, check: Callable[[dict[str, Any]], Any], warn: Warn) -> dict[str, Any] | None:
     """A checksummed JSON record written by :func:`store_record`, if present, sound and accepted
     by ``check`` (which raises :class:`Damaged` or returns nothing); else None (with a warning)."""
+
     def parse(data: bytes) -> dict[str, Any]:
         obj = json.loads(data)
         if not isinstance(obj, dict) or "checksum" not in obj:
@@ -82,6 +89,7 @@ def load_record(path: Path, check: Callable[[dict[str, Any]], Any], warn: Warn) 
             raise Damaged("checksum mismatch")
         check(record)
         return record
+
     return _read(path, parse, warn)
 
 
@@ -110,8 +118,9 @@ ATTR_KEYS = {"status", "message", "seconds", "peak_mem_mb", "values", "outputs",
 
 
 def _attr_checksum(attr: dict[str, Any]) -> str:
-    h = hashlib.sha256(dumps_json({k: attr[k] for k in ("status", "message", "seconds", "peak_mem_mb", "meta")},
-                                  indent=None).encode())
+    h = hashlib.sha256(
+        dumps_json({k: attr[k] for k in ("status", "message", "seconds", "peak_mem_mb", "meta")}, indent=None).encode()
+    )
     for key in ("values", "outputs", "base_values"):
         t = attr[key]
         h.update(key.encode())

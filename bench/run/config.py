@@ -11,6 +11,7 @@ every field. A new key is one line in DEFAULTS and one field in its section (a t
 to each other). ``RunConfig.to_dict()`` is the validated dict, key order included: what the
 manifest records and the run identity and cache keys are made from.
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,84 +49,94 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "device": "auto",
     "results_dir": "results",
-    "checkpoint_dir": "",         # "" = <results_dir>/checkpoints
+    "checkpoint_dir": "",  # "" = <results_dir>/checkpoints
     "data": {
         "dataset": "pneumoniamnist",
-        "options": {},            # the dataset loader's keyword options, e.g. size, data_file (bench list datasets)
+        "options": {},  # the dataset loader's keyword options, e.g. size, data_file (bench list datasets)
         "split": "test",
-        "sample": "per_cell",     # per_cell | all
-        "per_cell": 4,            # images per confusion cell (TP/FP/FN/TN) when sample = per_cell
-        "nested_per_cell": 0,     # > 0: explain a seeded subset of that many per cell of the per_cell sample (the
-                                  # same images as a run at per_cell, fewer of them); 0 = all of the sample
-        "background_size": 32,    # reference images drawn (seeded) from the train split
+        "sample": "per_cell",  # per_cell | all
+        "per_cell": 4,  # images per confusion cell (TP/FP/FN/TN) when sample = per_cell
+        # > 0: explain a seeded subset of that many per cell of the per_cell sample (the
+        # same images as a run at per_cell, fewer of them); 0 = all of the sample
+        "nested_per_cell": 0,
+        "background_size": 32,  # reference images drawn (seeded) from the train split
     },
-    "models": {"names": ["resnet18"], "stages": ["pre", "post"],
-               "seeds": [],           # training seeds, each its own checkpoints ([] = train.seed alone)
-               "select_seed": -1,     # whose pre model picks the images and the predicted targets (-1 = the first
-                                      # of seeds; another seed's model is trained if needed, used, not explained)
-               "user": {}},           # {name: {factory, kwargs, checkpoint, convert}}: your own models (models/user.py)
-    "train": {},                  # TrainConfig fields (models.recipes)
-    "tune": {},                   # TuneConfig fields
+    "models": {
+        "names": ["resnet18"],
+        "stages": ["pre", "post"],
+        "seeds": [],  # training seeds, each its own checkpoints ([] = train.seed alone)
+        # whose pre model picks the images and the predicted targets (-1 = the first
+        # of seeds; another seed's model is trained if needed, used, not explained)
+        "select_seed": -1,
+        "user": {},  # {name: {factory, kwargs, checkpoint, convert}}: your own models (models/user.py)
+    },
+    "train": {},  # TrainConfig fields (models.recipes)
+    "tune": {},  # TuneConfig fields
     "explain": {
         "names": ["shap.gradient", "shap.partition", "shap.deep", "captum.integrated_gradients", "random", "edge"],
-        "output": "logit",        # logit | probability: the explained scalar's space
-        "target": "predicted",    # predicted | label
-        "shard_size": 8,          # images per cached unit of work
-        "params": {},             # {explainer name: {param: value}}
+        "output": "logit",  # logit | probability: the explained scalar's space
+        "target": "predicted",  # predicted | label
+        "shard_size": 8,  # images per cached unit of work
+        "params": {},  # {explainer name: {param: value}}
     },
     "metrics": {
         "names": ["drop_rate", "increase_rate", "deletion_auc", "insertion_auc", "additivity_error"],
         "attribution": "signed",  # signed | abs | positive: one explicit preprocessing step before metrics
-        "params": {},             # {metric name: {param: value}}
-        "curves": True,           # store the curves of the curve metrics (deletion, insertion, ROAD)
-        "precision": "float32",   # float32 | bfloat16 | float16 (CUDA only): the metrics' own model passes, under
-                                  # autocast; explainers (also those a metric re-runs) stay float32
+        "params": {},  # {metric name: {param: value}}
+        "curves": True,  # store the curves of the curve metrics (deletion, insertion, ROAD)
+        # float32 | bfloat16 | float16 (CUDA only): the metrics' own model passes, under
+        # autocast; explainers (also those a metric re-runs) stay float32
+        "precision": "float32",
     },
     "figures": {"enabled": True, "examples_per_cell": 1},
-    "report": {                   # how report.html shows the run (not what it computes: left out of the run's identity)
-        "self_contained": True,   # true: one file, figures embedded; false: links figures/*.png and long tables' CSVs
-        "maps": False,            # true: also maps.npz, every pre-stage map of the explained images (what combining
-                                  # the parts of a study needs for its seed-vs-seed map similarity)
+    "report": {  # how report.html shows the run (not what it computes: left out of the run's identity)
+        "self_contained": True,  # true: one file, figures embedded; false: links figures/*.png and long tables' CSVs
+        # true: also maps.npz, every pre-stage map of the explained images (what combining
+        # the parts of a study needs for its seed-vs-seed map similarity)
+        "maps": False,
     },
-    "stats": {                    # how the tables decide (bench/stats; what they show, not what the run computes: left
-                                  # out of the run's identity, so changing it re-uses the cache)
-        "margins": {},            # TOST equivalence margin per metric or metric kind, e.g. {faithfulness = 0.02}
-        "effects": {},            # smallest effect of interest per metric or kind, for `bench plan` (n before the run)
-        "alias_rtol": 1e-6,       # two explainers are aliases when every score agrees within atol + rtol * |value|
+    # how the tables decide (bench/stats; what they show, not what the run computes: left
+    # out of the run's identity, so changing it re-uses the cache)
+    "stats": {
+        "margins": {},  # TOST equivalence margin per metric or metric kind, e.g. {faithfulness = 0.02}
+        "effects": {},  # smallest effect of interest per metric or kind, for `bench plan` (n before the run)
+        "alias_rtol": 1e-6,  # two explainers are aliases when every score agrees within atol + rtol * |value|
         "alias_atol": 1e-12,
-        "draws": 20000,           # Monte Carlo draws of the max-T null and of P(top stays)
+        "draws": 20000,  # Monte Carlo draws of the max-T null and of P(top stays)
         "seed": 0,
     },
-    "truth": {                    # `bench truth`: the model-truth test on `marked` data (bench/run/truth.py); one
-                                  # sub-run per (polarity, condition), so left out of each run's identity
+    # `bench truth`: the model-truth test on `marked` data (bench/run/truth.py); one
+    # sub-run per (polarity, condition), so left out of each run's identity
+    "truth": {
         "conditions": ["none", "confound", "noise"],  # training conditions of the marked data (datasets/marked.py)
         "polarities": ["bright"],  # marker polarities, each with every condition
         "reliance_margin": 0.05,  # |p(class 1) with - without marker| below which a model does not use it
-        "share_margin": 0.25,     # mask_share difference (area-relative units) inside which explainers "do not react"
-        "bootstrap": 1000,        # image resamples of the AUROC, correlation and tau intervals
+        "share_margin": 0.25,  # mask_share difference (area-relative units) inside which explainers "do not react"
+        "bootstrap": 1000,  # image resamples of the AUROC, correlation and tau intervals
     },
-    "reliability": {              # the reliability card (bench/report/reliability.py), next to every leaderboard
+    "reliability": {  # the reliability card (bench/report/reliability.py), next to every leaderboard
         "enabled": True,
         "controls": ["random", "edge"],
-        "alpha": 0.05,            # family-wise error rate of every test family (bench.stats.settings.FAMILIES)
-        "power": 0.8,             # for the smallest detectable difference and the n needed
-        "splits": 100,            # random halves per split-half estimate
-        "bootstrap": 1000,        # resamples of the alpha and split-half CIs
+        "alpha": 0.05,  # family-wise error rate of every test family (bench.stats.settings.FAMILIES)
+        "power": 0.8,  # for the smallest detectable difference and the n needed
+        "splits": 100,  # random halves per split-half estimate
+        "bootstrap": 1000,  # resamples of the alpha and split-half CIs
         "seed": 0,
         "substrates": ["zero", "mean", "blur", "noise"],  # substrate sensitivity (re-scores; [] = off)
-        "imputation": True,       # and the metrics that impute for one (ROAD beside deletion)
-        "meta": {                 # MetaQuantus noise resilience / adversary reactivity: re-explains
+        "imputation": True,  # and the metrics that impute for one (ROAD beside deletion)
+        "meta": {  # MetaQuantus noise resilience / adversary reactivity: re-explains
             "enabled": False,
-            "n_images": 8,        # explained images it uses (spread over the confusion cells)
-            "perturbations": 3,   # K draws of each perturbation
-            "input_noise": 0.001, # std of Gaussian noise on inputs, x the image's value range (MetaQuantus)
+            "n_images": 8,  # explained images it uses (spread over the confusion cells)
+            "perturbations": 3,  # K draws of each perturbation
+            "input_noise": 0.001,  # std of Gaussian noise on inputs, x the image's value range (MetaQuantus)
             "weight_noise": 0.001,  # std of multiplicative Gaussian noise on weights (MetaQuantus)
             "stages": ["pre"],
         },
     },
-    "parts": {},                  # {part: {table overrides}}: a run too long for one sitting, as ordinary runs in
-                                  # <results_dir>/<name>/parts/<part>, combined into <results_dir>/<name>
-                                  # (bench/run/parts.py)
+    # {part: {table overrides}}: a run too long for one sitting, as ordinary runs in
+    # <results_dir>/<name>/parts/<part>, combined into <results_dir>/<name>
+    # (bench/run/parts.py)
+    "parts": {},
 }
 
 CHOICES = {
@@ -134,9 +145,17 @@ CHOICES = {
     ("explain", "target"): ("predicted", "label"),
     ("metrics", "attribution"): ("signed", "abs", "positive"),
 }
-FREE_TABLES = {("data", "options"), ("train",), ("tune",), ("explain", "params"), ("metrics", "params"),
-               ("stats", "margins"), ("stats", "effects"),
-               ("models", "user"), ("parts",)}
+FREE_TABLES = {
+    ("data", "options"),
+    ("train",),
+    ("tune",),
+    ("explain", "params"),
+    ("metrics", "params"),
+    ("stats", "margins"),
+    ("stats", "effects"),
+    ("models", "user"),
+    ("parts",),
+}
 
 
 # ----------------------------------------------------------------------------- the typed config
@@ -217,10 +236,14 @@ def _expect_keys(values: Any, names: list[str], where: str) -> None:
         raise BenchError(f"config value {where.rstrip('.') or 'config'}: must be a table, got {shown(values)}")
     missing, unknown = [n for n in names if n not in values], [k for k in values if k not in names]
     if missing or unknown:
-        raise BenchError(f"config table {where.rstrip('.') or '(top level)'}: "
-                         + "; ".join(([f"no key {', '.join(missing)}"] if missing else [])
-                                     + ([f"unknown key {', '.join(map(str, unknown))}"] if unknown else []))
-                         + "; a run config has the keys of bench.run.config.DEFAULTS")
+        raise BenchError(
+            f"config table {where.rstrip('.') or '(top level)'}: "
+            + "; ".join(
+                ([f"no key {', '.join(missing)}"] if missing else [])
+                + ([f"unknown key {', '.join(map(str, unknown))}"] if unknown else [])
+            )
+            + "; a run config has the keys of bench.run.config.DEFAULTS"
+        )
 
 
 @dataclass(frozen=True)
@@ -228,11 +251,11 @@ class DataSection(Section):
     """``[data]``: what is explained."""
 
     dataset: str
-    options: Mapping[str, Any]   # the dataset loader's keyword options (its registry)
+    options: Mapping[str, Any]  # the dataset loader's keyword options (its registry)
     split: str
-    sample: str                  # per_cell | all
+    sample: str  # per_cell | all
     per_cell: int
-    nested_per_cell: int         # > 0: a seeded subset of the per_cell sample, that many per cell
+    nested_per_cell: int  # > 0: a seeded subset of the per_cell sample, that many per cell
     background_size: int
     # not a config key: what bench.evaluate records about the images it was given (n_images, their
     # sha256, ...), written after the keys above
@@ -255,10 +278,10 @@ class ModelsSection(Section):
     """``[models]``: the architectures, their stages and training seeds, the user's own models."""
 
     names: tuple[str, ...]
-    stages: tuple[str, ...]                   # ("pre",) | ("pre", "post")
-    seeds: tuple[int, ...]                    # () = train.seed alone
-    select_seed: int                          # whose pre model picks the images (-1 = the first of seeds)
-    user: Mapping[str, Mapping[str, Any]]     # {name: {factory, kwargs, checkpoint, convert}} (models/user.py)
+    stages: tuple[str, ...]  # ("pre",) | ("pre", "post")
+    seeds: tuple[int, ...]  # () = train.seed alone
+    select_seed: int  # whose pre model picks the images (-1 = the first of seeds)
+    user: Mapping[str, Mapping[str, Any]]  # {name: {factory, kwargs, checkpoint, convert}} (models/user.py)
 
 
 @dataclass(frozen=True)
@@ -303,8 +326,10 @@ class TuneSection(RecipeSection):
         ``{"post:<variant>": recipe with the variant's fields}``."""
         if not self.variants:
             return {"post": TuneConfig(**recipe_fields(self.table))}
-        return {f"post:{name}": TuneConfig(**recipe_fields({**self.table, **fields_}))
-                for name, fields_ in sorted(self.variants.items())}
+        return {
+            f"post:{name}": TuneConfig(**recipe_fields({**self.table, **fields_}))
+            for name, fields_ in sorted(self.variants.items())
+        }
 
 
 @dataclass(frozen=True)
@@ -312,8 +337,8 @@ class ExplainSection(Section):
     """``[explain]``: the explainers, the explained scalar and its class, the shard size."""
 
     names: tuple[str, ...]
-    output: str                              # logit | probability
-    target: str                              # predicted | label (bench.evaluate: given)
+    output: str  # logit | probability
+    target: str  # predicted | label (bench.evaluate: given)
     shard_size: int
     params: Mapping[str, Mapping[str, Any]]  # {explainer: {param: value}} (the adapters' registry)
     # not a config key: the maps bench.evaluate was given ({name: {sha256, shape, not_scored}}), recorded
@@ -337,10 +362,10 @@ class MetricsSection(Section):
     """``[metrics]``: the metrics, the one attribution preprocessing step, their parameters."""
 
     names: tuple[str, ...]
-    attribution: str                         # signed | abs | positive
+    attribution: str  # signed | abs | positive
     params: Mapping[str, Mapping[str, Any]]  # {metric: {param: value}} (the metrics' registry)
     curves: bool
-    precision: str                           # float32 | bfloat16 | float16 (CUDA only): the metrics' own passes
+    precision: str  # float32 | bfloat16 | float16 (CUDA only): the metrics' own passes
 
 
 @dataclass(frozen=True)
@@ -418,7 +443,7 @@ class RunConfig(Section):
     seed: int
     device: str
     results_dir: str
-    checkpoint_dir: str                      # "" = <results_dir>/checkpoints
+    checkpoint_dir: str  # "" = <results_dir>/checkpoints
     data: DataSection
     models: ModelsSection
     train: TrainSection
@@ -430,7 +455,7 @@ class RunConfig(Section):
     stats: StatsSection
     truth: TruthSection
     reliability: ReliabilitySection
-    parts: Mapping[str, Mapping[str, Any]]   # {part: {table overrides}} (bench/run/parts.py)
+    parts: Mapping[str, Mapping[str, Any]]  # {part: {table overrides}} (bench/run/parts.py)
     source: str = field(default="", compare=False)
 
     @classmethod
@@ -454,11 +479,15 @@ def parse_value(text: str, what: str = "value") -> Any:
     try:
         parsed = tomllib.loads(f"v = {text}")
     except tomllib.TOMLDecodeError as exc:
-        raise BenchError(f"{what} {text!r} is not a TOML value ({exc}); strings need quotes, e.g. "
-                         f"\"name\" or '\"shap.deep\"' in the shell") from None
+        raise BenchError(
+            f"{what} {text!r} is not a TOML value ({exc}); strings need quotes, e.g. "
+            f'"name" or \'"shap.deep"\' in the shell'
+        ) from None
     if set(parsed) != {"v"}:  # "1\nname = 'x'": a second assignment on another line
-        raise BenchError(f"{what} {text!r} holds more than one value (a line break and another KEY=VALUE); give "
-                         f"each value its own --set")
+        raise BenchError(
+            f"{what} {text!r} holds more than one value (a line break and another KEY=VALUE); give "
+            f"each value its own --set"
+        )
     return parsed["v"]
 
 
@@ -472,8 +501,10 @@ def apply_override(values: dict[str, Any], assignment: str) -> None:
     try:
         path = _key_path(tomllib.loads(f"{key.strip()} = 0"))
     except tomllib.TOMLDecodeError:
-        raise BenchError(f"--set {assignment!r}: {key.strip()!r} is not a TOML key; quote a name that has dots, "
-                         f"e.g. --set 'explain.params.\"shap.partition\".max_evals=100'") from None
+        raise BenchError(
+            f"--set {assignment!r}: {key.strip()!r} is not a TOML key; quote a name that has dots, "
+            f"e.g. --set 'explain.params.\"shap.partition\".max_evals=100'"
+        ) from None
     value = parse_value(text.strip(), f"--set {key.strip()}:")
     node = values
     for p in path[:-1]:
@@ -488,7 +519,7 @@ def _key_path(parsed: dict[str, Any]) -> list[str]:
     path: list[str] = []
     node: Any = parsed
     while isinstance(node, dict):
-        (k, node), = node.items()
+        ((k, node),) = node.items()
         path.append(k)
     return path
 
@@ -502,8 +533,10 @@ def config_path(path: str | Path | None) -> Path:
     if not path.is_file() and str(path) in shipped:  # a bare profile name, from any folder
         return CONFIG_DIR / f"{path}.toml"
     if not path.is_file():
-        raise BenchError(f"config file {path} not found; pass --config with an existing TOML file or a shipped "
-                         f"profile's name ({', '.join(shipped)})")
+        raise BenchError(
+            f"config file {path} not found; pass --config with an existing TOML file or a shipped "
+            f"profile's name ({', '.join(shipped)})"
+        )
     return path
 
 
@@ -519,8 +552,10 @@ def load_values(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     try:
         text = read_regular(path, follow=True).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise BenchError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 "
-                         f"(TOML files are UTF-8)") from None
+        raise BenchError(
+            f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 "
+            f"(TOML files are UTF-8)"
+        ) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -544,8 +579,9 @@ def _merge(base: dict[str, Any], new: dict[str, Any], where: tuple[str, ...]) ->
             continue
         if key not in base:
             known = ", ".join(sorted(base))
-            raise BenchError(f"unknown config key {'.'.join(here)!r}{did_you_mean(key, base)}; "
-                             f"known keys here: {known}")
+            raise BenchError(
+                f"unknown config key {'.'.join(here)!r}{did_you_mean(key, base)}; known keys here: {known}"
+            )
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise BenchError(f"config key {'.'.join(here)!r} must be a table, got {value!r}")
@@ -577,15 +613,18 @@ def is_plain_name(name: Any) -> bool:
 def shown(value: Any, limit: int = 60) -> str:
     """``repr(value)``, a long string cut to its start and its length."""
     if isinstance(value, str) and len(value) > limit:
-        return f"{value[:limit // 2]!r}… ({len(value)} characters)"
+        return f"{value[: limit // 2]!r}… ({len(value)} characters)"
     return repr(value)
 
 
 def check_name(name: Any, key: str = "name") -> None:
     """A run name is one plain folder name (:func:`is_plain_name`)."""
-    _expect(is_plain_name(name), key,
-            f"{shown(name)} is not a plain folder name (letters, digits and ._+- , not starting with a dot, at most "
-            f"{MAX_NAME} characters; no path separators); choose e.g. --name my-run")
+    _expect(
+        is_plain_name(name),
+        key,
+        f"{shown(name)} is not a plain folder name (letters, digits and ._+- , not starting with a dot, at most "
+        f"{MAX_NAME} characters; no path separators); choose e.g. --name my-run",
+    )
 
 
 def validate(v: dict[str, Any]) -> None:
@@ -594,56 +633,91 @@ def validate(v: dict[str, Any]) -> None:
         _expect(v[table][key] in choices, f"{table}.{key}", f"{v[table][key]!r} is not one of {', '.join(choices)}")
     check_name(v["name"])
     _expect(is_seed(v["seed"]), "seed", f"must be an integer {SEED_RANGE}, got {v['seed']!r}")
-    _expect(v["device"] in DEVICES or str(v["device"]).startswith("cuda:"), "device",
-            f"{v['device']!r} is not one of {', '.join(DEVICES)}")
+    _expect(
+        v["device"] in DEVICES or str(v["device"]).startswith("cuda:"),
+        "device",
+        f"{v['device']!r} is not one of {', '.join(DEVICES)}",
+    )
     for key in ("results_dir", "checkpoint_dir"):
-        _expect(isinstance(v[key], str) and (key == "checkpoint_dir" or v[key]), key,
-                "must be a folder path (a string)" + ("" if key == "results_dir" else
-                                                      '; "" = <results_dir>/checkpoints'))
+        _expect(
+            isinstance(v[key], str) and (key == "checkpoint_dir" or v[key]),
+            key,
+            "must be a folder path (a string)" + ("" if key == "results_dir" else '; "" = <results_dir>/checkpoints'),
+        )
     d = v["data"]
     for key in ("per_cell", "background_size"):
         _expect(_is_int(d[key]) and d[key] >= 1, f"data.{key}", f"must be an integer >= 1, got {d[key]!r}")
     _expect(d["split"] in ("train", "val", "test"), "data.split", "must be train, val or test")
-    _expect(_is_int(d["nested_per_cell"]) and 0 <= d["nested_per_cell"], "data.nested_per_cell",
-            f"must be an integer >= 0 (0 = the whole sample), got {d['nested_per_cell']!r}")
-    _expect(d["nested_per_cell"] == 0 or d["sample"] == "per_cell" and d["nested_per_cell"] <= d["per_cell"],
-            "data.nested_per_cell", f"a subset of the per_cell sample: needs data.sample = \"per_cell\" and at most "
-            f"data.per_cell ({d['per_cell']}), got {d['nested_per_cell']!r}")
+    _expect(
+        _is_int(d["nested_per_cell"]) and 0 <= d["nested_per_cell"],
+        "data.nested_per_cell",
+        f"must be an integer >= 0 (0 = the whole sample), got {d['nested_per_cell']!r}",
+    )
+    _expect(
+        d["nested_per_cell"] == 0 or d["sample"] == "per_cell" and d["nested_per_cell"] <= d["per_cell"],
+        "data.nested_per_cell",
+        f'a subset of the per_cell sample: needs data.sample = "per_cell" and at most '
+        f"data.per_cell ({d['per_cell']}), got {d['nested_per_cell']!r}",
+    )
     e = v["explain"]
-    _expect(_is_int(e["shard_size"]) and e["shard_size"] >= 1, "explain.shard_size",
-            f"must be an integer >= 1, got {e['shard_size']!r}")
+    _expect(
+        _is_int(e["shard_size"]) and e["shard_size"] >= 1,
+        "explain.shard_size",
+        f"must be an integer >= 1, got {e['shard_size']!r}",
+    )
     f = v["figures"]
     _expect(isinstance(f["enabled"], bool), "figures.enabled", f"must be true or false, got {f['enabled']!r}")
-    _expect(_is_int(f["examples_per_cell"]) and f["examples_per_cell"] >= 0, "figures.examples_per_cell",
-            f"must be an integer >= 0, got {f['examples_per_cell']!r}")
+    _expect(
+        _is_int(f["examples_per_cell"]) and f["examples_per_cell"] >= 0,
+        "figures.examples_per_cell",
+        f"must be an integer >= 0, got {f['examples_per_cell']!r}",
+    )
     for key in ("self_contained", "maps"):
         _expect(isinstance(v["report"][key], bool), f"report.{key}", f"must be true or false, got {v['report'][key]!r}")
     _check_reliability(v["reliability"])
     _check_stats(v["stats"])
     _check_truth(v["truth"])
-    _expect(isinstance(v["metrics"]["curves"], bool), "metrics.curves",
-            f"must be true or false, got {v['metrics']['curves']!r}")
+    _expect(
+        isinstance(v["metrics"]["curves"], bool),
+        "metrics.curves",
+        f"must be true or false, got {v['metrics']['curves']!r}",
+    )
     _check_precision(v["metrics"]["precision"], v["device"])
     stages = v["models"]["stages"]
-    _expect(isinstance(stages, list) and stages in (["pre"], ["pre", "post"]), "models.stages",
-            f'must be ["pre"] or ["pre", "post"], got {stages!r}')
+    _expect(
+        isinstance(stages, list) and stages in (["pre"], ["pre", "post"]),
+        "models.stages",
+        f'must be ["pre"] or ["pre", "post"], got {stages!r}',
+    )
     seeds = v["models"]["seeds"]
-    _expect(isinstance(seeds, list) and all(is_seed(s) for s in seeds) and len(set(seeds)) == len(seeds),
-            "models.seeds", f"must be a list of distinct integers {SEED_RANGE}, got {seeds!r}")
+    _expect(
+        isinstance(seeds, list) and all(is_seed(s) for s in seeds) and len(set(seeds)) == len(seeds),
+        "models.seeds",
+        f"must be a list of distinct integers {SEED_RANGE}, got {seeds!r}",
+    )
     select = v["models"]["select_seed"]
-    _expect(select == -1 or is_seed(select), "models.select_seed",
-            f"must be -1 (the first of models.seeds) or a training seed {SEED_RANGE}, got {select!r}")
+    _expect(
+        select == -1 or is_seed(select),
+        "models.select_seed",
+        f"must be -1 (the first of models.seeds) or a training seed {SEED_RANGE}, got {select!r}",
+    )
     _check_parts(v)
     for key in ("models.names", "explain.names", "metrics.names"):
         names = _get(v, key)
-        _expect(isinstance(names, list) and len(names) > 0 and all(isinstance(n, str) for n in names), key,
-                "must be a non-empty list of names")
+        _expect(
+            isinstance(names, list) and len(names) > 0 and all(isinstance(n, str) for n in names),
+            key,
+            "must be a non-empty list of names",
+        )
         _expect(len(set(names)) == len(names), key, "lists a name twice")
     users = [n for n in v["models"]["names"] if n in v["models"]["user"]]
     user = users[0] if users else ""
-    _expect(not users or "post" not in stages, "models.stages",
-            f'{user!r} is a user model ([models.user.{user}]); tuning (the "post" stage) applies only to models '
-            f'pneumobench trains: set models.stages = ["pre"]')
+    _expect(
+        not users or "post" not in stages,
+        "models.stages",
+        f'{user!r} is a user model ([models.user.{user}]); tuning (the "post" stage) applies only to models '
+        f'pneumobench trains: set models.stages = ["pre"]',
+    )
     _check_names(v)
 
 
@@ -655,11 +729,17 @@ def _check_parts(v: dict[str, Any]) -> None:
     (each part's whole config is validated when it is made, :func:`part_values`)."""
     for name, table in v["parts"].items():
         check_name(name, f"parts.{name}")
-        _expect(isinstance(table, dict), f"parts.{name}", "must be a table of config overrides, e.g. "
-                "{ models = { seeds = [1] } }")
+        _expect(
+            isinstance(table, dict),
+            f"parts.{name}",
+            "must be a table of config overrides, e.g. { models = { seeds = [1] } }",
+        )
         fixed = [k for k in table if k in PART_FIXED]
-        _expect(not fixed, f"parts.{name}.{fixed[0] if fixed else ''}",
-                f"is the same for every part of a run ({', '.join(PART_FIXED)}); set it at the top level")
+        _expect(
+            not fixed,
+            f"parts.{name}.{fixed[0] if fixed else ''}",
+            f"is the same for every part of a run ({', '.join(PART_FIXED)}); set it at the top level",
+        )
 
 
 def part_values(values: Mapping[str, Any], part: str) -> dict[str, Any]:
@@ -669,8 +749,10 @@ def part_values(values: Mapping[str, Any], part: str) -> dict[str, Any]:
     the same checkpoints)."""
     parts = values.get("parts") or {}
     if part not in parts:
-        raise BenchError(f"--part {part!r}: the config has no [parts.{part}]{did_you_mean(part, parts)}; its parts: "
-                         f"{', '.join(parts) or 'none'}")
+        raise BenchError(
+            f"--part {part!r}: the config has no [parts.{part}]{did_you_mean(part, parts)}; its parts: "
+            f"{', '.join(parts) or 'none'}"
+        )
     out = copy.deepcopy({k: v for k, v in values.items() if k != "parts"})
     out = _merge(out, copy.deepcopy(dict(parts[part])), ())
     out["parts"] = {}
@@ -693,51 +775,82 @@ def part_config(cfg: RunConfig, part: str) -> RunConfig:
 def _check_reliability(r: dict[str, Any]) -> None:
     for key in ("enabled", "imputation"):
         _expect(isinstance(r[key], bool), f"reliability.{key}", f"must be true or false, got {r[key]!r}")
-    _expect(isinstance(r["controls"], list) and all(isinstance(c, str) for c in r["controls"]), "reliability.controls",
-            "must be a list of explainer names")
+    _expect(
+        isinstance(r["controls"], list) and all(isinstance(c, str) for c in r["controls"]),
+        "reliability.controls",
+        "must be a list of explainer names",
+    )
     for key in ("alpha", "power"):
-        _expect(isinstance(r[key], float) and 0 < r[key] < 1, f"reliability.{key}",
-                f"must be in (0, 1), got {r[key]!r}")
+        _expect(
+            isinstance(r[key], float) and 0 < r[key] < 1, f"reliability.{key}", f"must be in (0, 1), got {r[key]!r}"
+        )
     for key in ("splits", "bootstrap"):
         _expect(_is_int(r[key]) and r[key] >= 10, f"reliability.{key}", f"must be an integer >= 10, got {r[key]!r}")
     _expect(is_seed(r["seed"]), "reliability.seed", f"must be an integer {SEED_RANGE}, got {r['seed']!r}")
-    _expect(isinstance(r["substrates"], list) and set(r["substrates"]) <= set(metrics.SUBSTRATES)
-            and len(set(r["substrates"])) == len(r["substrates"]), "reliability.substrates",
-            f"must be a list of distinct substrates out of {', '.join(metrics.SUBSTRATES)}, got {r['substrates']!r}")
+    _expect(
+        isinstance(r["substrates"], list)
+        and set(r["substrates"]) <= set(metrics.SUBSTRATES)
+        and len(set(r["substrates"])) == len(r["substrates"]),
+        "reliability.substrates",
+        f"must be a list of distinct substrates out of {', '.join(metrics.SUBSTRATES)}, got {r['substrates']!r}",
+    )
     m = r["meta"]
     _expect(isinstance(m["enabled"], bool), "reliability.meta.enabled", f"must be true or false, got {m['enabled']!r}")
     for key in ("n_images", "perturbations"):
         _expect(_is_int(m[key]) and m[key] >= 2, f"reliability.meta.{key}", f"must be an integer >= 2, got {m[key]!r}")
     for key in ("input_noise", "weight_noise"):
-        _expect(isinstance(m[key], (int, float)) and not isinstance(m[key], bool) and m[key] > 0,
-                f"reliability.meta.{key}", f"must be a number > 0, got {m[key]!r}")
-    _expect(isinstance(m["stages"], list) and set(m["stages"]) <= {"pre", "post"} and bool(m["stages"]),
-            "reliability.meta.stages", f'must be a non-empty list out of "pre", "post", got {m["stages"]!r}')
+        _expect(
+            isinstance(m[key], (int, float)) and not isinstance(m[key], bool) and m[key] > 0,
+            f"reliability.meta.{key}",
+            f"must be a number > 0, got {m[key]!r}",
+        )
+    _expect(
+        isinstance(m["stages"], list) and set(m["stages"]) <= {"pre", "post"} and bool(m["stages"]),
+        "reliability.meta.stages",
+        f'must be a non-empty list out of "pre", "post", got {m["stages"]!r}',
+    )
 
 
 def _check_precision(precision: Any, device: Any, where: str = "metrics.precision") -> None:
     """A known precision; float16 only on a CUDA device (``auto``: when CUDA is available)."""
-    _expect(isinstance(precision, str) and precision in PRECISIONS, where,
-            f"{precision!r} is not one of {', '.join(PRECISIONS)}")
+    _expect(
+        isinstance(precision, str) and precision in PRECISIONS,
+        where,
+        f"{precision!r} is not one of {', '.join(PRECISIONS)}",
+    )
     cuda = str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    _expect(cuda or precision not in CUDA_ONLY, where,
-            f"{precision} runs on CUDA only and device = {device!r}{' finds no CUDA' if device == 'auto' else ''}; "
-            f"use \"bfloat16\" on the CPU")
+    _expect(
+        cuda or precision not in CUDA_ONLY,
+        where,
+        f"{precision} runs on CUDA only and device = {device!r}{' finds no CUDA' if device == 'auto' else ''}; "
+        f'use "bfloat16" on the CPU',
+    )
 
 
 def _check_stats(st: dict[str, Any]) -> None:
     known = set(DEFAULT_MARGINS) | set(metrics.METRICS.names())
     for key in ("margins", "effects"):
         for name, value in st[key].items():
-            _expect(name in known, f"stats.{key}.{name}", f"is neither a metric nor a metric kind"
-                    f"{did_you_mean(name, known)}; kinds: {', '.join(sorted(DEFAULT_MARGINS))}")
-            _expect(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
-                    f"stats.{key}.{name}", f"must be a number > 0, got {value!r}")
+            _expect(
+                name in known,
+                f"stats.{key}.{name}",
+                f"is neither a metric nor a metric kind"
+                f"{did_you_mean(name, known)}; kinds: {', '.join(sorted(DEFAULT_MARGINS))}",
+            )
+            _expect(
+                isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
+                f"stats.{key}.{name}",
+                f"must be a number > 0, got {value!r}",
+            )
     for key in ("alias_rtol", "alias_atol"):
-        _expect(isinstance(st[key], (int, float)) and not isinstance(st[key], bool) and st[key] >= 0,
-                f"stats.{key}", f"must be a number >= 0, got {st[key]!r}")
-    _expect(_is_int(st["draws"]) and st["draws"] >= 1000, "stats.draws",
-            f"must be an integer >= 1000, got {st['draws']!r}")
+        _expect(
+            isinstance(st[key], (int, float)) and not isinstance(st[key], bool) and st[key] >= 0,
+            f"stats.{key}",
+            f"must be a number >= 0, got {st[key]!r}",
+        )
+    _expect(
+        _is_int(st["draws"]) and st["draws"] >= 1000, "stats.draws", f"must be an integer >= 1000, got {st['draws']!r}"
+    )
     _expect(is_seed(st["seed"]), "stats.seed", f"must be an integer {SEED_RANGE}, got {st['seed']!r}")
 
 
@@ -747,14 +860,25 @@ TRUTH_POLARITIES = ("bright", "dark")
 
 def _check_truth(t: dict[str, Any]) -> None:
     for key, choices in (("conditions", TRUTH_CONDITIONS), ("polarities", TRUTH_POLARITIES)):
-        _expect(isinstance(t[key], list) and t[key] and all(x in choices for x in t[key])
-                and len(set(t[key])) == len(t[key]), f"truth.{key}",
-                f"must be a non-empty list of distinct values from {', '.join(choices)}, got {t[key]!r}")
+        _expect(
+            isinstance(t[key], list)
+            and t[key]
+            and all(x in choices for x in t[key])
+            and len(set(t[key])) == len(t[key]),
+            f"truth.{key}",
+            f"must be a non-empty list of distinct values from {', '.join(choices)}, got {t[key]!r}",
+        )
     for key in ("reliance_margin", "share_margin"):
-        _expect(isinstance(t[key], (int, float)) and not isinstance(t[key], bool) and t[key] > 0, f"truth.{key}",
-                f"must be a number > 0, got {t[key]!r}")
-    _expect(_is_int(t["bootstrap"]) and t["bootstrap"] >= 100, "truth.bootstrap",
-            f"must be an integer >= 100, got {t['bootstrap']!r}")
+        _expect(
+            isinstance(t[key], (int, float)) and not isinstance(t[key], bool) and t[key] > 0,
+            f"truth.{key}",
+            f"must be a number > 0, got {t[key]!r}",
+        )
+    _expect(
+        _is_int(t["bootstrap"]) and t["bootstrap"] >= 100,
+        "truth.bootstrap",
+        f"must be an integer >= 100, got {t['bootstrap']!r}",
+    )
 
 
 def revalidated(cfg: RunConfig) -> RunConfig:
@@ -790,8 +914,9 @@ def _check_names(v: dict[str, Any]) -> None:
         except UnknownNameError as exc:
             raise BenchError(f"config value reliability.controls: {exc}") from None
     for table, kind, names, params, registry, exclude in (
-            ("explain", "explainer", v["explain"]["names"], v["explain"]["params"], explainers.EXPLAINERS, ()),
-            ("metrics", "metric", v["metrics"]["names"], v["metrics"]["params"], metrics.METRICS, metrics.PROTOCOL)):
+        ("explain", "explainer", v["explain"]["names"], v["explain"]["params"], explainers.EXPLAINERS, ()),
+        ("metrics", "metric", v["metrics"]["names"], v["metrics"]["params"], metrics.METRICS, metrics.PROTOCOL),
+    ):
         for n in names:
             registry.get(n)
         for n, p in params.items():
@@ -801,11 +926,17 @@ def _check_names(v: dict[str, Any]) -> None:
             if table == "explain" and "precision" in p:  # a gradient explainer's own passes (float16: CUDA only)
                 _check_precision(p["precision"], v["device"], f"{where}.precision")
     variants = v["tune"].get("variants", {})
-    _expect(isinstance(variants, dict) and all(isinstance(x, dict) for x in variants.values()), "tune.variants",
-            "must be a table of variant = {recipe fields}")
+    _expect(
+        isinstance(variants, dict) and all(isinstance(x, dict) for x in variants.values()),
+        "tune.variants",
+        "must be a table of variant = {recipe fields}",
+    )
     for name in variants:
-        _expect(bool(re.fullmatch(r"[A-Za-z0-9_-]+", name)), f"tune.variants.{name}",
-                "a variant name is letters, digits, _ and -")
+        _expect(
+            bool(re.fullmatch(r"[A-Za-z0-9_-]+", name)),
+            f"tune.variants.{name}",
+            "a variant name is letters, digits, _ and -",
+        )
     tune = {k: x for k, x in v["tune"].items() if k != "variants"}
     recipes = [("train", TrainConfig, v["train"]), ("tune", TuneConfig, tune)]
     recipes += [(f"tune.variants.{name}", TuneConfig, {**tune, **fields_}) for name, fields_ in variants.items()]
@@ -816,8 +947,11 @@ def _check_names(v: dict[str, Any]) -> None:
         names = {f.name for f in fields(cls) if not f.metadata.get("from_data")} - {"model"}
         for key, value in given.items():
             _expect(key != "model", f"{table}.model", "the models are models.names; remove train.model")
-            _expect(key in names, f"{table}.{key}",
-                    f"unknown recipe field{did_you_mean(key, names)}; known: {', '.join(sorted(names))}")
+            _expect(
+                key in names,
+                f"{table}.{key}",
+                f"unknown recipe field{did_you_mean(key, names)}; known: {', '.join(sorted(names))}",
+            )
             problem = type_problem(value, hints[key])
             _expect(problem is None, f"{table}.{key}", f"{value!r} {problem}")
         try:

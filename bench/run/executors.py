@@ -1,4 +1,5 @@
 """Run a plan's units: cached ones are read, the others computed here or on Ray and cached as each finishes."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,14 @@ from bench.run.unit import Unit
 EXECUTORS = ("local", "ray")
 
 
-def execute_units(units: list[Unit], *, executor: str = "local", ray_address: str | None = None,
-                  say: Callable[[str], None] = print, progress: bool = True) -> list[dict[str, Any]]:
+def execute_units(
+    units: list[Unit],
+    *,
+    executor: str = "local",
+    ray_address: str | None = None,
+    say: Callable[[str], None] = print,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
     """Results of every unit, in order (see :func:`bench.run.cache.result`).
 
     ``executor="local"`` computes the pending units in this process; ``"ray"`` makes each one a
@@ -31,8 +38,13 @@ def execute_units(units: list[Unit], *, executor: str = "local", ray_address: st
         if res is None and attr is not None:
             cached_attr[i] = attr
     pending = [i for i, r in enumerate(results) if r is None]
-    bar = tqdm(total=len(units), initial=len(units) - len(pending), desc="units (model, stage, explainer, shard)",
-               unit="unit", disable=not progress)
+    bar = tqdm(
+        total=len(units),
+        initial=len(units) - len(pending),
+        desc="units (model, stage, explainer, shard)",
+        unit="unit",
+        disable=not progress,
+    )
     computed: Generator[tuple[int, tuple[dict[str, Any], dict[str, Any]]], None, None]
     if executor == "local":
         computed = ((i, units[i].compute(cached_attr.get(i))) for i in pending)
@@ -43,10 +55,13 @@ def execute_units(units: list[Unit], *, executor: str = "local", ray_address: st
             u = units[i]
             results[i] = cache.store(u, attr, scores, attr_was_cached=i in cached_attr)
             broken = cache.failed_metrics(scores)
-            tag = ("ok" if scores["status"] == "ok" else f"FAILED: {scores['message']}") + \
-                (f"; metric(s) failed: {', '.join(broken)}" if broken and scores["status"] == "ok" else "")
-            say(f"  {u.stage.model_name} {u.stage.stage} {u.explainer:<28} images {int(u.index[0])}.."
-                f"{int(u.index[-1])}: {scores['seconds_per_image']:.3f} s/image, {scores['peak_mem_mb']:.0f} MB, {tag}")
+            tag = ("ok" if scores["status"] == "ok" else f"FAILED: {scores['message']}") + (
+                f"; metric(s) failed: {', '.join(broken)}" if broken and scores["status"] == "ok" else ""
+            )
+            say(
+                f"  {u.stage.model_name} {u.stage.stage} {u.explainer:<28} images {int(u.index[0])}.."
+                f"{int(u.index[-1])}: {scores['seconds_per_image']:.3f} s/image, {scores['peak_mem_mb']:.0f} MB, {tag}"
+            )
             bar.update(1)
     bar.close()
     return results  # type: ignore[return-value]

@@ -24,6 +24,7 @@ cost a randomisation cascade per explainer. Perturbed scores are cached per (sta
 draw, explainer) like the run's units, so an interrupted meta-evaluation resumes. Maps given to
 ``bench.evaluate`` (``attributions=``) are left out too: three of the four perturbations re-explain.
 """
+
 from __future__ import annotations
 
 import copy
@@ -62,8 +63,9 @@ def select(units: list[Unit], n: int) -> tuple[Tensor, Tensor, Tensor]:
     return pos, images[pos], targets[pos]
 
 
-def estimate(cfg: RunConfig, plan: list[Planned], pass_seconds: dict[str, dict[str, float]]
-             ) -> tuple[int, float | None]:
+def estimate(
+    cfg: RunConfig, plan: list[Planned], pass_seconds: dict[str, dict[str, float]]
+) -> tuple[int, float | None]:
     """(explainer and metric runs, floor seconds) the meta-evaluation will cost."""
     m = cfg.reliability.meta
     runs = 0
@@ -75,13 +77,22 @@ def estimate(cfg: RunConfig, plan: list[Planned], pass_seconds: dict[str, dict[s
             continue
         seen.add(key)
         t = pass_seconds[p.stage.model_name]
-        e = passes_per_image(p.explainer, p.unit.params, p.unit.background.shape[0],
-                             shape=tuple(p.unit.images.shape[1:]), model=p.stage.model)
+        e = passes_per_image(
+            p.explainer,
+            p.unit.params,
+            p.unit.background.shape[0],
+            shape=tuple(p.unit.images.shape[1:]),
+            model=p.stage.model,
+        )
         n = m.n_images * m.perturbations
         runs += 3 * m.perturbations + 4 * m.perturbations * len(meta_metrics(cfg))
         f = floor_seconds(e, t["forward_backward"], t["forward"])
-        fm = [floor_seconds(metric_passes_per_image(x, cfg.metrics.params.get(x, {})), t["forward_backward"],
-                            t["forward"]) for x in meta_metrics(cfg)]
+        fm = [
+            floor_seconds(
+                metric_passes_per_image(x, cfg.metrics.params.get(x, {})), t["forward_backward"], t["forward"]
+            )
+            for x in meta_metrics(cfg)
+        ]
         if total is None or f is None or any(v is None for v in fm):
             total = None
         else:
@@ -89,8 +100,9 @@ def estimate(cfg: RunConfig, plan: list[Planned], pass_seconds: dict[str, dict[s
     return runs, total
 
 
-def run_meta(cfg: RunConfig, plan: list[Planned], results: list[dict[str, Any]], say: Callable[[str], None]
-             ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run_meta(
+    cfg: RunConfig, plan: list[Planned], results: list[dict[str, Any]], say: Callable[[str], None]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The MetaQuantus table of the run (see the module docstring): one row per (model, stage, metric,
     test); and the per-draw scores it comes from (``meta_scores.csv``,
     :data:`bench.stats.metaquantus.RAW_COLUMNS`), from which ``bench report`` gives MC its interval."""
@@ -115,8 +127,7 @@ def run_meta(cfg: RunConfig, plan: list[Planned], results: list[dict[str, Any]],
         for test, kind in PERTURBATIONS:
             for k in range(m.perturbations):
                 for e in explainers:
-                    perturbed[(test, kind, k, e)] = _perturbed(cfg, units[e][0], e, images, targets, test, kind, k,
-                                                               say)
+                    perturbed[(test, kind, k, e)] = _perturbed(cfg, units[e][0], e, images, targets, test, kind, k, say)
         for metric in meta_metrics(cfg):
             hib = bool(M.METRICS.get(metric).meta["higher_is_better"])
             for test in ("input", "model"):
@@ -124,38 +135,73 @@ def run_meta(cfg: RunConfig, plan: list[Planned], results: list[dict[str, Any]],
                 raw.insert(0, "stage", stage)
                 raw.insert(0, "model", model_name)
                 raw_parts.append(raw)
-                rows.append({"model": model_name, "stage": stage, "metric": metric, "test": test,
-                             "n_images": len(pos), **consistency(raw, hib)})
+                rows.append(
+                    {
+                        "model": model_name,
+                        "stage": stage,
+                        "metric": metric,
+                        "test": test,
+                        "n_images": len(pos),
+                        **consistency(raw, hib),
+                    }
+                )
     raw = pd.concat(raw_parts, ignore_index=True) if raw_parts else pd.DataFrame(columns=RAW_COLUMNS)
     return pd.DataFrame(rows, columns=META_COLUMNS), raw[RAW_COLUMNS]
 
 
-def _unperturbed(members: list[tuple[Planned, dict[str, Any]]], explainers: list[str], pos: Tensor
-                 ) -> dict[str, dict[str, np.ndarray]] | None:
+def _unperturbed(
+    members: list[tuple[Planned, dict[str, Any]]], explainers: list[str], pos: Tensor
+) -> dict[str, dict[str, np.ndarray]] | None:
     """{explainer: {metric: scores at the selected images}} from the run's own results."""
     out: dict[str, dict[str, np.ndarray]] = {}
     for e in explainers:
         recs = [r for p, r in members if p.explainer == e]
         if any(r["status"] != "ok" for r in recs):
             return None
-        out[e] = {metric: np.concatenate([np.asarray(r["metrics"][metric], dtype=np.float64)
-                                          for r in recs])[pos.numpy()]
-                  for metric in recs[0]["metrics"]}
+        out[e] = {
+            metric: np.concatenate([np.asarray(r["metrics"][metric], dtype=np.float64) for r in recs])[pos.numpy()]
+            for metric in recs[0]["metrics"]
+        }
     return out
 
 
-def _perturbed(cfg: RunConfig, unit: Unit, explainer: str, images: Tensor, targets: Tensor, test: str, kind: str,
-               k: int, say: Callable[[str], None]) -> dict[str, Any]:
+def _perturbed(
+    cfg: RunConfig,
+    unit: Unit,
+    explainer: str,
+    images: Tensor,
+    targets: Tensor,
+    test: str,
+    kind: str,
+    k: int,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
     """Scores of every meta metric under one draw of one perturbation (cached)."""
     m = cfg.reliability.meta
-    key = content_key({"meta": 1, "ckpt": unit.stage.sha256, "explainer": explainer, "params": unit.params,
-                       "code": explainer_code_digest(EXPLAINERS.get(explainer).obj), "metrics_code": package_digest(M),
-                       "images": tensor_digest(images), "targets": targets.tolist(),
-                       "background": tensor_digest(unit.background), "test": test, "kind": kind, "k": k,
-                       "settings": {"input_noise": m.input_noise, "weight_noise": m.weight_noise}, "seed": cfg.seed,
-                       "metrics": meta_metrics(cfg), "metric_params": cfg.metrics.params,
-                       "attribution": cfg.metrics.attribution, "output": cfg.explain.output,
-                       "device": unit.device.type, **precision_key(unit.precision)})
+    key = content_key(
+        {
+            "meta": 1,
+            "ckpt": unit.stage.sha256,
+            "explainer": explainer,
+            "params": unit.params,
+            "code": explainer_code_digest(EXPLAINERS.get(explainer).obj),
+            "metrics_code": package_digest(M),
+            "images": tensor_digest(images),
+            "targets": targets.tolist(),
+            "background": tensor_digest(unit.background),
+            "test": test,
+            "kind": kind,
+            "k": k,
+            "settings": {"input_noise": m.input_noise, "weight_noise": m.weight_noise},
+            "seed": cfg.seed,
+            "metrics": meta_metrics(cfg),
+            "metric_params": cfg.metrics.params,
+            "attribution": cfg.metrics.attribution,
+            "output": cfg.explain.output,
+            "device": unit.device.type,
+            **precision_key(unit.precision),
+        }
+    )
     path = unit.attr_path.parent.parent / "meta" / f"{key}.json"
     cached = cache.load_record(path, lambda r: None, say)
     if cached is not None:
@@ -167,13 +213,16 @@ def _perturbed(cfg: RunConfig, unit: Unit, explainer: str, images: Tensor, targe
 
 
 def _floats(record: dict[str, Any]) -> dict[str, Any]:
-    record["scores"] = {k: np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
-                        for k, vals in record["scores"].items()}
+    record["scores"] = {
+        k: np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
+        for k, vals in record["scores"].items()
+    }
     return record
 
 
-def _compute(cfg: RunConfig, unit: Unit, explainer: str, images: Tensor, targets: Tensor, test: str, kind: str, k: int
-             ) -> dict[str, Any]:
+def _compute(
+    cfg: RunConfig, unit: Unit, explainer: str, images: Tensor, targets: Tensor, test: str, kind: str, k: int
+) -> dict[str, Any]:
     m = cfg.reliability.meta
     device = unit.device
     gen = torch.Generator().manual_seed(int(cfg.seed) * 1000 + 10 * k + PERTURBATIONS.index((test, kind)))
@@ -204,14 +253,25 @@ def _compute(cfg: RunConfig, unit: Unit, explainer: str, images: Tensor, targets
                 if "masks" in entry.meta.get("needs", ()):
                     scores[metric] = [math.nan] * len(x)
                     continue
-                res = M.compute_metric(metric, model, x, y, given[entry.meta.get("reads", "preprocessed")],
-                                       context=context, precision=unit.precision,
-                                       **cfg.metrics.params.get(metric, {}))
+                res = M.compute_metric(
+                    metric,
+                    model,
+                    x,
+                    y,
+                    given[entry.meta.get("reads", "preprocessed")],
+                    context=context,
+                    precision=unit.precision,
+                    **cfg.metrics.params.get(metric, {}),
+                )
                 scores[metric] = [float(v) for v in res.scores.detach().float().cpu()]
         return {"status": "ok", "message": "", "kept": kept.tolist(), "scores": scores}
     except Exception as exc:  # recorded in the card as missing, the run goes on
-        return {"status": "error", "message": one_line(f"{type(exc).__name__}: {exc}", 300), "kept": [],
-                "scores": {metric: [math.nan] * len(images) for metric in meta_metrics(cfg)}}
+        return {
+            "status": "error",
+            "message": one_line(f"{type(exc).__name__}: {exc}", 300),
+            "kept": [],
+            "scores": {metric: [math.nan] * len(images) for metric in meta_metrics(cfg)},
+        }
 
 
 def _perturbed_model(model: nn.Module, kind: str, noise: float, gen: torch.Generator) -> nn.Module:
@@ -238,8 +298,9 @@ def _shuffled(attr: Attribution, gen: torch.Generator) -> Attribution:
     return Attribution(flat.gather(1, perm).view_as(v), attr.outputs, attr.base_values, attr.meta)
 
 
-def raw_scores(q: dict[str, dict[str, np.ndarray]], perturbed: dict, explainers: list[str], metric: str, test: str,
-               draws: int) -> pd.DataFrame:
+def raw_scores(
+    q: dict[str, dict[str, np.ndarray]], perturbed: dict, explainers: list[str], metric: str, test: str, draws: int
+) -> pd.DataFrame:
     """The long table of one metric and test: per kind, draw, explainer and image, the unperturbed and
     the perturbed score, whether the prediction was kept, and the draw's status."""
     rows = []
@@ -250,7 +311,19 @@ def raw_scores(q: dict[str, dict[str, np.ndarray]], perturbed: dict, explainers:
                 base = q[e][metric]
                 new = r["scores"][metric]
                 kept = r["kept"] if len(r["kept"]) == len(base) else [False] * len(base)
-                rows += [{"metric": metric, "test": test, "kind": kind, "draw": k, "explainer": e, "image": i,
-                          "base": float(base[i]), "new": float(new[i]), "kept": bool(kept[i]), "status": r["status"]}
-                         for i in range(len(base))]
+                rows += [
+                    {
+                        "metric": metric,
+                        "test": test,
+                        "kind": kind,
+                        "draw": k,
+                        "explainer": e,
+                        "image": i,
+                        "base": float(base[i]),
+                        "new": float(new[i]),
+                        "kept": bool(kept[i]),
+                        "status": r["status"],
+                    }
+                    for i in range(len(base))
+                ]
     return pd.DataFrame(rows, columns=RAW_COLUMNS[2:])

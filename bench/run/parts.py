@@ -21,6 +21,7 @@ manifest; the ROAD noise and any per-batch draw differ with the images beside it
 map similarity of models explained in different parts comes from their ``maps.npz``
 (``report.maps = true``).
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,13 @@ def finished_record(part: RunConfig) -> dict[str, Any] | None:
         record = json.loads(read_regular(path))
     except (ValueError, OSError):
         return None
-    done = (isinstance(record, dict) and record.get("status") == DONE and isinstance(record.get("config"), dict)
-            and identity(record["config"]) == identity(part.to_dict()) and (part_dir(part) / "scores.csv").is_file())
+    done = (
+        isinstance(record, dict)
+        and record.get("status") == DONE
+        and isinstance(record.get("config"), dict)
+        and identity(record["config"]) == identity(part.to_dict())
+        and (part_dir(part) / "scores.csv").is_file()
+    )
     return record if done else None
 
 
@@ -77,13 +83,17 @@ def finished(part: RunConfig) -> bool:
     return finished_record(part) is not None
 
 
-def run_parts(cfg: RunConfig, *, only: str | None = None, progress: bool = True,
-              say: Callable[[str], None] = print) -> Path:
+def run_parts(
+    cfg: RunConfig, *, only: str | None = None, progress: bool = True, say: Callable[[str], None] = print
+) -> Path:
     """``only``: run that part and return its folder. Otherwise every part not yet finished, then
     :func:`combine`; returns the study's folder."""
     if not cfg.parts:
-        raise BenchError(f"--part {only!r}: the config has no [parts] tables" if only else
-                         "run_parts needs a config with [parts] tables")
+        raise BenchError(
+            f"--part {only!r}: the config has no [parts] tables"
+            if only
+            else "run_parts needs a config with [parts] tables"
+        )
     parts = parts_of(cfg)
     if only is not None:
         match = [p for n, p in parts if n == only]
@@ -116,8 +126,10 @@ def _records(cfg: RunConfig, parts: list[tuple[str, RunConfig]]) -> list[dict[st
     for name, part in parts:
         record = finished_record(part)
         if record is None:
-            raise BenchError(f"part {name} has not finished ({part_dir(part)} holds no complete run of its config); "
-                             f"run python -m bench run --config {cfg.source or '<config>'} --part {name}")
+            raise BenchError(
+                f"part {name} has not finished ({part_dir(part)} holds no complete run of its config); "
+                f"run python -m bench run --config {cfg.source or '<config>'} --part {name}"
+            )
         out.append(record)
     return out
 
@@ -129,8 +141,13 @@ def relabels(cfg: RunConfig, parts: list[tuple[str, RunConfig]]) -> list[dict[st
     several = len(seeds) > 1
     out = []
     for _, p in parts:
-        out.append({model_label(p, arch, seed): (f"{arch}@seed{seed}" if several else arch)
-                    for arch in p.models.names for seed in training_seeds(p)})
+        out.append(
+            {
+                model_label(p, arch, seed): (f"{arch}@seed{seed}" if several else arch)
+                for arch in p.models.names
+                for seed in training_seeds(p)
+            }
+        )
     return out
 
 
@@ -141,12 +158,19 @@ def _selector(record: dict[str, Any], part: RunConfig, arch: str) -> str | None:
     if sel:
         return str(sel.get("sha256"))
     label = model_label(part, arch, selection_seed(part))
-    return next((c.get("sha256") for c in record.get("checkpoints") or []
-                 if c.get("model") == label and c.get("stage") == "pre"), None)
+    return next(
+        (
+            c.get("sha256")
+            for c in record.get("checkpoints") or []
+            if c.get("model") == label and c.get("stage") == "pre"
+        ),
+        None,
+    )
 
 
-def _check_models(parts: list[tuple[str, RunConfig]], records: list[dict[str, Any]],
-                  names: list[dict[str, str]]) -> list[dict[str, Any]]:
+def _check_models(
+    parts: list[tuple[str, RunConfig]], records: list[dict[str, Any]], names: list[dict[str, str]]
+) -> list[dict[str, Any]]:
     """One checkpoint per (model, stage) across parts, one image-picking model per architecture;
     returns the study's checkpoint records (relabelled)."""
     seen: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
@@ -154,19 +178,23 @@ def _check_models(parts: list[tuple[str, RunConfig]], records: list[dict[str, An
         for c in record.get("checkpoints") or []:
             key = (rename.get(c["model"], c["model"]), c["stage"])
             if key in seen and seen[key][1]["sha256"] != c["sha256"]:
-                raise BenchError(f"{key[0]} {key[1]} has checkpoint {seen[key][1]['sha256'][:12]} in part "
-                                 f"{seen[key][0]} and {c['sha256'][:12]} in part {name}: the parts explained different "
-                                 f"models (retrained elsewhere?); re-run part {name} with the study's checkpoint "
-                                 f"folder")
+                raise BenchError(
+                    f"{key[0]} {key[1]} has checkpoint {seen[key][1]['sha256'][:12]} in part "
+                    f"{seen[key][0]} and {c['sha256'][:12]} in part {name}: the parts explained different "
+                    f"models (retrained elsewhere?); re-run part {name} with the study's checkpoint "
+                    f"folder"
+                )
             seen.setdefault(key, (name, {**c, "model": key[0], "part": name}))
     pickers: dict[str, tuple[str, str | None]] = {}
     for (name, part), record in zip(parts, records):
         for arch in part.models.names:
             sha = _selector(record, part, arch)
             if arch in pickers and pickers[arch][1] != sha:
-                raise BenchError(f"the images of {arch} were picked by model {str(pickers[arch][1])[:12]} in part "
-                                 f"{pickers[arch][0]} and by {str(sha)[:12]} in part {name}: the parts explain "
-                                 f"different images; give every part the same models.select_seed and checkpoints")
+                raise BenchError(
+                    f"the images of {arch} were picked by model {str(pickers[arch][1])[:12]} in part "
+                    f"{pickers[arch][0]} and by {str(sha)[:12]} in part {name}: the parts explain "
+                    f"different images; give every part the same models.select_seed and checkpoints"
+                )
             pickers.setdefault(arch, (name, sha))
     return [c for _, c in seen.values()]
 
@@ -188,8 +216,12 @@ OWNER_KEY = SCORE_KEY[:4]  # rows of one part per (model, stage, explainer, metr
 OWNED_BY = {"scores.csv": "metric", "substrates.csv": "metric", "curves.csv": "curve", "substrate_curves.csv": "curve"}
 
 
-def _owned(tables: list[pd.DataFrame | None], owners: dict[tuple[str, str, str, str], int], column: str,
-           curve_metric: dict[str, str]) -> pd.DataFrame | None:
+def _owned(
+    tables: list[pd.DataFrame | None],
+    owners: dict[tuple[str, str, str, str], int],
+    column: str,
+    curve_metric: dict[str, str],
+) -> pd.DataFrame | None:
     """The rows of each (model, stage, explainer, metric) from the part that owns it."""
     kept = []
     for k, t in enumerate(tables):
@@ -257,11 +289,16 @@ def _combine(cfg: RunConfig, parts: list[tuple[str, RunConfig]], parent: Path, s
     atomic_write_json(parent / MARKER, {**manifest, "status": "running"})  # the settings rebuild reads
     scores_table = tables.pop("scores")
     assert scores_table is not None
-    written = write_outputs(parent, {"scores": _sorted(scores_table, SCORE_KEY),
-                                     **{k: v for k, v in tables.items() if v is not None}},
-                            prepost, examples, figures=cfg.figures.enabled)
-    atomic_write_json(parent / MARKER, {**manifest, "files": sorted(str(p.relative_to(parent))
-                                                                     for p in [*written, parent / REPORT])})
+    written = write_outputs(
+        parent,
+        {"scores": _sorted(scores_table, SCORE_KEY), **{k: v for k, v in tables.items() if v is not None}},
+        prepost,
+        examples,
+        figures=cfg.figures.enabled,
+    )
+    atomic_write_json(
+        parent / MARKER, {**manifest, "files": sorted(str(p.relative_to(parent)) for p in [*written, parent / REPORT])}
+    )
     write_html_report(parent)
     n = scores_table.groupby(["model", "stage"])["image"].nunique()
     say(f"combined {len(parts)} parts into {parent}: " + ", ".join(f"{m} {s} {k} images" for (m, s), k in n.items()))
@@ -284,8 +321,14 @@ def _sample(samples: list[pd.DataFrame | None]) -> pd.DataFrame | None:
     return pd.concat([best[a] for a in sorted(best)], ignore_index=True) if best else None
 
 
-def _similarity(cfg: RunConfig, parts: list[tuple[str, RunConfig]], dirs: list[Path], names: list[dict[str, str]],
-                tables: list[pd.DataFrame | None], scores: pd.DataFrame | None) -> pd.DataFrame | None:
+def _similarity(
+    cfg: RunConfig,
+    parts: list[tuple[str, RunConfig]],
+    dirs: list[Path],
+    names: list[dict[str, str]],
+    tables: list[pd.DataFrame | None],
+    scores: pd.DataFrame | None,
+) -> pd.DataFrame | None:
     """The parts' own similarity rows (relabelled) and the seed-vs-seed rows of models explained in
     different parts, from their maps.npz."""
     found = [t for t in tables if t is not None and len(t)]
@@ -303,8 +346,7 @@ def _similarity(cfg: RunConfig, parts: list[tuple[str, RunConfig]], dirs: list[P
                     maps[(label, explainer)], part_of[label] = value, k
     if maps and scores is not None:
         pre = scores[scores["stage"] == "pre"]
-        cells = {str(m): dict(zip(g["image"].astype(int), g["cell"].astype(str)))
-                 for m, g in pre.groupby("model")}
+        cells = {str(m): dict(zip(g["image"].astype(int), g["cell"].astype(str))) for m, g in pre.groupby("model")}
         extra = seed_similarity(maps, arch_seed, cells, cfg.metrics.attribution)
         found.append(extra)
     if not found:
@@ -348,8 +390,13 @@ def _examples(dirs: list[Path], names: list[dict[str, str]]) -> AttributionExamp
     return AttributionExamples(models=models) if models else None
 
 
-def _manifest(cfg: RunConfig, parts: list[tuple[str, RunConfig]], records: list[dict[str, Any]],
-              checkpoints: list[dict[str, Any]], overlap: dict[str, Any]) -> dict[str, Any]:
+def _manifest(
+    cfg: RunConfig,
+    parts: list[tuple[str, RunConfig]],
+    records: list[dict[str, Any]],
+    checkpoints: list[dict[str, Any]],
+    overlap: dict[str, Any],
+) -> dict[str, Any]:
     """The study's record: its config, every part's provenance and cost, the combined totals."""
     first = records[0]
     wall: dict[str, float] = {}
@@ -359,10 +406,12 @@ def _manifest(cfg: RunConfig, parts: list[tuple[str, RunConfig]], records: list[
     floor = [((r.get("cost") or {}).get("explain_and_metrics") or {}) for r in records]
     floor_s = sum(float(f.get("floor_seconds") or 0) for f in floor)
     wall_s = sum(float(f.get("wall_seconds") or 0) for f in floor)
-    units = {"total": sum((r.get("units") or {}).get("total", 0) for r in records),
-             "from_cache": sum((r.get("units") or {}).get("from_cache", 0) for r in records),
-             "reference": sum((r.get("units") or {}).get("reference", 0) for r in records),
-             "failed": [u for r in records for u in (r.get("units") or {}).get("failed", [])]}
+    units = {
+        "total": sum((r.get("units") or {}).get("total", 0) for r in records),
+        "from_cache": sum((r.get("units") or {}).get("from_cache", 0) for r in records),
+        "reference": sum((r.get("units") or {}).get("reference", 0) for r in records),
+        "failed": [u for r in records for u in (r.get("units") or {}).get("failed", [])],
+    }
     return {
         "kind": KIND,
         "status": DONE,
@@ -377,14 +426,30 @@ def _manifest(cfg: RunConfig, parts: list[tuple[str, RunConfig]], records: list[
         "data": first.get("data"),
         "checkpoints": sorted(checkpoints, key=lambda c: (c["model"], c["stage"])),
         "wall_seconds": wall,
-        "cost": {"explain_and_metrics": {"wall_seconds": round(wall_s, 2), "floor_seconds": round(floor_s, 2),
-                                         "ratio": round(wall_s / floor_s, 3) if floor_s else None}},
+        "cost": {
+            "explain_and_metrics": {
+                "wall_seconds": round(wall_s, 2),
+                "floor_seconds": round(floor_s, 2),
+                "ratio": round(wall_s / floor_s, 3) if floor_s else None,
+            }
+        },
         "units": units,
         "overlap": overlap,
-        "parts": [{"part": name, "run": f"parts/{name}", "git": r.get("git"), "platform": r.get("platform"),
-                   "data_md5": (r.get("data") or {}).get("md5"), "selection": r.get("selection"),
-                   "checkpoints": [{"model": c.get("model"), "stage": c.get("stage"), "sha256": c.get("sha256")}
-                                   for c in r.get("checkpoints") or []],
-                   "wall_seconds": r.get("wall_seconds"), "cost": (r.get("cost") or {}).get("explain_and_metrics")}
-                  for (name, _), r in zip(parts, records)],
+        "parts": [
+            {
+                "part": name,
+                "run": f"parts/{name}",
+                "git": r.get("git"),
+                "platform": r.get("platform"),
+                "data_md5": (r.get("data") or {}).get("md5"),
+                "selection": r.get("selection"),
+                "checkpoints": [
+                    {"model": c.get("model"), "stage": c.get("stage"), "sha256": c.get("sha256")}
+                    for c in r.get("checkpoints") or []
+                ],
+                "wall_seconds": r.get("wall_seconds"),
+                "cost": (r.get("cost") or {}).get("explain_and_metrics"),
+            }
+            for (name, _), r in zip(parts, records)
+        ],
     }

@@ -4,6 +4,7 @@ The unit of work is one (checkpoint, explainer with its parameters, shard of ``e
 images): :func:`plan_units` lists them, with the per-image facts (label, prediction, confusion
 cell) their score rows carry.
 """
+
 from __future__ import annotations
 
 import os
@@ -70,8 +71,15 @@ def data_fingerprint(split: ImageSplit) -> str:
     return f"{split.name}:{split.fingerprint}:{split.split}"
 
 
-def ensure_checkpoints(cfg: RunConfig, train: ImageSplit, val: ImageSplit, test: ImageSplit, device: torch.device,
-                       progress: bool, say: Callable[[str], None]) -> list[Stage]:
+def ensure_checkpoints(
+    cfg: RunConfig,
+    train: ImageSplit,
+    val: ImageSplit,
+    test: ImageSplit,
+    device: torch.device,
+    progress: bool,
+    say: Callable[[str], None],
+) -> list[Stage]:
     """Train (pre) and tune (post) checkpoints on first use; later runs reuse them by content key.
     Before any training, user models (``[models.user.<name>]``) are loaded and checked, and so is
     every checkpoint already there, with its sidecar: a broken one stops the run before it trains."""
@@ -85,8 +93,12 @@ def ensure_checkpoints(cfg: RunConfig, train: ImageSplit, val: ImageSplit, test:
             loaded[path] = _load_checked(path, arch, device)
         return loaded[path]
 
-    trained = [(name, seed, _train_config(cfg, name, seed, train)) for name in cfg.models.names
-               if name not in user for seed in training_seeds(cfg)]
+    trained = [
+        (name, seed, _train_config(cfg, name, seed, train))
+        for name in cfg.models.names
+        if name not in user
+        for seed in training_seeds(cfg)
+    ]
     paths = {(name, seed): default_checkpoint_path(tcfg, train.fingerprint, ck_dir) for name, seed, tcfg in trained}
     for (name, _), pre_path in paths.items():  # what is there must be sound before anything is trained
         if os.path.lexists(pre_path):
@@ -97,8 +109,11 @@ def ensure_checkpoints(cfg: RunConfig, train: ImageSplit, val: ImageSplit, test:
                     load(post_path, name)
 
     def untrained(pre: Path) -> bool:
-        return not pre.exists() or tuned and any(not default_tuned_path(pre, r).exists()
-                                                 for r in tune_variants(cfg).values())
+        return (
+            not pre.exists()
+            or tuned
+            and any(not default_tuned_path(pre, r).exists() for r in tune_variants(cfg).values())
+        )
 
     if any(untrained(pre) for pre in paths.values()):  # it will train: a place to keep that, before it starts
         ensure_folder(ck_dir, what="checkpoint folder", follow=bool(cfg.checkpoint_dir), probe=True)
@@ -108,8 +123,11 @@ def ensure_checkpoints(cfg: RunConfig, train: ImageSplit, val: ImageSplit, test:
             stages.append(user[name])
             continue
         for seed in training_seeds(cfg):
-            label, tcfg, pre_path = (model_label(cfg, name, seed), _train_config(cfg, name, seed, train),
-                                     paths[name, seed])
+            label, tcfg, pre_path = (
+                model_label(cfg, name, seed),
+                _train_config(cfg, name, seed, train),
+                paths[name, seed],
+            )
             if not pre_path.exists():
                 say(f"[{label} pre] no checkpoint {pre_path}: training ({tcfg.epochs} epochs) ...")
                 train_model(tcfg, train, val, test, out=pre_path, device=str(device), progress=progress)
@@ -126,8 +144,16 @@ def ensure_checkpoints(cfg: RunConfig, train: ImageSplit, val: ImageSplit, test:
     return stages
 
 
-def selection_stages(cfg: RunConfig, stages: list[Stage], train: ImageSplit, val: ImageSplit, test: ImageSplit,
-                     device: torch.device, progress: bool, say: Callable[[str], None]) -> dict[str, Stage]:
+def selection_stages(
+    cfg: RunConfig,
+    stages: list[Stage],
+    train: ImageSplit,
+    val: ImageSplit,
+    test: ImageSplit,
+    device: torch.device,
+    progress: bool,
+    say: Callable[[str], None],
+) -> dict[str, Stage]:
     """Each architecture's image-picking model: the pre model of ``models.select_seed``
     (:func:`~bench.run.config.selection_seed`). One of the run's stages when it trains that seed;
     otherwise its checkpoint is trained if missing (the recipe of the run's seeds, at that seed)
@@ -136,16 +162,21 @@ def selection_stages(cfg: RunConfig, stages: list[Stage], train: ImageSplit, val
     seed = selection_seed(cfg)
     out: dict[str, Stage] = {}
     for arch in cfg.models.names:
-        found = next((s for s in stages if s.arch == arch and s.stage == "pre" and (arch in cfg.models.user
-                                                                                  or s.seed == seed)), None)
+        found = next(
+            (s for s in stages if s.arch == arch and s.stage == "pre" and (arch in cfg.models.user or s.seed == seed)),
+            None,
+        )
         if found is None:
             tcfg = _train_config(cfg, arch, seed, train)
             path = default_checkpoint_path(tcfg, train.fingerprint, checkpoint_dir(cfg))
             if not path.exists():
-                ensure_folder(checkpoint_dir(cfg), what="checkpoint folder", follow=bool(cfg.checkpoint_dir),
-                              probe=True)
-                say(f"[{arch}@seed{seed} pre] picks the images: no checkpoint {path}: training ({tcfg.epochs} "
-                    f"epochs) ...")
+                ensure_folder(
+                    checkpoint_dir(cfg), what="checkpoint folder", follow=bool(cfg.checkpoint_dir), probe=True
+                )
+                say(
+                    f"[{arch}@seed{seed} pre] picks the images: no checkpoint {path}: training ({tcfg.epochs} "
+                    f"epochs) ..."
+                )
                 train_model(tcfg, train, val, test, out=path, device=str(device), progress=progress)
             model, info, side = _load_checked(path, arch, device)
             found = Stage(f"{arch}@seed{seed}", "pre", path, info["sha256"], side, model, arch, seed)
@@ -155,8 +186,10 @@ def selection_stages(cfg: RunConfig, stages: list[Stage], train: ImageSplit, val
 
 def selection_record(selectors: Mapping[str, Stage]) -> dict[str, dict[str, object]]:
     """What the manifest records of the models that picked the images ({arch: model, seed, sha256, path})."""
-    return {arch: {"model": s.model_name, "seed": s.seed, "sha256": s.sha256, "path": str(s.path)}
-            for arch, s in selectors.items()}
+    return {
+        arch: {"model": s.model_name, "seed": s.seed, "sha256": s.sha256, "path": str(s.path)}
+        for arch, s in selectors.items()
+    }
 
 
 def _load_checked(path: Path, arch: str, device: torch.device) -> tuple[nn.Module, dict, dict]:
@@ -175,16 +208,23 @@ def _train_config(cfg: RunConfig, name: str, seed: int, train: ImageSplit) -> Tr
     return tcfg
 
 
-def user_stage(cfg: RunConfig, name: str, split: ImageSplit, device: torch.device,
-               say: Callable[[str], None]) -> Stage:
+def user_stage(cfg: RunConfig, name: str, split: ImageSplit, device: torch.device, say: Callable[[str], None]) -> Stage:
     """The "pre" stage of a user model: built by its factory, its checkpoint loaded, checked against
     ``split`` (channels, classes), converted if asked (:func:`models.user.load_user_model`). Its
     ``sha256`` is the model key (checkpoint sha256, factory, kwargs, conversion); the sidecar's
     ``config`` holds the record the manifest keeps."""
     spec = UserModelSpec.from_table(name, cfg.models.user[name])
     model, record = load_user_model(spec, split.images, len(split.class_names), warn=say)
-    return Stage(name, "pre", Path(spec.checkpoint), record["model_key"],
-                 {"test": {}, "config": {"user_model": record}}, model.to(device), name, 0)
+    return Stage(
+        name,
+        "pre",
+        Path(spec.checkpoint),
+        record["model_key"],
+        {"test": {}, "config": {"user_model": record}},
+        model.to(device),
+        name,
+        0,
+    )
 
 
 def background(train: ImageSplit, n: int, seed: int) -> Tensor:
@@ -227,9 +267,16 @@ def example_positions(labels: Tensor, preds: Tensor, per_cell: int, num_classes:
     return out
 
 
-def plan_units(cfg: RunConfig, stages: list[Stage], test: ImageSplit, reference: Tensor, device: torch.device,
-               run_dir: Path, sample: list[dict] | None = None, selectors: Mapping[str, Stage] | None = None
-               ) -> tuple[list[Planned], dict[str, Examples]]:
+def plan_units(
+    cfg: RunConfig,
+    stages: list[Stage],
+    test: ImageSplit,
+    reference: Tensor,
+    device: torch.device,
+    run_dir: Path,
+    sample: list[dict] | None = None,
+    selectors: Mapping[str, Stage] | None = None,
+) -> tuple[list[Planned], dict[str, Examples]]:
     """Every unit of the run, in order (model, stage, explainer, shard), and each model's examples.
 
     One pre model of an architecture (``selectors``, :func:`selection_stages`; default its first
@@ -249,22 +296,52 @@ def plan_units(cfg: RunConfig, stages: list[Stage], test: ImageSplit, reference:
         if sample is not None and cfg.data.sample == "per_cell":
             k = len(test.class_names)
             cells = np.array(confusion_cells(test.labels.numpy(), pre_preds.numpy(), k))
-            sample += [{"arch": arch, "model": picker.model_name, "cell": c, "n_test": int((cells == c).sum()),
-                        "n_sampled": int((cells[index.numpy()] == c).sum())} for c in cell_names(k)]
+            sample += [
+                {
+                    "arch": arch,
+                    "model": picker.model_name,
+                    "cell": c,
+                    "n_test": int((cells == c).sum()),
+                    "n_sampled": int((cells[index.numpy()] == c).sum()),
+                }
+                for c in cell_names(k)
+            ]
         labels = test.labels[index]
         targets = pre_preds[index] if cfg.explain.target == "predicted" else labels
-        more, shown = plan_images(cfg, arch_stages, data_fingerprint(test), index, test.images[index], labels, targets,
-                                  None if test.masks is None else test.masks[index], pre_preds[index], reference,
-                                  device, run_dir)
+        more, shown = plan_images(
+            cfg,
+            arch_stages,
+            data_fingerprint(test),
+            index,
+            test.images[index],
+            labels,
+            targets,
+            None if test.masks is None else test.masks[index],
+            pre_preds[index],
+            reference,
+            device,
+            run_dir,
+        )
         plan += more
         examples.update(shown)
     return plan, examples
 
 
-def plan_images(cfg: RunConfig, arch_stages: list[Stage], fingerprint: str, index: Tensor, images: Tensor,
-                labels: Tensor | None, targets: Tensor, masks: Tensor | None, pre_preds: Tensor, reference: Tensor,
-                device: torch.device, run_dir: Path, maps: Mapping[str, Tensor] | None = None
-                ) -> tuple[list[Planned], dict[str, Examples]]:
+def plan_images(
+    cfg: RunConfig,
+    arch_stages: list[Stage],
+    fingerprint: str,
+    index: Tensor,
+    images: Tensor,
+    labels: Tensor | None,
+    targets: Tensor,
+    masks: Tensor | None,
+    pre_preds: Tensor,
+    reference: Tensor,
+    device: torch.device,
+    run_dir: Path,
+    maps: Mapping[str, Tensor] | None = None,
+) -> tuple[list[Planned], dict[str, Examples]]:
     """The units of one architecture's stages (the first is its first seed's pre model) on given
     images, and its examples: :func:`plan_units` for the images it selected, ``bench.evaluate``
     for the images it was given (``maps``: ``{name: (N, C, H, W)}`` maps computed elsewhere, aligned
@@ -305,13 +382,32 @@ def plan_images(cfg: RunConfig, arch_stages: list[Stage], fingerprint: str, inde
                 for p, ref in runs:
                     for lo in range(0, len(index), shard):
                         sl = slice(lo, lo + shard)
-                        unit = Unit(cfg, st, name, p, fingerprint, index[sl], images[sl], labels[sl], targets[sl],
-                                    None if masks is None else masks[sl], reference, device, run_dir, scored=not ref,
-                                    given=maps[name][sl] if name in maps else None)
+                        unit = Unit(
+                            cfg,
+                            st,
+                            name,
+                            p,
+                            fingerprint,
+                            index[sl],
+                            images[sl],
+                            labels[sl],
+                            targets[sl],
+                            None if masks is None else masks[sl],
+                            reference,
+                            device,
+                            run_dir,
+                            scored=not ref,
+                            given=maps[name][sl] if name in maps else None,
+                        )
                         plan.append(Planned(st, name, index[sl], labels[sl], preds[sl], cells[sl], unit, ref))
         if positions:
-            examples[label] = Examples(positions, images[positions], labels[positions], index[positions],
-                                       {k: v[positions] for k, v in stage_cells.items()})
+            examples[label] = Examples(
+                positions,
+                images[positions],
+                labels[positions],
+                index[positions],
+                {k: v[positions] for k, v in stage_cells.items()},
+            )
     return plan, examples
 
 

@@ -14,6 +14,7 @@ in a private folder of the system temp folder, not in Ray's shared ``<temp>/ray`
 and that folder removed when the units are done, or the run stops. (Not inside the run folder:
 Ray's socket paths must fit in 107 bytes.)
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,8 +34,9 @@ MAX_RETRIES = 3
 FAULT_ENV = "BENCH_RAY_FAULT_ONCE"  # test hook: path of a marker file; the first task to run exits
 
 
-def _compute(unit: Unit, model: torch.nn.Module, attr: dict[str, Any] | None, threads: int
-             ) -> tuple[dict[str, Any], dict[str, Any]]:
+def _compute(
+    unit: Unit, model: torch.nn.Module, attr: dict[str, Any] | None, threads: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Runs in a Ray worker: put the model on the unit's device and compute (no file I/O)."""
     marker = os.environ.get(FAULT_ENV)
     if marker and not os.path.exists(marker):  # crash-recovery test: die once, abruptly
@@ -46,13 +48,14 @@ def _compute(unit: Unit, model: torch.nn.Module, attr: dict[str, Any] | None, th
     return unit.compute(attr)
 
 
-def compute_on_ray(units: list, pending: list[int], cached_attr: dict[int, Any], *,
-                   address: str | None = None) -> Generator[tuple[int, tuple[dict, dict]], None, None]:
+def compute_on_ray(
+    units: list, pending: list[int], cached_attr: dict[int, Any], *, address: str | None = None
+) -> Generator[tuple[int, tuple[dict, dict]], None, None]:
     """Yield ``(unit position, (attribution record, scores))`` as the Ray tasks finish."""
     try:
         import ray
     except ImportError as exc:
-        raise BenchError("--executor ray needs Ray: pip install -e \".[ray]\" (or use --executor local)") from exc
+        raise BenchError('--executor ray needs Ray: pip install -e ".[ray]" (or use --executor local)') from exc
     if not pending:
         return
     started = not ray.is_initialized()
@@ -64,8 +67,10 @@ def compute_on_ray(units: list, pending: list[int], cached_attr: dict[int, Any],
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             _stop(ray, session)
-            raise BenchError(f"cannot connect to the Ray cluster at {address or 'a new local instance'} "
-                             f"({one_line(exc, 200)}); check --ray-address") from exc
+            raise BenchError(
+                f"cannot connect to the Ray cluster at {address or 'a new local instance'} "
+                f"({one_line(exc, 200)}); check --ray-address"
+            ) from exc
     try:
         yield from _run_tasks(ray, units, pending, cached_attr)
     finally:
@@ -80,8 +85,9 @@ def _stop(ray: Any, session: str | None) -> None:
         shutil.rmtree(session, ignore_errors=True)
 
 
-def _run_tasks(ray: Any, units: list, pending: list[int], cached_attr: dict[int, Any]
-               ) -> Iterator[tuple[int, tuple[dict, dict]]]:
+def _run_tasks(
+    ray: Any, units: list, pending: list[int], cached_attr: dict[int, Any]
+) -> Iterator[tuple[int, tuple[dict, dict]]]:
     gpu = units[pending[0]].device.type == "cuda"
     task = ray.remote(num_gpus=1 if gpu else 0, max_retries=MAX_RETRIES)(_compute)
     model_refs: dict[str, Any] = {}

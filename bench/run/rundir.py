@@ -15,6 +15,7 @@ A run that fails before it has produced anything (bad data, a broken checkpoint 
 record was written) takes its record back, so the corrected re-run is not refused as "another
 config"; so is the record of an earlier such run found in a folder that holds nothing else.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from bench.core.errors import BenchError, one_line
-from bench.core.io import (atomic_write_json, check_entry, check_regular, check_tree, dumps_json, ensure_folder,
-                           os_error, read_regular)
+from bench.core.io import (
+    atomic_write_json,
+    check_entry,
+    check_regular,
+    check_tree,
+    dumps_json,
+    ensure_folder,
+    os_error,
+    read_regular,
+)
 from bench.core.precision import DEFAULT_PRECISION
 from bench.run.config import RunConfig, checkpoint_dir
 
@@ -41,10 +50,15 @@ except ImportError:  # pragma: no cover - Windows
 NOT_IDENTITY = ("name", "results_dir", "checkpoint_dir", "report", "stats", "truth", "parts")
 # keys added after runs were recorded: at their default they are no part of the identity, so the
 # record of an older run (without the key) still names the same run
-ADDED_KEYS: dict[tuple[str, ...], Any] = {("models", "seeds"): [], ("models", "user"): {},
-                                         ("metrics", "precision"): DEFAULT_PRECISION,
-                                         ("data", "nested_per_cell"): 0, ("models", "select_seed"): -1,
-                                         ("parts",): {}, ("report", "maps"): False}
+ADDED_KEYS: dict[tuple[str, ...], Any] = {
+    ("models", "seeds"): [],
+    ("models", "user"): {},
+    ("metrics", "precision"): DEFAULT_PRECISION,
+    ("data", "nested_per_cell"): 0,
+    ("models", "select_seed"): -1,
+    ("parts",): {},
+    ("report", "maps"): False,
+}
 MARKER = "manifest.json"  # a run's record: a folder without one is not a run's to adopt
 PARTS = "parts"  # a study's parts (bench/run/parts.py): a folder holding only them is the study's to adopt
 LOCK = ".lock"
@@ -68,8 +82,10 @@ def check_adoptable(run_dir: Path) -> None:
     except OSError as exc:
         raise os_error(exc, run_dir, "read") from None
     if names - {LOCK, PARTS} and MARKER not in names:
-        raise BenchError(f"{run_dir} is not a run folder (it has no {MARKER}); pneumobench adopts only a new, empty or "
-                         f"run folder: choose another --name or --results")
+        raise BenchError(
+            f"{run_dir} is not a run folder (it has no {MARKER}); pneumobench adopts only a new, empty or "
+            f"run folder: choose another --name or --results"
+        )
 
 
 def with_added_keys(values: dict[str, Any]) -> dict[str, Any]:
@@ -114,8 +130,9 @@ def claim(run_dir: Path, cfg: RunConfig) -> Iterator[None]:
     try:
         if not _try_lock(fd):
             pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise BenchError(f"{run_dir} is in use by another run (pid {pid}); wait for it to finish or "
-                             f"choose another --name")
+            raise BenchError(
+                f"{run_dir} is in use by another run (pid {pid}); wait for it to finish or choose another --name"
+            )
         check_run_tree(run_dir)
         try:
             os.ftruncate(fd, 0)
@@ -180,8 +197,10 @@ def _try_lock(fd: int) -> bool:
 def _check_placement(run_dir: Path, checkpoints: Path) -> None:
     run, ck = run_dir.resolve(), checkpoints.resolve()
     if run == ck or ck in run.parents or run in ck.parents:
-        raise BenchError(f"the run folder {run_dir} and the checkpoint folder {checkpoints} overlap; choose another "
-                         f"--name (or set checkpoint_dir elsewhere)")
+        raise BenchError(
+            f"the run folder {run_dir} and the checkpoint folder {checkpoints} overlap; choose another "
+            f"--name (or set checkpoint_dir elsewhere)"
+        )
 
 
 def _guard(run_dir: Path, cfg: RunConfig) -> bool:
@@ -194,15 +213,19 @@ def _guard(run_dir: Path, cfg: RunConfig) -> bool:
             if not isinstance(old, dict) or not isinstance(old.get("config"), dict):
                 raise ValueError("no config object in it")
         except (ValueError, UnicodeDecodeError) as exc:
-            raise BenchError(f"{path} is damaged ({one_line(exc, 120)}); delete that file to re-run {run_dir} "
-                             f"(its other files are kept), or choose another --name") from None
+            raise BenchError(
+                f"{path} is damaged ({one_line(exc, 120)}); delete that file to re-run {run_dir} "
+                f"(its other files are kept), or choose another --name"
+            ) from None
         values = cfg.to_dict()
         if identity(old["config"]) == identity(values):
             return False
         if old.get("status") != "running" or not _holds_only_record(run_dir):
-            raise BenchError(f"{run_dir} holds a run with another config (it differs in "
-                             f"{_differences(old['config'], values)}); to keep both, give this run another "
-                             f"--name; to replace that run, delete {run_dir} and run again")
+            raise BenchError(
+                f"{run_dir} holds a run with another config (it differs in "
+                f"{_differences(old['config'], values)}); to keep both, give this run another "
+                f"--name; to replace that run, delete {run_dir} and run again"
+            )
     atomic_write_json(path, {"config": cfg.to_dict(), "config_source": cfg.source, "status": "running"})
     return True
 

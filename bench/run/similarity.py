@@ -13,6 +13,7 @@ the run's attribution preprocessing). Three comparisons:
 ``similarity.csv`` holds one row per comparison and image; :mod:`bench.report.stability` turns it
 into tables with CIs and the test "did tuning change the maps beyond noise?".
 """
+
 from __future__ import annotations
 
 import io
@@ -50,7 +51,7 @@ def map_similarity(a: Tensor, b: Tensor, top: float = TOP) -> tuple[np.ndarray, 
 def similarity_table(cfg: RunConfig, plan: list[Planned], results: list[dict[str, Any]]) -> pd.DataFrame:
     """Every comparison of the run (module docstring), one row per image."""
     mode = cfg.metrics.attribution
-    maps: dict[tuple[str, str, str, bool], list[Any]] = {}     # (label, stage, explainer, reference) -> shards
+    maps: dict[tuple[str, str, str, bool], list[Any]] = {}  # (label, stage, explainer, reference) -> shards
     facts: dict[tuple[str, str, str], list[tuple[np.ndarray, list[str]]]] = {}  # -> (image indices, cells)
     arch_of: dict[str, str] = {}
     seed_of: dict[str, int] = {}
@@ -73,17 +74,25 @@ def similarity_table(cfg: RunConfig, plan: list[Planned], results: list[dict[str
 
     rows: list[list[Any]] = []
 
-    def add(model: str, explainer: str, comparison: str, a_key: tuple[str, str, str, bool],
-            b_key: tuple[str, str, str, bool], a_info: tuple[np.ndarray, list[str]],
-            b_info: tuple[np.ndarray, list[str]]) -> None:
+    def add(
+        model: str,
+        explainer: str,
+        comparison: str,
+        a_key: tuple[str, str, str, bool],
+        b_key: tuple[str, str, str, bool],
+        a_info: tuple[np.ndarray, list[str]],
+        b_info: tuple[np.ndarray, list[str]],
+    ) -> None:
         a, b = full(a_key), full(b_key)
         if a is None or b is None:
             return
         (ia, cells_a), (ib, cells_b) = a_info, b_info
         common, pa, pb = np.intersect1d(ia, ib, return_indices=True)  # the same images, in image order
         rho, overlap = map_similarity(a[torch.as_tensor(pa)], b[torch.as_tensor(pb)])
-        rows.extend([model, explainer, comparison, int(i), cells_a[x], cells_b[y], float(s), float(o)]
-                    for i, x, y, s, o in zip(common, pa, pb, rho, overlap))
+        rows.extend(
+            [model, explainer, comparison, int(i), cells_a[x], cells_b[y], float(s), float(o)]
+            for i, x, y, s, o in zip(common, pa, pb, rho, overlap)
+        )
 
     labels = list(dict.fromkeys(p.stage.model_name for p in plan))
     explainers = list(dict.fromkeys(p.explainer for p in plan if not p.reference))
@@ -91,20 +100,41 @@ def similarity_table(cfg: RunConfig, plan: list[Planned], results: list[dict[str
         stages = sorted({p.stage.stage for p in plan if p.stage.model_name == label}, key=stage_key)
         for post in stages[1:]:
             for e in explainers:
-                add(label, e, f"pre vs {post}", (label, "pre", e, False), (label, post, e, False),
-                    info(label, "pre", e), info(label, post, e))
+                add(
+                    label,
+                    e,
+                    f"pre vs {post}",
+                    (label, "pre", e, False),
+                    (label, post, e, False),
+                    info(label, "pre", e),
+                    info(label, post, e),
+                )
         for e in explainers:
             if (label, "pre", e, True) in maps:
-                add(label, e, "explainer seed", (label, "pre", e, False), (label, "pre", e, True),
-                    info(label, "pre", e), info(label, "pre", e))
+                add(
+                    label,
+                    e,
+                    "explainer seed",
+                    (label, "pre", e, False),
+                    (label, "pre", e, True),
+                    info(label, "pre", e),
+                    info(label, "pre", e),
+                )
     by_arch: dict[str, list[str]] = {}
     for label in labels:
         by_arch.setdefault(arch_of[label], []).append(label)
     for arch, members in by_arch.items():
         for la, lb in combinations(members, 2):
             for e in explainers:
-                add(arch, e, f"seed{seed_of[la]} vs seed{seed_of[lb]}", (la, "pre", e, False), (lb, "pre", e, False),
-                    info(la, "pre", e), info(lb, "pre", e))
+                add(
+                    arch,
+                    e,
+                    f"seed{seed_of[la]} vs seed{seed_of[lb]}",
+                    (la, "pre", e, False),
+                    (lb, "pre", e, False),
+                    info(la, "pre", e),
+                    info(lb, "pre", e),
+                )
     table = pd.DataFrame(rows, columns=list(SIMILARITY_COLUMNS))
     return table.sort_values(["model", "explainer", "comparison", "image"], kind="stable").reset_index(drop=True)
 
@@ -128,8 +158,10 @@ def pre_maps(plan: list[Planned], results: list[dict[str, Any]]) -> Maps:
     out: Maps = {}
     for key, parts in shards.items():
         if all(v is not None for _, v in parts):
-            out[key] = (np.concatenate([i for i, _ in parts]).astype(np.int64),
-                        torch.cat([v for _, v in parts]).detach().float().cpu().numpy())
+            out[key] = (
+                np.concatenate([i for i, _ in parts]).astype(np.int64),
+                torch.cat([v for _, v in parts]).detach().float().cpu().numpy(),
+            )
     return out
 
 
@@ -157,13 +189,17 @@ def read_maps(path: Path) -> Maps:
                     out[(model, explainer)] = (z[f"index|{rest}"].astype(np.int64), z[k].astype(np.float32))
             return out
     except (OSError, ValueError, KeyError) as exc:
-        raise BenchError(f"{path} is damaged ({type(exc).__name__}: {exc}); re-run that part to write it "
-                         f"again") from None
+        raise BenchError(
+            f"{path} is damaged ({type(exc).__name__}: {exc}); re-run that part to write it again"
+        ) from None
 
 
-def seed_similarity(maps: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]],
-                    arch_seed: Mapping[str, tuple[str, int]], cells: Mapping[str, Mapping[int, str]],
-                    mode: str) -> pd.DataFrame:
+def seed_similarity(
+    maps: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+    arch_seed: Mapping[str, tuple[str, int]],
+    cells: Mapping[str, Mapping[int, str]],
+    mode: str,
+) -> pd.DataFrame:
     """The ``seed<a> vs seed<b>`` rows of :func:`similarity_table` from saved pre maps of several
     runs: ``maps`` {(model, explainer): (index, maps)}, ``arch_seed`` {model: (arch, seed)}, ``cells``
     {model: {image: cell}} (each model's pre cell of an image), ``mode`` the attribution preprocessing."""
@@ -181,6 +217,17 @@ def seed_similarity(maps: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]
             ta = M.preprocess_attributions(torch.as_tensor(a[pa]), mode)
             tb = M.preprocess_attributions(torch.as_tensor(b[pb]), mode)
             rho, overlap = map_similarity(ta, tb)
-            rows.extend([arch, e, f"seed{sa} vs seed{sb}", int(i), cells[la].get(int(i), ""),
-                         cells[lb].get(int(i), ""), float(s), float(o)] for i, s, o in zip(common, rho, overlap))
+            rows.extend(
+                [
+                    arch,
+                    e,
+                    f"seed{sa} vs seed{sb}",
+                    int(i),
+                    cells[la].get(int(i), ""),
+                    cells[lb].get(int(i), ""),
+                    float(s),
+                    float(o),
+                ]
+                for i, s, o in zip(common, rho, overlap)
+            )
     return pd.DataFrame(rows, columns=list(SIMILARITY_COLUMNS))

@@ -14,6 +14,7 @@ counts) times the pilot's measured time of one pass, times the pilot's measured 
 floor, times images, model-stages and seeds. Scoring the same images under several seeds adds
 seeds, not images: n is distinct images.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,7 +55,7 @@ def plan_sample(cfg: RunConfig, pilot: str | Path, power: float = 0.8) -> tuple[
         for _, g in ok[(ok["metric"] == metric) & ok["explainer"].isin(names)].groupby(["model", "stage"]):
             wide = g.pivot(index="image", columns="explainer", values="value").dropna()
             for i, a in enumerate(wide.columns):
-                for b in wide.columns[i + 1:]:
+                for b in wide.columns[i + 1 :]:
                     d = (wide[a] - wide[b]).to_numpy()
                     if d.size >= 3 and d.std(ddof=1) > 0:
                         sds.append(float(d.std(ddof=1)))
@@ -62,9 +63,20 @@ def plan_sample(cfg: RunConfig, pilot: str | Path, power: float = 0.8) -> tuple[
         sd_med = float(np.median(sds)) if sds else float("nan")
         sd_hi = float(np.percentile(sds, 90)) if sds else float("nan")
         declared = metric in settings.effects or (kinds.get(metric) or "default") in settings.effects
-        rows.append([metric, kinds.get(metric) or "", effect, declared, m, level, sd_med, sd_hi,
-                     n_needed(effect, sd_med, level, power) if sds else float("nan"),
-                     n_needed(effect, sd_hi, level, power) if sds else float("nan")])
+        rows.append(
+            [
+                metric,
+                kinds.get(metric) or "",
+                effect,
+                declared,
+                m,
+                level,
+                sd_med,
+                sd_hi,
+                n_needed(effect, sd_med, level, power) if sds else float("nan"),
+                n_needed(effect, sd_hi, level, power) if sds else float("nan"),
+            ]
+        )
     table = pd.DataFrame(rows, columns=PLAN_COLUMNS)
     return table, _cost(cfg, pilot, table)
 
@@ -93,8 +105,9 @@ def _cost(cfg: RunConfig, pilot: Path, table: pd.DataFrame) -> dict[str, Any]:
             continue
         per_image += f
         for metric in cfg.metrics.names:
-            mp = metric_passes_per_image(metric, cfg.metrics.params.get(metric, {}), explainer_passes=ep,
-                                         n_layers=N_LAYERS)
+            mp = metric_passes_per_image(
+                metric, cfg.metrics.params.get(metric, {}), explainer_passes=ep, n_layers=N_LAYERS
+            )
             fm = floor_seconds(mp, t["forward_backward"], t["forward"])
             if fm is None:
                 unknown.append(metric)
@@ -107,31 +120,66 @@ def _cost(cfg: RunConfig, pilot: Path, table: pd.DataFrame) -> dict[str, Any]:
     n = sized["n_median"].replace(float("inf"), np.nan).max()
     model_stages = len(cfg.models.names) * stages * seeds
     total = per_image * ratio * n * model_stages if math.isfinite(n) else float("nan")
-    return {"floor_seconds_per_image_stage": per_image, "pilot_ratio": ratio, "model_stages": model_stages,
-            "n": n, "seconds": total, "without_floor": sorted(set(unknown)), "pilot": str(pilot)}
+    return {
+        "floor_seconds_per_image_stage": per_image,
+        "pilot_ratio": ratio,
+        "model_stages": model_stages,
+        "n": n,
+        "seconds": total,
+        "without_floor": sorted(set(unknown)),
+        "pilot": str(pilot),
+    }
 
 
 def render_plan(cfg: RunConfig, table: pd.DataFrame, cost: dict[str, Any], power: float) -> str:
     """The plan as text: the n table (Markdown) and the cost estimate."""
-    rows = [[r.metric, r.kind, fmt_number(r.effect, ".3g") + ("" if r.declared else " (margin)"), str(r.pairs),
-             fmt_number(r.level, ".2g"), fmt_number(r.sd_median, ".3g"), fmt_number(r.sd_p90, ".3g"),
-             _n(r.n_median), _n(r.n_p90)]
-            for r in table.itertuples(index=False)]
-    lines = [f"n per model-stage for {power:.0%} power (paired t at alpha / m, m = the table's pairs), from the pilot "
-             f"{cost['pilot']}:", ""]
-    lines += markdown_table(["metric", "kind", "smallest effect", "pairs", "level", "sd (median pair)", "sd (p90 pair)",
-                             "n (median pair)", "n (p90 pair)"], rows)
+    rows = [
+        [
+            r.metric,
+            r.kind,
+            fmt_number(r.effect, ".3g") + ("" if r.declared else " (margin)"),
+            str(r.pairs),
+            fmt_number(r.level, ".2g"),
+            fmt_number(r.sd_median, ".3g"),
+            fmt_number(r.sd_p90, ".3g"),
+            _n(r.n_median),
+            _n(r.n_p90),
+        ]
+        for r in table.itertuples(index=False)
+    ]
+    lines = [
+        f"n per model-stage for {power:.0%} power (paired t at alpha / m, m = the table's pairs), from the pilot "
+        f"{cost['pilot']}:",
+        "",
+    ]
+    lines += markdown_table(
+        [
+            "metric",
+            "kind",
+            "smallest effect",
+            "pairs",
+            "level",
+            "sd (median pair)",
+            "sd (p90 pair)",
+            "n (median pair)",
+            "n (p90 pair)",
+        ],
+        rows,
+    )
     n = cost["n"]
     per_cell = f"data.per_cell = {math.ceil(n / 4)}" if math.isfinite(n) else "n/a"
     which = "metrics with a declared effect" if table["declared"].any() else "all metrics: declare [stats] effects"
-    lines += ["", f"Design: n = {_n(n)} distinct images per model-stage (the largest median-pair n over {which}; "
-              f"{per_cell} with four confusion cells, more where a cell is smaller); the config has data.per_cell = "
-              f"{cfg.data.per_cell}.",
-              f"Cost: {cost['floor_seconds_per_image_stage']:.2f} s per image and model-stage at the floor x "
-              f"{cost['pilot_ratio']:.2f} (the pilot's ratio) x {_n(n)} images x {cost['model_stages']} model-stages "
-              f"= about {_hours(cost['seconds'])}"
-              + (f" (no pass count for {', '.join(cost['without_floor'])}: not included)" if cost["without_floor"]
-                 else "") + "."]
+    lines += [
+        "",
+        f"Design: n = {_n(n)} distinct images per model-stage (the largest median-pair n over {which}; "
+        f"{per_cell} with four confusion cells, more where a cell is smaller); the config has data.per_cell = "
+        f"{cfg.data.per_cell}.",
+        f"Cost: {cost['floor_seconds_per_image_stage']:.2f} s per image and model-stage at the floor x "
+        f"{cost['pilot_ratio']:.2f} (the pilot's ratio) x {_n(n)} images x {cost['model_stages']} model-stages "
+        f"= about {_hours(cost['seconds'])}"
+        + (f" (no pass count for {', '.join(cost['without_floor'])}: not included)" if cost["without_floor"] else "")
+        + ".",
+    ]
     return "\n".join(lines)
 
 

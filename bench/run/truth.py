@@ -11,6 +11,7 @@ equal; and on the whole test split the accuracy with and without the marker. The
 follows the model's use of it, and each faithfulness metric by whether its ranking of the
 explainers agrees with that truth.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,36 +42,52 @@ BATCH = 256  # images per forward pass (the recorded truth tables were computed 
 def sub_runs(cfg: RunConfig) -> list[tuple[str, str, RunConfig]]:
     """(condition, polarity, config) of every sub-run of a truth config."""
     if cfg.data.dataset != "marked":
-        raise BenchError(f"bench truth needs marked data (data.dataset = \"marked\"), got {cfg.data.dataset!r}; "
-                         f"see configs/truth.toml")
+        raise BenchError(
+            f'bench truth needs marked data (data.dataset = "marked"), got {cfg.data.dataset!r}; see configs/truth.toml'
+        )
     if cfg.explain.target != "label":
-        raise BenchError("bench truth explains the same class under every model: set explain.target = \"label\"")
+        raise BenchError('bench truth explains the same class under every model: set explain.target = "label"')
     if "mask_share" not in cfg.metrics.names:
-        raise BenchError("bench truth grades explainers by mask_share: add \"mask_share\" to metrics.names")
+        raise BenchError('bench truth grades explainers by mask_share: add "mask_share" to metrics.names')
     out = []
     parent = Path(cfg.results_dir) / cfg.name
     for polarity in cfg.truth.polarities:
         for condition in cfg.truth.conditions:
             data = replace(cfg.data, options={**cfg.data.options, "condition": condition, "polarity": polarity})
-            out.append((condition, polarity, revalidated(replace(
-                cfg, name=f"{condition}-{polarity}", results_dir=str(parent / "runs"),
-                checkpoint_dir=str(checkpoint_dir(cfg)), data=data))))
+            out.append(
+                (
+                    condition,
+                    polarity,
+                    revalidated(
+                        replace(
+                            cfg,
+                            name=f"{condition}-{polarity}",
+                            results_dir=str(parent / "runs"),
+                            checkpoint_dir=str(checkpoint_dir(cfg)),
+                            data=data,
+                        )
+                    ),
+                )
+            )
     return out
 
 
 def _with_and_without(split: ImageSplit) -> tuple[Tensor, Tensor, Tensor]:
     """(planted (N,): the image has the marker, every image with the marker, every image without it)."""
     if split.masks is None or split.counterfactual is None:
-        raise BenchError(f"the {split.split} split of {split.name!r} has no marker masks or counterfactual images; "
-                         f"bench truth needs marked data (data.dataset = \"marked\")")
+        raise BenchError(
+            f"the {split.split} split of {split.name!r} has no marker masks or counterfactual images; "
+            f'bench truth needs marked data (data.dataset = "marked")'
+        )
     planted = split.masks.flatten(1).any(1)
     on = planted.view(-1, 1, 1, 1)
     with_marker = torch.where(on, split.images, split.counterfactual)
     return planted, with_marker, torch.where(on, split.counterfactual, split.images)
 
 
-def reliance_rows(cfg: RunConfig, condition: str, polarity: str, device: torch.device, progress: bool,
-                  say: Callable[[str], None]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def reliance_rows(
+    cfg: RunConfig, condition: str, polarity: str, device: torch.device, progress: bool, say: Callable[[str], None]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per model and explained image: the target score and p(class 1) with and without the marker;
     per model on the whole test split: accuracy with the marker on every image, without it on any."""
     train, val, test = P.load_data(cfg)
@@ -87,17 +104,37 @@ def reliance_rows(cfg: RunConfig, condition: str, polarity: str, device: torch.d
         sa = (a if logit else pa).gather(1, t.view(-1, 1)).squeeze(1)
         sb = (b if logit else pb).gather(1, t.view(-1, 1)).squeeze(1)
         for i in range(len(t)):
-            rows.append({"condition": condition, "polarity": polarity, "model": st.model_name, "seed": st.seed,
-                         "image": i, "label": int(t[i]), "planted": bool(planted[i]),
-                         "score_with": float(sa[i]), "score_without": float(sb[i]),
-                         "p1_with": float(pa[i, 1]), "p1_without": float(pb[i, 1])})
+            rows.append(
+                {
+                    "condition": condition,
+                    "polarity": polarity,
+                    "model": st.model_name,
+                    "seed": st.seed,
+                    "image": i,
+                    "label": int(t[i]),
+                    "planted": bool(planted[i]),
+                    "score_with": float(sa[i]),
+                    "score_without": float(sb[i]),
+                    "p1_with": float(pa[i, 1]),
+                    "p1_without": float(pb[i, 1]),
+                }
+            )
         fa, fb = (predict_outputs(st.model, x, device=device, batch_size=BATCH) for x in (f_with, f_without))
         d = (fa.softmax(1)[:, 1] - fb.softmax(1)[:, 1]).numpy()
-        models.append({"condition": condition, "polarity": polarity, "model": st.model_name, "seed": st.seed,
-                       "checkpoint_sha256": st.sha256, "n_test": len(full),
-                       "acc_without": float((fb.argmax(1) == full.labels).float().mean()),
-                       "acc_with": float((fa.argmax(1) == full.labels).float().mean()),
-                       "_reliance": d, "_labels": full.labels.numpy()})
+        models.append(
+            {
+                "condition": condition,
+                "polarity": polarity,
+                "model": st.model_name,
+                "seed": st.seed,
+                "checkpoint_sha256": st.sha256,
+                "n_test": len(full),
+                "acc_without": float((fb.argmax(1) == full.labels).float().mean()),
+                "acc_with": float((fa.argmax(1) == full.labels).float().mean()),
+                "_reliance": d,
+                "_labels": full.labels.numpy(),
+            }
+        )
     return pd.DataFrame(rows, columns=list(RELIANCE_COLUMNS)), pd.DataFrame(models)
 
 
@@ -116,18 +153,43 @@ def run_truth(cfg: RunConfig, *, progress: bool = True) -> Path:
             say(f"[truth] {condition} · {polarity}: {Path(sub.results_dir) / sub.name}")
             run_dir = runner.run(sub, progress=progress)
             record = json.loads(read_regular(run_dir / MARKER))
-            runs.append({"condition": condition, "polarity": polarity, "run": run_dir.relative_to(parent).as_posix(),
-                         "data": record.get("data"), "checkpoints": record.get("checkpoints")})
+            runs.append(
+                {
+                    "condition": condition,
+                    "polarity": polarity,
+                    "run": run_dir.relative_to(parent).as_posix(),
+                    "data": record.get("data"),
+                    "checkpoints": record.get("checkpoints"),
+                }
+            )
             r, m = reliance_rows(sub, condition, polarity, device, progress, say)
             reliance.append(r)
             models.append(m)
-        write_truth(parent, pd.DataFrame([{k: r[k] for k in ("condition", "polarity", "run")} for r in runs]),
-                    pd.concat(reliance, ignore_index=True), pd.concat(models, ignore_index=True), name=cfg.name,
-                    options=cfg.data.options, stats=stats_settings(cfg), reliance_margin=cfg.truth.reliance_margin,
-                    share_margin=cfg.truth.share_margin, bootstrap=cfg.truth.bootstrap)
-        atomic_write_json(parent / MARKER, {"kind": "truth", "status": "done", "config": cfg.to_dict(),
-                                            "config_source": cfg.source, "runs": runs, "versions": package_versions(),
-                                            "git": git_commit(), "machine": machine_info()})
+        write_truth(
+            parent,
+            pd.DataFrame([{k: r[k] for k in ("condition", "polarity", "run")} for r in runs]),
+            pd.concat(reliance, ignore_index=True),
+            pd.concat(models, ignore_index=True),
+            name=cfg.name,
+            options=cfg.data.options,
+            stats=stats_settings(cfg),
+            reliance_margin=cfg.truth.reliance_margin,
+            share_margin=cfg.truth.share_margin,
+            bootstrap=cfg.truth.bootstrap,
+        )
+        atomic_write_json(
+            parent / MARKER,
+            {
+                "kind": "truth",
+                "status": "done",
+                "config": cfg.to_dict(),
+                "config_source": cfg.source,
+                "runs": runs,
+                "versions": package_versions(),
+                "git": git_commit(),
+                "machine": machine_info(),
+            },
+        )
     return parent
 
 

@@ -5,6 +5,7 @@ metric (the score record). :meth:`Unit.compute` does both without touching a fil
 in another process (the Ray executor); :mod:`bench.run.cache` stores the two records under the
 unit's content keys, :attr:`Unit.attr_key` and :attr:`Unit.score_key`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -97,36 +98,77 @@ def failed_attribution(message: str) -> dict[str, Any]:
     """The attribution record of an explainer that raised: its one-line message, no values and no
     timing (the time to a failure says nothing about a method's cost, and a re-run of a
     deterministic failure then rewrites identical tables)."""
-    return {"status": "error", "message": one_line(message, 240), "seconds": math.nan,
-            "peak_mem_mb": math.nan, "values": None, "outputs": None, "base_values": None, "meta": "{}"}
+    return {
+        "status": "error",
+        "message": one_line(message, 240),
+        "seconds": math.nan,
+        "peak_mem_mb": math.nan,
+        "values": None,
+        "outputs": None,
+        "base_values": None,
+        "meta": "{}",
+    }
 
 
 class Unit:
     """(checkpoint, explainer + params, shard): attributions, then metric scores."""
 
-    def __init__(self, cfg: RunConfig, stage: Stage, explainer: str, params: dict, fingerprint: str, index: Tensor,
-                 images: Tensor, labels: Tensor, targets: Tensor, masks: Tensor | None, background: Tensor,
-                 device: torch.device, run_dir: Path, *, scored: bool = True, given: Tensor | None = None) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        stage: Stage,
+        explainer: str,
+        params: dict,
+        fingerprint: str,
+        index: Tensor,
+        images: Tensor,
+        labels: Tensor,
+        targets: Tensor,
+        masks: Tensor | None,
+        background: Tensor,
+        device: torch.device,
+        run_dir: Path,
+        *,
+        scored: bool = True,
+        given: Tensor | None = None,
+    ) -> None:
         self.cfg, self.stage, self.explainer, self.params, self.scored = cfg, stage, explainer, params, scored
         self.given = given  # (B, C, H, W): a map computed elsewhere (bench.evaluate's attributions), not explained
         self.metric_names = list(cfg.metrics.names) if scored else []  # a reference unit only explains
         self.index, self.labels, self.targets, self.masks = index, labels, targets, masks
         self.images, self.background, self.device = images, background, device
-        self.attr_key = content_key({"v": CACHE_VERSION, "ckpt": stage.sha256, "explainer": explainer,
-                                     "params": params, "code": explainer_code_digest(EXPLAINERS.get(explainer).obj)
-                                     if given is None else {"given map": tensor_digest(given)},
-                                     "output": cfg.explain.output, "data": fingerprint,
-                                     "index": index.tolist(), "targets": targets.tolist(),
-                                     "background": tensor_digest(background), "seed": cfg.seed,
-                                     "device": device.type})
+        self.attr_key = content_key(
+            {
+                "v": CACHE_VERSION,
+                "ckpt": stage.sha256,
+                "explainer": explainer,
+                "params": params,
+                "code": explainer_code_digest(EXPLAINERS.get(explainer).obj)
+                if given is None
+                else {"given map": tensor_digest(given)},
+                "output": cfg.explain.output,
+                "data": fingerprint,
+                "index": index.tolist(),
+                "targets": targets.tolist(),
+                "background": tensor_digest(background),
+                "seed": cfg.seed,
+                "device": device.type,
+            }
+        )
         metric_code = {n: source_digest(M.METRICS.get(n).obj) for n in self.metric_names}  # plug-ins too
         self.precision = cfg.metrics.precision
-        self.score_key = content_key({"attr": self.attr_key, "metrics": self.metric_names,
-                                      "code": package_digest(M, extra=json.dumps(metric_code, sort_keys=True)),
-                                      "params": cfg.metrics.params,
-                                      "attribution": cfg.metrics.attribution,
-                                      "curves": cfg.metrics.curves, "reliability": _scored(cfg) if scored else None,
-                                      **precision_key(self.precision)})
+        self.score_key = content_key(
+            {
+                "attr": self.attr_key,
+                "metrics": self.metric_names,
+                "code": package_digest(M, extra=json.dumps(metric_code, sort_keys=True)),
+                "params": cfg.metrics.params,
+                "attribution": cfg.metrics.attribution,
+                "curves": cfg.metrics.curves,
+                "reliability": _scored(cfg) if scored else None,
+                **precision_key(self.precision),
+            }
+        )
         self.attr_path = run_dir / "cache" / "attributions" / f"{self.attr_key}.pt"
         self.score_path = run_dir / "cache" / "scores" / f"{self.score_key}.json"
 
@@ -144,8 +186,16 @@ class Unit:
         """The attribution record: values, outputs and base values on the CPU, seconds, peak memory
         (a given map: its values, no model call, no time)."""
         if self.given is not None:
-            return {"status": "ok", "message": "", "seconds": 0.0, "peak_mem_mb": 0.0, "values": self.given.float(),
-                    "outputs": None, "base_values": None, "meta": json.dumps({"given": True})}
+            return {
+                "status": "ok",
+                "message": "",
+                "seconds": 0.0,
+                "peak_mem_mb": 0.0,
+                "values": self.given.float(),
+                "outputs": None,
+                "base_values": None,
+                "meta": json.dumps({"given": True}),
+            }
         model = with_output_space(self.stage.model, self.cfg.explain.output).eval()
         x, y = self.images.to(self.device), self.targets.to(self.device)
         bg = self.background.to(self.device)
@@ -158,19 +208,31 @@ class Unit:
                 seconds = time.perf_counter() - t0
         except Exception as exc:  # recorded in one short line, the run goes on
             return failed_attribution(models.hook_failure(exc) or f"{type(exc).__name__}: {exc}")
-        return {"status": "ok", "message": "", "seconds": seconds, "peak_mem_mb": mem.peak_mb,
-                "values": attr.values.detach().float().cpu(),
-                "outputs": None if attr.outputs is None else attr.outputs.detach().float().cpu(),
-                "base_values": None if attr.base_values is None else attr.base_values.detach().float().cpu(),
-                "meta": json.dumps(attr.meta, default=str)}
+        return {
+            "status": "ok",
+            "message": "",
+            "seconds": seconds,
+            "peak_mem_mb": mem.peak_mb,
+            "values": attr.values.detach().float().cpu(),
+            "outputs": None if attr.outputs is None else attr.outputs.detach().float().cpu(),
+            "base_values": None if attr.base_values is None else attr.base_values.detach().float().cpu(),
+            "meta": json.dumps(attr.meta, default=str),
+        }
 
     def score(self, attr: dict[str, Any]) -> dict[str, Any]:
         """The score record: per metric one value and status per image, and the metrics' curves."""
         t0 = time.perf_counter()
         n = len(self.index)
-        out = {"status": attr["status"], "message": attr["message"], "seconds_per_image": attr["seconds"] / n,
-               "peak_mem_mb": attr["peak_mem_mb"], "metrics": {}, "metric_status": {}, "curves": {},
-               "metric_seconds": {}}
+        out = {
+            "status": attr["status"],
+            "message": attr["message"],
+            "seconds_per_image": attr["seconds"] / n,
+            "peak_mem_mb": attr["peak_mem_mb"],
+            "metrics": {},
+            "metric_status": {},
+            "curves": {},
+            "metric_seconds": {},
+        }
         if attr["status"] != "ok":  # every metric of a failed explainer carries its error
             for name in self.metric_names:
                 out["metrics"][name] = [math.nan] * n
@@ -180,13 +242,19 @@ class Unit:
         outputs = None if attr["outputs"] is None else attr["outputs"].to(self.device)
         base_values = None if attr["base_values"] is None else attr["base_values"].to(self.device)
         raw_values = attr["values"].to(self.device)
-        given = {"raw": Attribution(raw_values, outputs, base_values),
-                 "preprocessed": Attribution(M.preprocess_attributions(raw_values, self.cfg.metrics.attribution),
-                                             outputs, base_values)}
+        given = {
+            "raw": Attribution(raw_values, outputs, base_values),
+            "preprocessed": Attribution(
+                M.preprocess_attributions(raw_values, self.cfg.metrics.attribution), outputs, base_values
+            ),
+        }
         fixed = self.given is not None
         additive = not fixed and bool(EXPLAINERS.get(self.explainer).meta.get("additive", False))
-        context = M.MetricContext(masks=None if self.masks is None else self.masks.to(self.device),
-                                  explain=None if fixed else self.explain_on, additive=additive)
+        context = M.MetricContext(
+            masks=None if self.masks is None else self.masks.to(self.device),
+            explain=None if fixed else self.explain_on,
+            additive=additive,
+        )
         results: dict[str, M.MetricResult] = {}
         for name in self.metric_names:
             t_metric = time.perf_counter()
@@ -203,10 +271,14 @@ class Unit:
                 if self.cfg.metrics.curves:
                     for curve, c in sorted(res.curves.items()):
                         if curve in out["curves"]:
-                            raise BenchError(f"two metrics return a curve named {curve!r}; a curve name must be "
-                                             f"unique among the run's metrics")
-                        out["curves"][curve] = {"fractions": [float(f) for f in c.x],
-                                                "probs": c.y.detach().float().cpu().tolist()}
+                            raise BenchError(
+                                f"two metrics return a curve named {curve!r}; a curve name must be "
+                                f"unique among the run's metrics"
+                            )
+                        out["curves"][curve] = {
+                            "fractions": [float(f) for f in c.x],
+                            "probs": c.y.detach().float().cpu().tolist(),
+                        }
             except Exception as exc:
                 out["metrics"][name] = [math.nan] * n
                 out["metric_status"][name] = ["error: " + one_line(f"{type(exc).__name__}: {exc}", 300)] * n
@@ -222,19 +294,28 @@ class Unit:
         out["score_seconds"] = time.perf_counter() - t0
         return out
 
-    def _metric(self, name: str, extra: dict[str, Any], given: dict[str, Attribution],
-                context: M.MetricContext) -> M.MetricResult:
+    def _metric(
+        self, name: str, extra: dict[str, Any], given: dict[str, Attribution], context: M.MetricContext
+    ) -> M.MetricResult:
         """One metric with the run's parameters (and ``extra`` over them) on this unit's images."""
         entry = M.METRICS.get(name)
         params = {**self.cfg.metrics.params.get(name, {}), **extra}
         # metrics that re-run the explainer need gradients; the others never do
         with contextlib.nullcontext() if "explain" in entry.meta.get("needs", ()) else torch.no_grad():
-            return M.compute_metric(name, self.stage.model, self.images.to(self.device),
-                                    self.targets.to(self.device), given[entry.meta.get("reads", "preprocessed")],
-                                    context=context, precision=self.precision, **params)
+            return M.compute_metric(
+                name,
+                self.stage.model,
+                self.images.to(self.device),
+                self.targets.to(self.device),
+                given[entry.meta.get("reads", "preprocessed")],
+                context=context,
+                precision=self.precision,
+                **params,
+            )
 
-    def _substrates(self, results: dict[str, M.MetricResult], given: dict[str, Attribution],
-                    context: M.MetricContext) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _substrates(
+        self, results: dict[str, M.MetricResult], given: dict[str, Attribution], context: M.MetricContext
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Substrate sensitivity (the reliability card): every metric of the run that has a
         ``substrate`` parameter, scored with each substrate of ``reliability.substrates`` (the
         run's own substrate reuses its scores) and, with ``reliability.imputation``, by the metrics
@@ -252,7 +333,9 @@ class Unit:
         def keep(metric: str, substrate: str, res: M.MetricResult, sign: float = 1.0) -> None:
             vals = [sign * float(f) for f in res.scores.detach().float().cpu()]
             scores.setdefault(metric, {})[substrate] = {
-                "values": vals, "status": ["ok" if math.isfinite(f) else "n/a" for f in vals]}
+                "values": vals,
+                "status": ["ok" if math.isfinite(f) else "n/a" for f in vals],
+            }
             main = sorted(results[metric].curves)
             for c in res.curves.values():  # one curve per metric: filed under the metric's own curve name
                 if len(main) == 1:
@@ -282,5 +365,11 @@ class Unit:
         model = with_output_space(other, self.cfg.explain.output).eval()
         x = self.images.to(self.device) if inputs is None else inputs
         torch.manual_seed(self.cfg.seed)
-        return run_explainer(self.explainer, model, x, self.targets.to(self.device),
-                             background=self.background.to(self.device), **self.params).values
+        return run_explainer(
+            self.explainer,
+            model,
+            x,
+            self.targets.to(self.device),
+            background=self.background.to(self.device),
+            **self.params,
+        ).values

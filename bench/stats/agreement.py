@@ -10,6 +10,7 @@
 
 All rankings are of goodness (higher is better) unless a docstring says otherwise.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -39,7 +40,7 @@ def kendall_w(matrix: np.ndarray) -> float:
     ranks = sps.rankdata(matrix, axis=1)
     s = float(((ranks.sum(0) - m * (n + 1) / 2.0) ** 2).sum())
     ties = sum(float(((c := np.unique(row, return_counts=True)[1]) ** 3 - c).sum()) for row in matrix)
-    denom = m * m * (n ** 3 - n) - m * ties
+    denom = m * m * (n**3 - n) - m * ties
     return float(12.0 * s / denom) if denom > 0 else float("nan")
 
 
@@ -87,8 +88,8 @@ def split_half(g: np.ndarray, splits: int, rng: np.random.Generator) -> float:
     if n < 4 or k < 3:
         return float("nan")
     perms = np.argsort(rng.random((splits, n)), axis=1)  # one random permutation per split
-    a = g[perms[:, : n // 2]].mean(1)                   # (splits, k) means on each half
-    b = g[perms[:, n // 2:]].mean(1)
+    a = g[perms[:, : n // 2]].mean(1)  # (splits, k) means on each half
+    b = g[perms[:, n // 2 :]].mean(1)
     r = _row_spearman(a, b)
     r = r[np.isfinite(r)]  # a half on which every explainer ties has no order
     if not r.size:
@@ -101,13 +102,20 @@ def _row_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spearman correlation of each row of ``a`` with the same row of ``b`` (ties averaged)."""
     ra = sps.rankdata(a, axis=1) - (a.shape[1] + 1) / 2
     rb = sps.rankdata(b, axis=1) - (b.shape[1] + 1) / 2
-    den = np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))
+    den = np.sqrt((ra**2).sum(1) * (rb**2).sum(1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, (ra * rb).sum(1) / den, np.nan)
 
 
-def image_interval(statistic: Callable[[np.ndarray], float], n_images: int, *, n_resamples: int, seed: int,
-                   method: str = "BCa", confidence: float = 0.95) -> tuple[float, float]:
+def image_interval(
+    statistic: Callable[[np.ndarray], float],
+    n_images: int,
+    *,
+    n_resamples: int,
+    seed: int,
+    method: str = "BCa",
+    confidence: float = 0.95,
+) -> tuple[float, float]:
     """Bootstrap interval of ``statistic(index)`` where ``index`` is a resample (with replacement)
     of ``range(n_images)``: the statistic applies the same image draw to every seed, explainer and
     metric it reads, so shared images are resampled jointly (``scipy.stats.bootstrap`` on the
@@ -119,9 +127,15 @@ def image_interval(statistic: Callable[[np.ndarray], float], n_images: int, *, n
         return (float("nan"), float("nan"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = sps.bootstrap((np.arange(n_images),), statistic, vectorized=False, n_resamples=n_resamples,
-                            method="percentile" if method == "percentile" else "BCa", confidence_level=confidence,
-                            rng=np.random.default_rng(seed))
+        res = sps.bootstrap(
+            (np.arange(n_images),),
+            statistic,
+            vectorized=False,
+            n_resamples=n_resamples,
+            method="percentile" if method == "percentile" else "BCa",
+            confidence_level=confidence,
+            rng=np.random.default_rng(seed),
+        )
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     if np.isfinite(low) and np.isfinite(high):
         return (low, high)

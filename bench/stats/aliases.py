@@ -11,6 +11,7 @@ that differ by 1e-3 anywhere move some score by far more than the default ``rtol
 
 The first name in sorted order represents its group; the others are its aliases.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence, overload
@@ -38,20 +39,29 @@ def _wide(table: pd.DataFrame, key: Sequence[str]) -> tuple[pd.DataFrame, pd.Dat
     return value, status
 
 
-def find_aliases(scores: pd.DataFrame, *, rtol: float = 1e-6, atol: float = 1e-12,
-                 extra: Iterable[pd.DataFrame | None] = (),
-                 maps: Mapping[tuple[str, str, str], np.ndarray] | None = None) -> dict[str, list[str]]:
+def find_aliases(
+    scores: pd.DataFrame,
+    *,
+    rtol: float = 1e-6,
+    atol: float = 1e-12,
+    extra: Iterable[pd.DataFrame | None] = (),
+    maps: Mapping[tuple[str, str, str], np.ndarray] | None = None,
+) -> dict[str, list[str]]:
     """``{representative: [aliases, ...]}`` for every group of two or more explainers whose scores
     agree everywhere (module docstring). ``scores``: the checked scores table; ``extra``: more
     tables with ``explainer, value, status`` and the ``KEY`` columns (plus e.g. ``substrate``);
     ``maps``: ``{(model, stage, explainer): array}`` of maps on the same images."""
-    tables = [(scores, KEY)] + [(t, KEY + [c for c in ("substrate",) if c in t.columns])
-                                for t in extra if t is not None and len(t)]
+    tables = [(scores, KEY)] + [
+        (t, KEY + [c for c in ("substrate",) if c in t.columns]) for t in extra if t is not None and len(t)
+    ]
     names = sorted(set(scores["explainer"].astype(str)))
     wides = []
     for table, key in tables:
-        t = table.assign(explainer=table["explainer"].astype(str), status=table["status"].astype(str),
-                         value=pd.to_numeric(table["value"], errors="coerce"))
+        t = table.assign(
+            explainer=table["explainer"].astype(str),
+            status=table["status"].astype(str),
+            value=pd.to_numeric(table["value"], errors="coerce"),
+        )
         wides.append(_wide(t, key))
     parent = {n: n for n in names}
 
@@ -61,7 +71,7 @@ def find_aliases(scores: pd.DataFrame, *, rtol: float = 1e-6, atol: float = 1e-1
         return n
 
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             if find(a) == find(b) or not _same(a, b, wides, rtol, atol, maps):
                 continue
             ra, rb = find(a), find(b)
@@ -72,8 +82,14 @@ def find_aliases(scores: pd.DataFrame, *, rtol: float = 1e-6, atol: float = 1e-1
     return {rep: sorted(m for m in members if m != rep) for rep, members in sorted(groups.items()) if len(members) > 1}
 
 
-def _same(a: str, b: str, wides: list[tuple[pd.DataFrame, pd.DataFrame]], rtol: float, atol: float,
-          maps: Mapping[tuple[str, str, str], np.ndarray] | None) -> bool:
+def _same(
+    a: str,
+    b: str,
+    wides: list[tuple[pd.DataFrame, pd.DataFrame]],
+    rtol: float,
+    atol: float,
+    maps: Mapping[tuple[str, str, str], np.ndarray] | None,
+) -> bool:
     seen_finite = False
     for value, status in wides:
         if (a in value.columns) != (b in value.columns):
@@ -91,8 +107,9 @@ def _same(a: str, b: str, wides: list[tuple[pd.DataFrame, pd.DataFrame]], rtol: 
         for (model, stage, e), m in maps.items():
             if e != a or (model, stage, b) not in maps:
                 continue
-            if not _close(np.asarray(m, np.float64).ravel(), np.asarray(maps[(model, stage, b)], np.float64).ravel(),
-                          rtol, atol):
+            if not _close(
+                np.asarray(m, np.float64).ravel(), np.asarray(maps[(model, stage, b)], np.float64).ravel(), rtol, atol
+            ):
                 return False
     return seen_finite
 

@@ -4,6 +4,7 @@ comparison of two classifiers on the same images (a tuned model against its pare
 Pure functions of labels, scores and predictions (numpy in, plain Python numbers out): the
 training loop (:mod:`models.training`) and the runner's model comparisons call them.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -86,8 +87,14 @@ def mcnemar_exact(labels: np.ndarray, preds_a: np.ndarray, preds_b: np.ndarray) 
     return {"a_right_b_wrong": b, "a_wrong_b_right": c, "p_value": p}
 
 
-def compare_classifiers(labels: np.ndarray, test_a: dict[str, Any], test_b: dict[str, Any], preds_a: np.ndarray,
-                        preds_b: np.ndarray, num_classes: int = 2) -> dict[str, Any]:
+def compare_classifiers(
+    labels: np.ndarray,
+    test_a: dict[str, Any],
+    test_b: dict[str, Any],
+    preds_a: np.ndarray,
+    preds_b: np.ndarray,
+    num_classes: int = 2,
+) -> dict[str, Any]:
     """Two classifiers on the same test images: their metrics and deltas (b - a), McNemar's exact
     test and how many images moved between confusion cells (``test_pre`` is a, ``test_post`` b;
     the cells of :func:`bench.core.schema.cell_names` for ``num_classes``)."""

@@ -39,6 +39,7 @@ not Nemenyi's mean-rank test, whose verdict on two methods depends on which othe
 the table (Benavoli, Corani & Mangili 2016, "Should we really use post-hoc tests based on
 mean-ranks?", JMLR 17:1).
 """
+
 from __future__ import annotations
 
 from itertools import combinations
@@ -50,11 +51,34 @@ from scipy import stats
 
 from bench.stats.estimate import crossed_covariance, mean_estimate, sqrt_psd, t_interval, t_pvalue
 
-__all__ = ["FAMILY_COLUMNS", "PAIR_COLUMNS", "compact_letters", "dominance_ranks", "family_tests", "friedman",
-           "mean_ranks", "pairwise", "verdict_text"]
+__all__ = [
+    "FAMILY_COLUMNS",
+    "PAIR_COLUMNS",
+    "compact_letters",
+    "dominance_ranks",
+    "family_tests",
+    "friedman",
+    "mean_ranks",
+    "pairwise",
+    "verdict_text",
+]
 
-FAMILY_COLUMNS = ["n_seeds", "n_images", "diff", "se", "df", "level", "ci_low", "ci_high", "p", "p_adj", "margin",
-                  "p_equiv", "separated", "equivalent"]
+FAMILY_COLUMNS = [
+    "n_seeds",
+    "n_images",
+    "diff",
+    "se",
+    "df",
+    "level",
+    "ci_low",
+    "ci_high",
+    "p",
+    "p_adj",
+    "margin",
+    "p_equiv",
+    "separated",
+    "equivalent",
+]
 
 
 def max_z_null(corr: np.ndarray, draws: int, seed: int) -> np.ndarray:
@@ -73,8 +97,15 @@ def _exceed(null: np.ndarray, p: float) -> float:
     return float(len(null) - np.searchsorted(null, z, side="left")) / len(null)
 
 
-def family_tests(diffs: Sequence[np.ndarray], margins: Sequence[float] | float, alpha: float, *,
-                 corr: np.ndarray | None = None, draws: int = 20000, seed: int = 0) -> pd.DataFrame:
+def family_tests(
+    diffs: Sequence[np.ndarray],
+    margins: Sequence[float] | float,
+    alpha: float,
+    *,
+    corr: np.ndarray | None = None,
+    draws: int = 20000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """One row per contrast of a family (module docstring); columns :data:`FAMILY_COLUMNS` and
     ``family_size``, ``method``.
 
@@ -98,8 +129,9 @@ def family_tests(diffs: Sequence[np.ndarray], margins: Sequence[float] | float, 
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     ests = [mean_estimate(d) for d in diffs]
-    margins = ([float(margins)] * len(ests) if isinstance(margins, (int, float, np.number))
-               else [float(v) for v in margins])
+    margins = (
+        [float(margins)] * len(ests) if isinstance(margins, (int, float, np.number)) else [float(v) for v in margins]
+    )
     if len(margins) != len(ests):
         raise ValueError(f"{len(ests)} contrasts but {len(margins)} margins")
     testable = [e.se == 0.0 or (np.isfinite(e.se) and np.isfinite(e.df)) for e in ests]
@@ -117,8 +149,24 @@ def family_tests(diffs: Sequence[np.ndarray], margins: Sequence[float] | float, 
     nan = float("nan")
     for est, margin, ok in zip(ests, margins, testable):
         if not ok:
-            rows.append([est.n_seeds, est.n_images, est.mean, est.se, est.df, nan, nan, nan, nan, nan, margin, nan,
-                         False, False])
+            rows.append(
+                [
+                    est.n_seeds,
+                    est.n_images,
+                    est.mean,
+                    est.se,
+                    est.df,
+                    nan,
+                    nan,
+                    nan,
+                    nan,
+                    nan,
+                    margin,
+                    nan,
+                    False,
+                    False,
+                ]
+            )
             continue
         level = 1.0 - p_crit
         low, high = t_interval(est, level)
@@ -128,16 +176,40 @@ def family_tests(diffs: Sequence[np.ndarray], margins: Sequence[float] | float, 
             p_adj, p_equiv = min(1.0, m * p), min(1.0, 2 * m * p_tost)
         else:
             p_adj, p_equiv = _exceed(null, p), _exceed(null, min(1.0, 2 * p_tost))
-        rows.append([est.n_seeds, est.n_images, est.mean, est.se, est.df, level, low, high, p, p_adj, margin, p_equiv,
-                     bool(low > 0.0 or high < 0.0), bool(low >= -margin and high <= margin)])
+        rows.append(
+            [
+                est.n_seeds,
+                est.n_images,
+                est.mean,
+                est.se,
+                est.df,
+                level,
+                low,
+                high,
+                p,
+                p_adj,
+                margin,
+                p_equiv,
+                bool(low > 0.0 or high < 0.0),
+                bool(low >= -margin and high <= margin),
+            ]
+        )
     out = pd.DataFrame(rows, columns=FAMILY_COLUMNS)
     out["family_size"] = sum(testable)
     out["method"] = "max-T" if null is not None else "Bonferroni"
     return out
 
 
-def verdict_text(separated: bool, equivalent: bool, diff: float, n_images: int, n_seeds: int = 1, *,
-                 higher: str = "higher", lower: str = "lower") -> str:
+def verdict_text(
+    separated: bool,
+    equivalent: bool,
+    diff: float,
+    n_images: int,
+    n_seeds: int = 1,
+    *,
+    higher: str = "higher",
+    lower: str = "lower",
+) -> str:
     """The words for one contrast: ``higher``/``lower`` (separated, by the sign of ``diff``),
     ``"equivalent"`` (inside the margin), else ``"not separable at n = ..."``."""
     if separated:
@@ -171,8 +243,9 @@ def _contrast_correlation(g: np.ndarray, pairs: list[tuple[int, int]]) -> np.nda
     return corr
 
 
-def pairwise(goodness: np.ndarray, names: Sequence[str], *, alpha: float, margin: float, draws: int = 20000,
-             seed: int = 0) -> pd.DataFrame:
+def pairwise(
+    goodness: np.ndarray, names: Sequence[str], *, alpha: float, margin: float, draws: int = 20000, seed: int = 0
+) -> pd.DataFrame:
     """Every pair of explainers of one table; columns :data:`PAIR_COLUMNS`.
 
     ``goodness (images, k)`` or ``(seeds, images, k)``: higher is better, the same images in every
@@ -192,14 +265,22 @@ def pairwise(goodness: np.ndarray, names: Sequence[str], *, alpha: float, margin
     means = g.mean(axis=(0, 1)) if g.shape[1] else np.full(len(names), np.nan)
     order = sorted(range(len(names)), key=lambda j: (-means[j], j))
     pairs = list(combinations(order, 2))
-    fam = family_tests([g[:, :, a] - g[:, :, b] for a, b in pairs], margin, alpha,
-                       corr=_contrast_correlation(g, pairs), draws=draws, seed=seed)
+    fam = family_tests(
+        [g[:, :, a] - g[:, :, b] for a, b in pairs],
+        margin,
+        alpha,
+        corr=_contrast_correlation(g, pairs),
+        draws=draws,
+        seed=seed,
+    )
     fam.insert(0, "mean_b", [means[b] for _, b in pairs])
     fam.insert(0, "mean_a", [means[a] for a, _ in pairs])
     fam.insert(0, "b", [names[b] for _, b in pairs])
     fam.insert(0, "a", [names[a] for a, _ in pairs])
-    fam["verdict"] = [verdict_text(r.separated, r.equivalent, r.diff, r.n_images, r.n_seeds,
-                                   higher="a better", lower="b better") for r in fam.itertuples(index=False)]
+    fam["verdict"] = [
+        verdict_text(r.separated, r.equivalent, r.diff, r.n_images, r.n_seeds, higher="a better", lower="b better")
+        for r in fam.itertuples(index=False)
+    ]
     return fam[PAIR_COLUMNS]
 
 
@@ -239,8 +320,7 @@ def dominance_ranks(names: Sequence[str], pairs: pd.DataFrame) -> dict[str, int]
     return ranks
 
 
-def compact_letters(names: Sequence[str], pairs: pd.DataFrame, means: Sequence[float] | np.ndarray
-                    ) -> dict[str, str]:
+def compact_letters(names: Sequence[str], pairs: pd.DataFrame, means: Sequence[float] | np.ndarray) -> dict[str, str]:
     """Compact letter display (Piepho 2004, "An algorithm for a letter-based representation of
     all-pairwise comparisons", J. Comput. Graph. Stat. 13:456, insert-and-absorb): two explainers
     share a letter exactly when the table's paired test does not separate them. Letters run from

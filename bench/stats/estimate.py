@@ -23,6 +23,7 @@ Also here: the BCa bootstrap interval of a mean (descriptive intervals), and Hol
 Bonferroni's corrections. Missing values: NaN and +-inf are dropped first (a seed x image table
 keeps the images complete in every seed).
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,20 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["MeanEstimate", "bonferroni", "bootstrap_ci", "complete", "crossed_covariance", "finite", "holm", "sqrt_psd",
-           "mean_estimate", "p_top", "t_interval", "t_pvalue"]
+__all__ = [
+    "MeanEstimate",
+    "bonferroni",
+    "bootstrap_ci",
+    "complete",
+    "crossed_covariance",
+    "finite",
+    "holm",
+    "sqrt_psd",
+    "mean_estimate",
+    "p_top",
+    "t_interval",
+    "t_pvalue",
+]
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000
@@ -65,7 +78,7 @@ class MeanEstimate(NamedTuple):
     df: float
     n_seeds: int
     n_images: int
-    var_seed: float    # estimated variance components (0 where the estimate was negative)
+    var_seed: float  # estimated variance components (0 where the estimate was negative)
     var_image: float
     var_resid: float
 
@@ -100,18 +113,21 @@ def mean_estimate(y: Sequence[float] | np.ndarray) -> MeanEstimate:
     ms_seed = n * float(((seed_means - mean) ** 2).sum()) / (s - 1)
     ms_image = s * float(((image_means - mean) ** 2).sum()) / (n - 1)
     resid = a - seed_means[:, None] - image_means[None, :] + mean
-    ms_resid = float((resid ** 2).sum()) / ((s - 1) * (n - 1))
+    ms_resid = float((resid**2).sum()) / ((s - 1) * (n - 1))
     var_seed = max(0.0, (ms_seed - ms_resid) / n)
     var_image = max(0.0, (ms_image - ms_resid) / s)
     # Var(mean) * S n as a combination of mean squares; a truncated component drops its terms
     coef = {"seed": 1.0 if var_seed > 0 else 0.0, "image": 1.0 if var_image > 0 else 0.0}
     coef["resid"] = 1.0 - coef["seed"] - coef["image"]
-    terms = ((coef["seed"], ms_seed, s - 1), (coef["image"], ms_image, n - 1),
-             (coef["resid"], ms_resid, (s - 1) * (n - 1)))
+    terms = (
+        (coef["seed"], ms_seed, s - 1),
+        (coef["image"], ms_image, n - 1),
+        (coef["resid"], ms_resid, (s - 1) * (n - 1)),
+    )
     total = sum(c * ms for c, ms, _ in terms)
     se = math.sqrt(max(total, 0.0) / (s * n))
     den = sum((c * ms) ** 2 / d for c, ms, d in terms if c != 0.0)
-    df = total ** 2 / den if den > 0 else nan
+    df = total**2 / den if den > 0 else nan
     return MeanEstimate(mean, se, float(df), s, n, var_seed, var_image, ms_resid)
 
 
@@ -144,8 +160,13 @@ def t_pvalue(est: MeanEstimate, null: float = 0.0, alternative: str = "two-sided
     return float(stats.t.sf(t, est.df) if alternative == "greater" else stats.t.cdf(t, est.df))
 
 
-def bootstrap_ci(values: Sequence[float] | np.ndarray, *, confidence: float = CONFIDENCE,
-                 n_resamples: int = N_RESAMPLES, seed: int = SEED) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    *,
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+) -> tuple[float, float]:
     """Two-sided bootstrap confidence interval of the mean, ``(low, high)``: descriptive intervals
     (map similarity summaries), never beside a test verdict.
 
@@ -171,8 +192,15 @@ def _scipy_ci(x: np.ndarray, method: str, confidence: float, n_resamples: int, s
     with warnings.catch_warnings():
         # BCa warns (DegenerateDataWarning / 0-divide) exactly when it returns NaN; the caller falls back
         warnings.simplefilter("ignore")
-        res = stats.bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
-                              method=method, vectorized=True, rng=np.random.default_rng(seed))
+        res = stats.bootstrap(
+            (x,),
+            np.mean,
+            confidence_level=confidence,
+            n_resamples=n_resamples,
+            method=method,
+            vectorized=True,
+            rng=np.random.default_rng(seed),
+        )
     return (float(res.confidence_interval.low), float(res.confidence_interval.high))
 
 
@@ -246,8 +274,8 @@ def crossed_covariance(y: np.ndarray) -> np.ndarray:
         rows = a.reshape(-1, k)
         return np.atleast_2d(np.cov(rows, rowvar=False, ddof=1)) / rows.shape[0]
     m = a.mean(axis=(0, 1))
-    r = a.mean(axis=1) - m                    # (S, k) seed effects
-    c = a.mean(axis=0) - m                    # (n, k) image effects
+    r = a.mean(axis=1) - m  # (S, k) seed effects
+    c = a.mean(axis=0) - m  # (n, k) image effects
     e = a - r[:, None, :] - c[None, :, :] - m
     ms_seed = n * r.T @ r / (s - 1)
     ms_image = s * c.T @ c / (n - 1)

@@ -20,6 +20,7 @@ prediction it kept):
 :func:`mc_interval`: a percentile interval of MC over images and draws resampled together (the
 "pigeonhole" bootstrap of a crossed design; Owen 2007, Ann. Appl. Stat. 1:386: it errs wide).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -30,8 +31,20 @@ from scipy import stats as sps
 
 __all__ = ["RAW_COLUMNS", "consistency", "mc_interval"]
 
-RAW_COLUMNS = ["model", "stage", "metric", "test", "kind", "draw", "explainer", "image", "base", "new", "kept",
-               "status"]
+RAW_COLUMNS = [
+    "model",
+    "stage",
+    "metric",
+    "test",
+    "kind",
+    "draw",
+    "explainer",
+    "image",
+    "base",
+    "new",
+    "kept",
+    "status",
+]
 
 
 def _cube(raw: pd.DataFrame, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str], list[int]]:
@@ -45,8 +58,9 @@ def _cube(raw: pd.DataFrame, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndar
     shape = (len(draws), len(explainers), len(images))
     base = w["base"].to_numpy(dtype=np.float64).reshape(shape)
     new = w["new"].to_numpy(dtype=np.float64).reshape(shape)
-    kept = (w["kept"].astype(object).map(lambda v: str(v).lower() in ("true", "1", "1.0"))
-            .to_numpy().reshape(shape)[:, 0])
+    kept = (
+        w["kept"].astype(object).map(lambda v: str(v).lower() in ("true", "1", "1.0")).to_numpy().reshape(shape)[:, 0]
+    )
     ok = (w["status"].astype(str) == "ok").to_numpy().reshape(shape).all(axis=(1, 2))
     return base, new, kept, ok, explainers, draws
 
@@ -65,8 +79,13 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(v)) if v else float("nan")
 
 
-def consistency(raw: pd.DataFrame, higher_is_better: bool, draws: np.ndarray | None = None,
-                images: np.ndarray | None = None, wilcoxon: str = "asymptotic") -> dict[str, float]:
+def consistency(
+    raw: pd.DataFrame,
+    higher_is_better: bool,
+    draws: np.ndarray | None = None,
+    images: np.ndarray | None = None,
+    wilcoxon: str = "asymptotic",
+) -> dict[str, float]:
     """IAC/IEC and MC of one (model, stage, metric, test) from its raw rows (module docstring).
     ``draws`` / ``images``: positions to use (with repeats: a resample); all by default;
     ``wilcoxon``: the method of the signed-rank p-values (:func:`_wilcoxon`)."""
@@ -94,8 +113,13 @@ def consistency(raw: pd.DataFrame, higher_is_better: bool, draws: np.ndarray | N
                 p = _wilcoxon(x, y, wilcoxon)
                 iac[kind].append(p if kind == "nr" else 1.0 - p)
             if kind == "nr":
-                iec_nr.append(float(np.mean(np.argsort(b[:, sel], axis=0, kind="stable")
-                                            == np.argsort(n[:, sel], axis=0, kind="stable"))))
+                iec_nr.append(
+                    float(
+                        np.mean(
+                            np.argsort(b[:, sel], axis=0, kind="stable") == np.argsort(n[:, sel], axis=0, kind="stable")
+                        )
+                    )
+                )
             else:
                 iec_ar.append(float(np.mean(sign * b[:, sel] > sign * n[:, sel])))
     parts = {"iac_nr": _mean(iac["nr"]), "iac_ar": _mean(iac["ar"]), "iec_nr": _mean(iec_nr), "iec_ar": _mean(iec_ar)}
@@ -103,16 +127,19 @@ def consistency(raw: pd.DataFrame, higher_is_better: bool, draws: np.ndarray | N
     return parts
 
 
-def mc_interval(raw: pd.DataFrame, higher_is_better: bool, *, n_resamples: int, seed: int,
-                confidence: float = 0.95) -> tuple[float, float]:
+def mc_interval(
+    raw: pd.DataFrame, higher_is_better: bool, *, n_resamples: int, seed: int, confidence: float = 0.95
+) -> tuple[float, float]:
     """Percentile interval of MC with images and draws resampled (with replacement) together."""
     n_draws = len(set(raw["draw"]))
     n_images = len(set(raw["image"]))
     if n_images < 4:
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
-    values = [consistency(raw, higher_is_better, rng.integers(0, n_draws, n_draws),
-                          rng.integers(0, n_images, n_images))["mc"] for _ in range(n_resamples)]
+    values = [
+        consistency(raw, higher_is_better, rng.integers(0, n_draws, n_draws), rng.integers(0, n_images, n_images))["mc"]
+        for _ in range(n_resamples)
+    ]
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     if not v.size:

@@ -10,6 +10,7 @@ deviation ``sd``, ``ncp = |delta| / sd * sqrt(n)`` and
 ``n`` counts distinct images: scoring the same images under several seeds adds seeds, not images
 (the image effect is shared; :mod:`bench.stats.estimate`).
 """
+
 from __future__ import annotations
 
 import math

@@ -7,6 +7,7 @@ error rate is controlled at ``alpha`` within a family and **not** across familie
 two model-stages or two runs are separate families, so a reader comparing many tables should
 expect some false positives among them (one in twenty tables at the default alpha).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -18,30 +19,30 @@ __all__ = ["DEFAULT_MARGINS", "FAMILIES", "StatsSettings", "family_label"]
 # "equivalent" only when the whole family-adjusted interval of their paired difference lies inside
 # +-margin. The defaults are the smallest difference a user would act on:
 DEFAULT_MARGINS: dict[str, float] = {
-    "faithfulness": 0.02,    # AUCs and rates in [0, 1]: 2 points of deletion/insertion AUC
-    "localisation": 0.02,    # shares in [0, 1]
-    "randomisation": 0.05,   # a Spearman similarity in [-1, 1]
-    "axiomatic": 0.01,       # additivity error in logits (exact methods ~1e-7, IG at 50 steps ~0.04)
-    "complexity": 0.02,      # Gini / normalised entropy in [0, 1]
-    "robustness": 0.02,      # relative sensitivity
-    "similarity": 0.05,      # a Spearman similarity of two maps in [-1, 1] (the map-similarity tests)
-    "default": 0.02,         # a metric registered without a kind
+    "faithfulness": 0.02,  # AUCs and rates in [0, 1]: 2 points of deletion/insertion AUC
+    "localisation": 0.02,  # shares in [0, 1]
+    "randomisation": 0.05,  # a Spearman similarity in [-1, 1]
+    "axiomatic": 0.01,  # additivity error in logits (exact methods ~1e-7, IG at 50 steps ~0.04)
+    "complexity": 0.02,  # Gini / normalised entropy in [0, 1]
+    "robustness": 0.02,  # relative sensitivity
+    "similarity": 0.05,  # a Spearman similarity of two maps in [-1, 1] (the map-similarity tests)
+    "default": 0.02,  # a metric registered without a kind
 }
 
 FAMILIES: dict[str, str] = {
     "table": "every pair of distinct explainers on one (model, stage, metric): leaderboard ranks and letters, "
-             "comparisons.csv, the card's control separation",
+    "comparisons.csv, the card's control separation",
     "pooled": "every pair of distinct explainers on one (architecture, stage, metric), pooled over training seeds "
-              "(crossed image x seed estimator): leaderboard_pooled.csv, comparisons_pooled.csv",
+    "(crossed image x seed estimator): leaderboard_pooled.csv, comparisons_pooled.csv",
     "substrate": "every pair of distinct explainers on one (model, stage, metric, substrate): the card's substrate "
-                 "control separation",
+    "control separation",
     "prepost": "every explainer x metric row of one model's pre-vs-post table (over all its post stages)",
     "prepost_by_cell": "every explainer x metric x cell row of one model's per-cell pre-vs-post table",
     "variants": "every row of one model's tuning-policy table (pairs of post stages x explainer x metric)",
     "similarity": "every row of one model's map-similarity tests (post stage x explainer x reference); the pooled "
-                  "rows of an architecture form their own family",
+    "rows of an architecture form their own family",
     "baseline_substrate": "every row of one model's baseline x substrate interaction table (stage x explainer pair x "
-                          "metric): baseline_substrate.csv",
+    "metric): baseline_substrate.csv",
 }
 
 

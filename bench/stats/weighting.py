@@ -14,6 +14,7 @@ finite-population correction: the test split stands for the population it was dr
 Satterthwaite's df ``(sum_c a_c s_c^2)^2 / sum_c (a_c s_c^2)^2 / (n_c - 1)``, ``a_c = W_c^2 / n_c``.
 A cell with one sampled image has no variance estimate: the interval is then NaN.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,13 +32,14 @@ class Sampling:
     """How a model's images were drawn: each image's stratum (its cell under the sampling model)
     and every stratum's count in the test split."""
 
-    strata: Mapping[int, str]   # image index -> stratum
-    sizes: Mapping[str, int]    # stratum -> images of the test split in it
-    source: str = ""            # where the sizes come from (the manifest's sample record, or derived)
+    strata: Mapping[int, str]  # image index -> stratum
+    sizes: Mapping[str, int]  # stratum -> images of the test split in it
+    source: str = ""  # where the sizes come from (the manifest's sample record, or derived)
 
 
-def stratified_mean(values: Sequence[float] | np.ndarray, strata: Sequence[str], sizes: Mapping[str, int]
-                    ) -> MeanEstimate:
+def stratified_mean(
+    values: Sequence[float] | np.ndarray, strata: Sequence[str], sizes: Mapping[str, int]
+) -> MeanEstimate:
     """Stratified mean of ``values`` (one per image, NaN dropped) whose images belong to
     ``strata``; ``sizes`` maps each stratum to its test-split count (strata of the split with no
     sampled image, or sampled strata missing from ``sizes``, make the estimate NaN)."""

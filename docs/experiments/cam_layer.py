@@ -20,6 +20,7 @@ Run (a checkpoint of ``python -m bench train``; the numbers in the docs are from
     python docs/experiments/cam_layer.py --checkpoint results/checkpoints/resnet18-....pt --images 48 \
         --steps 24 --layers layer2,layer3,layer4 --extra gradcam.grad_cam=layer1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,13 @@ from datasets import load_split
 from explainers import run_explainer
 from models.checkpoints import load_checkpoint
 
-METHODS = ("gradcam.grad_cam", "gradcam.grad_cam_plusplus", "gradcam.hires_cam", "gradcam.layer_cam",
-           "gradcam.score_cam")
+METHODS = (
+    "gradcam.grad_cam",
+    "gradcam.grad_cam_plusplus",
+    "gradcam.hires_cam",
+    "gradcam.layer_cam",
+    "gradcam.score_cam",
+)
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
 SCORES = {  # name: (metric, substrate, higher is better): each metric at its default substrate
     "deletion (zero)": (deletion_auc, "zero", False),
@@ -65,7 +71,7 @@ def main() -> None:
     torch.manual_seed(0)
     model, _ = load_checkpoint(args.checkpoint)
     test = load_split("pneumoniamnist", "test")
-    idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:args.images]
+    idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[: args.images]
     x = test.images[idx]
     with torch.no_grad():
         t = model(x).argmax(1)
@@ -80,15 +86,18 @@ def main() -> None:
             t0 = time.perf_counter()
             attr = run_explainer(method, model, x, t, background=bg, layer=layer)
             results[method, layer] = scores_of(model, x, t, attr, args.steps)
-            cells = ", ".join(f"{k} {mean_se(v)[0]:.4f} ({mean_se(v)[1]:.4f})"
-                              for k, v in results[method, layer].items())
+            cells = ", ".join(
+                f"{k} {mean_se(v)[0]:.4f} ({mean_se(v)[1]:.4f})" for k, v in results[method, layer].items()
+            )
             print(f"# {method} {layer}: {cells}; {time.perf_counter() - t0:.1f} s", flush=True)
             if args.save:
                 torch.save(results, args.save)
     rnd = scores_of(model, x, t, run_explainer("random", model, x, t, background=bg), args.steps)
 
-    print(f"\n{args.checkpoint}: {args.images} test images (seed 0), predicted class, {args.steps} steps; "
-          f"mean (standard error)\n")
+    print(
+        f"\n{args.checkpoint}: {args.images} test images (seed 0), predicted class, {args.steps} steps; "
+        f"mean (standard error)\n"
+    )
     print("| method | metric | " + " | ".join(LAYERS) + " | best | best - next (95 % CI) |")
     print("|---|---|" + "---:|" * len(LAYERS) + "---|---|")
     for method in args.methods.split(","):
@@ -99,8 +108,10 @@ def main() -> None:
             diff = results[method, order[0]][key] - results[method, order[1]][key]
             m, se = mean_se(diff)
             row = " | ".join(f"{cells[la][0]:.3f} ({cells[la][1]:.3f})" if la in cells else "-" for la in LAYERS)
-            print(f"| {method} | {key} | {row} | {order[0]} | {m:+.3f} [{m - 1.96 * se:+.3f}, {m + 1.96 * se:+.3f}] "
-                  f"vs {order[1]} |")
+            print(
+                f"| {method} | {key} | {row} | {order[0]} | {m:+.3f} [{m - 1.96 * se:+.3f}, {m + 1.96 * se:+.3f}] "
+                f"vs {order[1]} |"
+            )
     print("\nrandom control: " + ", ".join(f"{k} {mean_se(v)[0]:.3f} ({mean_se(v)[1]:.3f})" for k, v in rnd.items()))
     sidecar = Path(args.checkpoint + ".json")
     if sidecar.is_file():

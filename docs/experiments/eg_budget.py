@@ -36,6 +36,7 @@ Usage (a few minutes per model on the 2-core CPU)::
 ``--reference`` adds the grid mean's relative L2 to the converged value of eg_designs.py (mean of
 4 stratified runs at 1024 passes; 4096 more passes per image, ~2.5 min per image on resnet50).
 """
+
 from __future__ import annotations
 
 import sys
@@ -72,19 +73,23 @@ def budget(h: np.ndarray, lags=LAGS) -> dict:
     """The variance budget of one image's grid ``h`` ``(N, G, P)``, in units of ``||T||^2`` (module doc)."""
     n_rows = h.shape[0]
     t = h.mean((0, 1))
-    t2 = float((t ** 2).sum())
+    t2 = float((t**2).sum())
     per_row = h.mean(1)
     dev = h - per_row[:, None]
-    within = float((dev ** 2).sum(2).mean()) / t2
+    within = float((dev**2).sum(2).mean()) / t2
     shared = float((dev.mean(0) ** 2).sum(1).mean()) / t2 - within / n_rows
-    norms = np.sqrt((h ** 2).sum(2))  # ||h_r(a)||
-    sigma = np.sqrt((dev ** 2).sum(2).mean(1))  # each row's within-path spread
+    norms = np.sqrt((h**2).sum(2))  # ||h_r(a)||
+    sigma = np.sqrt((dev**2).sum(2).mean(1))  # each row's within-path spread
     autocorr = [_autocorr(dev, k) for k in lags]
-    return {"total": float(((h - t) ** 2).sum(2).mean()) / t2,
-            "between": float(((per_row - t) ** 2).sum(1).mean()) / t2,
-            "within": within, "shared": shared, "autocorr": autocorr,
-            "is_gain": float(((norms ** 2).mean() - t2) / (norms.mean() ** 2 - t2)),
-            "neyman_gain": float((sigma ** 2).mean() / sigma.mean() ** 2)}
+    return {
+        "total": float(((h - t) ** 2).sum(2).mean()) / t2,
+        "between": float(((per_row - t) ** 2).sum(1).mean()) / t2,
+        "within": within,
+        "shared": shared,
+        "autocorr": autocorr,
+        "is_gain": float(((norms**2).mean() - t2) / (norms.mean() ** 2 - t2)),
+        "neyman_gain": float((sigma**2).mean() / sigma.mean() ** 2),
+    }
 
 
 def snapped_estimate(h: np.ndarray, rows: np.ndarray, a: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -106,25 +111,49 @@ def simulated_errors(h: np.ndarray, kind: str, n: int, seeds, image: int = 0) ->
 
 def main(which: str, cells: int = 64, with_reference: bool = False) -> None:
     model, x, bg, target = setup(which, threads=2)
-    cols = ["image", "total", "between", "within", "shared", "autocorr at " + "/".join(map(str, LAGS)) + " cells",
-            "IS gain", "Neyman", "iid 50", "iid 100", "stratified 50", "stratified 100", "antithetic 50",
-            "variance per pass at 50: iid / stratified / its within-path part"] + ["grid vs reference"] * with_reference
+    cols = [
+        "image",
+        "total",
+        "between",
+        "within",
+        "shared",
+        "autocorr at " + "/".join(map(str, LAGS)) + " cells",
+        "IS gain",
+        "Neyman",
+        "iid 50",
+        "iid 100",
+        "stratified 50",
+        "stratified 100",
+        "antithetic 50",
+        "variance per pass at 50: iid / stratified / its within-path part",
+    ] + ["grid vs reference"] * with_reference
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for i in range(N_IMAGES):
-        h = grid(model, x[i:i + 1], target[i], bg, cells)
+        h = grid(model, x[i : i + 1], target[i], bg, cells)
         b = budget(h)
         errs = {(k, n): simulated_errors(h, k, n, range(100), i) for k in ("iid", "stratified") for n in (50, 100)}
         within_only = h - h.mean(1, keepdims=True) + h.mean((0, 1))  # every reference integrates to T
         errs["within", 50] = simulated_errors(within_only, "stratified", 50, range(100), i)
         errs["antithetic", 50] = simulated_errors(h, "antithetic", 50, range(100), i)
-        sims = [errs[k, n].mean() for k, n in (("iid", 50), ("iid", 100), ("stratified", 50), ("stratified", 100),
-                                                ("antithetic", 50))]
+        sims = [
+            errs[k, n].mean()
+            for k, n in (("iid", 50), ("iid", 100), ("stratified", 50), ("stratified", 100), ("antithetic", 50))
+        ]
         per_pass = [50 * (errs[k, 50] ** 2).mean() for k in ("iid", "stratified", "within")]
-        row = [str(i), f"{b['total']:.1f}", f"{b['between']:.1f}", f"{b['within']:.1f}", f"{b['shared']:.2f}",
-               ", ".join(f"{c:.2f}" for c in b["autocorr"]), f"{b['is_gain']:.3f}", f"{b['neyman_gain']:.3f}",
-               *(f"{e:.3f}" for e in sims), " / ".join(f"{v:.1f}" for v in per_pass)]
+        row = [
+            str(i),
+            f"{b['total']:.1f}",
+            f"{b['between']:.1f}",
+            f"{b['within']:.1f}",
+            f"{b['shared']:.2f}",
+            ", ".join(f"{c:.2f}" for c in b["autocorr"]),
+            f"{b['is_gain']:.3f}",
+            f"{b['neyman_gain']:.3f}",
+            *(f"{e:.3f}" for e in sims),
+            " / ".join(f"{v:.1f}" for v in per_pass),
+        ]
         if with_reference:
-            row.append(f"{_rel_l2(h.mean((0, 1)), reference(model, x[i:i + 1], target[i], bg).numpy()):.3f}")
+            row.append(f"{_rel_l2(h.mean((0, 1)), reference(model, x[i : i + 1], target[i], bg).numpy()):.3f}")
         print("| " + " | ".join(row) + " |", flush=True)
 
 

@@ -34,6 +34,7 @@ mean over 3 test images x 6 seeds. Usage (one thread; ~15 min per model on the 2
 
     BENCH_DATA_FILE=... python docs/experiments/eg_designs.py [CHECKPOINT | random] [--sliced]
 """
+
 from __future__ import annotations
 
 import sys
@@ -107,7 +108,7 @@ def design(kind: str, seed: int, n: int, big_n: int, key: np.ndarray | None = No
         if not big_n <= n <= 2 * big_n:
             raise ValueError(f"antithetic draws need N <= n <= 2N, got n={n}, N={big_n}")
         a = (k + rng.random(n)) / n
-        a[big_n:] = 1.0 - a[:n - big_n]
+        a[big_n:] = 1.0 - a[: n - big_n]
     elif kind == "strata_shuffled":
         a = (rng.permutation(n) + rng.random(n)) / n
     else:
@@ -119,8 +120,8 @@ def contributions(model, x, target, bg, rows, a, batch: int = 64) -> torch.Tenso
     """``(n, pixels)`` float64: ``(x - bg[r_k]) * df/dx(bg[r_k] + a_k (x - bg[r_k]))``."""
     out = []
     for s in range(0, len(rows), batch):
-        r = bg[rows[s:s + batch]]
-        aa = torch.tensor(a[s:s + batch], dtype=torch.float32).view(-1, 1, 1, 1)
+        r = bg[rows[s : s + batch]]
+        aa = torch.tensor(a[s : s + batch], dtype=torch.float32).view(-1, 1, 1, 1)
         z = (r + aa * (x - r)).requires_grad_(True)
         with torch.enable_grad():
             (g,) = torch.autograd.grad(model(z)[:, target].sum(), z)
@@ -130,8 +131,9 @@ def contributions(model, x, target, bg, rows, a, batch: int = 64) -> torch.Tenso
 
 def reference(model, x, target, bg) -> torch.Tensor:
     """The converged value ``(pixels,)``: mean of 4 stratified runs of 1024 passes (seeds 10000-10003)."""
-    runs = [contributions(model, x, target, bg, *stratified_draws(10_000 + s, 1024, bg.shape[0])).mean(0)
-            for s in range(4)]
+    runs = [
+        contributions(model, x, target, bg, *stratified_draws(10_000 + s, 1024, bg.shape[0])).mean(0) for s in range(4)
+    ]
     return torch.stack(runs).mean(0)
 
 
@@ -141,9 +143,11 @@ def setup(which: str, threads: int = 1):
     torch.set_num_threads(threads)
     if which == "random":
         from tests.conftest import calibrated
+
         model = calibrated("resnet18")
     else:
         from models.checkpoints import load_checkpoint
+
         model, _ = load_checkpoint(which, device="cpu")
     model.eval()
     data = _data(N_IMAGES, N_BACKGROUND, "cpu")
@@ -158,7 +162,7 @@ def main(which: str, sliced_only: bool = False) -> None:
     model, x, bg, t = setup(which)
     with torch.no_grad():
         fx, fbg = model(x).gather(1, t.view(-1, 1)).squeeze(1).double(), model(bg).double()
-    refs = [reference(model, x[i:i + 1], t[i], bg) for i in range(N_IMAGES)]
+    refs = [reference(model, x[i : i + 1], t[i], bg) for i in range(N_IMAGES)]
     if sliced_only:
         kinds, with_cv, sizes = ("stratified", "sliced4_f", "sliced8_f", "sliced4_mean", "sliced4_dist"), (), (50, 100)
     else:
@@ -173,10 +177,13 @@ def main(which: str, sliced_only: bool = False) -> None:
                 for i in range(N_IMAGES):
                     key = None
                     if kind.startswith("sliced"):
-                        key = {"f": fbg[:, t[i]].numpy(), "mean": bg.flatten(1).mean(1).numpy(),
-                               "dist": (bg - x[i:i + 1]).flatten(1).norm(dim=1).numpy()}[kind.split("_")[1]]
+                        key = {
+                            "f": fbg[:, t[i]].numpy(),
+                            "mean": bg.flatten(1).mean(1).numpy(),
+                            "dist": (bg - x[i : i + 1]).flatten(1).norm(dim=1).numpy(),
+                        }[kind.split("_")[1]]
                     rows, a, w = design(kind, 1000 * s + i, n, N_BACKGROUND, key)
-                    g = contributions(model, x[i:i + 1], t[i], bg, rows, a)
+                    g = contributions(model, x[i : i + 1], t[i], bg, rows, a)
                     wt = torch.tensor(w)
                     phi = (g * wt.view(-1, 1)).sum(0)
                     est = {kind: phi}
@@ -188,6 +195,7 @@ def main(which: str, sliced_only: bool = False) -> None:
                     for k, v in est.items():
                         err.setdefault(k, []).append(float(rel_l2(v[None], refs[i][None])[0]))
         print(f"| {n} | " + " | ".join(f"{np.mean(err[c]):.3f}" for c in cols) + " |", flush=True)
+
 
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if a != "--sliced"]

@@ -1,5 +1,6 @@
 """MkDocs hook: the docstrings cross-reference in Sphinx's style (``:func:`load_config```), which
 mkdocstrings' Google parser leaves as text; show the name as code, without the role."""
+
 from __future__ import annotations
 
 import re

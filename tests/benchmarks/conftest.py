@@ -17,6 +17,7 @@ Knobs (environment variables):
 Quick smoke run: ``BENCH_MODELS=resnet18 BENCH_BATCH=2 BENCH_BACKGROUND=8 python -m pytest
 tests/benchmarks --benchmark-only -q -x``.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,13 @@ class Settings:
     threads: int | None
 
     def describe(self) -> dict:
-        return {"batch": self.batch, "background": self.background, "rounds": self.rounds,
-                "device": str(self.device), "torch_threads": torch.get_num_threads()}
+        return {
+            "batch": self.batch,
+            "background": self.background,
+            "rounds": self.rounds,
+            "device": str(self.device),
+            "torch_threads": torch.get_num_threads(),
+        }
 
 
 def _positive(name: str, default: int) -> int:
@@ -75,20 +81,29 @@ def settings() -> Settings:
     models = tuple(m.strip() for m in os.environ.get("BENCH_MODELS", DEFAULT_MODELS).split(",") if m.strip())
     unknown = [m for m in models if m not in MODELS]
     if not models or unknown:
-        raise pytest.UsageError(f"BENCH_MODELS: unknown model(s) {unknown or '(none given)'}; "
-                                f"known: {', '.join(MODELS.names())}")
-    device = torch.device(os.environ.get("BENCH_DEVICE", "").strip()
-                          or ("cuda" if torch.cuda.is_available() else "cpu"))
+        raise pytest.UsageError(
+            f"BENCH_MODELS: unknown model(s) {unknown or '(none given)'}; known: {', '.join(MODELS.names())}"
+        )
+    device = torch.device(
+        os.environ.get("BENCH_DEVICE", "").strip() or ("cuda" if torch.cuda.is_available() else "cpu")
+    )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise pytest.UsageError("BENCH_DEVICE asks for CUDA, which is not available")
     threads = _positive("BENCH_THREADS", 0) if os.environ.get("BENCH_THREADS", "").strip() else None
-    return Settings(models, _positive("BENCH_BATCH", 16), _positive("BENCH_BACKGROUND", 50),
-                    _positive("BENCH_ROUNDS", 1), device, threads)
+    return Settings(
+        models,
+        _positive("BENCH_BATCH", 16),
+        _positive("BENCH_BACKGROUND", 50),
+        _positive("BENCH_ROUNDS", 1),
+        device,
+        threads,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Skipped unless asked for
 # --------------------------------------------------------------------------------------------
+
 
 def _asked_for(config: pytest.Config) -> bool:
     if config.getoption("benchmark_only", default=False):
@@ -129,8 +144,9 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["torch_cpu_capability"] = host["torch_cpu_capability"]
     machine_info["cpu_count"] = host["cpu_count"]
     machine_info["cuda"] = torch.version.cuda
-    machine_info["libraries"] = {p: _version(p) for p in ("shap", "captum", "quantus", "numpy", "scipy",
-                                                         "torchvision", "pytest-benchmark")}
+    machine_info["libraries"] = {
+        p: _version(p) for p in ("shap", "captum", "quantus", "numpy", "scipy", "torchvision", "pytest-benchmark")
+    }
 
 
 def _version(dist: str) -> str | None:
@@ -143,6 +159,7 @@ def _version(dist: str) -> str | None:
 # --------------------------------------------------------------------------------------------
 # Fixtures
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def bench_settings() -> Settings:
@@ -166,6 +183,7 @@ def _bench_threads(request):
     import captum.attr  # noqa: F401
     import quantus  # noqa: F401
     import shap  # noqa: F401
+
     yield
     torch.set_num_threads(before)
 
@@ -213,15 +231,16 @@ def one_pass_times(case: Case, repeats: int = 3) -> Iterator[dict]:
     from bench.perf.floor import time_forward, time_forward_backward
 
     def measure() -> tuple[float, float]:
-        return (time_forward_backward(case.model, case.inputs, targets=case.targets, repeats=repeats),
-                time_forward(case.model, case.inputs, targets=case.targets, repeats=repeats))
+        return (
+            time_forward_backward(case.model, case.inputs, targets=case.targets, repeats=repeats),
+            time_forward(case.model, case.inputs, targets=case.targets, repeats=repeats),
+        )
 
     out: dict = {}
     fb0, f0 = measure()
     yield out
     fb1, f1 = measure()
-    out.update(fb_s_per_image=min(fb0, fb1), f_s_per_image=min(f0, f1),
-               floor_stability=max(fb0, fb1) / min(fb0, fb1))
+    out.update(fb_s_per_image=min(fb0, fb1), f_s_per_image=min(f0, f1), floor_stability=max(fb0, fb1) / min(fb0, fb1))
 
 
 def release_memory() -> None:
@@ -284,15 +303,25 @@ def run_measured(benchmark, case: "Case", settings: "Settings", fn, group: str):
     return result, min(times) / case.inputs.shape[0], mem.peak_mb, one_pass
 
 
-def cost_info(case: "Case", settings: "Settings", params: dict, per_image: float, peak_mb: float, passes,
-              one_pass: dict, load) -> dict:
+def cost_info(
+    case: "Case", settings: "Settings", params: dict, per_image: float, peak_mb: float, passes, one_pass: dict, load
+) -> dict:
     """The ``extra_info`` fields every cost benchmark records (explainers and metrics alike)."""
     from bench.perf.floor import floor_ratio, floor_seconds
 
     floor = floor_seconds(passes, one_pass["fb_s_per_image"], one_pass["f_s_per_image"])
-    return {"model": case.name, **settings.describe(), "params": params, "s_per_image": per_image,
-            "peak_mb": peak_mb, "passes": None if passes is None else list(passes), **one_pass,
-            "floor_s_per_image": floor, "floor_ratio": floor_ratio(per_image, floor), "load_average": load}
+    return {
+        "model": case.name,
+        **settings.describe(),
+        "params": params,
+        "s_per_image": per_image,
+        "peak_mb": peak_mb,
+        "passes": None if passes is None else list(passes),
+        **one_pass,
+        "floor_s_per_image": floor,
+        "floor_ratio": floor_ratio(per_image, floor),
+        "load_average": load,
+    }
 
 
 def trained_stages(cfg, device: torch.device):
@@ -303,9 +332,12 @@ def trained_stages(cfg, device: torch.device):
     from models.checkpoints import default_checkpoint_path
 
     train, val, test = P.load_data(cfg)
-    ckpt = default_checkpoint_path(P._train_config(cfg, "resnet18", 0, train), train.fingerprint,
-                                   Path(cfg.checkpoint_dir))
+    ckpt = default_checkpoint_path(
+        P._train_config(cfg, "resnet18", 0, train), train.fingerprint, Path(cfg.checkpoint_dir)
+    )
     if not ckpt.is_file():
-        pytest.skip(f"no trained checkpoint {ckpt} (python -m bench train --model resnet18, or set "
-                    f"BENCH_CHECKPOINT_DIR to a folder holding it)")
+        pytest.skip(
+            f"no trained checkpoint {ckpt} (python -m bench train --model resnet18, or set "
+            f"BENCH_CHECKPOINT_DIR to a folder holding it)"
+        )
     return train, test, P.ensure_checkpoints(cfg, train, val, test, device, False, print)

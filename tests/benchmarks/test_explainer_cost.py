@@ -7,6 +7,7 @@ peak memory growth during it (bench.profiling), the model passes the method need
 the same model on the same device at the same batch size, measured right before and right after
 (best of both), under the same load. See docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -23,19 +24,29 @@ pytestmark = pytest.mark.benchmark
 def test_explainer_cost(benchmark, case, bench_settings, explainer):
     s = bench_settings
     params = explainer_params(explainer)
-    passes = passes_per_image(explainer, params, background_size=case.background.shape[0],
-                              shape=tuple(case.inputs.shape[1:]), model=case.model)
+    passes = passes_per_image(
+        explainer,
+        params,
+        background_size=case.background.shape[0],
+        shape=tuple(case.inputs.shape[1:]),
+        model=case.model,
+    )
     load = load_average()
 
     attr, per_image, peak_mb, one_pass = run_measured(
-        benchmark, case, s,
+        benchmark,
+        case,
+        s,
         lambda: run_explainer(explainer, case.model, case.inputs, case.targets, background=case.background),
-        "explainers")
+        "explainers",
+    )
     assert attr.values.shape == case.inputs.shape
 
-    benchmark.extra_info.update({
-        "kind": "explainer",
-        "explainer": explainer,
-        "library": EXPLAINERS.get(explainer).meta.get("library"),
-        **cost_info(case, s, params, per_image, peak_mb, passes, one_pass, load),
-    })
+    benchmark.extra_info.update(
+        {
+            "kind": "explainer",
+            "explainer": explainer,
+            "library": EXPLAINERS.get(explainer).meta.get("library"),
+            **cost_info(case, s, params, per_image, peak_mb, passes, one_pass, load),
+        }
+    )

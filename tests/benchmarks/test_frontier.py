@@ -16,6 +16,7 @@ whole frontier). Render a saved run::
         --benchmark-save=frontier --benchmark-storage=results/benchmarks
     python -m bench.perf.frontier results/benchmarks/<machine>/0001_frontier.json --figure docs/frontier.png
 """
+
 from __future__ import annotations
 
 import os
@@ -55,8 +56,11 @@ def _cases(model_name: str, settings):
     data = _data(n_images, n_bg, settings.device)
     if data is None:
         g = torch.Generator().manual_seed(1)
-        data = (torch.rand(n_images, 1, 28, 28, generator=g).to(settings.device),
-                torch.rand(n_bg, 1, 28, 28, generator=torch.Generator().manual_seed(2)).to(settings.device), None)
+        data = (
+            torch.rand(n_images, 1, 28, 28, generator=g).to(settings.device),
+            torch.rand(n_bg, 1, 28, 28, generator=torch.Generator().manual_seed(2)).to(settings.device),
+            None,
+        )
     x, bg, md5 = data
     random_weights = os.environ.get("BENCH_FRONTIER_RANDOM", "1").strip()
     if random_weights not in ("0", "1"):
@@ -96,5 +100,15 @@ def test_frontier(benchmark, model_name, bench_settings):
     benchmark.group = f"frontier-{model_name}"
     benchmark.pedantic(walk, rounds=1, iterations=1, warmup_rounds=0)
     assert rows and all(r["rel_l2"] >= 0 for r in rows)
-    benchmark.extra_info.update({"kind": "frontier", "model": model_name, **s.describe(), "images": x.shape[0],
-                                 "explainer_seeds": seeds, "data_md5": md5, "load_average": load, "rows": rows})
+    benchmark.extra_info.update(
+        {
+            "kind": "frontier",
+            "model": model_name,
+            **s.describe(),
+            "images": x.shape[0],
+            "explainer_seeds": seeds,
+            "data_md5": md5,
+            "load_average": load,
+            "rows": rows,
+        }
+    )

@@ -15,6 +15,7 @@ cores; state the device when quoting it). Render a saved run::
         --benchmark-save=growth --benchmark-storage=results/benchmarks
     python -m bench.perf.growth results/benchmarks/<machine>/NNNN_growth.json
 """
+
 from __future__ import annotations
 
 import os
@@ -57,8 +58,16 @@ def test_growth(benchmark, bench_settings):
     rows: list[dict] = []
 
     def walk():
-        rows[:] = growth_rows(s.models, sizes, explainers, metrics, background_size=cfg.data.background_size,
-                              batch=batch, device=s.device, measure=measure)
+        rows[:] = growth_rows(
+            s.models,
+            sizes,
+            explainers,
+            metrics,
+            background_size=cfg.data.background_size,
+            batch=batch,
+            device=s.device,
+            measure=measure,
+        )
         return rows
 
     benchmark.group = "growth"
@@ -69,8 +78,22 @@ def test_growth(benchmark, bench_settings):
         if (m, 64) in by and (m, 128) in by:
             assert 3.5 < by[m, 128]["forward_flops"] / by[m, 64]["forward_flops"] < 4.5
     est = study_estimate(rows, n_images=n_images, model_stages=stages, device_flops_per_second=tflops * 1e12)
-    benchmark.extra_info.update({
-        "kind": "growth", **s.describe(), "batch": batch, "load_average": load, "rows": rows,
-        "explainers": list(explainers), "metrics": list(metrics), "background_size": cfg.data.background_size,
-        "estimate": {"n_images": n_images, "model_stages": stages, "device_flops_per_second": tflops * 1e12,
-                     "device": "assumed, not measured", "rows": est}})
+    benchmark.extra_info.update(
+        {
+            "kind": "growth",
+            **s.describe(),
+            "batch": batch,
+            "load_average": load,
+            "rows": rows,
+            "explainers": list(explainers),
+            "metrics": list(metrics),
+            "background_size": cfg.data.background_size,
+            "estimate": {
+                "n_images": n_images,
+                "model_stages": stages,
+                "device_flops_per_second": tflops * 1e12,
+                "device": "assumed, not measured",
+                "rows": est,
+            },
+        }
+    )

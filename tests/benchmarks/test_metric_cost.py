@@ -23,6 +23,7 @@ zero baseline, logits) and ``monotonicity_correlation`` vs ``quantus.Monotonicit
 (one sample, ``H*W / steps`` pixels per step, zero baseline, softmax). Quantus calls ``np.trapz``,
 removed in numpy 2.4; it is aliased to ``np.trapezoid`` for these tests only.
 """
+
 from __future__ import annotations
 
 import copy
@@ -68,8 +69,9 @@ def _attribution(case: Case) -> Attribution:
     g = torch.Generator().manual_seed(3)
     values = torch.randn(case.inputs.shape, generator=g).to(case.inputs.device)  # continuous: no ties
     zero = torch.zeros_like(case.inputs)
-    return Attribution(values, target_scores(case.model, case.inputs, case.targets),
-                       target_scores(case.model, zero, case.targets))
+    return Attribution(
+        values, target_scores(case.model, case.inputs, case.targets), target_scores(case.model, zero, case.targets)
+    )
 
 
 def _masks(case: Case) -> torch.Tensor:
@@ -79,7 +81,7 @@ def _masks(case: Case) -> torch.Tensor:
     m = torch.zeros(b, 1, h, w, dtype=torch.bool)
     for i in range(b):
         r, c = torch.randint(0, h // 2, (2,), generator=g).tolist()
-        m[i, 0, r:r + h // 3, c:c + w // 3] = True
+        m[i, 0, r : r + h // 3, c : c + w // 3] = True
     return m.to(case.inputs.device)
 
 
@@ -92,8 +94,9 @@ def _best(fn: Callable[[], Any], rounds: int) -> float:
     return best
 
 
-def _quantus_call(metric_name: str, params: dict[str, Any], case: Case,
-                  attr: Attribution) -> tuple[str, Callable] | None:
+def _quantus_call(
+    metric_name: str, params: dict[str, Any], case: Case, attr: Attribution
+) -> tuple[str, Callable] | None:
     """(Quantus class name, a call on identical inputs), or None where Quantus has no equivalent."""
     import quantus
 
@@ -102,12 +105,14 @@ def _quantus_call(metric_name: str, params: dict[str, Any], case: Case,
     if metric_name == "deletion_auc":
         if (h * w) % params["steps"] or params["substrate"] != "zero":
             return None  # Quantus needs equal steps; its "mean" baseline drifts (not ours)
-        metric = quantus.PixelFlipping(features_in_step=(h * w) // params["steps"], perturb_baseline=0.0,
-                                       return_auc_per_sample=True, **common)
+        metric = quantus.PixelFlipping(
+            features_in_step=(h * w) // params["steps"], perturb_baseline=0.0, return_auc_per_sample=True, **common
+        )
         name = "PixelFlipping"
     elif metric_name == "road_morf":
-        metric = quantus.ROAD(percentages=[int(round(100 * p)) for p in params["percentages"]],
-                              noise=params["noise"], **common)
+        metric = quantus.ROAD(
+            percentages=[int(round(100 * p)) for p in params["percentages"]], noise=params["noise"], **common
+        )
         name = "ROAD"
     elif metric_name == "additivity_error":
         # sum(a) vs f(x) - f(zero image) in logit space, as _attribution's outputs / base_values.
@@ -126,8 +131,9 @@ def _quantus_call(metric_name: str, params: dict[str, Any], case: Case,
     elif metric_name == "monotonicity_correlation":
         if (h * w) % params["steps"] or params["substrate"] != "zero":
             return None
-        metric = quantus.MonotonicityCorrelation(nr_samples=1, features_in_step=(h * w) // params["steps"],
-                                                 perturb_baseline=0.0, **{**common, "abs": True})
+        metric = quantus.MonotonicityCorrelation(
+            nr_samples=1, features_in_step=(h * w) // params["steps"], perturb_baseline=0.0, **{**common, "abs": True}
+        )
         name = "MonotonicityCorrelation"
     else:
         return None
@@ -135,8 +141,16 @@ def _quantus_call(metric_name: str, params: dict[str, Any], case: Case,
     softmax = metric_name not in ("additivity_error", "faithfulness_correlation")
     model = copy.deepcopy(case.model)  # Quantus wraps and may touch the model
     x, y, a = (t.detach().cpu().numpy() for t in (case.inputs, case.targets, attr.values))
-    return name, lambda: metric(model=model, x_batch=x, y_batch=y, a_batch=a, channel_first=True, softmax=softmax,
-                                device=str(case.inputs.device), batch_size=b)
+    return name, lambda: metric(
+        model=model,
+        x_batch=x,
+        y_batch=y,
+        a_batch=a,
+        channel_first=True,
+        softmax=softmax,
+        device=str(case.inputs.device),
+        batch_size=b,
+    )
 
 
 @pytest.mark.parametrize("metric", METRICS.names())
@@ -147,19 +161,27 @@ def test_metric_cost(benchmark, case: Case, bench_settings: Settings, metric: st
     attr = _attribution(case)
     context = MetricContext(
         masks=_masks(case),
-        explain=lambda m, inputs=None: run_explainer(RERUN_EXPLAINER, m, case.inputs if inputs is None else inputs,
-                                                     case.targets, background=case.background).values,
+        explain=lambda m, inputs=None: (
+            run_explainer(
+                RERUN_EXPLAINER, m, case.inputs if inputs is None else inputs, case.targets, background=case.background
+            ).values
+        ),
         additive=True,
     )
     needs_explain = "explain" in METRICS.get(metric).meta.get("needs", ())
     n_layers = len(randomisation_layers(case.model)) if needs_explain else None
-    passes = metric_passes_per_image(metric, params, n_layers=n_layers,
-                                     explainer_passes=passes_per_image(RERUN_EXPLAINER) if needs_explain else None)
+    passes = metric_passes_per_image(
+        metric, params, n_layers=n_layers, explainer_passes=passes_per_image(RERUN_EXPLAINER) if needs_explain else None
+    )
     load = load_average()
 
     scores, per_image, peak_mb, one_pass = run_measured(
-        benchmark, case, s,
-        lambda: compute_metric(metric, case.model, case.inputs, case.targets, attr, context=context).scores, "metrics")
+        benchmark,
+        case,
+        s,
+        lambda: compute_metric(metric, case.model, case.inputs, case.targets, attr, context=context).scores,
+        "metrics",
+    )
     assert scores.shape == (b,)
 
     info: dict[str, Any] = {
@@ -177,15 +199,27 @@ def test_metric_cost(benchmark, case: Case, bench_settings: Settings, metric: st
         order = rank_pixels(attr.values)
         if metric == "road_lerf":
             order = order.flip(1)
-        imputation = _best(lambda: road_perturbed_inputs(case.inputs, order, params["percentages"],
-                                                         noise=params["noise"], seed=params["seed"]), s.rounds) / b
-        info.update(imputation_s_per_image=imputation,
-                    floor_ratio_with_imputation=floor_ratio(per_image, (floor or 0.0) + imputation))
+        imputation = (
+            _best(
+                lambda: road_perturbed_inputs(
+                    case.inputs, order, params["percentages"], noise=params["noise"], seed=params["seed"]
+                ),
+                s.rounds,
+            )
+            / b
+        )
+        info.update(
+            imputation_s_per_image=imputation,
+            floor_ratio_with_imputation=floor_ratio(per_image, (floor or 0.0) + imputation),
+        )
     reference = _quantus_call(metric, params, case, attr)
     if reference is not None:
         name, call = reference
         release_memory()
         quantus_per_image = _best(call, s.rounds) / b
-        info.update(quantus_metric=f"quantus.{name}", quantus_s_per_image=quantus_per_image,
-                    quantus_vs_ours=quantus_per_image / per_image)
+        info.update(
+            quantus_metric=f"quantus.{name}",
+            quantus_s_per_image=quantus_per_image,
+            quantus_vs_ours=quantus_per_image / per_image,
+        )
     benchmark.extra_info.update(info)

@@ -16,6 +16,7 @@ study's scoring precision. The rows, the card's smallest detectable differences
 (results/published/card/reliability_power.csv) and the choice are saved in ``extra_info``; render
 a saved run with ``python -m bench.perf.steps results/benchmarks/<machine>/NNNN_steps.json``.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,14 +47,24 @@ def _config(tmp_path: Path, device: torch.device):
 
     if not resolve_data_file().is_file():  # no download attempt from a benchmark
         pytest.skip(f"no PneumoniaMNIST data file at {resolve_data_file()} (set BENCH_DATA_FILE)")
-    names = [e.strip() for e in (os.environ.get("BENCH_STEPS_EXPLAINERS", "").strip() or EXPLAINERS).split(",")
-             if e.strip()]
+    names = [
+        e.strip() for e in (os.environ.get("BENCH_STEPS_EXPLAINERS", "").strip() or EXPLAINERS).split(",") if e.strip()
+    ]
     ck_dir = Path(os.environ.get("BENCH_CHECKPOINT_DIR", "").strip() or REPO / "results" / "checkpoints")
-    return load_config(STUDY, [
-        "models.seeds=[0]", 'models.stages=["pre"]', f"data.per_cell={_positive('BENCH_STEPS_PER_CELL', 2)}",
-        "explain.names=[" + ", ".join(f'"{e}"' for e in names) + "]",
-        "metrics.names=[" + ", ".join(f'"{m}"' for m in S.DEFAULT_METRICS) + "]", "reliability.enabled=false",
-        f'device="{device.type}"', f'results_dir="{tmp_path}"', f'checkpoint_dir="{ck_dir}"'])
+    return load_config(
+        STUDY,
+        [
+            "models.seeds=[0]",
+            'models.stages=["pre"]',
+            f"data.per_cell={_positive('BENCH_STEPS_PER_CELL', 2)}",
+            "explain.names=[" + ", ".join(f'"{e}"' for e in names) + "]",
+            "metrics.names=[" + ", ".join(f'"{m}"' for m in S.DEFAULT_METRICS) + "]",
+            "reliability.enabled=false",
+            f'device="{device.type}"',
+            f'results_dir="{tmp_path}"',
+            f'checkpoint_dir="{ck_dir}"',
+        ],
+    )
 
 
 def _attributions(cfg, units) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Attribution]]:
@@ -76,9 +87,11 @@ def _attributions(cfg, units) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
         outputs = [r["outputs"] for r in recs]
         base = [r["base_values"] for r in recs]
         values = torch.cat([r["values"] for r in recs])
-        attrs[name] = Attribution(preprocess_attributions(values, cfg.metrics.attribution),
-                                  None if any(o is None for o in outputs) else torch.cat(outputs),
-                                  None if any(b is None for b in base) else torch.cat(base))
+        attrs[name] = Attribution(
+            preprocess_attributions(values, cfg.metrics.attribution),
+            None if any(o is None for o in outputs) else torch.cat(outputs),
+            None if any(b is None for b in base) else torch.cat(base),
+        )
         print(f"explained {name}: {sum(r['seconds'] for r in recs):.1f} s", flush=True)
     return index, images, targets, attrs
 
@@ -94,15 +107,24 @@ def test_step_counts(benchmark, bench_settings, tmp_path):
     attrs = {k: Attribution(a.values.to(device), a.outputs, a.base_values) for k, a in attrs.items()}
     reference = _positive("BENCH_STEPS_REFERENCE", S.REFERENCE)
     # fixed parameters of the study besides the ones varied here (the step count and the substrate)
-    fixed = {m: {k: v for k, v in cfg.metrics.params.get(m, {}).items() if k not in ("steps", "percentages",
-                                                                                     "substrate")}
-             for m in S.DEFAULT_METRICS}
+    fixed = {
+        m: {k: v for k, v in cfg.metrics.params.get(m, {}).items() if k not in ("steps", "percentages", "substrate")}
+        for m in S.DEFAULT_METRICS
+    }
     load = load_average()
     out = {}
 
     def walk():
-        out["rows"] = S.step_rows(stages[0].model, x, t, attrs, reference=reference, params=fixed,
-                                  precision=cfg.metrics.precision, progress=lambda s: print(s, flush=True))
+        out["rows"] = S.step_rows(
+            stages[0].model,
+            x,
+            t,
+            attrs,
+            reference=reference,
+            params=fixed,
+            precision=cfg.metrics.precision,
+            progress=lambda s: print(s, flush=True),
+        )
         return out["rows"]
 
     benchmark.group = "steps-resnet18"
@@ -111,21 +133,38 @@ def test_step_counts(benchmark, bench_settings, tmp_path):
     mde = S.card_mde(CARD_POWER)
     choice = S.choose_steps(rows, mde)
     print(S.steps_tables(rows, mde))
-    benchmark.extra_info.update({
-        "kind": S.KIND, "model": "resnet18", "checkpoint": stages[0].path.name, "checkpoint_sha256": stages[0].sha256,
-        "checkpoint_test": {k: stages[0].sidecar["test"].get(k) for k in ("acc", "auc")}, **bench_settings.describe(),
-        "images": int(x.shape[0]), "image_index": index.tolist(), "explainers": list(attrs),
-        "per_cell": cfg.data.per_cell,
-        "attribution": cfg.metrics.attribution, "precision": cfg.metrics.precision, "grid": list(S.DEFAULT_GRID),
-        "reference": reference, "fixed_params": fixed, "mde": mde, "mde_source": str(CARD_POWER.relative_to(REPO)),
-        "choice": [{k: v for k, v in c.items()} for c in choice.values()],
-        "load_average": load, "load_average_after": load_average(), "rows": S.records(rows)})
+    benchmark.extra_info.update(
+        {
+            "kind": S.KIND,
+            "model": "resnet18",
+            "checkpoint": stages[0].path.name,
+            "checkpoint_sha256": stages[0].sha256,
+            "checkpoint_test": {k: stages[0].sidecar["test"].get(k) for k in ("acc", "auc")},
+            **bench_settings.describe(),
+            "images": int(x.shape[0]),
+            "image_index": index.tolist(),
+            "explainers": list(attrs),
+            "per_cell": cfg.data.per_cell,
+            "attribution": cfg.metrics.attribution,
+            "precision": cfg.metrics.precision,
+            "grid": list(S.DEFAULT_GRID),
+            "reference": reference,
+            "fixed_params": fixed,
+            "mde": mde,
+            "mde_source": str(CARD_POWER.relative_to(REPO)),
+            "choice": [{k: v for k, v in c.items()} for c in choice.values()],
+            "load_average": load,
+            "load_average_after": load_average(),
+            "rows": S.records(rows),
+        }
+    )
     at_ref = rows[rows["steps"] == rows["reference"]]
     assert not at_ref.empty and (at_ref[["max_abs_err", "max_pair_shift"]].fillna(0) == 0).all().all()
     summary = rows[rows["explainer"] == S.SUMMARY]
     assert all(math.isfinite(v) for v in summary["max_abs_err"])
     # the trapezoid rule converges: a curve metric's largest error at 128 steps is below its error at 4
     for (metric, sub), g in summary[summary["metric"].isin(["deletion_auc", "insertion_auc"])].groupby(
-            ["metric", "substrate"]):
+        ["metric", "substrate"]
+    ):
         err = dict(zip(g["steps"], g["max_abs_err"]))
         assert err[128] <= err[4], (metric, sub, err)

@@ -8,6 +8,7 @@ The package also ships a metric, ``example.topk_deletion_drop``, in its own modu
 :mod:`pneumobench_example_plugin.metrics` with its own entry point (group ``bench.metrics``):
 this module does not import it, so each registry imports only what its group declares.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,10 +23,20 @@ def _passes(params: dict, background_size: int) -> tuple[int, int]:
     return params["n_samples"], 0
 
 
-@register_explainer("example.smoothgrad", library="pneumobench-example-plugin", additive=False, stochastic=True,
-                    passes=_passes)
-def smoothgrad(model: nn.Module, inputs: Tensor, targets: Tensor, *, background: Tensor, n_samples: int = 16,
-               noise: float = 0.15, seed: int = 0, batch_size: int = 4) -> Attribution:
+@register_explainer(
+    "example.smoothgrad", library="pneumobench-example-plugin", additive=False, stochastic=True, passes=_passes
+)
+def smoothgrad(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    background: Tensor,
+    n_samples: int = 16,
+    noise: float = 0.15,
+    seed: int = 0,
+    batch_size: int = 4,
+) -> Attribution:
     """SmoothGrad (Smilkov et al. 2017): mean over e ~ N(0, (noise * (max x - min x))^2) of df/dx(x + e).
 
     Noise is drawn per image from ``seed`` and the image (batch-independent); ``batch_size``
@@ -34,8 +45,12 @@ def smoothgrad(model: nn.Module, inputs: Tensor, targets: Tensor, *, background:
     """
     b = inputs.shape[0]
     sigma = noise * (inputs.flatten(1).amax(1) - inputs.flatten(1).amin(1))
-    eps = torch.stack([torch.randn((n_samples, *inputs.shape[1:]), generator=torch.Generator().manual_seed(s))
-                       for s in image_seeds(seed, inputs)]).to(inputs.device, inputs.dtype)
+    eps = torch.stack(
+        [
+            torch.randn((n_samples, *inputs.shape[1:]), generator=torch.Generator().manual_seed(s))
+            for s in image_seeds(seed, inputs)
+        ]
+    ).to(inputs.device, inputs.dtype)
     out = []
     for s in chunks(b, batch_size):
         x = (inputs[s, None] + sigma[s].view(-1, 1, 1, 1, 1) * eps[s]).flatten(0, 1).detach().requires_grad_(True)
