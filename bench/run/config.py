@@ -85,7 +85,8 @@ DEFAULTS: dict[str, Any] = {
         "params": {},  # {metric name: {param: value}}
         "curves": True,  # store the curves of the curve metrics (deletion, insertion, ROAD)
         # float32 | bfloat16 | float16 (CUDA only): the metrics' own model passes, under
-        # autocast; explainers (also those a metric re-runs) stay float32
+        # autocast; explainers (also those a metric re-runs) run in their own `precision`
+        # parameter where they have one (the gradient explainers), float32 by default
         "precision": "float32",
     },
     "figures": {"enabled": True, "examples_per_cell": 1},
