@@ -44,6 +44,7 @@ from bench.report import baseline_substrate
 from bench.report.format import SCALARS, arrow, card_fails, metric_order, rank_order, rank_text, slug
 from bench.report.leaderboard import (LEADERBOARD_COLUMNS, LEADERBOARD_HEAD, PREPOST_BY_CELL_COLUMNS, PREPOST_COLUMNS,
                                       read_prepost_models)
+from bench.report.reliability import TRUTH_LEGEND
 from bench.report.stability import arch_and_seed
 
 __all__ = ["REPORT", "read_manifest", "read_table", "render_html_report", "write_html_report"]
@@ -56,9 +57,9 @@ TEXT_COLUMNS = frozenset({
     "model", "stage", "explainer", "metric", "status", "message", "verdict", "cell", "control", "better", "worse",
     "metric_a", "metric_b", "substrate_a", "substrate_b", "expected", "top", "stage_a", "stage_b", "comparison",
     "group", "reference", "test", "post_stage", "substrate", "curve", "beat_random", "a", "b", "letters", "aliases",
-    "family", "method", "not_separated_from_top", "alias", "baseline_a", "baseline_b", "also_differs"})
+    "family", "method", "not_separated_from_top", "alias", "baseline_a", "baseline_b", "also_differs", "truth"})
 # long text: wraps inside its cell
-WRAP_COLUMNS = frozenset({"status", "message", "verdict", "family", "not_separated_from_top"})
+WRAP_COLUMNS = frozenset({"status", "message", "verdict", "family", "not_separated_from_top", "truth"})
 NEGATIVE_IS_NA = frozenset({"beat_random_a", "beat_random_b"})  # -1 stands for "does not apply"
 HEADERS = {"seconds_per_image": "s/image", "peak_mem_mb": "peak MB", "p_adj": "adj. p", "p_equiv": "equiv. p",
            "n_pairs": "n", "pre_mean": "pre", "post_mean": "post", "diff_mean": "diff", "mean_a": "a mean",
@@ -616,7 +617,7 @@ def _card_table(main: pd.DataFrame) -> str:
     beat = pd.to_numeric(main["beat_random"], errors="coerce")
     main = main.assign(beat_random=["n/a" if not b >= 0 else f"{int(b)} of {n}"
                                     for b, n in zip(beat, main["real_explainers"])])
-    first = ["metric", "higher_is_better", "verdict"]
+    first = ["metric", "higher_is_better", "verdict", "truth"]
     main = main[[c for c in first if c in main] + [c for c in main.columns if c not in first]]
     empty = [c for c in ("meta_input", "meta_model", "substrate_tau_min") if c in main and not (main[c] != "").any()]
     return _frame_table(main, drop=["model", "stage", "real_explainers", *empty])
@@ -630,7 +631,8 @@ def _reliability(card: Mapping[str, pd.DataFrame] | None, embed: bool = True) ->
                 "real ones); alpha: Krippendorff's alpha of the per-image rankings (0 = chance, 1 = every image ranks "
                 "alike); split half: Spearman-Brown corrected reliability of the ranking; MDE: the smallest paired "
                 "difference detectable at this n; n needed: the largest n an adjacent pair of the order needs for its "
-                "observed difference. A criterion the run did not compute is left out. Details in reliability.md.")]
+                "observed difference. A criterion the run did not compute is left out. Details in reliability.md."
+                + (TRUTH_LEGEND if "truth" in card["reliability"].columns else ""))]
     for name in sorted(card):
         if name != "reliability" and len(card[name]):
             parts.append(_folded(f"{CARD_DETAILS.get(name, name)} ({len(card[name])} rows)", card[name], f"{name}.csv",
