@@ -474,18 +474,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _report_truth(parent: Path, manifest: dict[str, Any]) -> list[Path]:
-    """``bench report`` of a ``bench truth`` folder: every sub-run rebuilt, then the truth tables."""
+    """``bench report`` of a ``bench truth`` folder: the sub-run folders checked, then the truth tables,
+    which rebuild every sub-run (its reliability card with the ``truth`` column)."""
     values = manifest.get("config")
     if not isinstance(values, dict):
         raise BenchError(f"{parent / 'manifest.json'} records no config; re-run python -m bench truth")
     cfg = RunConfig.from_dict(with_added_keys(values))
-    written: list[Path] = []
     for record in manifest.get("runs") or []:
         sub = parent / str(record.get("run", ""))
         check_entry(sub, folder=True)
         check_run_tree(sub)
-        written += rebuild(sub)
-    return written + rebuild_truth(
+    return rebuild_truth(
         parent,
         name=cfg.name,
         options=cfg.data.options,

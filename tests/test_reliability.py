@@ -12,6 +12,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
+from bench.core.errors import BenchError
 from bench.core.schema import SCORE_COLUMNS
 from bench.metrics import METRICS, register_metric
 from bench.report import reliability as R
@@ -131,6 +132,43 @@ def test_agreement_uses_kendall_tau_on_oriented_rankings():
     assert row.loc[("a", "b"), "kendall_tau"] == pytest.approx(1.0) and row.loc[("a", "b"), "verdict"] == "agree"
     assert row.loc[("a", "c"), "kendall_tau"] == pytest.approx(expected) == pytest.approx(-1.0)
     assert row.loc[("a", "c"), "verdict"] == "DISAGREE"
+
+
+def test_the_truth_column_carries_the_truth_rows_and_n_a_elsewhere():
+    """A sub-run of ``bench truth`` passes its polarity's truth_agreement.csv rows: the card shows
+    them per (stage, metric), "n/a" where the truth test graded nothing; no rows, no column."""
+    known = _known()
+    scores = pd.concat(
+        [_scores(known, metric="a"), _scores(known, metric="b"), _scores(known, metric="a", stage="post")]
+    ).pipe(check_scores)
+    truth = pd.DataFrame(
+        [
+            {
+                "polarity": "bright",
+                "stage": "pre",
+                "metric": "a",
+                "tau_truth": 0.5138,
+                "tau_low": 0.4771,
+                "tau_high": 0.5872,
+                "verdict": "agrees",
+            }
+        ]
+    )
+    out = R.card(scores, SETTINGS, {}, truth=truth)
+    main = out["reliability"].set_index(["stage", "metric"])
+    assert list(out["reliability"].columns) == R.CARD_COLUMNS + ["truth"]
+    assert main.loc[("pre", "a"), "truth"] == "agrees: tau 0.51 [0.48, 0.59]"
+    assert main.loc[("pre", "b"), "truth"] == "n/a" and main.loc[("post", "a"), "truth"] == "n/a"
+    md = R.render_card_md(out, SETTINGS)
+    assert "| verdict | truth |" in md and "| ok | agrees: tau 0.51 [0.48, 0.59] |" in md and R.TRUTH_LEGEND in md
+    plain = R.card(scores, SETTINGS, {})
+    assert list(plain["reliability"].columns) == R.CARD_COLUMNS
+    md = R.render_card_md(plain, SETTINGS)
+    assert "truth" not in md
+    # the card takes one polarity's rows: two polarities are a caller's mistake, said in one line
+    with pytest.raises(BenchError, match="mix the polarities") as e:
+        R.card(scores, SETTINGS, {}, truth=pd.concat([truth, truth.assign(polarity="dark")]))
+    assert "\n" not in str(e.value)
 
 
 def test_power_by_simulation():
@@ -286,6 +324,10 @@ def test_the_card_in_a_run(card_run):
     # meta.csv keeps 8 digits, reliability_meta.csv 6 decimals: equal within half a unit of the 6th
     assert rm["mc"].to_numpy() == pytest.approx(mq.loc[rm.index, "mc"].to_numpy(), abs=5.01e-7)
     assert ((rm["mc_ci_low"] <= rm["mc"]) & (rm["mc"] <= rm["mc_ci_high"])).all()
+    # an ordinary run (no marked data): its card has no truth column, in any of its renderings
+    assert "truth" not in card.columns and "truth" not in (d / "reliability.md").read_text()
+    page = (d / "report.html").read_text()
+    assert ">truth</th>" not in page and "truth (a sub-run" not in page
     manifest = json.loads((d / "manifest.json").read_text())
     assert "meta" in manifest["wall_seconds"] and "(substrates)" in manifest["cost"]["by_metric"]
     assert manifest["cost"]["by_metric"]["(substrates)"]["floor_seconds"] > 0

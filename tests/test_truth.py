@@ -253,6 +253,97 @@ def test_the_planting_check():
     assert len(problems) == 2 and "confound" in problems[0] and "noise" in problems[1]
 
 
+def _truth_folder(parent, n: int = 12):
+    """A finished truth folder without training: confound and noise sub-runs of two polarities from
+    :func:`_fake`, with deletion and insertion ranking like the truth under ``bright`` and the other
+    way under ``dark`` (so a card showing the other polarity's row is caught)."""
+    from bench.core.schema import SCORE_COLUMNS
+    from bench.report.truth import MODEL_COLUMNS
+
+    parts, rel = [], []
+    for polarity, sign in (("bright", 1.0), ("dark", -1.0)):
+        scores, r = _fake(n=n)
+        faith = scores["metric"].isin(["deletion_auc", "insertion_auc"])
+        scores.loc[faith, "value"] = 0.5 + sign * (scores.loc[faith, "value"] - 0.5)
+        parts.append(scores.assign(polarity=polarity))
+        rel.append(r.assign(polarity=polarity))
+    scores, reliance = pd.concat(parts, ignore_index=True), pd.concat(rel, ignore_index=True)
+    runs, models = [], []
+    for (cond, pol), s in scores[scores["condition"] != "none"].groupby(["condition", "polarity"]):
+        run = f"runs/{cond}-{pol}"
+        (parent / run).mkdir(parents=True)
+        s = s.assign(
+            label=1,
+            pred=1,
+            cell="TP",
+            status="ok",
+            message="",
+            higher_is_better=s["metric"] != "deletion_auc",
+            seconds_per_image=0.1,
+            peak_mem_mb=1.0,
+        )
+        s[list(SCORE_COLUMNS)].to_csv(parent / run / "scores.csv", index=False)
+        (parent / run / "manifest.json").write_text(
+            json.dumps({"config": {"reliability": {"bootstrap": 20, "splits": 4}, "figures": {"enabled": False}}})
+        )
+        runs.append({"condition": cond, "polarity": pol, "run": run})
+        for seed in (0, 1):
+            models.append(
+                [
+                    cond,
+                    pol,
+                    f"m@seed{seed}",
+                    seed,
+                    "x",
+                    n,
+                    0.9,
+                    0.8,
+                    0.3 if cond == "confound" else 0.0,
+                    0.2,
+                    0.4,
+                    0.0,
+                    "uses" if cond == "confound" else "does not use",
+                ]
+            )
+    pd.DataFrame(runs).to_csv(parent / "truth_runs.csv", index=False)
+    reliance[reliance["condition"] != "none"].to_csv(parent / "reliance.csv", index=False)
+    pd.DataFrame(models, columns=list(MODEL_COLUMNS)).to_csv(parent / "truth_models.csv", index=False)
+    return runs
+
+
+def test_each_sub_run_card_shows_the_truth_of_its_own_polarity(tmp_path):
+    """rebuild_truth hands every sub-run its polarity's rows of truth_agreement.csv: its
+    reliability.csv, reliability.md and report.html carry them, "n/a" for the metrics the
+    agreement table does not grade (mask_share is not a faithfulness metric)."""
+    from bench.report.truth import rebuild_truth
+    from bench.stats.settings import StatsSettings
+
+    runs = _truth_folder(tmp_path)
+    written = rebuild_truth(tmp_path, name="t", options={}, stats=StatsSettings(), share_margin=0.25, bootstrap=50)
+    assert tmp_path / "runs" / "noise-dark" / "reliability.csv" in written
+    agree = pd.read_csv(tmp_path / "truth_agreement.csv").set_index(["polarity", "metric"])
+    assert agree.loc[("bright", "deletion_auc"), "verdict"] == "agrees"
+    assert agree.loc[("dark", "deletion_auc"), "verdict"] == "disagrees"
+    for r in runs:
+        d = tmp_path / r["run"]
+        card = pd.read_csv(d / "reliability.csv", keep_default_na=False)
+        assert set(card["model"]) == {"m@seed0", "m@seed1"}
+        for _, row in card.iterrows():
+            if row["metric"] in ("deletion_auc", "insertion_auc"):
+                a = agree.loc[(r["polarity"], row["metric"])]
+                assert row["truth"] == (
+                    f"{a['verdict']}: tau {a['tau_truth']:.2f} [{a['tau_low']:.2f}, {a['tau_high']:.2f}]"
+                ), (r["run"], row["metric"])
+            else:
+                assert row["truth"] == "n/a", (r["run"], row["metric"])
+        verdicts = set(card.loc[card["metric"] == "deletion_auc", "truth"].str.split(":").str[0])
+        assert verdicts == {"agrees" if r["polarity"] == "bright" else "disagrees"}
+        md = (d / "reliability.md").read_text()
+        assert "| verdict | truth |" in md and md.count("| n/a |\n") >= 4  # mask_share(_signed), two models
+        assert ">truth</th>" in (d / "report.html").read_text()
+    assert "`truth` column" in (tmp_path / "truth.md").read_text()
+
+
 # ----------------------------------------------------------------------------- end to end
 
 TINY = [
@@ -301,6 +392,9 @@ def test_bench_truth_end_to_end(tmp_path):
     assert manifest["kind"] == "truth" and len(manifest["runs"]) == 3
     assert all(r["checkpoints"] and r["data"]["condition"] == r["condition"] for r in manifest["runs"])
     assert (out / "truth.md").read_text().count("| bright |") >= 3 + 4
+    card = pd.read_csv(out / "runs" / "confound-bright" / "reliability.csv", keep_default_na=False)
+    assert set(card.loc[card["metric"] == "mask_share", "truth"]) == {"n/a"}  # the sub-runs' cards got the column
+    assert card.loc[card["metric"] == "deletion_auc", "truth"].str.contains(": tau ").all()
     # re-running reuses every sub-run (nothing retrained, same tables)
     before = (out / "truth.csv").read_bytes()
     run_truth(cfg, progress=False)
@@ -328,11 +422,16 @@ def test_bench_report_rebuilds_the_published_truth_run_byte_for_byte(tmp_path):
     out = tmp_path / "truth"
     shutil.copytree(published, out)
     derived = ("truth.csv", "truth_agreement.csv", "truth.md", "report.html")
-    for name in derived:
+    sub = (
+        "runs/noise-bright/leaderboard.md",
+        "runs/confound-bright/reliability.csv",
+        "runs/confound-bright/reliability.md",
+        "runs/none-bright/report.html",
+    )  # the cards with the truth column
+    for name in (*derived, *sub):
         (out / name).unlink()
-    (out / "runs" / "noise-bright" / "leaderboard.md").unlink()
     assert main(["report", str(out)]) == 0
-    for name in (*derived, "runs/noise-bright/leaderboard.md"):
+    for name in (*derived, *sub):
         assert (out / name).read_bytes() == (published / name).read_bytes(), name
     # what the model truth recorded is an input, not rebuilt: without it the report says so in one line
     (out / "truth_models.csv").unlink()

@@ -50,6 +50,7 @@ from bench.report.leaderboard import (
     PREPOST_COLUMNS,
     read_prepost_models,
 )
+from bench.report.reliability import TRUTH_LEGEND
 from bench.report.stability import arch_and_seed
 
 __all__ = ["REPORT", "read_manifest", "read_table", "render_html_report", "write_html_report"]
@@ -98,10 +99,11 @@ TEXT_COLUMNS = frozenset(
         "baseline_a",
         "baseline_b",
         "also_differs",
+        "truth",
     }
 )
 # long text: wraps inside its cell
-WRAP_COLUMNS = frozenset({"status", "message", "verdict", "family", "not_separated_from_top"})
+WRAP_COLUMNS = frozenset({"status", "message", "verdict", "family", "not_separated_from_top", "truth"})
 NEGATIVE_IS_NA = frozenset({"beat_random_a", "beat_random_b"})  # -1 stands for "does not apply"
 HEADERS = {
     "seconds_per_image": "s/image",
@@ -861,7 +863,7 @@ def _card_table(main: pd.DataFrame) -> str:
     main = main.assign(
         beat_random=["n/a" if not b >= 0 else f"{int(b)} of {n}" for b, n in zip(beat, main["real_explainers"])]
     )
-    first = ["metric", "higher_is_better", "verdict"]
+    first = ["metric", "higher_is_better", "verdict", "truth"]
     main = main[[c for c in first if c in main] + [c for c in main.columns if c not in first]]
     empty = [c for c in ("meta_input", "meta_model", "substrate_tau_min") if c in main and not (main[c] != "").any()]
     return _frame_table(main, drop=["model", "stage", "real_explainers", *empty])
@@ -878,6 +880,7 @@ def _reliability(card: Mapping[str, pd.DataFrame] | None, embed: bool = True) ->
             "alike); split half: Spearman-Brown corrected reliability of the ranking; MDE: the smallest paired "
             "difference detectable at this n; n needed: the largest n an adjacent pair of the order needs for its "
             "observed difference. A criterion the run did not compute is left out. Details in reliability.md."
+            + (TRUTH_LEGEND if "truth" in card["reliability"].columns else "")
         )
     ]
     for name in sorted(card):

@@ -63,9 +63,14 @@ def write_outputs(
     return written + rebuild(run_dir, figures=figures, page=False)
 
 
-def rebuild(run_dir: str | Path, *, figures: bool = True, page: bool = True) -> list[Path]:
+def rebuild(
+    run_dir: str | Path, *, figures: bool = True, page: bool = True, truth: pd.DataFrame | None = None
+) -> list[Path]:
     """Every table (and, with ``figures``, every figure) of a run from its files, then, with ``page``,
     ``report.html`` (:func:`bench.report.html.write_html_report`, with the figures present); returns the paths.
+    ``truth``: for a sub-run of ``bench truth`` only, the model-truth agreement of its polarity, which
+    becomes the reliability card's ``truth`` column (:func:`bench.report.reliability.truth_cells`;
+    :func:`bench.report.truth.rebuild_truth` passes it).
 
     The statistics' and the reliability card's settings come from the run's ``manifest.json`` (its
     config's ``[stats]`` and ``[reliability]``; the defaults for a run without them). Explainers whose
@@ -125,6 +130,7 @@ def rebuild(run_dir: str | Path, *, figures: bool = True, page: bool = True) -> 
             comparisons=comps,
             stats=settings,
             roles=roles,
+            truth=truth,
         )
         written += reliability.write_card(run_dir, card, card_settings)
     written = (

@@ -27,6 +27,12 @@ For every (model, stage, metric) the card answers, each with its interval:
    paired difference the table's test (paired t at ``alpha / m``, ``m`` the table's pairs) detects
    with 80 % power at the run's n, and the n the observed difference needs
    (:mod:`bench.stats.power`).
+7. **Truth** (only a sub-run of ``bench truth``, on marked data): the metric's agreement with the
+   planted-marker truth, as :mod:`bench.report.truth` measured it for the run's marker polarity
+   (``truth_agreement.csv``: Kendall's tau-b between the metric's ranking of the explainers on the
+   confound models and the truth ranking, its image-bootstrap interval and verdict); "n/a" for a
+   metric the truth test does not grade. The truth tables hand these rows to the card
+   (``truth=``); an ordinary run's card has no such column.
 
 A metric *fails* the card when no real explainer beats ``random`` (for metrics whose controls are
 baselines), or when the image rankings agree no better than chance (the lower bound of alpha's CI
@@ -48,6 +54,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from bench.core.errors import BenchError
 from bench.core.io import atomic_write_text
 from bench.core.schema import stage_key
 from bench.core.text import csv_text, fmt_number, markdown_table
@@ -61,12 +68,14 @@ from bench.stats.settings import StatsSettings
 
 __all__ = [
     "CardSettings",
+    "TRUTH_COLUMNS",
     "card",
     "image_ranks",
     "krippendorff_alpha",
     "meta_table",
     "render_card_md",
     "split_half",
+    "truth_cells",
     "write_card",
 ]
 
@@ -328,6 +337,34 @@ CARD_COLUMNS = [
 ]
 
 
+TRUTH_COLUMNS = ("stage", "metric", "tau_truth", "tau_low", "tau_high", "verdict")
+
+
+def truth_cells(card_df: pd.DataFrame, truth: pd.DataFrame) -> list[str]:
+    """The card's ``truth`` column: per row, "verdict: tau t [low, high]" of the truth row of its
+    stage and metric (``truth``: :data:`TRUTH_COLUMNS`, one marker polarity), "n/a" where there is none."""
+    missing = [c for c in TRUTH_COLUMNS if c not in truth.columns]
+    if missing:
+        raise BenchError(
+            f"the truth rows of the reliability card lack column(s) {missing}; they are "
+            f"truth_agreement.csv's rows of one polarity with its stage"
+        )
+    if "polarity" in truth.columns and truth["polarity"].nunique() > 1:
+        raise BenchError(
+            f"the truth rows of one reliability card mix the polarities "
+            f"{sorted(truth['polarity'].unique())}; give the rows of the run's own polarity"
+        )
+    if truth.duplicated(["stage", "metric"]).any():
+        raise BenchError("the truth rows of the reliability card name a (stage, metric) twice")
+    rows = {(r.stage, r.metric): r for r in truth.itertuples(index=False)}
+    out = []
+    for stage, metric in zip(card_df["stage"], card_df["metric"]):
+        r = rows.get((stage, metric))
+        tau = "n/a" if r is None else ci_text(r.tau_truth, r.tau_low, r.tau_high, ".2f")
+        out.append("n/a" if r is None or tau == "n/a" else f"{r.verdict}: tau {tau}")
+    return out
+
+
 def card(
     scores: pd.DataFrame,
     settings: CardSettings,
@@ -338,12 +375,15 @@ def card(
     comparisons: Comparisons | None = None,
     stats: StatsSettings | None = None,
     roles: Mapping[str, str] | None = None,
+    truth: pd.DataFrame | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Every table of the card from checked scores (``bench.report.leaderboard.check_scores``) with
     aliases already collapsed. ``comparisons``: the tables' paired comparisons (computed here with
     ``stats`` when not given); ``roles``: per metric, what its controls are (``"baseline"``, the
     default: a real explainer should beat ``random``; ``"none"``: random may score best or worst
-    by construction, so "no explainer beats random" does not fail the metric)."""
+    by construction, so "no explainer beats random" does not fail the metric); ``truth``: the
+    model-truth agreement of the run's polarity (:func:`truth_cells`), given only for a sub-run of
+    ``bench truth``: the card gains a ``truth`` column after ``verdict``."""
     stats = stats or StatsSettings(alpha=settings.alpha)
     roles = roles or {}
     tables = goodness_tables(scores)
@@ -416,8 +456,11 @@ def card(
                 "verdict": "fails: " + "; ".join(reasons) if reasons else "ok",
             }
         )
+    main = pd.DataFrame(rows, columns=CARD_COLUMNS)
+    if truth is not None:
+        main["truth"] = truth_cells(main, truth)
     out = {
-        "reliability": pd.DataFrame(rows, columns=CARD_COLUMNS),
+        "reliability": main,
         "reliability_controls": controls,
         "reliability_power": power,
         "reliability_agreement": agreement,
@@ -570,6 +613,16 @@ def _n(x: Any) -> str:
     return "n/a" if not np.isfinite(v) and v != float("inf") else (f"> {N_CAP}" if v == float("inf") else str(int(v)))
 
 
+TRUTH_LEGEND = (
+    " truth (a sub-run of `bench truth` only): does the metric rank the explainers like the planted "
+    "marker's truth? Kendall's tau-b between its ranking on the confound models (marked images) and "
+    "the ranking by discrimination (confound − noise marker share), with its image-bootstrap CI and "
+    "verdict, from the truth folder's truth_agreement.csv for this run's polarity (one value per "
+    "metric and polarity, measured across the confound models, shown on every model of the run); "
+    "n/a: the truth test does not grade the metric (not a faithfulness metric)."
+)
+
+
 def render_card_md(tables: Mapping[str, pd.DataFrame], settings: CardSettings) -> str:
     """reliability.md: per (model, stage) the card, then its details."""
     card_df = tables["reliability"]
@@ -588,11 +641,12 @@ def render_card_md(tables: Mapping[str, pd.DataFrame], settings: CardSettings) -
         "needs for its observed difference; disagree: metrics of the same kind whose rankings' Kendall tau has "
         "its whole 95% CI below 0; substrate tau: the smallest Kendall tau between the rankings under two "
         "substrates; MetaQuantus: meta-consistency in [0, 1] under input / model perturbations (when "
-        "computed).",
+        "computed)." + (TRUTH_LEGEND if "truth" in card_df.columns else ""),
         "",
     ]
     if card_df.empty:
         return "\n".join(lines + ["No scores.", ""])
+    truth = "truth" in card_df.columns
     order = card_df.assign(_s=card_df["stage"].map(stage_key)).sort_values(["model", "_s"], kind="stable")
     for (model, _, stage), sub in order.groupby(["model", "_s", "stage"], sort=True):
         lines += [f"## {model} · {stage}", ""]
@@ -611,6 +665,7 @@ def render_card_md(tables: Mapping[str, pd.DataFrame], settings: CardSettings) -
                 f"{_f(r.meta_input, '.2f')} / {_f(r.meta_model, '.2f')}",
                 r.verdict,
             ]
+            + ([r.truth] if truth else [])
             for r in sub.itertuples(index=False)
         ]
         lines += markdown_table(
@@ -627,7 +682,8 @@ def render_card_md(tables: Mapping[str, pd.DataFrame], settings: CardSettings) -
                 "substrate tau",
                 "MetaQuantus input / model",
                 "verdict",
-            ],
+            ]
+            + (["truth"] if truth else []),
             rows,
         ) + [""]
     lines += _details(tables)

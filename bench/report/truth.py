@@ -30,6 +30,11 @@ Tables (all intervals at ``1 - alpha``, the images resampled jointly over seeds 
   (discrimination), with an image-bootstrap interval and a verdict; and tau with the ranking by
   marker share on the same models (does the metric reward attending to the marker?).
 - ``truth.md`` and ``report.html``: the tables with what they say.
+
+Each sub-run's reliability card then gains a ``truth`` column: its polarity's rows of
+``truth_agreement.csv``, handed to the sub-run's rebuild (:func:`bench.report.rebuild.rebuild` with
+``truth=``), so the card, its ``reliability.md`` and the sub-run's ``report.html`` show per metric
+whether it agrees with the truth ("n/a" for a metric the table does not grade).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from bench.metrics import METRICS
 from bench.core.text import fmt_number
 from bench.report.format import ci_text
 from bench.report.leaderboard import read_scores
+from bench.report.rebuild import rebuild
 from bench.stats.agreement import image_interval, kendall_tau
 from bench.stats.aliases import collapse, find_aliases
 from bench.stats.compare import family_tests
@@ -422,11 +428,12 @@ def write_truth(
     reliance_margin: float,
     share_margin: float,
     bootstrap: int,
-) -> None:
-    """Write the truth tables into ``parent`` (module docstring); one-line BenchError, after writing
-    ``truth_models.csv``, when the planting did not take. ``name`` and ``options`` (the marked data's
-    ``[data.options]``) head truth.md; ``stats`` gives alpha (the run's ``reliability.alpha``), the
-    alias tolerances and the seed; the margins and ``bootstrap`` are ``[truth]``'s."""
+) -> list[Path]:
+    """Write the truth tables into ``parent`` (module docstring) and rebuild every sub-run with the
+    ``truth`` column of its card; one-line BenchError, after writing ``truth_models.csv``, when the
+    planting did not take. ``name`` and ``options`` (the marked data's ``[data.options]``) head
+    truth.md; ``stats`` gives alpha (the run's ``reliability.alpha``), the alias tolerances and the
+    seed; the margins and ``bootstrap`` are ``[truth]``'s. Returns the paths written after the model table."""
     alpha = float(stats.alpha)
     mt = model_table(models, alpha=alpha, margin=float(reliance_margin))
     atomic_write_text(parent / "truth_models.csv", mt.to_csv(index=False))
@@ -439,7 +446,7 @@ def write_truth(
             f"confound models and not by noise models: train longer, raise rate_positive or the "
             f"marker's size or contrast (see {parent / 'truth_models.csv'})"
         )
-    _explainer_tables(
+    return _explainer_tables(
         parent,
         runs,
         reliance,
@@ -455,10 +462,11 @@ def write_truth(
 def rebuild_truth(
     parent: Path, *, name: str, options: Mapping[str, Any], stats: StatsSettings, share_margin: float, bootstrap: int
 ) -> list[Path]:
-    """``bench report`` of a truth run: ``truth.csv``, ``truth_agreement.csv``, ``truth.md`` and
+    """``bench report`` of a truth run: ``truth.csv``, ``truth_agreement.csv``, every sub-run
+    (:func:`bench.report.rebuild.rebuild`, its card with the ``truth`` column), ``truth.md`` and
     ``report.html`` again from what the run recorded: the model truth (``truth_models.csv``, the
     measured reliance per model; ``reliance.csv``, per explained image), the sub-runs
-    (``truth_runs.csv``) and their ``scores.csv`` (the caller rebuilds the sub-runs first)."""
+    (``truth_runs.csv``) and their ``scores.csv`` (the caller checks the sub-run folders first)."""
     tables = {}
     for file in ("truth_models.csv", "reliance.csv", "truth_runs.csv"):
         try:
@@ -467,7 +475,7 @@ def rebuild_truth(
             raise BenchError(
                 f"{parent / file} not found: {parent} is not a finished truth run (python -m bench truth writes it)"
             ) from None
-    _explainer_tables(
+    return _explainer_tables(
         parent,
         tables["truth_runs.csv"],
         tables["reliance.csv"],
@@ -478,7 +486,13 @@ def rebuild_truth(
         share_margin=share_margin,
         bootstrap=bootstrap,
     )
-    return [parent / f for f in ("truth.csv", "truth_agreement.csv", "truth.md", "report.html")]
+
+
+def card_truth(agree: pd.DataFrame, polarity: str) -> pd.DataFrame:
+    """The rows of ``truth_agreement.csv`` that a sub-run of marker polarity ``polarity`` shows in its
+    reliability card (:func:`bench.report.reliability.truth_cells`): its polarity's, of the pre stage
+    (the truth tables read the pre-stage scores only)."""
+    return agree[agree["polarity"] == polarity].assign(stage="pre").reset_index(drop=True)
 
 
 def _explainer_tables(
@@ -492,8 +506,14 @@ def _explainer_tables(
     stats: StatsSettings,
     share_margin: float,
     bootstrap: int,
-) -> None:
-    """The explainers' and the metrics' tables, truth.md and report.html, from the model table ``mt``."""
+) -> list[Path]:
+    """The explainers' and the metrics' tables, every sub-run with its card's ``truth`` column, then
+    truth.md and report.html (it links the sub-runs' reports), from the model table ``mt``."""
+    for run in runs["run"]:
+        if Path(str(run)).is_absolute() or ".." in Path(str(run)).parts:
+            raise BenchError(
+                f"{parent / 'truth_runs.csv'} names the sub-run {run!r} outside {parent}; re-run python -m bench truth"
+            )
     alpha = float(stats.alpha)
     scores, aliases = load_scores(parent, runs, reliance, rtol=float(stats.alias_rtol), atol=float(stats.alias_atol))
     truth = explainer_table(
@@ -503,9 +523,12 @@ def _explainer_tables(
     truth["aliases"] = truth["explainer"].map(lambda e: ", ".join(aliases.get(e, [])))
     atomic_write_text(parent / "truth.csv", truth.to_csv(index=False))
     atomic_write_text(parent / "truth_agreement.csv", agree.to_csv(index=False))
+    written = [parent / "truth.csv", parent / "truth_agreement.csv"]
+    for _, r in runs.iterrows():
+        written += rebuild(parent / str(r["run"]), truth=card_truth(agree, str(r["polarity"])))
     md = truth_markdown(mt, truth, agree, name=name, options=options, alpha=alpha)
-    atomic_write_text(parent / "truth.md", md)
-    atomic_write_text(parent / "report.html", _html(md, runs))
+    written += [atomic_write_text(parent / "truth.md", md), atomic_write_text(parent / "report.html", _html(md, runs))]
+    return written
 
 
 def _fmt(x: float, digits: int = 2) -> str:
@@ -592,7 +615,9 @@ def truth_markdown(
         "## Do the faithfulness metrics agree with the truth?",
         "",
         "Kendall's tau-b between a metric's ranking of the explainers on the confound models (marked images) "
-        "and the ranking by discrimination; tau with the ranking by marker share beside it.",
+        "and the ranking by discrimination; tau with the ranking by marker share beside it. Each sub-run's "
+        "reliability card (runs/<condition>-<polarity>/reliability.md) shows its polarity's tau with truth "
+        "and verdict in its `truth` column.",
         "",
         "| polarity | metric | tau with truth | verdict | tau with marker share | explainers | images |",
         "|---|---|---|---|---|---|---|",

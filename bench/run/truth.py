@@ -9,7 +9,8 @@ the target score with the marker and without it (``ImageSplit.counterfactual``),
 equal; and on the whole test split the accuracy with and without the marker. The tables
 (bench/report/truth.py) grade each explainer by whether its share of attribution on the marker
 follows the model's use of it, and each faithfulness metric by whether its ranking of the
-explainers agrees with that truth.
+explainers agrees with that truth; they then rebuild every sub-run, its reliability card with a
+``truth`` column of that agreement.
 """
 
 from __future__ import annotations
