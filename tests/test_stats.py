@@ -352,9 +352,10 @@ def test_settings_margins_and_families():
         family_label("nope", size=1)
 
 
-def test_the_draws_root_does_not_depend_on_the_eigenvector_basis():
-    """max-T's null and P(top stays) draw g @ S: S must be the symmetric root, unique even where an
-    eigenvalue repeats (equal or identical contrasts), so the seeded draws agree across LAPACKs."""
+def test_the_draws_factor_does_not_depend_on_the_eigenvector_basis():
+    """max-T's null and P(top stays) draw g @ S with S' S = the covariance: S = R^(1/2) D, the
+    symmetric root of the correlation matrix (unique even where an eigenvalue repeats: equal or
+    identical contrasts) scaled by the standard deviations, so the seeded draws agree across LAPACKs."""
     from bench.stats.estimate import sqrt_psd
 
     rng = np.random.default_rng(0)
@@ -362,13 +363,48 @@ def test_the_draws_root_does_not_depend_on_the_eigenvector_basis():
     w = np.array([2.0, 2.0, 2.0, 0.5, 0.0])  # a repeated eigenvalue and a zero one (a singular matrix)
     a = (q * w) @ q.T
     s = sqrt_psd(a)
-    np.testing.assert_allclose(s @ s, a, atol=1e-12)
-    np.testing.assert_allclose(s, s.T, atol=1e-12)
-    # another orthonormal basis of the repeated eigenspace: the factor V sqrt(W) changes, S does not
+    np.testing.assert_allclose(s.T @ s, a, atol=1e-12)
+    d = np.sqrt(np.diag(a))
+    root = s / d[None, :]  # R^(1/2): symmetric, and its square is the correlation matrix
+    np.testing.assert_allclose(root, root.T, atol=1e-12)
+    np.testing.assert_allclose(root @ root, a / np.outer(d, d), atol=1e-12)
+    # the factor V sqrt(W) of another orthonormal basis of a repeated eigenspace differs; the root does not
     r, _ = np.linalg.qr(rng.standard_normal((3, 3)))
     q2 = q.copy()
     q2[:, :3] = q[:, :3] @ r
-    f1, f2 = q * np.sqrt(w), q2 * np.sqrt(w)
-    assert np.abs(f1 - f2).max() > 0.1
-    s2 = (q2 * np.sqrt(w)) @ q2.T
-    np.testing.assert_allclose(s, s2, atol=1e-12)
+    assert np.abs(q * np.sqrt(w) - q2 * np.sqrt(w)).max() > 0.1
+    corr = a / np.outer(d, d)
+    wc, vc = np.linalg.eigh(corr)  # the PSD symmetric root is unique: any eigenbasis gives it
+    np.testing.assert_allclose(root, (vc * np.sqrt(np.clip(wc, 0, None))) @ vc.T, atol=1e-7)
+
+
+def test_the_draws_factor_is_stable_where_eigenvalues_are_zero_and_scales_differ():
+    """A family's contrasts of k means are singular (rank k - 1): rounding noise of 1e-16 in the
+    matrix, as two CPUs' kernels make, must not move the factor by its square root (1e-8); and an
+    explainer whose values are 1e-7 (an exact method's additivity error) beside one of 0.5 keeps its
+    own variance in the draws instead of being lost below the large one's rounding."""
+    from bench.stats.estimate import sqrt_psd
+
+    rng = np.random.default_rng(1)
+    k = 5
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    c = np.zeros((len(pairs), k))
+    for row, (i, j) in enumerate(pairs):
+        c[row, i], c[row, j] = 1.0, -1.0
+    cov = c @ np.diag(rng.uniform(0.5, 2.0, k)) @ c.T
+    corr = cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
+    noise = rng.standard_normal(corr.shape) * 1e-16
+    moved = np.abs(sqrt_psd(corr) - sqrt_psd(corr + (noise + noise.T) / 2)).max()
+    assert moved < 1e-12
+    s = sqrt_psd(corr)
+    np.testing.assert_allclose(s.T @ s, corr, atol=1e-12)
+    # two explainers 1e-7 apart in scale from a third
+    scale = np.array([1e-7, 1.2e-7, 0.5])
+    mixed = np.array([[1.0, 0.9, 0.1], [0.9, 1.0, 0.2], [0.1, 0.2, 1.0]]) * np.outer(scale, scale)
+    f = sqrt_psd(mixed)
+    np.testing.assert_allclose(f.T @ f, mixed, rtol=1e-9, atol=0)
+    draws = rng.standard_normal((200_000, 3)) @ f
+    np.testing.assert_allclose(draws.std(axis=0), scale, rtol=0.01)
+    assert np.corrcoef(draws[:, 0], draws[:, 1])[0, 1] == pytest.approx(0.9, abs=0.01)
+    zero = np.diag([1.0, 0.0, 4.0])  # a variable with variance 0 draws 0
+    assert np.all((rng.standard_normal((10, 3)) @ sqrt_psd(zero))[:, 1] == 0)

@@ -249,13 +249,27 @@ def _psd(a: np.ndarray) -> np.ndarray:
     return (v * np.clip(w, 0.0, None)) @ v.T
 
 
-def sqrt_psd(a: np.ndarray) -> np.ndarray:
-    """The symmetric square root ``S = V sqrt(W) V'`` of a covariance matrix (negative eigenvalues
-    set to 0): ``g @ S`` for standard normal rows ``g`` has covariance ``a``. Unlike the factor
-    ``V sqrt(W)``, ``S`` does not depend on which eigenvectors LAPACK returns for a repeated (or zero)
-    eigenvalue, so seeded draws give the same numbers on every machine (up to rounding)."""
-    w, v = np.linalg.eigh((a + a.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+def sqrt_psd(a: np.ndarray, rtol: float = 1e-10) -> np.ndarray:
+    """A factor ``S`` of a covariance matrix, ``S' S = a``, for seeded draws ``g @ S`` (standard
+    normal rows ``g``) that give the same numbers on every machine (up to rounding).
+
+    ``S = R^(1/2) D``: ``D`` the standard deviations, ``R^(1/2)`` the symmetric root ``V sqrt(W) V'``
+    of the correlation matrix ``R = D^-1 a D^-1``. Three choices keep it machine-independent: the
+    symmetric root does not depend on which eigenvectors LAPACK returns for a repeated eigenvalue
+    (unlike ``V sqrt(W)``); the root is taken of the correlation matrix, so its eigenvalues are of
+    order one whatever the metric's scale (an additivity error of 1e-7 beside one of 0.5); and an
+    eigenvalue below ``rtol`` times the largest is 0, as it is in exact arithmetic for a singular
+    matrix (a family's contrasts that are sums of others): LAPACK returns such an eigenvalue as
+    +-1e-16 depending on the CPU's kernels, and its square root (1e-8) would move draws near a
+    threshold from one machine to the next. A variable with variance 0 draws 0."""
+    a = (np.asarray(a, dtype=np.float64) + np.asarray(a, dtype=np.float64).T) / 2
+    d = np.sqrt(np.clip(np.diag(a), 0.0, None))
+    live = d > 0
+    r = np.eye(len(d))
+    r[np.ix_(live, live)] = a[np.ix_(live, live)] / np.outer(d[live], d[live])
+    w, v = np.linalg.eigh(r)
+    w = np.where(w > rtol * max(float(w.max(initial=0.0)), 0.0), w, 0.0)
+    return ((v * np.sqrt(w)) @ v.T) * d[None, :]
 
 
 def crossed_covariance(y: np.ndarray) -> np.ndarray:
