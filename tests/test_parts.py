@@ -290,3 +290,25 @@ def test_parts_may_split_the_explainers_of_one_model_stage(study):
     pd.testing.assert_frame_equal(mine, exact, atol=1e-6)  # the timing columns differ, the scores not
     board = pd.read_csv(parent / "leaderboard.csv")
     assert set(board["explainer"]) >= set(EXPLAINERS)
+
+
+def test_exported_parts_combine_to_the_same_study(study, tmp_path):
+    """A finished part exported (tables gzipped, maps, manifest; no cache, figures or report) and
+    combined elsewhere gives the study's tables byte for byte; exporting is deterministic."""
+    tmp, cfg, parent = study
+    text = (tmp / "study.toml").read_text().replace(str(tmp / "results"), str(tmp_path / "results"))
+    (tmp_path / "study.toml").write_text(text)
+    moved = load_config(tmp_path / "study.toml")
+    for name, part in PT.parts_of(cfg):
+        dest = PT.part_dir(part_config(moved, name))
+        written = PT.export_part(PT.part_dir(part), dest)
+        assert (dest / "scores.csv.gz") in written and not (dest / "scores.csv").exists()
+        assert not (dest / "cache").exists() and not (dest / "figures").exists()
+        again = PT.export_part(PT.part_dir(part), tmp_path / "again" / name)
+        assert [p.read_bytes() for p in written] == [p.read_bytes() for p in again]
+    assert all(PT.finished(p) for _, p in PT.parts_of(moved))
+    combined = PT.combine(moved, say=lambda s: None)
+    for f in ("scores.csv", "leaderboard.csv", "similarity.csv", "prepost.csv", "stability.csv"):
+        assert (combined / f).read_bytes() == (parent / f).read_bytes(), f
+    msg = bench_error(PT.export_part, tmp_path / "nothing", tmp_path / "out")
+    assert "finished" in msg and "\n" not in msg

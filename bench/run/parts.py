@@ -48,6 +48,8 @@ from bench.report.leaderboard import read_scores
 
 KIND = "parts"
 DONE = "complete"
+# what combining reads from a part's folder (an exported part holds these only, its tables gzipped)
+PART_FILES = (MARKER, "scores.csv", *MEASURED, MAPS, "attributions.npz", "prepost_models.json")
 
 
 def parts_of(cfg: RunConfig) -> list[tuple[str, RunConfig]]:
@@ -73,9 +75,55 @@ def finished_record(part: RunConfig) -> dict[str, Any] | None:
         and record.get("status") == DONE
         and isinstance(record.get("config"), dict)
         and identity(record["config"]) == identity(part.to_dict())
-        and (part_dir(part) / "scores.csv").is_file()
+        and table_path(part_dir(part), "scores.csv").is_file()
     )
     return record if done else None
+
+
+def table_path(folder: Path, name: str) -> Path:
+    """``folder / name``, or its gzipped copy ``name.gz`` (an exported part) when only that exists."""
+    path = folder / name
+    return path if path.is_file() or not (folder / f"{name}.gz").is_file() else folder / f"{name}.gz"
+
+
+def export_part(src: str | Path, dest: str | Path) -> list[Path]:
+    """Copy what combining reads of the finished part folder ``src`` (:data:`PART_FILES`: the
+    manifest, the score tables gzipped, maps.npz and attributions.npz) into ``dest``, e.g. to
+    commit it so that a later sitting on another machine can combine it (its cache, figures and
+    own report stay behind: combining remakes those). The gzip files carry no time stamp, so the
+    same part exports to the same bytes. Returns the files written."""
+    import gzip
+    import shutil
+
+    src, dest = Path(src), Path(dest)
+    try:
+        record = json.loads(read_regular(src / MARKER))
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict) or record.get("status") != DONE or not (src / "scores.csv").is_file():
+        raise BenchError(
+            f"{src} holds no finished run (manifest status complete and scores.csv); finish the part "
+            f"first: python -m bench run --config <study> --part {src.name}"
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in PART_FILES:
+        path = src / name
+        if not path.is_file():
+            continue
+        if name.endswith(".csv"):
+            target = dest / f"{name}.gz"
+            with (
+                open(path, "rb") as f,
+                open(target, "wb") as raw,
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as out,
+            ):
+                shutil.copyfileobj(f, out)
+        else:
+            target = dest / name
+            shutil.copyfile(path, target)
+        written.append(target)
+    return written
 
 
 def finished(part: RunConfig) -> bool:
@@ -260,7 +308,7 @@ def _combine(cfg: RunConfig, parts: list[tuple[str, RunConfig]], parent: Path, s
     names = relabels(cfg, parts)
     checkpoints = _check_models(parts, records, names)
     dirs = [part_dir(p) for _, p in parts]
-    score_list = [_renamed(read_scores(d / "scores.csv"), r) for d, r in zip(dirs, names)]
+    score_list = [_renamed(read_scores(table_path(d, "scores.csv")), r) for d, r in zip(dirs, names)]
     # the owner of each (model, stage, explainer, metric): the part with the most images of it
     owners: dict[tuple[str, str, str, str], int] = {}
     counts: dict[tuple[str, str, str, str], int] = {}
@@ -272,7 +320,7 @@ def _combine(cfg: RunConfig, parts: list[tuple[str, RunConfig]], parent: Path, s
                 owners[key], counts[key] = k, int(n)
     merged = pd.concat(score_list, ignore_index=True)
     tables: dict[str, pd.DataFrame | None] = {}
-    measured = {name: [_relabel(_read_csv(d / name), r) for d, r in zip(dirs, names)] for name in MEASURED}
+    measured = {name: [_relabel(_read_csv(table_path(d, name)), r) for d, r in zip(dirs, names)] for name in MEASURED}
     curve_metric = _curve_metric(merged, measured["curves.csv"] + measured["substrate_curves.csv"])
     tables["scores"] = _owned(score_list, owners, "metric", {})
     for name in ("substrates.csv", "curves.csv", "substrate_curves.csv"):
@@ -453,3 +501,27 @@ def _manifest(
             for (name, _), r in zip(parts, records)
         ],
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.run.parts export PART_FOLDER DEST``: :func:`export_part`."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m bench.run.parts", description="export a finished part of a study")
+    sub = ap.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("export", help="copy what combining reads (tables gzipped, maps) into DEST")
+    ex.add_argument("part_folder")
+    ex.add_argument("dest")
+    args = ap.parse_args(argv)
+    try:
+        for path in export_part(args.part_folder, args.dest):
+            print(path)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
