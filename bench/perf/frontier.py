@@ -457,10 +457,9 @@ def frontier_figure(
     for row in grid:
         row[0].set_ylabel("relative L2 to the converged value")
     handles = {h.get_label(): h for ax in axes for h in ax.get_legend_handles_labels()[0]}
-    fig.legend(
-        [handles[m] for m in methods], methods, fontsize=7, loc="lower center", ncol=min(4, len(methods)), frameon=False
-    )
-    fig.tight_layout(rect=(0, (0.06 + 0.035 * ((len(methods) - 1) // 4)) / nrows, 1, 1))
+    per_row = min(len(methods), ncols)  # legend columns: one per panel width, so long labels fit
+    fig.legend([handles[m] for m in methods], methods, fontsize=7, loc="lower center", ncol=per_row, frameon=False)
+    fig.tight_layout(rect=(0, (0.06 + 0.035 * ((len(methods) - 1) // per_row)) / nrows, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, metadata={"Software": None})
