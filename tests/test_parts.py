@@ -312,3 +312,24 @@ def test_exported_parts_combine_to_the_same_study(study, tmp_path):
         assert (combined / f).read_bytes() == (parent / f).read_bytes(), f
     msg = bench_error(PT.export_part, tmp_path / "nothing", tmp_path / "out")
     assert "finished" in msg and "\n" not in msg
+
+
+def test_a_broken_image_picking_checkpoint_stops_the_part_before_it_trains(study, tmp_path):
+    """Part s1-pre picks its images with seed 0's pre model: a damaged seed-0 checkpoint is found
+    with the run's own checkpoints, before seed 1 is trained (not after that training)."""
+    import shutil
+
+    tmp, _, _ = study
+    ck = tmp_path / "ck"
+    shutil.copytree(tmp / "ck", ck)
+    text = (tmp / "study.toml").read_text().replace(str(tmp / "results"), str(tmp_path / "results"))
+    (tmp_path / "study.toml").write_text(text.replace(str(tmp / "ck"), str(ck)))
+    cfg = load_config(tmp_path / "study.toml")
+    seed0 = [p for p in ck.glob("tiny-*seed0-*.pt") if "-post-" not in p.name]
+    seed1 = [p for p in ck.glob("tiny-*seed1-*.pt") if "-post-" not in p.name]
+    assert len(seed0) == 1 and len(seed1) == 1
+    seed0[0].write_bytes(b"not a checkpoint")
+    seed1[0].unlink()
+    msg = bench_error(PT.run_parts, cfg, only="s1-pre", progress=False, say=lambda s: None)
+    assert seed0[0].name in msg and "\n" not in msg
+    assert not seed1[0].exists()  # nothing was trained

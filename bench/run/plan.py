@@ -82,7 +82,8 @@ def ensure_checkpoints(
 ) -> list[Stage]:
     """Train (pre) and tune (post) checkpoints on first use; later runs reuse them by content key.
     Before any training, user models (``[models.user.<name>]``) are loaded and checked, and so is
-    every checkpoint already there, with its sidecar: a broken one stops the run before it trains."""
+    every checkpoint already there, with its sidecar, the image-picking model of another seed
+    (``models.select_seed``) included: a broken one stops the run before it trains."""
     ck_dir = checkpoint_dir(cfg)
     user = {n: user_stage(cfg, n, test, device, say) for n in cfg.models.names if n in cfg.models.user}
     tuned = "post" in cfg.models.stages
@@ -107,6 +108,12 @@ def ensure_checkpoints(
                 post_path = default_tuned_path(pre_path, recipe)
                 if os.path.lexists(post_path):
                     load(post_path, name)
+    pick = selection_seed(cfg)  # the image-picking model of another seed (selection_stages) is checked too
+    if pick not in training_seeds(cfg):
+        for name in (n for n in cfg.models.names if n not in user):
+            picker = default_checkpoint_path(_train_config(cfg, name, pick, train), train.fingerprint, ck_dir)
+            if os.path.lexists(picker):
+                _load_checked(picker, name, device)
 
     def untrained(pre: Path) -> bool:
         return (
