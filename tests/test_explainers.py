@@ -588,6 +588,7 @@ def test_run_explainer_records_params(model, data):
         "blur_sigma": 2.0,
         "internal_batch_size": 32,
         "method": "gausslegendre",
+        "precision": "float32",
     }
     assert attr.meta["library"] == "captum" and attr.meta["library_version"]
 
