@@ -61,19 +61,24 @@ def part_dir(part: RunConfig) -> Path:
     return Path(part.results_dir) / part.name
 
 
-def finished_record(part: RunConfig) -> dict[str, Any] | None:
-    """The manifest of the part's folder when it records a complete run of exactly this config, else None."""
-    path = part_dir(part) / MARKER
+def _complete_record(folder: Path) -> dict[str, Any] | None:
+    """The manifest of ``folder`` when it records a complete run (status complete, a config), else None."""
+    path = folder / MARKER
     if not path.is_file():
         return None
     try:
         record = json.loads(read_regular(path))
     except (ValueError, OSError):
         return None
+    done = isinstance(record, dict) and record.get("status") == DONE and isinstance(record.get("config"), dict)
+    return record if done else None
+
+
+def finished_record(part: RunConfig) -> dict[str, Any] | None:
+    """The manifest of the part's folder when it records a complete run of exactly this config, else None."""
+    record = _complete_record(part_dir(part))
     done = (
-        isinstance(record, dict)
-        and record.get("status") == DONE
-        and isinstance(record.get("config"), dict)
+        record is not None
         and identity(record["config"]) == identity(part.to_dict())
         and table_path(part_dir(part), "scores.csv").is_file()
     )
@@ -96,11 +101,7 @@ def export_part(src: str | Path, dest: str | Path) -> list[Path]:
     import shutil
 
     src, dest = Path(src), Path(dest)
-    try:
-        record = json.loads(read_regular(src / MARKER))
-    except (OSError, ValueError):
-        record = None
-    if not isinstance(record, dict) or record.get("status") != DONE or not (src / "scores.csv").is_file():
+    if _complete_record(src) is None or not (src / "scores.csv").is_file():
         raise BenchError(
             f"{src} holds no finished run (manifest status complete and scores.csv); finish the part "
             f"first: python -m bench run --config <study> --part {src.name}"
